@@ -1,0 +1,166 @@
+"""Typed configuration: dataclass defaults < YAML file < command-line flags.
+
+Each stage declares a dataclass whose fields carry a one-line help string (``opt(...)``).
+:func:`add_arguments` turns the fields into ``--kebab-case`` flags (booleans get
+``--flag/--no-flag``), and :func:`build_config` merges defaults, a YAML file and the flags
+that were actually given, validating every key and value with a message that names the key
+and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from rag_pipeline.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a help string; ``factory`` for mutable defaults (lists)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, is_optional) for ``X | None``."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
+    """Check and convert ``value`` for field ``key`` of type ``tp``; raise ConfigError naming the fix."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' ({source}) is null: give it a value or remove it to keep the default")
+    origin = get_origin(inner)
+    if origin is Literal:
+        choices = get_args(inner)
+        if value not in choices:
+            raise ConfigError(
+                f"config key '{key}' ({source}) is {value!r}: choose one of {', '.join(map(str, choices))}"
+            )
+        return value
+    if origin is list:
+        (item_tp,) = get_args(inner) or (str,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' ({source}) must be a list, got {value!r}")
+        return [coerce(key, v, item_tp, source) for v in value]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key '{key}' ({source}) must be true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key '{key}' ({source}) must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' ({source}) must be an integer, got {value!r}") from None
+    if inner is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' ({source}) must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' ({source}) must be a number, got {value!r}") from None
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' ({source}) must be a string, got {value!r}")
+        return str(value)
+    if inner is Path:
+        return Path(value)
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Merge dataclass defaults < YAML file < ``overrides`` (flags that were given) into ``cls``.
+
+    Raises:
+        ConfigError: an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    layers = []
+    if yaml_path is not None:
+        layers.append((load_yaml(yaml_path), f"in {yaml_path}"))
+    layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "from the command line"))
+    for data, source in layers:
+        for key, value in data.items():
+            norm = key.replace("-", "_")
+            if norm not in hints or norm not in names:
+                raise ConfigError(
+                    f"unknown config key '{key}' {source} for {cls.__name__}: valid keys are {', '.join(sorted(names))}"
+                )
+            values[norm] = coerce(norm, value, hints[norm], source)
+    return cls(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--kebab-case`` flag per dataclass field; defaults are None so only given flags override."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in the YAML given by --config)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"default": None, "help": help_, "dest": f.name}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(tp) is Literal:
+            kwargs["choices"] = list(get_args(tp))
+        elif get_origin(tp) is list:
+            kwargs["metavar"] = "A,B,..."
+        flags = [_flag(f.name)] + ([f"-{f.name}"] if len(f.name) == 1 else [])
+        group.add_argument(*flags, **kwargs)
+
+
+def overrides_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The dataclass fields that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (Paths as strings)."""
+    out = dataclasses.asdict(cfg)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}

@@ -1,0 +1,155 @@
+"""Retriever: an index directory loaded once, searched by query text.
+
+Loading checks the manifest against the files and the embedder: another embedder, a changed
+model, a dimension mismatch, a corrupt or truncated file each raise :class:`IndexError_`,
+never a wrong answer. FAISS's ``-1`` ids (k above the index size) never map to a chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rag_pipeline.errors import IndexError_
+from rag_pipeline.index import INDEX_FILE, STORE_FILE, read_manifest, sha256_file
+from rag_pipeline.store import ChunkStore, StoredChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its score (cosine similarity, or fused RRF score with --hybrid)."""
+
+    chunk: StoredChunk
+    score: float
+    rank: int  # 1-based
+
+    def to_dict(self) -> dict:
+        c = self.chunk
+        return {"rank": self.rank, "score": round(self.score, 6), "id": c.id, "doc_id": c.doc_id, "title": c.title,
+                "source": c.source, "position": c.position, "text": c.text}
+
+
+class Retriever:
+    """Dense (FAISS) retrieval, optionally fused with BM25 by reciprocal-rank fusion."""
+
+    def __init__(self, index_dir: Path, manifest: dict, index, store: ChunkStore, embedder) -> None:
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.index = index
+        self.store = store
+        self.embedder = embedder
+        self._bm25 = None
+
+    @classmethod
+    def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None) -> Retriever:
+        """Load and check an index directory.
+
+        Args:
+            embedder: an already loaded embedder (must be the one the index was built with).
+            verify: check the files' sha256 against the manifest (catches corrupt or truncated files).
+            expect_embedder: fail unless the index was built with this embedder id.
+        """
+        import faiss
+
+        from rag_pipeline.embed import load_embedder
+
+        index_dir = Path(index_dir)
+        manifest = read_manifest(index_dir)
+        built_with = manifest["embedder"]["id"]
+        if expect_embedder is not None and expect_embedder != built_with:
+            raise IndexError_(f"index {index_dir} was built with embedder {built_with}, not {expect_embedder}: rebuild it with --embedder {expect_embedder} or use the matching embedder")
+        for name in (INDEX_FILE, STORE_FILE):
+            path = index_dir / name
+            want = manifest["files"][name]
+            if not path.is_file():
+                raise IndexError_(f"{path} is missing: rebuild the index with --force")
+            if path.stat().st_size != want["bytes"]:
+                raise IndexError_(f"{path} is truncated or changed ({path.stat().st_size} bytes, manifest says {want['bytes']}): rebuild the index with --force")
+            if verify and sha256_file(path) != want["sha256"]:
+                raise IndexError_(f"{path} does not match its manifest hash (corrupt or modified): rebuild the index with --force")
+        try:
+            index = faiss.read_index(str(index_dir / INDEX_FILE))
+        except RuntimeError as e:
+            raise IndexError_(f"{index_dir / INDEX_FILE} cannot be read by FAISS ({str(e).splitlines()[0]}): rebuild with --force") from None
+        dim = manifest["embedder"]["dim"]
+        if index.d != dim:
+            raise IndexError_(f"index dimension {index.d} differs from the manifest's {dim}: rebuild the index with --force")
+        store = ChunkStore(index_dir / STORE_FILE)
+        if index.ntotal != manifest["corpus"]["chunks"] or len(store) != index.ntotal:
+            raise IndexError_(f"index holds {index.ntotal} vectors, store {len(store)} chunks, manifest {manifest['corpus']['chunks']}: rebuild with --force")
+        _apply_search_params(index, manifest["index"])
+        embedder = embedder or load_embedder(built_with, device=device)
+        if embedder.model_id != built_with or embedder.weights_hash != manifest["embedder"]["weights_sha256"]:
+            raise IndexError_(f"index {index_dir} was built with {built_with} (weights {manifest['embedder']['weights_sha256'][:12]}), but the embedder given is {embedder.model_id} (weights {embedder.weights_hash[:12]}): use the same embedder or rebuild")
+        if embedder.dim != dim:
+            raise IndexError_(f"embedder dimension {embedder.dim} differs from the index's {dim}: rebuild the index with this embedder")
+        return cls(index_dir, manifest, index, store, embedder)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query: str, k: int = 5, hybrid: bool = False) -> list[Hit]:
+        """Top-``k`` chunks for one query, best first (fewer when the index is smaller)."""
+        return self.search_batch([query], k, hybrid)[0]
+
+    def search_batch(self, queries: list[str], k: int = 5, hybrid: bool = False) -> list[list[Hit]]:
+        """Top-``k`` chunks per query; queries are embedded and searched as one batch."""
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if not queries:
+            return []
+        scores, ids = self.search_vectors(self.embedder.encode(list(queries)), k if not hybrid else max(k, 50))
+        if hybrid:
+            return [self._fuse(q, s, i, k) for q, s, i in zip(queries, scores, ids)]
+        return [self._hits(s, i) for s, i in zip(scores, ids)]
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS search, shape (n, min(k, size)); ``-1`` ids are possible for approximate indexes."""
+        k = min(k, len(self))
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+        chunks = self.store.get_rows([i for _, i in keep])
+        return [Hit(c, s, r) for r, ((s, _), c) in enumerate(zip(keep, chunks), 1)]
+
+    def _fuse(self, query: str, scores: np.ndarray, ids: np.ndarray, k: int, c: int = 60) -> list[Hit]:
+        """Reciprocal-rank fusion of dense and BM25 rankings: score = sum 1 / (c + rank)."""
+        bm25_ids = self._bm25_search(query, max(k, 50))
+        fused: dict[int, float] = {}
+        for ranking in ([int(i) for i in ids if i >= 0], bm25_ids):
+            for rank, row in enumerate(ranking, 1):
+                fused[row] = fused.get(row, 0.0) + 1.0 / (c + rank)
+        top = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        chunks = self.store.get_rows([r for r, _ in top])
+        return [Hit(ch, s, rank) for rank, ((_, s), ch) in enumerate(zip(top, chunks), 1)]
+
+    def _bm25_search(self, query: str, k: int) -> list[int]:
+        import bm25s
+
+        if self._bm25 is None:  # built on first hybrid query from the store, in row order
+            corpus = [c.text for c in self.store.iter_chunks()]
+            self._bm25 = bm25s.BM25()
+            with contextlib.redirect_stdout(io.StringIO()):  # bm25s prints progress notes to stdout
+                self._bm25.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            return []
+        docs, _ = self._bm25.retrieve(tokens, k=min(k, len(self)), show_progress=False)
+        return [int(d) for d in docs[0]]
+
+
+def _apply_search_params(index, params: dict) -> None:
+    import faiss
+
+    if params["type"] == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = params["ef_search"]
+    elif params["type"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = min(params["nprobe"], params["nlist"])
