@@ -87,7 +87,7 @@ class HashingEmbedder:
     Tokens are words (``\\w+``); ``max_tokens`` bounds chunks as for a real model.
     """
 
-    def __init__(self, dim: int = 64, max_tokens: int = 32) -> None:
+    def __init__(self, dim: int = 64, max_tokens: int = 64) -> None:
         self.model_id = f"hashing:{dim}"
         self.dim = dim
         self.max_tokens = max_tokens

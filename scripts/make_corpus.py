@@ -408,6 +408,11 @@ def stable_hash(*parts: str, length: int = 12) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:length]
 
 
+_TITLE_STOPWORDS = frozenset(
+    "a an and as at by for from in into of on or the to was were with which who that is are its their".split()
+)
+
+
 def derive_title(text: str, max_words: int = TITLE_MAX_WORDS) -> str:
     """Derive a short title: the first words of the paragraph's first sentence.
 
@@ -417,7 +422,11 @@ def derive_title(text: str, max_words: int = TITLE_MAX_WORDS) -> str:
     """
     first = re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", text.strip(), maxsplit=1)[0]
     words = first.split()
-    title = " ".join(words[:max_words]).rstrip(" ,;:.")
+    kept = words[:max_words]
+    if len(words) > max_words:
+        while len(kept) > 1 and kept[-1].lower().strip(",;:") in _TITLE_STOPWORDS:
+            kept.pop()  # do not end on "of the"
+    title = " ".join(kept).rstrip(" ,;:.")
     if len(words) > max_words:
         title += "..."
     return title

@@ -1,0 +1,374 @@
+"""The generator, shared by ``train-generator``, ``ask`` and evaluation.
+
+* :func:`load_generator` loads a causal or seq2seq model (kind read from its config), optionally
+  with a trained adapter directory whose recorded base model is checked against the one given.
+* :func:`encode_example` turns (model text, completion) into ``input_ids``/``labels`` with the
+  prompt masked (-100); an over-long prompt is cut in the middle (the documents), never the target.
+* :func:`collate` pads a batch dynamically (to its longest member, never a fixed maximum).
+* :func:`generate_answers` decodes a list of model texts in batches (left padding for causal models).
+
+torch and transformers are imported inside functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rag_pipeline.errors import ConfigError, DeviceError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["causal", "seq2seq"]
+META_FILE = "rag_pipeline.json"  # written by train-generator beside the adapter
+
+# LoRA targets per architecture (config.model_type): the attention projections.
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    **{t: ["q_proj", "k_proj", "v_proj", "o_proj"] for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "smollm3")},
+    **{t: ["q", "k", "v", "o"] for t in ("t5", "mt5", "umt5")},
+    **{t: ["q_proj", "k_proj", "v_proj", "out_proj"] for t in ("bart", "mbart", "marian", "pegasus")},
+}
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    """The LoRA target modules for an architecture; an unknown one names the flag to set."""
+    if model_type not in DEFAULT_TARGET_MODULES:
+        raise ConfigError(
+            f"no default LoRA target modules for model type '{model_type}' (known: "
+            f"{', '.join(sorted(DEFAULT_TARGET_MODULES))}): pass --lora-target-modules, e.g. q_proj,v_proj"
+        )
+    return list(DEFAULT_TARGET_MODULES[model_type])
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present else CPU; ``cuda`` without CUDA is a DeviceError."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device is {device!r}: choose auto, cpu or cuda")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r}: CUDA was asked for (--device {device}) but torch.cuda.is_available() is False; "
+            "use --device cpu"
+        )
+    return torch.device(device)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast on ``device``: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def model_kind(config: Any) -> Kind:
+    """``seq2seq`` for encoder-decoder configs, else ``causal``."""
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
+    """The ``rag_pipeline.json`` of a trained adapter directory; missing means not a finished run."""
+    path = Path(adapter_dir) / META_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{adapter_dir} has no {META_FILE}: it is not a finished train-generator output "
+            "(finish or --resume the training run, or pass the right directory)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_adapter_base(meta: dict[str, Any], base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
+    """Raise ConfigError when the base model given is not the one the adapter was trained on."""
+    from rag_pipeline.models import weights_hash
+
+    recorded = meta.get("base_weights_hash")
+    actual = weights_hash(base_dir)
+    if recorded and recorded != actual:
+        raise ConfigError(
+            f"adapter {adapter_dir} was trained on base model '{meta.get('base_model')}' (weights sha256 "
+            f"{recorded[:12]}) but the base given, '{base_id}', has weights sha256 {actual[:12]}: "
+            f"pass --base-model {meta.get('base_model')} or the adapter trained on this base"
+        )
+
+
+def load_tokenizer(path: str | Path, kind: Kind, trust_remote_code: bool = False) -> Any:
+    """A tokenizer with a pad token; causal models pad on the left (generation needs it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise InputError(f"tokenizer at {path} has neither a pad nor an eos token: add one and save it")
+        tok.pad_token = tok.eos_token
+    if kind == "causal":
+        tok.padding_side = "left"
+    return tok
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"dtype is {dtype!r}: choose one of {', '.join(table)}")
+    return table[dtype]
+
+
+def load_generator(
+    model_id_or_path: str | None,
+    adapter_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, Kind]:
+    """Load (model, tokenizer, kind) for generation or training, in eval mode, on ``device``.
+
+    Args:
+        model_id_or_path: base model (Hub id with a packaged/cached copy, or a directory); None
+            takes the base recorded in ``adapter_dir``.
+        adapter_dir: a train-generator output: a LoRA adapter (loaded with peft) or, for
+            ``method: full``, a full model. Its tokenizer is used.
+        device: auto, cpu or cuda.
+        dtype: float32, bfloat16 or float16 weights.
+        trust_remote_code: allow model code from the model directory (off by default).
+
+    Raises:
+        DeviceError: CUDA asked for and absent.
+        ConfigError: the adapter was trained on a different base model.
+        InputError: adapter_dir is not a finished train-generator output.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from rag_pipeline.models import resolve_model
+
+    dev = resolve_device(device)
+    meta = read_adapter_meta(adapter_dir) if adapter_dir is not None else None
+    if model_id_or_path is None:
+        if meta is None:
+            raise ConfigError("no model given: pass a base model id or path, or an adapter directory")
+        model_id_or_path = meta["base_model"]
+    base_dir = resolve_model(model_id_or_path)
+    if meta is not None:
+        check_adapter_base(meta, str(model_id_or_path), base_dir, adapter_dir)
+    full = meta is not None and meta.get("method") == "full"
+    weights_dir = Path(adapter_dir) if full else base_dir
+    config = AutoConfig.from_pretrained(str(weights_dir), trust_remote_code=trust_remote_code)
+    kind = model_kind(config)
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    model = auto.from_pretrained(str(weights_dir), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    if adapter_dir is not None and not full:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    tok_dir = adapter_dir if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_dir
+    tokenizer = load_tokenizer(tok_dir, kind, trust_remote_code)
+    model.to(dev).eval()
+    return model, tokenizer, kind
+
+
+def _add_special(tokenizer: Any) -> bool:
+    # Text rendered by a chat template already holds its special tokens; plain text gets BOS/EOS.
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def cut_middle(ids: list[int], budget: int) -> list[int]:
+    """Keep the first quarter and the rest from the end of ``ids`` within ``budget`` tokens.
+
+    The head keeps the system message, the tail the question and the generation prompt; the
+    documents in the middle are what gets cut.
+    """
+    if len(ids) <= budget:
+        return ids
+    head = budget // 4
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+def encode_prompt(tokenizer: Any, kind: Kind, model_text: str) -> list[int]:
+    """Token ids of the model text as the model sees it (no truncation)."""
+    add = True if kind == "seq2seq" else _add_special(tokenizer)
+    return tokenizer(model_text, add_special_tokens=add)["input_ids"]
+
+
+def encode_target(tokenizer: Any, completion: str) -> list[int]:
+    """Token ids of the completion followed by exactly one EOS."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
+def encode_example(tokenizer: Any, kind: Kind, model_text: str, completion: str, max_length: int) -> dict[str, Any]:
+    """Encode one training example.
+
+    Causal: ``input_ids`` = prompt + completion + EOS, ``labels`` = -100 over the prompt.
+    Seq2seq: ``input_ids`` = the encoder's prompt, ``labels`` = completion + EOS.
+
+    Returns:
+        dict with ``input_ids``, ``labels`` (lists of int) and ``prompt_cut`` (prompt tokens removed
+        to fit ``max_length``; 0 when it fit).
+
+    Raises:
+        InputError: the completion alone leaves no room for the prompt within ``max_length``.
+    """
+    prompt = encode_prompt(tokenizer, kind, model_text)
+    target = encode_target(tokenizer, completion)
+    budget = max_length if kind == "seq2seq" else max_length - len(target)
+    min_prompt = 16  # below this the prompt has lost its question as well as its documents
+    if len(target) > max_length or budget < min_prompt:
+        raise InputError(
+            f"a completion is {len(target)} tokens, which leaves no room for the prompt within max_length "
+            f"{max_length}: raise --max-length (or shorten the completions in the dataset)"
+        )
+    cut = max(0, len(prompt) - budget)
+    prompt = cut_middle(prompt, budget)
+    if kind == "seq2seq":
+        return {"input_ids": prompt, "labels": target, "prompt_cut": cut}
+    return {"input_ids": prompt + target, "labels": [-100] * len(prompt) + target, "prompt_cut": cut}
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int, kind: Kind) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest member.
+
+    Causal batches are padded on the left so every row's completion ends at the last position
+    (the loss then needs logits only for the last few positions) and ``position_ids`` count real
+    tokens only. Seq2seq pads inputs and labels on the right.
+    """
+    import torch
+
+    n = len(examples)
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    if kind == "causal":
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[i, width - k:] = torch.tensor(e["input_ids"])
+            labels[i, width - k:] = torch.tensor(e["labels"])
+            mask[i, width - k:] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "position_ids": position_ids}
+    lwidth = max(len(e["labels"]) for e in examples)
+    labels = torch.full((n, lwidth), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e["input_ids"])
+        input_ids[i, :k] = torch.tensor(e["input_ids"])
+        mask[i, :k] = 1
+        labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _accepts(model: Any, name: str) -> bool:
+    import inspect
+
+    base = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return name in inspect.signature(base.forward).parameters
+
+
+def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[torch.Tensor, int]:
+    """Summed token cross-entropy over the labelled positions, and their count.
+
+    For causal models only the positions that predict a completion token get logits
+    (``logits_to_keep``): the vocabulary projection over the whole prompt is most of the
+    memory and a fifth of the compute for a small model, and carries no loss.
+
+    Returns:
+        (sum of losses as a scalar tensor, number of target tokens)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    n_tokens = int((labels != -100).sum())
+    if kind == "seq2seq":
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        logits = out.logits.float()  # (batch, target_len, vocab)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return loss, n_tokens
+    width = labels.size(1)
+    labelled = (labels != -100).any(0).nonzero()
+    first = int(labelled[0]) if len(labelled) else width - 1
+    keep = width - first + 1  # logits at positions first-1 .. width-1 predict tokens first .. width
+    kwargs: dict[str, Any] = {}
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], **kwargs)
+    logits = out.logits[:, -keep:].float()  # (batch, keep, vocab)
+    shift_logits = logits[:, :-1]
+    shift_labels = labels[:, width - keep + 1:]
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss, n_tokens
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    kind: Kind,
+    model_texts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_input_length: int | None = None,
+    autocast_bf16: bool = False,
+) -> list[str]:
+    """Generate one answer per model text, in input order.
+
+    Greedy by default; ``num_beams > 1`` for beam search, ``do_sample`` for sampling (seeded).
+    Texts are batched by length (less padding); causal batches are left-padded so every row's
+    generation starts at the same position. Prompts longer than ``max_input_length`` are cut
+    in the middle like training prompts.
+
+    Returns:
+        The decoded continuations (prompt excluded, special tokens skipped), stripped.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    encoded = [encode_prompt(tokenizer, kind, t) for t in model_texts]
+    if max_input_length is not None:
+        encoded = [cut_middle(ids, max_input_length) for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(encoded)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            k = len(encoded[i])
+            if kind == "causal":
+                ids[r, width - k:], mask[r, width - k:] = torch.tensor(encoded[i]), 1
+            else:
+                ids[r, :k], mask[r, :k] = torch.tensor(encoded[i]), 1
+        if do_sample:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            result = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                num_beams=num_beams, do_sample=do_sample, temperature=temperature if do_sample else None,
+                top_p=top_p if do_sample else None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+            )
+        new = result[:, width:] if kind == "causal" else result
+        for r, i in enumerate(idx):
+            out[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return out

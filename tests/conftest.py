@@ -1,0 +1,64 @@
+"""Shared fixtures. The suite is offline: no test may reach the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "corpus" / "disfl_qa"
+
+# Small documents with distinct vocabularies, so bag-of-words retrieval is unambiguous.
+TOPICS = {
+    "eiffel": ("Eiffel Tower", "The Eiffel Tower is a wrought iron lattice tower in Paris. It was completed in 1889 for the World Fair."),
+    "rust": ("Rust", "Rust is a systems programming language focused on memory safety without a garbage collector."),
+    "moon": ("Moon", "The Moon is the only natural satellite of Earth and orbits it every 27 days."),
+    "nile": ("Nile", "The Nile is a major river in northeastern Africa flowing into the Mediterranean Sea."),
+    "python": ("Python", "Python is a high level programming language created by Guido van Rossum in 1991."),
+    "everest": ("Everest", "Mount Everest is the highest mountain above sea level, located in the Himalayas."),
+}
+
+
+@pytest.fixture
+def hashing_embedder():
+    from rag_pipeline.embed import HashingEmbedder
+
+    return HashingEmbedder(dim=64, max_tokens=64)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def docs_jsonl(tmp_path: Path) -> Path:
+    """A JSONL corpus of six topic documents."""
+    return write_jsonl(tmp_path / "docs" / "docs.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()])
+
+
+@pytest.fixture
+def small_index(tmp_path: Path, docs_jsonl: Path, hashing_embedder):
+    """An index of the six topic documents built with the hashing embedder; returns (dir, config)."""
+    from rag_pipeline.index import IndexConfig, build_index
+
+    cfg = IndexConfig(paths=[str(docs_jsonl)], index=str(tmp_path / "idx"), embedder="hashing:64")
+    build_index(cfg, embedder=hashing_embedder)
+    return Path(cfg.index), cfg
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real packaged all-MiniLM-L6-v2 (loaded once per session)."""
+    from rag_pipeline.embed import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")

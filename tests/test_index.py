@@ -1,0 +1,190 @@
+"""build-index: FAISS against brute force, atomic builds, bad input, update, manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TOPICS, write_jsonl
+from rag_pipeline.errors import ConfigError, IndexError_, InputError
+from rag_pipeline.index import IndexConfig, build_index, make_faiss_index, read_manifest
+from rag_pipeline.retriever import Retriever
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = q @ db.T  # (queries, n)
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, ids, axis=1), ids
+
+
+@pytest.mark.parametrize("kind,pq", [("flat", False), ("hnsw", False), ("ivf", False), ("ivf", True)])
+def test_faiss_topk_equals_bruteforce_at_exact_settings(kind: str, pq: bool) -> None:
+    rng = np.random.default_rng(0)
+    n, d, k = 2000, 32, 10
+    db, q = _unit(rng, n, d), _unit(rng, 50, d)
+    cfg = IndexConfig(ivf_pq=pq, pq_m=8, nlist=16, ef_search=n)
+    index = make_faiss_index(kind, d, n, cfg)
+    if not index.is_trained:
+        index.train(db)
+    index.add(db)
+    if kind == "ivf":
+        index.nprobe = index.nlist  # exact setting: every list probed
+    scores, ids = index.search(q, k)
+    ref = db
+    if pq:  # exact reference for PQ: brute force over the vectors as the index stores them
+        ref = index.reconstruct_n(0, n)
+    ref_scores, ref_ids = _brute(ref, q, k)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    # ids must agree wherever scores are not tied within tolerance
+    untied = np.abs(np.diff(ref_scores, axis=1, append=-np.inf)) > 1e-4
+    assert (ids[untied] == ref_ids[untied]).mean() == 1.0
+
+
+def _files(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+
+def test_build_writes_expected_files_and_manifest(small_index) -> None:
+    idx, _ = small_index
+    assert sorted(p.name for p in idx.iterdir()) == ["chunks.sqlite", "index.faiss", "manifest.json"]
+    m = read_manifest(idx)
+    assert m["embedder"]["id"] == "hashing:64" and m["embedder"]["dim"] == 64
+    assert m["metric"] == "inner_product" and m["normalized"] is True
+    assert m["corpus"]["chunks"] == len(TOPICS) and m["index"]["type"] == "flat"
+    assert {"size", "overlap"} <= set(m["chunking"]) and "faiss-cpu" in m["versions"] or "faiss-gpu" in m["versions"]
+    assert len(m["corpus"]["fingerprint"]) == 64 and m["files"]["index.faiss"]["bytes"] > 0
+    assert not list(idx.parent.glob(".idx.tmp-*"))
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failed_build_leaves_previous_index_intact(small_index, docs_jsonl, hashing_embedder, monkeypatch, exc) -> None:
+    idx, cfg = small_index
+    before = _files(idx)
+    write_jsonl(docs_jsonl.parent / "more.jsonl", [{"id": "x", "title": "X", "text": "Extra document about volcanoes."}])
+    import rag_pipeline.index as index_mod
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(index_mod, "_fill_index", fail)
+    cfg2 = IndexConfig(paths=[str(docs_jsonl.parent)], index=cfg.index, embedder="hashing:64", force=True)
+    with pytest.raises(type(exc)):
+        build_index(cfg2, embedder=hashing_embedder)
+    assert _files(idx) == before
+    assert not [p for p in idx.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    assert r.search("Eiffel tower Paris", 1)[0].chunk.doc_id == "eiffel"
+
+
+def test_unchanged_inputs_do_nothing_and_force_rebuilds(small_index, hashing_embedder) -> None:
+    idx, cfg = small_index
+    before = _files(idx)
+    assert build_index(cfg, embedder=hashing_embedder).get("up_to_date") is True
+    assert _files(idx) == before
+    cfg.force = True
+    m = build_index(cfg, embedder=hashing_embedder)
+    assert not m.get("up_to_date") and m["counts"]["embedded"] == len(TOPICS)
+
+
+def test_update_equals_full_rebuild(tmp_path, hashing_embedder) -> None:
+    rows = [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()]
+    src = write_jsonl(tmp_path / "in" / "docs.jsonl", rows)
+    cfg = IndexConfig(paths=[str(src)], index=str(tmp_path / "upd"), embedder="hashing:64")
+    build_index(cfg, embedder=hashing_embedder)
+    rows[1]["text"] = "Rust is a language that guarantees memory safety through ownership and borrowing."
+    del rows[2]
+    rows.append({"id": "tea", "title": "Tea", "text": "Tea is an aromatic beverage prepared from cured leaves."})
+    write_jsonl(src, rows)
+    upd = build_index(IndexConfig(paths=[str(src)], index=cfg.index, embedder="hashing:64", update=True), embedder=hashing_embedder)
+    assert upd["counts"] == {"embedded": 2, "reused": len(rows) - 2}
+    full = build_index(IndexConfig(paths=[str(src)], index=str(tmp_path / "full"), embedder="hashing:64"), embedder=hashing_embedder)
+    assert upd["corpus"]["fingerprint"] == full["corpus"]["fingerprint"]
+    a, b = Retriever.load(cfg.index, embedder=hashing_embedder), Retriever.load(tmp_path / "full", embedder=hashing_embedder)
+    assert [c.id for c in a.store.iter_chunks()] == [c.id for c in b.store.iter_chunks()]
+    np.testing.assert_array_equal(a.index.reconstruct_n(0, len(a)), b.index.reconstruct_n(0, len(b)))
+    assert "moon" not in {c.doc_id for c in a.store.iter_chunks()}
+
+
+def test_update_with_other_embedder_is_refused(small_index) -> None:
+    from rag_pipeline.embed import HashingEmbedder
+
+    idx, cfg = small_index
+    with pytest.raises(IndexError_, match="built with embedder hashing:64"):
+        build_index(IndexConfig(paths=cfg.paths, index=cfg.index, embedder="hashing:32", update=True), embedder=HashingEmbedder(32))
+
+
+def test_inputs_without_chunks_are_an_error_and_write_nothing(tmp_path, hashing_embedder) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.txt").write_text("   \n")
+    (tmp_path / "in" / "bin.txt").write_bytes(b"\x00\x01\x02binary")
+    target = tmp_path / "out"
+    with pytest.raises(InputError, match="no chunks"):
+        build_index(IndexConfig(paths=[str(tmp_path / "in")], index=str(target), embedder="hashing:64"), embedder=hashing_embedder)
+    assert not target.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, hashing_embedder) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "good.txt").write_text("Glaciers are slow rivers of ice.")
+    (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (d / "bin.md").write_bytes(b"abc\x00def")
+    (d / "empty.md").write_text("")
+    m = build_index(IndexConfig(paths=[str(d)], index=str(tmp_path / "o"), embedder="hashing:64"), embedder=hashing_embedder)
+    reasons = {Path(s["path"]).name: s["reason"] for s in m["corpus"]["skipped"]}
+    assert set(reasons) == {"latin1.txt", "bin.md", "empty.md"}
+    assert reasons["latin1.txt"].startswith("non-UTF-8") and reasons["bin.md"].startswith("binary")
+    assert m["corpus"]["chunks"] == 1 and "skipped 3" in m["report"]
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path, hashing_embedder) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": oops}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: malformed JSONL"):
+        build_index(IndexConfig(paths=[str(p)], index=str(tmp_path / "o"), embedder="hashing:64"), embedder=hashing_embedder)
+
+
+def test_missing_input_and_bad_settings(tmp_path, hashing_embedder) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        build_index(IndexConfig(paths=[str(tmp_path / "nope")], index=str(tmp_path / "o"), embedder="hashing:64"), embedder=hashing_embedder)
+    with pytest.raises(ConfigError, match="exceeds the embedder's max"):
+        build_index(IndexConfig(paths=[str(tmp_path)], index=str(tmp_path / "o"), chunk_size=999, embedder="hashing:64"), embedder=hashing_embedder)
+    with pytest.raises(ConfigError, match="contradict"):
+        IndexConfig(force=True, update=True)
+
+
+def test_duplicate_chunks_dropped_and_ids_stable(tmp_path, hashing_embedder) -> None:
+    text = "Identical paragraph about lighthouses and their keepers."
+    src = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": text}, {"id": "b", "text": text}, {"id": "c", "text": "Other text."}])
+    m1 = build_index(IndexConfig(paths=[str(src)], index=str(tmp_path / "i1"), embedder="hashing:64"), embedder=hashing_embedder)
+    m2 = build_index(IndexConfig(paths=[str(src)], index=str(tmp_path / "i2"), embedder="hashing:64"), embedder=hashing_embedder)
+    assert m1["corpus"]["duplicates_dropped"] == 1 and m1["corpus"]["chunks"] == 2
+    assert m1["corpus"]["fingerprint"] == m2["corpus"]["fingerprint"]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_index_types_end_to_end(tmp_path, hashing_embedder, kind) -> None:
+    rows = [{"id": f"d{i}", "title": f"T{i}", "text": f"document {i} about topic{i % 7} and word{i}"} for i in range(400)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = IndexConfig(paths=[str(src)], index=str(tmp_path / kind), embedder="hashing:64", index_type=kind, shard_size=64, nprobe=64)
+    m = build_index(cfg, embedder=hashing_embedder)
+    assert m["index"]["type"] == kind and m["corpus"]["chunks"] == 400
+    r = Retriever.load(cfg.index, embedder=hashing_embedder)
+    hits = r.search("document 123 about topic4 and word123", 3)
+    assert hits[0].chunk.doc_id == "d123"
+    assert [h.rank for h in hits] == [1, 2, 3] and hits[0].score >= hits[1].score
+
+
+def test_manifest_json_is_stable_text(small_index) -> None:
+    idx, _ = small_index
+    raw = (idx / "manifest.json").read_text()
+    assert json.loads(raw)["kind"] == "rag-index" and raw.endswith("\n")

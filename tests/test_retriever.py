@@ -1,0 +1,86 @@
+"""Retriever: loading checks, k above size, batch equals single, hybrid fusion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TOPICS
+from rag_pipeline.embed import HashingEmbedder
+from rag_pipeline.errors import IndexError_
+from rag_pipeline.retriever import Retriever
+
+
+def test_search_finds_the_topic_document(small_index, hashing_embedder) -> None:
+    idx, _ = small_index
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    assert r.search("Which river flows into the Mediterranean Sea?", 1)[0].chunk.doc_id == "nile"
+    assert r.search("who created the Python programming language", 2)[0].chunk.doc_id == "python"
+
+
+def test_k_above_index_size_returns_what_exists(small_index, hashing_embedder) -> None:
+    idx, _ = small_index
+    hits = Retriever.load(idx, embedder=hashing_embedder).search("tower", 100)
+    assert len(hits) == len(TOPICS) and len({h.chunk.id for h in hits}) == len(TOPICS)
+
+
+def test_minus_one_ids_never_map_to_a_chunk(small_index, hashing_embedder) -> None:
+    import numpy as np
+
+    idx, _ = small_index
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    hits = r._hits(np.array([0.9, 0.5, -1.0], np.float32), np.array([0, 1, -1]))
+    assert [h.chunk.row for h in hits] == [0, 1]
+
+
+def test_search_batch_equals_single_searches(small_index, hashing_embedder) -> None:
+    idx, _ = small_index
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    qs = ["Paris tower", "memory safety language", "natural satellite", "highest mountain"]
+    batch = r.search_batch(qs, 3)
+    for q, hits in zip(qs, batch):
+        assert [(h.chunk.id, round(h.score, 5)) for h in hits] == [(h.chunk.id, round(h.score, 5)) for h in r.search(q, 3)]
+
+
+def test_hybrid_fuses_bm25_and_dense(small_index, hashing_embedder) -> None:
+    idx, _ = small_index
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    hits = r.search("Guido van Rossum", 3, hybrid=True)
+    assert hits[0].chunk.doc_id == "python" and hits[0].score > hits[1].score > 0
+
+
+def test_other_embedder_is_refused(small_index) -> None:
+    idx, _ = small_index
+    with pytest.raises(IndexError_, match="built with hashing:64"):
+        Retriever.load(idx, embedder=HashingEmbedder(dim=32))
+    with pytest.raises(IndexError_, match="not sentence-transformers"):
+        Retriever.load(idx, expect_embedder="sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_dimension_mismatch_in_manifest(small_index, hashing_embedder) -> None:
+    idx, _ = small_index
+    m = json.loads((idx / "manifest.json").read_text())
+    m["embedder"]["dim"] = 128
+    (idx / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexError_, match="dimension"):
+        Retriever.load(idx, embedder=hashing_embedder)
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "chunks.sqlite"])
+def test_truncated_or_corrupt_files_are_detected(small_index, hashing_embedder, name) -> None:
+    idx, _ = small_index
+    path = idx / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexError_, match="truncated"):
+        Retriever.load(idx, embedder=hashing_embedder)
+    mid = len(data) // 2
+    path.write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :])  # same size, one byte flipped
+    with pytest.raises(IndexError_, match="does not match its manifest hash"):
+        Retriever.load(idx, embedder=hashing_embedder)
+
+
+def test_missing_index_dir_names_the_fix(tmp_path) -> None:
+    with pytest.raises(IndexError_, match="rag-pipeline build-index"):
+        Retriever.load(tmp_path / "nothing")
