@@ -10,10 +10,13 @@ message says that instructions inside them are not to be followed.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rag_pipeline.errors import ConfigError
+from rag_pipeline.textnorm import contains_answer
 
 ABSTAIN = "The documents don't contain the answer."
 
@@ -73,3 +76,201 @@ def to_model_text(tokenizer: Any, template: PromptTemplate, user: str) -> str:
         messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{template.system}\n\n{user}\n\nAnswer:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Token budget: fit the documents of one training example into the generator's context.
+# ---------------------------------------------------------------------------------------------
+
+# Tokens kept free after the target for the end-of-turn marker and EOS the trainer appends.
+END_RESERVE = 2
+# A distractor cut below this many tokens carries no usable context: it is dropped instead.
+MIN_DOC_TOKENS = 24
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=\S)")
+
+
+class BudgetError(ValueError):
+    """The question, the oracle's answer sentence and the target alone exceed the token budget."""
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of ``text`` (split after . ! ? and whitespace)."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.start() + len(m.group(0).rstrip())))
+        start = m.end()
+    if start < len(text):
+        spans.append((start, len(text.rstrip())))
+    return [(s, e) for s, e in spans if e > s]
+
+
+def answer_sentence_span(text: str, answers: list[str]) -> tuple[int, int] | None:
+    """The span of the first sentence holding an answer (normalized match), or the shortest run of
+    consecutive sentences holding one when the splitter cut an answer apart; None when absent."""
+    spans = sentence_spans(text)
+    for s, e in spans:
+        if contains_answer(text[s:e], answers):
+            return s, e
+    if not spans or not contains_answer(text, answers):
+        return None
+    j = next(j for j in range(len(spans)) if contains_answer(text[: spans[j][1]], answers))
+    i = max(i for i in range(j + 1) if contains_answer(text[spans[i][0] : spans[j][1]], answers))
+    return spans[i][0], spans[j][1]
+
+
+def model_text_fn(tokenizer: Any, template: PromptTemplate) -> Callable[[str], str]:
+    """A fast equivalent of ``lambda user: to_model_text(tokenizer, template, user)``.
+
+    The chat template is rendered once around a sentinel and reused as prefix + user + suffix,
+    which is exact for templates that insert the user message verbatim (checked here; others
+    fall back to rendering each prompt).
+    """
+    sentinel = "\x00USER\x00"
+    full = to_model_text(tokenizer, template, sentinel)
+    if full.count(sentinel) != 1:
+        return lambda user: to_model_text(tokenizer, template, user)
+    prefix, suffix = full.split(sentinel)
+    probe = "<documents>\n[1] t\n x \n</documents>\n\nQuestion: q"
+    if to_model_text(tokenizer, template, probe) != prefix + probe + suffix:
+        return lambda user: to_model_text(tokenizer, template, user)
+    return lambda user: prefix + user + suffix
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts of ``texts`` in one batched call (special-token strings in the text count as one)."""
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def example_tokens(tokenizer: Any, template: PromptTemplate, question: str, documents: list[dict[str, str]], target: str) -> int:
+    """Tokens of one training sequence: the model text, the target and :data:`END_RESERVE`."""
+    user = render_user(template, question, documents)
+    a, b = count_tokens(tokenizer, [to_model_text(tokenizer, template, user), target])
+    return a + b + END_RESERVE
+
+
+def _token_ends(tokenizer: Any, text: str) -> list[int]:
+    """Character end offset of each token of ``text`` (needs a fast tokenizer)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer: the budget fitter needs offsets; use a model with a tokenizer.json")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [e for _, e in enc["offset_mapping"]]
+
+
+def _cut_words(text: str, ends: list[int], keep: int) -> str:
+    """The first ``keep`` tokens of ``text``, backed off to a word boundary."""
+    if keep >= len(ends):
+        return text
+    cut = ends[keep - 1] if keep > 0 else 0
+    head = text[:cut]
+    if cut < len(text) and not text[cut].isspace() and " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip()
+
+
+def _trim_oracle(text: str, ends: list[int], keep_span: tuple[int, int] | None, drop: int) -> str:
+    """Remove about ``drop`` tokens from the oracle by whole sentences outside ``keep_span``:
+    trailing sentences first, then leading ones. Without a keep span, cut words from the end."""
+    if keep_span is None:
+        return _cut_words(text, ends, max(len(ends) - drop, 1))
+    spans = sentence_spans(text)
+    lo, hi = keep_span
+
+    def ntok(a: int, b: int) -> int:
+        return sum(1 for e in ends if a < e <= b)
+
+    after = [s for s in spans if s[0] >= hi]
+    before = [s for s in spans if s[1] <= lo]
+    start, end, removed = spans[0][0] if spans else 0, len(text), 0
+    while removed < drop and after:
+        s = after.pop()
+        removed += ntok(s[0], end)
+        end = s[0]
+    while removed < drop and before:
+        s = before.pop(0)
+        nxt = before[0][0] if before else lo
+        removed += ntok(start, nxt)
+        start = nxt
+    return text[start:end].strip()
+
+
+def fit_documents(
+    tokenizer: Any,
+    template: PromptTemplate,
+    question: str,
+    documents: list[dict[str, str]],
+    oracle_index: int,
+    answer: str | Callable[[int], str],
+    max_tokens: int,
+    answers: list[str] | None = None,
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Shorten the documents until prompt + target fit ``max_tokens`` of ``tokenizer``.
+
+    Distractors are cut first (the longest ones down to a common length, at word boundaries),
+    then dropped when they would fall under :data:`MIN_DOC_TOKENS`; only then is the oracle
+    trimmed, by whole sentences outside the sentence holding one of ``answers``. The target is
+    never cut.
+
+    Args:
+        documents: dicts with ``title`` and ``text`` (other keys are kept); not modified.
+        oracle_index: position of the oracle in ``documents``, or -1.
+        answer: the target, or a function of the final oracle position returning it (a
+            citation number changes when a document before the oracle is dropped).
+        answers: gold answers locating the sentence the oracle must keep.
+
+    Returns:
+        (documents, truncations): the fitted documents and counts ``shortened``, ``dropped``,
+        ``oracle_trimmed`` (each 0 when the example already fit).
+
+    Raises:
+        BudgetError: the question, the oracle's answer sentence and the target alone exceed the budget.
+    """
+    docs = [dict(d) for d in documents]
+    oi = oracle_index
+    stats = {"shortened": 0, "dropped": 0, "oracle_trimmed": 0}
+    touched: set[str] = set()  # documents already shortened (by id, else original position)
+    for i, d in enumerate(docs):
+        d.setdefault("_key", str(d.get("id", i)))
+    for _ in range(4 * len(docs) + 8):
+        target = answer(oi) if callable(answer) else answer
+        over = example_tokens(tokenizer, template, question, docs, target) - max_tokens
+        if over <= 0:
+            return [{k: v for k, v in d.items() if k != "_key"} for d in docs], stats
+        ends = [_token_ends(tokenizer, d["text"]) for d in docs]
+        others = [i for i in range(len(docs)) if i != oi]
+        room = sum(max(0, len(ends[i]) - MIN_DOC_TOKENS) for i in others)
+        if room >= over:
+            _waterfill(docs, ends, others, over + 1, touched, stats)
+        elif others:
+            drop = max(others, key=lambda i: (i > oi, i))  # prefer dropping after the oracle: citation stays
+            del docs[drop]
+            stats["dropped"] += 1
+            oi = oi - 1 if 0 <= oi and drop < oi else oi
+        elif oi >= 0:
+            text = docs[oi]["text"]
+            keep = answer_sentence_span(text, answers or [])
+            new = _trim_oracle(text, ends[oi], keep, over + 1)
+            if new == text or not new:
+                raise BudgetError(f"question, answer sentence and target need {over} tokens more than max_tokens={max_tokens}")
+            docs[oi] = {**docs[oi], "text": new}
+            stats["oracle_trimmed"] = 1
+        else:
+            raise BudgetError(f"question and target alone exceed max_tokens={max_tokens} by {over} tokens")
+    raise BudgetError(f"could not fit the documents into max_tokens={max_tokens}")
+
+
+def _waterfill(docs: list[dict], ends: list[list[int]], idx: list[int], need: int, touched: set[str], stats: dict) -> None:
+    """Cut the longest of ``docs[idx]`` down to a common length so that ``need`` tokens go."""
+    lengths = sorted((len(ends[i]) for i in idx), reverse=True)
+    cap = lengths[0]
+    while cap > MIN_DOC_TOKENS and sum(max(0, len(ends[i]) - cap) for i in idx) < need:
+        cap -= 1
+    for i in idx:
+        if len(ends[i]) > cap:
+            docs[i] = {**docs[i], "text": _cut_words(docs[i]["text"], ends[i], cap)}
+            if docs[i]["_key"] not in touched:
+                touched.add(docs[i]["_key"])
+                stats["shortened"] += 1

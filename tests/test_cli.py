@@ -1,0 +1,47 @@
+"""CLI: fast help without torch, one-line errors with exit 2, search output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+from rag_pipeline.cli import main
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    code = "import sys; from rag_pipeline.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
+    assert time.perf_counter() - t0 < 5  # generous for a loaded CI machine; typically ~0.2 s
+    r = subprocess.run([sys.executable, "-m", "rag_pipeline.cli", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "build-index" in r.stdout
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys) -> None:
+    rc = main(["build-index", str(tmp_path / "missing"), "--index", str(tmp_path / "i"), "--embedder", "hashing:64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: input path") and "does not exist" in err[0]
+
+
+def test_unknown_model_is_one_line_with_fix(tmp_path, capsys) -> None:
+    (tmp_path / "a.txt").write_text("hello world")
+    rc = main(["build-index", str(tmp_path / "a.txt"), "--index", str(tmp_path / "i"), "--embedder", "nobody/no-such-model"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not in the Hugging Face cache" in err[0] and "pass a local directory" in err[0]
+
+
+def test_build_then_search_and_eval(tmp_path, docs_jsonl, capsys) -> None:
+    idx = str(tmp_path / "i")
+    assert main(["build-index", str(docs_jsonl), "--index", idx, "--embedder", "hashing:64"]) == 0
+    assert "indexed 6 chunks" in capsys.readouterr().out
+    assert main(["build-index", str(docs_jsonl), "--index", idx, "--embedder", "hashing:64"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["search", "natural satellite of Earth", "--index", idx, "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2] and hits[0]["doc_id"] == "moon" and hits[0]["title"] == "Moon"
+    assert main(["search", "   ", "--index", idx]) == 2
+    assert "empty query" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""Config: precedence, validation messages, every shipped YAML parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from rag_pipeline.config import build_config, load_yaml
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.index import IndexConfig
+
+
+def test_precedence_defaults_yaml_flags(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("chunk_overlap: 8\nbatch_size: 16\n")
+    cfg = build_config(IndexConfig, y, {"batch_size": 4, "index": None})
+    assert (cfg.chunk_overlap, cfg.batch_size, cfg.index) == (8, 4, IndexConfig().index)
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("chunk_sise: 8\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'chunk_sise' in .*valid keys are .*chunk_size"):
+        build_config(IndexConfig, y)
+
+
+@pytest.mark.parametrize("yaml_text,match", [
+    ("chunk_size: lots\n", "'chunk_size' .* must be an integer"),
+    ("index_type: btree\n", "'index_type' .* choose one of auto, flat, hnsw, ivf"),
+    ("force: maybe\n", "'force' .* must be true or false"),
+    ("chunk_overlap: -1\n", "chunk_overlap must be >= 0"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_bad_values_are_named(tmp_path: Path, yaml_text: str, match: str) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=match):
+        build_config(IndexConfig, y)
+
+
+def test_missing_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(IndexConfig, tmp_path / "nope.yaml")
+
+
+def _command_of(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# rag-pipeline "), f"{path} must start with a comment showing its command"
+    return first.split()[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_parses(path: Path) -> None:
+    import importlib
+
+    from rag_pipeline.cli import COMMANDS
+
+    command = _command_of(path)
+    module, cls_name, _, _ = COMMANDS[command]
+    cls = getattr(importlib.import_module(module), cls_name)
+    assert load_yaml(path)
+    build_config(cls, path)

@@ -1,0 +1,163 @@
+"""rag_pipeline.generator and rag_pipeline.metrics, on tiny models built in code."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+from rag_pipeline import generator as G  # noqa: E402
+from rag_pipeline.errors import ConfigError, DeviceError, InputError  # noqa: E402
+from rag_pipeline.metrics import exact_match, extract_answer, f1  # noqa: E402
+from rag_pipeline.prompt import get_template, to_model_text  # noqa: E402
+try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
+    from tests.tiny_models import build_tiny_llama, build_tiny_t5, raft_rows
+except ImportError:
+    from tiny_models import build_tiny_llama, build_tiny_t5, raft_rows  # type: ignore[no-redef]
+
+TEMPLATE = get_template("raft-v1")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("tiny-gen")
+    return {"causal": build_tiny_llama(root / "llama"), "seq2seq": build_tiny_t5(root / "t5")}
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_dirs: dict) -> dict[str, tuple]:
+    return {k: G.load_generator(str(p), device="cpu") for k, p in tiny_dirs.items()}
+
+
+@pytest.fixture(params=["causal", "seq2seq"])
+def gen(request: pytest.FixtureRequest, loaded: dict) -> tuple:
+    model, tok, kind = loaded[request.param]
+    return copy.deepcopy(model), tok, kind
+
+
+def _texts(tok: object, n: int = 4) -> tuple[list[str], list[dict]]:
+    rows = raft_rows(n, seed=3)
+    return [to_model_text(tok, TEMPLATE, r["prompt"]) for r in rows], rows
+
+
+def test_kind_is_read_from_the_config(loaded: dict) -> None:
+    assert loaded["causal"][2] == "causal" and loaded["seq2seq"][2] == "seq2seq"
+    assert loaded["causal"][1].padding_side == "left"
+
+
+def test_encode_masks_the_prompt_and_ends_the_target_with_eos(gen: tuple) -> None:
+    _, tok, kind = gen
+    texts, rows = _texts(tok, 1)
+    ex = G.encode_example(tok, kind, texts[0], rows[0]["completion"], 1024)
+    target = [t for t in ex["labels"] if t != -100]
+    assert tok.decode(target[:-1]) == rows[0]["completion"] and target[-1] == tok.eos_token_id
+    assert ex["prompt_cut"] == 0
+    if kind == "causal":
+        n_prompt = len(ex["input_ids"]) - len(target)
+        assert ex["labels"][:n_prompt] == [-100] * n_prompt and ex["input_ids"][n_prompt:] == target
+        assert ex["input_ids"][:n_prompt] == G.encode_prompt(tok, kind, texts[0])
+    else:
+        assert ex["labels"] == target and ex["input_ids"] == G.encode_prompt(tok, kind, texts[0])
+
+
+def test_long_prompt_is_cut_in_the_middle_never_the_target(gen: tuple) -> None:
+    _, tok, kind = gen
+    texts, rows = _texts(tok, 1)
+    full = G.encode_prompt(tok, kind, texts[0])
+    ex = G.encode_example(tok, kind, texts[0], rows[0]["completion"], 64)
+    assert len(ex["input_ids"]) <= 64 and ex["prompt_cut"] > 0
+    target = [t for t in ex["labels"] if t != -100]
+    assert tok.decode(target[:-1]) == rows[0]["completion"]
+    prompt = ex["input_ids"][: len(ex["input_ids"]) - len(target)] if kind == "causal" else ex["input_ids"]
+    assert len(prompt) + ex["prompt_cut"] == len(full)
+    head = len(prompt) // 4
+    assert prompt[:head] == full[:head] and prompt[head:] == full[len(full) - (len(prompt) - head):]
+
+
+def test_completion_longer_than_max_length_is_an_input_error(gen: tuple) -> None:
+    _, tok, kind = gen
+    with pytest.raises(InputError, match="--max-length"):
+        G.encode_example(tok, kind, "question", "word " * 100, 40)
+
+
+def test_loss_is_the_reference_mean_over_completion_tokens_only(gen: tuple) -> None:
+    model, tok, kind = gen
+    texts, rows = _texts(tok, 3)
+    exs = [G.encode_example(tok, kind, t, r["completion"] * (i + 1), 1024) for i, (t, r) in enumerate(zip(texts, rows))]
+    batch = G.collate(exs, tok.pad_token_id, kind)
+    loss_sum, n = G.batch_loss(model, batch, kind)
+    assert n == sum(sum(t != -100 for t in e["labels"]) for e in exs)
+    ref = model(**{k: v for k, v in batch.items()}).loss  # transformers' own shifted, masked mean
+    torch.testing.assert_close(loss_sum / n, ref, rtol=1e-5, atol=1e-5)
+    # Changing prompt tokens' labels to anything masked changes nothing: the prompt carries no loss.
+    if kind == "causal":
+        assert int((batch["labels"][batch["attention_mask"] == 0] != -100).sum()) == 0
+
+
+def test_left_padded_batch_generation_equals_one_by_one(gen: tuple) -> None:
+    model, tok, kind = gen
+    texts, _ = _texts(tok, 4)
+    texts[1] = texts[1].replace("near the river", "")  # different lengths, so padding happens
+    batched = G.generate_answers(model, tok, kind, texts, max_new_tokens=6, batch_size=4)
+    single = [G.generate_answers(model, tok, kind, [t], max_new_tokens=6)[0] for t in texts]
+    assert batched == single
+
+
+def test_sampling_and_beams_run_and_sampling_is_seeded(gen: tuple) -> None:
+    model, tok, kind = gen
+    texts, _ = _texts(tok, 2)
+    a = G.generate_answers(model, tok, kind, texts, max_new_tokens=4, do_sample=True, seed=1, temperature=2.0)
+    b = G.generate_answers(model, tok, kind, texts, max_new_tokens=4, do_sample=True, seed=1, temperature=2.0)
+    assert a == b
+    assert len(G.generate_answers(model, tok, kind, texts, max_new_tokens=4, num_beams=2)) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_asked_for_and_absent_is_a_device_error() -> None:
+    with pytest.raises(DeviceError, match="use --device cpu"):
+        G.resolve_device("cuda")
+
+
+def test_adapter_recorded_for_another_base_is_refused(tiny_dirs: dict, tmp_path: object) -> None:
+    (tmp_path / "rag_pipeline.json").write_text(json.dumps({"base_model": "other/model", "base_weights_hash": "0" * 64}))
+    with pytest.raises(ConfigError, match="trained on base model 'other/model'"):
+        G.load_generator(str(tiny_dirs["causal"]), adapter_dir=tmp_path, device="cpu")
+
+
+def test_unfinished_adapter_dir_is_an_input_error(tiny_dirs: dict, tmp_path: object) -> None:
+    with pytest.raises(InputError, match="rag_pipeline.json"):
+        G.load_generator(str(tiny_dirs["causal"]), adapter_dir=tmp_path, device="cpu")
+
+
+def test_default_target_modules_and_unknown_architecture() -> None:
+    assert G.default_target_modules("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert G.default_target_modules("t5") == ["q", "k", "v", "o"]
+    assert G.default_target_modules("bart") == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    with pytest.raises(ConfigError, match="--lora-target-modules"):
+        G.default_target_modules("gpt9")
+
+
+@pytest.mark.parametrize(
+    "pred,golds,em,f",
+    [
+        ("Paris [1]", ["Paris"], 1.0, 1.0),
+        ("the Eiffel tower", ["Eiffel Tower"], 1.0, 1.0),
+        ("reasoning... ##Answer: blue [2]", ["blue"], 1.0, 1.0),
+        ("red and blue", ["blue"], 0.0, 0.5),
+        ("nothing", ["blue", "nothing at all"], 0.0, 0.5),
+        ("The documents don't contain the answer.", [], 1.0, 1.0),
+    ],
+)
+def test_squad_metrics(pred: str, golds: list[str], em: float, f: float) -> None:
+    assert exact_match(pred, golds) == em
+    assert f1(pred, golds) == pytest.approx(f)
+
+
+def test_extract_answer_drops_citations() -> None:
+    assert extract_answer("Blue [1, 3] and red [2].") == "Blue and red."

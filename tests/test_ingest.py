@@ -1,0 +1,79 @@
+"""Ingestion: formats, whitespace, chunk windows and ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag_pipeline.embed import HashingEmbedder
+from rag_pipeline.errors import InputError
+from rag_pipeline.ingest import Document, IngestReport, chunk_document, normalize_whitespace, read_documents
+
+
+def test_normalize_whitespace() -> None:
+    assert normalize_whitespace("  a \t b\r\n\n\n\nc\u00a0 d  ") == "a b\n\nc d"
+
+
+def test_reads_each_format(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("Plain   text.")
+    (tmp_path / "b.md").write_text("# Title\n\nMarkdown body.")
+    (tmp_path / "c.html").write_text("<html><head><title>Page</title><style>p{}</style></head><body><p>Visible</p><script>hidden()</script></body></html>")
+    (tmp_path / "d.json").write_text('[{"id": "x", "title": "X", "text": "json text"}]')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "e.jsonl").write_text('{"doc": "y", "name": "Y", "body": "jsonl text"}\n')
+    (tmp_path / "skip.csv").write_text("a,b")
+    report = IngestReport()
+    docs = list(read_documents([tmp_path / n for n in ("a.txt", "b.md", "c.html", "d.json")], report))
+    by_text = {d.text: d for d in docs}
+    assert "Plain text." in by_text and by_text["Visible"].title == "Page" and "hidden" not in "".join(by_text)
+    assert by_text["json text"].id == "x" and by_text["json text"].title == "X"
+    assert report.files == 4
+    assert [d.text for d in read_documents([tmp_path / "skip.csv"], IngestReport())] == []  # unsupported type
+    # jsonl with other field names: configurable
+    docs = list(read_documents([tmp_path / "other" / "e.jsonl"], IngestReport(), id_field="doc", title_field="name", text_field="body"))
+    assert (docs[0].id, docs[0].title, docs[0].text) == ("y", "Y", "jsonl text")
+    with pytest.raises(InputError, match="e.jsonl:1: record has no 'text' field"):
+        list(read_documents([tmp_path / "other" / "e.jsonl"], IngestReport()))
+
+
+def test_pdf_text_layer(tmp_path: Path) -> None:
+    pypdf = pytest.importorskip("pypdf")
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = pypdf.PdfWriter()
+    page = writer.add_blank_page(300, 200)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"), NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    stream = DecodedStreamObject()
+    stream.set_data(b"BT /F1 12 Tf 20 100 Td (Glaciers carve valleys) Tj ET")
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    with (tmp_path / "doc.pdf").open("wb") as f:
+        writer.write(f)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    report = IngestReport()
+    docs = list(read_documents([tmp_path], report))
+    assert [d.text for d in docs] == ["Glaciers carve valleys"]
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.pdf"]
+
+
+def test_chunks_respect_size_overlap_and_word_boundaries() -> None:
+    emb = HashingEmbedder(dim=16, max_tokens=64)
+    words = [f"w{i}" for i in range(100)]
+    doc = Document("d", "T", " ".join(words), "src")
+    chunks = chunk_document(doc, emb.token_offsets, chunk_size=30, overlap=5)
+    assert all(len(emb.token_offsets(c.text)) <= 30 for c in chunks)
+    assert [c.position for c in chunks] == list(range(len(chunks)))
+    toks = [c.text.split() for c in chunks]
+    for a, b in zip(toks, toks[1:]):
+        assert a[-5:] == b[:5]  # overlap of 5 tokens
+    assert toks[0][0] == "w0" and toks[-1][-1] == "w99"
+    assert len({c.id for c in chunks}) == len(chunks)
+    again = chunk_document(doc, emb.token_offsets, chunk_size=30, overlap=5)
+    assert [c.id for c in again] == [c.id for c in chunks]
+
+
+def test_overlap_must_be_smaller_than_size() -> None:
+    emb = HashingEmbedder()
+    with pytest.raises(InputError, match="overlap"):
+        chunk_document(Document("d", "", "a b c", "s"), emb.token_offsets, chunk_size=4, overlap=4)
