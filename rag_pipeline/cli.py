@@ -144,8 +144,22 @@ def _dispatch(name: str, cfg: Any) -> int:
                     print(f"  {k:<14}{v:.4f}")
     else:
         module = importlib.import_module(COMMANDS[name][0])
-        return int(module.main(cfg) or 0) if hasattr(module, "main") else (module.run(cfg), 0)[1]
+        if _takes_config(getattr(module, "main", None)):
+            return int(module.main(cfg) or 0)
+        result = module.run(cfg)
+        if isinstance(result, dict):
+            print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def _takes_config(fn: Callable | None) -> bool:
+    """True for a stage's ``main(cfg: XConfig)`` (printing entry), not a ``main(argv)`` script entry."""
+    import inspect
+
+    if fn is None:
+        return False
+    params = list(inspect.signature(fn).parameters.values())
+    return bool(params) and "Config" in str(params[0].annotation)
 
 
 def main(argv: list[str] | None = None, only: str | None = None) -> int:

@@ -68,12 +68,13 @@ class FakeTeacher:
 
 
 def _cloze_pairs(text: str, n: int) -> list[tuple[str, str]]:
-    """Up to ``n`` (question, answer) pairs: each sentence's last word of 4+ letters becomes the answer."""
+    """Up to ``n`` (question, answer) pairs: each sentence's last capitalized word (not the first word)
+    becomes the answer, blanked out in the question."""
     pairs = []
     for sent in re.split(r"(?<=[.!?])\s+", text.strip()):
-        words = re.findall(r"[A-Za-z]{4,}", sent)
-        if len(words) >= 4:
-            pairs.append((f"Which word completes: {sent.replace(words[-1], '____', 1)}?", words[-1]))
+        names = re.findall(r"(?<=\s)[A-Z]\w+", sent)
+        if names:
+            pairs.append((f"Which name completes: {sent.replace(names[-1], '____', 1)}?", names[-1]))
         if len(pairs) == n:
             break
     return pairs

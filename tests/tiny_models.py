@@ -66,7 +66,7 @@ def build_tiny_llama(path: str | Path, hidden: int = 32, layers: int = 2, seed: 
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, initializer_range=0.3,  # logits large enough to learn from with LoRA alone
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -1,0 +1,97 @@
+"""The prompt module: sentence spans, the fast model-text path and the token budget fitter."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag_pipeline import prompt as P
+
+TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
+TEMPLATE = P.get_template(P.DEFAULT_TEMPLATE)
+ORACLE = ("Paris is a large city. It has many museums and old bridges over the river. "
+          "The capital of France is Paris since the middle ages. Tourists visit it every year in great numbers.")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    from rag_pipeline.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(str(resolve_model(TOKENIZER)))
+
+
+def _docs(n_distractors: int = 3, words: int = 120) -> list[dict]:
+    filler = " ".join(f"word{i}" for i in range(words))
+    return [{"id": f"d{i}", "title": f"D{i}", "text": f"Distractor {i} says {filler}."} for i in range(n_distractors)] + [
+        {"id": "o", "title": "France", "text": ORACLE}]
+
+
+def test_sentence_spans_and_answer_sentence() -> None:
+    text = "One two. Three four! Five six? Seven"
+    assert [text[s:e] for s, e in P.sentence_spans(text)] == ["One two.", "Three four!", "Five six?", "Seven"]
+    s, e = P.answer_sentence_span(ORACLE, ["capital of France"])
+    assert ORACLE[s:e] == "The capital of France is Paris since the middle ages."
+    assert P.answer_sentence_span(ORACLE, ["Berlin"]) is None
+    # An answer the splitter cut apart: the shortest run of sentences holding it.
+    s, e = P.answer_sentence_span("Born in St. Louis. Then left.", ["St. Louis"])
+    assert "St. Louis" in "Born in St. Louis. Then left."[s:e]
+
+
+def test_model_text_fn_matches_to_model_text(tok) -> None:
+    user = P.render_user(TEMPLATE, "q?", _docs(1, 5))
+    assert P.model_text_fn(tok, TEMPLATE)(user) == P.to_model_text(tok, TEMPLATE, user)  # no chat template
+    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    try:
+        assert P.model_text_fn(tok, TEMPLATE)(user) == P.to_model_text(tok, TEMPLATE, user)
+    finally:
+        tok.chat_template = None
+
+
+def test_fit_leaves_a_fitting_example_alone(tok) -> None:
+    docs = _docs(2, 5)
+    out, trunc = P.fit_documents(tok, TEMPLATE, "What is the capital of France?", docs, 2, "Paris [3]", 1000, ["Paris"])
+    assert out == docs and trunc == {"shortened": 0, "dropped": 0, "oracle_trimmed": 0}
+
+
+def test_fit_cuts_distractors_first_and_never_the_target(tok) -> None:
+    docs, q = _docs(3, 120), "What is the capital of France?"
+    full = P.example_tokens(tok, TEMPLATE, q, docs, "Paris [4]")
+    budget = full - 100
+    out, trunc = P.fit_documents(tok, TEMPLATE, q, docs, 3, "Paris [4]", budget, ["Paris"])
+    assert P.example_tokens(tok, TEMPLATE, q, out, "Paris [4]") <= budget
+    assert out[3] == docs[3] and trunc["shortened"] >= 1 and trunc["oracle_trimmed"] == 0
+    assert all(d["text"] in o["text"] or o["text"] in d["text"] for d, o in zip(docs, out))  # cut from the end only
+
+
+def test_fit_drops_distractors_and_renumbers_the_citation(tok) -> None:
+    docs, q = _docs(3, 120), "What is the capital of France?"
+    docs = [docs[0], docs[3], docs[1], docs[2]]  # oracle second
+    target = lambda pos: f"Paris [{pos + 1}]"  # noqa: E731
+    budget = P.example_tokens(tok, TEMPLATE, q, [docs[1]], "Paris [1]") + 20
+    out, trunc = P.fit_documents(tok, TEMPLATE, q, docs, 1, target, budget, ["Paris"])
+    pos = next(i for i, d in enumerate(out) if d["id"] == "o")
+    assert trunc["dropped"] >= 2 and out[pos] == docs[1]
+    assert P.example_tokens(tok, TEMPLATE, q, out, target(pos)) <= budget
+
+
+def test_fit_trims_the_oracle_around_the_answer_sentence_only(tok) -> None:
+    q, answers = "What is the capital of France?", ["capital of France"]
+    docs = [{"id": "o", "title": "France", "text": ORACLE}]
+    budget = P.example_tokens(tok, TEMPLATE, q, docs, "Paris [1]") - 12
+    out, trunc = P.fit_documents(tok, TEMPLATE, q, docs, 0, "Paris [1]", budget, answers)
+    assert trunc["oracle_trimmed"] == 1
+    assert "The capital of France is Paris since the middle ages." in out[0]["text"]
+    assert P.example_tokens(tok, TEMPLATE, q, out, "Paris [1]") <= budget
+
+
+def test_fit_raises_when_the_answer_sentence_alone_is_too_long(tok) -> None:
+    docs = [{"id": "o", "title": "France", "text": ORACLE}]
+    with pytest.raises(P.BudgetError, match="max_tokens=80"):
+        P.fit_documents(tok, TEMPLATE, "What is the capital of France?", docs, 0, "Paris [1]", 80, ["capital of France"])
+
+
+def test_raft_template_text_is_unchanged() -> None:
+    # The trainer and `ask` render from this name; changing the text needs a new template name.
+    assert TEMPLATE.name == "raft-v1" and P.ABSTAIN in TEMPLATE.system
+    assert P.render_user(TEMPLATE, " q ", [{"title": "", "text": "t"}]) == "<documents>\n[1] (untitled)\nt\n</documents>\n\nQuestion: q"

@@ -1,0 +1,302 @@
+"""build-raft-dataset: oracle and distractor mixing, targets, budget, splits, exports, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rag_pipeline import prompt as P
+from rag_pipeline.errors import IndexError_, InputError
+from rag_pipeline.raft import RaftConfig, run
+from rag_pipeline.textnorm import contains_answer
+
+TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"  # packaged fast tokenizer, loads in < 1 s
+N_DOCS = 40
+VARIANTS = ("Who founded the town of Alpha{i}?", "Which person founded Alpha{i} town?", "Alpha{i} was founded by whom?",
+            "Name the founder of Alpha{i}.", "Who is the founder of the Alpha{i} settlement?")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _doc(i: int) -> dict:
+    text = (f"The town of Alpha{i} lies near the river Beta{i}. Its founder was Gamma{i} in the year {1000 + i}. "
+            f"People there enjoy Delta{i} festivals and Epsilon{i} music.")
+    if i % 5 == 0:  # a second chunk for some documents
+        text += f" Traders of Alpha{i} sell Zeta{i} cloth and Eta{i} spices at the Theta{i} market every week of the year."
+    return {"id": f"d{i:02d}", "title": f"Alpha{i}", "text": text}
+
+
+def _questions(i: int) -> list[dict]:
+    qs = [{"id": f"q{i:02d}-{v}", "question": t.format(i=i), "answer": [f"Gamma{i}"], "doc_id": f"d{i:02d}"} for v, t in enumerate(VARIANTS)]
+    qs.append({"id": f"q{i:02d}-u", "question": f"What colour is the flag of Alpha{i}?", "answer": [], "doc_id": f"d{i:02d}", "answerable": False})
+    return qs
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """40 documents indexed with hashing:64, QA split by document into train/dev/test.jsonl."""
+    from rag_pipeline.index import IndexConfig, build_index
+
+    root = tmp_path_factory.mktemp("raft")
+    docs = _jsonl(root / "docs.jsonl", [_doc(i) for i in range(N_DOCS)])
+    build_index(IndexConfig(paths=[str(docs)], index=str(root / "idx"), embedder="hashing:64", chunk_overlap=8))
+    for name, keep in (("train", range(0, 8)), ("dev", [8]), ("test", [9])):
+        _jsonl(root / "qa" / f"{name}.jsonl", [q for i in range(N_DOCS) if i % 10 in keep for q in _questions(i)])
+    return {"root": root, "index": str(root / "idx"), "qa_dir": str(root / "qa")}
+
+
+def _cfg(corpus: dict, out: Path, **kw) -> RaftConfig:
+    base = {"index": corpus["index"], "qa_dir": corpus["qa_dir"], "output": str(out), "generator": TOKENIZER, "max_prompt_tokens": 512}
+    return RaftConfig(**{**base, **kw})
+
+
+def _rows(out: Path, split: str | None = None) -> list[dict]:
+    splits = [split] if split else ["train", "validation", "test"]
+    return [json.loads(line) for s in splits for line in (out / "jsonl" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def default_build(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("out") / "raft"
+    return run(_cfg(corpus, out, format=["chat", "completion", "raft", "eval"])), out
+
+
+def test_output_holds_exactly_the_expected_files(default_build: tuple[dict, Path]) -> None:
+    result, out = default_build
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    splits = ("test", "train", "validation")
+    expected = {"manifest.json", "dataset/dataset_dict.json"} | {f"jsonl/{s}.jsonl" for s in splits}
+    expected |= {f"dataset/{s}/{f}" for s in splits for f in ("data-00000-of-00001.arrow", "dataset_info.json", "state.json")}
+    expected |= {f"exports/{fmt}/{s}.jsonl" for fmt in ("chat", "completion", "raft", "eval") for s in splits}
+    assert set(files) == expected
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kind"] == "raft-dataset" and m["template"] == P.DEFAULT_TEMPLATE and m["seed"] == 0
+    assert m["index"]["embedder"] == "hashing:64" and m["generator_tokenizer"] == TOKENIZER
+    assert set(m["params"]) == set(RaftConfig.__dataclass_fields__) - {"output"}
+    assert m["counts"]["examples_train"] == 8 * 4 * 6 and m["counts"]["examples_validation"] == 4 * 6
+
+
+def test_corpus_split_is_kept_and_columns_match_the_contract(default_build: tuple[dict, Path]) -> None:
+    from datasets import load_from_disk
+
+    _, out = default_build
+    dd = load_from_disk(str(out / "dataset"))
+    assert set(dd) == {"train", "validation", "test"}
+    for col in ("id", "question", "documents", "oracle_position", "prompt", "completion", "answer", "answerable"):
+        assert col in dd["train"].column_names
+    assert {r["doc_id"] for r in dd["validation"]} == {f"d{i:02d}" for i in range(8, N_DOCS, 10)}
+    row = dd["train"][0]
+    assert row["prompt"] == P.render_user(P.get_template(P.DEFAULT_TEMPLATE), row["question"], row["documents"])
+    assert dd["train"].to_list() == _rows(out, "train")
+
+
+def test_distractors_never_oracle_answer_or_repeat(default_build: tuple[dict, Path]) -> None:
+    _, out = default_build
+    for r in _rows(out):
+        docs, pos = r["documents"], r["oracle_position"]
+        assert len(docs) == 4
+        assert len({d["id"] for d in docs}) == 4 and len({d["text"] for d in docs}) == 4
+        gold_title = f"Alpha{int(r['doc_id'][1:])}"
+        for i, d in enumerate(docs):
+            if i != pos:
+                assert not contains_answer(d["text"], r["answer"])
+                assert d["title"] != gold_title  # no chunk of the gold document is a distractor
+        if pos >= 0 and r["answerable"]:
+            assert contains_answer(docs[pos]["text"], r["answer"])
+
+
+def test_oracle_position_is_shuffled(default_build: tuple[dict, Path]) -> None:
+    _, out = default_build
+    positions = [r["oracle_position"] for r in _rows(out) if r["oracle_position"] >= 0]
+    assert {0, 1, 2, 3} <= set(positions)
+    assert max(positions.count(p) for p in range(4)) < 0.4 * len(positions)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_oracle_kept_at_rate_p(corpus: dict, tmp_path: Path, p: float) -> None:
+    run(_cfg(corpus, tmp_path / "o", p_oracle=p, format=[]))
+    rows = [r for r in _rows(tmp_path / "o") if r["answerable"]]
+    rate = sum(r["oracle_position"] >= 0 for r in rows) / len(rows)
+    assert abs(rate - p) < 0.08, (rate, p, len(rows))
+
+
+def test_targets_cited_and_abstain_by_default(default_build: tuple[dict, Path]) -> None:
+    _, out = default_build
+    for r in _rows(out):
+        if not r["answerable"] or r["oracle_position"] < 0:
+            assert r["completion"] == P.ABSTAIN
+        else:
+            assert r["completion"] == f"{r['answer'][0]} [{r['oracle_position'] + 1}]"
+
+
+def test_no_oracle_target_answer_keeps_the_answer(corpus: dict, tmp_path: Path) -> None:
+    run(_cfg(corpus, tmp_path / "o", no_oracle_target="answer", p_oracle=0.5, format=[]))
+    rows = _rows(tmp_path / "o")
+    absent = [r for r in rows if r["answerable"] and r["oracle_position"] < 0]
+    assert absent and all(r["completion"] == r["answer"][0] for r in absent)
+    assert all(r["completion"] == P.ABSTAIN for r in rows if not r["answerable"])
+
+
+def test_short_and_cot_styles(corpus: dict, tmp_path: Path) -> None:
+    run(_cfg(corpus, tmp_path / "s", answer_style="short", format=[]))
+    assert all(r["completion"] in (r["answer"][:1] + [P.ABSTAIN]) for r in _rows(tmp_path / "s"))
+    run(_cfg(corpus, tmp_path / "c", answer_style="cot", format=[]))
+    for r in _rows(tmp_path / "c"):
+        if r["completion"] == P.ABSTAIN:
+            continue
+        quote = r["completion"].split("##begin_quote##")[1].split("##end_quote##")[0]
+        oracle = r["documents"][r["oracle_position"]]["text"]
+        assert quote in oracle and contains_answer(quote, r["answer"])
+        assert r["completion"].endswith(f"<ANSWER>: {r['answer'][0]}")
+
+
+def test_fake_teacher_writes_cot_and_generates_questions(corpus: dict, tmp_path: Path) -> None:
+    run(_cfg(corpus, tmp_path / "t", answer_style="cot", teacher="fake", format=[]))
+    done = [r for r in _rows(tmp_path / "t") if r["completion"] != P.ABSTAIN]
+    assert done and all("##begin_quote##" in r["completion"] and r["completion"].endswith(f"<ANSWER>: {r['answer'][0]}") for r in done)
+    result = run(_cfg(corpus, tmp_path / "g", qa_dir="", generate_questions=2, question_generator="fake", format=[]))
+    rows = _rows(tmp_path / "g")
+    assert result["counts"]["questions"] > N_DOCS and all(contains_answer(r["documents"][r["oracle_position"]]["text"], r["answer"])
+                                                         for r in rows if r["oracle_position"] >= 0)
+    by_split = {s: {r["doc_id"] for r in _rows(tmp_path / "g", s)} for s in ("train", "validation", "test")}
+    assert not (by_split["train"] & by_split["validation"]) and not (by_split["train"] & by_split["test"])
+
+
+def test_ratio_split_never_shares_a_document(corpus: dict, tmp_path: Path) -> None:
+    qa = sorted(Path(corpus["qa_dir"]).glob("*.jsonl"))
+    pooled = _jsonl(tmp_path / "all.jsonl", [json.loads(line) for p in qa for line in p.read_text().splitlines()])
+    run(_cfg(corpus, tmp_path / "o", qa_dir="", qa=[str(pooled)], split_ratio=[0.6, 0.2, 0.2], format=[]))
+    by_split = {s: {r["doc_id"] for r in _rows(tmp_path / "o", s)} for s in ("train", "validation", "test")}
+    assert all(by_split.values())
+    assert not (by_split["train"] & by_split["validation"]) and not (by_split["train"] & by_split["test"]) and not (by_split["validation"] & by_split["test"])
+
+
+def test_budget_never_cuts_the_answer_sentence(corpus: dict, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rag_pipeline.models import resolve_model
+
+    result = run(_cfg(corpus, tmp_path / "o", max_prompt_tokens=200, answer_style="cot", format=[]))
+    assert result["counts"]["truncated_examples"] > 0
+    tok = AutoTokenizer.from_pretrained(str(resolve_model(TOKENIZER)))
+    template = P.get_template(P.DEFAULT_TEMPLATE)
+    for r in _rows(tmp_path / "o"):
+        assert P.example_tokens(tok, template, r["question"], r["documents"], r["completion"]) <= 200
+        if r["answerable"] and r["oracle_position"] >= 0:
+            quote = r["completion"].split("##begin_quote##")[1].split("##end_quote##")[0]
+            assert quote in r["documents"][r["oracle_position"]]["text"]
+
+
+def test_byte_identical_for_same_inputs_and_seed(corpus: dict, tmp_path: Path) -> None:
+    def files(out: Path) -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    a = run(_cfg(corpus, tmp_path / "a", format=["chat", "raft"]))
+    b = run(_cfg(corpus, tmp_path / "b", format=["chat", "raft"]))
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    b7 = run(_cfg(corpus, tmp_path / "b7", format=["chat", "raft"], batch_size=7))  # batches do not change the data
+    assert b7["fingerprint"] == a["fingerprint"]
+    assert {k: v for k, v in files(tmp_path / "b7").items() if k != "manifest.json"} == {k: v for k, v in files(tmp_path / "a").items() if k != "manifest.json"}
+    run(_cfg(corpus, tmp_path / "c", format=["chat", "raft"], seed=1))
+    assert files(tmp_path / "c")["jsonl/train.jsonl"] != files(tmp_path / "a")["jsonl/train.jsonl"]
+
+
+def test_exports_load_back_with_datasets(default_build: tuple[dict, Path], tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    _, out = default_build
+    raft_cols = {"id", "type", "question", "context", "oracle_context", "cot_answer", "instruction"}
+    expected = {"chat": {"id", "messages"}, "completion": {"id", "prompt", "completion"}, "raft": raft_cols,
+                "eval": {"id", "question", "answer", "doc_id", "answerable"}}
+    n_train = len(_rows(out, "train"))
+    for fmt, cols in expected.items():
+        ds = load_dataset("json", data_files={s: str(out / "exports" / fmt / f"{s}.jsonl") for s in ("train", "test")}, cache_dir=str(tmp_path / fmt))
+        assert set(ds["train"].column_names) == cols and len(ds["train"]) == n_train
+    raft = load_dataset("json", data_files=str(out / "exports" / "raft" / "train.jsonl"), cache_dir=str(tmp_path / "r"))["train"][0]
+    assert len(raft["context"]["sentences"][0]) == 4 and raft["instruction"].count("<DOCUMENT>") == 4
+    assert raft["cot_answer"].startswith("<ANSWER>:") or "##begin_quote##" in raft["cot_answer"]
+    chat = json.loads((out / "exports" / "chat" / "train.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant"]
+
+
+def test_bad_questions_are_counted_skips(corpus: dict, tmp_path: Path) -> None:
+    good = _questions(0)[:2]
+    bad = [{"id": "e", "question": "   ", "answer": ["x"]},
+           {"id": "n", "question": "Who founded Alpha1?", "answer": []},
+           {"id": "m", "question": "Who founded Alpha2?", "answer": ["Nowhereword"], "doc_id": "d02"},
+           {"id": "x", "question": "Who founded Alpha3?", "answer": ["Gamma3"], "doc_id": "no-such-doc"},
+           good[0]]
+    qa = _jsonl(tmp_path / "qa.jsonl", good + bad)
+    result = run(_cfg(corpus, tmp_path / "o", qa_dir="", qa=[str(qa)], format=[]))
+    c = result["counts"]
+    assert (c["skip_empty_question"], c["skip_no_answer"], c["skip_duplicate"], c["skip_oracle_not_found"]) == (1, 1, 1, 2)
+    assert sum(result["stats"][s]["examples"] for s in ("train", "validation", "test")) == 2
+
+
+def test_duplicate_id_with_other_content_is_an_error(corpus: dict, tmp_path: Path) -> None:
+    qa = _jsonl(tmp_path / "qa.jsonl", [{"id": "a", "question": "Who founded Alpha1?", "answer": ["Gamma1"]},
+                                         {"id": "a", "question": "Who founded Alpha2?", "answer": ["Gamma2"]}])
+    with pytest.raises(InputError, match="question id a is used for two different questions"):
+        run(_cfg(corpus, tmp_path / "o", qa_dir="", qa=[str(qa)]))
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_few_chunks_and_wrong_embedder_fail_loudly(corpus: dict, tmp_path: Path) -> None:
+    from rag_pipeline.index import IndexConfig, build_index
+
+    docs = _jsonl(tmp_path / "d.jsonl", [_doc(i) for i in (1, 2, 3)])
+    build_index(IndexConfig(paths=[str(docs)], index=str(tmp_path / "idx"), embedder="hashing:64", chunk_overlap=8))
+    with pytest.raises(InputError, match=r"holds 3 chunks, too few .* lower --num-distractors to 1"):
+        run(_cfg(corpus, tmp_path / "o", index=str(tmp_path / "idx")))
+    with pytest.raises(IndexError_, match="built with embedder hashing:64, not sentence-transformers"):
+        run(_cfg(corpus, tmp_path / "o", embedder="sentence-transformers/all-MiniLM-L6-v2"))
+    with pytest.raises(InputError, match="no questions"):
+        run(_cfg(corpus, tmp_path / "o", qa_dir=""))
+    assert not (tmp_path / "o").exists()
+
+
+def test_failure_mid_write_keeps_the_old_output(corpus: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rag_pipeline.raft as raft
+
+    out = tmp_path / "o"
+    run(_cfg(corpus, out, format=[]))
+    before = (out / "manifest.json").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(raft, "fingerprint", boom)
+    with pytest.raises(OSError):
+        run(_cfg(corpus, out, format=[], seed=3))
+    assert (out / "manifest.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+@pytest.mark.parametrize("kw,match", [({"p_oracle": 1.5}, "p_oracle must be between 0 and 1"),
+                                      ({"format": ["csv"]}, "unknown --format csv: choose from chat"),
+                                      ({"teacher": "fake"}, "add --answer-style cot"),
+                                      ({"generate_questions": 2}, "needs --question-generator"),
+                                      ({"template": "nope"}, "known templates are raft-v1")])
+def test_config_errors_name_the_fix(kw: dict, match: str) -> None:
+    from rag_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        RaftConfig(**kw)
+
+
+def test_cli_builds_and_reports_errors_on_one_line(corpus: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rag_pipeline.cli import main
+
+    args = ["build-raft-dataset", "--index", corpus["index"], "--qa-dir", corpus["qa_dir"], "--output", str(tmp_path / "o"),
+            "--generator", TOKENIZER, "--format", "chat,eval", "--no-oracle-target", "answer"]
+    assert main(args) == 0
+    assert "oracle" in capsys.readouterr().out and (tmp_path / "o" / "exports" / "eval" / "test.jsonl").is_file()
+    assert main(args + ["--num-distractors", "99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: index") and "\n" not in err

@@ -1,0 +1,270 @@
+"""train-generator on tiny models built in code: learning, saving, resuming, bad input, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+from rag_pipeline import train as T  # noqa: E402
+from rag_pipeline.config import build_config  # noqa: E402
+from rag_pipeline.errors import ConfigError, DeviceError, InputError  # noqa: E402
+from rag_pipeline.generator import load_generator  # noqa: E402
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
+    from tests.tiny_models import build_tiny_llama, build_tiny_t5, write_raft_dataset
+except ImportError:
+    from tiny_models import build_tiny_llama, build_tiny_t5, write_raft_dataset  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = dict(batch_size=4, grad_accum=2, learning_rate=2e-2, eval_subset=4, max_new_tokens=4, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    """Tiny models run fastest on one thread (and the CI box is shared); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-train")
+    return {
+        "llama": build_tiny_llama(root / "llama"),
+        "t5": build_tiny_t5(root / "t5"),
+        "data": write_raft_dataset(root / "raft", n_train=24, n_val=4, n_test=2),
+    }
+
+
+def cfg(tiny: dict, out: Path, model: str = "llama", **kw: object) -> T.TrainConfig:
+    return T.TrainConfig(dataset=str(tiny["data"]), output=str(out), base_model=str(tiny[model]), **{**FAST, **kw})
+
+
+def adapter_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def trained(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One LoRA run on the tiny Llama, shared by the read-only checks below."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    summary = T.run(cfg(tiny, out, max_steps=8, eval_steps=4, merge=True, tensorboard=True))
+    return out, summary
+
+
+def test_loss_falls_and_output_describes_itself(trained: tuple, tiny: dict) -> None:
+    out, summary = trained
+    assert summary["status"] == "finished" and summary["steps"] == 8
+    assert summary["tuned"]["val_loss"] < summary["base"]["val_loss"] - 0.3
+    meta = json.loads((out / "rag_pipeline.json").read_text())
+    from rag_pipeline.models import weights_hash
+
+    assert meta["base_model"] == str(tiny["llama"]) and meta["base_weights_hash"] == weights_hash(tiny["llama"])
+    assert meta["template"] == "raft-v1" and meta["dataset_fingerprint"].startswith("tiny-")
+    assert meta["config"]["lora_r"] == 16 and meta["metrics"]["base"]["f1"] >= 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "adapter_config.json", "adapter_model.safetensors", "README.md", "rag_pipeline.json", "loss_curve.png",
+        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "merged", "checkpoints", "tensorboard",
+    }
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best", "last"}
+    assert any((out / "tensorboard").iterdir())
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_base_weights_unchanged_and_lora_weights_changed(trained: tuple, tiny: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out, _ = trained
+    weights = adapter_weights(out)
+    assert weights and all("lora_" in k for k in weights)  # only LoRA weights were trained and saved
+    assert all(float(v.abs().sum()) > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero
+    trainable = torch.load(out / "checkpoints" / "last" / "trainable.pt", weights_only=True)
+    assert trainable and all("lora_" in k for k in trainable)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny["llama"]))
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny["llama"]))
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(base, str(out))
+    for name, p in fresh.named_parameters():  # the base inside the adapter model equals the untouched base
+        q = peft.get_base_model().get_parameter(name.replace(".weight", ".base_layer.weight")) if "proj" in name and any(
+            f"{m}." in name for m in ("q_proj", "k_proj", "v_proj", "o_proj")) else peft.get_base_model().get_parameter(name)
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_plain_peft_loads_the_adapter_to_the_same_logits(trained: tuple, tiny: dict) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = trained
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ids = tok("The cat near the river is", return_tensors="pt")
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["llama"])), str(out)).eval()
+    ours, _, kind = load_generator(str(tiny["llama"]), adapter_dir=out, device="cpu")
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "merged")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny["llama"])).eval()
+    with torch.no_grad():
+        a, b, c, d = (m(**ids).logits for m in (plain, ours, merged, base))
+    assert kind == "causal"
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(a, d, atol=1e-3)  # the adapter does something
+
+
+def test_resume_after_ctrl_c_ends_where_the_uninterrupted_run_ends(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(max_steps=6, eval_steps=2, lora_dropout=0.1)
+    whole = T.run(cfg(tiny, tmp_path / "whole", **kw))
+
+    def ctrl_c(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_on_step", ctrl_c)
+    first = T.run(cfg(tiny, tmp_path / "cut", **kw))
+    assert first["status"] == "interrupted" and first["step"] == 3
+    assert not (tmp_path / "cut" / "rag_pipeline.json").exists()
+    with pytest.raises(InputError, match="--resume"):
+        T.run(cfg(tiny, tmp_path / "cut", **kw))
+    monkeypatch.setattr(T, "_on_step", lambda step: None)
+    resumed = T.run(cfg(tiny, tmp_path / "cut", resume=True, **kw))
+    assert resumed["steps"] == whole["steps"] == 6
+    hist = lambda d: [h["loss"] for h in json.loads((d / "checkpoints" / "last" / "state.json").read_text())["history"]]  # noqa: E731
+    assert hist(tmp_path / "cut") == pytest.approx(hist(tmp_path / "whole"), rel=1e-5)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert resumed["tuned"] == pytest.approx(whole["tuned"], rel=1e-5)
+
+
+def test_resume_with_a_different_config_is_refused(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(T, "_on_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
+    T.run(cfg(tiny, tmp_path / "o", max_steps=4))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        T.run(cfg(tiny, tmp_path / "o", max_steps=4, resume=True, learning_rate=1e-3))
+
+
+def test_seq2seq_t5_trains_and_reloads_with_plain_peft(tiny: dict, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = tmp_path / "t5out"
+    summary = T.run(cfg(tiny, out, model="t5", max_steps=8, eval_steps=8))
+    assert summary["tuned"]["val_loss"] < summary["base"]["val_loss"] - 0.3
+    assert json.loads((out / "adapter_config.json").read_text())["target_modules"] in (["q", "k", "v", "o"], ["k", "o", "q", "v"]) or set(
+        json.loads((out / "adapter_config.json").read_text())["target_modules"]) == {"q", "k", "v", "o"}
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(tiny["t5"])), str(out))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_full_fine_tune_and_time_budget(tiny: dict, tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    summary = T.run(cfg(tiny, out, method="full", max_steps=50, max_minutes=1e-4, learning_rate=1e-3))
+    assert summary["status"] == "time_budget" and summary["steps"] == 1
+    model, tok, kind = load_generator(None, adapter_dir=out, device="cpu")
+    assert kind == "causal" and not hasattr(model, "peft_config")
+
+
+def _write_split(tmp_path: Path, rows: dict[str, list[dict]]) -> Path:
+    from datasets import Dataset, DatasetDict
+
+    d = tmp_path / "bad"
+    DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_dict({"id": [], "prompt": [], "completion": [], "answer": []})
+                 for k, v in rows.items()}).save_to_disk(str(d / "dataset"))
+    (d / "manifest.json").write_text(json.dumps({"kind": "raft-dataset", "template": "raft-v1", "fingerprint": "x"}))
+    return d
+
+
+def test_bad_datasets_are_one_line_input_errors(tiny: dict, tmp_path: Path) -> None:
+    row = {"id": "a", "prompt": "p", "completion": "c", "answer": ["c"]}
+    cases = [
+        (tmp_path / "nowhere", "no manifest.json"),
+        (_write_split(tmp_path / "1", {"train": [{"id": "a", "prompt": "p"}], "validation": [row]}), "lacks column"),
+        (_write_split(tmp_path / "2", {"train": [], "validation": [row]}), "'train' is empty"),
+        (_write_split(tmp_path / "3", {"train": [row]}), "missing 'validation'"),
+    ]
+    for data, message in cases:
+        with pytest.raises(InputError, match=message) as e:
+            T.run(T.TrainConfig(dataset=str(data), output=str(tmp_path / "o"), base_model=str(tiny["llama"]), **FAST))
+        assert "\n" not in str(e.value)
+
+
+def test_bad_config_and_device_errors(tiny: dict, tmp_path: Path, trained: tuple) -> None:
+    with pytest.raises(ConfigError, match="lora_r is 0"):
+        cfg(tiny, tmp_path, lora_r=0)
+    with pytest.raises(ConfigError, match="bf16"):
+        cfg(tiny, tmp_path, bf16="maybe")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="use --method lora"):
+            T.run(cfg(tiny, tmp_path / "q", method="qlora"))
+        with pytest.raises(DeviceError, match="--device cpu"):
+            T.run(cfg(tiny, tmp_path / "c", device="cuda"))
+    with pytest.raises(InputError, match="already holds a trained generator"):
+        T.run(cfg(tiny, trained[0]))
+    with pytest.raises(ConfigError, match="do not fit"):
+        T.run(cfg(tiny, tmp_path / "m", lora_target_modules=["nope"]))
+
+
+def test_over_long_prompts_are_cut_and_counted(tiny: dict, tmp_path: Path) -> None:
+    summary = T.run(cfg(tiny, tmp_path / "short", max_steps=1, max_length=48))
+    assert summary["train_prompts_cut"] == 24
+
+
+def test_micro_batches_are_length_grouped_seeded_and_sharded() -> None:
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47]
+    a = T.micro_batches(lengths, 2, seed=0, epoch=0)
+    assert a == T.micro_batches(lengths, 2, seed=0, epoch=0) != T.micro_batches(lengths, 2, seed=0, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(8))
+    assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 2 for b in a)  # similar lengths share a batch
+    r0, r1 = T.micro_batches(lengths, 2, 0, 0, rank=0, world=2), T.micro_batches(lengths, 2, 0, 0, rank=1, world=2)
+    assert len(r0) == len(r1) == 2 and not {i for b in r0 for i in b} & {i for b in r1 for i in b}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("train*.yaml")), ids=lambda p: p.name)
+def test_shipped_train_yamls_parse(path: Path) -> None:
+    assert path.read_text().startswith("# train-generator")
+    build_config(T.TrainConfig, path)
+
+
+@pytest.mark.skipif(os.environ.get("RAG_PIPELINE_SKIP_DDP") == "1", reason="RAG_PIPELINE_SKIP_DDP=1")
+def test_two_process_accelerate_launch_ddp(tiny: dict, tmp_path: Path) -> None:
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if accelerate is None:
+        pytest.skip("accelerate CLI not installed")
+    out = tmp_path / "ddp"
+    cmd = [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--cpu", "-m", "rag_pipeline.train", "--dataset", str(tiny["data"]),
+           "--output", str(out), "--base-model", str(tiny["llama"]), "--max-steps", "4", "--eval-steps", "4",
+           "--batch-size", "4", "--grad-accum", "1", "--learning-rate", "2e-2", "--eval-subset", "4",
+           "--max-new-tokens", "4", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "rag_pipeline.json").read_text())
+    assert meta["metrics"]["processes"] == 2 and meta["metrics"]["steps"] == 4
+    assert meta["metrics"]["tuned"]["val_loss"] < meta["metrics"]["base"]["val_loss"]
+
+
+@pytest.mark.integration
+def test_real_smollm2_lora_few_steps(tmp_path: Path) -> None:
+    data = write_raft_dataset(tmp_path / "raft", n_train=8, n_val=2, n_test=1, seed=5)
+    summary = T.run(T.TrainConfig(dataset=str(data), output=str(tmp_path / "smol"), max_steps=2, batch_size=2,
+                                  grad_accum=2, eval_subset=2, max_new_tokens=8, max_length=384, progress=False,
+                                  learning_rate=1e-3, device="cpu"))
+    assert summary["steps"] == 2 and summary["tuned"]["val_loss"] < summary["base"]["val_loss"]
+    model, tok, kind = load_generator("HuggingFaceTB/SmolLM2-135M-Instruct", adapter_dir=tmp_path / "smol", device="cpu")
+    assert kind == "causal"
