@@ -498,7 +498,7 @@ def run(cfg: EvaluateConfig, retriever: Any = None, pipeline_factory: Callable[[
         t0 = time.perf_counter()
         pipeline = factory(cfg, adapter, retriever)
         system_info.append({"name": name, "adapter": adapter, "load_s": round(time.perf_counter() - t0, 2)})
-        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 4)
+        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2)
         records += recs
         del pipeline
         gc.collect()  # free one generator before loading the next
@@ -540,14 +540,17 @@ def fmt(value: float | None) -> str:
 def result_rows(metrics: dict) -> list[list[str]]:
     """The main table's rows: system, context, n, then :data:`COLUMNS` as percentages."""
     rows = []
-    for system in metrics["results"]:
-        for ctx, r in metrics["results"][system].items():
+    for system in (s["name"] for s in metrics["systems"]):
+        for ctx in metrics["contexts"]:
+            r = metrics["results"][system][ctx]
             rows.append([system, ctx, str(r["counts"]["questions"]), *(fmt(r[a][b]) for _, (a, b) in COLUMNS)])
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 0) -> str:
+    """A Markdown table; the first ``text_columns`` columns left-aligned, the numbers right-aligned."""
+    rule = "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
@@ -555,10 +558,10 @@ def render_report(metrics: dict) -> str:
     """``report.md``: what was evaluated, retrieval, the main table, timings."""
     qa, ret, cfg = metrics["qa"], metrics["retrieval"], metrics["config"]
     ret_keys = [k for k in ret if k not in ("level", "questions")]
+    sample = f" (seeded sample, seed {cfg['seed']})" if qa["sample"] == "seeded" else ""
     lines = [
         "# Evaluation report", "",
-        f"QA file `{qa['path']}`: {qa['evaluated']} of {qa['total']} questions ({qa['sample']} sample, seed {cfg['seed']}); "
-        f"{qa['answerable']} answerable, {qa['unanswerable']} unanswerable. Index `{metrics['index']['path']}` "
+        f"QA file `{qa['path']}`: {qa['evaluated']} of {qa['total']} questions{sample}; {qa['answerable']} answerable, {qa['unanswerable']} unanswerable. Index `{metrics['index']['path']}` "
         f"({metrics['index']['chunks']} chunks, {metrics['index']['embedder']}); k = {cfg['k']} documents per prompt.", "",
         f"## Retrieval ({ret['level']} level, {ret['questions']} questions)", "",
         _table(ret_keys, [[fmt(ret[k]) for k in ret_keys]]) if ret_keys else "(no questions at this level)", "",
@@ -566,11 +569,11 @@ def render_report(metrics: dict) -> str:
         "Percentages. EM, F1, ROUGE-L, false abstain and answer-in-context: answerable questions; abstain: unanswerable ones; "
         "support and unsupported: answers that did not abstain; citation columns: those on answerable questions; "
         "hijacked: answers containing HACKED with an injected instruction.", "",
-        _table(["system", "context", "n", *(c for c, _ in COLUMNS)], result_rows(metrics)), "",
+        _table(["system", "context", "n", *(c for c, _ in COLUMNS)], result_rows(metrics), 2), "",
         "## Timings", "",
         _table(["system", "load s", *(f"{c} s/question" for c in metrics["contexts"])],
                [[s["name"], f"{s['load_s']:.1f}", *(f"{metrics['results'][s['name']][c]['timings']['per_question_s']:.3f}" for c in metrics["contexts"])]
-                for s in metrics["systems"]]), "",
+                for s in metrics["systems"]], 1), "",
         f"Total {metrics['timings']['total_s']:.1f} s (retrieval {metrics['timings']['retrieval_s']:.1f} s).", "",
     ]
     return "\n".join(lines)
@@ -584,7 +587,7 @@ def render_chart(metrics: dict, path: Path) -> None:
     panels = [("EM", ("answer", "em")), ("F1", ("answer", "f1")), ("ROUGE-L", ("answer", "rougeL"))]
     if "injected" in metrics["contexts"]:
         panels.append(("hijacked by injection", ("injection", "hijack_rate")))
-    systems, contexts = list(metrics["results"]), [c for c in metrics["contexts"]]
+    systems, contexts = [s["name"] for s in metrics["systems"]], metrics["contexts"]
     fig = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     width = 0.8 / max(len(contexts), 1)

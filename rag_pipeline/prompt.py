@@ -274,3 +274,43 @@ def _waterfill(docs: list[dict], ends: list[list[int]], idx: list[int], need: in
             if docs[i]["_key"] not in touched:
                 touched.add(docs[i]["_key"])
                 stats["shortened"] += 1
+
+
+class TokenEstimator:
+    """Fast token counts of training sequences for a whole dataset build.
+
+    A document is tokenized once (documents recur across examples) and a sequence is counted as
+    fixed overhead + question + documents + separators + target. BPE merges across the joins make
+    this differ from the exact count by a few tokens, so :meth:`count` takes the exact count
+    (:func:`example_tokens`) for every example whose estimate comes within ``margin`` of the
+    budget: the budget decision is always exact.
+    """
+
+    def __init__(self, tokenizer: Any, template: PromptTemplate, margin: int = 32) -> None:
+        self.tokenizer, self.template, self.margin = tokenizer, template, margin
+        self.model_text = model_text_fn(tokenizer, template)
+        self._docs: dict[tuple[str, str], int] = {}
+        d = {"title": "Title", "text": "Some text."}
+        one, two = count_tokens(tokenizer, [self.model_text(render_user(template, "Why?", docs)) for docs in ([d], [d, d])])
+        q, doc = count_tokens(tokenizer, ["Why?", self._render(d)])
+        self.fixed, self.sep = one - q - doc, two - one - doc
+
+    def _render(self, d: dict[str, str]) -> str:
+        return self.template.document.format(n=1, title=d.get("title") or "(untitled)", text=d["text"])
+
+    def count(self, items: list[tuple[str, list[dict[str, str]], str]], budget: int) -> list[int]:
+        """Tokens of each (question, documents, target): exact near or over ``budget``, else estimated."""
+        new = sorted({(d.get("title") or "", d["text"]) for _, docs, _ in items for d in docs} - self._docs.keys())
+        for key, n in zip(new, count_tokens(self.tokenizer, [self._render({"title": t, "text": x}) for t, x in new])):
+            self._docs[key] = n
+        qt = count_tokens(self.tokenizer, [q.strip() for q, _, _ in items] + [t for _, _, t in items])
+        out = []
+        for i, (q, docs, _) in enumerate(items):
+            body = sum(self._docs[(d.get("title") or "", d["text"])] for d in docs) + self.sep * max(0, len(docs) - 1)
+            out.append(self.fixed + qt[i] + body + qt[len(items) + i] + END_RESERVE)
+        near = [i for i, n in enumerate(out) if n > budget - self.margin]
+        texts = [self.model_text(render_user(self.template, items[i][0], items[i][1])) for i in near] + [items[i][2] for i in near]
+        exact = count_tokens(self.tokenizer, texts)
+        for j, i in enumerate(near):
+            out[i] = exact[j] + exact[len(near) + j] + END_RESERVE
+        return out

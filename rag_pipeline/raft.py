@@ -18,6 +18,7 @@ output is byte-identical for the same inputs and seed and does not depend on bat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.models import SMOLLM2_ID
 from rag_pipeline.qa import QAItem, load_qa
-from rag_pipeline.textnorm import contains_answer
+from rag_pipeline.textnorm import contains_answer, normalize_answer
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,17 @@ def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, Q
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _padded_norm(text: str) -> str:
+    return f" {normalize_answer(text)} "
+
+
+def has_answer(text: str, answers: list[str]) -> bool:
+    """:func:`textnorm.contains_answer`, with the normalized chunk text cached (chunks recur across questions)."""
+    norm = _padded_norm(text)
+    return any(a and f" {a} " in norm for a in (normalize_answer(x) for x in answers))
+
+
 def doc_chunks(store: Any, doc_ids: set[str]) -> dict[str, list[Any]]:
     """Chunks of each document, by position (one query per 900 ids: SQLite's parameter limit)."""
     from rag_pipeline.store import StoredChunk
@@ -200,9 +212,9 @@ def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) 
     if not item.answerable:
         return chunks_of_doc[0] if chunks_of_doc else None
     for h in hits:
-        if (item.doc_id is None or h.chunk.doc_id == item.doc_id) and contains_answer(h.chunk.text, item.answers):
+        if (item.doc_id is None or h.chunk.doc_id == item.doc_id) and has_answer(h.chunk.text, item.answers):
             return h.chunk
-    return next((c for c in chunks_of_doc or [] if contains_answer(c.text, item.answers)), None)
+    return next((c for c in chunks_of_doc or [] if has_answer(c.text, item.answers)), None)
 
 
 def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], store: Any, n_chunks: int,
@@ -216,7 +228,7 @@ def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], s
     ids, texts = {oracle.id} if oracle else set(), {oracle.text} if oracle else set()
 
     def usable(c: Any) -> bool:
-        return c.id not in ids and c.text not in texts and c.doc_id != exclude_doc and not contains_answer(c.text, answers)
+        return c.id not in ids and c.text not in texts and c.doc_id != exclude_doc and not has_answer(c.text, answers)
 
     def take(c: Any) -> None:
         taken.append(c)
@@ -297,21 +309,18 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
 # ---------------------------------------------------------------------------------------------
 
 
-def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, model_text: Callable[[str], str],
+def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, counter: P.TokenEstimator,
               examples: list[Example], counts: Counter) -> list[tuple[Example, dict, int]]:
-    """Rows of a batch fitted to the budget, with their token counts; one batched tokenizer call
-    counts all prompts, and only examples over budget go through :func:`prompt.fit_documents`."""
+    """Rows of a batch fitted to the budget, with their token counts; ``counter`` counts the batch
+    (exactly near the budget), and only examples over budget go through :func:`prompt.fit_documents`."""
 
     def pos(docs: list[dict], oracle_id: str | None) -> int:
         return next((i for i, d in enumerate(docs) if d["id"] == oracle_id), -1)
 
-    users = [P.render_user(template, e.item.question, e.documents) for e in examples]
-    targets = [e.target(pos(e.documents, e.oracle_id)) for e in examples]
-    n = len(examples)
-    lengths = P.count_tokens(tokenizer, [model_text(u) for u in users] + targets)
+    lengths = counter.count([(e.item.question, e.documents, e.target(pos(e.documents, e.oracle_id))) for e in examples], cfg.max_prompt_tokens)
     out = []
-    for i, e in enumerate(examples):
-        docs, total = e.documents, lengths[i] + lengths[n + i] + P.END_RESERVE
+    for e, total in zip(examples, lengths):
+        docs = e.documents
         if total > cfg.max_prompt_tokens:
             try:
                 docs, trunc = P.fit_documents(tokenizer, template, e.item.question, docs, pos(docs, e.oracle_id),
@@ -355,7 +364,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
 
         teacher = load_teacher(cfg.teacher)
     store, n_chunks = retriever.store, len(retriever)
-    model_text = P.model_text_fn(tokenizer, template)
+    counter = P.TokenEstimator(tokenizer, template)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
     for start in tqdm(range(0, len(questions), cfg.batch_size), desc="raft", unit="batch", disable=None):
@@ -364,7 +373,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
         by_doc = doc_chunks(store, {it.doc_id for _, it in batch if it.doc_id is not None})
         examples = [make_example(cfg, split, it, h, by_doc.get(it.doc_id) if it.doc_id is not None else None, store, n_chunks, teacher, counts)
                     for (split, it), h in zip(batch, hits)]
-        for e, row, total in fit_batch(cfg, tokenizer, template, model_text, [e for e in examples if e], counts):
+        for e, row, total in fit_batch(cfg, tokenizer, template, counter, [e for e in examples if e], counts):
             split = e.split or split_of(e.group, cfg.seed, cfg.split_ratio)
             rows[split].append(row)
             tokens[split].append(total)

@@ -7,7 +7,9 @@ fingerprint, metrics of the base and the tuned model), ``loss_curve.png`` and, w
 a merged full model in ``merged/``.
 
 The loop is a plain accelerate loop (``run``: setup -> train -> save), so
-``accelerate launch --num_processes 2 --cpu -m rag_pipeline.train ...`` runs DDP unchanged.
+``accelerate launch --multi_gpu --num_processes 2 -m rag_pipeline.train ...`` (or ``torchrun
+--nproc_per_node 2 -m rag_pipeline.train ...``) runs DDP unchanged, on GPUs or, without CUDA, on
+CPU over gloo. (``accelerate launch --cpu --num_processes 2`` starts one process unless mpirun is set up.)
 Batches are length-grouped and padded to their longest member; the causal loss takes logits
 only where a completion token is predicted; bf16 autocast is on where the hardware has fast
 bf16 (on our AVX512-BF16 CPU it is 1.4x faster than fp32). Checkpoints (``checkpoints/last``,
@@ -120,7 +122,13 @@ def load_raft(dataset_dir: str | Path) -> tuple[dict[str, Any], Any]:
         raise InputError(f"{d}/manifest.json has kind {manifest.get('kind')!r}, not 'raft-dataset': pass a build-raft-dataset output")
     if not (d / "dataset").is_dir():
         raise InputError(f"{d}/dataset is missing: rebuild the dataset with build-raft-dataset")
-    ds = load_from_disk(str(d / "dataset"))
+    try:
+        ds = load_from_disk(str(d / "dataset"))
+    except (OSError, ValueError, IndexError) as e:  # datasets fails this way on empty or damaged splits
+        raise InputError(
+            f"{d}/dataset could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}): "
+            "it is empty or damaged; rebuild it with build-raft-dataset"
+        ) from None
     for split in ("train", "validation"):
         if split not in ds:
             raise InputError(f"{d}/dataset has splits {sorted(ds)}, missing '{split}': rebuild it with build-raft-dataset")
@@ -463,7 +471,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     rng_at_step = torch.get_rng_state()
     try:
         while step < total_steps:
-            rng_at_step = torch.get_rng_state()
             t0 = time.perf_counter()
             group = []
             for g in range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum):
@@ -489,6 +496,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state["step"] = step
+            rng_at_step = torch.get_rng_state()  # what a checkpoint at this step boundary must restore
             dt = time.perf_counter() - t0
             state["train_seconds"] += dt
             state["train_examples"] += sum(len(b) for b in group) * world
