@@ -72,7 +72,7 @@ class RaftConfig:
     format: list[str] = opt(factory=lambda: ["chat", "completion", "eval"], help=f"exports beside the dataset: {', '.join(FORMATS)}")
     split_ratio: list[float] = opt(factory=lambda: [0.8, 0.1, 0.1], help="train,validation,test shares when the QA files carry no split (grouped by document)")
     seed: int = opt(0, "seed of every random choice")
-    batch_size: int = opt(256, "questions embedded and searched per batch")
+    batch_size: int = opt(2048, "questions embedded and searched per batch; large, so torch and the tokenizer's thread pools alternate rarely (they contend on few cores)")
     teacher: str = opt("", "cot reasoning writer: '' = deterministic quote; fake | hf:MODEL | openai:URL#MODEL")
     question_generator: str = opt("", "model making questions from chunks when no QA file is given: fake | hf:MODEL | openai:URL#MODEL")
     generate_questions: int = opt(0, "questions generated per chunk (needs --question-generator; used when no QA file is given)")

@@ -425,7 +425,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     state: dict[str, Any] = {"step": 0, "history": [], "evals": [], "best": None, "bad_evals": 0, "train_seconds": 0.0,
-                             "train_examples": 0, "train_target_tokens": 0, "config": to_dict(cfg)}
+                             "train_examples": 0, "train_target_tokens": 0, "train_tokens": 0, "config": to_dict(cfg)}
     if ckpt is not None:
         load_trainable_state(model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -501,13 +501,15 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             state["train_seconds"] += dt
             state["train_examples"] += sum(len(b) for b in group) * world
             state["train_target_tokens"] += n_target * world
+            state["train_tokens"] = state.get("train_tokens", 0) + sum(len(e["input_ids"]) + (len(e["labels"]) if kind == "seq2seq" else 0) for b in group for e in b) * world
             state["history"].append({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
             if writer is not None:
                 writer.add_scalar("train/loss", step_loss, step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", ex_s=f"{state['train_examples'] / state['train_seconds']:.2f}",
-                            tok_s=f"{state['train_target_tokens'] / state['train_seconds']:.0f}")
+                            tok_s=f"{state['train_tokens'] / state['train_seconds']:.0f}",
+                            target_tok_s=f"{state['train_target_tokens'] / state['train_seconds']:.1f}")
             _on_step(step)
             over_time = bool(cfg.max_minutes) and time.monotonic() - started > 60 * cfg.max_minutes
             if step % eval_every == 0 or step == total_steps or over_time:
@@ -548,6 +550,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "eval_examples": len(val_ex),
         "train_examples_per_s": state["train_examples"] / max(state["train_seconds"], 1e-9),
         "train_target_tokens_per_s": state["train_target_tokens"] / max(state["train_seconds"], 1e-9),
+        "train_tokens_per_s": state.get("train_tokens", 0) / max(state["train_seconds"], 1e-9),
+        "train_seconds": state["train_seconds"],
         "train_prompts_cut": train_cut,
         "bf16": bf16,
         "device": str(device),

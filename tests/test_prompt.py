@@ -95,3 +95,12 @@ def test_raft_template_text_is_unchanged() -> None:
     # The trainer and `ask` render from this name; changing the text needs a new template name.
     assert TEMPLATE.name == "raft-v1" and P.ABSTAIN in TEMPLATE.system
     assert P.render_user(TEMPLATE, " q ", [{"title": "", "text": "t"}]) == "<documents>\n[1] (untitled)\nt\n</documents>\n\nQuestion: q"
+
+
+def test_token_estimator_is_close_and_exact_near_the_budget(tok) -> None:
+    q = "What is the capital of France?"
+    items = [(q, _docs(k, w), "Paris [1]") for k, w in ((1, 10), (3, 40), (2, 120), (3, 5))]
+    exact = [P.example_tokens(tok, TEMPLATE, q, docs, t) for q, docs, t in items]
+    est = P.TokenEstimator(tok, TEMPLATE, margin=0)
+    assert all(abs(a - b) <= 8 for a, b in zip(est.count(items, 10**6), exact))
+    assert P.TokenEstimator(tok, TEMPLATE, margin=10**6).count(items, 100) == exact  # near the budget: exact

@@ -1,0 +1,482 @@
+"""``ask``: answer questions from an index with the (RAFT-tuned) generator, citing sources.
+
+Setup -> run -> print. :class:`Pipeline` loads the retriever, the base generator and its
+adapter once; :meth:`Pipeline.answer_batch` retrieves top-k chunks, abstains without calling
+the generator when the best retrieval score is below ``min_score``, fits the documents into
+the prompt's token budget, renders the adapter's own prompt template (read from its
+``rag_pipeline.json``, never re-created here), generates in batches and parses ``[n]``
+citations back to the retrieved chunks. ``evaluate`` calls the same core.
+
+Three ways in (:func:`main`): one question argument; no argument, questions read line by line
+from standard input (each answered as it arrives); ``--questions QA.jsonl`` answered in
+batches to ``--output`` (one JSON line per answer, written atomically).
+
+torch and transformers are imported inside functions, so ``ask --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from rag_pipeline.config import opt
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.models import SMOLLM2_ID
+from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generator run writes
+REFERENCE_ADAPTER = "adapters/smollm2-disfl-qa"  # committed fallback when no run exists
+
+
+@dataclass
+class AskConfig:
+    """Settings of ``ask`` (defaults < ``--config`` YAML < flags)."""
+
+    question: str = opt("", "the question; empty: read questions line by line from standard input")
+    index: str = opt("indexes/disfl_qa", "index directory written by build-index")
+    adapter: str = opt("", f"train-generator output directory; empty: {DEFAULT_ADAPTER}, else {REFERENCE_ADAPTER}, else the base model")
+    no_adapter: bool = opt(False, "use the base generator without any adapter")
+    base_model: str = opt("", f"base generator; empty: the adapter's recorded base, else {SMOLLM2_ID}")
+    template: str = opt("", f"prompt template; empty: the adapter's recorded template, else {DEFAULT_TEMPLATE}")
+    k: int = opt(4, "chunks retrieved and shown to the generator (4 fit SmolLM2's prompt budget with room to spare)")
+    max_new_tokens: int = opt(48, "generation length; answers are short spans with a citation")
+    num_beams: int = opt(1, "beam search width (1 = greedy)")
+    do_sample: bool = opt(False, "sample instead of greedy/beam decoding (seeded)")
+    temperature: float = opt(0.7, "sampling temperature (with --do-sample)")
+    top_p: float = opt(0.9, "nucleus sampling mass (with --do-sample)")
+    seed: int = opt(0, "seed for sampling; the same seed and inputs give the same answers")
+    min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (dev split: "
+                                 "abstains on 0.3%% of answerable and 82%% of off-topic questions; bench/bench_ask.py --scores)")
+    max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
+    hybrid: bool = opt(False, "fuse BM25 with dense retrieval (the threshold still uses the dense cosine)")
+    device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
+    bf16: Literal["auto", "true", "false"] = opt("auto", "bf16 autocast: auto = on bf16 GPUs only (on CPU it gains ~10%% on the prompt "
+                                                         "and slows decoding up to 4x: frozen adapter weights are re-cast every token)")
+    batch_size: int = opt(8, "questions per generation batch (--questions mode and answer_batch)")
+    show_context: bool = opt(False, "also print the documents shown to the generator")
+    json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
+    questions: str = opt("", "QA JSONL file to answer in batches (question per line; see rag_pipeline.qa)")
+    output: str = opt("", "with --questions: JSONL file for the answers (written atomically); empty: standard output")
+    snippet: int = opt(160, "characters of each cited chunk to print")
+    progress: bool = opt(True, "progress bar in --questions mode")
+
+    def __post_init__(self) -> None:
+        if self.question and not self.question.strip():
+            raise InputError("empty question: pass the question text, e.g. ask \"who founded X?\", or nothing to read questions from standard input")
+        if not self.index:
+            raise ConfigError("index is empty: pass --index DIR (an index built with rag-pipeline build-index)")
+        for name, low in (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least {low}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature is {self.temperature}: it must be positive (use greedy decoding, the default, for determinism)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p is {self.top_p}: it must be in (0, 1]")
+        if not -1 <= self.min_score <= 1:
+            raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device is {self.device!r}: choose auto, cpu or cuda")
+        if self.bf16 not in ("auto", "true", "false"):
+            raise ConfigError(f"bf16 is {self.bf16!r}: choose auto, true or false")
+        if self.adapter and self.no_adapter:
+            raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
+        if self.question and self.questions:
+            raise ConfigError("a question and --questions were both given: pass one question, or a QA file with --questions")
+        if self.output and not self.questions:
+            raise ConfigError("--output needs --questions FILE.jsonl (a single answer is printed; use --json for JSON)")
+
+
+@dataclass
+class Citation:
+    """A source the answer cites: ``n`` is its number in the prompt (``[n]``)."""
+
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    score: float | None
+    snippet: str
+
+
+@dataclass
+class Answer:
+    """One answered question."""
+
+    question: str
+    answer: str  # the generation (citations kept), or exactly prompt.ABSTAIN
+    abstained: bool
+    abstain_reason: str | None  # "threshold" | "generator" | None
+    citations: list[Citation]
+    retrieved: list[dict]  # Hit.to_dict() + "truncated" of the documents shown (text as shown), in prompt order
+    timings: dict[str, float]  # seconds: retrieval, prompt, generation (batch stages split evenly)
+    raw: str  # the generator's raw text ("" when it was not called)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------- parsing
+
+_CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+
+
+def parse_citations(text: str, n_docs: int) -> list[int]:
+    """The document numbers cited as ``[n]`` (or ``[n, m]``), 1-based, in range, deduplicated, in order."""
+    out: list[int] = []
+    for m in _CITE.finditer(text):
+        for part in re.split(r"[,;]", m.group(1)):
+            n = int(part)
+            if 1 <= n <= n_docs and n not in out:
+                out.append(n)
+    return out
+
+
+def _norm(text: str) -> str:
+    text = _CITE.sub(" ", text.lower()).replace("’", "'")
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+
+
+# Close paraphrases of ABSTAIN, matched at the start of the (normalized) generation.
+_ABSTAIN_PATTERNS = [re.compile(p) for p in (
+    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (do|does|did) ?n[o']?t (contain|include|provide|mention|say|state|give|answer|specify|have)",
+    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (contain|contains|include|includes|provide|provides|mention|mentions) no ",
+    r"^(i|we) (can ?not|can't|am unable to|are unable to|could not|couldn't|do not|don't) (answer|find|determine|know|tell)",
+    r"^(there is|there's) no (answer|information|mention)",
+    r"^(no|not enough) (answer|information) (is |was )?(found|given|provided|available|in)",
+    r"^(the )?answer (is not|isn't|cannot be) (found|given|provided|in|determined)",
+    r"^(unanswerable|not answerable|cannot be answered)",
+)]
+
+
+def is_abstention(text: str) -> bool:
+    """Whether a generation is the fixed :data:`ABSTAIN` sentence or a close paraphrase of it."""
+    norm = _norm(text)
+    if not norm:
+        return False
+    return norm.startswith(_norm(ABSTAIN)) or any(p.search(norm) for p in _ABSTAIN_PATTERNS)
+
+
+def make_snippet(text: str, answer: str, width: int) -> str:
+    """A short excerpt of a cited chunk: the sentence holding the answer when there is one, else its start."""
+    from rag_pipeline.prompt import sentence_spans
+    from rag_pipeline.textnorm import contains_answer
+
+    flat = " ".join(text.split())
+    plain = _CITE.sub("", answer).strip(" .")
+    if plain:
+        for s, e in sentence_spans(flat):
+            if contains_answer(flat[s:e], [plain]):
+                flat = flat[s:e]
+                break
+    return flat if len(flat) <= width else flat[:width].rsplit(" ", 1)[0] + " ..."
+
+
+# -------------------------------------------------------------------------------- pipeline
+
+
+def choose_adapter(cfg: AskConfig) -> tuple[str | None, str]:
+    """(adapter directory or None, a line saying which generator is used and why)."""
+    if cfg.no_adapter:
+        return None, "base model without an adapter (--no-adapter)"
+    if cfg.adapter:
+        if not Path(cfg.adapter).is_dir():
+            raise InputError(f"adapter directory {cfg.adapter} does not exist: pass a train-generator output directory, or --no-adapter for the base model")
+        return cfg.adapter, f"adapter {cfg.adapter}"
+    if Path(DEFAULT_ADAPTER).is_dir():
+        return DEFAULT_ADAPTER, f"adapter {DEFAULT_ADAPTER} (the default)"
+    if Path(REFERENCE_ADAPTER).is_dir():
+        return REFERENCE_ADAPTER, f"reference adapter {REFERENCE_ADAPTER} ({DEFAULT_ADAPTER} does not exist)"
+    return None, (f"base model without an adapter: neither {DEFAULT_ADAPTER} nor {REFERENCE_ADAPTER} exists "
+                  "(train one with train-generator, or pass --adapter DIR)")
+
+
+def _hit_dict(d: dict, rank: int) -> dict:
+    """A given context document in the shape of ``Hit.to_dict()``."""
+    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+        raise InputError(f"context document {rank} must be a dict with a 'text' string, got {d!r:.80}")
+    score = d.get("score")
+    return {"rank": rank, "score": None if score is None else float(score), "id": str(d.get("id", f"ctx-{rank}")),
+            "doc_id": str(d.get("doc_id", d.get("id", ""))), "title": d.get("title") or "", "source": d.get("source", ""),
+            "position": d.get("position", 0), "text": d["text"], "truncated": False}
+
+
+class Pipeline:
+    """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
+
+    def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
+                 adapter: str | None, description: str, bf16: bool) -> None:
+        from rag_pipeline.prompt import model_text_fn
+
+        self.cfg = cfg
+        self.retriever = retriever
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.template = template
+        self.adapter = adapter
+        self.description = description  # which generator is used and why (main prints it on stderr)
+        self.bf16 = bf16
+        self._model_text = model_text_fn(tokenizer, template)
+
+    @classmethod
+    def load(cls, cfg: AskConfig, retriever: Any = None) -> Pipeline:
+        """Check the cheap things first (device, index manifest, adapter metadata), then load the models.
+
+        Args:
+            retriever: an already loaded :class:`~rag_pipeline.retriever.Retriever` to share (e.g.
+                between a base and a tuned pipeline); default: load ``cfg.index``.
+
+        Raises:
+            DeviceError: CUDA asked for and absent.
+            IndexError_: index missing, corrupt or built with another embedder.
+            InputError: adapter directory missing or not a finished train-generator output.
+            ConfigError: adapter trained on another base model, or --template contradicting it.
+        """
+        from rag_pipeline.generator import bf16_supported, load_generator, read_adapter_meta, resolve_device
+        from rag_pipeline.index import read_manifest
+        from rag_pipeline.prompt import get_template
+        from rag_pipeline.retriever import Retriever
+
+        device = resolve_device(cfg.device)
+        read_manifest(cfg.index)
+        adapter, why = choose_adapter(cfg)
+        meta = read_adapter_meta(adapter) if adapter else {}
+        recorded = meta.get("template")
+        if recorded and cfg.template and cfg.template != recorded:
+            raise ConfigError(f"adapter {adapter} was trained with prompt template '{recorded}', not '{cfg.template}': drop --template (ask uses the adapter's own)")
+        template = get_template(cfg.template or recorded or DEFAULT_TEMPLATE)
+        base = cfg.base_model or meta.get("base_model") or SMOLLM2_ID
+        model, tokenizer, kind = load_generator(base, adapter, device=str(device))
+        if retriever is None:
+            retriever = Retriever.load(cfg.index, device=device.type)
+        bf16 = (device.type == "cuda" and bf16_supported(device)) if cfg.bf16 == "auto" else cfg.bf16 == "true"
+        description = f"generator: {why}; base {base}, template {template.name}, {device}{', bf16' if bf16 else ''}"
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, bf16)
+
+    def answer(self, question: str) -> Answer:
+        """Answer one question (retrieval, threshold, prompt, generation)."""
+        return self.answer_batch([question])[0]
+
+    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None) -> list[Answer]:
+        """Answer questions in batches; greedy answers equal one-at-a-time ones.
+
+        Args:
+            questions: non-empty question strings.
+            contexts: optional documents per question (``{id, doc_id?, title, text, score?}``) used
+                instead of retrieval (evaluation's oracle mode); no threshold abstention then.
+
+        Raises:
+            InputError: an empty question, a malformed context, or a question too long for the budget.
+        """
+        for i, q in enumerate(questions):
+            if not isinstance(q, str) or not q.strip():
+                raise InputError(f"question {i + 1} of the batch is empty: every question needs text")
+        if contexts is not None and len(contexts) != len(questions):
+            raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
+        n = len(questions)
+        t0 = time.perf_counter()
+        if contexts is None:
+            docs, best = self._retrieve(questions)
+        else:
+            docs, best = [[_hit_dict(d, r) for r, d in enumerate(c, 1)] for c in contexts], [None] * n
+        t_retrieval = (time.perf_counter() - t0) / max(n, 1)
+        answers: list[Answer | None] = [None] * n
+        todo, texts, shown, t_prompt = [], [], {}, {}
+        for i, q in enumerate(questions):
+            if best[i] is not None and best[i] < self.cfg.min_score:
+                answers[i] = Answer(q, ABSTAIN, True, "threshold", [], docs[i], {"retrieval": t_retrieval, "prompt": 0.0, "generation": 0.0}, "")
+                continue
+            t1 = time.perf_counter()
+            shown[i] = self._fit(q, docs[i])
+            texts.append(self._model_text(self._render(q, shown[i])))
+            t_prompt[i] = time.perf_counter() - t1
+            todo.append(i)
+        t2 = time.perf_counter()
+        raws = self._generate(texts) if texts else []
+        t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
+        for i, raw in zip(todo, raws):
+            timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
+            answers[i] = self._finish(questions[i], raw, shown[i], timings)
+        return answers  # type: ignore[return-value]
+
+    # ---- stages
+
+    def _retrieve(self, questions: list[str]) -> tuple[list[list[dict]], list[float | None]]:
+        """Top-k hits as dicts per question, and the best dense cosine (the threshold's input)."""
+        hits = self.retriever.search_batch(questions, self.cfg.k, self.cfg.hybrid)
+        if self.cfg.hybrid:  # fused RRF scores are not cosines: take the best dense score separately
+            scores, _ = self.retriever.search_vectors(self.retriever.embedder.encode(list(questions)), 1)
+            best = [float(s[0]) if len(s) else None for s in scores]
+        else:
+            best = [hs[0].score if hs else None for hs in hits]
+        best = [-1.0 if b is None else b for b in best]  # an empty index: always below the threshold
+        return [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits], best
+
+    def _render(self, question: str, docs: list[dict]) -> str:
+        from rag_pipeline.prompt import render_user
+
+        return render_user(self.template, question, docs)
+
+    def _fit(self, question: str, docs: list[dict]) -> list[dict]:
+        """The documents cut to the prompt budget (lowest-ranked dropped first); ``truncated`` marks cut ones."""
+        from rag_pipeline.prompt import BudgetError, fit_documents
+
+        try:
+            fitted, _ = fit_documents(self.tokenizer, self.template, question, docs, oracle_index=-1, answer="",
+                                      max_tokens=self.cfg.max_prompt_tokens)
+        except BudgetError as e:
+            raise InputError(f"question {question[:60]!r} does not fit max_prompt_tokens={self.cfg.max_prompt_tokens} ({e}): "
+                             "shorten it or raise --max-prompt-tokens") from None
+        originals = {d["id"]: d["text"] for d in docs}
+        return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
+
+    def _generate(self, texts: list[str]) -> list[str]:
+        from rag_pipeline import generator
+
+        c = self.cfg
+        return generator.generate_answers(
+            self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+            num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+            autocast_bf16=self.bf16,
+        )
+
+    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float]) -> Answer:
+        if is_abstention(raw):
+            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
+        answer = raw.strip()
+        citations = [
+            Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"], make_snippet(d["text"], answer, self.cfg.snippet))
+            for n in parse_citations(answer, len(docs)) for d in [docs[n - 1]]
+        ]
+        return Answer(question, answer, False, None, citations, docs, timings, raw)
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def format_answer(ans: Answer, cfg: AskConfig) -> str:
+    """The human-readable answer: text, cited sources (number, title, source, score, snippet), context."""
+    lines = [ans.answer]
+    if ans.abstain_reason == "threshold":
+        best = ans.retrieved[0]["score"] if ans.retrieved else None
+        lines.append(f"  (no generation: best retrieval score {best if best is None else round(best, 3)} < min_score {cfg.min_score})")
+    if ans.citations:
+        lines.append("\nSources:")
+        for c in ans.citations:
+            score = "" if c.score is None else f"  score {c.score:.3f}"
+            lines.append(f"  [{c.n}] {c.title or '(untitled)'}  ({c.source}){score}\n      {c.snippet}")
+    elif not ans.abstained:
+        lines.append("  (the answer cites no document)")
+    if cfg.show_context:
+        lines.append("\nContext shown to the generator:" if ans.raw else "\nRetrieved (not shown to the generator):")
+        for i, d in enumerate(ans.retrieved, 1):
+            score = "" if d["score"] is None else f"  score {d['score']:.3f}"
+            cut = "  [truncated]" if d.get("truncated") else ""
+            lines.append(f"  [{i}] {d['title'] or '(untitled)'}  ({d['source']}#{d['position']}){score}{cut}\n      {' '.join(d['text'].split())}")
+    return "\n".join(lines)
+
+
+def emit(ans: Answer, cfg: AskConfig, out: IO[str], compact: bool = False) -> None:
+    """Print one answer as text or JSON (one line with ``compact``)."""
+    if cfg.json:
+        out.write(json.dumps(ans.to_dict(), ensure_ascii=False, indent=None if compact else 2) + "\n")
+    else:
+        out.write(format_answer(ans, cfg) + ("\n\n" if compact else "\n"))
+    out.flush()
+
+
+def _timing_line(ans: Answer) -> str:
+    t = ans.timings
+    return f"retrieval {t['retrieval']:.3f} s, prompt {t['prompt']:.3f} s, generation {t['generation']:.3f} s"
+
+
+@contextmanager
+def _jsonl_writer(path: str) -> Iterator[Callable[[dict], None]]:
+    """Write JSON lines to ``path`` through a temporary file renamed at the end (stdout when empty)."""
+    if not path:
+        yield lambda obj: (sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n"), sys.stdout.flush())
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield lambda obj: f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def answer_file(pipe: Pipeline, cfg: AskConfig) -> dict[str, Any]:
+    """Answer a QA file in batches; one JSON line per question (answer + the gold fields). Returns a summary."""
+    from tqdm import tqdm
+
+    from rag_pipeline.qa import load_qa
+
+    items = load_qa(cfg.questions)
+    empty = [it.id for it in items if not it.question.strip()]
+    if empty:
+        raise InputError(f"{cfg.questions}: {len(empty)} empty question(s) (ids {', '.join(empty[:3])}): fix or remove those lines")
+    chunk = cfg.batch_size * 4  # several generation batches per call: length-sorting packs them tighter
+    t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0}
+    with _jsonl_writer(cfg.output) as write, tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
+        for start in range(0, len(items), chunk):
+            batch = items[start:start + chunk]
+            for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch])):
+                write({"id": it.id, **ans.to_dict(), "gold_answers": it.answers, "answerable": it.answerable, "gold_doc_id": it.doc_id})
+                if ans.abstain_reason:
+                    abstained[ans.abstain_reason] += 1
+            bar.update(len(batch))
+    seconds = time.perf_counter() - t0
+    return {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / max(seconds, 1e-9), "abstained": abstained}
+
+
+def answer_stream(pipe: Pipeline, cfg: AskConfig, lines: Iterable[str], out: IO[str]) -> int:
+    """Answer each non-empty line as it arrives; a failing line prints its error and the rest go on."""
+    status = 0
+    for line in lines:
+        question = line.strip()
+        if not question:
+            continue
+        try:
+            emit(pipe.answer(question), cfg, out, compact=True)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            status = 2
+    return status
+
+
+def main(cfg: AskConfig) -> int:
+    """``rag-pipeline ask``: setup (load once) -> answer (argument, stdin or file) -> print. Returns the exit status."""
+    pipe = Pipeline.load(cfg)
+    print(pipe.description, file=sys.stderr, flush=True)
+    if cfg.questions:
+        s = answer_file(pipe, cfg)
+        print(f"answered {s['questions']} questions in {s['seconds']:.1f} s ({s['questions_per_s']:.2f} q/s; abstained: "
+              f"{s['abstained']['threshold']} by threshold, {s['abstained']['generator']} by the generator)"
+              + (f" -> {cfg.output}" if cfg.output else ""), file=sys.stderr)
+        return 0
+    if cfg.question:
+        ans = pipe.answer(cfg.question)
+        emit(ans, cfg, sys.stdout)
+        log.info("(%s)", _timing_line(ans))
+        return 0
+    if sys.stdin.isatty():
+        print("reading questions from standard input, one per line (Ctrl-D ends)", file=sys.stderr, flush=True)
+    return answer_stream(pipe, cfg, iter(sys.stdin.readline, ""), sys.stdout)
