@@ -59,7 +59,10 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
     if origin is list:
         (item_tp,) = get_args(inner) or (str,)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [value]
+        if isinstance(value, (list, tuple)) and source == "from the command line":
+            # flags: repeated and/or comma-separated values flatten into one list
+            value = [v.strip() for item in value for v in str(item).split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' ({source}) must be a list, got {value!r}")
         return [coerce(key, v, item_tp, source) for v in value]
@@ -150,7 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         elif get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))
         elif get_origin(tp) is list:
-            kwargs["metavar"] = "A,B,..."
+            kwargs["metavar"] = "A[,B...]"
+            kwargs["action"] = "append"  # repeatable: --qa a --qa b, or --qa a,b
         flags = [_flag(f.name)] + ([f"-{f.name}"] if len(f.name) == 1 else [])
         group.add_argument(*flags, **kwargs)
 

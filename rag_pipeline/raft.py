@@ -188,19 +188,8 @@ def has_answer(text: str, answers: list[str]) -> bool:
 
 
 def doc_chunks(store: Any, doc_ids: set[str]) -> dict[str, list[Any]]:
-    """Chunks of each document, by position (one query per 900 ids: SQLite's parameter limit)."""
-    from rag_pipeline.store import StoredChunk
-
-    ids, out = sorted(doc_ids), {}
-    for i in range(0, len(ids), 900):
-        part = ids[i : i + 900]
-        rows = store.conn.execute(
-            f"SELECT row, id, doc_id, title, source, position, text FROM chunks WHERE doc_id IN ({','.join('?' * len(part))}) ORDER BY doc_id, position",
-            part,
-        )
-        for r in rows:
-            out.setdefault(r[2], []).append(StoredChunk(*r))
-    return out
+    """Chunks of each document, by position."""
+    return store.chunks_of_docs(doc_ids)
 
 
 def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) -> Any | None:

@@ -78,6 +78,16 @@ class ChunkStore:
             raise KeyError(chunk_id)
         return StoredChunk(*r)
 
+    def chunks_of_docs(self, doc_ids: set[str] | list[str]) -> dict[str, list[StoredChunk]]:
+        """Chunks of each document, ordered by position (uses the doc_id index; 900 ids per query)."""
+        ids, out = sorted(set(doc_ids)), {}
+        for i in range(0, len(ids), 900):  # SQLite's parameter limit
+            part = ids[i : i + 900]
+            q = f"SELECT {_COLS} FROM chunks WHERE doc_id IN ({','.join('?' * len(part))}) ORDER BY doc_id, position"
+            for r in self.conn.execute(q, part):
+                out.setdefault(r[2], []).append(StoredChunk(*r))
+        return out
+
     def iter_chunks(self, batch: int = 1024) -> Iterator[StoredChunk]:
         """All chunks in row order, fetched in batches (bounded memory)."""
         cur = self.conn.execute(f"SELECT {_COLS} FROM chunks ORDER BY row")

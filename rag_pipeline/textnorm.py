@@ -15,7 +15,21 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+_WORD = re.compile(r"\w+", re.UNICODE)
+_ARTICLE_WORDS = frozenset(("a", "an", "the"))
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens without articles; punctuation separates words ("Kissinger's" -> kissinger, s)."""
+    return [w for w in _WORD.findall(text.lower()) if w not in _ARTICLE_WORDS]
+
+
 def contains_answer(text: str, answers: list[str]) -> bool:
-    """True when a normalized answer occurs in the normalized text as whole words."""
-    norm = f" {normalize_answer(text)} "
-    return any(a and f" {a} " in norm for a in (normalize_answer(x) for x in answers))
+    """True when an answer's words occur contiguously, as whole words, in the text.
+
+    Unlike :func:`normalize_answer` (SQuAD's, which glues "Kissinger's" into "kissingers"),
+    punctuation splits words here, so an answer next to an apostrophe, dash or degree sign
+    still counts as contained.
+    """
+    hay = f" {' '.join(words(text))} "
+    return any(needle.strip() and needle in hay for needle in (f" {' '.join(words(a))} " for a in answers))
