@@ -23,6 +23,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ CORPUS = REPO / "corpus" / "disfl_qa"
 RECIPE_PROMPT = "answer the question based on the context: question: {q} context: {c}"
 
 
-def make_rows(n: int, seed: int) -> list[dict]:
+def make_rows(n: int, seed: int, docs_per_example: int = 1) -> list[dict]:
     """RAFT rows (documented columns) from disfl_qa, or synthesized when it is absent."""
     from rag_pipeline.prompt import TEMPLATES, render_user
 
@@ -52,7 +53,7 @@ def make_rows(n: int, seed: int) -> list[dict]:
         ids = sorted(docs)
     rows = []
     for q in rng.sample(qa, min(n, len(qa))):
-        chosen = [docs[q["doc_id"]]] + [docs[i] for i in rng.sample([i for i in ids if i != q["doc_id"]], 2)]
+        chosen = [docs[q["doc_id"]]] + [docs[i] for i in rng.sample([i for i in ids if i != q["doc_id"]], docs_per_example - 1)]
         rng.shuffle(chosen)
         pos = next(i for i, d in enumerate(chosen) if d["id"] == q["doc_id"])
         rows.append({
@@ -131,6 +132,7 @@ def worker_ours(data: Path, model_dir: str, steps: int, bf16: str) -> dict:
     from rag_pipeline import train as T
 
     out = data / f"ours-{Path(model_dir).name}-{bf16}"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier repeat's output
     cfg = T.TrainConfig(dataset=str(data), output=str(out), base_model=model_dir, max_steps=steps, batch_size=4, grad_accum=4,
                         learning_rate=1e-4, eval_subset=1, max_new_tokens=1, progress=False, bf16=bf16, device="cpu",
                         max_length=512)  # the recipe's input budget: prompts over it are cut in the middle
@@ -154,6 +156,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps (16 examples each) per T5 path")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per T5 path; the best is reported")
     ap.add_argument("--smol-steps", type=int, default=2, help="optimizer steps for SmolLM2-135M LoRA (0 = skip)")
+    ap.add_argument("--docs", type=int, default=1, help="documents per example: 1 = the tutorials' SQuAD format (question + "
+                    "its paragraph); 3 = RAFT-like multi-document contexts, which mostly exceed the recipe's 512 tokens")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -173,7 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(tmp)
         n = max(args.steps, args.smol_steps) * 16
-        data = write_dataset(root / "raft", make_rows(n, seed=0))
+        data = write_dataset(root / "raft", make_rows(n, seed=0, docs_per_example=args.docs))
         t5 = build_t5_small(root / "t5-small-random")
         common = ["--data", str(data), "--steps", str(args.steps)]
         paths = {
@@ -186,6 +190,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, cmd in paths.items():
                 results[name].append(run_worker(cmd))
+                print(f"{name}: {json.dumps(results[name][-1])}", flush=True)
         rows = [(name, max(rs, key=lambda r: r["examples_per_s"])) for name, rs in results.items()]
         if args.smol_steps:
             smol = ["--data", str(data), "--steps", str(args.smol_steps)]

@@ -149,6 +149,9 @@ def _dispatch(name: str, cfg: Any) -> int:
         result = module.run(cfg)
         if isinstance(result, dict):
             print(json.dumps(result, indent=2, sort_keys=True, default=str))
+            if result.get("status") == "interrupted":
+                print("interrupted: a checkpoint was saved; continue with --resume", file=sys.stderr)
+                return 130
     return 0
 
 

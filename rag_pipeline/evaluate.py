@@ -461,7 +461,8 @@ def evaluate_system(pipeline: Any, name: str, items: list[QAItem], contexts: dic
         answers = answer_all(pipeline, questions, docs, chunk, f"{name}/{ctx}")
         seconds = time.perf_counter() - t0
         recs = [
-            record(name, ctx, item, a, docs[j] if docs is not None else list(a.retrieved), extras[j])
+            # The documents as shown: the prompt budget may cut or drop some, and [n] numbers these.
+            record(name, ctx, item, a, list(a.retrieved) if a.retrieved else (docs[j] if docs is not None else []), extras[j])
             for j, (item, a) in enumerate(zip(items, answers))
         ]
         results[ctx] = {**aggregate(recs, ctx), "timings": {"generate_s": round(seconds, 2), "per_question_s": round(seconds / max(len(items), 1), 3)}}
@@ -594,8 +595,11 @@ def render_chart(metrics: dict, path: Path) -> None:
     x = np.arange(len(systems))
     for ax, (title, (a, b)) in zip(axes, panels):
         for j, ctx in enumerate(contexts):
-            vals = [100 * (metrics["results"][s][ctx][a][b] or 0.0) for s in systems]
-            bars = ax.bar(x + (j - (len(contexts) - 1) / 2) * width, vals, width, label=ctx)
+            raw = [metrics["results"][s][ctx][a][b] for s in systems]
+            if all(v is None for v in raw):  # not measured in this context (hijack rate outside 'injected')
+                continue
+            vals = [100 * (v or 0.0) for v in raw]
+            bars = ax.bar(x + (j - (len(contexts) - 1) / 2) * width, vals, width, label=ctx, color=f"C{j}")
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_title(title)
         ax.set_xticks(x, systems, rotation=15)

@@ -179,6 +179,12 @@ def test_full_fine_tune_and_time_budget(tiny: dict, tmp_path: Path) -> None:
     assert kind == "causal" and not hasattr(model, "peft_config")
 
 
+def test_early_stopping_after_patience_evaluations_without_improvement(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"val_loss": 1.0, "em": 0.0, "f1": 0.0})
+    summary = T.run(cfg(tiny, tmp_path / "es", max_steps=10, eval_steps=1, early_stopping_patience=2))
+    assert summary["status"] == "early_stopped" and summary["steps"] == 3 and summary["best_step"] == 1
+
+
 def _write_split(tmp_path: Path, rows: dict[str, list[dict]]) -> Path:
     from datasets import Dataset, DatasetDict
 
@@ -236,7 +242,7 @@ def test_micro_batches_are_length_grouped_seeded_and_sharded() -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("train*.yaml")), ids=lambda p: p.name)
 def test_shipped_train_yamls_parse(path: Path) -> None:
-    assert path.read_text().startswith("# train-generator")
+    assert path.read_text().startswith("#") and "train-generator" in path.read_text().splitlines()[0]
     build_config(T.TrainConfig, path)
 
 
