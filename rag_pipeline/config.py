@@ -148,7 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         )
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
         kwargs: dict[str, Any] = {"default": None, "help": help_, "dest": f.name}
-        if tp is bool:
+        if tp is bool and f.name.startswith("no_"):
+            # BooleanOptionalAction reads any --no-x as "x is False": a field already named
+            # no_x gets a plain switch instead.
+            kwargs.update(action="store_const", const=True)
+        elif tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))

@@ -108,11 +108,33 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def weights_hash(model_dir: str | Path) -> str:
-    """sha256 of the model's weight files (names and bytes), so a changed model is detected."""
-    model_dir = Path(model_dir)
+    """sha256 of the model's weight files (names and bytes), so a changed model is detected.
+
+    Cached under :func:`cache_dir` by path, size and modification time of every weight file,
+    so a 0.5 GB model is hashed once, not on every load.
+    """
+    model_dir = Path(model_dir).resolve()
     files = sorted(
         p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
     )
+    stamp = hashlib.sha256(
+        "\n".join(f"{p}\x00{p.stat().st_size}\x00{p.stat().st_mtime_ns}" for p in files).encode()
+    ).hexdigest()
+    cached = cache_dir() / "weights-hashes" / stamp
+    if cached.is_file():
+        return cached.read_text().strip()
+    digest = _hash_files(model_dir, files)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{stamp}.{os.getpid()}")
+        tmp.write_text(digest)
+        os.replace(tmp, cached)
+    except OSError:  # a read-only cache only costs the re-hash next time
+        log.debug("could not cache the weights hash of %s", model_dir)
+    return digest
+
+
+def _hash_files(model_dir: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(model_dir)).encode())

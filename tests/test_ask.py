@@ -358,8 +358,6 @@ def test_adapter_choice_and_fallbacks(tmp_path: Path, monkeypatch: pytest.Monkey
     assert A.choose_adapter(A.AskConfig(no_adapter=True))[0] is None
 
 
-@pytest.mark.xfail(reason="config.add_arguments gives bool fields BooleanOptionalAction, which reads --no-adapter "
-                          "(it starts with --no-) as False; needs the store_const fix in config.py", strict=False)
 def test_no_adapter_flag() -> None:
     from rag_pipeline.cli import _config, build_parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rag_pipeline.errors import ModelNotFoundError
@@ -25,4 +27,6 @@ def test_weights_hash_changes_with_weights(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"abc")
     h1 = weights_hash(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"abd")
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))  # a distinct mtime, whatever the clock's resolution
     assert weights_hash(tmp_path) != h1
+    assert weights_hash(tmp_path) == weights_hash(tmp_path)  # cached by path, size and mtime
