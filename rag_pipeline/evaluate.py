@@ -73,12 +73,10 @@ numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null whe
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
 import random
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -314,20 +312,6 @@ def injected_context(item: QAItem, hits: list[Any], k: int, seed: int) -> tuple[
     return docs, pos
 
 
-def chunks_by_doc(store: Any, doc_ids: set[str]) -> dict[str, list[Any]]:
-    """Chunks of each document in position order (one store query per 900 documents)."""
-    from rag_pipeline.store import StoredChunk
-
-    ids, out = sorted(doc_ids), {}
-    for i in range(0, len(ids), 900):
-        part = ids[i : i + 900]
-        rows = store.conn.execute(
-            "SELECT row, id, doc_id, title, source, position, text FROM chunks "
-            f"WHERE doc_id IN ({','.join('?' * len(part))}) ORDER BY doc_id, position", part)
-        for r in rows:
-            out.setdefault(r[2], []).append(StoredChunk(*r))
-    return out
-
 
 def retrieve(retriever: Any, items: list[QAItem], cfg: EvaluateConfig, batch: int = 256) -> list[list[Any]]:
     """Hits per question, deep enough for MRR@10 and for distractors of other documents."""
@@ -443,7 +427,7 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Any
         if ctx == "retrieved":
             out[ctx] = (None, [{} for _ in items])
         elif ctx == "oracle":
-            by_doc = chunks_by_doc(store, {i.doc_id for i in items if i.doc_id})
+            by_doc = store.chunks_of_docs({i.doc_id for i in items if i.doc_id})
             pairs = [oracle_context(i, h, by_doc.get(i.doc_id or "", []), cfg.k, cfg.seed) for i, h in zip(items, hits)]
             out[ctx] = ([d for d, _ in pairs], [{"oracle_found": f} for _, f in pairs])
         else:
