@@ -18,7 +18,6 @@ output is byte-identical for the same inputs and seed and does not depend on bat
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.models import SMOLLM2_ID
 from rag_pipeline.qa import QAItem, load_qa
-from rag_pipeline.textnorm import contains_answer, normalize_answer
+from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +175,9 @@ def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, Q
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _padded_norm(text: str) -> str:
-    return f" {normalize_answer(text)} "
-
-
 def has_answer(text: str, answers: list[str]) -> bool:
-    """:func:`textnorm.contains_answer`, with the normalized chunk text cached (chunks recur across questions)."""
-    norm = _padded_norm(text)
-    return any(a and f" {a} " in norm for a in (normalize_answer(x) for x in answers))
+    """:func:`textnorm.contains_answer` (whole-word match, chunk text cached)."""
+    return contains_answer(text, answers)
 
 
 def doc_chunks(store: Any, doc_ids: set[str]) -> dict[str, list[Any]]:

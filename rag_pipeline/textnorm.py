@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -24,6 +25,12 @@ def words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in _ARTICLE_WORDS]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _padded_words(text: str) -> str:
+    # Cached: the same chunk is checked against many questions' answers.
+    return f" {' '.join(words(text))} "
+
+
 def contains_answer(text: str, answers: list[str]) -> bool:
     """True when an answer's words occur contiguously, as whole words, in the text.
 
@@ -31,5 +38,5 @@ def contains_answer(text: str, answers: list[str]) -> bool:
     punctuation splits words here, so an answer next to an apostrophe, dash or degree sign
     still counts as contained.
     """
-    hay = f" {' '.join(words(text))} "
+    hay = _padded_words(text)
     return any(needle.strip() and needle in hay for needle in (f" {' '.join(words(a))} " for a in answers))
