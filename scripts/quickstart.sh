@@ -17,7 +17,7 @@ step "2/4 build-raft-dataset -> runs/disfl_qa/raft"
 rp build-raft-dataset --config configs/raft.yaml --output runs/disfl_qa/raft --format eval
 
 step "3/4 train-generator (CPU budget) -> runs/disfl_qa/adapter"
-rp train-generator --config configs/train-smollm2-cpu.yaml --dataset runs/disfl_qa/raft --output runs/disfl_qa/adapter
+rp train-generator --config configs/train-smollm2-cpu.yaml --dataset runs/disfl_qa/raft --output runs/disfl_qa/adapter --max-minutes 6
 
 # A CPU-budget run learns the answer format but little more; the committed reference adapter
 # (configs/train-smollm2-reference.yaml, longer training) answers better, so ask uses it when present.
