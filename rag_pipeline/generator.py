@@ -284,7 +284,6 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[
     Returns:
         (sum of losses as a scalar tensor, number of target tokens)
     """
-    import torch
     import torch.nn.functional as F
 
     labels = batch["labels"]

@@ -175,16 +175,6 @@ def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, Q
 # ---------------------------------------------------------------------------------------------
 
 
-def has_answer(text: str, answers: list[str]) -> bool:
-    """:func:`textnorm.contains_answer` (whole-word match, chunk text cached)."""
-    return contains_answer(text, answers)
-
-
-def doc_chunks(store: Any, doc_ids: set[str]) -> dict[str, list[Any]]:
-    """Chunks of each document, by position."""
-    return store.chunks_of_docs(doc_ids)
-
-
 def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) -> Any | None:
     """The chunk holding the answer: best-ranked hit (of the gold document when known), else the
     gold document's first chunk holding it by position; for unanswerable questions the gold
@@ -194,9 +184,9 @@ def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) 
     if not item.answerable:
         return chunks_of_doc[0] if chunks_of_doc else None
     for h in hits:
-        if (item.doc_id is None or h.chunk.doc_id == item.doc_id) and has_answer(h.chunk.text, item.answers):
+        if (item.doc_id is None or h.chunk.doc_id == item.doc_id) and contains_answer(h.chunk.text, item.answers):
             return h.chunk
-    return next((c for c in chunks_of_doc or [] if has_answer(c.text, item.answers)), None)
+    return next((c for c in chunks_of_doc or [] if contains_answer(c.text, item.answers)), None)
 
 
 def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], store: Any, n_chunks: int,
@@ -210,7 +200,7 @@ def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], s
     ids, texts = {oracle.id} if oracle else set(), {oracle.text} if oracle else set()
 
     def usable(c: Any) -> bool:
-        return c.id not in ids and c.text not in texts and c.doc_id != exclude_doc and not has_answer(c.text, answers)
+        return c.id not in ids and c.text not in texts and c.doc_id != exclude_doc and not contains_answer(c.text, answers)
 
     def take(c: Any) -> None:
         taken.append(c)
@@ -352,7 +342,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
     for start in tqdm(range(0, len(questions), cfg.batch_size), desc="raft", unit="batch", disable=None):
         batch = questions[start : start + cfg.batch_size]
         hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k)
-        by_doc = doc_chunks(store, {it.doc_id for _, it in batch if it.doc_id is not None})
+        by_doc = store.chunks_of_docs({it.doc_id for _, it in batch if it.doc_id is not None})
         examples = [make_example(cfg, split, it, h, by_doc.get(it.doc_id) if it.doc_id is not None else None, store, n_chunks, teacher, counts)
                     for (split, it), h in zip(batch, hits)]
         for e, row, total in fit_batch(cfg, tokenizer, template, counter, [e for e in examples if e], counts):

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from rag_pipeline.errors import IndexError_
 
@@ -93,12 +92,6 @@ class ChunkStore:
         cur = self.conn.execute(f"SELECT {_COLS} FROM chunks ORDER BY row")
         while rows := cur.fetchmany(batch):
             yield from (StoredChunk(*r) for r in rows)
-
-    def embeddings(self, rows: list[int], dim: int) -> np.ndarray:
-        """Stored embeddings for rows, shape (len(rows), dim)."""
-        chunk = self.get_rows(rows)
-        blobs = dict(self.conn.execute(f"SELECT row, embedding FROM chunks WHERE row IN ({','.join('?' * len(rows))})", rows))
-        return np.stack([np.frombuffer(blobs[c.row], dtype=np.float32, count=dim) for c in chunk])
 
     def close(self) -> None:
         self.conn.close()
