@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length (answers stop at EOS)")
     p.add_argument("--batch-size", type=int, default=8, help="answer_batch generation batch size")
     p.add_argument("--k", type=int, default=4, help="chunks per question")
-    p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"], help="bf16 autocast")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="generator weights (ask --dtype)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each path, order alternating; the fastest is reported")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
     p.add_argument("--scores", action="store_true", help="print retrieval score distributions instead (threshold evidence)")
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ask_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--index", args.index, "-k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
-             "--batch-size", str(args.batch_size), "--bf16", args.bf16, "--device", "cpu"]
+             "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--device", "cpu"]
     if args.adapter:
         flags += ["--adapter", args.adapter]
     if args.no_adapter:
@@ -98,7 +98,7 @@ def ask_config(args: argparse.Namespace):  # -> AskConfig
     from rag_pipeline.ask import AskConfig
 
     return AskConfig(index=args.index, adapter=args.adapter, no_adapter=args.no_adapter, k=args.k,
-                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, bf16=args.bf16, device="cpu")
+                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype, device="cpu")
 
 
 # ------------------------------------------------------------------------------- scores
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = [a for a in singles if a.raw]
     new_tokens = [len(pipe.tokenizer(a.raw, add_special_tokens=False)["input_ids"]) for a in gen]
+    prompt_tokens = [len(pipe.tokenizer(pipe._model_text(pipe._render(a.question, a.retrieved)), add_special_tokens=False)["input_ids"])
+                     for a in gen]
     stage = {k: statistics.median(a.timings[k] for a in singles) for k in ("retrieval", "prompt", "generation")}
     totals = [sum(a.timings.values()) for a in singles]
     same = sum(a.raw == b.raw for a, b in zip(singles, batched))
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| - retrieval (median) | {stage['retrieval'] * 1000:.0f} ms |")
     print(f"| - prompt (median) | {stage['prompt'] * 1000:.0f} ms |")
     print(f"| - generation (median) | {stage['generation']:.2f} s |")
+    print(f"| prompt tokens per question (median) | {statistics.median(prompt_tokens) if prompt_tokens else 0:.0f} |")
     print(f"| generated tokens per answer (median) | {statistics.median(new_tokens) if new_tokens else 0:.0f} |")
     print(f"| threshold abstentions | {n - len(gen)} of {n} |")
     print(f"| one at a time: throughput (CPU s per question) | {n / single_s:.3f} q/s ({single_cpu / n:.2f}) |")

@@ -62,8 +62,8 @@ class AskConfig:
     max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
     hybrid: bool = opt(False, "fuse BM25 with dense retrieval (the threshold still uses the dense cosine)")
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
-    bf16: Literal["auto", "true", "false"] = opt("auto", "bf16 autocast: auto = on bf16 GPUs only (on CPU it gains ~10%% on the prompt "
-                                                         "and slows decoding up to 4x: frozen adapter weights are re-cast every token)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and AVX512-BF16/AMX CPUs, else float32")
     batch_size: int = opt(8, "questions per generation batch (--questions mode and answer_batch)")
     show_context: bool = opt(False, "also print the documents shown to the generator")
     json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
@@ -88,8 +88,8 @@ class AskConfig:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device is {self.device!r}: choose auto, cpu or cuda")
-        if self.bf16 not in ("auto", "true", "false"):
-            raise ConfigError(f"bf16 is {self.bf16!r}: choose auto, true or false")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype is {self.dtype!r}: choose auto, float32, bfloat16 or float16")
         if self.adapter and self.no_adapter:
             raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
         if self.question and self.questions:
@@ -217,7 +217,7 @@ class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
     def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
-                 adapter: str | None, description: str, bf16: bool) -> None:
+                 adapter: str | None, description: str) -> None:
         from rag_pipeline.prompt import model_text_fn
 
         self.cfg = cfg
@@ -228,7 +228,6 @@ class Pipeline:
         self.template = template
         self.adapter = adapter
         self.description = description  # which generator is used and why (main prints it on stderr)
-        self.bf16 = bf16
         self._model_text = model_text_fn(tokenizer, template)
 
     @classmethod
@@ -245,7 +244,7 @@ class Pipeline:
             InputError: adapter directory missing or not a finished train-generator output.
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
-        from rag_pipeline.generator import bf16_supported, load_generator, read_adapter_meta, resolve_device
+        from rag_pipeline.generator import inference_dtype, load_generator, read_adapter_meta, resolve_device
         from rag_pipeline.index import read_manifest
         from rag_pipeline.prompt import get_template
         from rag_pipeline.retriever import Retriever
@@ -259,12 +258,12 @@ class Pipeline:
             raise ConfigError(f"adapter {adapter} was trained with prompt template '{recorded}', not '{cfg.template}': drop --template (ask uses the adapter's own)")
         template = get_template(cfg.template or recorded or DEFAULT_TEMPLATE)
         base = cfg.base_model or meta.get("base_model") or SMOLLM2_ID
-        model, tokenizer, kind = load_generator(base, adapter, device=str(device))
+        dtype = inference_dtype(cfg.dtype, device)
+        model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type)
-        bf16 = (device.type == "cuda" and bf16_supported(device)) if cfg.bf16 == "auto" else cfg.bf16 == "true"
-        description = f"generator: {why}; base {base}, template {template.name}, {device}{', bf16' if bf16 else ''}"
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, bf16)
+        description = f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
@@ -350,7 +349,6 @@ class Pipeline:
         return generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            autocast_bf16=self.bf16,
         )
 
     def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float]) -> Answer:

@@ -126,6 +126,7 @@ class EvaluateConfig:
     min_score: float | None = opt(None, "abstain when the best retrieval score is below this; unset = ask's default")
     max_prompt_tokens: int | None = opt(None, "prompt token budget; unset = ask's default")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where the generator runs")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights; auto = bfloat16 where the hardware runs it fast")
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -359,22 +360,17 @@ def ask_config(cfg: EvaluateConfig, adapter: str | None) -> Any:
     overrides: dict[str, Any] = {
         "index": cfg.index, "adapter": adapter, "no_adapter": adapter is None, "k": cfg.k, "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens, "num_beams": 1, "do_sample": False, "hybrid": cfg.hybrid,
-        "device": cfg.device, "batch_size": cfg.batch_size, "min_score": cfg.min_score,
+        "device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size, "min_score": cfg.min_score,
         "max_prompt_tokens": cfg.max_prompt_tokens, "base_model": cfg.base_model or None, "template": cfg.template or None,
     }
     return build_config(AskConfig, None, {k: v for k, v in overrides.items() if v is not None})
 
 
 def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Any) -> Any:
-    """One ask Pipeline per system, sharing the already loaded retriever when Pipeline accepts one."""
-    import inspect
-
+    """One ask Pipeline per system, sharing the already loaded retriever."""
     from rag_pipeline.ask import Pipeline
 
-    acfg = ask_config(cfg, adapter)
-    if "retriever" in inspect.signature(Pipeline.load).parameters:
-        return Pipeline.load(acfg, retriever=retriever)
-    return Pipeline.load(acfg)
+    return Pipeline.load(ask_config(cfg, adapter), retriever=retriever)
 
 
 def _citation_numbers(answer: Any) -> list[int]:

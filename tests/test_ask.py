@@ -67,7 +67,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def cfg(env: dict, **kw) -> A.AskConfig:
-    base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "bf16": "false",
+    base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
             "max_new_tokens": 8, "min_score": -1.0}
     return A.AskConfig(**{**base, **kw})
 
@@ -195,6 +195,35 @@ def test_batch_equals_one_at_a_time(pipe: A.Pipeline) -> None:
     assert [a.raw for a in batched] == [a.raw for a in single]
     assert [a.retrieved for a in batched] == [a.retrieved for a in single]
     assert all(a.raw for a in batched)
+
+
+def test_merged_adapter_answers_like_the_unmerged_peft_model(env: dict, pipe: A.Pipeline) -> None:
+    """ask folds the LoRA weights into the base (fast decoding); the reference is plain peft, unmerged."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rag_pipeline.generator import generate_answers
+
+    assert not isinstance(pipe.model, PeftModel)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(env["base"]), str(env["adapter"])).eval()
+    texts = [pipe._model_text(pipe._render(q, pipe._retrieve([q])[0][0])) for q in QUESTIONS[:3]]
+    expected = generate_answers(reference, pipe.tokenizer, "causal", texts, max_new_tokens=8)
+    assert [a.raw for a in pipe.answer_batch(QUESTIONS[:3])] == expected
+    base_only = generate_answers(AutoModelForCausalLM.from_pretrained(env["base"]).eval(), pipe.tokenizer, "causal", texts, max_new_tokens=8)
+    assert base_only != expected  # the adapter changes the answers, so the comparison above means something
+
+
+def test_dtype_auto_is_bf16_only_where_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag_pipeline import generator as G
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(G, "bf16_supported", lambda device: False)
+    assert G.inference_dtype("auto", cpu) == "float32"
+    monkeypatch.setattr(G, "bf16_supported", lambda device: True)
+    assert G.inference_dtype("auto", cpu) == "bfloat16"
+    assert G.inference_dtype("float32", cpu) == "float32"
+    with pytest.raises(ConfigError, match="choose one of"):
+        G.inference_dtype("int3", cpu)
 
 
 def test_given_contexts_replace_retrieval(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,6 +366,7 @@ def test_gpu_asked_for_and_absent(env: dict, capsys: pytest.CaptureFixture) -> N
     ({"adapter": "x", "no_adapter": True}, "contradict"), ({"k": 0}, "k is 0"), ({"top_p": 0.0}, "top_p"),
     ({"min_score": 2.0}, "min_score"), ({"output": "o.jsonl"}, "--output needs --questions"),
     ({"question": "q", "questions": "f.jsonl"}, "both given"), ({"device": "tpu"}, "choose auto"),
+    ({"dtype": "fp8"}, "dtype is 'fp8'"),
 ])
 def test_bad_settings_name_the_fix(kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
