@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--questions", type=int, default=16, help="questions timed one at a time and in batches")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length (answers stop at EOS)")
     p.add_argument("--batch-size", type=int, default=8, help="answer_batch generation batch size")
-    p.add_argument("--k", type=int, default=4, help="chunks per question")
+    p.add_argument("--k", type=int, default=2, help="chunks per question (ask's default)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="generator weights (ask --dtype)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each path, order alternating; the fastest is reported")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")

@@ -50,7 +50,7 @@ class AskConfig:
     no_adapter: bool = opt(False, "use the base generator without any adapter")
     base_model: str = opt("", f"base generator; empty: the adapter's recorded base, else {SMOLLM2_ID}")
     template: str = opt("", f"prompt template; empty: the adapter's recorded template, else {DEFAULT_TEMPLATE}")
-    k: int = opt(4, "chunks retrieved and shown to the generator (4 fit SmolLM2's prompt budget with room to spare)")
+    k: int = opt(2, "chunks retrieved and shown to the generator (2, as configs/raft.yaml trains: oracle + 1 distractor)")
     max_new_tokens: int = opt(48, "generation length; answers are short spans with a citation")
     num_beams: int = opt(1, "beam search width (1 = greedy)")
     do_sample: bool = opt(False, "sample instead of greedy/beam decoding (seeded)")

@@ -116,7 +116,7 @@ class EvaluateConfig:
     retrieved: bool = opt(True, "evaluate with the pipeline's retrieved context")
     oracle: bool = opt(False, "also evaluate with the gold passage plus k-1 retrieved distractors (as in RAFT training)")
     injection: bool = opt(False, "also evaluate with a 'reply HACKED' document among the retrieved ones (prompt-injection robustness)")
-    k: int = opt(4, "documents per prompt: RAFT trains on 4 (oracle + 3 distractors)")
+    k: int = opt(2, "documents per prompt: configs/raft.yaml trains on 2 (oracle + 1 distractor)")
     precision_k: int = opt(5, "k of the retrieval Precision@k")
     limit: int = opt(0, "evaluate a seeded sample of this many questions, the same for every system; 0 = all")
     seed: int = opt(0, "seed of the sample, the oracle shuffles and the injection positions")

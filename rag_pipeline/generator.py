@@ -117,7 +117,7 @@ def load_tokenizer(path: str | Path, kind: Kind, trust_remote_code: bool = False
 
 def inference_dtype(dtype: str, device: torch.device) -> str:
     """The weight dtype for generation: ``auto`` is bfloat16 where it runs fast (bf16 GPUs, CPUs
-    with AVX512-BF16/AMX: ~1.6x fp32 on a 800-token prompt), else float32."""
+    with AVX512-BF16/AMX: ~1.6x fp32 on a 720-token prompt), else float32."""
     if dtype == "auto":
         return "bfloat16" if bf16_supported(device) else "float32"
     _torch_dtype(dtype)  # validates
