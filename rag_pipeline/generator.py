@@ -120,8 +120,7 @@ def inference_dtype(dtype: str, device: torch.device) -> str:
     with AVX512-BF16/AMX: ~1.6x fp32 on a 720-token prompt), else float32."""
     if dtype == "auto":
         return "bfloat16" if bf16_supported(device) else "float32"
-    _torch_dtype(dtype)  # validates
-    return dtype
+    return dtype  # load_generator validates it
 
 
 def _torch_dtype(dtype: str) -> Any:
