@@ -380,7 +380,9 @@ def _citation_numbers(answer: Any) -> list[int]:
 def _progress(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, leave=False, disable=None)
+    # On a terminal a live bar; in a log file (nohup, CI) a line every 30 s instead of nothing.
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, leave=not tty, mininterval=0.1 if tty else 30, ascii=not tty)
 
 
 def answer_all(pipeline: Any, questions: list[str], contexts: list[list[dict]] | None, chunk: int, desc: str) -> list[Any]:
