@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from rag_pipeline.errors import IndexError_
 
 SCHEMA = """

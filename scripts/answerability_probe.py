@@ -29,12 +29,6 @@ import time
 from pathlib import Path
 
 
-def auc(pos: list[float], neg: list[float]) -> float:
-    """P(score of a random positive > that of a random negative), ties count half (Mann-Whitney)."""
-    pairs = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return pairs / (len(pos) * len(neg))
-
-
 def abstain_at(pos: list[float], neg: list[float], false_abstain: float = 0.10) -> float:
     """Share of positives (unanswerable) above the lowest threshold that flags at most ``false_abstain`` of negatives."""
     th = sorted(neg)[int((1 - false_abstain) * len(neg))]
@@ -42,9 +36,12 @@ def abstain_at(pos: list[float], neg: list[float], false_abstain: float = 0.10) 
 
 
 def summary(scores: list[float], unanswerable: list[bool]) -> dict:
+    """ROC AUC of ``scores`` for flagging unanswerable questions, and :func:`abstain_at` 10%."""
+    from sklearn.metrics import roc_auc_score
+
     pos = [s for s, u in zip(scores, unanswerable) if u]
     neg = [s for s, u in zip(scores, unanswerable) if not u]
-    return {"auc": round(auc(pos, neg), 4), "abstain_at_10pct_false_abstain": round(abstain_at(pos, neg), 4)}
+    return {"auc": round(float(roc_auc_score(unanswerable, scores)), 4), "abstain_at_10pct_false_abstain": round(abstain_at(pos, neg), 4)}
 
 
 def read_split(dataset: Path, split: str) -> list[dict]:
@@ -110,10 +107,13 @@ def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
     t0 = time.perf_counter()
     for s in range(0, len(rows), 8):
         batch = texts[s:s + 8]
-        greedy, alt, lp_abs = generate(batch, False), generate(batch, True), abstain_logp(batch)
+        greedy, lp_abs = generate(batch, False), abstain_logp(batch)
+        # The best non-abstaining answer is the greedy one unless that abstained: re-decode only those.
+        redo = [j for j, (text, _) in enumerate(greedy) if is_abstention(text) or "The document" in text]
+        best = dict(zip(redo, generate([batch[j] for j in redo], True))) if redo else {}
         for j, r in enumerate(rows[s:s + 8]):
             recs.append({"unanswerable": not r["answerable"], "greedy_abstains": is_abstention(greedy[j][0]),
-                         "lp_abstain": lp_abs[j], "lp_best_answer": alt[j][1]})
+                         "lp_abstain": lp_abs[j], "lp_best_answer": best.get(j, greedy[j])[1]})
         print(f"generator: {len(recs)}/{len(rows)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     una_flags = [r["unanswerable"] for r in recs]
     return {
