@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from rag_pipeline.config import opt
+from rag_pipeline.metrics import is_abstention
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.models import SMOLLM2_ID
 from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
@@ -142,31 +143,6 @@ def parse_citations(text: str, n_docs: int) -> list[int]:
             if 1 <= n <= n_docs and n not in out:
                 out.append(n)
     return out
-
-
-def _norm(text: str) -> str:
-    text = _CITE.sub(" ", text.lower()).replace("’", "'")
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
-
-
-# Close paraphrases of ABSTAIN, matched at the start of the (normalized) generation.
-_ABSTAIN_PATTERNS = [re.compile(p) for p in (
-    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (do|does|did) ?n[o']?t (contain|include|provide|mention|say|state|give|answer|specify|have)",
-    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (contain|contains|include|includes|provide|provides|mention|mentions) no ",
-    r"^(i|we) (can ?not|can't|am unable to|are unable to|could not|couldn't|do not|don't) (answer|find|determine|know|tell)",
-    r"^(there is|there's) no (answer|information|mention)",
-    r"^(no|not enough) (answer|information) (is |was )?(found|given|provided|available|in)",
-    r"^(the )?answer (is not|isn't|cannot be) (found|given|provided|in|determined)",
-    r"^(unanswerable|not answerable|cannot be answered)",
-)]
-
-
-def is_abstention(text: str) -> bool:
-    """Whether a generation is the fixed :data:`ABSTAIN` sentence or a close paraphrase of it."""
-    norm = _norm(text)
-    if not norm:
-        return False
-    return norm.startswith(_norm(ABSTAIN)) or any(p.search(norm) for p in _ABSTAIN_PATTERNS)
 
 
 def make_snippet(text: str, answer: str, width: int) -> str:

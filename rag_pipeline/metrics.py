@@ -1,4 +1,5 @@
-"""Answer metrics: SQuAD exact match and token F1 of a generated answer against gold answers.
+"""Answer metrics: SQuAD exact match and token F1 of a generated answer against gold answers,
+and SQuAD 2.0's figures over answerable and unanswerable questions (:func:`squad2_scores`).
 
 Generated answers cite documents as ``[n]``; :func:`extract_answer` strips those markers (and
 any ``Answer:`` preamble) before scoring, so a citation never costs a match. An item with no
@@ -22,6 +23,31 @@ def extract_answer(generated: str) -> str:
     parts = _ANSWER_MARK.split(generated)
     text = parts[-1] if len(parts) > 1 else generated
     return _CITATION.sub("", text).strip()
+
+
+def _norm(text: str) -> str:
+    text = _CITATION.sub(" ", text.lower()).replace("’", "'")
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+
+
+# Close paraphrases of ABSTAIN, matched at the start of the (normalized) generation.
+_ABSTAIN_PATTERNS = [re.compile(p) for p in (
+    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (do|does|did) ?n[o']?t (contain|include|provide|mention|say|state|give|answer|specify|have)",
+    r"^(the |these |provided |given )*(documents?|context|passages?|texts?)( provided| given)? (contain|contains|include|includes|provide|provides|mention|mentions) no ",
+    r"^(i|we) (can ?not|can't|am unable to|are unable to|could not|couldn't|do not|don't) (answer|find|determine|know|tell)",
+    r"^(there is|there's) no (answer|information|mention)",
+    r"^(no|not enough) (answer|information) (is |was )?(found|given|provided|available|in)",
+    r"^(the )?answer (is not|isn't|cannot be) (found|given|provided|in|determined)",
+    r"^(unanswerable|not answerable|cannot be answered)",
+)]
+
+
+def is_abstention(text: str) -> bool:
+    """Whether a generation is the fixed :data:`ABSTAIN` sentence or a close paraphrase of it."""
+    norm = _norm(text)
+    if not norm:
+        return False
+    return norm.startswith(_norm(ABSTAIN)) or any(p.search(norm) for p in _ABSTAIN_PATTERNS)
 
 
 def _golds(answers: list[str]) -> list[str]:
@@ -60,3 +86,36 @@ def answer_scores(predictions: list[str], answers: list[list[str]]) -> dict[str,
         "em": sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
         "f1": sum(f1(p, a) for p, a in zip(predictions, answers)) / n,
     }
+
+
+def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: list[bool]) -> dict[str, float | int | None]:
+    """SQuAD 2.0's figures (rates in [0, 1]; None when their questions are absent).
+
+    An abstention (:func:`is_abstention`) scores 0 on an answerable question and 1 on an
+    unanswerable one; any other answer to an unanswerable question scores 0.
+
+    Returns:
+        ``has_em``/``has_f1`` (answerable questions), ``noans_acc`` (unanswerable ones),
+        ``overall_em``/``overall_f1`` (all), ``false_abstain_rate`` (answerable questions
+        abstained on), ``has_n``, ``noans_n``.
+    """
+    if not len(predictions) == len(answers) == len(answerable):
+        raise ValueError(f"{len(predictions)} predictions, {len(answers)} answer lists, {len(answerable)} flags")
+    has_em, has_f1, noans, abstained = [], [], [], []
+    for pred, golds, ok in zip(predictions, answers, answerable):
+        out = is_abstention(pred)
+        if ok and any(g.strip() for g in golds):
+            abstained.append(out)
+            has_em.append(0.0 if out else exact_match(pred, golds))
+            has_f1.append(0.0 if out else f1(pred, golds))
+        else:
+            noans.append(float(out))
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    n = len(has_em) + len(noans)
+    return {"has_em": mean(has_em), "has_f1": mean(has_f1), "noans_acc": mean(noans),
+            "overall_em": (sum(has_em) + sum(noans)) / n if n else None,
+            "overall_f1": (sum(has_f1) + sum(noans)) / n if n else None,
+            "false_abstain_rate": mean([float(a) for a in abstained]), "has_n": len(has_em), "noans_n": len(noans)}

@@ -5,7 +5,11 @@ inside a delimited block, then the question. Templates are named and the name is
 with every dataset and adapter, so ``ask`` renders exactly what training saw.
 
 Retrieved documents are untrusted data: they sit between explicit delimiters and the system
-message says that instructions inside them are not to be followed.
+message says that instructions inside them are not to be followed. They cannot forge the
+prompt's structure either: a delimiter tag written inside a document, a title or the question is
+neutralized (:func:`escape_delimiters`), and the tokenizer's special-token strings in any of them
+(``<|im_start|>``, ``</s>``...) are escaped before tokenization (:func:`escape_specials`), so no
+special token id is ever produced from them.
 """
 
 from __future__ import annotations
@@ -53,17 +57,51 @@ def get_template(name: str) -> PromptTemplate:
     return TEMPLATES[name]
 
 
+# A delimiter tag of the documents block, however spaced or cased: <documents>, </ Documents >.
+_DELIMITER = re.compile(r"<(\s*/?\s*documents\s*)>", re.IGNORECASE)
+
+
+def escape_delimiters(text: str) -> str:
+    """Neutralize the documents block's delimiter tags inside untrusted text (``<documents>`` ->
+    ``‹documents›``), so a document cannot close the block and speak outside it."""
+    return _DELIMITER.sub(lambda m: f"\u2039{m.group(1)}\u203a", text)
+
+
+def special_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The strings the tokenizer turns into special or added tokens, longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        found.add(getattr(tok, "content", str(tok)))
+    return tuple(sorted((s for s in found if len(s) > 1), key=lambda s: (-len(s), s)))
+
+
+def escape_specials(text: str, specials: tuple[str, ...]) -> str:
+    """Break every special-token string in ``text`` so it tokenizes as plain text.
+
+    Angle brackets become their single-guillemet look-alikes (``<|im_start|>`` -> ``‹|im_start|›``);
+    a string without them gets a word joiner (U+2060) after its first character.
+    """
+    for s in specials:
+        if s in text:
+            safe = f"\u2039{s[1:-1]}\u203a" if s[0] == "<" and s[-1] == ">" else f"{s[0]}\u2060{s[1:]}"
+            text = text.replace(s, safe)
+    return text
+
+
 def render_documents(template: PromptTemplate, documents: list[dict[str, str]]) -> str:
-    """Number documents from 1 in the given order; each dict has ``title`` and ``text``."""
+    """Number documents from 1 in the given order; each dict has ``title`` and ``text``.
+
+    Titles and texts are untrusted: their delimiter tags are neutralized.
+    """
     return template.separator.join(
-        template.document.format(n=i, title=d.get("title") or "(untitled)", text=d["text"])
+        template.document.format(n=i, title=escape_delimiters(d.get("title") or "(untitled)"), text=escape_delimiters(d["text"]))
         for i, d in enumerate(documents, 1)
     )
 
 
 def render_user(template: PromptTemplate, question: str, documents: list[dict[str, str]]) -> str:
-    """The user message: the delimited documents block, then the question."""
-    return template.user.format(documents=render_documents(template, documents), question=question.strip())
+    """The user message: the delimited documents block, then the question (also untrusted)."""
+    return template.user.format(documents=render_documents(template, documents), question=escape_delimiters(question.strip()))
 
 
 def to_model_text(tokenizer: Any, template: PromptTemplate, user: str) -> str:
@@ -71,7 +109,9 @@ def to_model_text(tokenizer: Any, template: PromptTemplate, user: str) -> str:
 
     Uses the tokenizer's chat template when it has one (causal chat models); otherwise the
     system message and the user message joined by a blank line (seq2seq models, base LMs).
+    Special-token strings inside ``user`` are escaped first: only the template makes special tokens.
     """
+    user = escape_specials(user, special_strings(tokenizer))
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -134,7 +174,8 @@ def model_text_fn(tokenizer: Any, template: PromptTemplate) -> Callable[[str], s
     probe = "<documents>\n[1] t\n x \n</documents>\n\nQuestion: q"
     if to_model_text(tokenizer, template, probe) != prefix + probe + suffix:
         return lambda user: to_model_text(tokenizer, template, user)
-    return lambda user: prefix + user + suffix
+    specials = special_strings(tokenizer)
+    return lambda user: prefix + escape_specials(user, specials) + suffix
 
 
 def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
@@ -289,6 +330,7 @@ class TokenEstimator:
     def __init__(self, tokenizer: Any, template: PromptTemplate, margin: int = 32) -> None:
         self.tokenizer, self.template, self.margin = tokenizer, template, margin
         self.model_text = model_text_fn(tokenizer, template)
+        self.specials = special_strings(tokenizer)
         self._docs: dict[tuple[str, str], int] = {}
         d = {"title": "Title", "text": "Some text."}
         one, two = count_tokens(tokenizer, [self.model_text(render_user(template, "Why?", docs)) for docs in ([d], [d, d])])
@@ -296,14 +338,14 @@ class TokenEstimator:
         self.fixed, self.sep = one - q - doc, two - one - doc
 
     def _render(self, d: dict[str, str]) -> str:
-        return self.template.document.format(n=1, title=d.get("title") or "(untitled)", text=d["text"])
+        return escape_specials(render_documents(self.template, [d]), self.specials)
 
     def count(self, items: list[tuple[str, list[dict[str, str]], str]], budget: int) -> list[int]:
         """Tokens of each (question, documents, target): exact near or over ``budget``, else estimated."""
         new = sorted({(d.get("title") or "", d["text"]) for _, docs, _ in items for d in docs} - self._docs.keys())
         for key, n in zip(new, count_tokens(self.tokenizer, [self._render({"title": t, "text": x}) for t, x in new])):
             self._docs[key] = n
-        qt = count_tokens(self.tokenizer, [q.strip() for q, _, _ in items] + [t for _, _, t in items])
+        qt = count_tokens(self.tokenizer, [escape_specials(escape_delimiters(q.strip()), self.specials) for q, _, _ in items] + [t for _, _, t in items])
         out = []
         for i, (q, docs, _) in enumerate(items):
             body = sum(self._docs[(d.get("title") or "", d["text"])] for d in docs) + self.sep * max(0, len(docs) - 1)

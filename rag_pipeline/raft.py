@@ -57,6 +57,11 @@ class RaftConfig:
     hard_negative_ratio: float = opt(0.5, "share of distractors taken from the retriever's top hits (rest random): "
                                           "hard ones teach ignoring near misses, random ones keep topical variety")
     top_k: int = opt(20, "retrieval depth per question for the oracle search and the hard negatives")
+    hybrid: bool = opt(True, "retrieve with dense + BM25 fused by reciprocal rank (as ask and evaluate do): harder, "
+                             "lexically close distractors; --no-hybrid for dense only")
+    injection_rate: float = opt(0.0, "share of examples given a prompt-injection document (rag_pipeline.injection: plain, "
+                                     "forged delimiter, many-shot, hidden; training payloads, never evaluate's) with the normal "
+                                     "target, so the adapter learns to ignore instructions inside documents")
     p_oracle: float = opt(0.8, "probability that the oracle stays in the context (RAFT's P; 0.8 works best in the paper)")
     no_oracle_target: Literal["abstain", "answer"] = opt("abstain", "target when the oracle is left out: abstain (matches the "
                                                                  "template's instruction; test paragraphs are unseen, so answering from memory "
@@ -78,7 +83,7 @@ class RaftConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed the questions")
 
     def __post_init__(self) -> None:
-        for name in ("p_oracle", "hard_negative_ratio"):
+        for name in ("p_oracle", "hard_negative_ratio", "injection_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         for name, low in (("num_distractors", 0), ("top_k", 1), ("batch_size", 1), ("generate_questions", 0), ("max_prompt_tokens", 64)):
@@ -251,6 +256,21 @@ def _doc(c: Any) -> dict[str, str]:
     return {"id": c.id, "title": c.title, "text": c.text}
 
 
+def maybe_inject(docs: list[dict[str, str]], rng: random.Random, rate: float, counts: Counter) -> list[dict[str, str]]:
+    """With probability ``rate``, the documents with a training-payload injection of a random style.
+
+    Drawn from its own RNG, so the other choices of an example do not depend on the rate.
+    """
+    from rag_pipeline.injection import STYLES, TRAIN_PAYLOADS, inject
+
+    if rng.random() >= rate:
+        return docs
+    style = rng.choice(STYLES)
+    counts[f"injected_{style}"] += 1
+    injected, _ = inject(docs, style, rng.choice(TRAIN_PAYLOADS), rng, train=True)
+    return [{k: d[k] for k in ("id", "title", "text")} for d in injected]
+
+
 def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None,
                  store: Any, n_chunks: int, teacher: Any | None, counts: Counter) -> Example | None:
     """Choose oracle and distractors for one question with its own seeded RNG; None = counted skip."""
@@ -272,6 +292,8 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
         return None
     docs = [_doc(c) for c in distractors] + ([_doc(oracle)] if keep and oracle is not None else [])
     rng.shuffle(docs)
+    if cfg.injection_rate:
+        docs = maybe_inject(docs, random.Random(f"{cfg.seed}:injection:{item.id}"), cfg.injection_rate, counts)
     oracle_id = oracle.id if keep and oracle is not None else None
     return Example(split, item, docs, oracle_id, target_fn(cfg, item, oracle, keep, teacher), gold_doc or item.id)
 
@@ -341,7 +363,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
     tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
     for start in tqdm(range(0, len(questions), cfg.batch_size), desc="raft", unit="batch", disable=None):
         batch = questions[start : start + cfg.batch_size]
-        hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k)
+        hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k, cfg.hybrid)
         by_doc = store.chunks_of_docs({it.doc_id for _, it in batch if it.doc_id is not None})
         examples = [make_example(cfg, split, it, h, by_doc.get(it.doc_id) if it.doc_id is not None else None, store, n_chunks, teacher, counts)
                     for (split, it), h in zip(batch, hits)]
