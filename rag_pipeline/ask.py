@@ -383,8 +383,12 @@ def _jsonl_writer(path: str) -> Iterator[Callable[[dict], None]]:
     if not path:
         yield lambda obj: (sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n"), sys.stdout.flush())
         return
+    from rag_pipeline.atomic import check_file_target, clean_stale
+
     target = Path(path)
+    check_file_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)  # temporary files of killed runs
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("w", encoding="utf-8") as f:
@@ -438,6 +442,11 @@ def answer_stream(pipe: Pipeline, cfg: AskConfig, lines: Iterable[str], out: IO[
 
 def main(cfg: AskConfig) -> int:
     """``rag-pipeline ask``: setup (load once) -> answer (argument, stdin or file) -> print. Returns the exit status."""
+    from rag_pipeline.atomic import check_file_target, check_separate
+
+    if cfg.output:  # before the models load
+        check_file_target(cfg.output)
+        check_separate([cfg.questions], cfg.output)
     pipe = Pipeline.load(cfg)
     print(pipe.description, file=sys.stderr, flush=True)
     if cfg.questions:

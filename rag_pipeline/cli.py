@@ -44,6 +44,13 @@ class SearchConfig:
     json: bool = opt(False, "print results as JSON")
     snippet: int = opt(240, "characters of each chunk to show")
 
+    def __post_init__(self) -> None:
+        from rag_pipeline.errors import ConfigError
+
+        for name in ("k", "snippet"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least 1 (e.g. -k 5 --snippet 240)")
+
 
 def _available(name: str) -> bool:
     return importlib.util.find_spec(COMMANDS[name][0]) is not None
@@ -88,9 +95,22 @@ def _config(name: str, args: argparse.Namespace) -> Any:
     overrides = overrides_from_args(cls, args)
     if positional:
         value = getattr(args, f"_{positional[0]}", None)
+        _reject_blank(positional, value)
         if value not in (None, []):
             overrides[positional[0]] = value
     return build_config(cls, args.config, overrides)
+
+
+def _reject_blank(positional: tuple[str, str, str], value: str | list[str] | None) -> None:
+    """An argument given as an empty string is an error, not "no argument": ``ask ""`` would read
+    standard input and ``build-index ""`` would index the working directory."""
+    from rag_pipeline.errors import InputError
+
+    field, _, help_ = positional
+    for v in value if isinstance(value, list) else [] if value is None else [value]:
+        if not v.strip():
+            also = ", or no argument at all to read standard input" if "standard input" in help_ else ""
+            raise InputError(f"empty {field} argument {v!r}: pass {help_.split(' (')[0]}{also}")
 
 
 def _print_build_index(result: dict) -> None:

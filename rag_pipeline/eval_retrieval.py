@@ -13,7 +13,7 @@ from typing import Literal
 
 from rag_pipeline.config import opt
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.qa import QAItem, load_qa
+from rag_pipeline.qa import QAItem, load_qa, unique_questions
 from rag_pipeline.textnorm import contains_answer
 
 KS = (1, 5, 10)
@@ -61,10 +61,14 @@ def retrieval_metrics(relevances: list[list[bool]], precision_k: int) -> dict[st
 
 
 def run(cfg: EvalRetrievalConfig, retriever=None) -> dict:
-    """Evaluate retrieval; returns metrics plus ``level`` and ``questions``."""
+    """Evaluate retrieval; returns metrics plus ``level`` and ``questions``.
+
+    Raises:
+        InputError: a blank question or an id used for two different questions in the QA file.
+    """
     from rag_pipeline.retriever import Retriever
 
-    items = load_qa(cfg.qa)
+    items = unique_questions(load_qa(cfg.qa))
     level = cfg.level
     if level == "auto":
         level = "document" if all(i.doc_id for i in items) else "answer"

@@ -76,15 +76,36 @@ def model_kind(config: Any) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
+# Weight files train-generator writes: a LoRA adapter (peft), or a full model for ``method: full``.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
-    """The ``rag_pipeline.json`` of a trained adapter directory; missing means not a finished run."""
+    """The ``rag_pipeline.json`` of a trained adapter directory, checked to be readable and to have weights.
+
+    Raises:
+        InputError: no metadata (not a finished run), metadata that is not a JSON object, or no
+            weight file beside it.
+    """
     path = Path(adapter_dir) / META_FILE
     if not path.is_file():
         raise InputError(
             f"{adapter_dir} has no {META_FILE}: it is not a finished train-generator output "
             "(finish or --resume the training run, or pass the right directory)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}): the adapter directory is damaged; retrain it with train-generator "
+                         "or restore it from a copy") from None
+    if not isinstance(meta, dict) or meta.get("kind", "rag-generator") != "rag-generator":
+        raise InputError(f"{path} is not train-generator metadata: pass a train-generator output directory")
+    weights = FULL_WEIGHTS if meta.get("method") == "full" else ADAPTER_WEIGHTS
+    if not any((Path(adapter_dir) / w).is_file() for w in weights):
+        raise InputError(f"{adapter_dir} has {META_FILE} but no weights ({' or '.join(weights[:2])}): it is incomplete; "
+                         "retrain it with train-generator or restore it from a copy")
+    return meta
 
 
 def check_adapter_base(meta: dict[str, Any], base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:

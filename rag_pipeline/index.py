@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from rag_pipeline.atomic import atomic_dir, write_json
+from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
 from rag_pipeline.ingest import IngestReport, chunk_document, read_documents
@@ -38,6 +38,17 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 STORE_FILE = "chunks.sqlite"
 FORMAT_VERSION = 1
+KIND = "rag-index"
+# Keys every reader relies on (Retriever.load, build-index --update); a manifest lacking one is damaged.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "embedder": ("id", "weights_sha256", "dim"),
+    "files": (INDEX_FILE, STORE_FILE),
+    "corpus": ("fingerprint", "chunks"),
+    "index": ("type",),
+    "settings": (),
+}
+# The directory build-index may replace: manifests written before "kind" existed are known by their keys.
+ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS), allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE}), flag="--index")
 
 
 @dataclass
@@ -78,6 +89,8 @@ class IndexConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.force and self.update:
             raise ConfigError("--force and --update contradict each other: pass one of them")
+        if any(not str(p).strip() for p in self.paths):  # Path("") is the working directory
+            raise ConfigError(f"paths holds an empty entry ({self.paths!r}): remove it, or name the files and folders to index")
 
 
 class _UpToDate(Exception):
@@ -239,9 +252,27 @@ def read_manifest(index_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IndexError_(f"{path} is corrupt ({e}): rebuild the index with --force") from None
-    if manifest.get("kind") != "rag-index":
+    if not isinstance(manifest, dict):
         raise IndexError_(f"{path} is not a rag-pipeline index manifest: rebuild the index with --force")
+    if manifest.get("kind", KIND) != KIND:  # manifests written before "kind" existed are checked by their keys below
+        raise IndexError_(f"{index_dir} holds a {manifest['kind']!r} manifest, not an index's: pass an index directory written by build-index")
+    missing = _missing_keys(manifest)
+    if missing:
+        raise IndexError_(f"{path} lacks {', '.join(missing)} (damaged or edited): rebuild the index with "
+                          f"`rag-pipeline build-index PATH --index {index_dir} --force`")
     return manifest
+
+
+def _missing_keys(manifest: dict) -> list[str]:
+    """The required keys (``section`` or ``section.key``) a manifest lacks, in :data:`REQUIRED_KEYS` order."""
+    missing = []
+    for section, keys in REQUIRED_KEYS.items():
+        value = manifest.get(section)
+        if not isinstance(value, dict):
+            missing.append(f"'{section}'")
+            continue
+        missing += [f"'{section}.{k}'" for k in keys if k not in value]
+    return missing
 
 
 def build_index(cfg: IndexConfig, embedder=None) -> dict:
@@ -249,6 +280,7 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
 
     Raises:
         InputError: no inputs, or inputs that yield no chunks (nothing is written).
+        ConfigError: ``--index`` holds something other than an index, or overlaps an input.
         IndexError_: ``--update`` of an index made with another embedder.
     """
     from rag_pipeline.embed import load_embedder
@@ -257,7 +289,10 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
         raise InputError("no input paths: pass files or folders, e.g. `rag-pipeline build-index corpus/disfl_qa/documents.jsonl`")
     t0 = time.perf_counter()
     target = Path(cfg.index)
-    old = read_manifest(target) if (target / MANIFEST).is_file() else None
+    check_separate(cfg.paths, target, "--index")
+    prepare_target(target, ARTIFACT)
+    # --force rebuilds whatever the old manifest says (even a damaged one); otherwise it is read and checked.
+    old = read_manifest(target) if (target / MANIFEST).is_file() and not cfg.force else None
     embedder = embedder or load_embedder(cfg.embedder, cfg.device, cfg.trust_remote_code)
     chunk_size = cfg.chunk_size or embedder.max_tokens
     if chunk_size > embedder.max_tokens:
@@ -268,7 +303,7 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
     settings = settings_for_fingerprint(cfg, chunk_size)
     use_gpu = cfg.device != "cpu" and faiss_gpu_available()
     try:
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, ARTIFACT) as tmp:
             db = sqlite3.connect(tmp / STORE_FILE)
             n, dups, corpus_fp = _write_chunks(db, cfg, embedder, chunk_size, report)
             log.info("%s; %d chunks, %d duplicate chunks dropped", report.summary(), n, dups)
@@ -291,7 +326,7 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
 
             faiss.write_index(index, str(tmp / INDEX_FILE))
             manifest = {
-                "kind": "rag-index",
+                "kind": KIND,
                 "format_version": FORMAT_VERSION,
                 "embedder": {"id": embedder.model_id, "weights_sha256": embedder.weights_hash, "dim": embedder.dim, "max_tokens": embedder.max_tokens},
                 "metric": "inner_product",

@@ -52,6 +52,7 @@ class IngestReport:
     files: int = 0
     documents: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    repeated_ids: int = 0  # documents whose id an earlier document already had (merged, warned)
 
     def skip(self, path: Path | str, reason: str) -> None:
         log.warning("skipped %s: %s", path, reason)
@@ -60,6 +61,8 @@ class IngestReport:
     def summary(self) -> str:
         reasons = Counter(r.split(":")[0] for _, r in self.skipped)
         tail = f"; skipped {len(self.skipped)} ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})" if self.skipped else ""
+        if self.repeated_ids:
+            tail += f"; {self.repeated_ids} documents repeat an earlier document's id (merged)"
         return f"read {self.files} files, {self.documents} documents{tail}"
 
 
@@ -75,18 +78,27 @@ def normalize_whitespace(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def iter_files(paths: list[str | Path]) -> Iterator[Path]:
-    """Every supported file under ``paths``, in sorted order; a missing path is an InputError."""
+def iter_files(paths: list[str | Path]) -> Iterator[tuple[Path, str]]:
+    """(file, name) for every supported file under ``paths``, in sorted order.
+
+    ``name`` is the file's path relative to the folder given, prefixed by that folder's name
+    (``notes/a/b.md``), or a file argument's own name: the same whether the folder is given by
+    an absolute or a relative path, so document ids and ``source`` stay stable.
+
+    Raises:
+        InputError: a path does not exist.
+    """
     for raw in paths:
         p = Path(raw)
         if not p.exists():
             raise InputError(f"input path {p} does not exist: pass existing files or folders")
         if p.is_file():
-            yield p
+            yield p, p.name
             continue
+        root = p.resolve().name
         for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
             if f.suffix.lower() in SUPPORTED:
-                yield f
+                yield f, f"{root}/{f.relative_to(p).as_posix()}" if root else f.relative_to(p).as_posix()
 
 
 def _read_text(path: Path) -> str:
@@ -124,11 +136,43 @@ def _pdf_text(path: Path) -> str:
         raise ValueError(f"unreadable PDF: {e}") from None
 
 
-def _doc_id_for(path: Path) -> str:
-    return "d-" + hashlib.sha256(str(path.as_posix()).encode()).hexdigest()[:12]
+def _doc_id_for(name: str) -> str:
+    """A document id from the file's stable name (see :func:`iter_files`), not from how it was reached."""
+    return "d-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def _json_records(path: Path, raw: str, id_field: str, title_field: str, text_field: str) -> Iterator[Document]:
+def _text_problem(value: object, field: str) -> str | None:
+    """Why a JSON record's text value cannot be indexed; None when it can (a string).
+
+    A number is skipped too: it almost always means --text-field names the wrong column (a
+    count, a score), and indexing its digits would make junk chunks; quote it if it really is
+    the text.
+    """
+    if isinstance(value, str):
+        return None
+    return f"bad text: '{field}' is {_describe(value)}, not a string; make it a string or name the text field with --text-field"
+
+
+def _id_problem(value: object, field: str) -> str | None:
+    """Why a JSON record's id value cannot be used; None when it can (absent, a string or an integer)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    return f"bad id: '{field}' is {_describe(value)}, not a string or integer; fix it or name the id field with --id-field"
+
+
+def _describe(value: object) -> str:
+    """A JSON value's type in words, for skip reasons."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else f"a {type(value).__name__}"
+
+
+def _json_records(path: Path, name: str, raw: str, id_field: str, title_field: str, text_field: str,
+                  report: IngestReport) -> Iterator[Document]:
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(raw)
@@ -150,8 +194,14 @@ def _json_records(path: Path, raw: str, id_field: str, title_field: str, text_fi
             raise InputError(
                 f"{path}:{lineno}: record has no '{text_field}' field: add it, or name the text field with --text-field"
             )
-        doc_id = str(rec.get(id_field) or f"{_doc_id_for(path)}-{lineno}")
-        yield Document(doc_id, str(rec.get(title_field) or ""), normalize_whitespace(str(rec[text_field])), str(path))
+        given, title = rec.get(id_field), rec.get(title_field)
+        problem = _text_problem(rec[text_field], text_field) or _id_problem(given, id_field)
+        if problem:
+            report.skip(f"{path}:{lineno}", problem)
+            continue
+        doc_id = str(given) if given not in (None, "") else f"{_doc_id_for(name)}-{lineno}"
+        title = title if isinstance(title, str) else str(title) if isinstance(title, (int, float)) else ""  # no reprs
+        yield Document(doc_id, title, normalize_whitespace(rec[text_field]), name)
 
 
 def read_documents(
@@ -161,8 +211,9 @@ def read_documents(
     title_field: str = "title",
     text_field: str = "text",
 ) -> Iterator[Document]:
-    """Stream documents from files and folders; skips are recorded in ``report``."""
-    for path in iter_files(paths):
+    """Stream documents from files and folders; skips and repeated document ids are recorded in ``report``."""
+    seen: dict[str, str] = {}  # document id -> where it was first read
+    for path, name in iter_files(paths):
         suffix = path.suffix.lower()
         if suffix not in SUPPORTED:
             report.skip(path, f"unsupported type: '{suffix}' (supported: {', '.join(SUPPORTED)})")
@@ -180,17 +231,28 @@ def read_documents(
             report.skip(path, "empty: no text")
             continue
         if suffix in (".jsonl", ".json"):
-            docs = list(_json_records(path, raw, id_field, title_field, text_field))
+            docs = list(_json_records(path, name, raw, id_field, title_field, text_field, report))
         else:
             title = path.stem
             if suffix in (".html", ".htm"):
                 html_title, raw = _html_text(raw)
                 title = html_title or title
-            docs = [Document(_doc_id_for(path), title, normalize_whitespace(raw), str(path))]
+            docs = [Document(_doc_id_for(name), title, normalize_whitespace(raw), name)]
         for doc in docs:
             if doc.text:
                 report.documents += 1
+                _note_repeat(doc, str(path), seen, report)
                 yield doc
+
+
+def _note_repeat(doc: Document, where: str, seen: dict[str, str], report: IngestReport) -> None:
+    """Warn when a document id was already read: its chunks are then merged with the other document's."""
+    if doc.id not in seen:
+        seen[doc.id] = where
+        return
+    report.repeated_ids += 1
+    log.warning("document id %r in %s was already used in %s: the two documents' chunks are merged under one id; "
+                "give each document a unique id", doc.id, where, seen[doc.id])
 
 
 def chunk_id(doc_id: str, text: str) -> str:

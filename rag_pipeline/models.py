@@ -57,7 +57,7 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     """Load a GGUF with transformers (dequantizing it) and save a plain safetensors folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_pipeline.atomic import atomic_dir
+    from rag_pipeline.atomic import Artifact, atomic_dir
 
     log.info("converting %s/%s to %s (once; later loads are fast)", folder, gguf_file, out)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
@@ -67,7 +67,7 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = SMOLLM2_ID
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, Artifact("a converted model", "config.json", keys=("model_type",))) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out

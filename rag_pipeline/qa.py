@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag_pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class QAItem:
     answers: list[str] = field(default_factory=list)
     doc_id: str | None = None
     answerable: bool = True
+    where: str = field(default="", compare=False)  # "file:line" it was read from, for messages
 
 
 def parse_qa(obj: dict, where: str) -> QAItem:
@@ -40,7 +44,7 @@ def parse_qa(obj: dict, where: str) -> QAItem:
         raise InputError(f"{where}: 'answerable' must be true or false, got {answerable!r}")
     qid = obj.get("id") or "q-" + hashlib.sha256(question.encode()).hexdigest()[:12]
     doc_id = obj.get("doc_id")
-    return QAItem(str(qid), question, [a for a in answers if a.strip()], None if doc_id is None else str(doc_id), answerable)
+    return QAItem(str(qid), question, [a for a in answers if a.strip()], None if doc_id is None else str(doc_id), answerable, where)
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
@@ -61,3 +65,26 @@ def load_qa(path: str | Path) -> list[QAItem]:
     if not items:
         raise InputError(f"QA file {path} holds no questions: add JSON lines with 'question' and 'answer'")
     return items
+
+
+def unique_questions(items: list[QAItem]) -> list[QAItem]:
+    """The items with exact repeats counted once (warned); blank questions and reused ids are errors.
+
+    Raises:
+        InputError: a blank question, or one id used for two different records (each with its file:line).
+    """
+    blank = [it for it in items if not it.question.strip()]
+    if blank:
+        raise InputError(f"{blank[0].where}: blank question ({len(blank)} in all): write the question or remove the line")
+    first: dict[str, QAItem] = {}
+    out = []
+    for it in items:
+        seen = first.setdefault(it.id, it)
+        if seen is it:
+            out.append(it)
+        elif seen != it:
+            raise InputError(f"{it.where}: id {it.id} is already used at {seen.where} for a different question or answer: "
+                             "give each question its own id (ids default to a hash of the question text)")
+    if len(out) < len(items):
+        log.warning("%d repeated question lines (same id, question and answers) were counted once", len(items) - len(out))
+    return out

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline import prompt as P
+from rag_pipeline.atomic import Artifact, check_separate, prepare_target
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.models import SMOLLM2_ID
@@ -42,6 +43,9 @@ SPLITS = ("train", "validation", "test")
 SPLIT_OF_STEM = {"train": "train", "dev": "validation", "validation": "validation", "val": "validation", "test": "test"}
 FORMATS = ("chat", "completion", "raft", "eval")
 COLUMNS = ("id", "question", "documents", "oracle_position", "prompt", "completion", "answer", "answerable", "doc_id")
+
+# The output directory build-raft-dataset may replace: its own manifest and folders, nothing else.
+ARTIFACT = Artifact("a RAFT dataset", "manifest.json", "raft-dataset", allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports"}))
 
 
 @dataclass
@@ -444,7 +448,7 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
 
     from rag_pipeline.atomic import atomic_dir, write_json
 
-    with atomic_dir(cfg.output) as tmp:
+    with atomic_dir(cfg.output, ARTIFACT) as tmp:
         parts = {}
         for s in SPLITS:
             write_jsonl(tmp / "jsonl" / f"{s}.jsonl", rows[s])
@@ -452,7 +456,8 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
             # A content fingerprint instead of datasets' random one keeps dataset/ byte-identical too.
             fp = hashlib.sha256((tmp / "jsonl" / f"{s}.jsonl").read_bytes()).hexdigest()[:16]
             parts[s] = Dataset(ds.data, info=ds.info, split=NamedSplit(s), fingerprint=fp)
-        DatasetDict(parts).save_to_disk(str(tmp / "dataset"))
+        # An empty split gets one (empty) shard: with zero shards datasets cannot load it back.
+        DatasetDict(parts).save_to_disk(str(tmp / "dataset"), num_shards={s: 1 for s in SPLITS if not rows[s]})
         for fmt in cfg.format:
             for s in SPLITS:
                 write_jsonl(tmp / "exports" / fmt / f"{s}.jsonl", [export_row(fmt, r, template, model_text, cot_of(r) if fmt == "raft" else "") for r in rows[s]])
@@ -502,6 +507,8 @@ def run(cfg: RaftConfig) -> dict:
     t0 = time.perf_counter()
     if not (cfg.qa or cfg.qa_dir or cfg.generate_questions):
         raise InputError("no questions: pass --qa FILE.jsonl, --qa-dir FOLDER (train/dev/test.jsonl) or --generate-questions N --question-generator ...")
+    check_separate([*cfg.qa, *([cfg.qa_dir] if cfg.qa_dir else []), cfg.index], cfg.output)
+    prepare_target(cfg.output, ARTIFACT)
     template = P.get_template(cfg.template)
     retriever = Retriever.load(cfg.index, device=cfg.device, expect_embedder=cfg.embedder or None)
     if len(retriever) < cfg.num_distractors + 2:
@@ -519,13 +526,22 @@ def run(cfg: RaftConfig) -> dict:
                 "index": {"path": cfg.index, "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                 "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
                 "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
-                "stats": stats}
+                "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]]}
     manifest = write_output(cfg, rows, template, P.model_text_fn(tokenizer, template), manifest)
     return {**manifest, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+# What an empty split means downstream, and how to get one.
+EMPTY_SPLIT_FIX = {
+    "train": "train-generator cannot use this dataset; give training questions (train.jsonl, or a file split by --split-ratio)",
+    "validation": "train-generator will train without evaluation or best-checkpoint selection; add dev.jsonl to --qa-dir, "
+                  "or use more questions or a larger validation share in --split-ratio",
+    "test": "nothing is held out for testing (train-generator does not need it); add test.jsonl to --qa-dir if you want one",
+}
+
+
 def format_table(result: dict) -> str:
-    """The stats table printed at the end of a build."""
+    """The stats table printed at the end of a build, with a warning line per empty split."""
     st, c = result["stats"], result["counts"]
     lines = [f"{'split':<11}{'examples':>9}{'oracle':>8}{'abstain':>9}{'avg tok':>9}{'max tok':>9}"]
     for s in SPLITS:
@@ -533,6 +549,7 @@ def format_table(result: dict) -> str:
         lines.append(f"{s:<11}{x['examples']:>9}{x['oracle_rate']:>8.1%}{x['abstain_rate']:>9.1%}{x['avg_tokens']:>9.1f}{x['max_tokens']:>9}")
     other = {k: v for k, v in c.items() if not k.startswith("examples_")}
     lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in other.items()))
+    lines += [f"warning: split '{s}' is empty: {EMPTY_SPLIT_FIX[s]}" for s in result.get("empty_splits", [])]
     return "\n".join(lines)
 
 

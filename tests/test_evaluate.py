@@ -324,7 +324,7 @@ def test_failed_run_leaves_previous_output(small_index, hashing_embedder, tmp_pa
     idx, _ = small_index
     out = tmp_path / "out"
     out.mkdir()
-    (out / "metrics.json").write_text("{}")
+    (out / "metrics.json").write_text('{"schema_version": 1, "results": {}}')  # an earlier evaluate output
     qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
 
     def broken(cfg, adapter, retriever):
@@ -333,7 +333,7 @@ def test_failed_run_leaves_previous_output(small_index, hashing_embedder, tmp_pa
     with pytest.raises(RuntimeError, match="exploded"):
         E.run(E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(out)), retriever=Retriever.load(idx, embedder=hashing_embedder),
               pipeline_factory=broken)
-    assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == "{}"
+    assert [p.name for p in out.iterdir()] == ["metrics.json"] and (out / "metrics.json").read_text() == '{"schema_version": 1, "results": {}}'
 
 
 # ---------------------------------------------------------------------------------------------

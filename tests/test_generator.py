@@ -126,6 +126,7 @@ def test_cuda_asked_for_and_absent_is_a_device_error() -> None:
 
 def test_adapter_recorded_for_another_base_is_refused(tiny_dirs: dict, tmp_path: object) -> None:
     (tmp_path / "rag_pipeline.json").write_text(json.dumps({"base_model": "other/model", "base_weights_hash": "0" * 64}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")  # never read: the base check comes first
     with pytest.raises(ConfigError, match="trained on base model 'other/model'"):
         G.load_generator(str(tiny_dirs["causal"]), adapter_dir=tmp_path, device="cpu")
 

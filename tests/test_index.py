@@ -157,7 +157,7 @@ def test_missing_input_and_bad_settings(tmp_path, hashing_embedder) -> None:
     with pytest.raises(InputError, match="does not exist"):
         build_index(IndexConfig(paths=[str(tmp_path / "nope")], index=str(tmp_path / "o"), embedder="hashing:64"), embedder=hashing_embedder)
     with pytest.raises(ConfigError, match="exceeds the embedder's max"):
-        build_index(IndexConfig(paths=[str(tmp_path)], index=str(tmp_path / "o"), chunk_size=999, embedder="hashing:64"), embedder=hashing_embedder)
+        build_index(IndexConfig(paths=[str(tmp_path / "nope")], index=str(tmp_path / "o"), chunk_size=999, embedder="hashing:64"), embedder=hashing_embedder)
     with pytest.raises(ConfigError, match="contradict"):
         IndexConfig(force=True, update=True)
 

@@ -201,8 +201,8 @@ def test_bad_datasets_are_one_line_input_errors(tiny: dict, tmp_path: Path) -> N
         (tmp_path / "nowhere", "no manifest.json"),
         (_write_split(tmp_path / "1", {"train": [{"id": "a", "prompt": "p"}], "validation": [row]}), "lacks column"),
         (_write_split(tmp_path / "2", {"train": [], "validation": [row]}), "'train' is empty|empty or damaged"),
-        (_write_split(tmp_path / "3", {"train": [row]}), "missing 'validation'"),
-    ]
+        (_write_split(tmp_path / "3", {"validation": [row]}), "missing 'train'"),
+    ]  # a missing validation split is not an error: see test_hostile.py's empty-split tests
     for data, message in cases:
         with pytest.raises(InputError, match=message) as e:
             T.run(T.TrainConfig(dataset=str(data), output=str(tmp_path / "o"), base_model=str(tiny["llama"]), **FAST))
