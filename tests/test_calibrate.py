@@ -1,0 +1,50 @@
+"""Threshold search of the calibrated abstention, on hand-made scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rag_pipeline.calibrate import choose_threshold, from_json, sweep, to_json, withhold
+
+
+def test_sweep_counts_squad2_figures_at_each_cut() -> None:
+    # margins: two answerable (f1 1.0 and 0.5), two unanswerable
+    rows = sweep([-2.0, 1.0, 0.0, 3.0], [1.0, 0.5, 0.0, 0.0], [True, True, False, False])
+    by_t = {r["threshold"]: r for r in rows}
+    assert sorted(by_t) == [-math.inf, -1.0, 0.5, 2.0, math.inf]
+    never = by_t[math.inf]  # answer everything
+    assert never["overall_f1"] == pytest.approx(1.5 / 4) and never["false_abstain_rate"] == 0.0 and never["noans_acc"] == 0.0
+    always = by_t[-math.inf]  # abstain on everything
+    assert always["overall_f1"] == pytest.approx(2 / 4) and always["false_abstain_rate"] == 1.0 and always["noans_acc"] == 1.0
+    mid = by_t[0.5]  # abstains on margins 1.0 (answerable, f1 .5 lost) and 3.0 (unanswerable, right)
+    assert mid["overall_f1"] == pytest.approx((1.0 + 1) / 4) and mid["false_abstain_rate"] == 0.5 and mid["has_f1"] == 0.5
+
+
+def test_choose_threshold_maximises_overall_f1_under_the_false_abstain_cap() -> None:
+    margins = [-3, -2, -1, 0.5, 1, 2, 2.5, 3]
+    f1s = [1, 1, 1, 0.2, 0, 0, 0, 0]
+    answerable = [True, True, True, True, False, False, False, True]
+    free = choose_threshold(margins, f1s, answerable, max_false_abstain=1.0)
+    # abstain above 0.75: the three unanswerable right, the answerable at margin 3 (F1 0) lost, the 0.2 answer kept
+    assert free["threshold"] == pytest.approx(0.75) and free["false_abstain_rate"] == pytest.approx(0.2)
+    assert free["overall_f1"] == pytest.approx((3.2 + 3) / 8)
+    capped = choose_threshold(margins, f1s, answerable, max_false_abstain=0.1)
+    assert capped["threshold"] == math.inf  # any abstention would cost one of five answerable questions
+    assert capped["overall_f1"] == pytest.approx(3.2 / 8)
+    never = choose_threshold(margins, f1s, answerable, max_false_abstain=0.0)
+    assert never["false_abstain_rate"] == 0.0 and never["threshold"] == math.inf
+
+
+def test_withhold_applies_threshold_and_bias_and_needs_a_calibration() -> None:
+    cal = {"threshold": 1.0}
+    assert withhold(1.5, cal) and not withhold(0.5, cal)
+    assert not withhold(1.5, cal, bias=1.0)  # a positive bias answers more
+    assert withhold(0.5, cal, bias=-1.0)
+    assert not withhold(5.0, None) and not withhold(None, cal)
+
+
+def test_infinite_thresholds_survive_json() -> None:
+    row = to_json({"threshold": math.inf, "overall_f1": 0.5})
+    assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf
