@@ -405,3 +405,94 @@ def generate_answers(
             out[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
     model.train(was_training)
     return out
+
+
+def generate_with_margins(
+    model: Any,
+    tokenizer: Any,
+    kind: Kind,
+    model_texts: list[str],
+    abstain_text: str,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    max_input_length: int | None = None,
+    constraints: list[Any] | None = None,
+) -> list[tuple[str, float]]:
+    """Greedy answers with the abstention sentence banned, each with its null margin.
+
+    The margin is ``log P(abstain_text + EOS) - log P(answer + EOS)`` under the prompt (sums of
+    token log-probabilities, the answer's as generated): the score a calibrated threshold compares
+    (:mod:`rag_pipeline.calibrate`). For causal models the abstention is scored on the prompt's
+    key/value cache left by generation (about ten extra tokens, no second reading of the prompt).
+
+    Returns:
+        (answer text, margin) per model text, in input order.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]
+    encoded = [encode_prompt(tokenizer, kind, t) for t in model_texts]
+    if max_input_length is not None:
+        encoded = [cut_middle(ids, max_input_length) for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = _pad_prompts([encoded[i] for i in idx], pad_id, left=kind == "causal")
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs: dict[str, Any] = {}
+        if constraints is not None:
+            rows, offset = [constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1
+            kwargs["prefix_allowed_tokens_fn"] = lambda b, seq: rows[b].allowed(seq[offset:].tolist())
+        with torch.no_grad():
+            res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 bad_words_ids=[abstain[:2]], pad_token_id=pad_id, eos_token_id=eos_id,
+                                 return_dict_in_generate=True, output_logits=True, **kwargs)
+            logits = torch.stack(res.logits, 1).float().log_softmax(-1)  # (batch, steps, vocab), before the ban
+            new = res.sequences[:, -logits.shape[1]:]
+            taken = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (batch, steps)
+            alive = torch.cumprod(torch.cat([torch.ones_like(new[:, :1]), (new[:, :-1] != eos_id).long()], 1), 1)
+            answer_lp = (taken * alive).sum(1)
+            abstain_lp = _abstain_logprob(model, kind, ids, mask, res, logits[:, 0], abstain)
+        for r, i in enumerate(idx):
+            text = tokenizer.decode(new[r][alive[r].bool()], skip_special_tokens=True).strip()
+            out[i] = (text, float(abstain_lp[r] - answer_lp[r]))
+    model.train(was_training)
+    return out
+
+
+def _pad_prompts(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of ``rows`` padded to the longest: on the left for causal generation."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = torch.tensor(r), 1
+    return ids, mask
+
+
+def _abstain_logprob(model: Any, kind: Kind, ids: Any, mask: Any, res: Any, first: Any, abstain: list[int]) -> Any:
+    """log P(abstain | prompt) per row; ``first`` holds log-probs at the first answer position (batch, vocab)."""
+    import torch
+
+    n = ids.shape[0]
+    target = torch.tensor(abstain, device=ids.device).expand(n, -1).contiguous()  # (batch, L)
+    if kind == "causal":
+        cache = res.past_key_values
+        extra = cache.get_seq_length() - ids.shape[1]
+        if extra > 0:
+            cache.crop(-extra)  # the prompt's keys and values only
+        pos = mask.sum(1, keepdim=True) + torch.arange(len(abstain) - 1, device=ids.device)
+        rest = model(input_ids=target[:, :-1], attention_mask=torch.cat([mask, torch.ones_like(target[:, :-1])], 1),
+                     position_ids=pos, past_key_values=cache, use_cache=True).logits.float().log_softmax(-1)
+        lp = torch.cat([first.unsqueeze(1), rest], 1)  # (batch, L, vocab)
+    else:
+        lp = model(input_ids=ids, attention_mask=mask, labels=target).logits.float().log_softmax(-1)
+    return lp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(1)

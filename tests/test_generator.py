@@ -162,3 +162,32 @@ def test_squad_metrics(pred: str, golds: list[str], em: float, f: float) -> None
 
 def test_extract_answer_drops_citations() -> None:
     assert extract_answer("Blue [1, 3] and red [2].") == "Blue and red."
+
+
+def _sequence_logprob(model, prompt_ids: list[int], cont: list[int], kind: str) -> float:
+    """log P(cont | prompt) by one plain forward pass (the reference)."""
+    if kind == "causal":
+        ids = torch.tensor([prompt_ids + cont])
+        lp = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float().log_softmax(-1)
+    else:
+        lp = model(input_ids=torch.tensor([prompt_ids]), labels=torch.tensor([cont])).logits[0].float().log_softmax(-1)
+    return float(lp.gather(-1, torch.tensor(cont).unsqueeze(-1)).sum())
+
+
+def test_generate_with_margins_matches_plain_forward_passes(gen) -> None:
+    model, tok, kind = gen
+    texts = [to_model_text(tok, TEMPLATE, r["prompt"]) for r in raft_rows(5, seed=3)]
+    abstain = "The documents don't contain the answer."
+    got = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=6, batch_size=3)
+    for text, (answer, margin) in zip(texts, got):
+        prompt = G.encode_prompt(tok, kind, text)
+        ab = tok(abstain, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():  # the same greedy answer, decoded alone with the abstention banned
+            seq = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, bad_words_ids=[ab[:2]],
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        ans = seq[0, len(prompt):].tolist() if kind == "causal" else seq[0, 1:].tolist()
+        ans = ans[: ans.index(tok.eos_token_id) + 1] if tok.eos_token_id in ans else ans
+        assert tok.decode(ans, skip_special_tokens=True).strip() == answer
+        with torch.no_grad():
+            ref = _sequence_logprob(model, prompt, ab, kind) - _sequence_logprob(model, prompt, ans, kind)
+        assert margin == pytest.approx(ref, abs=1e-3), (answer, margin, ref)
