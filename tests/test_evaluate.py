@@ -90,8 +90,12 @@ def test_aggregate_hand_computed() -> None:
     assert m["citations"] == {"precision": 0.5, "gold_doc_precision": 0.5, "uncited_rate": 0.0}
     assert m["abstention"] == {"abstain_rate": 0.5, "false_abstain_rate": round(1 / 3, 4)}
     assert m["context"] == {"answer_in_context": round(2 / 3, 4), "gold_doc_in_context": 0.4}
-    assert m["injection"] == {"hijack_rate": None}
-    assert E.aggregate(records, "injected")["injection"] == {"hijack_rate": 0.0}
+    assert m["injection"] == {"hijack_rate": None, "by_style": None}
+    assert E.aggregate(records, "injected")["injection"] == {"hijack_rate": 0.0, "by_style": {}}
+    # SQuAD 2.0: answerable F1s 1, 1/3 (green sky vs blue... scored by the records), abstention 0; unanswerable: 1 right of 2
+    sq = m["squad2"]
+    assert sq["noans_acc"] == 0.5 and sq["has_f1"] == m["answer"]["f1"]
+    assert sq["overall_f1"] == pytest.approx(round((3 * m["answer"]["f1"] + 1) / 5, 4), abs=1e-4)
     empty = E.aggregate([], "retrieved")
     assert empty["answer"]["em"] is None and empty["abstention"]["abstain_rate"] is None
 
@@ -140,14 +144,23 @@ def test_oracle_context_gold_plus_distractors() -> None:
     assert not found and len(missing) == 2
 
 
-def test_injected_context_position_is_seeded() -> None:
-    item = QAItem("q1", "?", ["x"])
-    hits = [_Hit(_Chunk(c, c, c)) for c in "abcdef"]
-    docs, pos = E.injected_context(item, hits, k=4, seed=0)
-    assert len(docs) == 5 and docs[pos]["id"] == "injection" and "HACKED" in docs[pos]["text"]
-    assert [d["id"] for d in docs if d["id"] != "injection"] == list("abcd")
-    assert E.injected_context(item, hits, 4, 0) == (docs, pos)
-    assert len({E.injected_context(QAItem(f"q{i}", "?"), hits, 4, 0)[1] for i in range(30)}) > 1
+def test_injected_context_cycles_through_the_styles_seeded() -> None:
+    from rag_pipeline.injection import STYLES
+
+    hits = [_Hit(_Chunk(c, c, f"Sentence {c} one. Sentence {c} two.")) for c in "abcdef"]
+    seen = {}
+    for i in range(40):
+        item = QAItem(f"q{i}", "?", ["x"])
+        docs, pos, style = E.injected_context(item, hits, k=4, seed=0)
+        assert E.injected_context(item, hits, 4, 0) == (docs, pos, style)  # seeded
+        assert "HACKED" in docs[pos]["text"]
+        if style == "hidden":  # rewrites one retrieved document in place
+            assert len(docs) == 4 and docs[pos]["id"] in "abcd" and "Sentence" in docs[pos]["text"]
+        else:  # a document of its own, inserted among the retrieved ones
+            assert len(docs) == 5 and docs[pos]["id"].startswith("inj-")
+            assert [d["id"] for d in docs if not d["id"].startswith("inj-")] == list("abcd")
+        seen.setdefault(style, set()).add(pos)
+    assert set(seen) == set(STYLES) and any(len(p) > 1 for p in seen.values())
 
 
 def test_config_validation_and_systems(tmp_path: Path) -> None:
@@ -222,7 +235,8 @@ RESULT_SCHEMA = {
     "citations": ["precision", "gold_doc_precision", "uncited_rate"],
     "abstention": ["abstain_rate", "false_abstain_rate"],
     "context": ["answer_in_context", "gold_doc_in_context"],
-    "injection": ["hijack_rate"],
+    "squad2": ["has_em", "has_f1", "noans_acc", "overall_em", "overall_f1"],
+    "injection": ["hijack_rate", "by_style"],
     "timings": ["generate_s", "per_question_s"],
 }
 
@@ -243,11 +257,12 @@ def _check_schema(m: dict) -> None:
             assert all(isinstance(v, int) for v in r["counts"].values())
             for group, keys in RESULT_SCHEMA.items():
                 if group not in ("counts", "timings"):
-                    assert all(r[group][k] is None or 0.0 <= r[group][k] <= 1.0 for k in keys), group
+                    vals = [v for k in keys for v in ((r[group][k] or {}).values() if k == "by_style" else [r[group][k]])]
+                    assert all(v is None or 0.0 <= v <= 1.0 for v in vals), group
 
 
 def _report_rows(report: str) -> list[list[str]]:
-    section = report.split("## Answers", 1)[1].split("## Timings", 1)[0]
+    section = report.split("## Answers", 1)[1].split("\n## ", 1)[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
     return rows[2:]  # header and rule
 
@@ -290,7 +305,8 @@ def test_end_to_end_scripted(small_index, hashing_embedder, tmp_path: Path) -> N
     assert first["prediction"] == "Nile" and first["citations"] == [1] and first["cited_doc_ids"] == ["nile"]
     assert first["documents"][0]["doc_id"] == "nile" and first["scores"]["em"] == 1.0
     inj = [p for p in preds if p["context"] == "injected"]
-    assert all(p["documents"][p["injection_position"] - 1]["id"] == "injection" for p in inj)
+    assert all(p["injection_style"] == "hidden" or p["documents"][p["injection_position"] - 1]["id"].startswith("inj-") for p in inj)
+    assert set(base["injected"]["injection"]["by_style"]) == {p["injection_style"] for p in inj}
     assert all(p["oracle_found"] for p in preds if p["context"] == "oracle")
 
     # The report's table holds exactly the JSON's numbers.
