@@ -66,6 +66,12 @@ class AskConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and AVX512-BF16/AMX CPUs, else float32")
     batch_size: int = opt(8, "questions per generation batch (--questions mode and answer_batch)")
+    grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
+                                "citation, or be the abstention sentence (rag_pipeline.grounded)")
+    abstention: Literal["calibrated", "greedy"] = opt(
+        "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
+                      "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
+    abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
     show_context: bool = opt(False, "also print the documents shown to the generator")
     json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
     questions: str = opt("", "QA JSONL file to answer in batches (question per line; see rag_pipeline.qa)")
@@ -119,11 +125,12 @@ class Answer:
     question: str
     answer: str  # the generation (citations kept), or exactly prompt.ABSTAIN
     abstained: bool
-    abstain_reason: str | None  # "threshold" | "generator" | None
+    abstain_reason: str | None  # "threshold" (retrieval) | "generator" | "calibration" (null margin over the threshold) | None
     citations: list[Citation]
     retrieved: list[dict]  # Hit.to_dict() + "truncated" of the documents shown (text as shown), in prompt order
     timings: dict[str, float]  # seconds: retrieval, prompt, generation (batch stages split evenly)
-    raw: str  # the generator's raw text ("" when it was not called)
+    raw: str  # the generator's raw text ("" when it was not called); the withheld answer when abstain_reason is "calibration"
+    margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,7 +200,7 @@ class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
     def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
-                 adapter: str | None, description: str) -> None:
+                 adapter: str | None, description: str, calibration: dict[str, Any] | None = None) -> None:
         from rag_pipeline.prompt import model_text_fn
 
         self.cfg = cfg
@@ -205,6 +212,7 @@ class Pipeline:
         self.adapter = adapter
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
+        self.calibration = calibration  # the adapter's stored threshold for this decoding mode, if used
 
     @classmethod
     def load(cls, cfg: AskConfig, retriever: Any = None) -> Pipeline:
@@ -238,8 +246,11 @@ class Pipeline:
         model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type)
-        description = f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description)
+        calibration = abstention_of(meta, cfg)
+        description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
+                       + (", grounded decoding" if cfg.grounded else "") + (f"; calibrated abstention (threshold "
+                       f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})" if calibration else ""))
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibration)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
@@ -280,11 +291,11 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        raws = self._generate(texts) if texts else []
+        outs = self._generate(texts, [shown[i] for i in todo]) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
-        for i, raw in zip(todo, raws):
+        for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            answers[i] = self._finish(questions[i], raw, shown[i], timings)
+            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin)
         return answers  # type: ignore[return-value]
 
     # ---- stages
@@ -318,24 +329,51 @@ class Pipeline:
         originals = {d["id"]: d["text"] for d in docs}
         return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
 
-    def _generate(self, texts: list[str]) -> list[str]:
+    def _generate(self, texts: list[str], docs: list[list[dict]], margins: bool = False) -> list[tuple[str, float | None]]:
+        """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does)."""
         from rag_pipeline import generator
 
         c = self.cfg
-        return generator.generate_answers(
+        constraints = None
+        if c.grounded:
+            from rag_pipeline.grounded import GroundedConstraint
+
+            constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
+        if self.calibration or margins:
+            return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
+                                                   batch_size=c.batch_size, constraints=constraints)
+        raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+            constraints=constraints,
         )
+        return [(r, None) for r in raws]
 
-    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float]) -> Answer:
+    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float], margin: float | None = None) -> Answer:
+        from rag_pipeline.calibrate import withhold
+
         if is_abstention(raw):
-            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
+            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
+        if withhold(margin, self.calibration, self.cfg.abstain_bias):
+            return Answer(question, ABSTAIN, True, "calibration", [], docs, timings, raw, margin)
         answer = raw.strip()
         citations = [
             Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"], make_snippet(d["text"], answer, self.cfg.snippet))
             for n in parse_citations(answer, len(docs)) for d in [docs[n - 1]]
         ]
-        return Answer(question, answer, False, None, citations, docs, timings, raw)
+        return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
+
+
+def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, Any] | None:
+    """The adapter's calibrated abstention for this decoding mode (``rag-pipeline calibrate``), or None to decode greedily."""
+    from rag_pipeline.calibrate import from_json
+
+    stored = (meta.get("abstention") or {}).get("grounded" if cfg.grounded else "free")
+    if cfg.abstention != "calibrated" or not stored:
+        return None
+    if cfg.do_sample or cfg.num_beams > 1:
+        raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
+    return from_json(stored)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -347,6 +385,9 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     if ans.abstain_reason == "threshold":
         best = ans.retrieved[0]["score"] if ans.retrieved else None
         lines.append(f"  (no generation: best retrieval score {best if best is None else round(best, 3)} < min_score {cfg.min_score})")
+    elif ans.abstain_reason == "calibration":
+        lines.append(f"  (withheld by the calibrated abstention: null margin {ans.margin:.2f} above the adapter's threshold; "
+                     f"the answer would have been {ans.raw!r}; --abstain-bias > 0 answers more often)")
     if ans.citations:
         lines.append("\nSources:")
         for c in ans.citations:
@@ -412,7 +453,7 @@ def answer_file(pipe: Pipeline, cfg: AskConfig) -> dict[str, Any]:
     if empty:
         raise InputError(f"{cfg.questions}: {len(empty)} empty question(s) (ids {', '.join(empty[:3])}): fix or remove those lines")
     chunk = cfg.batch_size * 4  # several generation batches per call: length-sorting packs them tighter
-    t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0}
+    t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0, "calibration": 0}
     with _jsonl_writer(cfg.output) as write, tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
         for start in range(0, len(items), chunk):
             batch = items[start:start + chunk]
@@ -452,7 +493,8 @@ def main(cfg: AskConfig) -> int:
     if cfg.questions:
         s = answer_file(pipe, cfg)
         print(f"answered {s['questions']} questions in {s['seconds']:.1f} s ({s['questions_per_s']:.2f} q/s; abstained: "
-              f"{s['abstained']['threshold']} by threshold, {s['abstained']['generator']} by the generator)"
+              f"{s['abstained']['threshold']} by threshold, {s['abstained']['generator']} by the generator, "
+              f"{s['abstained']['calibration']} by the calibrated threshold)"
               + (f" -> {cfg.output}" if cfg.output else ""), file=sys.stderr)
         return 0
     if cfg.question:

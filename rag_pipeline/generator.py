@@ -358,13 +358,15 @@ def generate_answers(
     seed: int = 0,
     max_input_length: int | None = None,
     autocast_bf16: bool = False,
+    constraints: list[Any] | None = None,
 ) -> list[str]:
     """Generate one answer per model text, in input order.
 
     Greedy by default; ``num_beams > 1`` for beam search, ``do_sample`` for sampling (seeded).
     Texts are batched by length (less padding); causal batches are left-padded so every row's
     generation starts at the same position. Prompts longer than ``max_input_length`` are cut
-    in the middle like training prompts.
+    in the middle like training prompts. ``constraints`` (one per text, e.g.
+    :class:`rag_pipeline.grounded.GroundedConstraint`) restrict each answer's tokens.
 
     Returns:
         The decoded continuations (prompt excluded, special tokens skipped), stripped.
@@ -394,11 +396,12 @@ def generate_answers(
                 ids[r, :k], mask[r, :k] = torch.tensor(encoded[i]), 1
         if do_sample:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1) if constraints else {}
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             result = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                 num_beams=num_beams, do_sample=do_sample, temperature=temperature if do_sample else None,
-                top_p=top_p if do_sample else None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                top_p=top_p if do_sample else None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **kwargs,
             )
         new = result[:, width:] if kind == "causal" else result
         for r, i in enumerate(idx):
@@ -444,10 +447,7 @@ def generate_with_margins(
         idx = order[start:start + batch_size]
         ids, mask = _pad_prompts([encoded[i] for i in idx], pad_id, left=kind == "causal")
         ids, mask = ids.to(device), mask.to(device)
-        kwargs: dict[str, Any] = {}
-        if constraints is not None:
-            rows, offset = [constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1
-            kwargs["prefix_allowed_tokens_fn"] = lambda b, seq: rows[b].allowed(seq[offset:].tolist())
+        kwargs = _constraint_kwargs([constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1) if constraints else {}
         with torch.no_grad():
             res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  bad_words_ids=[abstain[:2]], pad_token_id=pad_id, eos_token_id=eos_id,
@@ -463,6 +463,11 @@ def generate_with_margins(
             out[i] = (text, float(abstain_lp[r] - answer_lp[r]))
     model.train(was_training)
     return out
+
+
+def _constraint_kwargs(rows: list[Any], offset: int) -> dict[str, Any]:
+    """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b].allowed``."""
+    return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist())}
 
 
 def _pad_prompts(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Any, Any]:

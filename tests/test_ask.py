@@ -81,9 +81,9 @@ def fake_generate(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str)
     """Replace the generator with one that records its inputs and returns ``reply``."""
     calls: list[list[str]] = []
 
-    def gen(texts: list[str]) -> list[str]:
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False) -> list[tuple[str, float | None]]:
         calls.append(list(texts))
-        return [reply] * len(texts)
+        return [(reply, None)] * len(texts)
 
     monkeypatch.setattr(pipe, "_generate", gen)
     return calls
@@ -98,7 +98,7 @@ def test_cli_end_to_end_json_shape(env: dict, capsys: pytest.CaptureFixture) -> 
     assert cli_main(argv) == 0
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw"}
+    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw", "margin"}
     assert set(data["timings"]) == {"retrieval", "prompt", "generation"} and all(v >= 0 for v in data["timings"].values())
     assert [d["rank"] for d in data["retrieved"]] == [1, 2, 3] and data["retrieved"][0]["doc_id"] == "moon"
     assert {"id", "doc_id", "title", "source", "score", "text", "position"} <= set(data["retrieved"][0])
@@ -397,3 +397,60 @@ def test_import_is_light() -> None:
     code = "import sys, rag_pipeline.ask; print(any(m in sys.modules for m in ('torch', 'transformers', 'faiss')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------ calibrated abstention, grounded decoding
+
+
+def calibrated_adapter(env: dict, name: str, threshold: float | str) -> Path:
+    """A copy of the test adapter whose rag_pipeline.json stores a calibrated threshold for free decoding."""
+    import shutil
+
+    out = env["root"] / name
+    if not out.exists():
+        shutil.copytree(env["adapter"], out)
+        meta = json.loads((out / "rag_pipeline.json").read_text())
+        meta["abstention"] = {"free": {"score": "null_margin", "threshold": threshold, "max_false_abstain": 0.15}}
+        (out / "rag_pipeline.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_calibrated_threshold_withholds_answers_above_it(env: dict) -> None:
+    none = A.Pipeline.load(cfg(env, adapter=str(calibrated_adapter(env, "cal-inf", "inf")))).answer_batch(QUESTIONS)
+    assert all(a.margin is not None for a in none) and not any(a.abstain_reason == "calibration" for a in none)
+    margins = sorted(a.margin for a in none if not a.abstained)
+    cut = (margins[0] + margins[-1]) / 2 if margins[0] < margins[-1] else margins[0] - 1.0
+    some = A.Pipeline.load(cfg(env, adapter=str(calibrated_adapter(env, "cal-mid", cut)))).answer_batch(QUESTIONS)
+    for a, b in zip(none, some):
+        assert b.margin == pytest.approx(a.margin, abs=1e-4)
+        if not a.abstained and a.margin > cut:  # withheld: the abstention, the withheld answer kept in raw
+            assert b.abstained and b.abstain_reason == "calibration" and b.answer == ABSTAIN and b.raw == a.answer
+        else:
+            assert b.answer == a.answer
+    assert any(b.abstain_reason == "calibration" for b in some)
+    biased = A.Pipeline.load(cfg(env, adapter=str(calibrated_adapter(env, "cal-mid", cut)), abstain_bias=1e6)).answer_batch(QUESTIONS)
+    assert [a.answer for a in biased] == [a.answer for a in none]  # a large positive bias answers everything
+    greedy = A.Pipeline.load(cfg(env, adapter=str(calibrated_adapter(env, "cal-mid", cut)), abstention="greedy")).answer_batch(QUESTIONS)
+    assert all(a.margin is None and a.abstain_reason != "calibration" for a in greedy)
+
+
+def test_evaluate_applies_the_adapters_calibration_like_ask(env: dict, tmp_path: Path) -> None:
+    from rag_pipeline import evaluate as E
+
+    adapter = calibrated_adapter(env, "cal-all", "-inf")  # every generated answer is withheld
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "question": q, "answer": "x"} for i, q in enumerate(QUESTIONS)])
+    m = E.run(E.EvaluateConfig(index=str(env["index"]), qa=str(qa), output=str(tmp_path / "ev"), adapter=[str(adapter)],
+                               k=2, max_new_tokens=6, min_score=-1.0, device="cpu", dtype="float32"))
+    (res,) = m["results"].values()
+    assert res["retrieved"]["counts"]["abstained"] == len(QUESTIONS)
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["abstain_reason"] for p in preds} <= {"calibration", "generator"} and any(p["abstain_reason"] == "calibration" for p in preds)
+
+
+def test_grounded_answers_copy_a_span_of_the_document_they_cite(env: dict) -> None:
+    answers = A.Pipeline.load(cfg(env, grounded=True, max_new_tokens=12)).answer_batch(QUESTIONS)
+    for a in answers:
+        if a.abstained or not a.answer.endswith("]"):
+            continue  # the abstention, or cut by max_new_tokens before its citation
+        span, n = a.answer.rsplit(" [", 1)
+        assert span.strip() in a.retrieved[int(n.rstrip("]")) - 1]["text"], a.answer
