@@ -256,13 +256,14 @@ class Pipeline:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
 
-    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None) -> list[Answer]:
+    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None, margins: bool = False) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
             questions: non-empty question strings.
             contexts: optional documents per question (``{id, doc_id?, title, text, score?}``) used
                 instead of retrieval (evaluation's oracle mode); no threshold abstention then.
+            margins: score every answer's null margin (``calibrate`` does), even without a calibration.
 
         Raises:
             InputError: an empty question, a malformed context, or a question too long for the budget.
@@ -291,7 +292,7 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        outs = self._generate(texts, [shown[i] for i in todo]) if texts else []
+        outs = self._generate(texts, [shown[i] for i in todo], margins) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}

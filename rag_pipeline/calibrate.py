@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rag_pipeline.config import opt
+from rag_pipeline.errors import ConfigError
 
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
 
@@ -83,3 +87,110 @@ def from_json(obj: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`to_json` for the threshold."""
     t = obj["threshold"]
     return {**obj, "threshold": float(t) if not isinstance(t, str) else (math.inf if t == "inf" else -math.inf)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage: rag-pipeline calibrate
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CalibrateConfig:
+    """Settings of ``calibrate``: choose an adapter's abstention threshold on validation questions."""
+
+    adapter: str = opt("", "train-generator output directory whose rag_pipeline.json receives the threshold")
+    index: str = opt("indexes/disfl_qa", "index directory, as ask uses it")
+    qa: str = opt("corpus/disfl_qa/qa/dev.jsonl", "validation QA file (never the test split): answerable and unanswerable questions")
+    limit: int = opt(400, "seeded sample of this many questions (0 = all); 400 keeps the threshold's noise near 2 points of F1")
+    seed: int = opt(0, "seed of the sample")
+    max_false_abstain: float = opt(0.15, "ceiling on abstentions among answerable questions; the threshold maximises overall "
+                                         "F1 under it (SQuAD 2.0's null-score threshold, constrained)")
+    grounded: bool = opt(False, "calibrate grounded decoding (stored separately from free decoding)")
+    k: int = opt(2, "documents per prompt, as ask")
+    hybrid: bool = opt(True, "dense + BM25 retrieval, as ask")
+    max_new_tokens: int = opt(48, "generation budget per answer")
+    batch_size: int = opt(8, "prompts per generation batch")
+    device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights, as ask")
+    dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
+
+    def __post_init__(self) -> None:
+        if not self.adapter:
+            raise ConfigError("adapter is empty: pass --adapter DIR (a train-generator output) to calibrate")
+        if not 0.0 <= self.max_false_abstain <= 1.0:
+            raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
+        if self.limit < 0 or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("limit must be >= 0 and k, batch_size, max_new_tokens >= 1")
+
+
+def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
+    """How well the margin ranks unanswerable above answerable questions (0.5 = chance); None with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [not a for a in answerable]
+    if all(labels) or not any(labels):
+        return None
+    finite = [m if math.isfinite(m) else (1e9 if m > 0 else -1e9) for m in margins]
+    return float(roc_auc_score(labels, finite))
+
+
+def run(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Answer the validation questions with margins, choose the threshold, store it in the adapter.
+
+    Returns:
+        The stored calibration: threshold, its validation figures, the ceiling, the sample, AUC.
+
+    Raises:
+        InputError, ConfigError: a missing adapter or QA file, or an adapter without rag_pipeline.json.
+    """
+    import json
+    from pathlib import Path
+
+    from rag_pipeline.ask import AskConfig, Pipeline
+    from rag_pipeline.atomic import write_json
+    from rag_pipeline.evaluate import sample_items
+    from rag_pipeline.metrics import f1, is_abstention
+    from rag_pipeline.qa import load_qa
+
+    items = sample_items(load_qa(cfg.qa), cfg.limit, cfg.seed)
+    ask = AskConfig(index=cfg.index, adapter=cfg.adapter, k=cfg.k, hybrid=cfg.hybrid, grounded=cfg.grounded, abstention="greedy",
+                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, progress=False)
+    pipe = Pipeline.load(ask)
+    margins, answered_f1, answerable = [], [], []
+    for start in range(0, len(items), cfg.batch_size * 4):
+        batch = items[start:start + cfg.batch_size * 4]
+        for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
+            # no generation (retrieval threshold) or the best answer itself abstains: always an abstention
+            m = math.inf if ans.margin is None or is_abstention(ans.raw) else ans.margin
+            margins.append(m)
+            answered_f1.append(f1(ans.raw, it.answers) if it.answerable and it.answers and math.isfinite(m) else 0.0)
+            answerable.append(bool(it.answerable and it.answers))
+    best = choose_threshold(margins, answered_f1, answerable, cfg.max_false_abstain)
+    greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
+    result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
+              "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
+              "at_zero": to_json(greedy)}
+    if not cfg.dry_run:
+        meta_path = Path(cfg.adapter) / "rag_pipeline.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta.setdefault("abstention", {})["grounded" if cfg.grounded else "free"] = result
+        write_json(meta_path, meta)
+    return result
+
+
+def main(cfg: CalibrateConfig) -> int:
+    """CLI entry: calibrate, then print the threshold and what it does on the validation sample."""
+    r = run(cfg)
+
+    def pct(x: Any) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+    print(f"{r['questions']} validation questions ({r['answerable']} answerable); null-margin ROC AUC "
+          f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
+    for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
+        print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "
+              f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")
+    where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
+    print(f"threshold {r['threshold']} ({'grounded' if cfg.grounded else 'free'} decoding, false abstentions <= "
+          f"{cfg.max_false_abstain:.0%}): {where}")
+    return 0

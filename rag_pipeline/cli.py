@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "train-generator": ("rag_pipeline.train", "TrainConfig", "LoRA fine-tune the generator on a RAFT dataset", None),
     "ask": ("rag_pipeline.ask", "AskConfig", "answer a question from the index with cited sources", ("question", "?", "the question (none: read standard input)")),
     "evaluate": ("rag_pipeline.evaluate", "EvaluateConfig", "answer quality of base vs tuned generators, with a report", None),
+    "calibrate": ("rag_pipeline.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
 }
 
 

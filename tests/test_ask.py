@@ -454,3 +454,27 @@ def test_grounded_answers_copy_a_span_of_the_document_they_cite(env: dict) -> No
             continue  # the abstention, or cut by max_new_tokens before its citation
         span, n = a.answer.rsplit(" [", 1)
         assert span.strip() in a.retrieved[int(n.rstrip("]")) - 1]["text"], a.answer
+
+
+def test_calibrate_stores_a_threshold_that_ask_then_applies(env: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from rag_pipeline.calibrate import CalibrateConfig, main as calibrate_main
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    rows = [{"id": f"q{i}", "question": q, "answer": "zzz", "answerable": i % 2 == 0} for i, q in enumerate(QUESTIONS)]
+    qa = write_jsonl(tmp_path / "dev.jsonl", rows)
+    c = CalibrateConfig(adapter=str(adapter), index=str(env["index"]), qa=str(qa), max_false_abstain=1.0, max_new_tokens=6,
+                        device="cpu", dtype="float32")
+    assert calibrate_main(c) == 0
+    stored = json.loads((adapter / "rag_pipeline.json").read_text())["abstention"]["free"]
+    assert stored["questions"] == len(QUESTIONS) and stored["max_false_abstain"] == 1.0
+    # no answer is right (gold "zzz"): with no ceiling the best rule abstains on every unanswerable question
+    assert stored["overall_f1"] == pytest.approx(0.5) and stored["noans_acc"] == 1.0
+    answers = A.Pipeline.load(cfg(env, adapter=str(adapter))).answer_batch(QUESTIONS)
+    t = float(stored["threshold"])
+    for row, a in zip(rows, answers):
+        assert a.margin is not None and (a.abstain_reason == "calibration") == (a.margin > t and a.raw != ABSTAIN)
+        if not row["answerable"]:
+            assert a.abstained

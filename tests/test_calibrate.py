@@ -48,3 +48,4 @@ def test_withhold_applies_threshold_and_bias_and_needs_a_calibration() -> None:
 def test_infinite_thresholds_survive_json() -> None:
     row = to_json({"threshold": math.inf, "overall_f1": 0.5})
     assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf
+
