@@ -171,6 +171,20 @@ def _describe(value: object) -> str:
     return "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else f"a {type(value).__name__}"
 
 
+# With the default --text-field, a record without "text" is read from the first of the others it has
+# (a QA file's passages: build-index data.json reads the same file build-raft-dataset reads).
+TEXT_FIELDS = ("text", "context", "passage", "document", "content")
+
+
+def _text_field_of(rec: object, text_field: str) -> str | None:
+    """The field holding a JSON record's text: ``text_field``, or with the default one the first of
+    :data:`TEXT_FIELDS` present; None when the record has none (or is not an object)."""
+    if not isinstance(rec, dict):
+        return None
+    names = TEXT_FIELDS if text_field == TEXT_FIELDS[0] else (text_field,)
+    return next((f for f in names if f in rec), None)
+
+
 def _json_records(path: Path, name: str, raw: str, id_field: str, title_field: str, text_field: str,
                   report: IngestReport) -> Iterator[Document]:
     if path.suffix.lower() == ".json":
@@ -190,18 +204,20 @@ def _json_records(path: Path, name: str, raw: str, id_field: str, title_field: s
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: malformed JSONL line ({e.msg}): fix or remove that line") from None
     for lineno, rec in lines:
-        if not isinstance(rec, dict) or text_field not in rec:
+        field = _text_field_of(rec, text_field)
+        if field is None:
+            also = f" (nor {', '.join(repr(f) for f in TEXT_FIELDS[1:])})" if text_field == TEXT_FIELDS[0] else ""
             raise InputError(
-                f"{path}:{lineno}: record has no '{text_field}' field: add it, or name the text field with --text-field"
+                f"{path}:{lineno}: record has no '{text_field}' field{also}: add it, or name the text field with --text-field"
             )
         given, title = rec.get(id_field), rec.get(title_field)
-        problem = _text_problem(rec[text_field], text_field) or _id_problem(given, id_field)
+        problem = _text_problem(rec[field], field) or _id_problem(given, id_field)
         if problem:
             report.skip(f"{path}:{lineno}", problem)
             continue
         doc_id = str(given) if given not in (None, "") else f"{_doc_id_for(name)}-{lineno}"
         title = title if isinstance(title, str) else str(title) if isinstance(title, (int, float)) else ""  # no reprs
-        yield Document(doc_id, title, normalize_whitespace(rec[text_field]), name)
+        yield Document(doc_id, title, normalize_whitespace(rec[field]), name)
 
 
 def read_documents(

@@ -37,6 +37,19 @@ def test_reads_each_format(tmp_path: Path) -> None:
         list(read_documents([tmp_path / "other" / "e.jsonl"], IngestReport()))
 
 
+def test_qa_file_passages_are_read_from_context(tmp_path: Path) -> None:
+    qa = tmp_path / "data.json"
+    qa.write_text('[{"context": "Kuala Lumpur is the capital.", "question": "Capital?", "answer": "Kuala Lumpur is."},\n'
+                  ' {"passage": "Ipoh lies on the Kinta.", "question": "River?", "answer": "The Kinta."}]')
+    assert [d.text for d in read_documents([qa], IngestReport())] == ["Kuala Lumpur is the capital.", "Ipoh lies on the Kinta."]
+    # A named --text-field is the only field read.
+    with pytest.raises(InputError, match=r"data.json:1: record has no 'body' field: add it"):
+        list(read_documents([qa], IngestReport(), text_field="body"))
+    # "text" wins over "context" when a record has both.
+    (tmp_path / "both.jsonl").write_text('{"text": "from text", "context": "from context"}\n')
+    assert [d.text for d in read_documents([tmp_path / "both.jsonl"], IngestReport())] == ["from text"]
+
+
 def test_pdf_text_layer(tmp_path: Path) -> None:
     pypdf = pytest.importorskip("pypdf")
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
