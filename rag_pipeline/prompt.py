@@ -159,6 +159,24 @@ def answer_sentence_span(text: str, answers: list[str]) -> tuple[int, int] | Non
     return spans[i][0], spans[j][1]
 
 
+def support_span(text: str, answers: list[str], min_recall: float = 0.5, max_sentences: int = 3) -> tuple[int, int] | None:
+    """The span of ``text`` that supports an answer: its sentence when held verbatim
+    (:func:`answer_sentence_span`), else the shortest run of up to ``max_sentences`` consecutive
+    sentences with the highest recall of an answer's content tokens (:func:`rag_pipeline.support.recall`),
+    when that recall is at least ``min_recall``; None otherwise."""
+    from rag_pipeline.support import support
+
+    span = answer_sentence_span(text, answers)
+    if span is not None or not any(a.strip() for a in answers):
+        return span
+    spans = sentence_spans(text)
+    # (recall, -(extra sentences), -start): the highest recall, then the fewest sentences, then the earliest
+    runs = [((support(text[spans[i][0] : spans[j][1]], answers), i - j, -i), (spans[i][0], spans[j][1]))
+            for i in range(len(spans)) for j in range(i, min(i + max_sentences, len(spans)))]
+    key, span = max(runs, default=((0.0, 0, 0), None))
+    return span if key[0] >= min_recall else None
+
+
 def model_text_fn(tokenizer: Any, template: PromptTemplate) -> Callable[[str], str]:
     """A fast equivalent of ``lambda user: to_model_text(tokenizer, template, user)``.
 
@@ -252,7 +270,9 @@ def fit_documents(
 
     Distractors are cut first (the longest ones down to a common length, at word boundaries),
     then dropped when they would fall under :data:`MIN_DOC_TOKENS`; only then is the oracle
-    trimmed, by whole sentences outside the sentence holding one of ``answers``. The target is
+    trimmed, by whole sentences outside the sentences supporting one of ``answers``
+    (:func:`support_span`: the sentence holding it, or for a free-form answer the sentences that
+    hold most of its content words). The target is
     never cut.
 
     Args:
@@ -292,7 +312,7 @@ def fit_documents(
             oi = oi - 1 if 0 <= oi and drop < oi else oi
         elif oi >= 0:
             text = docs[oi]["text"]
-            keep = answer_sentence_span(text, answers or [])
+            keep = support_span(text, answers or [])
             new = _trim_oracle(text, ends[oi], keep, over + 1)
             if new == text or not new:
                 raise BudgetError(f"question, answer sentence and target need {over} tokens more than max_tokens={max_tokens}")

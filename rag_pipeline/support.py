@@ -1,0 +1,88 @@
+"""Whether a passage supports an answer, for answers that are spans and for answers that are not.
+
+A span answer ("Kuala Lumpur") is supported by a passage that holds it verbatim, as whole words
+(:func:`rag_pipeline.textnorm.contains_answer`). A free-form answer ("Kuala Lumpur is the capital
+city of Malaysia.") rarely occurs verbatim; it is supported in proportion to the recall of its
+content tokens in the passage: lower-cased words, stopwords and single letters out, a light
+suffix stem so that "cities" meets "city" (:func:`content_tokens`).
+
+Used by ``build-raft-dataset`` (which chunk is the oracle, which chunks may be distractors, which
+sentence a ``cot`` target quotes) and by ``--generate-questions`` (round-trip checks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from rag_pipeline.textnorm import contains_answer, words
+
+# Function words that say nothing about whether a passage supports an answer.
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before being below between both but by
+can could did do does doing down during each few for from further had has have having he her here hers herself him himself
+his how i if in into is it its itself just me more most my myself no nor not now of off on once only or other our ours
+ourselves out over own same she should so some such than that the their theirs them themselves then there these they this
+those through to too under until up very was we were what when where which while who whom why will with would you your
+yours yourself yourselves yes s t d ll m re ve
+""".split())
+
+# An answer with at most this many content tokens is short: support means holding it verbatim.
+SHORT_ANSWER_TOKENS = 4
+
+
+def _stem(word: str) -> str:
+    """A light suffix stem (plural and past forms), enough for paraphrases to meet: not a real stemmer."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[-3] in "sxz":
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    if len(word) > 5 and word.endswith("ed"):
+        return word[:-2]
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    return word
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def content_tokens(text: str) -> frozenset[str]:
+    """The stemmed content words of ``text``: lower-cased, stopwords and single letters out.
+
+    Cached: a chunk is compared with many answers.
+    """
+    return frozenset(_stem(w) for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
+
+
+def is_short(answer: str) -> bool:
+    """Whether an answer is short enough that only a verbatim occurrence supports it."""
+    return len(content_tokens(answer)) <= SHORT_ANSWER_TOKENS
+
+
+def recall(answer: str, text: str) -> float:
+    """Share of the answer's content tokens found in ``text``, 1.0 when it holds the answer verbatim.
+
+    An answer without content tokens ("It is.") has recall 1.0 only when held verbatim.
+    """
+    if contains_answer(text, [answer]):
+        return 1.0
+    need = content_tokens(answer)
+    if not need:
+        return 0.0
+    return len(need & content_tokens(text)) / len(need)
+
+
+def support(text: str, answers: list[str]) -> float:
+    """The best :func:`recall` of any of the answers in ``text`` (0.0 without answers)."""
+    return max((recall(a, text) for a in answers if a.strip()), default=0.0)
+
+
+def supports(text: str, answers: list[str], threshold: float) -> bool:
+    """Whether ``text`` supports an answer: holds a short one verbatim (whole words), or holds at
+    least ``threshold`` of a long one's content tokens (or the long one verbatim)."""
+    for a in answers:
+        if not a.strip():
+            continue
+        if contains_answer(text, [a]) or (not is_short(a) and recall(a, text) >= threshold):
+            return True
+    return False
