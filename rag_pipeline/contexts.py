@@ -1,0 +1,94 @@
+"""Inline contexts: QA records that carry their own passage (``{"context", "question", "answer"}``).
+
+* No index given: the distinct contexts are indexed as documents with :func:`index_contexts`
+  (``index.build_index``: the same chunking, embedder and manifest as ``build-index``), each under
+  an id derived from its text (:func:`context_doc_id`), and each record's context becomes its gold
+  document (:func:`attach_context_docs`).
+* An existing index: :func:`match_contexts` finds each context's chunks in it (a chunk inside the
+  context, the context inside a chunk, or nearly the same words); the contexts it lacks are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag_pipeline.ingest import normalize_whitespace
+from rag_pipeline.qa import QAItem
+from rag_pipeline.textnorm import words
+
+SOURCE_NAME = "contexts.jsonl"  # the ``source`` of every context chunk (what ``ask`` shows as the file)
+MATCH_OVERLAP = 0.9  # share of the shorter text's words the other must hold to count as the same passage
+
+
+@dataclass(frozen=True)
+class Context:
+    """A distinct passage of a QA file: the id it is indexed under, its title and text (whitespace-normalized)."""
+
+    doc_id: str
+    title: str
+    text: str
+
+
+def context_doc_id(text: str) -> str:
+    """A document id from the passage's text: the same passage gets the same id in every file and run."""
+    return "ctx-" + hashlib.sha256(normalize_whitespace(text).encode()).hexdigest()[:12]
+
+
+def distinct_contexts(items: list[QAItem]) -> list[Context]:
+    """The distinct contexts of ``items`` in order of first appearance (the first record's title)."""
+    seen: dict[str, Context] = {}
+    for it in items:
+        if it.context is not None:
+            text = normalize_whitespace(it.context)
+            if text and text not in seen:
+                seen[text] = Context(context_doc_id(text), it.title, text)
+    return list(seen.values())
+
+
+def attach_context_docs(items: list[QAItem]) -> list[QAItem]:
+    """Each record with a context gets that context's document as its gold document (``doc_id``)."""
+    return [dataclasses.replace(it, doc_id=context_doc_id(it.context)) if it.context is not None and it.context.strip() else it
+            for it in items]
+
+
+def index_contexts(contexts: list[Context], index_dir: str | Path, embedder_id: str, device: str = "auto", embedder: Any = None) -> dict:
+    """Index the contexts as documents at ``index_dir`` with :func:`rag_pipeline.index.build_index`; returns its manifest."""
+    from rag_pipeline.index import IndexConfig, build_index
+
+    with tempfile.TemporaryDirectory(prefix="rag-contexts-") as tmp:
+        path = Path(tmp) / SOURCE_NAME
+        path.write_text("".join(json.dumps({"id": c.doc_id, "title": c.title, "text": c.text}, ensure_ascii=False) + "\n" for c in contexts),
+                        encoding="utf-8")
+        return build_index(IndexConfig(paths=[str(path)], index=str(index_dir), embedder=embedder_id, device=device), embedder=embedder)
+
+
+def same_passage(chunk_text: str, context: str) -> bool:
+    """Whether a chunk is (part of) the context: one inside the other, or nearly the same words."""
+    if chunk_text in context or context in chunk_text:
+        return True
+    a, b = set(words(chunk_text)), set(words(context))
+    return bool(a and b) and len(a & b) / min(len(a), len(b)) >= MATCH_OVERLAP
+
+
+def match_contexts(retriever: Any, contexts: list[Context], k: int = 10, batch_size: int = 256) -> dict[str, list[Any]]:
+    """The index's chunks of each context (by context text; an empty list: the index lacks it).
+
+    The context itself is the query (dense and BM25); the hits that are the same passage, and the
+    other chunks of their documents that lie inside the context, are its chunks, in document order.
+    """
+    out: dict[str, list[Any]] = {}
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start : start + batch_size]
+        for ctx, hits in zip(batch, retriever.search_batch([c.text for c in batch], k, True)):
+            found = {h.chunk.id: h.chunk for h in hits if same_passage(h.chunk.text, ctx.text)}
+            if found:
+                docs = retriever.store.chunks_of_docs({c.doc_id for c in found.values()})
+                found.update({c.id: c for chunks in docs.values() for c in chunks if c.text in ctx.text})
+            out[ctx.text] = sorted(found.values(), key=lambda c: (c.doc_id, c.position))
+    return out
