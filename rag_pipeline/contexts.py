@@ -92,3 +92,20 @@ def match_contexts(retriever: Any, contexts: list[Context], k: int = 10, batch_s
                 found.update({c.id: c for chunks in docs.values() for c in chunks if c.text in ctx.text})
             out[ctx.text] = sorted(found.values(), key=lambda c: (c.doc_id, c.position))
     return out
+
+
+def resolve_context_docs(retriever: Any, items: list[QAItem]) -> tuple[list[QAItem], list[Context]]:
+    """Items with a context and no ``doc_id`` get the index's document holding that context (when
+    exactly one does), so that document-level measures see their gold document.
+
+    Returns:
+        (items, the contexts the index lacks).
+    """
+    contexts = distinct_contexts([it for it in items if it.doc_id is None])
+    if not contexts:
+        return items, []
+    found = match_contexts(retriever, contexts)
+    doc_of = {text: chunks[0].doc_id for text, chunks in found.items() if len({c.doc_id for c in chunks}) == 1}
+    out = [dataclasses.replace(it, doc_id=doc_of.get(normalize_whitespace(it.context))) if it.context is not None and it.doc_id is None else it
+           for it in items]
+    return out, [c for c in contexts if not found[c.text]]

@@ -53,3 +53,19 @@ def test_qa_format_errors(tmp_path) -> None:
         load_qa(p)
     with pytest.raises(ConfigError, match="at least 10"):
         EvalRetrievalConfig(k=5)
+
+
+def test_inline_contexts_give_document_level_gold(small_index, hashing_embedder, tmp_path) -> None:
+    """Records with their own passage and a sentence answer: the passage's document is the gold one."""
+    import json
+
+    from conftest import TOPICS
+    from rag_pipeline.retriever import Retriever
+
+    idx, _ = small_index
+    rows = [{"question": "Which river flows into the Mediterranean Sea?", "answer": "It is the Nile, in northeastern Africa.", "context": TOPICS["nile"][1]},
+            {"question": "highest mountain Himalayas", "answer": "Everest is the highest mountain.", "context": TOPICS["everest"][1]}]
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps(rows))
+    m = run(EvalRetrievalConfig(index=str(idx), qa=str(qa)), retriever=Retriever.load(idx, embedder=hashing_embedder))
+    assert m["level"] == "document" and m["questions"] == 2 and m["recall@1"] == 1.0
