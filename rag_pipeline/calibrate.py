@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from rag_pipeline.config import opt
 from rag_pipeline.errors import ConfigError
+from rag_pipeline.qa import QAFieldConfig
 
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
 
@@ -95,7 +96,7 @@ def from_json(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(QAFieldConfig):
     """Settings of ``calibrate``: choose an adapter's abstention threshold on validation questions."""
 
     adapter: str = opt("", "train-generator output directory whose rag_pipeline.json receives the threshold")
@@ -152,7 +153,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     from rag_pipeline.metrics import f1, is_abstention
     from rag_pipeline.qa import load_qa
 
-    items = sample_items(load_qa(cfg.qa), cfg.limit, cfg.seed)
+    items = sample_items(load_qa(cfg.qa, cfg.qa_fields()), cfg.limit, cfg.seed)
     ask = AskConfig(index=cfg.index, adapter=cfg.adapter, k=cfg.k, hybrid=cfg.hybrid, grounded=cfg.grounded, abstention="greedy",
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, progress=False)
     pipe = Pipeline.load(ask)

@@ -86,3 +86,25 @@ def supports(text: str, answers: list[str], threshold: float) -> bool:
         if contains_answer(text, [a]) or (not is_short(a) and recall(a, text) >= threshold):
             return True
     return False
+
+
+# A QA set is span data when at least this share of its answers occur verbatim in their gold passage.
+SPAN_SHARE = 0.8
+
+
+def answer_form(cases: list[tuple[list[str], list[str]]]) -> tuple[str, float | None]:
+    """Whether a QA set's answers are spans of their passages or free-form text.
+
+    Args:
+        cases: (answers, texts of the gold passage's chunks) of each answerable question whose gold
+            passage is known.
+
+    Returns:
+        (``"span"`` or ``"free-form"``, the share of cases holding an answer verbatim; None without
+        cases, which counts as span data). Span data keeps the verbatim rules: an oracle or a
+        distractor is judged by whole-word containment alone, and exact match is reported.
+    """
+    if not cases:
+        return "span", None
+    share = sum(any(contains_answer(t, answers) for t in texts) for answers, texts in cases) / len(cases)
+    return ("span" if share >= SPAN_SHARE else "free-form"), round(share, 4)

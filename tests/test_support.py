@@ -48,3 +48,14 @@ def test_support_span_quotes_the_best_sentence_or_two() -> None:
     assert P.support_span(text, ["Gustave Eiffel"]) == P.answer_sentence_span(text, ["Gustave Eiffel"])
     assert P.support_span(text, ["Berlin is far away from here."]) is None
     assert P.support_span(text, []) is None
+
+
+def test_answer_form_of_a_qa_set() -> None:
+    from rag_pipeline.support import answer_form
+
+    passage = ["Kuala Lumpur is the capital of Malaysia.", "It was founded in 1857."]
+    span = [(["Kuala Lumpur"], passage)] * 9 + [(["Ipoh"], passage)]
+    assert answer_form(span) == ("span", 0.9)
+    free = [(["Kuala Lumpur is Malaysia's capital city."], passage)] * 3 + [(["1857"], passage)]
+    assert answer_form(free) == ("free-form", 0.25)
+    assert answer_form([]) == ("span", None)

@@ -1,0 +1,365 @@
+"""Question/answer pairs written offline from an index's chunks, for documents without questions.
+
+``build-raft-dataset --index DIR --generate-questions N`` calls :func:`generate`. Quality comes
+from filtering, not from the model (the default writer is the embedded 135M generator):
+
+1. **Chunks across documents**: a seeded round robin over the documents (shuffled), one random
+   chunk of each per pass, so N pairs cover N documents before any document gives a second.
+2. **Answer first**: candidate answers picked from each chunk by :func:`candidate_answers`
+   (dates, numbers, names, noun phrases; whole sentences with ``style="sentence"``).
+3. **Question**: the model, shown the chunk and the candidate, writes a question whose answer it is.
+4. **Round trip**: a pair is kept only when
+   - the question is a question and does not give its answer away (``malformed``, ``leaks_answer``);
+   - the retriever ranks its source chunk in the top ``top_k`` for it (``retrieval``);
+   - the model, shown the chunk, answers it with token F1 >= ``min_f1`` against the candidate
+     (``answer_mismatch``);
+   - it is not a near-duplicate of a question already kept (``duplicate``).
+
+Rounds continue on further chunks until N pairs are kept or the chunks run out. Generation is
+batched and greedy, so the pairs are the same for the same index, model and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.metrics import f1
+from rag_pipeline.qa import QAItem
+from rag_pipeline.support import content_tokens
+from rag_pipeline.textnorm import contains_answer, words
+
+log = logging.getLogger(__name__)
+
+Style = Literal["span", "sentence"]
+FILTERS = ("malformed", "leaks_answer", "retrieval", "answer_mismatch", "duplicate")
+
+QUESTION_SYSTEM = ("You write exam questions about a passage. Write one question that the passage answers, whose answer is "
+                   "exactly the answer given. Do not include the answer in the question. Reply with the question only.")
+QUESTION_USER = "Passage:\n{passage}\n\nAnswer: {answer}\n\nWrite the question whose answer is: {answer}"
+ANSWER_SYSTEM = {
+    "span": "Answer the question using only the passage. Reply with the answer only, in as few words as possible.",
+    "sentence": "Answer the question using only the passage. Reply with one complete sentence.",
+}
+ANSWER_USER = "Passage:\n{passage}\n\nQuestion: {question}"
+
+# Candidate answers, in the order they are preferred.
+_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("date", re.compile(rf"\b(?:\d{{1,2}} {_MONTH},? \d{{3,4}}|{_MONTH} \d{{1,2}},? \d{{3,4}}|{_MONTH} \d{{3,4}})\b")),
+    ("number", re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:\s?(?:%|per ?cent|percent|million|billion|thousand|hundred|km|kilometres|"
+                          r"kilometers|miles|metres|meters|feet|kg|tonnes|tons|years|days|hours|people|species))?(?![\w])")),
+    ("name", re.compile(r"\b[A-Z][\w'’-]*[a-z0-9][\w'’-]*(?:\s+(?:(?:of|de|da|del|van|von|der|la|le|and|the)\s+)?[A-Z][\w'’-]+)*")),
+    ("phrase", re.compile(r"\b(?:the|a|an)\s+((?:[a-z][\w-]+\s+){0,2}[a-z][\w-]{3,}(?:\s+of\s+(?:the\s+)?[a-z][\w-]{3,})?)")),
+]
+_ARTICLE_START = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An answer picked from a chunk, before a question is written for it."""
+
+    chunk_id: str
+    doc_id: str
+    passage: str
+    answer: str
+    kind: str  # date | number | name | phrase | sentence
+
+
+@dataclass
+class Pair:
+    """A written question with what the filters found; ``dropped`` is the filter that dropped it, or None."""
+
+    candidate: Candidate
+    question: str
+    rank: int | None = None  # 1-based rank of the source chunk for the question; None: not in the top k
+    reply: str = ""  # the model's answer in the round trip
+    f1: float | None = None
+    dropped: str | None = None
+
+    def to_dict(self) -> dict:
+        c = self.candidate
+        return {"question": self.question, "answer": c.answer, "kind": c.kind, "chunk_id": c.chunk_id, "doc_id": c.doc_id,
+                "source_rank": self.rank, "round_trip_answer": self.reply,
+                "round_trip_f1": None if self.f1 is None else round(self.f1, 4), "dropped_by": self.dropped}
+
+
+@dataclass
+class QuestionSettings:
+    """How :func:`generate` works; ``build-raft-dataset`` fills it from its own flags."""
+
+    n: int
+    style: Style = "span"
+    top_k: int = 5  # the source chunk must rank this high for its question
+    min_f1: float = 0.5  # round-trip answer against the candidate
+    per_chunk: int = 2  # candidates tried per chunk and pass
+    duplicate_jaccard: float = 0.8  # word-set overlap above which two questions are the same question
+    batch_size: int = 8
+    max_new_tokens: int = 48
+    hybrid: bool = True
+    seed: int = 0
+    max_rounds: int = 6
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"generate_questions must be >= 1 to generate, got {self.n}")
+        if not 0.0 <= self.min_f1 <= 1.0:
+            raise ConfigError(f"question_min_f1 must be between 0 and 1, got {self.min_f1}")
+        if self.top_k < 1:
+            raise ConfigError(f"question_top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class Result:
+    """What :func:`generate` made: the QA items kept, the counts, and every pair with its fate."""
+
+    items: list[QAItem]
+    report: dict[str, Any]
+    kept: list[Pair] = field(default_factory=list)
+    dropped: list[Pair] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks and candidate answers
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_chunks(store: Any, seed: int) -> Iterator[Any]:
+    """Every chunk once, spread across documents: documents in a seeded order, one random chunk of
+    each per pass. Only (row, doc_id) pairs are held; chunks are read in batches."""
+    rng = random.Random(f"{seed}:chunks")
+    by_doc: dict[str, list[int]] = {}
+    for c in store.iter_chunks():
+        by_doc.setdefault(c.doc_id, []).append(c.row)
+    docs = sorted(by_doc)
+    rng.shuffle(docs)
+    for rows in by_doc.values():
+        rng.shuffle(rows)
+    order = [by_doc[d][p] for p in range(max(map(len, by_doc.values()), default=0)) for d in docs if p < len(by_doc[d])]
+    for start in range(0, len(order), 256):
+        yield from store.get_rows(order[start : start + 256])
+
+
+def candidate_answers(text: str, style: Style = "span") -> list[tuple[str, str]]:
+    """(answer, kind) candidates of a chunk, best kinds first, each answer once.
+
+    ``span``: dates, numbers, names (runs of capitalised words, a sentence's first word only when
+    the same word is capitalised elsewhere), noun phrases ("the wrought iron lattice tower").
+    ``sentence``: the chunk's sentences of 5-40 words.
+    """
+    from rag_pipeline.prompt import sentence_spans
+
+    if style == "sentence":
+        sents = [text[s:e].strip() for s, e in sentence_spans(text)]
+        return [(s, "sentence") for s in sents if 5 <= len(s.split()) <= 40 and len(content_tokens(s)) >= 3]
+    starts = {s for s, _ in sentence_spans(text)}
+    seen, out = set(), []
+    for kind, pattern in _PATTERNS:
+        for m in pattern.finditer(text):
+            answer = (m.group(1) if kind == "phrase" else m.group(0)).strip(" ,.;:'’-")
+            if kind == "name":
+                answer = _trim_name(text, m.start(), answer, starts)
+            key = " ".join(words(answer))
+            if not answer or not key or key in seen or not content_tokens(answer):
+                continue
+            if kind == "phrase" and len(answer.split()) < 2:
+                continue
+            seen.add(key)
+            out.append((answer, kind))
+    return out
+
+
+def _trim_name(text: str, start: int, name: str, sentence_starts: set[int]) -> str:
+    """A name found at a sentence start loses its first word unless that word is capitalised
+    mid-sentence elsewhere (it is then a name, not just a capital letter); stopwords never start one."""
+    first, _, rest = name.partition(" ")
+    at_start = start in sentence_starts or start == 0
+    if first.lower() in _STOP_STARTS or (at_start and not re.search(rf"(?<=[a-z,;] ){re.escape(first)}\b", text)):
+        return _ARTICLE_START.sub("", rest).strip()
+    return name
+
+
+_STOP_STARTS = frozenset("the a an it its this that these those he she they his her their in on at by for of and but or "
+                         "when while after before during since as if there here what which who".split())
+
+
+def candidates_of(chunk: Any, style: Style, per_chunk: int, seed: int) -> list[Candidate]:
+    """Up to ``per_chunk`` candidates of a chunk: the best kind first, a seeded pick within a kind."""
+    rng = random.Random(f"{seed}:candidates:{chunk.id}")
+    found = candidate_answers(chunk.text, style)
+    rank = {k: i for i, k in enumerate(["date", "number", "name", "phrase", "sentence"])}
+    keyed = sorted(((rank[k], rng.random(), a, k) for a, k in found))
+    return [Candidate(chunk.id, chunk.doc_id, chunk.text, a, k) for _, _, a, k in keyed[:per_chunk]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model calls
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_all(model: Any, conversations: list[list[dict[str, str]]], batch_size: int, max_new_tokens: int, desc: str) -> list[str]:
+    """The model's replies to every conversation, ``batch_size`` at a time, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    out: list[str] = []
+    with tqdm(total=len(conversations), desc=desc, unit="prompt", disable=None) as bar:
+        for start in range(0, len(conversations), batch_size):
+            batch = conversations[start : start + batch_size]
+            out += model.chat_batch(batch, max_new_tokens=max_new_tokens)
+            bar.update(len(batch))
+    return out
+
+
+def question_prompt(c: Candidate) -> list[dict[str, str]]:
+    return [{"role": "system", "content": QUESTION_SYSTEM}, {"role": "user", "content": QUESTION_USER.format(passage=c.passage, answer=c.answer)}]
+
+
+def answer_prompt(c: Candidate, question: str, style: Style) -> list[dict[str, str]]:
+    return [{"role": "system", "content": ANSWER_SYSTEM[style]}, {"role": "user", "content": ANSWER_USER.format(passage=c.passage, question=question)}]
+
+
+_PREFIX = re.compile(r"^\s*(?:\d+[.)]\s*|[-*]\s*|(?:q(?:uestion)?\s*\d*\s*[:.-])\s*)+", re.IGNORECASE)
+
+
+def parse_question(reply: str) -> str:
+    """The question in a model's reply: its first line with text, list and "Question:" prefixes and
+    quotes removed, cut after the first "?" (one added to a question without one); '' for none."""
+    line = next((ln for ln in reply.splitlines() if ln.strip()), "")
+    line = _PREFIX.sub("", line).strip().strip("\"'“”‘’").strip()
+    if "?" in line:
+        line = line[: line.index("?") + 1]
+    elif line:
+        line = line.rstrip(".!:;,") + "?"
+    return line if len(line.split()) >= 3 else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+# ---------------------------------------------------------------------------------------------
+
+
+def leaks_answer(question: str, answer: str, style: Style) -> bool:
+    """Whether a question gives its answer away: holds a span answer verbatim, or most of a sentence answer."""
+    if style == "span":
+        return contains_answer(question, [answer])
+    need = content_tokens(answer)
+    return bool(need) and len(need & content_tokens(question)) / len(need) >= 0.8
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def _question_key(question: str) -> frozenset[str]:
+    return frozenset(words(question))
+
+
+def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSettings, kept_keys: list[frozenset[str]]) -> None:
+    """Run the filters on a round of pairs in place (``dropped`` set on the ones that fail)."""
+    live = [p for p in pairs if p.dropped is None]
+    hits = retriever.search_batch([p.question for p in live], s.top_k, s.hybrid) if live else []
+    for p, h in zip(live, hits):
+        p.rank = next((x.rank for x in h if x.chunk.id == p.candidate.chunk_id), None)
+        if p.rank is None:
+            p.dropped = "retrieval"
+    live = [p for p in live if p.dropped is None]
+    replies = chat_all(model, [answer_prompt(p.candidate, p.question, s.style) for p in live], s.batch_size, s.max_new_tokens, "answering questions")
+    for p, reply in zip(live, replies):
+        p.reply = reply.strip()
+        p.f1 = f1(p.reply, [p.candidate.answer])
+        if p.f1 < s.min_f1:
+            p.dropped = "answer_mismatch"
+    for p in live:
+        if p.dropped is None:
+            key = _question_key(p.question)
+            if any(_jaccard(key, k) >= s.duplicate_jaccard for k in kept_keys):
+                p.dropped = "duplicate"
+            else:
+                kept_keys.append(key)
+
+
+def write_questions(candidates: list[Candidate], model: Any, s: QuestionSettings) -> list[Pair]:
+    """A question per candidate from the model; unusable replies are dropped as ``malformed`` or ``leaks_answer``."""
+    replies = chat_all(model, [question_prompt(c) for c in candidates], s.batch_size, s.max_new_tokens, "writing questions")
+    pairs = []
+    for c, reply in zip(candidates, replies):
+        q = parse_question(reply)
+        pairs.append(Pair(c, q, dropped="malformed" if not q else "leaks_answer" if leaks_answer(q, c.answer, s.style) else None))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(retriever: Any, model: Any, s: QuestionSettings) -> Result:
+    """``s.n`` QA pairs from the retriever's chunks, written by ``model`` (a teacher with
+    ``chat_batch``) and kept by the round trip (module docstring).
+
+    Raises:
+        InputError: no chunk yields a candidate answer, or no pair survives the filters.
+    """
+    chunks = sample_chunks(retriever.store, s.seed)
+    counts: Counter = Counter()
+    kept: list[Pair] = []
+    dropped: list[Pair] = []
+    kept_keys: list[frozenset[str]] = []
+    for _ in range(s.max_rounds):
+        written = counts["written"]
+        # Ask for enough to fill the rest at the keep rate seen so far (at least twice what is missing).
+        rate = len(kept) / written if written else 0.5
+        want = math.ceil((s.n - len(kept)) / max(rate, 0.05) * 1.2) if written else 2 * s.n
+        candidates = _take_candidates(chunks, want, s, counts)
+        if not candidates:
+            break
+        counts["written"] += len(candidates)
+        pairs = write_questions(candidates, model, s)
+        round_trip(pairs, retriever, model, s, kept_keys)
+        kept += [p for p in pairs if p.dropped is None]
+        dropped += [p for p in pairs if p.dropped is not None]
+        if len(kept) >= s.n:
+            break
+    surplus = kept[s.n :]
+    kept = kept[: s.n]
+    report = {"requested": s.n, "chunks_sampled": counts["chunks"], "chunks_without_candidates": counts["no_candidate"],
+              "written": counts["written"], "kept": len(kept), "unused_surplus": len(surplus),
+              "dropped": {f: sum(p.dropped == f for p in dropped) for f in FILTERS}}
+    if not kept:
+        raise InputError(f"no generated question survived the filters ({_describe(report)}): try another --question-generator, "
+                         "a lower --question-min-f1 or a higher --question-top-k")
+    if len(kept) < s.n:
+        log.warning("generated %d of the %d questions asked for: the index's chunks ran out (%s)", len(kept), s.n, _describe(report))
+    items = [QAItem("g-" + hashlib.sha256(f"{p.candidate.chunk_id}\x00{p.question}".encode()).hexdigest()[:12], p.question,
+                    [p.candidate.answer], p.candidate.doc_id, True, where=f"generated from chunk {p.candidate.chunk_id}") for p in kept]
+    return Result(items, report, kept, dropped)
+
+
+def _take_candidates(chunks: Iterator[Any], want: int, s: QuestionSettings, counts: Counter) -> list[Candidate]:
+    out: list[Candidate] = []
+    for chunk in chunks:
+        counts["chunks"] += 1
+        found = candidates_of(chunk, s.style, s.per_chunk, s.seed)
+        counts["no_candidate"] += not found
+        out += found
+        if len(out) >= want:
+            break
+    return out
+
+
+def _describe(report: dict) -> str:
+    drops = ", ".join(f"{k} {v}" for k, v in report["dropped"].items() if v)
+    return f"{report['written']} written from {report['chunks_sampled']} chunks, {report['kept']} kept" + (f"; dropped: {drops}" if drops else "")
+
+
+def summary_line(report: dict) -> str:
+    """One line for the end of a build: written, kept, dropped by each filter."""
+    return "generated questions: " + _describe(report) + (f"; {report['unused_surplus']} surplus unused" if report["unused_surplus"] else "")

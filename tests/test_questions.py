@@ -1,0 +1,312 @@
+"""Questions written offline: candidate answers, chunk sampling, the round-trip filters, determinism,
+and the ``hf:`` and ``openai:`` question writers (the latter against a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import TOPICS
+from rag_pipeline import questions as Q
+from rag_pipeline.errors import InputError
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate answers and chunk sampling
+# ---------------------------------------------------------------------------------------------
+
+TOWER = ("The Eiffel Tower is a wrought iron lattice tower in Paris. It was designed by the company of Gustave Eiffel. "
+         "Construction ended on 31 March 1889, and the tower is 330 metres tall. Eiffel wanted it for the World Fair.")
+
+
+def test_candidate_answers_find_dates_numbers_names_and_phrases() -> None:
+    found = Q.candidate_answers(TOWER)
+    by_kind: dict[str, list[str]] = {}
+    for answer, kind in found:
+        by_kind.setdefault(kind, []).append(answer)
+    assert "31 March 1889" in by_kind["date"]
+    assert "330 metres" in by_kind["number"]
+    assert {"Eiffel Tower", "Paris", "Gustave Eiffel", "World Fair"} <= set(by_kind["name"])
+    assert "wrought iron lattice tower" in by_kind["phrase"]
+    # Capital letters that only start a sentence are not names; each answer comes once.
+    assert not {"The Eiffel Tower", "It", "Construction", "The"} & set(by_kind["name"])
+    assert len({a.lower() for a, _ in found}) == len(found)
+    assert [k for _, k in found] == sorted((k for _, k in found), key=["date", "number", "name", "phrase"].index)
+
+
+def test_sentence_candidates_are_whole_sentences() -> None:
+    found = Q.candidate_answers(TOWER, style="sentence")
+    assert [k for _, k in found] == ["sentence"] * len(found)
+    assert "Construction ended on 31 March 1889, and the tower is 330 metres tall." in [a for a, _ in found]
+    assert all(a in TOWER for a, _ in found)
+
+
+@pytest.fixture
+def lopsided_index(tmp_path: Path, hashing_embedder):
+    """One document of 12 chunks and six one-chunk documents."""
+    from conftest import write_jsonl
+    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.retriever import Retriever
+
+    long_text = " ".join(f"Paragraph {i} tells of Kappa{i} and the river Lambda{i} in the year {1500 + i}." for i in range(60))
+    rows = [{"id": "long", "title": "Long", "text": long_text}] + [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()]
+    docs = write_jsonl(tmp_path / "docs.jsonl", rows)
+    cfg = IndexConfig(paths=[str(docs)], index=str(tmp_path / "idx"), embedder="hashing:64", chunk_size=48, chunk_overlap=4)
+    build_index(cfg, embedder=hashing_embedder)
+    return Retriever.load(cfg.index, embedder=hashing_embedder)
+
+
+def test_chunks_are_sampled_across_documents_with_the_seed(lopsided_index) -> None:
+    store = lopsided_index.store
+    n_docs = len({c.doc_id for c in store.iter_chunks()})
+    assert len(store) > n_docs + 5  # the long document has many chunks
+    first = [c.doc_id for c in Q.sample_chunks(store, seed=0)]
+    assert len(first) == len(store) and len(set(c for c in first)) == n_docs
+    assert len(set(first[:n_docs])) == n_docs  # every document once before any document twice
+    assert first == [c.doc_id for c in Q.sample_chunks(store, seed=0)]
+    other = [c.id for c in Q.sample_chunks(store, seed=1)]
+    assert other != [c.id for c in Q.sample_chunks(store, seed=0)]
+    assert sorted(other) == sorted(c.id for c in store.iter_chunks())
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Question: When was the tower finished?\nAnswer: 1889", "When was the tower finished?"),
+    ("1. \"Who designed the tower?\" It was Eiffel.", "Who designed the tower?"),
+    ("What city holds the tower", "What city holds the tower?"),
+    ("\n\nQ: Which metal?", ""),  # too short to be a question
+    ("", ""),
+])
+def test_parse_question(reply: str, expected: str) -> None:
+    assert Q.parse_question(reply) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# The round trip, with a scripted question writer
+# ---------------------------------------------------------------------------------------------
+
+
+class ScriptedModel:
+    """A question writer whose replies are looked up by the answer (question prompts) or the
+    question (answer prompts); records every conversation it was sent."""
+
+    name = "scripted"
+
+    def __init__(self, questions: dict[str, str], answers: dict[str, str]) -> None:
+        self.questions, self.answers, self.calls = questions, answers, []
+
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 256) -> str:
+        return self.chat_batch([messages], max_new_tokens)[0]
+
+    def chat_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 256) -> list[str]:
+        out = []
+        for messages in conversations:
+            self.calls.append(messages)
+            user = messages[-1]["content"]
+            if messages[0]["content"] == Q.QUESTION_SYSTEM:
+                out.append(self.questions.get(user.rsplit("whose answer is: ", 1)[1], ""))
+            else:
+                out.append(self.answers.get(user.rsplit("Question: ", 1)[1], "no idea"))
+        return out
+
+
+def _candidate(retriever, doc_id: str, answer: str) -> Q.Candidate:
+    chunk = next(c for c in retriever.store.iter_chunks() if c.doc_id == doc_id)
+    assert answer in chunk.text
+    return Q.Candidate(chunk.id, chunk.doc_id, chunk.text, answer, "name")
+
+
+@pytest.fixture
+def retriever(small_index, hashing_embedder):
+    from rag_pipeline.retriever import Retriever
+
+    return Retriever.load(small_index[0], embedder=hashing_embedder)
+
+
+def test_round_trip_keeps_and_drops_the_right_pairs(retriever) -> None:
+    cands = {
+        "good": _candidate(retriever, "python", "Guido van Rossum"),
+        "malformed": _candidate(retriever, "moon", "Earth"),
+        "leak": _candidate(retriever, "nile", "Mediterranean Sea"),
+        "offtopic": _candidate(retriever, "rust", "garbage collector"),
+        "wrong": _candidate(retriever, "everest", "Himalayas"),
+        "first": _candidate(retriever, "eiffel", "Paris"),
+        "dup": _candidate(retriever, "eiffel", "World Fair"),
+    }
+    q = {
+        "Guido van Rossum": "Who created the Python programming language in 1991?",
+        "Earth": "ok",  # not a question
+        "Mediterranean Sea": "Does the Nile flow into the Mediterranean Sea?",
+        "garbage collector": "Which high level language did Guido van Rossum create in 1991?",  # retrieves Python, not Rust
+        "Himalayas": "Where is Mount Everest, the highest mountain above sea level, located?",
+        "Paris": "In which city is the wrought iron lattice Eiffel Tower?",
+        "World Fair": "In which city is the wrought iron lattice Eiffel Tower located?",  # near-duplicate of the last
+    }
+    a = {q["Guido van Rossum"]: "Guido van Rossum", q["Himalayas"]: "In the Alps", q["Paris"]: "Paris",
+         q["World Fair"]: "for the World Fair", q["garbage collector"]: "garbage collector"}
+    model = ScriptedModel(q, a)
+    s = Q.QuestionSettings(n=10, top_k=1, hybrid=False)
+    pairs = Q.write_questions(list(cands.values()), model, s)
+    Q.round_trip(pairs, retriever, model, s, kept_keys=[])
+    fate = {name: p.dropped for name, p in zip(cands, pairs)}
+    assert fate == {"good": None, "malformed": "malformed", "leak": "leaks_answer", "offtopic": "retrieval",
+                    "wrong": "answer_mismatch", "first": None, "dup": "duplicate"}
+    good = pairs[0]
+    assert good.rank == 1 and good.f1 == 1.0 and good.reply == "Guido van Rossum"
+    # The answering model was asked only about questions that passed the earlier filters, shown their own chunk.
+    asked = [m[-1]["content"] for m in model.calls if m[0]["content"] != Q.QUESTION_SYSTEM]
+    assert len(asked) == 4 and all(f"Question: {p.question}" in u and p.candidate.passage in u
+                                   for p, u in zip([pairs[0], pairs[4], pairs[5], pairs[6]], asked))
+
+
+def test_generate_reports_counts_and_is_deterministic(retriever) -> None:
+    from rag_pipeline.teacher import FakeTeacher
+
+    s = Q.QuestionSettings(n=4, top_k=3, hybrid=False, seed=0)
+    a = Q.generate(retriever, FakeTeacher(), s)
+    b = Q.generate(retriever, FakeTeacher(), s)
+    assert [(i.id, i.question, i.answers, i.doc_id) for i in a.items] == [(i.id, i.question, i.answers, i.doc_id) for i in b.items]
+    r = a.report
+    assert r["kept"] == len(a.items) == 4
+    assert r["written"] == r["kept"] + r["unused_surplus"] + sum(r["dropped"].values())
+    assert len(a.dropped) == sum(r["dropped"].values()) and {p.dropped for p in a.kept} == {None}
+    for item in a.items:  # every kept answer is in a chunk of its document
+        chunks = retriever.store.chunks_of_docs([item.doc_id])[item.doc_id]
+        assert any(item.answers[0] in c.text for c in chunks)
+    c = Q.generate(retriever, FakeTeacher(), Q.QuestionSettings(n=4, top_k=3, hybrid=False, seed=1))
+    assert [i.question for i in c.items] != [i.question for i in a.items]
+
+
+def test_no_surviving_question_is_a_clear_error(retriever) -> None:
+    model = ScriptedModel({}, {})  # never writes a question
+    with pytest.raises(InputError, match=r"no generated question survived the filters .*malformed"):
+        Q.generate(retriever, model, Q.QuestionSettings(n=2, hybrid=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# hf: backend on a tiny model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def test_hf_backend_batches_greedy_like_one_by_one(tiny_llama: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag_pipeline.teacher import load_teacher
+
+    teacher = load_teacher(f"hf:{tiny_llama}")
+    convs = [[{"role": "system", "content": "You answer."}, {"role": "user", "content": f"The {a} near the river is red. What colour?"}]
+             for a in ("cat", "dog", "owl is very very far away and")]
+    batched = teacher.chat_batch(convs, max_new_tokens=6)
+    assert batched == [teacher.chat(c, max_new_tokens=6) for c in convs]
+    # Against plain transformers greedy decoding of the same chat text.
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    ids = tok.apply_chat_template(convs[0], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert batched[0] == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert any(batched)
+
+
+def test_hf_backend_drives_question_generation(tiny_llama: Path, retriever) -> None:
+    from rag_pipeline.teacher import load_teacher
+
+    teacher = load_teacher(f"hf:{tiny_llama}")
+    try:
+        result = Q.generate(retriever, teacher, Q.QuestionSettings(n=2, hybrid=False, max_new_tokens=8, max_rounds=1))
+        report = result.report
+    except InputError as e:  # an untrained model's questions rarely survive: the error must say why
+        assert "no generated question survived" in str(e)
+        return
+    assert report["written"] >= report["kept"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# openai: backend against a real server process on loopback
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stub_server():
+    """The stub chat-completions server (tests/openai_stub_server.py) on a free loopback port; stopped by its PID."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "openai_stub_server.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+    finally:
+        os.kill(proc.pid, 15)
+        proc.wait(timeout=10)
+
+
+def _stats(url: str) -> dict:
+    with urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_openai_backend_chats_and_generates_questions(stub_server: str, retriever) -> None:
+    from rag_pipeline.teacher import load_teacher
+
+    teacher = load_teacher(f"openai:{stub_server}#qa")
+    conv = [{"role": "system", "content": Q.QUESTION_SYSTEM},
+            {"role": "user", "content": Q.QUESTION_USER.format(passage=TOPICS["moon"][1], answer="27 days")}]
+    assert teacher.chat(conv) == "Which words complete: The Moon is the only natural satellite of Earth and orbits it every ____?"
+    result = Q.generate(retriever, teacher, Q.QuestionSettings(n=3, top_k=2, hybrid=False))
+    assert len(result.items) == 3 and result.report["kept"] == 3
+    assert all(p.f1 == 1.0 and p.rank is not None and p.rank <= 2 for p in result.kept)
+
+
+def test_openai_backend_retries_then_succeeds(stub_server: str) -> None:
+    from rag_pipeline.teacher import OpenAITeacher
+
+    teacher = OpenAITeacher(f"{stub_server}#flaky", timeout=5, retries=3, backoff=0.01)
+    conv = [{"role": "system", "content": "x"}, {"role": "user", "content": "Passage: A b.\n\nQuestion: none"}]
+    assert teacher.chat(conv) == "unknown"
+    assert _stats(stub_server)["flaky"] == 3  # two 503s, then the answer
+
+
+@pytest.mark.parametrize("model,match", [
+    ("error500", r"HTTP 500 \(the model crashed\)"),
+    ("malformed", r"malformed JSON"),
+    ("slow", r"timed out after 0\.5 s"),
+])
+def test_openai_backend_errors_are_retried_then_one_line(stub_server: str, model: str, match: str) -> None:
+    from rag_pipeline.teacher import OpenAITeacher
+
+    before = _stats(stub_server).get(model, 0)
+    teacher = OpenAITeacher(f"{stub_server}#{model}", timeout=0.5, retries=2, backoff=0.01)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=match) as err:
+        teacher.chat([{"role": "user", "content": "hi"}])
+    message = str(err.value)
+    assert "\n" not in message and "failed after 2 attempts" in message and stub_server in message
+    assert time.perf_counter() - t0 < 5  # bounded: 2 attempts of at most 0.5 s each
+    time.sleep(0.1 if model != "slow" else 3.2)  # let the slow server finish its last request before counting
+    assert _stats(stub_server)[model] - before == 2
+
+
+def test_openai_backend_failure_leaves_nothing_written(stub_server: str, small_index, tmp_path: Path) -> None:
+    from rag_pipeline.raft import RaftConfig, run
+
+    out = tmp_path / "raft"
+    cfg = RaftConfig(index=str(small_index[0]), output=str(out), generate_questions=2, question_generator=f"openai:{stub_server}#error500",
+                     generator="sentence-transformers/all-MiniLM-L6-v2", num_distractors=1, request_retries=2, format=[])
+    with pytest.raises(InputError, match="HTTP 500"):
+        run(cfg)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["docs", "idx"]
