@@ -57,10 +57,12 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("date", re.compile(rf"\b(?:\d{{1,2}} {_MONTH},? \d{{3,4}}|{_MONTH} \d{{1,2}},? \d{{3,4}}|{_MONTH} \d{{3,4}})\b")),
     ("number", re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:\s?(?:%|per ?cent|percent|million|billion|thousand|hundred|km|kilometres|"
                           r"kilometers|miles|metres|meters|feet|kg|tonnes|tons|years|days|hours|people|species))?(?![\w])")),
-    ("name", re.compile(r"\b[A-Z][\w'’-]*[a-z0-9][\w'’-]*(?:\s+(?:(?:of|de|da|del|van|von|der|la|le|and|the)\s+)?[A-Z][\w'’-]+)*")),
-    ("phrase", re.compile(r"\b(?:the|a|an)\s+((?:[a-z][\w-]+\s+){0,2}[a-z][\w-]{3,}(?:\s+of\s+(?:the\s+)?[a-z][\w-]{3,})?)")),
+    ("name", re.compile(r"\b[A-Z][\w'’-]*[a-z0-9][\w'’-]*(?:\s+(?:(?:of|de|da|del|van|von|der|la|le|the)\s+)?[A-Z][\w'’-]+)*")),
 ]
 _ARTICLE_START = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+_MONTHS = frozenset(_MONTH[3:-1].split("|"))
+_PHRASE_START = re.compile(r"\b(?:the|a|an)\s+")
+_LOWER_RUN = re.compile(r"[a-z][a-z-]*(?: [a-z][a-z-]*)*")  # lower-case words separated by single spaces
 
 
 @dataclass(frozen=True)
@@ -161,19 +163,50 @@ def candidate_answers(text: str, style: Style = "span") -> list[tuple[str, str]]
         sents = [text[s:e].strip() for s, e in sentence_spans(text)]
         return [(s, "sentence") for s in sents if 5 <= len(s.split()) <= 40 and len(content_tokens(s)) >= 3]
     starts = {s for s, _ in sentence_spans(text)}
-    seen, out = set(), []
+    found, taken = [], []  # taken: spans of earlier matches ("31" and "March" inside "31 March 1889")
     for kind, pattern in _PATTERNS:
         for m in pattern.finditer(text):
-            answer = (m.group(1) if kind == "phrase" else m.group(0)).strip(" ,.;:'’-")
+            if any(a < m.end() and m.start() < b for a, b in taken):
+                continue
+            answer = m.group(0).strip(" ,.;:'’-")
             if kind == "name":
                 answer = _trim_name(text, m.start(), answer, starts)
-            key = " ".join(words(answer))
-            if not answer or not key or key in seen or not content_tokens(answer):
-                continue
-            if kind == "phrase" and len(answer.split()) < 2:
-                continue
+                answer = "" if answer in _MONTHS else answer
+            if answer:
+                taken.append(m.span())
+                found.append((answer, kind))
+    found += [(p, "phrase") for p in noun_phrases(text)]
+    seen, out = set(), []
+    for answer, kind in found:
+        key = " ".join(words(answer))
+        if answer and key and key not in seen and content_tokens(answer):
             seen.add(key)
             out.append((answer, kind))
+    return out
+
+
+def noun_phrases(text: str, max_words: int = 4) -> list[str]:
+    """Lower-case phrases after an article: up to ``max_words`` words that are not stopwords (the
+    last of 3+ letters), then an optional "of (the) word" ("the wrought iron lattice tower", "the
+    end of the herring"); at least two words."""
+    from rag_pipeline.support import STOPWORDS
+
+    out = []
+    for m in _PHRASE_START.finditer(text):
+        run = _LOWER_RUN.match(text, m.end())
+        ws = run.group(0).split() if run else []
+        n = 0
+        while n < min(max_words, len(ws)) and ws[n] not in STOPWORDS:
+            n += 1
+        head = ws[:n]
+        while head and len(head[-1]) < 3:
+            head.pop()
+        if head and len(head) == n and n < len(ws) and ws[n] == "of":
+            k = n + 2 if n + 1 < len(ws) and ws[n + 1] == "the" else n + 1
+            if k < len(ws) and len(ws[k]) >= 3 and ws[k] not in STOPWORDS:
+                head = ws[: k + 1]
+        if len(head) >= 2:
+            out.append(" ".join(head))
     return out
 
 
