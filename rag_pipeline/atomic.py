@@ -241,6 +241,23 @@ def atomic_dir(target: str | Path, artifact: Artifact) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def staging_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a scratch directory beside ``target`` for parts built before the artifact is written
+    (an index that :func:`atomic_dir` then moves in); removed on exit, whatever remains in it.
+
+    It is named like :func:`atomic_dir`'s temporary directories, so a killed run's is cleaned up
+    by :func:`clean_stale` on the next run.
+    """
+    target = Path(os.path.abspath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_tmp_dir(target)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_dir(src: Path, target: Path, artifact: Artifact) -> None:
     """Move directory ``src`` to ``target``, replacing ``artifact`` there (and nothing else).
 

@@ -59,3 +59,67 @@ def test_answer_form_of_a_qa_set() -> None:
     free = [(["Kuala Lumpur is Malaysia's capital city."], passage)] * 3 + [(["1857"], passage)]
     assert answer_form(free) == ("free-form", 0.25)
     assert answer_form([]) == ("span", None)
+
+
+# --------------------------------------------------------------------------------------------- oracle
+
+
+class _Chunk:
+    def __init__(self, cid: str, text: str) -> None:
+        self.id, self.text = cid, text
+
+
+class _Hit:
+    def __init__(self, chunk: _Chunk, rank: int) -> None:
+        self.chunk, self.rank = chunk, rank
+
+
+TOWER = [_Chunk("a", "The fair opened in May 1889 on the Champ de Mars. Crowds came from all of Europe."),
+         _Chunk("b", "The tower was finished in March 1889. It was built by the company of Gustave Eiffel."),
+         _Chunk("c", "Gustave Eiffel also designed bridges. His company built a frame for a statue.")]
+
+
+def test_gold_passage_for_a_paraphrased_answer() -> None:
+    from rag_pipeline.support import gold_passage
+
+    answer = ["The tower was completed in March of 1889."]
+    hits = [_Hit(TOWER[0], 1), _Hit(TOWER[2], 2)]  # the supporting chunk was not even retrieved
+    assert gold_passage(answer, True, hits, TOWER, free_form=True) == (TOWER[1], None)
+    # Span data keeps the verbatim rule: no chunk holds this answer, so there is no oracle.
+    assert gold_passage(answer, True, hits, TOWER, free_form=False) == (None, "unsupported")
+
+
+def test_gold_passage_for_an_answer_spread_over_two_sentences() -> None:
+    from rag_pipeline.support import gold_passage
+
+    answer = ["Gustave Eiffel's company finished the tower in March 1889."]
+    # Chunk c holds half of it (Eiffel, company), chunk b both sentences that hold all of it.
+    assert gold_passage(answer, True, [_Hit(TOWER[2], 1), _Hit(TOWER[1], 2)], TOWER, free_form=True) == (TOWER[1], None)
+
+
+def test_gold_passage_ties_go_to_the_better_rank_and_weak_support_is_no_oracle() -> None:
+    from rag_pipeline.support import gold_passage
+
+    twins = [_Chunk("x", "Kellsford harbour was built for the herring fleet long ago."),
+             _Chunk("y", "Long ago the herring fleet had Kellsford harbour built.")]
+    answer = ["The harbour at Kellsford was built for herring boats."]
+    assert gold_passage(answer, True, [_Hit(twins[1], 1), _Hit(twins[0], 2)], twins, free_form=True)[0] is twins[1]
+    assert gold_passage(answer, True, [_Hit(twins[0], 1), _Hit(twins[1], 2)], twins, free_form=True)[0] is twins[0]
+    # Without a gold document: the retrieved chunk must support the answer.
+    weak = [_Hit(_Chunk("w", "The harbour is busy in summer."), 1)]
+    assert gold_passage(answer, True, weak, None, free_form=True) == (None, "unsupported")
+    assert gold_passage(answer, True, weak + [_Hit(twins[0], 2)], None, free_form=True) == (twins[0], None)
+    # A record's own context is its oracle even when it supports the answer weakly.
+    assert gold_passage(answer, True, [], [weak[0].chunk], free_form=True) == (None, "unsupported")
+    assert gold_passage(answer, True, [], [weak[0].chunk], free_form=True, given=True) == (weak[0].chunk, None)
+
+
+def test_gold_passage_keeps_the_verbatim_rule_first() -> None:
+    from rag_pipeline.support import gold_passage
+
+    hits = [_Hit(TOWER[2], 1), _Hit(TOWER[1], 2)]
+    # Both b and c hold "Gustave Eiffel": the best-ranked one among the gold chunks wins, as before.
+    assert gold_passage(["Gustave Eiffel"], True, hits, TOWER, free_form=True) == (TOWER[2], None)
+    assert gold_passage(["Gustave Eiffel"], True, hits, TOWER[:2], free_form=True) == (TOWER[1], None)
+    assert gold_passage(["x"], False, hits, TOWER) == (TOWER[0], None)  # unanswerable: the first gold chunk
+    assert gold_passage(["x"], True, hits, []) == (None, "not_indexed")
