@@ -174,3 +174,14 @@ def test_datasetdict_folder_names_its_splits(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"holds a DatasetDict with splits train, test: pass one split's folder"):
         load_qa(tmp_path / "dd")
     assert [it.id for it in load_qa(tmp_path / "dd" / "train")] == ["k1", "k2"]
+
+
+@pytest.mark.parametrize("command", ["build-raft-dataset", "eval-retrieval", "evaluate", "ask", "calibrate"])
+def test_every_qa_command_takes_the_field_flags(command: str) -> None:
+    from rag_pipeline import cli
+
+    flags = ["--question-field", "prompt", "--answer-field", "gold.text", "--context-field", "ctx", "--id-field", "qid",
+             "--doc-id-field", "source"]
+    args = cli.build_parser(command).parse_args([command, *flags])
+    cfg = cli._config(command, args)
+    assert cfg.qa_fields() == QAFields(question="prompt", answer="gold.text", context="ctx", id="qid", doc_id="source")
