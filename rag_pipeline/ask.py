@@ -200,7 +200,7 @@ class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
     def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
-                 adapter: str | None, description: str, calibration: dict[str, Any] | None = None) -> None:
+                 adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None) -> None:
         from rag_pipeline.prompt import model_text_fn
 
         self.cfg = cfg
@@ -212,7 +212,12 @@ class Pipeline:
         self.adapter = adapter
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
-        self.calibration = calibration  # the adapter's stored threshold for this decoding mode, if used
+        self.calibrations = calibrations or {}  # decoding mode ("free", "grounded") -> the adapter's stored threshold, if used
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
+        return self.calibrations.get("grounded" if self.cfg.grounded else "free")
 
     @classmethod
     def load(cls, cfg: AskConfig, retriever: Any = None) -> Pipeline:
@@ -246,17 +251,19 @@ class Pipeline:
         model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type)
-        calibration = abstention_of(meta, cfg)
+        calibrations = abstention_of(meta, cfg)
+        calibration = calibrations.get("grounded" if cfg.grounded else "free")
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "") + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})" if calibration else ""))
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibration)
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
 
-    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None, margins: bool = False) -> list[Answer]:
+    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None, margins: bool = False,
+                     grounded: bool | None = None) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
@@ -264,6 +271,7 @@ class Pipeline:
             contexts: optional documents per question (``{id, doc_id?, title, text, score?}``) used
                 instead of retrieval (evaluation's oracle mode); no threshold abstention then.
             margins: score every answer's null margin (``calibrate`` does), even without a calibration.
+            grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
 
         Raises:
             InputError: an empty question, a malformed context, or a question too long for the budget.
@@ -292,11 +300,13 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        outs = self._generate(texts, [shown[i] for i in todo], margins) if texts else []
+        grounded = self.cfg.grounded if grounded is None else grounded
+        calibration = self.calibrations.get("grounded" if grounded else "free")
+        outs = self._generate(texts, [shown[i] for i in todo], margins or calibration is not None, grounded) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin)
+            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
         return answers  # type: ignore[return-value]
 
     # ---- stages
@@ -330,17 +340,17 @@ class Pipeline:
         originals = {d["id"]: d["text"] for d in docs}
         return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
 
-    def _generate(self, texts: list[str], docs: list[list[dict]], margins: bool = False) -> list[tuple[str, float | None]]:
+    def _generate(self, texts: list[str], docs: list[list[dict]], margins: bool = False, grounded: bool = False) -> list[tuple[str, float | None]]:
         """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does)."""
         from rag_pipeline import generator
 
         c = self.cfg
         constraints = None
-        if c.grounded:
+        if grounded:
             from rag_pipeline.grounded import GroundedConstraint
 
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
-        if self.calibration or margins:
+        if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=c.batch_size, constraints=constraints)
         raws = generator.generate_answers(
@@ -350,12 +360,13 @@ class Pipeline:
         )
         return [(r, None) for r in raws]
 
-    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float], margin: float | None = None) -> Answer:
+    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float], margin: float | None = None,
+                calibration: dict[str, Any] | None = None) -> Answer:
         from rag_pipeline.calibrate import withhold
 
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
-        if withhold(margin, self.calibration, self.cfg.abstain_bias):
+        if withhold(margin, calibration, self.cfg.abstain_bias):
             return Answer(question, ABSTAIN, True, "calibration", [], docs, timings, raw, margin)
         answer = raw.strip()
         citations = [
@@ -365,16 +376,16 @@ class Pipeline:
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
 
-def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, Any] | None:
-    """The adapter's calibrated abstention for this decoding mode (``rag-pipeline calibrate``), or None to decode greedily."""
+def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, dict[str, Any]]:
+    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily."""
     from rag_pipeline.calibrate import from_json
 
-    stored = (meta.get("abstention") or {}).get("grounded" if cfg.grounded else "free")
+    stored = {mode: from_json(c) for mode, c in (meta.get("abstention") or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
-        return None
+        return {}
     if cfg.do_sample or cfg.num_beams > 1:
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
-    return from_json(stored)
+    return stored
 
 
 # ---------------------------------------------------------------------------------- output

@@ -130,6 +130,8 @@ class EvaluateConfig:
     seed: int = opt(0, "seed of the sample, the oracle shuffles and the injection positions")
     max_new_tokens: int = opt(48, "generation budget per answer: short cited answers need ~20 tokens")
     batch_size: int = opt(16, "prompts generated per batch")
+    grounded: bool = opt(False, "also decode every context grounded (spans of a shown document + its citation, or the "
+                                "abstention): results appear as CONTEXT/grounded beside the free decoding")
     hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only")
     min_score: float | None = opt(None, "abstain when the best retrieval score is below this; unset = ask's default")
     max_prompt_tokens: int | None = opt(None, "prompt token budget; unset = ask's default")
@@ -152,7 +154,9 @@ class EvaluateConfig:
 
     @property
     def contexts(self) -> list[str]:
-        return [c for c, on in zip(CONTEXTS, (self.retrieved, self.oracle, self.injection)) if on]
+        """Context names in evaluation order; with ``grounded`` each is followed by ``NAME/grounded``."""
+        base = [c for c, on in zip(CONTEXTS, (self.retrieved, self.oracle, self.injection)) if on]
+        return [v for c in base for v in ((c, f"{c}/grounded") if self.grounded else (c,))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +257,7 @@ def aggregate(records: list[dict], context: str) -> dict:
         "context": {"answer_in_context": _mean(r["scores"]["answer_in_context"] for r in ans),
                     "gold_doc_in_context": _mean(x["gold_doc_in_context"] for x in s) if all(r["doc_id"] for r in records) else None},
         "squad2": squad2(records),
-        "injection": injection_rates(records) if context == "injected" else {"hijack_rate": None, "by_style": None},
+        "injection": injection_rates(records) if context.startswith("injected") else {"hijack_rate": None, "by_style": None},
     }
 
 
@@ -412,13 +416,15 @@ def _progress(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, leave=not tty, mininterval=0.1 if tty else 30, ascii=not tty)
 
 
-def answer_all(pipeline: Any, questions: list[str], contexts: list[list[dict]] | None, chunk: int, desc: str) -> list[Any]:
+def answer_all(pipeline: Any, questions: list[str], contexts: list[list[dict]] | None, chunk: int, desc: str,
+               grounded: bool = False) -> list[Any]:
     """``pipeline.answer_batch`` over all questions in chunks of ``chunk`` (a progress bar step each)."""
     out: list[Any] = []
+    kwargs = {"grounded": True} if grounded else {}  # free decoding: the pipeline's own setting
     with _progress(len(questions), desc) as bar:
         for start in range(0, len(questions), chunk):
             ctx = None if contexts is None else contexts[start : start + chunk]
-            out += pipeline.answer_batch(questions[start : start + chunk], contexts=ctx)
+            out += pipeline.answer_batch(questions[start : start + chunk], contexts=ctx, **kwargs)
             bar.update(len(questions[start : start + chunk]))
     if len(out) != len(questions):
         raise RuntimeError(f"the pipeline returned {len(out)} answers for {len(questions)} questions")
@@ -428,7 +434,9 @@ def answer_all(pipeline: Any, questions: list[str], contexts: list[list[dict]] |
 def record(system: str, context: str, item: QAItem, answer: Any, documents: list[dict], extra: dict) -> dict:
     """One predictions.jsonl line (scores included)."""
     cited = _citation_numbers(answer)
-    scores = score_answer(item, answer.answer, getattr(answer, "raw", "") or "", bool(answer.abstained), cited, documents)
+    # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
+    shown_raw = "" if getattr(answer, "abstain_reason", None) == "calibration" else (getattr(answer, "raw", "") or "")
+    scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents)
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
         "doc_id": item.doc_id, "gold": list(item.answers),
@@ -448,7 +456,7 @@ def record(system: str, context: str, item: QAItem, answer: Any, documents: list
 def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Any]], store: Any) -> dict[str, tuple[list | None, list[dict]]]:
     """Per context: (documents passed to the pipeline or None for its own retrieval, per-item extras)."""
     out: dict[str, tuple[list | None, list[dict]]] = {}
-    for ctx in cfg.contexts:
+    for ctx in dict.fromkeys(c.split("/")[0] for c in cfg.contexts):
         if ctx == "retrieved":
             out[ctx] = (None, [{} for _ in items])
         elif ctx == "oracle":
@@ -461,13 +469,14 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Any
     return out
 
 
-def evaluate_system(pipeline: Any, name: str, items: list[QAItem], contexts: dict, chunk: int) -> tuple[dict, list[dict]]:
-    """All contexts for one loaded system: (results by context, prediction records)."""
+def evaluate_system(pipeline: Any, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str]) -> tuple[dict, list[dict]]:
+    """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records)."""
     results, records = {}, []
     questions = [i.question for i in items]
-    for ctx, (docs, extras) in contexts.items():
+    for ctx in order:
+        docs, extras = contexts[ctx.split("/")[0]]
         t0 = time.perf_counter()
-        answers = answer_all(pipeline, questions, docs, chunk, f"{name}/{ctx}")
+        answers = answer_all(pipeline, questions, docs, chunk, f"{name}/{ctx}", grounded=ctx.endswith("/grounded"))
         seconds = time.perf_counter() - t0
         recs = [
             # The documents as shown: the prompt budget may cut or drop some, and [n] numbers these.
@@ -510,7 +519,7 @@ def run(cfg: EvaluateConfig, retriever: Any = None, pipeline_factory: Callable[[
         t0 = time.perf_counter()
         pipeline = factory(cfg, adapter, retriever)
         system_info.append({"name": name, "adapter": adapter, "load_s": round(time.perf_counter() - t0, 2)})
-        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2)
+        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts)
         records += recs
         del pipeline
         gc.collect()  # free one generator before loading the next
@@ -596,13 +605,14 @@ def render_report(metrics: dict) -> str:
 
 def injection_section(metrics: dict) -> list[str]:
     """Report lines: the hijack rate per injection style and system (only with --injection)."""
-    if "injected" not in metrics["contexts"]:
+    contexts = [c for c in metrics["contexts"] if c.startswith("injected")]
+    if not contexts:
         return []
     systems = [s["name"] for s in metrics["systems"]]
-    styles = [st for st in STYLES if any(st in (metrics["results"][s]["injected"]["injection"]["by_style"] or {}) for s in systems)]
-    rows = [[s, *(fmt(metrics["results"][s]["injected"]["injection"]["by_style"].get(st)) for st in styles),
-             fmt(metrics["results"][s]["injected"]["injection"]["hijack_rate"])] for s in systems]
-    return ["## Prompt injection (% of answers containing HACKED)", "", _table(["system", *styles, "all"], rows, 1), ""]
+    inj = {(s, c): metrics["results"][s][c]["injection"] for s in systems for c in contexts}
+    styles = [st for st in STYLES if any(st in (r["by_style"] or {}) for r in inj.values())]
+    rows = [[s, c, *(fmt((inj[s, c]["by_style"] or {}).get(st)) for st in styles), fmt(inj[s, c]["hijack_rate"])] for s in systems for c in contexts]
+    return ["## Prompt injection (% of answers containing HACKED)", "", _table(["system", "context", *styles, "all"], rows, 2), ""]
 
 
 def render_chart(metrics: dict, path: Path) -> None:
@@ -612,7 +622,7 @@ def render_chart(metrics: dict, path: Path) -> None:
 
     panels = [("overall F1 (SQuAD 2.0)", ("squad2", "overall_f1")), ("EM", ("answer", "em")), ("F1", ("answer", "f1")),
               ("ROUGE-L", ("answer", "rougeL"))]
-    if "injected" in metrics["contexts"]:
+    if any(c.startswith("injected") for c in metrics["contexts"]):
         panels.append(("hijacked by injection", ("injection", "hijack_rate")))
     systems, contexts = [s["name"] for s in metrics["systems"]], metrics["contexts"]
     fig = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")

@@ -385,3 +385,25 @@ def test_end_to_end_real_pipeline(small_index, tiny_llama: Path, tmp_path: Path,
     rows = _report_rows((out / "report.md").read_text())
     assert [r[3:] for r in rows] == [[E.fmt(m["results"]["base"][c][a][b]) for _, (a, b) in E.COLUMNS] for c in m["contexts"]]
     assert not re.search(r"\bnan\b", (out / "report.md").read_text())
+
+
+def test_grounded_contexts_follow_each_context(small_index, hashing_embedder, tmp_path: Path) -> None:
+    from rag_pipeline.retriever import Retriever
+
+    class Recording(ScriptedPipeline):
+        calls: list = []
+
+        def answer_batch(self, questions, contexts=None, grounded=False):
+            Recording.calls.append(grounded)
+            return super().answer_batch(questions, contexts)
+
+    idx, _ = small_index
+    qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    cfg = E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(tmp_path / "out"), injection=True, grounded=True, k=2)
+    assert cfg.contexts == ["retrieved", "retrieved/grounded", "injected", "injected/grounded"]
+    m = E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder),
+              pipeline_factory=lambda c, a, r: Recording(r, c.k, tuned=False))
+    assert set(m["results"]["base"]) == set(cfg.contexts)
+    assert Recording.calls.count(True) == Recording.calls.count(False) > 0  # each context once free, once grounded
+    assert m["results"]["base"]["injected/grounded"]["injection"]["hijack_rate"] is not None
+    assert "injected/grounded" in (Path(cfg.output) / "report.md").read_text()
