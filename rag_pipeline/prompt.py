@@ -50,11 +50,39 @@ TEMPLATES: dict[str, PromptTemplate] = {
 DEFAULT_TEMPLATE = "raft-v1"
 
 
+TEMPLATE_PARTS = ("system", "document", "user", "separator")
+
+
 def get_template(name: str) -> PromptTemplate:
     """Look up a template by name; an unknown name lists the known ones."""
     if name not in TEMPLATES:
         raise ConfigError(f"unknown prompt template '{name}': known templates are {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]
+
+
+def template_text(template: PromptTemplate) -> dict[str, str]:
+    """The template's text (:data:`TEMPLATE_PARTS`), recorded beside its name in every dataset
+    manifest and adapter, so a later change to the code's template of that name is caught."""
+    return {part: getattr(template, part) for part in TEMPLATE_PARTS}
+
+
+def recorded_template(name: str, text: dict[str, str] | None, where: str) -> PromptTemplate:
+    """The code's template ``name``, checked against the ``text`` an artifact recorded with it.
+
+    Artifacts written before the text was recorded (``text`` None) load by name alone.
+
+    Raises:
+        ConfigError: an unknown name, or a recorded text that differs from the code's template
+            of that name (the artifact was made with another version of it).
+    """
+    template = get_template(name)
+    if text is None:
+        return template
+    differs = [part for part in TEMPLATE_PARTS if text.get(part) != getattr(template, part)]
+    if differs:
+        raise ConfigError(f"{where} records prompt template '{name}' with another text than this code's '{name}' "
+                          f"(differs in {', '.join(differs)}): use the code version that made it, or rebuild it with this one")
+    return template
 
 
 # A delimiter tag of the documents block, however spaced or cased: <documents>, </ Documents >.

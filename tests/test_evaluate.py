@@ -349,7 +349,6 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def test_end_to_end_real_pipeline(small_index, tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("rag_pipeline.ask", reason="rag_pipeline.ask (issue: ask) is not written yet")
     from rag_pipeline import cli
 
     idx, _ = small_index
