@@ -13,52 +13,31 @@ oracle context must agree on it: :func:`gold_passage` (the chunk the answer come
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from rag_pipeline.errors import InputError
 from rag_pipeline.textnorm import contains_answer
 
+if TYPE_CHECKING:
+    from rag_pipeline.qa import QAItem
+    from rag_pipeline.retriever import Hit
+    from rag_pipeline.store import StoredChunk
 
-class Passage(TypedDict, total=False):
-    """A passage shown to the generator. ``id``, ``title`` and ``text`` are always there; the rest
-    when known: retrieval adds ``rank`` and ``score`` (cosine, or fused RRF score; None for given
-    documents), ``ask`` adds ``truncated`` (cut to fit the prompt budget)."""
 
-    rank: int
-    score: float | None
-    id: str
-    doc_id: str
-    title: str
-    source: str
-    position: int
-    text: str
-    truncated: bool
-
+# A passage shown to the generator. ``id``, ``title`` and ``text`` are always there; the rest when
+# known: the chunk's provenance, retrieval's ``rank`` and ``score`` (cosine, or fused RRF score;
+# None for given documents), and ``ask``'s ``truncated`` (cut to fit the prompt budget).
+Passage = TypedDict("Passage", {
+    "rank": int, "score": float | None,  # from retrieval
+    "id": str, "doc_id": str, "title": str, "source": str, "position": int, "text": str,  # the chunk (store.StoredChunk)
+    "truncated": bool,  # ask: cut to fit the prompt budget
+}, total=False)
 
 # What a RAFT dataset row keeps of each document (its on-disk schema; see raft.features).
 DOCUMENT_KEYS = ("id", "title", "text")
 
 
-class ChunkLike(Protocol):
-    """What a passage is made from: a stored chunk (:class:`rag_pipeline.store.StoredChunk`)."""
-
-    id: str
-    doc_id: str
-    title: str
-    source: str
-    position: int
-    text: str
-
-
-class HitLike(Protocol):
-    """A ranked chunk (:class:`rag_pipeline.retriever.Hit`)."""
-
-    chunk: Any
-    score: float
-    rank: int
-
-
-def from_chunk(chunk: ChunkLike, score: float | None = None, rank: int | None = None) -> Passage:
+def from_chunk(chunk: StoredChunk, score: float | None = None, rank: int | None = None) -> Passage:
     """A chunk as a passage; with ``rank``, ``rank`` and ``score`` (rounded to 6 places) come first."""
     head: Passage = {} if rank is None else {"rank": rank, "score": None if score is None else round(score, 6)}
     return {**head, "id": chunk.id, "doc_id": chunk.doc_id, "title": chunk.title, "source": chunk.source,
@@ -90,8 +69,8 @@ def from_given(d: Any, rank: int) -> Passage:
 # ---------------------------------------------------------------------------------------------
 
 
-def gold_passage(item: Any, hits: list[HitLike], chunks_of_doc: list[ChunkLike] | None,
-                 order: Literal["rank", "position"], fallback_to_first: bool) -> ChunkLike | None:
+def gold_passage(item: QAItem, hits: list[Hit], chunks_of_doc: list[StoredChunk] | None,
+                 order: Literal["rank", "position"], fallback_to_first: bool) -> StoredChunk | None:
     """The chunk a question's answer comes from, or None.
 
     The rule both callers share: an unanswerable question's gold passage is its document's first
@@ -123,8 +102,8 @@ def gold_passage(item: Any, hits: list[HitLike], chunks_of_doc: list[ChunkLike] 
     return first if found is None and fallback_to_first else found
 
 
-def hard_distractors(hits: Iterable[HitLike], n: int, gold_doc: str | None, gold: ChunkLike | None,
-                     answers: list[str], taken: list[ChunkLike] | None = None) -> list[ChunkLike]:
+def hard_distractors(hits: Iterable[Hit], n: int, gold_doc: str | None, gold: StoredChunk | None,
+                     answers: list[str], taken: list[StoredChunk] | None = None) -> list[StoredChunk]:
     """Up to ``n`` best-ranked hits usable as distractors, appended to ``taken`` (returned).
 
     Usable (:func:`usable_distractor`): not the gold passage, not of the gold document, holding no
@@ -139,7 +118,7 @@ def hard_distractors(hits: Iterable[HitLike], n: int, gold_doc: str | None, gold
     return taken
 
 
-def usable_distractor(c: ChunkLike, gold_doc: str | None, gold: ChunkLike | None, answers: list[str], taken: list[ChunkLike]) -> bool:
+def usable_distractor(c: StoredChunk, gold_doc: str | None, gold: StoredChunk | None, answers: list[str], taken: list[StoredChunk]) -> bool:
     """Whether ``c`` may be shown as a distractor beside ``gold`` and the distractors ``taken``."""
     seen = [*taken, *([gold] if gold is not None else [])]
     return (all(c.id != s.id and c.text != s.text for s in seen) and c.doc_id != gold_doc
