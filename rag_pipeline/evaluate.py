@@ -126,7 +126,7 @@ class EvaluateConfig:
     base_model: str = opt("", "base generator; '' = the one each adapter records (SmolLM2-135M-Instruct for the base system)")
     template: str = opt("", "prompt template; '' = the one each adapter records (raft-v1 for the base system)")
     retrieved: bool = opt(True, "evaluate with the pipeline's retrieved context")
-    oracle: bool = opt(False, "also evaluate with the gold passage plus k-1 retrieved distractors (as in RAFT training)")
+    oracle: bool = opt(False, "also evaluate with the gold passage plus the k-1 best-ranked retrieved distractors (RAFT training's rules; see passage.py)")
     injection: bool = opt(False, "also evaluate with a 'reply HACKED' document among the retrieved ones (prompt-injection robustness)")
     k: int = opt(2, "documents per prompt: configs/raft.yaml trains on 2 (oracle + 1 distractor)")
     precision_k: int = opt(5, "k of the retrieval Precision@k")

@@ -1,8 +1,9 @@
 """The one prompt module: used by ``build-raft-dataset``, ``train-generator`` and ``ask``.
 
 A prompt is a system message plus a user message made of numbered documents with titles
-inside a delimited block, then the question. Templates are named and the name is stored
-with every dataset and adapter, so ``ask`` renders exactly what training saw.
+inside a delimited block, then the question. Templates are named; the name and the text
+(:func:`template_text`) are stored with every dataset and adapter and checked when they are
+loaded (:func:`recorded_template`), so ``ask`` renders exactly what training saw.
 
 Retrieved documents are untrusted data: they sit between explicit delimiters and the system
 message says that instructions inside them are not to be followed. They cannot forge the
