@@ -69,4 +69,4 @@ def test_search_text_output(tmp_path, docs_jsonl, capsys) -> None:
     capsys.readouterr()
     assert main(["search", "natural satellite of Earth", "--index", idx, "-k", "1", "--snippet", "20"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[1] ") and "Moon  (" in out[0] and out[1] == "    The Moon is the only ..."
+    assert out[0].startswith("[1] ") and "Moon  (" in out[0] and out[1] == "    The Moon is the ..."

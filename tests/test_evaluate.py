@@ -110,11 +110,13 @@ def test_sample_is_seeded_and_in_file_order() -> None:
 
 
 @dataclass
-class _Chunk:
+class _Chunk:  # a store.StoredChunk
     id: str
     doc_id: str
     text: str
     title: str = "t"
+    source: str = "s"
+    position: int = 0
 
 
 @dataclass
