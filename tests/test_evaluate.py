@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FakeChunk as _Chunk
+from conftest import FakeHit as _Hit
 from conftest import write_jsonl
 from rag_pipeline import evaluate as E
 from rag_pipeline.errors import ConfigError, InputError
@@ -107,23 +109,6 @@ def test_sample_is_seeded_and_in_file_order() -> None:
     assert a == b and len(a) == 10 and [items.index(x) for x in a] == sorted(items.index(x) for x in a)
     assert E.sample_items(items, 10, 4) != a
     assert E.sample_items(items, 0, 3) == items and E.sample_items(items, 99, 3) == items
-
-
-@dataclass
-class _Chunk:  # a store.StoredChunk
-    id: str
-    doc_id: str
-    text: str
-    title: str = "t"
-    source: str = "s"
-    position: int = 0
-
-
-@dataclass
-class _Hit:
-    chunk: _Chunk
-    score: float = 1.0
-    rank: int = 1
 
 
 def test_oracle_context_gold_plus_distractors() -> None:

@@ -3,30 +3,13 @@ training data and evaluation's oracle context share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
+from conftest import FakeChunk as C
+from conftest import FakeHit as H
 from rag_pipeline import passage as PS
 from rag_pipeline.errors import InputError
 from rag_pipeline.qa import QAItem
-
-
-@dataclass(frozen=True)
-class C:
-    id: str
-    doc_id: str
-    text: str
-    title: str = "t"
-    source: str = "s"
-    position: int = 0
-
-
-@dataclass(frozen=True)
-class H:
-    chunk: C
-    score: float = 0.5
-    rank: int = 1
 
 
 GOLD = [C("g0", "g", "Intro without it."), C("g1", "g", "The sky is blue.", position=1), C("g2", "g", "Blue it is, the sky.", position=2)]
