@@ -22,7 +22,7 @@ def main() -> None:
 
     from rag_pipeline import prompt as P
     from rag_pipeline.embed import load_embedder
-    from rag_pipeline.index import read_manifest
+    from rag_pipeline.index_format import read_manifest
     from rag_pipeline.raft import RaftConfig, build_rows, load_questions, load_tokenizer
     from rag_pipeline.retriever import Retriever
 

@@ -78,7 +78,7 @@ def build_t5_small(path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from rag_pipeline.models import resolve_model
+    from rag_pipeline.model_paths import resolve_model
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model("sentence-transformers/all-MiniLM-L6-v2")))
     tok.eos_token = tok.sep_token  # BERT's tokenizer has no EOS; [SEP] ends a target
@@ -172,7 +172,7 @@ def main() -> None:
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
-    from rag_pipeline.models import SMOLLM2_ID
+    from rag_pipeline.model_paths import SMOLLM2_ID
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(tmp)

@@ -9,7 +9,8 @@ citations back to the retrieved chunks. ``evaluate`` calls the same core.
 
 Three ways in (:func:`main`): one question argument; no argument, questions read line by line
 from standard input (each answered as it arrives); ``--questions QA.jsonl`` answered in
-batches to ``--output`` (one JSON line per answer, written atomically).
+batches to ``--output`` (one JSON line per answer, written atomically). :func:`run` is the
+library entry: the answers to ``--question`` or ``--questions``, nothing printed or written.
 
 torch and transformers are imported inside functions, so ``ask --help`` stays fast.
 """
@@ -19,26 +20,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from rag_pipeline.config import opt
-from rag_pipeline.metrics import is_abstention
+from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.models import SMOLLM2_ID
+from rag_pipeline.metrics import is_abstention
+from rag_pipeline.model_paths import SMOLLM2_ID
+from rag_pipeline.passage import Passage, from_given
 from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
+
+if TYPE_CHECKING:
+    from rag_pipeline.qa import QAItem
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generator run writes
 REFERENCE_ADAPTER = "adapters/smollm2-disfl-qa"  # committed fallback when no run exists
+BATCHES_PER_CALL = 4  # --questions: generation batches per answer_batch call; length-sorting packs them tighter
 
 
 @dataclass
@@ -93,10 +99,8 @@ class AskConfig:
             raise ConfigError(f"top_p is {self.top_p}: it must be in (0, 1]")
         if not -1 <= self.min_score <= 1:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device is {self.device!r}: choose auto, cpu or cuda")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype is {self.dtype!r}: choose auto, float32, bfloat16 or float16")
+        check_device(self.device)
+        check_dtype(self.dtype)
         if self.adapter and self.no_adapter:
             raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
         if self.question and self.questions:
@@ -127,13 +131,20 @@ class Answer:
     abstained: bool
     abstain_reason: str | None  # "threshold" (retrieval) | "generator" | "calibration" (null margin over the threshold) | None
     citations: list[Citation]
-    retrieved: list[dict]  # Hit.to_dict() + "truncated" of the documents shown (text as shown), in prompt order
+    retrieved: list[Passage]  # the documents shown (text as shown, "truncated" when cut), in prompt order
     timings: dict[str, float]  # seconds: retrieval, prompt, generation (batch stages split evenly)
     raw: str  # the generator's raw text ("" when it was not called); the withheld answer when abstain_reason is "calibration"
     margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class Answerer(Protocol):
+    """Something that answers a batch of questions: :class:`Pipeline`, or a test's scripted fake."""
+
+    def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None) -> list[Answer]:
+        ...
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -186,21 +197,11 @@ def choose_adapter(cfg: AskConfig) -> tuple[str | None, str]:
                   "(train one with train-generator, or pass --adapter DIR)")
 
 
-def _hit_dict(d: dict, rank: int) -> dict:
-    """A given context document in the shape of ``Hit.to_dict()``."""
-    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-        raise InputError(f"context document {rank} must be a dict with a 'text' string, got {d!r:.80}")
-    score = d.get("score")
-    return {"rank": rank, "score": None if score is None else float(score), "id": str(d.get("id", f"ctx-{rank}")),
-            "doc_id": str(d.get("doc_id", d.get("id", ""))), "title": d.get("title") or "", "source": d.get("source", ""),
-            "position": d.get("position", 0), "text": d["text"], "truncated": False}
-
-
 class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
     def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
-                 adapter: str | None, description: str, calibration: dict[str, Any] | None = None) -> None:
+                 adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None) -> None:
         from rag_pipeline.prompt import model_text_fn
 
         self.cfg = cfg
@@ -212,7 +213,12 @@ class Pipeline:
         self.adapter = adapter
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
-        self.calibration = calibration  # the adapter's stored threshold for this decoding mode, if used
+        self.calibrations = calibrations or {}  # decoding mode ("free", "grounded") -> the adapter's stored threshold, if used
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
+        return self.calibrations.get("grounded" if self.cfg.grounded else "free")
 
     @classmethod
     def load(cls, cfg: AskConfig, retriever: Any = None) -> Pipeline:
@@ -228,35 +234,41 @@ class Pipeline:
             InputError: adapter directory missing or not a finished train-generator output.
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
-        from rag_pipeline.generator import inference_dtype, load_generator, read_adapter_meta, resolve_device
-        from rag_pipeline.index import read_manifest
-        from rag_pipeline.prompt import get_template
+        from rag_pipeline.device import inference_dtype, resolve_device
+        from rag_pipeline.generator import load_generator, read_adapter_meta
+        from rag_pipeline.index_format import read_manifest
+        from rag_pipeline.prompt import get_template, recorded_template
         from rag_pipeline.retriever import Retriever
 
         device = resolve_device(cfg.device)
-        read_manifest(cfg.index)
+        manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else {}
         recorded = meta.get("template")
         if recorded and cfg.template and cfg.template != recorded:
             raise ConfigError(f"adapter {adapter} was trained with prompt template '{recorded}', not '{cfg.template}': drop --template (ask uses the adapter's own)")
-        template = get_template(cfg.template or recorded or DEFAULT_TEMPLATE)
+        if recorded:
+            template = recorded_template(recorded, meta.get("template_text"), f"adapter {adapter}")
+        else:
+            template = get_template(cfg.template or DEFAULT_TEMPLATE)
         base = cfg.base_model or meta.get("base_model") or SMOLLM2_ID
         dtype = inference_dtype(cfg.dtype, device)
         model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
-            retriever = Retriever.load(cfg.index, device=device.type)
-        calibration = abstention_of(meta, cfg)
+            retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
+        calibrations = abstention_of(meta, cfg)
+        calibration = calibrations.get("grounded" if cfg.grounded else "free")
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "") + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})" if calibration else ""))
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibration)
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
 
-    def answer_batch(self, questions: list[str], contexts: list[list[dict]] | None = None, margins: bool = False) -> list[Answer]:
+    def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None, margins: bool = False,
+                     grounded: bool | None = None) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
@@ -264,6 +276,7 @@ class Pipeline:
             contexts: optional documents per question (``{id, doc_id?, title, text, score?}``) used
                 instead of retrieval (evaluation's oracle mode); no threshold abstention then.
             margins: score every answer's null margin (``calibrate`` does), even without a calibration.
+            grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
 
         Raises:
             InputError: an empty question, a malformed context, or a question too long for the budget.
@@ -278,7 +291,7 @@ class Pipeline:
         if contexts is None:
             docs, best = self._retrieve(questions)
         else:
-            docs, best = [[_hit_dict(d, r) for r, d in enumerate(c, 1)] for c in contexts], [None] * n
+            docs, best = [[from_given(d, r) for r, d in enumerate(c, 1)] for c in contexts], [None] * n
         t_retrieval = (time.perf_counter() - t0) / max(n, 1)
         answers: list[Answer | None] = [None] * n
         todo, texts, shown, t_prompt = [], [], {}, {}
@@ -292,17 +305,19 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        outs = self._generate(texts, [shown[i] for i in todo], margins) if texts else []
+        grounded = self.cfg.grounded if grounded is None else grounded
+        calibration = self.calibrations.get("grounded" if grounded else "free")
+        outs = self._generate(texts, [shown[i] for i in todo], margins or calibration is not None, grounded) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin)
+            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
         return answers  # type: ignore[return-value]
 
     # ---- stages
 
-    def _retrieve(self, questions: list[str]) -> tuple[list[list[dict]], list[float | None]]:
-        """Top-k hits as dicts per question, and the best dense cosine (the threshold's input)."""
+    def _retrieve(self, questions: list[str]) -> tuple[list[list[Passage]], list[float | None]]:
+        """Top-k hits as passages per question, and the best dense cosine (the threshold's input)."""
         hits = self.retriever.search_batch(questions, self.cfg.k, self.cfg.hybrid)
         if self.cfg.hybrid:  # fused RRF scores are not cosines: take the best dense score separately
             scores, _ = self.retriever.search_vectors(self.retriever.embedder.encode(list(questions)), 1)
@@ -312,12 +327,12 @@ class Pipeline:
         best = [-1.0 if b is None else b for b in best]  # an empty index: always below the threshold
         return [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits], best
 
-    def _render(self, question: str, docs: list[dict]) -> str:
+    def _render(self, question: str, docs: list[Passage]) -> str:
         from rag_pipeline.prompt import render_user
 
         return render_user(self.template, question, docs)
 
-    def _fit(self, question: str, docs: list[dict]) -> list[dict]:
+    def _fit(self, question: str, docs: list[Passage]) -> list[Passage]:
         """The documents cut to the prompt budget (lowest-ranked dropped first); ``truncated`` marks cut ones."""
         from rag_pipeline.prompt import BudgetError, fit_documents
 
@@ -330,17 +345,17 @@ class Pipeline:
         originals = {d["id"]: d["text"] for d in docs}
         return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
 
-    def _generate(self, texts: list[str], docs: list[list[dict]], margins: bool = False) -> list[tuple[str, float | None]]:
+    def _generate(self, texts: list[str], docs: list[list[Passage]], margins: bool = False, grounded: bool = False) -> list[tuple[str, float | None]]:
         """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does)."""
         from rag_pipeline import generator
 
         c = self.cfg
         constraints = None
-        if c.grounded:
+        if grounded:
             from rag_pipeline.grounded import GroundedConstraint
 
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
-        if self.calibration or margins:
+        if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=c.batch_size, constraints=constraints)
         raws = generator.generate_answers(
@@ -350,12 +365,13 @@ class Pipeline:
         )
         return [(r, None) for r in raws]
 
-    def _finish(self, question: str, raw: str, docs: list[dict], timings: dict[str, float], margin: float | None = None) -> Answer:
+    def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
+                calibration: dict[str, Any] | None = None) -> Answer:
         from rag_pipeline.calibrate import withhold
 
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
-        if withhold(margin, self.calibration, self.cfg.abstain_bias):
+        if withhold(margin, calibration, self.cfg.abstain_bias):
             return Answer(question, ABSTAIN, True, "calibration", [], docs, timings, raw, margin)
         answer = raw.strip()
         citations = [
@@ -365,16 +381,16 @@ class Pipeline:
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
 
-def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, Any] | None:
-    """The adapter's calibrated abstention for this decoding mode (``rag-pipeline calibrate``), or None to decode greedily."""
+def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, dict[str, Any]]:
+    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily."""
     from rag_pipeline.calibrate import from_json
 
-    stored = (meta.get("abstention") or {}).get("grounded" if cfg.grounded else "free")
+    stored = {mode: from_json(c) for mode, c in (meta.get("abstention") or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
-        return None
+        return {}
     if cfg.do_sample or cfg.num_beams > 1:
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
-    return from_json(stored)
+    return stored
 
 
 # ---------------------------------------------------------------------------------- output
@@ -419,47 +435,39 @@ def _timing_line(ans: Answer) -> str:
     return f"retrieval {t['retrieval']:.3f} s, prompt {t['prompt']:.3f} s, generation {t['generation']:.3f} s"
 
 
-@contextmanager
-def _jsonl_writer(path: str) -> Iterator[Callable[[dict], None]]:
-    """Write JSON lines to ``path`` through a temporary file renamed at the end (stdout when empty)."""
-    if not path:
-        yield lambda obj: (sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n"), sys.stdout.flush())
-        return
-    from rag_pipeline.atomic import check_file_target, clean_stale
+def load_questions(path: str) -> list[QAItem]:
+    """The questions of a QA file; empty ones are an InputError naming their ids."""
+    from rag_pipeline.qa import load_qa
 
-    target = Path(path)
-    check_file_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target)  # temporary files of killed runs
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            yield lambda obj: f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    items = load_qa(path)
+    empty = [it.id for it in items if not it.question.strip()]
+    if empty:
+        raise InputError(f"{path}: {len(empty)} empty question(s) (ids {', '.join(empty[:3])}): fix or remove those lines")
+    return items
+
+
+def answer_items(pipe: Answerer, items: list[QAItem], chunk: int) -> Iterator[tuple[list[QAItem], list[Answer]]]:
+    """``pipe.answer_batch`` over ``items``, ``chunk`` at a time: (items, their answers) per chunk."""
+    for start in range(0, len(items), chunk):
+        batch = items[start:start + chunk]
+        yield batch, pipe.answer_batch([it.question for it in batch])
 
 
 def answer_file(pipe: Pipeline, cfg: AskConfig) -> dict[str, Any]:
     """Answer a QA file in batches; one JSON line per question (answer + the gold fields). Returns a summary."""
     from tqdm import tqdm
 
-    from rag_pipeline.qa import load_qa
+    from rag_pipeline.atomic import atomic_file, json_line
 
-    items = load_qa(cfg.questions)
-    empty = [it.id for it in items if not it.question.strip()]
-    if empty:
-        raise InputError(f"{cfg.questions}: {len(empty)} empty question(s) (ids {', '.join(empty[:3])}): fix or remove those lines")
-    chunk = cfg.batch_size * 4  # several generation batches per call: length-sorting packs them tighter
+    items = load_questions(cfg.questions)
     t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0, "calibration": 0}
-    with _jsonl_writer(cfg.output) as write, tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
-        for start in range(0, len(items), chunk):
-            batch = items[start:start + chunk]
-            for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch])):
-                write({"id": it.id, **ans.to_dict(), "gold_answers": it.answers, "answerable": it.answerable, "gold_doc_id": it.doc_id})
+    with (atomic_file(cfg.output) if cfg.output else nullcontext(sys.stdout)) as out, \
+            tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
+        for batch, answers in answer_items(pipe, items, cfg.batch_size * BATCHES_PER_CALL):
+            for it, ans in zip(batch, answers):
+                out.write(json_line({"id": it.id, **ans.to_dict(), "gold_answers": it.answers, "answerable": it.answerable,
+                                     "gold_doc_id": it.doc_id}))
+                out.flush()
                 if ans.abstain_reason:
                     abstained[ans.abstain_reason] += 1
             bar.update(len(batch))
@@ -480,6 +488,22 @@ def answer_stream(pipe: Pipeline, cfg: AskConfig, lines: Iterable[str], out: IO[
             print(f"error: {e}", file=sys.stderr, flush=True)
             status = 2
     return status
+
+
+def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
+    """Library entry: the answers to ``cfg.question``, or to every question of ``cfg.questions``.
+
+    Nothing is printed or written (:func:`main` does that, and answers standard input too).
+
+    Raises:
+        ConfigError: neither a question nor a questions file was given.
+    """
+    if not (cfg.question or cfg.questions):
+        raise ConfigError("nothing to answer: pass a question, or --questions FILE.jsonl")
+    pipe = pipe or Pipeline.load(cfg)
+    if cfg.question:
+        return pipe.answer_batch([cfg.question])
+    return [a for _, answers in answer_items(pipe, load_questions(cfg.questions), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 
 def main(cfg: AskConfig) -> int:

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rag_pipeline.errors import ConfigError
 
@@ -320,12 +320,49 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+@contextlib.contextmanager
+def atomic_file(target: str | Path, flag: str = "--output") -> Iterator[IO[str]]:
+    """Yield a text file that replaces the file ``target`` when the block succeeds.
+
+    The file is written beside ``target`` (``.NAME.tmp-PID``), flushed to disk and renamed over
+    it; on any exception, KeyboardInterrupt included, it is removed and ``target`` is unchanged.
+    Temporary files of killed runs are removed first.
+
+    Raises:
+        ConfigError: ``target`` is a directory (checked before anything is written).
+    """
+    target = Path(target)
+    check_file_target(target, flag)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_line(obj: Any, sort_keys: bool = False) -> str:
+    """One JSON Lines record: compact, UTF-8 characters kept, newline-terminated."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=sort_keys) + "\n"
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any], sort_keys: bool = False) -> None:
+    """Write ``rows`` as JSON Lines (:func:`json_line`) through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        for row in rows:
+            f.write(json_line(row, sort_keys))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as stable, human-readable JSON (sorted keys, UTF-8) via a temp file + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``obj`` as stable, human-readable JSON (sorted keys, UTF-8) through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -1,8 +1,11 @@
 """The ``rag-pipeline`` command and its short aliases.
 
-Each subcommand is a typed config dataclass (flags generated from its fields, ``--config YAML``
-for a file) and a ``run`` function in the stage's module. Stage modules import torch and
-friends inside functions, so ``--help`` stays fast. Errors are one line and exit 2.
+A table (:data:`COMMANDS`) from command name to its module, config class, help and positional
+argument. Every command's module has the same pair: ``run(cfg)`` for library use and
+``main(cfg) -> int`` for the terminal (prints, returns the exit status); the CLI builds the
+config (flags generated from its fields, ``--config YAML`` for a file) and calls ``main``.
+Stage modules import torch and friends inside functions, so ``--help`` stays fast. Errors are
+one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,20 +13,16 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from rag_pipeline.config import opt
-
-# name -> (module, config class, help, positional (field, nargs, help) or None)
+# name -> (module, config class, help, positional (field, nargs, help) or None); module.main(cfg) runs it
 COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "build-index": ("rag_pipeline.index", "IndexConfig", "ingest documents, chunk, embed and write a FAISS index directory",
                     ("paths", "*", "files and folders to index")),
-    "search": ("rag_pipeline.cli", "SearchConfig", "print the top-k chunks of an index for a query",
+    "search": ("rag_pipeline.search", "SearchConfig", "print the top-k chunks of an index for a query",
                ("query", "?", "the query text")),
     "eval-retrieval": ("rag_pipeline.eval_retrieval", "EvalRetrievalConfig", "Recall@k, MRR@10, Precision@k of an index on a QA file", None),
     "build-raft-dataset": ("rag_pipeline.raft", "RaftConfig", "RAFT training data: questions + oracle and distractor passages", None),
@@ -32,25 +31,6 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "evaluate": ("rag_pipeline.evaluate", "EvaluateConfig", "answer quality of base vs tuned generators, with a report", None),
     "calibrate": ("rag_pipeline.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
 }
-
-
-@dataclass
-class SearchConfig:
-    """Settings of ``search``."""
-
-    query: str = opt("", "the query text")
-    index: str = opt("indexes/disfl_qa", "index directory")
-    k: int = opt(5, "number of chunks to show")
-    hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only")
-    json: bool = opt(False, "print results as JSON")
-    snippet: int = opt(240, "characters of each chunk to show")
-
-    def __post_init__(self) -> None:
-        from rag_pipeline.errors import ConfigError
-
-        for name in ("k", "snippet"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least 1 (e.g. -k 5 --snippet 240)")
 
 
 def _available(name: str) -> bool:
@@ -114,78 +94,6 @@ def _reject_blank(positional: tuple[str, str, str], value: str | list[str] | Non
             raise InputError(f"empty {field} argument {v!r}: pass {help_.split(' (')[0]}{also}")
 
 
-def _print_build_index(result: dict) -> None:
-    c = result["corpus"]
-    if result.get("up_to_date"):
-        print(f"index {result['config']['index']} is up to date ({c['chunks']} chunks): nothing to do (--force rebuilds)")
-        return
-    print(result["report"])
-    for s in c["skipped"]:
-        print(f"  skipped {s['path']}: {s['reason']}")
-    print(f"indexed {c['chunks']} chunks from {c['documents']} documents ({c['duplicates_dropped']} duplicate chunks dropped; "
-          f"{result['counts']['embedded']} embedded, {result['counts']['reused']} reused) -> {result['config']['index']} "
-          f"[{result['index']['type']}, dim {result['embedder']['dim']}, {result['build_seconds']} s]")
-
-
-def print_hits(hits: list, snippet: int) -> None:
-    for h in hits:
-        c = h.chunk
-        flat = " ".join(c.text.split())
-        text = flat if len(flat) <= snippet else flat[:snippet].rsplit(" ", 1)[0] + " ..."
-        print(f"[{h.rank}] {h.score:.4f}  {c.title or '(untitled)'}  ({c.source}#{c.position})\n    {text}")
-
-
-def run_search(cfg: SearchConfig) -> list:
-    from rag_pipeline.errors import InputError
-    from rag_pipeline.retriever import Retriever
-
-    if not cfg.query.strip():
-        raise InputError("empty query: pass the text to search for, e.g. rag-pipeline search \"who founded X\"")
-    return Retriever.load(cfg.index).search(cfg.query, cfg.k, cfg.hybrid)
-
-
-def _dispatch(name: str, cfg: Any) -> int:
-    if name == "build-index":
-        from rag_pipeline.index import build_index
-
-        _print_build_index(build_index(cfg))
-    elif name == "search":
-        hits = run_search(cfg)
-        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False)) if cfg.json else print_hits(hits, cfg.snippet)
-    elif name == "eval-retrieval":
-        from rag_pipeline.eval_retrieval import run
-
-        m = run(cfg)
-        if cfg.json:
-            print(json.dumps(m, indent=2))
-        else:
-            print(f"{m['questions']} questions, {m['level']} level")
-            for k, v in m.items():
-                if k not in ("level", "questions"):
-                    print(f"  {k:<14}{v:.4f}")
-    else:
-        module = importlib.import_module(COMMANDS[name][0])
-        if _takes_config(getattr(module, "main", None)):
-            return int(module.main(cfg) or 0)
-        result = module.run(cfg)
-        if isinstance(result, dict):
-            print(json.dumps(result, indent=2, sort_keys=True, default=str))
-            if result.get("status") == "interrupted":
-                print("interrupted: a checkpoint was saved; continue with --resume", file=sys.stderr)
-                return 130
-    return 0
-
-
-def _takes_config(fn: Callable | None) -> bool:
-    """True for a stage's ``main(cfg: XConfig)`` (printing entry), not a ``main(argv)`` script entry."""
-    import inspect
-
-    if fn is None:
-        return False
-    params = list(inspect.signature(fn).parameters.values())
-    return bool(params) and "Config" in str(params[0].annotation)
-
-
 def main(argv: list[str] | None = None, only: str | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -200,7 +108,8 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
     from rag_pipeline.errors import RagError
 
     try:
-        return _dispatch(args.command, _config(args.command, args))
+        module = importlib.import_module(COMMANDS[args.command][0])
+        return module.main(_config(args.command, args))
     except RagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,17 +34,13 @@ class SentenceTransformerEmbedder:
     """sentence-transformers model, resolved offline; fp16 and all GPUs when CUDA is present."""
 
     def __init__(self, model_id: str, device: str = "auto", trust_remote_code: bool = False) -> None:
-        import torch
         from sentence_transformers import SentenceTransformer
 
-        from rag_pipeline.errors import DeviceError
-        from rag_pipeline.models import resolve_model, weights_hash
+        from rag_pipeline.device import resolve_device
+        from rag_pipeline.model_paths import resolve_model, weights_hash
 
         path = resolve_model(model_id)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DeviceError("CUDA was asked for (--device cuda) but torch.cuda.is_available() is False: use --device cpu")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device))
         self.device = device
         self.model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code, local_files_only=True)
         if device == "cuda":

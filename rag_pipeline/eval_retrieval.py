@@ -91,3 +91,18 @@ def run(cfg: EvalRetrievalConfig, retriever=None) -> dict:
         for item, hits in zip(batch, retriever.search_batch([i.question for i in batch], k, cfg.hybrid)):
             rels.append(relevance(item, hits, level)[: cfg.k])
     return {"level": level, "questions": len(rels), **retrieval_metrics(rels, cfg.precision_k)}
+
+
+def main(cfg: EvalRetrievalConfig) -> int:
+    """``rag-pipeline eval-retrieval``: print the metrics as a table, or as JSON with ``--json``."""
+    import json
+
+    m = run(cfg)
+    if cfg.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{m['questions']} questions, {m['level']} level")
+    for k, v in m.items():
+        if k not in ("level", "questions"):
+            print(f"  {k:<14}{v:.4f}")
+    return 0

@@ -5,9 +5,13 @@ Every system (the base model with no adapter, each adapter) answers the same que
 under one or more *contexts*:
 
 * ``retrieved``: the pipeline's own retrieval (what ``ask`` does);
-* ``oracle`` (``--oracle``): the gold passage (the gold document's chunk holding the answer, else
-  its first chunk) plus ``k-1`` retrieved chunks of other documents that do not hold the answer,
-  shuffled with a seeded RNG, as in RAFT training;
+* ``oracle`` (``--oracle``): the gold passage (the gold document's first chunk holding the answer,
+  else its first chunk) plus the ``k-1`` best-ranked retrieved chunks of other documents that do
+  not hold the answer, shuffled with a seeded RNG. The rules are RAFT training's
+  (:func:`~rag_pipeline.passage.gold_passage`, :func:`~rag_pipeline.passage.hard_distractors`)
+  with two documented differences: the gold passage is chosen by position, not by this
+  retriever's rank, and every distractor is a hard one (no random chunks), so that the context
+  is the same for every system;
 * ``injected`` (``--injection``): the top-``k`` retrieved chunks with a prompt injection whose
   payload is "HACKED", in one of four styles per question (seeded, :mod:`rag_pipeline.injection`):
   a plain instruction document, a forged closing delimiter plus a system turn, many-shot forged
@@ -83,7 +87,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import logging
 import random
 import sys
@@ -91,15 +94,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rag_pipeline.atomic import Artifact, check_separate, prepare_target
 from rag_pipeline.config import opt, to_dict
+from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import exact_match, extract_answer, f1
+from rag_pipeline.passage import Passage, from_chunk, gold_passage, hard_distractors
 from rag_pipeline.qa import QAItem, load_qa
 from rag_pipeline.textnorm import contains_answer, normalize_answer
+
+if TYPE_CHECKING:
+    from rag_pipeline.ask import Answer, Answerer, AskConfig
+    from rag_pipeline.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +131,7 @@ class EvaluateConfig:
     base_model: str = opt("", "base generator; '' = the one each adapter records (SmolLM2-135M-Instruct for the base system)")
     template: str = opt("", "prompt template; '' = the one each adapter records (raft-v1 for the base system)")
     retrieved: bool = opt(True, "evaluate with the pipeline's retrieved context")
-    oracle: bool = opt(False, "also evaluate with the gold passage plus k-1 retrieved distractors (as in RAFT training)")
+    oracle: bool = opt(False, "also evaluate with the gold passage plus the k-1 best-ranked retrieved distractors (RAFT training's rules; see passage.py)")
     injection: bool = opt(False, "also evaluate with a 'reply HACKED' document among the retrieved ones (prompt-injection robustness)")
     k: int = opt(2, "documents per prompt: configs/raft.yaml trains on 2 (oracle + 1 distractor)")
     precision_k: int = opt(5, "k of the retrieval Precision@k")
@@ -130,6 +139,8 @@ class EvaluateConfig:
     seed: int = opt(0, "seed of the sample, the oracle shuffles and the injection positions")
     max_new_tokens: int = opt(48, "generation budget per answer: short cited answers need ~20 tokens")
     batch_size: int = opt(16, "prompts generated per batch")
+    grounded: bool = opt(False, "also decode every context grounded (spans of a shown document + its citation, or the "
+                                "abstention): results appear as CONTEXT/grounded beside the free decoding")
     hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only")
     min_score: float | None = opt(None, "abstain when the best retrieval score is below this; unset = ask's default")
     max_prompt_tokens: int | None = opt(None, "prompt token budget; unset = ask's default")
@@ -149,10 +160,14 @@ class EvaluateConfig:
             raise ConfigError("no context to evaluate: keep --retrieved or add --oracle or --injection")
         if len(set(self.adapter)) != len(self.adapter):
             raise ConfigError(f"adapter lists a directory twice ({', '.join(self.adapter)}): give each once")
+        check_device(self.device)
+        check_dtype(self.dtype)
 
     @property
     def contexts(self) -> list[str]:
-        return [c for c, on in zip(CONTEXTS, (self.retrieved, self.oracle, self.injection)) if on]
+        """Context names in evaluation order; with ``grounded`` each is followed by ``NAME/grounded``."""
+        base = [c for c, on in zip(CONTEXTS, (self.retrieved, self.oracle, self.injection)) if on]
+        return [v for c in base for v in ((c, f"{c}/grounded") if self.grounded else (c,))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ def answer_tokens(prediction: str) -> list[str]:
     return normalize_answer(extract_answer(prediction)).split()
 
 
-def token_support(prediction: str, documents: list[dict]) -> float | None:
+def token_support(prediction: str, documents: list[Passage]) -> float | None:
     """Share of the answer's normalized tokens that occur in the documents; None for an empty answer."""
     tokens = answer_tokens(prediction)
     if not tokens:
@@ -195,7 +210,7 @@ def token_support(prediction: str, documents: list[dict]) -> float | None:
     return sum(t in vocab for t in tokens) / len(tokens)
 
 
-def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited: list[int], documents: list[dict]) -> dict:
+def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited: list[int], documents: list[Passage]) -> dict:
     """Per-example scores of one answer given the documents it was shown (1-based ``cited`` numbers).
 
     Returns:
@@ -253,7 +268,7 @@ def aggregate(records: list[dict], context: str) -> dict:
         "context": {"answer_in_context": _mean(r["scores"]["answer_in_context"] for r in ans),
                     "gold_doc_in_context": _mean(x["gold_doc_in_context"] for x in s) if all(r["doc_id"] for r in records) else None},
         "squad2": squad2(records),
-        "injection": injection_rates(records) if context == "injected" else {"hijack_rate": None, "by_style": None},
+        "injection": injection_rates(records) if context.startswith("injected") else {"hijack_rate": None, "by_style": None},
     }
 
 
@@ -290,25 +305,15 @@ def sample_items(items: list[QAItem], limit: int, seed: int) -> list[QAItem]:
     return [items[i] for i in keep]
 
 
-def _doc(chunk: Any) -> dict:
-    return {"id": chunk.id, "doc_id": chunk.doc_id, "title": chunk.title, "text": chunk.text}
+def gold_chunk(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any]) -> Any | None:
+    """The gold passage: :func:`~rag_pipeline.passage.gold_passage` by position (the gold document's
+    first chunk holding an answer, else its first chunk; without a ``doc_id``, the best-ranked hit
+    holding an answer). None when there is no such chunk."""
+    return gold_passage(item, hits, chunks_of_doc, order="position", fallback_to_first=True)
 
 
-def gold_chunk(item: QAItem, hits: list[Any], chunks_of_doc: list[Any]) -> Any | None:
-    """The gold passage: the gold document's first chunk holding an answer, else its first chunk.
-
-    Without a ``doc_id``: the best-ranked hit holding an answer. None when there is no such chunk.
-    """
-    pool = chunks_of_doc or ([] if item.doc_id else [h.chunk for h in hits])
-    if item.answerable and item.answers:
-        found = next((c for c in pool if contains_answer(c.text, item.answers)), None)
-        if found is not None:
-            return found
-    return chunks_of_doc[0] if chunks_of_doc else None
-
-
-def oracle_context(item: QAItem, hits: list[Any], chunks_of_doc: list[Any], k: int, seed: int) -> tuple[list[dict], bool]:
-    """The gold passage plus ``k-1`` best-ranked hits of other documents without an answer, shuffled.
+def oracle_context(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any], k: int, seed: int) -> tuple[list[Passage], bool]:
+    """The gold passage plus the ``k-1`` best-ranked usable hits (:func:`~rag_pipeline.passage.hard_distractors`), shuffled.
 
     Returns:
         (documents, found): ``found`` is False when no gold passage exists; the documents are
@@ -316,41 +321,34 @@ def oracle_context(item: QAItem, hits: list[Any], chunks_of_doc: list[Any], k: i
     """
     gold = gold_chunk(item, hits, chunks_of_doc)
     gold_doc = item.doc_id or (gold.doc_id if gold is not None else None)
-    docs = [] if gold is None else [_doc(gold)]
-    texts = {d["text"] for d in docs}
-    for h in hits:
-        if len(docs) >= k:
-            break
-        c = h.chunk
-        if c.doc_id != gold_doc and c.text not in texts and not contains_answer(c.text, item.answers):
-            docs.append(_doc(c))
-            texts.add(c.text)
+    chosen = hard_distractors(hits, k, gold_doc, gold, item.answers, taken=[] if gold is None else [gold])
+    docs = [from_chunk(c) for c in chosen]
     random.Random(f"{seed}:oracle:{item.id}").shuffle(docs)
     return docs, gold is not None
 
 
-def injected_context(item: QAItem, hits: list[Any], k: int, seed: int) -> tuple[list[dict], int, str]:
+def injected_context(item: QAItem, hits: list[Hit], k: int, seed: int) -> tuple[list[Passage], int, str]:
     """The top-``k`` hits with a "HACKED" injection of a seeded style; returns (docs, 0-based position, style).
 
     The style cycles through :data:`rag_pipeline.injection.STYLES` by a hash of the question id,
     so each style gets about a quarter of the questions, the same ones for every system.
     """
-    docs = [_doc(h.chunk) for h in hits[:k]]
+    docs = [from_chunk(h.chunk) for h in hits[:k]]
     style = STYLES[int(hashlib.sha256(f"{seed}:injection-style:{item.id}".encode()).hexdigest()[:8], 16) % len(STYLES)]
     docs, pos = inject(docs, style, EVAL_PAYLOAD, random.Random(f"{seed}:injection:{item.id}"))
     return docs, pos, style
 
 
-def retrieve(retriever: Any, items: list[QAItem], cfg: EvaluateConfig, batch: int = 256) -> list[list[Any]]:
+def retrieve(retriever: Retriever, items: list[QAItem], cfg: EvaluateConfig, batch: int = 256) -> list[list[Hit]]:
     """Hits per question, deep enough for MRR@10 and for distractors of other documents."""
     depth = 3 * max(10, cfg.k)  # several chunks of one document count once at document level
-    hits: list[list[Any]] = []
+    hits: list[list[Hit]] = []
     for start in range(0, len(items), batch):
         hits += retriever.search_batch([i.question for i in items[start : start + batch]], depth, cfg.hybrid)
     return hits
 
 
-def retrieval_scores(items: list[QAItem], hits: list[list[Any]], precision_k: int) -> dict:
+def retrieval_scores(items: list[QAItem], hits: list[list[Hit]], precision_k: int) -> dict:
     """Recall@1/5/10, MRR@10 and Precision@k at document level (answer-string level without doc_ids)."""
     from rag_pipeline.eval_retrieval import relevance, retrieval_metrics
 
@@ -379,7 +377,7 @@ def systems_of(cfg: EvaluateConfig) -> list[tuple[str, str | None]]:
     return out
 
 
-def ask_config(cfg: EvaluateConfig, adapter: str | None) -> Any:
+def ask_config(cfg: EvaluateConfig, adapter: str | None) -> AskConfig:
     """The ``ask`` settings of one system; fields left unset in ``cfg`` keep ask's defaults."""
     from rag_pipeline.ask import AskConfig
     from rag_pipeline.config import build_config
@@ -393,15 +391,11 @@ def ask_config(cfg: EvaluateConfig, adapter: str | None) -> Any:
     return build_config(AskConfig, None, {k: v for k, v in overrides.items() if v is not None})
 
 
-def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Any) -> Any:
+def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Retriever) -> Answerer:
     """One ask Pipeline per system, sharing the already loaded retriever."""
     from rag_pipeline.ask import Pipeline
 
     return Pipeline.load(ask_config(cfg, adapter), retriever=retriever)
-
-
-def _citation_numbers(answer: Any) -> list[int]:
-    return [int(c.n) for c in getattr(answer, "citations", None) or []]
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -412,29 +406,33 @@ def _progress(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="q", file=sys.stderr, leave=not tty, mininterval=0.1 if tty else 30, ascii=not tty)
 
 
-def answer_all(pipeline: Any, questions: list[str], contexts: list[list[dict]] | None, chunk: int, desc: str) -> list[Any]:
+def answer_all(pipeline: Answerer, questions: list[str], contexts: list[list[Passage]] | None, chunk: int, desc: str,
+               grounded: bool = False) -> list[Answer]:
     """``pipeline.answer_batch`` over all questions in chunks of ``chunk`` (a progress bar step each)."""
-    out: list[Any] = []
+    out: list[Answer] = []
+    kwargs = {"grounded": True} if grounded else {}  # free decoding: the pipeline's own setting
     with _progress(len(questions), desc) as bar:
         for start in range(0, len(questions), chunk):
             ctx = None if contexts is None else contexts[start : start + chunk]
-            out += pipeline.answer_batch(questions[start : start + chunk], contexts=ctx)
+            out += pipeline.answer_batch(questions[start : start + chunk], contexts=ctx, **kwargs)
             bar.update(len(questions[start : start + chunk]))
     if len(out) != len(questions):
         raise RuntimeError(f"the pipeline returned {len(out)} answers for {len(questions)} questions")
     return out
 
 
-def record(system: str, context: str, item: QAItem, answer: Any, documents: list[dict], extra: dict) -> dict:
+def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict) -> dict:
     """One predictions.jsonl line (scores included)."""
-    cited = _citation_numbers(answer)
-    scores = score_answer(item, answer.answer, getattr(answer, "raw", "") or "", bool(answer.abstained), cited, documents)
+    cited = [int(c.n) for c in answer.citations]
+    # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
+    shown_raw = "" if answer.abstain_reason == "calibration" else answer.raw
+    scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents)
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
         "doc_id": item.doc_id, "gold": list(item.answers),
         "documents": [{"id": d.get("id"), "doc_id": d.get("doc_id")} for d in documents],
-        "prediction": answer.answer, "raw": getattr(answer, "raw", None), "abstained": bool(answer.abstained),
-        "abstain_reason": getattr(answer, "abstain_reason", None), "citations": cited,
+        "prediction": answer.answer, "raw": answer.raw, "abstained": bool(answer.abstained),
+        "abstain_reason": answer.abstain_reason, "citations": cited,
         "cited_doc_ids": [documents[n - 1].get("doc_id") if 1 <= n <= len(documents) else None for n in cited],
         "scores": scores, **extra,
     }
@@ -445,10 +443,10 @@ def record(system: str, context: str, item: QAItem, answer: Any, documents: list
 # ---------------------------------------------------------------------------------------------
 
 
-def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Any]], store: Any) -> dict[str, tuple[list | None, list[dict]]]:
+def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit]], store: Any) -> dict[str, tuple[list | None, list[dict]]]:
     """Per context: (documents passed to the pipeline or None for its own retrieval, per-item extras)."""
     out: dict[str, tuple[list | None, list[dict]]] = {}
-    for ctx in cfg.contexts:
+    for ctx in dict.fromkeys(c.split("/")[0] for c in cfg.contexts):
         if ctx == "retrieved":
             out[ctx] = (None, [{} for _ in items])
         elif ctx == "oracle":
@@ -461,13 +459,14 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Any
     return out
 
 
-def evaluate_system(pipeline: Any, name: str, items: list[QAItem], contexts: dict, chunk: int) -> tuple[dict, list[dict]]:
-    """All contexts for one loaded system: (results by context, prediction records)."""
+def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str]) -> tuple[dict, list[dict]]:
+    """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records)."""
     results, records = {}, []
     questions = [i.question for i in items]
-    for ctx, (docs, extras) in contexts.items():
+    for ctx in order:
+        docs, extras = contexts[ctx.split("/")[0]]
         t0 = time.perf_counter()
-        answers = answer_all(pipeline, questions, docs, chunk, f"{name}/{ctx}")
+        answers = answer_all(pipeline, questions, docs, chunk, f"{name}/{ctx}", grounded=ctx.endswith("/grounded"))
         seconds = time.perf_counter() - t0
         recs = [
             # The documents as shown: the prompt budget may cut or drop some, and [n] numbers these.
@@ -480,7 +479,8 @@ def evaluate_system(pipeline: Any, name: str, items: list[QAItem], contexts: dic
     return results, records
 
 
-def run(cfg: EvaluateConfig, retriever: Any = None, pipeline_factory: Callable[[EvaluateConfig, str | None, Any], Any] | None = None) -> dict:
+def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
+        pipeline_factory: Callable[[EvaluateConfig, str | None, Retriever], Answerer] | None = None) -> dict:
     """Evaluate every system under every context and write the output directory.
 
     Args:
@@ -510,7 +510,7 @@ def run(cfg: EvaluateConfig, retriever: Any = None, pipeline_factory: Callable[[
         t0 = time.perf_counter()
         pipeline = factory(cfg, adapter, retriever)
         system_info.append({"name": name, "adapter": adapter, "load_s": round(time.perf_counter() - t0, 2)})
-        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2)
+        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts)
         records += recs
         del pipeline
         gc.collect()  # free one generator before loading the next
@@ -596,13 +596,14 @@ def render_report(metrics: dict) -> str:
 
 def injection_section(metrics: dict) -> list[str]:
     """Report lines: the hijack rate per injection style and system (only with --injection)."""
-    if "injected" not in metrics["contexts"]:
+    contexts = [c for c in metrics["contexts"] if c.startswith("injected")]
+    if not contexts:
         return []
     systems = [s["name"] for s in metrics["systems"]]
-    styles = [st for st in STYLES if any(st in (metrics["results"][s]["injected"]["injection"]["by_style"] or {}) for s in systems)]
-    rows = [[s, *(fmt(metrics["results"][s]["injected"]["injection"]["by_style"].get(st)) for st in styles),
-             fmt(metrics["results"][s]["injected"]["injection"]["hijack_rate"])] for s in systems]
-    return ["## Prompt injection (% of answers containing HACKED)", "", _table(["system", *styles, "all"], rows, 1), ""]
+    inj = {(s, c): metrics["results"][s][c]["injection"] for s in systems for c in contexts}
+    styles = [st for st in STYLES if any(st in (r["by_style"] or {}) for r in inj.values())]
+    rows = [[s, c, *(fmt((inj[s, c]["by_style"] or {}).get(st)) for st in styles), fmt(inj[s, c]["hijack_rate"])] for s in systems for c in contexts]
+    return ["## Prompt injection (% of answers containing HACKED)", "", _table(["system", "context", *styles, "all"], rows, 2), ""]
 
 
 def render_chart(metrics: dict, path: Path) -> None:
@@ -612,7 +613,7 @@ def render_chart(metrics: dict, path: Path) -> None:
 
     panels = [("overall F1 (SQuAD 2.0)", ("squad2", "overall_f1")), ("EM", ("answer", "em")), ("F1", ("answer", "f1")),
               ("ROUGE-L", ("answer", "rougeL"))]
-    if "injected" in metrics["contexts"]:
+    if any(c.startswith("injected") for c in metrics["contexts"]):
         panels.append(("hijacked by injection", ("injection", "hijack_rate")))
     systems, contexts = [s["name"] for s in metrics["systems"]], metrics["contexts"]
     fig = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")
@@ -637,13 +638,11 @@ def render_chart(metrics: dict, path: Path) -> None:
 
 def write_outputs(output: Path, metrics: dict, records: list[dict]) -> None:
     """Write the four output files into ``output``, atomically."""
-    from rag_pipeline.atomic import atomic_dir, write_json
+    from rag_pipeline.atomic import atomic_dir, write_json, write_jsonl
 
     with atomic_dir(output, ARTIFACT) as tmp:
         write_json(tmp / "metrics.json", metrics)
-        with (tmp / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+        write_jsonl(tmp / "predictions.jsonl", records, sort_keys=True)
         (tmp / "report.md").write_text(render_report(metrics), encoding="utf-8")
         render_chart(metrics, tmp / "chart.png")
 

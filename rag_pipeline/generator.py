@@ -1,11 +1,16 @@
 """The generator, shared by ``train-generator``, ``ask`` and evaluation.
 
-* :func:`load_generator` loads a causal or seq2seq model (kind read from its config), optionally
-  with a trained adapter directory whose recorded base model is checked against the one given.
+* :func:`load_model` is the one model loader (the Auto class chosen by the config's kind), used by
+  :func:`load_generator`, ``train-generator`` and the ``hf:`` teacher.
+* :func:`load_generator` loads a causal or seq2seq model for generation, optionally with a
+  trained adapter directory whose recorded base model is checked against the one given.
 * :func:`encode_example` turns (model text, completion) into ``input_ids``/``labels`` with the
   prompt masked (-100); an over-long prompt is cut in the middle (the documents), never the target.
-* :func:`collate` pads a batch dynamically (to its longest member, never a fixed maximum).
+* :func:`collate` pads a training batch dynamically (to its longest member, never a fixed maximum)
+  with :func:`pad`, which :func:`generate_answers` uses too.
 * :func:`generate_answers` decodes a list of model texts in batches (left padding for causal models).
+
+Devices and dtypes come from :mod:`rag_pipeline.device`.
 
 torch and transformers are imported inside functions so importing this module stays cheap.
 """
@@ -17,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag_pipeline.errors import ConfigError, DeviceError, InputError
+from rag_pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -43,32 +48,6 @@ def default_target_modules(model_type: str) -> list[str]:
             f"{', '.join(sorted(DEFAULT_TARGET_MODULES))}): pass --lora-target-modules, e.g. q_proj,v_proj"
         )
     return list(DEFAULT_TARGET_MODULES[model_type])
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present else CPU; ``cuda`` without CUDA is a DeviceError."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device is {device!r}: choose auto, cpu or cuda")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            f"device {device!r}: CUDA was asked for (--device {device}) but torch.cuda.is_available() is False; "
-            "use --device cpu"
-        )
-    return torch.device(device)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast on ``device``: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def model_kind(config: Any) -> Kind:
@@ -110,7 +89,7 @@ def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
 
 def check_adapter_base(meta: dict[str, Any], base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
     """Raise ConfigError when the base model given is not the one the adapter was trained on."""
-    from rag_pipeline.models import weights_hash
+    from rag_pipeline.model_paths import weights_hash
 
     recorded = meta.get("base_weights_hash")
     actual = weights_hash(base_dir)
@@ -136,28 +115,34 @@ def load_tokenizer(path: str | Path, kind: Kind, trust_remote_code: bool = False
     return tok
 
 
-def inference_dtype(dtype: str, device: torch.device) -> str:
-    """The weight dtype for generation: ``auto`` is bfloat16 where it runs fast (bf16 GPUs, CPUs
-    with AVX512-BF16/AMX: ~1.6x fp32 on a 720-token prompt), else float32."""
-    if dtype == "auto":
-        return "bfloat16" if bf16_supported(device) else "float32"
-    return dtype  # load_generator validates it
+def load_model(weights_dir: str | Path, dtype: str | None = "float32", trust_remote_code: bool = False, **kwargs: Any) -> tuple[Any, Kind]:
+    """The one model loader: read the config, pick the Auto class by kind, load the weights.
 
+    Args:
+        weights_dir: a local model directory (see :func:`rag_pipeline.model_paths.resolve_model`).
+        dtype: float32, bfloat16 or float16 weights; None keeps the checkpoint's own dtype.
+        kwargs: more ``from_pretrained`` arguments (QLoRA's ``quantization_config`` and ``device_map``).
 
-def _torch_dtype(dtype: str) -> Any:
-    import torch
+    Returns:
+        (model, kind); the model's ``config.model_type`` names its architecture.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in table:
-        raise ConfigError(f"dtype is {dtype!r}: choose one of {', '.join(table)}")
-    return table[dtype]
+    from rag_pipeline.device import torch_dtype
+
+    config = AutoConfig.from_pretrained(str(weights_dir), trust_remote_code=trust_remote_code)
+    kind = model_kind(config)
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    weights_dtype = "auto" if dtype is None else torch_dtype(dtype)  # transformers' "auto": the checkpoint's dtype
+    model = auto.from_pretrained(str(weights_dir), dtype=weights_dtype, trust_remote_code=trust_remote_code, **kwargs)
+    return model, kind
 
 
 def load_generator(
     model_id_or_path: str | None,
     adapter_dir: str | Path | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str | None = "float32",
     trust_remote_code: bool = False,
     merge: bool = False,
 ) -> tuple[Any, Any, Kind]:
@@ -169,7 +154,7 @@ def load_generator(
         adapter_dir: a train-generator output: a LoRA adapter (loaded with peft) or, for
             ``method: full``, a full model. Its tokenizer is used.
         device: auto, cpu or cuda.
-        dtype: float32, bfloat16 or float16 weights.
+        dtype: float32, bfloat16 or float16 weights; None keeps the checkpoint's own dtype.
         trust_remote_code: allow model code from the model directory (off by default).
         merge: fold a LoRA adapter into the base weights (inference only: no per-layer adapter
             matmuls at every decoded token; the model is then a plain transformers model).
@@ -179,9 +164,8 @@ def load_generator(
         ConfigError: the adapter was trained on a different base model.
         InputError: adapter_dir is not a finished train-generator output.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    from rag_pipeline.models import resolve_model
+    from rag_pipeline.device import resolve_device
+    from rag_pipeline.model_paths import resolve_model
 
     dev = resolve_device(device)
     meta = read_adapter_meta(adapter_dir) if adapter_dir is not None else None
@@ -193,11 +177,7 @@ def load_generator(
     if meta is not None:
         check_adapter_base(meta, str(model_id_or_path), base_dir, adapter_dir)
     full = meta is not None and meta.get("method") == "full"
-    weights_dir = Path(adapter_dir) if full else base_dir
-    config = AutoConfig.from_pretrained(str(weights_dir), trust_remote_code=trust_remote_code)
-    kind = model_kind(config)
-    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    model = auto.from_pretrained(str(weights_dir), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    model, kind = load_model(Path(adapter_dir) if full else base_dir, dtype, trust_remote_code)
     if adapter_dir is not None and not full:
         from peft import PeftModel
 
@@ -275,29 +255,34 @@ def collate(examples: list[dict[str, Any]], pad_id: int, kind: Kind) -> dict[str
     (the loss then needs logits only for the last few positions) and ``position_ids`` count real
     tokens only. Seq2seq pads inputs and labels on the right.
     """
+    ids = [e["input_ids"] for e in examples]
+    labels = [e["labels"] for e in examples]
+    if kind == "causal":
+        input_ids, mask = pad(ids, pad_id, "left")
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": pad(labels, -100, "left")[0], "position_ids": position_ids}
+    input_ids, mask = pad(ids, pad_id, "right")
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": pad(labels, -100, "right")[0]}
+
+
+def pad(rows: list[list[int]], value: int, side: Literal["left", "right"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token rows to the longest one; the one padding routine for training and generation.
+
+    Causal models are padded on the left (every row's continuation then starts at the same
+    position), seq2seq inputs and labels on the right.
+
+    Returns:
+        (padded rows, mask of the real tokens), both long tensors of shape (rows, longest row).
+    """
     import torch
 
-    n = len(examples)
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    if kind == "causal":
-        labels = torch.full((n, width), -100, dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            input_ids[i, width - k:] = torch.tensor(e["input_ids"])
-            labels[i, width - k:] = torch.tensor(e["labels"])
-            mask[i, width - k:] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "position_ids": position_ids}
-    lwidth = max(len(e["labels"]) for e in examples)
-    labels = torch.full((n, lwidth), -100, dtype=torch.long)
-    for i, e in enumerate(examples):
-        k = len(e["input_ids"])
-        input_ids[i, :k] = torch.tensor(e["input_ids"])
-        mask[i, :k] = 1
-        labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        out[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
+    return out, mask
 
 
 def _accepts(model: Any, name: str) -> bool:
@@ -385,15 +370,8 @@ def generate_answers(
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            k = len(encoded[i])
-            if kind == "causal":
-                ids[r, width - k:], mask[r, width - k:] = torch.tensor(encoded[i]), 1
-            else:
-                ids[r, :k], mask[r, :k] = torch.tensor(encoded[i]), 1
+        ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
+        width = ids.size(1)
         if do_sample:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1) if constraints else {}
@@ -445,7 +423,7 @@ def generate_with_margins(
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = _pad_prompts([encoded[i] for i in idx], pad_id, left=kind == "causal")
+        ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
         ids, mask = ids.to(device), mask.to(device)
         kwargs = _constraint_kwargs([constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1) if constraints else {}
         with torch.no_grad():
@@ -468,19 +446,6 @@ def generate_with_margins(
 def _constraint_kwargs(rows: list[Any], offset: int) -> dict[str, Any]:
     """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b].allowed``."""
     return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist())}
-
-
-def _pad_prompts(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Any, Any]:
-    """(input_ids, attention_mask) of ``rows`` padded to the longest: on the left for causal generation."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, sl], mask[i, sl] = torch.tensor(r), 1
-    return ids, mask
 
 
 def _abstain_logprob(model: Any, kind: Kind, ids: Any, mask: Any, res: Any, first: Any, abstain: list[int]) -> Any:

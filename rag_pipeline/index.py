@@ -1,11 +1,8 @@
 """``build-index``: documents -> chunks -> embeddings -> FAISS index directory.
 
-The index directory (built in a temporary directory beside the target, then renamed):
-
-- ``index.faiss``: the FAISS index (row i = chunk row i);
-- ``chunks.sqlite``: the chunk store (text, metadata, embeddings), read by row or id;
-- ``manifest.json``: embedder id and weights hash, dimension, metric, normalization, chunking,
-  index type and parameters, corpus fingerprint, counts, file hashes, library versions, time.
+Writes an index directory (format: :mod:`rag_pipeline.index_format`) in a temporary directory
+beside the target, then swaps it in. :func:`run` builds and returns the manifest; :func:`main`
+also prints what was done.
 
 Two passes keep memory bounded: chunks stream into SQLite, embeddings are computed shard by
 shard and stored there, then the FAISS index is trained (IVF, on a seeded sample) and filled
@@ -15,7 +12,6 @@ shard by shard from the store.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import sqlite3
@@ -26,29 +22,15 @@ from typing import Literal
 
 import numpy as np
 
-from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
+from rag_pipeline.atomic import atomic_dir, check_separate, prepare_target, write_json
 from rag_pipeline.config import opt, to_dict
+from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
+from rag_pipeline.index_format import ARTIFACT, FORMAT_VERSION, INDEX_FILE, KIND, MANIFEST, STORE_FILE, file_record, read_manifest
 from rag_pipeline.ingest import IngestReport, chunk_document, read_documents
-from rag_pipeline.models import MINILM_ID
+from rag_pipeline.model_paths import MINILM_ID
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-INDEX_FILE = "index.faiss"
-STORE_FILE = "chunks.sqlite"
-FORMAT_VERSION = 1
-KIND = "rag-index"
-# Keys every reader relies on (Retriever.load, build-index --update); a manifest lacking one is damaged.
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "embedder": ("id", "weights_sha256", "dim"),
-    "files": (INDEX_FILE, STORE_FILE),
-    "corpus": ("fingerprint", "chunks"),
-    "index": ("type",),
-    "settings": (),
-}
-# The directory build-index may replace: manifests written before "kind" existed are known by their keys.
-ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS), allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE}), flag="--index")
 
 
 @dataclass
@@ -91,6 +73,7 @@ class IndexConfig:
             raise ConfigError("--force and --update contradict each other: pass one of them")
         if any(not str(p).strip() for p in self.paths):  # Path("") is the working directory
             raise ConfigError(f"paths holds an empty entry ({self.paths!r}): remove it, or name the files and folders to index")
+        check_device(self.device)
 
 
 class _UpToDate(Exception):
@@ -139,14 +122,6 @@ def faiss_gpu_available() -> bool:
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
@@ -243,38 +218,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def read_manifest(index_dir: str | Path) -> dict:
-    """The manifest of an index directory; missing or unreadable is an IndexError_."""
-    path = Path(index_dir) / MANIFEST
-    if not path.is_file():
-        raise IndexError_(f"{index_dir} is not an index directory (no {MANIFEST}): build it with `rag-pipeline build-index PATH --index {index_dir}`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexError_(f"{path} is corrupt ({e}): rebuild the index with --force") from None
-    if not isinstance(manifest, dict):
-        raise IndexError_(f"{path} is not a rag-pipeline index manifest: rebuild the index with --force")
-    if manifest.get("kind", KIND) != KIND:  # manifests written before "kind" existed are checked by their keys below
-        raise IndexError_(f"{index_dir} holds a {manifest['kind']!r} manifest, not an index's: pass an index directory written by build-index")
-    missing = _missing_keys(manifest)
-    if missing:
-        raise IndexError_(f"{path} lacks {', '.join(missing)} (damaged or edited): rebuild the index with "
-                          f"`rag-pipeline build-index PATH --index {index_dir} --force`")
-    return manifest
-
-
-def _missing_keys(manifest: dict) -> list[str]:
-    """The required keys (``section`` or ``section.key``) a manifest lacks, in :data:`REQUIRED_KEYS` order."""
-    missing = []
-    for section, keys in REQUIRED_KEYS.items():
-        value = manifest.get(section)
-        if not isinstance(value, dict):
-            missing.append(f"'{section}'")
-            continue
-        missing += [f"'{section}.{k}'" for k in keys if k not in value]
-    return missing
-
-
 def build_index(cfg: IndexConfig, embedder=None) -> dict:
     """Build (or update, or skip when unchanged) the index directory; returns its manifest.
 
@@ -340,7 +283,7 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
                 "counts": {"embedded": embedded, "reused": reused},
                 "settings": settings,
                 "config": to_dict(cfg),
-                "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size} for name in (INDEX_FILE, STORE_FILE)},
+                "files": {name: file_record(tmp / name) for name in (INDEX_FILE, STORE_FILE)},
                 "versions": _versions(),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.perf_counter() - t0, 2),
@@ -350,3 +293,22 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
         log.info("index %s is up to date (same inputs and settings): nothing to do; pass --force to rebuild", target)
         return {**old, "up_to_date": True, "report": report.summary()}
     return {**manifest, "report": report.summary()}
+
+
+run = build_index  # the stage contract's library entry: run(cfg) -> manifest
+
+
+def main(cfg: IndexConfig) -> int:
+    """``rag-pipeline build-index``: build, then print what was indexed (or that nothing changed)."""
+    result = run(cfg)
+    c = result["corpus"]
+    if result.get("up_to_date"):
+        print(f"index {result['config']['index']} is up to date ({c['chunks']} chunks): nothing to do (--force rebuilds)")
+        return 0
+    print(result["report"])
+    for s in c["skipped"]:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    print(f"indexed {c['chunks']} chunks from {c['documents']} documents ({c['duplicates_dropped']} duplicate chunks dropped; "
+          f"{result['counts']['embedded']} embedded, {result['counts']['reused']} reused) -> {result['config']['index']} "
+          f"[{result['index']['type']}, dim {result['embedder']['dim']}, {result['build_seconds']} s]")
+    return 0

@@ -1,8 +1,9 @@
 """The one prompt module: used by ``build-raft-dataset``, ``train-generator`` and ``ask``.
 
 A prompt is a system message plus a user message made of numbered documents with titles
-inside a delimited block, then the question. Templates are named and the name is stored
-with every dataset and adapter, so ``ask`` renders exactly what training saw.
+inside a delimited block, then the question. Templates are named; the name and the text
+(:func:`template_text`) are stored with every dataset and adapter and checked when they are
+loaded (:func:`recorded_template`), so ``ask`` renders exactly what training saw.
 
 Retrieved documents are untrusted data: they sit between explicit delimiters and the system
 message says that instructions inside them are not to be followed. They cannot forge the
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rag_pipeline.errors import ConfigError
+from rag_pipeline.passage import Passage
 from rag_pipeline.textnorm import contains_answer
 
 ABSTAIN = "The documents don't contain the answer."
@@ -50,11 +52,39 @@ TEMPLATES: dict[str, PromptTemplate] = {
 DEFAULT_TEMPLATE = "raft-v1"
 
 
+TEMPLATE_PARTS = ("system", "document", "user", "separator")
+
+
 def get_template(name: str) -> PromptTemplate:
     """Look up a template by name; an unknown name lists the known ones."""
     if name not in TEMPLATES:
         raise ConfigError(f"unknown prompt template '{name}': known templates are {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]
+
+
+def template_text(template: PromptTemplate) -> dict[str, str]:
+    """The template's text (:data:`TEMPLATE_PARTS`), recorded beside its name in every dataset
+    manifest and adapter, so a later change to the code's template of that name is caught."""
+    return {part: getattr(template, part) for part in TEMPLATE_PARTS}
+
+
+def recorded_template(name: str, text: dict[str, str] | None, where: str) -> PromptTemplate:
+    """The code's template ``name``, checked against the ``text`` an artifact recorded with it.
+
+    Artifacts written before the text was recorded (``text`` None) load by name alone.
+
+    Raises:
+        ConfigError: an unknown name, or a recorded text that differs from the code's template
+            of that name (the artifact was made with another version of it).
+    """
+    template = get_template(name)
+    if text is None:
+        return template
+    differs = [part for part in TEMPLATE_PARTS if text.get(part) != getattr(template, part)]
+    if differs:
+        raise ConfigError(f"{where} records prompt template '{name}' with another text than this code's '{name}' "
+                          f"(differs in {', '.join(differs)}): use the code version that made it, or rebuild it with this one")
+    return template
 
 
 # A delimiter tag of the documents block, however spaced or cased: <documents>, </ Documents >.
@@ -88,8 +118,8 @@ def escape_specials(text: str, specials: tuple[str, ...]) -> str:
     return text
 
 
-def render_documents(template: PromptTemplate, documents: list[dict[str, str]]) -> str:
-    """Number documents from 1 in the given order; each dict has ``title`` and ``text``.
+def render_documents(template: PromptTemplate, documents: list[Passage]) -> str:
+    """Number documents from 1 in the given order (their ``title`` and ``text``).
 
     Titles and texts are untrusted: their delimiter tags are neutralized.
     """
@@ -99,7 +129,7 @@ def render_documents(template: PromptTemplate, documents: list[dict[str, str]]) 
     )
 
 
-def render_user(template: PromptTemplate, question: str, documents: list[dict[str, str]]) -> str:
+def render_user(template: PromptTemplate, question: str, documents: list[Passage]) -> str:
     """The user message: the delimited documents block, then the question (also untrusted)."""
     return template.user.format(documents=render_documents(template, documents), question=escape_delimiters(question.strip()))
 
@@ -204,7 +234,7 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def example_tokens(tokenizer: Any, template: PromptTemplate, question: str, documents: list[dict[str, str]], target: str) -> int:
+def example_tokens(tokenizer: Any, template: PromptTemplate, question: str, documents: list[Passage], target: str) -> int:
     """Tokens of one training sequence: the model text, the target and :data:`END_RESERVE`."""
     user = render_user(template, question, documents)
     a, b = count_tokens(tokenizer, [to_model_text(tokenizer, template, user), target])
@@ -260,12 +290,12 @@ def fit_documents(
     tokenizer: Any,
     template: PromptTemplate,
     question: str,
-    documents: list[dict[str, str]],
+    documents: list[Passage],
     oracle_index: int,
     answer: str | Callable[[int], str],
     max_tokens: int,
     answers: list[str] | None = None,
-) -> tuple[list[dict[str, str]], dict[str, int]]:
+) -> tuple[list[Passage], dict[str, int]]:
     """Shorten the documents until prompt + target fit ``max_tokens`` of ``tokenizer``.
 
     Distractors are cut first (the longest ones down to a common length, at word boundaries),
@@ -276,7 +306,7 @@ def fit_documents(
     never cut.
 
     Args:
-        documents: dicts with ``title`` and ``text`` (other keys are kept); not modified.
+        documents: passages (``title`` and ``text`` are used; other keys are kept); not modified.
         oracle_index: position of the oracle in ``documents``, or -1.
         answer: the target, or a function of the final oracle position returning it (a
             citation number changes when a document before the oracle is dropped).
@@ -357,10 +387,10 @@ class TokenEstimator:
         q, doc = count_tokens(tokenizer, ["Why?", self._render(d)])
         self.fixed, self.sep = one - q - doc, two - one - doc
 
-    def _render(self, d: dict[str, str]) -> str:
+    def _render(self, d: Passage) -> str:
         return escape_specials(render_documents(self.template, [d]), self.specials)
 
-    def count(self, items: list[tuple[str, list[dict[str, str]], str]], budget: int) -> list[int]:
+    def count(self, items: list[tuple[str, list[Passage], str]], budget: int) -> list[int]:
         """Tokens of each (question, documents, target): exact near or over ``budget``, else estimated."""
         new = sorted({(d.get("title") or "", d["text"]) for _, docs, _ in items for d in docs} - self._docs.keys())
         for key, n in zip(new, count_tokens(self.tokenizer, [self._render({"title": t, "text": x}) for t, x in new])):

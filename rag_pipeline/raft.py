@@ -10,7 +10,7 @@ Reads an index directory and QA files; writes ``OUTPUT/`` atomically::
     dataset/            datasets.DatasetDict (train, validation, test), save_to_disk
     jsonl/{split}.jsonl the same rows as JSON lines
     exports/{format}/{split}.jsonl   chat | completion | raft | eval
-    manifest.json       template, seed, params, index, tokenizer, counts, fingerprint
+    manifest.json       template (name and text), seed, params, index, tokenizer, counts, fingerprint
 
 Every random choice of an example comes from ``random.Random(f"{seed}:{question id}")``, so the
 output is byte-identical for the same inputs and seed and does not depend on batch order.
@@ -19,7 +19,6 @@ output is byte-identical for the same inputs and seed and does not depend on bat
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import time
@@ -30,10 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline import prompt as P
-from rag_pipeline.atomic import Artifact, check_separate, prepare_target
+from rag_pipeline.atomic import Artifact, check_separate, prepare_target, write_jsonl
 from rag_pipeline.config import opt, to_dict
+from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.models import SMOLLM2_ID
+from rag_pipeline.model_paths import SMOLLM2_ID
+from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
 from rag_pipeline.qa import QAItem, load_qa
 from rag_pipeline.textnorm import contains_answer
 
@@ -103,6 +104,7 @@ class RaftConfig:
         if self.teacher and self.answer_style != "cot":
             raise ConfigError(f"--teacher writes chain-of-thought targets but answer_style is {self.answer_style}: add --answer-style cot or drop --teacher")
         P.get_template(self.template)
+        check_device(self.device)
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Example:
 
     split: str | None
     item: QAItem
-    documents: list[dict[str, str]]
+    documents: list[Passage]  # DOCUMENT_KEYS only: what the row stores
     oracle_id: str | None
     target: Callable[[int], str]
     group: str  # source document: examples of one document stay in one split
@@ -185,52 +187,30 @@ def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, Q
 
 
 def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) -> Any | None:
-    """The chunk holding the answer: best-ranked hit (of the gold document when known), else the
-    gold document's first chunk holding it by position; for unanswerable questions the gold
-    document's first chunk. None when there is none."""
-    if item.doc_id is not None and not chunks_of_doc:
-        return None
-    if not item.answerable:
-        return chunks_of_doc[0] if chunks_of_doc else None
-    for h in hits:
-        if (item.doc_id is None or h.chunk.doc_id == item.doc_id) and contains_answer(h.chunk.text, item.answers):
-            return h.chunk
-    return next((c for c in chunks_of_doc or [] if contains_answer(c.text, item.answers)), None)
+    """The oracle: :func:`~rag_pipeline.passage.gold_passage` by rank (the best-ranked hit of the gold
+    document holding the answer, else its first chunk holding it by position), None when no chunk
+    holds the answer (see ``missing_oracle``)."""
+    return gold_passage(item, hits, chunks_of_doc, order="rank", fallback_to_first=False)
 
 
 def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], store: Any, n_chunks: int,
                      exclude_doc: str | None, oracle: Any | None, answers: list[str]) -> list[Any]:
-    """``n`` distinct chunks: up to ``n_hard`` of the best-ranked usable hits, the rest random.
-
-    Never the oracle, a chunk of the gold document, a chunk holding an answer, nor a repeat (by id
-    or text). Fewer than ``n`` only when the index runs out of usable chunks.
+    """``n`` distinct chunks: up to ``n_hard`` of the best-ranked usable hits
+    (:func:`~rag_pipeline.passage.hard_distractors`, as evaluate's oracle context), the rest random
+    usable chunks (RAFT's mix: random ones keep topical variety). Fewer than ``n`` only when the
+    index runs out of usable chunks.
     """
-    taken: list[Any] = []
-    ids, texts = {oracle.id} if oracle else set(), {oracle.text} if oracle else set()
-
-    def usable(c: Any) -> bool:
-        return c.id not in ids and c.text not in texts and c.doc_id != exclude_doc and not contains_answer(c.text, answers)
-
-    def take(c: Any) -> None:
-        taken.append(c)
-        ids.add(c.id)
-        texts.add(c.text)
-
-    for h in hits:
-        if len(taken) >= n_hard:
-            break
-        if usable(h.chunk):
-            take(h.chunk)
+    taken = hard_distractors(hits, n_hard, exclude_doc, oracle, answers)
     tries = 0
     while len(taken) < n and tries < 8:  # rejection sampling: cheap when the index is much larger than n
         for c in store.get_rows(rng.sample(range(n_chunks), min(n_chunks, 2 * (n - len(taken)) + 2))):
-            if len(taken) < n and usable(c):
-                take(c)
+            if len(taken) < n and usable_distractor(c, exclude_doc, oracle, answers, taken):
+                taken.append(c)
         tries += 1
     if len(taken) < n:  # tiny index: scan every chunk in a seeded order
         for c in store.get_rows(rng.sample(range(n_chunks), n_chunks)):
-            if len(taken) < n and usable(c):
-                take(c)
+            if len(taken) < n and usable_distractor(c, exclude_doc, oracle, answers, taken):
+                taken.append(c)
     return taken
 
 
@@ -256,11 +236,7 @@ def target_fn(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep_oracle: bo
     return lambda pos: f"Document [{pos + 1}] says: {BEGIN_QUOTE}{quote}{END_QUOTE}\n{ANSWER_TAG} {answer}"
 
 
-def _doc(c: Any) -> dict[str, str]:
-    return {"id": c.id, "title": c.title, "text": c.text}
-
-
-def maybe_inject(docs: list[dict[str, str]], rng: random.Random, rate: float, counts: Counter) -> list[dict[str, str]]:
+def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: Counter) -> list[Passage]:
     """With probability ``rate``, the documents with a training-payload injection of a random style.
 
     Drawn from its own RNG, so the other choices of an example do not depend on the rate.
@@ -272,7 +248,7 @@ def maybe_inject(docs: list[dict[str, str]], rng: random.Random, rate: float, co
     style = rng.choice(STYLES)
     counts[f"injected_{style}"] += 1
     injected, _ = inject(docs, style, rng.choice(TRAIN_PAYLOADS), rng, train=True)
-    return [{k: d[k] for k in ("id", "title", "text")} for d in injected]
+    return [document(d) for d in injected]
 
 
 def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None,
@@ -294,7 +270,7 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
     if len(distractors) < n:
         counts["skip_too_few_distractors"] += 1
         return None
-    docs = [_doc(c) for c in distractors] + ([_doc(oracle)] if keep and oracle is not None else [])
+    docs = [document(from_chunk(c)) for c in distractors + ([oracle] if keep and oracle is not None else [])]
     rng.shuffle(docs)
     if cfg.injection_rate:
         docs = maybe_inject(docs, random.Random(f"{cfg.seed}:injection:{item.id}"), cfg.injection_rate, counts)
@@ -425,13 +401,6 @@ def cot_of(row: dict) -> str:
     return f"Document [{p + 1}] says: {BEGIN_QUOTE}{quote}{END_QUOTE}\n{ANSWER_TAG} {answer}"
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def fingerprint(root: Path) -> str:
     """sha256 over the relative paths and bytes of every JSONL file under ``root``, sorted."""
     h = hashlib.sha256()
@@ -475,7 +444,7 @@ def load_tokenizer(generator: str) -> Any:
     """The generator's fast tokenizer, resolved offline."""
     from transformers import AutoTokenizer
 
-    from rag_pipeline.models import resolve_model
+    from rag_pipeline.model_paths import resolve_model
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model(generator)))
     if not getattr(tok, "is_fast", False):
@@ -522,7 +491,7 @@ def run(cfg: RaftConfig) -> dict:
         raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
     stats = summarize(rows, tokens)
     params = {k: v for k, v in to_dict(cfg).items() if k != "output"}  # the output path is where the manifest lives
-    manifest = {"kind": "raft-dataset", "template": template.name, "seed": cfg.seed, "params": params,
+    manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed, "params": params,
                 "index": {"path": cfg.index, "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                 "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
                 "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from rag_pipeline.errors import IndexError_
-from rag_pipeline.index import INDEX_FILE, STORE_FILE, read_manifest, sha256_file
+from rag_pipeline.index_format import INDEX_FILE, STORE_FILE, check_files, read_manifest
+from rag_pipeline.passage import Passage, from_chunk
 from rag_pipeline.store import ChunkStore, StoredChunk
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,8 @@ class Hit:
     score: float
     rank: int  # 1-based
 
-    def to_dict(self) -> dict:
-        c = self.chunk
-        return {"rank": self.rank, "score": round(self.score, 6), "id": c.id, "doc_id": c.doc_id, "title": c.title,
-                "source": c.source, "position": c.position, "text": c.text}
+    def to_dict(self) -> Passage:
+        return from_chunk(self.chunk, self.score, self.rank)
 
 
 class Retriever:
@@ -48,32 +47,27 @@ class Retriever:
         self._bm25 = None
 
     @classmethod
-    def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None) -> Retriever:
+    def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None,
+             manifest: dict | None = None) -> Retriever:
         """Load and check an index directory.
 
         Args:
             embedder: an already loaded embedder (must be the one the index was built with).
             verify: check the files' sha256 against the manifest (catches corrupt or truncated files).
             expect_embedder: fail unless the index was built with this embedder id.
+            manifest: the directory's manifest when the caller has already read it with
+                :func:`~rag_pipeline.index_format.read_manifest` (it is read once).
         """
         import faiss
 
         from rag_pipeline.embed import load_embedder
 
         index_dir = Path(index_dir)
-        manifest = read_manifest(index_dir)
+        manifest = manifest if manifest is not None else read_manifest(index_dir)
         built_with = manifest["embedder"]["id"]
         if expect_embedder is not None and expect_embedder != built_with:
             raise IndexError_(f"index {index_dir} was built with embedder {built_with}, not {expect_embedder}: rebuild it with --embedder {expect_embedder} or use the matching embedder")
-        for name in (INDEX_FILE, STORE_FILE):
-            path = index_dir / name
-            want = manifest["files"][name]
-            if not path.is_file():
-                raise IndexError_(f"{path} is missing: rebuild the index with --force")
-            if path.stat().st_size != want["bytes"]:
-                raise IndexError_(f"{path} is truncated or changed ({path.stat().st_size} bytes, manifest says {want['bytes']}): rebuild the index with --force")
-            if verify and sha256_file(path) != want["sha256"]:
-                raise IndexError_(f"{path} does not match its manifest hash (corrupt or modified): rebuild the index with --force")
+        check_files(index_dir, manifest, verify)
         try:
             index = faiss.read_index(str(index_dir / INDEX_FILE))
         except RuntimeError as e:

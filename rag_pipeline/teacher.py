@@ -4,7 +4,7 @@ One small Protocol, :class:`Teacher` (a chat completion: messages in, text out),
 implementations chosen by a spec string through :data:`TEACHERS`:
 
 - ``fake`` - deterministic, no model; for tests.
-- ``hf:MODEL`` - a local Hugging Face causal LM (id resolved offline, or a path), greedy decoding.
+- ``hf:MODEL`` - a local Hugging Face model (id resolved offline, or a path), greedy decoding.
 - ``openai:URL#MODEL`` - an OpenAI-compatible ``/chat/completions`` endpoint, via urllib.
 
 The prompts follow RAFT (gorilla/raft ``encode_question_gen`` and ``generate_instructions_gen``).
@@ -81,26 +81,24 @@ def _cloze_pairs(text: str, n: int) -> list[tuple[str, str]]:
 
 
 class HFTeacher:
-    """A local causal LM (resolved offline), greedy decoding with its chat template."""
+    """A local Hugging Face model (resolved offline): its chat template, greedy decoding.
 
-    def __init__(self, model: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    Loaded by :func:`rag_pipeline.generator.load_generator` and decoded by
+    :func:`rag_pipeline.generator.generate_answers`, like the generator itself.
+    """
 
-        from rag_pipeline.models import resolve_model
+    def __init__(self, model: str, device: str = "cpu") -> None:
+        from rag_pipeline.generator import load_generator
 
-        path = resolve_model(model)
         self.name = f"hf:{model}"
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path)
-        self.model.eval()
+        # The checkpoint's own dtype on the CPU, as the teacher has always run.
+        self.model, self.tokenizer, self.kind = load_generator(model, device=device, dtype=None)
 
     def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 256) -> str:
-        import torch
+        from rag_pipeline.generator import generate_answers
 
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return generate_answers(self.model, self.tokenizer, self.kind, [text], max_new_tokens=max_new_tokens)[0]
 
 
 class OpenAITeacher:

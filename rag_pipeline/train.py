@@ -6,7 +6,8 @@ that plain peft loads (``PeftModel.from_pretrained(base, output)``), with the to
 fingerprint, metrics of the base and the tuned model), ``loss_curve.png`` and, with ``--merge``,
 a merged full model in ``merged/``.
 
-The loop is a plain accelerate loop (``run``: setup -> train -> save), so
+The loop is a plain accelerate loop (:func:`run`: :func:`setup` -> :func:`fit`, which calls
+:func:`validate` every ``eval_steps`` -> :func:`finish`), so
 ``accelerate launch --multi_gpu --num_processes 2 -m rag_pipeline.train ...`` (or ``torchrun
 --nproc_per_node 2 -m rag_pipeline.train ...``) runs DDP unchanged, on GPUs or, without CUDA, on
 CPU over gloo. (``accelerate launch --cpu --num_processes 2`` starts one process unless mpirun is set up.)
@@ -19,19 +20,22 @@ continues from ``last`` and ends where the uninterrupted run ends.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
 from rag_pipeline.config import opt, to_dict
+from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, DeviceError, InputError
-from rag_pipeline.models import SMOLLM2_ID
+from rag_pipeline.model_paths import SMOLLM2_ID
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,7 @@ class TrainConfig:
             raise ConfigError(f"max_length is {self.max_length}: it must be at least 32 tokens")
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16 is {self.bf16!r}: choose auto, true or false")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device is {self.device!r}: choose auto, cpu or cuda")
+        check_device(self.device)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -176,17 +179,40 @@ def validation_rows(ds: Any, dataset: str, cfg: TrainConfig) -> Any | None:
     return None
 
 
-def encode_split(rows: Any, tokenizer: Any, kind: str, template: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
-    """Encode every row; return (examples, number of examples whose prompt was cut)."""
-    from rag_pipeline.generator import encode_example
+def model_texts(rows: Any, tokenizer: Any, template: Any) -> list[str]:
+    """The text the generator sees for each row's prompt (rendered once per row and run)."""
     from rag_pipeline.prompt import to_model_text
 
+    return [to_model_text(tokenizer, template, prompt) for prompt in rows["prompt"]]
+
+
+def encode_split(texts: list[str], completions: list[str], tokenizer: Any, kind: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Encode (model text, completion) pairs; return (examples, number of examples whose prompt was cut)."""
+    from rag_pipeline.generator import encode_example
+
     examples, cut = [], 0
-    for prompt, completion in zip(rows["prompt"], rows["completion"]):
-        ex = encode_example(tokenizer, kind, to_model_text(tokenizer, template, prompt), completion, max_length)
+    for text, completion in zip(texts, completions):
+        ex = encode_example(tokenizer, kind, text, completion, max_length)
         cut += ex["prompt_cut"] > 0
         examples.append(ex)
     return examples, cut
+
+
+def sequence_tokens(example: dict[str, Any], kind: str) -> int:
+    """Tokens the model processes for an encoded example: its input, plus the decoder's labels for seq2seq."""
+    return len(example["input_ids"]) + (len(example["labels"]) if kind == "seq2seq" else 0)
+
+
+def eval_set(val: Any | None, tokenizer: Any, kind: str, template: Any, cfg: TrainConfig) -> EvalSet | None:
+    """The validation rows encoded for the loss, and their first ``eval_generate`` for EM/F1; None without rows."""
+    if val is None:
+        return None
+    texts = model_texts(val, tokenizer, template)
+    examples, _ = encode_split(texts, val["completion"], tokenizer, kind, cfg.max_length)
+    n = min(cfg.eval_generate, len(val))
+    answers = val["answer"][:n]
+    answerable = val["answerable"][:n] if "answerable" in val.column_names else [bool(a) for a in answers]
+    return EvalSet(examples, texts[:n], answers, answerable)
 
 
 def micro_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -215,22 +241,15 @@ def micro_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, ra
 # --------------------------------------------------------------------------------------- model
 
 
-def setup_model(cfg: TrainConfig, device: Any, kind_hint: str | None = None) -> tuple[Any, Any, str, Path]:
-    """Load the base and wrap it for ``cfg.method``; return (model, tokenizer, kind, base_dir)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    from rag_pipeline.generator import default_target_modules, load_tokenizer, model_kind
-    from rag_pipeline.models import resolve_model
+def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
+    """Load the base (fp32 weights; 4-bit for QLoRA) and wrap it for ``cfg.method``; return (model, tokenizer, kind, base_dir)."""
+    from rag_pipeline.generator import default_target_modules, load_model, load_tokenizer
+    from rag_pipeline.model_paths import resolve_model
 
     base_dir = resolve_model(cfg.base_model)
-    config = AutoConfig.from_pretrained(str(base_dir), trust_remote_code=cfg.trust_remote_code)
-    kind = model_kind(config)
-    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.method == "qlora":
-        kwargs.update(qlora_kwargs(device))
-    model = auto.from_pretrained(str(base_dir), **kwargs)
+    extra = qlora_kwargs(device) if cfg.method == "qlora" else {}
+    model, kind = load_model(base_dir, "float32", cfg.trust_remote_code, **extra)
+    model_type = model.config.model_type
     tokenizer = load_tokenizer(base_dir, kind, cfg.trust_remote_code)
     if cfg.method == "full":
         return model.to(device), tokenizer, kind, base_dir
@@ -240,13 +259,13 @@ def setup_model(cfg: TrainConfig, device: Any, kind_hint: str | None = None) -> 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules or default_target_modules(config.model_type),
+        target_modules=cfg.lora_target_modules or default_target_modules(model_type),
         task_type="SEQ_2_SEQ_LM" if kind == "seq2seq" else "CAUSAL_LM",
     )
     try:
         model = get_peft_model(model, lora)
     except ValueError as e:
-        raise ConfigError(f"LoRA target modules {lora.target_modules} do not fit {config.model_type}: {str(e).splitlines()[0]}; fix --lora-target-modules") from None
+        raise ConfigError(f"LoRA target modules {lora.target_modules} do not fit {model_type}: {str(e).splitlines()[0]}; fix --lora-target-modules") from None
     model.peft_config["default"].base_model_name_or_path = cfg.base_model
     return model.to(device) if cfg.method == "lora" else model, tokenizer, kind, base_dir
 
@@ -331,7 +350,7 @@ def improved(metric: str, evaluation: dict[str, float], best: dict[str, Any] | N
 # --------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], rng: Any) -> None:
+def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, rng: Any) -> None:
     """Write a resumable checkpoint directory atomically."""
     import torch
 
@@ -340,11 +359,15 @@ def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, stat
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
-        write_json(tmp / "state.json", state)
+        write_json(tmp / "state.json", state.to_dict())
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; its config must match ``cfg``."""
+    """Read a checkpoint written by :func:`save_checkpoint`; its config must match ``cfg``.
+
+    Returns:
+        ``state`` (a :class:`TrainState`), ``trainable``, ``optimizer``, ``scheduler`` and ``rng``.
+    """
     import torch
 
     if not (path / "state.json").is_file():
@@ -359,7 +382,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
             f"use the same values (checkpoint: {was}) or a new --output"
         )
     return {
-        "state": state,
+        "state": TrainState.from_dict(state),
         "trainable": torch.load(path / "trainable.pt", weights_only=True),
         "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
         "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
@@ -422,57 +445,126 @@ def save_output(out: Path, model: Any, tokenizer: Any, cfg: TrainConfig, meta: d
 # ----------------------------------------------------------------------------------------- run
 
 
+@dataclass
+class TrainState:
+    """A run's progress, saved as ``checkpoints/last/state.json`` (these keys, as plain JSON) and
+    restored from it by ``--resume``."""
+
+    step: int = 0  # optimizer steps done
+    history: list[dict[str, Any]] = field(default_factory=list)  # per step: step, loss, lr, rss_mb
+    evals: list[dict[str, Any]] = field(default_factory=list)  # per evaluation: step, metrics, peak_rss_mb
+    best: dict[str, Any] | None = None  # step, value (of metric_for_best) and val_loss of the best evaluation
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    train_seconds: float = 0.0
+    train_examples: int = 0  # over all processes
+    train_target_tokens: int = 0
+    train_tokens: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # the TrainConfig that started the run
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        """A state read back from ``state.json``; checkpoints written before ``train_tokens`` existed count it from 0."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass
+class EvalSet:
+    """The validation subset: encoded examples for the loss, and the first ``eval_generate`` of
+    them as model texts with their gold answers for EM/F1."""
+
+    examples: list[dict[str, Any]]
+    texts: list[str]
+    answers: list[list[str]]
+    answerable: list[bool]
+
+
+@dataclass
+class Trainer:
+    """What :func:`setup` prepares for :func:`fit`, :func:`validate` and :func:`finish`."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: Any
+    main: bool  # the main process: it evaluates and writes
+    rank: int
+    world: int
+    bf16: bool
+    manifest: dict[str, Any]  # the dataset's
+    template: Any
+    model: Any  # as prepared by accelerate (DDP-wrapped with several processes)
+    raw: Any  # the unwrapped model
+    tokenizer: Any
+    kind: str
+    base_dir: Path
+    train_ex: list[dict[str, Any]]
+    train_cut: int  # training prompts cut to max_length
+    lengths: list[int]  # tokens per training example (length grouping)
+    per_epoch: int  # micro-batches per epoch and process
+    total_steps: int
+    eval_every: int
+    evalset: EvalSet | None  # None: the dataset has no validation examples
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    writer: Any  # TensorBoard SummaryWriter or None
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train the generator as configured; return a summary (also saved in rag_pipeline.json).
+    """Train the generator as configured: setup -> fit -> finish. Returns a summary (also saved in
+    rag_pipeline.json), or ``{"status": "interrupted", ...}`` after Ctrl-C saved a checkpoint.
 
     Raises:
         InputError, ConfigError, DeviceError: bad dataset, config or device (one-line messages).
     """
+    t = setup(cfg)
+    if not t.state.evals:
+        validate(t, 0)  # the untrained base, on the same subset: the baseline the tuned model must beat
+    status = fit(t)
+    if status == "interrupted":
+        return {"status": status, "step": t.state.step, "checkpoint": str(t.out / "checkpoints" / "last")}
+    return finish(t, status)
+
+
+def setup(cfg: TrainConfig) -> Trainer:
+    """Check the output, read the dataset, load and wrap the model, restore a checkpoint with --resume."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
-    from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    from rag_pipeline.generator import batch_loss, bf16_supported, collate, resolve_device
-    from rag_pipeline.models import weights_hash
-    from rag_pipeline.prompt import get_template, to_model_text
+    from rag_pipeline.device import bf16_supported, resolve_device
+    from rag_pipeline.prompt import recorded_template
 
-    # ---- setup
     if not cfg.output:
         raise ConfigError("output is empty: pass --output DIR for the trained adapter")
     out = Path(cfg.output)
     check_separate([cfg.dataset], out)
     prepare_target(out, ARTIFACT)
-    device = resolve_device(cfg.device)
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
     device = accelerator.device
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    rank, world = accelerator.process_index, accelerator.num_processes
     check_output(out, cfg.resume)
     ckpt = load_checkpoint(out / "checkpoints" / "last", cfg) if cfg.resume else None
     bf16 = bf16_supported(device) if cfg.bf16 == "auto" else cfg.bf16 == "true"
     manifest, ds = load_raft(cfg.dataset)
-    template = get_template(manifest.get("template", "raft-v1"))
+    template = recorded_template(manifest.get("template", "raft-v1"), manifest.get("template_text"), f"dataset {cfg.dataset}")
     torch.manual_seed(cfg.seed)  # LoRA init and dropout draw from torch's global generator
     model, tokenizer, kind, base_dir = setup_model(cfg, device)
-    train_ex, train_cut = encode_split(ds["train"], tokenizer, kind, template, cfg.max_length)
-    val = validation_rows(ds, cfg.dataset, cfg)
-    val_ex, _ = encode_split(val, tokenizer, kind, template, cfg.max_length) if val is not None else ([], 0)
-    gen = val.select(range(min(cfg.eval_generate, len(val)))) if val is not None else None
-    val_texts = [to_model_text(tokenizer, template, p) for p in gen["prompt"]] if gen is not None else []
-    val_answerable = (gen["answerable"] if "answerable" in gen.column_names else [bool(a) for a in gen["answer"]]) if gen is not None else []
+    train_ex, train_cut = encode_split(model_texts(ds["train"], tokenizer, template), ds["train"]["completion"], tokenizer, kind, cfg.max_length)
+    evalset = eval_set(validation_rows(ds, cfg.dataset, cfg), tokenizer, kind, template, cfg)
     if train_cut:
         log.warning("%d of %d training prompts were longer than max_length %d and were cut in the middle",
                     train_cut, len(train_ex), cfg.max_length)
-    lengths = [len(e["input_ids"]) + (len(e["labels"]) if kind == "seq2seq" else 0) for e in train_ex]
+    lengths = [sequence_tokens(e, kind) for e in train_ex]
     per_epoch = len(micro_batches(lengths, cfg.batch_size, cfg.seed, 0, rank, world))
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
-    eval_every = cfg.eval_steps or max(1, math.ceil(per_epoch / cfg.grad_accum))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    state: dict[str, Any] = {"step": 0, "history": [], "evals": [], "best": None, "bad_evals": 0, "train_seconds": 0.0,
-                             "train_examples": 0, "train_target_tokens": 0, "train_tokens": 0, "config": to_dict(cfg)}
+    state = TrainState(config=to_dict(cfg))
     if ckpt is not None:
         load_trainable_state(model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -480,100 +572,69 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         state = ckpt["state"]
         torch.set_rng_state(ckpt["rng"])
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    writer = tensorboard_writer(out) if cfg.tensorboard and main else None
+    return Trainer(
+        cfg=cfg, out=out, accelerator=accelerator, main=accelerator.is_main_process, rank=rank, world=world, bf16=bf16,
+        manifest=manifest, template=template, model=model, raw=accelerator.unwrap_model(model), tokenizer=tokenizer, kind=kind,
+        base_dir=base_dir, train_ex=train_ex, train_cut=train_cut, lengths=lengths, per_epoch=per_epoch, total_steps=total_steps,
+        eval_every=cfg.eval_steps or max(1, math.ceil(per_epoch / cfg.grad_accum)), evalset=evalset, params=params,
+        optimizer=optimizer, scheduler=scheduler, state=state,
+        writer=tensorboard_writer(out) if cfg.tensorboard and accelerator.is_main_process else None,
+    )
 
-    def snapshot_meta(step: int) -> dict[str, Any]:
-        """rag_pipeline.json of a snapshot: what ask/evaluate need, and the evaluations so far."""
-        return {"kind": "rag-generator", "model_kind": kind, "method": cfg.method, "base_model": cfg.base_model,
-                "base_weights_hash": weights_hash(base_dir), "template": template.name, "dataset": str(cfg.dataset),
-                "dataset_fingerprint": manifest.get("fingerprint"), "config": to_dict(cfg), "snapshot_step": step,
-                "train_examples_seen": state["train_examples"], "evals": state["evals"]}
 
-    def run_eval(step: int) -> bool:
-        """Evaluate on the main process, checkpoint, and return whether to stop early."""
-        stop = [False]
-        if main and val is None and step > 0:  # no validation examples: only the checkpoint, for --resume
-            save_checkpoint(out / "checkpoints" / "last", raw, optimizer, scheduler, state, torch.get_rng_state())
-        elif main and val is not None:
-            metrics = {"step": step, **evaluate(raw, tokenizer, kind, val_ex, val_texts, gen["answer"], val_answerable, cfg, bf16),
-                       "peak_rss_mb": peak_rss_mb()}
-            state["evals"].append(metrics)
-            log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
-            if writer is not None:
-                for k in ("val_loss", "em", "f1"):
-                    writer.add_scalar(f"eval/{k}", metrics[k], step)
-            if step > 0:
-                if improved(cfg.metric_for_best, metrics, state["best"]):
-                    state["best"] = {"step": step, "value": metrics[cfg.metric_for_best], "val_loss": metrics["val_loss"]}
-                    state["bad_evals"] = 0
-                    with atomic_dir(out / "checkpoints" / "best", CHECKPOINT) as tmp:
-                        torch.save(trainable_state(raw), tmp / "trainable.pt")
-                else:
-                    state["bad_evals"] += 1
-                save_checkpoint(out / "checkpoints" / "last", raw, optimizer, scheduler, state, torch.get_rng_state())
-                if cfg.snapshots:
-                    save_snapshot(out / "snapshots" / f"step-{step}", raw, tokenizer, snapshot_meta(step))
-            stop[0] = bool(cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience)
-        broadcast_object_list(stop)
-        return stop[0]
+def fit(t: Trainer) -> str:
+    """The optimizer steps from ``t.state.step`` to the end, validating every ``eval_every`` steps.
 
-    # ---- train
-    if not state["evals"]:
-        run_eval(0)  # the untrained base, on the same subset: the baseline the tuned model must beat
-    model.train()
+    Returns:
+        The status: finished, early_stopped, time_budget, or interrupted (Ctrl-C; the last
+        completed step was checkpointed).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from rag_pipeline.generator import batch_loss, collate
+
+    cfg, state, device = t.cfg, t.state, t.accelerator.device
+    t.model.train()
     started = time.monotonic()
     status = "finished"
     batches_cache: dict[int, list[list[int]]] = {}
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not (main and cfg.progress), desc="train", unit="step")
-    step = state["step"]
+    bar = tqdm(total=t.total_steps, initial=state.step, disable=not (t.main and cfg.progress), desc="train", unit="step")
+    step = state.step
     rng_at_step = torch.get_rng_state()
     try:
-        while step < total_steps:
+        while step < t.total_steps:
             t0 = time.perf_counter()
-            group = []
-            for g in range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum):
-                epoch, pos = divmod(g, per_epoch)
-                if epoch not in batches_cache:
-                    batches_cache = {epoch: micro_batches(lengths, cfg.batch_size, cfg.seed, epoch, rank, world)}
-                group.append([train_ex[i] for i in batches_cache[epoch][pos]])
-            n_target = sum(sum(t != -100 for t in e["labels"]) for b in group for e in b)
+            group = step_micro_batches(t, step, batches_cache)
+            n_target = sum(sum(tok != -100 for tok in e["labels"]) for b in group for e in b)
             step_loss = 0.0
             for j, examples in enumerate(group):
-                batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id, kind).items()}
-                sync = accelerator.no_sync(model) if j < len(group) - 1 else _nullcontext()
+                batch = {k: v.to(device) for k, v in collate(examples, t.tokenizer.pad_token_id, t.kind).items()}
+                sync = t.accelerator.no_sync(t.model) if j < len(group) - 1 else contextlib.nullcontext()
                 with sync:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss_sum, _ = batch_loss(model, batch, kind)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
+                        loss_sum, _ = batch_loss(t.model, batch, t.kind)
                     loss = loss_sum / n_target  # mean over the whole step's target tokens
-                    accelerator.backward(loss)
+                    t.accelerator.backward(loss)
                 step_loss += float(loss.detach())
             if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                t.accelerator.clip_grad_norm_(t.params, cfg.max_grad_norm)
+            t.optimizer.step()
+            t.scheduler.step()
+            t.optimizer.zero_grad(set_to_none=True)
             step += 1
-            state["step"] = step
+            state.step = step
             rng_at_step = torch.get_rng_state()  # what a checkpoint at this step boundary must restore
-            dt = time.perf_counter() - t0
-            state["train_seconds"] += dt
-            state["train_examples"] += sum(len(b) for b in group) * world
-            state["train_target_tokens"] += n_target * world
-            state["train_tokens"] = state.get("train_tokens", 0) + sum(len(e["input_ids"]) + (len(e["labels"]) if kind == "seq2seq" else 0) for b in group for e in b) * world
-            state["history"].append({"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "rss_mb": rss_mb()})
-            if writer is not None:
-                writer.add_scalar("train/loss", step_loss, step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            record_step(t, group, n_target, step_loss, time.perf_counter() - t0)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", ex_s=f"{state['train_examples'] / state['train_seconds']:.2f}",
-                            tok_s=f"{state['train_tokens'] / state['train_seconds']:.0f}",
-                            target_tok_s=f"{state['train_target_tokens'] / state['train_seconds']:.1f}")
+            bar.set_postfix(loss=f"{step_loss:.3f}", ex_s=f"{state.train_examples / state.train_seconds:.2f}",
+                            tok_s=f"{state.train_tokens / state.train_seconds:.0f}",
+                            target_tok_s=f"{state.train_target_tokens / state.train_seconds:.1f}")
             release_free_memory()
             _on_step(step)
             over_time = bool(cfg.max_minutes) and time.monotonic() - started > 60 * cfg.max_minutes
-            if step % eval_every == 0 or step == total_steps or over_time:
-                if run_eval(step):
+            if step % t.eval_every == 0 or step == t.total_steps or over_time:
+                if validate(t, step):
                     status = "early_stopped"
                     break
             if over_time:
@@ -581,58 +642,130 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 break
     except KeyboardInterrupt:
         bar.close()
-        if main:
+        if t.main:
             # The weights hold the last completed step; a half-accumulated step is dropped and redone.
-            state["step"] = step
-            save_checkpoint(out / "checkpoints" / "last", raw, optimizer, scheduler, state, rng_at_step)
+            state.step = step
+            save_checkpoint(t.out / "checkpoints" / "last", t.raw, t.optimizer, t.scheduler, state, rng_at_step)
             log.warning("interrupted at step %d: checkpoint saved; rerun with --resume to continue", step)
-        return {"status": "interrupted", "step": step, "checkpoint": str(out / "checkpoints" / "last")}
+        return "interrupted"
     bar.close()
+    return status
 
-    # ---- save
-    accelerator.wait_for_everyone()
-    if writer is not None:
-        writer.close()
-    if not main:
+
+def step_micro_batches(t: Trainer, step: int, cache: dict[int, list[list[int]]]) -> list[list[dict[str, Any]]]:
+    """The ``grad_accum`` micro-batches of optimizer step ``step`` (an epoch's order is drawn once, cached in ``cache``)."""
+    group = []
+    for g in range(step * t.cfg.grad_accum, (step + 1) * t.cfg.grad_accum):
+        epoch, pos = divmod(g, t.per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = micro_batches(t.lengths, t.cfg.batch_size, t.cfg.seed, epoch, t.rank, t.world)
+        group.append([t.train_ex[i] for i in cache[epoch][pos]])
+    return group
+
+
+def record_step(t: Trainer, group: list[list[dict[str, Any]]], n_target: int, loss: float, seconds: float) -> None:
+    """Add a finished optimizer step to the state's counters and history (and TensorBoard)."""
+    state, lr = t.state, t.scheduler.get_last_lr()[0]
+    state.train_seconds += seconds
+    state.train_examples += sum(len(b) for b in group) * t.world
+    state.train_target_tokens += n_target * t.world
+    state.train_tokens += sum(sequence_tokens(e, t.kind) for b in group for e in b) * t.world
+    state.history.append({"step": state.step, "loss": loss, "lr": lr, "rss_mb": rss_mb()})
+    if t.writer is not None:
+        t.writer.add_scalar("train/loss", loss, state.step)
+        t.writer.add_scalar("train/lr", lr, state.step)
+
+
+def validate(t: Trainer, step: int) -> bool:
+    """Evaluate on the main process and checkpoint; returns whether to stop early (the same on every process).
+
+    Without validation examples only the checkpoint is written (for --resume). With them: the
+    evaluation is added to the state, a better one replaces ``checkpoints/best``, and after
+    step 0 ``checkpoints/last`` (and, with ``--snapshots``, ``snapshots/step-N``) is written.
+    """
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    cfg, state, stop = t.cfg, t.state, False
+    last = t.out / "checkpoints" / "last"
+    if t.main and t.evalset is None and step > 0:
+        save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, torch.get_rng_state())
+    elif t.main and t.evalset is not None:
+        ev = t.evalset
+        metrics = {"step": step, **evaluate(t.raw, t.tokenizer, t.kind, ev.examples, ev.texts, ev.answers, ev.answerable, cfg, t.bf16),
+                   "peak_rss_mb": peak_rss_mb()}
+        state.evals.append(metrics)
+        log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+        if t.writer is not None:
+            for k in ("val_loss", "em", "f1"):
+                t.writer.add_scalar(f"eval/{k}", metrics[k], step)
+        if step > 0:
+            if improved(cfg.metric_for_best, metrics, state.best):
+                state.best = {"step": step, "value": metrics[cfg.metric_for_best], "val_loss": metrics["val_loss"]}
+                state.bad_evals = 0
+                with atomic_dir(t.out / "checkpoints" / "best", CHECKPOINT) as tmp:
+                    torch.save(trainable_state(t.raw), tmp / "trainable.pt")
+            else:
+                state.bad_evals += 1
+            save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, torch.get_rng_state())
+            if cfg.snapshots:
+                meta = {**adapter_meta(t), "snapshot_step": step, "train_examples_seen": state.train_examples, "evals": state.evals}
+                save_snapshot(t.out / "snapshots" / f"step-{step}", t.raw, t.tokenizer, meta)
+        stop = bool(cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience)
+    flag = [stop]
+    broadcast_object_list(flag)  # the main process decides for all
+    return flag[0]
+
+
+def finish(t: Trainer, status: str) -> dict[str, Any]:
+    """Restore the best weights, write the output directory and return the summary (main process)."""
+    import torch
+
+    t.accelerator.wait_for_everyone()
+    if t.writer is not None:
+        t.writer.close()
+    state, step = t.state, t.state.step
+    if not t.main:
         return {"status": status, "step": step}
-    best = state["best"]
+    best = state.best
     if best is not None and best["step"] != step:
-        load_trainable_state(raw, torch.load(out / "checkpoints" / "best" / "trainable.pt", weights_only=True))
-    evals = state["evals"]  # empty without validation examples
+        load_trainable_state(t.raw, torch.load(t.out / "checkpoints" / "best" / "trainable.pt", weights_only=True))
+    evals = state.evals  # empty without validation examples
     chosen = next(e for e in evals if e["step"] == best["step"]) if best else evals[-1] if evals else None
+    seconds = max(state.train_seconds, 1e-9)
     summary = {
         "status": status,
         "steps": step,
-        "total_steps": total_steps,
+        "total_steps": t.total_steps,
         "best_step": chosen["step"] if chosen else step,
-        "metric_for_best": cfg.metric_for_best,
+        "metric_for_best": t.cfg.metric_for_best,
         "base": {k: evals[0][k] for k in ("val_loss", "em", "f1")} if evals else None,
         "tuned": {k: chosen[k] for k in ("val_loss", "em", "f1")} if chosen else None,
-        "eval_examples": len(val_ex),
-        "train_examples_per_s": state["train_examples"] / max(state["train_seconds"], 1e-9),
-        "train_target_tokens_per_s": state["train_target_tokens"] / max(state["train_seconds"], 1e-9),
-        "train_tokens_per_s": state.get("train_tokens", 0) / max(state["train_seconds"], 1e-9),
-        "train_seconds": state["train_seconds"],
-        "train_prompts_cut": train_cut,
-        "bf16": bf16,
-        "device": str(device),
-        "processes": world,
+        "eval_examples": len(t.evalset.examples) if t.evalset is not None else 0,
+        "train_examples_per_s": state.train_examples / seconds,
+        "train_target_tokens_per_s": state.train_target_tokens / seconds,
+        "train_tokens_per_s": state.train_tokens / seconds,
+        "train_seconds": state.train_seconds,
+        "train_prompts_cut": t.train_cut,
+        "bf16": t.bf16,
+        "device": str(t.accelerator.device),
+        "processes": t.world,
     }
-    meta = {
-        "kind": "rag-generator",
-        "model_kind": kind,
-        "method": cfg.method,
-        "base_model": cfg.base_model,
-        "base_weights_hash": weights_hash(base_dir),
-        "template": template.name,
-        "dataset": str(cfg.dataset),
-        "dataset_fingerprint": manifest.get("fingerprint"),
-        "config": to_dict(cfg),
-        "metrics": summary,
-        "evals": state["evals"],
-    }
-    save_output(out, raw, tokenizer, cfg, meta, state["history"], state["evals"])
+    meta = {**adapter_meta(t), "metrics": summary, "evals": state.evals}
+    save_output(t.out, t.raw, t.tokenizer, t.cfg, meta, state.history, state.evals)
     return summary
+
+
+def adapter_meta(t: Trainer) -> dict[str, Any]:
+    """What ``rag_pipeline.json`` says of every adapter this run writes (final and snapshots): what ask
+    and evaluate need to load it, and where it came from."""
+    from rag_pipeline.model_paths import weights_hash
+    from rag_pipeline.prompt import template_text
+
+    return {"kind": "rag-generator", "model_kind": t.kind, "method": t.cfg.method, "base_model": t.cfg.base_model,
+            "base_weights_hash": weights_hash(t.base_dir), "template": t.template.name, "template_text": template_text(t.template),
+            "dataset": str(t.cfg.dataset), "dataset_fingerprint": t.manifest.get("fingerprint"), "config": to_dict(t.cfg)}
 
 
 def release_free_memory() -> None:
@@ -690,14 +823,6 @@ def save_snapshot(path: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) 
         write_json(tmp / "rag_pipeline.json", meta)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def tensorboard_writer(out: Path) -> Any:
     """A SummaryWriter under OUTPUT/tensorboard; a clear error when tensorboard is not installed."""
     import importlib.util
@@ -709,27 +834,27 @@ def tensorboard_writer(out: Path) -> Any:
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m rag_pipeline.train`` and ``accelerate launch -m rag_pipeline.train``."""
-    import argparse
+def main(cfg: TrainConfig | list[str] | None = None) -> int:
+    """``rag-pipeline train-generator``: train, print the summary as JSON; 130 when interrupted.
+
+    Given command-line arguments instead of a config (or None: ``sys.argv``), parses them first
+    (``rag_pipeline.cli``), as ``from rag_pipeline.train import main; main(sys.argv[1:])`` did.
+    """
     import sys
 
-    from rag_pipeline.config import add_arguments, build_config, overrides_from_args
-    from rag_pipeline.errors import RagError
+    if not isinstance(cfg, TrainConfig):
+        from rag_pipeline.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="train-generator", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="YAML file with TrainConfig keys (see configs/train.yaml)")
-    add_arguments(parser, TrainConfig)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run(build_config(TrainConfig, args.config, overrides_from_args(TrainConfig, args)))
-    except RagError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
+        return cli_main(cfg, only="train-generator")
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    if summary["status"] == "interrupted":
+        print("interrupted: a checkpoint was saved; continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m rag_pipeline.train, accelerate launch -m ..., torchrun -m ...
+    from rag_pipeline.cli import main as _cli_main
+
+    raise SystemExit(_cli_main(only="train-generator"))

@@ -52,16 +52,17 @@ def read_split(dataset: Path, split: str) -> list[dict]:
 
 
 def gold_pairs(rows: list[dict]) -> list[tuple[str, str, bool]]:
-    """(question, gold passage, answerable) for rows that show the gold passage (oracle_position is 0-based)."""
+    """(question, gold passage, answerable) for rows that show the gold passage: ``oracle_position``
+    is 0-based, and -1 (build-raft-dataset's "no oracle") or a missing one is left out."""
     return [(r["question"], r["documents"][r["oracle_position"]]["text"], bool(r["answerable"]))
-            for r in rows if r.get("oracle_position") is not None]
+            for r in rows if isinstance(r.get("oracle_position"), int) and r["oracle_position"] >= 0]
 
 
 def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
     import torch
 
     from rag_pipeline.ask import is_abstention
-    from rag_pipeline.generator import collate, encode_example, encode_prompt, load_generator, read_adapter_meta
+    from rag_pipeline.generator import collate, encode_example, encode_prompt, load_generator, pad, read_adapter_meta
     from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE, get_template, to_model_text
 
     rng = random.Random(seed)
@@ -77,11 +78,8 @@ def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
 
     def generate(batch: list[str], banned: bool) -> list[tuple[str, float]]:
         enc = [encode_prompt(tok, kind, t) for t in batch]
-        width = max(map(len, enc))
-        ids = torch.full((len(enc), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, width - len(e):], mask[i, width - len(e):] = torch.tensor(e), 1
+        ids, mask = pad(enc, tok.pad_token_id, "left")
+        width = ids.size(1)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=False,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, output_logits=True,
@@ -132,7 +130,7 @@ def probe_cross_encoder(train: list[tuple[str, str, bool]], val: list[tuple[str,
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rag_pipeline.models import MINILM_ID, resolve_model
+    from rag_pipeline.model_paths import MINILM_ID, resolve_model
 
     torch.manual_seed(seed)
     path = str(resolve_model(MINILM_ID))

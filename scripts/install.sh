@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Install rag-pipeline and everything it needs into ./.venv (created if missing).
 #   bash scripts/install.sh          # runtime
-#   bash scripts/install.sh --test   # runtime + test tools
+#   bash scripts/install.sh --test   # runtime + test tools (pytest, tensorboard, scikit-learn)
+#   bash scripts/install.sh --bench  # runtime + bench/ and scripts/ tools (psutil, scikit-learn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+case "${1:-}" in
+  --test) extras="[test]" ;;
+  --bench) extras="[bench,probe]" ;;
+esac
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip

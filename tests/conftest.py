@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,27 @@ TOPICS = {
     "python": ("Python", "Python is a high level programming language created by Guido van Rossum in 1991."),
     "everest": ("Everest", "Mount Everest is the highest mountain above sea level, located in the Himalayas."),
 }
+
+
+@dataclass(frozen=True)
+class FakeChunk:
+    """Stands in for a store.StoredChunk in tests of the passage rules."""
+
+    id: str
+    doc_id: str
+    text: str
+    title: str = "t"
+    source: str = "s"
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class FakeHit:
+    """Stands in for a retriever.Hit."""
+
+    chunk: FakeChunk
+    score: float = 1.0
+    rank: int = 1
 
 
 @pytest.fixture

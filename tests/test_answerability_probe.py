@@ -26,6 +26,13 @@ def test_abstain_at_false_abstain_budget(probe):
 
 def test_gold_pairs_uses_zero_based_oracle_position(probe):
     rows = [{"question": "q", "answerable": True, "oracle_position": 0, "documents": [{"text": "gold"}, {"text": "other"}]},
-            {"question": "r", "answerable": False, "oracle_position": 1, "documents": [{"text": "other"}, {"text": "para"}]},
-            {"question": "s", "answerable": True, "oracle_position": None, "documents": [{"text": "x"}]}]
+            {"question": "r", "answerable": False, "oracle_position": 1, "documents": [{"text": "other"}, {"text": "para"}]}]
     assert probe.gold_pairs(rows) == [("q", "gold", True), ("r", "para", False)]
+
+
+def test_gold_pairs_leaves_out_rows_without_an_oracle(probe):
+    """build-raft-dataset writes -1 for "oracle left out" (RAFT's p_oracle): index -1 would take the last distractor."""
+    rows = [{"question": "q", "answerable": True, "oracle_position": 0, "documents": [{"text": "gold"}, {"text": "d"}]},
+            {"question": "s", "answerable": True, "oracle_position": -1, "documents": [{"text": "d1"}, {"text": "d2"}]},
+            {"question": "t", "answerable": True, "documents": [{"text": "x"}]}]
+    assert probe.gold_pairs(rows) == [("q", "gold", True)]

@@ -38,7 +38,7 @@ def make_adapter(base: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_pipeline.models import weights_hash
+    from rag_pipeline.model_paths import weights_hash
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
@@ -81,7 +81,7 @@ def fake_generate(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str)
     """Replace the generator with one that records its inputs and returns ``reply``."""
     calls: list[list[str]] = []
 
-    def gen(texts: list[str], docs: list | None = None, margins: bool = False) -> list[tuple[str, float | None]]:
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded: bool = False) -> list[tuple[str, float | None]]:
         calls.append(list(texts))
         return [(reply, None)] * len(texts)
 
@@ -211,17 +211,6 @@ def test_merged_adapter_answers_like_the_unmerged_peft_model(env: dict, pipe: A.
     assert [a.raw for a in pipe.answer_batch(QUESTIONS[:3])] == expected
     base_only = generate_answers(AutoModelForCausalLM.from_pretrained(env["base"]).eval(), pipe.tokenizer, "causal", texts, max_new_tokens=8)
     assert base_only != expected  # the adapter changes the answers, so the comparison above means something
-
-
-def test_dtype_auto_is_bf16_only_where_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rag_pipeline import generator as G
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(G, "bf16_supported", lambda device: False)
-    assert G.inference_dtype("auto", cpu) == "float32"
-    monkeypatch.setattr(G, "bf16_supported", lambda device: True)
-    assert G.inference_dtype("auto", cpu) == "bfloat16"
-    assert G.inference_dtype("float32", cpu) == "float32"
 
 
 def test_given_contexts_replace_retrieval(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,6 +343,45 @@ def test_template_contradicting_the_adapter(env: dict) -> None:
         A.Pipeline.load(cfg(env, template="other-template"))
 
 
+def test_adapter_recording_another_template_text_is_refused(env: dict, tmp_path: Path) -> None:
+    """An adapter records its template's text; one whose text differs from the code's template of that
+    name fails at load. (The fixture's adapter, like the committed reference one, records no text and loads.)"""
+    import shutil
+
+    from rag_pipeline.prompt import TEMPLATES, template_text
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    meta = json.loads((adapter / "rag_pipeline.json").read_text())
+    text = template_text(TEMPLATES["raft-v1"])
+    (adapter / "rag_pipeline.json").write_text(json.dumps({**meta, "template_text": text}))
+    assert A.Pipeline.load(cfg(env, adapter=str(adapter))).template is TEMPLATES["raft-v1"]
+    (adapter / "rag_pipeline.json").write_text(json.dumps({**meta, "template_text": {**text, "user": "Q: {question}\n{documents}"}}))
+    with pytest.raises(ConfigError, match=r"adapter .* records prompt template 'raft-v1' with another text .*differs in user"):
+        A.Pipeline.load(cfg(env, adapter=str(adapter)))
+
+
+def test_the_index_manifest_is_read_once(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag_pipeline import index_format, retriever
+
+    calls = []
+    real = index_format.read_manifest
+    for module in (index_format, retriever):  # ask's own check, and Retriever.load's
+        monkeypatch.setattr(module, "read_manifest", lambda d: calls.append(str(d)) or real(d))
+    p = A.Pipeline.load(cfg(env))
+    assert calls == [str(env["index"])] and p.retriever.manifest["kind"] == "rag-index"
+
+
+def test_run_returns_answers_without_printing(env: dict, pipe: A.Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (ans,) = A.run(cfg(env, question=QUESTIONS[0]), pipe)
+    assert ans.question == QUESTIONS[0] and ans.retrieved[0]["doc_id"] == "moon"
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": q, "answer": "x"} for q in QUESTIONS[:3]])
+    assert [a.raw for a in A.run(cfg(env, questions=str(qa), batch_size=2), pipe)] == [a.raw for a in pipe.answer_batch(QUESTIONS[:3])]
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match="nothing to answer"):
+        A.run(cfg(env), pipe)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
 def test_gpu_asked_for_and_absent(env: dict, capsys: pytest.CaptureFixture) -> None:
     err = _one_line_error(["ask", "q?", "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cuda"], capsys)
@@ -379,8 +407,9 @@ def test_adapter_choice_and_fallbacks(tmp_path: Path, monkeypatch: pytest.Monkey
     adapter, why = A.choose_adapter(A.AskConfig())
     assert adapter is None and "base model" in why and A.DEFAULT_ADAPTER in why
     (tmp_path / A.REFERENCE_ADAPTER).mkdir(parents=True)
-    assert A.choose_adapter(A.AskConfig()) == (A.REFERENCE_ADAPTER, A.choose_adapter(A.AskConfig())[1])
-    assert "reference adapter" in A.choose_adapter(A.AskConfig())[1]
+    adapter, why = A.choose_adapter(A.AskConfig())
+    assert adapter == A.REFERENCE_ADAPTER
+    assert why == f"reference adapter {A.REFERENCE_ADAPTER} ({A.DEFAULT_ADAPTER} does not exist)"
     (tmp_path / A.DEFAULT_ADAPTER).mkdir(parents=True)
     assert A.choose_adapter(A.AskConfig())[0] == A.DEFAULT_ADAPTER
     assert A.choose_adapter(A.AskConfig(no_adapter=True))[0] is None

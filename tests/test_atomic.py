@@ -245,3 +245,23 @@ def test_artifacts_get_the_users_normal_mode(tmp_path: Path, umask: int) -> None
         os.umask(before)
     assert stat.S_IMODE((tmp_path / "t").stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((tmp_path / "t" / "data.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_file_replaces_the_file_or_leaves_it(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.jsonl"
+    atomic.write_jsonl(target, [{"b": 1, "a": "é"}, [2]])
+    assert target.read_bytes() == '{"b": 1, "a": "é"}\n[2]\n'.encode()
+    atomic.write_jsonl(target, [{"b": 1, "a": 2}], sort_keys=True)
+    assert target.read_text() == '{"a": 2, "b": 1}\n'
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_file(target) as f:
+        f.write("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == '{"a": 2, "b": 1}\n' and sorted(p.name for p in target.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_atomic_file_refuses_a_directory_target(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ConfigError, match="is a directory; this output is a file"):
+        with atomic.atomic_file(tmp_path / "d"):
+            pass
+    assert list((tmp_path / "d").iterdir()) == []

@@ -45,3 +45,28 @@ def test_build_then_search_and_eval(tmp_path, docs_jsonl, capsys) -> None:
     assert [h["rank"] for h in hits] == [1, 2] and hits[0]["doc_id"] == "moon" and hits[0]["title"] == "Moon"
     assert main(["search", "   ", "--index", idx]) == 2
     assert "empty query" in capsys.readouterr().err
+
+
+def test_every_command_module_has_the_stage_pair() -> None:
+    """The CLI is a table: each command's module exposes run(cfg) (library) and main(cfg) -> int (terminal)."""
+    import importlib
+    import inspect
+
+    from rag_pipeline import cli
+
+    for name, (module, cls_name, _, _) in cli.COMMANDS.items():
+        mod = importlib.import_module(module)
+        assert hasattr(mod, cls_name), name
+        for fn in ("run", "main"):
+            params = list(inspect.signature(getattr(mod, fn)).parameters)
+            assert params and params[0] == "cfg", (name, fn, params)
+    assert not hasattr(cli, "_takes_config") and not hasattr(cli, "_dispatch")
+
+
+def test_search_text_output(tmp_path, docs_jsonl, capsys) -> None:
+    idx = str(tmp_path / "i")
+    assert main(["build-index", str(docs_jsonl), "--index", idx, "--embedder", "hashing:64", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["search", "natural satellite of Earth", "--index", idx, "-k", "1", "--snippet", "20"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[1] ") and "Moon  (" in out[0] and out[1] == "    The Moon is the ..."

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FakeChunk as _Chunk
+from conftest import FakeHit as _Hit
 from conftest import write_jsonl
 from rag_pipeline import evaluate as E
 from rag_pipeline.errors import ConfigError, InputError
@@ -111,21 +113,6 @@ def test_sample_is_seeded_and_in_file_order() -> None:
     assert a == b and len(a) == 10 and [items.index(x) for x in a] == sorted(items.index(x) for x in a)
     assert E.sample_items(items, 10, 4) != a
     assert E.sample_items(items, 0, 3) == items and E.sample_items(items, 99, 3) == items
-
-
-@dataclass
-class _Chunk:
-    id: str
-    doc_id: str
-    text: str
-    title: str = "t"
-
-
-@dataclass
-class _Hit:
-    chunk: _Chunk
-    score: float = 1.0
-    rank: int = 1
 
 
 def test_oracle_context_gold_plus_distractors() -> None:
@@ -365,7 +352,6 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def test_end_to_end_real_pipeline(small_index, tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("rag_pipeline.ask", reason="rag_pipeline.ask (issue: ask) is not written yet")
     from rag_pipeline import cli
 
     idx, _ = small_index
@@ -385,3 +371,25 @@ def test_end_to_end_real_pipeline(small_index, tiny_llama: Path, tmp_path: Path,
     rows = _report_rows((out / "report.md").read_text())
     assert [r[3:] for r in rows] == [[E.fmt(m["results"]["base"][c][a][b]) for _, (a, b) in E.COLUMNS] for c in m["contexts"]]
     assert not re.search(r"\bnan\b", (out / "report.md").read_text())
+
+
+def test_grounded_contexts_follow_each_context(small_index, hashing_embedder, tmp_path: Path) -> None:
+    from rag_pipeline.retriever import Retriever
+
+    class Recording(ScriptedPipeline):
+        calls: list = []
+
+        def answer_batch(self, questions, contexts=None, grounded=False):
+            Recording.calls.append(grounded)
+            return super().answer_batch(questions, contexts)
+
+    idx, _ = small_index
+    qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    cfg = E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(tmp_path / "out"), injection=True, grounded=True, k=2)
+    assert cfg.contexts == ["retrieved", "retrieved/grounded", "injected", "injected/grounded"]
+    m = E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder),
+              pipeline_factory=lambda c, a, r: Recording(r, c.k, tuned=False))
+    assert set(m["results"]["base"]) == set(cfg.contexts)
+    assert Recording.calls.count(True) == Recording.calls.count(False) > 0  # each context once free, once grounded
+    assert m["results"]["base"]["injected/grounded"]["injection"]["hijack_rate"] is not None
+    assert "injected/grounded" in (Path(cfg.output) / "report.md").read_text()

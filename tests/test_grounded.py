@@ -25,7 +25,7 @@ DOCS = ["The owl near the river is purple. It sleeps by day.", "Lysozyme and pho
 def smol_tok():
     from transformers import AutoTokenizer
 
-    from rag_pipeline.models import resolve_model
+    from rag_pipeline.model_paths import resolve_model
 
     return AutoTokenizer.from_pretrained(str(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")))
 

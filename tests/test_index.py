@@ -11,7 +11,8 @@ import pytest
 
 from conftest import TOPICS, write_jsonl
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
-from rag_pipeline.index import IndexConfig, build_index, make_faiss_index, read_manifest
+from rag_pipeline.index import IndexConfig, build_index, make_faiss_index
+from rag_pipeline.index_format import read_manifest
 from rag_pipeline.retriever import Retriever
 
 

@@ -77,6 +77,7 @@ def test_output_holds_exactly_the_expected_files(default_build: tuple[dict, Path
     assert set(files) == expected
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "raft-dataset" and m["template"] == P.DEFAULT_TEMPLATE and m["seed"] == 0
+    assert m["template_text"] == P.template_text(P.get_template(P.DEFAULT_TEMPLATE))  # train-generator checks it
     assert m["index"]["embedder"] == "hashing:64" and m["generator_tokenizer"] == TOKENIZER
     assert set(m["params"]) == set(RaftConfig.__dataclass_fields__) - {"output"}
     assert m["counts"]["examples_train"] == 8 * 4 * 6 and m["counts"]["examples_validation"] == 4 * 6
@@ -180,7 +181,7 @@ def test_ratio_split_never_shares_a_document(corpus: dict, tmp_path: Path) -> No
 def test_budget_never_cuts_the_answer_sentence(corpus: dict, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from rag_pipeline.models import resolve_model
+    from rag_pipeline.model_paths import resolve_model
 
     result = run(_cfg(corpus, tmp_path / "o", max_prompt_tokens=200, answer_style="cot", format=[]))
     assert result["counts"]["truncated_examples"] > 0

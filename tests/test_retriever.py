@@ -44,10 +44,31 @@ def test_search_batch_equals_single_searches(small_index, hashing_embedder) -> N
 
 
 def test_hybrid_fuses_bm25_and_dense(small_index, hashing_embedder) -> None:
+    """Fused scores and order equal a hand computation of RRF (c = 60) over a brute-force dense
+    ranking and bm25s's own ranking; dense search alone gives other scores."""
+    import bm25s
+    import numpy as np
+
     idx, _ = small_index
     r = Retriever.load(idx, embedder=hashing_embedder)
-    hits = r.search("Guido van Rossum", 3, hybrid=True)
-    assert hits[0].chunk.doc_id == "python" and hits[0].score > hits[1].score > 0
+    query = "Which river flows into the sea near the tower in Paris?"
+    chunks = list(r.store.iter_chunks())
+    sims = np.array([float(v) for v in hashing_embedder.encode([c.text for c in chunks]) @ hashing_embedder.encode([query])[0]])
+    dense = sorted(range(len(chunks)), key=lambda i: (-sims[i], i))
+    bm25 = bm25s.BM25()
+    bm25.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
+    docs, _ = bm25.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False), k=len(chunks), show_progress=False)
+    fused: dict[int, float] = {}
+    for ranking in (dense, [int(d) for d in docs[0]]):
+        for rank, row in enumerate(ranking, 1):
+            fused[row] = fused.get(row, 0.0) + 1 / (60 + rank)
+    expected = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:4]
+
+    hits = r.search(query, 4, hybrid=True)
+    assert [h.chunk.row for h in hits] == [row for row, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected], abs=1e-12)
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    assert [h.score for h in r.search(query, 4)] != pytest.approx([s for _, s in expected])  # dense alone differs
 
 
 def test_other_embedder_is_refused(small_index) -> None:
@@ -84,3 +105,14 @@ def test_truncated_or_corrupt_files_are_detected(small_index, hashing_embedder, 
 def test_missing_index_dir_names_the_fix(tmp_path) -> None:
     with pytest.raises(IndexError_, match="rag-pipeline build-index"):
         Retriever.load(tmp_path / "nothing")
+
+
+def test_reading_an_index_does_not_import_the_build_stage() -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = "import sys, rag_pipeline.retriever, rag_pipeline.ask; print('rag_pipeline.index' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"

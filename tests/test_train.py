@@ -71,10 +71,13 @@ def test_loss_falls_and_output_describes_itself(trained: tuple, tiny: dict) -> N
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert summary["tuned"]["val_loss"] < summary["base"]["val_loss"] - 0.3
     meta = json.loads((out / "rag_pipeline.json").read_text())
-    from rag_pipeline.models import weights_hash
+    from rag_pipeline.model_paths import weights_hash
 
     assert meta["base_model"] == str(tiny["llama"]) and meta["base_weights_hash"] == weights_hash(tiny["llama"])
     assert meta["template"] == "raft-v1" and meta["dataset_fingerprint"].startswith("tiny-")
+    from rag_pipeline.prompt import TEMPLATES, template_text
+
+    assert meta["template_text"] == template_text(TEMPLATES["raft-v1"])  # checked when ask loads the adapter
     assert meta["config"]["lora_r"] == 16 and meta["metrics"]["base"]["f1"] >= 0
     names = {p.name for p in out.iterdir()}
     assert names == {
@@ -278,3 +281,62 @@ def test_real_smollm2_lora_few_steps(tmp_path: Path) -> None:
     assert summary["steps"] == 2 and summary["tuned"]["val_loss"] < summary["base"]["val_loss"]
     model, tok, kind = load_generator("HuggingFaceTB/SmolLM2-135M-Instruct", adapter_dir=tmp_path / "smol", device="cpu")
     assert kind == "causal"
+
+
+# The keys of checkpoints/last/state.json since train_tokens was added; runs in progress resume from them.
+STATE_KEYS = {"step", "history", "evals", "best", "bad_evals", "train_seconds", "train_examples", "train_target_tokens",
+              "train_tokens", "config"}
+
+
+def test_a_checkpoint_in_the_state_json_format_resumes(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint as train-generator has always written it (plain state.json, the five files) resumes to the
+    uninterrupted result, also one from before ``train_tokens`` existed."""
+    kw = dict(max_steps=4, eval_steps=2)
+    whole = T.run(cfg(tiny, tmp_path / "whole", **kw))
+    monkeypatch.setattr(T, "_on_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 3 else None)
+    assert T.run(cfg(tiny, tmp_path / "cut", **kw))["status"] == "interrupted"
+    last = tmp_path / "cut" / "checkpoints" / "last"
+    assert sorted(p.name for p in last.iterdir()) == sorted(T.CHECKPOINT_FILES)
+    state = json.loads((last / "state.json").read_text())
+    assert set(state) == STATE_KEYS and state["step"] == 3 and len(state["history"]) == 3
+    assert set(state["history"][0]) == {"step", "loss", "lr", "rss_mb"} and [e["step"] for e in state["evals"]] == [0, 2]
+    assert set(state["best"]) == {"step", "value", "val_loss"} and state["config"] == json.loads(json.dumps(T.to_dict(cfg(tiny, tmp_path / "cut", **kw))))
+    del state["train_tokens"]  # as written before it was counted
+    (last / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    monkeypatch.setattr(T, "_on_step", lambda step: None)
+    resumed = T.run(cfg(tiny, tmp_path / "cut", resume=True, **kw))
+    assert resumed["steps"] == 4 and resumed["tuned"] == pytest.approx(whole["tuned"], rel=1e-5)
+    a, b = adapter_weights(tmp_path / "whole"), adapter_weights(tmp_path / "cut")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_main_prints_the_summary_and_returns_130_when_interrupted(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(T, "_on_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert T.main(cfg(tiny, tmp_path / "i", max_steps=2)) == 130
+    out, err = capsys.readouterr()
+    assert json.loads(out)["status"] == "interrupted" and "continue with --resume" in err
+
+
+def test_main_given_arguments_parses_them_like_the_cli(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``from rag_pipeline.train import main; main(sys.argv[1:])`` launch lines keep working."""
+    assert T.main(["--dataset", str(tiny["data"]), "--output", str(tmp_path / "o"), "--lora-r", "0"]) == 2
+    assert "lora_r is 0" in capsys.readouterr().err
+
+
+def test_dataset_with_another_template_text_is_refused(tiny: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    from rag_pipeline.prompt import TEMPLATES, template_text
+
+    (data / "manifest.json").write_text(json.dumps({**manifest, "template_text": {**template_text(TEMPLATES["raft-v1"]), "system": "Be brief."}}))
+    with pytest.raises(ConfigError, match="records prompt template 'raft-v1' with another text.*differs in system"):
+        T.run(T.TrainConfig(dataset=str(data), output=str(tmp_path / "o"), base_model=str(tiny["llama"]), **FAST))
+
+
+def test_state_round_trips_through_its_dict() -> None:
+    state = T.TrainState(step=3, history=[{"step": 1, "loss": 2.0, "lr": 0.1, "rss_mb": 1.0}], best={"step": 2, "value": 0.5, "val_loss": 1.0},
+                         train_tokens=7, config={"seed": 0})
+    assert set(state.to_dict()) == STATE_KEYS and T.TrainState.from_dict(json.loads(json.dumps(state.to_dict()))) == state

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from rag_pipeline.errors import ModelNotFoundError
-from rag_pipeline.models import MINILM_ID, resolve_model, weights_hash
+from rag_pipeline.model_paths import MINILM_ID, resolve_model, weights_hash
 
 
 def test_packaged_minilm_resolves_offline() -> None:

@@ -1,0 +1,125 @@
+"""The passage: what every stage hands on when it shows a question some text.
+
+A :class:`Passage` is a plain dict (so it is its own JSON): the retriever makes them from
+chunks (:func:`from_chunk`), ``ask`` shows and returns them, ``build-raft-dataset`` stores their
+:data:`DOCUMENT_KEYS` in each row, ``evaluate`` builds its oracle and injected contexts from them,
+and :mod:`rag_pipeline.prompt` renders their ``title`` and ``text``.
+
+The choice of a question's passages is here too, because RAFT training data and evaluation's
+oracle context must agree on it: :func:`gold_passage` (the chunk the answer comes from) and
+:func:`hard_distractors` (best-ranked chunks that must not help).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from rag_pipeline.errors import InputError
+from rag_pipeline.textnorm import contains_answer
+
+if TYPE_CHECKING:
+    from rag_pipeline.qa import QAItem
+    from rag_pipeline.retriever import Hit
+    from rag_pipeline.store import StoredChunk
+
+
+# A passage shown to the generator. ``id``, ``title`` and ``text`` are always there; the rest when
+# known: the chunk's provenance, retrieval's ``rank`` and ``score`` (cosine, or fused RRF score;
+# None for given documents), and ``ask``'s ``truncated`` (cut to fit the prompt budget).
+Passage = TypedDict("Passage", {
+    "rank": int, "score": float | None,  # from retrieval
+    "id": str, "doc_id": str, "title": str, "source": str, "position": int, "text": str,  # the chunk (store.StoredChunk)
+    "truncated": bool,  # ask: cut to fit the prompt budget
+}, total=False)
+
+# What a RAFT dataset row keeps of each document (its on-disk schema; see raft.features).
+DOCUMENT_KEYS = ("id", "title", "text")
+
+
+def from_chunk(chunk: StoredChunk, score: float | None = None, rank: int | None = None) -> Passage:
+    """A chunk as a passage; with ``rank``, ``rank`` and ``score`` (rounded to 6 places) come first."""
+    head: Passage = {} if rank is None else {"rank": rank, "score": None if score is None else round(score, 6)}
+    return {**head, "id": chunk.id, "doc_id": chunk.doc_id, "title": chunk.title, "source": chunk.source,
+            "position": chunk.position, "text": chunk.text}
+
+
+def document(p: Passage) -> Passage:
+    """The part of a passage a RAFT dataset row stores (:data:`DOCUMENT_KEYS`)."""
+    return {k: p[k] for k in DOCUMENT_KEYS}  # type: ignore[literal-required]
+
+
+def from_given(d: Any, rank: int) -> Passage:
+    """A caller-given context document (``{text, id?, doc_id?, title?, source?, position?, score?}``)
+    as a full passage, in the key order of a retrieved one.
+
+    Raises:
+        InputError: ``d`` is not a dict with a ``text`` string.
+    """
+    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+        raise InputError(f"context document {rank} must be a dict with a 'text' string, got {d!r:.80}")
+    score = d.get("score")
+    return {"rank": rank, "score": None if score is None else float(score), "id": str(d.get("id", f"ctx-{rank}")),
+            "doc_id": str(d.get("doc_id", d.get("id", ""))), "title": d.get("title") or "", "source": d.get("source", ""),
+            "position": d.get("position", 0), "text": d["text"], "truncated": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Which passages a question is shown (RAFT training data and evaluation's oracle context)
+# ---------------------------------------------------------------------------------------------
+
+
+def gold_passage(item: QAItem, hits: list[Hit], chunks_of_doc: list[StoredChunk] | None,
+                 order: Literal["rank", "position"], fallback_to_first: bool) -> StoredChunk | None:
+    """The chunk a question's answer comes from, or None.
+
+    The rule both callers share: an unanswerable question's gold passage is its document's first
+    chunk; an answerable one's is a chunk holding an answer, of its document when ``item.doc_id``
+    is known (None when that document has no chunk), else among the hits, best-ranked first.
+    The two callers differ in two choices, for the reasons given:
+
+    Args:
+        item: the question (:class:`rag_pipeline.qa.QAItem`).
+        hits: its retrieved chunks, best first.
+        chunks_of_doc: the chunks of ``item.doc_id`` by position (None or [] without one).
+        order: where several chunks of the document hold an answer: ``rank`` takes the
+            best-ranked hit, then the others by position (build-raft-dataset: the oracle is the
+            passage retrieval finds, as at ``ask`` time); ``position`` takes the first by position
+            (evaluate: a gold passage that does not depend on the retriever being evaluated).
+        fallback_to_first: when no chunk holds an answer, return the document's first chunk
+            (evaluate: still ask the question with its own paragraph) instead of None
+            (build-raft-dataset: such a question is label noise, skipped or given no oracle).
+    """
+    if item.doc_id is not None and not chunks_of_doc:
+        return None
+    first = chunks_of_doc[0] if chunks_of_doc else None
+    if not item.answerable:
+        return first
+    ranked = [h.chunk for h in hits if item.doc_id is None or h.chunk.doc_id == item.doc_id]
+    by_position = list(chunks_of_doc or [])
+    candidates = ranked + by_position if order == "rank" else (by_position or ranked)
+    found = next((c for c in candidates if contains_answer(c.text, item.answers)), None)
+    return first if found is None and fallback_to_first else found
+
+
+def hard_distractors(hits: Iterable[Hit], n: int, gold_doc: str | None, gold: StoredChunk | None,
+                     answers: list[str], taken: list[StoredChunk] | None = None) -> list[StoredChunk]:
+    """Up to ``n`` best-ranked hits usable as distractors, appended to ``taken`` (returned).
+
+    Usable (:func:`usable_distractor`): not the gold passage, not of the gold document, holding no
+    answer, and no repeat of one already taken.
+    """
+    taken = [] if taken is None else taken
+    for h in hits:
+        if len(taken) >= n:
+            break
+        if usable_distractor(h.chunk, gold_doc, gold, answers, taken):
+            taken.append(h.chunk)
+    return taken
+
+
+def usable_distractor(c: StoredChunk, gold_doc: str | None, gold: StoredChunk | None, answers: list[str], taken: list[StoredChunk]) -> bool:
+    """Whether ``c`` may be shown as a distractor beside ``gold`` and the distractors ``taken``."""
+    seen = [*taken, *([gold] if gold is not None else [])]
+    return (all(c.id != s.id and c.text != s.text for s in seen) and c.doc_id != gold_doc
+            and not contains_answer(c.text, answers))
