@@ -13,7 +13,8 @@ from filtering, not from the model (the default writer is the embedded 135M gene
    - the retriever ranks its source chunk in the top ``top_k`` for it (``retrieval``);
    - the model, shown the chunk, answers it with token F1 >= ``min_f1`` against the candidate
      (``answer_mismatch``);
-   - it is not a near-duplicate of a question already kept (``duplicate``).
+   - it is not a near-duplicate of a question already kept: the same names and numbers and most
+     of the same content words (``duplicate``).
 
 Rounds continue on further chunks until N pairs are kept or the chunks run out. Generation is
 batched and greedy, so the pairs are the same for the same index, model and seed.
@@ -103,7 +104,7 @@ class QuestionSettings:
     top_k: int = 5  # the source chunk must rank this high for its question
     min_f1: float = 0.5  # round-trip answer against the candidate
     per_chunk: int = 2  # candidates tried per chunk and pass
-    duplicate_jaccard: float = 0.8  # word-set overlap above which two questions are the same question
+    duplicate_jaccard: float = 0.8  # content-word overlap above which two questions about the same names are one question
     batch_size: int = 8
     max_new_tokens: int = 48
     hybrid: bool = True
@@ -291,11 +292,22 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def _question_key(question: str) -> frozenset[str]:
-    return frozenset(words(question))
+_ENTITY = re.compile(r"(?<=\s)[A-Z][\w'’-]*|\b\w*\d\w*")
 
 
-def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSettings, kept_keys: list[frozenset[str]]) -> None:
+def question_key(question: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(names and numbers, content words) of a question: two questions are near-duplicates when
+    they name the same things and share most content words (:func:`is_duplicate`)."""
+    return frozenset(m.lower() for m in _ENTITY.findall(question)), content_tokens(question)
+
+
+def is_duplicate(key: tuple[frozenset[str], frozenset[str]], kept: list[tuple[frozenset[str], frozenset[str]]], threshold: float) -> bool:
+    """Whether a question (its :func:`question_key`) repeats a kept one: the same names and numbers
+    (so "... of Alpha3?" and "... of Alpha4?" stay two questions) and content-word Jaccard >= ``threshold``."""
+    return any(key[0] == k[0] and _jaccard(key[1], k[1]) >= threshold for k in kept)
+
+
+def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSettings, kept_keys: list[tuple[frozenset[str], frozenset[str]]]) -> None:
     """Run the filters on a round of pairs in place (``dropped`` set on the ones that fail)."""
     live = [p for p in pairs if p.dropped is None]
     hits = retriever.search_batch([p.question for p in live], s.top_k, s.hybrid) if live else []
@@ -312,8 +324,8 @@ def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSetting
             p.dropped = "answer_mismatch"
     for p in live:
         if p.dropped is None:
-            key = _question_key(p.question)
-            if any(_jaccard(key, k) >= s.duplicate_jaccard for k in kept_keys):
+            key = question_key(p.question)
+            if is_duplicate(key, kept_keys, s.duplicate_jaccard):
                 p.dropped = "duplicate"
             else:
                 kept_keys.append(key)
@@ -345,7 +357,7 @@ def generate(retriever: Any, model: Any, s: QuestionSettings) -> Result:
     counts: Counter = Counter()
     kept: list[Pair] = []
     dropped: list[Pair] = []
-    kept_keys: list[frozenset[str]] = []
+    kept_keys: list[tuple[frozenset[str], frozenset[str]]] = []
     for _ in range(s.max_rounds):
         written = counts["written"]
         # Ask for enough to fill the rest at the keep rate seen so far (at least twice what is missing).

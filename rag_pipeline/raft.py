@@ -1,9 +1,15 @@
 """``build-raft-dataset``: RAFT training data from an index and QA pairs.
 
-Each question gets its oracle chunk (the chunk that holds the answer) and N distractors
-(hard negatives from the retriever's top results mixed with random chunks), the oracle kept
+Each question gets its oracle chunk (the chunk that supports the answer,
+:func:`rag_pipeline.passage.gold_passage`) and N distractors (hard negatives from the
+retriever's top results mixed with random chunks, none supporting the answer), the oracle kept
 with probability P, in shuffled order, fitted to the generator's token budget, with a target
 in the chosen answer style (RAFT, Zhang et al. 2024; gorilla/raft ``raft.py``).
+
+Questions come from QA files in any format :mod:`rag_pipeline.qa` reads; records that carry
+their own passage need no index (:mod:`rag_pipeline.contexts` indexes the passages); with no
+QA file at all, :mod:`rag_pipeline.questions` writes them from the index's chunks. Answers may
+be spans or free-form text (:func:`rag_pipeline.support.answer_form` tells which a QA set holds).
 
 Reads an index directory and QA files; writes ``OUTPUT/`` atomically::
 
@@ -11,6 +17,8 @@ Reads an index directory and QA files; writes ``OUTPUT/`` atomically::
     jsonl/{split}.jsonl the same rows as JSON lines
     exports/{format}/{split}.jsonl   chat | completion | raft | eval
     manifest.json       template (name and text), seed, params, index, tokenizer, counts, fingerprint
+    index/              the index of the QA file's contexts, when it was built here
+    questions/          generated questions: kept.jsonl, dropped.jsonl (with the filter that dropped each)
 
 Every random choice of an example comes from ``random.Random(f"{seed}:{question id}")``, so the
 output is byte-identical for the same inputs and seed and does not depend on batch order.
@@ -18,8 +26,11 @@ output is byte-identical for the same inputs and seed and does not depend on bat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -35,7 +46,7 @@ from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.model_paths import SMOLLM2_ID
 from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
-from rag_pipeline.qa import QAItem, load_qa
+from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -46,18 +57,22 @@ FORMATS = ("chat", "completion", "raft", "eval")
 COLUMNS = ("id", "question", "documents", "oracle_position", "prompt", "completion", "answer", "answerable", "doc_id")
 
 # The output directory build-raft-dataset may replace: its own manifest and folders, nothing else.
-ARTIFACT = Artifact("a RAFT dataset", "manifest.json", "raft-dataset", allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports"}))
+ARTIFACT = Artifact("a RAFT dataset", "manifest.json", "raft-dataset",
+                    allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports", "index", "questions"}))
 
 
 @dataclass
-class RaftConfig:
+class RaftConfig(QAFieldConfig):
     """Settings of ``build-raft-dataset``; all of them are recorded in the output's manifest."""
 
-    index: str = opt("indexes/disfl_qa", "index directory (from build-index)")
-    qa: list[str] = opt(factory=list, help="QA JSONL files; named train/dev/validation/test.jsonl keep that split, else split by --split-ratio")
+    index: str = opt("", "index directory (from build-index); '' with a QA file whose records carry a context: the contexts "
+                         "are indexed into OUTPUT/index (also when --index names a path that does not exist yet)")
+    qa: list[str] = opt(factory=list, help="QA files (JSONL, JSON, CSV/TSV, Parquet, datasets folder); named train/dev/validation/test "
+                                           "keep that split (a DatasetDict folder: its splits), else split by --split-ratio")
     qa_dir: str = opt("", "folder holding train.jsonl, dev.jsonl (-> validation) and test.jsonl: use the corpus's own split")
     output: str = opt("runs/raft", "output directory (replaced atomically)")
-    embedder: str = opt("", "embedder the index must have been built with; '' = whatever the index records")
+    embedder: str = opt("", "embedder the index must have been built with ('' = whatever the index records); when the contexts "
+                            "are indexed here, the embedder to index them with ('' = all-MiniLM-L6-v2)")
     num_distractors: int = opt(3, "distractor documents per example (RAFT's default, 4 documents in all)")
     hard_negative_ratio: float = opt(0.5, "share of distractors taken from the retriever's top hits (rest random): "
                                           "hard ones teach ignoring near misses, random ones keep topical variety")
@@ -73,6 +88,12 @@ class RaftConfig:
                                                                  "teaches guessing) or answer (RAFT's choice, for closed domains)")
     missing_oracle: Literal["skip", "keep"] = opt("skip", "answerable questions whose answer is in no chunk: skip (likely label noise) "
                                                         "or keep as no-oracle examples")
+    answer_form: Literal["auto", "span", "free-form"] = opt("auto", "span: answers occur verbatim in their passage (oracle and distractors "
+                                                                    "judged by whole-word containment); free-form: they need not (judged by "
+                                                                    "content-token recall too); auto: span when 80 percent of answers with a known "
+                                                                    "passage occur in it verbatim")
+    min_support: float = opt(0.5, "free-form answers: content-token recall a chunk needs to be the oracle (of a doc_id document, or a "
+                                  "retrieved one), and above which a long answer's chunk may not be a distractor")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
@@ -83,15 +104,24 @@ class RaftConfig:
     seed: int = opt(0, "seed of every random choice")
     batch_size: int = opt(2048, "questions embedded and searched per batch; large, so torch and the tokenizer's thread pools alternate rarely (they contend on few cores)")
     teacher: str = opt("", "cot reasoning writer: '' = deterministic quote; fake | hf:MODEL | openai:URL#MODEL")
-    question_generator: str = opt("", "model making questions from chunks when no QA file is given: fake | hf:MODEL | openai:URL#MODEL")
-    generate_questions: int = opt(0, "questions generated per chunk (needs --question-generator; used when no QA file is given)")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed the questions")
+    generate_questions: int = opt(0, "with no QA file: question/answer pairs to write from the index's chunks (rag_pipeline.questions), "
+                                     "then build the dataset from them")
+    question_generator: str = opt(f"hf:{SMOLLM2_ID}", "writes (and answers, for the round trip) the generated questions: the embedded "
+                                                     "generator by default; hf:PATH_OR_ID | openai:URL#MODEL | fake")
+    question_style: Literal["span", "sentence"] = opt("span", "generated answers: span = dates, numbers, names, noun phrases of a chunk; "
+                                                            "sentence = one of its sentences (free-form style)")
+    question_top_k: int = opt(5, "a generated question is kept only if the retriever ranks its source chunk this high")
+    question_min_f1: float = opt(0.5, "... and only if the question writer, shown the chunk, answers it with this token F1 against the answer")
+    request_timeout: float = opt(60.0, "openai: teachers and question writers: seconds per request")
+    request_retries: int = opt(3, "openai: attempts per request (timeouts, 5xx, malformed replies) before a one-line error")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed the questions (and run an hf: teacher or question writer)")
 
     def __post_init__(self) -> None:
-        for name in ("p_oracle", "hard_negative_ratio", "injection_rate"):
+        for name in ("p_oracle", "hard_negative_ratio", "injection_rate", "min_support", "question_min_f1"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        for name, low in (("num_distractors", 0), ("top_k", 1), ("batch_size", 1), ("generate_questions", 0), ("max_prompt_tokens", 64)):
+        for name, low in (("num_distractors", 0), ("top_k", 1), ("batch_size", 1), ("generate_questions", 0), ("max_prompt_tokens", 64),
+                          ("question_top_k", 1), ("request_retries", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
         unknown = [f for f in self.format if f not in FORMATS]
@@ -99,8 +129,10 @@ class RaftConfig:
             raise ConfigError(f"unknown --format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
         if len(self.split_ratio) != 3 or min(self.split_ratio) < 0 or sum(self.split_ratio) <= 0:
             raise ConfigError(f"split_ratio must be three non-negative shares (train,validation,test), got {self.split_ratio}")
-        if self.generate_questions and not self.question_generator:
-            raise ConfigError("--generate-questions needs --question-generator (fake | hf:MODEL | openai:URL#MODEL)")
+        if self.generate_questions and (self.qa or self.qa_dir):
+            raise ConfigError("--generate-questions writes questions when there is no QA file, but --qa or --qa-dir is given: drop one of them")
+        if self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
         if self.teacher and self.answer_style != "cot":
             raise ConfigError(f"--teacher writes chain-of-thought targets but answer_style is {self.answer_style}: add --answer-style cot or drop --teacher")
         P.get_template(self.template)
@@ -135,7 +167,18 @@ def qa_files(cfg: RaftConfig) -> list[Path]:
         if not found:
             raise InputError(f"--qa-dir {folder} holds none of {', '.join(s + '.jsonl' for s in SPLIT_OF_STEM)}: name the QA files by split")
         files += found
-    return files
+    return [split for p in files for split in _dataset_splits(p)]
+
+
+def _dataset_splits(path: Path) -> list[Path]:
+    """A ``DatasetDict`` folder as its split folders (named train/validation/test, so they keep their split); else the path."""
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{path / 'dataset_dict.json'} is damaged ({e}): save the dataset again with save_to_disk") from None
+        return [path / s for s in splits]
+    return [path]
 
 
 def load_questions(cfg: RaftConfig, counts: Counter) -> list[tuple[str | None, QAItem]]:
@@ -149,8 +192,8 @@ def load_questions(cfg: RaftConfig, counts: Counter) -> list[tuple[str | None, Q
     seen: dict[str, tuple[tuple, str]] = {}
     out = []
     for path in files:
-        for item in load_qa(path):
-            key = (item.question.strip(), tuple(item.answers), item.doc_id, item.answerable)
+        for item in load_qa(path, cfg.qa_fields()):
+            key = (item.question.strip(), tuple(item.answers), item.doc_id, item.answerable, item.context)
             if item.id in seen:
                 if seen[item.id][0] != key:
                     raise InputError(f"question id {item.id} is used for two different questions ({seen[item.id][1]} and {path}): make ids unique")
@@ -166,19 +209,123 @@ def load_questions(cfg: RaftConfig, counts: Counter) -> list[tuple[str | None, Q
     return out
 
 
-def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, QAItem]]:
-    """RAFT's own flow: ``generate_questions`` QA pairs per chunk from the question generator."""
-    from rag_pipeline.teacher import generate_questions, load_teacher
+def teacher_options(cfg: RaftConfig) -> Any:
+    from rag_pipeline.teacher import TeacherOptions
 
-    gen = load_teacher(cfg.question_generator)
-    out = []
-    for chunk in store.iter_chunks():
-        for q, a in generate_questions(gen, chunk.text, cfg.generate_questions):
-            qid = "g-" + hashlib.sha256(f"{chunk.id}\x00{q}".encode()).hexdigest()[:12]
-            out.append((None, QAItem(qid, q, [a], chunk.doc_id, True)))
-    if not out:
-        raise InputError(f"question generator {cfg.question_generator} produced no usable question (answers must occur in the chunk)")
-    return out
+    return TeacherOptions(device=cfg.device, timeout=cfg.request_timeout, retries=cfg.request_retries)
+
+
+def generated_questions(cfg: RaftConfig, retriever: Any) -> Any:
+    """``generate_questions`` QA pairs written from the index's chunks and kept by the round trip
+    (:func:`rag_pipeline.questions.generate`); returns its :class:`~rag_pipeline.questions.Result`."""
+    from rag_pipeline import questions
+    from rag_pipeline.teacher import load_teacher
+
+    settings = questions.QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
+                                          min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed)
+    return questions.generate(retriever, load_teacher(cfg.question_generator, teacher_options(cfg)), settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Index and contexts
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_index(cfg: RaftConfig, items: list[QAItem], stage: Path) -> tuple[str, bool]:
+    """The index to use, and whether it was made here from the contexts (in ``stage`` when
+    ``--index`` is not given, to be kept as OUTPUT/index).
+
+    An existing ``--index`` is used as it is. Otherwise the QA records' contexts are indexed: at
+    ``--index`` when that names a path that does not exist yet, else in ``stage``.
+
+    Raises:
+        InputError: no index and no record with a context.
+    """
+    from rag_pipeline.contexts import distinct_contexts, index_contexts
+    from rag_pipeline.model_paths import MINILM_ID
+
+    if cfg.index and Path(cfg.index).exists():
+        return cfg.index, False
+    contexts = distinct_contexts(items)
+    if not contexts:
+        if cfg.index:
+            return cfg.index, False  # Retriever.load says what is wrong with it
+        raise InputError("no index: pass --index DIR (from build-index), or a QA file whose records carry their passage "
+                         "(a 'context' field, or name it with --context-field)")
+    target = cfg.index or str(stage / "index")
+    log.info("indexing the %d distinct contexts of the QA file(s) into %s", len(contexts), target)
+    index_contexts(contexts, target, cfg.embedder or MINILM_ID, cfg.device)
+    return target, True
+
+
+def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], built: bool, counts: Counter
+                   ) -> tuple[list[tuple[str | None, QAItem]], dict[str, list[Any]], dict]:
+    """Give each record with a context its gold document and chunks in the index.
+
+    Returns:
+        (questions, gold chunks by normalized context text, a report for the manifest). With an
+        index built from the contexts, each record's ``doc_id`` becomes its context's document.
+        With an existing index, contexts are matched to its chunks (:func:`contexts.match_contexts`);
+        a record whose context lies in one document gets that ``doc_id``; the contexts the index
+        lacks are counted (``contexts_missing``) and their records fall back to retrieval.
+    """
+    from rag_pipeline.contexts import attach_context_docs, distinct_contexts, match_contexts
+    from rag_pipeline.ingest import normalize_whitespace
+
+    items = [it for _, it in questions]
+    contexts = distinct_contexts(items)
+    if not contexts:
+        return questions, {}, {}
+    if built:
+        items = attach_context_docs(items)
+        return [(s, it) for (s, _), it in zip(questions, items)], {}, {"distinct": len(contexts), "indexed": len(contexts)}
+    found = match_contexts(retriever, contexts)
+    missing = [c for c in contexts if not found[c.text]]
+    counts["contexts_missing"] += len(missing)
+    if missing:
+        log.warning("%d of %d contexts are not in the index (first: %r): their questions get their oracle from retrieval",
+                    len(missing), len(contexts), missing[0].text[:80])
+
+    def with_doc(it: QAItem) -> QAItem:
+        chunks = found.get(normalize_whitespace(it.context)) if it.context is not None and it.doc_id is None else None
+        docs = {c.doc_id for c in chunks or []}
+        return dataclasses.replace(it, doc_id=docs.pop()) if len(docs) == 1 else it
+
+    report = {"distinct": len(contexts), "matched": len(contexts) - len(missing), "missing": len(missing),
+              "missing_first": [c.text[:200] for c in missing[:5]]}
+    return [(s, with_doc(it)) for s, it in questions], {t: c for t, c in found.items() if c}, report
+
+
+def detect_answer_form(cfg: RaftConfig, store: Any, questions: list[tuple[str | None, QAItem]], context_gold: dict[str, list[Any]]) -> tuple[str, float | None]:
+    """``cfg.answer_form``, or for ``auto`` :func:`support.answer_form` over the answerable questions with a known passage."""
+    from rag_pipeline.support import answer_form
+
+    if cfg.answer_form != "auto":
+        return cfg.answer_form, None
+    items = [it for _, it in questions if it.answerable and it.answers]
+    by_doc = store.chunks_of_docs({it.doc_id for it in items if it.doc_id is not None})
+    cases = [(it.answers, [c.text for c in gold]) for it in items if (gold := gold_chunks(it, by_doc, context_gold))]
+    return answer_form(cases)
+
+
+def gold_chunks(item: QAItem, by_doc: dict[str, list[Any]], context_gold: dict[str, list[Any]]) -> list[Any] | None:
+    """The chunks of an item's gold passage: its context's matched chunks, else its document's
+    (``[]`` for a document the index lacks); None when unknown."""
+    from rag_pipeline.ingest import normalize_whitespace
+
+    if item.context is not None and normalize_whitespace(item.context) in context_gold:
+        return context_gold[normalize_whitespace(item.context)]
+    if item.doc_id is not None:
+        return by_doc.get(item.doc_id, [])
+    return None
+
+
+def own_context(item: QAItem, context_gold: dict[str, list[Any]]) -> bool:
+    """Whether an item's gold chunks are its own context (its oracle as given), not a document it names."""
+    from rag_pipeline.contexts import context_doc_id
+    from rag_pipeline.ingest import normalize_whitespace
+
+    return item.context is not None and (normalize_whitespace(item.context) in context_gold or item.doc_id == context_doc_id(item.context))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,31 +333,48 @@ def generated_questions(cfg: RaftConfig, store: Any) -> list[tuple[str | None, Q
 # ---------------------------------------------------------------------------------------------
 
 
-def find_oracle(item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None) -> Any | None:
+def find_oracle(cfg: RaftConfig, item: QAItem, hits: list[Any], gold: list[Any] | None, given: bool = False,
+                free_form: bool = False) -> tuple[Any | None, str | None]:
     """The oracle: :func:`~rag_pipeline.passage.gold_passage` by rank (the best-ranked hit of the gold
-    document holding the answer, else its first chunk holding it by position), None when no chunk
-    holds the answer (see ``missing_oracle``)."""
-    return gold_passage(item, hits, chunks_of_doc, order="rank", fallback_to_first=False)
+    document holding the answer, else its first chunk holding it by position; for free-form
+    answers, else the chunk that best supports it), or None and why (see ``missing_oracle``):
+    ``not_indexed`` (its document has no chunk in the index) or ``unsupported``.
+
+    Args:
+        gold: the chunks of its gold document or context (None: unknown).
+        given: they are the record's own context (its oracle as given).
+        free_form: the QA set's answers are not spans.
+    """
+    oracle = gold_passage(item, hits, gold, order="rank", fallback_to_first=False, free_form=free_form,
+                          min_support=cfg.min_support, given=given)
+    if oracle is not None:
+        return oracle, None
+    return None, "not_indexed" if item.doc_id is not None and not gold else "unsupported"
 
 
 def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], store: Any, n_chunks: int,
-                     exclude_doc: str | None, oracle: Any | None, answers: list[str]) -> list[Any]:
+                     exclude_doc: str | None, oracle: Any | None, answers: list[str], free_form: bool = False,
+                     min_support: float = 0.5) -> list[Any]:
     """``n`` distinct chunks: up to ``n_hard`` of the best-ranked usable hits
     (:func:`~rag_pipeline.passage.hard_distractors`, as evaluate's oracle context), the rest random
-    usable chunks (RAFT's mix: random ones keep topical variety). Fewer than ``n`` only when the
-    index runs out of usable chunks.
+    usable chunks (RAFT's mix: random ones keep topical variety). None supports an answer; none
+    is of the gold document unless the rest of the index runs out (a one-document corpus). Fewer
+    than ``n`` only when the index runs out of usable chunks.
     """
-    taken = hard_distractors(hits, n_hard, exclude_doc, oracle, answers)
+    kw = {"free_form": free_form, "min_support": min_support}
+    taken = hard_distractors(hits, n_hard, exclude_doc, oracle, answers, **kw)
     tries = 0
     while len(taken) < n and tries < 8:  # rejection sampling: cheap when the index is much larger than n
         for c in store.get_rows(rng.sample(range(n_chunks), min(n_chunks, 2 * (n - len(taken)) + 2))):
-            if len(taken) < n and usable_distractor(c, exclude_doc, oracle, answers, taken):
+            if len(taken) < n and usable_distractor(c, exclude_doc, oracle, answers, taken, **kw):
                 taken.append(c)
         tries += 1
     if len(taken) < n:  # tiny index: scan every chunk in a seeded order
-        for c in store.get_rows(rng.sample(range(n_chunks), n_chunks)):
-            if len(taken) < n and usable_distractor(c, exclude_doc, oracle, answers, taken):
-                taken.append(c)
+        order = store.get_rows(rng.sample(range(n_chunks), n_chunks))
+        for doc in (exclude_doc, None):  # the gold document's other chunks only when no other document is left
+            for c in order:
+                if len(taken) < n and usable_distractor(c, doc, oracle, answers, taken, **kw):
+                    taken.append(c)
     return taken
 
 
@@ -231,7 +395,7 @@ def target_fn(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep_oracle: bo
     if teacher is not None:
         cot = write_cot(teacher, item.question, oracle.text, answer)
         return lambda pos: cot
-    span = P.answer_sentence_span(oracle.text, item.answers)
+    span = P.support_span(oracle.text, item.answers, cfg.min_support)  # the sentence(s) that best support the answer
     quote = oracle.text[span[0] : span[1]] if span else oracle.text
     return lambda pos: f"Document [{pos + 1}] says: {BEGIN_QUOTE}{quote}{END_QUOTE}\n{ANSWER_TAG} {answer}"
 
@@ -251,22 +415,26 @@ def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: C
     return [document(d) for d in injected]
 
 
-def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], chunks_of_doc: list[Any] | None,
-                 store: Any, n_chunks: int, teacher: Any | None, counts: Counter) -> Example | None:
-    """Choose oracle and distractors for one question with its own seeded RNG; None = counted skip."""
+def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], gold: list[Any] | None, given: bool,
+                 free_form: bool, store: Any, n_chunks: int, teacher: Any | None, counts: Counter) -> Example | None:
+    """Choose oracle and distractors for one question with its own seeded RNG; None = counted skip.
+
+    ``gold``, ``given``, ``free_form``: as for :func:`find_oracle`.
+    """
     rng = random.Random(f"{cfg.seed}:{item.id}")
     keep = rng.random() < cfg.p_oracle  # drawn first, always, so the other draws do not shift it
-    oracle = find_oracle(item, hits, chunks_of_doc)
+    oracle, why = find_oracle(cfg, item, hits, gold, given, free_form)
     if oracle is None:
         counts["oracle_not_found"] += 1
         if item.answerable and cfg.missing_oracle == "skip":
             counts["skip_oracle_not_found"] += 1
+            counts[f"skip_oracle_{why}"] += 1
             return None
     n = cfg.num_distractors + (0 if keep and oracle is not None else 1)
     exact = n * cfg.hard_negative_ratio
     n_hard = int(exact) + (rng.random() < exact - int(exact))  # expected share is exactly the ratio
     gold_doc = item.doc_id or (oracle.doc_id if oracle else None)
-    distractors = pick_distractors(rng, n, n_hard, hits, store, n_chunks, gold_doc, oracle, item.answers)
+    distractors = pick_distractors(rng, n, n_hard, hits, store, n_chunks, gold_doc, oracle, item.answers, free_form, cfg.min_support)
     if len(distractors) < n:
         counts["skip_too_few_distractors"] += 1
         return None
@@ -327,16 +495,22 @@ def split_of(group: str, seed: int, ratio: list[float]) -> str:
     return SPLITS[-1]
 
 
-def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.PromptTemplate,
-               questions: list[tuple[str | None, QAItem]], counts: Counter) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
-    """All rows by split, with their token counts; questions are searched ``batch_size`` at a time."""
+def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.PromptTemplate, questions: list[tuple[str | None, QAItem]],
+               counts: Counter, context_gold: dict[str, list[Any]] | None = None, free_form: bool = False
+               ) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
+    """All rows by split, with their token counts; questions are searched ``batch_size`` at a time.
+
+    ``context_gold``: the index's chunks of each matched context (:func:`place_contexts`);
+    ``free_form``: the answers are not spans (:func:`detect_answer_form`).
+    """
     from tqdm.auto import tqdm
 
     teacher = None
     if cfg.teacher:
         from rag_pipeline.teacher import load_teacher
 
-        teacher = load_teacher(cfg.teacher)
+        teacher = load_teacher(cfg.teacher, teacher_options(cfg))
+    context_gold = context_gold or {}
     store, n_chunks = retriever.store, len(retriever)
     counter = P.TokenEstimator(tokenizer, template)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -345,7 +519,8 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
         batch = questions[start : start + cfg.batch_size]
         hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k, cfg.hybrid)
         by_doc = store.chunks_of_docs({it.doc_id for _, it in batch if it.doc_id is not None})
-        examples = [make_example(cfg, split, it, h, by_doc.get(it.doc_id) if it.doc_id is not None else None, store, n_chunks, teacher, counts)
+        examples = [make_example(cfg, split, it, h, gold_chunks(it, by_doc, context_gold), own_context(it, context_gold), free_form,
+                                 store, n_chunks, teacher, counts)
                     for (split, it), h in zip(batch, hits)]
         for e, row, total in fit_batch(cfg, tokenizer, template, counter, [e for e in examples if e], counts):
             split = e.split or split_of(e.group, cfg.seed, cfg.split_ratio)
@@ -395,7 +570,7 @@ def cot_of(row: dict) -> str:
     if p < 0:
         return f"{ANSWER_TAG} {answer}"
     text = row["documents"][p]["text"]
-    span = P.answer_sentence_span(text, row["answer"])
+    span = P.support_span(text, row["answer"])
     answer = next((a for a in row["answer"] if contains_answer(text, [a])), answer)
     quote = text[span[0] : span[1]] if span else text
     return f"Document [{p + 1}] says: {BEGIN_QUOTE}{quote}{END_QUOTE}\n{ANSWER_TAG} {answer}"
@@ -411,13 +586,16 @@ def fingerprint(root: Path) -> str:
 
 
 def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.PromptTemplate, model_text: Callable[[str], str],
-                 manifest: dict) -> dict:
-    """Write dataset/, jsonl/, exports/ and manifest.json into ``cfg.output`` atomically."""
+                 manifest: dict, extra: dict[str, Path] | None = None) -> dict:
+    """Write dataset/, jsonl/, exports/ and manifest.json into ``cfg.output`` atomically, with the
+    ``extra`` directories (name -> a directory on the same filesystem, moved in: index/, questions/)."""
     from datasets import Dataset, DatasetDict, NamedSplit
 
     from rag_pipeline.atomic import atomic_dir, write_json
 
     with atomic_dir(cfg.output, ARTIFACT) as tmp:
+        for name, src in (extra or {}).items():
+            os.rename(src, tmp / name)
         parts = {}
         for s in SPLITS:
             write_jsonl(tmp / "jsonl" / f"{s}.jsonl", rows[s])
@@ -464,39 +642,84 @@ def summarize(rows: dict[str, list[dict]], tokens: dict[str, list[int]]) -> dict
     return out
 
 
+def small_data(cfg: RaftConfig, questions: list[tuple[str | None, QAItem]], rows: dict[str, list[dict]], tokens: dict[str, list[int]]
+               ) -> tuple[dict[str, list[dict]], dict[str, list[int]], list[str]]:
+    """A ratio split that left train empty puts everything in train (:func:`splits.ensure_train`); the warnings to show."""
+    from rag_pipeline.splits import ensure_train, train_warning
+
+    warnings = []
+    if any(split is None for split, _ in questions):  # split by ratio, not by the files' names
+        groups = len({r["doc_id"] or r["id"] for s in SPLITS for r in rows[s]})
+        parts, moved = ensure_train({s: list(zip(rows[s], tokens[s])) for s in SPLITS}, cfg.split_ratio, groups)
+        if moved:
+            warnings.append(moved)
+            rows, tokens = {s: [r for r, _ in parts[s]] for s in SPLITS}, {s: [t for _, t in parts[s]] for s in SPLITS}
+    small = train_warning(len(rows["train"]))
+    return rows, tokens, warnings + ([small] if small else [])
+
+
+def write_question_samples(stage: Path, generated: Any, limit: int = 1000) -> Path:
+    """``questions/kept.jsonl`` and ``questions/dropped.jsonl`` (the first ``limit`` of each) in ``stage``."""
+    out = stage / "questions"
+    write_jsonl(out / "kept.jsonl", [p.to_dict() for p in generated.kept[:limit]])
+    write_jsonl(out / "dropped.jsonl", [p.to_dict() for p in generated.dropped[:limit]])
+    return out
+
+
 def run(cfg: RaftConfig) -> dict:
     """Build the RAFT dataset; returns the manifest plus ``stats`` and ``seconds``.
 
     Raises:
-        InputError: no questions, an index smaller than num_distractors + 1, or no example built.
+        InputError: no questions, no index and no contexts, an index smaller than num_distractors + 1,
+            no example built, or a question writer that failed.
         IndexError_: the index is missing, corrupt, or was built with another embedder than ``--embedder``.
     """
+    from rag_pipeline.atomic import staging_dir
     from rag_pipeline.retriever import Retriever
 
     t0 = time.perf_counter()
     if not (cfg.qa or cfg.qa_dir or cfg.generate_questions):
-        raise InputError("no questions: pass --qa FILE.jsonl, --qa-dir FOLDER (train/dev/test.jsonl) or --generate-questions N --question-generator ...")
-    check_separate([*cfg.qa, *([cfg.qa_dir] if cfg.qa_dir else []), cfg.index], cfg.output)
+        raise InputError("no questions: pass --qa FILE, --qa-dir FOLDER (train/dev/test.jsonl) or --index DIR --generate-questions N")
+    check_separate([*cfg.qa, *([cfg.qa_dir] if cfg.qa_dir else []), *([cfg.index] if cfg.index else [])], cfg.output)
     prepare_target(cfg.output, ARTIFACT)
     template = P.get_template(cfg.template)
-    retriever = Retriever.load(cfg.index, device=cfg.device, expect_embedder=cfg.embedder or None)
-    if len(retriever) < cfg.num_distractors + 2:
-        raise InputError(f"index {cfg.index} holds {len(retriever)} chunks, too few for an oracle and {cfg.num_distractors} distractors "
-                         f"(+1 when the oracle is left out): index more text or lower --num-distractors to {max(0, len(retriever) - 2)}")
     counts: Counter = Counter()
-    questions = load_questions(cfg, counts) if (cfg.qa or cfg.qa_dir) else generated_questions(cfg, retriever.store)
-    tokenizer = load_tokenizer(cfg.generator)
-    rows, tokens = build_rows(cfg, retriever, tokenizer, template, questions, counts)
-    if not any(rows.values()):
-        raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
-    stats = summarize(rows, tokens)
-    params = {k: v for k, v in to_dict(cfg).items() if k != "output"}  # the output path is where the manifest lives
-    manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed, "params": params,
-                "index": {"path": cfg.index, "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
-                "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
-                "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
-                "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]]}
-    manifest = write_output(cfg, rows, template, P.model_text_fn(tokenizer, template), manifest)
+    questions = load_questions(cfg, counts) if (cfg.qa or cfg.qa_dir) else []
+    with staging_dir(cfg.output) as stage:
+        index_dir, indexed = prepare_index(cfg, [it for _, it in questions], stage)
+        built_here = indexed and not cfg.index  # kept as OUTPUT/index
+        retriever = Retriever.load(index_dir, device=cfg.device, expect_embedder=cfg.embedder or None)
+        if len(retriever) < cfg.num_distractors + 2:
+            raise InputError(f"index {index_dir} holds {len(retriever)} chunks, too few for an oracle and {cfg.num_distractors} distractors "
+                             f"(+1 when the oracle is left out): index more text or lower --num-distractors to {max(0, len(retriever) - 2)}")
+        questions, context_gold, contexts = place_contexts(retriever, questions, indexed, counts)
+        generated = generated_questions(cfg, retriever) if cfg.generate_questions else None
+        if generated is not None:
+            questions = [(None, it) for it in generated.items]
+        form, share = detect_answer_form(cfg, retriever.store, questions, context_gold)
+        tokenizer = load_tokenizer(cfg.generator)
+        rows, tokens = build_rows(cfg, retriever, tokenizer, template, questions, counts, context_gold, form == "free-form")
+        if not any(rows.values()):
+            raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
+        rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
+        stats = summarize(rows, tokens)
+        params = {k: v for k, v in to_dict(cfg).items() if k != "output"}  # the output path is where the manifest lives
+        manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed,
+                    "params": params,
+                    "index": {"path": "index" if built_here else index_dir, "built_from_contexts": indexed,
+                              "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
+                    "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
+                    "answer_form": {"form": form, "verbatim_share": share},
+                    "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
+                    "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings}
+        if contexts:
+            manifest["contexts"] = contexts
+        extra = {"index": Path(index_dir)} if built_here else {}
+        if generated is not None:
+            manifest["generated_questions"] = generated.report
+            extra["questions"] = write_question_samples(stage, generated)
+        retriever.store.close()
+        manifest = write_output(cfg, rows, template, P.model_text_fn(tokenizer, template), manifest, extra)
     return {**manifest, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -509,8 +732,24 @@ EMPTY_SPLIT_FIX = {
 }
 
 
+# Why a question was skipped, in words for the summary.
+SKIP_REASONS = {
+    "skip_empty_question": "blank question",
+    "skip_no_answer": "answerable but no answer given",
+    "skip_duplicate": "repeated record",
+    "skip_oracle_not_indexed": "its document or context is not in the index",
+    "skip_oracle_unsupported": "no chunk supports its answer (span data: none holds it verbatim; free-form: none holds "
+                               "--min-support of its content words)",
+    "skip_too_few_distractors": "the index ran out of distractors",
+    "skip_over_budget": "question and answer alone exceed --max-prompt-tokens",
+}
+
+
 def format_table(result: dict) -> str:
-    """The stats table printed at the end of a build, with a warning line per empty split."""
+    """The stats table printed at the end of a build: skips with their reasons, generated
+    questions, and a warning line per empty split, small train split or moved split."""
+    from rag_pipeline.questions import summary_line
+
     st, c = result["stats"], result["counts"]
     lines = [f"{'split':<11}{'examples':>9}{'oracle':>8}{'abstain':>9}{'avg tok':>9}{'max tok':>9}"]
     for s in SPLITS:
@@ -518,7 +757,17 @@ def format_table(result: dict) -> str:
         lines.append(f"{s:<11}{x['examples']:>9}{x['oracle_rate']:>8.1%}{x['abstain_rate']:>9.1%}{x['avg_tokens']:>9.1f}{x['max_tokens']:>9}")
     other = {k: v for k, v in c.items() if not k.startswith("examples_")}
     lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in other.items()))
+    skipped = {k: v for k, v in c.items() if k in SKIP_REASONS and v}
+    if skipped:
+        lines.append(f"skipped {sum(skipped.values())} of {c['questions'] + c.get('skip_empty_question', 0) + c.get('skip_no_answer', 0) + c.get('skip_duplicate', 0)} "
+                     "questions: " + "; ".join(f"{v} {SKIP_REASONS[k]}" for k, v in skipped.items()))
+    if "answer_form" in result:
+        af = result["answer_form"]
+        lines.append(f"answers: {af['form']}" + (f" ({af['verbatim_share']:.0%} occur verbatim in their passage)" if af.get("verbatim_share") is not None else ""))
+    if "generated_questions" in result:
+        lines.append(summary_line(result["generated_questions"]))
     lines += [f"warning: split '{s}' is empty: {EMPTY_SPLIT_FIX[s]}" for s in result.get("empty_splits", [])]
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -6,15 +6,15 @@ city of Malaysia.") rarely occurs verbatim; it is supported in proportion to the
 content tokens in the passage: lower-cased words, stopwords and single letters out, a light
 suffix stem so that "cities" meets "city" (:func:`content_tokens`).
 
-Used by ``build-raft-dataset`` (which chunk is the oracle, which chunks may be distractors, which
-sentence a ``cot`` target quotes) and by ``--generate-questions`` (round-trip checks).
+Used by :mod:`rag_pipeline.passage` (which chunk is a question's gold passage, which chunks may be
+distractors), :func:`rag_pipeline.prompt.support_span` (which sentences a ``cot`` target quotes
+and the budget fitter keeps), ``evaluate`` (whether a test set's answers are spans) and
+:mod:`rag_pipeline.questions`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any
 
 from rag_pipeline.textnorm import contains_answer, words
 
@@ -111,41 +111,3 @@ def answer_form(cases: list[tuple[list[str], list[str]]]) -> tuple[str, float | 
     share = sum(any(contains_answer(t, answers) for t in texts) for answers, texts in cases) / len(cases)
     return ("span" if share >= SPAN_SHARE else "free-form"), round(share, 4)
 
-
-def gold_passage(answers: list[str], answerable: bool, hits: list[Any], gold: list[Any] | None, *, free_form: bool = False,
-                 min_support: float = 0.5, given: bool = False) -> tuple[Any | None, str | None]:
-    """A question's oracle chunk, shared by ``build-raft-dataset`` and ``evaluate --oracle``.
-
-    1. Verbatim (span data's only rule): the best-ranked hit holding an answer as whole words,
-       among the gold chunks when they are known; else the first gold chunk holding one.
-    2. Free-form (``free_form``, when no chunk holds an answer verbatim): the gold chunk (or, with
-       no gold, the retrieved chunk) with the highest recall of the answer's content tokens, ties
-       to the better retrieval rank, then document order. That recall must reach ``min_support``,
-       unless ``given`` (a record's own context is its oracle as given).
-    An unanswerable question's oracle is the first gold chunk.
-
-    Args:
-        hits: retrieved chunks (``.chunk``, ``.rank``), best first.
-        gold: the chunks of the gold document or context in document order; None when unknown.
-
-    Returns:
-        (the chunk, None), or (None, why): ``not_indexed`` (a gold document or context with no
-        chunk in the index) or ``unsupported`` (no chunk supports the answer).
-    """
-    if gold is not None and not gold:
-        return None, "not_indexed"
-    if not answerable:
-        return (gold[0] if gold else None), None
-    gold_ids = None if gold is None else {c.id for c in gold}
-    for h in hits:
-        if (gold_ids is None or h.chunk.id in gold_ids) and contains_answer(h.chunk.text, answers):
-            return h.chunk, None
-    found = next((c for c in gold or [] if contains_answer(c.text, answers)), None)
-    if found is not None or not free_form:
-        return found, None if found is not None else "unsupported"
-    rank = {h.chunk.id: h.rank for h in hits}
-    pool = gold if gold is not None else [h.chunk for h in hits]
-    best = max(pool, key=lambda c: (support(c.text, answers), -rank.get(c.id, math.inf)), default=None)  # max keeps the first of ties
-    if best is not None and (given or support(best.text, answers) >= min_support):
-        return best, None
-    return None, "unsupported"

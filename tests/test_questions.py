@@ -310,3 +310,11 @@ def test_openai_backend_failure_leaves_nothing_written(stub_server: str, small_i
     with pytest.raises(InputError, match="HTTP 500"):
         run(cfg)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["docs", "idx"]
+
+
+def test_near_duplicates_share_their_names_and_most_words() -> None:
+    kept = [Q.question_key("In which city is the wrought iron lattice Eiffel Tower?")]
+    assert Q.is_duplicate(Q.question_key("In which city is the wrought iron lattice Eiffel Tower located?"), kept, 0.8)
+    assert not Q.is_duplicate(Q.question_key("Which company built the wrought iron lattice Eiffel Tower?"), kept, 0.8)  # other words
+    town = [Q.question_key("Which words complete: The town of Alpha3 lies near the river ____?")]
+    assert not Q.is_duplicate(Q.question_key("Which words complete: The town of Alpha4 lies near the river ____?"), town, 0.8)  # other name

@@ -161,10 +161,11 @@ def test_fake_teacher_writes_cot_and_generates_questions(corpus: dict, tmp_path:
     run(_cfg(corpus, tmp_path / "t", answer_style="cot", teacher="fake", format=[]))
     done = [r for r in _rows(tmp_path / "t") if r["completion"] != P.ABSTAIN]
     assert done and all("##begin_quote##" in r["completion"] and r["completion"].endswith(f"<ANSWER>: {r['answer'][0]}") for r in done)
-    result = run(_cfg(corpus, tmp_path / "g", qa_dir="", generate_questions=2, question_generator="fake", format=[]))
+    result = run(_cfg(corpus, tmp_path / "g", qa_dir="", generate_questions=N_DOCS, question_generator="fake", format=[]))
     rows = _rows(tmp_path / "g")
-    assert result["counts"]["questions"] > N_DOCS and all(contains_answer(r["documents"][r["oracle_position"]]["text"], r["answer"])
-                                                         for r in rows if r["oracle_position"] >= 0)
+    assert result["counts"]["questions"] == result["generated_questions"]["kept"] == N_DOCS  # N pairs in all, not per chunk
+    assert len({r["doc_id"] for r in rows}) > N_DOCS // 2  # sampled across documents, not the first chunks
+    assert all(contains_answer(r["documents"][r["oracle_position"]]["text"], r["answer"]) for r in rows if r["oracle_position"] >= 0)
     by_split = {s: {r["doc_id"] for r in _rows(tmp_path / "g", s)} for s in ("train", "validation", "test")}
     assert not (by_split["train"] & by_split["validation"]) and not (by_split["train"] & by_split["test"])
 
@@ -237,6 +238,7 @@ def test_bad_questions_are_counted_skips(corpus: dict, tmp_path: Path) -> None:
     result = run(_cfg(corpus, tmp_path / "o", qa_dir="", qa=[str(qa)], format=[]))
     c = result["counts"]
     assert (c["skip_empty_question"], c["skip_no_answer"], c["skip_duplicate"], c["skip_oracle_not_found"]) == (1, 1, 1, 2)
+    assert (c["skip_oracle_not_indexed"], c["skip_oracle_unsupported"]) == (1, 1)  # no-such-doc; Nowhereword is in no chunk of d02
     assert sum(result["stats"][s]["examples"] for s in ("train", "validation", "test")) == 2
 
 
@@ -282,7 +284,8 @@ def test_failure_mid_write_keeps_the_old_output(corpus: dict, tmp_path: Path, mo
 @pytest.mark.parametrize("kw,match", [({"p_oracle": 1.5}, "p_oracle must be between 0 and 1"),
                                       ({"format": ["csv"]}, "unknown --format csv: choose from chat"),
                                       ({"teacher": "fake"}, "add --answer-style cot"),
-                                      ({"generate_questions": 2}, "needs --question-generator"),
+                                      ({"generate_questions": 2, "qa": ["x.jsonl"]}, "drop one of them"),
+                                      ({"min_support": 1.5}, "min_support must be between 0 and 1"),
                                       ({"template": "nope"}, "known templates are raft-v1")])
 def test_config_errors_name_the_fix(kw: dict, match: str) -> None:
     from rag_pipeline.errors import ConfigError
