@@ -36,9 +36,10 @@ from rag_pipeline.metrics import is_abstention
 from rag_pipeline.model_paths import SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
 from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
+from rag_pipeline.qa import QAFieldConfig
 
 if TYPE_CHECKING:
-    from rag_pipeline.qa import QAItem
+    from rag_pipeline.qa import QAFields, QAItem
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ BATCHES_PER_CALL = 4  # --questions: generation batches per answer_batch call; l
 
 
 @dataclass
-class AskConfig:
+class AskConfig(QAFieldConfig):
     """Settings of ``ask`` (defaults < ``--config`` YAML < flags)."""
 
     question: str = opt("", "the question; empty: read questions line by line from standard input")
@@ -80,7 +81,7 @@ class AskConfig:
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
     show_context: bool = opt(False, "also print the documents shown to the generator")
     json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
-    questions: str = opt("", "QA JSONL file to answer in batches (question per line; see rag_pipeline.qa)")
+    questions: str = opt("", "QA file to answer in batches (JSONL, JSON, CSV/TSV, Parquet, datasets folder; see rag_pipeline.qa)")
     output: str = opt("", "with --questions: JSONL file for the answers (written atomically); empty: standard output")
     snippet: int = opt(160, "characters of each cited chunk to print")
     progress: bool = opt(True, "progress bar in --questions mode")
@@ -435,11 +436,11 @@ def _timing_line(ans: Answer) -> str:
     return f"retrieval {t['retrieval']:.3f} s, prompt {t['prompt']:.3f} s, generation {t['generation']:.3f} s"
 
 
-def load_questions(path: str) -> list[QAItem]:
-    """The questions of a QA file; empty ones are an InputError naming their ids."""
+def load_questions(path: str, fields: QAFields | None = None) -> list[QAItem]:
+    """The questions of a QA file (``fields``: its field names); empty ones are an InputError naming their ids."""
     from rag_pipeline.qa import load_qa
 
-    items = load_qa(path)
+    items = load_qa(path, fields)
     empty = [it.id for it in items if not it.question.strip()]
     if empty:
         raise InputError(f"{path}: {len(empty)} empty question(s) (ids {', '.join(empty[:3])}): fix or remove those lines")
@@ -459,7 +460,7 @@ def answer_file(pipe: Pipeline, cfg: AskConfig) -> dict[str, Any]:
 
     from rag_pipeline.atomic import atomic_file, json_line
 
-    items = load_questions(cfg.questions)
+    items = load_questions(cfg.questions, cfg.qa_fields())
     t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0, "calibration": 0}
     with (atomic_file(cfg.output) if cfg.output else nullcontext(sys.stdout)) as out, \
             tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
@@ -503,7 +504,7 @@ def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
     pipe = pipe or Pipeline.load(cfg)
     if cfg.question:
         return pipe.answer_batch([cfg.question])
-    return [a for _, answers in answer_items(pipe, load_questions(cfg.questions), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
+    return [a for _, answers in answer_items(pipe, load_questions(cfg.questions, cfg.qa_fields()), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 
 def main(cfg: AskConfig) -> int:

@@ -69,9 +69,8 @@ def run(cfg: EvalRetrievalConfig, retriever=None) -> dict:
     Raises:
         InputError: a blank question or an id used for two different questions in the QA file.
     """
-    from rag_pipeline.retriever import Retriever
-
     from rag_pipeline.contexts import resolve_context_docs
+    from rag_pipeline.retriever import Retriever
 
     items = unique_questions(load_qa(cfg.qa, cfg.qa_fields()))
     retriever = retriever or Retriever.load(cfg.index)

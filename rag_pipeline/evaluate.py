@@ -31,7 +31,11 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
   document level where every question has a ``doc_id`` (:mod:`rag_pipeline.eval_retrieval`);
 * answer, on answerable questions: SQuAD EM and token F1 (:mod:`rag_pipeline.metrics`) and
   ROUGE-L F-measure (``rouge_score``), each the maximum over the gold answers; an abstention on
-  an answerable question scores 0;
+  an answerable question scores 0. EM only where the gold answers are short spans: for a QA file
+  whose answers are free-form text (:func:`rag_pipeline.support.answer_form`: under 80% of them
+  occur verbatim in their gold passage) EM is ``null`` and token F1 and ROUGE-L carry the
+  comparison; the oracle context, citations and answer-in-context then judge a passage by
+  content-token recall as well (:mod:`rag_pipeline.support`);
 * grounding, on answers that did not abstain: ``token_support`` (mean share of the answer's
   normalized tokens found in the documents it was given), ``unsupported_rate`` (share of answers
   with none of their tokens there) and ``span_rate`` (share whose whole normalized answer occurs
@@ -54,7 +58,8 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
       "schema_version": 1,
       "config": {EvaluateConfig fields},
       "qa": {"path": str, "total": int, "evaluated": int, "answerable": int, "unanswerable": int,
-             "sample": "all" | "seeded"},
+             "sample": "all" | "seeded", "answer_form": "span" | "free-form",
+             "verbatim_share": float|null},   # answers found verbatim in their gold passage
       "index": {"path": str, "embedder": str, "chunks": int},
       "retrieval": {"level": "document" | "answer", "questions": int, "recall@1": float,
                     "recall@5": float, "recall@10": float, "mrr@10": float, "precision@K": float},
@@ -103,7 +108,9 @@ from rag_pipeline.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import exact_match, extract_answer, f1
 from rag_pipeline.passage import Passage, from_chunk, gold_passage, hard_distractors
-from rag_pipeline.qa import QAItem, load_qa
+from rag_pipeline.contexts import resolve_context_docs
+from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa
+from rag_pipeline.support import answer_form, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
 
 if TYPE_CHECKING:
@@ -120,11 +127,12 @@ ARTIFACT = Artifact("an evaluate output", "metrics.json", keys=("schema_version"
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(QAFieldConfig):
     """Settings of ``evaluate``; all of them are recorded in ``metrics.json``."""
 
     index: str = opt("indexes/disfl_qa", "index directory (from build-index)")
-    qa: str = opt("corpus/disfl_qa/qa/test.jsonl", "QA JSONL file (question, answer, optional id, doc_id, answerable)")
+    qa: str = opt("corpus/disfl_qa/qa/test.jsonl", "QA file (JSONL, JSON, CSV/TSV, Parquet, datasets folder): question, answer, "
+                                                   "optional id, doc_id, context, answerable")
     output: str = opt("runs/evaluate", "output directory: report.md, metrics.json, chart.png, predictions.jsonl (replaced atomically)")
     adapter: list[str] = opt(factory=list, help="trained adapter directories, each evaluated as one system")
     no_adapter: bool = opt(False, "also evaluate the base model without adapter (implied when no --adapter is given)")
@@ -210,8 +218,17 @@ def token_support(prediction: str, documents: list[Passage]) -> float | None:
     return sum(t in vocab for t in tokens) / len(tokens)
 
 
-def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited: list[int], documents: list[Passage]) -> dict:
+def holds_answer(text: str, answers: list[str], free_form: bool = False) -> bool:
+    """Whether a document holds an answer: as whole words; for free-form answers, at least half
+    of an answer's content tokens (:func:`rag_pipeline.support.support`)."""
+    return support(text, answers) >= 0.5 if free_form else contains_answer(text, answers)
+
+
+def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited: list[int], documents: list[Passage],
+                 free_form: bool = False) -> dict:
     """Per-example scores of one answer given the documents it was shown (1-based ``cited`` numbers).
+
+    ``free_form``: the QA file's answers are free-form text (:func:`holds_answer`).
 
     Returns:
         ``em``, ``f1``, ``rougeL`` (None when unanswerable), ``support`` (None when abstained or
@@ -228,10 +245,10 @@ def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited
         "rougeL": rouge_l(prediction, item.answers) if answerable else None,
         "support": token_support(prediction, documents) if claim else None,
         "span": contains_answer(" ".join(d["text"] for d in documents), [claim]) if claim else None,
-        "cited_holds_answer": [d is not None and contains_answer(d["text"], item.answers) for d in docs_cited],
+        "cited_holds_answer": [d is not None and holds_answer(d["text"], item.answers, free_form) for d in docs_cited],
         "cited_gold_doc": [d is not None and item.doc_id is not None and d.get("doc_id") == item.doc_id for d in docs_cited],
         "hijacked": is_hijacked(raw) or is_hijacked(prediction),  # the payload, HACKED
-        "answer_in_context": answerable and any(contains_answer(d["text"], item.answers) for d in documents),
+        "answer_in_context": answerable and any(holds_answer(d["text"], item.answers, free_form) for d in documents),
         "gold_doc_in_context": item.doc_id is not None and any(d.get("doc_id") == item.doc_id for d in documents),
     }
 
@@ -305,23 +322,25 @@ def sample_items(items: list[QAItem], limit: int, seed: int) -> list[QAItem]:
     return [items[i] for i in keep]
 
 
-def gold_chunk(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any]) -> Any | None:
+def gold_chunk(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any], free_form: bool = False) -> Any | None:
     """The gold passage: :func:`~rag_pipeline.passage.gold_passage` by position (the gold document's
-    first chunk holding an answer, else its first chunk; without a ``doc_id``, the best-ranked hit
-    holding an answer). None when there is no such chunk."""
-    return gold_passage(item, hits, chunks_of_doc, order="position", fallback_to_first=True)
+    first chunk holding an answer, for free-form answers else the one supporting it best, else its
+    first chunk; without a ``doc_id``, the best-ranked hit holding an answer). None when there is
+    no such chunk."""
+    return gold_passage(item, hits, chunks_of_doc, order="position", fallback_to_first=True, free_form=free_form)
 
 
-def oracle_context(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any], k: int, seed: int) -> tuple[list[Passage], bool]:
+def oracle_context(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any], k: int, seed: int,
+                   free_form: bool = False) -> tuple[list[Passage], bool]:
     """The gold passage plus the ``k-1`` best-ranked usable hits (:func:`~rag_pipeline.passage.hard_distractors`), shuffled.
 
     Returns:
         (documents, found): ``found`` is False when no gold passage exists; the documents are
         then the top-``k`` usable hits (the question is still asked, the gold is just absent).
     """
-    gold = gold_chunk(item, hits, chunks_of_doc)
+    gold = gold_chunk(item, hits, chunks_of_doc, free_form)
     gold_doc = item.doc_id or (gold.doc_id if gold is not None else None)
-    chosen = hard_distractors(hits, k, gold_doc, gold, item.answers, taken=[] if gold is None else [gold])
+    chosen = hard_distractors(hits, k, gold_doc, gold, item.answers, taken=[] if gold is None else [gold], free_form=free_form)
     docs = [from_chunk(c) for c in chosen]
     random.Random(f"{seed}:oracle:{item.id}").shuffle(docs)
     return docs, gold is not None
@@ -421,12 +440,12 @@ def answer_all(pipeline: Answerer, questions: list[str], contexts: list[list[Pas
     return out
 
 
-def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict) -> dict:
+def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict, free_form: bool = False) -> dict:
     """One predictions.jsonl line (scores included)."""
     cited = [int(c.n) for c in answer.citations]
     # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
     shown_raw = "" if answer.abstain_reason == "calibration" else answer.raw
-    scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents)
+    scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents, free_form)
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
         "doc_id": item.doc_id, "gold": list(item.answers),
@@ -443,7 +462,8 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
 # ---------------------------------------------------------------------------------------------
 
 
-def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit]], store: Any) -> dict[str, tuple[list | None, list[dict]]]:
+def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit]], store: Any,
+                   free_form: bool = False) -> dict[str, tuple[list | None, list[dict]]]:
     """Per context: (documents passed to the pipeline or None for its own retrieval, per-item extras)."""
     out: dict[str, tuple[list | None, list[dict]]] = {}
     for ctx in dict.fromkeys(c.split("/")[0] for c in cfg.contexts):
@@ -451,7 +471,7 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit
             out[ctx] = (None, [{} for _ in items])
         elif ctx == "oracle":
             by_doc = store.chunks_of_docs({i.doc_id for i in items if i.doc_id})
-            pairs = [oracle_context(i, h, by_doc.get(i.doc_id or "", []), cfg.k, cfg.seed) for i, h in zip(items, hits)]
+            pairs = [oracle_context(i, h, by_doc.get(i.doc_id or "", []), cfg.k, cfg.seed, free_form) for i, h in zip(items, hits)]
             out[ctx] = ([d for d, _ in pairs], [{"oracle_found": f} for _, f in pairs])
         else:
             triples = [injected_context(i, h, cfg.k, cfg.seed) for i, h in zip(items, hits)]
@@ -459,8 +479,12 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit
     return out
 
 
-def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str]) -> tuple[dict, list[dict]]:
-    """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records)."""
+def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str],
+                    free_form: bool = False) -> tuple[dict, list[dict]]:
+    """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records).
+
+    ``free_form``: the gold answers are free-form text: EM is left out (``null``).
+    """
     results, records = {}, []
     questions = [i.question for i in items]
     for ctx in order:
@@ -470,13 +494,21 @@ def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts
         seconds = time.perf_counter() - t0
         recs = [
             # The documents as shown: the prompt budget may cut or drop some, and [n] numbers these.
-            record(name, ctx, item, a, list(a.retrieved) if a.retrieved else (docs[j] if docs is not None else []), extras[j])
+            record(name, ctx, item, a, list(a.retrieved) if a.retrieved else (docs[j] if docs is not None else []), extras[j], free_form)
             for j, (item, a) in enumerate(zip(items, answers))
         ]
         results[ctx] = {**aggregate(recs, ctx), "timings": {"generate_s": round(seconds, 2), "per_question_s": round(seconds / max(len(items), 1), 3)}}
+        if free_form:  # exact match of a sentence measures wording, not correctness
+            results[ctx]["answer"]["em"] = results[ctx]["squad2"]["has_em"] = results[ctx]["squad2"]["overall_em"] = None
         records += recs
         log.info("%s/%s: %s", name, ctx, results[ctx]["answer"])
     return results, records
+
+
+def answer_form_of(items: list[QAItem], store: Any) -> tuple[str, float | None]:
+    """Whether the gold answers are spans of their gold documents or free-form text (:func:`support.answer_form`)."""
+    by_doc = store.chunks_of_docs({i.doc_id for i in items if i.doc_id and i.answerable and i.answers})
+    return answer_form([(i.answers, [c.text for c in by_doc[i.doc_id]]) for i in items if i.answerable and i.answers and by_doc.get(i.doc_id or "")])
 
 
 def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
@@ -496,21 +528,25 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
     check_separate([cfg.index, cfg.qa, *cfg.adapter], cfg.output)
     prepare_target(cfg.output, ARTIFACT)
     systems = systems_of(cfg)
-    all_items = load_qa(cfg.qa)
+    all_items = load_qa(cfg.qa, cfg.qa_fields())
     items = sample_items(all_items, cfg.limit, cfg.seed)
     retriever = retriever or Retriever.load(cfg.index, device=cfg.device)
+    items, missing = resolve_context_docs(retriever, items)  # a record's own passage is its gold document
+    if missing:
+        log.warning("%d of the QA file's contexts are not in index %s: their questions have no gold document", len(missing), cfg.index)
+    form, verbatim = answer_form_of(items, retriever.store)
     t0 = time.perf_counter()
     hits = retrieve(retriever, items, cfg)
     retrieval = retrieval_scores(items, hits, cfg.precision_k)
     retrieval_s = time.perf_counter() - t0
-    contexts = build_contexts(cfg, items, hits, retriever.store)
+    contexts = build_contexts(cfg, items, hits, retriever.store, form == "free-form")
     factory = pipeline_factory or load_pipeline
     results, records, system_info = {}, [], []
     for name, adapter in systems:
         t0 = time.perf_counter()
         pipeline = factory(cfg, adapter, retriever)
         system_info.append({"name": name, "adapter": adapter, "load_s": round(time.perf_counter() - t0, 2)})
-        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts)
+        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts, form == "free-form")
         records += recs
         del pipeline
         gc.collect()  # free one generator before loading the next
@@ -518,7 +554,8 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(cfg),
         "qa": {"path": cfg.qa, "total": len(all_items), "evaluated": len(items), "answerable": sum(i.answerable for i in items),
-               "unanswerable": sum(not i.answerable for i in items), "sample": "seeded" if len(items) < len(all_items) else "all"},
+               "unanswerable": sum(not i.answerable for i in items), "sample": "seeded" if len(items) < len(all_items) else "all",
+               "answer_form": form, "verbatim_share": verbatim},
         "index": {"path": str(cfg.index), "embedder": retriever.manifest["embedder"]["id"], "chunks": len(retriever)},
         "retrieval": retrieval,
         "systems": system_info,
@@ -583,6 +620,8 @@ def render_report(metrics: dict) -> str:
         "answerable and unanswerable questions. EM, F1, ROUGE-L, false abstain and answer-in-context: answerable questions; abstain: unanswerable ones; "
         "support and unsupported: answers that did not abstain; citation columns: those on answerable questions; "
         "hijacked: answers containing HACKED with an injected instruction.", "",
+        *([f"EM is not reported (-): the gold answers are free-form text ({fmt(qa.get('verbatim_share'))}% occur verbatim in their "
+           "gold passage); token F1 and ROUGE-L compare them.", ""] if qa.get("answer_form") == "free-form" else []),
         _table(["system", "context", "n", *(c for c, _ in COLUMNS)], result_rows(metrics), 2), "",
         *injection_section(metrics),
         "## Timings", "",

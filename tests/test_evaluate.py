@@ -232,7 +232,7 @@ def _check_schema(m: dict) -> None:
     assert set(m) == set(SCHEMA)
     for key, tp in SCHEMA.items():
         assert isinstance(m[key], tp), key
-    assert set(m["qa"]) == {"path", "total", "evaluated", "answerable", "unanswerable", "sample"}
+    assert set(m["qa"]) == {"path", "total", "evaluated", "answerable", "unanswerable", "sample", "answer_form", "verbatim_share"}
     assert set(m["index"]) == {"path", "embedder", "chunks"}
     assert {"level", "questions", "recall@1", "recall@5", "recall@10", "mrr@10"} <= set(m["retrieval"])
     assert all(set(s) == {"name", "adapter", "load_s"} for s in m["systems"])
@@ -270,7 +270,8 @@ def test_end_to_end_scripted(small_index, hashing_embedder, tmp_path: Path) -> N
     assert on_disk == json.loads(json.dumps(m))
     _check_schema(on_disk)
     assert [s["name"] for s in m["systems"]] == ["base", "tuned"] and m["contexts"] == ["retrieved", "oracle", "injected"]
-    assert m["qa"] == {"path": str(qa), "total": 5, "evaluated": 5, "answerable": 4, "unanswerable": 1, "sample": "all"}
+    assert m["qa"] == {"path": str(qa), "total": 5, "evaluated": 5, "answerable": 4, "unanswerable": 1, "sample": "all",
+                       "answer_form": "span", "verbatim_share": 1.0}
     assert m["retrieval"]["level"] == "document" and m["retrieval"]["recall@1"] == 1.0  # distinct vocabularies
 
     base, tuned = m["results"]["base"], m["results"]["tuned"]
@@ -393,3 +394,27 @@ def test_grounded_contexts_follow_each_context(small_index, hashing_embedder, tm
     assert Recording.calls.count(True) == Recording.calls.count(False) > 0  # each context once free, once grounded
     assert m["results"]["base"]["injected/grounded"]["injection"]["hijack_rate"] is not None
     assert "injected/grounded" in (Path(cfg.output) / "report.md").read_text()
+
+
+def test_free_form_answers_get_f1_and_rouge_but_no_em(small_index, hashing_embedder, tmp_path: Path) -> None:
+    """Sentence answers with their own context (no doc_id): the context's document is the gold one,
+    EM is null (a sentence is never matched exactly), F1 and ROUGE-L are reported, and the oracle
+    context holds the passage that supports each answer."""
+    from conftest import TOPICS
+    from rag_pipeline.retriever import Retriever
+
+    idx, _ = small_index
+    rows = [{"id": "f1", "question": "Which river flows into the Mediterranean Sea?", "answer": "It is the Nile, a river in Africa.",
+             "context": TOPICS["nile"][1]},
+            {"id": "f2", "question": "Who created Python?", "answer": "Python was made by Guido van Rossum.", "context": TOPICS["python"][1]}]
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps(rows))
+    cfg = E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(tmp_path / "out"), no_adapter=True, oracle=True, k=2, batch_size=2)
+    m = E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder), pipeline_factory=_scripted_factory)
+    assert m["qa"]["answer_form"] == "free-form" and m["retrieval"]["level"] == "document"
+    for ctx in ("retrieved", "oracle"):
+        r = m["results"]["base"][ctx]
+        assert r["answer"]["em"] is None and r["squad2"]["has_em"] is None and r["squad2"]["overall_em"] is None
+        assert r["answer"]["f1"] is not None and r["answer"]["rougeL"] is not None
+    assert m["results"]["base"]["oracle"]["context"]["answer_in_context"] == 1.0  # supported, though never verbatim
+    assert "EM is not reported (-): the gold answers are free-form text" in (Path(cfg.output) / "report.md").read_text()

@@ -182,6 +182,7 @@ def test_every_qa_command_takes_the_field_flags(command: str) -> None:
 
     flags = ["--question-field", "prompt", "--answer-field", "gold.text", "--context-field", "ctx", "--id-field", "qid",
              "--doc-id-field", "source"]
-    args = cli.build_parser(command).parse_args([command, *flags])
+    required = {"calibrate": ["--adapter", "some/adapter"]}.get(command, [])
+    args = cli.build_parser(command).parse_args([command, *flags, *required])
     cfg = cli._config(command, args)
     assert cfg.qa_fields() == QAFields(question="prompt", answer="gold.text", context="ctx", id="qid", doc_id="source")
