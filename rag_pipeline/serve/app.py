@@ -206,8 +206,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if err.status_code == 404 else None
-        message = f"no route {request.method} {request.url.path}: see GET /v1/models, POST /v1/chat/completions, POST /v1/search" \
-            if err.status_code in (404, 405) else str(err.detail)
+        routes = "GET /, GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/search"
+        message = {404: f"no route {request.url.path}: the routes are {routes}",
+                   405: f"method {request.method} is not allowed on {request.url.path}: the routes are {routes}"}.get(
+            err.status_code, str(err.detail))
         return _error_response(ApiError(err.status_code, message, code=kind, headers=dict(err.headers or {})))
 
     @app.exception_handler(Exception)
