@@ -31,7 +31,6 @@ import os
 import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -228,6 +227,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--batch-wait-ms", type=float, default=20)
     p.add_argument("--max-queue", type=int, default=16)
+    p.add_argument("--request-timeout-s", type=float, default=600, help="the server's timeout (long: a busy machine is slow)")
     p.add_argument("--overflow", type=int, default=32, help="simultaneous requests for the queue-bound check")
     p.add_argument("--max-tokens", type=int, default=48, help="the server's default max_tokens (and llama.cpp's)")
     p.add_argument("-k", type=int, default=2)
@@ -249,7 +249,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "rag_pipeline.cli", "serve", "--index", args.index, "--adapter", args.adapter, "--port", str(port),
            "--dtype", args.dtype, "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms),
-           "--max-queue", str(args.max_queue), "--max-new-tokens", str(args.max_tokens), "-k", str(args.k), "-q"]
+           "--max-queue", str(args.max_queue), "--request-timeout-s", str(args.request_timeout_s), "--max-new-tokens", str(args.max_tokens), "-k", str(args.k), "-q"]
     server_log = open(tmp / "serve.log", "w")  # noqa: SIM115 - a pipe nobody reads would fill and block the server
     server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=server_log, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -276,6 +276,7 @@ def main() -> int:
         server.terminate()
         server.wait(60)
     out["ask"] = ask_baseline(args, qa_file, tmp)
+    out["load_average_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     progress(f"ask --questions: {out['ask']['qps']:.2f} q/s")
     report(out, questions)
     if args.output:
@@ -288,7 +289,7 @@ def report(out: dict, questions: list[str]) -> None:
     ask = out["ask"]
     agree = {i: a for r in out["serve"] for i, a in r["answers"].items()}
     same = sum(1 for i, a in agree.items() if ask["answers"][i] == a)
-    print(f"\n{out['machine']}; serve ready in {out['serve_start_s']:.1f} s; batches: {out['batches']}\n")
+    print(f"\n{out['machine']}, {out['load_average_end']} at the end; serve ready in {out['serve_start_s']:.1f} s; batches: {out['batches']}\n")
     print("| system | clients | requests | req/s | p50 s | p95 s | p99 s | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in out["serve"]:

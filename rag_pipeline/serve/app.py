@@ -268,7 +268,7 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.add_middleware(AccessLog)  # added last: outermost, so it times and logs 413s too
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a sync dependency would take a threadpool hop
         if not limits.api_key:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -371,7 +371,10 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
         if max_new > limits.max_tokens_limit:
             raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {limits.max_tokens_limit}",
                            param="max_tokens")
-        settings = GenSettings(max_new, body.temperature or 0.0, body.top_p or 1.0, limits.seed if body.seed is None else body.seed)
+        if body.temperature:
+            settings = GenSettings(max_new, body.temperature, body.top_p or 1.0, limits.seed if body.seed is None else body.seed)
+        else:  # greedy: top_p and seed change nothing, so they must not split batches
+            settings = GenSettings(max_new)
         job = submit("answer", question, ("answer", settings), stream=body.stream)
         rid, created = f"chatcmpl-{_request_id(request)}", int(time.time())
         if body.stream:
