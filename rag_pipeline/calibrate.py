@@ -30,7 +30,8 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     """SQuAD 2.0 figures at every distinct threshold: abstain when ``margin > threshold``.
 
     Args:
-        margins: null margin per question.
+        margins: null margin per question; ``+inf`` abstains at every threshold (no generation, or
+            even the best answering continuation was a refusal).
         answered_f1: token F1 of the question's best non-abstaining answer (ignored when unanswerable).
         answerable: whether each question has an answer.
 
@@ -46,9 +47,10 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     n_no = len(answerable) - n_has
     rows = []
     for t in cuts:
-        has = sum(f for m, f, a in zip(margins, answered_f1, answerable) if a and m <= t)
-        false_abs = sum(1 for m, a in zip(margins, answerable) if a and m > t)
-        noans = sum(1 for m, a in zip(margins, answerable) if not a and m > t)
+        out = [m > t or m == math.inf for m in margins]
+        has = sum(f for o, f, a in zip(out, answered_f1, answerable) if a and not o)
+        false_abs = sum(1 for o, a in zip(out, answerable) if a and o)
+        noans = sum(1 for o, a in zip(out, answerable) if not a and o)
         rows.append({"threshold": t, "overall_f1": (has + noans) / len(margins),
                      "has_f1": has / n_has if n_has else math.nan, "noans_acc": noans / n_no if n_no else math.nan,
                      "false_abstain_rate": false_abs / n_has if n_has else 0.0})
@@ -59,12 +61,16 @@ def choose_threshold(margins: Sequence[float], answered_f1: Sequence[float], ans
                      max_false_abstain: float = 0.15) -> dict[str, float]:
     """The threshold maximising overall F1 with false abstentions at or under ``max_false_abstain``.
 
-    Ties go to fewer false abstentions, then to the lower threshold. Never abstaining (threshold
-    +inf) is always feasible, so there is always an answer.
+    Ties go to fewer false abstentions, then to the lower threshold. When no threshold meets the
+    ceiling (the forced abstentions alone exceed it), the one with the fewest false abstentions.
     """
     if not 0.0 <= max_false_abstain <= 1.0:
         raise ValueError(f"max_false_abstain must be in [0, 1], got {max_false_abstain}")
-    feasible = [r for r in sweep(margins, answered_f1, answerable) if r["false_abstain_rate"] <= max_false_abstain + 1e-12]
+    rows = sweep(margins, answered_f1, answerable)
+    feasible = [r for r in rows if r["false_abstain_rate"] <= max_false_abstain + 1e-12]
+    if not feasible:
+        least = min(r["false_abstain_rate"] for r in rows)
+        feasible = [r for r in rows if r["false_abstain_rate"] == least]
     return max(feasible, key=lambda r: (round(r["overall_f1"], 12), -r["false_abstain_rate"], -r["threshold"]))
 
 

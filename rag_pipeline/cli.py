@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "ask": ("rag_pipeline.ask", "AskConfig", "answer a question from the index with cited sources", ("question", "?", "the question (none: read standard input)")),
     "evaluate": ("rag_pipeline.evaluate", "EvaluateConfig", "answer quality of base vs tuned generators, with a report", None),
     "calibrate": ("rag_pipeline.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
+    "serve": ("rag_pipeline.serve", "ServeConfig", "OpenAI-compatible HTTP server and web page over the retriever + adapter", None),
+    "export": ("rag_pipeline.export", "ExportConfig", "write the adapter merged into its base: a Hugging Face folder or a GGUF file", None),
 }
 
 

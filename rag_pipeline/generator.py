@@ -414,6 +414,7 @@ def generate_with_margins(
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]
+    banned = abstain_openings(tokenizer, abstain[:2])
     encoded = [encode_prompt(tokenizer, kind, t) for t in model_texts]
     if max_input_length is not None:
         encoded = [cut_middle(ids, max_input_length) for ids in encoded]
@@ -428,7 +429,7 @@ def generate_with_margins(
         kwargs = _constraint_kwargs([constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1) if constraints else {}
         with torch.no_grad():
             res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 bad_words_ids=[abstain[:2]], pad_token_id=pad_id, eos_token_id=eos_id,
+                                 bad_words_ids=banned, pad_token_id=pad_id, eos_token_id=eos_id,
                                  return_dict_in_generate=True, output_logits=True, **kwargs)
             logits = torch.stack(res.logits, 1).float().log_softmax(-1)  # (batch, steps, vocab), before the ban
             new = res.sequences[:, -logits.shape[1]:]
@@ -441,6 +442,18 @@ def generate_with_margins(
             out[i] = (text, float(abstain_lp[r] - answer_lp[r]))
     model.train(was_training)
     return out
+
+
+# How a tuned model words its refusals ("The document doesn't...", "The Documents don't..."): the
+# best *answering* continuation bans their first two tokens, not only the exact sentence's.
+ABSTAIN_OPENINGS = ("The documents", "The document", "The Documents", "The Document", "The context", "The provided",
+                    "The given", "The passages", "The passage", "The text", "There is no", "I cannot", "I can't")
+
+
+def abstain_openings(tokenizer: Any, exact: list[int]) -> list[list[int]]:
+    """``bad_words_ids`` banning the abstention's opening and its usual paraphrases' (two tokens each)."""
+    seqs = [exact] + [tokenizer(o, add_special_tokens=False)["input_ids"][:2] for o in ABSTAIN_OPENINGS]
+    return [list(x) for x in dict.fromkeys(tuple(q) for q in seqs if len(q) == 2)]
 
 
 def _constraint_kwargs(rows: list[Any], offset: int) -> dict[str, Any]:

@@ -49,3 +49,11 @@ def test_infinite_thresholds_survive_json() -> None:
     row = to_json({"threshold": math.inf, "overall_f1": 0.5})
     assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf
 
+
+
+def test_forced_abstentions_count_at_every_threshold() -> None:
+    # the third question's best answer was itself a refusal: it abstains even when nothing else does
+    rows = sweep([-1.0, 0.0, math.inf], [1.0, 0.0, 0.0], [True, True, True])
+    assert all(r["false_abstain_rate"] >= 1 / 3 for r in rows)
+    best = choose_threshold([-1.0, 0.0, math.inf], [1.0, 0.0, 0.0], [True, True, True], max_false_abstain=0.15)
+    assert best["false_abstain_rate"] == pytest.approx(1 / 3)  # infeasible cap: the fewest false abstentions

@@ -177,7 +177,7 @@ def test_generate_with_margins_matches_plain_forward_passes(gen) -> None:
         prompt = G.encode_prompt(tok, kind, text)
         ab = tok(abstain, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         with torch.no_grad():  # the same greedy answer, decoded alone with the abstention banned
-            seq = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, bad_words_ids=[ab[:2]],
+            seq = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, bad_words_ids=G.abstain_openings(tok, ab[:2]),
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         ans = seq[0, len(prompt):].tolist() if kind == "causal" else seq[0, 1:].tolist()
         ans = ans[: ans.index(tok.eos_token_id) + 1] if tok.eos_token_id in ans else ans

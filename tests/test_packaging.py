@@ -33,7 +33,7 @@ def _imported_distributions(folder: str) -> set[str]:
     """Distributions of the third-party top-level modules imported by the .py files in ``folder``."""
     dists = packages_distributions()
     found: set[str] = set()
-    for path in (REPO / folder).glob("*.py"):
+    for path in (REPO / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]

@@ -1,0 +1,446 @@
+"""The FastAPI application: routes, limits, authentication, errors and the access log.
+
+:func:`create_app` takes the settings and a ``load`` function; the models are loaded in a
+background thread after the server starts listening (``/health`` answers 503 until then), and
+then the :class:`~rag_pipeline.serve.batcher.BatchWorker` starts. Handlers only validate, queue
+and wait: all model work happens on the worker thread.
+
+Every error leaves as JSON in OpenAI's shape (``{"error": {"message", "type", "param",
+"code"}}``), never as a stack trace; unexpected exceptions are logged with their traceback on
+the server and answered with a 500 that names the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rag_pipeline.ask import Answer
+from rag_pipeline.errors import RagError
+from rag_pipeline.serve import schema as S
+from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, GenSettings, Job, Usage
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("rag_pipeline.serve.access")
+
+POLL_S = 0.2  # how often a waiting request checks whether its client is still connected
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+       "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@dataclass
+class Limits:
+    """The server's settings the application reads (a subset of ``ServeConfig``)."""
+
+    model_id: str
+    api_key: str = ""
+    max_new_tokens: int = 48
+    max_tokens_limit: int = 256
+    max_batch: int = 8
+    batch_wait_ms: float = 20.0
+    max_queue: int = 64
+    request_timeout_s: float = 120.0
+    max_body_bytes: int = 256 * 1024
+    max_question_chars: int = 2000
+    seed: int = 0
+    retry_after_s: int = 1
+
+
+class ServerState:
+    """What the routes share: load status, the queue and the worker."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.status: str = "loading"
+        self.detail = "loading the index and the models"
+        self.queue = BatchQueue(limits.max_queue)
+        self.worker: BatchWorker | None = None
+        self.created = int(time.time())
+
+    def load(self, load: Callable[[], Answerer], on_failure: Callable[[], None] | None) -> None:
+        """Run in a thread: load the models, then start the worker (or record why it failed)."""
+        try:
+            pipe = load()
+        except RagError as e:
+            self.status, self.detail = "failed", str(e)
+            log.error("error: %s", e)
+        except Exception as e:  # noqa: BLE001 - reported on /health and in the log; the server then stops
+            self.status, self.detail = "failed", f"{type(e).__name__} while loading the models (see the server log)"
+            log.exception("loading the models failed")
+        else:
+            self.worker = BatchWorker(pipe, self.queue, self.limits.max_batch, self.limits.batch_wait_ms / 1000).start()
+            self.status, self.detail = "ok", ""
+            log.info("models loaded; answering on the batch worker")
+            return
+        if on_failure is not None:
+            on_failure()
+
+
+# ------------------------------------------------------------------------------ middleware
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, declared (Content-Length) or streamed (chunked).
+
+    The body is read here, up to the limit, and replayed to the application; later ``receive``
+    calls go to the server (the disconnect checks need them).
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(scope, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, send: Callable) -> None:
+        err = ApiError(413, f"request body is over the limit of {self.limit} bytes: send a shorter request "
+                            "(the server's --max-body-bytes sets the limit)", code="request_too_large")
+        await _error_response(err).__call__(scope, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+class AccessLog:
+    """One JSON line per request (method, path, status, latency, request id) on ``rag_pipeline.serve.access``.
+
+    The request id is the client's ``X-Request-Id`` when it sends a short one, else a process
+    prefix and a counter; it is echoed in the ``X-Request-Id`` response header.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.prefix = secrets.token_hex(4)
+        self.counter = itertools.count(1)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum() else f"{self.prefix}-{next(self.counter)}"
+        scope.setdefault("state", {})["request_id"] = rid
+        t0, status = time.perf_counter(), {"code": 0}
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            status["code"] = status["code"] or 500  # the error handler answers it outside this middleware
+            raise
+        finally:
+            access_log.info(json.dumps({
+                "method": scope["method"], "path": scope["path"], "status": status["code"] or 499,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 1), "request_id": rid,
+            }))
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    body = S.ErrorResponse(error=S.ErrorDetail(message=err.message, type=err.type, param=err.param, code=err.code))
+    return JSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return _error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'invalid')}" for e in err.errors()]
+        first = err.errors()[0].get("loc", ()) if err.errors() else ()
+        param = ".".join(str(p) for p in first[1:]) or None
+        return _error_response(ApiError(422, "invalid request: " + "; ".join(problems[:5]), param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if err.status_code == 404 else None
+        routes = "GET /, GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/search"
+        message = {404: f"no route {request.url.path}: the routes are {routes}",
+                   405: f"method {request.method} is not allowed on {request.url.path}: the routes are {routes}"}.get(
+            err.status_code, str(err.detail))
+        return _error_response(ApiError(err.status_code, message, code=kind, headers=dict(err.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.error("unhandled error in request %s", _request_id(request), exc_info=err)
+        return _error_response(ApiError(500, f"internal server error (request id {_request_id(request)}): see the server log",
+                                        "server_error"))
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _citations(ans: Answer) -> list[S.CitationOut]:
+    return [S.CitationOut(number=c.n, doc_id=c.doc_id, title=c.title, source=c.source, score=c.score, snippet=c.snippet)
+            for c in ans.citations]
+
+
+def _question(req: S.ChatCompletionRequest, max_chars: int) -> str:
+    """The last user message's text, checked for emptiness and length."""
+    users = [m for m in req.messages if m.role == "user"]
+    if not users:
+        raise ApiError(422, "no user message: the last message with role 'user' is the question", param="messages")
+    question = users[-1].text().strip()
+    if not question:
+        raise ApiError(422, "the last user message is empty: it must hold the question", param="messages")
+    if len(question) > max_chars:
+        raise ApiError(422, f"the question is {len(question)} characters long, over the limit of {max_chars}: "
+                            "ask a shorter question (the server's --max-question-chars sets the limit)",
+                       param="messages", code="question_too_long")
+    return question
+
+
+class _ClientGone(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """The server application; ``load`` runs once in a background thread at startup."""
+    state = ServerState(limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=state.load, args=(load, on_load_failure), name="rag-model-loader", daemon=True).start()
+        yield
+        if state.worker is not None:
+            await asyncio.to_thread(state.worker.stop)
+            st = state.worker.stats
+            log.info("stopped after answering %d request(s) in %d batch(es)", st.requests, st.batches)
+
+    app = FastAPI(title="rag-pipeline", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(AccessLog)  # added last: outermost, so it times and logs 413s too
+
+    async def authorize(request: Request) -> None:  # async: a sync dependency would take a threadpool hop
+        if not limits.api_key:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), limits.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
+                                "(the key the server was started with, --api-key or RAG_PIPELINE_API_KEY)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def ready() -> None:
+        if state.status == "loading":
+            raise ApiError(503, "the models are still loading: retry shortly (GET /health says when they are ready)",
+                           "server_error", code="loading", headers={"Retry-After": "5"})
+        if state.status == "failed":
+            raise ApiError(503, f"the models failed to load: {state.detail}", "server_error", code="load_failed")
+
+    def submit(kind: str, text: str, key: tuple, stream: bool = False) -> Job:
+        loop = asyncio.get_running_loop()
+        job = Job(kind, text, key, loop, asyncio.Queue(), stream)  # type: ignore[arg-type]
+        if not state.queue.put(job):
+            raise ApiError(503, f"the server is busy: {limits.max_queue} requests are already waiting; retry after "
+                                f"{limits.retry_after_s} s", "server_error", code="queue_full",
+                           headers={"Retry-After": str(limits.retry_after_s)})
+        return job
+
+    async def next_event(job: Job, request: Request, deadline: float, watch_disconnect: bool = True) -> tuple[str, Any]:
+        """The job's next event; 504 past the deadline; _ClientGone when the client hung up."""
+        loop = asyncio.get_running_loop()
+        getter = asyncio.ensure_future(job.events.get())
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise ApiError(504, f"no answer within the request timeout of {limits.request_timeout_s:g} s: "
+                                        "retry later, or ask the operator to raise --request-timeout-s",
+                                   "server_error", code="timeout")
+                done, _ = await asyncio.wait({getter}, timeout=min(POLL_S, left))
+                if done:
+                    return getter.result()
+                if watch_disconnect and await request.is_disconnected():
+                    raise _ClientGone
+        finally:
+            if not getter.done():
+                getter.cancel()
+
+    async def wait_done(job: Job, request: Request) -> Any:
+        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+        try:
+            while True:
+                kind, value = await next_event(job, request, deadline)
+                if kind == "done":
+                    return value
+                if kind == "error":
+                    raise value
+        finally:
+            state.queue.cancel(job)  # a no-op once answered; drops it from the queue on timeout or hang-up
+
+    @app.get("/health", response_model=S.Health)
+    async def health() -> JSONResponse:
+        stats = state.worker.stats if state.worker else None
+        body = S.Health(
+            status=state.status, model=limits.model_id, detail=state.detail,  # type: ignore[arg-type]
+            queue={"pending": len(state.queue), "max": limits.max_queue},
+            batches={"count": stats.batches, "requests": stats.requests, "largest": stats.largest} if stats else {},
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if state.status == "ok" else 503)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = resources.files("rag_pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                                           "Referrer-Policy": "no-referrer"})
+
+    @app.get("/v1/models", response_model=S.ModelList, dependencies=[Depends(authorize)])
+    async def models() -> S.ModelList:
+        return S.ModelList(data=[S.ModelCard(id=limits.model_id, created=state.created)])
+
+    @app.post("/v1/search", response_model=S.SearchResponse, dependencies=[Depends(authorize)])
+    async def search(body: S.SearchRequest, request: Request) -> Response:
+        ready()
+        query = body.query.strip()
+        if not query or len(query) > limits.max_question_chars:
+            raise ApiError(422, f"the query must be 1 to {limits.max_question_chars} characters of text", param="query")
+        try:
+            hits = await wait_done(submit("search", query, ("search", body.k, body.hybrid)), request)
+        except _ClientGone:
+            return Response(status_code=499)
+        return JSONResponse(S.SearchResponse(query=query, hits=[
+            S.SearchHit(rank=h.rank, score=h.score, chunk_id=h.chunk.id, doc_id=h.chunk.doc_id, title=h.chunk.title,
+                        source=h.chunk.source, position=h.chunk.position, text=h.chunk.text) for h in hits
+        ]).model_dump())
+
+    @app.post("/v1/chat/completions", response_model=S.ChatCompletion, dependencies=[Depends(authorize)])
+    async def chat(body: S.ChatCompletionRequest, request: Request) -> Response:
+        ready()
+        if body.model != limits.model_id:
+            raise ApiError(404, f"model '{body.model}' is not served here: use '{limits.model_id}' (GET /v1/models)",
+                           param="model", code="model_not_found")
+        question = _question(body, limits.max_question_chars)
+        max_new = body.max_completion_tokens or body.max_tokens or limits.max_new_tokens
+        if max_new > limits.max_tokens_limit:
+            raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {limits.max_tokens_limit}",
+                           param="max_tokens")
+        if body.temperature:
+            settings = GenSettings(max_new, body.temperature, body.top_p or 1.0, limits.seed if body.seed is None else body.seed)
+        else:  # greedy: top_p and seed change nothing, so they must not split batches
+            settings = GenSettings(max_new)
+        job = submit("answer", question, ("answer", settings), stream=body.stream)
+        rid, created = f"chatcmpl-{_request_id(request)}", int(time.time())
+        if body.stream:
+            return await _stream(job, request, rid, created, bool(body.stream_options and body.stream_options.include_usage))
+        try:
+            answer, usage = await wait_done(job, request)
+        except _ClientGone:
+            return Response(status_code=499)
+        out = S.ChatCompletion(
+            id=rid, created=created, model=limits.model_id, citations=_citations(answer), abstained=answer.abstained,
+            abstain_reason=answer.abstain_reason,
+            choices=[S.Choice(message=S.ResponseMessage(content=answer.answer), finish_reason=usage.finish_reason)],
+            usage=_usage(usage),
+        )
+        return JSONResponse(out.model_dump())
+
+    async def _stream(job: Job, request: Request, rid: str, created: int, include_usage: bool) -> Response:
+        """Wait for the first event (so a timeout is still a 504), then stream server-sent events."""
+        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+        try:
+            first = await next_event(job, request, deadline)
+        except _ClientGone:
+            state.queue.cancel(job)
+            return Response(status_code=499)
+        except ApiError:
+            state.queue.cancel(job)
+            raise
+        if first[0] == "error":
+            raise first[1]
+
+        def chunk(delta: S.Delta, **extra: Any) -> str:
+            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id,
+                                      choices=[S.ChunkChoice(delta=delta, finish_reason=extra.pop("finish_reason", None))], **extra)
+            return f"data: {json.dumps(c.model_dump(exclude_none=True))}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield chunk(S.Delta(role="assistant", content=""))
+                kind, value = first
+                while True:
+                    if kind == "delta":
+                        yield chunk(S.Delta(content=value))
+                    elif kind == "done":
+                        answer, usage = value
+                        yield chunk(S.Delta(), finish_reason=usage.finish_reason, citations=_citations(answer),
+                                    abstained=answer.abstained, abstain_reason=answer.abstain_reason)
+                        if include_usage:
+                            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id, choices=[], usage=_usage(usage))
+                            yield f"data: {json.dumps(c.model_dump(exclude_none=True))}\n\n"
+                        break
+                    else:
+                        err: ApiError = value
+                        yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'code': err.code}})}\n\n"
+                        break
+                    try:
+                        kind, value = await next_event(job, request, deadline, watch_disconnect=False)
+                    except ApiError as e:  # the timeout, after the headers went out: an error event
+                        kind, value = "error", e
+                yield "data: [DONE]\n\n"
+            finally:
+                state.queue.cancel(job)  # a client that hung up: no further events are produced for it
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _usage(u: Usage) -> S.Usage:
+    return S.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.prompt_tokens + u.completion_tokens)

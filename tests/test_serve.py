@@ -1,0 +1,439 @@
+"""``serve``: the real server, talked to as clients see it (the ``openai`` package and ``httpx``).
+
+A subprocess runs ``rag-pipeline serve`` on the tiny index and tiny Llama + LoRA adapter of
+``test_ask`` (API key from ``RAG_PIPELINE_API_KEY``), stopped by its PID. Tests that need to
+hold the batch worker busy, make it fail, or delay loading run the same application in a
+thread (``uvicorn.Server``) around a wrapped pipeline.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from rag_pipeline.ask import ABSTAIN, AskConfig, Pipeline  # noqa: E402
+from rag_pipeline.cli import main as cli_main  # noqa: E402
+from rag_pipeline.errors import ConfigError  # noqa: E402
+from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
+from rag_pipeline.serve.app import create_app  # noqa: E402
+from rag_pipeline.serve.batcher import BatchQueue, Job  # noqa: E402
+
+from serve_helpers import (  # noqa: E402
+    FailingPipeline, GatedPipeline, ThreadServer, start_cli_server, stop_process, wait_healthy,
+)
+from test_ask import QUESTIONS, env  # noqa: E402,F401 - the module-scoped tiny index + generator + adapter
+
+KEY = "test-key-123"
+MODEL = "adapter"  # the served id: the adapter directory's name
+
+
+def serve_cfg(env: dict, **kw) -> ServeConfig:
+    base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
+            "max_new_tokens": 8, "min_score": -1.0}
+    return ServeConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def server(env: dict, tmp_path_factory: pytest.TempPathFactory):
+    """``rag-pipeline serve`` in a subprocess, API key from the environment; yields (base URL, log path)."""
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    args = ["--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu", "--dtype", "float32",
+            "--max-new-tokens", "8", "--min-score", "-1", "--batch-wait-ms", "300", "--max-question-chars", "200",
+            "--max-body-bytes", "4096"]
+    proc, url = start_cli_server(args, env={"RAG_PIPELINE_API_KEY": KEY}, log_path=log_path)
+    try:
+        wait_healthy(url, proc=proc)
+        yield url, log_path
+    finally:
+        status = stop_process(proc)  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal
+        assert status == -signal.SIGTERM and "stopped after answering" in log_path.read_text(), log_path.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(env: dict) -> Pipeline:
+    """The same pipeline in this process: what ``ask`` answers, to compare the server with."""
+    return Pipeline.load(ask_config(serve_cfg(env)))
+
+
+def ask(client: openai.OpenAI, question: str, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}], **kw)
+
+
+# ------------------------------------------------------------------------------ the API, through openai
+
+
+def test_chat_completion_through_the_openai_client_answers_like_ask(client: openai.OpenAI, reference: Pipeline) -> None:
+    question = QUESTIONS[2]
+    r = client.chat.completions.create(model=MODEL, messages=[
+        {"role": "system", "content": "ignored"}, {"role": "user", "content": "an earlier question"},
+        {"role": "assistant", "content": "an earlier answer"}, {"role": "user", "content": question}])
+    expected = reference.answer(question)
+    assert r.object == "chat.completion" and r.model == MODEL and r.id.startswith("chatcmpl-")
+    assert len(r.choices) == 1 and r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == expected.answer and expected.raw  # the generator ran; the last user message was asked
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 50 and 1 <= r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model_extra["citations"] == [
+        {"number": c.n, "doc_id": c.doc_id, "title": c.title, "source": c.source, "score": c.score, "snippet": c.snippet}
+        for c in expected.citations]
+    assert r.model_extra["abstained"] is False
+
+
+def test_streaming_sends_tokens_as_they_are_generated(client: openai.OpenAI, reference: Pipeline) -> None:
+    question = QUESTIONS[0]
+    chunks = list(ask(client, question, stream=True, max_tokens=8))
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(contents) >= 3  # token by token, not the whole answer at the end
+    assert "".join(contents) == ask(client, question, max_tokens=8).choices[0].message.content == reference.answer(question).answer
+    assert all(c.object == "chat.completion.chunk" and c.model == MODEL for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    last = chunks[-1]
+    assert last.choices[0].finish_reason in ("stop", "length") and last.model_extra["citations"] == []
+    assert sum(1 for c in chunks if c.choices[0].finish_reason) == 1
+
+
+def test_stream_usage_when_asked(server) -> None:
+    body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": QUESTIONS[1]}]}
+    r = httpx.post(f"{server[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    usage = json.loads(events[-2][6:])
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+
+
+def test_max_tokens_temperature_and_seed_are_honoured(client: openai.OpenAI) -> None:
+    one = ask(client, QUESTIONS[3], max_tokens=1)
+    assert one.usage.completion_tokens == 1 and one.choices[0].finish_reason == "length"
+    greedy = ask(client, QUESTIONS[3], max_tokens=8).choices[0].message.content
+    assert ask(client, QUESTIONS[3], max_tokens=8, temperature=0).choices[0].message.content == greedy
+    sampled = [ask(client, QUESTIONS[3], max_tokens=8, temperature=1.5, seed=s).choices[0].message.content for s in range(1, 5)]
+    assert any(s != greedy for s in sampled)  # sampling happened
+    assert ask(client, QUESTIONS[3], max_tokens=8, temperature=1.5, seed=1).choices[0].message.content == sampled[0]
+
+
+def test_models_lists_the_served_model_and_others_are_404(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_found" and MODEL in e.value.body["message"]
+
+
+def test_search_returns_the_retrievers_hits(server, reference: Pipeline) -> None:
+    r = httpx.post(f"{server[0]}/v1/search", json={"query": "highest mountain Himalayas", "k": 3},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert r.status_code == 200
+    expected = reference.retriever.search("highest mountain Himalayas", 3)
+    assert [(h["chunk_id"], h["rank"], h["doc_id"]) for h in r.json()["hits"]] == [(h.chunk.id, h.rank, h.chunk.doc_id) for h in expected]
+    assert [h["score"] for h in r.json()["hits"]] == pytest.approx([h.score for h in expected])
+    assert r.json()["hits"][0]["doc_id"] == "everest" and "Himalayas" in r.json()["hits"][0]["text"]
+
+
+def test_health_reports_ok_and_the_model(server) -> None:
+    r = httpx.get(f"{server[0]}/health", timeout=10)  # no key needed
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model"] == MODEL
+
+
+# ------------------------------------------------------------------------------ auth and limits
+
+
+def test_api_key_from_the_environment_is_required(server) -> None:
+    url = f"{server[0]}/v1"
+    with pytest.raises(openai.AuthenticationError) as e:
+        openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    r = httpx.post(f"{url}/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_without_a_key_no_authentication_is_asked(env: dict, reference: Pipeline) -> None:
+    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: reference)) as srv:
+        wait_healthy(srv.url, 30)
+        r = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="anything", max_retries=0).models.list()
+        assert [m.id for m in r] == [MODEL]
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 200
+
+
+def test_body_over_the_limit_is_413_declared_or_chunked(server) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}
+    r = httpx.post(f"{server[0]}/v1/chat/completions", json=big, headers=headers)
+    assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+    payload = json.dumps(big).encode()
+
+    def chunks():  # no Content-Length: Transfer-Encoding chunked
+        for i in range(0, len(payload), 1000):
+            yield payload[i:i + 1000]
+
+    r = httpx.post(f"{server[0]}/v1/chat/completions", content=chunks(), headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("body,param,words", [
+    ({"messages": [{"role": "user", "content": "q" * 201}]}, "messages", "201 characters"),
+    ({"messages": [{"role": "system", "content": "no user message"}]}, "messages", "no user message"),
+    ({"messages": [{"role": "user", "content": "   "}]}, "messages", "empty"),
+    ({"messages": []}, "messages", "at least 1"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, "max_tokens", "limit of 256"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature", "less than or equal to 2"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n", "less than or equal to 1"),
+])
+def test_bad_requests_are_422_with_a_clear_message(server, body: dict, param: str, words: str) -> None:
+    r = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": MODEL, **body}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"].startswith(param) and words in err["message"]
+
+
+def test_long_question_through_openai_is_unprocessable(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        ask(client, "why " * 60)
+    assert e.value.body["code"] == "question_too_long"
+
+
+def test_unknown_route_and_method_answer_json_errors(server) -> None:
+    r = httpx.get(f"{server[0]}/v1/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(f"{server[0]}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+def test_concurrent_requests_share_batches_and_equal_one_at_a_time(client: openai.OpenAI, server) -> None:
+    questions = QUESTIONS * 2  # 12 requests: duplicates too, they must each get their own row's answer
+    before = httpx.get(f"{server[0]}/health").json()["batches"]
+    with cf.ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(lambda q: ask(client, q, max_tokens=8).choices[0].message.content, questions))
+    after = httpx.get(f"{server[0]}/health").json()["batches"]
+    alone = [ask(client, q, max_tokens=8).choices[0].message.content for q in questions]
+    assert together == alone and all(together)
+    assert after["requests"] - before["requests"] == len(questions)
+    assert after["count"] - before["count"] < len(questions) and after["largest"] > 1  # answered in shared batches
+
+
+def test_concurrent_streams_each_get_their_own_tokens(client: openai.OpenAI) -> None:
+    def stream(q: str) -> str:
+        return "".join(c.choices[0].delta.content or "" for c in ask(client, q, stream=True, max_tokens=8) if c.choices)
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        streamed = list(pool.map(stream, QUESTIONS[:4]))
+    assert streamed == [ask(client, q, max_tokens=8).choices[0].message.content for q in QUESTIONS[:4]]
+
+
+@pytest.fixture
+def gated(env: dict, reference: Pipeline):
+    """A server in a thread whose worker waits at a gate in answer_batch; 1 per batch, queue of 2."""
+    pipe = GatedPipeline(reference)
+    cfg = serve_cfg(env, max_batch=1, max_queue=2, batch_wait_ms=0, request_timeout_s=30)
+    with ThreadServer(create_app(limits_for(cfg, MODEL, ""), lambda: pipe)) as srv:
+        wait_healthy(srv.url, 30)
+        yield srv, pipe
+        pipe.gate.set()
+
+
+def _post(url: str, question: str, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": question}]},
+                      timeout=timeout)
+
+
+def _pending(url: str) -> int:
+    return httpx.get(f"{url}/health").json()["queue"]["pending"]
+
+
+def _wait(cond, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_full_queue_answers_503_with_retry_after_quickly(gated) -> None:
+    srv, pipe = gated
+    pipe.gate.clear()
+    with cf.ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(_post, srv.url, QUESTIONS[0])
+        assert pipe.entered.wait(15)  # the worker holds the first request
+        queued = [pool.submit(_post, srv.url, q) for q in QUESTIONS[1:3]]
+        _wait(lambda: _pending(srv.url) == 2)
+        t0 = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as e:
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": QUESTIONS[3]}])
+        assert time.monotonic() - t0 < 2
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
+        assert e.value.body["code"] == "queue_full"
+        pipe.gate.set()
+        assert [f.result().status_code for f in (busy, *queued)] == [200, 200, 200]
+    assert QUESTIONS[3] not in [q for b in pipe.batches for q in b]
+
+
+def test_a_client_that_disconnects_frees_its_slot_before_generation(gated) -> None:
+    srv, pipe = gated
+    pipe.gate.clear()
+    with cf.ThreadPoolExecutor(4) as pool:
+        busy = pool.submit(_post, srv.url, QUESTIONS[0])
+        assert pipe.entered.wait(15)
+        gone = [pool.submit(_post, srv.url, q, 0.5) for q in ("who left early?", "who else left?")]  # clients give up after 0.5 s
+        for f in gone:
+            with pytest.raises(httpx.ReadTimeout):
+                f.result()
+        _wait(lambda: _pending(srv.url) == 0)  # both slots freed while the worker is still busy
+        stays = pool.submit(_post, srv.url, QUESTIONS[1])
+        _wait(lambda: _pending(srv.url) == 1)
+        pipe.gate.set()
+        assert busy.result().status_code == 200 and stays.result().status_code == 200
+    asked = [q for b in pipe.batches for q in b]
+    assert asked == [QUESTIONS[0], QUESTIONS[1]]  # the disconnected requests never reached generation
+
+
+def test_request_timeout_is_504_and_drops_the_job(env: dict, reference: Pipeline) -> None:
+    pipe = GatedPipeline(reference)
+    cfg = serve_cfg(env, max_batch=1, max_queue=4, batch_wait_ms=0, request_timeout_s=1)
+    with ThreadServer(create_app(limits_for(cfg, MODEL, ""), lambda: pipe)) as srv:
+        wait_healthy(srv.url, 30)
+        pipe.gate.clear()
+        with cf.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(_post, srv.url, QUESTIONS[0])
+            assert pipe.entered.wait(15)
+            late = _post(srv.url, QUESTIONS[1])
+            assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+            assert _pending(srv.url) == 0
+            pipe.gate.set()
+            assert first.result().status_code == 504  # it waited at the gate for longer than the timeout too
+        assert [q for b in pipe.batches for q in b] == [QUESTIONS[0]]
+
+
+# ------------------------------------------------------------------------------ lifecycle and errors
+
+
+def test_health_is_503_until_the_models_are_loaded(env: dict, reference: Pipeline) -> None:
+    release = threading.Event()
+
+    def slow_load():
+        assert release.wait(30)
+        return reference
+
+    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), slow_load)) as srv:
+        r = httpx.get(f"{srv.url}/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = _post(srv.url, QUESTIONS[0])
+        assert r.status_code == 503 and r.json()["error"]["code"] == "loading" and r.headers["retry-after"]
+        release.set()
+        assert wait_healthy(srv.url, 30)["status"] == "ok"
+        assert _post(srv.url, QUESTIONS[0]).status_code == 200
+
+
+def test_a_failed_load_is_reported_and_stops_the_server(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    adapter = tmp_path / "not-an-adapter"
+    adapter.mkdir()  # exists (passes the early check) but has no rag_pipeline.json: loading fails
+    status = cli_main(["serve", "--index", str(env["index"]), "--adapter", str(adapter), "--device", "cpu", "--port", str(_free())])
+    assert status == 2 and "rag_pipeline.json" in capsys.readouterr().err
+
+
+def _free() -> int:
+    from serve_helpers import free_port
+
+    return free_port()
+
+
+def test_internal_errors_never_leak_a_stack_trace(env: dict, reference: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: FailingPipeline(reference))) as srv:
+        wait_healthy(srv.url, 30)
+        for stream in (False, True):
+            r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=30,
+                           json={"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": QUESTIONS[0]}]})
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+            assert "Traceback" not in r.text and "secret" not in r.text and ".py" not in r.text
+        assert httpx.get(f"{srv.url}/health").status_code == 200  # the worker survived
+    assert any(rec.exc_info and FailingPipeline.SECRET in str(rec.exc_info[1]) for rec in caplog.records)  # logged on the server
+
+
+def test_access_log_is_one_json_line_per_request(env: dict, reference: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rag_pipeline.serve.access")
+    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: reference)) as srv:
+        wait_healthy(srv.url, 30)
+        caplog.clear()
+        ok = _post(srv.url, QUESTIONS[0])
+        mine = httpx.get(f"{srv.url}/v1/models", headers={"X-Request-Id": "client-id-7"})
+        bad = httpx.post(f"{srv.url}/v1/search", json={"query": ""})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "rag_pipeline.serve.access"]
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/v1/chat/completions", 200), ("GET", "/v1/models", 200), ("POST", "/v1/search", 422)]
+    assert all(set(x) == {"method", "path", "status", "latency_ms", "request_id"} and x["latency_ms"] >= 0 for x in lines)
+    assert [x["request_id"] for x in lines] == [ok.headers["x-request-id"], "client-id-7", bad.headers["x-request-id"]]
+    assert ok.json()["id"] == f"chatcmpl-{ok.headers['x-request-id']}"
+
+
+def test_threshold_abstention_is_marked(env: dict) -> None:
+    pipe = Pipeline.load(ask_config(serve_cfg(env, min_score=0.99)))
+    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: pipe)) as srv:
+        wait_healthy(srv.url, 30)
+        r = _post(srv.url, "zebra quantum saxophone").json()
+        assert r["choices"][0]["message"]["content"] == ABSTAIN and r["abstained"] is True
+        assert r["abstain_reason"] == "threshold" and r["citations"] == [] and r["usage"]["completion_tokens"] == 0
+
+
+# ------------------------------------------------------------------------------ config and queue units
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"port": 0}, "port is 0"), ({"max_batch": 0}, "max_batch is 0"), ({"max_queue": 0}, "max_queue"),
+    ({"adapter": "a", "no_adapter": True}, "contradict"), ({"max_tokens_limit": 4}, "max_tokens_limit"),
+    ({"min_score": 2.0}, "min_score"), ({"request_timeout_s": 0}, "request_timeout_s"),
+])
+def test_serve_config_names_the_bad_field(kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ServeConfig(**kw)
+
+
+def test_serve_binds_loopback_by_default_and_lists_its_flags(capsys: pytest.CaptureFixture) -> None:
+    assert ServeConfig().host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        cli_main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--index", "--adapter", "--host", "--port", "--api-key", "--max-batch", "--batch-wait-ms", "--max-queue",
+                 "--request-timeout-s", "--max-body-bytes", "--max-question-chars"):
+        assert flag in out
+
+
+def test_batch_queue_is_bounded_and_cancel_frees_a_slot() -> None:
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [Job("answer", f"q{i}", ("answer",), loop, asyncio.Queue()) for i in range(3)]
+        q = BatchQueue(2)
+        assert q.put(jobs[0]) and q.put(jobs[1]) and not q.put(jobs[2])
+        assert q.cancel(jobs[0]) and jobs[0].cancelled and len(q) == 1
+        assert q.put(jobs[2])
+        assert q.take(8, 0.0) == [jobs[1], jobs[2]]
+        assert not q.cancel(jobs[1])  # already taken: not in the queue any more
+    finally:
+        loop.close()
+
+
+def test_ask_config_carries_the_serving_settings(env: dict) -> None:
+    a = ask_config(serve_cfg(env, k=3, max_batch=4, hybrid=True))
+    assert isinstance(a, AskConfig) and (a.k, a.batch_size, a.hybrid, a.index) == (3, 4, True, str(env["index"]))
