@@ -35,7 +35,7 @@ from typing import Any, Literal
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import f1
 from rag_pipeline.qa import QAItem
-from rag_pipeline.support import content_tokens
+from rag_pipeline.support import STOPWORDS, content_tokens
 from rag_pipeline.textnorm import contains_answer, words
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,6 @@ def noun_phrases(text: str, max_words: int = 4) -> list[str]:
     """Lower-case phrases after an article: up to ``max_words`` words that are not stopwords (the
     last of 3+ letters), then an optional "of (the) word" ("the wrought iron lattice tower", "the
     end of the herring"); at least two words."""
-    from rag_pipeline.support import STOPWORDS
-
     out = []
     for m in _PHRASE_START.finditer(text):
         run = _LOWER_RUN.match(text, m.end())
