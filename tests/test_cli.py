@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from conftest import REPO
 from rag_pipeline.cli import main
 
 
-def test_help_is_fast_and_imports_no_torch() -> None:
-    code = "import sys; from rag_pipeline.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    t0 = time.perf_counter()
+def test_help_imports_no_torch() -> None:
+    # What keeps --help fast (0.16 s, bench/bench_ask.py) is importing no heavy library; timed in bench/, not here.
+    code = "import sys; from rag_pipeline.cli import build_parser; build_parser(); print(sorted({'torch', 'transformers', 'faiss'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.strip() == "False"
-    assert time.perf_counter() - t0 < 5  # generous for a loaded CI machine; typically ~0.2 s
+    assert out.stdout.strip() == "[]"
     r = subprocess.run([sys.executable, "-m", "rag_pipeline.cli", "--help"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and "build-index" in r.stdout
 
