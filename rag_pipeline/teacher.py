@@ -120,6 +120,11 @@ class HFTeacher:
         self.model, self.tokenizer, self.kind = load_generator(model, device=device, dtype=None)
 
     def _text(self, messages: list[dict[str, str]]) -> str:
+        from rag_pipeline.prompt import escape_specials, special_strings
+
+        # Chunk text is untrusted: its special-token strings must not become chat turns.
+        specials = special_strings(self.tokenizer)
+        messages = [{**m, "content": escape_specials(m["content"], specials)} for m in messages]
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\n"  # base or seq2seq models: the plain text
