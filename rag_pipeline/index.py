@@ -4,29 +4,42 @@ Writes an index directory (format: :mod:`rag_pipeline.index_format`) in a tempor
 beside the target, then swaps it in. :func:`run` builds and returns the manifest; :func:`main`
 also prints what was done.
 
-Two passes keep memory bounded: chunks stream into SQLite, embeddings are computed shard by
-shard and stored there, then the FAISS index is trained (IVF, on a seeded sample) and filled
-shard by shard from the store.
+Two engines, one result (the same chunk ids and vectors from the same inputs):
+
+- ``local`` (the default): this process. With the ``sqlite`` layout, two passes keep memory
+  bounded: chunks stream into SQLite, embeddings are computed shard by shard and stored there,
+  then the FAISS index is trained (IVF, on a seeded sample) and filled shard by shard.
+- ``ray``: Ray Data workers (:mod:`rag_pipeline.ray_engine`, an optional extra) run the steps
+  of the ``sharded`` layout (:mod:`rag_pipeline.sharded`): chunking, embedding into Parquet +
+  ``.npy`` shards, and adding each shard to a copy of the trained index before an on-disk merge.
+  ``--engine local --layout sharded`` runs the same steps in this process.
+
+``--target-recall`` then picks the smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) whose
+Recall@10 on a seeded sample of the corpus's own chunks as queries reaches it, and records it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import math
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from rag_pipeline.atomic import atomic_dir, check_separate, prepare_target, write_json
+from rag_pipeline import ann
+from rag_pipeline.ann import make_faiss_index  # noqa: F401  (the index types' constructor, long imported from here)
+from rag_pipeline.atomic import atomic_dir, check_separate, prepare_target, staging_dir, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
-from rag_pipeline.index_format import ARTIFACT, FORMAT_VERSION, INDEX_FILE, KIND, MANIFEST, STORE_FILE, file_record, read_manifest
+from rag_pipeline.index_format import (ARTIFACT, FORMAT_VERSIONS, INDEX_FILE, IVFDATA_FILE, KEYS_FILE, KIND, MANIFEST, STORE_FILE,
+                                       file_record, layout, read_manifest, shard_files)
 from rag_pipeline.ingest import IngestReport, chunk_document, read_documents
 from rag_pipeline.model_paths import MINILM_ID
 
@@ -45,14 +58,27 @@ class IndexConfig:
     index_type: Literal["auto", "flat", "hnsw", "ivf"] = opt("auto", "FAISS index type; auto picks by corpus size")
     ivf_pq: bool = opt(False, "for ivf: product-quantize vectors (IVF-PQ) instead of storing them (IVF-Flat)")
     nlist: int = opt(0, "ivf: number of lists; 0 = 4*sqrt(chunks), capped so each list gets 39 training points")
-    nprobe: int = opt(16, "ivf: lists probed per query (recall vs speed)")
+    nprobe: int = opt(16, "ivf: lists probed per query (recall vs speed); see --target-recall")
     pq_m: int = opt(16, "ivf-pq: sub-quantizers; must divide the dimension")
     hnsw_m: int = opt(32, "hnsw: neighbours per node")
     ef_construction: int = opt(200, "hnsw: build-time candidate list")
-    ef_search: int = opt(128, "hnsw: query-time candidate list (recall vs speed)")
+    ef_search: int = opt(128, "hnsw: query-time candidate list (recall vs speed); see --target-recall")
+    faiss_factory: str = opt("", "a FAISS index_factory string (e.g. 'OPQ48,IVF16384_HNSW32,PQ48'); overrides --index-type and its settings")
+    target_recall: float = opt(0.0, "pick the smallest nprobe (ivf) or efSearch (hnsw) whose Recall@10 on 1,000 of the corpus's own "
+                                     "chunks as queries reaches this (0 = keep --nprobe / --ef-search)")
+    rerank: int = opt(0, "re-rank the top k*R candidates of each search by exact inner product with the stored vectors "
+                         "(for IVF-PQ; 0 = off)")
     batch_size: int = opt(64, "embedding batch size")
-    shard_size: int = opt(8192, "chunks embedded and added per shard (bounds memory)")
+    shard_size: int = opt(8192, "chunks embedded and added per shard (bounds memory; the sharded layout's rows per shard)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed and build; auto = CUDA when present")
+    engine: Literal["local", "ray"] = opt("local", "local: this process; ray: Ray Data workers (pip install '.[distributed]')")
+    layout: Literal["auto", "sqlite", "sharded"] = opt("auto", "sqlite: one chunk store; sharded: Parquet + .npy shards and "
+                                                             "on-disk IVF lists, for millions of chunks; auto: sharded with --engine ray")
+    ray_address: str = opt("", "ray: cluster to join ('auto', HOST:6379, ray://HOST:10001); empty = start a local one")
+    workers: int = opt(0, "ray: embedding actors; 0 = one per GPU, else one per --worker-cpus CPUs of the cluster")
+    worker_cpus: int = opt(1, "ray: CPUs per embedding actor where there is no GPU (its torch threads)")
+    ray_num_cpus: int = opt(0, "ray, local cluster: CPUs it may use (0 = all)")
+    ray_object_store_mb: int = opt(0, "ray, local cluster: object store size in MiB (0 = Ray's default, 30%% of memory)")
     id_field: str = opt("id", "JSON/JSONL field holding the document id")
     title_field: str = opt("title", "JSON/JSONL field holding the title")
     text_field: str = opt("text", "JSON/JSONL field holding the text")
@@ -66,9 +92,18 @@ class IndexConfig:
             raise ConfigError(f"chunk_size must be >= 0 (0 = embedder max), got {self.chunk_size}")
         if self.chunk_overlap < 0:
             raise ConfigError(f"chunk_overlap must be >= 0, got {self.chunk_overlap}")
-        for name in ("batch_size", "shard_size", "nprobe", "pq_m", "hnsw_m", "ef_construction", "ef_search"):
+        for name in ("batch_size", "shard_size", "nprobe", "pq_m", "hnsw_m", "ef_construction", "ef_search", "worker_cpus"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("rerank", "workers", "ray_num_cpus", "ray_object_store_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off / automatic), got {getattr(self, name)}")
+        if not 0 <= self.target_recall < 1:
+            raise ConfigError(f"target_recall must be in [0, 1) (e.g. 0.95; 0 = keep --nprobe), got {self.target_recall}")
+        if self.engine == "ray" and self.layout == "sqlite":
+            raise ConfigError("--engine ray writes the sharded layout: drop --layout sqlite, or use --engine local")
+        if self.ray_address and self.engine != "ray":
+            raise ConfigError(f"--ray-address {self.ray_address} is for --engine ray: add --engine ray, or drop --ray-address")
         if self.force and self.update:
             raise ConfigError("--force and --update contradict each other: pass one of them")
         if any(not str(p).strip() for p in self.paths):  # Path("") is the working directory
@@ -89,34 +124,6 @@ def choose_index_type(n: int) -> str:
     return "ivf"
 
 
-def _nlist(cfg: IndexConfig, n: int) -> int:
-    nlist = cfg.nlist or int(4 * math.sqrt(n))
-    return max(1, min(nlist, n // 39 or 1))
-
-
-def make_faiss_index(kind: str, dim: int, n: int, cfg: IndexConfig):  # -> faiss.Index
-    """An empty FAISS index of ``kind`` for inner product on normalized vectors (cosine)."""
-    import faiss
-
-    if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = cfg.ef_construction
-        index.hnsw.efSearch = cfg.ef_search
-        return index
-    quantizer = faiss.IndexFlatIP(dim)
-    nlist = _nlist(cfg, n)
-    if cfg.ivf_pq:
-        if dim % cfg.pq_m:
-            raise ConfigError(f"pq_m={cfg.pq_m} must divide the embedding dimension {dim}: pick a divisor of {dim}")
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = min(cfg.nprobe, nlist)
-    return index
-
-
 def faiss_gpu_available() -> bool:
     """True when the installed faiss was built with GPU support and sees a GPU."""
     import faiss
@@ -124,11 +131,19 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def resolve_layout(cfg: IndexConfig) -> str:
+    return cfg.layout if cfg.layout != "auto" else "sharded" if cfg.engine == "ray" else "sqlite"
+
+
 def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
-    """The settings that change the index's content (not paths, flags or batch sizes)."""
+    """The settings that change the index's content or search (not paths, engines or batch sizes)."""
     keys = ("embedder", "chunk_overlap", "index_type", "ivf_pq", "nlist", "nprobe", "pq_m", "hnsw_m",
             "ef_construction", "ef_search", "id_field", "title_field", "text_field", "seed")
-    return {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size}
+    out = {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size}
+    # Newer settings join only when set, so indexes built before they existed stay up to date.
+    extra = {"faiss_factory": cfg.faiss_factory, "target_recall": cfg.target_recall, "rerank": cfg.rerank,
+             "layout": resolve_layout(cfg) if resolve_layout(cfg) != "sqlite" else ""}
+    return {**out, **{k: v for k, v in extra.items() if v}}
 
 
 def _write_chunks(db: sqlite3.Connection, cfg: IndexConfig, embedder, chunk_size: int, report: IngestReport) -> tuple[int, int, str]:
@@ -155,7 +170,7 @@ def _write_chunks(db: sqlite3.Connection, cfg: IndexConfig, embedder, chunk_size
     return n, dups, fp.hexdigest()
 
 
-def _embed_all(db: sqlite3.Connection, n: int, cfg: IndexConfig, embedder, reuse: sqlite3.Connection | None) -> tuple[int, int]:
+def _embed_all(db: sqlite3.Connection, n: int, cfg: IndexConfig, embedder, reuse: Callable[[list[str]], dict[str, np.ndarray]] | None) -> tuple[int, int]:
     """Fill the embedding column shard by shard; returns (embedded, reused)."""
     from tqdm.auto import tqdm
 
@@ -163,15 +178,10 @@ def _embed_all(db: sqlite3.Connection, n: int, cfg: IndexConfig, embedder, reuse
     bar = tqdm(total=n, desc="embedding", unit="chunk", disable=None)
     for start in range(0, n, cfg.shard_size):
         rows = db.execute("SELECT row, id, text FROM chunks WHERE row >= ? AND row < ? ORDER BY row", (start, start + cfg.shard_size)).fetchall()
-        old: dict[str, bytes] = {}
-        if reuse is not None:
-            ids = [r[1] for r in rows]
-            for i in range(0, len(ids), 900):  # SQLite's parameter limit
-                part = ids[i : i + 900]
-                old.update(reuse.execute(f"SELECT id, embedding FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
+        old = reuse([r[1] for r in rows]) if reuse is not None else {}
         todo = [r for r in rows if r[1] not in old]
         vecs = embedder.encode([r[2] for r in todo], batch_size=cfg.batch_size) if todo else np.zeros((0, embedder.dim), np.float32)
-        updates = [(old[r[1]], r[0]) for r in rows if r[1] in old] + [(v.tobytes(), r[0]) for r, v in zip(todo, vecs)]
+        updates = [(old[r[1]].astype(np.float32).tobytes(), r[0]) for r in rows if r[1] in old] + [(v.tobytes(), r[0]) for r, v in zip(todo, vecs)]
         db.executemany("UPDATE chunks SET embedding = ? WHERE row = ?", updates)
         db.commit()
         embedded += len(todo)
@@ -191,16 +201,17 @@ def _fill_index(db: sqlite3.Connection, n: int, kind: str, dim: int, cfg: IndexC
     import faiss
 
     index = make_faiss_index(kind, dim, n, cfg)
-    if use_gpu and kind in ("flat", "ivf"):
+    on_gpu = use_gpu and ann.kind_of(index) in ("flat", "ivf")
+    if on_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
-    if not index.is_trained:
-        n_train = min(n, max(256 * _nlist(cfg, n), 39 * _nlist(cfg, n)), 100_000)
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=n_train, replace=False))
+    size = ann.train_size(index, n)
+    if size:
+        rows = ann.sample_rows(n, size, cfg.seed)
         sample = np.stack([np.frombuffer(db.execute("SELECT embedding FROM chunks WHERE row = ?", (int(r),)).fetchone()[0], np.float32) for r in rows])
-        index.train(sample)
+        ann.train(index, sample)
     for start in range(0, n, cfg.shard_size):
         index.add(_read_vectors(db, start, min(n, start + cfg.shard_size), dim))
-    if use_gpu and kind in ("flat", "ivf"):
+    if on_gpu:
         index = faiss.index_gpu_to_cpu(index)
     return index
 
@@ -223,7 +234,8 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
 
     Raises:
         InputError: no inputs, or inputs that yield no chunks (nothing is written).
-        ConfigError: ``--index`` holds something other than an index, or overlaps an input.
+        ConfigError: ``--index`` holds something other than an index, or overlaps an input; Ray
+            is asked for and not installed or not reachable.
         IndexError_: ``--update`` of an index made with another embedder.
     """
     from rag_pipeline.embed import load_embedder
@@ -244,55 +256,177 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
         raise IndexError_(f"cannot --update {target}: it was built with embedder {old['embedder']['id']}, not {embedder.model_id}; rebuild with --force")
     report = IngestReport()
     settings = settings_for_fingerprint(cfg, chunk_size)
-    use_gpu = cfg.device != "cpu" and faiss_gpu_available()
+    build = _build_sharded if resolve_layout(cfg) == "sharded" else _build_sqlite
     try:
         with atomic_dir(target, ARTIFACT) as tmp:
-            db = sqlite3.connect(tmp / STORE_FILE)
-            n, dups, corpus_fp = _write_chunks(db, cfg, embedder, chunk_size, report)
-            log.info("%s; %d chunks, %d duplicate chunks dropped", report.summary(), n, dups)
-            if n == 0:
-                raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
-            if old and not cfg.force and old["corpus"]["fingerprint"] == corpus_fp and old["settings"] == settings:
-                db.close()
-                raise _UpToDate
-            reuse_path = target / STORE_FILE
-            reuse = sqlite3.connect(f"file:{reuse_path}?mode=ro", uri=True) if cfg.update and old and reuse_path.is_file() else None
-            embedded, reused = _embed_all(db, n, cfg, embedder, reuse)
-            if reuse is not None:
-                reuse.close()
-            kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
-            index = _fill_index(db, n, kind, embedder.dim, cfg, use_gpu)
-            db.execute("DROP INDEX chunks_text")
-            db.commit()
-            db.close()
-            import faiss
-
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-            manifest = {
+            manifest = build(tmp, target, cfg, embedder, chunk_size, old, report, settings)
+            manifest.update({
                 "kind": KIND,
-                "format_version": FORMAT_VERSION,
                 "embedder": {"id": embedder.model_id, "weights_sha256": embedder.weights_hash, "dim": embedder.dim, "max_tokens": embedder.max_tokens},
                 "metric": "inner_product",
                 "normalized": True,
                 "chunking": {"size": chunk_size, "overlap": cfg.chunk_overlap, "unit": "embedder tokens"},
-                "index": {"type": kind, "ivf_pq": cfg.ivf_pq if kind == "ivf" else False, "nlist": _nlist(cfg, n) if kind == "ivf" else None,
-                          "nprobe": cfg.nprobe, "pq_m": cfg.pq_m, "hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction,
-                          "ef_search": cfg.ef_search, "built_on_gpu": use_gpu},
-                "corpus": {"fingerprint": corpus_fp, "files": report.files, "documents": report.documents, "chunks": n,
-                           "duplicates_dropped": dups, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]},
-                "counts": {"embedded": embedded, "reused": reused},
                 "settings": settings,
                 "config": to_dict(cfg),
-                "files": {name: file_record(tmp / name) for name in (INDEX_FILE, STORE_FILE)},
                 "versions": _versions(),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.perf_counter() - t0, 2),
-            }
+            })
             write_json(tmp / MANIFEST, manifest)
     except _UpToDate:
         log.info("index %s is up to date (same inputs and settings): nothing to do; pass --force to rebuild", target)
         return {**old, "up_to_date": True, "report": report.summary()}
     return {**manifest, "report": report.summary()}
+
+
+def _unchanged(old: dict | None, cfg: IndexConfig, corpus_fp: str, settings: dict) -> bool:
+    return bool(old) and not cfg.force and old["corpus"]["fingerprint"] == corpus_fp and old["settings"] == settings
+
+
+def _reuse_source(cfg: IndexConfig, target: Path, old: dict | None) -> tuple[Path, dict] | None:
+    """Where ``--update`` reads unchanged chunks' embeddings: the old index, of either layout."""
+    if not (cfg.update and old):
+        return None
+    needed = [target / KEYS_FILE] if layout(old) == "sharded" else [target / STORE_FILE]
+    return (target, old) if all(p.is_file() for p in needed) else None
+
+
+def _index_section(index, kind: str, factory: str, n: int, cfg: IndexConfig, tuning: ann.Tuning | None, **extra) -> dict:
+    """The manifest's ``index`` section: type, factory string, parameters and the search settings in force."""
+    nprobe = tuning.value if tuning and tuning.param == "nprobe" else cfg.nprobe
+    ef_search = tuning.value if tuning and tuning.param == "ef_search" else cfg.ef_search
+    return {"type": kind, "factory": factory, "ivf_pq": cfg.ivf_pq if kind == "ivf" and not cfg.faiss_factory else False,
+            "nlist": ann.nlist_of(index), "nprobe": nprobe, "pq_m": cfg.pq_m, "hnsw_m": cfg.hnsw_m,
+            "ef_construction": cfg.ef_construction, "ef_search": ef_search, "rerank": cfg.rerank,
+            "tuning": tuning.to_dict() if tuning else None, **extra}
+
+
+def _tune(index, kind: str, vectors, n: int, cfg: IndexConfig) -> ann.Tuning | None:
+    """With ``--target-recall``: the smallest nprobe/efSearch reaching it on the corpus's own chunks as queries."""
+    if not cfg.target_recall:
+        return None
+    k = min(10, n - 1)
+    if k < 1:
+        raise InputError(f"--target-recall needs at least 2 chunks to measure recall on, got {n}: drop --target-recall")
+    rows = ann.sample_rows(n, min(1000, n), cfg.seed + 1)
+    queries = vectors.get_rows(rows)
+    _, truth = ann.exact_topk(queries, vectors.iter_shards(rows=65536), k, exclude=rows)
+
+    def found() -> np.ndarray:
+        _, ids = ann.search(index, queries, k + 1, cfg.rerank, vectors)
+        return np.array([[i for i in row if i != r][:k] for row, r in zip(ids.tolist(), rows.tolist())])
+
+    tuning = ann.tune(index, kind, truth, found, cfg.target_recall, k, cfg.ef_search)
+    level = logging.INFO if tuning.reached else logging.WARNING
+    log.log(level, "%s=%d gives Recall@%d %.3f on %d of the corpus's chunks (target %.3f%s)", tuning.param, tuning.value, k,
+            tuning.recall, len(rows), cfg.target_recall, "" if tuning.reached else ": NOT reached; a finer index (more PQ bytes, --rerank) is needed")
+    return tuning
+
+
+def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: dict | None, report: IngestReport,
+                  settings: dict) -> dict:
+    """The ``sqlite`` layout (format 1), in this process; returns the layout's part of the manifest."""
+    from rag_pipeline.store import SqliteVectors, vectors_by_id
+
+    db = sqlite3.connect(tmp / STORE_FILE)
+    n, dups, corpus_fp = _write_chunks(db, cfg, embedder, chunk_size, report)
+    log.info("%s; %d chunks, %d duplicate chunks dropped", report.summary(), n, dups)
+    if n == 0:
+        raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
+    if _unchanged(old, cfg, corpus_fp, settings):
+        db.close()
+        raise _UpToDate
+    source = _reuse_source(cfg, target, old)
+    lookup, close = vectors_by_id(*source) if source else (None, lambda: None)
+    try:
+        embedded, reused = _embed_all(db, n, cfg, embedder, lookup)
+    finally:
+        close()
+    kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
+    use_gpu = cfg.device != "cpu" and faiss_gpu_available()
+    index = _fill_index(db, n, kind, embedder.dim, cfg, use_gpu)
+    kind = ann.kind_of(index)
+    tuning = _tune(index, kind, SqliteVectors(db, embedder.dim), n, cfg)
+    db.execute("DROP INDEX chunks_text")
+    db.commit()
+    db.close()
+    import faiss
+
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    return {
+        "format_version": FORMAT_VERSIONS["sqlite"],
+        "layout": "sqlite",
+        "index": _index_section(index, kind, ann.factory_string(kind, embedder.dim, n, cfg), n, cfg, tuning, built_on_gpu=use_gpu),
+        "corpus": {"fingerprint": corpus_fp, "files": report.files, "documents": report.documents, "chunks": n,
+                   "duplicates_dropped": dups, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]},
+        "counts": {"embedded": embedded, "reused": reused},
+        "engine": {"name": "local", "workers": 1},
+        "files": {name: file_record(tmp / name) for name in (INDEX_FILE, STORE_FILE)},
+    }
+
+
+def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: dict | None, report: IngestReport,
+                   settings: dict) -> dict:
+    """The ``sharded`` layout (format 2), its worker steps run by the engine; returns the layout's part of the manifest."""
+    from rag_pipeline import sharded
+    from rag_pipeline.store import ShardVectors, write_keys
+
+    chunk_settings = sharded.ChunkSettings(chunk_size, cfg.chunk_overlap, cfg.id_field, cfg.title_field, cfg.text_field)
+    with _runner(cfg, embedder) as runner, staging_dir(target) as scratch:
+        t = time.perf_counter()
+        blocks = sharded.plan_blocks(cfg.paths)
+        results = runner.chunk(blocks, chunk_settings, scratch)
+        sharded.merge_reports(results, report)
+        plan = sharded.plan_rows(results, cfg.shard_size)
+        report.repeated_ids += plan.repeated_ids
+        n, dups = plan.chunks, plan.duplicates
+        log.info("%s; %d chunks, %d duplicate chunks dropped (%d blocks, %.1f s)", report.summary(), n, dups, len(blocks), time.perf_counter() - t)
+        if plan.repeated_ids:
+            log.warning("%d documents repeat an earlier document's id: their chunks are merged under one id; give each document a unique id", plan.repeated_ids)
+        if n == 0:
+            raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
+        corpus_fp = sharded.fingerprint(plan, scratch)
+        if _unchanged(old, cfg, corpus_fp, settings):
+            raise _UpToDate
+        t = time.perf_counter()
+        counts = runner.embed(plan.shard_jobs(scratch), tmp, _reuse_source(cfg, target, old))
+        embedded, reused = sum(c["embedded"] for c in counts), sum(c["reused"] for c in counts)
+        log.info("embedded %d chunks (%d reused) in %d shards in %.1f s", embedded, reused, len(counts), time.perf_counter() - t)
+        rows = [job["rows"] for job in plan.shard_jobs(scratch)]
+        write_keys(tmp, rows)
+        kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
+        factory = ann.factory_string(kind, embedder.dim, n, cfg)
+        index = sharded.build_faiss(tmp, scratch, rows, embedder.dim, factory, cfg, cfg.seed, runner.add)
+        kind = ann.kind_of(index)
+        tuning = _tune(index, kind, ShardVectors(tmp, rows, embedder.dim), n, cfg)
+        engine = runner.describe()
+    names = [INDEX_FILE, KEYS_FILE, *([IVFDATA_FILE] if (tmp / IVFDATA_FILE).is_file() else [])]
+    names += [f for i in range(len(rows)) for f in shard_files(i)]
+    return {
+        "format_version": FORMAT_VERSIONS["sharded"],
+        "layout": "sharded",
+        "index": _index_section(index, kind, factory, n, cfg, tuning, built_on_gpu=False, on_disk=(tmp / IVFDATA_FILE).is_file()),
+        "shards": {"rows": rows, "shard_size": cfg.shard_size},
+        "corpus": {"fingerprint": corpus_fp, "files": report.files, "documents": report.documents, "chunks": n,
+                   "duplicates_dropped": dups, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]},
+        "counts": {"embedded": embedded, "reused": reused},
+        "engine": engine,
+        "files": {name: file_record(tmp / name) for name in names},
+    }
+
+
+@contextlib.contextmanager
+def _runner(cfg: IndexConfig, embedder) -> Iterator[object]:
+    """The engine that runs the sharded build's worker steps: this process, or a Ray cluster."""
+    from rag_pipeline.sharded import LocalRunner
+
+    if cfg.engine == "local":
+        yield LocalRunner(embedder, cfg.batch_size)
+        return
+    from rag_pipeline import ray_engine
+
+    with ray_engine.connect(cfg.ray_address, cfg.ray_num_cpus, cfg.ray_object_store_mb):
+        yield ray_engine.RayRunner(cfg.embedder, cfg.device, cfg.trust_remote_code, cfg.batch_size, embedder.dim, cfg.workers, cfg.worker_cpus)
 
 
 run = build_index  # the stage contract's library entry: run(cfg) -> manifest
@@ -311,4 +445,8 @@ def main(cfg: IndexConfig) -> int:
     print(f"indexed {c['chunks']} chunks from {c['documents']} documents ({c['duplicates_dropped']} duplicate chunks dropped; "
           f"{result['counts']['embedded']} embedded, {result['counts']['reused']} reused) -> {result['config']['index']} "
           f"[{result['index']['type']}, dim {result['embedder']['dim']}, {result['build_seconds']} s]")
+    t = result["index"].get("tuning")
+    if t:
+        print(f"{t['param']} {t['value']}: Recall@{t['k']} {t['recall']:.3f} on {t['queries']} of the corpus's chunks as queries "
+              f"(target {t['target']}{'' if t['reached'] else ', NOT reached: use more PQ bytes or --rerank'})")
     return 0

@@ -2,19 +2,37 @@
 
 Written by ``build-index`` (:mod:`rag_pipeline.index`) and read by the retriever
 (:mod:`rag_pipeline.retriever`); both know the format from here, so reading an index never
-imports the build stage. An index directory holds:
+imports the build stage. An index directory has one of two layouts, named by the manifest's
+``layout`` (absent in format 1, which has only the first):
+
+``sqlite`` (format 1; ``build-index``'s default, in-process engine):
 
 - ``index.faiss``: the FAISS index (row i = chunk row i);
-- ``chunks.sqlite``: the chunk store (:mod:`rag_pipeline.store`);
+- ``chunks.sqlite``: the chunk store with each chunk's embedding (:mod:`rag_pipeline.store`);
+
+``sharded`` (format 2; ``--engine ray``, or ``--layout sharded``), for corpora of millions of chunks:
+
+- ``shards/part-NNNNN.parquet``: the chunks of rows ``[first, first + rows)`` (row groups of a few
+  hundred rows, so one chunk is read without decoding the shard);
+- ``shards/part-NNNNN.npy``: their embeddings, float32 ``(rows, dim)``, memory-mapped on reading;
+- ``keys.sqlite``: chunk id -> row and document id -> rows, for lookups by id;
+- ``index.faiss`` and, for IVF indexes, ``index.ivfdata``: the merged inverted lists, on disk
+  (FAISS ``OnDiskInvertedLists``), memory-mapped on reading;
+
+and in both:
+
 - ``manifest.json``: embedder id and weights hash, dimension, metric, normalization, chunking,
-  index type and parameters, corpus fingerprint, counts, file hashes (sha256 and bytes),
-  library versions, time.
+  index type, FAISS factory string and search settings (``nprobe``, ``ef_search``, ``rerank``),
+  corpus fingerprint, counts, shard row counts, file hashes (sha256 and bytes), library
+  versions, time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 from rag_pipeline.atomic import Artifact
@@ -23,7 +41,12 @@ from rag_pipeline.errors import IndexError_
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 STORE_FILE = "chunks.sqlite"
-FORMAT_VERSION = 1
+IVFDATA_FILE = "index.ivfdata"
+KEYS_FILE = "keys.sqlite"
+SHARDS_DIR = "shards"
+LAYOUTS = ("sqlite", "sharded")
+FORMAT_VERSIONS = {"sqlite": 1, "sharded": 2}
+FORMAT_VERSION = FORMAT_VERSIONS["sqlite"]
 KIND = "rag-index"
 # Keys every reader relies on (Retriever.load, build-index --update); a manifest lacking one is damaged.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -33,8 +56,64 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "index": ("type",),
     "settings": (),
 }
+# What a sharded manifest needs instead of REQUIRED_KEYS["files"], and beyond it.
+SHARDED_FILES = (INDEX_FILE, KEYS_FILE)
 # The directory build-index may replace: manifests written before "kind" existed are known by their keys.
-ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS), allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE}), flag="--index")
+ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS),
+                    allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE, IVFDATA_FILE, KEYS_FILE, SHARDS_DIR}), flag="--index")
+# Files up to this size are hashed whole when an index is loaded with verify; larger ones and the
+# files of shards/ by their first and last 64 KiB (headers, Parquet footers), since hashing 20 GB on
+# every `ask` would take minutes. Every file's size is always checked, so truncation is caught.
+VERIFY_WHOLE_MAX = 64 << 20
+_ENDS = 64 << 10
+
+
+def layout(manifest: dict) -> str:
+    """The manifest's layout: ``sqlite`` (format 1, also when absent) or ``sharded``."""
+    return manifest.get("layout", "sqlite")
+
+
+def shard_files(i: int) -> tuple[str, str]:
+    """Paths, relative to the index directory, of shard ``i``'s chunks (Parquet) and vectors (npy)."""
+    return f"{SHARDS_DIR}/part-{i:05d}.parquet", f"{SHARDS_DIR}/part-{i:05d}.npy"
+
+
+def shard_rows(manifest: dict) -> list[int]:
+    """Rows per shard of a sharded index, in row order (shard i holds the rows after shards 0..i-1)."""
+    return [int(r) for r in manifest["shards"]["rows"]]
+
+
+def read_faiss_index(index_dir: Path, on_disk: bool):  # -> faiss.Index
+    """The directory's FAISS index; with ``on_disk``, its inverted lists are memory-mapped from
+    :data:`IVFDATA_FILE` beside it (wherever the directory has moved since the build).
+
+    Raises:
+        IndexError_: FAISS cannot read the file.
+    """
+    import faiss
+
+    path = Path(index_dir) / INDEX_FILE
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0
+    try:
+        with _quiet_stdout():  # FAISS prints a note on stdout when the directory was renamed since the build
+            return faiss.read_index(str(path), flags)
+    except RuntimeError as e:
+        raise IndexError_(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}): rebuild with --force") from None
+
+
+class _quiet_stdout:
+    """Send file descriptor 1 to /dev/null for a C library's printf (``search --json`` output stays JSON)."""
+
+    def __enter__(self) -> None:
+        sys.stdout.flush()
+        self.saved = os.dup(1)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self.saved, 1)
+        os.close(self.saved)
 
 
 def sha256_file(path: Path) -> str:
@@ -47,8 +126,22 @@ def sha256_file(path: Path) -> str:
 
 
 def file_record(path: Path) -> dict[str, int | str]:
-    """What the manifest records of a data file: its sha256 and size."""
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    """What the manifest records of a data file: its sha256 and size (and, for a large or a shard
+    file, the sha256 of its first and last 64 KiB, which loading checks instead of the whole)."""
+    path = Path(path)
+    rec: dict[str, int | str] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if rec["bytes"] > VERIFY_WHOLE_MAX or path.parent.name == SHARDS_DIR:
+        rec["sha256_ends"] = _sha256_ends(path)
+    return rec
+
+
+def _sha256_ends(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        h.update(f.read(_ENDS))
+        f.seek(max(0, path.stat().st_size - _ENDS))
+        h.update(f.read(_ENDS))
+    return h.hexdigest()
 
 
 def read_manifest(index_dir: str | Path) -> dict:
@@ -64,6 +157,9 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise IndexError_(f"{path} is not a rag-pipeline index manifest: rebuild the index with --force")
     if manifest.get("kind", KIND) != KIND:  # manifests written before "kind" existed are checked by their keys below
         raise IndexError_(f"{index_dir} holds a {manifest['kind']!r} manifest, not an index's: pass an index directory written by build-index")
+    if layout(manifest) not in LAYOUTS:
+        raise IndexError_(f"{path} has layout {layout(manifest)!r}, which this version cannot read (known: {', '.join(LAYOUTS)}): "
+                          "upgrade rag-pipeline or rebuild the index with --force")
     missing = _missing_keys(manifest)
     if missing:
         raise IndexError_(f"{path} lacks {', '.join(missing)} (damaged or edited): rebuild the index with "
@@ -73,8 +169,10 @@ def read_manifest(index_dir: str | Path) -> dict:
 
 def _missing_keys(manifest: dict) -> list[str]:
     """The required keys (``section`` or ``section.key``) a manifest lacks, in :data:`REQUIRED_KEYS` order."""
+    sharded = layout(manifest) == "sharded"
+    required = {**REQUIRED_KEYS, "files": SHARDED_FILES, "shards": ("rows",)} if sharded else REQUIRED_KEYS
     missing = []
-    for section, keys in REQUIRED_KEYS.items():
+    for section, keys in required.items():
         value = manifest.get(section)
         if not isinstance(value, dict):
             missing.append(f"'{section}'")
@@ -84,13 +182,18 @@ def _missing_keys(manifest: dict) -> list[str]:
 
 
 def check_files(index_dir: Path, manifest: dict, verify: bool = True) -> None:
-    """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256)."""
-    for name in (INDEX_FILE, STORE_FILE):
+    """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256;
+    for shard files and files over :data:`VERIFY_WHOLE_MAX`, that of their first and last 64 KiB)."""
+    names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE]
+    for name in names:
         path = index_dir / name
         want = manifest["files"][name]
         if not path.is_file():
             raise IndexError_(f"{path} is missing: rebuild the index with --force")
         if path.stat().st_size != want["bytes"]:
             raise IndexError_(f"{path} is truncated or changed ({path.stat().st_size} bytes, manifest says {want['bytes']}): rebuild the index with --force")
-        if verify and sha256_file(path) != want["sha256"]:
+        if not verify:
+            continue
+        ok = _sha256_ends(path) == want["sha256_ends"] if "sha256_ends" in want else sha256_file(path) == want["sha256"]
+        if not ok:
             raise IndexError_(f"{path} does not match its manifest hash (corrupt or modified): rebuild the index with --force")

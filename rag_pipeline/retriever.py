@@ -3,6 +3,9 @@
 Loading checks the manifest against the files and the embedder: another embedder, a changed
 model, a dimension mismatch, a corrupt or truncated file each raise :class:`IndexError_`,
 never a wrong answer. FAISS's ``-1`` ids (k above the index size) never map to a chunk.
+Both layouts load the same way; the manifest's search settings (``nprobe``, ``ef_search``,
+``rerank``) are applied, and ``search_batch(timings=...)`` reports the query embedding, the
+FAISS search, the re-ranking and the store reads apart.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rag_pipeline import ann
+from rag_pipeline.ann import SearchTimings
 from rag_pipeline.errors import IndexError_
-from rag_pipeline.index_format import INDEX_FILE, STORE_FILE, check_files, read_manifest
+from rag_pipeline.index_format import IVFDATA_FILE, check_files, read_faiss_index, read_manifest
 from rag_pipeline.passage import Passage, from_chunk
-from rag_pipeline.store import ChunkStore, StoredChunk
+from rag_pipeline.store import ChunkStore, ShardedChunkStore, StoredChunk, open_store, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +44,14 @@ class Hit:
 class Retriever:
     """Dense (FAISS) retrieval, optionally fused with BM25 by reciprocal-rank fusion."""
 
-    def __init__(self, index_dir: Path, manifest: dict, index, store: ChunkStore, embedder) -> None:
+    def __init__(self, index_dir: Path, manifest: dict, index, store: ChunkStore | ShardedChunkStore, embedder) -> None:
         self.index_dir = index_dir
         self.manifest = manifest
         self.index = index
         self.store = store
         self.embedder = embedder
+        self.rerank = int(manifest["index"].get("rerank") or 0)
+        self._vectors = None  # stored embeddings, opened on the first re-ranked search
         self._bm25 = None
 
     @classmethod
@@ -58,8 +66,6 @@ class Retriever:
             manifest: the directory's manifest when the caller has already read it with
                 :func:`~rag_pipeline.index_format.read_manifest` (it is read once).
         """
-        import faiss
-
         from rag_pipeline.embed import load_embedder
 
         index_dir = Path(index_dir)
@@ -68,14 +74,11 @@ class Retriever:
         if expect_embedder is not None and expect_embedder != built_with:
             raise IndexError_(f"index {index_dir} was built with embedder {built_with}, not {expect_embedder}: rebuild it with --embedder {expect_embedder} or use the matching embedder")
         check_files(index_dir, manifest, verify)
-        try:
-            index = faiss.read_index(str(index_dir / INDEX_FILE))
-        except RuntimeError as e:
-            raise IndexError_(f"{index_dir / INDEX_FILE} cannot be read by FAISS ({str(e).splitlines()[0]}): rebuild with --force") from None
+        index = read_faiss_index(index_dir, on_disk=IVFDATA_FILE in manifest["files"])
         dim = manifest["embedder"]["dim"]
         if index.d != dim:
             raise IndexError_(f"index dimension {index.d} differs from the manifest's {dim}: rebuild the index with --force")
-        store = ChunkStore(index_dir / STORE_FILE)
+        store = open_store(index_dir, manifest)
         if index.ntotal != manifest["corpus"]["chunks"] or len(store) != index.ntotal:
             raise IndexError_(f"index holds {index.ntotal} vectors, store {len(store)} chunks, manifest {manifest['corpus']['chunks']}: rebuild with --force")
         _apply_search_params(index, manifest["index"])
@@ -93,21 +96,37 @@ class Retriever:
         """Top-``k`` chunks for one query, best first (fewer when the index is smaller)."""
         return self.search_batch([query], k, hybrid)[0]
 
-    def search_batch(self, queries: list[str], k: int = 5, hybrid: bool = False) -> list[list[Hit]]:
-        """Top-``k`` chunks per query; queries are embedded and searched as one batch."""
+    def search_batch(self, queries: list[str], k: int = 5, hybrid: bool = False, timings: SearchTimings | None = None) -> list[list[Hit]]:
+        """Top-``k`` chunks per query; queries are embedded and searched as one batch.
+
+        ``timings``, when given, accumulates the seconds of each phase (query embedding, FAISS
+        search, re-ranking, chunk reads), so that the index's own speed can be seen.
+        """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         if not queries:
             return []
-        scores, ids = self.search_vectors(self.embedder.encode(list(queries)), k if not hybrid else max(k, 50))
+        t = time.perf_counter()
+        vectors = self.embedder.encode(list(queries))
+        if timings is not None:
+            timings.embed += time.perf_counter() - t
+        scores, ids = self.search_vectors(vectors, k if not hybrid else max(k, 50), timings)
+        t = time.perf_counter()
         if hybrid:
-            return [self._fuse(q, s, i, k) for q, s, i in zip(queries, scores, ids)]
-        return [self._hits(s, i) for s, i in zip(scores, ids)]
+            out = [self._fuse(q, s, i, k) for q, s, i in zip(queries, scores, ids)]
+        else:
+            out = [self._hits(s, i) for s, i in zip(scores, ids)]
+        if timings is not None:
+            timings.fetch += time.perf_counter() - t
+        return out
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw FAISS search, shape (n, min(k, size)); ``-1`` ids are possible for approximate indexes."""
+    def search_vectors(self, vectors: np.ndarray, k: int, timings: SearchTimings | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw search, shape (n, min(k, size)), re-ranked when the index says so; ``-1`` ids are
+        possible for approximate indexes."""
         k = min(k, len(self))
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        if self.rerank > 1 and self._vectors is None:
+            self._vectors = open_vectors(self.index_dir, self.manifest, self.store)
+        return ann.search(self.index, vectors, k, self.rerank, self._vectors, timings)
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
@@ -141,9 +160,4 @@ class Retriever:
 
 
 def _apply_search_params(index, params: dict) -> None:
-    import faiss
-
-    if params["type"] == "hnsw":
-        faiss.downcast_index(index).hnsw.efSearch = params["ef_search"]
-    elif params["type"] == "ivf":
-        faiss.extract_index_ivf(index).nprobe = min(params["nprobe"], params["nlist"])
+    ann.apply_search_params(index, params["type"], int(params.get("nprobe") or 1), int(params.get("ef_search") or 16))

@@ -1,17 +1,31 @@
-"""The chunk store: SQLite, one row per chunk, read by FAISS row or chunk id without loading all.
+"""The chunk store: one row per chunk, read by FAISS row or chunk id without loading all.
 
-Rows are numbered 0..n-1 in the order of the FAISS index. Embeddings are kept beside the text
-(float32 blobs) so ``build-index --update`` reuses them for unchanged chunks.
+Rows are numbered 0..n-1 in the order of the FAISS index. Two layouts (see
+:mod:`rag_pipeline.index_format`), one interface:
+
+- :class:`ChunkStore`: ``chunks.sqlite``, embeddings kept beside the text (float32 blobs);
+- :class:`ShardedChunkStore`: Parquet shards read a row group at a time, ``keys.sqlite`` for
+  lookups by chunk or document id; embeddings in memory-mapped ``.npy`` shards
+  (:class:`ShardVectors`).
+
+:func:`open_store` and :func:`open_vectors` pick by the manifest. Embeddings are kept so that
+``build-index --update`` reuses them for unchanged chunks (:func:`vectors_by_id`), and so that
+IVF-PQ candidates can be re-ranked by exact inner product.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from rag_pipeline.errors import IndexError_
+from rag_pipeline.index_format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
 
 SCHEMA = """
 CREATE TABLE chunks (
@@ -94,3 +108,276 @@ class ChunkStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+# ------------------------------------------------------------------------------------ sharded layout
+
+SHARD_ROW_GROUP = 256  # rows per Parquet row group: reading one chunk decodes at most this many
+KEYS_SCHEMA = """
+CREATE TABLE keys (id TEXT PRIMARY KEY, row INTEGER NOT NULL, doc_id TEXT NOT NULL, position INTEGER NOT NULL) WITHOUT ROWID;
+"""
+KEYS_DOC_INDEX = "CREATE INDEX keys_doc ON keys(doc_id, position);"  # built after the inserts: faster than maintained
+
+
+def chunk_schema():  # -> pyarrow.Schema
+    import pyarrow as pa
+
+    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
+                      ("source", pa.string()), ("position", pa.int32()), ("text", pa.string())])
+
+
+def write_shard(index_dir: Path, i: int, chunks: list[StoredChunk], vectors: np.ndarray) -> None:
+    """Write shard ``i``: its chunks (Parquet, zstd, row groups of :data:`SHARD_ROW_GROUP`) and their
+    float32 vectors (``.npy``), row-aligned."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if len(chunks) != len(vectors):
+        raise ValueError(f"shard {i}: {len(chunks)} chunks but {len(vectors)} vectors")
+    cols = {name: [getattr(c, name) for c in chunks] for name in chunk_schema().names}
+    parquet, npy = (Path(index_dir) / f for f in shard_files(i))
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols, schema=chunk_schema()), parquet, row_group_size=SHARD_ROW_GROUP, compression="zstd")
+    np.save(npy, np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def write_keys(index_dir: Path, rows_per_shard: list[int]) -> None:
+    """Build ``keys.sqlite`` (chunk id -> row, document id -> rows) from the shards, one shard at a time."""
+    import pyarrow.parquet as pq
+
+    db = sqlite3.connect(Path(index_dir) / KEYS_FILE)
+    try:
+        db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + KEYS_SCHEMA)
+        for i in range(len(rows_per_shard)):
+            t = pq.read_table(Path(index_dir) / shard_files(i)[0], columns=["id", "row", "doc_id", "position"])
+            db.executemany("INSERT INTO keys VALUES (?,?,?,?)", zip(*(t.column(c).to_pylist() for c in ("id", "row", "doc_id", "position"))))
+        db.executescript(KEYS_DOC_INDEX)
+        db.commit()
+    finally:
+        db.close()
+
+
+class _Shards:
+    """Row -> (shard, row within it) for shards of the given sizes."""
+
+    def __init__(self, rows_per_shard: list[int]) -> None:
+        self.rows = list(rows_per_shard)
+        self.starts = np.concatenate([[0], np.cumsum(self.rows, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            bad = rows[(rows < 0) | (rows >= len(self))][:5].tolist()
+            raise IndexError_(f"chunk store has no rows {bad}: the index and store disagree; rebuild with --force")
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        return shard, rows - self.starts[shard]
+
+
+class ShardedChunkStore:
+    """Read access to the chunks of a sharded index: Parquet shards plus ``keys.sqlite``.
+
+    A lookup reads only the row groups that hold the rows asked for (a small LRU cache keeps the
+    last few decoded); nothing reads all chunks except :meth:`iter_chunks`, which streams them.
+    """
+
+    def __init__(self, index_dir: str | Path, rows_per_shard: list[int], cache_groups: int = 64) -> None:
+        import pyarrow.parquet as pq
+
+        self.dir = Path(index_dir)
+        self.shards = _Shards(rows_per_shard)
+        self._lock = threading.Lock()  # pyarrow file handles and the cache are shared by the server's threads
+        self._files: dict[int, object] = {}
+        self._group_starts: dict[int, np.ndarray] = {}
+        path = self.dir / KEYS_FILE
+        if not path.is_file():
+            raise IndexError_(f"chunk key index {path} is missing: rebuild the index with `rag-pipeline build-index --force`")
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            self.conn.execute("SELECT count(*) FROM keys").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise IndexError_(f"chunk key index {path} is corrupt ({e}): rebuild the index with --force") from None
+        self._read_group = functools.lru_cache(maxsize=cache_groups)(self._decode_group)
+        self._pq = pq
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def _file(self, shard: int):  # -> pyarrow.parquet.ParquetFile
+        if shard not in self._files:
+            path = self.dir / shard_files(shard)[0]
+            try:
+                f = self._pq.ParquetFile(path)
+            except (OSError, ValueError) as e:
+                raise IndexError_(f"chunk shard {path} cannot be read ({e}): rebuild the index with --force") from None
+            if f.metadata.num_rows != self.shards.rows[shard]:
+                raise IndexError_(f"chunk shard {path} holds {f.metadata.num_rows} rows, the manifest says {self.shards.rows[shard]}: rebuild with --force")
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+            self._group_starts[shard] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            self._files[shard] = f
+        return self._files[shard]
+
+    def _decode_group(self, shard: int, group: int) -> list[StoredChunk]:
+        t = self._file(shard).read_row_group(group, columns=_COLS.split(", "))
+        return [StoredChunk(*r) for r in zip(*(t.column(c).to_pylist() for c in t.column_names))]
+
+    def get_rows(self, rows: list[int]) -> list[StoredChunk]:
+        """Chunks for FAISS ids, in the order given; ids must exist."""
+        if not len(rows):
+            return []
+        shard, local = self.shards.locate(np.asarray(rows))
+        out = []
+        with self._lock:
+            for s, r in zip(shard.tolist(), local.tolist()):
+                self._file(s)
+                g = int(np.searchsorted(self._group_starts[s], r, side="right") - 1)
+                out.append(self._read_group(s, g)[r - int(self._group_starts[s][g])])
+        return out
+
+    def get(self, chunk_id: str) -> StoredChunk:
+        r = self.conn.execute("SELECT row FROM keys WHERE id = ?", (chunk_id,)).fetchone()
+        if r is None:
+            raise KeyError(chunk_id)
+        return self.get_rows([r[0]])[0]
+
+    def chunks_of_docs(self, doc_ids: set[str] | list[str]) -> dict[str, list[StoredChunk]]:
+        """Chunks of each document, ordered by position (900 ids per key query)."""
+        ids, rows = sorted(set(doc_ids)), []
+        for i in range(0, len(ids), 900):  # SQLite's parameter limit
+            part = ids[i : i + 900]
+            q = f"SELECT row FROM keys WHERE doc_id IN ({','.join('?' * len(part))}) ORDER BY doc_id, position"
+            rows += [r for (r,) in self.conn.execute(q, part)]
+        out: dict[str, list[StoredChunk]] = {}
+        for c in self.get_rows(rows):
+            out.setdefault(c.doc_id, []).append(c)
+        return out
+
+    def iter_chunks(self, batch: int = 1024) -> Iterator[StoredChunk]:
+        """All chunks in row order, a shard's row groups at a time (bounded memory)."""
+        for s in range(len(self.shards.rows)):
+            for b in self._file(s).iter_batches(batch_size=batch, columns=_COLS.split(", ")):
+                yield from (StoredChunk(*r) for r in zip(*(b.column(c).to_pylist() for c in b.schema.names)))
+
+    def close(self) -> None:
+        self.conn.close()
+        self._files.clear()
+        self._read_group.cache_clear()
+
+
+class ShardVectors:
+    """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard."""
+
+    def __init__(self, index_dir: str | Path, rows_per_shard: list[int], dim: int) -> None:
+        self.dir = Path(index_dir)
+        self.shards = _Shards(rows_per_shard)
+        self.dim = dim
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def shard(self, i: int) -> np.ndarray:
+        """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched)."""
+        if i not in self._maps:
+            path = self.dir / shard_files(i)[1]
+            try:
+                m = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise IndexError_(f"vector shard {path} cannot be read ({e}): rebuild the index with --force") from None
+            if m.shape != (self.shards.rows[i], self.dim) or m.dtype != np.float32:
+                raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
+            self._maps[i] = m
+        return self._maps[i]
+
+    def get_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of the given rows, shape (len(rows), dim), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard, local = self.shards.locate(rows)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.shard(int(s))[local[sel]]
+        return out
+
+    def iter_shards(self, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, vectors) per shard in row order, or per ``rows``-row slice of each shard."""
+        for i in range(len(self.shards.rows)):
+            m, first = self.shard(i), int(self.shards.starts[i])
+            step = rows or max(1, len(m))
+            for a in range(0, len(m), step):
+                yield first + a, m[a : a + step]
+
+
+class SqliteVectors:
+    """The embeddings of a format-1 index, read from ``chunks.sqlite`` by row."""
+
+    def __init__(self, conn: sqlite3.Connection, dim: int) -> None:
+        self.conn = conn
+        self.dim = dim
+
+    def __len__(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def get_rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = [int(r) for r in rows]
+        found: dict[int, bytes] = {}
+        for i in range(0, len(rows), 900):  # SQLite's parameter limit
+            part = rows[i : i + 900]
+            found.update(self.conn.execute(f"SELECT row, embedding FROM chunks WHERE row IN ({','.join('?' * len(part))})", part))
+        missing = [r for r in rows if found.get(r) is None]
+        if missing:
+            raise IndexError_(f"chunk store has no embedding for rows {missing[:5]}: rebuild with --force")
+        return np.frombuffer(b"".join(found[r] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+
+    def iter_shards(self, rows: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
+        n = len(self)
+        for a in range(0, n, rows):
+            yield a, self.get_rows(np.arange(a, min(n, a + rows)))
+
+
+def open_store(index_dir: str | Path, manifest: dict) -> ChunkStore | ShardedChunkStore:
+    """The chunk store of an index directory, for its layout."""
+    if layout(manifest) == "sharded":
+        return ShardedChunkStore(index_dir, shard_rows(manifest))
+    return ChunkStore(Path(index_dir) / STORE_FILE)
+
+
+def open_vectors(index_dir: str | Path, manifest: dict, store: ChunkStore | ShardedChunkStore | None = None) -> ShardVectors | SqliteVectors:
+    """The stored embeddings of an index directory (memory-mapped shards, or the SQLite store's column)."""
+    dim = int(manifest["embedder"]["dim"])
+    if layout(manifest) == "sharded":
+        return ShardVectors(index_dir, shard_rows(manifest), dim)
+    store = store if isinstance(store, ChunkStore) else ChunkStore(Path(index_dir) / STORE_FILE)
+    return SqliteVectors(store.conn, dim)
+
+
+def vectors_by_id(index_dir: str | Path, manifest: dict) -> tuple[Callable[[list[str]], dict[str, np.ndarray]], Callable[[], None]]:
+    """A lookup of stored embeddings by chunk id (for ``build-index --update``) and its close function."""
+    index_dir = Path(index_dir)
+    if layout(manifest) == "sharded":
+        keys = sqlite3.connect(f"file:{index_dir / KEYS_FILE}?mode=ro", uri=True, check_same_thread=False)
+        vectors = ShardVectors(index_dir, shard_rows(manifest), int(manifest["embedder"]["dim"]))
+
+        def lookup(ids: list[str]) -> dict[str, np.ndarray]:
+            found: list[tuple[str, int]] = []
+            for i in range(0, len(ids), 900):
+                part = ids[i : i + 900]
+                found += keys.execute(f"SELECT id, row FROM keys WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+            vecs = vectors.get_rows(np.array([r for _, r in found], dtype=np.int64))
+            return {cid: v for (cid, _), v in zip(found, vecs)}
+
+        return lookup, keys.close
+    db = sqlite3.connect(f"file:{index_dir / STORE_FILE}?mode=ro", uri=True, check_same_thread=False)
+
+    def lookup_sqlite(ids: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(ids), 900):
+            part = ids[i : i + 900]
+            for cid, blob in db.execute(f"SELECT id, embedding FROM chunks WHERE id IN ({','.join('?' * len(part))})", part):
+                if blob is not None:
+                    out[cid] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    return lookup_sqlite, db.close

@@ -1,0 +1,363 @@
+"""FAISS indexes: which index a setting means, the sharded build, search settings, re-ranking.
+
+One owner for the nearest-neighbour side of an index, used by ``build-index`` (both engines),
+the retriever and ``bench/bench_scale.py``:
+
+- :func:`factory_string` / :func:`make_index`: the FAISS index a configuration means, always
+  inner product on unit vectors (cosine), named by a FAISS ``index_factory`` string that the
+  manifest records;
+- the sharded build: :func:`train` once on a seeded sample (:func:`sample_rows`), then
+  :func:`add_shard` each shard of vectors to a copy of the trained empty index (in parallel on
+  Ray workers, or one after another), and :func:`merge_on_disk` the IVF shards into on-disk
+  inverted lists, so no step holds all the vectors or two copies of the lists;
+- search settings: :func:`apply_search_params` (``nprobe``, HNSW ``efSearch``), and
+  :func:`tune` which picks the smallest value reaching a target Recall@k against
+  :func:`exact_topk`, an exact search that streams over vector shards;
+- :func:`search`: FAISS search, then optionally the top ``k * rerank`` candidates re-ranked by
+  exact inner product with the stored vectors (what IVF-PQ needs for high recall at scale).
+
+Recall@k here is the overlap of the returned top-k with the exact top-k, divided by k.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from rag_pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MIN_POINTS_PER_LIST = 39  # FAISS's k-means warns below this many training points per centroid
+TRAIN_POINTS_FLOOR = 100_000  # sample at least this many (when the corpus has them), at most 256 per list
+
+
+class IndexParams(Protocol):
+    """The index settings of :class:`~rag_pipeline.index.IndexConfig` that this module reads."""
+
+    nlist: int
+    nprobe: int
+    ivf_pq: bool
+    pq_m: int
+    hnsw_m: int
+    ef_construction: int
+    ef_search: int
+    faiss_factory: str
+
+
+def ivf_nlist(n: int, nlist: int = 0) -> int:
+    """Lists of an IVF index over ``n`` vectors: ``nlist``, or 4*sqrt(n); capped so each list gets 39 training points."""
+    nlist = nlist or int(4 * math.sqrt(n))
+    return max(1, min(nlist, n // MIN_POINTS_PER_LIST or 1))
+
+
+def factory_string(kind: str, dim: int, n: int, p: IndexParams) -> str:
+    """The FAISS ``index_factory`` string of index type ``kind`` for ``n`` vectors (or ``p.faiss_factory`` when set)."""
+    if p.faiss_factory:
+        return p.faiss_factory
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return f"HNSW{p.hnsw_m}"
+    if kind != "ivf":
+        raise ConfigError(f"unknown index type {kind!r}: choose one of auto, flat, hnsw, ivf")
+    if p.ivf_pq and dim % p.pq_m:
+        raise ConfigError(f"pq_m={p.pq_m} must divide the embedding dimension {dim}: pick a divisor of {dim}")
+    return f"IVF{ivf_nlist(n, p.nlist)},{f'PQ{p.pq_m}' if p.ivf_pq else 'Flat'}"
+
+
+def make_index(factory: str, dim: int, p: IndexParams):  # -> faiss.Index
+    """An empty inner-product index from a factory string, with the build and search settings of ``p``.
+
+    Raises:
+        ConfigError: FAISS does not understand ``factory``.
+    """
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ConfigError(f"faiss_factory {factory!r} is not a FAISS index_factory string for dimension {dim} "
+                          f"({str(e).splitlines()[0][:160]}): e.g. 'IVF4096,PQ48' or 'OPQ48,IVF16384_HNSW32,PQ48'") from None
+    hnsw = _hnsw(index)
+    if hnsw is not None:
+        hnsw.hnsw.efConstruction = p.ef_construction
+    apply_search_params(index, kind_of(index), p.nprobe, p.ef_search)
+    return index
+
+
+def make_faiss_index(kind: str, dim: int, n: int, p: IndexParams):  # -> faiss.Index
+    """An empty FAISS index of ``kind`` for inner product on normalized vectors (cosine)."""
+    return make_index(factory_string(kind, dim, n, p), dim, p)
+
+
+def _ivf(index):  # -> faiss.IndexIVF | None
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _hnsw(index):  # -> faiss.IndexHNSW | None
+    import faiss
+
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else faiss.downcast_index(index)
+    return base if isinstance(base, faiss.IndexHNSW) else None
+
+
+def kind_of(index) -> str:
+    """``ivf``, ``hnsw`` or ``flat`` (any other index searched exhaustively) for a FAISS index."""
+    return "ivf" if _ivf(index) is not None else "hnsw" if _hnsw(index) is not None else "flat"
+
+
+def nlist_of(index) -> int | None:
+    ivf = _ivf(index)
+    return int(ivf.nlist) if ivf is not None else None
+
+
+def apply_search_params(index, kind: str, nprobe: int, ef_search: int) -> None:
+    """Set the query-time settings: IVF ``nprobe`` (at most nlist; an HNSW coarse quantizer's
+    ``efSearch`` follows it), HNSW ``efSearch``."""
+    import faiss
+
+    if kind == "ivf":
+        ivf = _ivf(index)
+        ivf.nprobe = max(1, min(nprobe, ivf.nlist))
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):  # the coarse search must return nprobe good lists
+            quantizer.hnsw.efSearch = max(ef_search, 2 * ivf.nprobe)
+    elif kind == "hnsw":
+        _hnsw(index).hnsw.efSearch = ef_search
+
+
+# ----------------------------------------------------------------------------- training and shards
+
+
+def train_size(index, n: int) -> int:
+    """How many vectors to train on: none for untrained-free indexes; for IVF, 256 per list but at
+    least 100k (and 39 per list), never more than ``n``."""
+    if index.is_trained:
+        return 0
+    nlist = nlist_of(index) or 1
+    return min(n, 256 * nlist, max(TRAIN_POINTS_FLOOR, MIN_POINTS_PER_LIST * nlist))
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``size`` distinct rows of ``n``, sorted (so shards are read in order)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def train(index, sample: np.ndarray) -> None:
+    """Train the (empty) index on ``sample`` (float32, (size, dim))."""
+    t = time.perf_counter()
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    log.info("trained %s on %d vectors in %.1f s", type(index).__name__, len(sample), time.perf_counter() - t)
+
+
+def add_shard(trained, vectors: np.ndarray, first_row: int):  # -> faiss.Index
+    """A copy of the trained empty IVF index holding ``vectors`` as rows ``first_row...``."""
+    import faiss
+
+    shard = faiss.clone_index(trained)
+    ids = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
+    shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return shard
+
+
+def add_shard_file(trained_path: str, vectors_path: str, first_row: int, out_path: str) -> int:
+    """:func:`add_shard` between files (what a worker runs): returns the vectors added."""
+    import faiss
+
+    trained = faiss.read_index(trained_path)
+    vectors = np.load(vectors_path, mmap_mode="r")
+    faiss.write_index(add_shard(trained, vectors, first_row), out_path)
+    return len(vectors)
+
+
+def merge_on_disk(trained_path: Path, shard_paths: list[Path], index_path: Path, ivfdata_path: Path) -> int:
+    """Merge IVF shard indexes into ``trained_path``'s empty index, lists on disk; returns the total.
+
+    The shards are memory-mapped and their lists copied straight into ``ivfdata_path``
+    (``OnDiskInvertedLists.merge_from_multiple``, as ``faiss.contrib.ondisk.merge_ondisk``),
+    so the merged lists are never held in memory. The shards hold their rows' ids, so the
+    merged index is the same whatever the sharding.
+    """
+    import faiss
+
+    index = faiss.read_index(str(trained_path))
+    ivf = faiss.extract_index_ivf(index)
+    if index.ntotal:
+        raise ValueError(f"{trained_path} is not empty ({index.ntotal} vectors)")
+    shards = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in shard_paths]  # kept alive until the copy is done
+    lists = faiss.InvertedListsPtrVector()
+    for s in shards:
+        lists.push_back(faiss.extract_index_ivf(s).invlists)
+    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
+    ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False)
+    index.ntotal = ivf.ntotal = ntotal
+    ivf.replace_invlists(invlists, True)
+    invlists.this.disown()
+    faiss.write_index(index, str(index_path))
+    del index, ivf, shards
+    return int(ntotal)
+
+
+# ---------------------------------------------------------------------------- exact search, recall
+
+
+def exact_topk(queries: np.ndarray, batches: Iterable[tuple[int, np.ndarray]], k: int, exclude: np.ndarray | None = None,
+               block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` over vectors given as (first row, block) batches, streaming.
+
+    Memory is O(queries * (k + block)), never the corpus. ``exclude[i]`` (a row or -1) is left out
+    of query i's results: a corpus chunk used as a query would otherwise find itself.
+
+    Returns:
+        (scores, rows), each (len(queries), k), best first; rows -1 where fewer than k exist.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), k), -1, dtype=np.int64)
+    for first, vecs in batches:
+        for a in range(0, len(vecs), block):
+            part = np.asarray(vecs[a : a + block], dtype=np.float32)
+            s = q @ part.T  # (queries, block)
+            if exclude is not None:
+                local = exclude - (first + a)
+                hit = (local >= 0) & (local < len(part))
+                s[np.nonzero(hit)[0], local[hit]] = -np.inf
+            ids = np.broadcast_to(np.arange(first + a, first + a + len(part), dtype=np.int64), s.shape)
+            best_s, best_i = _merge_topk(best_s, best_i, s, ids, k)
+    return best_s, best_i
+
+
+def _merge_topk(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.concatenate([s1, s2], axis=1)
+    i = np.concatenate([i1, i2], axis=1)
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k] if s.shape[1] > k else np.arange(s.shape[1])[None].repeat(len(s), 0)
+    s, i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    order = np.lexsort((i, -s), axis=1)  # best score first; ties by row, so results are reproducible
+    s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return s, np.where(np.isfinite(s), i, -1)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean over queries of |top-k found ∩ exact top-k| / k (ids -1 never count)."""
+    hits = [len(set(f[:k].tolist()) & (set(t[:k].tolist()) - {-1})) for f, t in zip(found, truth)]
+    return float(np.mean(hits)) / k if hits else 0.0
+
+
+# -------------------------------------------------------------------------------------- searching
+
+
+class Vectors(Protocol):
+    """Stored vectors read by row (memory-mapped shards, or the SQLite store)."""
+
+    def get_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class SearchTimings:
+    """Seconds spent per phase of searches, accumulated (``Retriever.search_batch(timings=...)``)."""
+
+    embed: float = 0.0  # the query embedding
+    faiss: float = 0.0  # index.search (candidates)
+    rerank: float = 0.0  # reading stored vectors and exact re-scoring
+    fetch: float = 0.0  # reading the hits' chunks from the store
+    queries: int = 0
+
+
+def search(index, queries: np.ndarray, k: int, rerank: int = 0, vectors: Vectors | None = None,
+           timings: SearchTimings | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, rows) for each query; with ``rerank`` R > 1 and ``vectors``, the top ``k*R``
+    FAISS candidates are re-scored by exact inner product with the stored vectors.
+
+    Rows are -1 (score -inf) where the index returns fewer than ``k``.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    fetch = k * rerank if rerank > 1 and vectors is not None else k
+    t = time.perf_counter()
+    scores, ids = index.search(q, min(fetch, max(1, index.ntotal)))
+    t_faiss = time.perf_counter()
+    if fetch > k:
+        scores, ids = rerank_exact(q, ids, vectors, k)
+    if timings is not None:
+        timings.faiss += t_faiss - t
+        timings.rerank += time.perf_counter() - t_faiss
+        timings.queries += len(q)
+    return scores, ids
+
+
+def rerank_exact(queries: np.ndarray, candidates: np.ndarray, vectors: Vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-``k`` of each query's candidate rows by exact inner product with their stored vectors."""
+    valid = candidates >= 0
+    rows = np.unique(candidates[valid])
+    table = vectors.get_rows(rows)  # (unique candidates, dim), read once however many queries share them
+    pos = np.searchsorted(rows, np.where(valid, candidates, rows[0] if len(rows) else 0))
+    scores = np.einsum("qd,qcd->qc", queries, table[pos]) if len(rows) else np.zeros(candidates.shape, np.float32)
+    scores = np.where(valid, scores, -np.inf).astype(np.float32)
+    kk = min(k, candidates.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    s, i = np.take_along_axis(scores, top, 1), np.take_along_axis(candidates, top, 1)
+    return s, np.where(np.isfinite(s), i, -1)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What :func:`tune` chose and measured (recorded in the manifest)."""
+
+    param: str  # "nprobe" or "ef_search"
+    value: int
+    recall: float  # Recall@k at value
+    target: float
+    reached: bool
+    k: int
+    queries: int
+    tried: dict[int, float]  # value -> Recall@k
+
+    def to_dict(self) -> dict:
+        return {"param": self.param, "value": self.value, "recall": round(self.recall, 4), "target": self.target, "reached": self.reached,
+                "k": self.k, "queries": self.queries, "tried": {str(v): round(r, 4) for v, r in sorted(self.tried.items())}}
+
+
+def tune(index, kind: str, truth: np.ndarray, search_fn: Callable[[], np.ndarray], target: float, k: int,
+         ef_search: int = 16) -> Tuning:
+    """The smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) whose Recall@``k`` reaches ``target``.
+
+    ``search_fn()`` searches the held queries with the index's current setting and returns the
+    found rows; ``truth`` holds their exact top-``k``. Values double until the target is reached
+    (or nlist, or efSearch 4096, is passed), then a binary search between the last two finds the
+    smallest; recall grows with either setting, up to noise. When nothing reaches the target the
+    largest value is kept and ``reached`` is False.
+    """
+    if kind not in ("ivf", "hnsw"):
+        raise ConfigError(f"target_recall needs an ivf or hnsw index (this one is {kind}, already exact): set it to 0")
+    top = nlist_of(index) if kind == "ivf" else 4096
+    tried: dict[int, float] = {}
+
+    def recall(v: int) -> float:
+        if v not in tried:
+            apply_search_params(index, kind, v, ef_search if kind == "ivf" else v)
+            tried[v] = recall_at_k(search_fn(), truth, k)
+            log.info("%s=%d: Recall@%d %.4f", "nprobe" if kind == "ivf" else "efSearch", v, k, tried[v])
+        return tried[v]
+
+    lo, v = 0, 1 if kind == "ivf" else k
+    while recall(v) < target and v < top:
+        lo, v = v, min(2 * v, top)
+    hi = v
+    if tried[hi] >= target:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if recall(mid) >= target else (mid, hi)
+    apply_search_params(index, kind, hi, ef_search if kind == "ivf" else hi)
+    return Tuning("nprobe" if kind == "ivf" else "ef_search", hi, tried[hi], target, tried[hi] >= target, k, len(truth), tried)

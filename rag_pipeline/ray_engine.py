@@ -1,0 +1,200 @@
+"""``build-index --engine ray``: the sharded build's worker steps on a Ray cluster, with Ray Data.
+
+Needs the ``distributed`` extra (``pip install '.[distributed]'``, which is ``ray[data]``); nothing
+else imports Ray, so the default engine runs without it. What runs where:
+
+- the driver (the ``build-index`` process, on the head node or any node of the cluster) lists the
+  inputs, plans blocks, drops duplicate chunks from their hashes, trains the FAISS index on a
+  seeded sample and merges the shards' inverted lists on disk (:mod:`rag_pipeline.sharded`);
+- chunking runs in a Ray Data actor pool over the blocks (:class:`ChunkWorker`: the embedder's
+  tokenizer loaded once per actor), staging chunks as Parquet;
+- embedding runs in a second actor pool, one actor per GPU, or per ``--worker-cpus`` CPUs where
+  the cluster has no GPU (:class:`EmbedWorker`: the model loaded once per actor), each writing
+  whole shards (Parquet chunks + ``.npy`` vectors);
+- each shard is added to a copy of the trained empty index by a Ray task.
+
+Workers read the inputs and write into the index's temporary directory themselves, so on a
+multi-node cluster every node must see the inputs and the index's parent folder at the same path
+(a shared filesystem). The package must be importable on every node (installed, or the checkout on
+the shared filesystem: a local cluster started here gets this checkout on its ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from rag_pipeline import ann
+from rag_pipeline.errors import ConfigError, DeviceError, RagError
+from rag_pipeline.sharded import ChunkSettings, chunk_block, embed_shard, job_from_json, job_json
+
+log = logging.getLogger(__name__)
+
+
+def _import_ray():  # -> module
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra is ray[data]: fail here, not in a worker)
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray Data, which is not installed: pip install '.[distributed]' "
+                          "(or pip install 'ray[data]'), or use the default --engine local") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 0) -> Iterator[None]:
+    """Join the cluster at ``address`` (``auto``, ``HOST:6379``, ``ray://HOST:10001``), or start a
+    local one (``num_cpus``: 0 = all cores; ``object_store_mb``: 0 = Ray's default) and shut it
+    down at the end. An already initialised Ray (a caller's) is used as it is and left running.
+
+    Raises:
+        ConfigError: Ray is not installed, or the cluster cannot be reached.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    root = str(Path(__file__).resolve().parent.parent)  # this checkout, for workers started here
+    path = os.pathsep.join([root, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
+    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "include_dashboard": False, "log_to_driver": True}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus or None, object_store_memory=(object_store_mb << 20) or None, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise ConfigError(f"cannot start or join {where} ({str(e).splitlines()[0][:200]}): check --ray-address "
+                          "(`ray status` on the head node), or leave it empty to start a local cluster") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def rag_error_in(e: BaseException) -> RagError | None:
+    """The user-facing error a worker raised, found in the chain of Ray's wrappers (None if none)."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        cause = getattr(x, "cause", None)  # RayTaskError keeps the worker's exception here
+        if isinstance(cause, RagError):
+            return cause
+        if isinstance(x, RagError) and type(x).__module__.startswith("rag_pipeline"):
+            return x
+        x = x.__cause__ or (cause if isinstance(cause, BaseException) else None)
+    return None
+
+
+def _set_threads(threads: int) -> None:
+    """Limit torch and FAISS to the CPUs this worker was given (they default to every core)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+class ChunkWorker:
+    """Ray Data actor: chunks blocks of input (the embedder's tokenizer loaded once)."""
+
+    def __init__(self, embedder: str, trust_remote_code: bool, settings: dict, staging: str) -> None:
+        from rag_pipeline.embed import load_embedder
+
+        _set_threads(1)
+        self.embedder = load_embedder(embedder, "cpu", trust_remote_code)
+        self.settings = ChunkSettings(**settings)
+        self.staging = Path(staging)
+
+    def __call__(self, batch: dict) -> dict:
+        out = [chunk_block(job_from_json(j), self.embedder.token_offsets, self.settings, self.staging) for j in batch["job"]]
+        return {"result": [job_json(r) for r in out]}
+
+
+class EmbedWorker:
+    """Ray Data actor: embeds and writes whole shards (the model loaded once per actor)."""
+
+    def __init__(self, embedder: str, device: str, trust_remote_code: bool, threads: int, batch_size: int, dim: int,
+                 out_dir: str, reuse_from: tuple[str, dict] | None) -> None:
+        from rag_pipeline.embed import load_embedder
+        from rag_pipeline.store import vectors_by_id
+
+        _set_threads(threads)
+        self.embedder = load_embedder(embedder, device, trust_remote_code)
+        self.batch_size, self.dim, self.out_dir = batch_size, dim, Path(out_dir)
+        self.lookup = vectors_by_id(*reuse_from)[0] if reuse_from else None
+
+    def __call__(self, batch: dict) -> dict:
+        def encode(texts: list[str]):
+            return self.embedder.encode(texts, batch_size=self.batch_size)
+
+        out = [embed_shard(job_from_json(j), encode, self.dim, self.out_dir, self.lookup) for j in batch["job"]]
+        return {"result": [job_json(r) for r in out]}
+
+
+def _add_shard(job: tuple[str, str, int, str], threads: int) -> int:
+    _set_threads(threads)
+    return ann.add_shard_file(*job)
+
+
+class RayRunner:
+    """Runs the sharded build's worker steps on the connected Ray cluster (see :mod:`rag_pipeline.sharded`)."""
+
+    name = "ray"
+
+    def __init__(self, embedder: str, device: str, trust_remote_code: bool, batch_size: int, dim: int,
+                 workers: int = 0, worker_cpus: int = 1) -> None:
+        ray = _import_ray()
+        res = ray.cluster_resources()
+        cpus, gpus = max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
+        if device == "cuda" and not gpus:
+            raise DeviceError("--device cuda, but the Ray cluster has no GPU: use --device cpu (or auto), or add GPU nodes")
+        self.use_gpu = gpus > 0 and device != "cpu"
+        self.cpus_per_worker = 1 if self.use_gpu else min(worker_cpus, cpus)
+        self.workers = workers or (gpus if self.use_gpu else max(1, cpus // self.cpus_per_worker))
+        self.embedder, self.trust, self.batch_size, self.dim = embedder, trust_remote_code, batch_size, dim
+        self.cluster = {"cpus": cpus, "gpus": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+        log.info("Ray cluster: %d nodes, %d CPUs, %d GPUs; %d embedding workers (%s)", self.cluster["nodes"], cpus, gpus,
+                 self.workers, "1 GPU each" if self.use_gpu else f"{self.cpus_per_worker} CPUs each")
+
+    def _map(self, jobs: list[dict], cls: type, kwargs: dict, workers: int, num_cpus: float, num_gpus: float) -> list[dict]:
+        import ray.data
+
+        if not jobs:
+            return []
+        ds = ray.data.from_items([{"job": job_json(j)} for j in jobs], override_num_blocks=len(jobs))
+        ds = ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(jobs))),
+                            num_cpus=num_cpus, num_gpus=num_gpus)
+        try:
+            return [job_from_json(r["result"]) for r in ds.take_all()]
+        except Exception as e:
+            err = rag_error_in(e)
+            if err is not None:
+                raise type(err)(str(err)) from None
+            raise
+
+    def chunk(self, jobs: list[dict], settings: ChunkSettings, staging: Path) -> list[dict]:
+        kwargs = {"embedder": self.embedder, "trust_remote_code": self.trust, "settings": asdict(settings), "staging": str(staging)}
+        return self._map(jobs, ChunkWorker, kwargs, self.workers, 1, 0)  # tokenizing: one CPU each, as many actors as embedders
+
+    def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, dict] | None) -> list[dict]:
+        kwargs = {"embedder": self.embedder, "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": self.trust,
+                  "threads": self.cpus_per_worker, "batch_size": self.batch_size, "dim": self.dim, "out_dir": str(out_dir),
+                  "reuse_from": (str(reuse_from[0]), reuse_from[1]) if reuse_from else None}
+        return self._map(jobs, EmbedWorker, kwargs, self.workers, self.cpus_per_worker, 1 if self.use_gpu else 0)
+
+    def add(self, jobs: list[tuple[str, str, int, str]]) -> list[int]:
+        import ray
+
+        task = ray.remote(_add_shard).options(num_cpus=self.cpus_per_worker)
+        return ray.get([task.remote(j, self.cpus_per_worker) for j in jobs])
+
+    def describe(self) -> dict:
+        return {"name": self.name, "workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpu": self.use_gpu, **self.cluster}
