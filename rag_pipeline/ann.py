@@ -21,10 +21,13 @@ Recall@k here is the overlap of the returned top-k with the exact top-k, divided
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -139,6 +142,22 @@ def apply_search_params(index, kind: str, nprobe: int, ef_search: int) -> None:
         _hnsw(index).hnsw.efSearch = ef_search
 
 
+@contextlib.contextmanager
+def c_stdout_silenced() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null while FAISS's C++ code prints its notes there (resizing
+    on-disk lists, a moved .ivfdata), so that ``search --json`` stays JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 # ----------------------------------------------------------------------------- training and shards
 
 
@@ -202,7 +221,8 @@ def merge_on_disk(trained_path: Path, shard_paths: list[Path], index_path: Path,
     for s in shards:
         lists.push_back(faiss.extract_index_ivf(s).invlists)
     invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
-    ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False)
+    with c_stdout_silenced():
+        ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False)
     index.ntotal = ivf.ntotal = ntotal
     ivf.replace_invlists(invlists, True)
     invlists.this.disown()

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
 
 from rag_pipeline.atomic import Artifact
@@ -92,28 +90,15 @@ def read_faiss_index(index_dir: Path, on_disk: bool):  # -> faiss.Index
     """
     import faiss
 
+    from rag_pipeline.ann import c_stdout_silenced
+
     path = Path(index_dir) / INDEX_FILE
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0
     try:
-        with _quiet_stdout():  # FAISS prints a note on stdout when the directory was renamed since the build
+        with c_stdout_silenced():  # FAISS prints a note on stdout when the directory was renamed since the build
             return faiss.read_index(str(path), flags)
     except RuntimeError as e:
         raise IndexError_(f"{path} cannot be read by FAISS ({str(e).splitlines()[0]}): rebuild with --force") from None
-
-
-class _quiet_stdout:
-    """Send file descriptor 1 to /dev/null for a C library's printf (``search --json`` output stays JSON)."""
-
-    def __enter__(self) -> None:
-        sys.stdout.flush()
-        self.saved = os.dup(1)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.close(null)
-
-    def __exit__(self, *exc: object) -> None:
-        os.dup2(self.saved, 1)
-        os.close(self.saved)
 
 
 def sha256_file(path: Path) -> str:

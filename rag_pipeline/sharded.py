@@ -55,8 +55,10 @@ class ChunkSettings:
 # ------------------------------------------------------------------------------------- 1. blocks
 
 
-def plan_blocks(paths: list[str], block_bytes: int = BLOCK_BYTES) -> list[dict]:
-    """Chunking jobs: ``{"block": b, "pieces": [...]}``, pieces in input order, about ``block_bytes`` each."""
+def plan_blocks(paths: list[str], block_bytes: int | None = None) -> list[dict]:
+    """Chunking jobs: ``{"block": b, "pieces": [...]}``, pieces in input order, about ``block_bytes``
+    (default :data:`BLOCK_BYTES`) each."""
+    block_bytes = block_bytes or BLOCK_BYTES
     blocks: list[list[Piece]] = []
     current: list[Piece] = []
     size = 0

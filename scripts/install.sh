@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install rag-pipeline and everything it needs into ./.venv (created if missing).
 #   bash scripts/install.sh          # runtime
-#   bash scripts/install.sh --test   # runtime + test tools (pytest, tensorboard, scikit-learn)
+#   bash scripts/install.sh --test   # runtime + test tools (pytest, tensorboard, scikit-learn) + the distributed extra (Ray Data)
 #   bash scripts/install.sh --bench  # runtime + bench/ and scripts/ tools (psutil, scikit-learn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
 case "${1:-}" in
-  --test) extras="[test]" ;;
+  --test) extras="[test,distributed]" ;;  # the Ray engine's tests run in CI, not skipped
   --bench) extras="[bench,probe]" ;;
 esac
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv

@@ -55,11 +55,12 @@ def test_every_runtime_dependency_is_used() -> None:
 
 
 def test_what_the_code_imports_is_declared() -> None:
-    runtime = _declared("runtime", "gpu", "tensorboard")
+    runtime = _declared("runtime", "gpu", "tensorboard", "distributed")
     assert _imported_distributions("rag_pipeline") - {"nvidia-cuda-runtime"} <= runtime | {"torch", "faiss-cpu", "faiss-gpu"}
     assert _imported_distributions("scripts") <= runtime | _declared("probe") | {"torch"}
     assert _imported_distributions("bench") <= runtime | _declared("bench", "probe") | {"torch"}
     assert {"psutil"} <= _declared("bench") and "psutil" not in _declared("runtime")
+    assert "ray" in _declared("distributed") and "ray" not in _declared("runtime")  # the default engine needs no Ray
 
 
 def test_floors_have_the_apis_used() -> None:

@@ -1,0 +1,131 @@
+"""ann: streaming exact top-k, re-ranking, the sharded IVF build against a single-shard one, the nprobe helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_pipeline import ann
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.index import IndexConfig
+from rag_pipeline.index_format import read_faiss_index
+from rag_pipeline.sharded import LocalRunner, build_faiss
+
+
+def clustered(n: int, d: int, seed: int, centers: int = 40, spread: float = 0.35) -> np.ndarray:
+    """Unit vectors around seeded cluster centres, as embeddings of a topical corpus are."""
+    rng = np.random.default_rng(seed)
+    c = np.random.default_rng(1234).standard_normal((centers, d)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q @ db.T
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, ids, 1), ids
+
+
+def write_shards(out: Path, x: np.ndarray, sizes: list[int]) -> list[int]:
+    (out / "shards").mkdir(parents=True)
+    at = 0
+    for i, size in enumerate(sizes):
+        np.save(out / "shards" / f"part-{i:05d}.npy", x[at : at + size])
+        at += size
+    assert at == len(x)
+    return sizes
+
+
+def test_exact_topk_streams_to_the_bruteforce_answer() -> None:
+    x, q = clustered(3000, 16, 0), clustered(20, 16, 1)
+    batches = [(a, x[a : a + 700]) for a in range(0, 3000, 700)]  # uneven last batch
+    s, i = ann.exact_topk(q, batches, 10, block=256)
+    bs, bi = brute(x, q, 10)
+    np.testing.assert_allclose(s, bs, atol=1e-5)
+    assert (i == bi).mean() > 0.99  # only exact ties may swap
+    # a query that is a corpus row does not find itself when excluded
+    rows = np.array([5, 2999, 1234])
+    _, own = ann.exact_topk(x[rows], batches, 3, exclude=rows)
+    assert not any(r in found for r, found in zip(rows, own.tolist()))
+    _, with_self = ann.exact_topk(x[rows], batches, 1)
+    assert with_self[:, 0].tolist() == rows.tolist()
+
+
+def test_rerank_returns_the_exact_order_of_the_candidates() -> None:
+    x, q = clustered(500, 16, 2), clustered(5, 16, 3)
+
+    class Rows:
+        def get_rows(self, rows: np.ndarray) -> np.ndarray:
+            return x[rows]
+
+    rng = np.random.default_rng(0)
+    cand = np.stack([rng.choice(500, size=40, replace=False) for _ in range(5)])  # FAISS returns each row once
+    cand[0, 3:] = -1  # fewer candidates than k for one query
+    s, i = ann.rerank_exact(q, cand, Rows(), 10)
+    for qi in range(5):
+        valid = sorted({int(c) for c in cand[qi] if c >= 0}, key=lambda r: -float(x[r] @ q[qi]))
+        got = [int(r) for r in i[qi] if r >= 0]
+        assert [float(x[r] @ q[qi]) for r in got] == pytest.approx([float(x[r] @ q[qi]) for r in valid[:10]], abs=1e-5)
+    assert (i[0, 3:] == -1).all() and np.isneginf(s[0, 3:]).all()
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,PQ8"])
+def test_sharded_build_equals_single_shard_build_at_exhaustive_nprobe(tmp_path: Path, factory: str) -> None:
+    """Adding shards to copies of the trained index and merging on disk gives the index a single
+    shard gives: the same (row, score) results, here at nprobe = nlist (exhaustive)."""
+    x, q = clustered(4000, 32, 4), clustered(50, 32, 5)
+    cfg = IndexConfig(nprobe=32)
+    results = {}
+    for name, sizes in (("one", [4000]), ("five", [900, 900, 900, 900, 400])):
+        out = tmp_path / name
+        rows = write_shards(out, x, sizes)
+        (tmp_path / f"scratch-{name}").mkdir()
+        index = build_faiss(out, tmp_path / f"scratch-{name}", rows, 32, factory, cfg, seed=0, add_all=LocalRunner(None, 64).add)
+        assert index.ntotal == 4000 and (out / "index.ivfdata").is_file()
+        reread = read_faiss_index(out, on_disk=True)
+        ann.apply_search_params(reread, "ivf", 32, 16)
+        results[name] = reread.search(q, 10)
+    np.testing.assert_array_equal(results["one"][1], results["five"][1])
+    np.testing.assert_allclose(results["one"][0], results["five"][0], atol=1e-6)
+    if factory.endswith("Flat"):  # IVF-Flat at nprobe = nlist is exact
+        bs, bi = brute(x, q, 10)
+        np.testing.assert_allclose(results["five"][0], bs, atol=1e-4)
+
+
+def test_nprobe_helper_picks_the_smallest_value_reaching_the_target() -> None:
+    x = clustered(6000, 32, 6, centers=60, spread=1.5)  # hard enough that nprobe 1 reaches only ~0.5
+    cfg = IndexConfig(nprobe=1)
+    index = ann.make_index("IVF64,Flat", 32, cfg)
+    index.train(x)
+    index.add(x)
+    rows = ann.sample_rows(6000, 300, 7)
+    queries = x[rows]
+    _, truth = ann.exact_topk(queries, [(0, x)], 10, exclude=rows)
+
+    def found() -> np.ndarray:
+        _, ids = ann.search(index, queries, 11)
+        return np.array([[i for i in row if i != r][:10] for row, r in zip(ids.tolist(), rows.tolist())])
+
+    t = ann.tune(index, "ivf", truth, found, 0.95, 10)
+    assert t.reached and t.recall >= 0.95 and t.param == "nprobe" and 1 < t.value < 64
+    assert faiss_nprobe(index) == t.value
+    # the value below the chosen one misses the target: it is the smallest
+    ann.apply_search_params(index, "ivf", t.value - 1, 16)
+    assert ann.recall_at_k(found(), truth, 10) < 0.95
+    # an unreachable target keeps the largest value and says so
+    unreachable = ann.tune(index, "ivf", truth, lambda: truth[:, ::-1] * 0 - 1, 0.5, 10)
+    assert not unreachable.reached and unreachable.value == 64
+
+
+def faiss_nprobe(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nprobe)
+
+
+def test_bad_factory_string_is_one_line_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"not a FAISS index_factory string.*e\.g\.") as e:
+        ann.make_index("IVF,Nonsense", 32, IndexConfig())
+    assert "\n" not in str(e.value)
