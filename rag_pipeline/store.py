@@ -278,36 +278,47 @@ class ShardVectors:
     def __len__(self) -> int:
         return len(self.shards)
 
+    def _open(self, i: int, mmap: bool = True) -> np.ndarray:
+        path = self.dir / shard_files(i)[1]
+        try:
+            m = np.load(path, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError) as e:
+            raise IndexError_(f"vector shard {path} cannot be read ({e}): rebuild the index with --force") from None
+        if m.shape != (self.shards.rows[i], self.dim) or m.dtype != np.float32:
+            raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
+        return m
+
     def shard(self, i: int) -> np.ndarray:
-        """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched)."""
+        """Shard ``i``'s vectors, memory-mapped and kept mapped (rows are read from disk when touched)."""
         if i not in self._maps:
-            path = self.dir / shard_files(i)[1]
-            try:
-                m = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise IndexError_(f"vector shard {path} cannot be read ({e}): rebuild the index with --force") from None
-            if m.shape != (self.shards.rows[i], self.dim) or m.dtype != np.float32:
-                raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
-            self._maps[i] = m
+            self._maps[i] = self._open(i)
         return self._maps[i]
 
-    def get_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of the given rows, shape (len(rows), dim), in that order."""
+    def get_rows(self, rows: np.ndarray, keep_mapped: bool = True) -> np.ndarray:
+        """Vectors of the given rows, shape (len(rows), dim), in that order.
+
+        ``keep_mapped=False`` unmaps each shard after reading (a training sample touches pages of
+        every shard; kept mapped, they would all count in this process's resident memory).
+        """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         shard, local = self.shards.locate(rows)
         for s in np.unique(shard):
             sel = shard == s
-            out[sel] = self.shard(int(s))[local[sel]]
+            m = self.shard(int(s)) if keep_mapped else self._open(int(s))
+            out[sel] = m[local[sel]]
+            del m
         return out
 
     def iter_shards(self, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, vectors) per shard in row order, or per ``rows``-row slice of each shard."""
+        """(first row, vectors) per shard in row order, or per ``rows``-row slice of each shard; each
+        shard is read into memory in turn and released (memory: one shard, never the corpus)."""
         for i in range(len(self.shards.rows)):
-            m, first = self.shard(i), int(self.shards.starts[i])
+            m, first = self._open(i, mmap=False), int(self.shards.starts[i])
             step = rows or max(1, len(m))
             for a in range(0, len(m), step):
                 yield first + a, m[a : a + step]
+            del m
 
 
 class SqliteVectors:

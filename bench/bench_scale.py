@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Index at scale: the sharded IVF-PQ build and search at 1M and 10M vectors, against baselines.
+
+Embeddings are synthetic, so the model's speed plays no part: seeded, clustered, 384-d, unit-norm
+(a mixture of 4,096 Gaussian clusters whose noise spectrum decays like real sentence embeddings',
+about 26 effective dimensions), generated shard by shard from the seed, never all in memory.
+
+For each size N, in one run:
+
+1. the vectors are written as the sharded layout's ``.npy`` shards (``--shard-rows`` each);
+2. build (in a child process, so its peak RSS is its own): ``sharded.build_faiss``, the code of
+   ``build-index --layout sharded``: train once on a seeded sample, add each shard to a copy of
+   the trained empty index, merge on disk. Reported: time, peak RSS (VmHWM), index bytes;
+3. ground truth: exact top-10 of ``--queries`` held-out queries (drawn from the same distribution,
+   not in the corpus), streamed shard by shard; its speed is the **exact-search baseline** (q/s);
+4. ``nprobe`` is chosen by ``ann.tune`` on 1,000 of the corpus's own vectors as queries (the
+   ``--target-recall`` helper of ``build-index``), then Recall@10 is measured on the held-out
+   queries at that ``nprobe``: with and without re-ranking the top 10*R candidates by exact inner
+   product read from the memory-mapped shards. **Recall@10 = |top-10 found ∩ exact top-10| / 10**,
+   averaged over queries;
+5. search throughput: all held-out queries in one batch, k=10, median of ``--repeats``; FAISS time
+   and re-rank time apart (no query embedding: the queries are vectors);
+6. with ``--baseline-build-max`` >= N: a non-sharded build (all vectors in memory, one ``add``) in
+   a child process, for build time and peak RSS beside ours.
+
+``--real-model`` adds a small real run on the bundled corpus: ``build_index`` with MiniLM, the
+default engine beside ``--engine ray`` with 1 and 2 workers, chunks/s each (model load excluded
+for the default engine; each Ray run includes its workers' model loads, as a real build does).
+
+Usage (1M: about 20 minutes on 2 idle cores; 10M: several hours, see the README)::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_scale.py --sizes 1000000 --out /tmp/scale
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_scale.py --sizes 10000000 --out /tmp/scale --baseline-build-max 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+
+DIM = 384
+CENTERS = 4096
+SPREAD = 0.6  # noise norm relative to a centre's (~1): neighbours are mostly, not only, in the same cluster
+K = 10
+TAG = "BENCH_SCALE "
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000000", help="comma-separated corpus sizes, e.g. 1000000,10000000")
+    p.add_argument("--out", default=None, help="scratch directory (vectors and indexes; 10M needs ~17 GB); default: a temporary one, removed")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory's vectors and indexes")
+    p.add_argument("--shard-rows", type=int, default=65536, help="vectors per shard")
+    p.add_argument("--factory", default="auto", help="FAISS factory string; auto: OPQ64,IVF{nlist}_HNSW32,PQ64 with nlist 4096 up to 2M, 16384 above")
+    p.add_argument("--rerank", type=int, default=10, help="re-rank the top k*R candidates by exact inner product (0 = PQ distances only)")
+    p.add_argument("--target-recall", type=float, default=0.9, help="nprobe is the smallest reaching this on the corpus's own vectors")
+    p.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--repeats", type=int, default=3, help="timed search runs; the median is reported")
+    p.add_argument("--threads", type=int, default=0, help="FAISS (OpenMP) threads; 0 = all cores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-build-max", type=int, default=2_000_000, help="also build non-sharded (all in memory) up to this size")
+    p.add_argument("--real-model", action="store_true", help="also the real-model run on the bundled corpus (default vs Ray, 1 and 2 workers)")
+    p.add_argument("--ray-shard-size", type=int, default=128, help="real-model run: rows per shard (several shards, so 2 workers share them)")
+    p.add_argument("--child", choices=("build", "baseline"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.size_list = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    if not args.size_list or min(args.size_list) < 10_000:
+        p.error(f"--sizes must list sizes of at least 10000, got {args.sizes!r}")
+    return args
+
+
+# ------------------------------------------------------------------------------------ synthetic data
+
+
+def centres(seed: int) -> np.ndarray:
+    return (np.random.default_rng([seed, 1]).standard_normal((CENTERS, DIM)) / np.sqrt(DIM)).astype(np.float32)
+
+
+def spectrum() -> np.ndarray:
+    s = 1.0 / np.sqrt(1.0 + np.arange(DIM))
+    return (SPREAD * s / np.linalg.norm(s)).astype(np.float32)
+
+
+def synthetic(n: int, seed: int, stream: int, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``n`` unit vectors of stream ``stream`` (a shard's number; queries use a stream of their own)."""
+    rng = np.random.default_rng([seed, 2, stream])
+    x = c[rng.integers(0, CENTERS, n)] + rng.standard_normal((n, DIM), dtype=np.float32) * s
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_vectors(root: Path, n: int, shard_rows: int, seed: int) -> list[int]:
+    """The corpus as ``shards/part-NNNNN.npy`` (one shard in memory at a time); reused when present."""
+    rows = [min(shard_rows, n - a) for a in range(0, n, shard_rows)]
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    done = root / "vectors.json"
+    if done.is_file() and json.loads(done.read_text()) == {"n": n, "shard_rows": shard_rows, "seed": seed, "spread": SPREAD}:
+        return rows
+    c, s = centres(seed), spectrum()
+    for i, r in enumerate(rows):
+        np.save(root / "shards" / f"part-{i:05d}.npy", synthetic(r, seed, i, c, s))
+    done.write_text(json.dumps({"n": n, "shard_rows": shard_rows, "seed": seed, "spread": SPREAD}))
+    return rows
+
+
+def factory_for(n: int, spec: str) -> str:
+    if spec != "auto":
+        return spec
+    return f"OPQ64,IVF{4096 if n <= 2_000_000 else 16384}_HNSW32,PQ64"
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def gib(b: float) -> str:
+    return f"{b / (1 << 30):.2f} GiB"
+
+
+# ---------------------------------------------------------------------------------------- children
+
+
+def params(args: argparse.Namespace):
+    from rag_pipeline.index import IndexConfig
+
+    return IndexConfig(nprobe=16, ef_search=64)
+
+
+def child_build(args: argparse.Namespace) -> dict:
+    """Our sharded build of the size-``n`` vectors in ``args.out``; prints time and peak RSS."""
+    from rag_pipeline.sharded import LocalRunner, build_faiss
+
+    root = Path(args.out) / f"n{args.n}"
+    rows = json.loads((root / "rows.json").read_text())
+    for f in ("index.faiss", "index.ivfdata"):
+        (root / f).unlink(missing_ok=True)
+    scratch = root / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    t = time.perf_counter()
+    index = build_faiss(root, scratch, rows, DIM, factory_for(args.n, args.factory), params(args), args.seed, LocalRunner(None, 64).add)
+    seconds = time.perf_counter() - t
+    shutil.rmtree(scratch)
+    return {"seconds": seconds, "peak_rss": vm("VmHWM"), "ntotal": int(index.ntotal),
+            "bytes": sum((root / f).stat().st_size for f in ("index.faiss", "index.ivfdata") if (root / f).exists())}
+
+
+def child_baseline(args: argparse.Namespace) -> dict:
+    """The non-sharded build: every vector loaded, one ``train`` and one ``add`` into an in-memory index."""
+    from rag_pipeline import ann
+
+    root = Path(args.out) / f"n{args.n}"
+    rows = json.loads((root / "rows.json").read_text())
+    t = time.perf_counter()
+    x = np.concatenate([np.load(root / "shards" / f"part-{i:05d}.npy") for i in range(len(rows))])
+    index = ann.make_index(factory_for(args.n, args.factory), DIM, params(args))
+    ann.train(index, x[ann.sample_rows(len(x), ann.train_size(index, len(x)), args.seed)])
+    index.add(x)
+    return {"seconds": time.perf_counter() - t, "peak_rss": vm("VmHWM"), "ntotal": int(index.ntotal)}
+
+
+def run_child(kind: str, args: argparse.Namespace, n: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--n", str(n), "--out", str(args.out),
+           "--factory", args.factory, "--seed", str(args.seed), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(TAG)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} child for {n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(TAG):])
+
+
+# ---------------------------------------------------------------------------------------- search
+
+
+def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
+    from rag_pipeline import ann
+    from rag_pipeline.index_format import read_faiss_index
+    from rag_pipeline.store import ShardVectors
+
+    root = Path(args.out) / f"n{n}"
+    reset_peak()
+    vectors = ShardVectors(root, rows, DIM)
+    queries = synthetic(args.queries, args.seed, 10**9, centres(args.seed), spectrum())  # a stream no shard uses
+    t = time.perf_counter()
+    _, truth = ann.exact_topk(queries, vectors.iter_shards(), K)
+    exact_s = time.perf_counter() - t
+
+    index = read_faiss_index(root, on_disk=True)
+    kind = ann.kind_of(index)
+    sample = ann.sample_rows(n, 1000, args.seed + 1)
+    own = vectors.get_rows(sample)
+    _, own_truth = ann.exact_topk(own, vectors.iter_shards(), K, exclude=sample)
+
+    def own_found() -> np.ndarray:
+        _, ids = ann.search(index, own, K + 1, args.rerank, vectors)
+        return np.array([[i for i in row if i != r][:K] for row, r in zip(ids.tolist(), sample.tolist())])
+
+    tuning = ann.tune(index, kind, own_truth, own_found, args.target_recall, K, ef_search=64)
+    out = {"exact_s": exact_s, "nprobe": tuning.value, "tuning": tuning.to_dict(), "nlist": ann.nlist_of(index)}
+    for label, rerank in (("pq", 0), ("rerank", args.rerank)):
+        if label == "rerank" and rerank <= 1:
+            continue
+        times, timings = [], []
+        for _ in range(args.repeats):
+            tm = ann.SearchTimings()
+            t = time.perf_counter()
+            _, ids = ann.search(index, queries, K, rerank, vectors, tm)
+            times.append(time.perf_counter() - t)
+            timings.append(tm)
+        med = statistics.median(times)
+        out[label] = {"recall": ann.recall_at_k(ids, truth, K), "seconds": med, "qps": len(queries) / med,
+                      "faiss_qps": len(queries) / statistics.median(t.faiss for t in timings),
+                      "rerank_s": statistics.median(t.rerank for t in timings)}
+    out["peak_rss"] = vm("VmHWM")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- real model
+
+
+def real_model_run(args: argparse.Namespace, out: Path) -> list[tuple[str, int, float]]:
+    """The bundled corpus with MiniLM: default engine, then Ray with 1 and 2 workers."""
+    from rag_pipeline.embed import SentenceTransformerEmbedder
+    from rag_pipeline.index import IndexConfig, build_index
+
+    docs = str(REPO / "corpus" / "disfl_qa" / "documents.jsonl")
+    emb = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    results = []
+    runs = [("default engine (in-process)", dict(engine="local"), 1)]
+    runs += [(f"--engine ray, {w} worker{'s' * (w > 1)}", dict(engine="ray", workers=w, worker_cpus=max(1, os.cpu_count() // w),
+                                                               ray_num_cpus=os.cpu_count(), ray_object_store_mb=512), w) for w in (1, 2)]
+    for label, kw, workers in runs:
+        t = time.perf_counter()
+        m = build_index(IndexConfig(paths=[docs], index=str(out / f"real-{kw['engine']}-{workers}"), device="cpu", force=True,
+                                    shard_size=args.ray_shard_size, **kw), embedder=emb)
+        seconds = time.perf_counter() - t
+        results.append((label, m["corpus"]["chunks"], seconds))
+        print(f"  {label}: {m['corpus']['chunks']} chunks in {seconds:.1f} s = {m['corpus']['chunks'] / seconds:.1f} chunks/s", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import faiss
+
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    if args.child:
+        result = child_build(args) if args.child == "build" else child_baseline(args)
+        print(TAG + json.dumps(result), flush=True)
+        return
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    own_out = args.out is None
+    args.out = Path(args.out or tempfile.mkdtemp(prefix="bench_scale_"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("== machine")
+    print(f"{platform.platform()}; cpus {len(os.sched_getaffinity(0))}; faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads; "
+          f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"Recall@{K} = |top-{K} found ∩ exact top-{K}| / {K}, averaged over {args.queries} held-out queries (not in the corpus)\n", flush=True)
+    table = []
+    try:
+        for n in args.size_list:
+            table.append(one_size(args, n))
+        real = real_model_run(args, args.out) if args.real_model else []
+    finally:
+        if own_out and not args.keep:
+            shutil.rmtree(args.out, ignore_errors=True)
+    print_tables(args, table, real)
+
+
+def one_size(args: argparse.Namespace, n: int) -> dict:
+    root = args.out / f"n{n}"
+    print(f"== {n:,} vectors ({factory_for(n, args.factory)}, shards of {args.shard_rows:,})", flush=True)
+    t = time.perf_counter()
+    rows = write_vectors(root, n, args.shard_rows, args.seed)
+    (root / "rows.json").write_text(json.dumps(rows))
+    print(f"vectors    : {len(rows)} shards written in {time.perf_counter() - t:.0f} s ({gib(n * DIM * 4)} on disk)", flush=True)
+    build = run_child("build", args, n)
+    print(f"build      : {build['seconds']:.0f} s, peak RSS {gib(build['peak_rss'])}, index {gib(build['bytes'])} (sharded, merged on disk)", flush=True)
+    base = run_child("baseline", args, n) if n <= args.baseline_build_max else None
+    if base:
+        print(f"baseline   : {base['seconds']:.0f} s, peak RSS {gib(base['peak_rss'])} (non-sharded: all vectors in memory, one add)", flush=True)
+    s = measure_search(args, n, rows)
+    print(f"exact      : {args.queries / s['exact_s']:.1f} q/s (streaming brute force over the shards: the ground truth, and the baseline)")
+    print(f"nprobe     : {s['nprobe']} of {s['nlist']} (smallest reaching Recall@{K} {args.target_recall} on 1,000 corpus vectors: {s['tuning']['tried']})")
+    for label in ("pq", "rerank"):
+        if label in s:
+            r = s[label]
+            print(f"{label:<11}: Recall@{K} {r['recall']:.3f}; {r['qps']:.0f} q/s ({r['faiss_qps']:.0f} q/s in FAISS, re-rank {r['rerank_s']:.2f} s)", flush=True)
+    print(f"search RSS : peak {gib(s['peak_rss'])}\n", flush=True)
+    if not args.keep:
+        for f in ("index.faiss", "index.ivfdata"):
+            (root / f).unlink(missing_ok=True)
+    return {"n": n, "build": build, "base": base, "search": s}
+
+
+def print_tables(args: argparse.Namespace, table: list[dict], real: list[tuple[str, int, float]]) -> None:
+    cores = len(os.sched_getaffinity(0))
+    print(f"Sharded IVF-PQ at scale (`bench/bench_scale.py`, synthetic 384-d unit vectors, {cores} cores, "
+          f"{args.queries} held-out queries, k={K}, re-rank R={args.rerank}):\n")
+    print("| vectors | index | build | peak RSS (build) | index size | nprobe | Recall@10 PQ only | Recall@10 re-ranked | search q/s (FAISS only) | exact search q/s (baseline) | non-sharded build (baseline) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for row in table:
+        b, s, base = row["build"], row["search"], row["base"]
+        rr = s.get("rerank", s["pq"])
+        base_cell = f"{base['seconds'] / 60:.1f} min, {gib(base['peak_rss'])}" if base else "not run"
+        print(f"| {row['n']:,} | `{factory_for(row['n'], args.factory)}` | {b['seconds'] / 60:.1f} min | {gib(b['peak_rss'])} | {gib(b['bytes'])} | "
+              f"{s['nprobe']} | {s['pq']['recall']:.3f} | {rr['recall']:.3f} | {rr['qps']:.0f} ({rr['faiss_qps']:.0f}) | "
+              f"{args.queries / s['exact_s']:.1f} | {base_cell} |")
+    if real:
+        print("\nReal model (all-MiniLM-L6-v2) on the bundled corpus, same run:\n")
+        print("| engine | chunks | seconds | chunks/s |")
+        print("|---|---:|---:|---:|")
+        for label, chunks, seconds in real:
+            print(f"| {label} | {chunks} | {seconds:.1f} | {chunks / seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
