@@ -118,9 +118,11 @@ def write_vectors(root: Path, n: int, shard_rows: int, seed: int) -> list[int]:
 
 
 def factory_for(n: int, spec: str) -> str:
+    from rag_pipeline.ann import ivf_nlist
+
     if spec != "auto":
         return spec
-    return f"OPQ64,IVF{4096 if n <= 2_000_000 else 16384}_HNSW32,PQ64"
+    return f"OPQ64,IVF{ivf_nlist(n, 4096 if n <= 2_000_000 else 16384)}_HNSW32,PQ64"  # 39+ training points per list
 
 
 # ---------------------------------------------------------------------------------------- memory

@@ -20,6 +20,7 @@ Only hashes (16 bytes per chunk), keep masks (1 bit per chunk) and counts pass t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -291,10 +292,10 @@ class LocalRunner:
 
 
 def job_json(job: dict) -> str:
-    """A job as one JSON string (Ray Data rows carry it as a single column); bytes as latin-1 text."""
+    """A job or result as one JSON string (Ray Data rows carry it as a single column); bytes as base64."""
     def enc(x):
         if isinstance(x, bytes):
-            return {"__b": x.decode("latin-1")}
+            return {"__b": base64.b64encode(x).decode("ascii")}
         if isinstance(x, dict):
             return {k: enc(v) for k, v in x.items()}
         if isinstance(x, list):
@@ -307,7 +308,7 @@ def job_json(job: dict) -> str:
 def job_from_json(text: str) -> dict:
     def dec(x):
         if isinstance(x, dict):
-            return x["__b"].encode("latin-1") if set(x) == {"__b"} else {k: dec(v) for k, v in x.items()}
+            return base64.b64decode(x["__b"]) if set(x) == {"__b"} else {k: dec(v) for k, v in x.items()}
         if isinstance(x, list):
             return [dec(v) for v in x]
         return x
