@@ -36,7 +36,7 @@ def _corpus(tmp_path: Path, n: int = 240) -> Path:
 
 
 def _cfg(src: Path, index: Path, **kw) -> IndexConfig:
-    return IndexConfig(paths=[str(src)], index=str(index), embedder="hashing:64", shard_size=100, **kw)
+    return IndexConfig(paths=[str(src)], index=str(index), embedder="hashing:64", **{"shard_size": 100, **kw})
 
 
 def _files(d: Path) -> dict[str, str]:
@@ -49,7 +49,7 @@ def test_sharded_layout_equals_sqlite_layout(tmp_path, hashing_embedder, kind) -
     a = build_index(_cfg(src, tmp_path / "sqlite", index_type=kind, nprobe=1000), embedder=hashing_embedder)
     b = build_index(_cfg(src, tmp_path / "sharded", index_type=kind, nprobe=1000, layout="sharded"), embedder=hashing_embedder)
     assert a["layout"] == "sqlite" and b["layout"] == "sharded" and b["format_version"] == 2
-    assert a["corpus"]["fingerprint"] == b["corpus"]["fingerprint"] and a["corpus"]["chunks"] == b["corpus"]["chunks"] > 300
+    assert a["corpus"]["fingerprint"] == b["corpus"]["fingerprint"] and a["corpus"]["chunks"] == b["corpus"]["chunks"] > 240  # more chunks than documents
     assert a["corpus"]["duplicates_dropped"] == b["corpus"]["duplicates_dropped"] == 1
     assert len(b["shards"]["rows"]) > 3 and set(b["shards"]["rows"][:-1]) == {100}
     listing = sorted(p.name for p in (tmp_path / "sharded").iterdir())
