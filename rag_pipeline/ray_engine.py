@@ -66,7 +66,7 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 0) -> I
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus or None, object_store_memory=(object_store_mb << 20) or None, **kwargs)
-    except (ConnectionError, TimeoutError, RuntimeError) as e:
+    except Exception as e:  # Ray raises bare Exception for a raylet that does not start in time
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise ConfigError(f"cannot start or join {where} ({str(e).splitlines()[0][:200]}): check --ray-address "
                           "(`ray status` on the head node), or leave it empty to start a local cluster") from None

@@ -51,7 +51,7 @@ def test_sharded_layout_equals_sqlite_layout(tmp_path, hashing_embedder, kind) -
     assert a["layout"] == "sqlite" and b["layout"] == "sharded" and b["format_version"] == 2
     assert a["corpus"]["fingerprint"] == b["corpus"]["fingerprint"] and a["corpus"]["chunks"] == b["corpus"]["chunks"] > 240  # more chunks than documents
     assert a["corpus"]["duplicates_dropped"] == b["corpus"]["duplicates_dropped"] == 1
-    assert len(b["shards"]["rows"]) > 3 and set(b["shards"]["rows"][:-1]) == {100}
+    assert len(b["shards"]["rows"]) >= 3 and set(b["shards"]["rows"][:-1]) == {100}
     listing = sorted(p.name for p in (tmp_path / "sharded").iterdir())
     assert listing == sorted(["index.faiss", "keys.sqlite", "manifest.json", "shards", *(["index.ivfdata"] if kind == "ivf" else [])])
     ra, rb = Retriever.load(tmp_path / "sqlite", embedder=hashing_embedder), Retriever.load(tmp_path / "sharded", embedder=hashing_embedder)
