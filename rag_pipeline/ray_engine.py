@@ -114,8 +114,7 @@ class ChunkWorker:
         self.staging = Path(staging)
 
     def __call__(self, batch: dict) -> dict:
-        out = [chunk_block(job_from_json(j), self.embedder.token_offsets, self.settings, self.staging) for j in batch["job"]]
-        return {"result": [job_json(r) for r in out]}
+        return {"result": [_guarded(lambda job: chunk_block(job, self.embedder.token_offsets, self.settings, self.staging), j) for j in batch["job"]]}
 
 
 class EmbedWorker:
@@ -135,8 +134,28 @@ class EmbedWorker:
         def encode(texts: list[str]):
             return self.embedder.encode(texts, batch_size=self.batch_size)
 
-        out = [embed_shard(job_from_json(j), encode, self.dim, self.out_dir, self.lookup) for j in batch["job"]]
-        return {"result": [job_json(r) for r in out]}
+        return {"result": [_guarded(lambda job: embed_shard(job, encode, self.dim, self.out_dir, self.lookup), j) for j in batch["job"]]}
+
+
+def _guarded(fn, job: str) -> str:
+    """Run a worker step; a user-facing error comes back as data (Ray's wrappers would bury it in a
+    traceback, and do not carry the exception's cause across processes)."""
+    try:
+        return job_json(fn(job_from_json(job)))
+    except RagError as e:
+        return job_json({ERROR_KEY: type(e).__name__, "message": str(e)})
+
+
+ERROR_KEY = "__rag_error__"
+
+
+def _raise_returned_error(results: list[dict]) -> None:
+    from rag_pipeline import errors
+
+    for r in results:
+        if ERROR_KEY in r:
+            cls = getattr(errors, r[ERROR_KEY], RagError)
+            raise (cls if isinstance(cls, type) and issubclass(cls, RagError) else RagError)(r["message"])
 
 
 def _add_shard(job: tuple[str, str, int, str], threads: int) -> int:
@@ -173,12 +192,14 @@ class RayRunner:
         ds = ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(jobs))),
                             num_cpus=num_cpus, num_gpus=num_gpus)
         try:
-            return [job_from_json(r["result"]) for r in ds.take_all()]
+            results = [job_from_json(r["result"]) for r in ds.take_all()]
         except Exception as e:
             err = rag_error_in(e)
             if err is not None:
                 raise type(err)(str(err)) from None
             raise
+        _raise_returned_error(results)
+        return results
 
     def chunk(self, jobs: list[dict], settings: ChunkSettings, staging: Path) -> list[dict]:
         kwargs = {"embedder": self.embedder, "trust_remote_code": self.trust, "settings": asdict(settings), "staging": str(staging)}
