@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed search runs; the median is reported")
     p.add_argument("--threads", type=int, default=0, help="FAISS (OpenMP) threads; 0 = all cores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spread", type=float, default=SPREAD, help="noise norm relative to a cluster centre's: larger is harder for PQ")
+    p.add_argument("--centers", type=int, default=CENTERS, help="clusters of the synthetic mixture")
     p.add_argument("--baseline-build-max", type=int, default=2_000_000, help="also build non-sharded (all in memory) up to this size")
     p.add_argument("--real-model", action="store_true", help="also the real-model run on the bundled corpus (default vs Ray, 1 and 2 workers)")
     p.add_argument("--ray-shard-size", type=int, default=128, help="real-model run: rows per shard (several shards, so 2 workers share them)")
@@ -108,12 +110,13 @@ def write_vectors(root: Path, n: int, shard_rows: int, seed: int) -> list[int]:
     rows = [min(shard_rows, n - a) for a in range(0, n, shard_rows)]
     (root / "shards").mkdir(parents=True, exist_ok=True)
     done = root / "vectors.json"
-    if done.is_file() and json.loads(done.read_text()) == {"n": n, "shard_rows": shard_rows, "seed": seed, "spread": SPREAD}:
+    made = {"n": n, "shard_rows": shard_rows, "seed": seed, "spread": SPREAD, "centers": CENTERS}
+    if done.is_file() and json.loads(done.read_text()) == made:
         return rows
     c, s = centres(seed), spectrum()
     for i, r in enumerate(rows):
         np.save(root / "shards" / f"part-{i:05d}.npy", synthetic(r, seed, i, c, s))
-    done.write_text(json.dumps({"n": n, "shard_rows": shard_rows, "seed": seed, "spread": SPREAD}))
+    done.write_text(json.dumps(made))
     return rows
 
 
@@ -190,7 +193,8 @@ def child_baseline(args: argparse.Namespace) -> dict:
 
 def run_child(kind: str, args: argparse.Namespace, n: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--n", str(n), "--out", str(args.out),
-           "--factory", args.factory, "--seed", str(args.seed), "--threads", str(args.threads)]
+           "--factory", args.factory, "--seed", str(args.seed), "--threads", str(args.threads), "--spread", str(args.spread),
+           "--centers", str(args.centers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(TAG)]
     if proc.returncode != 0 or not lines:
@@ -272,7 +276,9 @@ def real_model_run(args: argparse.Namespace, out: Path) -> list[tuple[str, int, 
 
 
 def main() -> None:
+    global SPREAD, CENTERS
     args = parse_args()
+    SPREAD, CENTERS = args.spread, args.centers
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import faiss
 
@@ -291,7 +297,8 @@ def main() -> None:
     print("== machine")
     print(f"{platform.platform()}; cpus {len(os.sched_getaffinity(0))}; faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads; "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"Recall@{K} = |top-{K} found ∩ exact top-{K}| / {K}, averaged over {args.queries} held-out queries (not in the corpus)\n", flush=True)
+    print(f"Recall@{K} = |top-{K} found ∩ exact top-{K}| / {K}, averaged over {args.queries} held-out queries (not in the corpus)")
+    print(f"synthetic  : {CENTERS} clusters, noise spread {SPREAD}, seed {args.seed}\n", flush=True)
     table = []
     try:
         for n in args.size_list:
