@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rerank", type=int, default=10, help="re-rank the top k*R candidates by exact inner product (0 = PQ distances only)")
     p.add_argument("--target-recall", type=float, default=0.9, help="nprobe is the smallest reaching this on the corpus's own vectors")
     p.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    p.add_argument("--max-nprobe", type=int, default=2048, help="the tuning helper tries nprobe up to this (an exhaustive scan at 10M takes long)")
     p.add_argument("--repeats", type=int, default=3, help="timed search runs; the median is reported")
     p.add_argument("--threads", type=int, default=0, help="FAISS (OpenMP) threads; 0 = all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -228,7 +229,7 @@ def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
         _, ids = ann.search(index, own, K + 1, args.rerank, vectors)
         return np.array([[i for i in row if i != r][:K] for row, r in zip(ids.tolist(), sample.tolist())])
 
-    tuning = ann.tune(index, kind, own_truth, own_found, args.target_recall, K, ef_search=64)
+    tuning = ann.tune(index, kind, own_truth, own_found, args.target_recall, K, ef_search=64, max_value=args.max_nprobe)
     out = {"exact_s": exact_s, "nprobe": tuning.value, "tuning": tuning.to_dict(), "nlist": ann.nlist_of(index)}
     for label, rerank in (("pq", 0), ("rerank", args.rerank)):
         if label == "rerank" and rerank <= 1:

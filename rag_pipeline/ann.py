@@ -385,18 +385,19 @@ class Tuning:
 
 
 def tune(index, kind: str, truth: np.ndarray, search_fn: Callable[[], np.ndarray], target: float, k: int,
-         ef_search: int = 16) -> Tuning:
+         ef_search: int = 16, max_value: int = 0) -> Tuning:
     """The smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) whose Recall@``k`` reaches ``target``.
 
     ``search_fn()`` searches the held queries with the index's current setting and returns the
     found rows; ``truth`` holds their exact top-``k``. Values double until the target is reached
-    (or nlist, or efSearch 4096, is passed), then a binary search between the last two finds the
-    smallest; recall grows with either setting, up to noise. When nothing reaches the target the
-    largest value is kept and ``reached`` is False.
+    (or nlist, or efSearch 4096, or ``max_value``, is passed), then a binary search between the last
+    two finds the smallest; recall grows with either setting, up to noise. When nothing reaches the
+    target the largest value is kept and ``reached`` is False.
     """
     if kind not in ("ivf", "hnsw"):
         raise ConfigError(f"target_recall needs an ivf or hnsw index (this one is {kind}, already exact): set it to 0")
     top = nlist_of(index) if kind == "ivf" else 4096
+    top = min(top, max_value) if max_value else top
     tried: dict[int, float] = {}
 
     def recall(v: int) -> float:
