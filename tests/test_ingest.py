@@ -90,3 +90,36 @@ def test_overlap_must_be_smaller_than_size() -> None:
     emb = HashingEmbedder()
     with pytest.raises(InputError, match="overlap"):
         chunk_document(Document("d", "", "a b c", "s"), emb.token_offsets, chunk_size=4, overlap=4)
+
+
+def test_split_pieces_read_the_same_documents_as_whole_files(tmp_path: Path) -> None:
+    """What Ray workers read (line ranges of a JSONL file, row-group ranges of a Parquet file) gives
+    the documents, ids, order and skip reasons of reading each file whole."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rag_pipeline.ingest import iter_pieces, read_piece
+
+    rows = [{"text": f"record {i} " + "é\u2028x " * (i % 5)} if i % 7 else {"text": None} for i in range(120)]
+    for i, r in enumerate(rows):
+        if i % 3:
+            r["id"] = f"d{i}"
+    (tmp_path / "a.jsonl").write_text("\ufeff" + "".join(json.dumps(r, ensure_ascii=False) + "\n" * (1 + (i % 4 == 0)) for i, r in enumerate(rows)),
+                                      encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b.parquet", row_group_size=9)
+
+    def read(split: int) -> tuple[list[Document], IngestReport, int]:
+        report, docs, pieces = IngestReport(), [], list(iter_pieces([tmp_path], split))
+        for piece in pieces:
+            docs += list(read_piece(piece, report))
+        return docs, report, len(pieces)
+
+    whole, report, n = read(0)
+    assert n == 2 and len(whole) == 120 - 2 * len(range(0, 120, 7))
+    assert whole == list(read_documents([tmp_path], IngestReport()))
+    for split in (64, 500):
+        docs, rep, pieces = read(split)
+        assert pieces > 4 and docs == whole
+        assert (rep.files, rep.documents, rep.skipped) == (report.files, report.documents, report.skipped)
