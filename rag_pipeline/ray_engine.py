@@ -60,7 +60,8 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 0) -> I
         return
     root = str(Path(__file__).resolve().parent.parent)  # this checkout, for workers started here
     path = os.pathsep.join([root, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
-    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "include_dashboard": False, "log_to_driver": True}
+    # configure_logging=False: Ray leaves the process's logging (the CLI's handlers and formats) alone.
+    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     try:
         if address:
             ray.init(address=address, **kwargs)
