@@ -242,8 +242,11 @@ def merge_on_disk(trained_path: Path, shard_paths: list[Path], index_path: Path,
 
     The shards are memory-mapped and their lists copied straight into ``ivfdata_path``
     (``OnDiskInvertedLists.merge_from_multiple``, as ``faiss.contrib.ondisk.merge_ondisk``),
-    so the merged lists are never held in memory. The shards hold their rows' ids, so the
-    merged index is the same whatever the sharding.
+    so the merged lists are never held in memory. Of each shard only its inverted lists (a
+    memory map and a few bytes per list) stay alive until the copy: its coarse quantizer and
+    codebooks (tens of MB for a large nlist) are freed as soon as it is read, so memory does not
+    grow with the shard count. The shards hold their rows' ids, so the merged index is the same
+    whatever the sharding.
     """
     import faiss
 
@@ -251,19 +254,40 @@ def merge_on_disk(trained_path: Path, shard_paths: list[Path], index_path: Path,
     ivf = faiss.extract_index_ivf(index)
     if index.ntotal:
         raise ValueError(f"{trained_path} is not empty ({index.ntotal} vectors)")
-    shards = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in shard_paths]  # kept alive until the copy is done
+    holders = [_shard_lists(p) for p in shard_paths]  # each owns one shard's lists, unmapped when it goes
     lists = faiss.InvertedListsPtrVector()
-    for s in shards:
-        lists.push_back(faiss.extract_index_ivf(s).invlists)
+    for h in holders:
+        lists.push_back(h.invlists)
     invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
     with c_stdout_silenced():
         ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False)
+    del lists, holders
     index.ntotal = ivf.ntotal = ntotal
     ivf.replace_invlists(invlists, True)
-    invlists.this.disown()
+    invlists.this.disown()  # the index owns (and frees) the merged lists now
     faiss.write_index(index, str(index_path))
-    del index, ivf, shards
+    del index, ivf
     return int(ntotal)
+
+
+def _shard_lists(path: Path):  # -> faiss.IndexIVF
+    """Shard ``path``'s inverted lists, memory-mapped, in an empty one-dimensional IVF index that
+    owns them (freed, and unmapped, with it); the shard's own index is freed here.
+
+    The lists change owner in C++ (``replace_invlists(own=True)``): SWIG's ``this.acquire()`` on
+    a bare lists proxy would do it in Python, but deleting two such proxies tears down SWIG's type
+    table (every later FAISS object comes back as a bare ``SwigPyObject``).
+    """
+    import faiss
+
+    shard = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    sivf = faiss.extract_index_ivf(shard)
+    holder = faiss.IndexIVFFlat(faiss.IndexFlatL2(1), 1, sivf.nlist)  # a few bytes per list besides the lists
+    holder.code_size = sivf.code_size  # replace_invlists checks it
+    holder.replace_invlists(sivf.invlists, True)
+    sivf.own_invlists = False  # the shard's destructor leaves them to the holder
+    del shard, sivf
+    return holder
 
 
 # ---------------------------------------------------------------------------- exact search, recall
