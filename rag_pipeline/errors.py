@@ -27,3 +27,7 @@ class IndexError_(RagError):
 
 class DeviceError(RagError):
     """A device (CUDA) was asked for and is not available."""
+
+
+class ResourceError(RagError):
+    """The system refused a resource (open files, memory maps) that a healthy index needs."""

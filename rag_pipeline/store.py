@@ -15,16 +15,18 @@ IVF-PQ candidates can be re-ranked by exact inner product.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rag_pipeline.errors import IndexError_
+from rag_pipeline.errors import IndexError_, RagError, ResourceError
 from rag_pipeline.index_format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
 
 SCHEMA = """
@@ -157,6 +159,49 @@ def write_keys(index_dir: Path, rows_per_shard: list[int]) -> None:
         db.close()
 
 
+OPEN_SHARDS = 64  # shard files kept open per store: far below the usual 1,024 file descriptors
+
+
+class _OpenFiles:
+    """At most ``size`` open shard files by key, the least recently used closed first (thread-safe)."""
+
+    def __init__(self, size: int, close: Callable[[object], None] = lambda f: None) -> None:
+        self.size = size
+        self._close = close
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, open_: Callable[[], object]) -> object:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = self._items[key] = open_()
+            while len(self._items) > self.size:
+                self._close(self._items.popitem(last=False)[1])
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            while self._items:
+                self._close(self._items.popitem(last=False)[1])
+
+
+def _unreadable(what: str, path: Path, e: Exception) -> RagError:
+    """The error for a shard file that cannot be opened: the system's limits are not corruption."""
+    code = getattr(e, "errno", None)
+    if code in (errno.EMFILE, errno.ENFILE):
+        return ResourceError(f"{what} {path} cannot be opened: too many open files ({e}); raise the limit (e.g. `ulimit -n 4096`)")
+    if code == errno.ENOMEM:
+        return ResourceError(f"{what} {path} cannot be mapped: out of memory or map areas ({e}); free memory or raise vm.max_map_count")
+    if code in (errno.EACCES, errno.EPERM):
+        return ResourceError(f"{what} {path} cannot be read: permission denied; make the index directory readable by this user")
+    return IndexError_(f"{what} {path} cannot be read ({e}): rebuild the index with --force")
+
+
 class _Shards:
     """Row -> (shard, row within it) for shards of the given sizes."""
 
@@ -181,6 +226,7 @@ class ShardedChunkStore:
 
     A lookup reads only the row groups that hold the rows asked for (a small LRU cache keeps the
     last few decoded); nothing reads all chunks except :meth:`iter_chunks`, which streams them.
+    At most :data:`OPEN_SHARDS` Parquet files are open at a time.
     """
 
     def __init__(self, index_dir: str | Path, rows_per_shard: list[int], cache_groups: int = 64) -> None:
@@ -189,8 +235,7 @@ class ShardedChunkStore:
         self.dir = Path(index_dir)
         self.shards = _Shards(rows_per_shard)
         self._lock = threading.Lock()  # pyarrow file handles and the cache are shared by the server's threads
-        self._files: dict[int, object] = {}
-        self._group_starts: dict[int, np.ndarray] = {}
+        self._files = _OpenFiles(OPEN_SHARDS, close=lambda entry: entry[0].close())  # shard -> (ParquetFile, row group starts)
         path = self.dir / KEYS_FILE
         if not path.is_file():
             raise IndexError_(f"chunk key index {path} is missing: rebuild the index with `rag-pipeline build-index --force`")
@@ -205,22 +250,29 @@ class ShardedChunkStore:
     def __len__(self) -> int:
         return len(self.shards)
 
-    def _file(self, shard: int):  # -> pyarrow.parquet.ParquetFile
-        if shard not in self._files:
-            path = self.dir / shard_files(shard)[0]
-            try:
-                f = self._pq.ParquetFile(path)
-            except (OSError, ValueError) as e:
-                raise IndexError_(f"chunk shard {path} cannot be read ({e}): rebuild the index with --force") from None
-            if f.metadata.num_rows != self.shards.rows[shard]:
-                raise IndexError_(f"chunk shard {path} holds {f.metadata.num_rows} rows, the manifest says {self.shards.rows[shard]}: rebuild with --force")
+    def _open(self, shard: int):  # -> pyarrow.parquet.ParquetFile
+        path = self.dir / shard_files(shard)[0]
+        try:
+            f = self._pq.ParquetFile(path)
+        except (OSError, ValueError) as e:
+            raise _unreadable("chunk shard", path, e) from None
+        if f.metadata.num_rows != self.shards.rows[shard]:
+            f.close()
+            raise IndexError_(f"chunk shard {path} holds {f.metadata.num_rows} rows, the manifest says {self.shards.rows[shard]}: rebuild with --force")
+        return f
+
+    def _entry(self, shard: int) -> tuple[object, np.ndarray]:
+        """Shard ``shard``'s open Parquet file and the first row of each of its row groups."""
+
+        def open_() -> tuple[object, np.ndarray]:
+            f = self._open(shard)
             sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
-            self._group_starts[shard] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-            self._files[shard] = f
-        return self._files[shard]
+            return f, np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+        return self._files.get(shard, open_)
 
     def _decode_group(self, shard: int, group: int) -> list[StoredChunk]:
-        t = self._file(shard).read_row_group(group, columns=_COLS.split(", "))
+        t = self._entry(shard)[0].read_row_group(group, columns=_COLS.split(", "))
         return [StoredChunk(*r) for r in zip(*(t.column(c).to_pylist() for c in t.column_names))]
 
     def get_rows(self, rows: list[int]) -> list[StoredChunk]:
@@ -231,9 +283,9 @@ class ShardedChunkStore:
         out = []
         with self._lock:
             for s, r in zip(shard.tolist(), local.tolist()):
-                self._file(s)
-                g = int(np.searchsorted(self._group_starts[s], r, side="right") - 1)
-                out.append(self._read_group(s, g)[r - int(self._group_starts[s][g])])
+                starts = self._entry(s)[1]
+                g = int(np.searchsorted(starts, r, side="right") - 1)
+                out.append(self._read_group(s, g)[r - int(starts[g])])
         return out
 
     def get(self, chunk_id: str) -> StoredChunk:
@@ -255,10 +307,12 @@ class ShardedChunkStore:
         return out
 
     def iter_chunks(self, batch: int = 1024) -> Iterator[StoredChunk]:
-        """All chunks in row order, a shard's row groups at a time (bounded memory)."""
+        """All chunks in row order, a shard's row groups at a time (bounded memory; each shard's file
+        is opened for the pass and closed, outside the lookups' cache)."""
         for s in range(len(self.shards.rows)):
-            for b in self._file(s).iter_batches(batch_size=batch, columns=_COLS.split(", ")):
-                yield from (StoredChunk(*r) for r in zip(*(b.column(c).to_pylist() for c in b.schema.names)))
+            with self._open(s) as f:
+                for b in f.iter_batches(batch_size=batch, columns=_COLS.split(", ")):
+                    yield from (StoredChunk(*r) for r in zip(*(b.column(c).to_pylist() for c in b.schema.names)))
 
     def close(self) -> None:
         self.conn.close()
@@ -267,13 +321,14 @@ class ShardedChunkStore:
 
 
 class ShardVectors:
-    """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard."""
+    """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard (at most
+    :data:`OPEN_SHARDS` kept mapped; each map holds a file descriptor)."""
 
     def __init__(self, index_dir: str | Path, rows_per_shard: list[int], dim: int) -> None:
         self.dir = Path(index_dir)
         self.shards = _Shards(rows_per_shard)
         self.dim = dim
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps = _OpenFiles(OPEN_SHARDS)  # a map dropped from here is unmapped once no array uses it
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -283,16 +338,15 @@ class ShardVectors:
         try:
             m = np.load(path, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as e:
-            raise IndexError_(f"vector shard {path} cannot be read ({e}): rebuild the index with --force") from None
+            raise _unreadable("vector shard", path, e) from None
         if m.shape != (self.shards.rows[i], self.dim) or m.dtype != np.float32:
             raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
         return m
 
     def shard(self, i: int) -> np.ndarray:
-        """Shard ``i``'s vectors, memory-mapped and kept mapped (rows are read from disk when touched)."""
-        if i not in self._maps:
-            self._maps[i] = self._open(i)
-        return self._maps[i]
+        """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched), kept mapped
+        while it is among the last :data:`OPEN_SHARDS` used."""
+        return self._maps.get(i, lambda: self._open(i))
 
     def get_rows(self, rows: np.ndarray, keep_mapped: bool = True) -> np.ndarray:
         """Vectors of the given rows, shape (len(rows), dim), in that order.
@@ -376,7 +430,8 @@ def vectors_by_id(index_dir: str | Path, manifest: dict) -> tuple[Callable[[list
             for i in range(0, len(ids), 900):
                 part = ids[i : i + 900]
                 found += keys.execute(f"SELECT id, row FROM keys WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
-            vecs = vectors.get_rows(np.array([r for _, r in found], dtype=np.int64))
+            # unmapped after reading: an update walks every old shard, whose pages would otherwise stay resident
+            vecs = vectors.get_rows(np.array([r for _, r in found], dtype=np.int64), keep_mapped=False)
             return {cid: v for (cid, _), v in zip(found, vecs)}
 
         return lookup, keys.close

@@ -1,0 +1,70 @@
+"""store: reading a sharded index with more shards than the process may open files."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_pipeline import store
+from rag_pipeline.errors import ResourceError
+from rag_pipeline.store import ShardedChunkStore, ShardVectors, StoredChunk, write_keys, write_shard
+
+SHARDS, ROWS, DIM = 300, 3, 8
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> tuple[Path, list[StoredChunk], np.ndarray]:
+    """300 tiny shards (Parquet chunks, .npy vectors) and keys.sqlite, written directly."""
+    chunks = [StoredChunk(r, f"c{r}", f"d{r // 4}", f"T{r}", "s", r % 4, f"text of chunk {r}") for r in range(SHARDS * ROWS)]
+    vectors = np.random.default_rng(0).standard_normal((SHARDS * ROWS, DIM)).astype(np.float32)
+    for i in range(SHARDS):
+        write_shard(tmp_path, i, chunks[i * ROWS : (i + 1) * ROWS], vectors[i * ROWS : (i + 1) * ROWS])
+    write_keys(tmp_path, [ROWS] * SHARDS)
+    return tmp_path, chunks, vectors
+
+
+@pytest.fixture
+def open_files_limit():
+    """Set the soft limit on open files so that about ``n`` more can be opened; restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def limit(n: int) -> None:
+        fd = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: the limit caps descriptor numbers
+        os.close(fd)
+        want = fd + n
+        if hard != resource.RLIM_INFINITY and want > hard:
+            pytest.skip(f"hard open-file limit {hard} is below {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_reading_more_shards_than_open_files_allowed(shards, open_files_limit) -> None:
+    """Open shard files are bounded (an LRU of OPEN_SHARDS): reading all 300 shards' chunks and
+    vectors works with room for fewer than 300 open files, and gives every row right."""
+    index_dir, chunks, vectors = shards
+    chunk_store, vecs = ShardedChunkStore(index_dir, [ROWS] * SHARDS), ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
+    open_files_limit(2 * store.OPEN_SHARDS + 40)  # both caches full, with room to spare, but far below 300
+    order = np.random.default_rng(1).permutation(SHARDS * ROWS)
+    assert chunk_store.get_rows(order.tolist()) == [chunks[r] for r in order]
+    np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
+    assert [c.row for c in chunk_store.iter_chunks(batch=2)] == list(range(SHARDS * ROWS))
+    assert len(chunk_store._files) <= store.OPEN_SHARDS and len(vecs._maps) <= store.OPEN_SHARDS
+    assert chunk_store.get("c899") == chunks[899] and chunk_store.get_rows([0]) == [chunks[0]]  # evicted ones reopen
+    chunk_store.close()
+    assert len(chunk_store._files) == 0
+
+
+def test_running_out_of_file_descriptors_is_not_called_corruption(shards, open_files_limit) -> None:
+    index_dir, _, _ = shards
+    chunk_store, vecs = ShardedChunkStore(index_dir, [ROWS] * SHARDS), ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
+    open_files_limit(0)  # no descriptor left to open a shard with
+    for read in (lambda: vecs.get_rows(np.array([4])), lambda: chunk_store.get_rows([4])):
+        with pytest.raises(ResourceError, match=r"too many open files.*ulimit -n") as e:
+            read()
+        assert "--force" not in str(e.value) and "\n" not in str(e.value)
