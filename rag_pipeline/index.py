@@ -201,10 +201,10 @@ def _fill_index(db: sqlite3.Connection, n: int, kind: str, dim: int, cfg: IndexC
     import faiss
 
     index = make_faiss_index(kind, dim, n, cfg)
+    size = ann.train_size(index, n)  # before the move: a GPU index hides its nlist from extract_index_ivf
     on_gpu = use_gpu and ann.kind_of(index) in ("flat", "ivf")
     if on_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
-    size = ann.train_size(index, n)
     if size:
         rows = ann.sample_rows(n, size, cfg.seed)
         sample = np.stack([np.frombuffer(db.execute("SELECT embedding FROM chunks WHERE row = ?", (int(r),)).fetchone()[0], np.float32) for r in rows])
