@@ -101,6 +101,32 @@ def make_faiss_index(kind: str, dim: int, n: int, p: IndexParams):  # -> faiss.I
     return make_index(factory_string(kind, dim, n, p), dim, p)
 
 
+def check_mergeable(index, factory: str) -> None:
+    """Fail unless shards of ``index`` can be merged on disk (:func:`merge_on_disk`): an IVF index,
+    alone or behind transforms (OPQ, PCA), whose lists are plain arrays. Non-IVF indexes pass
+    (they are filled shard by shard, not merged).
+
+    Raises:
+        ConfigError: a refine stage, an id map or another wrapper around the IVF index, or lists
+            of another kind (fast-scan ``...x4fs`` codes in blocks).
+    """
+    import faiss
+
+    ivf = _ivf(index)
+    if ivf is None:
+        return
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else faiss.downcast_index(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(base, faiss.IndexIVF):
+        why = f"its IVF index is wrapped in {type(base).__name__}"
+    elif not isinstance(lists, faiss.ArrayInvertedLists):
+        why = f"its lists are {type(lists).__name__}, not plain arrays"
+    else:
+        return
+    raise ConfigError(f"faiss_factory {factory!r} cannot be merged on disk by the sharded layout ({why}): use a plain IVF "
+                      "factory such as 'OPQ48,IVF16384_HNSW32,PQ48', with --rerank 10 for exact re-ranking")
+
+
 def _ivf(index):  # -> faiss.IndexIVF | None
     import faiss
 

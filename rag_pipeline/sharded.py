@@ -235,6 +235,7 @@ def build_faiss(out_dir: Path, scratch: Path, rows: list[int], dim: int, factory
 
     n = sum(rows)
     index = ann.make_index(factory, dim, params)
+    ann.check_mergeable(index, factory)
     vectors = ShardVectors(out_dir, rows, dim)
     size = ann.train_size(index, n)
     if size:

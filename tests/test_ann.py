@@ -166,3 +166,23 @@ def test_merge_keeps_only_the_shards_inverted_lists_alive(tmp_path: Path, monkey
     ann.apply_search_params(index, "ivf", 16, 16)  # exhaustive: IVF-Flat equals brute force if the lists were copied intact
     s, _ = index.search(q, 10)
     np.testing.assert_allclose(s, brute(x, q, 10)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8,Refine(Flat)", "OPQ8,IVF16,PQ8,RFlat", "IVF16,PQ8x4fs", "IDMap,IVF16,Flat", "IDMap2,IVF16,PQ8"])
+def test_factories_the_on_disk_merge_cannot_take_are_refused(tmp_path: Path, factory: str) -> None:
+    """A refine stage, fast-scan lists or an id map would be merged wrongly (or crash):
+    the sharded build refuses them, naming the factory and one that works, before adding any shard."""
+    out = tmp_path / "out"
+    rows = write_shards(out, clustered(1000, 32, 10), [500, 500])
+
+    def add_all(jobs: list) -> list[int]:
+        raise AssertionError("no shard may be added")
+
+    with pytest.raises(ConfigError, match=r"cannot be merged on disk by the sharded layout \(.*\): use a plain IVF factory") as e:
+        build_faiss(out, tmp_path, rows, 32, factory, IndexConfig(), seed=0, add_all=add_all)
+    assert repr(factory) in str(e.value) and "IVF16384_HNSW32" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "OPQ8,IVF16_HNSW8,PQ8", "PCA16,IVF16,SQ8", "HNSW8", "Flat"])
+def test_plain_ivf_and_unmerged_factories_pass_the_merge_check(factory: str) -> None:
+    ann.check_mergeable(ann.make_index(factory, 32, IndexConfig()), factory)
