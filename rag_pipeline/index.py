@@ -65,7 +65,7 @@ class IndexConfig:
     ef_search: int = opt(128, "hnsw: query-time candidate list (recall vs speed); see --target-recall")
     faiss_factory: str = opt("", "a FAISS index_factory string (e.g. 'OPQ48,IVF16384_HNSW32,PQ48'); overrides --index-type and its settings")
     target_recall: float = opt(0.0, "pick the smallest nprobe (ivf) or efSearch (hnsw) whose Recall@10 on 1,000 of the corpus's own "
-                                     "chunks as queries reaches this (0 = keep --nprobe / --ef-search)")
+                                     "chunks as queries reaches this (0 = keep --nprobe / --ef-search; flat is exact: nothing to tune)")
     rerank: int = opt(0, "re-rank the top k*R candidates of each search by exact inner product with the stored vectors "
                          "(for IVF-PQ; 0 = off)")
     batch_size: int = opt(64, "embedding batch size")
@@ -254,6 +254,7 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
         raise ConfigError(f"chunk_size {chunk_size} exceeds the embedder's max of {embedder.max_tokens} tokens: chunks would be truncated; use at most {embedder.max_tokens}")
     if cfg.update and old and (old["embedder"]["id"], old["embedder"]["weights_sha256"]) != (embedder.model_id, embedder.weights_hash):
         raise IndexError_(f"cannot --update {target}: it was built with embedder {old['embedder']['id']}, not {embedder.model_id}; rebuild with --force")
+    check_index_settings(cfg, embedder.dim)
     report = IngestReport()
     settings = settings_for_fingerprint(cfg, chunk_size)
     build = _build_sharded if resolve_layout(cfg) == "sharded" else _build_sqlite
@@ -277,6 +278,21 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
         log.info("index %s is up to date (same inputs and settings): nothing to do; pass --force to rebuild", target)
         return {**old, "up_to_date": True, "report": report.summary()}
     return {**manifest, "report": report.summary()}
+
+
+def check_index_settings(cfg: IndexConfig, dim: int) -> None:
+    """Reject index settings that FAISS would refuse only after chunking and embedding (hours at scale).
+
+    Raises:
+        ConfigError: ``faiss_factory`` is not a FAISS factory string for ``dim`` (or, in the
+            sharded layout, cannot be merged on disk); ``pq_m`` does not divide ``dim``.
+    """
+    if cfg.faiss_factory:
+        index = ann.make_index(cfg.faiss_factory, dim, cfg)
+        if resolve_layout(cfg) == "sharded":
+            ann.check_mergeable(index, cfg.faiss_factory)
+    elif cfg.index_type in ("auto", "ivf"):
+        ann.factory_string("ivf", dim, 0, cfg)  # checks that pq_m divides dim (with --ivf-pq)
 
 
 def _unchanged(old: dict | None, cfg: IndexConfig, corpus_fp: str, settings: dict) -> bool:
@@ -304,6 +320,9 @@ def _index_section(index, kind: str, factory: str, n: int, cfg: IndexConfig, tun
 def _tune(index, kind: str, vectors, n: int, cfg: IndexConfig) -> ann.Tuning | None:
     """With ``--target-recall``: the smallest nprobe/efSearch reaching it on the corpus's own chunks as queries."""
     if not cfg.target_recall:
+        return None
+    if kind == "flat":  # auto picks flat for small corpora; an exhaustive index has no nprobe or efSearch
+        log.info("--target-recall %.3f: the index is searched exhaustively (flat is exact); nothing to tune", cfg.target_recall)
         return None
     k = min(10, n - 1)
     if k < 1:

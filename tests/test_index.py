@@ -189,3 +189,56 @@ def test_manifest_json_is_stable_text(small_index) -> None:
     idx, _ = small_index
     raw = (idx / "manifest.json").read_text()
     assert json.loads(raw)["kind"] == "rag-index" and raw.endswith("\n")
+
+
+class _SpyEmbedder:
+    """The hashing embedder, counting the texts it is asked to tokenize or embed."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+        self.model_id, self.dim, self.max_tokens, self.weights_hash = inner.model_id, inner.dim, inner.max_tokens, inner.weights_hash
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        self.calls += 1
+        return self.inner.token_offsets(text)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        self.calls += len(texts)
+        return self.inner.encode(texts, batch_size)
+
+
+@pytest.mark.parametrize("layout", ["sqlite", "sharded"])
+@pytest.mark.parametrize("settings,match", [
+    ({"faiss_factory": "IVF,Nonsense"}, r"not a FAISS index_factory string"),
+    ({"faiss_factory": "IVF16,PQ7"}, r"not a FAISS index_factory string for dimension 64"),  # 7 does not divide 64
+    ({"index_type": "ivf", "ivf_pq": True, "pq_m": 7}, r"pq_m=7 must divide the embedding dimension 64"),
+    ({"ivf_pq": True, "pq_m": 7}, r"pq_m=7 must divide"),  # auto may pick ivf at scale: rejected up front too
+])
+def test_bad_index_settings_fail_before_any_chunking(tmp_path, docs_jsonl, hashing_embedder, layout, settings, match) -> None:
+    spy = _SpyEmbedder(hashing_embedder)
+    cfg = IndexConfig(paths=[str(docs_jsonl)], index=str(tmp_path / "idx"), embedder="hashing:64", layout=layout, **settings)
+    with pytest.raises(ConfigError, match=match) as e:
+        build_index(cfg, embedder=spy)
+    assert "\n" not in str(e.value) and spy.calls == 0 and not (tmp_path / "idx").exists()
+
+
+def test_target_recall_on_a_flat_index_has_nothing_to_tune(small_index, hashing_embedder, caplog) -> None:
+    """auto picks flat for a small corpus; flat is exact, so --target-recall is met without tuning
+    (not an error after embedding)."""
+    import dataclasses
+    import logging
+
+    _, cfg = small_index
+    with caplog.at_level(logging.INFO, logger="rag_pipeline.index"):
+        m = build_index(dataclasses.replace(cfg, target_recall=0.95, force=True), embedder=hashing_embedder)
+    assert m["index"]["type"] == "flat" and m["index"]["tuning"] is None and m["settings"]["target_recall"] == 0.95
+    assert "(flat is exact); nothing to tune" in caplog.text
+
+
+def test_factory_the_sharded_merge_cannot_take_fails_before_any_chunking(tmp_path, docs_jsonl, hashing_embedder) -> None:
+    spy = _SpyEmbedder(hashing_embedder)
+    cfg = IndexConfig(paths=[str(docs_jsonl)], index=str(tmp_path / "idx"), embedder="hashing:64", layout="sharded",
+                      faiss_factory="IVF4,PQ8,Refine(Flat)")
+    with pytest.raises(ConfigError, match=r"'IVF4,PQ8,Refine\(Flat\)' cannot be merged on disk.*IndexRefine") as e:
+        build_index(cfg, embedder=spy)
+    assert "\n" not in str(e.value) and spy.calls == 0 and not (tmp_path / "idx").exists()
