@@ -66,6 +66,8 @@ class IndexConfig:
     faiss_factory: str = opt("", "a FAISS index_factory string (e.g. 'OPQ48,IVF16384_HNSW32,PQ48'); overrides --index-type and its settings")
     target_recall: float = opt(0.0, "pick the smallest nprobe (ivf) or efSearch (hnsw) whose Recall@10 on 1,000 of the corpus's own "
                                      "chunks as queries reaches this (0 = keep --nprobe / --ef-search; flat is exact: nothing to tune)")
+    max_nprobe: int = opt(0, "--target-recall, ivf: the largest nprobe tried (0 = nlist; each step doubles, and an exhaustive "
+                             "scan of 10M vectors takes long)")
     rerank: int = opt(0, "re-rank the top k*R candidates of each search by exact inner product with the stored vectors "
                          "(for IVF-PQ; 0 = off)")
     batch_size: int = opt(64, "embedding batch size")
@@ -95,7 +97,7 @@ class IndexConfig:
         for name in ("batch_size", "shard_size", "nprobe", "pq_m", "hnsw_m", "ef_construction", "ef_search", "worker_cpus"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("rerank", "workers", "ray_num_cpus", "ray_object_store_mb"):
+        for name in ("rerank", "max_nprobe", "workers", "ray_num_cpus", "ray_object_store_mb"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = off / automatic), got {getattr(self, name)}")
         if not 0 <= self.target_recall < 1:
@@ -141,7 +143,7 @@ def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
             "ef_construction", "ef_search", "id_field", "title_field", "text_field", "seed")
     out = {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size}
     # Newer settings join only when set, so indexes built before they existed stay up to date.
-    extra = {"faiss_factory": cfg.faiss_factory, "target_recall": cfg.target_recall, "rerank": cfg.rerank,
+    extra = {"faiss_factory": cfg.faiss_factory, "target_recall": cfg.target_recall, "max_nprobe": cfg.max_nprobe, "rerank": cfg.rerank,
              "layout": resolve_layout(cfg) if resolve_layout(cfg) != "sqlite" else ""}
     return {**out, **{k: v for k, v in extra.items() if v}}
 
@@ -335,7 +337,7 @@ def _tune(index, kind: str, vectors, n: int, cfg: IndexConfig) -> ann.Tuning | N
         _, ids = ann.search(index, queries, k + 1, cfg.rerank, vectors)
         return np.array([[i for i in row if i != r][:k] for row, r in zip(ids.tolist(), rows.tolist())])
 
-    tuning = ann.tune(index, kind, truth, found, cfg.target_recall, k, cfg.ef_search)
+    tuning = ann.tune(index, kind, truth, found, cfg.target_recall, k, cfg.ef_search, max_value=cfg.max_nprobe if kind == "ivf" else 0)
     level = logging.INFO if tuning.reached else logging.WARNING
     log.log(level, "%s=%d gives Recall@%d %.3f on %d of the corpus's chunks (target %.3f%s)", tuning.param, tuning.value, k,
             tuning.recall, len(rows), cfg.target_recall, "" if tuning.reached else ": NOT reached; a finer index (more PQ bytes, --rerank) is needed")

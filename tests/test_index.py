@@ -235,6 +235,20 @@ def test_target_recall_on_a_flat_index_has_nothing_to_tune(small_index, hashing_
     assert "(flat is exact); nothing to tune" in caplog.text
 
 
+def test_max_nprobe_caps_the_values_target_recall_tries(tmp_path, hashing_embedder) -> None:
+    rows = [{"id": f"d{i}", "text": f"document {i} about topic{i % 7} and word{i} near word{(i * 7) % 400}"} for i in range(400)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = dict(paths=[str(src)], embedder="hashing:64", index_type="ivf", nlist=16, target_recall=0.999)
+    capped = build_index(IndexConfig(index=str(tmp_path / "capped"), max_nprobe=2, **base), embedder=hashing_embedder)
+    t = capped["index"]["tuning"]
+    assert max(int(v) for v in t["tried"]) == 2 == t["value"] == capped["index"]["nprobe"] and not t["reached"]
+    assert capped["settings"]["max_nprobe"] == 2
+    free = build_index(IndexConfig(index=str(tmp_path / "free"), **base), embedder=hashing_embedder)
+    assert max(int(v) for v in free["index"]["tuning"]["tried"]) > 2  # without the cap it goes further
+    with pytest.raises(ConfigError, match="max_nprobe must be >= 0"):
+        IndexConfig(max_nprobe=-1)
+
+
 def test_factory_the_sharded_merge_cannot_take_fails_before_any_chunking(tmp_path, docs_jsonl, hashing_embedder) -> None:
     spy = _SpyEmbedder(hashing_embedder)
     cfg = IndexConfig(paths=[str(docs_jsonl)], index=str(tmp_path / "idx"), embedder="hashing:64", layout="sharded",
