@@ -447,7 +447,8 @@ def _runner(cfg: IndexConfig, embedder) -> Iterator[object]:
     from rag_pipeline import ray_engine
 
     with ray_engine.connect(cfg.ray_address, cfg.ray_num_cpus, cfg.ray_object_store_mb):
-        yield ray_engine.RayRunner(cfg.embedder, cfg.device, cfg.trust_remote_code, cfg.batch_size, embedder.dim, cfg.workers, cfg.worker_cpus)
+        yield ray_engine.RayRunner(cfg.embedder, cfg.device, cfg.trust_remote_code, cfg.batch_size, embedder.dim, embedder.weights_hash,
+                                   cfg.workers, cfg.worker_cpus)
 
 
 run = build_index  # the stage contract's library entry: run(cfg) -> manifest

@@ -92,6 +92,21 @@ def rag_error_in(e: BaseException) -> RagError | None:
     return None
 
 
+def _load_embedder(name: str, device: str, trust_remote_code: bool, weights_hash: str):  # -> (Embedder, ConfigError | None)
+    """The worker's embedder, and the error to return for every job when its weights are not the
+    driver's (the manifest records the driver's hash; another node may resolve ``name`` to other files)."""
+    import socket
+
+    from rag_pipeline.embed import load_embedder
+
+    embedder = load_embedder(name, device, trust_remote_code)
+    if embedder.weights_hash == weights_hash:
+        return embedder, None
+    return embedder, ConfigError(f"embedder {name} on Ray node {socket.gethostname()} has weights {embedder.weights_hash[:12]}, "
+                                 f"the driver's {weights_hash[:12]}: give every node the same model files (e.g. --embedder "
+                                 "as a path on the shared filesystem)")
+
+
 def _set_threads(threads: int) -> None:
     """Limit torch and FAISS to the CPUs this worker was given (they default to every core)."""
     import faiss
@@ -106,28 +121,26 @@ def _set_threads(threads: int) -> None:
 class ChunkWorker:
     """Ray Data actor: chunks blocks of input (the embedder's tokenizer loaded once)."""
 
-    def __init__(self, embedder: str, trust_remote_code: bool, settings: dict, staging: str) -> None:
-        from rag_pipeline.embed import load_embedder
-
+    def __init__(self, embedder: str, trust_remote_code: bool, weights_hash: str, settings: dict, staging: str) -> None:
         _set_threads(1)
-        self.embedder = load_embedder(embedder, "cpu", trust_remote_code)
+        self.embedder, self.mismatch = _load_embedder(embedder, "cpu", trust_remote_code, weights_hash)
         self.settings = ChunkSettings(**settings)
         self.staging = Path(staging)
 
     def __call__(self, batch: dict) -> dict:
-        return {"result": [_guarded(lambda job: chunk_block(job, self.embedder.token_offsets, self.settings, self.staging), j) for j in batch["job"]]}
+        return {"result": [_guarded(lambda job: chunk_block(job, self.embedder.token_offsets, self.settings, self.staging), j, self.mismatch)
+                           for j in batch["job"]]}
 
 
 class EmbedWorker:
     """Ray Data actor: embeds and writes whole shards (the model loaded once per actor)."""
 
-    def __init__(self, embedder: str, device: str, trust_remote_code: bool, threads: int, batch_size: int, dim: int,
+    def __init__(self, embedder: str, device: str, trust_remote_code: bool, weights_hash: str, threads: int, batch_size: int, dim: int,
                  out_dir: str, reuse_from: tuple[str, dict] | None) -> None:
-        from rag_pipeline.embed import load_embedder
         from rag_pipeline.store import vectors_by_id
 
         _set_threads(threads)
-        self.embedder = load_embedder(embedder, device, trust_remote_code)
+        self.embedder, self.mismatch = _load_embedder(embedder, device, trust_remote_code, weights_hash)
         self.batch_size, self.dim, self.out_dir = batch_size, dim, Path(out_dir)
         self.lookup = vectors_by_id(*reuse_from)[0] if reuse_from else None
 
@@ -135,13 +148,17 @@ class EmbedWorker:
         def encode(texts: list[str]):
             return self.embedder.encode(texts, batch_size=self.batch_size)
 
-        return {"result": [_guarded(lambda job: embed_shard(job, encode, self.dim, self.out_dir, self.lookup), j) for j in batch["job"]]}
+        return {"result": [_guarded(lambda job: embed_shard(job, encode, self.dim, self.out_dir, self.lookup), j, self.mismatch)
+                           for j in batch["job"]]}
 
 
-def _guarded(fn, job: str) -> str:
-    """Run a worker step; a user-facing error comes back as data (Ray's wrappers would bury it in a
-    traceback, and do not carry the exception's cause across processes)."""
+def _guarded(fn, job: str, refuse: RagError | None = None) -> str:
+    """Run a worker step (or, given ``refuse``, raise it instead); a user-facing error comes back as
+    data (Ray's wrappers would bury it in a traceback, and do not carry the exception's cause
+    across processes)."""
     try:
+        if refuse is not None:
+            raise refuse
         return job_json(fn(job_from_json(job)))
     except RagError as e:
         return job_json({ERROR_KEY: type(e).__name__, "message": str(e)})
@@ -169,7 +186,7 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, embedder: str, device: str, trust_remote_code: bool, batch_size: int, dim: int,
+    def __init__(self, embedder: str, device: str, trust_remote_code: bool, batch_size: int, dim: int, weights_hash: str,
                  workers: int = 0, worker_cpus: int = 1) -> None:
         ray = _import_ray()
         res = ray.cluster_resources()
@@ -180,6 +197,7 @@ class RayRunner:
         self.cpus_per_worker = 1 if self.use_gpu else min(worker_cpus, cpus)
         self.workers = workers or (gpus if self.use_gpu else max(1, cpus // self.cpus_per_worker))
         self.embedder, self.trust, self.batch_size, self.dim = embedder, trust_remote_code, batch_size, dim
+        self.weights_hash = weights_hash  # the driver's: workers refuse to chunk or embed with other weights
         self.cluster = {"cpus": cpus, "gpus": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
         log.info("Ray cluster: %d nodes, %d CPUs, %d GPUs; %d embedding workers (%s)", self.cluster["nodes"], cpus, gpus,
                  self.workers, "1 GPU each" if self.use_gpu else f"{self.cpus_per_worker} CPUs each")
@@ -203,11 +221,12 @@ class RayRunner:
         return results
 
     def chunk(self, jobs: list[dict], settings: ChunkSettings, staging: Path) -> list[dict]:
-        kwargs = {"embedder": self.embedder, "trust_remote_code": self.trust, "settings": asdict(settings), "staging": str(staging)}
+        kwargs = {"embedder": self.embedder, "trust_remote_code": self.trust, "weights_hash": self.weights_hash, "settings": asdict(settings),
+                  "staging": str(staging)}
         return self._map(jobs, ChunkWorker, kwargs, self.workers, 1, 0)  # tokenizing: one CPU each, as many actors as embedders
 
     def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, dict] | None) -> list[dict]:
-        kwargs = {"embedder": self.embedder, "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": self.trust,
+        kwargs = {"embedder": self.embedder, "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": self.trust, "weights_hash": self.weights_hash,
                   "threads": self.cpus_per_worker, "batch_size": self.batch_size, "dim": self.dim, "out_dir": str(out_dir),
                   "reuse_from": (str(reuse_from[0]), reuse_from[1]) if reuse_from else None}
         return self._map(jobs, EmbedWorker, kwargs, self.workers, self.cpus_per_worker, 1 if self.use_gpu else 0)

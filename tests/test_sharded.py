@@ -180,3 +180,23 @@ def test_default_engine_imports_no_ray(tmp_path) -> None:
             "print(rc, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr[-2000:]
+
+
+def test_ray_worker_with_other_weights_refuses_every_job_as_a_one_line_config_error(hashing_embedder) -> None:
+    """A worker whose node resolves the embedder to other weights than the driver's (which the
+    manifest records) returns the mismatch as data, raised in the driver; no job runs. No Ray needed."""
+    from rag_pipeline import ray_engine
+    from rag_pipeline.sharded import job_from_json, job_json
+
+    _, ok = ray_engine._load_embedder("hashing:64", "cpu", False, hashing_embedder.weights_hash)
+    assert ok is None
+    _, mismatch = ray_engine._load_embedder("hashing:64", "cpu", False, "f" * 64)
+
+    def step(job: dict) -> dict:
+        raise AssertionError("a refused job must not run")
+
+    results = [job_from_json(ray_engine._guarded(step, job_json({"shard": i}), mismatch)) for i in range(3)]
+    with pytest.raises(ConfigError, match=r"embedder hashing:64 on Ray node .* has weights \w{12}, the driver's ffffffffffff: give every node") as e:
+        ray_engine._raise_returned_error(results)
+    assert "\n" not in str(e.value)
+    assert job_from_json(ray_engine._guarded(lambda job: {"echo": job["shard"]}, job_json({"shard": 7}))) == {"echo": 7}
