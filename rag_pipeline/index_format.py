@@ -59,10 +59,10 @@ SHARDED_FILES = (INDEX_FILE, KEYS_FILE)
 # The directory build-index may replace: manifests written before "kind" existed are known by their keys.
 ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS),
                     allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE, IVFDATA_FILE, KEYS_FILE, SHARDS_DIR}), flag="--index")
-# Files up to this size are hashed whole when an index is loaded with verify; larger ones and the
-# files of shards/ by their first and last 64 KiB (headers, Parquet footers), since hashing 20 GB on
-# every `ask` would take minutes. Every file's size is always checked, so truncation is caught.
-VERIFY_WHOLE_MAX = 64 << 20
+# Loading with verify hashes every file whole except the sharded layout's bulk data, the files of
+# shards/ and index.ivfdata, which are checked by their first and last 64 KiB (headers, Parquet
+# footers), since hashing 20 GB on every `ask` would take minutes. Every file's size is always
+# checked, so truncation is caught. Format 1's chunks.sqlite is always hashed whole.
 _ENDS = 64 << 10
 
 
@@ -110,12 +110,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _checked_by_ends(path: Path) -> bool:
+    """Whether loading checks this file by its ends only: a shard file or the on-disk IVF lists."""
+    return Path(path).parent.name == SHARDS_DIR or Path(path).name == IVFDATA_FILE
+
+
 def file_record(path: Path) -> dict[str, int | str]:
-    """What the manifest records of a data file: its sha256 and size (and, for a large or a shard
-    file, the sha256 of its first and last 64 KiB, which loading checks instead of the whole)."""
+    """What the manifest records of a data file: its sha256 and size (and, for a shard file or
+    ``index.ivfdata``, the sha256 of its first and last 64 KiB, which loading checks instead)."""
     path = Path(path)
     rec: dict[str, int | str] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if rec["bytes"] > VERIFY_WHOLE_MAX or path.parent.name == SHARDS_DIR:
+    if _checked_by_ends(path):
         rec["sha256_ends"] = _sha256_ends(path)
     return rec
 
@@ -168,7 +173,7 @@ def _missing_keys(manifest: dict) -> list[str]:
 
 def check_files(index_dir: Path, manifest: dict, verify: bool = True) -> None:
     """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256;
-    for shard files and files over :data:`VERIFY_WHOLE_MAX`, that of their first and last 64 KiB)."""
+    for shard files and ``index.ivfdata``, that of their first and last 64 KiB)."""
     names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE]
     for name in names:
         path = index_dir / name
@@ -179,6 +184,7 @@ def check_files(index_dir: Path, manifest: dict, verify: bool = True) -> None:
             raise IndexError_(f"{path} is truncated or changed ({path.stat().st_size} bytes, manifest says {want['bytes']}): rebuild the index with --force")
         if not verify:
             continue
-        ok = _sha256_ends(path) == want["sha256_ends"] if "sha256_ends" in want else sha256_file(path) == want["sha256"]
+        by_ends = _checked_by_ends(path) and "sha256_ends" in want  # decided by the name: never for chunks.sqlite
+        ok = _sha256_ends(path) == want["sha256_ends"] if by_ends else sha256_file(path) == want["sha256"]
         if not ok:
             raise IndexError_(f"{path} does not match its manifest hash (corrupt or modified): rebuild the index with --force")

@@ -256,3 +256,31 @@ def test_factory_the_sharded_merge_cannot_take_fails_before_any_chunking(tmp_pat
     with pytest.raises(ConfigError, match=r"'IVF4,PQ8,Refine\(Flat\)' cannot be merged on disk.*IndexRefine") as e:
         build_index(cfg, embedder=spy)
     assert "\n" not in str(e.value) and spy.calls == 0 and not (tmp_path / "idx").exists()
+
+
+def test_only_shard_files_and_ivfdata_are_verified_by_their_ends(tmp_path) -> None:
+    """Loading checks the sharded layout's bulk files by their first and last 64 KiB; every other
+    file, format 1's chunks.sqlite of any size included, is hashed whole, so a changed byte in its
+    middle is caught."""
+    from rag_pipeline.index_format import check_files, file_record
+
+    (tmp_path / "shards").mkdir()
+    for name in ("index.faiss", "index.ivfdata", "shards/part-00000.npy", "keys.sqlite"):
+        (tmp_path / name).write_bytes(bytes(range(256)) * 1024)  # 256 KiB: more than both ends
+    store = tmp_path / "chunks.sqlite"
+    with store.open("wb") as f:  # 70 MiB, sparse: a large store costs no disk here
+        f.write(b"SQLite format 3\x00")
+        f.truncate(70 << 20)
+    files = {name: file_record(tmp_path / name) for name in ("index.faiss", "chunks.sqlite", "index.ivfdata", "shards/part-00000.npy", "keys.sqlite")}
+    assert sorted(n for n, r in files.items() if "sha256_ends" in r) == ["index.ivfdata", "shards/part-00000.npy"]
+    check_files(tmp_path, {"files": files})
+    with store.open("r+b") as f:
+        f.seek(35 << 20)
+        f.write(b"\x01")
+    with pytest.raises(IndexError_, match=r"chunks\.sqlite does not match its manifest hash"):
+        check_files(tmp_path, {"files": files})
+    # a record of its ends, matching the changed file's ends, does not stand in for the whole
+    data = store.read_bytes()
+    ends = hashlib.sha256(data[: 64 << 10] + data[-(64 << 10) :]).hexdigest()
+    with pytest.raises(IndexError_, match=r"chunks\.sqlite does not match its manifest hash"):
+        check_files(tmp_path, {"files": {**files, "chunks.sqlite": {**files["chunks.sqlite"], "sha256_ends": ends}}})
