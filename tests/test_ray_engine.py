@@ -51,7 +51,7 @@ def test_ray_engine_equals_default_engine(cluster, tmp_path, hashing_embedder, m
     base = dict(paths=[str(src)], embedder="hashing:64", shard_size=64, index_type="ivf", nprobe=10_000)
     local = build_index(IndexConfig(index=str(tmp_path / "local"), **base), embedder=hashing_embedder)
     distributed = build_index(IndexConfig(index=str(tmp_path / "ray"), engine="ray", workers=2, **base), embedder=hashing_embedder)
-    assert distributed["engine"]["name"] == "ray" and distributed["engine"]["workers"] == 2 and distributed["layout"] == "sharded"
+    assert distributed["engine"]["name"] == "ray" and distributed["layout"] == "sharded"
     for key in ("fingerprint", "chunks", "documents", "files", "duplicates_dropped", "skipped"):
         assert local["corpus"][key] == distributed["corpus"][key], key
     a, b = Retriever.load(tmp_path / "local", embedder=hashing_embedder), Retriever.load(tmp_path / "ray", embedder=hashing_embedder)

@@ -152,15 +152,28 @@ def test_damaged_shard_is_detected_on_load(tmp_path, hashing_embedder, damage) -
 
 def test_rerank_and_target_recall_are_recorded_and_applied(tmp_path, hashing_embedder) -> None:
     src = _corpus(tmp_path)
-    m = build_index(_cfg(src, tmp_path / "idx", layout="sharded", index_type="ivf", nlist=8, target_recall=0.8, rerank=3), embedder=hashing_embedder)
+    # IVF-PQ ("np": no polysemous training, which takes minutes and serves only polysemous search)
+    cfg = _cfg(src, tmp_path / "idx", layout="sharded", faiss_factory="IVF8,PQ16np", target_recall=0.8, rerank=3)
+    m = build_index(cfg, embedder=hashing_embedder)
     t = m["index"]["tuning"]
     assert t["param"] == "nprobe" and m["index"]["nprobe"] == t["value"] and m["index"]["rerank"] == 3 and t["queries"] == min(1000, m["corpus"]["chunks"])
     assert t["reached"] and t["recall"] >= 0.8 and all(v < 0.8 for p, v in t["tried"].items() if int(p) < t["value"])
     r = Retriever.load(tmp_path / "idx", embedder=hashing_embedder)
     import faiss
 
-    assert faiss.extract_index_ivf(r.index).nprobe == t["value"] and r.rerank == 3
+    assert faiss.extract_index_ivf(r.index).nprobe == t["value"]
     assert read_manifest(tmp_path / "idx")["settings"]["target_recall"] == 0.8
+    # A search returns the exact top 5 (by inner product with the stored vectors, read here from
+    # the .npy files) of FAISS's top 5 * 3 IVF-PQ candidates, with exact scores, not PQ's.
+    k, q = 5, hashing_embedder.encode(QUERIES)
+    pq_scores, candidates = r.index.search(q, k * 3)
+    stored = np.concatenate([np.load(f) for f in sorted((tmp_path / "idx" / "shards").glob("part-*.npy"))])
+    for qv, cand, hits in zip(q, candidates, r.search_batch(QUERIES, k)):
+        rows = [int(c) for c in cand if c >= 0]
+        exact = sorted(((float(stored[row] @ qv), row) for row in rows), key=lambda sr: -sr[0])[:k]
+        assert [h.score for h in hits] == pytest.approx([s for s, _ in exact], abs=1e-5)
+        assert all(h.chunk.row == row or abs(h.score - s) < 1e-6 for h, (s, row) in zip(hits, exact))  # rows agree up to exact ties
+    assert not np.allclose(pq_scores[:, :k], [[h.score for h in hits] for hits in r.search_batch(QUERIES, k)], atol=1e-4)  # PQ alone is not exact
 
 
 def test_ray_engine_without_ray_is_a_one_line_config_error(tmp_path, hashing_embedder, monkeypatch) -> None:
