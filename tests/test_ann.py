@@ -186,3 +186,40 @@ def test_factories_the_on_disk_merge_cannot_take_are_refused(tmp_path: Path, fac
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "OPQ8,IVF16_HNSW8,PQ8", "PCA16,IVF16,SQ8", "HNSW8", "Flat"])
 def test_plain_ivf_and_unmerged_factories_pass_the_merge_check(factory: str) -> None:
     ann.check_mergeable(ann.make_index(factory, 32, IndexConfig()), factory)
+
+
+def test_two_level_training_gives_a_working_opq_ivf_hnsw_pq_index(monkeypatch) -> None:
+    """From TWO_LEVEL_MIN_NLIST lists the coarse centroids come from two-level k-means (OPQ trained
+    and applied first, PQ after): the quantizer gets all nlist centroids, the index fills, and at
+    nprobe = nlist (with exact re-ranking of PQ's candidates) it finds the brute-force top 10."""
+    import faiss.contrib.clustering
+
+    calls = []
+    real = faiss.contrib.clustering.two_level_clustering
+
+    def two_level_clustering(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ann, "TWO_LEVEL_MIN_NLIST", 16)
+    monkeypatch.setattr(faiss.contrib.clustering, "two_level_clustering", two_level_clustering)
+    x, q = clustered(3000, 32, 11), clustered(50, 32, 12)
+    index = ann.make_index("OPQ8,IVF32_HNSW8,PQ8np", 32, IndexConfig(nprobe=32))  # np: no polysemous training (minutes)
+    ann.train(index, x)
+    assert calls == [(3000, 32)] and index.is_trained and faiss_quantizer_size(index) == 32
+    index.add(x)
+    assert index.ntotal == 3000
+
+    class Rows:
+        def get_rows(self, rows: np.ndarray) -> np.ndarray:
+            return x[rows]
+
+    ann.apply_search_params(index, "ivf", 32, 16)
+    found = ann.search(index, q, 10, rerank=10, vectors=Rows())[1]
+    assert ann.recall_at_k(found, brute(x, q, 10)[1], 10) >= 0.98
+
+
+def faiss_quantizer_size(index) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).quantizer.ntotal)
