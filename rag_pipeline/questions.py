@@ -8,8 +8,8 @@ from filtering, not from the writer:
 2. **Answer first**: candidate answers picked from each chunk by :func:`candidate_answers`
    (dates, numbers, names, noun phrases; whole sentences with ``style="sentence"``).
 3. **Question**: ``rules`` (the default, no model) rewrites the sentence holding the candidate as
-   a wh-question in place (:func:`rules_question`: "In early August, Montcalm and how many troops
-   besieged the fort?"); a model writer (``hf:``, ``openai:``), shown the chunk and the candidate,
+   a wh-question in place (:func:`rules_question`: "In early August, Montcalm led how many troops
+   to the fort?"); a model writer (``hf:``, ``openai:``), shown the chunk and the candidate,
    writes one instead. The embedded 135M model writes questions that do not fit their answer
    (0 of 16 kept on ``examples/marrowick_qa.json``), so it is not the default writer.
 4. **Round trip**: a pair is kept only when
@@ -245,8 +245,7 @@ RULES = "rules"
 _PRONOUN_START = re.compile(r"^(?:it|he|she|they|this|these|those|that|its|his|her|their|such|both|however,? it)\b", re.IGNORECASE)
 _YEAR = re.compile(r"1\d{3}|20\d{2}")
 _PERCENT = re.compile(r"^\s*(?:%|per ?cent|percent)")
-_COUNTED = re.compile(r"^\s+(?!of\b|and\b|or\b|to\b|in\b|on\b|at\b|by\b|for\b)[a-z][a-z-]+")
-_PREP_END = re.compile(r"\b(?:in|on|at|by|from|to|until|since|during|before|after|of|around|about)\s+$", re.IGNORECASE)
+_COUNTED = re.compile(r"^\s+(?!(?:of|and|or|to|in|on|at|by|for|hundred|thousand|million|billion|trillion)\b)[a-z][a-z-]+")
 _ARTICLE_END = re.compile(r"\b(?:the|a|an)\s+$", re.IGNORECASE)
 _PARENS = re.compile(r"\s*[(\[][^)\]]*[)\]]")
 _LIST_NEXT = re.compile(r"^\s*(?:,\s*[^,\s]+(?:\s+[^,\s]+)?\s*(?:,|\b(?:and|or)\b)|(?:,\s*)?(?:and|or)\b)")
@@ -264,8 +263,8 @@ class RulesWriter:
 def rules_question(c: Candidate) -> str:
     """The sentence holding the candidate with the answer replaced by a wh-phrase, as a question.
 
-    "In early August, Montcalm and 7,000 troops besieged the fort." with answer "7,000" becomes
-    "In early August, Montcalm and how many troops besieged the fort?". Years become "what year",
+    "In early August, Montcalm led 7,000 troops to the fort." with answer "7,000" becomes
+    "In early August, Montcalm led how many troops to the fort?". Years become "what year",
     percentages "what percentage", counted numbers "how many NOUN", a possessive name "whose", an
     answer that opens the sentence "What ...", anything else "what" in place (an echo question).
     '' (dropped as malformed) where the rewrite would be ambiguous or unreadable: the sentence
@@ -283,7 +282,7 @@ def rules_question(c: Candidate) -> str:
     pre, post = sentence[:i], sentence[i + len(c.answer):]
     if re.search(r"(?:,|\band|\bor)\s*$", pre) or _LIST_NEXT.match(post):
         return ""  # one item of a list: "on Tuesday, Wednesday and Thursday"
-    if re.search(r"[-–/]$", pre) or re.match(r"^[-–/]", post) or re.search(r"\b(?:the|year|AD|BC)\s+$", pre) and _YEAR.fullmatch(c.answer):
+    if re.search(r"[-–/]$", pre) or re.match(r"^[-–/]", post) or re.search(r"\b(?:the|year|AD|BC)\s+$", pre, re.IGNORECASE) and _YEAR.fullmatch(c.answer):
         return ""  # a range or a year used as a word: "2013–2014", "the 2004 Treaty", "the year 2000"
     if c.kind in ("date", "number") and _YEAR.fullmatch(c.answer):
         wh = "what year"
@@ -351,12 +350,10 @@ class AdapterReader:
 
 
 def as_reader(reader: Any) -> Reader:
-    """A :class:`Reader` as is; a chat model (anything with ``chat_batch``) wrapped in :class:`TeacherReader`."""
-    if hasattr(reader, "answers"):
-        return reader
+    """A chat model (anything with ``chat_batch``) wrapped in :class:`TeacherReader`; a :class:`Reader` as is."""
     if isinstance(reader, RulesWriter):
         raise ConfigError("the rules writer cannot answer questions: give the round trip a reader (--question-reader adapter:DIR or hf:MODEL)")
-    return TeacherReader(reader)
+    return TeacherReader(reader) if hasattr(reader, "chat_batch") else reader
 
 
 # ---------------------------------------------------------------------------------------------
