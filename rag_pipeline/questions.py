@@ -28,6 +28,7 @@ batched and greedy, so the pairs are the same for the same index, writer, reader
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -108,7 +109,7 @@ class QuestionSettings:
     style: Style = "span"
     top_k: int = 5  # the source chunk must rank this high for its question
     min_f1: float = 0.5  # round-trip answer against the candidate
-    per_chunk: int = 2  # candidates tried per chunk and pass
+    per_chunk: int = 2  # candidates tried per chunk and pass over the chunks (the next ones on the next pass)
     duplicate_jaccard: float = 0.8  # content-word overlap above which two questions about the same names are one question
     batch_size: int = 8
     max_new_tokens: int = 48
@@ -228,13 +229,14 @@ _STOP_STARTS = frozenset("the a an it its this that these those he she they his 
                          "when while after before during since as if there here what which who".split())
 
 
-def candidates_of(chunk: Any, style: Style, per_chunk: int, seed: int) -> list[Candidate]:
-    """Up to ``per_chunk`` candidates of a chunk: the best kind first, a seeded pick within a kind."""
+def candidates_of(chunk: Any, style: Style, per_chunk: int, seed: int, offset: int = 0) -> list[Candidate]:
+    """Up to ``per_chunk`` candidates of a chunk from the ``offset``-th on: the best kind first, a
+    seeded order within a kind (so pass ``p`` takes ``offset = p * per_chunk``)."""
     rng = random.Random(f"{seed}:candidates:{chunk.id}")
     found = candidate_answers(chunk.text, style)
     rank = {k: i for i, k in enumerate(["date", "number", "name", "phrase", "sentence"])}
     keyed = sorted(((rank[k], rng.random(), a, k) for a, k in found))
-    return [Candidate(chunk.id, chunk.doc_id, chunk.text, a, k) for _, _, a, k in keyed[:per_chunk]]
+    return [Candidate(chunk.id, chunk.doc_id, chunk.text, a, k) for _, _, a, k in keyed[offset:offset + per_chunk]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,8 +484,8 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
     Raises:
         InputError: no chunk yields a candidate answer, or no pair survives the filters.
     """
-    chunks = sample_chunks(retriever.store, s.seed)
     counts: Counter = Counter()
+    stream = candidate_stream(retriever.store, s, counts)
     kept: list[Pair] = []
     dropped: list[Pair] = []
     kept_keys: list[tuple[frozenset[str], frozenset[str]]] = []
@@ -492,7 +494,7 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
         # Ask for enough to fill the rest at the keep rate seen so far (at least twice what is missing).
         rate = len(kept) / written if written else 0.5
         want = math.ceil((s.n - len(kept)) / max(rate, 0.05) * 1.2) if written else 2 * s.n
-        candidates = _take_candidates(chunks, want, s, counts)
+        candidates = list(itertools.islice(stream, want))
         if not candidates:
             break
         counts["written"] += len(candidates)
@@ -512,22 +514,28 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
                          "--question-reader, "
                          "a lower --question-min-f1 or a higher --question-top-k")
     if len(kept) < s.n:
-        log.warning("generated %d of the %d questions asked for: the index's chunks ran out (%s)", len(kept), s.n, _describe(report))
+        why = "the chunks' candidate answers ran out" if counts["exhausted"] else f"{s.max_rounds} rounds of writing ran out"
+        log.warning("generated %d of the %d questions asked for: %s (%s)", len(kept), s.n, why, _describe(report))
     items = [QAItem("g-" + hashlib.sha256(f"{p.candidate.chunk_id}\x00{p.question}".encode()).hexdigest()[:12], p.question,
                     [p.candidate.answer], p.candidate.doc_id, True, where=f"generated from chunk {p.candidate.chunk_id}") for p in kept]
     return Result(items, report, kept, dropped)
 
 
-def _take_candidates(chunks: Iterator[Any], want: int, s: QuestionSettings, counts: Counter) -> list[Candidate]:
-    out: list[Candidate] = []
-    for chunk in chunks:
-        counts["chunks"] += 1
-        found = candidates_of(chunk, s.style, s.per_chunk, s.seed)
-        counts["no_candidate"] += not found
-        out += found
-        if len(out) >= want:
-            break
-    return out
+def candidate_stream(store: Any, s: QuestionSettings, counts: Counter) -> Iterator[Candidate]:
+    """Candidates in passes over the sampled chunks (:func:`sample_chunks`): ``per_chunk`` of each
+    chunk per pass, the next ones on the next pass, until a pass finds none (``counts["exhausted"]``)."""
+    for p in itertools.count():
+        found_any = False
+        for chunk in sample_chunks(store, s.seed):
+            found = candidates_of(chunk, s.style, s.per_chunk, s.seed, offset=p * s.per_chunk)
+            if p == 0:
+                counts["chunks"] += 1
+                counts["no_candidate"] += not found
+            found_any = found_any or bool(found)
+            yield from found
+        if not found_any:
+            counts["exhausted"] = 1
+            return
 
 
 def _describe(report: dict) -> str:

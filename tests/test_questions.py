@@ -260,6 +260,20 @@ def test_rules_writer_with_a_reader_generates_deterministically(retriever) -> No
     assert Q.generate(retriever, FakeTeacher(), s).report["kept"] == 3  # a chat model writes and reads
 
 
+def test_candidates_come_in_passes_until_every_chunk_is_used_up(retriever) -> None:
+    from collections import Counter
+
+    counts: Counter = Counter()
+    s = Q.QuestionSettings(n=1, per_chunk=2, seed=0)
+    got = list(Q.candidate_stream(retriever.store, s, counts))
+    chunks = list(retriever.store.iter_chunks())
+    every = {(c.id, a) for c in chunks for a, _ in Q.candidate_answers(c.text)}
+    assert {(c.chunk_id, c.answer) for c in got} == every and len(got) == len(every)  # each candidate once, all of them
+    first_pass = got[: sum(min(2, len(Q.candidate_answers(c.text))) for c in chunks)]
+    assert len({c.chunk_id for c in first_pass}) == len([c for c in chunks if Q.candidate_answers(c.text)])  # every chunk before seconds
+    assert counts["chunks"] == len(chunks) and counts["exhausted"] == 1
+
+
 def test_adapter_reader_takes_the_best_non_abstaining_answer_from_the_chunk() -> None:
     from rag_pipeline.ask import ABSTAIN
 
