@@ -17,7 +17,7 @@ from filtering, not from the writer:
    - the retriever ranks its source chunk in the top ``top_k`` for it (``retrieval``);
    - the reader, shown the chunk, answers it with token F1 >= ``min_f1`` against the candidate
      (``answer_mismatch``). The reader is the writer's model, or a tuned adapter reading the chunk
-     as ``ask`` does, grounded (:class:`AdapterReader`; the reference adapter for ``rules``);
+     as ``ask`` does (:class:`AdapterReader`; the reference adapter for ``rules``);
    - it is not a near-duplicate of a question already kept: the same names and numbers and most
      of the same content words (``duplicate``).
 
@@ -328,9 +328,10 @@ class TeacherReader:
 
 class AdapterReader:
     """A train-generator adapter reads the chunk as ``ask`` does (its prompt, one document) and
-    gives its best answer with grounded decoding, so the answer is a span of the chunk. The
-    abstention sentence is ruled out (as when ``calibrate`` scores answers): the round trip asks
-    what the answer is, and a tuned model that refuses too readily would otherwise drop good pairs."""
+    gives its best answer with the abstention sentence ruled out (as when ``calibrate`` scores
+    answers): the round trip asks what the answer is, and a tuned model that refuses too readily
+    would otherwise drop good pairs. Free decoding: with grounded decoding the banned refusal
+    left truncated spans ("The") where the model wanted to refuse."""
 
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
@@ -345,7 +346,7 @@ class AdapterReader:
             for start in range(0, len(pairs), s.batch_size):
                 batch = pairs[start:start + s.batch_size]
                 contexts = [[{"id": p.candidate.chunk_id, "doc_id": p.candidate.doc_id, "title": "", "text": p.candidate.passage}] for p in batch]
-                for a in self.pipeline.answer_batch([p.question for p in batch], contexts=contexts, margins=True, grounded=False):
+                for a in self.pipeline.answer_batch([p.question for p in batch], contexts=contexts, margins=True):
                     out.append("" if is_abstention(a.raw) else extract_answer(a.raw))
                 bar.update(len(batch))
         return out

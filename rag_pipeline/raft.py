@@ -108,8 +108,8 @@ class RaftConfig(QAFieldConfig):
                                      "then build the dataset from them")
     question_generator: str = opt("rules", "writes the generated questions: rules = the sentence holding the answer rewritten as a "
                                            "wh-question (no model, the default); hf:PATH_OR_ID | openai:URL#MODEL | fake")
-    question_reader: str = opt("", "answers them from their chunk for the round trip: adapter:DIR = a train-generator output, "
-                                   "grounded; or hf:PATH_OR_ID | openai:URL#MODEL | fake; '' = the writer's model, or "
+    question_reader: str = opt("", "answers them from their chunk for the round trip: adapter:DIR = a train-generator output "
+                                   "(its best non-abstaining answer); or hf:PATH_OR_ID | openai:URL#MODEL | fake; '' = the writer's model, or "
                                    f"adapter:{REFERENCE_ADAPTER} for rules")
     question_style: Literal["span", "sentence"] = opt("span", "generated answers: span = dates, numbers, names, noun phrases of a chunk; "
                                                             "sentence = one of its sentences (free-form style)")
@@ -250,7 +250,7 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     if not Path(rest).is_dir():
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
                          "output) or hf:PATH_OR_ID")
-    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=True, device=cfg.device, progress=False,
+    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=False, device=cfg.device, progress=False,
                     max_new_tokens=32)
     return writer, questions.AdapterReader(Pipeline.load(ask, retriever=retriever))
 

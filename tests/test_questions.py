@@ -209,6 +209,7 @@ def _rules(passage: str, answer: str, kind: str) -> str:
     ("As of 31 March 2008, Sky had 3,393,000 Sky+ users.", "31 March 2008", "date", "As of what date, Sky had 3,393,000 Sky+ users?"),
     ("Transform boundaries, such as the San Andreas fault system (in California), caused earthquakes.", "San Andreas", "name",
      "Transform boundaries, such as what fault system, caused earthquakes?"),
+    ("Paris is big. Paris is old.", "Paris", "name", "What is big?"),  # the first sentence holding the answer
 ])
 def test_rules_writer_puts_a_wh_phrase_in_place_of_the_answer(passage: str, answer: str, kind: str, expected: str) -> None:
     q = _rules(passage, answer, kind)
@@ -223,19 +224,15 @@ def test_rules_writer_puts_a_wh_phrase_in_place_of_the_answer(passage: str, answ
     ("In the 2013–2014 school year fifteen courses were required.", "2014", "number"),  # half of a range
     ("The 2004 Treaty never came into force.", "2004", "number"),  # a year used as a word
     ("Some 5 million people lived there.", "5", "number"),  # a bare number: "Some what number million"
-    ("Paris is big. Paris is old.", "Paris", "name"),  # not in one sentence only once... each sentence has it once: first taken
     ("She said “the tower is 330 metres tall” twice.", "330", "number"),  # a quotation
     ("The tower is a landmark.", "landmark", "sentence"),  # rules write span questions only
 ])
 def test_rules_writer_refuses_ambiguous_rewrites(passage: str, answer: str, kind: str) -> None:
-    q = _rules(passage, answer, kind)
-    if answer == "Paris":  # the first sentence holding the answer is used
-        assert q == "What is big?"
-    else:
-        assert q == ""
+    assert _rules(passage, answer, kind) == ""
 
 
 def test_rules_writer_with_a_reader_generates_deterministically(retriever) -> None:
+    from rag_pipeline.errors import ConfigError
     from rag_pipeline.teacher import FakeTeacher
 
     class SpanReader:  # answers with the word(s) the question left out of its sentence, like a perfect reader
@@ -255,7 +252,7 @@ def test_rules_writer_with_a_reader_generates_deterministically(retriever) -> No
     assert all(i.question.endswith("?") and i.answers[0] not in i.question for i in a.items)
     assert a.report["dropped"]["answer_mismatch"] == sum(len(p.candidate.answer) % 2 == 0 for p in a.dropped if p.f1 is not None)
     assert reader.asked and set(reader.asked) >= {i.question for i in a.items}
-    with pytest.raises(Exception, match="rules writer cannot answer"):
+    with pytest.raises(ConfigError, match="rules writer cannot answer"):
         Q.generate(retriever, Q.RulesWriter(), s)  # no reader: the rules writer has no model to answer with
     assert Q.generate(retriever, FakeTeacher(), s).report["kept"] == 3  # a chat model writes and reads
 
