@@ -33,7 +33,7 @@ from rag_pipeline.config import opt
 from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import is_abstention
-from rag_pipeline.model_paths import SMOLLM2_ID
+from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
 from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
 from rag_pipeline.qa import QAFieldConfig
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generator run writes
-REFERENCE_ADAPTER = "adapters/smollm2-disfl-qa"  # committed fallback when no run exists
 BATCHES_PER_CALL = 4  # --questions: generation batches per answer_batch call; length-sorting packs them tighter
 
 

@@ -451,7 +451,7 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
         "doc_id": item.doc_id, "gold": list(item.answers),
         "documents": [{"id": d.get("id"), "doc_id": d.get("doc_id")} for d in documents],
         "prediction": answer.answer, "raw": answer.raw, "abstained": bool(answer.abstained),
-        "abstain_reason": answer.abstain_reason, "citations": cited,
+        "abstain_reason": answer.abstain_reason, "margin": answer.margin, "citations": cited,
         "cited_doc_ids": [documents[n - 1].get("doc_id") if 1 <= n <= len(documents) else None for n in cited],
         "scores": scores, **extra,
     }

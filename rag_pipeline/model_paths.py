@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+REFERENCE_ADAPTER = "adapters/smollm2-disfl-qa"  # the committed RAFT adapter (ask's fallback, the rules writer's reader)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

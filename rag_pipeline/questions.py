@@ -1,28 +1,34 @@
 """Question/answer pairs written offline from an index's chunks, for documents without questions.
 
 ``build-raft-dataset --index DIR --generate-questions N`` calls :func:`generate`. Quality comes
-from filtering, not from the model (the default writer is the embedded 135M generator):
+from filtering, not from the writer:
 
 1. **Chunks across documents**: a seeded round robin over the documents (shuffled), one random
    chunk of each per pass, so N pairs cover N documents before any document gives a second.
 2. **Answer first**: candidate answers picked from each chunk by :func:`candidate_answers`
    (dates, numbers, names, noun phrases; whole sentences with ``style="sentence"``).
-3. **Question**: the model, shown the chunk and the candidate, writes a question whose answer it is.
+3. **Question**: ``rules`` (the default, no model) rewrites the sentence holding the candidate as
+   a wh-question in place (:func:`rules_question`: "In early August, Montcalm led how many troops
+   to the fort?"); a model writer (``hf:``, ``openai:``), shown the chunk and the candidate,
+   writes one instead. The embedded 135M model writes questions that do not fit their answer
+   (0 of 16 kept on ``examples/marrowick_qa.json``), so it is not the default writer.
 4. **Round trip**: a pair is kept only when
    - the question is a question and does not give its answer away (``malformed``, ``leaks_answer``);
    - the retriever ranks its source chunk in the top ``top_k`` for it (``retrieval``);
-   - the model, shown the chunk, answers it with token F1 >= ``min_f1`` against the candidate
-     (``answer_mismatch``);
+   - the reader, shown the chunk, answers it with token F1 >= ``min_f1`` against the candidate
+     (``answer_mismatch``). The reader is the writer's model, or a tuned adapter reading the chunk
+     as ``ask`` does (:class:`AdapterReader`; the reference adapter for ``rules``);
    - it is not a near-duplicate of a question already kept: the same names and numbers and most
      of the same content words (``duplicate``).
 
 Rounds continue on further chunks until N pairs are kept or the chunks run out. Generation is
-batched and greedy, so the pairs are the same for the same index, model and seed.
+batched and greedy, so the pairs are the same for the same index, writer, reader and seed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -30,7 +36,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import f1
@@ -103,7 +109,7 @@ class QuestionSettings:
     style: Style = "span"
     top_k: int = 5  # the source chunk must rank this high for its question
     min_f1: float = 0.5  # round-trip answer against the candidate
-    per_chunk: int = 2  # candidates tried per chunk and pass
+    per_chunk: int = 2  # candidates tried per chunk and pass over the chunks (the next ones on the next pass)
     duplicate_jaccard: float = 0.8  # content-word overlap above which two questions about the same names are one question
     batch_size: int = 8
     max_new_tokens: int = 48
@@ -223,13 +229,134 @@ _STOP_STARTS = frozenset("the a an it its this that these those he she they his 
                          "when while after before during since as if there here what which who".split())
 
 
-def candidates_of(chunk: Any, style: Style, per_chunk: int, seed: int) -> list[Candidate]:
-    """Up to ``per_chunk`` candidates of a chunk: the best kind first, a seeded pick within a kind."""
+def candidates_of(chunk: Any, style: Style, per_chunk: int, seed: int, offset: int = 0) -> list[Candidate]:
+    """Up to ``per_chunk`` candidates of a chunk from the ``offset``-th on: the best kind first, a
+    seeded order within a kind (so pass ``p`` takes ``offset = p * per_chunk``)."""
     rng = random.Random(f"{seed}:candidates:{chunk.id}")
     found = candidate_answers(chunk.text, style)
     rank = {k: i for i, k in enumerate(["date", "number", "name", "phrase", "sentence"])}
     keyed = sorted(((rank[k], rng.random(), a, k) for a, k in found))
-    return [Candidate(chunk.id, chunk.doc_id, chunk.text, a, k) for _, _, a, k in keyed[:per_chunk]]
+    return [Candidate(chunk.id, chunk.doc_id, chunk.text, a, k) for _, _, a, k in keyed[offset:offset + per_chunk]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules writer: a wh-question in place of the answer
+# ---------------------------------------------------------------------------------------------
+
+RULES = "rules"
+_PRONOUN_START = re.compile(r"^(?:it|he|she|they|this|these|those|that|its|his|her|their|such|both|however,? it)\b", re.IGNORECASE)
+_YEAR = re.compile(r"1\d{3}|20\d{2}")
+_PERCENT = re.compile(r"^\s*(?:%|per ?cent|percent)")
+_COUNTED = re.compile(r"^\s+(?!(?:of|and|or|to|in|on|at|by|for|hundred|thousand|million|billion|trillion)\b)[a-z][a-z-]+")
+_ARTICLE_END = re.compile(r"\b(?:the|a|an)\s+$", re.IGNORECASE)
+_PARENS = re.compile(r"\s*[(\[][^)\]]*[)\]]")
+_LIST_NEXT = re.compile(r"^\s*(?:,\s*[^,\s]+(?:\s+[^,\s]+)?\s*(?:,|\b(?:and|or)\b)|(?:,\s*)?(?:and|or)\b)")
+_CONNECTIVE = re.compile(r"^(?:however|thus|instead|therefore|also|moreover|furthermore|in addition|indeed|meanwhile|consequently|"
+                         r"nevertheless|finally|today|later|similarly|in contrast|for example|for instance),\s*", re.IGNORECASE)
+MAX_QUESTION_WORDS = 32
+
+
+class RulesWriter:
+    """The default question writer: no model, :func:`rules_question` for every candidate."""
+
+    name = RULES
+
+
+def rules_question(c: Candidate) -> str:
+    """The sentence holding the candidate with the answer replaced by a wh-phrase, as a question.
+
+    "In early August, Montcalm led 7,000 troops to the fort." with answer "7,000" becomes
+    "In early August, Montcalm led how many troops to the fort?". Years become "what year",
+    percentages "what percentage", counted numbers "how many NOUN", a possessive name "whose", an
+    answer that opens the sentence "What ...", anything else "what" in place (an echo question).
+    '' (dropped as malformed) where the rewrite would be ambiguous or unreadable: the sentence
+    starts with a pronoun (the question would not say what it is about), the answer is one item
+    of a list, it occurs twice, the sentence is a quotation, or the question would be too long.
+    """
+    from rag_pipeline.prompt import sentence_spans
+
+    if c.kind == "sentence":
+        return ""
+    sentence = next((c.passage[s:e] for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), "")
+    if not sentence or sentence.count(c.answer) != 1 or _PRONOUN_START.match(sentence) or '"' in sentence or "“" in sentence:
+        return ""
+    i = sentence.index(c.answer)
+    pre, post = sentence[:i], sentence[i + len(c.answer):]
+    if re.search(r"(?:,|\band|\bor)\s*$", pre) or _LIST_NEXT.match(post):
+        return ""  # one item of a list: "on Tuesday, Wednesday and Thursday"
+    if re.search(r"[-–/]$", pre) or re.match(r"^[-–/]", post) or re.search(r"\b(?:the|year|AD|BC)\s+$", pre, re.IGNORECASE) and _YEAR.fullmatch(c.answer):
+        return ""  # a range or a year used as a word: "2013–2014", "the 2004 Treaty", "the year 2000"
+    if c.kind in ("date", "number") and _YEAR.fullmatch(c.answer):
+        wh = "what year"
+    elif c.kind == "date":
+        wh = "what date"
+    elif c.kind == "number" and _PERCENT.match(post):
+        wh, post = "what percentage", _PERCENT.sub("", post)
+    elif c.kind == "number" and _COUNTED.match(post):
+        wh = "how many"
+    elif c.kind == "number":
+        return ""  # a bare number out of context reads as noise ("AD what number")
+    elif post.startswith(("'s", "’s")):
+        wh, post = "whose", post[2:]
+    else:
+        wh = "what"
+    pre = _ARTICLE_END.sub("", pre) if wh in ("what", "whose") else pre
+    pre = _CONNECTIVE.sub("", pre)
+    body = f"{pre}{wh}{post}"
+    body = _PARENS.sub("", body).strip().rstrip(" .!?;:,")
+    if not body or len(body.split()) > MAX_QUESTION_WORDS or not re.search(r"[a-z]{3}", post + pre):
+        return ""
+    return body[0].upper() + body[1:] + "?"
+
+
+class Reader(Protocol):
+    """Answers generated questions from their source chunk, for the round trip."""
+
+    def answers(self, pairs: list[Pair], s: QuestionSettings) -> list[str]: ...
+
+
+class TeacherReader:
+    """A chat model (``hf:``, ``openai:``, ``fake``) answers with the chunk as its passage."""
+
+    def __init__(self, teacher: Any) -> None:
+        self.teacher = teacher
+
+    def answers(self, pairs: list[Pair], s: QuestionSettings) -> list[str]:
+        return chat_all(self.teacher, [answer_prompt(p.candidate, p.question, s.style) for p in pairs], s.batch_size,
+                        s.max_new_tokens, "answering questions")
+
+
+class AdapterReader:
+    """A train-generator adapter reads the chunk as ``ask`` does (its prompt, one document) and
+    gives its best answer with the abstention sentence ruled out (as when ``calibrate`` scores
+    answers): the round trip asks what the answer is, and a tuned model that refuses too readily
+    would otherwise drop good pairs. Free decoding: with grounded decoding the banned refusal
+    left truncated spans ("The") where the model wanted to refuse."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def answers(self, pairs: list[Pair], s: QuestionSettings) -> list[str]:
+        from tqdm.auto import tqdm
+
+        from rag_pipeline.metrics import extract_answer, is_abstention
+
+        out: list[str] = []
+        with tqdm(total=len(pairs), desc="answering questions", unit="question", disable=None) as bar:
+            for start in range(0, len(pairs), s.batch_size):
+                batch = pairs[start:start + s.batch_size]
+                contexts = [[{"id": p.candidate.chunk_id, "doc_id": p.candidate.doc_id, "title": "", "text": p.candidate.passage}] for p in batch]
+                for a in self.pipeline.answer_batch([p.question for p in batch], contexts=contexts, margins=True):
+                    out.append("" if is_abstention(a.raw) else extract_answer(a.raw))
+                bar.update(len(batch))
+        return out
+
+
+def as_reader(reader: Any) -> Reader:
+    """A chat model (anything with ``chat_batch``) wrapped in :class:`TeacherReader`; a :class:`Reader` as is."""
+    if isinstance(reader, RulesWriter):
+        raise ConfigError("the rules writer cannot answer questions: give the round trip a reader (--question-reader adapter:DIR or hf:MODEL)")
+    return TeacherReader(reader) if hasattr(reader, "chat_batch") else reader
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +432,10 @@ def is_duplicate(key: tuple[frozenset[str], frozenset[str]], kept: list[tuple[fr
     return any(key[0] == k[0] and _jaccard(key[1], k[1]) >= threshold for k in kept)
 
 
-def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSettings, kept_keys: list[tuple[frozenset[str], frozenset[str]]]) -> None:
-    """Run the filters on a round of pairs in place (``dropped`` set on the ones that fail)."""
+def round_trip(pairs: list[Pair], retriever: Any, reader: Any, s: QuestionSettings, kept_keys: list[tuple[frozenset[str], frozenset[str]]]) -> None:
+    """Run the filters on a round of pairs in place (``dropped`` set on the ones that fail).
+
+    ``reader``: a :class:`Reader`, or a chat model that answers from the chunk (:func:`as_reader`)."""
     live = [p for p in pairs if p.dropped is None]
     hits = retriever.search_batch([p.question for p in live], s.top_k, s.hybrid) if live else []
     for p, h in zip(live, hits):
@@ -314,7 +443,7 @@ def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSetting
         if p.rank is None:
             p.dropped = "retrieval"
     live = [p for p in live if p.dropped is None]
-    replies = chat_all(model, [answer_prompt(p.candidate, p.question, s.style) for p in live], s.batch_size, s.max_new_tokens, "answering questions")
+    replies = as_reader(reader).answers(live, s) if live else []
     for p, reply in zip(live, replies):
         p.reply = reply.strip()
         p.f1 = f1(p.reply, [p.candidate.answer])
@@ -329,12 +458,16 @@ def round_trip(pairs: list[Pair], retriever: Any, model: Any, s: QuestionSetting
                 kept_keys.append(key)
 
 
-def write_questions(candidates: list[Candidate], model: Any, s: QuestionSettings) -> list[Pair]:
-    """A question per candidate from the model; unusable replies are dropped as ``malformed`` or ``leaks_answer``."""
-    replies = chat_all(model, [question_prompt(c) for c in candidates], s.batch_size, s.max_new_tokens, "writing questions")
+def write_questions(candidates: list[Candidate], writer: Any, s: QuestionSettings) -> list[Pair]:
+    """A question per candidate from the writer (:class:`RulesWriter` or a chat model); unusable
+    ones are dropped as ``malformed`` or ``leaks_answer``."""
+    if isinstance(writer, RulesWriter):
+        questions = [rules_question(c) for c in candidates]
+    else:
+        replies = chat_all(writer, [question_prompt(c) for c in candidates], s.batch_size, s.max_new_tokens, "writing questions")
+        questions = [parse_question(r) for r in replies]
     pairs = []
-    for c, reply in zip(candidates, replies):
-        q = parse_question(reply)
+    for c, q in zip(candidates, questions):
         pairs.append(Pair(c, q, dropped="malformed" if not q else "leaks_answer" if leaks_answer(q, c.answer, s.style) else None))
     return pairs
 
@@ -344,15 +477,16 @@ def write_questions(candidates: list[Candidate], model: Any, s: QuestionSettings
 # ---------------------------------------------------------------------------------------------
 
 
-def generate(retriever: Any, model: Any, s: QuestionSettings) -> Result:
-    """``s.n`` QA pairs from the retriever's chunks, written by ``model`` (a teacher with
-    ``chat_batch``) and kept by the round trip (module docstring).
+def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = None) -> Result:
+    """``s.n`` QA pairs from the retriever's chunks, written by ``writer`` (:class:`RulesWriter`
+    or a chat model with ``chat_batch``) and kept by the round trip (module docstring), whose
+    answers come from ``reader`` (default: the writer's model).
 
     Raises:
         InputError: no chunk yields a candidate answer, or no pair survives the filters.
     """
-    chunks = sample_chunks(retriever.store, s.seed)
     counts: Counter = Counter()
+    stream = candidate_stream(retriever.store, s, counts)
     kept: list[Pair] = []
     dropped: list[Pair] = []
     kept_keys: list[tuple[frozenset[str], frozenset[str]]] = []
@@ -361,12 +495,12 @@ def generate(retriever: Any, model: Any, s: QuestionSettings) -> Result:
         # Ask for enough to fill the rest at the keep rate seen so far (at least twice what is missing).
         rate = len(kept) / written if written else 0.5
         want = math.ceil((s.n - len(kept)) / max(rate, 0.05) * 1.2) if written else 2 * s.n
-        candidates = _take_candidates(chunks, want, s, counts)
+        candidates = list(itertools.islice(stream, want))
         if not candidates:
             break
         counts["written"] += len(candidates)
-        pairs = write_questions(candidates, model, s)
-        round_trip(pairs, retriever, model, s, kept_keys)
+        pairs = write_questions(candidates, writer, s)
+        round_trip(pairs, retriever, writer if reader is None else reader, s, kept_keys)
         kept += [p for p in pairs if p.dropped is None]
         dropped += [p for p in pairs if p.dropped is not None]
         if len(kept) >= s.n:
@@ -377,25 +511,32 @@ def generate(retriever: Any, model: Any, s: QuestionSettings) -> Result:
               "written": counts["written"], "kept": len(kept), "unused_surplus": len(surplus),
               "dropped": {f: sum(p.dropped == f for p in dropped) for f in FILTERS}}
     if not kept:
-        raise InputError(f"no generated question survived the filters ({_describe(report)}): try another --question-generator, "
+        raise InputError(f"no generated question survived the filters ({_describe(report)}): try another --question-generator or "
+                         "--question-reader, "
                          "a lower --question-min-f1 or a higher --question-top-k")
     if len(kept) < s.n:
-        log.warning("generated %d of the %d questions asked for: the index's chunks ran out (%s)", len(kept), s.n, _describe(report))
+        why = "the chunks' candidate answers ran out" if counts["exhausted"] else f"{s.max_rounds} rounds of writing ran out"
+        log.warning("generated %d of the %d questions asked for: %s (%s)", len(kept), s.n, why, _describe(report))
     items = [QAItem("g-" + hashlib.sha256(f"{p.candidate.chunk_id}\x00{p.question}".encode()).hexdigest()[:12], p.question,
                     [p.candidate.answer], p.candidate.doc_id, True, where=f"generated from chunk {p.candidate.chunk_id}") for p in kept]
     return Result(items, report, kept, dropped)
 
 
-def _take_candidates(chunks: Iterator[Any], want: int, s: QuestionSettings, counts: Counter) -> list[Candidate]:
-    out: list[Candidate] = []
-    for chunk in chunks:
-        counts["chunks"] += 1
-        found = candidates_of(chunk, s.style, s.per_chunk, s.seed)
-        counts["no_candidate"] += not found
-        out += found
-        if len(out) >= want:
-            break
-    return out
+def candidate_stream(store: Any, s: QuestionSettings, counts: Counter) -> Iterator[Candidate]:
+    """Candidates in passes over the sampled chunks (:func:`sample_chunks`): ``per_chunk`` of each
+    chunk per pass, the next ones on the next pass, until a pass finds none (``counts["exhausted"]``)."""
+    for p in itertools.count():
+        found_any = False
+        for chunk in sample_chunks(store, s.seed):
+            found = candidates_of(chunk, s.style, s.per_chunk, s.seed, offset=p * s.per_chunk)
+            if p == 0:
+                counts["chunks"] += 1
+                counts["no_candidate"] += not found
+            found_any = found_any or bool(found)
+            yield from found
+        if not found_any:
+            counts["exhausted"] = 1
+            return
 
 
 def _describe(report: dict) -> str:

@@ -44,7 +44,7 @@ from rag_pipeline.atomic import Artifact, check_separate, prepare_target, write_
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.model_paths import SMOLLM2_ID
+from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa
 from rag_pipeline.textnorm import contains_answer
@@ -106,12 +106,15 @@ class RaftConfig(QAFieldConfig):
     teacher: str = opt("", "cot reasoning writer: '' = deterministic quote; fake | hf:MODEL | openai:URL#MODEL")
     generate_questions: int = opt(0, "with no QA file: question/answer pairs to write from the index's chunks (rag_pipeline.questions), "
                                      "then build the dataset from them")
-    question_generator: str = opt(f"hf:{SMOLLM2_ID}", "writes (and answers, for the round trip) the generated questions: the embedded "
-                                                     "generator by default; hf:PATH_OR_ID | openai:URL#MODEL | fake")
+    question_generator: str = opt("rules", "writes the generated questions: rules = the sentence holding the answer rewritten as a "
+                                           "wh-question (no model, the default); hf:PATH_OR_ID | openai:URL#MODEL | fake")
+    question_reader: str = opt("", "answers them from their chunk for the round trip: adapter:DIR = a train-generator output "
+                                   "(its best non-abstaining answer); or hf:PATH_OR_ID | openai:URL#MODEL | fake; '' = the writer's model, or "
+                                   f"adapter:{REFERENCE_ADAPTER} for rules")
     question_style: Literal["span", "sentence"] = opt("span", "generated answers: span = dates, numbers, names, noun phrases of a chunk; "
                                                             "sentence = one of its sentences (free-form style)")
     question_top_k: int = opt(5, "a generated question is kept only if the retriever ranks its source chunk this high")
-    question_min_f1: float = opt(0.5, "... and only if the question writer, shown the chunk, answers it with this token F1 against the answer")
+    question_min_f1: float = opt(0.5, "... and only if the question reader, shown the chunk, answers it with this token F1 against the answer")
     request_timeout: float = opt(60.0, "openai: teachers and question writers: seconds per request")
     request_retries: int = opt(3, "openai: attempts per request (timeouts, 5xx, malformed replies) before a one-line error")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed the questions (and run an hf: teacher or question writer)")
@@ -219,11 +222,37 @@ def generated_questions(cfg: RaftConfig, retriever: Any) -> Any:
     """``generate_questions`` QA pairs written from the index's chunks and kept by the round trip
     (:func:`rag_pipeline.questions.generate`); returns its :class:`~rag_pipeline.questions.Result`."""
     from rag_pipeline import questions
-    from rag_pipeline.teacher import load_teacher
 
     settings = questions.QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
                                           min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed)
-    return questions.generate(retriever, load_teacher(cfg.question_generator, teacher_options(cfg)), settings)
+    writer, reader = question_models(cfg, retriever)
+    return questions.generate(retriever, writer, settings, reader)
+
+
+def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
+    """The question writer and the round trip's reader named by the config (``None``: the writer reads)."""
+    from rag_pipeline import questions
+    from rag_pipeline.teacher import load_teacher
+
+    rules = cfg.question_generator == questions.RULES
+    if rules and cfg.question_style != "span":
+        raise ConfigError(f"--question-generator rules writes questions for span answers, not question_style {cfg.question_style}: "
+                          "use --question-style span, or a model writer (hf:PATH_OR_ID or openai:URL#MODEL)")
+    writer = questions.RulesWriter() if rules else load_teacher(cfg.question_generator, teacher_options(cfg))
+    spec = cfg.question_reader or (f"adapter:{REFERENCE_ADAPTER}" if rules else "")
+    if not spec:
+        return writer, None
+    kind, _, rest = spec.partition(":")
+    if kind != "adapter":
+        return writer, load_teacher(spec, teacher_options(cfg))
+    from rag_pipeline.ask import AskConfig, Pipeline
+
+    if not Path(rest).is_dir():
+        raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
+                         "output) or hf:PATH_OR_ID")
+    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=False, device=cfg.device, progress=False,
+                    max_new_tokens=32)
+    return writer, questions.AdapterReader(Pipeline.load(ask, retriever=retriever))
 
 
 # ---------------------------------------------------------------------------------------------

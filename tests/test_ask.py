@@ -474,6 +474,8 @@ def test_evaluate_applies_the_adapters_calibration_like_ask(env: dict, tmp_path:
     assert res["retrieved"]["counts"]["abstained"] == len(QUESTIONS)
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert {p["abstain_reason"] for p in preds} <= {"calibration", "generator"} and any(p["abstain_reason"] == "calibration" for p in preds)
+    # Each prediction records its null margin, so other thresholds can be studied from the file.
+    assert all(isinstance(p["margin"], float) for p in preds if p["abstain_reason"] == "calibration")
 
 
 def test_grounded_answers_copy_a_span_of_the_document_they_cite(env: dict) -> None:

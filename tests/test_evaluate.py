@@ -180,6 +180,7 @@ class _Answer:
     retrieved: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     raw: str = ""
+    margin: float | None = None
 
 
 @dataclass

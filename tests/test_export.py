@@ -101,6 +101,28 @@ def test_gguf_round_trip_matches_the_merged_model(env: dict, reference, tmp_path
     assert "llama-server -m" in (folder / "README.md").read_text()
 
 
+def test_llama_cpp_loads_the_gguf_with_the_same_tokens_and_logits(env: dict, reference, tmp_path: Path) -> None:
+    """llama.cpp itself (``pip install .[llamacpp]``; skipped where it is not installed, as in CI,
+    since it builds from source for minutes) reads the f16 export: same token ids as the tokenizer,
+    next-token logits close to the merged model's, the same first greedy token."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    export(env, tmp_path / "g", format="gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "g" / "adapter.f16.gguf"), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
+    ref_model, ref_tok = reference
+    for p in PROMPTS:
+        ids = ref_tok(p)["input_ids"]
+        assert llm.tokenize(p.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        ours = np.asarray(llm.scores[len(ids) - 1])
+        with torch.no_grad():
+            ref = ref_model(torch.tensor([ids])).logits[0, -1].numpy()
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=0.1)
+        assert int(ours.argmax()) == int(ref.argmax())
+
+
 def test_gguf_metadata_follows_llama_cpp(env: dict, reference, tmp_path: Path) -> None:
     export(env, tmp_path / "g", format="gguf")
     r = gguf.GGUFReader(str(tmp_path / "g" / "adapter.f16.gguf"))

@@ -192,6 +192,126 @@ def test_no_surviving_question_is_a_clear_error(retriever) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The rules writer and the round trip's readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _rules(passage: str, answer: str, kind: str) -> str:
+    return Q.rules_question(Q.Candidate("c", "d", passage, answer, kind))
+
+
+@pytest.mark.parametrize("passage, answer, kind, expected", [
+    ("Intro. The Royal University of Warsaw was established in 1816.", "1816", "number", "The Royal University of Warsaw was established in what year?"),
+    ("In early August, Montcalm led 7,000 troops to the fort.", "7,000", "number", "In early August, Montcalm led how many troops to the fort?"),
+    ("In 1940 the city was 94.0% white.", "94.0", "number", "In 1940 the city was what percentage white?"),
+    ("Kublai's government after 1262 was a compromise.", "Kublai", "name", "Whose government after 1262 was a compromise?"),
+    ("However, the Lisbon Treaty was enacted in its place.", "Lisbon Treaty", "name", "What was enacted in its place?"),
+    ("As of 31 March 2008, Sky had 3,393,000 Sky+ users.", "31 March 2008", "date", "As of what date, Sky had 3,393,000 Sky+ users?"),
+    ("Transform boundaries, such as the San Andreas fault system (in California), caused earthquakes.", "San Andreas", "name",
+     "Transform boundaries, such as what fault system, caused earthquakes?"),
+    ("Paris is big. Paris is old.", "Paris", "name", "What is big?"),  # the first sentence holding the answer
+])
+def test_rules_writer_puts_a_wh_phrase_in_place_of_the_answer(passage: str, answer: str, kind: str, expected: str) -> None:
+    q = _rules(passage, answer, kind)
+    assert q == expected
+    assert not Q.leaks_answer(q, answer, "span")
+
+
+@pytest.mark.parametrize("passage, answer, kind", [
+    ("Meetings take place on Tuesday, Wednesday and Thursday.", "Wednesday", "name"),  # one item of a list
+    ("Meetings take place on Tuesday, Wednesday and Thursday.", "Tuesday", "name"),
+    ("It was founded in 1806 by the king.", "1806", "number"),  # about "it": the question would not say what
+    ("In the 2013–2014 school year fifteen courses were required.", "2014", "number"),  # half of a range
+    ("The 2004 Treaty never came into force.", "2004", "number"),  # a year used as a word
+    ("Some 5 million people lived there.", "5", "number"),  # a bare number: "Some what number million"
+    ("She said “the tower is 330 metres tall” twice.", "330", "number"),  # a quotation
+    ("The tower is a landmark.", "landmark", "sentence"),  # rules write span questions only
+])
+def test_rules_writer_refuses_ambiguous_rewrites(passage: str, answer: str, kind: str) -> None:
+    assert _rules(passage, answer, kind) == ""
+
+
+def test_rules_writer_with_a_reader_generates_deterministically(retriever) -> None:
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.teacher import FakeTeacher
+
+    class SpanReader:  # answers with the word(s) the question left out of its sentence, like a perfect reader
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def answers(self, pairs: list[Q.Pair], s: Q.QuestionSettings) -> list[str]:
+            self.asked += [p.question for p in pairs]
+            return [p.candidate.answer if len(p.candidate.answer) % 2 else "wrong" for p in pairs]
+
+    s = Q.QuestionSettings(n=3, top_k=3, hybrid=False, seed=0)
+    reader = SpanReader()
+    a = Q.generate(retriever, Q.RulesWriter(), s, reader)
+    b = Q.generate(retriever, Q.RulesWriter(), s, SpanReader())
+    assert [(i.question, i.answers) for i in a.items] == [(i.question, i.answers) for i in b.items]
+    assert a.report["kept"] == 3 and all(len(i.answers[0]) % 2 for i in a.items)
+    assert all(i.question.endswith("?") and i.answers[0] not in i.question for i in a.items)
+    assert a.report["dropped"]["answer_mismatch"] == sum(len(p.candidate.answer) % 2 == 0 for p in a.dropped if p.f1 is not None)
+    assert reader.asked and set(reader.asked) >= {i.question for i in a.items}
+    with pytest.raises(ConfigError, match="rules writer cannot answer"):
+        Q.generate(retriever, Q.RulesWriter(), s)  # no reader: the rules writer has no model to answer with
+    assert Q.generate(retriever, FakeTeacher(), s).report["kept"] == 3  # a chat model writes and reads
+
+
+def test_candidates_come_in_passes_until_every_chunk_is_used_up(retriever) -> None:
+    from collections import Counter
+
+    counts: Counter = Counter()
+    s = Q.QuestionSettings(n=1, per_chunk=2, seed=0)
+    got = list(Q.candidate_stream(retriever.store, s, counts))
+    chunks = list(retriever.store.iter_chunks())
+    every = {(c.id, a) for c in chunks for a, _ in Q.candidate_answers(c.text)}
+    assert {(c.chunk_id, c.answer) for c in got} == every and len(got) == len(every)  # each candidate once, all of them
+    first_pass = got[: sum(min(2, len(Q.candidate_answers(c.text))) for c in chunks)]
+    assert len({c.chunk_id for c in first_pass}) == len([c for c in chunks if Q.candidate_answers(c.text)])  # every chunk before seconds
+    assert counts["chunks"] == len(chunks) and counts["exhausted"] == 1
+
+
+def test_adapter_reader_takes_the_best_non_abstaining_answer_from_the_chunk() -> None:
+    from rag_pipeline.ask import ABSTAIN
+
+    class Ans:
+        def __init__(self, raw: str) -> None:
+            self.raw, self.abstained = raw, raw == ABSTAIN
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.calls: list[dict] = []
+
+        def answer_batch(self, questions, contexts=None, margins=False, grounded=None):
+            self.calls.append({"questions": questions, "contexts": contexts, "margins": margins})
+            return [Ans(ABSTAIN if "fog" in q else "Agnes Corran [1]") for q in questions]
+
+    pipe = Pipe()
+    pairs = [Q.Pair(Q.Candidate(f"c{i}", "d", "Agnes Corran designed it. Fog came.", "Agnes Corran", "name"), q)
+             for i, q in enumerate(["Who designed it?", "What came, the fog?", "Who designed it again?"])]
+    out = Q.AdapterReader(pipe).answers(pairs, Q.QuestionSettings(n=1, batch_size=2))
+    assert out == ["Agnes Corran", "", "Agnes Corran"]
+    assert [len(c["questions"]) for c in pipe.calls] == [2, 1] and all(c["margins"] for c in pipe.calls)
+    assert pipe.calls[0]["contexts"][0] == [{"id": "c0", "doc_id": "d", "title": "", "text": "Agnes Corran designed it. Fog came."}]
+
+
+def test_question_models_follow_the_config(small_index, tmp_path: Path) -> None:
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.raft import RaftConfig, question_models
+    from rag_pipeline.teacher import FakeTeacher
+
+    base = dict(index=str(small_index[0]), output=str(tmp_path / "o"), generate_questions=2, qa_dir="")
+    writer, reader = question_models(RaftConfig(**base, question_generator="fake"), None)
+    assert isinstance(writer, FakeTeacher) and reader is None  # the writer reads
+    writer, reader = question_models(RaftConfig(**base, question_reader="fake"), None)
+    assert isinstance(writer, Q.RulesWriter) and isinstance(reader, FakeTeacher)
+    with pytest.raises(InputError, match="question reader adapter .*nowhere does not exist"):
+        question_models(RaftConfig(**base, question_reader=f"adapter:{tmp_path / 'nowhere'}"), None)
+    with pytest.raises(ConfigError, match="rules writes questions for span answers"):
+        question_models(RaftConfig(**base, question_style="sentence", question_reader="fake"), None)
+
+
+# ---------------------------------------------------------------------------------------------
 # hf: backend on a tiny model
 # ---------------------------------------------------------------------------------------------
 
