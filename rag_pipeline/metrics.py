@@ -39,6 +39,8 @@ _ABSTAIN_PATTERNS = [re.compile(p) for p in (
     r"^(no|not enough) (answer|information) (is |was )?(found|given|provided|available|in)",
     r"^(the )?answer (is not|isn't|cannot be) (found|given|provided|in|determined)",
     r"^(unanswerable|not answerable|cannot be answered)",
+    # the tuned model's own variants, any subject: "The papers / manuscripts / documentation don't contain the answer."
+    r"^(the |these |provided |given )*[a-z]+( provided| given)? (do|does|did) ?n[o']?t (contain|include|provide|have|give) (the |an |any )?(answer|information)( to (the|this|your) question)?$",
 )]
 
 

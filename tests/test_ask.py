@@ -170,12 +170,16 @@ def test_generator_abstention_is_normalized(pipe: A.Pipeline, monkeypatch: pytes
 
 @pytest.mark.parametrize("text", [ABSTAIN, "the documents don't contain the answer", "The documents do not contain the answer.",
                                   "I cannot answer this question based on the documents.", "There is no information about it.",
-                                  "The context does not mention who led them.", "Unanswerable."])
+                                  "The context does not mention who led them.", "Unanswerable.",
+                                  # the one-epoch adapter's best non-abstaining continuation, seen in evaluate's predictions
+                                  "The manuscripts don't contain the answer.", "The papers don't contain the answer.",
+                                  "The documentation doesn't contain the answer."])
 def test_is_abstention_accepts_paraphrases(text: str) -> None:
     assert A.is_abstention(text)
 
 
-@pytest.mark.parametrize("text", ["Bohemond [1]", "No [2]", "The documents mention Paris [1]", "", "Deabolis, not Valona [3]"])
+@pytest.mark.parametrize("text", ["Bohemond [1]", "No [2]", "The documents mention Paris [1]", "", "Deabolis, not Valona [3]",
+                                  "The Normans did not have the answer to the Byzantine army [1]"])
 def test_is_abstention_rejects_answers(text: str) -> None:
     assert not A.is_abstention(text)
 
