@@ -58,6 +58,16 @@ class StoredChunk:
 _COLS = "row, id, doc_id, title, source, position, text"
 
 
+def open_readonly(path: Path, table: str, what: str) -> sqlite3.Connection:
+    """A read-only connection (loading never modifies the index directory), probed so corruption fails here."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise IndexError_(f"{what} {path} is corrupt ({e}): rebuild the index with --force") from None
+    return conn
+
+
 class ChunkStore:
     """Read access to ``chunks.sqlite``."""
 
@@ -65,12 +75,7 @@ class ChunkStore:
         path = Path(path)
         if not path.is_file():
             raise IndexError_(f"chunk store {path} is missing: rebuild the index with `rag-pipeline build-index`")
-        # Read-only URI: loading never modifies the index directory.
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            self.conn.execute("SELECT count(*) FROM chunks").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise IndexError_(f"chunk store {path} is corrupt ({e}): rebuild the index with --force") from None
+        self.conn = open_readonly(path, "chunks", "chunk store")
 
     def __len__(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
@@ -239,11 +244,7 @@ class ShardedChunkStore:
         path = self.dir / KEYS_FILE
         if not path.is_file():
             raise IndexError_(f"chunk key index {path} is missing: rebuild the index with `rag-pipeline build-index --force`")
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            self.conn.execute("SELECT count(*) FROM keys").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise IndexError_(f"chunk key index {path} is corrupt ({e}): rebuild the index with --force") from None
+        self.conn = open_readonly(path, "keys", "chunk key index")
         self._read_group = functools.lru_cache(maxsize=cache_groups)(self._decode_group)
         self._pq = pq
 
