@@ -1,25 +1,32 @@
-"""Re-score evaluate's predictions.jsonl with the current is_abstention (no generation).
+"""Re-score evaluate's predictions.jsonl with the current ``metrics.is_abstention`` (no generation).
 
     .venv/bin/python scripts/rescore_predictions.py runs/eval-v2-retrieved/predictions.jsonl
 
-Prints, per context, overall F1 / HasAns F1 / NoAns accuracy / false abstentions as run and re-scored.
+Prints, per context, SQuAD 2.0's figures and the false-abstention rate as run and re-scored, through
+evaluate's own ``aggregate``: only which answers count as abstentions changes.
 """
-import json, sys, collections
-from rag_pipeline import metrics as M
+import collections
+import json
+import sys
+
+from rag_pipeline.evaluate import aggregate
+from rag_pipeline.metrics import is_abstention
+
+
+def figures(records: list[dict], context: str) -> str:
+    m = aggregate(records, context)
+    sq, fa = m["squad2"], m["abstention"]["false_abstain_rate"]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    return (f"overall F1 {pct(sq['overall_f1'])}, HasAns F1 {pct(sq['has_f1'])}, NoAns acc. {pct(sq['noans_acc'])}, "
+            f"false abstentions {pct(fa)}")
+
+
 for path in sys.argv[1:]:
-    by = collections.defaultdict(list)
-    for l in open(path):
-        r = json.loads(l); by[r["context"]].append(r)
-    for ctx, rs in by.items():
-        out = {}
-        for mode in ("as-run", "rescored"):
-            has, noans, fa, ovr = [], [], [], []
-            for r in rs:
-                ab = r["abstained"] or (mode == "rescored" and M.is_abstention(r["raw"] or ""))
-                if r["answerable"]:
-                    f = 0.0 if ab else M.f1(r["prediction"], r["gold"]); has.append(f); fa.append(ab); ovr.append(f)
-                else:
-                    noans.append(ab); ovr.append(1.0 if ab else 0.0)
-            m = lambda x: round(100 * sum(x) / len(x), 1)
-            out[mode] = (m(ovr), m(has), m(noans), m(fa))
-        print(path, ctx, "overall/HasAnsF1/NoAns/FA", out)
+    by_context = collections.defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            by_context[r["context"]].append(r)
+    for context, records in by_context.items():
+        rescored = [{**r, "abstained": r["abstained"] or is_abstention(r["raw"] or "")} for r in records]
+        print(f"{path} {context}\n  as run:   {figures(records, context)}\n  rescored: {figures(rescored, context)}")
