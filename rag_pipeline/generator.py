@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from rag_pipeline.errors import ConfigError, InputError
@@ -398,6 +399,8 @@ def generate_with_margins(
     batch_size: int = 8,
     max_input_length: int | None = None,
     constraints: list[Any] | None = None,
+    is_refusal: Callable[[str], bool] | None = None,
+    max_refusal_retries: int = 3,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
@@ -406,11 +409,18 @@ def generate_with_margins(
     (:mod:`rag_pipeline.calibrate`). For causal models the abstention is scored on the prompt's
     key/value cache left by generation (about ten extra tokens, no second reading of the prompt).
 
+    The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front,
+    and a row whose answer is still a reworded refusal (``is_refusal``, by default
+    :func:`rag_pipeline.metrics.is_abstention`: "The papers don't contain the answer.") is decoded
+    again with that answer's opening banned too, up to ``max_refusal_retries`` times.
+
     Returns:
         (answer text, margin) per model text, in input order.
     """
     import torch
 
+    if is_refusal is None:
+        from rag_pipeline.metrics import is_abstention as is_refusal
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]
@@ -420,26 +430,46 @@ def generate_with_margins(
         encoded = [cut_middle(ids, max_input_length) for ids in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+
+    def greedy(idx: list[int], bad: list[list[int]]) -> tuple[Any, Any, list[tuple[str, list[int]]], Any, Any, Any]:
+        """One greedy pass over rows ``idx``: (ids, mask, (text, token ids) per row, answer log-probs, generate's result, first-step log-probs)."""
         ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
         ids, mask = ids.to(device), mask.to(device)
         kwargs = _constraint_kwargs([constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1) if constraints else {}
-        with torch.no_grad():
-            res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 bad_words_ids=banned, pad_token_id=pad_id, eos_token_id=eos_id,
-                                 return_dict_in_generate=True, output_logits=True, **kwargs)
-            logits = torch.stack(res.logits, 1).float().log_softmax(-1)  # (batch, steps, vocab), before the ban
-            new = res.sequences[:, -logits.shape[1]:]
-            taken = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (batch, steps)
-            alive = torch.cumprod(torch.cat([torch.ones_like(new[:, :1]), (new[:, :-1] != eos_id).long()], 1), 1)
-            answer_lp = (taken * alive).sum(1)
-            abstain_lp = _abstain_logprob(model, kind, ids, mask, res, logits[:, 0], abstain)
-        for r, i in enumerate(idx):
-            text = tokenizer.decode(new[r][alive[r].bool()], skip_special_tokens=True).strip()
-            out[i] = (text, float(abstain_lp[r] - answer_lp[r]))
+        res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
+                             return_dict_in_generate=True, output_logits=True, **kwargs)
+        logits = torch.stack(res.logits, 1).float().log_softmax(-1)  # (batch, steps, vocab), before the ban
+        new = res.sequences[:, -logits.shape[1]:]
+        taken = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (batch, steps)
+        alive = torch.cumprod(torch.cat([torch.ones_like(new[:, :1]), (new[:, :-1] != eos_id).long()], 1), 1)
+        toks = [new[r][alive[r].bool()].tolist() for r in range(len(idx))]
+        texts = [(tokenizer.decode(t, skip_special_tokens=True).strip(), t) for t in toks]
+        return ids, mask, texts, (taken * alive).sum(1), res, logits[:, 0]
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask, texts, answer_lp, res, first = greedy(idx, banned)
+            abstain_lp = _abstain_logprob(model, kind, ids, mask, res, first, abstain)
+            answers = {i: (*texts[r], float(answer_lp[r])) for r, i in enumerate(idx)}
+            extra: dict[int, list[list[int]]] = {i: [] for i in idx}
+            for _ in range(max_refusal_retries):
+                again = [i for i in idx if is_refusal(answers[i][0])]
+                if not again:
+                    break
+                for i in again:  # ban this refusal's own opening (its first two tokens) for this row
+                    opening = answers[i][1][:2]
+                    if len(opening) == 2 and opening not in extra[i]:
+                        extra[i].append(opening)
+                for i in again:  # rows differ in what they ban, so each is decoded alone
+                    _, _, t, lp, _, _ = greedy([i], banned + extra[i])
+                    answers[i] = (*t[0], float(lp[0]))
+            for r, i in enumerate(idx):
+                text, _, lp = answers[i]
+                out[i] = (text, float(abstain_lp[r]) - lp)
     model.train(was_training)
     return out
 

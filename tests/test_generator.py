@@ -187,6 +187,37 @@ def test_generate_with_margins_matches_plain_forward_passes(gen) -> None:
         assert margin == pytest.approx(ref, abs=1e-3), (answer, margin, ref)
 
 
+def test_generate_with_margins_decodes_a_reworded_refusal_again_with_its_opening_banned(gen) -> None:
+    """A row whose best answer is still a refusal is decoded again with that answer's opening banned: the
+    answer returned is the plain greedy decode under the extended ban, and the abstention's log-prob is unchanged."""
+    model, tok, kind = gen
+    texts = [to_model_text(tok, TEMPLATE, r["prompt"]) for r in raft_rows(4, seed=5)]
+    abstain = "The documents don't contain the answer."
+    plain = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=6, batch_size=4)
+    refused = plain[-1][0]  # pretend this answer is a reworded refusal
+    got = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=6, batch_size=4,
+                                  is_refusal=lambda t: t == refused, max_refusal_retries=1)
+    again = [i for i, (t, _) in enumerate(plain) if t == refused]
+    assert [g for i, g in enumerate(got) if i not in again] == [p for i, p in enumerate(plain) if i not in again]
+    ab = tok(abstain, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    for j in again:
+        prompt = G.encode_prompt(tok, kind, texts[j])
+
+        def greedy(bad: list[list[int]]) -> list[int]:
+            with torch.no_grad():
+                seq = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, bad_words_ids=bad,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            ans = seq[0, len(prompt):].tolist() if kind == "causal" else seq[0, 1:].tolist()
+            return ans[: ans.index(tok.eos_token_id) + 1] if tok.eos_token_id in ans else ans
+
+        first = greedy(G.abstain_openings(tok, ab[:2]))
+        ans = greedy(G.abstain_openings(tok, ab[:2]) + [first[:2]])
+        assert got[j][0] == tok.decode(ans, skip_special_tokens=True).strip() and ans[:2] != first[:2]
+        with torch.no_grad():
+            ref = _sequence_logprob(model, prompt, ab, kind) - _sequence_logprob(model, prompt, ans, kind)
+        assert got[j][1] == pytest.approx(ref, abs=1e-3)
+
+
 def test_pad_left_and_right() -> None:
     ids, mask = G.pad([[5, 6, 7], [8]], 0, "left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]] and ids.dtype == torch.long
