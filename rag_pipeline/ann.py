@@ -73,7 +73,9 @@ def factory_string(kind: str, dim: int, n: int, p: IndexParams) -> str:
         raise ConfigError(f"unknown index type {kind!r}: choose one of auto, flat, hnsw, ivf")
     if p.ivf_pq and dim % p.pq_m:
         raise ConfigError(f"pq_m={p.pq_m} must divide the embedding dimension {dim}: pick a divisor of {dim}")
-    return f"IVF{ivf_nlist(n, p.nlist)},{f'PQ{p.pq_m}' if p.ivf_pq else 'Flat'}"
+    # "np": no polysemous training, which only serves Hamming-filtered search (off here) and took
+    # 272 s against 3.5 s to train PQ64 on 1M vectors
+    return f"IVF{ivf_nlist(n, p.nlist)},{f'PQ{p.pq_m}np' if p.ivf_pq else 'Flat'}"
 
 
 def make_index(factory: str, dim: int, p: IndexParams):  # -> faiss.Index
