@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/rescore_predictions.py runs/eval-v2-retrieved/predictions.jsonl
 
-Prints, per context, SQuAD 2.0's figures and the false-abstention rate as run and re-scored, through
+Prints, per system and context, SQuAD 2.0's figures and the false-abstention rate as run and re-scored, through
 evaluate's own ``aggregate``: only which answers count as abstentions changes.
 """
 import collections
@@ -26,7 +26,7 @@ for path in sys.argv[1:]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            by_context[r["context"]].append(r)
-    for context, records in by_context.items():
+            by_context[r["system"], r["context"]].append(r)
+    for (system, context), records in by_context.items():
         rescored = [{**r, "abstained": r["abstained"] or is_abstention(r["raw"] or "")} for r in records]
-        print(f"{path} {context}\n  as run:   {figures(records, context)}\n  rescored: {figures(rescored, context)}")
+        print(f"{path} {system} {context}\n  as run:   {figures(records, context)}\n  rescored: {figures(rescored, context)}")

@@ -142,10 +142,15 @@ def test_search_returns_the_retrievers_hits(server, reference: Pipeline) -> None
     r = httpx.post(f"{server[0]}/v1/search", json={"query": "highest mountain Himalayas", "k": 3},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert r.status_code == 200
-    expected = reference.retriever.search("highest mountain Himalayas", 3)
+    # no "hybrid" in the request: the server's own setting, as its answers retrieve
+    expected = reference.retriever.search_batch(["highest mountain Himalayas"], 3, reference.cfg.hybrid)[0]
     assert [(h["chunk_id"], h["rank"], h["doc_id"]) for h in r.json()["hits"]] == [(h.chunk.id, h.rank, h.chunk.doc_id) for h in expected]
     assert [h["score"] for h in r.json()["hits"]] == pytest.approx([h.score for h in expected])
     assert r.json()["hits"][0]["doc_id"] == "everest" and "Himalayas" in r.json()["hits"][0]["text"]
+    dense = httpx.post(f"{server[0]}/v1/search", json={"query": "highest mountain Himalayas", "k": 3, "hybrid": False},
+                       headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()["hits"]
+    assert [h["score"] for h in dense] == pytest.approx([h.score for h in reference.retriever.search_batch(["highest mountain Himalayas"], 3, False)[0]])
+    assert reference.cfg.hybrid and [h["score"] for h in dense] != pytest.approx([h["score"] for h in r.json()["hits"]])
 
 
 def test_health_reports_ok_and_the_model(server) -> None:
@@ -437,5 +442,19 @@ def test_batch_queue_is_bounded_and_cancel_frees_a_slot() -> None:
 
 
 def test_ask_config_carries_the_serving_settings(env: dict) -> None:
-    a = ask_config(serve_cfg(env, k=3, max_batch=4, hybrid=True))
-    assert isinstance(a, AskConfig) and (a.k, a.batch_size, a.hybrid, a.index) == (3, 4, True, str(env["index"]))
+    a = ask_config(serve_cfg(env, k=3, max_batch=4, hybrid=False, grounded=True, abstain_bias=1.5))
+    assert isinstance(a, AskConfig) and (a.k, a.batch_size, a.hybrid, a.grounded, a.abstain_bias, a.index) == (3, 4, False, True, 1.5, str(env["index"]))
+
+
+def test_serve_answers_as_ask_does_by_default() -> None:
+    """Every answering setting serve shares with ask has ask's default (serve once retrieved dense-only while
+    ask, and the adapter's calibration, used hybrid retrieval: its answers differed from ask's)."""
+    import dataclasses
+
+    from rag_pipeline.serve import ServeConfig
+
+    serve, ask = {f.name: f for f in dataclasses.fields(ServeConfig)}, {f.name: f for f in dataclasses.fields(AskConfig)}
+    shared = sorted((set(serve) & set(ask)) - {"adapter", "snippet", "question"})
+    assert {"k", "hybrid", "grounded", "abstain_bias", "min_score", "max_prompt_tokens", "max_new_tokens", "dtype"} <= set(shared)
+    for name in shared:
+        assert serve[name].default == ask[name].default, name

@@ -47,7 +47,11 @@ class ServeConfig:
     max_tokens_limit: int = opt(256, "the largest max_tokens a request may ask for (422 above)")
     min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (as ask)")
     max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut to fit (as ask)")
-    hybrid: bool = opt(False, "fuse BM25 with dense retrieval")
+    hybrid: bool = opt(True, "fuse BM25 with dense retrieval (as ask, and as the reference adapter was trained and calibrated); "
+                             "--no-hybrid for dense only")
+    grounded: bool = opt(False, "grounded decoding (as ask --grounded): answers copy a span of a shown document, with its "
+                                "calibrated threshold")
+    abstain_bias: float = opt(0.0, "added to the calibrated threshold (as ask): > 0 answers more often, < 0 abstains more often")
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights (as ask): auto = bf16 where it runs fast, else fp32")
     max_batch: int = opt(8, "requests answered together in one generation batch (8: ask's batch size)")
@@ -86,8 +90,8 @@ def ask_config(cfg: ServeConfig) -> Any:
 
     return AskConfig(index=cfg.index, adapter=cfg.adapter, no_adapter=cfg.no_adapter, base_model=cfg.base_model, k=cfg.k,
                      max_new_tokens=cfg.max_new_tokens, min_score=cfg.min_score, max_prompt_tokens=cfg.max_prompt_tokens,
-                     hybrid=cfg.hybrid, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.max_batch, snippet=cfg.snippet,
-                     progress=False, seed=cfg.seed)
+                     hybrid=cfg.hybrid, grounded=cfg.grounded, abstain_bias=cfg.abstain_bias, device=cfg.device, dtype=cfg.dtype,
+                     batch_size=cfg.max_batch, snippet=cfg.snippet, progress=False, seed=cfg.seed)
 
 
 def limits_for(cfg: ServeConfig, model_id: str, api_key: str) -> Any:

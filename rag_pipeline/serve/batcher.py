@@ -356,6 +356,7 @@ class BatchWorker:
 
     def _search(self, key: tuple, group: list[Job]) -> None:
         _, k, hybrid = key
+        hybrid = self.pipe.cfg.hybrid if hybrid is None else hybrid  # None: as the server retrieves for answers
         results = self.pipe.retriever.search_batch([j.text for j in group], k, hybrid)
         for job, hits in zip(group, results):
             job.emit("done", hits)

@@ -140,7 +140,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1)
     k: int = Field(5, ge=1, le=50)
-    hybrid: bool = False
+    hybrid: bool | None = None  # None: as the server answers (serve --hybrid, the default, or --no-hybrid)
 
 
 class SearchHit(BaseModel):
