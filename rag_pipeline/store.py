@@ -59,8 +59,12 @@ _COLS = "row, id, doc_id, title, source, position, text"
 
 
 def open_readonly(path: Path, table: str, what: str) -> sqlite3.Connection:
-    """A read-only connection (loading never modifies the index directory), probed so corruption fails here."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    """A read-only connection (loading never modifies the index directory), probed so corruption fails here.
+
+    The URI is percent-encoded (``Path.as_uri``): a directory named with ``#``, ``?`` or ``%`` opens
+    the file it names, not a truncated path.
+    """
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     try:
         conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     except sqlite3.DatabaseError as e:
@@ -423,7 +427,7 @@ def vectors_by_id(index_dir: str | Path, manifest: dict) -> tuple[Callable[[list
     """A lookup of stored embeddings by chunk id (for ``build-index --update``) and its close function."""
     index_dir = Path(index_dir)
     if layout(manifest) == "sharded":
-        keys = sqlite3.connect(f"file:{index_dir / KEYS_FILE}?mode=ro", uri=True, check_same_thread=False)
+        keys = open_readonly(index_dir / KEYS_FILE, "keys", "chunk key index")
         vectors = ShardVectors(index_dir, shard_rows(manifest), int(manifest["embedder"]["dim"]))
 
         def lookup(ids: list[str]) -> dict[str, np.ndarray]:
@@ -436,7 +440,7 @@ def vectors_by_id(index_dir: str | Path, manifest: dict) -> tuple[Callable[[list
             return {cid: v for (cid, _), v in zip(found, vecs)}
 
         return lookup, keys.close
-    db = sqlite3.connect(f"file:{index_dir / STORE_FILE}?mode=ro", uri=True, check_same_thread=False)
+    db = open_readonly(index_dir / STORE_FILE, "chunks", "chunk store")
 
     def lookup_sqlite(ids: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

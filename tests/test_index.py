@@ -115,6 +115,22 @@ def test_update_equals_full_rebuild(tmp_path, hashing_embedder) -> None:
     assert "moon" not in {c.doc_id for c in a.store.iter_chunks()}
 
 
+@pytest.mark.parametrize("layout", ["sqlite", "sharded"])
+def test_index_directory_named_with_uri_characters_loads_and_updates(tmp_path, hashing_embedder, layout) -> None:
+    """SQLite files are opened by URI: '#', '?' and '%' in a user's directory name must not cut the path short."""
+    rows = [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()]
+    src = write_jsonl(tmp_path / "in" / "docs.jsonl", rows)
+    target = tmp_path / "team #2 ?v=1 100%" / "idx"
+    cfg = IndexConfig(paths=[str(src)], index=str(target), embedder="hashing:64", layout=layout)
+    build_index(cfg, embedder=hashing_embedder)
+    write_jsonl(src, rows[:-1])  # --update reads the old vectors through the same opener
+    upd = build_index(IndexConfig(paths=[str(src)], index=str(target), embedder="hashing:64", layout=layout, update=True),
+                      embedder=hashing_embedder)
+    assert upd["counts"] == {"embedded": 0, "reused": len(rows) - 1}
+    r = Retriever.load(target, embedder=hashing_embedder)
+    assert len(r) == len(rows) - 1 and r.search(rows[0]["text"], 1)[0].chunk.doc_id == rows[0]["id"]
+
+
 def test_update_with_other_embedder_is_refused(small_index) -> None:
     from rag_pipeline.embed import HashingEmbedder
 
