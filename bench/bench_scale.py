@@ -65,11 +65,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="scratch directory (vectors and indexes; 10M needs ~17 GB); default: a temporary one, removed")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory's vectors and indexes")
     p.add_argument("--shard-rows", type=int, default=65536, help="vectors per shard")
-    p.add_argument("--factory", default="auto", help="FAISS factory string; auto: OPQ64,IVF{nlist}_HNSW32,PQ64np with nlist 4096 up to 2M, 16384 above")
+    p.add_argument("--factory", default="auto", help="FAISS factory string; auto: build-index's own above 1M chunks (ann.scale_factory), "
+                   "OPQ64,IVF{nlist}_HNSW32,PQ64np with nlist 4096 up to 2M, 16384 above")
     p.add_argument("--rerank", type=int, default=10, help="re-rank the top k*R candidates by exact inner product (0 = PQ distances only)")
     p.add_argument("--target-recall", type=float, default=0.9, help="nprobe is the smallest reaching this on the corpus's own vectors")
     p.add_argument("--queries", type=int, default=1000, help="held-out queries")
     p.add_argument("--max-nprobe", type=int, default=2048, help="the tuning helper tries nprobe up to this (an exhaustive scan at 10M takes long)")
+    p.add_argument("--sweep-nprobe", default="", help="also measure these nprobe values (comma-separated) on the held-out queries, "
+                   "each with every --sweep-rerank: the recall / speed trade-off beside the tuned setting")
+    p.add_argument("--sweep-rerank", default="0,10,20", help="re-rank factors R of the sweep (0 = PQ distances only)")
+    p.add_argument("--compare", action="append", default=[], metavar="FACTORY",
+                   help="also build this factory (repeatable; e.g. a fast-scan 'OPQ64,IVF4096_HNSW32,PQ64x4fs', which the "
+                        "on-disk merge cannot take) in memory, not sharded, and sweep it over the same grid")
+    p.add_argument("--reuse-index", action="store_true", help="search the index an earlier --keep run left in --out instead of "
+                   "building it again (no build figures; for --sweep-nprobe / --compare runs)")
     p.add_argument("--repeats", type=int, default=3, help="timed search runs; the median is reported")
     p.add_argument("--threads", type=int, default=0, help="FAISS (OpenMP) threads; 0 = all cores")
     p.add_argument("--seed", type=int, default=0)
@@ -122,12 +131,10 @@ def write_vectors(root: Path, n: int, shard_rows: int, seed: int) -> list[int]:
 
 
 def factory_for(n: int, spec: str) -> str:
-    from rag_pipeline.ann import ivf_nlist
+    """``--factory``, or with auto the index ``build-index --index-type auto`` builds above 1M chunks."""
+    from rag_pipeline.ann import scale_factory
 
-    if spec != "auto":
-        return spec
-    # 39+ training points per list; "np": no polysemous training (unused by this search, and slow)
-    return f"OPQ64,IVF{ivf_nlist(n, 4096 if n <= 2_000_000 else 16384)}_HNSW32,PQ64np"
+    return spec if spec != "auto" else scale_factory(DIM, n)
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -246,8 +253,48 @@ def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
         out[label] = {"recall": ann.recall_at_k(ids, truth, K), "seconds": med, "qps": len(queries) / med,
                       "faiss_qps": len(queries) / statistics.median(t.faiss for t in timings),
                       "rerank_s": statistics.median(t.rerank for t in timings)}
+    out["sweep"] = sweep(args, index, kind, queries, truth, vectors)
+    ann.apply_search_params(index, kind, tuning.value, 64)
     out["peak_rss"] = vm("VmHWM")
+    del index
+    out["compare"] = [compare(args, factory, n, queries, truth, vectors) for factory in args.compare]
     return out
+
+
+def compare(args: argparse.Namespace, factory: str, n: int, queries: np.ndarray, truth: np.ndarray, vectors) -> dict:
+    """``--compare``: ``factory`` trained on the same sample size and filled shard by shard in memory
+    (one process, not sharded), then swept over the same (nprobe, R) grid."""
+    from rag_pipeline import ann
+
+    index = ann.make_index(factory, DIM, params(args))
+    t = time.perf_counter()
+    ann.train(index, vectors.get_rows(ann.sample_rows(n, ann.train_size(index, n), args.seed), keep_mapped=False))
+    for _, part in vectors.iter_shards():
+        index.add(np.ascontiguousarray(part))
+    seconds = time.perf_counter() - t
+    print(f"compare    : {factory} built in memory in {seconds:.0f} s", flush=True)
+    return {"factory": factory, "seconds": seconds, "sweep": sweep(args, index, ann.kind_of(index), queries, truth, vectors, factory)}
+
+
+def sweep(args: argparse.Namespace, index, kind: str, queries: np.ndarray, truth: np.ndarray, vectors, label: str = "") -> list[dict]:
+    """Recall@10 and q/s of the held-out queries at each (nprobe, R) of ``--sweep-nprobe`` x ``--sweep-rerank``
+    (one timed batch of all the queries each; the tuned measurement before has warmed the caches)."""
+    from rag_pipeline import ann
+
+    points = []
+    for nprobe in [int(v) for v in args.sweep_nprobe.split(",") if v.strip()]:
+        ann.apply_search_params(index, kind, nprobe, 64)
+        for rerank in [int(v) for v in args.sweep_rerank.split(",") if v.strip()]:
+            tm = ann.SearchTimings()
+            t = time.perf_counter()
+            _, ids = ann.search(index, queries, K, rerank, vectors, tm)
+            seconds = time.perf_counter() - t
+            p = {"nprobe": nprobe, "rerank": rerank, "recall": ann.recall_at_k(ids, truth, K), "qps": len(queries) / seconds,
+                 "faiss_qps": len(queries) / tm.faiss, "rerank_s": tm.rerank}
+            points.append(p)
+            print(f"sweep      : {label + ' ' if label else ''}nprobe {nprobe:>5} R {rerank:>3}: Recall@{K} {p['recall']:.3f}; {p['qps']:.0f} q/s "
+                  f"({p['faiss_qps']:.0f} q/s in FAISS, re-rank {p['rerank_s']:.2f} s)", flush=True)
+    return points
 
 
 # ---------------------------------------------------------------------------------------- real model
@@ -319,8 +366,12 @@ def one_size(args: argparse.Namespace, n: int) -> dict:
     rows = write_vectors(root, n, args.shard_rows, args.seed)
     (root / "rows.json").write_text(json.dumps(rows))
     print(f"vectors    : {len(rows)} shards written in {time.perf_counter() - t:.0f} s ({gib(n * DIM * 4)} on disk)", flush=True)
-    build = run_child("build", args, n)
-    print(f"build      : {build['seconds']:.0f} s, peak RSS {gib(build['peak_rss'])}, index {gib(build['bytes'])} (sharded, merged on disk)", flush=True)
+    if args.reuse_index and (root / "index.faiss").is_file():
+        build = None
+        print(f"build      : the index an earlier run kept in {root} (--reuse-index)", flush=True)
+    else:
+        build = run_child("build", args, n)
+        print(f"build      : {build['seconds']:.0f} s, peak RSS {gib(build['peak_rss'])}, index {gib(build['bytes'])} (sharded, merged on disk)", flush=True)
     base = run_child("baseline", args, n) if n <= args.baseline_build_max else None
     if base:
         print(f"baseline   : {base['seconds']:.0f} s, peak RSS {gib(base['peak_rss'])} (non-sharded: all vectors in memory, one add)", flush=True)
@@ -348,9 +399,21 @@ def print_tables(args: argparse.Namespace, table: list[dict], real: list[tuple[s
         b, s, base = row["build"], row["search"], row["base"]
         rr = s.get("rerank", s["pq"])
         base_cell = f"{base['seconds'] / 60:.1f} min, {gib(base['peak_rss'])}" if base else "not run"
-        print(f"| {row['n']:,} | `{factory_for(row['n'], args.factory)}` | {b['seconds'] / 60:.1f} min | {gib(b['peak_rss'])} | {gib(b['bytes'])} | "
+        built = f"{b['seconds'] / 60:.1f} min | {gib(b['peak_rss'])} | {gib(b['bytes'])}" if b else "reused | | "
+        print(f"| {row['n']:,} | `{factory_for(row['n'], args.factory)}` | {built} | "
               f"{s['nprobe']} | {s['pq']['recall']:.3f} | {rr['recall']:.3f} | {rr['qps']:.0f} ({rr['faiss_qps']:.0f}) | "
               f"{args.queries / s['exact_s']:.1f} | {base_cell} |")
+    for row in table:
+        runs = [(factory_for(row["n"], args.factory), "sharded build", row["search"].get("sweep"))]
+        runs += [(c["factory"], f"in memory, built in {c['seconds'] / 60:.1f} min", c["sweep"]) for c in row["search"].get("compare", [])]
+        if not any(points for _, _, points in runs):
+            continue
+        print(f"\nRecall / speed trade-off at {row['n']:,} vectors (held-out queries, one batch each):\n")
+        print("| index | nprobe | R | Recall@10 | q/s | q/s in FAISS |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for factory, how, points in runs:
+            for p in points or []:
+                print(f"| `{factory}` ({how}) | {p['nprobe']} | {p['rerank']} | {p['recall']:.3f} | {p['qps']:.0f} | {p['faiss_qps']:.0f} |")
     if real:
         print("\nReal model (all-MiniLM-L6-v2) on the bundled corpus, same run:\n")
         print("| engine | chunks | seconds | chunks/s |")

@@ -7,7 +7,7 @@ the retriever and ``bench/bench_scale.py``:
   inner product on unit vectors (cosine), named by a FAISS ``index_factory`` string that the
   manifest records;
 - the sharded build: :func:`train` once on a seeded sample (:func:`sample_rows`), then
-  :func:`add_shard` each shard of vectors to a copy of the trained empty index (in parallel on
+  :func:`add_shard_file` each group of shards of vectors to a copy of the trained empty index (in parallel on
   Ray workers, or one after another), and :func:`merge_on_disk` the IVF shards into on-disk
   inverted lists, so no step holds all the vectors or two copies of the lists;
 - search settings: :func:`apply_search_params` (``nprobe``, HNSW ``efSearch``), and
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means warns below this many training points per centroid
 TRAIN_POINTS_FLOOR = 100_000  # sample at least this many (when the corpus has them), at most 256 per list
+TRAIN_POINTS_CAP = 1_000_000  # and at most this many (1.5 GB at 384-d) unless 39 per list needs more: bounded memory at any n
 
 
 class IndexParams(Protocol):
@@ -76,6 +77,30 @@ def factory_string(kind: str, dim: int, n: int, p: IndexParams) -> str:
     # "np": no polysemous training, which only serves Hamming-filtered search (off here) and took
     # 272 s against 3.5 s to train PQ64 on 1M vectors
     return f"IVF{ivf_nlist(n, p.nlist)},{f'PQ{p.pq_m}np' if p.ivf_pq else 'Flat'}"
+
+
+SCALE_RERANK = 10  # the re-rank factor of scale_factory's index (R = 10: the top 100 candidates of a top-10 search)
+
+
+def scale_factory(dim: int, n: int, nlist: int = 0) -> str:
+    """The index ``--index-type auto`` builds above a million chunks, as ``bench/bench_scale.py``
+    measures it: OPQ-rotated 8-bit PQ codes of one byte per 6 dimensions (64 bytes at 384-d, 0.7 GB
+    of codes and ids at 10M), IVF with 4,096 lists up to 2M vectors and 16,384 above (``nlist``
+    when set), an HNSW coarse quantizer, no polysemous training (``np``). Searched with
+    :data:`SCALE_RERANK` exact re-ranking: PQ distances alone found 0.40 of the true top 10 at 1M."""
+    m = max(d for d in range(1, max(1, dim // 6) + 1) if dim % d == 0)
+    return f"OPQ{m},IVF{ivf_nlist(n, nlist or (4096 if n <= 2_000_000 else 16384))}_HNSW32,PQ{m}np"
+
+
+def gpu_clonable(index) -> bool:
+    """Whether ``index_cpu_to_all_gpus`` can take ``index``: flat, or IVF over a flat coarse quantizer
+    (FAISS has no GPU HNSW, so :func:`scale_factory`'s index is built on the CPU)."""
+    import faiss
+
+    ivf = _ivf(index)
+    if ivf is None:
+        return kind_of(index) == "flat"
+    return isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat)
 
 
 def make_index(factory: str, dim: int, p: IndexParams):  # -> faiss.Index
@@ -190,12 +215,14 @@ def c_stdout_silenced() -> Iterator[None]:
 
 
 def train_size(index, n: int) -> int:
-    """How many vectors to train on: none for untrained-free indexes; for IVF, 256 per list but at
-    least 100k (and 39 per list), never more than ``n``."""
+    """How many vectors to train on: none for untrained-free indexes; for IVF, 256 per list up to
+    1M (:data:`TRAIN_POINTS_CAP`, so the sample's memory does not grow with the corpus: 16,384 lists
+    would otherwise take 4.2M vectors, 6.4 GB at 384-d, twice over behind OPQ), but at least 100k
+    and 39 per list; never more than ``n``."""
     if index.is_trained:
         return 0
     nlist = nlist_of(index) or 1
-    return min(n, 256 * nlist, max(TRAIN_POINTS_FLOOR, MIN_POINTS_PER_LIST * nlist))
+    return min(n, max(min(256 * nlist, TRAIN_POINTS_CAP), TRAIN_POINTS_FLOOR, MIN_POINTS_PER_LIST * nlist))
 
 
 def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -245,24 +272,22 @@ def _train_two_level(index, x: np.ndarray) -> None:
     index.train(x)  # the quantizer is full, so only the encoder (PQ) is trained here
 
 
-def add_shard(trained, vectors: np.ndarray, first_row: int):  # -> faiss.Index
-    """A copy of the trained empty IVF index holding ``vectors`` as rows ``first_row...``."""
+def add_shard_file(trained_path: str, vectors_paths: list[str], first_row: int, out_path: str) -> int:
+    """What a worker runs: the trained empty index read from ``trained_path``, the ``.npy`` files of
+    ``vectors_paths`` (consecutive shards, memory-mapped, added one at a time) added as rows
+    ``first_row...``, written to ``out_path``; returns the vectors added."""
     import faiss
 
-    shard = faiss.clone_index(trained)
-    ids = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
-    shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-    return shard
-
-
-def add_shard_file(trained_path: str, vectors_path: str, first_row: int, out_path: str) -> int:
-    """:func:`add_shard` between files (what a worker runs): returns the vectors added."""
-    import faiss
-
-    trained = faiss.read_index(trained_path)
-    vectors = np.load(vectors_path, mmap_mode="r")
-    faiss.write_index(add_shard(trained, vectors, first_row), out_path)
-    return len(vectors)
+    index = faiss.read_index(trained_path)
+    if index.ntotal:
+        raise ValueError(f"{trained_path} is not empty ({index.ntotal} vectors)")
+    row = first_row
+    for path in vectors_paths:
+        vectors = np.load(path, mmap_mode="r")
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(row, row + len(vectors), dtype=np.int64))
+        row += len(vectors)
+    faiss.write_index(index, out_path)
+    return row - first_row
 
 
 def merge_on_disk(trained_path: Path, shard_paths: list[Path], index_path: Path, ivfdata_path: Path) -> int:

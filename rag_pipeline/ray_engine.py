@@ -11,7 +11,8 @@ else imports Ray, so the default engine runs without it. What runs where:
 - embedding runs in a second actor pool, one actor per GPU, or per ``--worker-cpus`` CPUs where
   the cluster has no GPU (:class:`EmbedWorker`: the model loaded once per actor), each writing
   whole shards (Parquet chunks + ``.npy`` vectors);
-- each shard is added to a copy of the trained empty index by a Ray task.
+- each group of consecutive shards (at least 65,536 vectors) is added to a copy of the trained empty
+  index by a Ray task.
 
 Workers read the inputs and write into the index's temporary directory themselves, so on a
 multi-node cluster every node must see the inputs and the index's parent folder at the same path
@@ -107,11 +108,14 @@ def _load_embedder(name: str, device: str, trust_remote_code: bool, weights_hash
                                  "as a path on the shared filesystem)")
 
 
-def _set_threads(threads: int) -> None:
-    """Limit torch and FAISS to the CPUs this worker was given (they default to every core)."""
+def _set_threads(threads: int, torch: bool = True) -> None:
+    """Limit FAISS (and torch, unless ``torch`` is False) to the CPUs this worker was given (they
+    default to every core). A FAISS-only task skips torch: importing it takes seconds of a CPU lease."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
+    if not torch:
+        return
     with contextlib.suppress(ImportError):
         import torch
 
@@ -176,8 +180,8 @@ def _raise_returned_error(results: list[dict]) -> None:
             raise (cls if isinstance(cls, type) and issubclass(cls, RagError) else RagError)(r["message"])
 
 
-def _add_shard(job: tuple[str, str, int, str], threads: int) -> int:
-    _set_threads(threads)
+def _add_shard(job: tuple[str, list[str], int, str], threads: int) -> int:
+    _set_threads(threads, torch=False)
     return ann.add_shard_file(*job)
 
 
@@ -231,11 +235,17 @@ class RayRunner:
                   "reuse_from": (str(reuse_from[0]), reuse_from[1]) if reuse_from else None}
         return self._map(jobs, EmbedWorker, kwargs, self.workers, self.cpus_per_worker, 1 if self.use_gpu else 0)
 
-    def add(self, jobs: list[tuple[str, str, int, str]]) -> list[int]:
+    def add(self, jobs: list[tuple[str, list[str], int, str]]) -> list[int]:
         import ray
 
         task = ray.remote(_add_shard).options(num_cpus=self.cpus_per_worker)
-        return ray.get([task.remote(j, self.cpus_per_worker) for j in jobs])
+        refs = [task.remote(j, self.cpus_per_worker) for j in jobs]
+        try:
+            return ray.get(refs)
+        except BaseException:  # a failed shard (or Ctrl-C): the others would go on holding the cluster's CPUs
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
 
     def describe(self) -> dict:
         return {"name": self.name, "workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpu": self.use_gpu, **self.cluster}

@@ -12,8 +12,9 @@ unit after another (:class:`LocalRunner`) or on Ray workers (:mod:`rag_pipeline.
    the SQLite layout's unique index does), rows numbered in input order, shards of ``shard_size``
    rows (so a build's rows, vectors and index do not depend on how many workers made them);
 4. :func:`embed_shard` (worker): embed (or, with ``--update``, reuse) one shard's chunks, write it;
-5. :func:`build_faiss` (driver, adds on workers): train once on a seeded sample, add each shard
-   to a copy of the trained empty index, merge the copies on disk.
+5. :func:`build_faiss` (driver, adds on workers): train once on a seeded sample, add each group
+   of consecutive shards (:func:`add_jobs`) to a copy of the trained empty index, merge the copies
+   on disk.
 
 Only hashes (16 bytes per chunk), keep masks (1 bit per chunk) and counts pass through the driver.
 """
@@ -227,10 +228,28 @@ def embed_shard(job: dict, encode: Callable[[list[str]], np.ndarray], dim: int, 
 # -------------------------------------------------------------------------------------- 5. FAISS
 
 
+ADD_ROWS = 65_536  # vectors per add job at least: each job writes a copy of the trained index (30 MB at 16,384 lists)
+
+
+def add_jobs(rows: list[int], out_dir: Path, scratch: Path, trained: Path, add_rows: int) -> list[tuple[str, list[str], int, str]]:
+    """:func:`ann.add_shard_file` jobs over consecutive whole shards of at least ``add_rows`` vectors
+    each (the last may hold fewer): 10M chunks in the default 8,192-row shards would otherwise write
+    1,221 copies of the trained index (36 GB of scratch at 16,384 lists) before the merge."""
+    jobs, group, first = [], [], 0
+    for i, r in enumerate(rows):
+        group.append(i)
+        if sum(rows[j] for j in group) >= add_rows or i == len(rows) - 1:
+            jobs.append((str(trained), [str(out_dir / shard_files(j)[1]) for j in group], first, str(scratch / f"ivf-{len(jobs):05d}.index")))
+            first += sum(rows[j] for j in group)
+            group = []
+    return jobs
+
+
 def build_faiss(out_dir: Path, scratch: Path, rows: list[int], dim: int, factory: str, params: ann.IndexParams, seed: int,
-                add_all: Callable[[list[tuple[str, str, int, str]]], list[int]]):  # -> faiss.Index
-    """Train on a seeded sample, add the shards (``add_all`` runs :func:`ann.add_shard_file` jobs,
-    in parallel or not), merge IVF shards on disk; returns the written index, read back."""
+                add_all: Callable[[list[tuple[str, list[str], int, str]]], list[int]], add_rows: int | None = None):  # -> faiss.Index
+    """Train on a seeded sample, add the shards in jobs of ``add_rows`` (default :data:`ADD_ROWS`)
+    vectors (``add_all`` runs :func:`ann.add_shard_file` jobs, in parallel or not), merge IVF shards
+    on disk; returns the written index, read back."""
     import faiss
 
     n = sum(rows)
@@ -248,11 +267,10 @@ def build_faiss(out_dir: Path, scratch: Path, rows: list[int], dim: int, factory
     trained = Path(scratch) / "trained.index"
     faiss.write_index(index, str(trained))
     del index
-    starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
-    jobs = [(str(trained), str(out_dir / shard_files(i)[1]), int(starts[i]), str(Path(scratch) / f"ivf-{i:05d}.index")) for i in range(len(rows))]
+    jobs = add_jobs(rows, out_dir, Path(scratch), trained, add_rows or ADD_ROWS)
     t = time.perf_counter()
     added = add_all(jobs)
-    log.info("added %d vectors in %d shards in %.1f s", sum(added), len(jobs), time.perf_counter() - t)
+    log.info("added %d vectors in %d jobs of %d shards in %.1f s", sum(added), len(jobs), len(rows), time.perf_counter() - t)
     ann.merge_on_disk(trained, [Path(j[3]) for j in jobs], out_dir / INDEX_FILE, out_dir / IVFDATA_FILE)
     for j in jobs:
         Path(j[3]).unlink()
@@ -285,7 +303,7 @@ class LocalRunner:
         finally:
             close()
 
-    def add(self, jobs: list[tuple[str, str, int, str]]) -> list[int]:
+    def add(self, jobs: list[tuple[str, list[str], int, str]]) -> list[int]:
         return [ann.add_shard_file(*j) for j in jobs]
 
     def describe(self) -> dict:

@@ -72,9 +72,10 @@ def test_rerank_returns_the_exact_order_of_the_candidates() -> None:
 
 
 @pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,PQ8"])
-def test_sharded_build_equals_single_shard_build_at_exhaustive_nprobe(tmp_path: Path, factory: str) -> None:
-    """Adding shards to copies of the trained index and merging on disk gives the index a single
-    shard gives: the same (row, score) results, here at nprobe = nlist (exhaustive)."""
+@pytest.mark.parametrize(("add_rows", "jobs"), [(1, 5), (1500, 3)])  # one add job per shard; shards grouped 2 + 2 + 1
+def test_sharded_build_equals_single_shard_build_at_exhaustive_nprobe(tmp_path: Path, factory: str, add_rows: int, jobs: int) -> None:
+    """Adding shards (alone or in groups) to copies of the trained index and merging on disk gives
+    the index a single shard gives: the same (row, score) results, here at nprobe = nlist (exhaustive)."""
     x, q = clustered(4000, 32, 4), clustered(50, 32, 5)
     cfg = IndexConfig(nprobe=32)
     results = {}
@@ -82,8 +83,15 @@ def test_sharded_build_equals_single_shard_build_at_exhaustive_nprobe(tmp_path: 
         out = tmp_path / name
         rows = write_shards(out, x, sizes)
         (tmp_path / f"scratch-{name}").mkdir()
-        index = build_faiss(out, tmp_path / f"scratch-{name}", rows, 32, factory, cfg, seed=0, add_all=LocalRunner(None, 64).add)
+        seen: list[int] = []
+
+        def add_all(batch: list) -> list[int]:
+            seen.append(len(batch))
+            return LocalRunner(None, 64).add(batch)
+
+        index = build_faiss(out, tmp_path / f"scratch-{name}", rows, 32, factory, cfg, seed=0, add_all=add_all, add_rows=add_rows)
         assert index.ntotal == 4000 and (out / "index.ivfdata").is_file()
+        assert seen == [1 if name == "one" else jobs]
         reread = read_faiss_index(out, on_disk=True)
         ann.apply_search_params(reread, "ivf", 32, 16)
         results[name] = reread.search(q, 10)
@@ -158,7 +166,7 @@ def test_merge_keeps_only_the_shards_inverted_lists_alive(tmp_path: Path, monkey
 
     monkeypatch.setattr(faiss, "read_index", read_index)
     monkeypatch.setattr(faiss.OnDiskInvertedLists, "merge_from_multiple", merge_from_multiple)
-    index = build_faiss(out, scratch, rows, 32, "IVF16,Flat", IndexConfig(nprobe=16), seed=0, add_all=LocalRunner(None, 64).add)
+    index = build_faiss(out, scratch, rows, 32, "IVF16,Flat", IndexConfig(nprobe=16), seed=0, add_all=LocalRunner(None, 64).add, add_rows=1)
     assert len(shard_indexes) == 5 and alive_at_merge == [0]
     maps = Path("/proc/self/maps")
     if maps.exists():  # Linux: the shards' lists were unmapped after the merge, not leaked
@@ -223,3 +231,28 @@ def faiss_quantizer_size(index) -> int:
     import faiss
 
     return int(faiss.extract_index_ivf(index).quantizer.ntotal)
+
+
+@pytest.mark.parametrize(("nlist", "n", "expected"), [
+    (16, 10**6, 100_000),           # the floor: 100k points, though 256 per list would be 4,096
+    (4096, 10**6, 10**6),           # 256 per list is 1.05M: the whole corpus of 1M
+    (4096, 500_000, 500_000),       # never more than n
+    (16384, 10**7, 1_000_000),      # 256 per list would be 4.2M (6.4 GB at 384-d): capped at 1M
+    (65536, 10**8, 39 * 65536),     # the cap gives way to 39 points per list (FAISS's k-means minimum)
+])
+def test_training_sample_is_bounded_whatever_the_corpus_size(nlist: int, n: int, expected: int) -> None:
+    """The sharded build holds its training sample in memory (twice behind OPQ), so it must not grow with n."""
+    index = ann.make_index(f"IVF{nlist},PQ8np", 32, IndexConfig())
+    assert ann.train_size(index, n) == expected
+    assert ann.train_size(ann.make_index("Flat", 32, IndexConfig()), n) == 0
+
+
+def test_add_jobs_group_whole_consecutive_shards_of_at_least_add_rows(tmp_path: Path) -> None:
+    """Small shards are added in groups, so the scratch copies of the trained index stay few; every row is in one job, in order."""
+    from rag_pipeline.sharded import add_jobs
+
+    jobs = add_jobs([100, 100, 100, 50, 300, 20], tmp_path, tmp_path / "s", tmp_path / "t", 250)
+    assert [(len(paths), first) for _, paths, first, _ in jobs] == [(3, 0), (2, 300), (1, 650)]
+    assert [Path(p).name for p in jobs[1][1]] == ["part-00003.npy", "part-00004.npy"]
+    assert len({j[3] for j in jobs}) == 3 and all(j[0] == str(tmp_path / "t") for j in jobs)
+    assert add_jobs([10] * 4, tmp_path, tmp_path, tmp_path / "t", 1)[3][2] == 30  # one shard per job

@@ -300,3 +300,39 @@ def test_only_shard_files_and_ivfdata_are_verified_by_their_ends(tmp_path) -> No
     ends = hashlib.sha256(data[: 64 << 10] + data[-(64 << 10) :]).hexdigest()
     with pytest.raises(IndexError_, match=r"chunks\.sqlite does not match its manifest hash"):
         check_files(tmp_path, {"files": {**files, "chunks.sqlite": {**files["chunks.sqlite"], "sha256_ends": ends}}})
+
+
+@pytest.mark.parametrize(("dim", "n", "factory"), [
+    (384, 1_500_000, "OPQ64,IVF4096_HNSW32,PQ64np"),    # what bench/bench_scale.py measured at 1M
+    (384, 10_000_000, "OPQ64,IVF16384_HNSW32,PQ64np"),  # and at 10M
+    (768, 5_000_000, "OPQ128,IVF16384_HNSW32,PQ128np"),  # one byte per 6 dimensions, a divisor of the dimension
+    (1024, 3_000_000, "OPQ128,IVF16384_HNSW32,PQ128np"),
+])
+def test_scale_factory_is_the_benchmarked_recipe(dim: int, n: int, factory: str) -> None:
+    from rag_pipeline import ann
+
+    assert ann.scale_factory(dim, n) == factory
+    assert ann.scale_factory(dim, n, nlist=8192).split(",")[1] == "IVF8192_HNSW32"
+
+
+@pytest.mark.parametrize("layout", ["sqlite", "sharded"])
+def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_path, hashing_embedder, monkeypatch, caplog, layout) -> None:
+    """Where auto picks IVF (above 1M chunks) it builds OPQ + IVF-PQ with R = 10 re-ranking, not
+    IVF-Flat (15 GB of lists at 10M); explicit settings (--rerank 1, --index-type ivf) win."""
+    from rag_pipeline import ann
+    from rag_pipeline import index as index_module
+
+    monkeypatch.setattr(index_module, "choose_index_type", lambda n: "ivf")  # as if the corpus held more than 1M chunks
+    rows = [{"id": f"d{i}", "text": f"document {i} about topic{i % 7} and word{i}"} for i in range(400)]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = dict(paths=[str(src)], embedder="hashing:64", layout=layout, nprobe=64)
+    m = build_index(IndexConfig(index=str(tmp_path / "auto"), **base), embedder=hashing_embedder)
+    assert m["index"]["factory"] == ann.scale_factory(64, 400) == "OPQ8,IVF10_HNSW32,PQ8np"
+    assert m["index"]["type"] == "ivf" and m["index"]["rerank"] == 10 and "rerank" not in m["settings"]
+    assert "pass --target-recall 0.9" in caplog.text
+    r = Retriever.load(tmp_path / "auto", embedder=hashing_embedder)
+    assert r.rerank == 10 and r.search("document 123 about topic4 and word123", 3)[0].chunk.doc_id == "d123"
+    off = build_index(IndexConfig(index=str(tmp_path / "off"), rerank=1, **base), embedder=hashing_embedder)
+    assert off["index"]["factory"] == m["index"]["factory"] and off["index"]["rerank"] == 1
+    flat = build_index(IndexConfig(index=str(tmp_path / "ivf"), index_type="ivf", **base), embedder=hashing_embedder)
+    assert flat["index"]["factory"].endswith(",Flat") and flat["index"]["rerank"] == 0

@@ -85,8 +85,9 @@ def test_chunk_store_reads_by_id_across_shards(tmp_path, hashing_embedder) -> No
 KILL = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from rag_pipeline import ann
+from rag_pipeline import ann, sharded
 from rag_pipeline.embed import HashingEmbedder
+sharded.ADD_ROWS = 1  # one add job per shard, so the kill falls between shards
 from rag_pipeline.index import IndexConfig, build_index
 real, calls = ann.add_shard_file, []
 def add_then_die(*a):
