@@ -27,7 +27,7 @@ For each size N, in one run:
 default engine beside ``--engine ray`` with 1 and 2 workers, chunks/s each (model load excluded
 for the default engine; each Ray run includes its workers' model loads, as a real build does).
 
-Usage (1M: about 20 minutes on 2 idle cores; 10M: several hours, see the README)::
+Usage (1M: about 15 minutes on 2 idle cores; 10M: about 45, see the README)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_scale.py --sizes 1000000 --out /tmp/scale
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_scale.py --sizes 10000000 --out /tmp/scale --baseline-build-max 0
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard-rows", type=int, default=65536, help="vectors per shard")
     p.add_argument("--factory", default="auto", help="FAISS factory string; auto: build-index's own above 1M chunks (ann.scale_factory), "
                    "OPQ64,IVF{nlist}_HNSW32,PQ64np with nlist 4096 up to 2M, 16384 above")
-    p.add_argument("--rerank", type=int, default=10, help="re-rank the top k*R candidates by exact inner product (0 = PQ distances only)")
+    p.add_argument("--rerank", type=int, default=20, help="re-rank the top k*R candidates by exact inner product (0 = PQ distances only; "
+                   "20 = build-index's own above 1M chunks, ann.SCALE_RERANK)")
     p.add_argument("--target-recall", type=float, default=0.9, help="nprobe is the smallest reaching this on the corpus's own vectors")
     p.add_argument("--queries", type=int, default=1000, help="held-out queries")
     p.add_argument("--max-nprobe", type=int, default=2048, help="the tuning helper tries nprobe up to this (an exhaustive scan at 10M takes long)")
@@ -255,7 +256,7 @@ def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
                       "rerank_s": statistics.median(t.rerank for t in timings)}
     out["sweep"] = sweep(args, index, kind, queries, truth, vectors)
     ann.apply_search_params(index, kind, tuning.value, 64)
-    out["peak_rss"] = vm("VmHWM")
+    out["peak_rss"], out["rss_anon"], out["rss_file"] = vm("VmHWM"), vm("RssAnon"), vm("RssFile")  # mapped shard pages are page cache
     del index
     out["compare"] = [compare(args, factory, n, queries, truth, vectors) for factory in args.compare]
     return out
@@ -382,7 +383,8 @@ def one_size(args: argparse.Namespace, n: int) -> dict:
         if label in s:
             r = s[label]
             print(f"{label:<11}: Recall@{K} {r['recall']:.3f}; {r['qps']:.0f} q/s ({r['faiss_qps']:.0f} q/s in FAISS, re-rank {r['rerank_s']:.2f} s)", flush=True)
-    print(f"search RSS : peak {gib(s['peak_rss'])}\n", flush=True)
+    print(f"search RSS : peak {gib(s['peak_rss'])}; at the end {gib(s['rss_anon'])} anonymous + {gib(s['rss_file'])} mapped files "
+          "(the shards' pages re-ranking touched: page cache the kernel can reclaim)\n", flush=True)
     if not args.keep:
         for f in ("index.faiss", "index.ivfdata"):
             (root / f).unlink(missing_ok=True)

@@ -169,6 +169,23 @@ def write_keys(index_dir: Path, rows_per_shard: list[int]) -> None:
 
 
 OPEN_SHARDS = 64  # shard files kept open per store: far below the usual 1,024 file descriptors
+FD_RESERVE = 256  # descriptors left to everything else when vector maps may take more than OPEN_SHARDS
+
+
+def map_budget(shards: int) -> int:
+    """How many vector shards :class:`ShardVectors` keeps mapped (each map holds a descriptor): every
+    shard when the open-file limit leaves room for them beside the chunk store's files, else
+    :data:`OPEN_SHARDS`. A re-ranked search touches rows of every shard, and an LRU smaller than the
+    shard count misses on each of them every batch (reopened and its pages faulted in again: at 10M
+    vectors in 153 shards that made re-ranking 100 candidates cost 1 ms a query)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return OPEN_SHARDS
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max(OPEN_SHARDS, shards)
+    return max(OPEN_SHARDS, min(shards, soft - OPEN_SHARDS - FD_RESERVE))
 
 
 class _OpenFiles:
@@ -327,13 +344,13 @@ class ShardedChunkStore:
 
 class ShardVectors:
     """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard (at most
-    :data:`OPEN_SHARDS` kept mapped; each map holds a file descriptor)."""
+    :func:`map_budget` kept mapped, decided at the first read; each map holds a file descriptor)."""
 
     def __init__(self, index_dir: str | Path, rows_per_shard: list[int], dim: int) -> None:
         self.dir = Path(index_dir)
         self.shards = _Shards(rows_per_shard)
         self.dim = dim
-        self._maps = _OpenFiles(OPEN_SHARDS)  # a map dropped from here is unmapped once no array uses it
+        self._maps = _OpenFiles(0)  # a map dropped from here is unmapped once no array uses it
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -350,7 +367,9 @@ class ShardVectors:
 
     def shard(self, i: int) -> np.ndarray:
         """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched), kept mapped
-        while it is among the last :data:`OPEN_SHARDS` used."""
+        while it is among the last :func:`map_budget` used."""
+        if not self._maps.size:
+            self._maps.size = map_budget(len(self.shards.rows))
         return self._maps.get(i, lambda: self._open(i))
 
     def get_rows(self, rows: np.ndarray, keep_mapped: bool = True) -> np.ndarray:
@@ -361,10 +380,13 @@ class ShardVectors:
         """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
+        if not len(rows):
+            return out
         shard, local = self.shards.locate(rows)
-        for s in np.unique(shard):
-            sel = shard == s
-            m = self.shard(int(s)) if keep_mapped else self._open(int(s))
+        order = np.argsort(shard, kind="stable")  # the rows of each shard together, found once (not a mask per shard)
+        for sel in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
+            s = int(shard[sel[0]])
+            m = self.shard(s) if keep_mapped else self._open(s)
             out[sel] = m[local[sel]]
             del m
         return out

@@ -317,7 +317,7 @@ def test_scale_factory_is_the_benchmarked_recipe(dim: int, n: int, factory: str)
 
 @pytest.mark.parametrize("layout", ["sqlite", "sharded"])
 def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_path, hashing_embedder, monkeypatch, caplog, layout) -> None:
-    """Where auto picks IVF (above 1M chunks) it builds OPQ + IVF-PQ with R = 10 re-ranking, not
+    """Where auto picks IVF (above 1M chunks) it builds OPQ + IVF-PQ with R = 20 re-ranking, not
     IVF-Flat (15 GB of lists at 10M); explicit settings (--rerank 1, --index-type ivf) win."""
     from rag_pipeline import ann
     from rag_pipeline import index as index_module
@@ -328,10 +328,10 @@ def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_
     base = dict(paths=[str(src)], embedder="hashing:64", layout=layout, nprobe=64)
     m = build_index(IndexConfig(index=str(tmp_path / "auto"), **base), embedder=hashing_embedder)
     assert m["index"]["factory"] == ann.scale_factory(64, 400) == "OPQ8,IVF10_HNSW32,PQ8np"
-    assert m["index"]["type"] == "ivf" and m["index"]["rerank"] == 10 and "rerank" not in m["settings"]
+    assert m["index"]["type"] == "ivf" and m["index"]["rerank"] == 20 and "rerank" not in m["settings"]
     assert "pass --target-recall 0.9" in caplog.text
     r = Retriever.load(tmp_path / "auto", embedder=hashing_embedder)
-    assert r.rerank == 10 and r.search("document 123 about topic4 and word123", 3)[0].chunk.doc_id == "d123"
+    assert r.rerank == 20 and r.search("document 123 about topic4 and word123", 3)[0].chunk.doc_id == "d123"
     off = build_index(IndexConfig(index=str(tmp_path / "off"), rerank=1, **base), embedder=hashing_embedder)
     assert off["index"]["factory"] == m["index"]["factory"] and off["index"]["rerank"] == 1
     flat = build_index(IndexConfig(index=str(tmp_path / "ivf"), index_type="ivf", **base), embedder=hashing_embedder)

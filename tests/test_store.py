@@ -60,6 +60,28 @@ def test_reading_more_shards_than_open_files_allowed(shards, open_files_limit) -
     assert len(chunk_store._files) == 0
 
 
+def test_vector_maps_keep_every_shard_when_descriptors_allow(shards, open_files_limit, monkeypatch) -> None:
+    """A re-ranked search reads rows of every shard each batch: with room under the open-file limit
+    every shard stays mapped, so a second pass over all 300 opens nothing (an LRU of 64 would miss
+    on every shard, every batch)."""
+    index_dir, _, vectors = shards
+    open_files_limit(SHARDS + store.OPEN_SHARDS + store.FD_RESERVE + 40)
+    vecs = ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
+    opened: list[int] = []
+    real = vecs._open
+    monkeypatch.setattr(vecs, "_open", lambda i, mmap=True: opened.append(i) or real(i, mmap))
+    order = np.random.default_rng(2).permutation(SHARDS * ROWS)
+    for _ in range(2):
+        np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
+    assert sorted(opened) == list(range(SHARDS)) and len(vecs._maps) == SHARDS
+
+
+@pytest.mark.parametrize(("soft", "shards", "budget"), [(1024, 153, 153), (1024, 1221, 704), (200, 300, 64), (20000, 10, 64)])
+def test_map_budget_follows_the_open_file_limit(monkeypatch, soft: int, shards: int, budget: int) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (soft, 1 << 20))
+    assert store.map_budget(shards) == budget
+
+
 def test_running_out_of_file_descriptors_is_not_called_corruption(shards, open_files_limit) -> None:
     index_dir, _, _ = shards
     chunk_store, vecs = ShardedChunkStore(index_dir, [ROWS] * SHARDS), ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
