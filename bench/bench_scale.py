@@ -174,7 +174,7 @@ def child_build(args: argparse.Namespace) -> dict:
 
     root = Path(args.out) / f"n{args.n}"
     rows = json.loads((root / "rows.json").read_text())
-    for f in ("index.faiss", "index.ivfdata"):
+    for f in ("index.faiss", "index.ivfdata", "build.json"):
         (root / f).unlink(missing_ok=True)
     scratch = root / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -183,8 +183,14 @@ def child_build(args: argparse.Namespace) -> dict:
     index = build_faiss(root, scratch, rows, DIM, factory_for(args.n, args.factory), params(args), args.seed, LocalRunner(None, 64).add)
     seconds = time.perf_counter() - t
     shutil.rmtree(scratch)
+    (root / "build.json").write_text(json.dumps(build_record(root, args.n, args.factory)))  # what --reuse-index checks
     return {"seconds": seconds, "peak_rss": vm("VmHWM"), "ntotal": int(index.ntotal),
             "bytes": sum((root / f).stat().st_size for f in ("index.faiss", "index.ivfdata") if (root / f).exists())}
+
+
+def build_record(root: Path, n: int, factory: str) -> dict:
+    """What an index in ``root`` was built from: its factory and the vectors' parameters."""
+    return {"factory": factory_for(n, factory), "vectors": json.loads((root / "vectors.json").read_text())}
 
 
 def child_baseline(args: argparse.Namespace) -> dict:
@@ -367,10 +373,13 @@ def one_size(args: argparse.Namespace, n: int) -> dict:
     rows = write_vectors(root, n, args.shard_rows, args.seed)
     (root / "rows.json").write_text(json.dumps(rows))
     print(f"vectors    : {len(rows)} shards written in {time.perf_counter() - t:.0f} s ({gib(n * DIM * 4)} on disk)", flush=True)
-    if args.reuse_index and (root / "index.faiss").is_file():
+    kept = root / "build.json"
+    if args.reuse_index and (root / "index.faiss").is_file() and kept.is_file() and json.loads(kept.read_text()) == build_record(root, n, args.factory):
         build = None
         print(f"build      : the index an earlier run kept in {root} (--reuse-index)", flush=True)
     else:
+        if args.reuse_index:
+            print(f"build      : no kept index of this factory and these vectors in {root}: building it", flush=True)
         build = run_child("build", args, n)
         print(f"build      : {build['seconds']:.0f} s, peak RSS {gib(build['peak_rss'])}, index {gib(build['bytes'])} (sharded, merged on disk)", flush=True)
     base = run_child("baseline", args, n) if n <= args.baseline_build_max else None
@@ -386,7 +395,7 @@ def one_size(args: argparse.Namespace, n: int) -> dict:
     print(f"search RSS : peak {gib(s['peak_rss'])}; at the end {gib(s['rss_anon'])} anonymous + {gib(s['rss_file'])} mapped files "
           "(the shards' pages re-ranking touched: page cache the kernel can reclaim)\n", flush=True)
     if not args.keep:
-        for f in ("index.faiss", "index.ivfdata"):
+        for f in ("index.faiss", "index.ivfdata", "build.json"):
             (root / f).unlink(missing_ok=True)
     return {"n": n, "build": build, "base": base, "search": s}
 

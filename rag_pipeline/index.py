@@ -127,6 +127,26 @@ def choose_index_type(n: int) -> str:
     return "ivf"
 
 
+def auto_index(cfg: IndexConfig, n: int, dim: int, settings: dict) -> tuple[str, IndexConfig]:
+    """The index type for ``n`` chunks and ``cfg`` with the scale recipe filled in
+    (:func:`scale_settings`). Where the recipe applies, ``settings`` (the fingerprint, changed in
+    place, so the manifest records it) names it: an index built before the recipe existed, or with
+    other automatic choices, is then rebuilt instead of being reported up to date."""
+    kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
+    out = scale_settings(cfg, kind, n, dim)
+    if out is not cfg:
+        settings["auto_index"] = f"{out.faiss_factory} rerank {out.rerank}"
+    return kind, out
+
+
+def announce_scale(cfg: IndexConfig, n: int) -> None:
+    """Log the scale recipe ``cfg`` carries (from :func:`auto_index`), and warn when nprobe is not tuned."""
+    log.info("index type auto, %d chunks: %s, the top k*%d candidates of each search re-ranked exactly", n, cfg.faiss_factory, cfg.rerank)
+    if not cfg.target_recall:
+        log.warning("nprobe %d on %d chunks is a guess: pass --target-recall 0.9 to pick the smallest nprobe reaching it "
+                    "(2 of 16,384 lists for Recall@10 0.9 at 10M synthetic vectors)", cfg.nprobe, n)
+
+
 def scale_settings(cfg: IndexConfig, kind: str, n: int, dim: int) -> IndexConfig:
     """``cfg`` with the measured scale recipe filled in where ``--index-type auto`` picked IVF for
     ``n`` chunks and nothing narrower was asked for (no ``--faiss-factory``, no ``--ivf-pq``): the
@@ -137,12 +157,7 @@ def scale_settings(cfg: IndexConfig, kind: str, n: int, dim: int) -> IndexConfig
 
     if cfg.index_type != "auto" or kind != "ivf" or cfg.faiss_factory or cfg.ivf_pq:
         return cfg
-    out = dataclasses.replace(cfg, faiss_factory=ann.scale_factory(dim, n, cfg.nlist), rerank=cfg.rerank or ann.SCALE_RERANK)
-    log.info("index type auto, %d chunks: %s, the top k*%d candidates of each search re-ranked exactly", n, out.faiss_factory, out.rerank)
-    if not cfg.target_recall:
-        log.warning("nprobe %d on %d chunks is a guess: pass --target-recall 0.9 to pick the smallest nprobe reaching it "
-                    "(2 of 16,384 lists for Recall@10 0.9 at 10M synthetic vectors)", cfg.nprobe, n)
-    return out
+    return dataclasses.replace(cfg, faiss_factory=ann.scale_factory(dim, n, cfg.nlist), rerank=cfg.rerank or ann.SCALE_RERANK)
 
 
 def faiss_gpu_available() -> bool:
@@ -225,7 +240,11 @@ def _fill_index(db: sqlite3.Connection, n: int, kind: str, dim: int, cfg: IndexC
     size = ann.train_size(index, n)  # before the move: a GPU index hides its nlist from extract_index_ivf
     on_gpu = use_gpu and ann.kind_of(index) in ("flat", "ivf") and ann.gpu_clonable(index)
     if on_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
+        try:
+            index = faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as e:  # a factory FAISS cannot put on a GPU (e.g. some IVF-PQ or fast-scan codes): build here
+            log.warning("%s cannot be built on the GPU (%s): building it on the CPU", cfg.faiss_factory or kind, str(e).splitlines()[0][:160])
+            on_gpu = False
     if size:
         rows = ann.sample_rows(n, size, cfg.seed)
         sample = np.stack([np.frombuffer(db.execute("SELECT embedding FROM chunks WHERE row = ?", (int(r),)).fetchone()[0], np.float32) for r in rows])
@@ -373,17 +392,19 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
     log.info("%s; %d chunks, %d duplicate chunks dropped", report.summary(), n, dups)
     if n == 0:
         raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
+    kind, scaled = auto_index(cfg, n, embedder.dim, settings)
     if _unchanged(old, cfg, corpus_fp, settings):
         db.close()
         raise _UpToDate
+    if scaled is not cfg:
+        announce_scale(scaled, n)
     source = _reuse_source(cfg, target, old)
     lookup, close = vectors_by_id(*source) if source else (None, lambda: None)
     try:
         embedded, reused = _embed_all(db, n, cfg, embedder, lookup)
     finally:
         close()
-    kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
-    cfg = scale_settings(cfg, kind, n, embedder.dim)
+    cfg = scaled
     use_gpu = cfg.device != "cpu" and faiss_gpu_available()
     index = _fill_index(db, n, kind, embedder.dim, cfg, use_gpu)
     kind = ann.kind_of(index)
@@ -427,16 +448,18 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
         if n == 0:
             raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
         corpus_fp = sharded.fingerprint(plan, scratch)
+        kind, scaled = auto_index(cfg, n, embedder.dim, settings)
         if _unchanged(old, cfg, corpus_fp, settings):
             raise _UpToDate
+        if scaled is not cfg:
+            announce_scale(scaled, n)
         t = time.perf_counter()
         counts = runner.embed(plan.shard_jobs(scratch), tmp, _reuse_source(cfg, target, old))
         embedded, reused = sum(c["embedded"] for c in counts), sum(c["reused"] for c in counts)
         log.info("embedded %d chunks (%d reused) in %d shards in %.1f s", embedded, reused, len(counts), time.perf_counter() - t)
         rows = [job["rows"] for job in plan.shard_jobs(scratch)]
         write_keys(tmp, rows)
-        kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
-        cfg = scale_settings(cfg, kind, n, embedder.dim)
+        cfg = scaled
         factory = ann.factory_string(kind, embedder.dim, n, cfg)
         index = sharded.build_faiss(tmp, scratch, rows, embedder.dim, factory, cfg, cfg.seed, runner.add)
         kind = ann.kind_of(index)

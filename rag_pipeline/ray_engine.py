@@ -239,8 +239,10 @@ class RayRunner:
         import ray
 
         task = ray.remote(_add_shard).options(num_cpus=self.cpus_per_worker)
-        refs = [task.remote(j, self.cpus_per_worker) for j in jobs]
+        refs = []
         try:
+            for j in jobs:
+                refs.append(task.remote(j, self.cpus_per_worker))
             return ray.get(refs)
         except BaseException:  # a failed shard (or Ctrl-C): the others would go on holding the cluster's CPUs
             for ref in refs:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -28,6 +29,8 @@ import numpy as np
 
 from rag_pipeline.errors import IndexError_, RagError, ResourceError
 from rag_pipeline.index_format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE chunks (
@@ -189,11 +192,17 @@ def map_budget(shards: int) -> int:
 
 
 class _OpenFiles:
-    """At most ``size`` open shard files by key, the least recently used closed first (thread-safe)."""
+    """At most ``size`` open shard files by key, the least recently used closed first (thread-safe).
 
-    def __init__(self, size: int, close: Callable[[object], None] = lambda f: None) -> None:
+    ``pin``: once full, keep the files held and hand out others uncached (the caller drops them
+    after use) instead of evicting: reads that sweep every shard in order, as a re-ranked batch
+    does, would otherwise miss on every shard with an LRU smaller than the shard count.
+    """
+
+    def __init__(self, size: int, close: Callable[[object], None] = lambda f: None, pin: bool = False) -> None:
         self.size = size
         self._close = close
+        self.pin = pin
         self._items: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -205,6 +214,8 @@ class _OpenFiles:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+            if self.pin and len(self._items) >= self.size:
+                return open_()
             value = self._items[key] = open_()
             while len(self._items) > self.size:
                 self._close(self._items.popitem(last=False)[1])
@@ -344,13 +355,14 @@ class ShardedChunkStore:
 
 class ShardVectors:
     """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard (at most
-    :func:`map_budget` kept mapped, decided at the first read; each map holds a file descriptor)."""
+    :func:`map_budget` kept mapped, decided at the first read, the first ones read staying mapped;
+    each map holds a file descriptor)."""
 
     def __init__(self, index_dir: str | Path, rows_per_shard: list[int], dim: int) -> None:
         self.dir = Path(index_dir)
         self.shards = _Shards(rows_per_shard)
         self.dim = dim
-        self._maps = _OpenFiles(0)  # a map dropped from here is unmapped once no array uses it
+        self._maps = _OpenFiles(0, pin=True)  # a map dropped from here is unmapped once no array uses it
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -367,9 +379,13 @@ class ShardVectors:
 
     def shard(self, i: int) -> np.ndarray:
         """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched), kept mapped
-        while it is among the last :func:`map_budget` used."""
+        if it is among the first :func:`map_budget` shards read (the others are mapped for one read)."""
         if not self._maps.size:
             self._maps.size = map_budget(len(self.shards.rows))
+            if self._maps.size < len(self.shards.rows):
+                log.warning("%d vector shards, but the open-file limit leaves room to keep %d mapped: the others are opened for "
+                            "each read (slower re-ranking); raise it (ulimit -n %d) or build with a larger --shard-size",
+                            len(self.shards.rows), self._maps.size, len(self.shards.rows) + OPEN_SHARDS + FD_RESERVE)
         return self._maps.get(i, lambda: self._open(i))
 
     def get_rows(self, rows: np.ndarray, keep_mapped: bool = True) -> np.ndarray:

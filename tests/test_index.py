@@ -336,3 +336,18 @@ def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_
     assert off["index"]["factory"] == m["index"]["factory"] and off["index"]["rerank"] == 1
     flat = build_index(IndexConfig(index=str(tmp_path / "ivf"), index_type="ivf", **base), embedder=hashing_embedder)
     assert flat["index"]["factory"].endswith(",Flat") and flat["index"]["rerank"] == 0
+    assert build_index(IndexConfig(index=str(tmp_path / "auto"), **base), embedder=hashing_embedder).get("up_to_date")
+    assert m["settings"]["auto_index"] == "OPQ8,IVF10_HNSW32,PQ8np rerank 20"
+
+
+def test_an_index_whose_corpus_outgrew_a_million_chunks_is_rebuilt_with_the_scale_recipe(tmp_path, hashing_embedder, monkeypatch) -> None:
+    """The fingerprint names the automatic recipe: an index auto built as another type (or before
+    the recipe existed) is not 'up to date' once auto picks the recipe."""
+    from rag_pipeline import index as index_module
+
+    rows = [{"id": f"d{i}", "text": f"document {i} about topic{i % 7} and word{i}"} for i in range(400)]
+    cfg = IndexConfig(paths=[str(write_jsonl(tmp_path / "d.jsonl", rows))], index=str(tmp_path / "idx"), embedder="hashing:64", nprobe=64)
+    assert build_index(cfg, embedder=hashing_embedder)["index"]["type"] == "flat"
+    monkeypatch.setattr(index_module, "choose_index_type", lambda n: "ivf")  # as if it had grown past 1M chunks
+    m = build_index(cfg, embedder=hashing_embedder)
+    assert not m.get("up_to_date") and m["index"]["factory"] == "OPQ8,IVF10_HNSW32,PQ8np" and m["index"]["rerank"] == 20

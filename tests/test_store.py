@@ -76,6 +76,24 @@ def test_vector_maps_keep_every_shard_when_descriptors_allow(shards, open_files_
     assert sorted(opened) == list(range(SHARDS)) and len(vecs._maps) == SHARDS
 
 
+def test_vector_maps_beyond_the_budget_are_read_unpinned_not_thrashed(shards, monkeypatch, caplog) -> None:
+    """With room for fewer maps than shards, the first shards read stay mapped and the others are
+    mapped for one read: a second pass over all 300 reopens only those 236, where an LRU of 64
+    would reopen all 300 every pass. The user is told how to raise the limit."""
+    index_dir, _, vectors = shards
+    monkeypatch.setattr(store, "map_budget", lambda n: 64)
+    vecs = ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
+    opened: list[int] = []
+    real = vecs._open
+    monkeypatch.setattr(vecs, "_open", lambda i, mmap=True: opened.append(i) or real(i, mmap))
+    order = np.random.default_rng(3).permutation(SHARDS * ROWS)
+    np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
+    assert len(opened) == SHARDS and len(vecs._maps) == 64
+    np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
+    assert len(opened) == 2 * SHARDS - 64 and len(vecs._maps) == 64
+    assert "300 vector shards" in caplog.text and f"ulimit -n {SHARDS + store.OPEN_SHARDS + store.FD_RESERVE}" in caplog.text
+
+
 @pytest.mark.parametrize(("soft", "shards", "budget"), [(1024, 153, 153), (1024, 1221, 704), (200, 300, 64), (20000, 10, 64)])
 def test_map_budget_follows_the_open_file_limit(monkeypatch, soft: int, shards: int, budget: int) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda what: (soft, 1 << 20))
