@@ -128,14 +128,23 @@ def choose_index_type(n: int) -> str:
 
 
 def auto_index(cfg: IndexConfig, n: int, dim: int, settings: dict) -> tuple[str, IndexConfig]:
-    """The index type for ``n`` chunks and ``cfg`` with the scale recipe filled in
-    (:func:`scale_settings`). Where the recipe applies, ``settings`` (the fingerprint, changed in
-    place, so the manifest records it) names it: an index built before the recipe existed, or with
-    other automatic choices, is then rebuilt instead of being reported up to date."""
+    """The index type for ``n`` chunks, and ``cfg`` with the measured scale recipe filled in where
+    ``--index-type auto`` picked IVF and nothing narrower was asked for (no ``--faiss-factory``, no
+    ``--ivf-pq``): the factory :func:`ann.scale_factory` and, with ``--rerank`` 0, re-ranking of
+    R = 20 (``--rerank 1`` turns it off); otherwise ``cfg`` itself. IVF-Flat would keep every vector
+    in its lists (15 GB at 10M 384-d chunks, in memory with the sqlite layout).
+
+    Where the recipe applies, ``settings`` (the fingerprint, changed in place, so the manifest
+    records it) names it: an index built before the recipe existed, or with other automatic
+    choices, is then rebuilt instead of being reported up to date.
+    """
+    import dataclasses
+
     kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
-    out = scale_settings(cfg, kind, n, dim)
-    if out is not cfg:
-        settings["auto_index"] = f"{out.faiss_factory} rerank {out.rerank}"
+    if cfg.index_type != "auto" or kind != "ivf" or cfg.faiss_factory or cfg.ivf_pq:
+        return kind, cfg
+    out = dataclasses.replace(cfg, faiss_factory=ann.scale_factory(dim, n, cfg.nlist), rerank=cfg.rerank or ann.SCALE_RERANK)
+    settings["auto_index"] = f"{out.faiss_factory} rerank {out.rerank}"
     return kind, out
 
 
@@ -145,19 +154,6 @@ def announce_scale(cfg: IndexConfig, n: int) -> None:
     if not cfg.target_recall:
         log.warning("nprobe %d on %d chunks is a guess: pass --target-recall 0.9 to pick the smallest nprobe reaching it "
                     "(2 of 16,384 lists for Recall@10 0.9 at 10M synthetic vectors)", cfg.nprobe, n)
-
-
-def scale_settings(cfg: IndexConfig, kind: str, n: int, dim: int) -> IndexConfig:
-    """``cfg`` with the measured scale recipe filled in where ``--index-type auto`` picked IVF for
-    ``n`` chunks and nothing narrower was asked for (no ``--faiss-factory``, no ``--ivf-pq``): the
-    factory :func:`ann.scale_factory` and, with ``--rerank`` 0, re-ranking of R = 20 (``--rerank 1``
-    turns it off). Otherwise ``cfg`` itself. IVF-Flat would keep every vector in its lists (15 GB at
-    10M 384-d chunks, in memory with the sqlite layout)."""
-    import dataclasses
-
-    if cfg.index_type != "auto" or kind != "ivf" or cfg.faiss_factory or cfg.ivf_pq:
-        return cfg
-    return dataclasses.replace(cfg, faiss_factory=ann.scale_factory(dim, n, cfg.nlist), rerank=cfg.rerank or ann.SCALE_RERANK)
 
 
 def faiss_gpu_available() -> bool:

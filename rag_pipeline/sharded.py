@@ -235,13 +235,13 @@ def add_jobs(rows: list[int], out_dir: Path, scratch: Path, trained: Path, add_r
     """:func:`ann.add_shard_file` jobs over consecutive whole shards of at least ``add_rows`` vectors
     each (the last may hold fewer): 10M chunks in the default 8,192-row shards would otherwise write
     1,221 copies of the trained index (36 GB of scratch at 16,384 lists) before the merge."""
-    jobs, group, first = [], [], 0
+    jobs, group, first, size = [], [], 0, 0
     for i, r in enumerate(rows):
-        group.append(i)
-        if sum(rows[j] for j in group) >= add_rows or i == len(rows) - 1:
-            jobs.append((str(trained), [str(out_dir / shard_files(j)[1]) for j in group], first, str(scratch / f"ivf-{len(jobs):05d}.index")))
-            first += sum(rows[j] for j in group)
-            group = []
+        group.append(str(out_dir / shard_files(i)[1]))
+        size += r
+        if size >= add_rows or i == len(rows) - 1:
+            jobs.append((str(trained), group, first, str(scratch / f"ivf-{len(jobs):05d}.index")))
+            first, group, size = first + size, [], 0
     return jobs
 
 

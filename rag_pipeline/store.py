@@ -180,7 +180,7 @@ def map_budget(shards: int) -> int:
     shard when the open-file limit leaves room for them beside the chunk store's files, else
     :data:`OPEN_SHARDS`. A re-ranked search touches rows of every shard, and an LRU smaller than the
     shard count misses on each of them every batch (reopened and its pages faulted in again: at 10M
-    vectors in 153 shards that made re-ranking 100 candidates cost 1 ms a query)."""
+    vectors in 153 shards that made re-ranking 100 candidates cost 1-6 ms a query)."""
     try:
         import resource
     except ImportError:  # not a Unix
