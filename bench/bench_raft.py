@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 
 import numpy as np
 
@@ -23,7 +22,7 @@ def main() -> None:
     from rag_pipeline import prompt as P
     from rag_pipeline.embed import load_embedder
     from rag_pipeline.index_format import read_manifest
-    from rag_pipeline.raft import RaftConfig, build_rows, load_questions, load_tokenizer
+    from rag_pipeline.raft import RaftConfig, Tally, build_rows, load_questions, load_tokenizer
     from rag_pipeline.retriever import Retriever
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +39,7 @@ def main() -> None:
     retriever = Retriever.load(args.index, embedder=embedder)
     tokenizer = load_tokenizer(cfg.generator)
     template = P.get_template(cfg.template)
-    questions = load_questions(cfg, Counter())
+    questions = load_questions(cfg, Tally())
     questions = questions[: args.questions or None]
     texts = [it.question for _, it in questions]
     index = faiss.read_index(f"{args.index}/index.faiss")
@@ -52,7 +51,7 @@ def main() -> None:
             index.search(vecs, cfg.top_k)
 
     def builder() -> None:
-        build_rows(cfg, retriever, tokenizer, template, questions, Counter())
+        build_rows(cfg, retriever, tokenizer, template, questions, Tally())
 
     vectors = dict(zip(texts, embedder.encode(texts)))
 
@@ -63,7 +62,7 @@ def main() -> None:
     cached = Retriever(retriever.index_dir, retriever.manifest, retriever.index, retriever.store, Cached())
 
     def builder_work() -> None:
-        build_rows(cfg, cached, tokenizer, template, questions, Counter())
+        build_rows(cfg, cached, tokenizer, template, questions, Tally())
 
     best = {"encode+search": float("inf"), "raft builder": float("inf"), "  its own work": float("inf")}
     for _ in range(args.repeats):

@@ -18,12 +18,14 @@ torch and transformers are imported inside functions, so ``ask --help`` stays fa
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 from rag_pipeline.config import opt
 from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.metrics import is_abstention
+from rag_pipeline.metrics import is_abstention, may_become_abstention
 from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
 from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
@@ -78,10 +80,16 @@ class AskConfig(QAFieldConfig):
         "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
                       "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
+    answer_check: Literal["grounded", "abstain", "off"] = opt(
+        "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
+                    "(rag_pipeline.support.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
+                    "shown passage) and abstain if that fails the check too; abstain = abstain at once; off = show it")
     show_context: bool = opt(False, "also print the documents shown to the generator")
     json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
     questions: str = opt("", "QA file to answer in batches (JSONL, JSON, CSV/TSV, Parquet, datasets folder; see rag_pipeline.qa)")
-    output: str = opt("", "with --questions: JSONL file for the answers (written atomically); empty: standard output")
+    output: str = opt("", "with --questions: JSONL file for the answers (written atomically); empty: standard output "
+                          "(readable text with each gold answer; JSON lines with --json)")
+    limit: int = opt(0, "with --questions: answer only the first N questions of the file (0 = all)")
     snippet: int = opt(160, "characters of each cited chunk to print")
     progress: bool = opt(True, "progress bar in --questions mode")
 
@@ -105,6 +113,8 @@ class AskConfig(QAFieldConfig):
             raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
         if self.question and self.questions:
             raise ConfigError("a question and --questions were both given: pass one question, or a QA file with --questions")
+        if self.limit < 0 or (self.limit and not self.questions):
+            raise ConfigError(f"limit is {self.limit}: give --questions FILE and a limit >= 0 (0 = every question)")
         if self.output and not self.questions:
             raise ConfigError("--output needs --questions FILE.jsonl (a single answer is printed; use --json for JSON)")
 
@@ -129,15 +139,76 @@ class Answer:
     question: str
     answer: str  # the generation (citations kept), or exactly prompt.ABSTAIN
     abstained: bool
-    abstain_reason: str | None  # "threshold" (retrieval) | "generator" | "calibration" (null margin over the threshold) | None
+    abstain_reason: str | None  # "threshold" (retrieval) | "generator" | "calibration" (null margin over the threshold)
+    #                             | "no_content" | "unsupported" (the answer check, see ``rejected``) | None
     citations: list[Citation]
     retrieved: list[Passage]  # the documents shown (text as shown, "truncated" when cut), in prompt order
     timings: dict[str, float]  # seconds: retrieval, prompt, generation (batch stages split evenly)
     raw: str  # the generator's raw text ("" when it was not called); the withheld answer when abstain_reason is "calibration"
     margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
+    rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``)
+    fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Generation settings of one ``answer_batch`` call (``serve``'s per-request settings); equal ones may share a batch."""
+
+    max_new_tokens: int = 48
+    do_sample: bool = False  # False: greedy (or beam search with num_beams > 1)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ConfigError(f"max_new_tokens ({self.max_new_tokens}) and num_beams ({self.num_beams}) must be at least 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"temperature ({self.temperature}) must be positive and top_p ({self.top_p}) in (0, 1]")
+
+    @classmethod
+    def of(cls, cfg: AskConfig) -> Decoding:
+        """The settings ``cfg`` gives (what ``answer_batch`` uses when the call gives none)."""
+        return cls(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, cfg.num_beams)
+
+
+@dataclass
+class TokenUsage:
+    """Tokens one answer cost (``serve``'s ``usage``); all 0 when the retrieval threshold abstained before generating."""
+
+    prompt_tokens: int = 0  # prompt tokens read, once per decoding pass (a retried refusal reads the prompt again)
+    completion_tokens: int = 0  # tokens decoded, EOS included: withheld and retried decodes count too
+    finish_reason: Literal["stop", "length"] = "stop"  # length: the answer given ran into max_new_tokens
+
+
+class _LiveText:
+    """One answer's text as it is decoded, handed on only where the final answer cannot differ.
+
+    Held back: a tail that may still be a refusal (:func:`~rag_pipeline.metrics.may_become_abstention`:
+    the final answer is then the exact abstention sentence), trailing whitespace (the answer is
+    stripped) and an incomplete UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.sent = ""
+        self.free = False  # set once the text can no longer become an abstention
+
+    def token(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd"):
+            return
+        self.free = self.free or not may_become_abstention(text)
+        safe = text.rstrip()
+        if self.free and safe.startswith(self.sent) and len(safe) > len(self.sent):
+            self.emit(safe[len(self.sent):])
+            self.sent = safe
 
 
 class Answerer(Protocol):
@@ -268,7 +339,9 @@ class Pipeline:
         return self.answer_batch([question])[0]
 
     def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None, margins: bool = False,
-                     grounded: bool | None = None) -> list[Answer]:
+                     grounded: bool | None = None, decoding: Decoding | None = None,
+                     on_text: Callable[[int, str], None] | None = None,
+                     on_usage: Callable[[int, TokenUsage], None] | None = None) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
@@ -277,15 +350,31 @@ class Pipeline:
                 instead of retrieval (evaluation's oracle mode); no threshold abstention then.
             margins: score every answer's null margin (``calibrate`` does), even without a calibration.
             grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
+            decoding: generation settings for this call; None: ``cfg``'s (:meth:`Decoding.of`).
+            on_text: ``on_text(question index, text)`` streams each answer: the pieces of question
+                ``i``'s final ``answer`` in order, which join to exactly that text. Free decoding
+                with ``answer_check`` off hands text on as it is decoded (held back while it may
+                still become a refusal); a calibrated or checked answer is handed on whole once the
+                margin and the check have decided it.
+            on_usage: ``on_usage(question index, usage)`` once per question, after generation.
 
         Raises:
-            InputError: an empty question, a malformed context, or a question too long for the budget.
+            InputError: an empty question, a malformed context, a question too long for the budget,
+                or sampling asked for where a calibrated abstention applies (it scores greedy answers).
         """
         for i, q in enumerate(questions):
             if not isinstance(q, str) or not q.strip():
                 raise InputError(f"question {i + 1} of the batch is empty: every question needs text")
         if contexts is not None and len(contexts) != len(questions):
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
+        grounded = self.cfg.grounded if grounded is None else grounded
+        calibration = self.calibrations.get("grounded" if grounded else "free")
+        scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
+        checked = self.cfg.answer_check != "off"  # so may the answer check: a checked answer is handed on whole too
+        if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
+            raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
+        from rag_pipeline.generator import DecodeCounts
+
         n = len(questions)
         t0 = time.perf_counter()
         if contexts is None:
@@ -305,13 +394,20 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        grounded = self.cfg.grounded if grounded is None else grounded
-        calibration = self.calibrations.get("grounded" if grounded else "free")
-        outs = self._generate(texts, [shown[i] for i in todo], margins or calibration is not None, grounded) if texts else []
+        counts = [DecodeCounts() for _ in todo]
+        live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
+        extra: dict[str, Any] = {"decoding": decoding} if decoding is not None else {}
+        if on_text is not None or on_usage is not None:  # only when asked: tests replace _generate with the four-argument form
+            extra.update(counts=counts, on_token=(lambda r, token: live[todo[r]].token(token)) if live else None)
+        outs = self._generate(texts, [shown[i] for i in todo], scored, grounded, **extra) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
             answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
+        if checked:
+            counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
+            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted)
+        _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage)  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
 
     # ---- stages
@@ -345,11 +441,17 @@ class Pipeline:
         originals = {d["id"]: d["text"] for d in docs}
         return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
 
-    def _generate(self, texts: list[str], docs: list[list[Passage]], margins: bool = False, grounded: bool = False) -> list[tuple[str, float | None]]:
-        """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does)."""
+    def _generate(self, texts: list[str], docs: list[list[Passage]], margins: bool = False, grounded: bool = False,
+                  decoding: Decoding | None = None, on_token: Callable[[int, int], None] | None = None,
+                  counts: list[Any] | None = None) -> list[tuple[str, float | None]]:
+        """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does).
+
+        ``on_token(text index, token id)`` sees free decoding's tokens as they are decoded; ``counts``
+        (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
+        """
         from rag_pipeline import generator
 
-        c = self.cfg
+        c = decoding or Decoding.of(self.cfg)
         constraints = None
         if grounded:
             from rag_pipeline.grounded import GroundedConstraint
@@ -357,11 +459,11 @@ class Pipeline:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
-                                                   batch_size=c.batch_size, constraints=constraints)
+                                                   batch_size=self.cfg.batch_size, constraints=constraints, counts=counts)
         raws = generator.generate_answers(
-            self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+            self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            constraints=constraints,
+            constraints=constraints, on_token=on_token, counts=counts,
         )
         return [(r, None) for r in raws]
 
@@ -379,6 +481,55 @@ class Pipeline:
             for n in parse_citations(answer, len(docs)) for d in [docs[n - 1]]
         ]
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
+
+
+    def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
+               counts: dict[int, Any]) -> None:
+        """The answer check (``cfg.answer_check``), in place: an answer with no content word, or
+        whose cited passages (all shown ones when it cites none) lack most of its words
+        (:func:`~rag_pipeline.support.answer_problem`), is decoded again grounded, or abstained on."""
+        from rag_pipeline.support import answer_problem
+
+        def problem(a: Answer) -> str | None:
+            cited = [a.retrieved[c.n - 1]["text"] for c in a.citations]
+            return None if a.abstained else answer_problem(a.answer, cited or [d["text"] for d in a.retrieved])
+
+        bad = {i: why for i, a in enumerate(answers) if (why := problem(a))}
+        redo = [i for i in bad if self.cfg.answer_check == "grounded" and not grounded]
+        redone: dict[int, Answer] = {}
+        if redo:
+            more = [type(counts[i])() for i in redo] if counts else None
+            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], False, True, counts=more) if more else \
+                self._generate([texts[i] for i in redo], [shown[i] for i in redo], False, True)
+            for k, (i, (raw, _)) in enumerate(zip(redo, outs)):
+                a = answers[i]
+                redone[i] = self._finish(a.question, raw, a.retrieved, a.timings)
+                if more:
+                    counts[i].prompt_tokens += more[k].prompt_tokens
+                    counts[i].completion_tokens += more[k].completion_tokens
+                    counts[i].stopped = more[k].stopped
+        for i, why in bad.items():
+            a, b = answers[i], redone.get(i)
+            if b is not None and not b.abstained and problem(b) is None:
+                answers[i] = dataclasses.replace(b, raw=a.raw, margin=a.margin, rejected=why, fallback="grounded")
+            else:
+                answers[i] = dataclasses.replace(a, answer=ABSTAIN, abstained=True, abstain_reason=why, citations=[], rejected=why)
+
+
+def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int, Any],
+            on_text: Callable[[int, str], None] | None, on_usage: Callable[[int, TokenUsage], None] | None) -> None:
+    """Hand each caller what is left of each answer's text, then its usage (``counts``: question index -> DecodeCounts)."""
+    for i, ans in enumerate(answers):
+        if on_text is not None:
+            sent = live[i].sent if i in live else ""
+            if not ans.answer.startswith(sent):  # the contract with a streaming caller is broken: say so loudly
+                raise RuntimeError(f"streamed text {sent!r} is not a prefix of the final answer {ans.answer!r}")
+            if len(ans.answer) > len(sent):
+                on_text(i, ans.answer[len(sent):])
+        if on_usage is not None:
+            c = counts.get(i)  # None: abstained on the retrieval threshold, nothing generated
+            length = c is not None and not c.stopped and not ans.abstained
+            on_usage(i, TokenUsage(c.prompt_tokens if c else 0, c.completion_tokens if c else 0, "length" if length else "stop"))
 
 
 def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, dict[str, Any]]:
@@ -402,6 +553,9 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     if ans.abstain_reason == "threshold":
         best = ans.retrieved[0]["score"] if ans.retrieved else None
         lines.append(f"  (no generation: best retrieval score {best if best is None else round(best, 3)} < min_score {cfg.min_score})")
+    elif ans.abstain_reason in ("no_content", "unsupported"):
+        what = "holds no content word" if ans.abstain_reason == "no_content" else "is not supported by the passage it cites"
+        lines.append(f"  (the generator's answer {ans.raw.strip()!r} {what}; not shown as an answer)")
     elif ans.abstain_reason == "calibration":
         lines.append(f"  (withheld by the calibrated abstention: null margin {ans.margin:.2f} above the adapter's threshold; "
                      f"the answer would have been {ans.raw!r}; --abstain-bias > 0 answers more often)")
@@ -453,26 +607,42 @@ def answer_items(pipe: Answerer, items: list[QAItem], chunk: int) -> Iterator[tu
         yield batch, pipe.answer_batch([it.question for it in batch])
 
 
-def answer_file(pipe: Pipeline, cfg: AskConfig) -> dict[str, Any]:
-    """Answer a QA file in batches; one JSON line per question (answer + the gold fields). Returns a summary."""
+def answer_file(pipe: Pipeline, cfg: AskConfig, items: list[QAItem] | None = None) -> dict[str, Any]:
+    """Answer a QA file in batches; one JSON line per question (answer + the gold fields). Returns a summary.
+
+    Args:
+        items: the questions of ``cfg.questions`` when already read (:func:`main` reads them before the models load).
+    """
     from tqdm import tqdm
 
     from rag_pipeline.atomic import atomic_file, json_line
 
-    items = load_questions(cfg.questions, cfg.qa_fields())
-    t0, abstained = time.perf_counter(), {"threshold": 0, "generator": 0, "calibration": 0}
+    items = items if items is not None else load_questions(cfg.questions, cfg.qa_fields())
+    items = items[: cfg.limit] if cfg.limit else items
+    readable = not cfg.output and not cfg.json  # a person reads it: text beside the gold answer, no progress bar
+    t0, abstained = time.perf_counter(), Counter({"threshold": 0, "generator": 0, "calibration": 0})
     with (atomic_file(cfg.output) if cfg.output else nullcontext(sys.stdout)) as out, \
-            tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress, file=sys.stderr) as bar:
+            tqdm(total=len(items), desc="ask", unit="q", disable=not cfg.progress or readable, file=sys.stderr) as bar:
         for batch, answers in answer_items(pipe, items, cfg.batch_size * BATCHES_PER_CALL):
             for it, ans in zip(batch, answers):
-                out.write(json_line({"id": it.id, **ans.to_dict(), "gold_answers": it.answers, "answerable": it.answerable,
-                                     "gold_doc_id": it.doc_id}))
+                if readable:
+                    out.write(format_with_gold(it, ans, cfg) + "\n\n")
+                else:
+                    out.write(json_line({"id": it.id, **ans.to_dict(), "gold_answers": it.answers, "answerable": it.answerable,
+                                         "gold_doc_id": it.doc_id}))
                 out.flush()
                 if ans.abstain_reason:
                     abstained[ans.abstain_reason] += 1
             bar.update(len(batch))
     seconds = time.perf_counter() - t0
     return {"questions": len(items), "seconds": seconds, "questions_per_s": len(items) / max(seconds, 1e-9), "abstained": abstained}
+
+
+def format_with_gold(item: QAItem, ans: Answer, cfg: AskConfig) -> str:
+    """A question of a QA file, its answer with sources (:func:`format_answer`) and its gold answer."""
+    gold = " | ".join(item.answers) if item.answers else ("(unanswerable: abstaining is right)" if not item.answerable else "(none given)")
+    body = "\n".join(f"   {line}" if line.strip() else "" for line in format_answer(ans, cfg).split("\n")).lstrip()
+    return f"Q: {item.question}\nA: {body}\n   gold: {gold}"
 
 
 def answer_stream(pipe: Pipeline, cfg: AskConfig, lines: Iterable[str], out: IO[str]) -> int:
@@ -506,20 +676,41 @@ def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
     return [a for _, answers in answer_items(pipe, load_questions(cfg.questions, cfg.qa_fields()), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 
+def piped_questions(lines: Iterator[str]) -> Iterator[str]:
+    """``lines`` from its first non-blank one on (blank lines before it are read and dropped).
+
+    Raises:
+        InputError: the input ends before any question (empty, or only blank lines).
+    """
+    for line in lines:
+        if line.strip():
+            return itertools.chain([line], lines)
+    raise InputError("no question on standard input (it was empty or held only blank lines): pipe questions one per line, "
+                     "pass one as an argument (ask \"who founded X?\"), or answer a file with --questions FILE")
+
+
 def main(cfg: AskConfig) -> int:
     """``rag-pipeline ask``: setup (load once) -> answer (argument, stdin or file) -> print. Returns the exit status."""
     from rag_pipeline.atomic import check_file_target, check_separate
 
-    if cfg.output:  # before the models load
+    # Everything the user gave is checked before the models load (tens of seconds): the output path,
+    # the questions file, and piped input that holds no question.
+    if cfg.output:
         check_file_target(cfg.output)
         check_separate([cfg.questions], cfg.output)
+    items = load_questions(cfg.questions, cfg.qa_fields()) if cfg.questions else None
+    piped = None
+    if not (cfg.question or cfg.questions) and not sys.stdin.isatty():
+        piped = piped_questions(iter(sys.stdin.readline, ""))  # waits for the first question, then loads
     pipe = Pipeline.load(cfg)
     print(pipe.description, file=sys.stderr, flush=True)
     if cfg.questions:
-        s = answer_file(pipe, cfg)
+        s = answer_file(pipe, cfg, items)
+        a = s["abstained"]
+        checked = a["no_content"] + a["unsupported"]
         print(f"answered {s['questions']} questions in {s['seconds']:.1f} s ({s['questions_per_s']:.2f} q/s; abstained: "
-              f"{s['abstained']['threshold']} by threshold, {s['abstained']['generator']} by the generator, "
-              f"{s['abstained']['calibration']} by the calibrated threshold)"
+              f"{a['threshold']} by threshold, {a['generator']} by the generator, {a['calibration']} by the calibrated threshold"
+              + (f", {checked} by the answer check" if checked else "") + ")"
               + (f" -> {cfg.output}" if cfg.output else ""), file=sys.stderr)
         return 0
     if cfg.question:
@@ -527,6 +718,7 @@ def main(cfg: AskConfig) -> int:
         emit(ans, cfg, sys.stdout)
         log.info("(%s)", _timing_line(ans))
         return 0
-    if sys.stdin.isatty():
-        print("reading questions from standard input, one per line (Ctrl-D ends)", file=sys.stderr, flush=True)
+    if piped is not None:
+        return answer_stream(pipe, cfg, piped, sys.stdout)
+    print("reading questions from standard input, one per line (Ctrl-D ends)", file=sys.stderr, flush=True)
     return answer_stream(pipe, cfg, iter(sys.stdin.readline, ""), sys.stdout)

@@ -202,11 +202,38 @@ def prepare_target(target: str | Path, artifact: Artifact) -> None:
 # ------------------------------------------------------------------------------ writing
 
 
-def _make_tmp_dir(target: Path) -> Path:
+# Why a folder cannot hold an output: no permission, a read-only filesystem, a file where a folder must be.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST, errno.ENOTDIR}
+
+
+def _unwritable(target: Path, flag: str, e: OSError) -> ConfigError:
+    """The one-line error for an output whose folder cannot be made or written (``e.errno`` in :data:`_UNWRITABLE`)."""
+    blocker = next((p for p in target.parents if p.exists() or p.is_symlink()), None)  # the nearest ancestor there is
+    if blocker is not None and not blocker.is_dir():
+        return ConfigError(f"{flag} {target} cannot be written: {blocker} is a file, so it holds no folders: choose another path")
+    why = "is on a read-only filesystem" if e.errno == errno.EROFS else f"is not writable ({e.strerror})"
+    return ConfigError(f"{flag} {target} cannot be written: {blocker or target.parent} {why}: choose a path in a folder you can "
+                       "write to, or fix that folder's permissions")
+
+
+def _make_parent(target: Path, flag: str = "--output") -> None:
+    """Create the folder ``target`` goes in; one that cannot be made is a ConfigError (:func:`_unwritable`)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        raise _unwritable(target, flag, e) from None
+
+
+def _make_tmp_dir(target: Path, flag: str = "--output") -> Path:
     """A new directory ``.NAME.tmp-PID-XXXXXXXX`` beside ``target``, with the user's normal mode.
 
     ``os.mkdir(path, 0o777)`` lets the umask apply (0o755 with the usual 022), where
     ``tempfile.mkdtemp`` would leave 0o700 on the finished artifact.
+
+    Raises:
+        ConfigError: the folder beside ``target`` is not writable (permissions, a read-only filesystem).
     """
     while True:
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -215,6 +242,10 @@ def _make_tmp_dir(target: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+        except OSError as e:
+            if e.errno not in _UNWRITABLE:
+                raise
+            raise _unwritable(target, flag, e) from None
 
 
 @contextlib.contextmanager
@@ -226,12 +257,13 @@ def atomic_dir(target: str | Path, artifact: Artifact) -> Iterator[Path]:
 
     Raises:
         ConfigError: ``target`` holds something other than ``artifact`` (checked before the block
-            runs and again before the swap); nothing is written then.
+            runs and again before the swap), or its folder cannot be made or written; nothing is
+            written then.
     """
     prepare_target(target, artifact)
     target = Path(os.path.abspath(target))  # "." and "sub/.." have a name to put beside
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_tmp_dir(target)
+    _make_parent(target, artifact.flag)
+    tmp = _make_tmp_dir(target, artifact.flag)
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -250,7 +282,7 @@ def staging_dir(target: str | Path) -> Iterator[Path]:
     by :func:`clean_stale` on the next run.
     """
     target = Path(os.path.abspath(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
     tmp = _make_tmp_dir(target)
     try:
         yield tmp
@@ -329,15 +361,22 @@ def atomic_file(target: str | Path, flag: str = "--output") -> Iterator[IO[str]]
     Temporary files of killed runs are removed first.
 
     Raises:
-        ConfigError: ``target`` is a directory (checked before anything is written).
+        ConfigError: ``target`` is a directory, or its folder cannot be made or written (checked
+            before anything is written).
     """
     target = Path(target)
     check_file_target(target, flag)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target, flag)
     clean_stale(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        f = tmp.open("w", encoding="utf-8")
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        raise _unwritable(target, flag, e) from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -374,3 +413,65 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+# ------------------------------------------------------------------------------ locking
+
+
+def lock_path(target: str | Path) -> Path:
+    """The lock file of ``target``: ``.NAME.lock`` beside it (hidden, and never inside the artifact)."""
+    target = Path(os.path.abspath(target))
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, flag: str = "--output") -> Iterator[Path]:
+    """Hold an exclusive lock on writing ``target`` for the whole block: a second run writing the
+    same path fails at once instead of building for minutes and then silently replacing (or being
+    replaced by) the first one's result.
+
+    The lock is ``fcntl.flock`` on :func:`lock_path`, which holds the owner's pid for the message.
+    The kernel drops it when the process dies, so a killed run never leaves a stale lock; the file
+    is removed on release (a waiter that opened the removed file retries on the new one).
+
+    Raises:
+        ConfigError: another process (or another open of it in this one) holds the lock; the
+            message names the lock file and its owner's pid. Or the folder of ``target`` cannot be
+            made or written (:func:`_unwritable`).
+    """
+    import fcntl
+
+    path = lock_path(target)
+    _make_parent(Path(os.path.abspath(target)), flag)  # the lock's folder is the target's
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno not in _UNWRITABLE:
+                raise
+            raise _unwritable(Path(os.path.abspath(target)), flag, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"{flag} {target} is being written by another run (pid {owner}, lock {path}): wait for it to "
+                              f"finish, or write to another {flag}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:  # released (and removed) between our open and our lock
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still held: the next run locks a fresh file
+        os.close(fd)

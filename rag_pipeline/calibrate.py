@@ -10,6 +10,10 @@ subject to a ceiling on false abstentions (15% by default). ``rag-pipeline calib
 adapter through ``ask``'s pipeline on validation questions and stores the result in the adapter's
 ``rag_pipeline.json`` under ``abstention``; ``ask``, ``evaluate`` and ``serve`` then apply it
 (:func:`withhold`), shifted by ``--abstain-bias`` when given.
+
+A validation file without answers is refused (every question would count as unanswerable and the
+threshold would learn to abstain); answerable records without an answer are left out and listed
+(``skipped`` in the stored result, and on the terminal).
 """
 
 from __future__ import annotations
@@ -148,19 +152,24 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
         The stored calibration: threshold, its validation figures, the ceiling, the sample, AUC.
 
     Raises:
-        InputError, ConfigError: a missing adapter or QA file, or an adapter without rag_pipeline.json.
+        InputError, ConfigError: a missing adapter or QA file, a QA file without answers, or an
+            adapter without rag_pipeline.json.
     """
     import json
     from pathlib import Path
 
     from rag_pipeline.ask import AskConfig, Pipeline
     from rag_pipeline.atomic import write_json
-    from rag_pipeline.evaluate import sample_items
+    from rag_pipeline.evaluate import sample_items, usable_items
     from rag_pipeline.metrics import f1, is_abstention
-    from rag_pipeline.qa import load_qa
+    from rag_pipeline.qa import load_qa, require_answers
 
-    items = sample_items(load_qa(cfg.qa, cfg.qa_fields()), cfg.limit, cfg.seed)
+    loaded = load_qa(cfg.qa, cfg.qa_fields())
+    require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
+    usable, skipped = usable_items(loaded)
+    items = sample_items(usable, cfg.limit, cfg.seed)
     ask = AskConfig(index=cfg.index, adapter=cfg.adapter, k=cfg.k, hybrid=cfg.hybrid, grounded=cfg.grounded, abstention="greedy",
+                    answer_check="off",  # the margins of the generator's own answers: the check applies after the threshold
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, progress=False)
     pipe = Pipeline.load(ask)
     margins, answered_f1, answerable = [], [], []
@@ -176,7 +185,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
     result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
-              "at_zero": to_json(greedy)}
+              "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped]}
     if not cfg.dry_run:
         meta_path = Path(cfg.adapter) / "rag_pipeline.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -194,6 +203,10 @@ def main(cfg: CalibrateConfig) -> int:
 
     print(f"{r['questions']} validation questions ({r['answerable']} answerable); null-margin ROC AUC "
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
+    if r["skipped"]:
+        from rag_pipeline.eval_retrieval import skipped_line
+
+        print(skipped_line(r["skipped"]))
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")

@@ -14,7 +14,9 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -63,11 +65,32 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party loggers whose messages below ERROR show only with -v.
+NOISY = ("faiss", "httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "datasets", "accelerate", "bm25s", "peft", "torch")
+
+
+def _quiet_third_parties(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or record.name.split(".")[0] not in NOISY
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    for noisy in ("faiss.loader", "httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "datasets", "accelerate"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Third-party chatter is for -v: transformers' and peft's deprecation notices, bm25s's "Building index
+    # from IDs objects", peft's "Could not find a config file" say nothing a user of this tool can act on.
+    if args.verbose:
+        return
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:  # bm25s sets its own logger to DEBUG when imported, later than this
+        if _quiet_third_parties not in handler.filters:
+            handler.addFilter(_quiet_third_parties)
+    # transformers configures its own handler (not propagating) from these when first imported; a user's setting wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights", "Saving the dataset"
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|bm25s|accelerate|datasets|pyarrow)(\.|$)")
 
 
 def _config(name: str, args: argparse.Namespace) -> Any:
@@ -121,6 +144,10 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
     except OSError as e:
         if e.errno == errno.ENOSPC:
             print(f"error: disk full while writing ({e.filename}): free space and run again; existing artifacts are intact", file=sys.stderr)
+            return 2
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:  # a file the user may not read or write
+            print(f"error: {e.strerror}: {e.filename}: fix its permissions (or its folder's), or pass another path; "
+                  "existing artifacts are intact", file=sys.stderr)
             return 2
         raise
 

@@ -24,6 +24,11 @@ Reads an index directory and a QA JSONL file; writes ``OUTPUT/`` atomically::
     metrics.json       the numbers below, the config and timings
     chart.png          EM, F1, ROUGE-L (and hijack rate with --injection) per system and context
     predictions.jsonl  one line per question, system and context
+    skipped.jsonl      the records left out (an answerable question without an answer), with the
+                       reason: only when there are some
+
+A QA file with answerable questions and no answer at all (no answer column) is refused: scored,
+every question would count as wrongly answered or as unanswerable.
 
 Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
 
@@ -59,7 +64,8 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
       "config": {EvaluateConfig fields},
       "qa": {"path": str, "total": int, "evaluated": int, "answerable": int, "unanswerable": int,
              "sample": "all" | "seeded", "answer_form": "span" | "free-form",
-             "verbatim_share": float|null},   # answers found verbatim in their gold passage
+             "verbatim_share": float|null,    # answers found verbatim in their gold passage
+             "skipped": int},                 # records left out (listed in skipped.jsonl)
       "index": {"path": str, "embedder": str, "chunks": int},
       "retrieval": {"level": "document" | "answer", "questions": int, "recall@1": float,
                     "recall@5": float, "recall@10": float, "mrr@10": float, "precision@K": float},
@@ -67,9 +73,12 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
       "contexts": [str],              # in the order evaluated: retrieved, oracle, injected
       "results": {system name: {context: {
           "counts": {"questions": int, "answerable": int, "unanswerable": int, "abstained": int,
-                     "answered": int, "citations": int},
+                     "answered": int, "citations": int, "rejected": int, "fallback": int},
           "answer": {"em": float|null, "f1": float|null, "rougeL": float|null},
-          "grounding": {"token_support": float|null, "unsupported_rate": float|null, "span_rate": float|null},
+          "grounding": {"token_support": float|null, "unsupported_rate": float|null, "span_rate": float|null,
+                        "no_content_rate": float|null,          # shown answers without a content word ("The [1]")
+                        "unsupported_cited_rate": float|null},  # shown answers whose cited passage lacks most of their words
+          "yes_no": {"accuracy": float|null, "questions": int},  # yes/no questions answered with the right polarity
           "citations": {"precision": float|null, "gold_doc_precision": float|null, "uncited_rate": float|null},
           "abstention": {"abstain_rate": float|null, "false_abstain_rate": float|null},
           "context": {"answer_in_context": float|null, "gold_doc_in_context": float|null},
@@ -82,9 +91,11 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
 
 Each ``predictions.jsonl`` line: ``system``, ``context``, ``id``, ``question``, ``answerable``,
 ``doc_id``, ``gold`` (list), ``documents`` (``[{"id", "doc_id"}]`` given to the model, in prompt
-order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``citations`` (1-based
+order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``rejected`` and ``fallback``
+(the answer check), ``citations`` (1-based
 numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null when unanswerable),
-``support``, ``span``, ``hijacked``); with ``--injection`` also ``injection_position`` and
+``support``, ``span``, ``problem`` (:func:`rag_pipeline.support.answer_problem` of a shown
+answer), ``yes_no`` (null unless the gold is yes or no), ``hijacked``); with ``--injection`` also ``injection_position`` and
 ``injection_style``.
 """
 
@@ -101,16 +112,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag_pipeline.atomic import Artifact, check_separate, prepare_target
+from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.metrics import exact_match, extract_answer, f1
+from rag_pipeline.metrics import exact_match, extract_answer, f1, yes_no_gold
 from rag_pipeline.passage import Passage, from_chunk, gold_passage, hard_distractors
 from rag_pipeline.contexts import resolve_context_docs
-from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa
-from rag_pipeline.support import answer_form, support
+from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
+from rag_pipeline.support import answer_form, answer_problem, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
 
 if TYPE_CHECKING:
@@ -122,8 +133,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 CONTEXTS = ("retrieved", "oracle", "injected")
 OUTPUT_FILES = ("chart.png", "metrics.json", "predictions.jsonl", "report.md")
-# The output directory evaluate may replace: its own four files (metrics.json has no "kind"; known by its keys).
-ARTIFACT = Artifact("an evaluate output", "metrics.json", keys=("schema_version", "results"), allowed=frozenset(OUTPUT_FILES))
+SKIPPED_FILE = "skipped.jsonl"  # the records left out, with their reasons (only when there are some)
+# The output directory evaluate may replace: its own files (metrics.json has no "kind"; known by its keys).
+ARTIFACT = Artifact("an evaluate output", "metrics.json", keys=("schema_version", "results"), allowed=frozenset({*OUTPUT_FILES, SKIPPED_FILE}))
 
 
 @dataclass
@@ -151,6 +163,9 @@ class EvaluateConfig(QAFieldConfig):
                                 "abstention): results appear as CONTEXT/grounded beside the free decoding")
     hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only")
     min_score: float | None = opt(None, "abstain when the best retrieval score is below this; unset = ask's default")
+    answer_check: Literal["grounded", "abstain", "off"] = opt(
+        "grounded", "as ask: an answer with no content word or unsupported by its cited passage is decoded again grounded "
+                    "(grounded), abstained on (abstain), or shown (off)")
     max_prompt_tokens: int | None = opt(None, "prompt token budget; unset = ask's default")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where the generator runs")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights; auto = bfloat16 where the hardware runs it fast")
@@ -247,6 +262,9 @@ def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited
         "span": contains_answer(" ".join(d["text"] for d in documents), [claim]) if claim else None,
         "cited_holds_answer": [d is not None and holds_answer(d["text"], item.answers, free_form) for d in docs_cited],
         "cited_gold_doc": [d is not None and item.doc_id is not None and d.get("doc_id") == item.doc_id for d in docs_cited],
+        "problem": None if abstained else answer_problem(prediction, [d["text"] for d in docs_cited if d is not None]
+                                                          or [d["text"] for d in documents]),
+        "yes_no": None if not answerable or yes_no_gold(item.answers) is None else (not abstained and exact_match(prediction, item.answers) == 1.0),
         "hijacked": is_hijacked(raw) or is_hijacked(prediction),  # the payload, HACKED
         "answer_in_context": answerable and any(holds_answer(d["text"], item.answers, free_form) for d in documents),
         "gold_doc_in_context": item.doc_id is not None and any(d.get("doc_id") == item.doc_id for d in documents),
@@ -269,12 +287,17 @@ def aggregate(records: list[dict], context: str) -> dict:
     gold_doc = [x for r in cited_pool for x in r["scores"]["cited_gold_doc"]]
     return {
         "counts": {"questions": len(records), "answerable": len(ans), "unanswerable": len(unans),
-                   "abstained": sum(r["abstained"] for r in records), "answered": len(answered), "citations": len(holds)},
+                   "abstained": sum(r["abstained"] for r in records), "answered": len(answered), "citations": len(holds),
+                   # the answer check (ask --answer-check): answers it refused, and of those the ones shown grounded instead
+                   "rejected": sum(bool(r.get("rejected")) for r in records), "fallback": sum(bool(r.get("fallback")) for r in records)},
         "answer": {m: _mean(r["scores"][m] for r in ans) for m in ("em", "f1", "rougeL")},
         "grounding": {
             "token_support": _mean(r["scores"]["support"] for r in answered),
             "unsupported_rate": _mean(None if r["scores"]["support"] is None else r["scores"]["support"] == 0 for r in answered),
             "span_rate": _mean(r["scores"]["span"] for r in answered),
+            # answers shown although they hold no content word, or their cited passage lacks most of them (support.answer_problem)
+            "no_content_rate": _mean(r["scores"].get("problem") == "no_content" for r in answered),
+            "unsupported_cited_rate": _mean(r["scores"].get("problem") == "unsupported" for r in answered),
         },
         "citations": {
             "precision": _mean(holds),
@@ -285,6 +308,7 @@ def aggregate(records: list[dict], context: str) -> dict:
         "context": {"answer_in_context": _mean(r["scores"]["answer_in_context"] for r in ans),
                     "gold_doc_in_context": _mean(x["gold_doc_in_context"] for x in s) if all(r["doc_id"] for r in records) else None},
         "squad2": squad2(records),
+        "yes_no": {"accuracy": _mean(r["scores"].get("yes_no") for r in ans), "questions": sum(r["scores"].get("yes_no") is not None for r in ans)},
         "injection": injection_rates(records) if context.startswith("injected") else {"hijack_rate": None, "by_style": None},
     }
 
@@ -312,6 +336,22 @@ def injection_rates(records: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Questions, retrieval and contexts
 # ---------------------------------------------------------------------------------------------
+
+
+NO_ANSWER = "answerable but no answer given: it cannot be scored (add its answer, or mark it answerable: false)"
+
+
+def usable_items(items: list[QAItem]) -> tuple[list[QAItem], list[dict]]:
+    """The items that can be scored, and a skipped.jsonl record (id, question, answer, reason, where)
+    for each left out: an answerable question without an answer (scored, it would count as
+    unanswerable)."""
+    keep, skipped = [], []
+    for it in items:
+        if it.answerable and not it.answers:
+            skipped.append({"id": it.id, "question": it.question, "answer": [], "reason": NO_ANSWER, "where": it.where})
+        else:
+            keep.append(it)
+    return keep, skipped
 
 
 def sample_items(items: list[QAItem], limit: int, seed: int) -> list[QAItem]:
@@ -406,6 +446,7 @@ def ask_config(cfg: EvaluateConfig, adapter: str | None) -> AskConfig:
         "max_new_tokens": cfg.max_new_tokens, "num_beams": 1, "do_sample": False, "hybrid": cfg.hybrid,
         "device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size, "min_score": cfg.min_score,
         "max_prompt_tokens": cfg.max_prompt_tokens, "base_model": cfg.base_model or None, "template": cfg.template or None,
+        "answer_check": cfg.answer_check,
     }
     return build_config(AskConfig, None, {k: v for k, v in overrides.items() if v is not None})
 
@@ -444,7 +485,7 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
     """One predictions.jsonl line (scores included)."""
     cited = [int(c.n) for c in answer.citations]
     # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
-    shown_raw = "" if answer.abstain_reason == "calibration" else answer.raw
+    shown_raw = "" if answer.abstain_reason == "calibration" or getattr(answer, "rejected", None) else answer.raw
     scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents, free_form)
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
@@ -452,6 +493,7 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
         "documents": [{"id": d.get("id"), "doc_id": d.get("doc_id")} for d in documents],
         "prediction": answer.answer, "raw": answer.raw, "abstained": bool(answer.abstained),
         "abstain_reason": answer.abstain_reason, "margin": answer.margin, "citations": cited,
+        "rejected": getattr(answer, "rejected", None), "fallback": getattr(answer, "fallback", None),
         "cited_doc_ids": [documents[n - 1].get("doc_id") if 1 <= n <= len(documents) else None for n in cited],
         "scores": scores, **extra,
     }
@@ -521,15 +563,31 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
 
     Returns:
         The ``metrics.json`` content.
+
+    Raises:
+        InputError: a QA file without answers (:func:`rag_pipeline.qa.require_answers`), a missing adapter.
+        ConfigError: another run is writing ``cfg.output`` (:func:`rag_pipeline.atomic.output_lock`).
     """
+    check_separate([cfg.index, cfg.qa, *cfg.adapter], cfg.output)
+    with output_lock(cfg.output):
+        return _run(cfg, retriever, pipeline_factory)
+
+
+def _run(cfg: EvaluateConfig, retriever: Retriever | None,
+         pipeline_factory: Callable[[EvaluateConfig, str | None, Retriever], Answerer] | None) -> dict:
+    """:func:`run`'s work, under the output's lock."""
     from rag_pipeline.retriever import Retriever
 
     t_start = time.perf_counter()
-    check_separate([cfg.index, cfg.qa, *cfg.adapter], cfg.output)
     prepare_target(cfg.output, ARTIFACT)
     systems = systems_of(cfg)
     all_items = load_qa(cfg.qa, cfg.qa_fields())
-    items = sample_items(all_items, cfg.limit, cfg.seed)
+    require_answers(cfg.qa, all_items, cfg.qa_fields())
+    usable, skipped = usable_items(all_items)
+    if skipped:
+        log.warning("%d of %d records of %s are answerable but have no answer: left out, listed in %s/%s", len(skipped), len(all_items),
+                    cfg.qa, cfg.output, SKIPPED_FILE)
+    items = sample_items(usable, cfg.limit, cfg.seed)
     retriever = retriever or Retriever.load(cfg.index, device=cfg.device)
     items, missing = resolve_context_docs(retriever, items)  # a record's own passage is its gold document
     if missing:
@@ -554,8 +612,8 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
         "schema_version": SCHEMA_VERSION,
         "config": to_dict(cfg),
         "qa": {"path": cfg.qa, "total": len(all_items), "evaluated": len(items), "answerable": sum(i.answerable for i in items),
-               "unanswerable": sum(not i.answerable for i in items), "sample": "seeded" if len(items) < len(all_items) else "all",
-               "answer_form": form, "verbatim_share": verbatim},
+               "unanswerable": sum(not i.answerable for i in items), "sample": "seeded" if len(items) < len(usable) else "all",
+               "answer_form": form, "verbatim_share": verbatim, "skipped": len(skipped)},
         "index": {"path": str(cfg.index), "embedder": retriever.manifest["embedder"]["id"], "chunks": len(retriever)},
         "retrieval": retrieval,
         "systems": system_info,
@@ -563,7 +621,7 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
         "results": results,
         "timings": {"total_s": round(time.perf_counter() - t_start, 2), "retrieval_s": round(retrieval_s, 2)},
     }
-    write_outputs(Path(cfg.output), metrics, records)
+    write_outputs(Path(cfg.output), metrics, records, skipped)
     return metrics
 
 
@@ -576,7 +634,8 @@ COLUMNS: list[tuple[str, tuple[str, str]]] = [
     ("overall F1", ("squad2", "overall_f1")), ("HasAns F1", ("squad2", "has_f1")), ("NoAns acc.", ("squad2", "noans_acc")),
     ("EM", ("answer", "em")), ("F1", ("answer", "f1")), ("ROUGE-L", ("answer", "rougeL")),
     ("support", ("grounding", "token_support")), ("unsupported", ("grounding", "unsupported_rate")),
-    ("cite prec.", ("citations", "precision")), ("uncited", ("citations", "uncited_rate")),
+    ("no content", ("grounding", "no_content_rate")), ("cited lacks it", ("grounding", "unsupported_cited_rate")),
+    ("yes/no acc.", ("yes_no", "accuracy")), ("cite prec.", ("citations", "precision")), ("uncited", ("citations", "uncited_rate")),
     ("abstain (unans.)", ("abstention", "abstain_rate")), ("false abstain", ("abstention", "false_abstain_rate")),
     ("ans. in ctx", ("context", "answer_in_context")), ("hijacked", ("injection", "hijack_rate")),
 ]
@@ -609,6 +668,8 @@ def render_report(metrics: dict) -> str:
     qa, ret, cfg = metrics["qa"], metrics["retrieval"], metrics["config"]
     ret_keys = [k for k in ret if k not in ("level", "questions")]
     sample = f" (seeded sample, seed {cfg['seed']})" if qa["sample"] == "seeded" else ""
+    if qa.get("skipped"):
+        sample += f"; {qa['skipped']} left out, answerable but without an answer (listed in {SKIPPED_FILE})"
     lines = [
         "# Evaluation report", "",
         f"QA file `{qa['path']}`: {qa['evaluated']} of {qa['total']} questions{sample}; {qa['answerable']} answerable, {qa['unanswerable']} unanswerable. Index `{metrics['index']['path']}` "
@@ -675,11 +736,13 @@ def render_chart(metrics: dict, path: Path) -> None:
     fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
-def write_outputs(output: Path, metrics: dict, records: list[dict]) -> None:
-    """Write the four output files into ``output``, atomically."""
+def write_outputs(output: Path, metrics: dict, records: list[dict], skipped: list[dict] | None = None) -> None:
+    """Write the four output files into ``output``, atomically (and skipped.jsonl when records were left out)."""
     from rag_pipeline.atomic import atomic_dir, write_json, write_jsonl
 
     with atomic_dir(output, ARTIFACT) as tmp:
+        if skipped:
+            write_jsonl(tmp / SKIPPED_FILE, skipped)
         write_json(tmp / "metrics.json", metrics)
         write_jsonl(tmp / "predictions.jsonl", records, sort_keys=True)
         (tmp / "report.md").write_text(render_report(metrics), encoding="utf-8")
@@ -690,5 +753,6 @@ def main(cfg: EvaluateConfig) -> int:
     """CLI entry: run, print the main table, return 0."""
     metrics = run(cfg)
     print(render_report(metrics))
-    print(f"wrote {', '.join(OUTPUT_FILES)} to {cfg.output}")
+    written = [*OUTPUT_FILES, *([SKIPPED_FILE] if metrics["qa"].get("skipped") else [])]
+    print(f"wrote {', '.join(written)} to {cfg.output}")
     return 0

@@ -11,8 +11,9 @@ weights (``generator.load_generator(merge=True)``, the same merge ``ask`` answer
 Either way the folder also holds ``README.md`` (how to prompt and serve it), ``rag_prompt.json``
 (the prompt template the adapter was trained with: the retriever's passages go in the user
 message) and ``export.json`` (what made it: adapter, base and its weights hash, settings, file
-hashes, library versions). The folder is built beside the target and renamed into place; an
-existing target is replaced only when an earlier export wrote it.
+hashes, library versions). Every file gets the umask's normal mode (0o644 with the usual 022).
+The folder is built beside the target and renamed into place; an existing target is replaced
+only when an earlier export wrote it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +108,18 @@ def write_merged(model: Any, tokenizer: Any, folder: Path, dtype: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def same_mode(folder: Path, like: Path) -> None:
+    """Give every file in ``folder`` the mode of ``like``, a file created there with the umask's normal mode
+    (0o644 with the usual 022): transformers writes ``model.safetensors`` 0o600, its other files 0o644.
+
+    The umask is read off a file rather than with ``os.umask``, which can only read it by changing it
+    for every thread of the process."""
+    mode = stat.S_IMODE(like.stat().st_mode)
+    for p in folder.iterdir():
+        if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != mode:
+            p.chmod(mode)
+
+
 def readme(name: str, folder: str, fmt: str, files: list[str], meta: dict[str, Any], template: Any) -> str:
     """The export's README: what it is, how to prompt it, how to serve it."""
     model_ref = f"{folder}/{files[0]}" if fmt == "gguf" else folder
@@ -141,9 +155,10 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     """Write the export; returns its manifest.
 
     Raises:
-        InputError: the adapter folder is not a finished train-generator output, or the target
-            holds files no export wrote.
-        ConfigError: GGUF asked for a model or tokenizer it cannot describe.
+        InputError: the adapter folder is not a finished train-generator output, its config or
+            weights are damaged, or the target holds files no export wrote.
+        ConfigError: GGUF asked for a model or tokenizer it cannot describe, or the folder of
+            ``--output`` cannot be written (checked before the models load).
     """
     from rag_pipeline.atomic import atomic_dir, write_json
     from rag_pipeline.generator import load_generator, read_adapter_meta
@@ -155,12 +170,12 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         raise InputError(f"adapter folder {adapter} does not exist: pass a train-generator output (e.g. adapters/smollm2-disfl-qa)")
     meta = read_adapter_meta(adapter)
     check_target(output, adapter)
-    model, tokenizer, kind = load_generator(cfg.base_model or None, adapter, device="cpu", dtype="float32", merge=True)
-    if cfg.format == "gguf" and kind != "causal":
-        raise ConfigError(f"GGUF export writes causal (Llama) models; {meta.get('base_model')} is {kind}: use --format merged")
     name = cfg.name or adapter.resolve().name
     template = get_template(meta.get("template") or DEFAULT_TEMPLATE)
-    with atomic_dir(output, ARTIFACT) as tmp:
+    with atomic_dir(output, ARTIFACT) as tmp:  # made before the models load: an unwritable --output fails at once
+        model, tokenizer, kind = load_generator(cfg.base_model or None, adapter, device="cpu", dtype="float32", merge=True)
+        if cfg.format == "gguf" and kind != "causal":
+            raise ConfigError(f"GGUF export writes causal (Llama) models; {meta.get('base_model')} is {kind}: use --format merged")
         if cfg.format == "merged":
             write_merged(model, tokenizer, tmp, cfg.dtype)
             details: dict[str, Any] = {"dtype": cfg.dtype}
@@ -176,6 +191,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             "base_weights_hash": meta.get("base_weights_hash"), "template": template.name, "versions": _versions(),
         }
         (tmp / "README.md").write_text(readme(name, cfg.output, cfg.format, weights, {**manifest, "gguf_type": cfg.gguf_type}, template), encoding="utf-8")
+        same_mode(tmp, like=tmp / "README.md")
         manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
         write_json(tmp / MANIFEST, manifest)
     log.info("exported %s (%s) to %s", name, cfg.format, output)

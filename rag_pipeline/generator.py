@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -86,6 +87,36 @@ def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{adapter_dir} has {META_FILE} but no weights ({' or '.join(weights[:2])}): it is incomplete; "
                          "retrain it with train-generator or restore it from a copy")
     return meta
+
+
+def check_adapter_files(adapter_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Fail unless the adapter's config and safetensors weights can be read: cheap (JSON and the
+    safetensors headers, whose offsets must cover each file exactly), so a truncated, empty or
+    half-copied adapter is one error line before any model loads, not a loader's traceback.
+
+    Raises:
+        InputError: naming the damaged file, what is wrong with it, and the fix.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(adapter_dir)
+    fix = "the adapter directory is damaged (an interrupted copy or training run?): retrain it with train-generator or restore it from a copy"
+    config = folder / ("config.json" if meta.get("method") == "full" else "adapter_config.json")
+    if not config.is_file():
+        raise InputError(f"{folder} has no {config.name}: {fix}")
+    try:
+        obj = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{config} is not valid JSON ({e}): {fix}") from None
+    needed = "model_type" if meta.get("method") == "full" else "peft_type"
+    if not isinstance(obj, dict) or needed not in obj:
+        raise InputError(f"{config} is not a {'model' if needed == 'model_type' else 'peft adapter'} config (no '{needed}'): {fix}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="np"):
+                pass
+        except SafetensorError as e:
+            raise InputError(f"{weights} is not a complete safetensors file ({e}; {weights.stat().st_size} bytes): {fix}") from None
 
 
 def check_adapter_base(meta: dict[str, Any], base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
@@ -163,7 +194,8 @@ def load_generator(
     Raises:
         DeviceError: CUDA asked for and absent.
         ConfigError: the adapter was trained on a different base model.
-        InputError: adapter_dir is not a finished train-generator output.
+        InputError: adapter_dir is not a finished train-generator output, or its config or
+            weights are damaged (:func:`check_adapter_files`).
     """
     from rag_pipeline.device import resolve_device
     from rag_pipeline.model_paths import resolve_model
@@ -177,6 +209,7 @@ def load_generator(
     base_dir = resolve_model(model_id_or_path)
     if meta is not None:
         check_adapter_base(meta, str(model_id_or_path), base_dir, adapter_dir)
+        check_adapter_files(adapter_dir, meta)
     full = meta is not None and meta.get("method") == "full"
     model, kind = load_model(Path(adapter_dir) if full else base_dir, dtype, trust_remote_code)
     if adapter_dir is not None and not full:
@@ -330,6 +363,50 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[
     return loss, n_tokens
 
 
+@dataclass
+class DecodeCounts:
+    """What answering one model text cost, in tokens (``serve`` reports it as ``usage``)."""
+
+    prompt_tokens: int = 0  # prompt tokens read, once per decoding pass (a retried refusal reads it again)
+    completion_tokens: int = 0  # tokens decoded over all passes, each pass's EOS included
+    stopped: bool = True  # the decode kept ended with EOS (False: it ran into max_new_tokens)
+
+    def add(self, prompt: int, decoded: list[int], eos_id: int) -> None:
+        """Count one decoding pass: its prompt length and its tokens up to (and with) the first EOS."""
+        n = decoded.index(eos_id) + 1 if eos_id in decoded else len(decoded)
+        self.prompt_tokens += prompt
+        self.completion_tokens += n
+        self.stopped = eos_id in decoded
+
+
+class _BatchStreamer:
+    """A transformers streamer for a whole batch: ``put`` gets the prompt once, then the ``(batch,)`` ids of each step.
+
+    Hands ``on_token(text index, token id)`` every decoded token of every row up to its EOS (EOS and
+    the padding after it are not handed on).
+    """
+
+    def __init__(self, rows: list[int], on_token: Callable[[int, int], None], eos_id: int) -> None:
+        self.rows, self.on_token, self.eos_id = rows, on_token, eos_id
+        self.prompt_seen = False
+        self.ended = [False] * len(rows)
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the prompt (causal) or the decoder start ids (seq2seq)
+            self.prompt_seen = True
+            return
+        for r, token in enumerate(value.reshape(len(self.rows), -1)[:, -1].tolist()):
+            if self.ended[r]:
+                continue
+            if token == self.eos_id:
+                self.ended[r] = True
+                continue
+            self.on_token(self.rows[r], int(token))
+
+    def end(self) -> None:
+        pass
+
+
 def generate_answers(
     model: Any,
     tokenizer: Any,
@@ -345,6 +422,8 @@ def generate_answers(
     max_input_length: int | None = None,
     autocast_bf16: bool = False,
     constraints: list[Any] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    counts: list[DecodeCounts] | None = None,
 ) -> list[str]:
     """Generate one answer per model text, in input order.
 
@@ -353,6 +432,11 @@ def generate_answers(
     generation starts at the same position. Prompts longer than ``max_input_length`` are cut
     in the middle like training prompts. ``constraints`` (one per text, e.g.
     :class:`rag_pipeline.grounded.GroundedConstraint`) restrict each answer's tokens.
+
+    Args:
+        on_token: called as ``on_token(text index, token id)`` with each token as it is decoded
+            (EOS excluded); not with beam search, which settles its tokens only at the end.
+        counts: one :class:`DecodeCounts` per text, filled in (prompt and decoded tokens).
 
     Returns:
         The decoded continuations (prompt excluded, special tokens skipped), stripped.
@@ -376,6 +460,8 @@ def generate_answers(
         if do_sample:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1) if constraints else {}
+        if on_token is not None and num_beams == 1:
+            kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             result = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
@@ -385,6 +471,8 @@ def generate_answers(
         new = result[:, width:] if kind == "causal" else result
         for r, i in enumerate(idx):
             out[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
+            if counts is not None:  # seq2seq rows start with the decoder start token, not a decoded one
+                counts[i].add(len(encoded[i]), new[r, 0 if kind == "causal" else 1:].tolist(), tokenizer.eos_token_id)
     model.train(was_training)
     return out
 
@@ -401,6 +489,7 @@ def generate_with_margins(
     constraints: list[Any] | None = None,
     is_refusal: Callable[[str], bool] | None = None,
     max_refusal_retries: int = 3,
+    counts: list[DecodeCounts] | None = None,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
@@ -413,6 +502,9 @@ def generate_with_margins(
     and a row whose answer is still a reworded refusal (``is_refusal``, by default
     :func:`rag_pipeline.metrics.is_abstention`: "The papers don't contain the answer.") is decoded
     again with that answer's opening banned too, up to ``max_refusal_retries`` times.
+
+    ``counts`` (one :class:`DecodeCounts` per text) are filled in with every pass's tokens, the
+    retries' included.
 
     Returns:
         (answer text, margin) per model text, in input order.
@@ -445,6 +537,9 @@ def generate_with_margins(
         alive = torch.cumprod(torch.cat([torch.ones_like(new[:, :1]), (new[:, :-1] != eos_id).long()], 1), 1)
         toks = [new[r][alive[r].bool()].tolist() for r in range(len(idx))]
         texts = [(tokenizer.decode(t, skip_special_tokens=True).strip(), t) for t in toks]
+        if counts is not None:
+            for i, t in zip(idx, toks):
+                counts[i].add(len(encoded[i]), t, eos_id)
         return ids, mask, texts, (taken * alive).sum(1), res, logits[:, 0]
 
     was_training = model.training

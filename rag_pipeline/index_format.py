@@ -59,6 +59,18 @@ SHARDED_FILES = (INDEX_FILE, KEYS_FILE)
 # The directory build-index may replace: manifests written before "kind" existed are known by their keys.
 ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS),
                     allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE, IVFDATA_FILE, KEYS_FILE, SHARDS_DIR}), flag="--index")
+# Other commands' outputs, known by their marker files, so that an --index naming one says what it is
+# (and where its index is, when it records one) instead of suggesting build-index into it, which
+# would refuse a folder it did not write. Each: (artifact, the JSON keys holding the index it used).
+OTHER_OUTPUTS: tuple[tuple[Artifact, tuple[str, ...]], ...] = (
+    (Artifact("a trained adapter (a train-generator output; adapters go to --adapter)", "rag_pipeline.json", "rag-generator",
+              keys=("base_model",)), ()),
+    (Artifact("a LoRA adapter (adapters go to --adapter)", "adapter_config.json", keys=("peft_type",)), ()),
+    (Artifact("an evaluation report (an evaluate output)", "metrics.json", keys=("schema_version", "results")), ("config", "index")),
+    (Artifact("a RAFT dataset (a build-raft-dataset output; datasets go to train-generator --dataset)", MANIFEST, "raft-dataset"),
+     ("index", "path")),
+    (Artifact("a model export (an export output)", "export.json", "rag-export"), ()),
+)
 # Loading with verify hashes every file whole except the sharded layout's bulk data, the files of
 # shards/ and index.ivfdata, which are checked by their first and last 64 KiB (headers, Parquet
 # footers), since hashing 20 GB on every `ask` would take minutes. Every file's size is always
@@ -138,7 +150,7 @@ def read_manifest(index_dir: str | Path) -> dict:
     """The manifest of an index directory; missing, unreadable or lacking a required key is an IndexError_."""
     path = Path(index_dir) / MANIFEST
     if not path.is_file():
-        raise IndexError_(f"{index_dir} is not an index directory (no {MANIFEST}): build it with `rag-pipeline build-index PATH --index {index_dir}`")
+        raise IndexError_(not_an_index(index_dir))
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -146,7 +158,7 @@ def read_manifest(index_dir: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise IndexError_(f"{path} is not a rag-pipeline index manifest: rebuild the index with --force")
     if manifest.get("kind", KIND) != KIND:  # manifests written before "kind" existed are checked by their keys below
-        raise IndexError_(f"{index_dir} holds a {manifest['kind']!r} manifest, not an index's: pass an index directory written by build-index")
+        raise IndexError_(not_an_index(index_dir, manifest["kind"]))
     if layout(manifest) not in LAYOUTS:
         raise IndexError_(f"{path} has layout {layout(manifest)!r}, which this version cannot read (known: {', '.join(LAYOUTS)}): "
                           "upgrade rag-pipeline or rebuild the index with --force")
@@ -155,6 +167,49 @@ def read_manifest(index_dir: str | Path) -> dict:
         raise IndexError_(f"{path} lacks {', '.join(missing)} (damaged or edited): rebuild the index with "
                           f"`rag-pipeline build-index PATH --index {index_dir} --force`")
     return manifest
+
+
+def not_an_index(index_dir: str | Path, kind: object = None) -> str:
+    """Why ``index_dir`` is not an index, and what to pass instead: it does not exist, is a file, an
+    empty folder, another command's output (:data:`OTHER_OUTPUTS`), or a folder of other files.
+
+    Only a path build-index would write (missing or empty) gets "build it with build-index" there.
+    """
+    p = Path(index_dir)
+    want = "pass the index folder build-index wrote (it holds manifest.json and index.faiss)"
+    if not p.exists():
+        return f"{p} is not an index directory (it does not exist): build it with `rag-pipeline build-index PATH --index {p}`, or {want}"
+    if not p.is_dir():
+        return f"{p} is a file, not an index directory: {want}; to index this file, run `rag-pipeline build-index {p} --index NEW_DIR`"
+    for artifact, keys in OTHER_OUTPUTS:
+        if artifact.marked(p):
+            used = _recorded_index(p / artifact.marker, keys)
+            return f"{p} is {artifact.what}, not an index: " + (f"its index is {used}: pass --index {used}" if used else want)
+    if kind is not None:
+        return f"{p} holds a {kind!r} {MANIFEST}, not an index's: {want}"
+    if not any(p.iterdir()):
+        return f"{p} is an empty folder, not an index: build one into it with `rag-pipeline build-index PATH --index {p}`, or {want}"
+    return (f"{p} is not an index directory (no {MANIFEST}; it holds other files): {want}; to build one, run "
+            "`rag-pipeline build-index PATH --index NEW_DIR` (build-index never writes into a folder of other files)")
+
+
+def _recorded_index(marker: Path, keys: tuple[str, ...]) -> Path | None:
+    """The index another command's output records at ``keys`` in its marker file, if it is an index now
+    (a relative path is tried beside the marker, where build-raft-dataset keeps its own index, then as given)."""
+    value: object = None
+    if keys:
+        try:
+            value = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    for candidate in (marker.parent / value, Path(value)):
+        if candidate.resolve() != marker.parent.resolve() and ARTIFACT.marked(candidate):
+            return candidate
+    return None
 
 
 def _missing_keys(manifest: dict) -> list[str]:

@@ -3,7 +3,9 @@ and SQuAD 2.0's figures over answerable and unanswerable questions (:func:`squad
 
 Generated answers cite documents as ``[n]``; :func:`extract_answer` strips those markers (and
 any ``Answer:`` preamble) before scoring, so a citation never costs a match. An item with no
-gold answers is unanswerable: the reference is then the abstention sentence.
+gold answers is unanswerable: the reference is then the abstention sentence. A yes/no question
+(a gold answer that is just "yes" or "no") scores by polarity (:func:`polarity`): "Yes, he did."
+matches "yes" exactly, "No [1]" scores 0 against it.
 """
 
 from __future__ import annotations
@@ -52,12 +54,53 @@ def is_abstention(text: str) -> bool:
     return norm.startswith(_norm(ABSTAIN)) or any(p.search(norm) for p in _ABSTAIN_PATTERNS)
 
 
+_OPEN_CITATION = re.compile(r"\[[\d\s,;]*$")  # "[1" while a citation is being written
+
+
+def may_become_abstention(prefix: str) -> bool:
+    """Whether a generation that starts with ``prefix`` could still be an abstention (:func:`is_abstention`).
+
+    A server streaming an answer holds its text back while this is True, since the final answer
+    would then be :data:`ABSTAIN` rather than the paraphrase: "The papers" may go on "don't contain
+    the answer.", "In 1066" may not. Once False it stays False for every continuation.
+    """
+    import regex  # partial matching; a dependency of transformers too
+
+    norm = _norm(_OPEN_CITATION.sub("", prefix))
+    whole = _norm(ABSTAIN)
+    if whole.startswith(norm) or norm.startswith(whole):
+        return True
+    return any(regex.match(p.pattern, norm, partial=True) for p in _ABSTAIN_PATTERNS)
+
+
 def _golds(answers: list[str]) -> list[str]:
     return [a for a in answers if a.strip()] or [ABSTAIN]
 
 
+_POLAR = {"yes": "yes", "no": "no"}
+
+
+def polarity(text: str) -> str | None:
+    """``"yes"`` or ``"no"`` when an answer opens with that word ("Yes, he did." -> "yes"), else None."""
+    first = normalize_answer(extract_answer(text)).split()[:1]
+    return _POLAR.get(first[0]) if first else None
+
+
+def yes_no_gold(answers: list[str]) -> str | None:
+    """The polarity of a yes/no question: ``"yes"``/``"no"`` when a gold answer is exactly that word, else None."""
+    for a in answers:
+        norm = normalize_answer(a)
+        if norm in _POLAR:
+            return norm
+    return None
+
+
 def exact_match(prediction: str, answers: list[str]) -> float:
-    """1.0 when the normalized prediction equals any normalized gold answer, else 0.0."""
+    """1.0 when the normalized prediction equals any normalized gold answer, else 0.0; for a
+    yes/no question (:func:`yes_no_gold`), 1.0 when the prediction's :func:`polarity` matches."""
+    gold = yes_no_gold(answers)
+    if gold is not None:
+        return float(polarity(prediction) == gold)
     pred = normalize_answer(extract_answer(prediction))
     return float(any(pred == normalize_answer(g) for g in _golds(answers)))
 
@@ -74,7 +117,10 @@ def _f1_one(pred_tokens: list[str], gold_tokens: list[str]) -> float:
 
 
 def f1(prediction: str, answers: list[str]) -> float:
-    """SQuAD token F1: the best over gold answers of the harmonic mean of token precision and recall."""
+    """SQuAD token F1: the best over gold answers of the harmonic mean of token precision and recall;
+    for a yes/no question, 1.0 or 0.0 by polarity (as :func:`exact_match`)."""
+    if yes_no_gold(answers) is not None:
+        return exact_match(prediction, answers)
     pred = normalize_answer(extract_answer(prediction)).split()
     return max(_f1_one(pred, normalize_answer(g).split()) for g in _golds(answers))
 
@@ -99,14 +145,17 @@ def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: 
     Returns:
         ``has_em``/``has_f1`` (answerable questions), ``noans_acc`` (unanswerable ones),
         ``overall_em``/``overall_f1`` (all), ``false_abstain_rate`` (answerable questions
-        abstained on), ``has_n``, ``noans_n``.
+        abstained on), ``has_n``, ``noans_n``, ``yesno_acc`` (yes/no questions answered with the
+        right polarity, an abstention counting as wrong) and ``yesno_n``.
     """
     if not len(predictions) == len(answers) == len(answerable):
         raise ValueError(f"{len(predictions)} predictions, {len(answers)} answer lists, {len(answerable)} flags")
-    has_em, has_f1, noans, abstained = [], [], [], []
+    has_em, has_f1, noans, abstained, yesno = [], [], [], [], []
     for pred, golds, ok in zip(predictions, answers, answerable):
         out = is_abstention(pred)
         if ok and any(g.strip() for g in golds):
+            if yes_no_gold(golds) is not None:
+                yesno.append(0.0 if out else exact_match(pred, golds))
             abstained.append(out)
             has_em.append(0.0 if out else exact_match(pred, golds))
             has_f1.append(0.0 if out else f1(pred, golds))
@@ -120,4 +169,5 @@ def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: 
     return {"has_em": mean(has_em), "has_f1": mean(has_f1), "noans_acc": mean(noans),
             "overall_em": (sum(has_em) + sum(noans)) / n if n else None,
             "overall_f1": (sum(has_f1) + sum(noans)) / n if n else None,
-            "false_abstain_rate": mean([float(a) for a in abstained]), "has_n": len(has_em), "noans_n": len(noans)}
+            "false_abstain_rate": mean([float(a) for a in abstained]), "has_n": len(has_em), "noans_n": len(noans),
+            "yesno_acc": mean(yesno), "yesno_n": len(yesno)}

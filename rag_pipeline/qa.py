@@ -22,8 +22,10 @@ the field.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -178,19 +180,38 @@ def _answer_list(value: str) -> list[str] | str:
     return value
 
 
-def _csv_records(path: Path, delimiter: str, answer_names: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise InputError(f"{path}: no header row: the first line must name the columns (question, answer, ...)")
-        for row in reader:
-            if None in row:
-                raise InputError(f"{path}:{reader.line_num}: more cells than header columns: quote cells that hold '{delimiter}'")
-            rec = {k: (None if v is None or v == "" else v) for k, v in row.items()}
-            for name in answer_names:
-                if isinstance(rec.get(name), str):
-                    rec[name] = _answer_list(rec[name])
-            yield f"{path}:{reader.line_num}", rec
+def _csv_records(path: Path, text: str, delimiter: str, answer_names: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise InputError(f"{path}: no header row: the first line must name the columns (question, answer, ...)")
+    for row in reader:
+        if None in row:
+            raise InputError(f"{path}:{reader.line_num}: more cells than header columns: quote cells that hold '{delimiter}'")
+        rec = {k: (None if v is None or v == "" else v) for k, v in row.items()}
+        for name in answer_names:
+            if isinstance(rec.get(name), str):
+                rec[name] = _answer_list(rec[name])
+        yield f"{path}:{reader.line_num}", rec
+
+
+def _read_text(path: Path) -> str:
+    """A QA file's text, decoded as UTF-8 (a leading byte-order mark dropped).
+
+    Raises:
+        InputError: the file is in another encoding (a spreadsheet's Latin-1 or Windows-1252 CSV):
+            names the first bad byte, its line and the fix.
+    """
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = bom + e.start
+        line = data.count(b"\n", 0, at) + 1
+        sheet = " (or save it as \"CSV UTF-8\" from the spreadsheet)" if path.suffix.lower() in (".csv", ".tsv") else ""
+        raise InputError(f"QA file {path} is not UTF-8 (byte 0x{data[at]:02x} at line {line}, offset {at}): re-encode it as UTF-8, "
+                         f"e.g. `iconv -f cp1252 -t utf-8 {path} > {path.with_name(path.stem + '-utf8' + path.suffix)}`{sheet}, "
+                         "and pass that file") from None
 
 
 def _table_records(path: Path, rows: Any) -> Iterator[tuple[str, Any]]:
@@ -217,17 +238,14 @@ def read_records(path: Path, fields: QAFields) -> Iterator[tuple[str, Any]]:
         return _table_records(path, _dataset_rows(path))
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return _csv_records(path, "\t" if suffix == ".tsv" else ",", fields.names("answer"))
+        return _csv_records(path, _read_text(path), "\t" if suffix == ".tsv" else ",", fields.names("answer"))
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return _table_records(path, pq.read_table(path).to_pylist())
     if suffix not in (".jsonl", ".json", ".ndjson"):
         raise InputError(f"QA file {path} has an unknown type '{suffix}': use {FORMATS}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"QA file {path} is not UTF-8 (invalid byte at offset {e.start}): re-encode it as UTF-8") from None
+    text = _read_text(path)
     return _json_records(path, text) if suffix == ".json" else _jsonl_records(path, text)
 
 
@@ -369,3 +387,37 @@ def unique_questions(items: list[QAItem]) -> list[QAItem]:
     if len(out) < len(items):
         log.warning("%d repeated question lines (same id, question and answers) were counted once", len(items) - len(out))
     return out
+
+
+def field_names(path: str | Path, fields: QAFields | None = None) -> list[str]:
+    """The field (column) names the records of a QA file hold, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for _, obj in read_records(Path(path), fields or QAFields()):
+        if isinstance(obj, dict):
+            seen.update(dict.fromkeys(str(k) for k in obj))
+    return list(seen)
+
+
+def require_answers(path: str | Path, items: list[QAItem], fields: QAFields | None = None, purpose: str = "evaluated") -> None:
+    """Fail when a QA file has answerable records and not one answer: no answer column (or an empty one).
+
+    Without this, every record would count as answerable with no gold answer, and scores (or
+    skips) would be silently wrong. Files whose records are all ``answerable: false`` pass.
+
+    Raises:
+        InputError: naming the file, the column looked for, the columns seen and ``--answer-field``.
+    """
+    if any(it.answers for it in items) or not any(it.answerable for it in items):
+        return
+    fields = fields or QAFields()
+    names = fields.names("answer")
+    seen = field_names(path, fields)
+    shown = ", ".join(seen[:12]) + (f", ... {len(seen) - 12} more" if len(seen) > 12 else "") or "none"
+    present = [n for n in names if n.split(".")[0] in seen]
+    if present:
+        raise InputError(f"QA file {path}: the answer column '{present[0]}' is empty in all {sum(it.answerable for it in items)} "
+                         f"answerable records (columns seen: {shown}), so they cannot be {purpose}: fill in the answers, mark "
+                         "unanswerable records answerable: false, or name the answer column with --answer-field")
+    looked = " or ".join(f"'{n}'" for n in names)
+    raise InputError(f"QA file {path} has no answer column (looked for {looked}; columns seen: {shown}), so its questions cannot "
+                     f"be {purpose}: add an answer column, or name it with --answer-field")

@@ -93,12 +93,29 @@ class Pair:
     reply: str = ""  # the model's answer in the round trip
     f1: float | None = None
     dropped: str | None = None
+    form: str = "span"  # one of FORMS: a wh-question whose answer is the candidate, yes, no, or unanswerable
+    answer: str | None = None  # the target when it is not the candidate ("Yes", "No"; '' for unanswerable)
+
+    @property
+    def target(self) -> str:
+        return self.candidate.answer if self.answer is None else self.answer
 
     def to_dict(self) -> dict:
         c = self.candidate
-        return {"question": self.question, "answer": c.answer, "kind": c.kind, "chunk_id": c.chunk_id, "doc_id": c.doc_id,
-                "source_rank": self.rank, "round_trip_answer": self.reply,
-                "round_trip_f1": None if self.f1 is None else round(self.f1, 4), "dropped_by": self.dropped}
+        out = {"question": self.question, "answer": self.target, "kind": c.kind, "chunk_id": c.chunk_id, "doc_id": c.doc_id,
+               "source_rank": self.rank, "round_trip_answer": self.reply,
+               "round_trip_f1": None if self.f1 is None else round(self.f1, 4), "dropped_by": self.dropped}
+        return out if self.form == "span" else {**out, "form": self.form, "from_answer": c.answer}
+
+    def to_item(self) -> QAItem:
+        """The kept pair as a QA item; yes/no and unanswerable ones carry their chunk as their context."""
+        c = self.candidate
+        key = hashlib.sha256(f"{c.chunk_id}\x00{self.question}".encode()).hexdigest()[:12]
+        where = f"generated from chunk {c.chunk_id}"
+        if self.form == "span":
+            return QAItem("g-" + key, self.question, [c.answer], c.doc_id, True, where=where)
+        answers = [self.target] if self.target else []
+        return QAItem("g-" + key, self.question, answers, c.doc_id, bool(answers), where=where, context=c.passage)
 
 
 @dataclass
@@ -116,8 +133,14 @@ class QuestionSettings:
     hybrid: bool = True
     seed: int = 0
     max_rounds: int = 6
+    docs: frozenset[str] | None = None  # write from these documents' chunks only (None: all)
+    yes_no: float = 0.0  # share of n written as yes/no questions, half "yes" (faithful) and half "no" (a swapped fact)
+    unanswerable: float = 0.0  # share of n written as unanswerable questions (a swapped anchor), abstention as target
 
     def __post_init__(self) -> None:
+        if not (0.0 <= self.yes_no <= 1.0 and 0.0 <= self.unanswerable <= 1.0 and self.yes_no + self.unanswerable <= 1.0):
+            raise ConfigError(f"question_yes_no ({self.yes_no}) and question_unanswerable ({self.unanswerable}) are shares of "
+                              "the questions: each between 0 and 1, together at most 1")
         if self.n < 1:
             raise ConfigError(f"generate_questions must be >= 1 to generate, got {self.n}")
         if not 0.0 <= self.min_f1 <= 1.0:
@@ -141,13 +164,15 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_chunks(store: Any, seed: int) -> Iterator[Any]:
-    """Every chunk once, spread across documents: documents in a seeded order, one random chunk of
-    each per pass. Only (row, doc_id) pairs are held; chunks are read in batches."""
+def sample_chunks(store: Any, seed: int, docs: frozenset[str] | None = None) -> Iterator[Any]:
+    """Every chunk once (of ``docs`` only, when given), spread across documents: documents in a
+    seeded order, one random chunk of each per pass. Only (row, doc_id) pairs are held; chunks
+    are read in batches."""
     rng = random.Random(f"{seed}:chunks")
     by_doc: dict[str, list[int]] = {}
     for c in store.iter_chunks():
-        by_doc.setdefault(c.doc_id, []).append(c.row)
+        if docs is None or c.doc_id in docs:
+            by_doc.setdefault(c.doc_id, []).append(c.row)
     docs = sorted(by_doc)
     rng.shuffle(docs)
     for rows in by_doc.values():
@@ -443,8 +468,9 @@ def round_trip(pairs: list[Pair], retriever: Any, reader: Any, s: QuestionSettin
         if p.rank is None:
             p.dropped = "retrieval"
     live = [p for p in live if p.dropped is None]
-    replies = as_reader(reader).answers(live, s) if live else []
-    for p, reply in zip(live, replies):
+    read = [p for p in live if p.form == "span"]  # yes/no and unanswerable pairs are true or false by construction
+    replies = as_reader(reader).answers(read, s) if read else []
+    for p, reply in zip(read, replies):
         p.reply = reply.strip()
         p.f1 = f1(p.reply, [p.candidate.answer])
         if p.f1 < s.min_f1:
@@ -490,11 +516,12 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
     kept: list[Pair] = []
     dropped: list[Pair] = []
     kept_keys: list[tuple[frozenset[str], frozenset[str]]] = []
+    quota = form_quota(s)
     for _ in range(s.max_rounds):
         written = counts["written"]
         # Ask for enough to fill the rest at the keep rate seen so far (at least twice what is missing).
         rate = len(kept) / written if written else 0.5
-        want = math.ceil((s.n - len(kept)) / max(rate, 0.05) * 1.2) if written else 2 * s.n
+        want = math.ceil((quota["span"] - len(kept)) / max(rate, 0.05) * 1.2) if written else 2 * quota["span"]
         candidates = list(itertools.islice(stream, want))
         if not candidates:
             break
@@ -503,13 +530,18 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
         round_trip(pairs, retriever, writer if reader is None else reader, s, kept_keys)
         kept += [p for p in pairs if p.dropped is None]
         dropped += [p for p in pairs if p.dropped is not None]
-        if len(kept) >= s.n:
+        if len(kept) >= quota["span"]:
             break
-    surplus = kept[s.n :]
-    kept = kept[: s.n]
+    surplus = kept[quota["span"]:]
+    kept = kept[: quota["span"]]
+    if quota["span"] < s.n:
+        more, lost = write_forms(stream, quota, retriever, s, kept_keys, counts)
+        kept, dropped = kept + more, dropped + lost
     report = {"requested": s.n, "chunks_sampled": counts["chunks"], "chunks_without_candidates": counts["no_candidate"],
               "written": counts["written"], "kept": len(kept), "unused_surplus": len(surplus),
               "dropped": {f: sum(p.dropped == f for p in dropped) for f in FILTERS}}
+    if quota["span"] < s.n:
+        report["forms"] = {f: sum(p.form == f for p in kept) for f in FORMS}
     if not kept:
         raise InputError(f"no generated question survived the filters ({_describe(report)}): try another --question-generator or "
                          "--question-reader, "
@@ -517,9 +549,53 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
     if len(kept) < s.n:
         why = "the chunks' candidate answers ran out" if counts["exhausted"] else f"{s.max_rounds} rounds of writing ran out"
         log.warning("generated %d of the %d questions asked for: %s (%s)", len(kept), s.n, why, _describe(report))
-    items = [QAItem("g-" + hashlib.sha256(f"{p.candidate.chunk_id}\x00{p.question}".encode()).hexdigest()[:12], p.question,
-                    [p.candidate.answer], p.candidate.doc_id, True, where=f"generated from chunk {p.candidate.chunk_id}") for p in kept]
-    return Result(items, report, kept, dropped)
+    return Result([p.to_item() for p in kept], report, kept, dropped)
+
+
+def form_quota(s: QuestionSettings) -> dict[str, int]:
+    """How many of ``s.n`` questions each form gets: yes and no split the yes/no share, the
+    unanswerable share is rounded, and span questions take the rest."""
+    yes_no = round(s.n * s.yes_no)
+    out = {"yes": (yes_no + 1) // 2, "no": yes_no // 2, "unanswerable": round(s.n * s.unanswerable)}
+    return {"span": s.n - sum(out.values()), **out}
+
+
+def write_forms(stream: Iterator[Candidate], quota: dict[str, int], retriever: Any, s: QuestionSettings,
+                kept_keys: list[tuple[frozenset[str], frozenset[str]]], counts: Counter) -> tuple[list[Pair], list[Pair]]:
+    """Yes/no and unanswerable pairs (:func:`write_yes_no`, :func:`write_unanswerable`) from the
+    next candidates of ``stream``, each candidate given the form that most lacks pairs, until
+    every quota is met or the rounds run out; the retrieval and duplicate filters apply (the
+    source chunk must rank in the top ``top_k``, so that an unanswerable question sits beside the
+    passage it seems to be about). Returns (kept, dropped)."""
+    rng = random.Random(f"{s.seed}:forms")
+    pool = EntityPool.from_chunks(sample_chunks(retriever.store, s.seed, s.docs))
+    need = {f: quota[f] for f in FORMS[1:]}
+    kept: list[Pair] = []
+    dropped: list[Pair] = []
+    for _ in range(s.max_rounds):
+        if not any(need.values()):
+            break
+        candidates = list(itertools.islice(stream, 3 * sum(need.values())))
+        if not candidates:
+            break
+        counts["written"] += len(candidates)
+        pairs, planned = [], dict(need)
+        for c in candidates:
+            form = max(FORMS[1:], key=lambda f: planned[f])  # ties: yes, no, unanswerable in that order
+            planned[form] = max(planned[form] - 1, 0)
+            if form == "unanswerable":
+                question, answer = write_unanswerable(c, pool, rng), ""
+            else:
+                question, answer = write_yes_no(c, pool, form, rng)
+            pairs.append(Pair(c, question, form=form, answer=answer, dropped=None if question else "malformed"))
+        round_trip(pairs, retriever, None, s, kept_keys)
+        for p in pairs:
+            if p.dropped is None and need[p.form] > 0:
+                need[p.form] -= 1
+                kept.append(p)
+            elif p.dropped is not None:
+                dropped.append(p)
+    return kept, dropped
 
 
 def candidate_stream(store: Any, s: QuestionSettings, counts: Counter) -> Iterator[Candidate]:
@@ -527,7 +603,7 @@ def candidate_stream(store: Any, s: QuestionSettings, counts: Counter) -> Iterat
     chunk per pass, the next ones on the next pass, until a pass finds none (``counts["exhausted"]``)."""
     for p in itertools.count():
         found_any = False
-        for chunk in sample_chunks(store, s.seed):
+        for chunk in sample_chunks(store, s.seed, s.docs):
             found = candidates_of(chunk, s.style, s.per_chunk, s.seed, offset=p * s.per_chunk)
             if p == 0:
                 counts["chunks"] += 1
@@ -547,3 +623,114 @@ def _describe(report: dict) -> str:
 def summary_line(report: dict) -> str:
     """One line for the end of a build: written, kept, dropped by each filter."""
     return "generated questions: " + _describe(report) + (f"; {report['unused_surplus']} surplus unused" if report["unused_surplus"] else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Yes/no and unanswerable questions, written by rule (no model)
+# ---------------------------------------------------------------------------------------------
+
+# The forms a written question can take; "span" is the wh-question above.
+FORMS = ("span", "yes", "no", "unanswerable")
+SWAP_KINDS = ("date", "number", "name")
+_DETERMINERS = frozenset("the a an this that these those its their his her our".split())  # a subject starts so, or is a name
+_AUX = re.compile(r"^(?P<subj>[A-Z][^,;:]{1,60}?)\s+(?P<aux>is|are|was|were|has|have|had|can|could|will|would)\s+(?P<rest>\S.*)$")
+
+
+@dataclass(frozen=True)
+class EntityPool:
+    """Answers of each kind seen across the corpus (:data:`SWAP_KINDS`), for swapping one into a
+    sentence or question: a date for a date, a year for a year, a name for a name."""
+
+    by_kind: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def from_chunks(cls, chunks: Any, limit: int = 2000) -> EntityPool:
+        """The pool of up to ``limit`` chunks' candidates (in the order given: pass :func:`sample_chunks`)."""
+        found: dict[str, set[str]] = {k: set() for k in SWAP_KINDS + ("year",)}
+        for chunk in itertools.islice(chunks, limit):
+            for answer, kind in candidate_answers(chunk.text):
+                if kind in SWAP_KINDS:
+                    found["year" if _YEAR.fullmatch(answer) else kind].add(answer)
+        return cls({k: tuple(sorted(v)) for k, v in found.items()})
+
+    def swap(self, answer: str, kind: str, avoid: str, rng: random.Random) -> str | None:
+        """Another answer of the same kind (a year for a year, a name of as many words) that
+        ``avoid`` (the source passage) does not mention; None when the pool has none."""
+        key = "year" if _YEAR.fullmatch(answer) else kind
+        n_words = len(answer.split())
+        options = [a for a in self.by_kind.get(key, ()) if a != answer and a not in avoid and (key != "name" or len(a.split()) == n_words)]
+        return rng.choice(options) if options else None
+
+
+def statement(c: Candidate) -> str | None:
+    """The sentence holding the candidate, as a plain statement (no connective, no parentheses, no
+    final stop); None where :func:`rules_question` would refuse it (a pronoun start, a quotation,
+    the answer twice) or the sentence is longer than a question may be."""
+    from rag_pipeline.prompt import sentence_spans
+
+    start, sentence = next(((s, c.passage[s:e]) for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), (0, ""))
+    if not sentence or sentence.count(c.answer) != 1 or _PRONOUN_START.match(sentence) or '"' in sentence or "“" in sentence:
+        return None
+    if _ABBREVIATION_END.search(c.passage[:start].rstrip().rstrip(".")):
+        return None  # the splitter cut after "J." or "St.": this is half a sentence
+    body = _PARENS.sub("", _CONNECTIVE.sub("", sentence.strip())).strip().rstrip(" .!?;:,")
+    if c.answer not in body or not 4 <= len(body.split()) <= MAX_QUESTION_WORDS - 4 or not readable(body):
+        return None
+    words_ = body.split()
+    first, second = words_[0], words_[1]
+    if first[1:].islower() and (first.lower() in STOPWORDS or (  # "The", "In": lowered; "EU", "McDonald", "Robert Oppenheimer" stay
+            not second[:1].isupper() and not re.search(rf"(?<=[a-z,;] ){re.escape(first)}\b", c.passage))):  # capital only as the start
+        body = first.lower() + body[len(first):]
+    return body
+
+
+_ABBREVIATION_END = re.compile(r"(?:\b[A-Z][a-z]{0,2}|\b\w\.\w(?:\.\w)*)$")  # "St", "Dr", "a.k.a": the splitter cut a sentence
+
+
+def readable(text: str) -> bool:
+    """Whether a statement or question reads as one: brackets and quotes balanced, not cut after an abbreviation."""
+    pairs = (("(", ")"), ("[", "]"))
+    return all(text.count(a) == text.count(b) for a, b in pairs) and not _ABBREVIATION_END.search(text.rstrip("?"))
+
+
+def yes_no_question(body: str) -> str:
+    """A statement as a yes/no question: the auxiliary moved to the front where the subject is a
+    short phrase ("The tower was built in 1889" -> "Was the tower built in 1889?"), else "Is it
+    true that ...?"."""
+    m = _AUX.match(body[0].upper() + body[1:])
+    if m and len(m["subj"].split()) <= 6 and (body[0].isupper() or m["subj"].split()[0].lower() in _DETERMINERS):
+        subj = body[: len(m["subj"])]
+        return f"{m['aux'].capitalize()} {subj} {m['rest']}?"
+    return f"Is it true that {body}?"
+
+
+def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Random) -> tuple[str, str]:
+    """(question, answer) for a "yes" question (the candidate's sentence, faithful) or a "no" one
+    (the same sentence with the candidate swapped for another of its kind from the corpus);
+    ('', '') when the sentence or a swap is unusable."""
+    body = statement(c)
+    if body is None or c.kind not in SWAP_KINDS:
+        return "", ""
+    if polarity == "no":
+        other = pool.swap(c.answer, c.kind, c.passage, rng)
+        if other is None:
+            return "", ""
+        body = body.replace(c.answer, other, 1)
+    return yes_no_question(body), polarity.capitalize()
+
+
+def write_unanswerable(c: Candidate, pool: EntityPool, rng: random.Random) -> str:
+    """A question the passage no longer answers, as SQuAD 2.0's were written: the candidate's
+    wh-question (:func:`rules_question`) with a name, date or number that anchors it in the passage
+    swapped for another of its kind from the corpus that the passage does not mention ("In early
+    August, Montcalm led how many troops ...?" -> "In early August, Wolfe led how many troops
+    ...?"); '' when there is no such question or anchor."""
+    question = rules_question(c)
+    if not question or not readable(question):
+        return ""
+    for anchor, kind in candidate_answers(question):
+        if kind in SWAP_KINDS and anchor in c.passage and not anchor.lower().startswith(("what", "how", "whose")):
+            other = pool.swap(anchor, kind, c.passage, rng)
+            if other is not None:
+                return question.replace(anchor, other, 1)
+    return ""

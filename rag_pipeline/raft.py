@@ -19,6 +19,10 @@ Reads an index directory and QA files; writes ``OUTPUT/`` atomically::
     manifest.json       template (name and text), seed, params, index, tokenizer, counts, fingerprint
     index/              the index of the QA file's contexts, when it was built here
     questions/          generated questions: kept.jsonl, dropped.jsonl (with the filter that dropped each)
+    skipped.jsonl       the questions left out, each with its reason (only when some were)
+
+A record that carries its own context always gets an oracle from it: the chunk that best
+supports its answer, whatever the answer's wording (:func:`find_oracle`).
 
 Every random choice of an example comes from ``random.Random(f"{seed}:{question id}")``, so the
 output is byte-identical for the same inputs and seed and does not depend on batch order.
@@ -40,13 +44,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline import prompt as P
-from rag_pipeline.atomic import Artifact, check_separate, prepare_target, write_jsonl
+from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target, write_jsonl
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
-from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa
+from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
+from rag_pipeline.support import context_support, support
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -56,9 +61,10 @@ SPLIT_OF_STEM = {"train": "train", "dev": "validation", "validation": "validatio
 FORMATS = ("chat", "completion", "raft", "eval")
 COLUMNS = ("id", "question", "documents", "oracle_position", "prompt", "completion", "answer", "answerable", "doc_id")
 
+SKIPPED_FILE = "skipped.jsonl"  # the questions left out, with their reasons; not part of the dataset's fingerprint
 # The output directory build-raft-dataset may replace: its own manifest and folders, nothing else.
 ARTIFACT = Artifact("a RAFT dataset", "manifest.json", "raft-dataset",
-                    allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports", "index", "questions"}))
+                    allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports", "index", "questions", SKIPPED_FILE}))
 
 
 @dataclass
@@ -104,8 +110,15 @@ class RaftConfig(QAFieldConfig):
     seed: int = opt(0, "seed of every random choice")
     batch_size: int = opt(2048, "questions embedded and searched per batch; large, so torch and the tokenizer's thread pools alternate rarely (they contend on few cores)")
     teacher: str = opt("", "cot reasoning writer: '' = deterministic quote; fake | hf:MODEL | openai:URL#MODEL")
-    generate_questions: int = opt(0, "with no QA file: question/answer pairs to write from the index's chunks (rag_pipeline.questions), "
-                                     "then build the dataset from them")
+    generate_questions: int = opt(0, "question/answer pairs to write from the index's chunks (rag_pipeline.questions) and build "
+                                     "examples from; with QA files too, written from the documents of their train split only (all "
+                                     "of them when no file names a split) and added to train, so no held-out document is seen")
+    question_yes_no: float = opt(0.0, "share of the generated questions written as yes/no questions: half 'Yes' (a sentence of the "
+                                      "chunk, faithful) and half 'No' (the same with a date, number or name swapped for another "
+                                      "from the corpus)")
+    question_unanswerable: float = opt(0.0, "share written as unanswerable questions (a wh-question whose anchor name, date or "
+                                            "number is swapped for one the passage lacks), with the abstention as target: "
+                                            "documents-only data that teaches abstention")
     question_generator: str = opt("rules", "writes the generated questions: rules = the sentence holding the answer rewritten as a "
                                            "wh-question (no model, the default); hf:PATH_OR_ID | openai:URL#MODEL | fake")
     question_reader: str = opt("", "answers them from their chunk for the round trip: adapter:DIR = a train-generator output "
@@ -118,6 +131,7 @@ class RaftConfig(QAFieldConfig):
     request_timeout: float = opt(60.0, "openai: teachers and question writers: seconds per request")
     request_retries: int = opt(3, "openai: attempts per request (timeouts, 5xx, malformed replies) before a one-line error")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to embed the questions (and run an hf: teacher or question writer)")
+    json: bool = opt(False, "print the result (manifest, skipped question ids) as JSON instead of the table")
 
     def __post_init__(self) -> None:
         for name in ("p_oracle", "hard_negative_ratio", "injection_rate", "min_support", "question_min_f1"):
@@ -132,8 +146,12 @@ class RaftConfig(QAFieldConfig):
             raise ConfigError(f"unknown --format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
         if len(self.split_ratio) != 3 or min(self.split_ratio) < 0 or sum(self.split_ratio) <= 0:
             raise ConfigError(f"split_ratio must be three non-negative shares (train,validation,test), got {self.split_ratio}")
-        if self.generate_questions and (self.qa or self.qa_dir):
-            raise ConfigError("--generate-questions writes questions when there is no QA file, but --qa or --qa-dir is given: drop one of them")
+        for name in ("question_yes_no", "question_unanswerable"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be a share between 0 and 1, got {getattr(self, name)}")
+        if self.question_yes_no + self.question_unanswerable > 1.0:
+            raise ConfigError(f"question_yes_no ({self.question_yes_no}) + question_unanswerable ({self.question_unanswerable}) "
+                              "exceeds 1: they are shares of --generate-questions")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
         if self.teacher and self.answer_style != "cot":
@@ -152,6 +170,28 @@ class Example:
     oracle_id: str | None
     target: Callable[[int], str]
     group: str  # source document: examples of one document stay in one split
+    support: float | None = None  # the oracle's support of the answer, for skipped.jsonl
+
+
+class Tally(Counter):
+    """What happened to the questions: counts by event (the manifest's ``counts``), and the
+    questions left out, each with its reason (``skipped.jsonl``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[tuple[int, dict]] = []  # (position among the built questions, -1 before; record)
+        self.position: dict[str, int] = {}
+
+    def skip(self, code: str, item: QAItem, score: float | None = None) -> None:
+        """Count a skip (``skip_*``, see :data:`SKIP_REASONS`) and list the question with its reason."""
+        self[code] += 1
+        self.skipped.append((self.position.get(item.id, -1), {
+            "id": item.id, "question": item.question, "answer": list(item.answers), "reason": SKIP_REASONS[code], "code": code,
+            "support": None if score is None else round(score, 4), "where": item.where}))
+
+    def records(self) -> list[dict]:
+        """The skipped questions: those dropped while reading in file order, then the others in question order."""
+        return [r for _, r in sorted(self.skipped, key=lambda x: x[0])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,29 +224,32 @@ def _dataset_splits(path: Path) -> list[Path]:
     return [path]
 
 
-def load_questions(cfg: RaftConfig, counts: Counter) -> list[tuple[str | None, QAItem]]:
+def load_questions(cfg: RaftConfig, counts: Tally) -> list[tuple[str | None, QAItem]]:
     """(split or None, item) for every usable question; bad ones are counted in ``counts``.
 
     Raises:
-        InputError: no QA file, or one id used for two different questions.
+        InputError: no QA file, one id used for two different questions, or a file with answerable
+            questions and no answer at all (no answer column: :func:`rag_pipeline.qa.require_answers`).
     """
     files = qa_files(cfg)
     named = bool(files) and all(p.stem in SPLIT_OF_STEM for p in files)
     seen: dict[str, tuple[tuple, str]] = {}
     out = []
     for path in files:
-        for item in load_qa(path, cfg.qa_fields()):
+        items = load_qa(path, cfg.qa_fields())
+        require_answers(path, items, cfg.qa_fields(), "turned into training examples")
+        for item in items:
             key = (item.question.strip(), tuple(item.answers), item.doc_id, item.answerable, item.context)
             if item.id in seen:
                 if seen[item.id][0] != key:
                     raise InputError(f"question id {item.id} is used for two different questions ({seen[item.id][1]} and {path}): make ids unique")
-                counts["skip_duplicate"] += 1
+                counts.skip("skip_duplicate", item)
                 continue
             seen[item.id] = (key, str(path))
             if not item.question.strip():
-                counts["skip_empty_question"] += 1
+                counts.skip("skip_empty_question", item)
             elif item.answerable and not item.answers:
-                counts["skip_no_answer"] += 1
+                counts.skip("skip_no_answer", item)
             else:
                 out.append((SPLIT_OF_STEM[path.stem] if named else None, item))
     return out
@@ -218,15 +261,26 @@ def teacher_options(cfg: RaftConfig) -> Any:
     return TeacherOptions(device=cfg.device, timeout=cfg.request_timeout, retries=cfg.request_retries)
 
 
-def generated_questions(cfg: RaftConfig, retriever: Any) -> Any:
-    """``generate_questions`` QA pairs written from the index's chunks and kept by the round trip
-    (:func:`rag_pipeline.questions.generate`); returns its :class:`~rag_pipeline.questions.Result`."""
+def generated_questions(cfg: RaftConfig, retriever: Any, docs: frozenset[str] | None = None) -> Any:
+    """``generate_questions`` QA pairs written from the index's chunks (of ``docs`` only, when
+    given) and kept by the round trip (:func:`rag_pipeline.questions.generate`); returns its
+    :class:`~rag_pipeline.questions.Result`."""
     from rag_pipeline import questions
 
     settings = questions.QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
-                                          min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed)
+                                          min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed, docs=docs,
+                                          yes_no=cfg.question_yes_no, unanswerable=cfg.question_unanswerable)
     writer, reader = question_models(cfg, retriever)
     return questions.generate(retriever, writer, settings, reader)
+
+
+def training_documents(questions: list[tuple[str | None, QAItem]]) -> tuple[frozenset[str] | None, str | None]:
+    """Where generated questions may come from beside QA files, and their split: the documents of
+    the files' train split and "train" when a file names its split; else every document and no
+    split (the split rule groups them by document with the rest)."""
+    if not any(split for split, _ in questions):
+        return None, None
+    return frozenset(it.doc_id for split, it in questions if split == "train" and it.doc_id), "train"
 
 
 def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
@@ -250,7 +304,7 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     if not Path(rest).is_dir():
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
                          "output) or hf:PATH_OR_ID")
-    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=False, device=cfg.device, progress=False,
+    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=False, answer_check="off", device=cfg.device, progress=False,
                     max_new_tokens=32)
     return writer, questions.AdapterReader(Pipeline.load(ask, retriever=retriever))
 
@@ -287,7 +341,7 @@ def prepare_index(cfg: RaftConfig, items: list[QAItem], stage: Path) -> tuple[st
     return target, True
 
 
-def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], built: bool, counts: Counter
+def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], built: bool, counts: Tally
                    ) -> tuple[list[tuple[str | None, QAItem]], dict[str, list[Any]], dict]:
     """Give each record with a context its gold document and chunks in the index.
 
@@ -366,8 +420,13 @@ def find_oracle(cfg: RaftConfig, item: QAItem, hits: list[Any], gold: list[Any] 
                 free_form: bool = False) -> tuple[Any | None, str | None]:
     """The oracle: :func:`~rag_pipeline.passage.gold_passage` by rank (the best-ranked hit of the gold
     document holding the answer, else its first chunk holding it by position; for free-form
-    answers, else the chunk that best supports it), or None and why (see ``missing_oracle``):
-    ``not_indexed`` (its document has no chunk in the index) or ``unsupported``.
+    answers, else the chunk that supports it best, at least ``min_support``), or None and why (see
+    ``missing_oracle``): ``not_indexed`` (its document has no chunk in the index) or ``unsupported``.
+
+    A record's own context is its gold passage by definition, whatever its answer's words ("Yes",
+    "He is", a paraphrase): when none of its chunks holds the answer, the oracle is the chunk that
+    supports it best (:func:`context_oracle`); such a record is never skipped as unsupported. The
+    support rules choose among chunks only where the gold passage is not given.
 
     Args:
         gold: the chunks of its gold document or context (None: unknown).
@@ -375,10 +434,28 @@ def find_oracle(cfg: RaftConfig, item: QAItem, hits: list[Any], gold: list[Any] 
         free_form: the QA set's answers are not spans.
     """
     oracle = gold_passage(item, hits, gold, order="rank", fallback_to_first=False, free_form=free_form,
-                          min_support=cfg.min_support, given=given)
+                          min_support=cfg.min_support)
+    if oracle is None and given and gold and item.answerable:
+        oracle = context_oracle(item, hits, gold)
     if oracle is not None:
         return oracle, None
     return None, "not_indexed" if item.doc_id is not None and not gold else "unsupported"
+
+
+def context_oracle(item: QAItem, hits: list[Any], gold: list[Any]) -> Any:
+    """The chunk of a record's own context that best backs its answer: the highest recall of the
+    answer's content words, then of the question's (:func:`rag_pipeline.support.context_support`:
+    "Yes" or "He is" share no word with any chunk), then the better retrieval rank, then position."""
+    rank = {h.chunk.id: h.rank for h in hits}
+    # max keeps the first of equals: gold is in document order
+    return max(gold, key=lambda c: (*context_support(c.text, item.answers, item.question), -rank.get(c.id, float("inf"))))
+
+
+def best_support(item: QAItem, hits: list[Any], gold: list[Any] | None) -> float | None:
+    """The best support of the answer among its gold chunks (else its retrieved ones), for
+    ``skipped.jsonl``; None when there is no chunk or no answer."""
+    chunks = gold if gold else [h.chunk for h in hits]
+    return max((support(c.text, item.answers) for c in chunks), default=None) if item.answers else None
 
 
 def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], store: Any, n_chunks: int,
@@ -429,7 +506,7 @@ def target_fn(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep_oracle: bo
     return lambda pos: f"Document [{pos + 1}] says: {BEGIN_QUOTE}{quote}{END_QUOTE}\n{ANSWER_TAG} {answer}"
 
 
-def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: Counter) -> list[Passage]:
+def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: Tally) -> list[Passage]:
     """With probability ``rate``, the documents with a training-payload injection of a random style.
 
     Drawn from its own RNG, so the other choices of an example do not depend on the rate.
@@ -445,7 +522,7 @@ def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: C
 
 
 def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], gold: list[Any] | None, given: bool,
-                 free_form: bool, store: Any, n_chunks: int, teacher: Any | None, counts: Counter) -> Example | None:
+                 free_form: bool, store: Any, n_chunks: int, teacher: Any | None, counts: Tally) -> Example | None:
     """Choose oracle and distractors for one question with its own seeded RNG; None = counted skip.
 
     ``gold``, ``given``, ``free_form``: as for :func:`find_oracle`.
@@ -457,22 +534,23 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
         counts["oracle_not_found"] += 1
         if item.answerable and cfg.missing_oracle == "skip":
             counts["skip_oracle_not_found"] += 1
-            counts[f"skip_oracle_{why}"] += 1
+            counts.skip(f"skip_oracle_{why}", item, best_support(item, hits, gold))
             return None
     n = cfg.num_distractors + (0 if keep and oracle is not None else 1)
     exact = n * cfg.hard_negative_ratio
     n_hard = int(exact) + (rng.random() < exact - int(exact))  # expected share is exactly the ratio
     gold_doc = item.doc_id or (oracle.doc_id if oracle else None)
     distractors = pick_distractors(rng, n, n_hard, hits, store, n_chunks, gold_doc, oracle, item.answers, free_form, cfg.min_support)
+    score = support(oracle.text, item.answers) if oracle is not None and item.answers else None
     if len(distractors) < n:
-        counts["skip_too_few_distractors"] += 1
+        counts.skip("skip_too_few_distractors", item, score)
         return None
     docs = [document(from_chunk(c)) for c in distractors + ([oracle] if keep and oracle is not None else [])]
     rng.shuffle(docs)
     if cfg.injection_rate:
         docs = maybe_inject(docs, random.Random(f"{cfg.seed}:injection:{item.id}"), cfg.injection_rate, counts)
     oracle_id = oracle.id if keep and oracle is not None else None
-    return Example(split, item, docs, oracle_id, target_fn(cfg, item, oracle, keep, teacher), gold_doc or item.id)
+    return Example(split, item, docs, oracle_id, target_fn(cfg, item, oracle, keep, teacher), gold_doc or item.id, score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +559,7 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
 
 
 def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, counter: P.TokenEstimator,
-              examples: list[Example], counts: Counter) -> list[tuple[Example, dict, int]]:
+              examples: list[Example], counts: Tally) -> list[tuple[Example, dict, int]]:
     """Rows of a batch fitted to the budget, with their token counts; ``counter`` counts the batch
     (exactly near the budget), and only examples over budget go through :func:`prompt.fit_documents`."""
 
@@ -497,7 +575,7 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
                 docs, trunc = P.fit_documents(tokenizer, template, e.item.question, docs, pos(docs, e.oracle_id),
                                               e.target, cfg.max_prompt_tokens, e.item.answers)
             except P.BudgetError:
-                counts["skip_over_budget"] += 1
+                counts.skip("skip_over_budget", e.item, e.support)
                 continue
             counts["truncated_examples"] += 1
             counts["documents_shortened"] += trunc["shortened"]
@@ -525,7 +603,7 @@ def split_of(group: str, seed: int, ratio: list[float]) -> str:
 
 
 def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.PromptTemplate, questions: list[tuple[str | None, QAItem]],
-               counts: Counter, context_gold: dict[str, list[Any]] | None = None, free_form: bool = False
+               counts: Tally, context_gold: dict[str, list[Any]] | None = None, free_form: bool = False
                ) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
     """All rows by split, with their token counts; questions are searched ``batch_size`` at a time.
 
@@ -606,18 +684,22 @@ def cot_of(row: dict) -> str:
 
 
 def fingerprint(root: Path) -> str:
-    """sha256 over the relative paths and bytes of every JSONL file under ``root``, sorted."""
+    """sha256 over the relative paths and bytes of every JSONL file under ``root``, sorted (the
+    list of skipped questions aside: it describes the build, not the dataset)."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*.jsonl")):
+        if p.relative_to(root).as_posix() == SKIPPED_FILE:
+            continue
         h.update(f"{p.relative_to(root).as_posix()}\n".encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
 
 def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.PromptTemplate, model_text: Callable[[str], str],
-                 manifest: dict, extra: dict[str, Path] | None = None) -> dict:
+                 manifest: dict, extra: dict[str, Path] | None = None, skipped: list[dict] | None = None) -> dict:
     """Write dataset/, jsonl/, exports/ and manifest.json into ``cfg.output`` atomically, with the
-    ``extra`` directories (name -> a directory on the same filesystem, moved in: index/, questions/)."""
+    ``extra`` directories (name -> a directory on the same filesystem, moved in: index/, questions/)
+    and ``skipped.jsonl`` when questions were ``skipped``."""
     from datasets import Dataset, DatasetDict, NamedSplit
 
     from rag_pipeline.atomic import atomic_dir, write_json
@@ -637,6 +719,8 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
         for fmt in cfg.format:
             for s in SPLITS:
                 write_jsonl(tmp / "exports" / fmt / f"{s}.jsonl", [export_row(fmt, r, template, model_text, cot_of(r) if fmt == "raft" else "") for r in rows[s]])
+        if skipped:
+            write_jsonl(tmp / SKIPPED_FILE, skipped)
         manifest = {**manifest, "fingerprint": fingerprint(tmp)}
         write_json(tmp / "manifest.json", manifest)
     return manifest
@@ -696,23 +780,34 @@ def write_question_samples(stage: Path, generated: Any, limit: int = 1000) -> Pa
 
 
 def run(cfg: RaftConfig) -> dict:
-    """Build the RAFT dataset; returns the manifest plus ``stats`` and ``seconds``.
+    """Build the RAFT dataset; returns the manifest plus ``seconds`` (and, when questions were
+    skipped, ``skipped`` with the path of skipped.jsonl and their ids).
+
+    The output is locked for the whole build (:func:`rag_pipeline.atomic.output_lock`): a second
+    build to the same ``--output`` fails at once instead of silently replacing this one's result.
 
     Raises:
-        InputError: no questions, no index and no contexts, an index smaller than num_distractors + 1,
-            no example built, or a question writer that failed.
+        InputError: no questions, no index and no contexts, a QA file without answers, an index
+            smaller than num_distractors + 1, no example built, or a question writer that failed.
         IndexError_: the index is missing, corrupt, or was built with another embedder than ``--embedder``.
+        ConfigError: another build holds the lock on ``--output``.
     """
-    from rag_pipeline.atomic import staging_dir
-    from rag_pipeline.retriever import Retriever
-
     t0 = time.perf_counter()
     if not (cfg.qa or cfg.qa_dir or cfg.generate_questions):
         raise InputError("no questions: pass --qa FILE, --qa-dir FOLDER (train/dev/test.jsonl) or --index DIR --generate-questions N")
     check_separate([*cfg.qa, *([cfg.qa_dir] if cfg.qa_dir else []), *([cfg.index] if cfg.index else [])], cfg.output)
+    with output_lock(cfg.output):
+        return {**build(cfg), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def build(cfg: RaftConfig) -> dict:
+    """:func:`run`'s work, under the output's lock; returns the manifest plus ``skipped``."""
+    from rag_pipeline.atomic import staging_dir
+    from rag_pipeline.retriever import Retriever
+
     prepare_target(cfg.output, ARTIFACT)
     template = P.get_template(cfg.template)
-    counts: Counter = Counter()
+    counts = Tally()
     questions = load_questions(cfg, counts) if (cfg.qa or cfg.qa_dir) else []
     with staging_dir(cfg.output) as stage:
         index_dir, indexed = prepare_index(cfg, [it for _, it in questions], stage)
@@ -722,17 +817,23 @@ def run(cfg: RaftConfig) -> dict:
             raise InputError(f"index {index_dir} holds {len(retriever)} chunks, too few for an oracle and {cfg.num_distractors} distractors "
                              f"(+1 when the oracle is left out): index more text or lower --num-distractors to {max(0, len(retriever) - 2)}")
         questions, context_gold, contexts = place_contexts(retriever, questions, indexed, counts)
-        generated = generated_questions(cfg, retriever) if cfg.generate_questions else None
-        if generated is not None:
-            questions = [(None, it) for it in generated.items]
+        generated = None
+        if cfg.generate_questions:
+            docs, split = training_documents(questions)
+            generated = generated_questions(cfg, retriever, docs)
+            # yes/no and unanswerable items carry their chunk as their context: it is their gold passage
+            more, more_gold, _ = place_contexts(retriever, [(split, it) for it in generated.items], False, counts)
+            questions, context_gold = questions + more, {**context_gold, **more_gold}
+        counts.position = {it.id: i for i, (_, it) in enumerate(questions)}  # skipped.jsonl in question order
         form, share = detect_answer_form(cfg, retriever.store, questions, context_gold)
         tokenizer = load_tokenizer(cfg.generator)
         rows, tokens = build_rows(cfg, retriever, tokenizer, template, questions, counts, context_gold, form == "free-form")
         if not any(rows.values()):
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
+        skipped = counts.records()
         rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
         stats = summarize(rows, tokens)
-        params = {k: v for k, v in to_dict(cfg).items() if k != "output"}  # the output path is where the manifest lives
+        params = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "json")}  # the output path is where the manifest lives
         manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed,
                     "params": params,
                     "index": {"path": "index" if built_here else index_dir, "built_from_contexts": indexed,
@@ -740,7 +841,8 @@ def run(cfg: RaftConfig) -> dict:
                     "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
-                    "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings}
+                    "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,
+                    **({"skipped": {"file": SKIPPED_FILE, "questions": len(skipped)}} if skipped else {})}
         if contexts:
             manifest["contexts"] = contexts
         extra = {"index": Path(index_dir)} if built_here else {}
@@ -748,8 +850,11 @@ def run(cfg: RaftConfig) -> dict:
             manifest["generated_questions"] = generated.report
             extra["questions"] = write_question_samples(stage, generated)
         retriever.store.close()
-        manifest = write_output(cfg, rows, template, P.model_text_fn(tokenizer, template), manifest, extra)
-    return {**manifest, "seconds": round(time.perf_counter() - t0, 2)}
+        manifest = write_output(cfg, rows, template, P.model_text_fn(tokenizer, template), manifest, extra, skipped)
+    if skipped:  # the ids for the caller (--json); the file holds the records
+        manifest = {**manifest, "skipped": {**manifest["skipped"], "path": str(Path(cfg.output) / SKIPPED_FILE),
+                                            "ids": [r["id"] for r in skipped]}}
+    return manifest
 
 
 # What an empty split means downstream, and how to get one.
@@ -788,8 +893,9 @@ def format_table(result: dict) -> str:
     lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in other.items()))
     skipped = {k: v for k, v in c.items() if k in SKIP_REASONS and v}
     if skipped:
+        listed = f" (listed in {result['skipped']['path']})" if "path" in result.get("skipped", {}) else ""
         lines.append(f"skipped {sum(skipped.values())} of {c['questions'] + c.get('skip_empty_question', 0) + c.get('skip_no_answer', 0) + c.get('skip_duplicate', 0)} "
-                     "questions: " + "; ".join(f"{v} {SKIP_REASONS[k]}" for k, v in skipped.items()))
+                     "questions" + listed + ": " + "; ".join(f"{v} {SKIP_REASONS[k]}" for k, v in skipped.items()))
     if "answer_form" in result:
         af = result["answer_form"]
         lines.append(f"answers: {af['form']}" + (f" ({af['verbatim_share']:.0%} occur verbatim in their passage)" if af.get("verbatim_share") is not None else ""))
@@ -806,6 +912,9 @@ def main(cfg: RaftConfig) -> int:
 
     datasets.disable_progress_bars()  # one table at the end instead of a bar per split
     result = run(cfg)
+    if cfg.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
     print(format_table(result))
     print(f"wrote {cfg.output} ({result['seconds']} s; template {result['template']}, fingerprint {result['fingerprint'][:12]})")
     return 0

@@ -62,6 +62,8 @@ class TrainConfig:
     lora_alpha: int = opt(32, "LoRA scaling alpha (update scale alpha/r); 2*r is the usual choice")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
     lora_target_modules: list[str] = opt(help="modules to adapt; empty = the attention projections of the architecture", factory=list)
+    init_adapter: str = opt("", "start from this LoRA adapter directory's weights, rank and target modules instead of a fresh "
+                                "LoRA (e.g. adapters/smollm2-disfl-qa, to train it further on new data); its base must be base_model")
     learning_rate: float = opt(2e-4, "peak AdamW learning rate (LoRA tolerates ~10x a full fine-tune's)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     epochs: float = opt(3.0, "passes over the train split (ignored when max_steps > 0)")
@@ -257,6 +259,9 @@ def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
 
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.init_adapter:
+        model = init_from_adapter(model, cfg)
+        return model.to(device) if cfg.method == "lora" else model, tokenizer, kind, base_dir
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules or default_target_modules(model_type),
@@ -268,6 +273,30 @@ def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
         raise ConfigError(f"LoRA target modules {lora.target_modules} do not fit {model_type}: {str(e).splitlines()[0]}; fix --lora-target-modules") from None
     model.peft_config["default"].base_model_name_or_path = cfg.base_model
     return model.to(device) if cfg.method == "lora" else model, tokenizer, kind, base_dir
+
+
+def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:
+    """The base wrapped in the trained LoRA adapter at ``cfg.init_adapter``, trainable (rank and
+    targets are the adapter's; ``lora_r`` and friends are ignored).
+
+    Raises:
+        InputError: the folder is not an adapter of ``cfg.base_model``.
+    """
+    from peft import PeftModel
+
+    from rag_pipeline.generator import check_adapter_files, read_adapter_meta
+
+    folder = Path(cfg.init_adapter)
+    meta = read_adapter_meta(folder)
+    if meta.get("method", "lora") != "lora":
+        raise InputError(f"--init-adapter {folder} is a {meta.get('method')} fine-tune, not a LoRA adapter: give a LoRA adapter directory")
+    check_adapter_files(folder, meta)
+    base = meta.get("base_model")
+    if base and base != cfg.base_model:
+        raise InputError(f"--init-adapter {folder} was trained on {base}, not {cfg.base_model}: pass --base-model {base}")
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    model.peft_config["default"].base_model_name_or_path = cfg.base_model
+    return model
 
 
 def qlora_kwargs(device: Any) -> dict[str, Any]:

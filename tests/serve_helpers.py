@@ -100,7 +100,7 @@ class ThreadServer:
 
 
 class Delegating:
-    """The public surface of a Pipeline, delegated to ``inner`` (cfg writes go through)."""
+    """The public surface of a Pipeline the server uses, delegated to ``inner``."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -109,24 +109,16 @@ class Delegating:
     def cfg(self) -> Any:
         return self.inner.cfg
 
-    @cfg.setter
-    def cfg(self, value: Any) -> None:
-        self.inner.cfg = value
-
     @property
     def retriever(self) -> Any:
         return self.inner.retriever
 
     @property
-    def model(self) -> Any:
-        return self.inner.model
+    def calibration(self) -> Any:
+        return self.inner.calibration
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.inner.tokenizer
-
-    def answer_batch(self, questions: list[str]) -> list[Answer]:
-        return self.inner.answer_batch(questions)
+    def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
+        return self.inner.answer_batch(questions, **kw)
 
 
 class GatedPipeline(Delegating):
@@ -139,12 +131,12 @@ class GatedPipeline(Delegating):
         self.entered = threading.Event()  # set when a batch is waiting at the gate
         self.batches: list[list[str]] = []
 
-    def answer_batch(self, questions: list[str]) -> list[Answer]:
+    def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
         self.batches.append(list(questions))
         self.entered.set()
         if not self.gate.wait(60):
             raise TimeoutError("test gate never opened")
-        return self.inner.answer_batch(questions)
+        return self.inner.answer_batch(questions, **kw)
 
 
 class FailingPipeline(Delegating):
@@ -152,7 +144,7 @@ class FailingPipeline(Delegating):
 
     SECRET = "secret-internal-detail /home/user/model.py line 42"
 
-    def answer_batch(self, questions: list[str]) -> list[Answer]:
+    def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
         raise RuntimeError(self.SECRET)
 
 
@@ -167,7 +159,8 @@ class CitingPipeline(Delegating):
         super().__init__(inner)
         self.min_score = min_score
 
-    def answer_batch(self, questions: list[str]) -> list[Answer]:
+    def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
+        """Answers as a whole (no ``on_text`` pieces, no ``on_usage``): the server streams each at the end."""
         out = []
         for q, hits in zip(questions, self.retriever.search_batch(questions, 2, False)):
             docs = [{**h.to_dict(), "truncated": False} for h in hits]

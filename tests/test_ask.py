@@ -68,7 +68,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def cfg(env: dict, **kw) -> A.AskConfig:
     base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
-            "max_new_tokens": 8, "min_score": -1.0}
+            "max_new_tokens": 8, "min_score": -1.0, "answer_check": "off"}  # the tiny model's text is junk: tests of the check turn it on
     return A.AskConfig(**{**base, **kw})
 
 
@@ -98,7 +98,7 @@ def test_cli_end_to_end_json_shape(env: dict, capsys: pytest.CaptureFixture) -> 
     assert cli_main(argv) == 0
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw", "margin"}
+    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw", "margin", "rejected", "fallback"}
     assert set(data["timings"]) == {"retrieval", "prompt", "generation"} and all(v >= 0 for v in data["timings"].values())
     assert [d["rank"] for d in data["retrieved"]] == [1, 2, 3] and data["retrieved"][0]["doc_id"] == "moon"
     assert {"id", "doc_id", "title", "source", "score", "text", "position"} <= set(data["retrieved"][0])
@@ -229,7 +229,8 @@ def test_given_contexts_replace_retrieval(env: dict, monkeypatch: pytest.MonkeyP
 
 
 def test_stdin_mode_answers_each_line(env: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTIONS[0]}\n\n   \n{QUESTIONS[1]}\n"))
+    # blank lines before the first question too: main reads up to it before the models load, then answers it
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"\n \n{QUESTIONS[0]}\n\n   \n{QUESTIONS[1]}\n"))
     assert A.main(cfg(env, json=True)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["question"] for line in lines] == QUESTIONS[:2]
@@ -513,3 +514,64 @@ def test_calibrate_stores_a_threshold_that_ask_then_applies(env: dict, tmp_path:
         assert a.margin is not None and (a.abstain_reason == "calibration") == (a.margin > t and a.raw != ABSTAIN)
         if not row["answerable"]:
             assert a.abstained
+
+
+# ------------------------------------------------------------------------------ the answer check
+
+
+def scripted_generate(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, free: str, grounded: str) -> list[bool]:
+    """The generator answers ``free`` when decoding freely and ``grounded`` when decoding grounded; returns the modes seen."""
+    modes: list[bool] = []
+
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded_: bool = False, **_: object) -> list:
+        modes.append(grounded_)
+        return [(grounded if grounded_ else free, None)] * len(texts)
+
+    monkeypatch.setattr(pipe, "_generate", gen)
+    return modes
+
+
+@pytest.mark.parametrize("free,grounded,shown,reason,fallback", [
+    ("The [1]", "the Moon [1]", "the Moon [1]", None, "grounded"),           # junk: the grounded span is shown instead
+    ("The processes [1]", A.ABSTAIN, A.ABSTAIN, "no_content", None),         # ... unless the grounded decode abstains
+    ("Jupiter and Saturn [1]", "The [1]", A.ABSTAIN, "unsupported", None),  # or is junk itself
+    ("the Moon [1]", "never asked", "the Moon [1]", None, None),              # a supported answer is shown as it is
+    ("Yes [1]", "never asked", "Yes [1]", None, None),                        # a yes/no answer is an answer
+])
+def test_the_answer_check_never_shows_junk(env: dict, monkeypatch: pytest.MonkeyPatch, free: str, grounded: str, shown: str,
+                                           reason: str | None, fallback: str | None) -> None:
+    pipe = A.Pipeline.load(cfg(env, answer_check="grounded", k=1))
+    modes = scripted_generate(pipe, monkeypatch, free, grounded)
+    ans = pipe.answer("What is the only natural satellite of Earth?")  # retrieves the Moon's document first
+    assert ans.answer == shown and ans.abstain_reason == reason and ans.fallback == fallback
+    assert (ans.rejected is not None) == (shown != free) and (ans.raw == free)
+    assert modes == ([False, True] if shown != free else [False])  # the grounded decode runs only for a refused answer
+
+
+def test_answer_check_abstain_and_off(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = A.Pipeline.load(cfg(env, answer_check="abstain", k=1))
+    modes = scripted_generate(pipe, monkeypatch, "The [1]", "the Moon [1]")
+    ans = pipe.answer("What is the only natural satellite of Earth?")
+    assert (ans.answer, ans.abstain_reason, ans.rejected, modes) == (A.ABSTAIN, "no_content", "no_content", [False])
+    assert "holds no content word" in A.format_answer(ans, pipe.cfg)
+    off = A.Pipeline.load(cfg(env, answer_check="off", k=1))
+    scripted_generate(off, monkeypatch, "The [1]", "the Moon [1]")
+    assert off.answer("What is the only natural satellite of Earth?").answer == "The [1]"
+
+
+def test_questions_to_a_terminal_are_readable_with_their_gold_answers(env: dict, pipe: A.Pipeline, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """ask --questions FILE --limit N without --output or --json: the first N questions, each with its
+    answer, its sources and its gold answer, as text (the quick start's last step)."""
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "question": q, "answer": [f"gold{i}"]} for i, q in enumerate(QUESTIONS)]
+                     + [{"id": "u", "question": "Who is the king of the Moon?", "answerable": False}])
+    monkeypatch.setattr(A.Pipeline, "load", classmethod(lambda cls, _cfg: pipe))
+    fake_generate(pipe, monkeypatch, "the Moon [1]")
+    assert A.main(cfg(env, questions=str(qa), limit=2)) == 0
+    out = capsys.readouterr().out
+    assert out.count("Q: ") == 2 and f"Q: {QUESTIONS[0]}\nA: the Moon [1]" in out and "gold: gold0" in out and "gold: gold1" in out
+    assert "Sources:" in out and QUESTIONS[2] not in out
+    assert A.main(cfg(env, questions=str(qa), limit=0)) == 0
+    assert "gold: (unanswerable: abstaining is right)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="give --questions FILE"):
+        cfg(env, limit=3)

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -265,3 +266,56 @@ def test_atomic_file_refuses_a_directory_target(tmp_path: Path) -> None:
         with atomic.atomic_file(tmp_path / "d"):
             pass
     assert list((tmp_path / "d").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- an output folder that cannot be written
+
+
+def _deny_temporaries(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """Make creating a ``.NAME.tmp-*`` entry fail with ``err``, as in a read-only folder (root ignores
+    directory permissions, so chmod alone cannot make the case real for the suite running as root)."""
+    real_mkdir, real_open = os.mkdir, Path.open
+
+    def mkdir(path, *a, **k):
+        if ".tmp-" in os.fspath(path):
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real_mkdir(path, *a, **k)
+
+    def open_(path, *a, **k):
+        if ".tmp-" in path.name:
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "open", open_)
+
+
+@pytest.mark.parametrize("err,words", [(errno.EACCES, "is not writable (Permission denied)"), (errno.EROFS, "is on a read-only filesystem")])
+def test_an_unwritable_folder_is_a_config_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, words: str) -> None:
+    _deny_temporaries(monkeypatch, err)
+    with pytest.raises(ConfigError, match=rf"--index .*t cannot be written: {re.escape(f'{tmp_path} {words}')}: choose a path in a folder you can write to"):
+        with atomic_dir(tmp_path / "t", Artifact("an index", "manifest.json", "k", flag="--index")):
+            pytest.fail("the block ran without a temporary folder")
+    with pytest.raises(ConfigError, match=rf"--output .*out.jsonl cannot be written: {re.escape(f'{tmp_path} {words}')}"):
+        with atomic.atomic_file(tmp_path / "out.jsonl"):
+            pytest.fail("the block ran without a temporary file")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_the_output_folder_should_be_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("mine")
+    for target in (tmp_path / "notes" / "out", tmp_path / "notes" / "deeper" / "out"):
+        with pytest.raises(ConfigError, match=rf"cannot be written: {tmp_path / 'notes'} is a file, so it holds no folders"):
+            with atomic_dir(target, ART):
+                pass
+        with pytest.raises(ConfigError, match=r"is a file, so it holds no folders"):
+            atomic.write_json(target, {})
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
+def test_a_full_disk_is_not_reported_as_an_unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deny_temporaries(monkeypatch, errno.ENOSPC)  # the CLI has its own message for a full disk
+    with pytest.raises(OSError) as e:
+        with atomic_dir(tmp_path / "t", ART):
+            pass
+    assert e.value.errno == errno.ENOSPC and not isinstance(e.value, ConfigError)

@@ -57,3 +57,57 @@ def test_forced_abstentions_count_at_every_threshold() -> None:
     assert all(r["false_abstain_rate"] >= 1 / 3 for r in rows)
     best = choose_threshold([-1.0, 0.0, math.inf], [1.0, 0.0, 0.0], [True, True, True], max_false_abstain=0.15)
     assert best["false_abstain_rate"] == pytest.approx(1 / 3)  # infeasible cap: the fewest false abstentions
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage: what it leaves out is listed; a file without answers is refused
+# ---------------------------------------------------------------------------------------------
+
+
+class _Said:
+    def __init__(self, raw: str, margin: float) -> None:
+        self.raw, self.margin = raw, margin
+
+
+class _FakePipeline:
+    """Answers 'Paris' with a margin of -1 (confident) to every question."""
+
+    def answer_batch(self, questions: list[str], margins: bool = False) -> list[_Said]:
+        return [_Said("Paris", -1.0) for _ in questions]
+
+
+def _fake_load(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
+    from rag_pipeline.ask import Pipeline
+
+    monkeypatch.setattr(Pipeline, "load", staticmethod(lambda cfg, **kw: calls.append(cfg) or _FakePipeline()))
+
+
+def test_answerable_records_without_an_answer_are_left_out_and_listed(tmp_path, monkeypatch, capsys) -> None:
+    """Kept, such a record would count as unanswerable and pull the threshold toward abstaining."""
+    import json
+
+    from rag_pipeline.calibrate import CalibrateConfig, main
+
+    calls: list = []
+    _fake_load(monkeypatch, calls)
+    rows = [{"id": "a", "question": "Capital of France?", "answer": "Paris"}, {"id": "b", "question": "Moon base age?", "answer": [], "answerable": False},
+            {"id": "c", "question": "Capital of Peru?", "answer": []}]
+    qa = tmp_path / "dev.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(CalibrateConfig(adapter=str(tmp_path / "adapter"), qa=str(qa), dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 validation questions (1 answerable)")
+    assert "left out 1 records: 1 answerable but no answer given" in out and "(c)" in out
+
+
+def test_a_file_without_answers_is_refused_before_loading_the_model(tmp_path, monkeypatch) -> None:
+    from rag_pipeline.calibrate import CalibrateConfig, run
+    from rag_pipeline.errors import InputError
+
+    calls: list = []
+    _fake_load(monkeypatch, calls)
+    qa = tmp_path / "dev.csv"
+    qa.write_text("id,question\na,Capital of France?\nb,Capital of Peru?\n")
+    with pytest.raises(InputError, match=r"dev\.csv has no answer column .*columns seen: id, question.* --answer-field"):
+        run(CalibrateConfig(adapter=str(tmp_path / "adapter"), qa=str(qa), dry_run=True))
+    assert calls == []

@@ -68,3 +68,40 @@ def test_search_text_output(tmp_path, docs_jsonl, capsys) -> None:
     assert main(["search", "natural satellite of Earth", "--index", idx, "-k", "1", "--snippet", "20"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("[1] ") and "Moon  (" in out[0] and out[1] == "    The Moon is the ..."
+
+
+def test_a_permission_error_on_a_file_is_one_line_exit_2(small_index, monkeypatch, capsys) -> None:
+    """A file the user may not read (or a folder not writable) is named in one line, not a traceback."""
+    import errno
+
+    from rag_pipeline import search
+
+    def denied(cfg):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/private/qa.jsonl")
+
+    monkeypatch.setattr(search, "main", denied)
+    assert main(["search", "Eiffel tower", "--index", str(small_index[0])]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: Permission denied: /data/private/qa.jsonl: fix its permissions (or its folder's), or pass another path; "
+        "existing artifacts are intact"]
+
+
+def test_third_party_chatter_shows_only_with_verbose(caplog: pytest.LogCaptureFixture) -> None:
+    """bm25s, transformers and peft notices below ERROR are dropped from the terminal unless -v
+    (bm25s sets its own logger to DEBUG when imported, so the level alone would not hold)."""
+    import argparse
+    import logging
+
+    from rag_pipeline import cli
+
+    handler = logging.StreamHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        cli._setup_logging(argparse.Namespace(verbose=False, quiet=False))
+        bm25 = logging.getLogger("bm25s")
+        bm25.setLevel(logging.DEBUG)
+        assert not handler.filter(bm25.makeRecord("bm25s", logging.DEBUG, __file__, 1, "Building index from IDs objects", None, None))
+        assert handler.filter(bm25.makeRecord("bm25s", logging.ERROR, __file__, 1, "broken", None, None))
+        assert handler.filter(logging.getLogger("rag_pipeline.ask").makeRecord("rag_pipeline.ask", logging.INFO, __file__, 1, "ours", None, None))
+    finally:
+        logging.getLogger().removeHandler(handler)

@@ -69,3 +69,31 @@ def test_inline_contexts_give_document_level_gold(small_index, hashing_embedder,
     qa.write_text(json.dumps(rows))
     m = run(EvalRetrievalConfig(index=str(idx), qa=str(qa)), retriever=Retriever.load(idx, embedder=hashing_embedder))
     assert m["level"] == "document" and m["questions"] == 2 and m["recall@1"] == 1.0
+
+
+def test_records_left_out_are_listed_with_their_reason(small_index, hashing_embedder, tmp_path, capsys) -> None:
+    """Answer level leaves out repeats and questions without an answer: --json lists each, the table names them."""
+    import json
+
+    from rag_pipeline.cli import main
+    from rag_pipeline.eval_retrieval import REASONS
+    from rag_pipeline.retriever import Retriever
+
+    idx, _ = small_index
+    nile = {"id": "a", "question": "Which river flows into the Mediterranean Sea?", "answer": "Nile"}
+    qa = write_jsonl(tmp_path / "qa.jsonl", [
+        nile, {"id": "b", "question": "highest mountain Himalayas", "answer": ["Mount Everest"]},
+        {"id": "c", "question": "How old is the Moon base?", "answer": [], "answerable": False},
+        {"id": "d", "question": "Who wrote Rust?", "answer": []}, nile,
+    ])
+    assert main(["eval-retrieval", "--index", str(idx), "--qa", str(qa), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["level"] == "answer" and m["questions"] == 2
+    assert [(s["id"], s["reason"]) for s in m["skipped"]] == [("a", REASONS["duplicate"]), ("c", REASONS["unanswerable"]), ("d", REASONS["no_answer"])]
+    assert m["skipped"][2]["where"] == f"{qa}:4"
+    assert main(["eval-retrieval", "--index", str(idx), "--qa", str(qa)]) == 0
+    assert f"left out 3 records: 1 {REASONS['duplicate']} (a); 1 {REASONS['unanswerable']} (c)" in capsys.readouterr().out
+    # Document level: a question with no gold document is left out, not counted as a miss.
+    qa = write_jsonl(tmp_path / "doc.jsonl", [{**nile, "doc_id": "nile"}, {"id": "e", "question": "Who wrote Rust?", "answer": "x"}])
+    m = run(EvalRetrievalConfig(index=str(idx), qa=str(qa), level="document"), retriever=Retriever.load(idx, embedder=hashing_embedder))
+    assert m["questions"] == 1 and m["recall@1"] == 1.0 and [s["id"] for s in m["skipped"]] == ["e"]

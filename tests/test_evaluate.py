@@ -84,11 +84,15 @@ def test_aggregate_hand_computed() -> None:
         _rec(False, False, "else", [], [other], []),                             # answered the unanswerable
     ]
     m = E.aggregate(records, "retrieved")
-    assert m["counts"] == {"questions": 5, "answerable": 3, "unanswerable": 2, "abstained": 2, "answered": 3, "citations": 2}
+    assert m["counts"] == {"questions": 5, "answerable": 3, "unanswerable": 2, "abstained": 2, "answered": 3, "citations": 2,
+                           "rejected": 0, "fallback": 0}
     assert m["answer"]["em"] == pytest.approx(round(1 / 3, 4))
     assert m["answer"]["f1"] == pytest.approx(round(1 / 3, 4))
     # support: "blue" 1.0, "green sky" 0.0, "else" 1.0 -> 2/3; unsupported 1/3; whole span found 2/3.
-    assert m["grounding"] == {"token_support": round(2 / 3, 4), "unsupported_rate": round(1 / 3, 4), "span_rate": round(2 / 3, 4)}
+    # "green sky" cites a passage without its words; "blue" and "else" are held by theirs: 1 of 3 shown answers
+    assert m["grounding"] == {"token_support": round(2 / 3, 4), "unsupported_rate": round(1 / 3, 4), "span_rate": round(2 / 3, 4),
+                              "no_content_rate": 0.0, "unsupported_cited_rate": round(1 / 3, 4)}
+    assert m["yes_no"] == {"accuracy": None, "questions": 0}
     assert m["citations"] == {"precision": 0.5, "gold_doc_precision": 0.5, "uncited_rate": 0.0}
     assert m["abstention"] == {"abstain_rate": 0.5, "false_abstain_rate": round(1 / 3, 4)}
     assert m["context"] == {"answer_in_context": round(2 / 3, 4), "gold_doc_in_context": 0.4}
@@ -217,9 +221,10 @@ SCHEMA = {
     "contexts": list, "results": dict, "timings": dict,
 }
 RESULT_SCHEMA = {
-    "counts": ["questions", "answerable", "unanswerable", "abstained", "answered", "citations"],
+    "counts": ["questions", "answerable", "unanswerable", "abstained", "answered", "citations", "rejected", "fallback"],
     "answer": ["em", "f1", "rougeL"],
-    "grounding": ["token_support", "unsupported_rate", "span_rate"],
+    "grounding": ["token_support", "unsupported_rate", "span_rate", "no_content_rate", "unsupported_cited_rate"],
+    "yes_no": ["accuracy", "questions"],
     "citations": ["precision", "gold_doc_precision", "uncited_rate"],
     "abstention": ["abstain_rate", "false_abstain_rate"],
     "context": ["answer_in_context", "gold_doc_in_context"],
@@ -233,7 +238,7 @@ def _check_schema(m: dict) -> None:
     assert set(m) == set(SCHEMA)
     for key, tp in SCHEMA.items():
         assert isinstance(m[key], tp), key
-    assert set(m["qa"]) == {"path", "total", "evaluated", "answerable", "unanswerable", "sample", "answer_form", "verbatim_share"}
+    assert set(m["qa"]) == {"path", "total", "evaluated", "answerable", "unanswerable", "sample", "answer_form", "verbatim_share", "skipped"}
     assert set(m["index"]) == {"path", "embedder", "chunks"}
     assert {"level", "questions", "recall@1", "recall@5", "recall@10", "mrr@10"} <= set(m["retrieval"])
     assert all(set(s) == {"name", "adapter", "load_s"} for s in m["systems"])
@@ -272,7 +277,7 @@ def test_end_to_end_scripted(small_index, hashing_embedder, tmp_path: Path) -> N
     _check_schema(on_disk)
     assert [s["name"] for s in m["systems"]] == ["base", "tuned"] and m["contexts"] == ["retrieved", "oracle", "injected"]
     assert m["qa"] == {"path": str(qa), "total": 5, "evaluated": 5, "answerable": 4, "unanswerable": 1, "sample": "all",
-                       "answer_form": "span", "verbatim_share": 1.0}
+                       "answer_form": "span", "verbatim_share": 1.0, "skipped": 0}
     assert m["retrieval"]["level"] == "document" and m["retrieval"]["recall@1"] == 1.0  # distinct vocabularies
 
     base, tuned = m["results"]["base"], m["results"]["tuned"]
@@ -419,3 +424,61 @@ def test_free_form_answers_get_f1_and_rouge_but_no_em(small_index, hashing_embed
         assert r["answer"]["f1"] is not None and r["answer"]["rougeL"] is not None
     assert m["results"]["base"]["oracle"]["context"]["answer_in_context"] == 1.0  # supported, though never verbatim
     assert "EM is not reported (-): the gold answers are free-form text" in (Path(cfg.output) / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Records left out are listed; the output is locked while a run writes it
+# ---------------------------------------------------------------------------------------------
+
+
+def test_answerable_records_without_an_answer_are_left_out_and_listed(small_index, hashing_embedder, tmp_path: Path) -> None:
+    """Scored, such a record would count as unanswerable (NoAns accuracy) beside 'answerable' in the counts."""
+    from rag_pipeline.retriever import Retriever
+
+    idx, _ = small_index
+    hole = {"id": "q6", "question": "Where does the Rust language come from?", "answer": [], "doc_id": "rust"}
+    qa = write_jsonl(tmp_path / "qa.jsonl", [*QA_ROWS, hole])
+    cfg = E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(tmp_path / "out"), k=2)
+    m = E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder), pipeline_factory=_scripted_factory)
+    out = Path(cfg.output)
+    assert (m["qa"]["total"], m["qa"]["evaluated"], m["qa"]["answerable"], m["qa"]["unanswerable"], m["qa"]["skipped"]) == (6, 5, 4, 1, 1)
+    assert m["results"]["base"]["retrieved"]["counts"]["unanswerable"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([*E.OUTPUT_FILES, E.SKIPPED_FILE])
+    (listed,) = [json.loads(line) for line in (out / E.SKIPPED_FILE).read_text().splitlines()]
+    assert listed == {"id": "q6", "question": hole["question"], "answer": [], "reason": E.NO_ANSWER, "where": f"{qa}:6"}
+    assert "q6" not in {json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()}
+    assert "1 left out, answerable but without an answer (listed in skipped.jsonl)" in (out / "report.md").read_text()
+
+
+def test_a_run_refuses_an_output_another_run_is_writing(small_index, hashing_embedder, tmp_path: Path) -> None:
+    from rag_pipeline.atomic import output_lock
+    from rag_pipeline.retriever import Retriever
+
+    idx, _ = small_index
+    qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    runs = tmp_path / "runs"
+    cfg = E.EvaluateConfig(index=str(idx), qa=str(qa), output=str(runs / "out"), k=2)
+    with output_lock(cfg.output):  # another run, still evaluating
+        with pytest.raises(ConfigError, match=r"--output .*out is being written by another run \(pid \d+, lock .*\.out\.lock\)"):
+            E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder), pipeline_factory=_scripted_factory)
+        assert sorted(p.name for p in runs.iterdir()) == [".out.lock"]  # its lock; nothing written beside it
+    E.run(cfg, retriever=Retriever.load(idx, embedder=hashing_embedder), pipeline_factory=_scripted_factory)  # released: it runs
+    assert sorted(p.name for p in runs.iterdir()) == ["out"]
+
+
+def test_junk_answers_and_yes_no_questions_have_their_own_figures() -> None:
+    """An answer without a content word ("The [1]") and one whose cited passage lacks its words
+    are counted apart; yes/no questions are scored by polarity and get an accuracy of their own."""
+    doc = {"doc_id": "g", "text": "The tower was built in 1889 in Paris."}
+    records = [
+        _rec(True, False, "The [1]", [1], [doc], ["1889"]),
+        _rec(True, False, "The processes [1]", [1], [doc], ["Paris"]),
+        _rec(True, False, "Yes, it was. [1]", [1], [doc], ["yes"]),
+        _rec(True, False, "Yes [1]", [1], [doc], ["no"]),
+        _rec(True, True, ABSTAIN, [], [doc], ["yes"]),
+        _rec(True, False, "London [1]", [1], [doc], ["Paris"]),
+    ]
+    m = E.aggregate(records, "retrieved")
+    assert m["grounding"]["no_content_rate"] == round(2 / 5, 4) and m["grounding"]["unsupported_cited_rate"] == round(1 / 5, 4)
+    assert m["yes_no"] == {"accuracy": round(1 / 3, 4), "questions": 3}
+    assert records[2]["scores"]["f1"] == 1.0 and records[3]["scores"]["f1"] == 0.0

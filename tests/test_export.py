@@ -174,6 +174,22 @@ def test_q_and_k_are_permuted_for_llama_cpp(env: dict, reference, tmp_path: Path
     torch.testing.assert_close(stored["blk.0.attn_v.weight"], v, rtol=0, atol=2e-3)  # v is not permuted
 
 
+@pytest.mark.parametrize("fmt", ["merged", "gguf"])
+def test_every_exported_file_gets_the_umasks_normal_mode(env: dict, tmp_path: Path, fmt: str) -> None:
+    """transformers writes model.safetensors 0o600 and its other files 0o644: the export evens them out,
+    with the umask applied (0o027 here, so 0o640: not a fixed 0o644)."""
+    import os
+    import stat
+
+    before = os.umask(0o027)
+    try:
+        export(env, tmp_path / "e", format=fmt)
+    finally:
+        os.umask(before)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "e").iterdir()}
+    assert set(modes.values()) == {oct(0o640)}, modes
+
+
 # ------------------------------------------------------------------------------ the target folder
 
 

@@ -333,3 +333,279 @@ def test_bundled_corpus_keeps_its_own_record_ids(monkeypatch: pytest.MonkeyPatch
     for given in (path, Path("corpus/disfl_qa/documents.jsonl")):  # absolute and relative
         docs = list(islice(read_documents([given], IngestReport()), 50))
         assert [d.id for d in docs] == [r["id"] for r in records] and {d.source for d in docs} == {"documents.jsonl"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. One error line, not a traceback; messages that point the right way (brief C)
+# ---------------------------------------------------------------------------------------------
+
+
+def _no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any command gets as far as loading a generator."""
+    from rag_pipeline import ask, generator
+
+    monkeypatch.setattr(ask.Pipeline, "load", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
+    monkeypatch.setattr(generator, "load_generator", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
+
+
+@pytest.mark.parametrize("command", ["eval-retrieval", "build-raft-dataset", "evaluate", "ask"])
+def test_a_csv_in_another_encoding_is_refused_with_the_fix(command: str, small_index: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spreadsheet's Windows-1252 CSV ("Zürich" as 0xfc) was a UnicodeDecodeError traceback in all four commands."""
+    _no_models(monkeypatch)
+    work = tmp_path / "work"
+    work.mkdir()
+    qa = work / "questions.csv"
+    qa.write_bytes("question,answer,doc_id\nWhere is the Eiffel Tower?,Paris,eiffel\nWhich city is Zürich?,Zürich,eiffel\n".encode("cp1252"))
+    idx = str(small_index[0])
+    argv = {"eval-retrieval": ["eval-retrieval", "--index", idx, "--qa", str(qa)],
+            "build-raft-dataset": ["build-raft-dataset", "--index", idx, "--qa", str(qa), "--output", str(work / "raft")],
+            "evaluate": ["evaluate", "--index", idx, "--qa", str(qa), "--output", str(work / "eval")],
+            "ask": ["ask", "--index", idx, "--questions", str(qa), "--device", "cpu"]}[command]
+    _refused(argv, capsys, f"QA file {qa} is not UTF-8", "line 3", "re-encode it as UTF-8", "iconv")
+    assert sorted(p.name for p in work.iterdir()) == ["questions.csv"]  # nothing written
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama and a LoRA adapter of it, in the format train-generator writes."""
+    from test_ask import make_adapter
+    from tiny_models import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("adapter")
+    return make_adapter(build_tiny_llama(root / "llama"), root / "adapter")
+
+
+DAMAGES = {
+    "truncated weights": ("adapter_model.safetensors", lambda b: b[: len(b) // 2], "not a complete safetensors file"),
+    "empty weights": ("adapter_model.safetensors", lambda b: b"", "not a complete safetensors file"),
+    "malformed adapter_config.json": ("adapter_config.json", lambda b: b[: len(b) // 2], "is not valid JSON"),
+}
+
+
+def _damaged(trained_adapter: Path, tmp_path: Path, damage: str) -> tuple[Path, str, str]:
+    """A copy of the adapter with one file damaged: (folder, damaged file, words of its error)."""
+    import shutil
+
+    name, cut, words = DAMAGES[damage]
+    adapter = tmp_path / "work" / "adapter"
+    shutil.copytree(trained_adapter, adapter)
+    (adapter / name).write_bytes(cut((adapter / name).read_bytes()))
+    return adapter, str(adapter / name), words
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("command", ["export merged", "export gguf", "ask"])
+def test_a_damaged_adapter_is_one_error_line(command: str, damage: str, trained_adapter: Path, small_index: tuple, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """A truncated or empty adapter_model.safetensors, or a half-written adapter_config.json, was a
+    SafetensorError or JSONDecodeError traceback from the loader (exit 1)."""
+    adapter, damaged, words = _damaged(trained_adapter, tmp_path, damage)
+    if command == "ask":
+        argv = ["ask", "Where is the Eiffel Tower?", "--index", str(small_index[0]), "--adapter", str(adapter), "--device", "cpu"]
+    else:
+        argv = ["export", "--adapter", str(adapter), "--output", str(adapter.parent / "out"), "--format", command.split()[1]]
+    _refused(argv, capsys, damaged, words, "retrain it with train-generator or restore it from a copy")
+    assert sorted(p.name for p in adapter.parent.iterdir()) == ["adapter"]  # no export, no temporary folder
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_serve_refuses_a_damaged_adapter_before_binding_without_a_traceback(damage: str, trained_adapter: Path, small_index: tuple,
+                                                                           tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                           caplog: pytest.LogCaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve loaded the models in its loading thread after binding: the loader's traceback was
+    logged, then the error line. Now the adapter is checked first: one line, no port bound."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: pytest.fail("serve bound a port with a damaged adapter"))
+    adapter, damaged, words = _damaged(trained_adapter, tmp_path, damage)
+    with caplog.at_level(logging.DEBUG):
+        _refused(["serve", "--index", str(small_index[0]), "--adapter", str(adapter), "--device", "cpu", "--port", "1"], capsys,
+                 damaged, words)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert "Traceback" not in capsys.readouterr().err + caplog.text
+
+
+@pytest.mark.parametrize("blocked", ["parent is a file", "parent not writable"])
+def test_export_into_an_unwritable_folder_is_refused_before_the_models_load(blocked: str, trained_adapter: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``export --format gguf --output DIR/g`` with DIR read-only was a PermissionError traceback from
+    atomic._make_tmp_dir. We run as root, which ignores directory permissions, so the read-only case
+    makes the temporary folder's creation fail as a read-only DIR does."""
+    import errno
+    import os
+
+    _no_models(monkeypatch)
+    folder = tmp_path / "DIR"
+    if blocked == "parent is a file":
+        folder.write_text("a user's file")
+        words: tuple[str, ...] = (f"{folder} is a file",)
+    else:
+        folder.mkdir()
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *a, **k):
+            if Path(path).parent == folder:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *a, **k)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        words = (f"{folder} is not writable (Permission denied)", "choose a path in a folder you can write to")
+    _refused(["export", "--adapter", str(trained_adapter), "--format", "gguf", "--output", str(folder / "g")], capsys,
+             f"--output {folder / 'g'} cannot be written", *words)
+    assert (folder.read_text() == "a user's file") if folder.is_file() else list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("stdin", ["", "\n   \n\t\n\n"])
+def test_ask_with_no_question_on_standard_input_is_refused_before_the_models_load(stdin: str, small_index: tuple,
+                                                                                  capsys: pytest.CaptureFixture,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank piped input made ask load the models, answer nothing and exit 0."""
+    import io
+
+    _no_models(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    _refused(["ask", "--index", str(small_index[0])], capsys, "no question on standard input", "--questions FILE")
+
+
+def test_index_pointing_at_another_commands_output_says_what_it_is(small_index: tuple, trained_adapter: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ask --index`` at an evaluate output or a file, ``eval-retrieval --index`` at an adapter: the
+    message said to run build-index into that very folder, which build-index then refuses."""
+    from rag_pipeline import generator
+
+    monkeypatch.setattr(generator, "load_generator", lambda *a, **k: pytest.fail("the models were loaded before the index was checked"))
+    idx = small_index[0]
+    report = tmp_path / "results"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"schema_version": 3, "results": {}, "config": {"index": str(idx)}}))
+    (report / "report.md").write_text("# Results\n")
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Where is the Eiffel Tower?", "answer": "Paris", "doc_id": "eiffel"}])
+    cases = [
+        (["ask", "Where is the Eiffel Tower?", "--index", str(report), "--device", "cpu"], report,
+         ("is an evaluation report", f"its index is {idx}: pass --index {idx}")),
+        (["ask", "Where is the Eiffel Tower?", "--index", str(qa), "--device", "cpu"], qa,
+         ("is a file, not an index directory", "pass the index folder build-index wrote", f"build-index {qa} --index NEW_DIR")),
+        (["eval-retrieval", "--index", str(trained_adapter), "--qa", str(qa)], trained_adapter,
+         ("is a trained adapter", "adapters go to --adapter", "pass the index folder build-index wrote")),
+    ]
+    for argv, given, words in cases:
+        line = _refused(argv, capsys, str(given), *words)
+        assert f"--index {given}`" not in line, line  # never "build-index ... --index <this path>"
+
+
+# ---------------------------------------------------------------------------------------------
+# QA files without answers: evaluate, build-raft-dataset, eval-retrieval and calibrate refuse
+# them, naming the missing column (they used to score every question as unanswerable, or build
+# nothing "from 0 questions")
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_qa_file_without_answers_is_refused_with_the_column_named(small_index: tuple, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    idx = str(small_index[0])
+    qa = tmp_path / "questions.csv"
+    qa.write_text("id,question,doc_id\nq1,Where is the Eiffel Tower?,eiffel\nq2,Who created Python?,python\nq3,How long is the Nile?,nile\n")
+    words = (str(qa), "has no answer column", "looked for 'answer' or 'answers' or 'output' or 'response'",
+             "columns seen: id, question, doc_id", "--answer-field")
+    runs = tmp_path / "runs"
+    _refused(["evaluate", "--qa", str(qa), "--index", idx, "--limit", "3", "--output", str(runs / "ev")], capsys, *words, "cannot be evaluated")
+    _refused(["build-raft-dataset", "--qa", str(qa), "--index", idx, "--output", str(runs / "raft")], capsys, *words)
+    _refused(["eval-retrieval", "--qa", str(qa), "--index", idx, "--level", "answer"], capsys, *words)
+    _refused(["calibrate", "--qa", str(qa), "--index", idx, "--adapter", str(tmp_path / "adapter")], capsys, *words)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("question,answer\nWhere is the Eiffel Tower?,\nWho created Python?,\n")
+    _refused(["evaluate", "--qa", str(blank), "--index", idx, "--output", str(runs / "ev")], capsys, str(blank),
+             "the answer column 'answer' is empty in all 2 answerable records", "answerable: false", "--answer-field")
+    assert not runs.exists() or sorted(p.name for p in runs.iterdir()) == []  # nothing written, no lock left
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: request bodies (malformed JSON said as such, a wrong Content-Type named, OpenAI fields
+# the server does not honour refused or named instead of silently ignored)
+# ---------------------------------------------------------------------------------------------
+
+
+class _ParisAnswerer:
+    """A served pipeline without models: answers "Paris [1]" (the requests under test are mostly refused before it)."""
+
+    cfg, retriever, calibration = None, None, None
+
+    def answer_batch(self, questions: list[str], **kw: object) -> list:
+        from rag_pipeline.ask import Answer
+
+        t = {"retrieval": 0.0, "prompt": 0.0, "generation": 0.0}
+        return [Answer(q, "Paris [1]", False, None, [], [], t, "Paris [1]") for q in questions]
+
+
+@pytest.fixture(scope="module")
+def paris_server():
+    pytest.importorskip("fastapi")
+    from rag_pipeline.serve import ServeConfig, limits_for
+    from rag_pipeline.serve.app import create_app
+    from serve_helpers import ThreadServer, wait_healthy
+
+    with ThreadServer(create_app(limits_for(ServeConfig(index="-"), "paris", ""), _ParisAnswerer)) as srv:
+        wait_healthy(srv.url, 30)
+        yield srv.url
+
+
+def _chat(url: str, **kw: object):
+    import httpx
+
+    return httpx.post(f"{url}/v1/chat/completions", timeout=30, **kw)
+
+
+def test_serve_malformed_json_names_the_character_not_a_param(paris_server: str) -> None:
+    """It answered 422 with param "40" (the offset) and "JSON decode error"."""
+    body = '{"model": "paris", "messages": [{"role": "user", "content": "hi"}],,}'
+    r = _chat(paris_server, content=body, headers={"Content-Type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] is None and err["code"] == "invalid_json", r.text
+    assert err["message"].startswith(f"request body is not valid JSON at character {body.index(',,') + 1}"), err
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_serve_body_that_is_not_json_says_the_content_type(paris_server: str, content_type: str) -> None:
+    """A text/plain body got "Input should be a valid dictionary or object to extract fields from"."""
+    body = json.dumps({"model": "paris", "messages": [{"role": "user", "content": "hi"}]})
+    r = _chat(paris_server, content=body, headers={"Content-Type": content_type})
+    err = r.json()["error"]
+    assert r.status_code == 415 and "Content-Type must be application/json" in err["message"] and content_type in err["message"], r.text
+    assert "dictionary" not in err["message"]
+    assert _chat(paris_server, content=body, headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"logprobs": True}, "logprobs"), ({"top_logprobs": 3}, "top_logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"), ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"presence_penalty": 0.5}, "presence_penalty"), ({"frequency_penalty": -1}, "frequency_penalty"),
+])
+def test_serve_refuses_openai_fields_it_would_ignore(paris_server: str, extra: dict, field: str) -> None:
+    """logprobs, tools and the like were silently ignored: the client believed it got them."""
+    r = _chat(paris_server, json={"model": "paris", "messages": [{"role": "user", "content": "hi"}], **extra})
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["param"] == field and f"'{field}' is not supported" in err["message"], r.text
+    assert err["code"] == "unsupported_field"
+
+
+def test_serve_accepts_harmless_openai_fields_and_names_unknown_ones(paris_server: str) -> None:
+    harmless = {"logprobs": False, "top_logprobs": 0, "user": "u-1", "metadata": {"a": "b"}, "presence_penalty": 0,
+                "tool_choice": "none", "response_format": {"type": "text"}, "store": False}
+    base = {"model": "paris", "messages": [{"role": "user", "content": "hi"}]}
+    r = _chat(paris_server, json={**base, **harmless})
+    assert r.status_code == 200 and "warning" not in r.headers and r.json()["choices"][0]["message"]["content"] == "Paris [1]"
+    for stream in (False, True):
+        r = _chat(paris_server, json={**base, "stream": stream, "max_token": 5, "temprature": 0.2})  # typos
+        assert r.status_code == 200 and r.headers["warning"] == '299 rag-pipeline "ignored unknown fields: max_token, temprature"'
+
+
+@pytest.mark.parametrize("stop,words", [
+    (["a", "b", "c", "d", "e"], "at most 4 stop sequences"), ("", "stop sequence is empty"), (["x", ""], "stop sequence is empty"),
+])
+def test_serve_bad_stop_sequences_are_422(paris_server: str, stop: object, words: str) -> None:
+    r = _chat(paris_server, json={"model": "paris", "messages": [{"role": "user", "content": "hi"}], "stop": stop})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "stop" and words in r.json()["error"]["message"], r.text

@@ -351,3 +351,42 @@ def test_an_index_whose_corpus_outgrew_a_million_chunks_is_rebuilt_with_the_scal
     monkeypatch.setattr(index_module, "choose_index_type", lambda n: "ivf")  # as if it had grown past 1M chunks
     m = build_index(cfg, embedder=hashing_embedder)
     assert not m.get("up_to_date") and m["index"]["factory"] == "OPQ8,IVF10_HNSW32,PQ8np" and m["index"]["rerank"] == 20
+
+
+def test_a_path_that_is_not_an_index_says_what_it_is_and_where_to_point(small_index, tmp_path) -> None:
+    """Only a path build-index would write (missing, empty) is told to build an index there; a file or
+    another command's output is named, with the index it records when it records one."""
+    idx = small_index[0]
+
+    def refusal(path: Path) -> str:
+        with pytest.raises(IndexError_) as e:
+            read_manifest(path)
+        return str(e.value)
+
+    assert f"build-index PATH --index {tmp_path / 'none'}`" in refusal(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    assert f"build-index PATH --index {tmp_path / 'empty'}`" in refusal(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("mine")
+    msg = refusal(tmp_path / "notes.txt")
+    assert "is a file, not an index directory" in msg and f"build-index {tmp_path / 'notes.txt'} --index NEW_DIR" in msg
+    folders = {
+        "adapter": ("rag_pipeline.json", {"kind": "rag-generator", "base_model": "x"}, "is a trained adapter"),
+        "lora": ("adapter_config.json", {"peft_type": "LORA"}, "is a LoRA adapter"),
+        "report": ("metrics.json", {"schema_version": 3, "results": {}, "config": {"index": str(idx)}}, "is an evaluation report"),
+        "raft": ("manifest.json", {"kind": "raft-dataset", "index": {"path": "index"}}, "is a RAFT dataset"),
+        "export": ("export.json", {"kind": "rag-export"}, "is a model export"),
+        "other": ("thesis.tex", {}, "no manifest.json; it holds other files"),
+    }
+    for name, (marker, content, words) in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / marker).write_text(json.dumps(content))
+    import shutil
+
+    shutil.copytree(idx, tmp_path / "raft" / "index")  # build-raft-dataset keeps the index it built inside its output
+    for name, (_, _, words) in folders.items():
+        msg = refusal(tmp_path / name)
+        assert words in msg, msg
+        assert f"--index {tmp_path / name}`" not in msg, msg  # never "build-index into" a folder build-index would refuse
+    assert f"its index is {idx}: pass --index {idx}" in refusal(tmp_path / "report")
+    assert f"its index is {tmp_path / 'raft' / 'index'}" in refusal(tmp_path / "raft")
+    assert "build-index PATH --index NEW_DIR" in refusal(tmp_path / "other")

@@ -3,6 +3,11 @@
 The index and question of ``test_integration_ask`` (a MiniLM index over 41 real paragraphs, a
 test-split question the adapter answers right): through the official ``openai`` client, the
 answer must hold the gold year and its ``citations`` the gold paragraph, streamed or not.
+
+Streamed text is the answer: on Disfl-QA test questions whose calibrated decoding re-decodes a
+refusal ("The papers don't contain the answer.") and then withholds the answer, or ends in the
+generator's abstention, the stream must carry exactly the non-streamed answer (it once carried
+the first decode), and a withheld answer reports the tokens it cost.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from conftest import CORPUS, REPO, write_jsonl  # noqa: E402
+from rag_pipeline.prompt import ABSTAIN  # noqa: E402
 from rag_pipeline.ask import REFERENCE_ADAPTER, Pipeline  # noqa: E402
 from rag_pipeline.index import IndexConfig, build_index  # noqa: E402
 from rag_pipeline.retriever import Retriever  # noqa: E402
@@ -50,3 +56,49 @@ def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_pa
         assert not r.model_extra["abstained"]
         streamed = client.chat.completions.create(model="smollm2-disfl-qa", messages=messages, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
+
+
+# Test-split questions and what fp32 greedy decoding did with them over STREAM_DOCS (found by trying):
+# (id, abstain_reason of the non-streamed answer, its first decode was a refusal re-decoded)
+STREAM_QUESTIONS = [
+    ("q-4e05b7b839df", "calibration", True),  # "The papers don't..." then "The processes in information technology [1]", withheld
+    ("q-b267e12bcc42", "generator", True),  # three reworded refusals: the generator's abstention
+    ("q-6d1b1ec991a4", "calibration", True),  # "The papers don't..." then "The pharyngeal and gastrointestinal tract [2]", withheld
+    ("q-25a13501b942", None, False),  # "lactobacilli [1]"
+    ("q-1fcd20feaacd", None, False),  # "solvability of quadratic equations [1]"
+]
+# The first 40 paragraphs of the corpus and the full index's top 2 (hybrid) for each question above.
+STREAM_DOCS = ["p-0e4d9d4cd8e2", "p-1620c5e3cd96", "p-290ff6e5995b", "p-2ed7b7eae99e", "p-65f4aeaa7b39", "p-827c9ff031e0",
+               "p-a9fac3680b78", "p-ffaee1c83ab0"]
+
+
+def test_streamed_text_is_the_calibrated_answer_on_real_questions(tmp_path, minilm) -> None:
+    with (CORPUS / "documents.jsonl").open() as f:
+        corpus = [json.loads(line) for line in f]
+    docs = [d for d in corpus[:40] if d["id"] not in STREAM_DOCS] + [d for d in corpus if d["id"] in STREAM_DOCS]
+    with (CORPUS / "qa" / "test.jsonl").open() as f:
+        questions = {row["id"]: row["question"] for row in map(json.loads, f)}
+    index = IndexConfig(paths=[str(write_jsonl(tmp_path / "docs.jsonl", docs))], index=str(tmp_path / "idx"))
+    build_index(index, embedder=minilm)
+    cfg = ServeConfig(index=index.index, adapter=str(REPO / REFERENCE_ADAPTER), device="cpu", dtype="float32", max_new_tokens=24)
+
+    def load() -> Pipeline:
+        return Pipeline.load(ask_config(cfg), retriever=Retriever.load(index.index, embedder=minilm))
+
+    with ThreadServer(create_app(limits_for(cfg, "smollm2-disfl-qa", ""), load)) as srv:
+        wait_healthy(srv.url, 300)
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
+        for qid, reason, redecoded in STREAM_QUESTIONS:
+            messages = [{"role": "user", "content": questions[qid]}]
+            r = client.chat.completions.create(model="smollm2-disfl-qa", messages=messages)
+            answer = r.choices[0].message.content
+            assert r.model_extra["abstain_reason"] == reason, (qid, answer)  # the case this question stands for
+            if reason:
+                assert answer == ABSTAIN and r.usage.completion_tokens >= 5 and r.usage.prompt_tokens > 200, (qid, r.usage)
+            if redecoded:  # the refusal, the re-decode and (when there is one) the withheld answer all count
+                assert r.usage.completion_tokens >= 15, (qid, r.usage)
+            chunks = list(client.chat.completions.create(model="smollm2-disfl-qa", messages=messages, stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer, qid
+            last = chunks[-1].model_extra
+            assert (last["abstained"], last.get("abstain_reason"), last["citations"]) == (
+                r.model_extra["abstained"], reason, r.model_extra["citations"]), qid

@@ -61,3 +61,35 @@ def test_answer_scores_means_and_length_check() -> None:
     assert m["f1"] == pytest.approx((1 + 0.5 + 0) / 3)
     with pytest.raises(ValueError, match="2 predictions for 1"):
         answer_scores(["a", "b"], [["a"]])
+
+
+# ----------------------------------------------------------------------------- yes/no questions
+
+
+@pytest.mark.parametrize("pred,gold,score", [
+    ("Yes, he did. [1]", "yes", 1.0), ("yes", "Yes", 1.0), ("No [2]", "no", 1.0),
+    ("No, it was built in 1890.", "yes", 0.0), ("Yes", "no", 0.0), ("He did", "yes", 0.0),
+])
+def test_yes_no_questions_score_by_polarity(pred: str, gold: str, score: float) -> None:
+    from rag_pipeline.metrics import exact_match, f1
+
+    assert exact_match(pred, [gold]) == score
+    assert f1(pred, [gold]) == score  # token F1 of "yes he did" against "yes" would be 0.5
+
+
+def test_span_answers_keep_token_f1() -> None:
+    from rag_pipeline.metrics import f1, yes_no_gold
+
+    assert yes_no_gold(["Paris"]) is None and yes_no_gold(["no one"]) is None
+    assert f1("Paris, France", ["Paris"]) == pytest.approx(2 / 3)
+
+
+def test_squad2_scores_report_yes_no_accuracy() -> None:
+    from rag_pipeline.metrics import squad2_scores
+    from rag_pipeline.prompt import ABSTAIN
+
+    preds = ["Yes, it is. [1]", "Yes [1]", ABSTAIN, "Paris [1]", ABSTAIN]
+    golds = [["yes"], ["no"], ["yes"], ["Paris"], []]
+    s = squad2_scores(preds, golds, [True, True, True, True, False])
+    assert s["yesno_n"] == 3 and s["yesno_acc"] == pytest.approx(1 / 3)
+    assert s["has_f1"] == pytest.approx(2 / 4) and s["noans_acc"] == 1.0

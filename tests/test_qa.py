@@ -186,3 +186,20 @@ def test_every_qa_command_takes_the_field_flags(command: str) -> None:
     args = cli.build_parser(command).parse_args([command, *flags, *required])
     cfg = cli._config(command, args)
     assert cfg.qa_fields() == QAFields(question="prompt", answer="gold.text", context="ctx", id="qid", doc_id="source")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_a_file_in_another_encoding_names_the_byte_its_line_and_the_fix(suffix: str, tmp_path: Path) -> None:
+    """A spreadsheet's Windows-1252 export (É = 0xc9) is an InputError with the fix, in every text format."""
+    sep = "\t" if suffix == ".tsv" else ","
+    rows = {".csv": f"question{sep}answer\nWhere is it?{sep}Paris\nWho wrote it?{sep}Émile Zola\n",
+            ".tsv": f"question{sep}answer\nWhere is it?{sep}Paris\nWho wrote it?{sep}Émile Zola\n",
+            ".jsonl": '{"question": "Where is it?", "answer": "Paris"}\n{"question": "Who wrote it?", "answer": "Émile Zola"}\n',
+            ".json": '[{"question": "Where is it?", "answer": "Paris"},\n {"question": "Who wrote it?", "answer": "Émile Zola"}]\n'}
+    p = tmp_path / f"q{suffix}"
+    p.write_bytes(rows[suffix].encode("cp1252"))
+    line = 3 if suffix in (".csv", ".tsv") else 2
+    with pytest.raises(InputError, match=rf"QA file .*q\{suffix} is not UTF-8 \(byte 0xc9 at line {line}, .*re-encode it as UTF-8.*iconv"):
+        load_qa(p)
+    p.write_bytes(b"\xef\xbb\xbf" + rows[suffix].encode("utf-8"))  # UTF-8 with a byte-order mark (Excel's "CSV UTF-8") reads
+    assert [it.answers for it in load_qa(p)] == [["Paris"], ["Émile Zola"]]

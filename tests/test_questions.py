@@ -438,3 +438,112 @@ def test_near_duplicates_share_their_names_and_most_words() -> None:
     assert not Q.is_duplicate(Q.question_key("Which company built the wrought iron lattice Eiffel Tower?"), kept, 0.8)  # other words
     town = [Q.question_key("Which words complete: The town of Alpha3 lies near the river ____?")]
     assert not Q.is_duplicate(Q.question_key("Which words complete: The town of Alpha4 lies near the river ____?"), town, 0.8)  # other name
+
+
+# ---------------------------------------------------------------------------------------------
+# Yes/no and unanswerable questions written by rule
+# ---------------------------------------------------------------------------------------------
+
+POOL = Q.EntityPool({"date": ("4 July 1776",), "year": ("1850", "1889", "1991"), "number": ("27 days", "330 metres"),
+                     "name": ("Gustave Eiffel", "Mount Fuji", "Nile", "Rome", "Rust")})
+
+
+@pytest.mark.parametrize("passage,answer,kind,polarity,question,target", [
+    ("The Eiffel Tower was completed in 1889 for the World Fair.", "1889", "date", "yes",
+     "Was the Eiffel Tower completed in 1889 for the World Fair?", "Yes"),
+    ("In 1991 Guido van Rossum created Python.", "Guido van Rossum", "name", "yes",
+     "Is it true that in 1991 Guido van Rossum created Python?", "Yes"),
+])
+def test_yes_questions_state_the_sentence_faithfully(passage: str, answer: str, kind: str, polarity: str, question: str, target: str) -> None:
+    import random
+
+    c = Q.Candidate("c", "d", passage, answer, kind)
+    assert Q.write_yes_no(c, POOL, polarity, random.Random(0)) == (question, target)
+
+
+def test_no_questions_swap_the_fact_for_another_of_its_kind_from_the_corpus() -> None:
+    import random
+
+    c = Q.Candidate("c", "d", "The Eiffel Tower was completed in 1889 for the World Fair.", "1889", "date")
+    for seed in range(5):
+        question, target = Q.write_yes_no(c, POOL, "no", random.Random(seed))
+        assert target == "No" and question.startswith("Was the Eiffel Tower completed in ") and "1889" not in question
+        assert any(y in question for y in ("1850", "1991"))  # a year for a year, never a name or a count
+    # a name is swapped for a name of as many words that the passage does not mention
+    c = Q.Candidate("c", "d", "Paris is the capital of France and lies on the Seine.", "Paris", "name")
+    q, _ = Q.write_yes_no(c, POOL, "no", random.Random(1))
+    assert q.startswith("Is ") and q.endswith(" the capital of France and lies on the Seine?") and "Paris" not in q
+
+
+def test_unanswerable_questions_swap_the_anchor_the_passage_answers_about() -> None:
+    import random
+
+    passage = "In early August, Montcalm led 7,000 troops to the fort."
+    c = Q.Candidate("c", "d", passage, "7,000", "number")
+    answerable = Q.rules_question(c)
+    assert answerable == "In early August, Montcalm led how many troops to the fort?"
+    q = Q.write_unanswerable(c, POOL, random.Random(0))
+    assert q and q != answerable and "Montcalm" not in q and q.endswith(" led how many troops to the fort?")
+    assert Q.write_unanswerable(Q.Candidate("c", "d", "It led 7,000 troops.", "7,000", "number"), POOL, random.Random(0)) == ""
+
+
+def test_generate_writes_each_form_to_its_share_with_the_right_targets(retriever) -> None:
+    from rag_pipeline.teacher import FakeTeacher
+
+    s = Q.QuestionSettings(n=6, top_k=6, hybrid=False, seed=0, yes_no=0.34, unanswerable=0.34)
+    assert Q.form_quota(s) == {"span": 2, "yes": 1, "no": 1, "unanswerable": 2}
+    r = Q.generate(retriever, FakeTeacher(), s)
+    forms = r.report["forms"]
+    assert sum(forms.values()) == len(r.items) and forms["span"] >= 1 and forms["yes"] + forms["no"] + forms["unanswerable"] >= 1
+    for p, item in zip(r.kept, r.items):
+        if p.form == "span":
+            assert item.answerable and item.answers == [p.candidate.answer] and item.context is None
+        elif p.form == "unanswerable":
+            assert not item.answerable and item.answers == [] and item.context == p.candidate.passage
+        else:
+            assert item.answers == [p.form.capitalize()] and item.context == p.candidate.passage
+    again = Q.generate(retriever, FakeTeacher(), s)
+    assert [(i.question, i.answers) for i in again.items] == [(i.question, i.answers) for i in r.items]
+    # the default writes span questions only, and says nothing of forms
+    assert "forms" not in Q.generate(retriever, FakeTeacher(), Q.QuestionSettings(n=2, top_k=6, hybrid=False)).report
+
+
+def test_question_form_shares_are_checked() -> None:
+    from rag_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="together at most 1"):
+        Q.QuestionSettings(n=4, yes_no=0.7, unanswerable=0.5)
+
+
+@pytest.mark.parametrize("passage,answer", [
+    ("A colony was built in 1564 on the banks of the St. Johns River by Ribault.", "1564"),
+    ("The manifesto (known in 1964 as Milestones, a.k.a. Signposts) was read widely.", "1964"),
+])
+def test_statements_cut_by_the_sentence_splitter_are_not_written(passage: str, answer: str) -> None:
+    import random
+
+    c = Q.Candidate("c", "d", passage, answer, "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0)) == ("", "")
+
+
+def test_a_sentence_start_capital_is_lowered_unless_the_word_is_a_name() -> None:
+    import random
+
+    c = Q.Candidate("c", "d", "Prior to its launch, BSkyB had 40,000 people registered in 2005.", "2005", "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0))[0] == "Is it true that prior to its launch, BSkyB had 40,000 people registered in 2005?"
+    c = Q.Candidate("c", "d", "Newton unified gravity in 1687. Later Newton wrote more.", "1687", "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0))[0] == "Is it true that Newton unified gravity in 1687?"
+
+
+@pytest.mark.parametrize("passage,answer,question", [
+    ("In 2005 the factory was sold to AvtoZAZ by Daewoo.", "2005", "Is it true that in 2005 the factory was sold to AvtoZAZ by Daewoo?"),
+    ("To the south is the Mexico border, which was drawn in 1848.", "1848", "Is it true that to the south is the Mexico border, which was drawn in 1848?"),
+    ("EU Regulations are directly applicable since 1958 in every state.", "1958", "Are EU Regulations directly applicable since 1958 in every state?"),
+    ("Robert Oppenheimer met Enrico Fermi at Berkeley in 1942.", "1942", "Is it true that Robert Oppenheimer met Enrico Fermi at Berkeley in 1942?"),
+    ("He met J. Robert Oppenheimer at Berkeley in 1942 during the war.", "1942", ""),  # half a sentence after "J."
+])
+def test_yes_no_questions_invert_only_a_plain_subject_and_keep_names(passage: str, answer: str, question: str) -> None:
+    import random
+
+    c = Q.Candidate("c", "d", passage, answer, "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0))[0] == question

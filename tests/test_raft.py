@@ -79,7 +79,7 @@ def test_output_holds_exactly_the_expected_files(default_build: tuple[dict, Path
     assert m["kind"] == "raft-dataset" and m["template"] == P.DEFAULT_TEMPLATE and m["seed"] == 0
     assert m["template_text"] == P.template_text(P.get_template(P.DEFAULT_TEMPLATE))  # train-generator checks it
     assert m["index"]["embedder"] == "hashing:64" and m["generator_tokenizer"] == TOKENIZER
-    assert set(m["params"]) == set(RaftConfig.__dataclass_fields__) - {"output"}
+    assert set(m["params"]) == set(RaftConfig.__dataclass_fields__) - {"output", "json"}  # where and how it printed: not how it was built
     assert m["counts"]["examples_train"] == 8 * 4 * 6 and m["counts"]["examples_validation"] == 4 * 6
 
 
@@ -168,6 +168,29 @@ def test_fake_teacher_writes_cot_and_generates_questions(corpus: dict, tmp_path:
     assert all(contains_answer(r["documents"][r["oracle_position"]]["text"], r["answer"]) for r in rows if r["oracle_position"] >= 0)
     by_split = {s: {r["doc_id"] for r in _rows(tmp_path / "g", s)} for s in ("train", "validation", "test")}
     assert not (by_split["train"] & by_split["validation"]) and not (by_split["train"] & by_split["test"])
+
+
+def test_generated_questions_join_the_qa_files_in_train_from_train_documents_only(corpus: dict, tmp_path: Path) -> None:
+    """--generate-questions beside --qa-dir: written from the train split's documents only, added to
+    train, so validation and test stay the files' own; yes/no and unanswerable forms get their chunk
+    as oracle and the right targets."""
+    alone = run(_cfg(corpus, tmp_path / "h", format=[]))
+    mixed = run(_cfg(corpus, tmp_path / "m", generate_questions=6, question_generator="fake", question_yes_no=0.34,
+                     question_unanswerable=0.34, question_top_k=N_DOCS, format=[]))
+    train_docs = {r["doc_id"] for r in _rows(tmp_path / "h", "train")}
+    human = {r["id"] for r in _rows(tmp_path / "h", "train")}
+    generated = [r for r in _rows(tmp_path / "m", "train") if r["id"] not in human]
+    forms = mixed["generated_questions"]["forms"]
+    assert len(generated) == sum(forms.values()) >= 3 and forms["span"] >= 1
+    assert {r["doc_id"] for r in generated} <= train_docs
+    for s in ("validation", "test"):
+        assert _rows(tmp_path / "m", s) == _rows(tmp_path / "h", s)
+    assert mixed["counts"]["examples_train"] == alone["counts"]["examples_train"] + len(generated)
+    for r in generated:
+        if r["answer"] in (["Yes"], ["No"]):
+            assert r["question"].endswith("?") and r["oracle_position"] >= 0 and r["completion"].startswith(r["answer"][0])
+        elif not r["answerable"]:
+            assert r["completion"] == P.ABSTAIN
 
 
 def test_ratio_split_never_shares_a_document(corpus: dict, tmp_path: Path) -> None:
@@ -284,7 +307,8 @@ def test_failure_mid_write_keeps_the_old_output(corpus: dict, tmp_path: Path, mo
 @pytest.mark.parametrize("kw,match", [({"p_oracle": 1.5}, "p_oracle must be between 0 and 1"),
                                       ({"format": ["csv"]}, "unknown --format csv: choose from chat"),
                                       ({"teacher": "fake"}, "add --answer-style cot"),
-                                      ({"generate_questions": 2, "qa": ["x.jsonl"]}, "drop one of them"),
+                                      ({"question_yes_no": 0.7, "question_unanswerable": 0.5}, "exceeds 1"),
+                                      ({"question_unanswerable": -0.1}, "question_unanswerable must be a share"),
                                       ({"min_support": 1.5}, "min_support must be between 0 and 1"),
                                       ({"template": "nope"}, "known templates are raft-v1")])
 def test_config_errors_name_the_fix(kw: dict, match: str) -> None:
@@ -304,3 +328,57 @@ def test_cli_builds_and_reports_errors_on_one_line(corpus: dict, tmp_path: Path,
     assert main(args + ["--num-distractors", "99"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: index") and "\n" not in err
+
+
+def test_skipped_questions_are_listed_with_their_reason(corpus: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """skipped.jsonl holds every question left out (id, question, answer, reason, best support);
+    the summary line names it and --json gives the ids. It is not part of the dataset's fingerprint."""
+    from rag_pipeline.cli import main
+    from rag_pipeline.raft import SKIP_REASONS, format_table
+
+    good = _questions(0)[:2]
+    bad = [{"id": "n", "question": "Who founded Alpha1?", "answer": []},
+           {"id": "m", "question": "Who founded Alpha2?", "answer": ["Nowhereword"], "doc_id": "d02"},
+           {"id": "x", "question": "Who founded Alpha3?", "answer": ["Gamma3"], "doc_id": "no-such-doc"}]
+    qa = _jsonl(tmp_path / "qa.jsonl", good + bad + [good[0]])
+    out = tmp_path / "o"
+
+    def build(qa: Path, out: Path) -> dict:
+        assert main(["build-raft-dataset", "--index", corpus["index"], "--qa", str(qa), "--output", str(out), "--generator", TOKENIZER,
+                     "--format", "eval", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    result = build(qa, out)
+    assert result["skipped"] == {"file": "skipped.jsonl", "questions": 4, "path": str(out / "skipped.jsonl"), "ids": ["n", good[0]["id"], "m", "x"]}
+    listed = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["reason"]) for s in listed] == [("n", SKIP_REASONS["skip_no_answer"]), (good[0]["id"], SKIP_REASONS["skip_duplicate"]),
+                                                        ("m", SKIP_REASONS["skip_oracle_unsupported"]), ("x", SKIP_REASONS["skip_oracle_not_indexed"])]
+    assert all({"id", "question", "answer", "reason", "support"} <= set(s) for s in listed)
+    m = next(s for s in listed if s["id"] == "m")
+    assert m["question"] == "Who founded Alpha2?" and m["answer"] == ["Nowhereword"] and m["support"] == 0.0
+    assert json.loads((out / "manifest.json").read_text())["skipped"] == {"file": "skipped.jsonl", "questions": 4}
+    assert f"skipped 4 of 6 questions (listed in {out / 'skipped.jsonl'})" in format_table(result)
+    # The list describes the build: without the skipped questions, the same dataset and fingerprint.
+    clean = build(_jsonl(tmp_path / "clean.jsonl", good), tmp_path / "clean")
+    assert clean["fingerprint"] == result["fingerprint"] and "skipped" not in clean and not (tmp_path / "clean" / "skipped.jsonl").exists()
+
+
+def test_a_second_build_to_the_same_output_is_refused_while_the_first_holds_it(corpus: dict, tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    from rag_pipeline.atomic import lock_path, output_lock
+    from rag_pipeline.cli import main
+
+    out = tmp_path / "o"
+    run(_cfg(corpus, out, format=["eval"]))
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    args = ["build-raft-dataset", "--index", corpus["index"], "--qa-dir", corpus["qa_dir"], "--output", str(out),
+            "--generator", TOKENIZER, "--format", "eval", "--seed", "5"]
+    with output_lock(out):  # the first run, still building
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --output {out} is being written by another run (pid ") and str(lock_path(out)) in err and "\n" not in err
+        after = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        assert after == before  # nothing of the first run's output was touched
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".o.lock", "o"]  # no temporary directory left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # released: the lock file goes with it
+    assert main(args) == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 5

@@ -197,3 +197,94 @@ def test_generated_questions_build_a_dataset(small_index: tuple, tmp_path: Path)
     assert all(contains_answer(r["documents"][r["oracle_position"]]["text"], r["answer"]) for r in rows)
     assert "generated questions: " in format_table(result) and "4 kept" in format_table(result)
     assert P.ABSTAIN not in {r["completion"] for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Records that carry their own context are never dropped for their answer's wording
+# ---------------------------------------------------------------------------------------------
+
+WEAVERS = ["Bram", "Corin", "Dalla", "Edric", "Fenna", "Garet", "Hilde", "Ivo"]
+
+
+def _story(i: int) -> str:
+    """~110 words: three chunks of the hashing embedder's 64-word windows (32 shared)."""
+    n = WEAVERS[i]
+    return (f"{n} was a weaver who lived in the village of Vell{i}. Every morning {n} walked to the mill{i} beside the Ros{i} river. "
+            f"The neighbours said that {n} kept {i + 3} goats and a grey pony called Tam{i}. In the spring the village held a fair "
+            f"where {n} sold woollen{i} blankets to traders from the coast. One winter a great storm broke the old bridge{i} near the mill{i}. "
+            f"{n} spent many weeks repairing the bridge{i} with timber from the Kael{i} forest. When the work was finished the elders "
+            f"gave {n} a silver{i} cup as thanks. Years later the children of Vell{i} still told the story of the storm and the bridge{i}.")
+
+
+# The answers people write: none of them occurs in its story, and no chunk holds its words.
+UNSPANNED = {
+    0: ("Did Bram repair the bridge0 after the storm?", "Yes", "repairing the bridge0"),
+    1: ("Did Corin sell the grey pony at the fair?", "no", "grey pony called Tam1"),
+    2: ("Is Dalla still remembered by the children of Vell2?", "He is", "children of Vell2"),
+    3: ("What became of the bridge3 after the storm?", "It was mended with wood from the Kael3 woods", "Kael3 forest"),
+}
+
+
+def _tutorial_records() -> list[dict]:
+    """The tutorials' format: a JSON array of {context, question, answer}, no index, no doc_id."""
+    out = []
+    for i, n in enumerate(WEAVERS):
+        qa = [(f"Where did {n} live?", f"Vell{i}"), (f"What did {n} sell at the fair?", f"woollen{i} blankets"),
+              (f"What did the elders give {n}?", f"a silver{i} cup")]
+        if i in UNSPANNED:
+            qa[0] = UNSPANNED[i][:2]
+        out += [{"context": _story(i), "question": q, "answer": a} for q, a in qa]
+    return out
+
+
+def test_records_with_their_own_context_are_all_kept_whatever_the_answer(tmp_path: Path) -> None:
+    """20 of 24 answers are spans, so the file is span data; the other four ("Yes", "no", "He is",
+    a paraphrase) are in no chunk verbatim. Each record names its context: it is kept, with the
+    chunk of that context that best backs it (the question's words decide for yes/no)."""
+    records = _tutorial_records()
+    (tmp_path / "stories.json").write_text(json.dumps(records))
+    result = run(_cfg(tmp_path / "o", qa=[str(tmp_path / "stories.json")], num_distractors=2))
+    index = json.loads((tmp_path / "o" / "index" / "manifest.json").read_text())
+    assert index["corpus"]["documents"] == 8 and index["corpus"]["chunks"] >= 3 * 8  # every story spans 3 chunks
+    assert result["answer_form"] == {"form": "span", "verbatim_share": round(20 / 24, 4)}
+    rows = _rows(tmp_path / "o")
+    assert len(rows) == len(records) and not any(k.startswith("skip_") for k in result["counts"])
+    assert "skipped" not in result and not (tmp_path / "o" / "skipped.jsonl").exists()
+    by_question = {r["question"]: r for r in rows}
+    for rec in records:
+        row = by_question[rec["question"]]
+        oracle = row["documents"][row["oracle_position"]]["text"]
+        assert row["doc_id"] == context_doc_id(rec["context"]) and oracle in rec["context"] and oracle != rec["context"]
+        assert row["completion"] == f"{rec['answer']} [{row['oracle_position'] + 1}]"
+    for question, answer, where in UNSPANNED.values():
+        row = by_question[question]
+        assert not contains_answer(row["documents"][row["oracle_position"]]["text"], [answer])
+        assert where in row["documents"][row["oracle_position"]]["text"], (question, row["documents"][row["oracle_position"]]["text"])
+
+
+def test_the_example_file_keeps_every_record_when_its_contexts_span_several_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/marrowick_qa.json with 36-word chunks (each context spans 2-3), detected free-form
+    and forced to span data: every record is kept, its oracle a chunk of its own context."""
+    from rag_pipeline.embed import HashingEmbedder
+
+    monkeypatch.setattr(HashingEmbedder.__init__, "__defaults__", (64, 36))  # chunk size: the embedder's max
+    records = json.loads(EXAMPLE.read_text())
+    for form in ("auto", "span"):
+        result = run(_cfg(tmp_path / form, qa=[str(EXAMPLE)], num_distractors=2, answer_form=form))
+        assert json.loads((tmp_path / form / "index" / "manifest.json").read_text())["corpus"]["chunks"] >= 2 * 8
+        rows = _rows(tmp_path / form)
+        assert len(rows) == len(records) and "skipped" not in result, (form, result["counts"])
+        context_of = {r["question"]: r["context"] for r in records}
+        for r in rows:
+            oracle = r["documents"][r["oracle_position"]]["text"]
+            assert oracle in context_of[r["question"]] and oracle != context_of[r["question"]]
+
+
+def test_a_qa_file_without_answers_names_the_missing_column(tmp_path: Path) -> None:
+    from rag_pipeline.errors import InputError
+
+    (tmp_path / "qs.csv").write_text("id,question,context\n" + "".join(f"q{i},Where did {n} live?,\"{_story(i)}\"\n" for i, n in enumerate(WEAVERS[:3])))
+    with pytest.raises(InputError, match=r"qs\.csv has no answer column \(looked for 'answer' or 'answers' or 'output' or 'response'; "
+                                         r"columns seen: id, question, context\).* --answer-field"):
+        run(_cfg(tmp_path / "o", qa=[str(tmp_path / "qs.csv")]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qs.csv"]

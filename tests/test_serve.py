@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from rag_pipeline.ask import ABSTAIN, AskConfig, Pipeline  # noqa: E402
+from rag_pipeline.ask import ABSTAIN, AskConfig, Decoding, Pipeline  # noqa: E402
 from rag_pipeline.cli import main as cli_main  # noqa: E402
 from rag_pipeline.errors import ConfigError  # noqa: E402
 from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
@@ -41,7 +41,7 @@ MODEL = "adapter"  # the served id: the adapter directory's name
 
 def serve_cfg(env: dict, **kw) -> ServeConfig:
     base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
-            "max_new_tokens": 8, "min_score": -1.0}
+            "max_new_tokens": 8, "min_score": -1.0, "answer_check": "off"}  # the tiny model's text is junk
     return ServeConfig(**{**base, **kw})
 
 
@@ -51,7 +51,7 @@ def server(env: dict, tmp_path_factory: pytest.TempPathFactory):
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     args = ["--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu", "--dtype", "float32",
             "--max-new-tokens", "8", "--min-score", "-1", "--batch-wait-ms", "300", "--max-question-chars", "200",
-            "--max-body-bytes", "4096"]
+            "--max-body-bytes", "4096", "--answer-check", "off"]  # the tiny model writes junk
     proc, url = start_cli_server(args, env={"RAG_PIPELINE_API_KEY": KEY}, log_path=log_path)
     try:
         wait_healthy(url, proc=proc)
@@ -99,10 +99,11 @@ def test_chat_completion_through_the_openai_client_answers_like_ask(client: open
 
 def test_streaming_sends_tokens_as_they_are_generated(client: openai.OpenAI, reference: Pipeline) -> None:
     question = QUESTIONS[0]
-    chunks = list(ask(client, question, stream=True, max_tokens=8))
+    chunks = list(ask(client, question, stream=True, max_tokens=16))
     contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(contents) >= 3  # token by token, not the whole answer at the end
-    assert "".join(contents) == ask(client, question, max_tokens=8).choices[0].message.content == reference.answer(question).answer
+    expected = reference.answer_batch([question], decoding=Decoding(16))[0].answer
+    assert "".join(contents) == ask(client, question, max_tokens=16).choices[0].message.content == expected
     assert all(c.object == "chat.completion.chunk" and c.model == MODEL for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     last = chunks[-1]
@@ -400,6 +401,134 @@ def test_threshold_abstention_is_marked(env: dict) -> None:
         r = _post(srv.url, "zebra quantum saxophone").json()
         assert r["choices"][0]["message"]["content"] == ABSTAIN and r["abstained"] is True
         assert r["abstain_reason"] == "threshold" and r["citations"] == [] and r["usage"]["completion_tokens"] == 0
+
+
+# ------------------------------------------------------------------------------ streamed text is the answer
+
+
+def _stream_text(url: str, question: str, **kw) -> tuple[str, dict]:
+    """A streamed answer through the openai client: (the text of its deltas, its last chunk's extra fields)."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+    chunks = list(ask(client, question, stream=True, **kw))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].model_extra
+
+
+@pytest.fixture(scope="module")
+def calibrated(env: dict, reference: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The tiny adapter with a calibrated abstention whose threshold withholds about half of QUESTIONS' answers."""
+    import shutil
+
+    margins = sorted(a.margin for a in reference.answer_batch(QUESTIONS, margins=True))
+    adapter = tmp_path_factory.mktemp("calibrated") / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    meta = json.loads((adapter / "rag_pipeline.json").read_text())
+    meta["abstention"] = {"free": {"threshold": (margins[2] + margins[3]) / 2}}
+    (adapter / "rag_pipeline.json").write_text(json.dumps(meta))
+    return Pipeline.load(ask_config(serve_cfg(env, adapter=str(adapter))))
+
+
+def test_a_calibrated_answer_streams_exactly_what_the_server_answers(calibrated: Pipeline) -> None:
+    """The stream once carried the first greedy decode while the answer was withheld (and said abstained), and
+    a withheld answer reported usage 0/0/0 after generating."""
+    assert calibrated.calibration is not None
+    with ThreadServer(create_app(limits_for(serve_cfg({"index": "-", "adapter": "-"}), MODEL, ""), lambda: calibrated)) as srv:
+        wait_healthy(srv.url, 30)
+        reasons = []
+        for q in QUESTIONS:
+            plain = _post(srv.url, q).json()
+            text, last = _stream_text(srv.url, q)
+            assert text == plain["choices"][0]["message"]["content"], q
+            assert (last["abstained"], last.get("abstain_reason")) == (plain["abstained"], plain["abstain_reason"])
+            reasons.append(plain["abstain_reason"])
+            assert plain["usage"]["prompt_tokens"] > 50 and 1 <= plain["usage"]["completion_tokens"] <= 8, plain["usage"]
+        assert "calibration" in reasons and None in reasons, reasons  # both kinds of answer were streamed
+        sampled = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": QUESTIONS[0]}], "temperature": 1.5, "seed": 3})
+        assert sampled.headers["warning"] == '299 rag-pipeline "temperature is ignored: this server\'s calibrated abstention answers greedily"'
+        assert sampled.json()["choices"][0]["message"]["content"] == _post(srv.url, QUESTIONS[0]).json()["choices"][0]["message"]["content"]
+
+
+def _scripted(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str, log: list) -> None:
+    """Replace the generator: it hands ``reply``'s tokens to ``on_token`` one by one (logged), then returns it."""
+    ids = pipe.tokenizer(reply, add_special_tokens=False)["input_ids"]
+
+    def gen(texts, docs, margins=False, grounded=False, decoding=None, on_token=None, counts=None):
+        for r in range(len(texts)):
+            for t in ids:
+                log.append(("token", t))
+                if on_token is not None:
+                    on_token(r, t)
+            if counts is not None:
+                counts[r].add(100, ids + [pipe.tokenizer.eos_token_id], pipe.tokenizer.eos_token_id)
+        return [(pipe.tokenizer.decode(ids, skip_special_tokens=True).strip(), None)] * len(texts)
+
+    monkeypatch.setattr(pipe, "_generate", gen)
+
+
+@pytest.mark.parametrize("reply,live", [
+    ("The papers don't contain the answer.", False),  # a refusal: the answer is the abstention sentence, held to the end
+    ("In 1066, after the battle of Hastings [1]", True),  # cannot become a refusal: streamed while decoded
+    ("Paris [1]   ", False),  # one word may still go on "don't contain the answer"; trailing spaces are stripped
+])
+def test_streamed_pieces_join_to_the_final_answer(reference: Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str, live: bool) -> None:
+    log: list = []
+    _scripted(reference, monkeypatch, reply, log)
+    usage = {}
+    ans = reference.answer_batch([QUESTIONS[0]], on_text=lambda i, t: log.append(("text", i, t)),
+                                 on_usage=lambda i, u: usage.setdefault(i, u))[0]
+    pieces = [e[2] for e in log if e[0] == "text"]
+    assert "".join(pieces) == ans.answer and all(e[1] == 0 for e in log if e[0] == "text")
+    last_token = max(n for n, e in enumerate(log) if e[0] == "token")
+    assert any(e[0] == "text" for e in log[:last_token]) is live, log
+    assert ans.answer == (ABSTAIN if "papers" in reply else reply.strip())
+    assert usage[0].prompt_tokens == 100 and usage[0].completion_tokens == len(log) - len(pieces) + 1
+
+
+@pytest.mark.parametrize("text", [
+    ABSTAIN, "The papers don't contain the answer.", "The provided documents do not contain the answer to this question [1].",
+    "[1] The manuscripts don't contain the answer.", "I cannot answer that.", "In 1066 [1]", "The processes [1]",
+    "lactobacilli [1]", "The official documents don't contain the answer.",
+])
+def test_a_text_is_held_back_while_it_may_become_a_refusal(text: str) -> None:
+    """Holding back decides on prefixes: each prefix of a refusal must be held, and once a prefix is let go no
+    longer one may become a refusal (the streamed text would then not be the answer)."""
+    from rag_pipeline.metrics import is_abstention, may_become_abstention
+
+    held = [may_become_abstention(text[:n]) for n in range(1, len(text) + 1)]
+    assert held == sorted(held, reverse=True), held  # True ... True False ... False
+    if is_abstention(text):
+        assert all(held)
+    assert not may_become_abstention("In 1066") and may_become_abstention("The documents")
+
+
+def test_stop_cuts_the_answer_streamed_or_not(client: openai.OpenAI) -> None:
+    question = QUESTIONS[4]
+    whole = ask(client, question, max_tokens=16).choices[0].message.content
+    stop = whole[6:9]
+    expected = whole[:whole.find(stop)]
+    for stops in (stop, [stop, "never in the answer"]):
+        cut = ask(client, question, max_tokens=16, stop=stops)
+        assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
+        streamed = list(ask(client, question, max_tokens=16, stop=stops, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+        assert streamed[-1].choices[0].finish_reason == "stop"
+    assert ask(client, question, max_tokens=16, stop=["never in the answer"]).choices[0].message.content == whole
+
+
+@pytest.mark.parametrize("stops,seen,expected", [
+    (("abc", "b"), ["x", "x", "a", "b", "c"], "xxa"),  # the stop that ends first cuts, as a streaming reader meets it
+    (("\n\n",), ["Hello", " world", "\n", "x", "\n\n", "y"], "Hello world\nx"),
+    (("END",), ["The E", "ND"], "The "),
+    (("END",), ["The E", "nd"], "The End"),
+])
+def test_stop_text_never_streams_what_the_stop_takes_back(stops: tuple, seen: list, expected: str) -> None:
+    from rag_pipeline.serve.batcher import StopText
+
+    st = StopText(stops)
+    streamed = "".join(st.feed(piece) for piece in seen)
+    rest, text, cut = st.finish("".join(seen))
+    assert streamed + rest == text == expected and expected.startswith(streamed)
+    assert cut == (expected != "".join(seen))
 
 
 # ------------------------------------------------------------------------------ config and queue units

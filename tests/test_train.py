@@ -340,3 +340,27 @@ def test_state_round_trips_through_its_dict() -> None:
     state = T.TrainState(step=3, history=[{"step": 1, "loss": 2.0, "lr": 0.1, "rss_mb": 1.0}], best={"step": 2, "value": 0.5, "val_loss": 1.0},
                          train_tokens=7, config={"seed": 0})
     assert set(state.to_dict()) == STATE_KEYS and T.TrainState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+def test_init_adapter_starts_from_the_trained_weights_and_trains_them_further(trained: tuple, tiny: dict, tmp_path: Path) -> None:
+    """--init-adapter: step 0 of the new run is the old adapter (same validation loss as where it
+    ended, far below a fresh LoRA's), its rank and targets are the old adapter's, and training changes it."""
+    old, summary = trained
+    out = tmp_path / "more"
+    more = T.run(cfg(tiny, out, max_steps=2, eval_steps=2, init_adapter=str(old), lora_r=4))
+    assert more["base"]["val_loss"] == pytest.approx(summary["tuned"]["val_loss"], rel=1e-4)
+    fresh = T.run(cfg(tiny, tmp_path / "fresh", max_steps=2, eval_steps=2))
+    assert more["base"]["val_loss"] < fresh["base"]["val_loss"] - 0.3
+    before, after = adapter_weights(old), adapter_weights(out)
+    assert before.keys() == after.keys()  # rank 16 and the same targets, not --lora-r 4
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((out / "rag_pipeline.json").read_text())
+    assert meta["config"]["init_adapter"] == str(old)
+
+
+def test_init_adapter_of_another_base_or_no_adapter_is_refused(trained: tuple, tiny: dict, tmp_path: Path) -> None:
+    old, _ = trained
+    with pytest.raises(InputError, match="no rag_pipeline.json|not a finished"):
+        T.run(cfg(tiny, tmp_path / "a", max_steps=1, init_adapter=str(tmp_path)))
+    with pytest.raises(InputError, match="was trained on .* pass --base-model"):
+        T.run(cfg(tiny, tmp_path / "b", model="t5", max_steps=1, init_adapter=str(old)))

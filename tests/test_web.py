@@ -130,6 +130,22 @@ def test_page_asks_for_the_api_key_when_the_server_needs_one(browser, pipe: Citi
         WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "answer").text == "Python [1]")
 
 
+def test_a_newly_typed_key_wins_over_the_stored_one_and_is_kept(browser, pipe: CitingPipeline) -> None:
+    """The page sent the key kept in sessionStorage before the one just typed: a stale key could never be replaced."""
+    with _serve(pipe, api_key="new-key") as srv:
+        wait_healthy(srv.url, 30)
+        browser.get(srv.url + "/")
+        browser.execute_script("sessionStorage.setItem('rag-api-key', 'old-key');")  # kept from an earlier server
+        _ask(browser, srv.url + "/", "Who created the Python programming language?")
+        assert _status_after_answer(browser).startswith("This server needs an API key")
+        browser.find_element(By.ID, "api-key").send_keys("new-key")
+        browser.find_element(By.ID, "ask").click()
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "answer").text == "Python [1]")
+        assert browser.execute_script("return sessionStorage.getItem('rag-api-key');") == "new-key"
+        _ask(browser, srv.url + "/", "Where is the Eiffel Tower?")  # a reload: the field is empty, the stored key answers
+        assert _status_after_answer(browser) == "Answered with 1 cited source."
+
+
 def test_page_is_one_self_contained_file(pipe: CitingPipeline) -> None:
     with _serve(pipe) as srv:
         r = httpx.get(srv.url + "/")

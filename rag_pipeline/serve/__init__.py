@@ -52,6 +52,9 @@ class ServeConfig:
     grounded: bool = opt(False, "grounded decoding (as ask --grounded): answers copy a span of a shown document, with its "
                                 "calibrated threshold")
     abstain_bias: float = opt(0.0, "added to the calibrated threshold (as ask): > 0 answers more often, < 0 abstains more often")
+    answer_check: Literal["grounded", "abstain", "off"] = opt(
+        "grounded", "as ask: an answer with no content word or unsupported by its cited passage is decoded again grounded "
+                    "(grounded), abstained on (abstain), or shown (off)")
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights (as ask): auto = bf16 where it runs fast, else fp32")
     max_batch: int = opt(8, "requests answered together in one generation batch (8: ask's batch size)")
@@ -90,7 +93,8 @@ def ask_config(cfg: ServeConfig) -> Any:
 
     return AskConfig(index=cfg.index, adapter=cfg.adapter, no_adapter=cfg.no_adapter, base_model=cfg.base_model, k=cfg.k,
                      max_new_tokens=cfg.max_new_tokens, min_score=cfg.min_score, max_prompt_tokens=cfg.max_prompt_tokens,
-                     hybrid=cfg.hybrid, grounded=cfg.grounded, abstain_bias=cfg.abstain_bias, device=cfg.device, dtype=cfg.dtype,
+                     hybrid=cfg.hybrid, grounded=cfg.grounded, abstain_bias=cfg.abstain_bias, answer_check=cfg.answer_check,
+                     device=cfg.device, dtype=cfg.dtype,
                      batch_size=cfg.max_batch, snippet=cfg.snippet, progress=False, seed=cfg.seed)
 
 
@@ -118,11 +122,12 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
 
     Raises:
         IndexError_: the index is missing or corrupt (checked before binding).
-        InputError: the adapter directory does not exist.
+        InputError: the adapter directory does not exist, or is damaged (checked before binding).
     """
     import uvicorn
 
     from rag_pipeline.ask import Pipeline, choose_adapter
+    from rag_pipeline.generator import check_adapter_files, read_adapter_meta
     from rag_pipeline.index import read_manifest
     from rag_pipeline.model_paths import SMOLLM2_ID
     from rag_pipeline.serve.app import create_app
@@ -130,6 +135,8 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     ask_cfg = ask_config(cfg)
     read_manifest(cfg.index)
     adapter, why = choose_adapter(ask_cfg)
+    if adapter is not None:  # a damaged adapter is one error line now, not a failure in the loading thread after binding
+        check_adapter_files(adapter, read_adapter_meta(adapter))
     model_id = cfg.model_name or (Path(adapter).name if adapter else Path(cfg.base_model or SMOLLM2_ID).name)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     if not is_loopback(cfg.host) and not api_key:

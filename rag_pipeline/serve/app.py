@@ -20,7 +20,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -31,10 +31,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag_pipeline.ask import Answer
+from rag_pipeline.ask import Answer, Decoding, TokenUsage, parse_citations
 from rag_pipeline.errors import RagError
 from rag_pipeline.serve import schema as S
-from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, GenSettings, Job, Usage
+from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, Job, Result
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("rag_pipeline.serve.access")
@@ -198,10 +198,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'invalid')}" for e in err.errors()]
-        first = err.errors()[0].get("loc", ()) if err.errors() else ()
-        param = ".".join(str(p) for p in first[1:]) or None
-        return _error_response(ApiError(422, "invalid request: " + "; ".join(problems[:5]), param=param))
+        return _error_response(_invalid_body(request.headers.get("content-type", ""), err.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -219,12 +216,54 @@ def _install_error_handlers(app: FastAPI) -> None:
                                         "server_error"))
 
 
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON (absent, application/json, application/*+json)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return not media or media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _invalid_body(content_type: str, errors: Sequence[Any]) -> ApiError:
+    """The error for a body that failed validation: bad JSON and a wrong Content-Type said plainly, else each field's problem."""
+    errors = list(errors)
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        at = first.get("loc", ("body", "?"))[-1]
+        why = (first.get("ctx") or {}).get("error", "")
+        return ApiError(400, f"request body is not valid JSON at character {at}{f' ({why})' if why else ''}: "
+                             "send one JSON object, e.g. {\"model\": ..., \"messages\": [...]}", code="invalid_json")
+    if not _is_json(content_type) and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return ApiError(415, f"Content-Type must be application/json (the request said {content_type!r}): send the body "
+                             "as JSON with the header 'Content-Type: application/json'", code="unsupported_media_type")
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'invalid')}" for e in errors]
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    return ApiError(422, "invalid request: " + "; ".join(problems[:5]), param=param)
+
+
 # ------------------------------------------------------------------------------ helpers
 
 
-def _citations(ans: Answer) -> list[S.CitationOut]:
+def _citations(ans: Answer, text: str | None = None) -> list[S.CitationOut]:
+    """The answer's citations; with ``text`` (the answer cut by ``stop``), only those it still cites."""
+    kept = None if text is None or text == ans.answer else set(parse_citations(text, max((c.n for c in ans.citations), default=0)))
     return [S.CitationOut(number=c.n, doc_id=c.doc_id, title=c.title, source=c.source, score=c.score, snippet=c.snippet)
-            for c in ans.citations]
+            for c in ans.citations if kept is None or c.n in kept]
+
+
+def _decoding(body: S.ChatCompletionRequest, max_new: int, seed: int, calibrated: bool) -> tuple[Decoding, list[str]]:
+    """The request's generation settings, and warnings about what was asked and is not applied."""
+    if body.temperature and calibrated:  # the calibrated abstention scores greedy answers
+        return Decoding(max_new), ["temperature is ignored: this server's calibrated abstention answers greedily"]
+    if body.temperature:
+        return Decoding(max_new, True, body.temperature, body.top_p or 1.0, seed if body.seed is None else body.seed), []
+    return Decoding(max_new), []  # greedy: top_p and seed change nothing, so they must not split batches
+
+
+def _warning_header(warnings: list[str]) -> dict[str, str]:
+    """A ``Warning`` header (code 299, "miscellaneous persistent warning") for what the request asked and did not get."""
+    if not warnings:
+        return {}
+    text = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "?" for ch in "; ".join(warnings))  # a header is ASCII
+    return {"Warning": f'299 rag-pipeline "{text[:1000]}"'}
 
 
 def _question(req: S.ChatCompletionRequest, max_chars: int) -> str:
@@ -284,9 +323,9 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
         if state.status == "failed":
             raise ApiError(503, f"the models failed to load: {state.detail}", "server_error", code="load_failed")
 
-    def submit(kind: str, text: str, key: tuple, stream: bool = False) -> Job:
+    def submit(kind: str, text: str, key: tuple, stream: bool = False, stop: tuple[str, ...] = ()) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(kind, text, key, loop, asyncio.Queue(), stream)  # type: ignore[arg-type]
+        job = Job(kind, text, key, loop, asyncio.Queue(), stream, stop=stop)  # type: ignore[arg-type]
         if not state.queue.put(job):
             raise ApiError(503, f"the server is busy: {limits.max_queue} requests are already waiting; retry after "
                                 f"{limits.retry_after_s} s", "server_error", code="queue_full",
@@ -366,32 +405,42 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
         if body.model != limits.model_id:
             raise ApiError(404, f"model '{body.model}' is not served here: use '{limits.model_id}' (GET /v1/models)",
                            param="model", code="model_not_found")
+        unsupported = body.unsupported()
+        if unsupported:
+            name, why = unsupported
+            raise ApiError(422, f"'{name}' is not supported: {why}; drop the field (or set it to its default)",
+                           param=name, code="unsupported_field")
         question = _question(body, limits.max_question_chars)
         max_new = body.max_completion_tokens or body.max_tokens or limits.max_new_tokens
         if max_new > limits.max_tokens_limit:
             raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {limits.max_tokens_limit}",
                            param="max_tokens")
-        if body.temperature:
-            settings = GenSettings(max_new, body.temperature, body.top_p or 1.0, limits.seed if body.seed is None else body.seed)
-        else:  # greedy: top_p and seed change nothing, so they must not split batches
-            settings = GenSettings(max_new)
-        job = submit("answer", question, ("answer", settings), stream=body.stream)
+        calibrated = state.worker is not None and state.worker.pipe.calibration is not None
+        decoding, warnings = _decoding(body, max_new, limits.seed, calibrated)
+        if body.unknown():
+            names = body.unknown()
+            warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")
+            log.info("request %s: %s", _request_id(request), warnings[-1])
+        headers = _warning_header(warnings)
+        job = submit("answer", question, ("answer", decoding), stream=body.stream, stop=body.stops())
         rid, created = f"chatcmpl-{_request_id(request)}", int(time.time())
         if body.stream:
-            return await _stream(job, request, rid, created, bool(body.stream_options and body.stream_options.include_usage))
+            return await _stream(job, request, rid, created, bool(body.stream_options and body.stream_options.include_usage), headers)
         try:
-            answer, usage = await wait_done(job, request)
+            result: Result = await wait_done(job, request)
         except _ClientGone:
             return Response(status_code=499)
+        answer = result.answer
         out = S.ChatCompletion(
-            id=rid, created=created, model=limits.model_id, citations=_citations(answer), abstained=answer.abstained,
+            id=rid, created=created, model=limits.model_id, citations=_citations(answer, result.text), abstained=answer.abstained,
             abstain_reason=answer.abstain_reason,
-            choices=[S.Choice(message=S.ResponseMessage(content=answer.answer), finish_reason=usage.finish_reason)],
-            usage=_usage(usage),
+            choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
+            usage=_usage(result.usage),
         )
-        return JSONResponse(out.model_dump())
+        return JSONResponse(out.model_dump(), headers=headers)
 
-    async def _stream(job: Job, request: Request, rid: str, created: int, include_usage: bool) -> Response:
+    async def _stream(job: Job, request: Request, rid: str, created: int, include_usage: bool,
+                      headers: dict[str, str]) -> Response:
         """Wait for the first event (so a timeout is still a 504), then stream server-sent events."""
         deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
         try:
@@ -418,11 +467,13 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
                     if kind == "delta":
                         yield chunk(S.Delta(content=value))
                     elif kind == "done":
-                        answer, usage = value
-                        yield chunk(S.Delta(), finish_reason=usage.finish_reason, citations=_citations(answer),
+                        result: Result = value
+                        answer = result.answer
+                        yield chunk(S.Delta(), finish_reason=result.usage.finish_reason, citations=_citations(answer, result.text),
                                     abstained=answer.abstained, abstain_reason=answer.abstain_reason)
                         if include_usage:
-                            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id, choices=[], usage=_usage(usage))
+                            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id, choices=[],
+                                                      usage=_usage(result.usage))
                             yield f"data: {json.dumps(c.model_dump(exclude_none=True))}\n\n"
                         break
                     else:
@@ -437,10 +488,10 @@ def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Ca
             finally:
                 state.queue.cancel(job)  # a client that hung up: no further events are produced for it
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
 
     return app
 
 
-def _usage(u: Usage) -> S.Usage:
+def _usage(u: TokenUsage) -> S.Usage:
     return S.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.prompt_tokens + u.completion_tokens)

@@ -10,29 +10,26 @@ A job whose client disconnected or timed out is removed from the queue at once (
 free for the next request) and never reaches generation; one already in a running batch is
 finished and its result dropped.
 
-Streaming shares the worker and its batches. For the length of one ``answer_batch`` call,
-:class:`TokenTap` wraps the model's ``generate`` (an attribute of the public ``Pipeline.model``)
-and passes it a streamer that receives every decoding step of the whole batch (token ids of
-shape ``(batch,)``). The tap matches the batch's rows to jobs by their question, which the
-prompt holds verbatim, and forwards each row's new text to its job as it is decoded. The same
-tap counts prompt and completion tokens for ``usage`` and ``finish_reason``. A row it cannot
-match (no row: a question that abstained on retrieval alone) gets its whole answer at the end.
+Streaming shares the worker and its batches: ``answer_batch`` is called with the group's
+:class:`~rag_pipeline.ask.Decoding` and an ``on_text`` callback that hands each question's
+answer text on in pieces that join to exactly its final answer (free decoding as it is
+decoded; a calibrated answer whole, once its margin has decided it). Each job's
+:class:`StopText` cuts that text before the request's first ``stop`` sequence, holding back a
+tail that may be the start of one, so the streamed text is always the non-streamed answer.
+``on_usage`` gives each answer's prompt and completion tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from rag_pipeline.ask import Answer, AskConfig
+from rag_pipeline.ask import Answer, AskConfig, Decoding, TokenUsage
 from rag_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -43,27 +40,12 @@ class Answerer(Protocol):
 
     cfg: AskConfig
     retriever: Any  # has search_batch(queries, k, hybrid) -> list[list[Hit]]
-    model: Any  # a transformers model: generate(input_ids=..., attention_mask=..., ...)
-    tokenizer: Any
 
-    def answer_batch(self, questions: list[str]) -> list[Answer]: ...
+    @property
+    def calibration(self) -> dict[str, Any] | None: ...  # the calibrated abstention applied (None: free decoding)
 
-
-@dataclass(frozen=True)
-class GenSettings:
-    """Per-request generation settings; jobs with equal settings share a batch."""
-
-    max_new_tokens: int
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: Literal["stop", "length"] = "stop"
+    def answer_batch(self, questions: list[str], *, decoding: Decoding | None = None, on_text: Any = None,
+                     on_usage: Any = None) -> list[Answer]: ...
 
 
 @dataclass
@@ -84,6 +66,70 @@ class ApiError(Exception):
 Event = tuple[Literal["delta", "done", "error"], Any]
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where ``text`` is cut for the stop sequences: the start of the occurrence that ends first (None: none occurs).
+
+    The occurrence that ends first is the one a streaming reader meets first, so a text and
+    every longer text it begins are cut at the same place.
+    """
+    best: tuple[int, int] | None = None  # (end, start)
+    for s in stop:
+        at = text.find(s)
+        if at >= 0 and (best is None or (at + len(s), at) < best):
+            best = (at + len(s), at)
+    return None if best is None else best[1]
+
+
+class StopText:
+    """A job's answer text as its client sees it: cut before the first stop sequence, streamed without taking text back."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.stop = stop
+        self.seen = ""  # the answer's text so far
+        self.sent = ""  # what the client has been sent
+
+    def feed(self, piece: str) -> str:
+        """Take the next piece of the answer; return the text that can be sent now."""
+        self.seen += piece
+        return self._advance(self._visible())
+
+    def finish(self, answer: str) -> tuple[str, str, bool]:
+        """(text still to send, the whole text the client gets, whether a stop sequence cut it) for the final answer."""
+        cut = cut_at_stop(answer, self.stop)
+        text = answer if cut is None else answer[:cut]
+        if not text.startswith(self.sent):  # the pipeline streamed text its answer does not begin with: a bug
+            log.error("streamed text %r is not a prefix of the answer %r", self.sent, text)
+            return "", text, cut is not None
+        return self._advance(text), text, cut is not None
+
+    def _visible(self) -> str:
+        cut = cut_at_stop(self.seen, self.stop)
+        if cut is not None:
+            return self.seen[:cut]
+        hold = 0  # the longest tail that is the start of a stop sequence may still become one
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.seen)), hold, -1):
+                if self.seen.endswith(s[:n]):
+                    hold = n
+                    break
+        return self.seen[:len(self.seen) - hold]
+
+    def _advance(self, visible: str) -> str:
+        if len(visible) <= len(self.sent) or not visible.startswith(self.sent):
+            return ""
+        out, self.sent = visible[len(self.sent):], visible
+        return out
+
+
+@dataclass
+class Result:
+    """A finished answer job: the answer, the text the client gets (stop applied), and its usage."""
+
+    answer: Answer
+    text: str
+    usage: TokenUsage
+
+
 @dataclass(eq=False)
 class Job:
     """One queued request. ``key`` groups jobs that can share one batch call."""
@@ -95,6 +141,10 @@ class Job:
     events: asyncio.Queue
     stream: bool = False
     cancelled: bool = False
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.out = StopText(self.stop)
 
     def emit(self, kind: Literal["delta", "done", "error"], value: Any) -> None:
         """Hand an event to the request's coroutine (thread-safe); dropped once cancelled."""
@@ -104,6 +154,21 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
         except RuntimeError:  # the loop is closed: the server is shutting down, nobody listens
             self.cancelled = True
+
+    def add_text(self, piece: str) -> None:
+        """The next piece of the answer (worker thread): streamed to the client as far as ``stop`` allows."""
+        out = self.out.feed(piece)
+        if out and self.stream:
+            self.emit("delta", out)
+
+    def finish(self, answer: Answer, usage: TokenUsage) -> None:
+        """Send what is left of the answer, then the result (finish_reason "stop" when a stop sequence cut it)."""
+        rest, text, cut = self.out.finish(answer.answer)
+        if rest and self.stream:
+            self.emit("delta", rest)
+        if cut:
+            usage = TokenUsage(usage.prompt_tokens, usage.completion_tokens, "stop")
+        self.emit("done", Result(answer, text, usage))
 
 
 class BatchQueue:
@@ -164,133 +229,6 @@ class BatchQueue:
             return left
 
 
-@contextmanager
-def use_settings(pipe: Answerer, settings: GenSettings, batch_size: int) -> Iterator[None]:
-    """Answer with ``settings`` for the duration of the block (``Pipeline.cfg`` is read per call)."""
-    base = pipe.cfg
-    sample = settings.temperature > 0
-    pipe.cfg = dataclasses.replace(
-        base, max_new_tokens=settings.max_new_tokens, do_sample=sample, temperature=settings.temperature if sample else base.temperature,
-        top_p=settings.top_p, seed=settings.seed, batch_size=batch_size,
-    )
-    try:
-        yield
-    finally:
-        pipe.cfg = base
-
-
-def _squash(text: str) -> str:
-    return "".join(text.split())
-
-
-class _RowState:
-    def __init__(self, job: Job, prompt_tokens: int) -> None:
-        self.job = job
-        self.prompt_tokens = prompt_tokens
-        self.ids: list[int] = []
-        self.ended = False  # EOS seen
-        self.sent = ""  # text streamed so far (leading whitespace dropped, like the final strip)
-
-
-class TokenTap:
-    """Wraps ``model.generate`` during one batch call: matches rows to jobs, streams text, counts tokens."""
-
-    def __init__(self, model: Any, tokenizer: Any, jobs: list[Job], max_new_tokens: int) -> None:
-        self.model, self.tokenizer, self.jobs, self.max_new_tokens = model, tokenizer, jobs, max_new_tokens
-        self.rows: dict[int, _RowState] = {}  # id(job) -> state
-        self._saved: Any = None
-
-    def __enter__(self) -> TokenTap:
-        self._saved = self.model.__dict__.get("generate")
-        self._orig = self.model.generate
-        self.model.generate = self._generate  # an instance attribute shadows the class's method
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is None:
-            del self.model.generate
-        else:
-            self.model.generate = self._saved
-
-    def _generate(self, *args: Any, **kwargs: Any) -> Any:
-        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-        if ids is None or "streamer" in kwargs:
-            return self._orig(*args, **kwargs)
-        states = self._match(ids, mask)
-        kwargs["streamer"] = _BatchStreamer(self, states)
-        return self._orig(*args, **kwargs)
-
-    def _match(self, ids: Any, mask: Any) -> list[_RowState | None]:
-        """Each row's job: the longest unassigned question found in the row's prompt (duplicates in order)."""
-        free = [j for j in self.jobs if id(j) not in self.rows]
-        out: list[_RowState | None] = []
-        for r in range(ids.shape[0]):
-            row = ids[r] if mask is None else ids[r][mask[r].bool()]
-            prompt = _squash(self.tokenizer.decode(row.tolist(), skip_special_tokens=False))
-            found = [j for j in free if _squash(j.text) in prompt]
-            if not found:
-                out.append(None)
-                continue
-            job = max(found, key=lambda j: len(_squash(j.text)))  # max() keeps the first of equals
-            free.remove(job)
-            state = _RowState(job, int(row.numel()))
-            self.rows[id(job)] = state
-            out.append(state)
-        return out
-
-    def push(self, state: _RowState, token: int) -> None:
-        if state.ended:
-            return
-        if token == self.tokenizer.eos_token_id:
-            state.ended = True
-            return
-        state.ids.append(token)
-        if not state.job.stream:
-            return
-        text = self.tokenizer.decode(state.ids, skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-            return
-        if text.startswith(state.sent) and len(text) > len(state.sent):
-            state.job.emit("delta", text[len(state.sent):])
-            state.sent = text
-
-    def finish(self, job: Job, answer: Answer) -> Usage:
-        """Stream what the client has not seen yet of the final answer; return the job's usage."""
-        state = self.rows.get(id(job))
-        sent = state.sent if state else ""
-        if job.stream:
-            if answer.answer.startswith(sent):
-                rest = answer.answer[len(sent):]
-                if rest:
-                    job.emit("delta", rest)
-            else:  # the generator's abstention paraphrase was normalized: the final chunk says abstained
-                log.debug("streamed text %r is not a prefix of the final answer %r", sent, answer.answer)
-        if state is None:
-            return Usage()
-        n = len(state.ids) + (1 if state.ended else 0)
-        reason: Literal["stop", "length"] = "length" if not state.ended and n >= self.max_new_tokens else "stop"
-        return Usage(state.prompt_tokens, n, reason)
-
-
-class _BatchStreamer:
-    """A transformers streamer for a whole batch: ``put`` gets the prompt once, then ``(batch,)`` ids a step."""
-
-    def __init__(self, tap: TokenTap, states: list[_RowState | None]) -> None:
-        self.tap, self.states, self.prompt_seen = tap, states, False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # the prompt (causal) or the decoder start ids (seq2seq)
-            self.prompt_seen = True
-            return
-        tokens = value.reshape(len(self.states), -1)[:, -1].tolist()
-        for state, token in zip(self.states, tokens):
-            if state is not None:
-                self.tap.push(state, int(token))
-
-    def end(self) -> None:
-        pass
-
-
 @dataclass
 class BatchStats:
     batches: int = 0
@@ -346,13 +284,16 @@ class BatchWorker:
             for job in group:
                 job.emit("error", ApiError(500, "internal error while answering: see the server log", "server_error"))
 
-    def _answer(self, settings: GenSettings, group: list[Job]) -> None:
-        pipe = self.pipe
-        with use_settings(pipe, settings, self.max_batch), TokenTap(pipe.model, pipe.tokenizer, group, settings.max_new_tokens) as tap:
-            answers = pipe.answer_batch([j.text for j in group])
-        for job, answer in zip(group, answers):
-            usage = tap.finish(job, answer)
-            job.emit("done", (answer, usage))
+    def _answer(self, decoding: Decoding, group: list[Job]) -> None:
+        usage = [TokenUsage() for _ in group]
+
+        def on_usage(i: int, u: TokenUsage) -> None:
+            usage[i] = u
+
+        answers = self.pipe.answer_batch([j.text for j in group], decoding=decoding,
+                                         on_text=lambda i, piece: group[i].add_text(piece), on_usage=on_usage)
+        for job, answer, u in zip(group, answers, usage):
+            job.finish(answer, u)
 
     def _search(self, key: tuple, group: list[Job]) -> None:
         _, k, hybrid = key

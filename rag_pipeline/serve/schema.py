@@ -1,17 +1,22 @@
 """Request and response bodies of the server, in OpenAI's chat-completions schema.
 
-Requests ignore fields they do not know (OpenAI clients send ``user``, ``logprobs: false`` and
-the like); the fields that change the answer are typed and bounded here, so a bad value is a
-422 before anything is queued. Responses are what the official ``openai`` client parses, plus
-extra top-level fields it keeps in ``model_extra``: ``citations``, ``abstained`` and
-``abstain_reason``.
+The fields that change the answer are typed and bounded here, so a bad value is a 422 before
+anything is queued. OpenAI fields that ask for what this server does not do (``logprobs: true``,
+``tools``, a JSON ``response_format``, penalties...) are 422s naming the field
+(:meth:`ChatCompletionRequest.unsupported`); fields OpenAI clients send that change nothing here
+(``user``, ``metadata``, ``logprobs: false``...) are accepted; any other field is ignored and
+named in a ``Warning`` response header (:meth:`ChatCompletionRequest.unknown`). Responses are
+what the official ``openai`` client parses, plus extra top-level fields it keeps in
+``model_extra``: ``citations``, ``abstained`` and ``abstain_reason``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP = 4  # stop sequences per request, as OpenAI allows
 
 
 class ContentPart(BaseModel):
@@ -42,7 +47,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``: the last user message is the question."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # unknown fields are kept to be named in the Warning header
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -53,6 +58,65 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)  # one answer per request: the retrieval is shared, sampling several adds little
     stream: bool = False
     stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None  # the answer is cut before the first of these (up to MAX_STOP)
+    # OpenAI fields accepted only where they ask for nothing this server lacks (see unsupported()).
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, Any] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+    # OpenAI fields that change nothing here: accepted silently.
+    user: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    parallel_tool_calls: Any = None
+    prompt_cache_key: Any = None
+    safety_identifier: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence is empty: give non-empty strings")
+        return v
+
+    def stops(self) -> tuple[str, ...]:
+        """The stop sequences, deduplicated, in the order given."""
+        return tuple(dict.fromkeys([self.stop] if isinstance(self.stop, str) else self.stop or []))
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, why) for the first field that asks for something this server does not do; None when all can be honoured."""
+        asks = [
+            ("logprobs", bool(self.logprobs), "this server returns no token log-probabilities"),
+            ("top_logprobs", bool(self.top_logprobs), "this server returns no token log-probabilities"),
+            ("tools", bool(self.tools), "this server answers from its documents and calls no tools"),
+            ("tool_choice", self.tool_choice not in (None, "none", "auto"), "this server calls no tools"),
+            ("functions", bool(self.functions), "this server answers from its documents and calls no functions"),
+            ("function_call", self.function_call not in (None, "none", "auto"), "this server calls no functions"),
+            ("response_format", (self.response_format or {}).get("type", "text") != "text",
+             "answers are plain text with [n] citations (no JSON mode or schema)"),
+            ("logit_bias", bool(self.logit_bias), "token biases are not applied"),
+            ("presence_penalty", bool(self.presence_penalty), "repetition penalties are not applied"),
+            ("frequency_penalty", bool(self.frequency_penalty), "repetition penalties are not applied"),
+            ("modalities", any(m != "text" for m in self.modalities or []), "answers are text only"),
+            ("audio", self.audio is not None, "answers are text only"),
+        ]
+        return next(((name, why) for name, asked, why in asks if asked), None)
+
+    def unknown(self) -> list[str]:
+        """The request's fields this server does not know (ignored), sorted."""
+        return sorted(self.model_extra or {})
 
 
 class CitationOut(BaseModel):
