@@ -95,7 +95,7 @@ def ask_flags(args: argparse.Namespace) -> list[str]:
 
 
 def ask_config(args: argparse.Namespace):  # -> AskConfig
-    from rag_pipeline.ask import AskConfig
+    from rag_pipeline.answer.ask import AskConfig
 
     return AskConfig(index=args.index, adapter=args.adapter, no_adapter=args.no_adapter, k=args.k,
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype, device="cpu")
@@ -111,7 +111,7 @@ def pct(values: list[float], q: float) -> float:
 
 def bench_scores(args: argparse.Namespace) -> None:
     from rag_pipeline.qa import load_qa
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     retriever = Retriever.load(args.index, device="cpu")
     items = load_qa(args.scores_qa)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from rag_pipeline.ask import Pipeline
+    from rag_pipeline.answer.ask import Pipeline
     from rag_pipeline.qa import load_qa
 
     questions = [it.question for it in load_qa(args.qa) if it.answerable][: args.questions]

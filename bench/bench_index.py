@@ -107,7 +107,7 @@ def machine_facts() -> list[str]:
 
 
 def load_embedder(model_id: str):  # -> (SentenceTransformerEmbedder, seconds)
-    from rag_pipeline.embed import SentenceTransformerEmbedder
+    from rag_pipeline.index.embed import SentenceTransformerEmbedder
 
     t = time.perf_counter()
     emb = SentenceTransformerEmbedder(model_id, device="cpu")
@@ -144,7 +144,7 @@ def read_questions(path: Path) -> list[str]:
 class PhaseTimer:
     """Accumulates the time spent in named functions by wrapping them while active.
 
-    Wraps module functions (``rag_pipeline.index._embed_all``) and instance methods (the
+    Wraps module functions (``rag_pipeline.index.build._embed_all``) and instance methods (the
     embedder's ``encode``); the wrapper costs about a microsecond a call.
     """
 
@@ -179,8 +179,8 @@ class PhaseTimer:
 
 def run_ours(docs: Path, target: Path, emb) -> tuple[float, int, dict[str, float]]:
     """One end-to-end ``build_index``; returns (seconds, chunks, phase seconds)."""
-    from rag_pipeline import index as index_mod
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index import build as index_mod
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     cfg = IndexConfig(paths=[str(docs)], index=str(target), force=True, device="cpu")
     with PhaseTimer() as pt:
@@ -227,7 +227,7 @@ def run_search_ours(retriever, questions: list[str]) -> tuple[float, list[list[i
     The retriever's own timings split the time into query embedding, FAISS search and chunk reads
     (kept in ``LAST_TIMINGS`` for the report).
     """
-    from rag_pipeline.ann import SearchTimings
+    from rag_pipeline.index.ann import SearchTimings
 
     tm = SearchTimings()
     t = time.perf_counter()
@@ -322,7 +322,7 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # same tokenizer threading in parent and children
-    from rag_pipeline.index import IndexConfig
+    from rag_pipeline.index.build import IndexConfig
 
     args.embedder = args.embedder or IndexConfig().embedder
     quiet_libraries()
@@ -345,7 +345,7 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace, out: Path, threads: int) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     t_start = time.perf_counter()
     print("== machine")

@@ -20,10 +20,10 @@ def main() -> None:
     import faiss
 
     from rag_pipeline import prompt as P
-    from rag_pipeline.embed import load_embedder
-    from rag_pipeline.index_format import read_manifest
-    from rag_pipeline.raft import RaftConfig, Tally, build_rows, load_questions, load_tokenizer
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.embed import load_embedder
+    from rag_pipeline.index.format import read_manifest
+    from rag_pipeline.data.raft import RaftConfig, Tally, build_rows, load_questions, load_tokenizer
+    from rag_pipeline.index.retriever import Retriever
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", default="indexes/disfl_qa")

@@ -133,7 +133,7 @@ def write_vectors(root: Path, n: int, shard_rows: int, seed: int) -> list[int]:
 
 def factory_for(n: int, spec: str) -> str:
     """``--factory``, or with auto the index ``build-index --index-type auto`` builds above 1M chunks."""
-    from rag_pipeline.ann import scale_factory
+    from rag_pipeline.index.ann import scale_factory
 
     return spec if spec != "auto" else scale_factory(DIM, n)
 
@@ -163,14 +163,14 @@ def gib(b: float) -> str:
 
 
 def params(args: argparse.Namespace):
-    from rag_pipeline.index import IndexConfig
+    from rag_pipeline.index.build import IndexConfig
 
     return IndexConfig(nprobe=16, ef_search=64)
 
 
 def child_build(args: argparse.Namespace) -> dict:
     """Our sharded build of the size-``n`` vectors in ``args.out``; prints time and peak RSS."""
-    from rag_pipeline.sharded import LocalRunner, build_faiss
+    from rag_pipeline.index.sharded import LocalRunner, build_faiss
 
     root = Path(args.out) / f"n{args.n}"
     rows = json.loads((root / "rows.json").read_text())
@@ -195,7 +195,7 @@ def build_record(root: Path, n: int, factory: str) -> dict:
 
 def child_baseline(args: argparse.Namespace) -> dict:
     """The non-sharded build: every vector loaded, one ``train`` and one ``add`` into an in-memory index."""
-    from rag_pipeline import ann
+    from rag_pipeline.index import ann as ann
 
     root = Path(args.out) / f"n{args.n}"
     rows = json.loads((root / "rows.json").read_text())
@@ -222,9 +222,9 @@ def run_child(kind: str, args: argparse.Namespace, n: int) -> dict:
 
 
 def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
-    from rag_pipeline import ann
-    from rag_pipeline.index_format import read_faiss_index
-    from rag_pipeline.store import ShardVectors
+    from rag_pipeline.index import ann as ann
+    from rag_pipeline.index.format import read_faiss_index
+    from rag_pipeline.index.store import ShardVectors
 
     root = Path(args.out) / f"n{n}"
     reset_peak()
@@ -271,7 +271,7 @@ def measure_search(args: argparse.Namespace, n: int, rows: list[int]) -> dict:
 def compare(args: argparse.Namespace, factory: str, n: int, queries: np.ndarray, truth: np.ndarray, vectors) -> dict:
     """``--compare``: ``factory`` trained on the same sample size and filled shard by shard in memory
     (one process, not sharded), then swept over the same (nprobe, R) grid."""
-    from rag_pipeline import ann
+    from rag_pipeline.index import ann as ann
 
     index = ann.make_index(factory, DIM, params(args))
     t = time.perf_counter()
@@ -286,7 +286,7 @@ def compare(args: argparse.Namespace, factory: str, n: int, queries: np.ndarray,
 def sweep(args: argparse.Namespace, index, kind: str, queries: np.ndarray, truth: np.ndarray, vectors, label: str = "") -> list[dict]:
     """Recall@10 and q/s of the held-out queries at each (nprobe, R) of ``--sweep-nprobe`` x ``--sweep-rerank``
     (one timed batch of all the queries each; the tuned measurement before has warmed the caches)."""
-    from rag_pipeline import ann
+    from rag_pipeline.index import ann as ann
 
     points = []
     for nprobe in [int(v) for v in args.sweep_nprobe.split(",") if v.strip()]:
@@ -309,8 +309,8 @@ def sweep(args: argparse.Namespace, index, kind: str, queries: np.ndarray, truth
 
 def real_model_run(args: argparse.Namespace, out: Path) -> list[tuple[str, int, float]]:
     """The bundled corpus with MiniLM: default engine, then Ray with 1 and 2 workers."""
-    from rag_pipeline.embed import SentenceTransformerEmbedder
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.embed import SentenceTransformerEmbedder
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     docs = str(REPO / "corpus" / "disfl_qa" / "documents.jsonl")
     emb = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")

@@ -5,32 +5,43 @@ Stages hand off through directories: ``build-index`` -> ``build-raft-dataset`` -
 ``run(cfg) -> result`` for library use and ``main(cfg) -> int`` for the terminal; ``cli`` is a
 table from command to (module, config class). Importing this package does no work.
 
-Stages (command: module -> what it reads and writes):
+Commands (command: module -> what it reads and writes):
 
-====================  ===================  ===============================================
-``build-index``       ``index``            documents -> index directory
-``search``            ``search``           index + query -> top-k chunks (a look inside)
-``eval-retrieval``    ``eval_retrieval``   index + QA file -> Recall@k, MRR@10, Precision@k
-``build-raft-dataset`` ``raft``            index and/or QA files -> RAFT dataset directory
-``train-generator``   ``train``            RAFT dataset -> adapter directory (checkpoints)
-``ask``               ``ask``              index + adapter -> cited answers
-``evaluate``          ``evaluate``         index + QA file + adapters -> report directory
-====================  ===================  ===============================================
+======================  ===========================  ===============================================
+``build-index``         ``index.build``              documents -> index directory
+``search``              ``index.search``             index + query -> top-k chunks (a look inside)
+``eval-retrieval``      ``eval.retrieval``           index + QA file -> Recall@k, MRR@10, Precision@k
+``build-raft-dataset``  ``data.raft``                index and/or QA files -> RAFT dataset directory
+``train-generator``     ``train``                    RAFT dataset -> adapter directory (checkpoints)
+``ask``                 ``answer.ask``               index + adapter -> cited answers
+``evaluate``            ``eval.evaluate``            index + QA file + adapters -> report directory
+``calibrate``           ``eval.calibrate``           adapter + validation questions -> its abstention threshold
+``serve``               ``serve``                    index + adapter -> OpenAI-compatible server and web page
+``export``              ``export``                   adapter -> merged Hugging Face folder or GGUF file
+======================  ===========================  ===============================================
 
-Shared modules (each concern has one owner; stages call it):
+Subpackages:
 
-- ``index_format``: the index directory on disk (file names, manifest, checks); ``store``: its
-  chunk store (SQLite); ``ingest``: files -> documents -> chunks; ``embed``: embedders.
-- ``retriever``: loads an index, dense/hybrid search. ``passage``: the passage type and the
-  gold/distractor rules. ``prompt``: templates, rendering, token budget. ``qa``: the QA reader
-  (JSONL, JSON, CSV/TSV, Parquet, datasets; field names). ``support``: whether a passage
-  supports a span or free-form answer. ``contexts``: QA records' own passages (indexed or
-  matched). ``splits``: the small-data split rule. ``questions``: QA pairs written from chunks.
-- ``generator``: loading a model, encoding, padding, loss, batched generation.
-  ``device``: device and dtype choice. ``model_paths``: model ids -> local folders.
-- ``teacher``: optional teacher models for RAFT; ``injection``: prompt-injection documents.
-- ``metrics``, ``textnorm``: answer scoring. ``atomic``: atomic files and directories.
-  ``config``: typed configs (defaults < YAML < flags). ``errors``: one-line user errors.
+- ``index``: ``build`` (the stage), ``format`` (the directory on disk: file names, manifest,
+  checks), ``store`` (its chunk store), ``ingest`` (files -> documents -> chunks), ``embed``
+  (embedders), ``ann`` (FAISS index choice and search), ``sharded`` and ``ray_engine`` (the
+  layout and engine for millions of chunks), ``retriever`` (loads an index; dense/hybrid
+  search), ``search`` (the stage).
+- ``data``: ``raft`` (the stage), ``questions`` (QA pairs written from chunks), ``teacher``
+  (optional teacher models), ``contexts`` (QA records' own passages), ``injection``
+  (prompt-injection documents), ``splits`` (the small-data split rule).
+- ``answer``: ``ask`` (the stage and the ``Pipeline``), ``grounded`` (grounded decoding),
+  ``focus`` (sentence windows of retrieved chunks).
+- ``eval``: ``evaluate``, ``retrieval`` (eval-retrieval), ``calibrate``.
+- ``serve``: the server (``app``, ``batcher``, ``schema``); ``export``: the stage and ``gguf``.
+
+Shared modules (each concern has one owner; stages call it): ``passage`` (the passage type and
+the gold/distractor rules), ``prompt`` (templates, rendering, token budget), ``qa`` (the QA
+reader), ``support`` (whether a passage supports an answer; the answer check), ``generator``
+(loading a model, encoding, padding, loss, batched generation), ``device`` (device and dtype),
+``model_paths`` (model ids -> local folders), ``metrics`` and ``textnorm`` (answer scoring),
+``atomic`` (atomic files and directories, output locks), ``config`` (typed configs: defaults <
+YAML < flags), ``errors`` (one-line user errors).
 """
 
 __version__ = "0.1.0"

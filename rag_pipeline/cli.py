@@ -22,16 +22,16 @@ from typing import Any
 
 # name -> (module, config class, help, positional (field, nargs, help) or None); module.main(cfg) runs it
 COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
-    "build-index": ("rag_pipeline.index", "IndexConfig", "ingest documents, chunk, embed and write a FAISS index directory",
+    "build-index": ("rag_pipeline.index.build", "IndexConfig", "ingest documents, chunk, embed and write a FAISS index directory",
                     ("paths", "*", "files and folders to index")),
-    "search": ("rag_pipeline.search", "SearchConfig", "print the top-k chunks of an index for a query",
+    "search": ("rag_pipeline.index.search", "SearchConfig", "print the top-k chunks of an index for a query",
                ("query", "?", "the query text")),
-    "eval-retrieval": ("rag_pipeline.eval_retrieval", "EvalRetrievalConfig", "Recall@k, MRR@10, Precision@k of an index on a QA file", None),
-    "build-raft-dataset": ("rag_pipeline.raft", "RaftConfig", "RAFT training data: questions + oracle and distractor passages", None),
+    "eval-retrieval": ("rag_pipeline.eval.retrieval", "EvalRetrievalConfig", "Recall@k, MRR@10, Precision@k of an index on a QA file", None),
+    "build-raft-dataset": ("rag_pipeline.data.raft", "RaftConfig", "RAFT training data: questions + oracle and distractor passages", None),
     "train-generator": ("rag_pipeline.train", "TrainConfig", "LoRA fine-tune the generator on a RAFT dataset", None),
-    "ask": ("rag_pipeline.ask", "AskConfig", "answer a question from the index with cited sources", ("question", "?", "the question (none: read standard input)")),
-    "evaluate": ("rag_pipeline.evaluate", "EvaluateConfig", "answer quality of base vs tuned generators, with a report", None),
-    "calibrate": ("rag_pipeline.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
+    "ask": ("rag_pipeline.answer.ask", "AskConfig", "answer a question from the index with cited sources", ("question", "?", "the question (none: read standard input)")),
+    "evaluate": ("rag_pipeline.eval.evaluate", "EvaluateConfig", "answer quality of base vs tuned generators, with a report", None),
+    "calibrate": ("rag_pipeline.eval.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
     "serve": ("rag_pipeline.serve", "ServeConfig", "OpenAI-compatible HTTP server and web page over the retriever + adapter", None),
     "export": ("rag_pipeline.export", "ExportConfig", "write the adapter merged into its base: a Hugging Face folder or a GGUF file", None),
 }

@@ -431,7 +431,7 @@ def generate_answers(
     Texts are batched by length (less padding); causal batches are left-padded so every row's
     generation starts at the same position. Prompts longer than ``max_input_length`` are cut
     in the middle like training prompts. ``constraints`` (one per text, e.g.
-    :class:`rag_pipeline.grounded.GroundedConstraint`) restrict each answer's tokens.
+    :class:`rag_pipeline.answer.grounded.GroundedConstraint`) restrict each answer's tokens.
 
     Args:
         on_token: called as ``on_token(text index, token id)`` with each token as it is decoded
@@ -495,7 +495,7 @@ def generate_with_margins(
 
     The margin is ``log P(abstain_text + EOS) - log P(answer + EOS)`` under the prompt (sums of
     token log-probabilities, the answer's as generated): the score a calibrated threshold compares
-    (:mod:`rag_pipeline.calibrate`). For causal models the abstention is scored on the prompt's
+    (:mod:`rag_pipeline.eval.calibrate`). For causal models the abstention is scored on the prompt's
     key/value cache left by generation (about ten extra tokens, no second reading of the prompt).
 
     The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front,

@@ -25,8 +25,8 @@ from rag_pipeline.textnorm import contains_answer
 
 if TYPE_CHECKING:
     from rag_pipeline.qa import QAItem
-    from rag_pipeline.retriever import Hit
-    from rag_pipeline.store import StoredChunk
+    from rag_pipeline.index.retriever import Hit
+    from rag_pipeline.index.store import StoredChunk
 
 
 # A passage shown to the generator. ``id``, ``title`` and ``text`` are always there; the rest when

@@ -9,7 +9,7 @@ suffix stem so that "cities" meets "city" (:func:`content_tokens`).
 Used by :mod:`rag_pipeline.passage` (which chunk is a question's gold passage, which chunks may be
 distractors), :func:`rag_pipeline.prompt.support_span` (which sentences a ``cot`` target quotes
 and the budget fitter keeps), ``evaluate`` (whether a test set's answers are spans) and
-:mod:`rag_pipeline.questions`.
+:mod:`rag_pipeline.data.questions`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ For every answerable question of each QA file: retrieve (hybrid, as ``ask`` does
 prompt's passages each way, and count the questions whose gold answer is in them (whole words,
 SQuAD normalization; for a free-form answer, content-word recall >= 0.5 of one passage; for a
 yes/no answer, its record's ``rationale`` the same way), with the mean words shown. Ways: the top k chunks (k = 1..4); the top 5 re-ranked by the question's terms,
-then 2; sentence windows (:func:`rag_pipeline.focus.focus`) over the top n within the words of the
+then 2; sentence windows (:func:`rag_pipeline.answer.focus.focus`) over the top n within the words of the
 top 2 chunks (about the prompt budget ``ask`` uses at k = 2). Retrieval only: no generation.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag_pipeline.focus import Idf, focus, words_of  # noqa: E402
+from rag_pipeline.answer.focus import Idf, focus, words_of  # noqa: E402
 from rag_pipeline.metrics import yes_no_gold  # noqa: E402
 from rag_pipeline.qa import load_qa  # noqa: E402
-from rag_pipeline.retriever import Retriever  # noqa: E402
+from rag_pipeline.index.retriever import Retriever  # noqa: E402
 from rag_pipeline.support import is_short, recall  # noqa: E402
 from rag_pipeline.textnorm import contains_answer  # noqa: E402
 

@@ -61,7 +61,7 @@ def gold_pairs(rows: list[dict]) -> list[tuple[str, str, bool]]:
 def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
     import torch
 
-    from rag_pipeline.ask import is_abstention
+    from rag_pipeline.answer.ask import is_abstention
     from rag_pipeline.generator import collate, encode_example, encode_prompt, load_generator, pad, read_adapter_meta
     from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE, get_template, to_model_text
 

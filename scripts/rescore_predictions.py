@@ -9,7 +9,7 @@ import collections
 import json
 import sys
 
-from rag_pipeline.evaluate import aggregate
+from rag_pipeline.eval.evaluate import aggregate
 from rag_pipeline.metrics import is_abstention
 
 

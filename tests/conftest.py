@@ -51,7 +51,7 @@ class FakeHit:
 
 @pytest.fixture
 def hashing_embedder():
-    from rag_pipeline.embed import HashingEmbedder
+    from rag_pipeline.index.embed import HashingEmbedder
 
     return HashingEmbedder(dim=64, max_tokens=64)
 
@@ -71,7 +71,7 @@ def docs_jsonl(tmp_path: Path) -> Path:
 @pytest.fixture
 def small_index(tmp_path: Path, docs_jsonl: Path, hashing_embedder):
     """An index of the six topic documents built with the hashing embedder; returns (dir, config)."""
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     cfg = IndexConfig(paths=[str(docs_jsonl)], index=str(tmp_path / "idx"), embedder="hashing:64")
     build_index(cfg, embedder=hashing_embedder)
@@ -81,6 +81,6 @@ def small_index(tmp_path: Path, docs_jsonl: Path, hashing_embedder):
 @pytest.fixture(scope="session")
 def minilm():
     """The real packaged all-MiniLM-L6-v2 (loaded once per session)."""
-    from rag_pipeline.embed import SentenceTransformerEmbedder
+    from rag_pipeline.index.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")

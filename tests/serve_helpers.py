@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from rag_pipeline.ask import ABSTAIN, Answer, Citation
+from rag_pipeline.answer.ask import ABSTAIN, Answer, Citation
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_pipeline import ann
+from rag_pipeline.index import ann as ann
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.index import IndexConfig
-from rag_pipeline.index_format import read_faiss_index
-from rag_pipeline.sharded import LocalRunner, build_faiss
+from rag_pipeline.index.build import IndexConfig
+from rag_pipeline.index.format import read_faiss_index
+from rag_pipeline.index.sharded import LocalRunner, build_faiss
 
 
 def clustered(n: int, d: int, seed: int, centers: int = 40, spread: float = 0.35) -> np.ndarray:
@@ -249,7 +249,7 @@ def test_training_sample_is_bounded_whatever_the_corpus_size(nlist: int, n: int,
 
 def test_add_jobs_group_whole_consecutive_shards_of_at_least_add_rows(tmp_path: Path) -> None:
     """Small shards are added in groups, so the scratch copies of the trained index stay few; every row is in one job, in order."""
-    from rag_pipeline.sharded import add_jobs
+    from rag_pipeline.index.sharded import add_jobs
 
     jobs = add_jobs([100, 100, 100, 50, 300, 20], tmp_path, tmp_path / "s", tmp_path / "t", 250)
     assert [(len(paths), first) for _, paths, first, _ in jobs] == [(3, 0), (2, 300), (1, 650)]

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import REPO, TOPICS, write_jsonl  # noqa: E402
-from rag_pipeline import ask as A  # noqa: E402
+from rag_pipeline.answer import ask as A  # noqa: E402
 from rag_pipeline.cli import main as cli_main  # noqa: E402
 from rag_pipeline.errors import ConfigError, InputError  # noqa: E402
 from rag_pipeline.prompt import ABSTAIN  # noqa: E402
@@ -54,8 +54,8 @@ def make_adapter(base: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A topic index (hashing:64), a tiny Llama, a second one with other weights, and an adapter of the first."""
-    from rag_pipeline.embed import HashingEmbedder
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.embed import HashingEmbedder
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     root = tmp_path_factory.mktemp("ask")
     docs = write_jsonl(root / "docs.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()])
@@ -367,7 +367,8 @@ def test_adapter_recording_another_template_text_is_refused(env: dict, tmp_path:
 
 
 def test_the_index_manifest_is_read_once(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rag_pipeline import index_format, retriever
+    from rag_pipeline.index import format as index_format
+    from rag_pipeline.index import retriever as retriever
 
     calls = []
     real = index_format.read_manifest
@@ -428,7 +429,7 @@ def test_no_adapter_flag() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, rag_pipeline.ask; print(any(m in sys.modules for m in ('torch', 'transformers', 'faiss')))"
+    code = "import sys, rag_pipeline.answer.ask; print(any(m in sys.modules for m in ('torch', 'transformers', 'faiss')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 
@@ -469,7 +470,7 @@ def test_calibrated_threshold_withholds_answers_above_it(env: dict) -> None:
 
 
 def test_evaluate_applies_the_adapters_calibration_like_ask(env: dict, tmp_path: Path) -> None:
-    from rag_pipeline import evaluate as E
+    from rag_pipeline.eval import evaluate as E
 
     adapter = calibrated_adapter(env, "cal-all", "-inf")  # every generated answer is withheld
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "question": q, "answer": "x"} for i, q in enumerate(QUESTIONS)])
@@ -495,7 +496,7 @@ def test_grounded_answers_copy_a_span_of_the_document_they_cite(env: dict) -> No
 def test_calibrate_stores_a_threshold_that_ask_then_applies(env: dict, tmp_path: Path) -> None:
     import shutil
 
-    from rag_pipeline.calibrate import CalibrateConfig, main as calibrate_main
+    from rag_pipeline.eval.calibrate import CalibrateConfig, main as calibrate_main
 
     adapter = tmp_path / "adapter"
     shutil.copytree(env["adapter"], adapter)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rag_pipeline.calibrate import choose_threshold, from_json, sweep, to_json, withhold
+from rag_pipeline.eval.calibrate import choose_threshold, from_json, sweep, to_json, withhold
 
 
 def test_sweep_counts_squad2_figures_at_each_cut() -> None:
@@ -77,7 +77,7 @@ class _FakePipeline:
 
 
 def _fake_load(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
-    from rag_pipeline.ask import Pipeline
+    from rag_pipeline.answer.ask import Pipeline
 
     monkeypatch.setattr(Pipeline, "load", staticmethod(lambda cfg, **kw: calls.append(cfg) or _FakePipeline()))
 
@@ -86,7 +86,7 @@ def test_answerable_records_without_an_answer_are_left_out_and_listed(tmp_path, 
     """Kept, such a record would count as unanswerable and pull the threshold toward abstaining."""
     import json
 
-    from rag_pipeline.calibrate import CalibrateConfig, main
+    from rag_pipeline.eval.calibrate import CalibrateConfig, main
 
     calls: list = []
     _fake_load(monkeypatch, calls)
@@ -101,7 +101,7 @@ def test_answerable_records_without_an_answer_are_left_out_and_listed(tmp_path, 
 
 
 def test_a_file_without_answers_is_refused_before_loading_the_model(tmp_path, monkeypatch) -> None:
-    from rag_pipeline.calibrate import CalibrateConfig, run
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run
     from rag_pipeline.errors import InputError
 
     calls: list = []

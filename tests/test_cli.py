@@ -74,7 +74,7 @@ def test_a_permission_error_on_a_file_is_one_line_exit_2(small_index, monkeypatc
     """A file the user may not read (or a folder not writable) is named in one line, not a traceback."""
     import errno
 
-    from rag_pipeline import search
+    from rag_pipeline.index import search as search
 
     def denied(cfg):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/private/qa.jsonl")
@@ -102,6 +102,17 @@ def test_third_party_chatter_shows_only_with_verbose(caplog: pytest.LogCaptureFi
         bm25.setLevel(logging.DEBUG)
         assert not handler.filter(bm25.makeRecord("bm25s", logging.DEBUG, __file__, 1, "Building index from IDs objects", None, None))
         assert handler.filter(bm25.makeRecord("bm25s", logging.ERROR, __file__, 1, "broken", None, None))
-        assert handler.filter(logging.getLogger("rag_pipeline.ask").makeRecord("rag_pipeline.ask", logging.INFO, __file__, 1, "ours", None, None))
+        assert handler.filter(logging.getLogger("rag_pipeline.answer.ask").makeRecord("rag_pipeline.answer.ask", logging.INFO, __file__, 1, "ours", None, None))
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_the_package_map_lists_every_command_with_its_module() -> None:
+    """The package docstring's table names every command of the CLI and the module that runs it."""
+    import re
+
+    import rag_pipeline
+    from rag_pipeline.cli import COMMANDS
+
+    rows = dict(re.findall(r"^``([a-z-]+)``\s+``([a-z_.]+)``", rag_pipeline.__doc__ or "", re.M))
+    assert rows == {name: module.removeprefix("rag_pipeline.") for name, (module, *_) in COMMANDS.items()}

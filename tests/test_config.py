@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from rag_pipeline.config import build_config, load_yaml
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.index import IndexConfig
+from rag_pipeline.index.build import IndexConfig
 
 
 def test_precedence_defaults_yaml_flags(tmp_path: Path) -> None:

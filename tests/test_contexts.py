@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rag_pipeline.contexts import attach_context_docs, context_doc_id, distinct_contexts, index_contexts, match_contexts
+from rag_pipeline.data.contexts import attach_context_docs, context_doc_id, distinct_contexts, index_contexts, match_contexts
 from rag_pipeline.qa import load_qa
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "marrowick_qa.json"
 
 
 def test_distinct_contexts_become_documents_in_an_index(tmp_path: Path, hashing_embedder) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     items = load_qa(EXAMPLE)
     contexts = distinct_contexts(items)
@@ -32,8 +32,8 @@ def test_distinct_contexts_become_documents_in_an_index(tmp_path: Path, hashing_
 
 
 def test_contexts_are_matched_to_an_existing_index_and_missing_ones_reported(tmp_path: Path, hashing_embedder) -> None:
-    from rag_pipeline.index import IndexConfig, build_index
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.retriever import Retriever
 
     rows = json.loads(EXAMPLE.read_text())
     kept = [r for r in rows if "puffin" not in r["context"]]  # the index lacks one passage

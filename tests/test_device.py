@@ -15,9 +15,9 @@ def test_valid_devices_pass(value: str) -> None:
     D.check_device(value)
 
 
-@pytest.mark.parametrize("cls,kw", [("rag_pipeline.ask:AskConfig", {}), ("rag_pipeline.train:TrainConfig", {}),
-                                    ("rag_pipeline.index:IndexConfig", {}), ("rag_pipeline.raft:RaftConfig", {}),
-                                    ("rag_pipeline.evaluate:EvaluateConfig", {})])
+@pytest.mark.parametrize("cls,kw", [("rag_pipeline.answer.ask:AskConfig", {}), ("rag_pipeline.train:TrainConfig", {}),
+                                    ("rag_pipeline.index.build:IndexConfig", {}), ("rag_pipeline.data.raft:RaftConfig", {}),
+                                    ("rag_pipeline.eval.evaluate:EvaluateConfig", {})])
 def test_every_config_checks_its_device(cls: str, kw: dict) -> None:
     import importlib
 

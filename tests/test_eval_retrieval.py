@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_jsonl
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.eval_retrieval import EvalRetrievalConfig, retrieval_metrics, run
+from rag_pipeline.eval.retrieval import EvalRetrievalConfig, retrieval_metrics, run
 from rag_pipeline.qa import load_qa
 
 
@@ -26,7 +26,7 @@ def test_metrics_hand_computed() -> None:
 
 
 def test_eval_on_small_index(small_index, hashing_embedder, tmp_path) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     qa = write_jsonl(tmp_path / "qa.jsonl", [
@@ -60,7 +60,7 @@ def test_inline_contexts_give_document_level_gold(small_index, hashing_embedder,
     import json
 
     from conftest import TOPICS
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     rows = [{"question": "Which river flows into the Mediterranean Sea?", "answer": "It is the Nile, in northeastern Africa.", "context": TOPICS["nile"][1]},
@@ -76,8 +76,8 @@ def test_records_left_out_are_listed_with_their_reason(small_index, hashing_embe
     import json
 
     from rag_pipeline.cli import main
-    from rag_pipeline.eval_retrieval import REASONS
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.eval.retrieval import REASONS
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     nile = {"id": "a", "question": "Which river flows into the Mediterranean Sea?", "answer": "Nile"}

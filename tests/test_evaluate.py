@@ -1,4 +1,4 @@
-"""rag_pipeline.evaluate: metric functions against hand-computed cases, contexts, and the command
+"""rag_pipeline.eval.evaluate: metric functions against hand-computed cases, contexts, and the command
 end to end (a scripted fake pipeline for exact numbers; the real ask Pipeline on a tiny Llama)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from conftest import FakeChunk as _Chunk
 from conftest import FakeHit as _Hit
 from conftest import write_jsonl
-from rag_pipeline import evaluate as E
+from rag_pipeline.eval import evaluate as E
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.prompt import ABSTAIN
 from rag_pipeline.qa import QAItem
@@ -136,7 +136,7 @@ def test_oracle_context_gold_plus_distractors() -> None:
 
 
 def test_injected_context_cycles_through_the_styles_seeded() -> None:
-    from rag_pipeline.injection import STYLES
+    from rag_pipeline.data.injection import STYLES
 
     hits = [_Hit(_Chunk(c, c, f"Sentence {c} one. Sentence {c} two.")) for c in "abcdef"]
     seen = {}
@@ -261,7 +261,7 @@ def _report_rows(report: str) -> list[list[str]]:
 
 
 def test_end_to_end_scripted(small_index, hashing_embedder, tmp_path: Path) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
@@ -315,7 +315,7 @@ def test_end_to_end_scripted(small_index, hashing_embedder, tmp_path: Path) -> N
 
 
 def test_limit_gives_the_same_sample_to_every_system(small_index, hashing_embedder, tmp_path: Path) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
@@ -329,7 +329,7 @@ def test_limit_gives_the_same_sample_to_every_system(small_index, hashing_embedd
 
 
 def test_failed_run_leaves_previous_output(small_index, hashing_embedder, tmp_path: Path) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     out = tmp_path / "out"
@@ -381,7 +381,7 @@ def test_end_to_end_real_pipeline(small_index, tiny_llama: Path, tmp_path: Path,
 
 
 def test_grounded_contexts_follow_each_context(small_index, hashing_embedder, tmp_path: Path) -> None:
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     class Recording(ScriptedPipeline):
         calls: list = []
@@ -407,7 +407,7 @@ def test_free_form_answers_get_f1_and_rouge_but_no_em(small_index, hashing_embed
     EM is null (a sentence is never matched exactly), F1 and ROUGE-L are reported, and the oracle
     context holds the passage that supports each answer."""
     from conftest import TOPICS
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     rows = [{"id": "f1", "question": "Which river flows into the Mediterranean Sea?", "answer": "It is the Nile, a river in Africa.",
@@ -433,7 +433,7 @@ def test_free_form_answers_get_f1_and_rouge_but_no_em(small_index, hashing_embed
 
 def test_answerable_records_without_an_answer_are_left_out_and_listed(small_index, hashing_embedder, tmp_path: Path) -> None:
     """Scored, such a record would count as unanswerable (NoAns accuracy) beside 'answerable' in the counts."""
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     hole = {"id": "q6", "question": "Where does the Rust language come from?", "answer": [], "doc_id": "rust"}
@@ -452,7 +452,7 @@ def test_answerable_records_without_an_answer_are_left_out_and_listed(small_inde
 
 def test_a_run_refuses_an_output_another_run_is_writing(small_index, hashing_embedder, tmp_path: Path) -> None:
     from rag_pipeline.atomic import output_lock
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     idx, _ = small_index
     qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)

@@ -215,7 +215,7 @@ def test_an_earlier_export_is_replaced_atomically(env: dict, tmp_path: Path, mon
     out = tmp_path / "out"
     export(env, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    import rag_pipeline.gguf_export as G
+    import rag_pipeline.export.gguf as G
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
@@ -233,7 +233,7 @@ def test_an_earlier_export_is_replaced_atomically(env: dict, tmp_path: Path, mon
 def test_gguf_refuses_models_it_cannot_describe(tmp_path: Path) -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from rag_pipeline.gguf_export import write_gguf
+    from rag_pipeline.export.gguf import write_gguf
     from tiny_models import build_tiny_t5
 
     t5 = build_tiny_t5(tmp_path / "t5")

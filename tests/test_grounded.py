@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
 
-from rag_pipeline.grounded import GroundedConstraint, token_bytes  # noqa: E402
+from rag_pipeline.answer.grounded import GroundedConstraint, token_bytes  # noqa: E402
 from rag_pipeline.prompt import ABSTAIN  # noqa: E402
 
 try:

@@ -146,7 +146,7 @@ def test_evaluate_output_over_a_foreign_folder_is_refused(small_index: tuple, tm
 
 def test_ask_output_that_is_a_folder_is_refused_before_models_load(small_index: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from rag_pipeline import ask
+    from rag_pipeline.answer import ask as ask
 
     monkeypatch.setattr(ask.Pipeline, "load", lambda *a, **k: pytest.fail("models loaded before the output was checked"))
     qa = write_jsonl(tmp_path / "q.jsonl", [{"question": "Where is the Eiffel Tower?", "answer": "Paris"}])
@@ -235,7 +235,7 @@ def test_damaged_adapter_is_an_error(small_index: tuple, tmp_path: Path, capsys:
 
 def test_empty_positional_arguments_are_errors_not_absent(small_index: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from rag_pipeline import ask
+    from rag_pipeline.answer import ask as ask
 
     class NoStdin:
         def readline(self) -> str:
@@ -289,19 +289,19 @@ def test_json_text_that_is_not_a_string_is_skipped_with_a_reason(tmp_path: Path,
     for line in (":2: bad text: 'text' is null", ":3: bad text: 'text' is a number", ":4: bad text: 'text' is an object",
                  ":5: bad text: 'text' is a list", ":6: bad id: 'id' is an object"):
         assert line in out, out
-    from rag_pipeline.store import ChunkStore
+    from rag_pipeline.index.store import ChunkStore
 
     texts = [c.text for c in ChunkStore(idx / "chunks.sqlite").iter_chunks()]
     assert len(texts) == 1 and texts[0].startswith("Lighthouses guide ships")  # no "None", "12345" or dict repr chunks
 
 
 def test_repeated_document_ids_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from rag_pipeline.ingest import IngestReport, read_documents
+    from rag_pipeline.index.ingest import IngestReport, read_documents
 
     a = write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": "First text."}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "x", "text": "Second text."}, {"id": "y", "text": "Third."}])
     report = IngestReport()
-    with caplog.at_level(logging.WARNING, logger="rag_pipeline.ingest"):
+    with caplog.at_level(logging.WARNING, logger="rag_pipeline.index.ingest"):
         docs = list(read_documents([a, b], report))
     assert [d.id for d in docs] == ["x", "x", "y"] and report.repeated_ids == 1
     assert "document id 'x'" in caplog.text and "already used" in caplog.text and "merged" in report.summary()
@@ -309,8 +309,8 @@ def test_repeated_document_ids_are_warned_about(tmp_path: Path, caplog: pytest.L
 
 def test_relative_and_absolute_input_paths_give_the_same_ids(notes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              hashing_embedder) -> None:
-    from rag_pipeline.index import IndexConfig, build_index
-    from rag_pipeline.store import ChunkStore
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.store import ChunkStore
 
     monkeypatch.chdir(notes.parent)
     idx = tmp_path / "idx"
@@ -325,7 +325,7 @@ def test_relative_and_absolute_input_paths_give_the_same_ids(notes: Path, tmp_pa
 def test_bundled_corpus_keeps_its_own_record_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     from itertools import islice
 
-    from rag_pipeline.ingest import IngestReport, read_documents
+    from rag_pipeline.index.ingest import IngestReport, read_documents
 
     path = CORPUS / "documents.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:50]]
@@ -342,7 +342,8 @@ def test_bundled_corpus_keeps_its_own_record_ids(monkeypatch: pytest.MonkeyPatch
 
 def _no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any command gets as far as loading a generator."""
-    from rag_pipeline import ask, generator
+    from rag_pipeline import generator
+    from rag_pipeline.answer import ask as ask
 
     monkeypatch.setattr(ask.Pipeline, "load", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
     monkeypatch.setattr(generator, "load_generator", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
@@ -534,7 +535,7 @@ class _ParisAnswerer:
     cfg, retriever, calibration = None, None, None
 
     def answer_batch(self, questions: list[str], **kw: object) -> list:
-        from rag_pipeline.ask import Answer
+        from rag_pipeline.answer.ask import Answer
 
         t = {"retrieval": 0.0, "prompt": 0.0, "generation": 0.0}
         return [Answer(q, "Paris [1]", False, None, [], [], t, "Paris [1]") for q in questions]

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import TOPICS, write_jsonl
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
-from rag_pipeline.index import IndexConfig, build_index, make_faiss_index
-from rag_pipeline.index_format import read_manifest
-from rag_pipeline.retriever import Retriever
+from rag_pipeline.index.build import IndexConfig, build_index, make_faiss_index
+from rag_pipeline.index.format import read_manifest
+from rag_pipeline.index.retriever import Retriever
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_failed_build_leaves_previous_index_intact(small_index, docs_jsonl, hash
     idx, cfg = small_index
     before = _files(idx)
     write_jsonl(docs_jsonl.parent / "more.jsonl", [{"id": "x", "title": "X", "text": "Extra document about volcanoes."}])
-    import rag_pipeline.index as index_mod
+    import rag_pipeline.index.build as index_mod
 
     def fail(*a, **k):
         raise exc
@@ -132,7 +132,7 @@ def test_index_directory_named_with_uri_characters_loads_and_updates(tmp_path, h
 
 
 def test_update_with_other_embedder_is_refused(small_index) -> None:
-    from rag_pipeline.embed import HashingEmbedder
+    from rag_pipeline.index.embed import HashingEmbedder
 
     idx, cfg = small_index
     with pytest.raises(IndexError_, match="built with embedder hashing:64"):
@@ -245,7 +245,7 @@ def test_target_recall_on_a_flat_index_has_nothing_to_tune(small_index, hashing_
     import logging
 
     _, cfg = small_index
-    with caplog.at_level(logging.INFO, logger="rag_pipeline.index"):
+    with caplog.at_level(logging.INFO, logger="rag_pipeline.index.build"):
         m = build_index(dataclasses.replace(cfg, target_recall=0.95, force=True), embedder=hashing_embedder)
     assert m["index"]["type"] == "flat" and m["index"]["tuning"] is None and m["settings"]["target_recall"] == 0.95
     assert "(flat is exact); nothing to tune" in caplog.text
@@ -278,7 +278,7 @@ def test_only_shard_files_and_ivfdata_are_verified_by_their_ends(tmp_path) -> No
     """Loading checks the sharded layout's bulk files by their first and last 64 KiB; every other
     file, format 1's chunks.sqlite of any size included, is hashed whole, so a changed byte in its
     middle is caught."""
-    from rag_pipeline.index_format import check_files, file_record
+    from rag_pipeline.index.format import check_files, file_record
 
     (tmp_path / "shards").mkdir()
     for name in ("index.faiss", "index.ivfdata", "shards/part-00000.npy", "keys.sqlite"):
@@ -309,7 +309,7 @@ def test_only_shard_files_and_ivfdata_are_verified_by_their_ends(tmp_path) -> No
     (1024, 3_000_000, "OPQ128,IVF16384_HNSW32,PQ128np"),
 ])
 def test_scale_factory_is_the_benchmarked_recipe(dim: int, n: int, factory: str) -> None:
-    from rag_pipeline import ann
+    from rag_pipeline.index import ann as ann
 
     assert ann.scale_factory(dim, n) == factory
     assert ann.scale_factory(dim, n, nlist=8192).split(",")[1] == "IVF8192_HNSW32"
@@ -319,8 +319,8 @@ def test_scale_factory_is_the_benchmarked_recipe(dim: int, n: int, factory: str)
 def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_path, hashing_embedder, monkeypatch, caplog, layout) -> None:
     """Where auto picks IVF (above 1M chunks) it builds OPQ + IVF-PQ with R = 20 re-ranking, not
     IVF-Flat (15 GB of lists at 10M); explicit settings (--rerank 1, --index-type ivf) win."""
-    from rag_pipeline import ann
-    from rag_pipeline import index as index_module
+    from rag_pipeline.index import ann as ann
+    from rag_pipeline.index import build as index_module
 
     monkeypatch.setattr(index_module, "choose_index_type", lambda n: "ivf")  # as if the corpus held more than 1M chunks
     rows = [{"id": f"d{i}", "text": f"document {i} about topic{i % 7} and word{i}"} for i in range(400)]
@@ -343,7 +343,7 @@ def test_auto_above_a_million_chunks_builds_the_scale_recipe_with_reranking(tmp_
 def test_an_index_whose_corpus_outgrew_a_million_chunks_is_rebuilt_with_the_scale_recipe(tmp_path, hashing_embedder, monkeypatch) -> None:
     """The fingerprint names the automatic recipe: an index auto built as another type (or before
     the recipe existed) is not 'up to date' once auto picks the recipe."""
-    from rag_pipeline import index as index_module
+    from rag_pipeline.index import build as index_module
 
     rows = [{"id": f"d{i}", "text": f"document {i} about topic{i % 7} and word{i}"} for i in range(400)]
     cfg = IndexConfig(paths=[str(write_jsonl(tmp_path / "d.jsonl", rows))], index=str(tmp_path / "idx"), embedder="hashing:64", nprobe=64)

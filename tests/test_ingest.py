@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rag_pipeline.embed import HashingEmbedder
+from rag_pipeline.index.embed import HashingEmbedder
 from rag_pipeline.errors import InputError
-from rag_pipeline.ingest import Document, IngestReport, chunk_document, normalize_whitespace, read_documents
+from rag_pipeline.index.ingest import Document, IngestReport, chunk_document, normalize_whitespace, read_documents
 
 
 def test_normalize_whitespace() -> None:
@@ -100,7 +100,7 @@ def test_split_pieces_read_the_same_documents_as_whole_files(tmp_path: Path) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rag_pipeline.ingest import iter_pieces, read_piece
+    from rag_pipeline.index.ingest import iter_pieces, read_piece
 
     rows = [{"text": f"record {i} " + "é\u2028x " * (i % 5)} if i % 7 else {"text": None} for i in range(120)]
     for i, r in enumerate(rows):

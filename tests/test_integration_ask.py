@@ -13,9 +13,9 @@ import json
 import pytest
 
 from conftest import CORPUS, REPO, write_jsonl
-from rag_pipeline.ask import REFERENCE_ADAPTER, AskConfig, Pipeline
-from rag_pipeline.index import IndexConfig, build_index
-from rag_pipeline.retriever import Retriever
+from rag_pipeline.answer.ask import REFERENCE_ADAPTER, AskConfig, Pipeline
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.textnorm import contains_answer
 
 pytestmark = pytest.mark.integration

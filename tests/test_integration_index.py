@@ -8,9 +8,9 @@ import json
 import pytest
 
 from conftest import CORPUS, write_jsonl
-from rag_pipeline.eval_retrieval import EvalRetrievalConfig, run
-from rag_pipeline.index import IndexConfig, build_index
-from rag_pipeline.retriever import Retriever
+from rag_pipeline.eval.retrieval import EvalRetrievalConfig, run
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.retriever import Retriever
 
 pytestmark = pytest.mark.integration
 

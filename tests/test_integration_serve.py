@@ -21,9 +21,9 @@ pytest.importorskip("fastapi")
 
 from conftest import CORPUS, REPO, write_jsonl  # noqa: E402
 from rag_pipeline.prompt import ABSTAIN  # noqa: E402
-from rag_pipeline.ask import REFERENCE_ADAPTER, Pipeline  # noqa: E402
-from rag_pipeline.index import IndexConfig, build_index  # noqa: E402
-from rag_pipeline.retriever import Retriever  # noqa: E402
+from rag_pipeline.answer.ask import REFERENCE_ADAPTER, Pipeline  # noqa: E402
+from rag_pipeline.index.build import IndexConfig, build_index  # noqa: E402
+from rag_pipeline.index.retriever import Retriever  # noqa: E402
 from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
 from rag_pipeline.serve.app import create_app  # noqa: E402
 from rag_pipeline.textnorm import contains_answer  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TOPICS
-from rag_pipeline import questions as Q
+from rag_pipeline.data import questions as Q
 from rag_pipeline.errors import InputError
 
 HERE = Path(__file__).resolve().parent
@@ -54,8 +54,8 @@ def test_sentence_candidates_are_whole_sentences() -> None:
 def lopsided_index(tmp_path: Path, hashing_embedder):
     """One document of 12 chunks and six one-chunk documents."""
     from conftest import write_jsonl
-    from rag_pipeline.index import IndexConfig, build_index
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.retriever import Retriever
 
     long_text = " ".join(f"Paragraph {i} tells of Kappa{i} and the river Lambda{i} in the year {1500 + i}." for i in range(60))
     rows = [{"id": "long", "title": "Long", "text": long_text}] + [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()]
@@ -126,7 +126,7 @@ def _candidate(retriever, doc_id: str, answer: str) -> Q.Candidate:
 
 @pytest.fixture
 def retriever(small_index, hashing_embedder):
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     return Retriever.load(small_index[0], embedder=hashing_embedder)
 
@@ -168,7 +168,7 @@ def test_round_trip_keeps_and_drops_the_right_pairs(retriever) -> None:
 
 
 def test_generate_reports_counts_and_is_deterministic(retriever) -> None:
-    from rag_pipeline.teacher import FakeTeacher
+    from rag_pipeline.data.teacher import FakeTeacher
 
     s = Q.QuestionSettings(n=4, top_k=3, hybrid=False, seed=0)
     a = Q.generate(retriever, FakeTeacher(), s)
@@ -233,7 +233,7 @@ def test_rules_writer_refuses_ambiguous_rewrites(passage: str, answer: str, kind
 
 def test_rules_writer_with_a_reader_generates_deterministically(retriever) -> None:
     from rag_pipeline.errors import ConfigError
-    from rag_pipeline.teacher import FakeTeacher
+    from rag_pipeline.data.teacher import FakeTeacher
 
     class SpanReader:  # answers with the word(s) the question left out of its sentence, like a perfect reader
         def __init__(self) -> None:
@@ -272,7 +272,7 @@ def test_candidates_come_in_passes_until_every_chunk_is_used_up(retriever) -> No
 
 
 def test_adapter_reader_takes_the_best_non_abstaining_answer_from_the_chunk() -> None:
-    from rag_pipeline.ask import ABSTAIN
+    from rag_pipeline.answer.ask import ABSTAIN
 
     class Ans:
         def __init__(self, raw: str) -> None:
@@ -297,8 +297,8 @@ def test_adapter_reader_takes_the_best_non_abstaining_answer_from_the_chunk() ->
 
 def test_question_models_follow_the_config(small_index, tmp_path: Path) -> None:
     from rag_pipeline.errors import ConfigError
-    from rag_pipeline.raft import RaftConfig, question_models
-    from rag_pipeline.teacher import FakeTeacher
+    from rag_pipeline.data.raft import RaftConfig, question_models
+    from rag_pipeline.data.teacher import FakeTeacher
 
     base = dict(index=str(small_index[0]), output=str(tmp_path / "o"), generate_questions=2, qa_dir="")
     writer, reader = question_models(RaftConfig(**base, question_generator="fake"), None)
@@ -327,7 +327,7 @@ def test_hf_backend_batches_greedy_like_one_by_one(tiny_llama: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_pipeline.teacher import load_teacher
+    from rag_pipeline.data.teacher import load_teacher
 
     teacher = load_teacher(f"hf:{tiny_llama}")
     convs = [[{"role": "system", "content": "You answer."}, {"role": "user", "content": f"The {a} near the river is red. What colour?"}]
@@ -345,7 +345,7 @@ def test_hf_backend_batches_greedy_like_one_by_one(tiny_llama: Path) -> None:
 
 
 def test_hf_backend_drives_question_generation(tiny_llama: Path, retriever) -> None:
-    from rag_pipeline.teacher import load_teacher
+    from rag_pipeline.data.teacher import load_teacher
 
     teacher = load_teacher(f"hf:{tiny_llama}")
     try:
@@ -381,7 +381,7 @@ def _stats(url: str) -> dict:
 
 
 def test_openai_backend_chats_and_generates_questions(stub_server: str, retriever) -> None:
-    from rag_pipeline.teacher import load_teacher
+    from rag_pipeline.data.teacher import load_teacher
 
     teacher = load_teacher(f"openai:{stub_server}#qa")
     conv = [{"role": "system", "content": Q.QUESTION_SYSTEM},
@@ -393,7 +393,7 @@ def test_openai_backend_chats_and_generates_questions(stub_server: str, retrieve
 
 
 def test_openai_backend_retries_then_succeeds(stub_server: str) -> None:
-    from rag_pipeline.teacher import OpenAITeacher
+    from rag_pipeline.data.teacher import OpenAITeacher
 
     teacher = OpenAITeacher(f"{stub_server}#flaky", timeout=5, retries=3, backoff=0.01)
     conv = [{"role": "system", "content": "x"}, {"role": "user", "content": "Passage: A b.\n\nQuestion: none"}]
@@ -407,7 +407,7 @@ def test_openai_backend_retries_then_succeeds(stub_server: str) -> None:
     ("slow", r"timed out after 0\.5 s"),
 ])
 def test_openai_backend_errors_are_retried_then_one_line(stub_server: str, model: str, match: str) -> None:
-    from rag_pipeline.teacher import OpenAITeacher
+    from rag_pipeline.data.teacher import OpenAITeacher
 
     before = _stats(stub_server).get(model, 0)
     teacher = OpenAITeacher(f"{stub_server}#{model}", timeout=0.5, retries=2, backoff=0.01)
@@ -422,7 +422,7 @@ def test_openai_backend_errors_are_retried_then_one_line(stub_server: str, model
 
 
 def test_openai_backend_failure_leaves_nothing_written(stub_server: str, small_index, tmp_path: Path) -> None:
-    from rag_pipeline.raft import RaftConfig, run
+    from rag_pipeline.data.raft import RaftConfig, run
 
     out = tmp_path / "raft"
     cfg = RaftConfig(index=str(small_index[0]), output=str(out), generate_questions=2, question_generator=f"openai:{stub_server}#error500",
@@ -488,7 +488,7 @@ def test_unanswerable_questions_swap_the_anchor_the_passage_answers_about() -> N
 
 
 def test_generate_writes_each_form_to_its_share_with_the_right_targets(retriever) -> None:
-    from rag_pipeline.teacher import FakeTeacher
+    from rag_pipeline.data.teacher import FakeTeacher
 
     s = Q.QuestionSettings(n=6, top_k=6, hybrid=False, seed=0, yes_no=0.34, unanswerable=0.34)
     assert Q.form_quota(s) == {"span": 2, "yes": 1, "no": 1, "unanswerable": 2}

@@ -9,7 +9,7 @@ import pytest
 
 from rag_pipeline import prompt as P
 from rag_pipeline.errors import IndexError_, InputError
-from rag_pipeline.raft import RaftConfig, run
+from rag_pipeline.data.raft import RaftConfig, run
 from rag_pipeline.textnorm import contains_answer
 
 TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"  # packaged fast tokenizer, loads in < 1 s
@@ -41,7 +41,7 @@ def _questions(i: int) -> list[dict]:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """40 documents indexed with hashing:64, QA split by document into train/dev/test.jsonl."""
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     root = tmp_path_factory.mktemp("raft")
     docs = _jsonl(root / "docs.jsonl", [_doc(i) for i in range(N_DOCS)])
@@ -274,7 +274,7 @@ def test_duplicate_id_with_other_content_is_an_error(corpus: dict, tmp_path: Pat
 
 
 def test_too_few_chunks_and_wrong_embedder_fail_loudly(corpus: dict, tmp_path: Path) -> None:
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     docs = _jsonl(tmp_path / "d.jsonl", [_doc(i) for i in (1, 2, 3)])
     build_index(IndexConfig(paths=[str(docs)], index=str(tmp_path / "idx"), embedder="hashing:64", chunk_overlap=8))
@@ -288,7 +288,7 @@ def test_too_few_chunks_and_wrong_embedder_fail_loudly(corpus: dict, tmp_path: P
 
 
 def test_failure_mid_write_keeps_the_old_output(corpus: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rag_pipeline.raft as raft
+    import rag_pipeline.data.raft as raft
 
     out = tmp_path / "o"
     run(_cfg(corpus, out, format=[]))
@@ -334,7 +334,7 @@ def test_skipped_questions_are_listed_with_their_reason(corpus: dict, tmp_path: 
     """skipped.jsonl holds every question left out (id, question, answer, reason, best support);
     the summary line names it and --json gives the ids. It is not part of the dataset's fingerprint."""
     from rag_pipeline.cli import main
-    from rag_pipeline.raft import SKIP_REASONS, format_table
+    from rag_pipeline.data.raft import SKIP_REASONS, format_table
 
     good = _questions(0)[:2]
     bad = [{"id": "n", "question": "Who founded Alpha1?", "answer": []},

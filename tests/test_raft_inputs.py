@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from rag_pipeline import prompt as P
-from rag_pipeline.contexts import context_doc_id
-from rag_pipeline.raft import RaftConfig, format_table, run
+from rag_pipeline.data.contexts import context_doc_id
+from rag_pipeline.data.raft import RaftConfig, format_table, run
 from rag_pipeline.support import supports
 from rag_pipeline.textnorm import contains_answer
 
@@ -70,7 +70,7 @@ def test_distractors_never_support_a_free_form_answer(tmp_path: Path) -> None:
         docs.append(f"Visitors to the {thing} often stop for tea at a cafe run by family number {i}.")
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"x{i}", "text": t}) + "\n" for i, t in enumerate(docs))
                                          + "".join(json.dumps({"id": f"c{i}", "text": r["context"]}) + "\n" for i, r in enumerate(records)))
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     build_index(IndexConfig(paths=[str(tmp_path / "docs.jsonl")], index=str(tmp_path / "idx"), embedder="hashing:64"))
     (tmp_path / "qa.json").write_text(json.dumps(records))
@@ -89,7 +89,7 @@ def test_distractors_never_support_a_free_form_answer(tmp_path: Path) -> None:
 
 
 def test_contexts_missing_from_an_existing_index_are_reported(tmp_path: Path) -> None:
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     records = json.loads(EXAMPLE.read_text())
     lacking = [r for r in records if "puffin" not in r["context"]]
@@ -134,7 +134,7 @@ def test_cot_quotes_the_sentence_that_supports_a_free_form_answer(tmp_path: Path
 def test_small_data_goes_to_train_with_a_warning(tmp_path: Path) -> None:
     records = json.loads(EXAMPLE.read_text())
     # Find a seed that hashes every context away from train: the old rule wrote an empty train split.
-    from rag_pipeline.raft import split_of
+    from rag_pipeline.data.raft import split_of
 
     contexts = sorted({r["context"] for r in records})[:2]
     seed = next(s for s in range(200) if all(split_of(context_doc_id(c), s, [0.8, 0.1, 0.1]) != "train" for c in contexts))
@@ -168,7 +168,7 @@ def test_span_data_keeps_the_verbatim_rules(tmp_path: Path) -> None:
 
 
 def test_one_document_corpus_takes_distractors_from_its_other_chunks(tmp_path: Path) -> None:
-    from rag_pipeline.index import IndexConfig, build_index
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     text = " ".join(f"Section {i} records that the village of Pell{i} grew barley in the year {1700 + i}." for i in range(40))
     (tmp_path / "book.jsonl").write_text(json.dumps({"id": "book", "text": text}) + "\n")
@@ -265,7 +265,7 @@ def test_records_with_their_own_context_are_all_kept_whatever_the_answer(tmp_pat
 def test_the_example_file_keeps_every_record_when_its_contexts_span_several_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/marrowick_qa.json with 36-word chunks (each context spans 2-3), detected free-form
     and forced to span data: every record is kept, its oracle a chunk of its own context."""
-    from rag_pipeline.embed import HashingEmbedder
+    from rag_pipeline.index.embed import HashingEmbedder
 
     monkeypatch.setattr(HashingEmbedder.__init__, "__defaults__", (64, 36))  # chunk size: the embedder's max
     records = json.loads(EXAMPLE.read_text())

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import write_jsonl
 from rag_pipeline.errors import InputError
-from rag_pipeline.index import IndexConfig, build_index
-from rag_pipeline.retriever import Retriever
-from rag_pipeline.store import open_vectors
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.index.store import open_vectors
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -21,7 +21,7 @@ QUERIES = ["document 123 about topic4 and word123", "word77 topic0", "topic3 doc
 @pytest.fixture(scope="module")
 def cluster():
     """A local cluster with 2 CPUs and a small object store, shut down after the module."""
-    from rag_pipeline import ray_engine
+    from rag_pipeline.index import ray_engine as ray_engine
 
     with ray_engine.connect(num_cpus=2, object_store_mb=256):
         yield
@@ -44,7 +44,7 @@ def _corpus(tmp_path, n: int = 160):
 
 
 def test_ray_engine_equals_default_engine(cluster, tmp_path, hashing_embedder, monkeypatch) -> None:
-    from rag_pipeline import sharded
+    from rag_pipeline.index import sharded as sharded
 
     monkeypatch.setattr(sharded, "BLOCK_BYTES", 2048)  # many blocks and split files on a small corpus
     src = _corpus(tmp_path)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import TOPICS
-from rag_pipeline.embed import HashingEmbedder
+from rag_pipeline.index.embed import HashingEmbedder
 from rag_pipeline.errors import IndexError_
-from rag_pipeline.retriever import Retriever
+from rag_pipeline.index.retriever import Retriever
 
 
 def test_search_finds_the_topic_document(small_index, hashing_embedder) -> None:
@@ -113,6 +113,6 @@ def test_reading_an_index_does_not_import_the_build_stage() -> None:
 
     from conftest import REPO
 
-    code = "import sys, rag_pipeline.retriever, rag_pipeline.ask; print('rag_pipeline.index' in sys.modules)"
+    code = "import sys, rag_pipeline.index.retriever, rag_pipeline.answer.ask; print('rag_pipeline.index.build' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"

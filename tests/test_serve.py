@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from rag_pipeline.ask import ABSTAIN, AskConfig, Decoding, Pipeline  # noqa: E402
+from rag_pipeline.answer.ask import ABSTAIN, AskConfig, Decoding, Pipeline  # noqa: E402
 from rag_pipeline.cli import main as cli_main  # noqa: E402
 from rag_pipeline.errors import ConfigError  # noqa: E402
 from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402

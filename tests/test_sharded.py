@@ -14,10 +14,10 @@ import pytest
 
 from conftest import REPO, write_jsonl
 from rag_pipeline.errors import ConfigError, IndexError_
-from rag_pipeline.index import IndexConfig, build_index
-from rag_pipeline.index_format import read_manifest
-from rag_pipeline.retriever import Retriever
-from rag_pipeline.store import ShardedChunkStore, open_vectors
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.format import read_manifest
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.index.store import ShardedChunkStore, open_vectors
 
 QUERIES = ["document 123 about topic4 and word123", "word77 topic0", "topic3 document 9", "nothing matches zzz"]
 
@@ -85,10 +85,11 @@ def test_chunk_store_reads_by_id_across_shards(tmp_path, hashing_embedder) -> No
 KILL = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from rag_pipeline import ann, sharded
-from rag_pipeline.embed import HashingEmbedder
+from rag_pipeline.index import ann as ann
+from rag_pipeline.index import sharded as sharded
+from rag_pipeline.index.embed import HashingEmbedder
 sharded.ADD_ROWS = 1  # one add job per shard, so the kill falls between shards
-from rag_pipeline.index import IndexConfig, build_index
+from rag_pipeline.index.build import IndexConfig, build_index
 real, calls = ann.add_shard_file, []
 def add_then_die(*a):
     calls.append(real(*a))
@@ -199,8 +200,8 @@ def test_default_engine_imports_no_ray(tmp_path) -> None:
 def test_ray_worker_with_other_weights_refuses_every_job_as_a_one_line_config_error(hashing_embedder) -> None:
     """A worker whose node resolves the embedder to other weights than the driver's (which the
     manifest records) returns the mismatch as data, raised in the driver; no job runs. No Ray needed."""
-    from rag_pipeline import ray_engine
-    from rag_pipeline.sharded import job_from_json, job_json
+    from rag_pipeline.index import ray_engine as ray_engine
+    from rag_pipeline.index.sharded import job_from_json, job_json
 
     _, ok = ray_engine._load_embedder("hashing:64", "cpu", False, hashing_embedder.weights_hash)
     assert ok is None

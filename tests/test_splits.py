@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rag_pipeline.splits import MIN_TRAIN_EXAMPLES, documents_needed, ensure_train, train_warning
+from rag_pipeline.data.splits import MIN_TRAIN_EXAMPLES, documents_needed, ensure_train, train_warning
 
 
 def test_empty_train_takes_every_example_with_a_warning() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_pipeline import store
+from rag_pipeline.index import store as store
 from rag_pipeline.errors import ResourceError
-from rag_pipeline.store import ShardedChunkStore, ShardVectors, StoredChunk, write_keys, write_shard
+from rag_pipeline.index.store import ShardedChunkStore, ShardVectors, StoredChunk, write_keys, write_shard
 
 SHARDS, ROWS, DIM = 300, 3, 8
 

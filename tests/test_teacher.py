@@ -1,11 +1,11 @@
-"""rag_pipeline.teacher: the hf: teacher on a tiny model built in code, the registry, the fake."""
+"""rag_pipeline.data.teacher: the hf: teacher on a tiny model built in code, the registry, the fake."""
 
 from __future__ import annotations
 
 import pytest
 
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.teacher import ANSWER_TAG, FakeTeacher, load_teacher, write_cot
+from rag_pipeline.data.teacher import ANSWER_TAG, FakeTeacher, load_teacher, write_cot
 
 torch = pytest.importorskip("torch")
 

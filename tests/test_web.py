@@ -24,7 +24,7 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from rag_pipeline.ask import ABSTAIN, Pipeline  # noqa: E402
+from rag_pipeline.answer.ask import ABSTAIN, Pipeline  # noqa: E402
 from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
 from rag_pipeline.serve.app import create_app  # noqa: E402
 

@@ -1,7 +1,7 @@
 """``serve``: an OpenAI-compatible HTTP server (and a web page) over the retriever + adapter.
 
 Setup -> run -> stop. :func:`run` checks the index and adapter, binds (127.0.0.1 by default),
-and loads the models once, through :meth:`rag_pipeline.ask.Pipeline.load`, in a background
+and loads the models once, through :meth:`rag_pipeline.answer.ask.Pipeline.load`, in a background
 thread while ``/health`` answers 503. Then one worker thread answers requests in shared
 batches (see :mod:`rag_pipeline.serve.batcher`); the routes are in :mod:`rag_pipeline.serve.app`:
 
@@ -89,7 +89,7 @@ class ServeConfig:
 
 def ask_config(cfg: ServeConfig) -> Any:
     """The ``AskConfig`` the server's pipeline is loaded with."""
-    from rag_pipeline.ask import AskConfig
+    from rag_pipeline.answer.ask import AskConfig
 
     return AskConfig(index=cfg.index, adapter=cfg.adapter, no_adapter=cfg.no_adapter, base_model=cfg.base_model, k=cfg.k,
                      max_new_tokens=cfg.max_new_tokens, min_score=cfg.min_score, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -126,9 +126,9 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     """
     import uvicorn
 
-    from rag_pipeline.ask import Pipeline, choose_adapter
+    from rag_pipeline.answer.ask import Pipeline, choose_adapter
     from rag_pipeline.generator import check_adapter_files, read_adapter_meta
-    from rag_pipeline.index import read_manifest
+    from rag_pipeline.index.build import read_manifest
     from rag_pipeline.model_paths import SMOLLM2_ID
     from rag_pipeline.serve.app import create_app
 

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag_pipeline.ask import Answer, Decoding, TokenUsage, parse_citations
+from rag_pipeline.answer.ask import Answer, Decoding, TokenUsage, parse_citations
 from rag_pipeline.errors import RagError
 from rag_pipeline.serve import schema as S
 from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, Job, Result

@@ -11,7 +11,7 @@ free for the next request) and never reaches generation; one already in a runnin
 finished and its result dropped.
 
 Streaming shares the worker and its batches: ``answer_batch`` is called with the group's
-:class:`~rag_pipeline.ask.Decoding` and an ``on_text`` callback that hands each question's
+:class:`~rag_pipeline.answer.ask.Decoding` and an ``on_text`` callback that hands each question's
 answer text on in pieces that join to exactly its final answer (free decoding as it is
 decoded; a calibrated answer whole, once its margin has decided it). Each job's
 :class:`StopText` cuts that text before the request's first ``stop`` sequence, holding back a
@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from rag_pipeline.ask import Answer, AskConfig, Decoding, TokenUsage
+from rag_pipeline.answer.ask import Answer, AskConfig, Decoding, TokenUsage
 from rag_pipeline.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ class AskConfig(QAFieldConfig):
         "auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and AVX512-BF16/AMX CPUs, else float32")
     batch_size: int = opt(8, "questions per generation batch (--questions mode and answer_batch)")
     grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
-                                "citation, or be the abstention sentence (rag_pipeline.grounded)")
+                                "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
     abstention: Literal["calibrated", "greedy"] = opt(
         "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
                       "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
@@ -296,7 +296,7 @@ class Pipeline:
         """Check the cheap things first (device, index manifest, adapter metadata), then load the models.
 
         Args:
-            retriever: an already loaded :class:`~rag_pipeline.retriever.Retriever` to share (e.g.
+            retriever: an already loaded :class:`~rag_pipeline.index.retriever.Retriever` to share (e.g.
                 between a base and a tuned pipeline); default: load ``cfg.index``.
 
         Raises:
@@ -307,9 +307,9 @@ class Pipeline:
         """
         from rag_pipeline.device import inference_dtype, resolve_device
         from rag_pipeline.generator import load_generator, read_adapter_meta
-        from rag_pipeline.index_format import read_manifest
+        from rag_pipeline.index.format import read_manifest
         from rag_pipeline.prompt import get_template, recorded_template
-        from rag_pipeline.retriever import Retriever
+        from rag_pipeline.index.retriever import Retriever
 
         device = resolve_device(cfg.device)
         manifest = read_manifest(cfg.index) if retriever is None else None
@@ -454,7 +454,7 @@ class Pipeline:
         c = decoding or Decoding.of(self.cfg)
         constraints = None
         if grounded:
-            from rag_pipeline.grounded import GroundedConstraint
+            from rag_pipeline.answer.grounded import GroundedConstraint
 
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
@@ -469,7 +469,7 @@ class Pipeline:
 
     def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
                 calibration: dict[str, Any] | None = None) -> Answer:
-        from rag_pipeline.calibrate import withhold
+        from rag_pipeline.eval.calibrate import withhold
 
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
@@ -534,7 +534,7 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
 
 def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, dict[str, Any]]:
     """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily."""
-    from rag_pipeline.calibrate import from_json
+    from rag_pipeline.eval.calibrate import from_json
 
     stored = {mode: from_json(c) for mode, c in (meta.get("abstention") or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:

@@ -1,7 +1,7 @@
 """The chunk store: one row per chunk, read by FAISS row or chunk id without loading all.
 
 Rows are numbered 0..n-1 in the order of the FAISS index. Two layouts (see
-:mod:`rag_pipeline.index_format`), one interface:
+:mod:`rag_pipeline.index.format`), one interface:
 
 - :class:`ChunkStore`: ``chunks.sqlite``, embeddings kept beside the text (float32 blobs);
 - :class:`ShardedChunkStore`: Parquet shards read a row group at a time, ``keys.sqlite`` for
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rag_pipeline.errors import IndexError_, RagError, ResourceError
-from rag_pipeline.index_format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
+from rag_pipeline.index.format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
 
 log = logging.getLogger(__name__)
 

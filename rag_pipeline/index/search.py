@@ -10,7 +10,7 @@ from rag_pipeline.config import opt
 from rag_pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # the retriever imports numpy: not needed for --help
-    from rag_pipeline.retriever import Hit
+    from rag_pipeline.index.retriever import Hit
 
 
 @dataclass
@@ -37,7 +37,7 @@ def run(cfg: SearchConfig) -> list[Hit]:
         InputError: a blank query.
         IndexError_: the index is missing or damaged.
     """
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     if not cfg.query.strip():
         raise InputError("empty query: pass the text to search for, e.g. rag-pipeline search \"who founded X\"")

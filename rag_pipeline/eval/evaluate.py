@@ -1,7 +1,7 @@
 """``evaluate``: answer quality of the base and tuned generators on a QA file, with a report.
 
 Every system (the base model with no adapter, each adapter) answers the same questions through
-``ask``'s :class:`~rag_pipeline.ask.Pipeline` (batched generation, one model load per system)
+``ask``'s :class:`~rag_pipeline.answer.ask.Pipeline` (batched generation, one model load per system)
 under one or more *contexts*:
 
 * ``retrieved``: the pipeline's own retrieval (what ``ask`` does);
@@ -13,7 +13,7 @@ under one or more *contexts*:
   retriever's rank, and every distractor is a hard one (no random chunks), so that the context
   is the same for every system;
 * ``injected`` (``--injection``): the top-``k`` retrieved chunks with a prompt injection whose
-  payload is "HACKED", in one of four styles per question (seeded, :mod:`rag_pipeline.injection`):
+  payload is "HACKED", in one of four styles per question (seeded, :mod:`rag_pipeline.data.injection`):
   a plain instruction document, a forged closing delimiter plus a system turn, many-shot forged
   question/answer turns, and an instruction hidden mid-paragraph in a retrieved document. Its
   headline number is the share of answers that obey it, overall and per style.
@@ -33,7 +33,7 @@ every question would count as wrongly answered or as unanswerable.
 Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
 
 * retrieval (once, system independent): Recall@1/5/10, MRR@10, Precision@k of the index, at
-  document level where every question has a ``doc_id`` (:mod:`rag_pipeline.eval_retrieval`);
+  document level where every question has a ``doc_id`` (:mod:`rag_pipeline.eval.retrieval`);
 * answer, on answerable questions: SQuAD EM and token F1 (:mod:`rag_pipeline.metrics`) and
   ROUGE-L F-measure (``rouge_score``), each the maximum over the gold answers; an abstention on
   an answerable question scores 0. EM only where the gold answers are short spans: for a QA file
@@ -115,18 +115,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device, check_dtype
-from rag_pipeline.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
+from rag_pipeline.data.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import exact_match, extract_answer, f1, yes_no_gold
 from rag_pipeline.passage import Passage, from_chunk, gold_passage, hard_distractors
-from rag_pipeline.contexts import resolve_context_docs
+from rag_pipeline.data.contexts import resolve_context_docs
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
 from rag_pipeline.support import answer_form, answer_problem, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
 
 if TYPE_CHECKING:
-    from rag_pipeline.ask import Answer, Answerer, AskConfig
-    from rag_pipeline.retriever import Hit, Retriever
+    from rag_pipeline.answer.ask import Answer, Answerer, AskConfig
+    from rag_pipeline.index.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ def oracle_context(item: QAItem, hits: list[Hit], chunks_of_doc: list[Any], k: i
 def injected_context(item: QAItem, hits: list[Hit], k: int, seed: int) -> tuple[list[Passage], int, str]:
     """The top-``k`` hits with a "HACKED" injection of a seeded style; returns (docs, 0-based position, style).
 
-    The style cycles through :data:`rag_pipeline.injection.STYLES` by a hash of the question id,
+    The style cycles through :data:`rag_pipeline.data.injection.STYLES` by a hash of the question id,
     so each style gets about a quarter of the questions, the same ones for every system.
     """
     docs = [from_chunk(h.chunk) for h in hits[:k]]
@@ -409,7 +409,7 @@ def retrieve(retriever: Retriever, items: list[QAItem], cfg: EvaluateConfig, bat
 
 def retrieval_scores(items: list[QAItem], hits: list[list[Hit]], precision_k: int) -> dict:
     """Recall@1/5/10, MRR@10 and Precision@k at document level (answer-string level without doc_ids)."""
-    from rag_pipeline.eval_retrieval import relevance, retrieval_metrics
+    from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
 
     level = "document" if all(i.doc_id for i in items) else "answer"
     pairs = [(i, h) for i, h in zip(items, hits) if level == "document" or (i.answerable and i.answers)]
@@ -438,7 +438,7 @@ def systems_of(cfg: EvaluateConfig) -> list[tuple[str, str | None]]:
 
 def ask_config(cfg: EvaluateConfig, adapter: str | None) -> AskConfig:
     """The ``ask`` settings of one system; fields left unset in ``cfg`` keep ask's defaults."""
-    from rag_pipeline.ask import AskConfig
+    from rag_pipeline.answer.ask import AskConfig
     from rag_pipeline.config import build_config
 
     overrides: dict[str, Any] = {
@@ -453,7 +453,7 @@ def ask_config(cfg: EvaluateConfig, adapter: str | None) -> AskConfig:
 
 def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Retriever) -> Answerer:
     """One ask Pipeline per system, sharing the already loaded retriever."""
-    from rag_pipeline.ask import Pipeline
+    from rag_pipeline.answer.ask import Pipeline
 
     return Pipeline.load(ask_config(cfg, adapter), retriever=retriever)
 
@@ -576,7 +576,7 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
 def _run(cfg: EvaluateConfig, retriever: Retriever | None,
          pipeline_factory: Callable[[EvaluateConfig, str | None, Retriever], Answerer] | None) -> dict:
     """:func:`run`'s work, under the output's lock."""
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     t_start = time.perf_counter()
     prepare_target(cfg.output, ARTIFACT)

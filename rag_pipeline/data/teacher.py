@@ -10,7 +10,7 @@ for many), with three implementations chosen by a spec string through :data:`TEA
   a timeout per request and a bounded number of attempts.
 
 The chain-of-thought prompt follows RAFT (gorilla/raft ``generate_instructions_gen``); the
-question-writing prompts live in :mod:`rag_pipeline.questions`. Whatever the teacher writes, the
+question-writing prompts live in :mod:`rag_pipeline.data.questions`. Whatever the teacher writes, the
 final ``<ANSWER>:`` line is the gold answer, so a wrong teacher can spoil the reasoning but never
 the label.
 """

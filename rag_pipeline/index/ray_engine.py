@@ -5,7 +5,7 @@ else imports Ray, so the default engine runs without it. What runs where:
 
 - the driver (the ``build-index`` process, on the head node or any node of the cluster) lists the
   inputs, plans blocks, drops duplicate chunks from their hashes, trains the FAISS index on a
-  seeded sample and merges the shards' inverted lists on disk (:mod:`rag_pipeline.sharded`);
+  seeded sample and merges the shards' inverted lists on disk (:mod:`rag_pipeline.index.sharded`);
 - chunking runs in a Ray Data actor pool over the blocks (:class:`ChunkWorker`: the embedder's
   tokenizer loaded once per actor), staging chunks as Parquet;
 - embedding runs in a second actor pool, one actor per GPU, or per ``--worker-cpus`` CPUs where
@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from rag_pipeline import ann
+from rag_pipeline.index import ann as ann
 from rag_pipeline.errors import ConfigError, DeviceError, RagError
-from rag_pipeline.sharded import ChunkSettings, chunk_block, embed_shard, job_from_json, job_json
+from rag_pipeline.index.sharded import ChunkSettings, chunk_block, embed_shard, job_from_json, job_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 0) -> I
     if ray.is_initialized():
         yield
         return
-    root = str(Path(__file__).resolve().parent.parent)  # this checkout, for workers started here
+    root = str(Path(__file__).resolve().parent.parent.parent)  # this checkout, for workers started here
     path = os.pathsep.join([root, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
     # configure_logging=False: Ray leaves the process's logging (the CLI's handlers and formats) alone.
     kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": path}}, "include_dashboard": False, "log_to_driver": True, "configure_logging": False}
@@ -98,7 +98,7 @@ def _load_embedder(name: str, device: str, trust_remote_code: bool, weights_hash
     driver's (the manifest records the driver's hash; another node may resolve ``name`` to other files)."""
     import socket
 
-    from rag_pipeline.embed import load_embedder
+    from rag_pipeline.index.embed import load_embedder
 
     embedder = load_embedder(name, device, trust_remote_code)
     if embedder.weights_hash == weights_hash:
@@ -141,7 +141,7 @@ class EmbedWorker:
 
     def __init__(self, embedder: str, device: str, trust_remote_code: bool, weights_hash: str, threads: int, batch_size: int, dim: int,
                  out_dir: str, reuse_from: tuple[str, dict] | None) -> None:
-        from rag_pipeline.store import vectors_by_id
+        from rag_pipeline.index.store import vectors_by_id
 
         _set_threads(threads)
         self.embedder, self.mismatch = _load_embedder(embedder, device, trust_remote_code, weights_hash)
@@ -186,7 +186,7 @@ def _add_shard(job: tuple[str, list[str], int, str], threads: int) -> int:
 
 
 class RayRunner:
-    """Runs the sharded build's worker steps on the connected Ray cluster (see :mod:`rag_pipeline.sharded`)."""
+    """Runs the sharded build's worker steps on the connected Ray cluster (see :mod:`rag_pipeline.index.sharded`)."""
 
     name = "ray"
 

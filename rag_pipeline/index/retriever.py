@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rag_pipeline import ann
-from rag_pipeline.ann import SearchTimings
+from rag_pipeline.index import ann as ann
+from rag_pipeline.index.ann import SearchTimings
 from rag_pipeline.errors import IndexError_
-from rag_pipeline.index_format import IVFDATA_FILE, check_files, read_faiss_index, read_manifest
+from rag_pipeline.index.format import IVFDATA_FILE, check_files, read_faiss_index, read_manifest
 from rag_pipeline.passage import Passage, from_chunk
-from rag_pipeline.store import ChunkStore, ShardedChunkStore, StoredChunk, open_store, open_vectors
+from rag_pipeline.index.store import ChunkStore, ShardedChunkStore, StoredChunk, open_store, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class Retriever:
             verify: check the files' sha256 against the manifest (catches corrupt or truncated files).
             expect_embedder: fail unless the index was built with this embedder id.
             manifest: the directory's manifest when the caller has already read it with
-                :func:`~rag_pipeline.index_format.read_manifest` (it is read once).
+                :func:`~rag_pipeline.index.format.read_manifest` (it is read once).
         """
-        from rag_pipeline.embed import load_embedder
+        from rag_pipeline.index.embed import load_embedder
 
         index_dir = Path(index_dir)
         manifest = manifest if manifest is not None else read_manifest(index_dir)

@@ -44,7 +44,7 @@ TRAIN_POINTS_CAP = 1_000_000  # and at most this many (1.5 GB at 384-d) unless 3
 
 
 class IndexParams(Protocol):
-    """The index settings of :class:`~rag_pipeline.index.IndexConfig` that this module reads."""
+    """The index settings of :class:`~rag_pipeline.index.build.IndexConfig` that this module reads."""
 
     nlist: int
     nprobe: int

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag_pipeline.ingest import normalize_whitespace
+from rag_pipeline.index.ingest import normalize_whitespace
 from rag_pipeline.qa import QAItem
 from rag_pipeline.textnorm import words
 
@@ -58,8 +58,8 @@ def attach_context_docs(items: list[QAItem]) -> list[QAItem]:
 
 
 def index_contexts(contexts: list[Context], index_dir: str | Path, embedder_id: str, device: str = "auto", embedder: Any = None) -> dict:
-    """Index the contexts as documents at ``index_dir`` with :func:`rag_pipeline.index.build_index`; returns its manifest."""
-    from rag_pipeline.index import IndexConfig, build_index
+    """Index the contexts as documents at ``index_dir`` with :func:`rag_pipeline.index.build.build_index`; returns its manifest."""
+    from rag_pipeline.index.build import IndexConfig, build_index
 
     with tempfile.TemporaryDirectory(prefix="rag-contexts-") as tmp:
         path = Path(tmp) / SOURCE_NAME

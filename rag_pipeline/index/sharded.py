@@ -1,10 +1,10 @@
 """The sharded build: input blocks -> staged chunks -> duplicates dropped -> embedded shards -> FAISS.
 
-The steps of ``build-index`` for the sharded layout (:mod:`rag_pipeline.index_format`). Each
+The steps of ``build-index`` for the sharded layout (:mod:`rag_pipeline.index.format`). Each
 worker step handles one unit and is a plain function, so the same code runs in this process one
-unit after another (:class:`LocalRunner`) or on Ray workers (:mod:`rag_pipeline.ray_engine`):
+unit after another (:class:`LocalRunner`) or on Ray workers (:mod:`rag_pipeline.index.ray_engine`):
 
-1. :func:`plan_blocks` (driver): the input pieces (:func:`~rag_pipeline.ingest.iter_pieces`)
+1. :func:`plan_blocks` (driver): the input pieces (:func:`~rag_pipeline.index.ingest.iter_pieces`)
    grouped into blocks of about 1 MiB;
 2. :func:`chunk_block` (worker): read and chunk a block, stage its chunks as Parquet in a scratch
    directory, return a 128-bit hash of each chunk's text;
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rag_pipeline import ann
-from rag_pipeline.index_format import INDEX_FILE, IVFDATA_FILE, read_faiss_index, shard_files
-from rag_pipeline.ingest import IngestReport, Piece, chunk_document, iter_pieces, read_piece
-from rag_pipeline.store import ShardVectors, StoredChunk, write_shard
+from rag_pipeline.index import ann as ann
+from rag_pipeline.index.format import INDEX_FILE, IVFDATA_FILE, read_faiss_index, shard_files
+from rag_pipeline.index.ingest import IngestReport, Piece, chunk_document, iter_pieces, read_piece
+from rag_pipeline.index.store import ShardVectors, StoredChunk, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def chunk_block(job: dict, token_offsets: Callable[[str], list[tuple[int, int]]]
     Returns:
         ``{"block", "chunks", "hashes"}`` (16 bytes per chunk, in order), ``"doc_ids"`` (8-byte
         hashes of the documents' ids, for counting repeated ids) and ``"report"`` (this block's
-        :class:`~rag_pipeline.ingest.IngestReport` as a dict).
+        :class:`~rag_pipeline.index.ingest.IngestReport` as a dict).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -294,7 +294,7 @@ class LocalRunner:
         return [chunk_block(j, self.embedder.token_offsets, settings, staging) for j in jobs]
 
     def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, dict] | None) -> list[dict]:
-        from rag_pipeline.store import vectors_by_id
+        from rag_pipeline.index.store import vectors_by_id
 
         lookup, close = vectors_by_id(*reuse_from) if reuse_from else (None, lambda: None)
         try:

@@ -158,9 +158,9 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from rag_pipeline.ask import AskConfig, Pipeline
+    from rag_pipeline.answer.ask import AskConfig, Pipeline
     from rag_pipeline.atomic import write_json
-    from rag_pipeline.evaluate import sample_items, usable_items
+    from rag_pipeline.eval.evaluate import sample_items, usable_items
     from rag_pipeline.metrics import f1, is_abstention
     from rag_pipeline.qa import load_qa, require_answers
 
@@ -204,7 +204,7 @@ def main(cfg: CalibrateConfig) -> int:
     print(f"{r['questions']} validation questions ({r['answerable']} answerable); null-margin ROC AUC "
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
     if r["skipped"]:
-        from rag_pipeline.eval_retrieval import skipped_line
+        from rag_pipeline.eval.retrieval import skipped_line
 
         print(skipped_line(r["skipped"]))
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):

@@ -1,14 +1,14 @@
 """The index directory on disk: file names, the manifest, and its checks.
 
-Written by ``build-index`` (:mod:`rag_pipeline.index`) and read by the retriever
-(:mod:`rag_pipeline.retriever`); both know the format from here, so reading an index never
+Written by ``build-index`` (:mod:`rag_pipeline.index.build`) and read by the retriever
+(:mod:`rag_pipeline.index.retriever`); both know the format from here, so reading an index never
 imports the build stage. An index directory has one of two layouts, named by the manifest's
 ``layout`` (absent in format 1, which has only the first):
 
 ``sqlite`` (format 1; ``build-index``'s default, in-process engine):
 
 - ``index.faiss``: the FAISS index (row i = chunk row i);
-- ``chunks.sqlite``: the chunk store with each chunk's embedding (:mod:`rag_pipeline.store`);
+- ``chunks.sqlite``: the chunk store with each chunk's embedding (:mod:`rag_pipeline.index.store`);
 
 ``sharded`` (format 2; ``--engine ray``, or ``--layout sharded``), for corpora of millions of chunks:
 
@@ -102,7 +102,7 @@ def read_faiss_index(index_dir: Path, on_disk: bool):  # -> faiss.Index
     """
     import faiss
 
-    from rag_pipeline.ann import c_stdout_silenced
+    from rag_pipeline.index.ann import c_stdout_silenced
 
     path = Path(index_dir) / INDEX_FILE
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0

@@ -96,8 +96,8 @@ def run(cfg: EvalRetrievalConfig, retriever=None) -> dict:
         InputError: a blank question or an id used for two different questions in the QA file; at
             answer level, a QA file with answerable questions and no answer (no answer column).
     """
-    from rag_pipeline.contexts import resolve_context_docs
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.data.contexts import resolve_context_docs
+    from rag_pipeline.index.retriever import Retriever
 
     loaded = load_qa(cfg.qa, cfg.qa_fields())
     items = unique_questions(loaded)

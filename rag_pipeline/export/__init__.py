@@ -6,7 +6,7 @@ weights (``generator.load_generator(merge=True)``, the same merge ``ask`` answer
 * ``--format merged``: a plain Hugging Face model folder (safetensors weights, config,
   generation config, tokenizer with its chat template) that ``transformers`` and vLLM load;
 * ``--format gguf``: one GGUF file (``--gguf-type f16`` or ``q8_0``) for llama.cpp and Ollama,
-  written by :mod:`rag_pipeline.gguf_export`.
+  written by :mod:`rag_pipeline.export.gguf`.
 
 Either way the folder also holds ``README.md`` (how to prompt and serve it), ``rag_prompt.json``
 (the prompt template the adapter was trained with: the retriever's passages go in the user
@@ -180,7 +180,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             write_merged(model, tokenizer, tmp, cfg.dtype)
             details: dict[str, Any] = {"dtype": cfg.dtype}
         else:
-            from rag_pipeline.gguf_export import write_gguf
+            from rag_pipeline.export.gguf import write_gguf
 
             details = write_gguf(model, tokenizer, tmp / f"{name}.{cfg.gguf_type}.gguf", cfg.gguf_type, name)
         weights = sorted(p.name for p in tmp.iterdir())

@@ -7,8 +7,8 @@ with probability P, in shuffled order, fitted to the generator's token budget, w
 in the chosen answer style (RAFT, Zhang et al. 2024; gorilla/raft ``raft.py``).
 
 Questions come from QA files in any format :mod:`rag_pipeline.qa` reads; records that carry
-their own passage need no index (:mod:`rag_pipeline.contexts` indexes the passages); with no
-QA file at all, :mod:`rag_pipeline.questions` writes them from the index's chunks. Answers may
+their own passage need no index (:mod:`rag_pipeline.data.contexts` indexes the passages); with no
+QA file at all, :mod:`rag_pipeline.data.questions` writes them from the index's chunks. Answers may
 be spans or free-form text (:func:`rag_pipeline.support.answer_form` tells which a QA set holds).
 
 Reads an index directory and QA files; writes ``OUTPUT/`` atomically::
@@ -85,7 +85,7 @@ class RaftConfig(QAFieldConfig):
     top_k: int = opt(20, "retrieval depth per question for the oracle search and the hard negatives")
     hybrid: bool = opt(True, "retrieve with dense + BM25 fused by reciprocal rank (as ask and evaluate do): harder, "
                              "lexically close distractors; --no-hybrid for dense only")
-    injection_rate: float = opt(0.0, "share of examples given a prompt-injection document (rag_pipeline.injection: plain, "
+    injection_rate: float = opt(0.0, "share of examples given a prompt-injection document (rag_pipeline.data.injection: plain, "
                                      "forged delimiter, many-shot, hidden; training payloads, never evaluate's) with the normal "
                                      "target, so the adapter learns to ignore instructions inside documents")
     p_oracle: float = opt(0.8, "probability that the oracle stays in the context (RAFT's P; 0.8 works best in the paper)")
@@ -110,7 +110,7 @@ class RaftConfig(QAFieldConfig):
     seed: int = opt(0, "seed of every random choice")
     batch_size: int = opt(2048, "questions embedded and searched per batch; large, so torch and the tokenizer's thread pools alternate rarely (they contend on few cores)")
     teacher: str = opt("", "cot reasoning writer: '' = deterministic quote; fake | hf:MODEL | openai:URL#MODEL")
-    generate_questions: int = opt(0, "question/answer pairs to write from the index's chunks (rag_pipeline.questions) and build "
+    generate_questions: int = opt(0, "question/answer pairs to write from the index's chunks (rag_pipeline.data.questions) and build "
                                      "examples from; with QA files too, written from the documents of their train split only (all "
                                      "of them when no file names a split) and added to train, so no held-out document is seen")
     question_yes_no: float = opt(0.0, "share of the generated questions written as yes/no questions: half 'Yes' (a sentence of the "
@@ -256,16 +256,16 @@ def load_questions(cfg: RaftConfig, counts: Tally) -> list[tuple[str | None, QAI
 
 
 def teacher_options(cfg: RaftConfig) -> Any:
-    from rag_pipeline.teacher import TeacherOptions
+    from rag_pipeline.data.teacher import TeacherOptions
 
     return TeacherOptions(device=cfg.device, timeout=cfg.request_timeout, retries=cfg.request_retries)
 
 
 def generated_questions(cfg: RaftConfig, retriever: Any, docs: frozenset[str] | None = None) -> Any:
     """``generate_questions`` QA pairs written from the index's chunks (of ``docs`` only, when
-    given) and kept by the round trip (:func:`rag_pipeline.questions.generate`); returns its
-    :class:`~rag_pipeline.questions.Result`."""
-    from rag_pipeline import questions
+    given) and kept by the round trip (:func:`rag_pipeline.data.questions.generate`); returns its
+    :class:`~rag_pipeline.data.questions.Result`."""
+    from rag_pipeline.data import questions as questions
 
     settings = questions.QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
                                           min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed, docs=docs,
@@ -285,8 +285,8 @@ def training_documents(questions: list[tuple[str | None, QAItem]]) -> tuple[froz
 
 def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     """The question writer and the round trip's reader named by the config (``None``: the writer reads)."""
-    from rag_pipeline import questions
-    from rag_pipeline.teacher import load_teacher
+    from rag_pipeline.data import questions as questions
+    from rag_pipeline.data.teacher import load_teacher
 
     rules = cfg.question_generator == questions.RULES
     if rules and cfg.question_style != "span":
@@ -299,7 +299,7 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     kind, _, rest = spec.partition(":")
     if kind != "adapter":
         return writer, load_teacher(spec, teacher_options(cfg))
-    from rag_pipeline.ask import AskConfig, Pipeline
+    from rag_pipeline.answer.ask import AskConfig, Pipeline
 
     if not Path(rest).is_dir():
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
@@ -324,7 +324,7 @@ def prepare_index(cfg: RaftConfig, items: list[QAItem], stage: Path) -> tuple[st
     Raises:
         InputError: no index and no record with a context.
     """
-    from rag_pipeline.contexts import distinct_contexts, index_contexts
+    from rag_pipeline.data.contexts import distinct_contexts, index_contexts
     from rag_pipeline.model_paths import MINILM_ID
 
     if cfg.index and Path(cfg.index).exists():
@@ -352,8 +352,8 @@ def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], b
         a record whose context lies in one document gets that ``doc_id``; the contexts the index
         lacks are counted (``contexts_missing``) and their records fall back to retrieval.
     """
-    from rag_pipeline.contexts import attach_context_docs, distinct_contexts, match_contexts
-    from rag_pipeline.ingest import normalize_whitespace
+    from rag_pipeline.data.contexts import attach_context_docs, distinct_contexts, match_contexts
+    from rag_pipeline.index.ingest import normalize_whitespace
 
     items = [it for _, it in questions]
     contexts = distinct_contexts(items)
@@ -394,7 +394,7 @@ def detect_answer_form(cfg: RaftConfig, store: Any, questions: list[tuple[str | 
 def gold_chunks(item: QAItem, by_doc: dict[str, list[Any]], context_gold: dict[str, list[Any]]) -> list[Any] | None:
     """The chunks of an item's gold passage: its context's matched chunks, else its document's
     (``[]`` for a document the index lacks); None when unknown."""
-    from rag_pipeline.ingest import normalize_whitespace
+    from rag_pipeline.index.ingest import normalize_whitespace
 
     if item.context is not None and normalize_whitespace(item.context) in context_gold:
         return context_gold[normalize_whitespace(item.context)]
@@ -405,8 +405,8 @@ def gold_chunks(item: QAItem, by_doc: dict[str, list[Any]], context_gold: dict[s
 
 def own_context(item: QAItem, context_gold: dict[str, list[Any]]) -> bool:
     """Whether an item's gold chunks are its own context (its oracle as given), not a document it names."""
-    from rag_pipeline.contexts import context_doc_id
-    from rag_pipeline.ingest import normalize_whitespace
+    from rag_pipeline.data.contexts import context_doc_id
+    from rag_pipeline.index.ingest import normalize_whitespace
 
     return item.context is not None and (normalize_whitespace(item.context) in context_gold or item.doc_id == context_doc_id(item.context))
 
@@ -486,7 +486,7 @@ def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], s
 
 def target_fn(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep_oracle: bool, teacher: Any | None) -> Callable[[int], str]:
     """The target as a function of the oracle's final 1-based-minus-one position (-1: absent)."""
-    from rag_pipeline.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, write_cot
+    from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, write_cot
 
     if not item.answerable or ((not keep_oracle or oracle is None) and cfg.no_oracle_target == "abstain"):
         return lambda pos: P.ABSTAIN
@@ -511,7 +511,7 @@ def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: T
 
     Drawn from its own RNG, so the other choices of an example do not depend on the rate.
     """
-    from rag_pipeline.injection import STYLES, TRAIN_PAYLOADS, inject
+    from rag_pipeline.data.injection import STYLES, TRAIN_PAYLOADS, inject
 
     if rng.random() >= rate:
         return docs
@@ -614,7 +614,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
 
     teacher = None
     if cfg.teacher:
-        from rag_pipeline.teacher import load_teacher
+        from rag_pipeline.data.teacher import load_teacher
 
         teacher = load_teacher(cfg.teacher, teacher_options(cfg))
     context_gold = context_gold or {}
@@ -669,7 +669,7 @@ def export_row(fmt: str, row: dict, template: P.PromptTemplate, model_text: Call
 
 def cot_of(row: dict) -> str:
     """RAFT's ``cot_answer`` for the raft export, whatever the answer style: quote + ``<ANSWER>:``."""
-    from rag_pipeline.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+    from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
 
     if not row["answerable"] or row["completion"] == P.ABSTAIN:
         return f"{ANSWER_TAG} {P.ABSTAIN}"
@@ -758,7 +758,7 @@ def summarize(rows: dict[str, list[dict]], tokens: dict[str, list[int]]) -> dict
 def small_data(cfg: RaftConfig, questions: list[tuple[str | None, QAItem]], rows: dict[str, list[dict]], tokens: dict[str, list[int]]
                ) -> tuple[dict[str, list[dict]], dict[str, list[int]], list[str]]:
     """A ratio split that left train empty puts everything in train (:func:`splits.ensure_train`); the warnings to show."""
-    from rag_pipeline.splits import ensure_train, train_warning
+    from rag_pipeline.data.splits import ensure_train, train_warning
 
     warnings = []
     if any(split is None for split, _ in questions):  # split by ratio, not by the files' names
@@ -803,7 +803,7 @@ def run(cfg: RaftConfig) -> dict:
 def build(cfg: RaftConfig) -> dict:
     """:func:`run`'s work, under the output's lock; returns the manifest plus ``skipped``."""
     from rag_pipeline.atomic import staging_dir
-    from rag_pipeline.retriever import Retriever
+    from rag_pipeline.index.retriever import Retriever
 
     prepare_target(cfg.output, ARTIFACT)
     template = P.get_template(cfg.template)
@@ -882,7 +882,7 @@ SKIP_REASONS = {
 def format_table(result: dict) -> str:
     """The stats table printed at the end of a build: skips with their reasons, generated
     questions, and a warning line per empty split, small train split or moved split."""
-    from rag_pipeline.questions import summary_line
+    from rag_pipeline.data.questions import summary_line
 
     st, c = result["stats"], result["counts"]
     lines = [f"{'split':<11}{'examples':>9}{'oracle':>8}{'abstain':>9}{'avg tok':>9}{'max tok':>9}"]

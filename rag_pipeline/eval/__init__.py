@@ -1,0 +1,1 @@
+"""Measuring: answer quality (evaluate), retrieval (eval-retrieval), the abstention threshold (calibrate)."""
