@@ -22,24 +22,28 @@ Commands (command: module -> what it reads and writes):
 
 Subpackages:
 
-- ``index``: ``build`` (the stage), ``format`` (the directory on disk: file names, manifest,
-  checks), ``store`` (its chunk store), ``ingest`` (files -> documents -> chunks), ``embed``
+- ``index``: ``build`` (the stage), ``format`` (the directory on disk: file names, the
+  ``IndexManifest`` type and its one reader, checks), ``store`` (its chunk store), ``ingest`` (files -> documents -> chunks), ``embed``
   (embedders), ``ann`` (FAISS index choice and search), ``sharded`` and ``ray_engine`` (the
   layout and engine for millions of chunks), ``retriever`` (loads an index; dense/hybrid
   search), ``search`` (the stage).
 - ``data``: ``raft`` (the stage), ``questions`` (QA pairs written from chunks), ``teacher``
   (optional teacher models), ``contexts`` (QA records' own passages), ``injection``
   (prompt-injection documents), ``splits`` (the small-data split rule).
-- ``answer``: ``ask`` (the stage and the ``Pipeline``), ``grounded`` (grounded decoding),
-  ``focus`` (sentence windows of retrieved chunks).
+- ``answer``: ``ask`` (the stage and the ``Pipeline``), ``settings`` (``AnswerSettings``, the
+  answering settings that ``ask``, ``serve``, ``evaluate`` and ``calibrate`` share and
+  ``Pipeline.load`` takes), ``grounded`` (grounded decoding), ``focus`` (sentence windows of
+  retrieved chunks).
 - ``eval``: ``evaluate``, ``retrieval`` (eval-retrieval), ``calibrate``.
 - ``serve``: the server (``app``, ``batcher``, ``schema``); ``export``: the stage and ``gguf``.
 
 Shared modules (each concern has one owner; stages call it): ``passage`` (the passage type and
 the gold/distractor rules), ``prompt`` (templates, rendering, token budget), ``qa`` (the QA
 reader), ``support`` (whether a passage supports an answer; the answer check), ``generator``
-(loading a model, encoding, padding, loss, batched generation), ``device`` (device and dtype),
-``model_paths`` (model ids -> local folders), ``metrics`` and ``textnorm`` (answer scoring),
+(loading a model and its tokenizer, encoding, padding, loss, batched generation),
+``adapter_meta`` (an adapter directory's ``rag_pipeline.json``: ``AdapterMeta``, its reader and
+writer), ``device`` (device and dtype), ``model_paths`` (model ids -> local folders),
+``metrics`` (answer scoring and SQuAD 2.0's figures) and ``textnorm`` (answer normalization),
 ``atomic`` (atomic files and directories, output locks), ``config`` (typed configs: defaults <
 YAML < flags), ``errors`` (one-line user errors).
 """

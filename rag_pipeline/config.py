@@ -4,7 +4,8 @@ Each stage declares a dataclass whose fields carry a one-line help string (``opt
 :func:`add_arguments` turns the fields into ``--kebab-case`` flags (booleans get
 ``--flag/--no-flag``), and :func:`build_config` merges defaults, a YAML file and the flags
 that were actually given, validating every key and value with a message that names the key
-and the fix.
+and the fix. A field a command sets itself, inherited from a shared settings type, is declared
+with :func:`fixed`: it has no flag, and a YAML key naming it is refused with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = No
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def fixed(value: Any, why: str) -> Any:
+    """A field the command sets itself (``value``): no flag, not settable in YAML; ``why`` is the reason given."""
+    return dataclasses.field(default=value, init=False, metadata={"help": why, "fixed": True})
 
 
 def _flag(name: str) -> str:
@@ -118,7 +124,8 @@ def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: d
         ConfigError: an unknown key (listing the valid ones) or a value of the wrong type.
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fixed_ = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if not f.init}
     values: dict[str, Any] = {}
     layers = []
     if yaml_path is not None:
@@ -127,6 +134,8 @@ def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: d
     for data, source in layers:
         for key, value in data.items():
             norm = key.replace("-", "_")
+            if norm in fixed_:
+                raise ConfigError(f"config key '{key}' {source} is not a setting of {cls.__name__} ({fixed_[norm]}): remove it")
             if norm not in hints or norm not in names:
                 raise ConfigError(
                     f"unknown config key '{key}' {source} for {cls.__name__}: valid keys are {', '.join(sorted(names))}"
@@ -140,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} (also settable in the YAML given by --config)")
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or not f.init:  # a fixed field: the command sets it
             continue
         tp, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -165,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 def overrides_from_args(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The dataclass fields that were given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and getattr(args, f.name, None) is not None}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

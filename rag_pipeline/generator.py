@@ -10,7 +10,8 @@
   with :func:`pad`, which :func:`generate_answers` uses too.
 * :func:`generate_answers` decodes a list of model texts in batches (left padding for causal models).
 
-Devices and dtypes come from :mod:`rag_pipeline.device`.
+Devices and dtypes come from :mod:`rag_pipeline.device`; an adapter directory's ``rag_pipeline.json``
+from :mod:`rag_pipeline.adapter_meta`.
 
 torch and transformers are imported inside functions so importing this module stays cheap.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rag_pipeline.adapter_meta import AdapterMeta, read_adapter_meta
 from rag_pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Kind = Literal["causal", "seq2seq"]
-META_FILE = "rag_pipeline.json"  # written by train-generator beside the adapter
 
 # LoRA targets per architecture (config.model_type): the attention projections.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -57,39 +58,7 @@ def model_kind(config: Any) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
-# Weight files train-generator writes: a LoRA adapter (peft), or a full model for ``method: full``.
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def read_adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
-    """The ``rag_pipeline.json`` of a trained adapter directory, checked to be readable and to have weights.
-
-    Raises:
-        InputError: no metadata (not a finished run), metadata that is not a JSON object, or no
-            weight file beside it.
-    """
-    path = Path(adapter_dir) / META_FILE
-    if not path.is_file():
-        raise InputError(
-            f"{adapter_dir} has no {META_FILE}: it is not a finished train-generator output "
-            "(finish or --resume the training run, or pass the right directory)"
-        )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not valid JSON ({e}): the adapter directory is damaged; retrain it with train-generator "
-                         "or restore it from a copy") from None
-    if not isinstance(meta, dict) or meta.get("kind", "rag-generator") != "rag-generator":
-        raise InputError(f"{path} is not train-generator metadata: pass a train-generator output directory")
-    weights = FULL_WEIGHTS if meta.get("method") == "full" else ADAPTER_WEIGHTS
-    if not any((Path(adapter_dir) / w).is_file() for w in weights):
-        raise InputError(f"{adapter_dir} has {META_FILE} but no weights ({' or '.join(weights[:2])}): it is incomplete; "
-                         "retrain it with train-generator or restore it from a copy")
-    return meta
-
-
-def check_adapter_files(adapter_dir: str | Path, meta: dict[str, Any]) -> None:
+def check_adapter_files(adapter_dir: str | Path, meta: AdapterMeta) -> None:
     """Fail unless the adapter's config and safetensors weights can be read: cheap (JSON and the
     safetensors headers, whose offsets must cover each file exactly), so a truncated, empty or
     half-copied adapter is one error line before any model loads, not a loader's traceback.
@@ -101,14 +70,14 @@ def check_adapter_files(adapter_dir: str | Path, meta: dict[str, Any]) -> None:
 
     folder = Path(adapter_dir)
     fix = "the adapter directory is damaged (an interrupted copy or training run?): retrain it with train-generator or restore it from a copy"
-    config = folder / ("config.json" if meta.get("method") == "full" else "adapter_config.json")
+    config = folder / ("config.json" if meta.method == "full" else "adapter_config.json")
     if not config.is_file():
         raise InputError(f"{folder} has no {config.name}: {fix}")
     try:
         obj = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{config} is not valid JSON ({e}): {fix}") from None
-    needed = "model_type" if meta.get("method") == "full" else "peft_type"
+    needed = "model_type" if meta.method == "full" else "peft_type"
     if not isinstance(obj, dict) or needed not in obj:
         raise InputError(f"{config} is not a {'model' if needed == 'model_type' else 'peft adapter'} config (no '{needed}'): {fix}")
     for weights in sorted(folder.glob("*.safetensors")):
@@ -119,25 +88,37 @@ def check_adapter_files(adapter_dir: str | Path, meta: dict[str, Any]) -> None:
             raise InputError(f"{weights} is not a complete safetensors file ({e}; {weights.stat().st_size} bytes): {fix}") from None
 
 
-def check_adapter_base(meta: dict[str, Any], base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
+def check_adapter_base(meta: AdapterMeta, base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
     """Raise ConfigError when the base model given is not the one the adapter was trained on."""
     from rag_pipeline.model_paths import weights_hash
 
-    recorded = meta.get("base_weights_hash")
+    recorded = meta.base_weights_hash
     actual = weights_hash(base_dir)
     if recorded and recorded != actual:
         raise ConfigError(
-            f"adapter {adapter_dir} was trained on base model '{meta.get('base_model')}' (weights sha256 "
+            f"adapter {adapter_dir} was trained on base model '{meta.base_model}' (weights sha256 "
             f"{recorded[:12]}) but the base given, '{base_id}', has weights sha256 {actual[:12]}: "
-            f"pass --base-model {meta.get('base_model')} or the adapter trained on this base"
+            f"pass --base-model {meta.base_model} or the adapter trained on this base"
         )
 
 
-def load_tokenizer(path: str | Path, kind: Kind, trust_remote_code: bool = False) -> Any:
-    """A tokenizer with a pad token; causal models pad on the left (generation needs it)."""
+def load_tokenizer(path: str | Path, kind: Kind | None, trust_remote_code: bool = False, require_fast: str | None = None) -> Any:
+    """The one tokenizer loader: a tokenizer with a pad token; causal models pad on the left
+    (generation needs it), ``kind`` None leaves the padding side as saved.
+
+    Args:
+        require_fast: why a fast tokenizer (a ``tokenizer.json``) is needed, for the error when
+            it is not one; None accepts any.
+
+    Raises:
+        InputError: neither a pad nor an eos token.
+        ConfigError: not a fast tokenizer, and ``require_fast`` asks for one.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if require_fast and not getattr(tok, "is_fast", False):
+        raise ConfigError(f"the tokenizer at {path} is not a fast tokenizer (no tokenizer.json): {require_fast}")
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise InputError(f"tokenizer at {path} has neither a pad nor an eos token: add one and save it")
@@ -205,12 +186,12 @@ def load_generator(
     if model_id_or_path is None:
         if meta is None:
             raise ConfigError("no model given: pass a base model id or path, or an adapter directory")
-        model_id_or_path = meta["base_model"]
+        model_id_or_path = meta.base_model
     base_dir = resolve_model(model_id_or_path)
     if meta is not None:
         check_adapter_base(meta, str(model_id_or_path), base_dir, adapter_dir)
         check_adapter_files(adapter_dir, meta)
-    full = meta is not None and meta.get("method") == "full"
+    full = meta is not None and meta.method == "full"
     model, kind = load_model(Path(adapter_dir) if full else base_dir, dtype, trust_remote_code)
     if adapter_dir is not None and not full:
         from peft import PeftModel

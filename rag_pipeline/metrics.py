@@ -1,5 +1,7 @@
 """Answer metrics: SQuAD exact match and token F1 of a generated answer against gold answers,
-and SQuAD 2.0's figures over answerable and unanswerable questions (:func:`squad2_scores`).
+and SQuAD 2.0's figures over answerable and unanswerable questions: :func:`squad2_figures` computes
+them from per-question outcomes for every caller (``evaluate``, ``calibrate``'s threshold sweep,
+training's validation through :func:`squad2_scores`).
 
 Generated answers cite documents as ``[n]``; :func:`extract_answer` strips those markers (and
 any ``Answer:`` preamble) before scoring, so a citation never costs a match. An item with no
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Sequence
 
 from rag_pipeline.prompt import ABSTAIN
 from rag_pipeline.textnorm import normalize_answer
@@ -136,38 +139,57 @@ def answer_scores(predictions: list[str], answers: list[list[str]]) -> dict[str,
     }
 
 
-def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: list[bool]) -> dict[str, float | int | None]:
-    """SQuAD 2.0's figures (rates in [0, 1]; None when their questions are absent).
+def squad2_figures(abstained: Sequence[bool], answerable: Sequence[bool], f1s: Sequence[float],
+                   ems: Sequence[float] | None = None) -> dict[str, float | int | None]:
+    """SQuAD 2.0's figures from per-question outcomes (rates in [0, 1]; None when their questions are absent).
 
-    An abstention (:func:`is_abstention`) scores 0 on an answerable question and 1 on an
-    unanswerable one; any other answer to an unanswerable question scores 0.
+    An abstention scores 0 on an answerable question and 1 on an unanswerable one; any answer
+    to an unanswerable question scores 0.
+
+    Args:
+        abstained: whether each question was abstained on, by whatever rule the caller applies
+            (the generator's refusal, a retrieval threshold, a calibrated null-margin threshold).
+        answerable: whether each question has gold answers to score against.
+        f1s: each question's answer F1 (read only where answerable and not abstained).
+        ems: each question's exact match, likewise; None: no EM figures (``has_em`` and
+            ``overall_em`` are None).
 
     Returns:
         ``has_em``/``has_f1`` (answerable questions), ``noans_acc`` (unanswerable ones),
         ``overall_em``/``overall_f1`` (all), ``false_abstain_rate`` (answerable questions
-        abstained on), ``has_n``, ``noans_n``, ``yesno_acc`` (yes/no questions answered with the
+        abstained on), ``has_n`` and ``noans_n``.
+    """
+    n = len(abstained)
+    if not len(answerable) == len(f1s) == n or (ems is not None and len(ems) != n):
+        raise ValueError(f"{n} abstention flags, {len(answerable)} answerable flags, {len(f1s)} F1s, "
+                         f"{'no' if ems is None else len(ems)} EMs: need one of each per question")
+    has = [i for i in range(n) if answerable[i]]
+    noans = [float(abstained[i]) for i in range(n) if not answerable[i]]
+    has_f1 = [0.0 if abstained[i] else float(f1s[i]) for i in has]
+    has_em = None if ems is None else [0.0 if abstained[i] else float(ems[i]) for i in has]
+
+    def mean(xs: list[float] | None) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return {"has_em": mean(has_em), "has_f1": mean(has_f1), "noans_acc": mean(noans),
+            "overall_em": (sum(has_em) + sum(noans)) / n if n and has_em is not None else None,
+            "overall_f1": (sum(has_f1) + sum(noans)) / n if n else None,
+            "false_abstain_rate": mean([float(abstained[i]) for i in has]), "has_n": len(has), "noans_n": len(noans)}
+
+
+def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: list[bool]) -> dict[str, float | int | None]:
+    """SQuAD 2.0's figures of generated answers (:func:`squad2_figures`), an abstention being
+    :func:`is_abstention`; a question marked answerable without a gold answer counts as unanswerable.
+
+    Returns:
+        :func:`squad2_figures`' figures, and ``yesno_acc`` (yes/no questions answered with the
         right polarity, an abstention counting as wrong) and ``yesno_n``.
     """
     if not len(predictions) == len(answers) == len(answerable):
         raise ValueError(f"{len(predictions)} predictions, {len(answers)} answer lists, {len(answerable)} flags")
-    has_em, has_f1, noans, abstained, yesno = [], [], [], [], []
-    for pred, golds, ok in zip(predictions, answers, answerable):
-        out = is_abstention(pred)
-        if ok and any(g.strip() for g in golds):
-            if yes_no_gold(golds) is not None:
-                yesno.append(0.0 if out else exact_match(pred, golds))
-            abstained.append(out)
-            has_em.append(0.0 if out else exact_match(pred, golds))
-            has_f1.append(0.0 if out else f1(pred, golds))
-        else:
-            noans.append(float(out))
-
-    def mean(xs: list[float]) -> float | None:
-        return sum(xs) / len(xs) if xs else None
-
-    n = len(has_em) + len(noans)
-    return {"has_em": mean(has_em), "has_f1": mean(has_f1), "noans_acc": mean(noans),
-            "overall_em": (sum(has_em) + sum(noans)) / n if n else None,
-            "overall_f1": (sum(has_f1) + sum(noans)) / n if n else None,
-            "false_abstain_rate": mean([float(a) for a in abstained]), "has_n": len(has_em), "noans_n": len(noans),
-            "yesno_acc": mean(yesno), "yesno_n": len(yesno)}
+    out = [is_abstention(p) for p in predictions]
+    has = [bool(ok and any(g.strip() for g in golds)) for golds, ok in zip(answers, answerable)]
+    ems = [exact_match(p, g) if h and not o else 0.0 for p, g, h, o in zip(predictions, answers, has, out)]
+    f1s = [f1(p, g) if h and not o else 0.0 for p, g, h, o in zip(predictions, answers, has, out)]
+    yesno = [e for e, g, h in zip(ems, answers, has) if h and yes_no_gold(g) is not None]  # an abstention's EM is 0
+    return {**squad2_figures(out, has, f1s, ems), "yesno_acc": sum(yesno) / len(yesno) if yesno else None, "yesno_n": len(yesno)}

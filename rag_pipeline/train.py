@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rag_pipeline.adapter_meta import KIND as ADAPTER_KIND
+from rag_pipeline.adapter_meta import META_FILE, AdapterMeta, read_adapter_meta, write_adapter_meta
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
@@ -43,7 +45,7 @@ REQUIRED_COLUMNS = ("id", "prompt", "completion", "answer")
 # Fields that may change between an interrupted run and its --resume without changing the result.
 RESUME_MAY_CHANGE = ("resume", "max_minutes", "tensorboard", "merge", "device", "progress", "snapshots")
 # What train-generator may replace: a finished output, or the checkpoints of an unfinished run.
-ARTIFACT = Artifact("a train-generator output", "rag_pipeline.json", "rag-generator",
+ARTIFACT = Artifact("a train-generator output", META_FILE, ADAPTER_KIND,
                     scratch=frozenset({"checkpoints", "tensorboard", "snapshots"}))
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 CHECKPOINT = Artifact("a training checkpoint", "trainable.pt", allowed=frozenset(CHECKPOINT_FILES))
@@ -284,15 +286,15 @@ def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:
     """
     from peft import PeftModel
 
-    from rag_pipeline.generator import check_adapter_files, read_adapter_meta
+    from rag_pipeline.generator import check_adapter_files
 
     folder = Path(cfg.init_adapter)
     meta = read_adapter_meta(folder)
-    if meta.get("method", "lora") != "lora":
-        raise InputError(f"--init-adapter {folder} is a {meta.get('method')} fine-tune, not a LoRA adapter: give a LoRA adapter directory")
+    if meta.method != "lora":
+        raise InputError(f"--init-adapter {folder} is a {meta.method} fine-tune, not a LoRA adapter: give a LoRA adapter directory")
     check_adapter_files(folder, meta)
-    base = meta.get("base_model")
-    if base and base != cfg.base_model:
+    base = meta.base_model
+    if base != cfg.base_model:
         raise InputError(f"--init-adapter {folder} was trained on {base}, not {cfg.base_model}: pass --base-model {base}")
     model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     model.peft_config["default"].base_model_name_or_path = cfg.base_model
@@ -421,7 +423,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 def check_output(out: Path, resume: bool) -> None:
     """Refuse to overwrite a finished run, or to restart over checkpoints without --resume."""
-    if (out / "rag_pipeline.json").is_file() and not resume:
+    if (out / META_FILE).is_file() and not resume:
         raise InputError(f"{out} already holds a trained generator: pass a new --output or delete it")
     if (out / "checkpoints" / "last").is_dir() and not resume:
         raise InputError(f"{out} holds checkpoints of an unfinished run: pass --resume to continue it, or delete {out}")
@@ -452,15 +454,16 @@ def plot_loss(history: list[dict[str, Any]], evals: list[dict[str, Any]], path: 
     plt.close(fig)
 
 
-def save_output(out: Path, model: Any, tokenizer: Any, cfg: TrainConfig, meta: dict[str, Any],
+def save_output(out: Path, model: Any, tokenizer: Any, cfg: TrainConfig, meta: AdapterMeta,
                 history: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
     """Write the final artifact atomically; the checkpoints move in last, when all else is written."""
     import os
 
     with atomic_dir(out, ARTIFACT) as tmp:
         model.save_pretrained(tmp)
+        sort_target_modules(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "rag_pipeline.json", meta)
+        write_adapter_meta(tmp, meta)
         plot_loss(history, evals, tmp / "loss_curve.png")
         if cfg.merge and cfg.method != "full":
             merged = model.merge_and_unload()
@@ -739,7 +742,7 @@ def validate(t: Trainer, step: int) -> bool:
                 state.bad_evals += 1
             save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, torch.get_rng_state())
             if cfg.snapshots:
-                meta = {**adapter_meta(t), "snapshot_step": step, "train_examples_seen": state.train_examples, "evals": state.evals}
+                meta = dataclasses.replace(adapter_meta(t), snapshot_step=step, train_examples_seen=state.train_examples, evals=state.evals)
                 save_snapshot(t.out / "snapshots" / f"step-{step}", t.raw, t.tokenizer, meta)
         stop = bool(cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience)
     flag = [stop]
@@ -781,20 +784,32 @@ def finish(t: Trainer, status: str) -> dict[str, Any]:
         "device": str(t.accelerator.device),
         "processes": t.world,
     }
-    meta = {**adapter_meta(t), "metrics": summary, "evals": state.evals}
+    meta = dataclasses.replace(adapter_meta(t), metrics=summary, evals=state.evals)
     save_output(t.out, t.raw, t.tokenizer, t.cfg, meta, state.history, state.evals)
     return summary
 
 
-def adapter_meta(t: Trainer) -> dict[str, Any]:
+def adapter_meta(t: Trainer) -> AdapterMeta:
     """What ``rag_pipeline.json`` says of every adapter this run writes (final and snapshots): what ask
     and evaluate need to load it, and where it came from."""
     from rag_pipeline.model_paths import weights_hash
     from rag_pipeline.prompt import template_text
 
-    return {"kind": "rag-generator", "model_kind": t.kind, "method": t.cfg.method, "base_model": t.cfg.base_model,
-            "base_weights_hash": weights_hash(t.base_dir), "template": t.template.name, "template_text": template_text(t.template),
-            "dataset": str(t.cfg.dataset), "dataset_fingerprint": t.manifest.get("fingerprint"), "config": to_dict(t.cfg)}
+    return AdapterMeta(model_kind=t.kind, method=t.cfg.method, base_model=t.cfg.base_model, base_weights_hash=weights_hash(t.base_dir),
+                       template=t.template.name, template_text=template_text(t.template), dataset=str(t.cfg.dataset),
+                       dataset_fingerprint=t.manifest.get("fingerprint"), config=to_dict(t.cfg))
+
+
+def sort_target_modules(folder: Path) -> None:
+    """peft writes ``target_modules`` in a set's order, which changes with the process's hash seed:
+    sort it, so that the same inputs and seed give a byte-identical ``adapter_config.json``."""
+    path = Path(folder) / "adapter_config.json"
+    if not path.is_file():
+        return  # a full fine-tune: no adapter config
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # as peft writes it
 
 
 def release_free_memory() -> None:
@@ -844,12 +859,13 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def save_snapshot(path: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
+def save_snapshot(path: Path, model: Any, tokenizer: Any, meta: AdapterMeta) -> None:
     """A loadable adapter directory (weights, tokenizer, rag_pipeline.json) of the current weights."""
     with atomic_dir(path, ARTIFACT) as tmp:
         model.save_pretrained(tmp)
+        sort_target_modules(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "rag_pipeline.json", meta)
+        write_adapter_meta(tmp, meta)
 
 
 def tensorboard_writer(out: Path) -> Any:

@@ -61,8 +61,9 @@ def gold_pairs(rows: list[dict]) -> list[tuple[str, str, bool]]:
 def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
     import torch
 
+    from rag_pipeline.adapter_meta import read_adapter_meta
     from rag_pipeline.answer.ask import is_abstention
-    from rag_pipeline.generator import collate, encode_example, encode_prompt, load_generator, pad, read_adapter_meta
+    from rag_pipeline.generator import collate, encode_example, encode_prompt, load_generator, pad
     from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE, get_template, to_model_text
 
     rng = random.Random(seed)
@@ -72,7 +73,7 @@ def probe_generator(adapter: str, rows: list[dict], n: int, seed: int) -> dict:
     rng.shuffle(una)
     rows = ans[: n // 2] + una[: n // 2]
     model, tok, kind = load_generator(None, adapter, device="cpu", dtype="bfloat16", merge=True)
-    template = get_template(read_adapter_meta(adapter).get("template") or DEFAULT_TEMPLATE)
+    template = get_template(read_adapter_meta(adapter).template or DEFAULT_TEMPLATE)
     texts = [to_model_text(tok, template, r["prompt"]) for r in rows]
     ban = [tok(p, add_special_tokens=False)["input_ids"] for p in ("The documents", "The document")]
 

@@ -26,6 +26,16 @@ TOPICS = {
     "python": ("Python", "Python is a high level programming language created by Guido van Rossum in 1991."),
     "everest": ("Everest", "Mount Everest is the highest mountain above sea level, located in the Himalayas."),
 }
+# One question per topic document: moon, python, eiffel, everest, nile, rust.
+QUESTIONS = ["What is the natural satellite of Earth?", "Who created the Python programming language?",
+             "Where is the Eiffel Tower?", "What is the highest mountain above sea level?",
+             "Which river flows into the Mediterranean Sea?", "What is Rust focused on?"]
+
+# The integration tests' real question: Disfl-QA test split, q-08772d4d5b35, one the committed
+# reference adapter answered right in the README's evaluation (gold span "1 October 1998";
+# fp32 answers "1998 [1]").
+REFERENCE_QUESTION = "Where no when was BSkyB's digital service launched?"
+REFERENCE_GOLD_DOC, REFERENCE_GOLD = "p-db3be505bd19", "1998"
 
 
 @dataclass(frozen=True)
@@ -84,3 +94,22 @@ def minilm():
     from rag_pipeline.index.embed import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A topic index (hashing:64), a tiny Llama, a second one with other weights, and an adapter of the first.
+
+    Module-scoped: the ask, serve, web and export tests each build their own (tests may change the adapter).
+    """
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.embed import HashingEmbedder
+    from tiny_models import build_tiny_llama, make_adapter
+
+    root = tmp_path_factory.mktemp("ask")
+    docs = write_jsonl(root / "docs.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()])
+    index = root / "idx"
+    build_index(IndexConfig(paths=[str(docs)], index=str(index), embedder="hashing:64"), embedder=HashingEmbedder(64, 64))
+    base = build_tiny_llama(root / "llama")
+    return {"root": root, "index": index, "base": base, "other": build_tiny_llama(root / "llama-other", seed=1),
+            "adapter": make_adapter(base, root / "adapter")}

@@ -15,56 +15,13 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from conftest import REPO, TOPICS, write_jsonl  # noqa: E402
-from rag_pipeline.answer import ask as A  # noqa: E402
-from rag_pipeline.cli import main as cli_main  # noqa: E402
-from rag_pipeline.errors import ConfigError, InputError  # noqa: E402
-from rag_pipeline.prompt import ABSTAIN  # noqa: E402
-
-try:  # tests/ as a package or as a plain directory on sys.path
-    from tests.tiny_models import build_tiny_llama
-except ImportError:
-    from tiny_models import build_tiny_llama  # type: ignore[no-redef]
-
-QUESTIONS = ["What is the natural satellite of Earth?", "Who created the Python programming language?",
-             "Where is the Eiffel Tower?", "What is the highest mountain above sea level?",
-             "Which river flows into the Mediterranean Sea?", "What is Rust focused on?"]
-
-
-def make_adapter(base: Path, out: Path) -> Path:
-    """A LoRA adapter directory in the format train-generator writes (weights + tokenizer + rag_pipeline.json)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rag_pipeline.model_paths import weights_hash
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    meta = {"kind": "rag-generator", "model_kind": "causal", "method": "lora", "base_model": str(base),
-            "base_weights_hash": weights_hash(base), "template": "raft-v1"}
-    (out / "rag_pipeline.json").write_text(json.dumps(meta), encoding="utf-8")
-    return out
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A topic index (hashing:64), a tiny Llama, a second one with other weights, and an adapter of the first."""
-    from rag_pipeline.index.embed import HashingEmbedder
-    from rag_pipeline.index.build import IndexConfig, build_index
-
-    root = tmp_path_factory.mktemp("ask")
-    docs = write_jsonl(root / "docs.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()])
-    index = root / "idx"
-    build_index(IndexConfig(paths=[str(docs)], index=str(index), embedder="hashing:64"), embedder=HashingEmbedder(64, 64))
-    base = build_tiny_llama(root / "llama")
-    return {"root": root, "index": index, "base": base, "other": build_tiny_llama(root / "llama-other", seed=1),
-            "adapter": make_adapter(base, root / "adapter")}
-
+from conftest import QUESTIONS, REPO, write_jsonl
+from rag_pipeline.answer import ask as A
+from rag_pipeline.cli import main as cli_main
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.prompt import ABSTAIN
 
 def cfg(env: dict, **kw) -> A.AskConfig:
     base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",

@@ -67,3 +67,41 @@ def test_every_shipped_yaml_parses(path: Path) -> None:
     cls = getattr(importlib.import_module(module), cls_name)
     assert load_yaml(path)
     build_config(cls, path)
+
+
+ANSWER_CONFIGS = [("ask", {}), ("serve", {}), ("evaluate", {}), ("calibrate", {"adapter": "runs/a"})]
+
+
+@pytest.mark.parametrize("command,given", ANSWER_CONFIGS, ids=[c for c, _ in ANSWER_CONFIGS])
+def test_every_answer_config_takes_the_device_flag_alike(command: str, given: dict) -> None:
+    """ask, serve, evaluate and calibrate share one answering settings type: --device cuda:1 is accepted by
+    each (evaluate once refused it), --device tpu refused by each with the same message."""
+    import importlib
+
+    from rag_pipeline.answer.settings import Answering
+    from rag_pipeline.cli import COMMANDS, build_parser
+    from rag_pipeline.config import overrides_from_args
+
+    module, cls_name, _, _ = COMMANDS[command]
+    cls = getattr(importlib.import_module(module), cls_name)
+    assert issubclass(cls, Answering)
+    args = build_parser(command).parse_args([command, "--device", "cuda:1"])
+    assert build_config(cls, None, {**given, **overrides_from_args(cls, args)}).device == "cuda:1"
+    with pytest.raises(ConfigError, match=r"^device is 'tpu': choose auto, cpu or cuda$"):
+        build_config(cls, None, {**given, "device": "tpu"})
+
+
+def test_a_fixed_field_has_no_flag_and_a_yaml_key_naming_it_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rag_pipeline.cli import main
+    from rag_pipeline.eval.calibrate import CalibrateConfig
+
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--max-prompt-tokens" in help_text and "--min-score" in help_text  # shared settings calibrate once ignored
+    assert "--answer-check" not in help_text and "--do-sample" not in help_text
+    y = tmp_path / "c.yaml"
+    y.write_text("adapter: runs/a\nanswer_check: grounded\n")
+    with pytest.raises(ConfigError, match=r"'answer_check' in .* is not a setting of CalibrateConfig \(the margins .*\): remove it"):
+        build_config(CalibrateConfig, y)
+    assert build_config(CalibrateConfig, None, {"adapter": "runs/a"}).answer_check == "off"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rag_pipeline import device as D
 from rag_pipeline.errors import ConfigError, DeviceError
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("value", ["auto", "cpu", "cuda", "cuda:1"])

@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-gguf = pytest.importorskip("gguf")
-
-from rag_pipeline.cli import main as cli_main  # noqa: E402
-from rag_pipeline.errors import ConfigError, InputError  # noqa: E402
-from rag_pipeline.export import ExportConfig, run  # noqa: E402
-from rag_pipeline.generator import load_generator  # noqa: E402
-
-from test_ask import env  # noqa: E402,F401 - the module-scoped tiny Llama + LoRA adapter
+from rag_pipeline.cli import main as cli_main
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.export import ExportConfig, run
+from rag_pipeline.generator import load_generator
 
 PROMPTS = ["The cat near the river is red. Question: What colour is the cat? Answer:",
            "<|im_start|>user\nWhat colour is the owl?<|im_end|>\n<|im_start|>assistant\n",
@@ -239,7 +236,23 @@ def test_gguf_refuses_models_it_cannot_describe(tmp_path: Path) -> None:
     t5 = build_tiny_t5(tmp_path / "t5")
     with pytest.raises(ConfigError, match="Llama-architecture"):
         write_gguf(AutoModelForSeq2SeqLM.from_pretrained(t5), AutoTokenizer.from_pretrained(t5), tmp_path / "x.gguf", "f16", "t5")
-    assert not (tmp_path / "x.gguf").exists() or (tmp_path / "x.gguf").stat().st_size == 0
+    assert not (tmp_path / "x.gguf").exists()  # not even an empty file
+
+
+def test_a_gguf_write_that_fails_midway_leaves_no_file(env: dict, reference, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header is on disk when the tensors fail: write_gguf itself (not only export's staging
+    folder) must take the truncated file away."""
+    from rag_pipeline.export.gguf import write_gguf
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
+    model, tok = reference
+    with pytest.raises(OSError, match="disk full"):
+        write_gguf(model, tok, tmp_path / "x.gguf", "f16", "x")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_export_and_config_errors(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

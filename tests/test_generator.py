@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - after HF_HUB_OFFLINE
 
 from rag_pipeline import generator as G  # noqa: E402
 from rag_pipeline.errors import ConfigError, InputError  # noqa: E402

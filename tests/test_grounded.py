@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - after HF_HUB_OFFLINE
 
 from rag_pipeline.answer.grounded import GroundedConstraint, token_bytes  # noqa: E402
 from rag_pipeline.prompt import ABSTAIN  # noqa: E402

@@ -172,7 +172,7 @@ QA_ROWS = [
 
 def test_missing_splits_are_written_loadable_and_training_needs_no_validation(
         small_index: tuple, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from datasets import load_from_disk
 
     from rag_pipeline import train as T
@@ -370,8 +370,7 @@ def test_a_csv_in_another_encoding_is_refused_with_the_fix(command: str, small_i
 @pytest.fixture(scope="module")
 def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama and a LoRA adapter of it, in the format train-generator writes."""
-    from test_ask import make_adapter
-    from tiny_models import build_tiny_llama
+    from tiny_models import build_tiny_llama, make_adapter
 
     root = tmp_path_factory.mktemp("adapter")
     return make_adapter(build_tiny_llama(root / "llama"), root / "adapter")
@@ -543,12 +542,11 @@ class _ParisAnswerer:
 
 @pytest.fixture(scope="module")
 def paris_server():
-    pytest.importorskip("fastapi")
-    from rag_pipeline.serve import ServeConfig, limits_for
+    from rag_pipeline.serve import ServeConfig
     from rag_pipeline.serve.app import create_app
     from serve_helpers import ThreadServer, wait_healthy
 
-    with ThreadServer(create_app(limits_for(ServeConfig(index="-"), "paris", ""), _ParisAnswerer)) as srv:
+    with ThreadServer(create_app(ServeConfig(index="-"), "paris", "", _ParisAnswerer)) as srv:
         wait_healthy(srv.url, 30)
         yield srv.url
 

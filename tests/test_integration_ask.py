@@ -13,15 +13,15 @@ import json
 import pytest
 
 from conftest import CORPUS, REPO, write_jsonl
+from conftest import REFERENCE_GOLD as GOLD
+from conftest import REFERENCE_GOLD_DOC as GOLD_DOC
+from conftest import REFERENCE_QUESTION as QUESTION
 from rag_pipeline.answer.ask import REFERENCE_ADAPTER, AskConfig, Pipeline
 from rag_pipeline.index.build import IndexConfig, build_index
 from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.textnorm import contains_answer
 
 pytestmark = pytest.mark.integration
-
-QUESTION = "Where no when was BSkyB's digital service launched?"  # test split, q-08772d4d5b35
-GOLD_DOC, GOLD = "p-db3be505bd19", "1998"  # gold span "1 October 1998"; fp32 here answers "1998 [1]"
 
 
 def test_reference_adapter_answers_with_a_cited_gold_span(tmp_path, minilm) -> None:

@@ -1,8 +1,9 @@
 """Integration: ``serve`` with the real packaged models and the committed reference adapter.
 
-The index and question of ``test_integration_ask`` (a MiniLM index over 41 real paragraphs, a
-test-split question the adapter answers right): through the official ``openai`` client, the
-answer must hold the gold year and its ``citations`` the gold paragraph, streamed or not.
+The index and question of ``test_integration_ask`` (a MiniLM index over 41 real paragraphs;
+conftest's ``REFERENCE_QUESTION``, a test-split question the adapter answers right): through the
+official ``openai`` client, the answer must hold the gold year and its ``citations`` the gold
+paragraph, streamed or not.
 
 Streamed text is the answer: on Disfl-QA test questions whose calibrated decoding re-decodes a
 refusal ("The papers don't contain the answer.") and then withholds the answer, or ends in the
@@ -14,22 +15,22 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
+from conftest import CORPUS, REPO, write_jsonl
+from conftest import REFERENCE_GOLD as GOLD
+from conftest import REFERENCE_GOLD_DOC as GOLD_DOC
+from conftest import REFERENCE_QUESTION as QUESTION
+from rag_pipeline.prompt import ABSTAIN
+from rag_pipeline.answer.ask import REFERENCE_ADAPTER, Pipeline
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.serve import ServeConfig
+from rag_pipeline.serve.app import create_app
+from rag_pipeline.textnorm import contains_answer
 
-from conftest import CORPUS, REPO, write_jsonl  # noqa: E402
-from rag_pipeline.prompt import ABSTAIN  # noqa: E402
-from rag_pipeline.answer.ask import REFERENCE_ADAPTER, Pipeline  # noqa: E402
-from rag_pipeline.index.build import IndexConfig, build_index  # noqa: E402
-from rag_pipeline.index.retriever import Retriever  # noqa: E402
-from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
-from rag_pipeline.serve.app import create_app  # noqa: E402
-from rag_pipeline.textnorm import contains_answer  # noqa: E402
-
-from serve_helpers import ThreadServer, wait_healthy  # noqa: E402
-from test_integration_ask import GOLD, GOLD_DOC, QUESTION  # noqa: E402
+from serve_helpers import ThreadServer, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +44,9 @@ def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_pa
     cfg = ServeConfig(index=index.index, adapter=str(REPO / REFERENCE_ADAPTER), device="cpu", dtype="float32", max_new_tokens=24)
 
     def load() -> Pipeline:
-        return Pipeline.load(ask_config(cfg), retriever=Retriever.load(index.index, embedder=minilm))
+        return Pipeline.load(cfg, retriever=Retriever.load(index.index, embedder=minilm))
 
-    with ThreadServer(create_app(limits_for(cfg, "smollm2-disfl-qa", ""), load)) as srv:
+    with ThreadServer(create_app(cfg, "smollm2-disfl-qa", "", load)) as srv:
         wait_healthy(srv.url, 300)
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
         messages = [{"role": "user", "content": QUESTION}]
@@ -83,9 +84,9 @@ def test_streamed_text_is_the_calibrated_answer_on_real_questions(tmp_path, mini
     cfg = ServeConfig(index=index.index, adapter=str(REPO / REFERENCE_ADAPTER), device="cpu", dtype="float32", max_new_tokens=24)
 
     def load() -> Pipeline:
-        return Pipeline.load(ask_config(cfg), retriever=Retriever.load(index.index, embedder=minilm))
+        return Pipeline.load(cfg, retriever=Retriever.load(index.index, embedder=minilm))
 
-    with ThreadServer(create_app(limits_for(cfg, "smollm2-disfl-qa", ""), load)) as srv:
+    with ThreadServer(create_app(cfg, "smollm2-disfl-qa", "", load)) as srv:
         wait_healthy(srv.url, 300)
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
         for qid, reason, redecoded in STREAM_QUESTIONS:

@@ -93,3 +93,43 @@ def test_squad2_scores_report_yes_no_accuracy() -> None:
     s = squad2_scores(preds, golds, [True, True, True, True, False])
     assert s["yesno_n"] == 3 and s["yesno_acc"] == pytest.approx(1 / 3)
     assert s["has_f1"] == pytest.approx(2 / 4) and s["noans_acc"] == 1.0
+
+
+def test_squad2_figures_by_hand() -> None:
+    from rag_pipeline.metrics import squad2_figures
+
+    # answerable: answered (F1 .5, EM 0), abstained, answered (F1 1, EM 1); unanswerable: abstained, answered
+    fig = squad2_figures([False, True, False, True, False], [True, True, True, False, False], [0.5, 0.9, 1.0, 0.3, 0.7],
+                         [0.0, 1.0, 1.0, 0.0, 1.0])
+    assert fig == {"has_em": pytest.approx(1 / 3), "has_f1": pytest.approx(1.5 / 3), "noans_acc": 0.5,
+                   "overall_em": pytest.approx(2 / 5), "overall_f1": pytest.approx(2.5 / 5), "false_abstain_rate": pytest.approx(1 / 3),
+                   "has_n": 3, "noans_n": 2}
+    assert squad2_figures([], [], []) == {"has_em": None, "has_f1": None, "noans_acc": None, "overall_em": None, "overall_f1": None,
+                                          "false_abstain_rate": None, "has_n": 0, "noans_n": 0}
+    with pytest.raises(ValueError, match="one of each per question"):
+        squad2_figures([True], [True, False], [0.0])
+
+
+def test_evaluate_and_the_calibration_sweep_report_squad2_figures_alike() -> None:
+    """The three reports of SQuAD 2.0's figures (evaluate's, calibrate's threshold sweep, training's
+    validation) are one computation: the same abstentions and scores give the same figures."""
+    import math
+
+    from rag_pipeline.eval.calibrate import sweep
+    from rag_pipeline.eval.evaluate import squad2
+    from rag_pipeline.metrics import squad2_figures, squad2_scores
+
+    margins, f1s, answerable = [2.0, -1.0, math.inf, 0.5, -3.0], [0.4, 1.0, 0.8, 0.2, 0.6], [True, True, True, False, False]
+    ems = [float(f == 1.0) for f in f1s]
+    rows = sweep(margins, f1s, answerable)
+    assert len(rows) == 6  # both ends and the midpoints between the 5 distinct margins
+    for row in rows:
+        out = [m > row["threshold"] or m == math.inf for m in margins]  # +inf always abstains
+        fig = squad2_figures(out, answerable, f1s, ems)
+        assert (row["overall_f1"], row["has_f1"], row["noans_acc"], row["false_abstain_rate"]) == (
+            fig["overall_f1"], fig["has_f1"], fig["noans_acc"], fig["false_abstain_rate"])
+        records = [{"answerable": a, "abstained": o, "scores": {"em": e, "f1": f}} for a, o, f, e in zip(answerable, out, f1s, ems)]
+        assert squad2(records) == {k: round(fig[k], 4) for k in ("has_em", "has_f1", "noans_acc", "overall_em", "overall_f1")}
+    preds, golds = ["Paris [1]", ABSTAIN, "Rome"], [["Paris"], ["Oslo"], []]
+    assert {k: v for k, v in squad2_scores(preds, golds, [True, True, False]).items() if not k.startswith("yesno")} == squad2_figures(
+        [False, True, False], [True, True, False], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0])

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 
 from conftest import write_jsonl
 from rag_pipeline.errors import InputError
 from rag_pipeline.index.build import IndexConfig, build_index
 from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.index.store import open_vectors
-
-ray = pytest.importorskip("ray")
-pytest.importorskip("ray.data")
 
 QUERIES = ["document 123 about topic4 and word123", "word77 topic0", "topic3 document 9"]
 

@@ -71,6 +71,21 @@ def test_hybrid_fuses_bm25_and_dense(small_index, hashing_embedder) -> None:
     assert [h.score for h in r.search(query, 4)] != pytest.approx([s for _, s in expected])  # dense alone differs
 
 
+def test_hybrid_search_gives_the_best_dense_cosine_from_the_same_search(small_index, hashing_embedder) -> None:
+    """The relevance threshold needs a cosine, and fused scores are reciprocal ranks: the best dense cosine
+    comes back with the fused hits, equal to a brute-force maximum over the chunks."""
+    import numpy as np
+
+    idx, _ = small_index
+    r = Retriever.load(idx, embedder=hashing_embedder)
+    qs = ["Which river flows into the sea near the tower in Paris?", "memory safety language"]
+    hits, best = r.search_with_cosine(qs, 2, hybrid=True)
+    assert [[h.chunk.id for h in hs] for hs in hits] == [[h.chunk.id for h in hs] for hs in r.search_batch(qs, 2, hybrid=True)]
+    vectors = hashing_embedder.encode([c.text for c in r.store.iter_chunks()])
+    assert best == pytest.approx([float(np.max(vectors @ hashing_embedder.encode([q])[0])) for q in qs], abs=1e-5)
+    assert all(b != pytest.approx(hs[0].score) for b, hs in zip(best, hits))  # not the fused score
+
+
 def test_other_embedder_is_refused(small_index) -> None:
     idx, _ = small_index
     with pytest.raises(IndexError_, match="built with hashing:64"):
@@ -107,12 +122,17 @@ def test_missing_index_dir_names_the_fix(tmp_path) -> None:
         Retriever.load(tmp_path / "nothing")
 
 
-def test_reading_an_index_does_not_import_the_build_stage() -> None:
+def test_reading_an_index_does_not_import_the_build_stage(small_index: tuple) -> None:
+    """Readers know the directory format from index.format, not from build-index: loading and
+    searching an index, and importing every stage that reads one, leaves the build stage unimported."""
     import subprocess
     import sys
 
     from conftest import REPO
 
-    code = "import sys, rag_pipeline.index.retriever, rag_pipeline.answer.ask; print('rag_pipeline.index.build' in sys.modules)"
+    code = ("import sys, rag_pipeline.answer.ask, rag_pipeline.serve, rag_pipeline.eval.evaluate, rag_pipeline.eval.retrieval\n"
+            "from rag_pipeline.index import search as S\n"
+            f"hits = S.run(S.SearchConfig(query='Eiffel tower', index={str(small_index[0])!r}, k=2, hybrid=True))\n"
+            "print(hits[0].chunk.doc_id, 'rag_pipeline.index.build' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "eiffel False"

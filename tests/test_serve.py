@@ -1,7 +1,7 @@
 """``serve``: the real server, talked to as clients see it (the ``openai`` package and ``httpx``).
 
 A subprocess runs ``rag-pipeline serve`` on the tiny index and tiny Llama + LoRA adapter of
-``test_ask`` (API key from ``RAG_PIPELINE_API_KEY``), stopped by its PID. Tests that need to
+conftest's ``env`` (API key from ``RAG_PIPELINE_API_KEY``), stopped by its PID. Tests that need to
 hold the batch worker busy, make it fail, or delay loading run the same application in a
 thread (``uvicorn.Server``) around a wrapped pipeline.
 """
@@ -16,24 +16,21 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+from conftest import QUESTIONS  # questions the `env` fixture's topic index answers
+from rag_pipeline.answer.ask import ABSTAIN, Decoding, Pipeline
+from rag_pipeline.cli import main as cli_main
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.serve import ServeConfig
+from rag_pipeline.serve.app import create_app
+from rag_pipeline.serve.batcher import BatchQueue, Job
 
-from rag_pipeline.answer.ask import ABSTAIN, AskConfig, Decoding, Pipeline  # noqa: E402
-from rag_pipeline.cli import main as cli_main  # noqa: E402
-from rag_pipeline.errors import ConfigError  # noqa: E402
-from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
-from rag_pipeline.serve.app import create_app  # noqa: E402
-from rag_pipeline.serve.batcher import BatchQueue, Job  # noqa: E402
-
-from serve_helpers import (  # noqa: E402
+from serve_helpers import (
     FailingPipeline, GatedPipeline, ThreadServer, start_cli_server, stop_process, wait_healthy,
 )
-from test_ask import QUESTIONS, env  # noqa: E402,F401 - the module-scoped tiny index + generator + adapter
 
 KEY = "test-key-123"
 MODEL = "adapter"  # the served id: the adapter directory's name
@@ -69,7 +66,7 @@ def client(server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def reference(env: dict) -> Pipeline:
     """The same pipeline in this process: what ``ask`` answers, to compare the server with."""
-    return Pipeline.load(ask_config(serve_cfg(env)))
+    return Pipeline.load(serve_cfg(env))
 
 
 def ask(client: openai.OpenAI, question: str, **kw):
@@ -173,7 +170,7 @@ def test_api_key_from_the_environment_is_required(server) -> None:
 
 
 def test_without_a_key_no_authentication_is_asked(env: dict, reference: Pipeline) -> None:
-    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: reference)) as srv:
+    with ThreadServer(create_app(serve_cfg(env), MODEL, "", lambda: reference)) as srv:
         wait_healthy(srv.url, 30)
         r = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="anything", max_retries=0).models.list()
         assert [m.id for m in r] == [MODEL]
@@ -253,7 +250,7 @@ def gated(env: dict, reference: Pipeline):
     """A server in a thread whose worker waits at a gate in answer_batch; 1 per batch, queue of 2."""
     pipe = GatedPipeline(reference)
     cfg = serve_cfg(env, max_batch=1, max_queue=2, batch_wait_ms=0, request_timeout_s=30)
-    with ThreadServer(create_app(limits_for(cfg, MODEL, ""), lambda: pipe)) as srv:
+    with ThreadServer(create_app(cfg, MODEL, "", lambda: pipe)) as srv:
         wait_healthy(srv.url, 30)
         yield srv, pipe
         pipe.gate.set()
@@ -317,7 +314,7 @@ def test_a_client_that_disconnects_frees_its_slot_before_generation(gated) -> No
 def test_request_timeout_is_504_and_drops_the_job(env: dict, reference: Pipeline) -> None:
     pipe = GatedPipeline(reference)
     cfg = serve_cfg(env, max_batch=1, max_queue=4, batch_wait_ms=0, request_timeout_s=1)
-    with ThreadServer(create_app(limits_for(cfg, MODEL, ""), lambda: pipe)) as srv:
+    with ThreadServer(create_app(cfg, MODEL, "", lambda: pipe)) as srv:
         wait_healthy(srv.url, 30)
         pipe.gate.clear()
         with cf.ThreadPoolExecutor(2) as pool:
@@ -341,7 +338,7 @@ def test_health_is_503_until_the_models_are_loaded(env: dict, reference: Pipelin
         assert release.wait(30)
         return reference
 
-    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), slow_load)) as srv:
+    with ThreadServer(create_app(serve_cfg(env), MODEL, "", slow_load)) as srv:
         r = httpx.get(f"{srv.url}/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"
         r = _post(srv.url, QUESTIONS[0])
@@ -365,7 +362,7 @@ def _free() -> int:
 
 
 def test_internal_errors_never_leak_a_stack_trace(env: dict, reference: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
-    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: FailingPipeline(reference))) as srv:
+    with ThreadServer(create_app(serve_cfg(env), MODEL, "", lambda: FailingPipeline(reference))) as srv:
         wait_healthy(srv.url, 30)
         for stream in (False, True):
             r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=30,
@@ -378,7 +375,7 @@ def test_internal_errors_never_leak_a_stack_trace(env: dict, reference: Pipeline
 
 def test_access_log_is_one_json_line_per_request(env: dict, reference: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="rag_pipeline.serve.access")
-    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: reference)) as srv:
+    with ThreadServer(create_app(serve_cfg(env), MODEL, "", lambda: reference)) as srv:
         wait_healthy(srv.url, 30)
         caplog.clear()
         ok = _post(srv.url, QUESTIONS[0])
@@ -395,8 +392,8 @@ def test_access_log_is_one_json_line_per_request(env: dict, reference: Pipeline,
 
 
 def test_threshold_abstention_is_marked(env: dict) -> None:
-    pipe = Pipeline.load(ask_config(serve_cfg(env, min_score=0.99)))
-    with ThreadServer(create_app(limits_for(serve_cfg(env), MODEL, ""), lambda: pipe)) as srv:
+    pipe = Pipeline.load(serve_cfg(env, min_score=0.99))
+    with ThreadServer(create_app(serve_cfg(env), MODEL, "", lambda: pipe)) as srv:
         wait_healthy(srv.url, 30)
         r = _post(srv.url, "zebra quantum saxophone").json()
         assert r["choices"][0]["message"]["content"] == ABSTAIN and r["abstained"] is True
@@ -424,14 +421,14 @@ def calibrated(env: dict, reference: Pipeline, tmp_path_factory: pytest.TempPath
     meta = json.loads((adapter / "rag_pipeline.json").read_text())
     meta["abstention"] = {"free": {"threshold": (margins[2] + margins[3]) / 2}}
     (adapter / "rag_pipeline.json").write_text(json.dumps(meta))
-    return Pipeline.load(ask_config(serve_cfg(env, adapter=str(adapter))))
+    return Pipeline.load(serve_cfg(env, adapter=str(adapter)))
 
 
 def test_a_calibrated_answer_streams_exactly_what_the_server_answers(calibrated: Pipeline) -> None:
     """The stream once carried the first greedy decode while the answer was withheld (and said abstained), and
     a withheld answer reported usage 0/0/0 after generating."""
     assert calibrated.calibration is not None
-    with ThreadServer(create_app(limits_for(serve_cfg({"index": "-", "adapter": "-"}), MODEL, ""), lambda: calibrated)) as srv:
+    with ThreadServer(create_app(serve_cfg({"index": "-", "adapter": "-"}), MODEL, "", lambda: calibrated)) as srv:
         wait_healthy(srv.url, 30)
         reasons = []
         for q in QUESTIONS:
@@ -570,20 +567,15 @@ def test_batch_queue_is_bounded_and_cancel_frees_a_slot() -> None:
         loop.close()
 
 
-def test_ask_config_carries_the_serving_settings(env: dict) -> None:
-    a = ask_config(serve_cfg(env, k=3, max_batch=4, hybrid=False, grounded=True, abstain_bias=1.5))
-    assert isinstance(a, AskConfig) and (a.k, a.batch_size, a.hybrid, a.grounded, a.abstain_bias, a.index) == (3, 4, False, True, 1.5, str(env["index"]))
+def test_serve_answers_with_its_config_and_its_batch_is_max_batch(tmp_path: Path) -> None:
+    """ServeConfig is the answering settings ask uses (one type: the same defaults and checks), plus the server's;
+    decoding is each request's, so the decoding settings are not serve's to set."""
+    from rag_pipeline.answer.settings import AnswerSettings
+    from rag_pipeline.config import build_config
 
-
-def test_serve_answers_as_ask_does_by_default() -> None:
-    """Every answering setting serve shares with ask has ask's default (serve once retrieved dense-only while
-    ask, and the adapter's calibration, used hybrid retrieval: its answers differed from ask's)."""
-    import dataclasses
-
-    from rag_pipeline.serve import ServeConfig
-
-    serve, ask = {f.name: f for f in dataclasses.fields(ServeConfig)}, {f.name: f for f in dataclasses.fields(AskConfig)}
-    shared = sorted((set(serve) & set(ask)) - {"adapter", "snippet", "question"})
-    assert {"k", "hybrid", "grounded", "abstain_bias", "min_score", "max_prompt_tokens", "max_new_tokens", "dtype"} <= set(shared)
-    for name in shared:
-        assert serve[name].default == ask[name].default, name
+    c = ServeConfig(k=3, max_batch=4, hybrid=False, grounded=True, abstain_bias=1.5)
+    assert isinstance(c, AnswerSettings) and (c.k, c.batch_size, c.hybrid, c.grounded, c.abstain_bias) == (3, 4, False, True, 1.5)
+    y = tmp_path / "serve.yaml"
+    y.write_text("do_sample: true\n")
+    with pytest.raises(ConfigError, match=r"'do_sample' in .* is not a setting of ServeConfig \(each request sets its own decoding"):
+        build_config(ServeConfig, y)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.data.teacher import ANSWER_TAG, FakeTeacher, load_teacher, write_cot
-
-torch = pytest.importorskip("torch")
 
 try:  # tests/ as a package or as a plain directory on sys.path
     from tests.tiny_models import build_tiny_llama

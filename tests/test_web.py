@@ -14,22 +14,18 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver")
+from rag_pipeline.answer.ask import ABSTAIN, Pipeline
+from rag_pipeline.serve import ServeConfig
+from rag_pipeline.serve.app import create_app
 
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from rag_pipeline.answer.ask import ABSTAIN, Pipeline  # noqa: E402
-from rag_pipeline.serve import ServeConfig, ask_config, limits_for  # noqa: E402
-from rag_pipeline.serve.app import create_app  # noqa: E402
-
-from serve_helpers import CitingPipeline, ThreadServer, wait_healthy  # noqa: E402
-from test_ask import env  # noqa: E402,F401 - the module-scoped tiny index + generator + adapter
+from serve_helpers import CitingPipeline, ThreadServer, wait_healthy
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -65,11 +61,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def pipe(env: dict) -> CitingPipeline:
     cfg = ServeConfig(index=str(env["index"]), adapter=str(env["adapter"]), device="cpu", dtype="float32", max_new_tokens=4)
-    return CitingPipeline(Pipeline.load(ask_config(cfg)))
+    return CitingPipeline(Pipeline.load(cfg))
 
 
 def _serve(pipe: CitingPipeline, api_key: str = "") -> ThreadServer:
-    return ThreadServer(create_app(limits_for(ServeConfig(index="unused"), "tiny-adapter", api_key), lambda: pipe))
+    return ThreadServer(create_app(ServeConfig(index="unused"), "tiny-adapter", api_key, lambda: pipe))
 
 
 def _ask(browser, url: str, question: str) -> None:

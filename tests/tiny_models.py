@@ -6,6 +6,7 @@ code under test loads it exactly as it loads a real model:
 * :func:`build_tiny_tokenizer`: a byte-level BPE trained in a fraction of a second on
   :data:`TINY_TEXTS`; ``chat=True`` gives it a ChatML chat template (like SmolLM2's).
 * :func:`build_tiny_llama` / :func:`build_tiny_t5`: 2-layer models (hidden 32) with that tokenizer.
+* :func:`make_adapter`: a LoRA adapter of a tiny Llama, in the directory format train-generator writes.
 * :func:`write_raft_dataset`: a RAFT dataset directory (manifest + DatasetDict) with the
   documented columns, small and learnable (the answer is a word in the oracle document).
 """
@@ -91,6 +92,25 @@ def build_tiny_t5(path: str | Path, hidden: int = 32, layers: int = 2, seed: int
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)
+
+
+def make_adapter(base: Path, out: Path) -> Path:
+    """A LoRA adapter directory in the format train-generator writes (weights + tokenizer + rag_pipeline.json)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rag_pipeline.adapter_meta import AdapterMeta, write_adapter_meta
+    from rag_pipeline.model_paths import weights_hash
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    write_adapter_meta(out, AdapterMeta(model_kind="causal", method="lora", base_model=str(base),
+                                        base_weights_hash=weights_hash(base), template="raft-v1"))
+    return out
 
 
 def raft_rows(n: int, seed: int = 0, distractors: int = 2) -> list[dict[str, Any]]:

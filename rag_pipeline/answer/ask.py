@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
+from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings
 from rag_pipeline.config import opt
-from rag_pipeline.device import check_device, check_dtype
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import is_abstention, may_become_abstention
 from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
@@ -45,72 +45,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generator run writes
 BATCHES_PER_CALL = 4  # --questions: generation batches per answer_batch call; length-sorting packs them tighter
 
 
 @dataclass
-class AskConfig(QAFieldConfig):
-    """Settings of ``ask`` (defaults < ``--config`` YAML < flags)."""
+class AskConfig(AnswerSettings, QAFieldConfig):
+    """Settings of ``ask``: the answering settings (:class:`AnswerSettings`) and what to answer and print."""
 
     question: str = opt("", "the question; empty: read questions line by line from standard input")
-    index: str = opt("indexes/disfl_qa", "index directory written by build-index")
-    adapter: str = opt("", f"train-generator output directory; empty: {DEFAULT_ADAPTER}, else {REFERENCE_ADAPTER}, else the base model")
-    no_adapter: bool = opt(False, "use the base generator without any adapter")
-    base_model: str = opt("", f"base generator; empty: the adapter's recorded base, else {SMOLLM2_ID}")
-    template: str = opt("", f"prompt template; empty: the adapter's recorded template, else {DEFAULT_TEMPLATE}")
-    k: int = opt(2, "chunks retrieved and shown to the generator (2, as configs/raft.yaml trains: oracle + 1 distractor)")
-    max_new_tokens: int = opt(48, "generation length; answers are short spans with a citation")
-    num_beams: int = opt(1, "beam search width (1 = greedy)")
-    do_sample: bool = opt(False, "sample instead of greedy/beam decoding (seeded)")
-    temperature: float = opt(0.7, "sampling temperature (with --do-sample)")
-    top_p: float = opt(0.9, "nucleus sampling mass (with --do-sample)")
-    seed: int = opt(0, "seed for sampling; the same seed and inputs give the same answers")
-    min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (dev split: "
-                                 "abstains on 0.3%% of answerable and 82%% of off-topic questions; bench/bench_ask.py --scores)")
-    max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
-    hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only (the min-score threshold still uses the dense cosine)")
-    device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and AVX512-BF16/AMX CPUs, else float32")
-    batch_size: int = opt(8, "questions per generation batch (--questions mode and answer_batch)")
-    grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
-                                "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
-    abstention: Literal["calibrated", "greedy"] = opt(
-        "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
-                      "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
-    abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
-    answer_check: Literal["grounded", "abstain", "off"] = opt(
-        "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
-                    "(rag_pipeline.support.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
-                    "shown passage) and abstain if that fails the check too; abstain = abstain at once; off = show it")
     show_context: bool = opt(False, "also print the documents shown to the generator")
     json: bool = opt(False, "print JSON: answer, citations, retrieved chunks with scores, timings per stage")
     questions: str = opt("", "QA file to answer in batches (JSONL, JSON, CSV/TSV, Parquet, datasets folder; see rag_pipeline.qa)")
     output: str = opt("", "with --questions: JSONL file for the answers (written atomically); empty: standard output "
                           "(readable text with each gold answer; JSON lines with --json)")
     limit: int = opt(0, "with --questions: answer only the first N questions of the file (0 = all)")
-    snippet: int = opt(160, "characters of each cited chunk to print")
     progress: bool = opt(True, "progress bar in --questions mode")
 
     def __post_init__(self) -> None:
         if self.question and not self.question.strip():
             raise InputError("empty question: pass the question text, e.g. ask \"who founded X?\", or nothing to read questions from standard input")
-        if not self.index:
-            raise ConfigError("index is empty: pass --index DIR (an index built with rag-pipeline build-index)")
-        for name, low in (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least {low}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature is {self.temperature}: it must be positive (use greedy decoding, the default, for determinism)")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p is {self.top_p}: it must be in (0, 1]")
-        if not -1 <= self.min_score <= 1:
-            raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
-        check_device(self.device)
-        check_dtype(self.dtype)
-        if self.adapter and self.no_adapter:
-            raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
+        super().__post_init__()
         if self.question and self.questions:
             raise ConfigError("a question and --questions were both given: pass one question, or a QA file with --questions")
         if self.limit < 0 or (self.limit and not self.questions):
@@ -171,7 +125,7 @@ class Decoding:
             raise ConfigError(f"temperature ({self.temperature}) must be positive and top_p ({self.top_p}) in (0, 1]")
 
     @classmethod
-    def of(cls, cfg: AskConfig) -> Decoding:
+    def of(cls, cfg: AnswerSettings) -> Decoding:
         """The settings ``cfg`` gives (what ``answer_batch`` uses when the call gives none)."""
         return cls(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, cfg.num_beams)
 
@@ -252,7 +206,7 @@ def make_snippet(text: str, answer: str, width: int) -> str:
 # -------------------------------------------------------------------------------- pipeline
 
 
-def choose_adapter(cfg: AskConfig) -> tuple[str | None, str]:
+def choose_adapter(cfg: AnswerSettings) -> tuple[str | None, str]:
     """(adapter directory or None, a line saying which generator is used and why)."""
     if cfg.no_adapter:
         return None, "base model without an adapter (--no-adapter)"
@@ -271,7 +225,7 @@ def choose_adapter(cfg: AskConfig) -> tuple[str | None, str]:
 class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
-    def __init__(self, cfg: AskConfig, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
+    def __init__(self, cfg: AnswerSettings, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
                  adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None) -> None:
         from rag_pipeline.prompt import model_text_fn
 
@@ -292,7 +246,7 @@ class Pipeline:
         return self.calibrations.get("grounded" if self.cfg.grounded else "free")
 
     @classmethod
-    def load(cls, cfg: AskConfig, retriever: Any = None) -> Pipeline:
+    def load(cls, cfg: AnswerSettings, retriever: Any = None) -> Pipeline:
         """Check the cheap things first (device, index manifest, adapter metadata), then load the models.
 
         Args:
@@ -306,7 +260,8 @@ class Pipeline:
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
         from rag_pipeline.device import inference_dtype, resolve_device
-        from rag_pipeline.generator import load_generator, read_adapter_meta
+        from rag_pipeline.adapter_meta import read_adapter_meta
+        from rag_pipeline.generator import load_generator
         from rag_pipeline.index.format import read_manifest
         from rag_pipeline.prompt import get_template, recorded_template
         from rag_pipeline.index.retriever import Retriever
@@ -314,20 +269,20 @@ class Pipeline:
         device = resolve_device(cfg.device)
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
-        meta = read_adapter_meta(adapter) if adapter else {}
-        recorded = meta.get("template")
+        meta = read_adapter_meta(adapter) if adapter else None
+        recorded = meta.template if meta else None
         if recorded and cfg.template and cfg.template != recorded:
             raise ConfigError(f"adapter {adapter} was trained with prompt template '{recorded}', not '{cfg.template}': drop --template (ask uses the adapter's own)")
         if recorded:
-            template = recorded_template(recorded, meta.get("template_text"), f"adapter {adapter}")
+            template = recorded_template(recorded, meta.template_text, f"adapter {adapter}")
         else:
             template = get_template(cfg.template or DEFAULT_TEMPLATE)
-        base = cfg.base_model or meta.get("base_model") or SMOLLM2_ID
+        base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
         dtype = inference_dtype(cfg.dtype, device)
         model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
-        calibrations = abstention_of(meta, cfg)
+        calibrations = abstention_of(meta.abstention if meta else None, cfg)
         calibration = calibrations.get("grounded" if cfg.grounded else "free")
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "") + (f"; calibrated abstention (threshold "
@@ -414,13 +369,8 @@ class Pipeline:
 
     def _retrieve(self, questions: list[str]) -> tuple[list[list[Passage]], list[float | None]]:
         """Top-k hits as passages per question, and the best dense cosine (the threshold's input)."""
-        hits = self.retriever.search_batch(questions, self.cfg.k, self.cfg.hybrid)
-        if self.cfg.hybrid:  # fused RRF scores are not cosines: take the best dense score separately
-            scores, _ = self.retriever.search_vectors(self.retriever.embedder.encode(list(questions)), 1)
-            best = [float(s[0]) if len(s) else None for s in scores]
-        else:
-            best = [hs[0].score if hs else None for hs in hits]
-        best = [-1.0 if b is None else b for b in best]  # an empty index: always below the threshold
+        hits, cosines = self.retriever.search_with_cosine(questions, self.cfg.k, self.cfg.hybrid)
+        best = [-1.0 if b is None else b for b in cosines]  # an empty index: always below the threshold
         return [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits], best
 
     def _render(self, question: str, docs: list[Passage]) -> str:
@@ -532,11 +482,14 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
             on_usage(i, TokenUsage(c.prompt_tokens if c else 0, c.completion_tokens if c else 0, "length" if length else "stop"))
 
 
-def abstention_of(meta: dict[str, Any], cfg: AskConfig) -> dict[str, dict[str, Any]]:
-    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily."""
+def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSettings) -> dict[str, dict[str, Any]]:
+    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily.
+
+    ``recorded``: the adapter's :attr:`~rag_pipeline.adapter_meta.AdapterMeta.abstention` (None: never calibrated).
+    """
     from rag_pipeline.eval.calibrate import from_json
 
-    stored = {mode: from_json(c) for mode, c in (meta.get("abstention") or {}).items() if c}
+    stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
         return {}
     if cfg.do_sample or cfg.num_beams > 1:

@@ -299,14 +299,16 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     kind, _, rest = spec.partition(":")
     if kind != "adapter":
         return writer, load_teacher(spec, teacher_options(cfg))
-    from rag_pipeline.answer.ask import AskConfig, Pipeline
+    from rag_pipeline.answer.ask import Pipeline
+    from rag_pipeline.answer.settings import AnswerSettings
 
     if not Path(rest).is_dir():
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
                          "output) or hf:PATH_OR_ID")
-    ask = AskConfig(index=cfg.index or "(the dataset's index)", adapter=rest, abstention="greedy", grounded=False, answer_check="off", device=cfg.device, progress=False,
-                    max_new_tokens=32)
-    return writer, questions.AdapterReader(Pipeline.load(ask, retriever=retriever))
+    # the adapter's own best answer from the chunk: greedy, unchecked, on the dataset's index
+    settings = AnswerSettings(index=str(retriever.index_dir), adapter=rest, abstention="greedy", answer_check="off",
+                              device=cfg.device, max_new_tokens=32)
+    return writer, questions.AdapterReader(Pipeline.load(settings, retriever=retriever))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -732,15 +734,11 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
 
 
 def load_tokenizer(generator: str) -> Any:
-    """The generator's fast tokenizer, resolved offline."""
-    from transformers import AutoTokenizer
-
+    """The generator's fast tokenizer, resolved offline (:func:`rag_pipeline.generator.load_tokenizer`)."""
+    from rag_pipeline.generator import load_tokenizer as load
     from rag_pipeline.model_paths import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(str(resolve_model(generator)))
-    if not getattr(tok, "is_fast", False):
-        raise ConfigError(f"the tokenizer of {generator} is not a fast tokenizer: the budget fitter needs one (a tokenizer.json); pick another --generator")
-    return tok
+    return load(resolve_model(generator), None, require_fast=f"the budget fitter needs one; pick another --generator than {generator}")
 
 
 def summarize(rows: dict[str, list[dict]], tokens: dict[str, list[int]]) -> dict[str, dict]:

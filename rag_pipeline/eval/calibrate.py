@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from rag_pipeline.config import opt
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
+from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.qa import QAFieldConfig
 
@@ -31,7 +32,8 @@ SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer)
 
 
 def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Sequence[bool]) -> list[dict[str, float]]:
-    """SQuAD 2.0 figures at every distinct threshold: abstain when ``margin > threshold``.
+    """SQuAD 2.0 figures at every distinct threshold: abstain when ``margin > threshold``
+    (:func:`rag_pipeline.metrics.squad2_figures` scores each).
 
     Args:
         margins: null margin per question; ``+inf`` abstains at every threshold (no generation, or
@@ -45,19 +47,17 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     """
     if not len(margins) == len(answered_f1) == len(answerable) or not margins:
         raise ValueError(f"need equal, non-empty lists; got {len(margins)}, {len(answered_f1)}, {len(answerable)}")
+    from rag_pipeline.metrics import squad2_figures
+
     values = sorted(set(float(m) for m in margins))
     cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
-    n_has = sum(bool(a) for a in answerable)
-    n_no = len(answerable) - n_has
     rows = []
     for t in cuts:
-        out = [m > t or m == math.inf for m in margins]
-        has = sum(f for o, f, a in zip(out, answered_f1, answerable) if a and not o)
-        false_abs = sum(1 for o, a in zip(out, answerable) if a and o)
-        noans = sum(1 for o, a in zip(out, answerable) if not a and o)
-        rows.append({"threshold": t, "overall_f1": (has + noans) / len(margins),
-                     "has_f1": has / n_has if n_has else math.nan, "noans_acc": noans / n_no if n_no else math.nan,
-                     "false_abstain_rate": false_abs / n_has if n_has else 0.0})
+        fig = squad2_figures([m > t or m == math.inf for m in margins], answerable, answered_f1)
+        rows.append({"threshold": t, "overall_f1": fig["overall_f1"],
+                     "has_f1": math.nan if fig["has_f1"] is None else fig["has_f1"],
+                     "noans_acc": math.nan if fig["noans_acc"] is None else fig["noans_acc"],
+                     "false_abstain_rate": fig["false_abstain_rate"] or 0.0})
     return rows
 
 
@@ -105,33 +105,40 @@ def from_json(obj: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+_GREEDY = "the null margin scores the generator's own greedy answer"
+
+
 @dataclass
-class CalibrateConfig(QAFieldConfig):
-    """Settings of ``calibrate``: choose an adapter's abstention threshold on validation questions."""
+class CalibrateConfig(AnswerSettings, QAFieldConfig):
+    """Settings of ``calibrate``: choose an adapter's abstention threshold on validation questions, answered
+    as ``ask`` answers them (:class:`AnswerSettings`) but greedily and unchecked."""
 
     adapter: str = opt("", "train-generator output directory whose rag_pipeline.json receives the threshold")
-    index: str = opt("indexes/disfl_qa", "index directory, as ask uses it")
+    no_adapter: bool = fixed(False, "the threshold is stored in the adapter")
     qa: str = opt("corpus/disfl_qa/qa/dev.jsonl", "validation QA file (never the test split): answerable and unanswerable questions")
     limit: int = opt(400, "seeded sample of this many questions (0 = all); 400 keeps the threshold's noise near 2 points of F1")
     seed: int = opt(0, "seed of the sample")
     max_false_abstain: float = opt(0.15, "ceiling on abstentions among answerable questions; the threshold maximises overall "
                                          "F1 under it (SQuAD 2.0's null-score threshold, constrained)")
     grounded: bool = opt(False, "calibrate grounded decoding (stored separately from free decoding)")
-    k: int = opt(2, "documents per prompt, as ask")
-    hybrid: bool = opt(True, "dense + BM25 retrieval, as ask")
-    max_new_tokens: int = opt(48, "generation budget per answer")
-    batch_size: int = opt(8, "prompts per generation batch")
-    device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights, as ask")
+    num_beams: int = fixed(1, _GREEDY)
+    do_sample: bool = fixed(False, _GREEDY)
+    temperature: float = fixed(0.7, _GREEDY)
+    top_p: float = fixed(0.9, _GREEDY)
+    abstention: Abstention = fixed("greedy", "calibrate chooses the threshold that calibrated abstention applies")
+    abstain_bias: float = fixed(0.0, "calibrate chooses the threshold that the bias shifts")
+    answer_check: AnswerCheck = fixed("off", "the margins of the generator's own answers: the check applies after the threshold")
+    snippet: int = fixed(160, "calibrate shows no citations")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
 
     def __post_init__(self) -> None:
         if not self.adapter:
             raise ConfigError("adapter is empty: pass --adapter DIR (a train-generator output) to calibrate")
+        super().__post_init__()
         if not 0.0 <= self.max_false_abstain <= 1.0:
             raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
-        if self.limit < 0 or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError("limit must be >= 0 and k, batch_size, max_new_tokens >= 1")
+        if self.limit < 0:
+            raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
@@ -155,11 +162,10 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
         InputError, ConfigError: a missing adapter or QA file, a QA file without answers, or an
             adapter without rag_pipeline.json.
     """
-    import json
-    from pathlib import Path
+    import dataclasses
 
-    from rag_pipeline.answer.ask import AskConfig, Pipeline
-    from rag_pipeline.atomic import write_json
+    from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
+    from rag_pipeline.answer.ask import Pipeline
     from rag_pipeline.eval.evaluate import sample_items, usable_items
     from rag_pipeline.metrics import f1, is_abstention
     from rag_pipeline.qa import load_qa, require_answers
@@ -168,10 +174,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
     usable, skipped = usable_items(loaded)
     items = sample_items(usable, cfg.limit, cfg.seed)
-    ask = AskConfig(index=cfg.index, adapter=cfg.adapter, k=cfg.k, hybrid=cfg.hybrid, grounded=cfg.grounded, abstention="greedy",
-                    answer_check="off",  # the margins of the generator's own answers: the check applies after the threshold
-                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype, progress=False)
-    pipe = Pipeline.load(ask)
+    pipe = Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
@@ -187,10 +190,9 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped]}
     if not cfg.dry_run:
-        meta_path = Path(cfg.adapter) / "rag_pipeline.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta.setdefault("abstention", {})["grounded" if cfg.grounded else "free"] = result
-        write_json(meta_path, meta)
+        meta = read_adapter_meta(cfg.adapter)
+        mode = "grounded" if cfg.grounded else "free"
+        write_adapter_meta(cfg.adapter, dataclasses.replace(meta, abstention={**(meta.abstention or {}), mode: result}))
     return result
 
 

@@ -108,13 +108,13 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from rag_pipeline.answer.settings import AnswerSettings, Answering
 from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target
-from rag_pipeline.config import opt, to_dict
-from rag_pipeline.device import check_device, check_dtype
+from rag_pipeline.config import fixed, opt, to_dict
 from rag_pipeline.data.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.metrics import exact_match, extract_answer, f1, yes_no_gold
@@ -125,7 +125,7 @@ from rag_pipeline.support import answer_form, answer_problem, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
 
 if TYPE_CHECKING:
-    from rag_pipeline.answer.ask import Answer, Answerer, AskConfig
+    from rag_pipeline.answer.ask import Answer, Answerer
     from rag_pipeline.index.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)
@@ -139,52 +139,40 @@ ARTIFACT = Artifact("an evaluate output", "metrics.json", keys=("schema_version"
 
 
 @dataclass
-class EvaluateConfig(QAFieldConfig):
-    """Settings of ``evaluate``; all of them are recorded in ``metrics.json``."""
+class EvaluateConfig(Answering, QAFieldConfig):
+    """Settings of ``evaluate``: the answering settings every system shares (:class:`Answering`, as ``ask``), the
+    systems, the contexts and the sample; all of them are recorded in ``metrics.json``."""
 
-    index: str = opt("indexes/disfl_qa", "index directory (from build-index)")
     qa: str = opt("corpus/disfl_qa/qa/test.jsonl", "QA file (JSONL, JSON, CSV/TSV, Parquet, datasets folder): question, answer, "
                                                    "optional id, doc_id, context, answerable")
     output: str = opt("runs/evaluate", "output directory: report.md, metrics.json, chart.png, predictions.jsonl (replaced atomically)")
     adapter: list[str] = opt(factory=list, help="trained adapter directories, each evaluated as one system")
     no_adapter: bool = opt(False, "also evaluate the base model without adapter (implied when no --adapter is given)")
-    base_model: str = opt("", "base generator; '' = the one each adapter records (SmolLM2-135M-Instruct for the base system)")
-    template: str = opt("", "prompt template; '' = the one each adapter records (raft-v1 for the base system)")
     retrieved: bool = opt(True, "evaluate with the pipeline's retrieved context")
     oracle: bool = opt(False, "also evaluate with the gold passage plus the k-1 best-ranked retrieved distractors (RAFT training's rules; see passage.py)")
     injection: bool = opt(False, "also evaluate with a 'reply HACKED' document among the retrieved ones (prompt-injection robustness)")
-    k: int = opt(2, "documents per prompt: configs/raft.yaml trains on 2 (oracle + 1 distractor)")
     precision_k: int = opt(5, "k of the retrieval Precision@k")
     limit: int = opt(0, "evaluate a seeded sample of this many questions, the same for every system; 0 = all")
     seed: int = opt(0, "seed of the sample, the oracle shuffles and the injection positions")
-    max_new_tokens: int = opt(48, "generation budget per answer: short cited answers need ~20 tokens")
-    batch_size: int = opt(16, "prompts generated per batch")
+    batch_size: int = opt(16, "prompts generated per batch (twice ask's: evaluation has many questions and no one waiting)")
     grounded: bool = opt(False, "also decode every context grounded (spans of a shown document + its citation, or the "
                                 "abstention): results appear as CONTEXT/grounded beside the free decoding")
-    hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the bundled test split); --no-hybrid for dense only")
-    min_score: float | None = opt(None, "abstain when the best retrieval score is below this; unset = ask's default")
-    answer_check: Literal["grounded", "abstain", "off"] = opt(
-        "grounded", "as ask: an answer with no content word or unsupported by its cited passage is decoded again grounded "
-                    "(grounded), abstained on (abstain), or shown (off)")
-    max_prompt_tokens: int | None = opt(None, "prompt token budget; unset = ask's default")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where the generator runs")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "generator weights; auto = bfloat16 where the hardware runs it fast")
+    num_beams: int = fixed(1, "answers are scored as greedy decoding gives them")
+    do_sample: bool = fixed(False, "answers are scored as greedy decoding gives them")
+    temperature: float = fixed(0.7, "answers are scored as greedy decoding gives them")
+    top_p: float = fixed(0.9, "answers are scored as greedy decoding gives them")
+    snippet: int = fixed(160, "predictions record the cited documents, not snippets")
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"k must be at least 1, got {self.k}")
+        super().__post_init__()
         if self.precision_k < 1:
             raise ConfigError(f"precision_k must be at least 1, got {self.precision_k}")
         if self.limit < 0:
             raise ConfigError(f"limit must be 0 (all questions) or positive, got {self.limit}")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError(f"batch_size and max_new_tokens must be positive, got {self.batch_size} and {self.max_new_tokens}")
         if not (self.retrieved or self.oracle or self.injection):
             raise ConfigError("no context to evaluate: keep --retrieved or add --oracle or --injection")
         if len(set(self.adapter)) != len(self.adapter):
             raise ConfigError(f"adapter lists a directory twice ({', '.join(self.adapter)}): give each once")
-        check_device(self.device)
-        check_dtype(self.dtype)
 
     @property
     def contexts(self) -> list[str]:
@@ -314,16 +302,14 @@ def aggregate(records: list[dict], context: str) -> dict:
 
 
 def squad2(records: list[dict]) -> dict[str, float | None]:
-    """SQuAD 2.0's figures from prediction records: abstentions score 0 when answerable, 1 when not."""
-    has = [r for r in records if r["answerable"] and r["scores"]["em"] is not None]
-    noans = [r for r in records if r not in has]
-    em = [0.0 if r["abstained"] else r["scores"]["em"] for r in has]
-    f1s = [0.0 if r["abstained"] else r["scores"]["f1"] for r in has]
-    right = [float(r["abstained"]) for r in noans]
-    n = len(records)
-    return {"has_em": _mean(em), "has_f1": _mean(f1s), "noans_acc": _mean(right),
-            "overall_em": round((sum(em) + sum(right)) / n, 4) if n else None,
-            "overall_f1": round((sum(f1s) + sum(right)) / n, 4) if n else None}
+    """SQuAD 2.0's figures (:func:`rag_pipeline.metrics.squad2_figures`) from prediction records, an
+    abstention being the record's own (any rule); a question without a gold answer counts as unanswerable."""
+    from rag_pipeline.metrics import squad2_figures
+
+    has = [bool(r["answerable"] and r["scores"]["em"] is not None) for r in records]
+    fig = squad2_figures([bool(r["abstained"]) for r in records], has, [r["scores"]["f1"] if h else 0.0 for r, h in zip(records, has)],
+                         [r["scores"]["em"] if h else 0.0 for r, h in zip(records, has)])
+    return {k: None if fig[k] is None else round(fig[k], 4) for k in ("has_em", "has_f1", "noans_acc", "overall_em", "overall_f1")}
 
 
 def injection_rates(records: list[dict]) -> dict:
@@ -436,26 +422,20 @@ def systems_of(cfg: EvaluateConfig) -> list[tuple[str, str | None]]:
     return out
 
 
-def ask_config(cfg: EvaluateConfig, adapter: str | None) -> AskConfig:
-    """The ``ask`` settings of one system; fields left unset in ``cfg`` keep ask's defaults."""
-    from rag_pipeline.answer.ask import AskConfig
-    from rag_pipeline.config import build_config
+def answer_settings(cfg: EvaluateConfig, adapter: str | None) -> AnswerSettings:
+    """One system's answering settings: ``cfg``'s shared ones, with its adapter (None: the base model).
 
-    overrides: dict[str, Any] = {
-        "index": cfg.index, "adapter": adapter, "no_adapter": adapter is None, "k": cfg.k, "seed": cfg.seed,
-        "max_new_tokens": cfg.max_new_tokens, "num_beams": 1, "do_sample": False, "hybrid": cfg.hybrid,
-        "device": cfg.device, "dtype": cfg.dtype, "batch_size": cfg.batch_size, "min_score": cfg.min_score,
-        "max_prompt_tokens": cfg.max_prompt_tokens, "base_model": cfg.base_model or None, "template": cfg.template or None,
-        "answer_check": cfg.answer_check,
-    }
-    return build_config(AskConfig, None, {k: v for k, v in overrides.items() if v is not None})
+    Free decoding: the grounded contexts ask :meth:`~rag_pipeline.answer.ask.Pipeline.answer_batch` for grounded decoding.
+    """
+    shared = {f.name: getattr(cfg, f.name) for f in fields(Answering)}
+    return AnswerSettings(**{**shared, "grounded": False}, adapter=adapter or "", no_adapter=adapter is None)
 
 
 def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Retriever) -> Answerer:
     """One ask Pipeline per system, sharing the already loaded retriever."""
     from rag_pipeline.answer.ask import Pipeline
 
-    return Pipeline.load(ask_config(cfg, adapter), retriever=retriever)
+    return Pipeline.load(answer_settings(cfg, adapter), retriever=retriever)
 
 
 def _progress(total: int, desc: str) -> Any:

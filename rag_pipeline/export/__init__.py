@@ -161,7 +161,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             ``--output`` cannot be written (checked before the models load).
     """
     from rag_pipeline.atomic import atomic_dir, write_json
-    from rag_pipeline.generator import load_generator, read_adapter_meta
+    from rag_pipeline.adapter_meta import read_adapter_meta
+    from rag_pipeline.generator import load_generator
     from rag_pipeline.model_paths import weights_hash
     from rag_pipeline.prompt import DEFAULT_TEMPLATE, get_template
 
@@ -171,11 +172,11 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     meta = read_adapter_meta(adapter)
     check_target(output, adapter)
     name = cfg.name or adapter.resolve().name
-    template = get_template(meta.get("template") or DEFAULT_TEMPLATE)
+    template = get_template(meta.template or DEFAULT_TEMPLATE)
     with atomic_dir(output, ARTIFACT) as tmp:  # made before the models load: an unwritable --output fails at once
         model, tokenizer, kind = load_generator(cfg.base_model or None, adapter, device="cpu", dtype="float32", merge=True)
         if cfg.format == "gguf" and kind != "causal":
-            raise ConfigError(f"GGUF export writes causal (Llama) models; {meta.get('base_model')} is {kind}: use --format merged")
+            raise ConfigError(f"GGUF export writes causal (Llama) models; {meta.base_model} is {kind}: use --format merged")
         if cfg.format == "merged":
             write_merged(model, tokenizer, tmp, cfg.dtype)
             details: dict[str, Any] = {"dtype": cfg.dtype}
@@ -187,8 +188,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         write_json(tmp / "rag_prompt.json", dataclasses.asdict(template))
         manifest = {
             "kind": KIND, "format": cfg.format, "name": name, "config": to_dict(cfg), **details,
-            "adapter": str(adapter), "adapter_weights_sha256": weights_hash(adapter), "base_model": meta.get("base_model"),
-            "base_weights_hash": meta.get("base_weights_hash"), "template": template.name, "versions": _versions(),
+            "adapter": str(adapter), "adapter_weights_sha256": weights_hash(adapter), "base_model": meta.base_model,
+            "base_weights_hash": meta.base_weights_hash, "template": template.name, "versions": _versions(),
         }
         (tmp / "README.md").write_text(readme(name, cfg.output, cfg.format, weights, {**manifest, "gguf_type": cfg.gguf_type}, template), encoding="utf-8")
         same_mode(tmp, like=tmp / "README.md")

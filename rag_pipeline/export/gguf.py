@@ -190,6 +190,9 @@ def write_tensors(writer: Any, model: Any, gguf_type: GgufType) -> dict[str, int
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: GgufType, name: str) -> dict[str, Any]:
     """Write ``model`` (merged weights) and ``tokenizer`` to the GGUF file ``path``.
 
+    A failure leaves no file at ``path``: a truncated GGUF would load in llama.cpp as garbage
+    or fail there with a far less useful message.
+
     Raises:
         ConfigError: not a Llama-architecture model, or a tokenizer llama.cpp would split differently.
     """
@@ -199,14 +202,18 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: GgufType
         raise ConfigError(f"gguf_type is {gguf_type!r}: choose f16 or q8_0")
     _check_model(model.config)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+    path = Path(path)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
         write_hparams(writer, model.config, name, int(file_type))
         vocab = write_vocab(writer, tokenizer, model.config.vocab_size)
         counts = write_tensors(writer, model, gguf_type)
-        writer.write_header_to_file()
+        writer.write_header_to_file()  # the file is created here
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
+    except BaseException:
         writer.close()
+        path.unlink(missing_ok=True)
+        raise
+    writer.close()
     return {"gguf_type": gguf_type, "tensor_types": counts, "tokenizer": vocab, "architecture": "llama"}

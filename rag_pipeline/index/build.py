@@ -39,7 +39,7 @@ from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
 from rag_pipeline.index.format import (ARTIFACT, FORMAT_VERSIONS, INDEX_FILE, IVFDATA_FILE, KEYS_FILE, KIND, MANIFEST, STORE_FILE,
-                                       file_record, layout, read_manifest, shard_files)
+                                       IndexManifest, file_record, layout, read_manifest, shard_files)
 from rag_pipeline.index.ingest import IngestReport, chunk_document, read_documents
 from rag_pipeline.model_paths import MINILM_ID
 
@@ -331,11 +331,11 @@ def check_index_settings(cfg: IndexConfig, dim: int) -> None:
         ann.factory_string("ivf", dim, 0, cfg)  # checks that pq_m divides dim (with --ivf-pq)
 
 
-def _unchanged(old: dict | None, cfg: IndexConfig, corpus_fp: str, settings: dict) -> bool:
+def _unchanged(old: IndexManifest | None, cfg: IndexConfig, corpus_fp: str, settings: dict) -> bool:
     return bool(old) and not cfg.force and old["corpus"]["fingerprint"] == corpus_fp and old["settings"] == settings
 
 
-def _reuse_source(cfg: IndexConfig, target: Path, old: dict | None) -> tuple[Path, dict] | None:
+def _reuse_source(cfg: IndexConfig, target: Path, old: IndexManifest | None) -> tuple[Path, IndexManifest] | None:
     """Where ``--update`` reads unchanged chunks' embeddings: the old index, of either layout."""
     if not (cfg.update and old):
         return None
@@ -378,7 +378,7 @@ def _tune(index, kind: str, vectors, n: int, cfg: IndexConfig) -> ann.Tuning | N
     return tuning
 
 
-def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: dict | None, report: IngestReport,
+def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: IndexManifest | None, report: IngestReport,
                   settings: dict) -> dict:
     """The ``sqlite`` layout (format 1), in this process; returns the layout's part of the manifest."""
     from rag_pipeline.index.store import SqliteVectors, vectors_by_id
@@ -423,7 +423,7 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
     }
 
 
-def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: dict | None, report: IngestReport,
+def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: IndexManifest | None, report: IngestReport,
                    settings: dict) -> dict:
     """The ``sharded`` layout (format 2), its worker steps run by the engine; returns the layout's part of the manifest."""
     from rag_pipeline.index import sharded as sharded

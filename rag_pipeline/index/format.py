@@ -24,7 +24,8 @@ and in both:
 - ``manifest.json``: embedder id and weights hash, dimension, metric, normalization, chunking,
   index type, FAISS factory string and search settings (``nprobe``, ``ef_search``, ``rerank``),
   corpus fingerprint, counts, shard row counts, file hashes (sha256 and bytes), library
-  versions, time.
+  versions, time. :class:`IndexManifest` types what readers rely on; :func:`read_manifest`, its
+  one reader, checks those keys are there.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
 
+from rag_pipeline.adapter_meta import KIND as ADAPTER_KIND
+from rag_pipeline.adapter_meta import META_FILE as ADAPTER_META_FILE
 from rag_pipeline.atomic import Artifact
 from rag_pipeline.errors import IndexError_
 
@@ -46,12 +50,78 @@ LAYOUTS = ("sqlite", "sharded")
 FORMAT_VERSIONS = {"sqlite": 1, "sharded": 2}
 FORMAT_VERSION = FORMAT_VERSIONS["sqlite"]
 KIND = "rag-index"
+Layout = Literal["sqlite", "sharded"]
+
+
+# The manifest as its readers see it (read_manifest checks every key these types require; build-index
+# writes more, e.g. the corpus's document count, which no reader relies on).
+class EmbedderRecord(TypedDict):
+    """``embedder``: what embedded the chunks; loading with another embedder fails."""
+
+    id: str
+    weights_sha256: str
+    dim: int
+
+
+class CorpusRecord(TypedDict):
+    """``corpus``: what was indexed."""
+
+    fingerprint: str  # of the chunks and the settings that made them: build-index skips an unchanged corpus
+    chunks: int  # rows in the FAISS index and the store
+
+
+class _SearchRequired(TypedDict):
+    type: str  # flat, ivf, hnsw (rag_pipeline.index.ann)
+
+
+class SearchRecord(_SearchRequired, total=False):
+    """``index``: the FAISS index and the search settings in force (:func:`rag_pipeline.index.ann.apply_search_params`)."""
+
+    factory: str
+    nprobe: int | None
+    ef_search: int | None
+    rerank: int  # candidates re-scored exactly from the stored embeddings (0: none)
+
+
+class FileRecord(TypedDict, total=False):
+    """``files[name]``: a data file's size and hash (:func:`file_record`)."""
+
+    sha256: str
+    bytes: int
+    sha256_ends: str  # shard files and index.ivfdata: loading checks their first and last 64 KiB
+
+
+class ShardsRecord(TypedDict):
+    """``shards`` (sharded layout only)."""
+
+    rows: list[int]  # rows per shard, in row order
+
+
+class _ManifestRequired(TypedDict):
+    embedder: EmbedderRecord
+    files: dict[str, FileRecord]  # data file (relative path) -> its record
+    corpus: CorpusRecord
+    index: SearchRecord
+    settings: dict[str, Any]  # the build settings that change content or search: a change rebuilds an unchanged corpus
+
+
+class IndexManifest(_ManifestRequired, total=False):
+    """``manifest.json``, as :func:`read_manifest` returns it."""
+
+    kind: str  # KIND; absent in manifests written before it existed
+    format_version: int
+    layout: Layout  # absent in format 1: sqlite
+    shards: ShardsRecord  # the sharded layout's
+    metric: str
+    normalized: bool
+
+
 # Keys every reader relies on (Retriever.load, build-index --update); a manifest lacking one is damaged.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "embedder": ("id", "weights_sha256", "dim"),
+    "embedder": tuple(EmbedderRecord.__annotations__),
     "files": (INDEX_FILE, STORE_FILE),
-    "corpus": ("fingerprint", "chunks"),
-    "index": ("type",),
+    "corpus": tuple(CorpusRecord.__annotations__),
+    "index": tuple(_SearchRequired.__annotations__),
     "settings": (),
 }
 # What a sharded manifest needs instead of REQUIRED_KEYS["files"], and beyond it.
@@ -63,7 +133,7 @@ ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS),
 # (and where its index is, when it records one) instead of suggesting build-index into it, which
 # would refuse a folder it did not write. Each: (artifact, the JSON keys holding the index it used).
 OTHER_OUTPUTS: tuple[tuple[Artifact, tuple[str, ...]], ...] = (
-    (Artifact("a trained adapter (a train-generator output; adapters go to --adapter)", "rag_pipeline.json", "rag-generator",
+    (Artifact("a trained adapter (a train-generator output; adapters go to --adapter)", ADAPTER_META_FILE, ADAPTER_KIND,
               keys=("base_model",)), ()),
     (Artifact("a LoRA adapter (adapters go to --adapter)", "adapter_config.json", keys=("peft_type",)), ()),
     (Artifact("an evaluation report (an evaluate output)", "metrics.json", keys=("schema_version", "results")), ("config", "index")),
@@ -78,7 +148,7 @@ OTHER_OUTPUTS: tuple[tuple[Artifact, tuple[str, ...]], ...] = (
 _ENDS = 64 << 10
 
 
-def layout(manifest: dict) -> str:
+def layout(manifest: IndexManifest) -> Layout:
     """The manifest's layout: ``sqlite`` (format 1, also when absent) or ``sharded``."""
     return manifest.get("layout", "sqlite")
 
@@ -88,7 +158,7 @@ def shard_files(i: int) -> tuple[str, str]:
     return f"{SHARDS_DIR}/part-{i:05d}.parquet", f"{SHARDS_DIR}/part-{i:05d}.npy"
 
 
-def shard_rows(manifest: dict) -> list[int]:
+def shard_rows(manifest: IndexManifest) -> list[int]:
     """Rows per shard of a sharded index, in row order (shard i holds the rows after shards 0..i-1)."""
     return [int(r) for r in manifest["shards"]["rows"]]
 
@@ -127,11 +197,11 @@ def _checked_by_ends(path: Path) -> bool:
     return Path(path).parent.name == SHARDS_DIR or Path(path).name == IVFDATA_FILE
 
 
-def file_record(path: Path) -> dict[str, int | str]:
+def file_record(path: Path) -> FileRecord:
     """What the manifest records of a data file: its sha256 and size (and, for a shard file or
     ``index.ivfdata``, the sha256 of its first and last 64 KiB, which loading checks instead)."""
     path = Path(path)
-    rec: dict[str, int | str] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    rec: FileRecord = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     if _checked_by_ends(path):
         rec["sha256_ends"] = _sha256_ends(path)
     return rec
@@ -146,8 +216,10 @@ def _sha256_ends(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(index_dir: str | Path) -> dict:
-    """The manifest of an index directory; missing, unreadable or lacking a required key is an IndexError_."""
+def read_manifest(index_dir: str | Path) -> IndexManifest:
+    """The manifest of an index directory, the one reader of ``manifest.json`` (build-index's
+    ``--update`` reads the old one here too); missing, unreadable or lacking a key
+    :class:`IndexManifest` requires is an IndexError_."""
     path = Path(index_dir) / MANIFEST
     if not path.is_file():
         raise IndexError_(not_an_index(index_dir))
@@ -166,7 +238,7 @@ def read_manifest(index_dir: str | Path) -> dict:
     if missing:
         raise IndexError_(f"{path} lacks {', '.join(missing)} (damaged or edited): rebuild the index with "
                           f"`rag-pipeline build-index PATH --index {index_dir} --force`")
-    return manifest
+    return cast(IndexManifest, manifest)  # its required keys checked above
 
 
 def not_an_index(index_dir: str | Path, kind: object = None) -> str:
@@ -212,7 +284,7 @@ def _recorded_index(marker: Path, keys: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _missing_keys(manifest: dict) -> list[str]:
+def _missing_keys(manifest: dict[str, Any]) -> list[str]:
     """The required keys (``section`` or ``section.key``) a manifest lacks, in :data:`REQUIRED_KEYS` order."""
     sharded = layout(manifest) == "sharded"
     required = {**REQUIRED_KEYS, "files": SHARDED_FILES, "shards": ("rows",)} if sharded else REQUIRED_KEYS
@@ -226,7 +298,7 @@ def _missing_keys(manifest: dict) -> list[str]:
     return missing
 
 
-def check_files(index_dir: Path, manifest: dict, verify: bool = True) -> None:
+def check_files(index_dir: Path, manifest: IndexManifest, verify: bool = True) -> None:
     """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256;
     for shard files and ``index.ivfdata``, that of their first and last 64 KiB)."""
     names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE]

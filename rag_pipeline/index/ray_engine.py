@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rag_pipeline.index import ann as ann
 from rag_pipeline.errors import ConfigError, DeviceError, RagError
+from rag_pipeline.index.format import IndexManifest
 from rag_pipeline.index.sharded import ChunkSettings, chunk_block, embed_shard, job_from_json, job_json
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class RayRunner:
                   "staging": str(staging)}
         return self._map(jobs, ChunkWorker, kwargs, self.workers, 1, 0)  # tokenizing: one CPU each, as many actors as embedders
 
-    def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, dict] | None) -> list[dict]:
+    def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, IndexManifest] | None) -> list[dict]:
         kwargs = {"embedder": self.embedder, "device": "cuda" if self.use_gpu else "cpu", "trust_remote_code": self.trust, "weights_hash": self.weights_hash,
                   "threads": self.cpus_per_worker, "batch_size": self.batch_size, "dim": self.dim, "out_dir": str(out_dir),
                   "reuse_from": (str(reuse_from[0]), reuse_from[1]) if reuse_from else None}

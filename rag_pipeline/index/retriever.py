@@ -22,7 +22,7 @@ import numpy as np
 from rag_pipeline.index import ann as ann
 from rag_pipeline.index.ann import SearchTimings
 from rag_pipeline.errors import IndexError_
-from rag_pipeline.index.format import IVFDATA_FILE, check_files, read_faiss_index, read_manifest
+from rag_pipeline.index.format import IVFDATA_FILE, IndexManifest, SearchRecord, check_files, read_faiss_index, read_manifest
 from rag_pipeline.passage import Passage, from_chunk
 from rag_pipeline.index.store import ChunkStore, ShardedChunkStore, StoredChunk, open_store, open_vectors
 
@@ -44,7 +44,7 @@ class Hit:
 class Retriever:
     """Dense (FAISS) retrieval, optionally fused with BM25 by reciprocal-rank fusion."""
 
-    def __init__(self, index_dir: Path, manifest: dict, index, store: ChunkStore | ShardedChunkStore, embedder) -> None:
+    def __init__(self, index_dir: Path, manifest: IndexManifest, index, store: ChunkStore | ShardedChunkStore, embedder) -> None:
         self.index_dir = index_dir
         self.manifest = manifest
         self.index = index
@@ -56,7 +56,7 @@ class Retriever:
 
     @classmethod
     def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None,
-             manifest: dict | None = None) -> Retriever:
+             manifest: IndexManifest | None = None) -> Retriever:
         """Load and check an index directory.
 
         Args:
@@ -102,10 +102,18 @@ class Retriever:
         ``timings``, when given, accumulates the seconds of each phase (query embedding, FAISS
         search, re-ranking, chunk reads), so that the index's own speed can be seen.
         """
+        return self.search_with_cosine(queries, k, hybrid, timings)[0]
+
+    def search_with_cosine(self, queries: list[str], k: int = 5, hybrid: bool = False,
+                           timings: SearchTimings | None = None) -> tuple[list[list[Hit]], list[float | None]]:
+        """:meth:`search_batch`'s hits, and each query's best dense cosine from the same search (None: no chunk found).
+
+        Fused (``hybrid``) scores are reciprocal ranks, not cosines: a relevance threshold needs the dense one.
+        """
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         if not queries:
-            return []
+            return [], []
         t = time.perf_counter()
         vectors = self.embedder.encode(list(queries))
         if timings is not None:
@@ -118,7 +126,8 @@ class Retriever:
             out = [self._hits(s, i) for s, i in zip(scores, ids)]
         if timings is not None:
             timings.fetch += time.perf_counter() - t
-        return out
+        best = [next((float(x) for x, row in zip(s, i) if row >= 0), None) for s, i in zip(scores, ids)]  # best first
+        return out, best
 
     def search_vectors(self, vectors: np.ndarray, k: int, timings: SearchTimings | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw search, shape (n, min(k, size)), re-ranked when the index says so; ``-1`` ids are
@@ -159,5 +168,5 @@ class Retriever:
         return [int(d) for d in docs[0]]
 
 
-def _apply_search_params(index, params: dict) -> None:
+def _apply_search_params(index, params: SearchRecord) -> None:
     ann.apply_search_params(index, params["type"], int(params.get("nprobe") or 1), int(params.get("ef_search") or 16))

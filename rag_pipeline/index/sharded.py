@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rag_pipeline.index import ann as ann
-from rag_pipeline.index.format import INDEX_FILE, IVFDATA_FILE, read_faiss_index, shard_files
+from rag_pipeline.index.format import INDEX_FILE, IVFDATA_FILE, IndexManifest, read_faiss_index, shard_files
 from rag_pipeline.index.ingest import IngestReport, Piece, chunk_document, iter_pieces, read_piece
 from rag_pipeline.index.store import ShardVectors, StoredChunk, write_shard
 
@@ -293,7 +293,7 @@ class LocalRunner:
     def chunk(self, jobs: list[dict], settings: ChunkSettings, staging: Path) -> list[dict]:
         return [chunk_block(j, self.embedder.token_offsets, settings, staging) for j in jobs]
 
-    def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, dict] | None) -> list[dict]:
+    def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, IndexManifest] | None) -> list[dict]:
         from rag_pipeline.index.store import vectors_by_id
 
         lookup, close = vectors_by_id(*reuse_from) if reuse_from else (None, lambda: None)

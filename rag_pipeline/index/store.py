@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rag_pipeline.errors import IndexError_, RagError, ResourceError
-from rag_pipeline.index.format import KEYS_FILE, STORE_FILE, layout, shard_files, shard_rows
+from rag_pipeline.index.format import KEYS_FILE, STORE_FILE, IndexManifest, layout, shard_files, shard_rows
 
 log = logging.getLogger(__name__)
 
@@ -445,14 +445,14 @@ class SqliteVectors:
             yield a, self.get_rows(np.arange(a, min(n, a + rows)))
 
 
-def open_store(index_dir: str | Path, manifest: dict) -> ChunkStore | ShardedChunkStore:
+def open_store(index_dir: str | Path, manifest: IndexManifest) -> ChunkStore | ShardedChunkStore:
     """The chunk store of an index directory, for its layout."""
     if layout(manifest) == "sharded":
         return ShardedChunkStore(index_dir, shard_rows(manifest))
     return ChunkStore(Path(index_dir) / STORE_FILE)
 
 
-def open_vectors(index_dir: str | Path, manifest: dict, store: ChunkStore | ShardedChunkStore | None = None) -> ShardVectors | SqliteVectors:
+def open_vectors(index_dir: str | Path, manifest: IndexManifest, store: ChunkStore | ShardedChunkStore | None = None) -> ShardVectors | SqliteVectors:
     """The stored embeddings of an index directory (memory-mapped shards, or the SQLite store's column)."""
     dim = int(manifest["embedder"]["dim"])
     if layout(manifest) == "sharded":
@@ -461,7 +461,7 @@ def open_vectors(index_dir: str | Path, manifest: dict, store: ChunkStore | Shar
     return SqliteVectors(store.conn, dim)
 
 
-def vectors_by_id(index_dir: str | Path, manifest: dict) -> tuple[Callable[[list[str]], dict[str, np.ndarray]], Callable[[], None]]:
+def vectors_by_id(index_dir: str | Path, manifest: IndexManifest) -> tuple[Callable[[list[str]], dict[str, np.ndarray]], Callable[[], None]]:
     """A lookup of stored embeddings by chunk id (for ``build-index --update``) and its close function."""
     index_dir = Path(index_dir)
     if layout(manifest) == "sharded":

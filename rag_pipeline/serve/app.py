@@ -1,9 +1,11 @@
 """The FastAPI application: routes, limits, authentication, errors and the access log.
 
-:func:`create_app` takes the settings and a ``load`` function; the models are loaded in a
-background thread after the server starts listening (``/health`` answers 503 until then), and
-then the :class:`~rag_pipeline.serve.batcher.BatchWorker` starts. Handlers only validate, queue
-and wait: all model work happens on the worker thread.
+:func:`create_app` takes the serve settings, the model id and API key resolved from them, and a
+``load`` function; the models are loaded in a background thread after the server starts
+listening (``/health`` answers 503 until then), and then the
+:class:`~rag_pipeline.serve.batcher.BatchWorker` starts. The routes are module-level functions
+on :data:`router`; they reach the shared :class:`ServerState` through the ``Server`` dependency.
+Handlers only validate, queue and wait: all model work happens on the worker thread.
 
 Every error leaves as JSON in OpenAI's shape (``{"error": {"message", "type", "param",
 "code"}}``), never as a stack trace; unexpected exceptions are logged with their traceback on
@@ -22,17 +24,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag_pipeline.answer.ask import Answer, Decoding, TokenUsage, parse_citations
 from rag_pipeline.errors import RagError
+from rag_pipeline.serve import ServeConfig
 from rag_pipeline.serve import schema as S
 from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, Job, Result
 
@@ -44,39 +46,26 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-@dataclass
-class Limits:
-    """The server's settings the application reads (a subset of ``ServeConfig``)."""
-
-    model_id: str
-    api_key: str = ""
-    max_new_tokens: int = 48
-    max_tokens_limit: int = 256
-    max_batch: int = 8
-    batch_wait_ms: float = 20.0
-    max_queue: int = 64
-    request_timeout_s: float = 120.0
-    max_body_bytes: int = 256 * 1024
-    max_question_chars: int = 2000
-    seed: int = 0
-    retry_after_s: int = 1
+RETRY_AFTER_S = 1  # a full queue's Retry-After
 
 
 class ServerState:
-    """What the routes share: load status, the queue and the worker."""
+    """What the routes share: the settings, the load status, the queue and the worker."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    def __init__(self, cfg: ServeConfig, model_id: str, api_key: str, loader: Callable[[], Answerer],
+                 on_load_failure: Callable[[], None] | None = None) -> None:
+        self.cfg, self.model_id, self.api_key = cfg, model_id, api_key
+        self.loader, self.on_load_failure = loader, on_load_failure
         self.status: str = "loading"
         self.detail = "loading the index and the models"
-        self.queue = BatchQueue(limits.max_queue)
+        self.queue = BatchQueue(cfg.max_queue)
         self.worker: BatchWorker | None = None
         self.created = int(time.time())
 
-    def load(self, load: Callable[[], Answerer], on_failure: Callable[[], None] | None) -> None:
+    def load(self) -> None:
         """Run in a thread: load the models, then start the worker (or record why it failed)."""
         try:
-            pipe = load()
+            pipe = self.loader()
         except RagError as e:
             self.status, self.detail = "failed", str(e)
             log.error("error: %s", e)
@@ -84,12 +73,20 @@ class ServerState:
             self.status, self.detail = "failed", f"{type(e).__name__} while loading the models (see the server log)"
             log.exception("loading the models failed")
         else:
-            self.worker = BatchWorker(pipe, self.queue, self.limits.max_batch, self.limits.batch_wait_ms / 1000).start()
+            self.worker = BatchWorker(pipe, self.queue, self.cfg.max_batch, self.cfg.batch_wait_ms / 1000).start()
             self.status, self.detail = "ok", ""
             log.info("models loaded; answering on the batch worker")
             return
-        if on_failure is not None:
-            on_failure()
+        if self.on_load_failure is not None:
+            self.on_load_failure()
+
+
+def server_state(request: Request) -> ServerState:
+    """The application's :class:`ServerState` (the ``Server`` dependency)."""
+    return request.app.state.server
+
+
+Server = Annotated[ServerState, Depends(server_state)]
 
 
 # ------------------------------------------------------------------------------ middleware
@@ -191,29 +188,32 @@ def _request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return _error_response(err)
+async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+    return _error_response(err)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        return _error_response(_invalid_body(request.headers.get("content-type", ""), err.errors()))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if err.status_code == 404 else None
-        routes = "GET /, GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/search"
-        message = {404: f"no route {request.url.path}: the routes are {routes}",
-                   405: f"method {request.method} is not allowed on {request.url.path}: the routes are {routes}"}.get(
-            err.status_code, str(err.detail))
-        return _error_response(ApiError(err.status_code, message, code=kind, headers=dict(err.headers or {})))
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return _error_response(_invalid_body(request.headers.get("content-type", ""), err.errors()))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, err: Exception) -> JSONResponse:
-        log.error("unhandled error in request %s", _request_id(request), exc_info=err)
-        return _error_response(ApiError(500, f"internal server error (request id {_request_id(request)}): see the server log",
-                                        "server_error"))
+
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found" if err.status_code == 404 else None
+    routes = "GET /, GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/search"
+    message = {404: f"no route {request.url.path}: the routes are {routes}",
+               405: f"method {request.method} is not allowed on {request.url.path}: the routes are {routes}"}.get(
+        err.status_code, str(err.detail))
+    return _error_response(ApiError(err.status_code, message, code=kind, headers=dict(err.headers or {})))
+
+
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    log.error("unhandled error in request %s", _request_id(request), exc_info=err)
+    return _error_response(ApiError(500, f"internal server error (request id {_request_id(request)}): see the server log",
+                                    "server_error"))
+
+
+ERROR_HANDLERS: dict[Any, Callable[..., Any]] = {
+    ApiError: _api_error, RequestValidationError: _validation_error, StarletteHTTPException: _http_error, Exception: _unexpected,
+}
 
 
 def _is_json(content_type: str) -> bool:
@@ -285,213 +285,251 @@ class _ClientGone(Exception):
     pass
 
 
-# ------------------------------------------------------------------------------ the app
+# ------------------------------------------------------------------------------ dependencies and the queue
 
 
-def create_app(limits: Limits, load: Callable[[], Answerer], on_load_failure: Callable[[], None] | None = None) -> FastAPI:
-    """The server application; ``load`` runs once in a background thread at startup."""
-    state = ServerState(limits)
+async def authorize(request: Request, state: Server) -> None:  # async: a sync dependency would take a threadpool hop
+    """401 unless the request carries the server's API key (when it has one)."""
+    if not state.api_key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
+                            "(the key the server was started with, --api-key or RAG_PIPELINE_API_KEY)",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=state.load, args=(load, on_load_failure), name="rag-model-loader", daemon=True).start()
-        yield
-        if state.worker is not None:
-            await asyncio.to_thread(state.worker.stop)
-            st = state.worker.stats
-            log.info("stopped after answering %d request(s) in %d batch(es)", st.requests, st.batches)
 
-    app = FastAPI(title="rag-pipeline", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = state
-    _install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    app.add_middleware(AccessLog)  # added last: outermost, so it times and logs 413s too
+def ready(state: ServerState) -> None:
+    """503 while the models load or after they failed to (called once the request body is valid)."""
+    if state.status == "loading":
+        raise ApiError(503, "the models are still loading: retry shortly (GET /health says when they are ready)",
+                       "server_error", code="loading", headers={"Retry-After": "5"})
+    if state.status == "failed":
+        raise ApiError(503, f"the models failed to load: {state.detail}", "server_error", code="load_failed")
 
-    async def authorize(request: Request) -> None:  # async: a sync dependency would take a threadpool hop
-        if not limits.api_key:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), limits.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' "
-                                "(the key the server was started with, --api-key or RAG_PIPELINE_API_KEY)",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    def ready() -> None:
-        if state.status == "loading":
-            raise ApiError(503, "the models are still loading: retry shortly (GET /health says when they are ready)",
-                           "server_error", code="loading", headers={"Retry-After": "5"})
-        if state.status == "failed":
-            raise ApiError(503, f"the models failed to load: {state.detail}", "server_error", code="load_failed")
+def submit(state: ServerState, kind: str, text: str, key: tuple, stream: bool = False, stop: tuple[str, ...] = ()) -> Job:
+    """Queue a job for the worker; 503 when the queue is full."""
+    loop = asyncio.get_running_loop()
+    job = Job(kind, text, key, loop, asyncio.Queue(), stream, stop=stop)  # type: ignore[arg-type]
+    if not state.queue.put(job):
+        raise ApiError(503, f"the server is busy: {state.cfg.max_queue} requests are already waiting; retry after "
+                            f"{RETRY_AFTER_S} s", "server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return job
 
-    def submit(kind: str, text: str, key: tuple, stream: bool = False, stop: tuple[str, ...] = ()) -> Job:
-        loop = asyncio.get_running_loop()
-        job = Job(kind, text, key, loop, asyncio.Queue(), stream, stop=stop)  # type: ignore[arg-type]
-        if not state.queue.put(job):
-            raise ApiError(503, f"the server is busy: {limits.max_queue} requests are already waiting; retry after "
-                                f"{limits.retry_after_s} s", "server_error", code="queue_full",
-                           headers={"Retry-After": str(limits.retry_after_s)})
-        return job
 
-    async def next_event(job: Job, request: Request, deadline: float, watch_disconnect: bool = True) -> tuple[str, Any]:
-        """The job's next event; 504 past the deadline; _ClientGone when the client hung up."""
-        loop = asyncio.get_running_loop()
-        getter = asyncio.ensure_future(job.events.get())
-        try:
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise ApiError(504, f"no answer within the request timeout of {limits.request_timeout_s:g} s: "
-                                        "retry later, or ask the operator to raise --request-timeout-s",
-                                   "server_error", code="timeout")
-                done, _ = await asyncio.wait({getter}, timeout=min(POLL_S, left))
-                if done:
-                    return getter.result()
-                if watch_disconnect and await request.is_disconnected():
-                    raise _ClientGone
-        finally:
-            if not getter.done():
-                getter.cancel()
+async def next_event(state: ServerState, job: Job, request: Request, deadline: float, watch_disconnect: bool = True) -> tuple[str, Any]:
+    """The job's next event; 504 past the deadline; _ClientGone when the client hung up."""
+    loop = asyncio.get_running_loop()
+    getter = asyncio.ensure_future(job.events.get())
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ApiError(504, f"no answer within the request timeout of {state.cfg.request_timeout_s:g} s: "
+                                    "retry later, or ask the operator to raise --request-timeout-s",
+                               "server_error", code="timeout")
+            done, _ = await asyncio.wait({getter}, timeout=min(POLL_S, left))
+            if done:
+                return getter.result()
+            if watch_disconnect and await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        if not getter.done():
+            getter.cancel()
 
-    async def wait_done(job: Job, request: Request) -> Any:
-        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
-        try:
-            while True:
-                kind, value = await next_event(job, request, deadline)
-                if kind == "done":
-                    return value
-                if kind == "error":
-                    raise value
-        finally:
-            state.queue.cancel(job)  # a no-op once answered; drops it from the queue on timeout or hang-up
 
-    @app.get("/health", response_model=S.Health)
-    async def health() -> JSONResponse:
-        stats = state.worker.stats if state.worker else None
-        body = S.Health(
-            status=state.status, model=limits.model_id, detail=state.detail,  # type: ignore[arg-type]
-            queue={"pending": len(state.queue), "max": limits.max_queue},
-            batches={"count": stats.batches, "requests": stats.requests, "largest": stats.largest} if stats else {},
-        )
-        return JSONResponse(body.model_dump(), status_code=200 if state.status == "ok" else 503)
+async def wait_done(state: ServerState, job: Job, request: Request) -> Any:
+    """The job's result; raises its error, 504 past the request timeout, _ClientGone when the client hung up."""
+    deadline = asyncio.get_running_loop().time() + state.cfg.request_timeout_s
+    try:
+        while True:
+            kind, value = await next_event(state, job, request, deadline)
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+    finally:
+        state.queue.cancel(job)  # a no-op once answered; drops it from the queue on timeout or hang-up
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        html = resources.files("rag_pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                                           "Referrer-Policy": "no-referrer"})
 
-    @app.get("/v1/models", response_model=S.ModelList, dependencies=[Depends(authorize)])
-    async def models() -> S.ModelList:
-        return S.ModelList(data=[S.ModelCard(id=limits.model_id, created=state.created)])
+# ------------------------------------------------------------------------------ routes
 
-    @app.post("/v1/search", response_model=S.SearchResponse, dependencies=[Depends(authorize)])
-    async def search(body: S.SearchRequest, request: Request) -> Response:
-        ready()
-        query = body.query.strip()
-        if not query or len(query) > limits.max_question_chars:
-            raise ApiError(422, f"the query must be 1 to {limits.max_question_chars} characters of text", param="query")
-        try:
-            hits = await wait_done(submit("search", query, ("search", body.k, body.hybrid)), request)
-        except _ClientGone:
-            return Response(status_code=499)
-        return JSONResponse(S.SearchResponse(query=query, hits=[
-            S.SearchHit(rank=h.rank, score=h.score, chunk_id=h.chunk.id, doc_id=h.chunk.doc_id, title=h.chunk.title,
-                        source=h.chunk.source, position=h.chunk.position, text=h.chunk.text) for h in hits
-        ]).model_dump())
+router = APIRouter()
 
-    @app.post("/v1/chat/completions", response_model=S.ChatCompletion, dependencies=[Depends(authorize)])
-    async def chat(body: S.ChatCompletionRequest, request: Request) -> Response:
-        ready()
-        if body.model != limits.model_id:
-            raise ApiError(404, f"model '{body.model}' is not served here: use '{limits.model_id}' (GET /v1/models)",
-                           param="model", code="model_not_found")
-        unsupported = body.unsupported()
-        if unsupported:
-            name, why = unsupported
-            raise ApiError(422, f"'{name}' is not supported: {why}; drop the field (or set it to its default)",
-                           param=name, code="unsupported_field")
-        question = _question(body, limits.max_question_chars)
-        max_new = body.max_completion_tokens or body.max_tokens or limits.max_new_tokens
-        if max_new > limits.max_tokens_limit:
-            raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {limits.max_tokens_limit}",
-                           param="max_tokens")
-        calibrated = state.worker is not None and state.worker.pipe.calibration is not None
-        decoding, warnings = _decoding(body, max_new, limits.seed, calibrated)
-        if body.unknown():
-            names = body.unknown()
-            warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")
-            log.info("request %s: %s", _request_id(request), warnings[-1])
-        headers = _warning_header(warnings)
-        job = submit("answer", question, ("answer", decoding), stream=body.stream, stop=body.stops())
-        rid, created = f"chatcmpl-{_request_id(request)}", int(time.time())
-        if body.stream:
-            return await _stream(job, request, rid, created, bool(body.stream_options and body.stream_options.include_usage), headers)
-        try:
-            result: Result = await wait_done(job, request)
-        except _ClientGone:
-            return Response(status_code=499)
-        answer = result.answer
-        out = S.ChatCompletion(
-            id=rid, created=created, model=limits.model_id, citations=_citations(answer, result.text), abstained=answer.abstained,
-            abstain_reason=answer.abstain_reason,
-            choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
-            usage=_usage(result.usage),
-        )
-        return JSONResponse(out.model_dump(), headers=headers)
 
-    async def _stream(job: Job, request: Request, rid: str, created: int, include_usage: bool,
-                      headers: dict[str, str]) -> Response:
-        """Wait for the first event (so a timeout is still a 504), then stream server-sent events."""
-        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
-        try:
-            first = await next_event(job, request, deadline)
-        except _ClientGone:
-            state.queue.cancel(job)
-            return Response(status_code=499)
-        except ApiError:
-            state.queue.cancel(job)
-            raise
-        if first[0] == "error":
-            raise first[1]
+@router.get("/health", response_model=S.Health)
+async def health(state: Server) -> JSONResponse:
+    stats = state.worker.stats if state.worker else None
+    body = S.Health(
+        status=state.status, model=state.model_id, detail=state.detail,  # type: ignore[arg-type]
+        queue={"pending": len(state.queue), "max": state.cfg.max_queue},
+        batches={"count": stats.batches, "requests": stats.requests, "largest": stats.largest} if stats else {},
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ok" else 503)
 
-        def chunk(delta: S.Delta, **extra: Any) -> str:
-            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id,
-                                      choices=[S.ChunkChoice(delta=delta, finish_reason=extra.pop("finish_reason", None))], **extra)
-            return f"data: {json.dumps(c.model_dump(exclude_none=True))}\n\n"
 
-        async def events() -> AsyncIterator[str]:
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    html = resources.files("rag_pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
+    return HTMLResponse(html, headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                                       "Referrer-Policy": "no-referrer"})
+
+
+@router.get("/v1/models", response_model=S.ModelList, dependencies=[Depends(authorize)])
+async def models(state: Server) -> S.ModelList:
+    return S.ModelList(data=[S.ModelCard(id=state.model_id, created=state.created)])
+
+
+@router.post("/v1/search", response_model=S.SearchResponse, dependencies=[Depends(authorize)])
+async def search(body: S.SearchRequest, request: Request, state: Server) -> Response:
+    ready(state)
+    query = body.query.strip()
+    if not query or len(query) > state.cfg.max_question_chars:
+        raise ApiError(422, f"the query must be 1 to {state.cfg.max_question_chars} characters of text", param="query")
+    try:
+        hits = await wait_done(state, submit(state, "search", query, ("search", body.k, body.hybrid)), request)
+    except _ClientGone:
+        return Response(status_code=499)
+    return JSONResponse(S.SearchResponse(query=query, hits=[
+        S.SearchHit(rank=h.rank, score=h.score, chunk_id=h.chunk.id, doc_id=h.chunk.doc_id, title=h.chunk.title,
+                    source=h.chunk.source, position=h.chunk.position, text=h.chunk.text) for h in hits
+    ]).model_dump())
+
+
+@router.post("/v1/chat/completions", response_model=S.ChatCompletion, dependencies=[Depends(authorize)])
+async def chat(body: S.ChatCompletionRequest, request: Request, state: Server) -> Response:
+    ready(state)
+    question, decoding, warnings = _chat_settings(body, state, _request_id(request))
+    job = submit(state, "answer", question, ("answer", decoding), stream=body.stream, stop=body.stops())
+    head = {"id": f"chatcmpl-{_request_id(request)}", "created": int(time.time()), "model": state.model_id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _stream(state, job, request, head, include_usage, _warning_header(warnings))
+    try:
+        result: Result = await wait_done(state, job, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    answer = result.answer
+    out = S.ChatCompletion(
+        **head, citations=_citations(answer, result.text), abstained=answer.abstained, abstain_reason=answer.abstain_reason,
+        choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
+        usage=_usage(result.usage),
+    )
+    return JSONResponse(out.model_dump(), headers=_warning_header(warnings))
+
+
+def _chat_settings(body: S.ChatCompletionRequest, state: ServerState, request_id: str) -> tuple[str, Decoding, list[str]]:
+    """A chat request's question and generation settings, and warnings about what it asked and does not get."""
+    if body.model != state.model_id:
+        raise ApiError(404, f"model '{body.model}' is not served here: use '{state.model_id}' (GET /v1/models)",
+                       param="model", code="model_not_found")
+    unsupported = body.unsupported()
+    if unsupported:
+        name, why = unsupported
+        raise ApiError(422, f"'{name}' is not supported: {why}; drop the field (or set it to its default)",
+                       param=name, code="unsupported_field")
+    question = _question(body, state.cfg.max_question_chars)
+    max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
+    if max_new > state.cfg.max_tokens_limit:
+        raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {state.cfg.max_tokens_limit}", param="max_tokens")
+    calibrated = state.worker is not None and state.worker.pipe.calibration is not None
+    decoding, warnings = _decoding(body, max_new, state.cfg.seed, calibrated)
+    names = body.unknown()
+    if names:
+        warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")
+        log.info("request %s: %s", request_id, warnings[-1])
+    return question, decoding, warnings
+
+
+# ------------------------------------------------------------------------------ streaming
+
+
+async def _stream(state: ServerState, job: Job, request: Request, head: dict[str, Any], include_usage: bool,
+                  headers: dict[str, str]) -> Response:
+    """Wait for the first event (so a timeout is still a 504), then stream server-sent events."""
+    deadline = asyncio.get_running_loop().time() + state.cfg.request_timeout_s
+    try:
+        first = await next_event(state, job, request, deadline)
+    except _ClientGone:
+        state.queue.cancel(job)
+        return Response(status_code=499)
+    except ApiError:
+        state.queue.cancel(job)
+        raise
+    if first[0] == "error":
+        raise first[1]
+    events = _events(state, job, request, deadline, first, head, include_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+
+
+def _sse(body: dict[str, Any]) -> str:
+    """One server-sent event holding ``body`` as JSON."""
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _events(state: ServerState, job: Job, request: Request, deadline: float, first: tuple[str, Any],
+                  head: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+    """The stream: the role, each text delta, the end (finish reason and citations), the usage if asked, [DONE].
+
+    A timeout after the headers went out, or the worker's error, ends it with an error event.
+    """
+    def delta(d: S.Delta, finish_reason: str | None = None, **extra: Any) -> str:
+        chunk = S.ChatCompletionChunk(**head, choices=[S.ChunkChoice(delta=d, finish_reason=finish_reason)], **extra)
+        return _sse(chunk.model_dump(exclude_none=True))
+
+    try:
+        yield delta(S.Delta(role="assistant", content=""))
+        kind, value = first
+        while kind == "delta":
+            yield delta(S.Delta(content=value))
             try:
-                yield chunk(S.Delta(role="assistant", content=""))
-                kind, value = first
-                while True:
-                    if kind == "delta":
-                        yield chunk(S.Delta(content=value))
-                    elif kind == "done":
-                        result: Result = value
-                        answer = result.answer
-                        yield chunk(S.Delta(), finish_reason=result.usage.finish_reason, citations=_citations(answer, result.text),
-                                    abstained=answer.abstained, abstain_reason=answer.abstain_reason)
-                        if include_usage:
-                            c = S.ChatCompletionChunk(id=rid, created=created, model=limits.model_id, choices=[],
-                                                      usage=_usage(result.usage))
-                            yield f"data: {json.dumps(c.model_dump(exclude_none=True))}\n\n"
-                        break
-                    else:
-                        err: ApiError = value
-                        yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'code': err.code}})}\n\n"
-                        break
-                    try:
-                        kind, value = await next_event(job, request, deadline, watch_disconnect=False)
-                    except ApiError as e:  # the timeout, after the headers went out: an error event
-                        kind, value = "error", e
-                yield "data: [DONE]\n\n"
-            finally:
-                state.queue.cancel(job)  # a client that hung up: no further events are produced for it
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
-
-    return app
+                kind, value = await next_event(state, job, request, deadline, watch_disconnect=False)
+            except ApiError as e:
+                kind, value = "error", e
+        if kind == "done":
+            result: Result = value
+            yield delta(S.Delta(), result.usage.finish_reason, citations=_citations(result.answer, result.text),
+                        abstained=result.answer.abstained, abstain_reason=result.answer.abstain_reason)
+            if include_usage:
+                yield _sse(S.ChatCompletionChunk(**head, choices=[], usage=_usage(result.usage)).model_dump(exclude_none=True))
+        else:
+            err: ApiError = value
+            yield _sse({"error": {"message": err.message, "type": err.type, "code": err.code}})
+        yield "data: [DONE]\n\n"
+    finally:
+        state.queue.cancel(job)  # a client that hung up: no further events are produced for it
 
 
 def _usage(u: TokenUsage) -> S.Usage:
     return S.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.prompt_tokens + u.completion_tokens)
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the models in a thread once the server listens; stop the worker at shutdown."""
+    state: ServerState = app.state.server
+    threading.Thread(target=state.load, name="rag-model-loader", daemon=True).start()
+    yield
+    if state.worker is not None:
+        await asyncio.to_thread(state.worker.stop)
+        st = state.worker.stats
+        log.info("stopped after answering %d request(s) in %d batch(es)", st.requests, st.batches)
+
+
+def create_app(cfg: ServeConfig, model_id: str, api_key: str, load: Callable[[], Answerer],
+               on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """The server application for ``cfg``, serving ``model_id`` (``api_key``: required on /v1 when not empty).
+
+    ``load`` runs once in a background thread at startup; ``on_load_failure`` is called when it fails.
+    """
+    app = FastAPI(title="rag-pipeline", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers=ERROR_HANDLERS)
+    app.state.server = ServerState(cfg, model_id, api_key, load, on_load_failure)
+    app.include_router(router)
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(AccessLog)  # added last: outermost, so it times and logs 413s too
+    return app

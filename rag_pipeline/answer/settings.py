@@ -1,0 +1,97 @@
+"""The settings of answering: one type that ``ask``, ``serve``, ``evaluate`` and ``calibrate`` share.
+
+:class:`Answering` holds how questions are answered, whatever the generator: retrieval (``index``,
+``k``, ``hybrid``, ``min_score``), the prompt (``template``, ``max_prompt_tokens``), decoding,
+abstention, the answer check and the hardware. :class:`AnswerSettings` adds which generator
+(``adapter``, ``no_adapter``) and is what :meth:`rag_pipeline.answer.ask.Pipeline.load` takes.
+
+The commands' configs inherit these fields, so a flag means the same thing, has the same default
+and is checked the same way everywhere. A command that needs another default redeclares the field
+(serve's ``snippet``, evaluate's ``batch_size``); one that sets a field itself (serve decodes as
+each request asks, calibrate measures greedy answers) declares it with
+:func:`~rag_pipeline.config.fixed`: no flag, no YAML key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rag_pipeline.config import opt
+from rag_pipeline.device import check_device, check_dtype
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
+from rag_pipeline.prompt import DEFAULT_TEMPLATE
+
+DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generator run writes
+
+Abstention = Literal["calibrated", "greedy"]
+AnswerCheck = Literal["grounded", "abstain", "off"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+# (field, lowest value) of the integer settings
+_LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20))
+
+
+@dataclass
+class Answering:
+    """How questions are answered, whatever the generator (defaults < ``--config`` YAML < flags)."""
+
+    index: str = opt("indexes/disfl_qa", "index directory written by build-index")
+    base_model: str = opt("", f"base generator; empty: the adapter's recorded base, else {SMOLLM2_ID}")
+    template: str = opt("", f"prompt template; empty: the adapter's recorded template, else {DEFAULT_TEMPLATE}")
+    k: int = opt(2, "chunks retrieved and shown to the generator (2, as configs/raft.yaml trains: oracle + 1 distractor)")
+    hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the "
+                             "bundled test split); --no-hybrid for dense only (the min-score threshold still uses the dense cosine)")
+    min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (dev split: "
+                                 "abstains on 0.3%% of answerable and 82%% of off-topic questions; bench/bench_ask.py --scores)")
+    max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
+    max_new_tokens: int = opt(48, "generation length; answers are short spans with a citation")
+    num_beams: int = opt(1, "beam search width (1 = greedy)")
+    do_sample: bool = opt(False, "sample instead of greedy/beam decoding (seeded)")
+    temperature: float = opt(0.7, "sampling temperature (with --do-sample)")
+    top_p: float = opt(0.9, "nucleus sampling mass (with --do-sample)")
+    seed: int = opt(0, "seed for sampling; the same seed and inputs give the same answers")
+    grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
+                                "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
+    abstention: Abstention = opt(
+        "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
+                      "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
+    abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
+    answer_check: AnswerCheck = opt(
+        "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
+                    "(rag_pipeline.support.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
+                    "shown passage) and abstain if that fails the check too; abstain = abstain at once; off = show it")
+    device: str = opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
+    dtype: Dtype = opt("auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and "
+                               "AVX512-BF16/AMX CPUs, else float32")
+    batch_size: int = opt(8, "questions per generation batch")
+    snippet: int = opt(160, "characters of each cited chunk shown with the answer")
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            raise ConfigError("index is empty: pass --index DIR (an index built with rag-pipeline build-index)")
+        for name, low in _LOWEST:
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least {low}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature is {self.temperature}: it must be positive (use greedy decoding, the default, for determinism)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p is {self.top_p}: it must be in (0, 1]")
+        if not -1 <= self.min_score <= 1:
+            raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
+        check_device(self.device)
+        check_dtype(self.dtype)
+
+
+@dataclass
+class AnswerSettings(Answering):
+    """Answering with one generator: what :meth:`~rag_pipeline.answer.ask.Pipeline.load` takes."""
+
+    adapter: str = opt("", f"train-generator output directory; empty: {DEFAULT_ADAPTER}, else {REFERENCE_ADAPTER}, else the base model")
+    no_adapter: bool = opt(False, "use the base generator without any adapter")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapter and self.no_adapter:
+            raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
