@@ -467,6 +467,10 @@ def output_lock(target: str | Path, flag: str = "--output") -> Iterator[Path]:
         if same:
             break
         os.close(fd)
+    held = os.pread(fd, 64, 0).decode("ascii", "replace")
+    if held and not re.fullmatch(r"\d+\n?", held):  # not a lock of ours: somebody's own file, never truncated or removed
+        os.close(fd)
+        raise ConfigError(f"{path} exists and is not a lock written by rag-pipeline: move it away, or write to another {flag}")
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -319,3 +319,22 @@ def test_a_full_disk_is_not_reported_as_an_unwritable_folder(tmp_path: Path, mon
         with atomic_dir(tmp_path / "t", ART):
             pass
     assert e.value.errno == errno.ENOSPC and not isinstance(e.value, ConfigError)
+
+
+def test_a_users_file_where_the_lock_would_go_is_never_truncated_or_removed(tmp_path: Path) -> None:
+    """``.NAME.lock`` beside an output that holds something other than a pid is somebody's own file:
+    the lock refuses, and the file survives byte for byte."""
+    from rag_pipeline.atomic import lock_path, output_lock
+    from rag_pipeline.errors import ConfigError
+
+    target = tmp_path / "out"
+    mine = lock_path(target)
+    mine.write_text("my notes about the lock\n")
+    with pytest.raises(ConfigError, match="is not a lock written by rag-pipeline"):
+        with output_lock(target):
+            pass
+    assert mine.read_text() == "my notes about the lock\n"
+    mine.write_text("12345\n")  # a lock a killed run left: taken over, then removed
+    with output_lock(target):
+        assert mine.read_text() == f"{os.getpid()}\n"
+    assert not mine.exists()

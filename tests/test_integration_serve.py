@@ -13,7 +13,10 @@ the first decode), and a withheld answer reports the tokens it cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -35,10 +38,9 @@ from serve_helpers import ThreadServer, wait_healthy
 pytestmark = pytest.mark.integration
 
 
-def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_path, minilm) -> None:
-    with (CORPUS / "documents.jsonl").open() as f:
-        corpus = [json.loads(line) for line in f]
-    docs = [d for d in corpus[:40] if d["id"] != GOLD_DOC] + [d for d in corpus if d["id"] == GOLD_DOC]
+@contextlib.contextmanager
+def reference_server(docs: list[dict], tmp_path: Path, minilm: object) -> Iterator[openai.OpenAI]:
+    """The reference adapter served over an index of ``docs`` in this process; yields an OpenAI client for it."""
     index = IndexConfig(paths=[str(write_jsonl(tmp_path / "docs.jsonl", docs))], index=str(tmp_path / "idx"))
     build_index(index, embedder=minilm)
     cfg = ServeConfig(index=index.index, adapter=str(REPO / REFERENCE_ADAPTER), device="cpu", dtype="float32", max_new_tokens=24)
@@ -48,7 +50,14 @@ def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_pa
 
     with ThreadServer(create_app(cfg, "smollm2-disfl-qa", "", load)) as srv:
         wait_healthy(srv.url, 300)
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
+        yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_path, minilm) -> None:
+    with (CORPUS / "documents.jsonl").open() as f:
+        corpus = [json.loads(line) for line in f]
+    docs = [d for d in corpus[:40] if d["id"] != GOLD_DOC] + [d for d in corpus if d["id"] == GOLD_DOC]
+    with reference_server(docs, tmp_path, minilm) as client:
         messages = [{"role": "user", "content": QUESTION}]
         r = client.chat.completions.create(model="smollm2-disfl-qa", messages=messages)
         answer = r.choices[0].message.content
@@ -79,16 +88,7 @@ def test_streamed_text_is_the_calibrated_answer_on_real_questions(tmp_path, mini
     docs = [d for d in corpus[:40] if d["id"] not in STREAM_DOCS] + [d for d in corpus if d["id"] in STREAM_DOCS]
     with (CORPUS / "qa" / "test.jsonl").open() as f:
         questions = {row["id"]: row["question"] for row in map(json.loads, f)}
-    index = IndexConfig(paths=[str(write_jsonl(tmp_path / "docs.jsonl", docs))], index=str(tmp_path / "idx"))
-    build_index(index, embedder=minilm)
-    cfg = ServeConfig(index=index.index, adapter=str(REPO / REFERENCE_ADAPTER), device="cpu", dtype="float32", max_new_tokens=24)
-
-    def load() -> Pipeline:
-        return Pipeline.load(cfg, retriever=Retriever.load(index.index, embedder=minilm))
-
-    with ThreadServer(create_app(cfg, "smollm2-disfl-qa", "", load)) as srv:
-        wait_healthy(srv.url, 300)
-        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=300)
+    with reference_server(docs, tmp_path, minilm) as client:
         for qid, reason, redecoded in STREAM_QUESTIONS:
             messages = [{"role": "user", "content": questions[qid]}]
             r = client.chat.completions.create(model="smollm2-disfl-qa", messages=messages)

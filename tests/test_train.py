@@ -372,3 +372,13 @@ def test_adapter_config_lists_target_modules_sorted(trained: tuple) -> None:
     out, _ = trained
     modules = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     assert modules == sorted(modules) and len(modules) > 1
+
+
+def test_sort_target_modules_rewrites_only_the_order(tmp_path: Path) -> None:
+    config = {"peft_type": "LORA", "r": 16, "target_modules": ["v_proj", "q_proj", "o_proj", "k_proj"]}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    T.sort_target_modules(tmp_path)
+    text = (tmp_path / "adapter_config.json").read_text()
+    assert json.loads(text) == {**config, "target_modules": ["k_proj", "o_proj", "q_proj", "v_proj"]}
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)  # peft's own layout, no trailing newline
+    T.sort_target_modules(tmp_path / "missing")  # a full fine-tune has no adapter config: nothing to do
