@@ -32,14 +32,16 @@ Subpackages:
   (prompt-injection documents), ``splits`` (the small-data split rule).
 - ``answer``: ``ask`` (the stage and the ``Pipeline``), ``settings`` (``AnswerSettings``, the
   answering settings that ``ask``, ``serve``, ``evaluate`` and ``calibrate`` share and
-  ``Pipeline.load`` takes), ``grounded`` (grounded decoding), ``focus`` (sentence windows of
-  retrieved chunks).
+  ``Pipeline.load`` takes), ``abstention`` (the calibrated threshold an adapter stores and the rule
+  that applies it), ``check`` (the answer check), ``grounded`` (grounded decoding), ``focus``
+  (sentence windows of retrieved chunks).
 - ``eval``: ``evaluate``, ``retrieval`` (eval-retrieval), ``calibrate``.
 - ``serve``: the server (``app``, ``batcher``, ``schema``); ``export``: the stage and ``gguf``.
 
-Shared modules (each concern has one owner; stages call it): ``passage`` (the passage type and
-the gold/distractor rules), ``prompt`` (templates, rendering, token budget), ``qa`` (the QA
-reader), ``support`` (whether a passage supports an answer; the answer check), ``generator``
+Shared modules (each concern has one owner; stages call it): ``passage`` (the chunk types
+``Chunk``, ``StoredChunk``, ``Hit`` and ``Passage``, and the gold/distractor rules), ``prompt``
+(templates, an adapter's template, rendering, token budget), ``qa`` (the QA reader), ``support``
+(whether a passage supports an answer), ``generator``
 (loading a model and its tokenizer, encoding, padding, loss, batched generation),
 ``adapter_meta`` (an adapter directory's ``rag_pipeline.json``: ``AdapterMeta``, its reader and
 writer), ``device`` (device and dtype), ``model_paths`` (model ids -> local folders),

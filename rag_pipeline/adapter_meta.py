@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rag_pipeline.atomic import write_json
 from rag_pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -118,6 +119,4 @@ def read_adapter_meta(adapter_dir: str | Path) -> AdapterMeta:
 
 def write_adapter_meta(adapter_dir: str | Path, meta: AdapterMeta) -> None:
     """Write ``meta`` as the directory's ``rag_pipeline.json``, atomically (sorted keys, indented)."""
-    from rag_pipeline.atomic import write_json
-
     write_json(Path(adapter_dir) / META_FILE, meta.to_dict())

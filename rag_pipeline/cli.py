@@ -20,6 +20,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from rag_pipeline import __version__
+from rag_pipeline.config import add_arguments, build_config, overrides_from_args
+from rag_pipeline.errors import InputError, RagError
+
 # name -> (module, config class, help, positional (field, nargs, help) or None); module.main(cfg) runs it
 COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "build-index": ("rag_pipeline.index.build", "IndexConfig", "ingest documents, chunk, embed and write a FAISS index directory",
@@ -42,9 +46,6 @@ def _available(name: str) -> bool:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    from rag_pipeline import __version__
-    from rag_pipeline.config import add_arguments
-
     parser = argparse.ArgumentParser(prog="rag-pipeline", description="Retrieval-augmented generation with a RAFT-tuned small generator.")
     parser.add_argument("--version", action="version", version=f"rag-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -94,8 +95,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _config(name: str, args: argparse.Namespace) -> Any:
-    from rag_pipeline.config import build_config, overrides_from_args
-
     module, cls_name, _, positional = COMMANDS[name]
     cls = getattr(importlib.import_module(module), cls_name)
     overrides = overrides_from_args(cls, args)
@@ -110,8 +109,6 @@ def _config(name: str, args: argparse.Namespace) -> Any:
 def _reject_blank(positional: tuple[str, str, str], value: str | list[str] | None) -> None:
     """An argument given as an empty string is an error, not "no argument": ``ask ""`` would read
     standard input and ``build-index ""`` would index the working directory."""
-    from rag_pipeline.errors import InputError
-
     field, _, help_ = positional
     for v in value if isinstance(value, list) else [] if value is None else [value]:
         if not v.strip():
@@ -130,7 +127,6 @@ def main(argv: list[str] | None = None, only: str | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args)
-    from rag_pipeline.errors import RagError
 
     try:
         module = importlib.import_module(COMMANDS[args.command][0])

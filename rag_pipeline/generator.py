@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rag_pipeline.adapter_meta import AdapterMeta, read_adapter_meta
+from rag_pipeline.device import resolve_device, torch_dtype
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.metrics import is_abstention
+from rag_pipeline.model_paths import resolve_model, weights_hash
 
 if TYPE_CHECKING:
     import torch
@@ -90,8 +93,6 @@ def check_adapter_files(adapter_dir: str | Path, meta: AdapterMeta) -> None:
 
 def check_adapter_base(meta: AdapterMeta, base_id: str, base_dir: Path, adapter_dir: str | Path) -> None:
     """Raise ConfigError when the base model given is not the one the adapter was trained on."""
-    from rag_pipeline.model_paths import weights_hash
-
     recorded = meta.base_weights_hash
     actual = weights_hash(base_dir)
     if recorded and recorded != actual:
@@ -141,8 +142,6 @@ def load_model(weights_dir: str | Path, dtype: str | None = "float32", trust_rem
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from rag_pipeline.device import torch_dtype
-
     config = AutoConfig.from_pretrained(str(weights_dir), trust_remote_code=trust_remote_code)
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
@@ -178,9 +177,6 @@ def load_generator(
         InputError: adapter_dir is not a finished train-generator output, or its config or
             weights are damaged (:func:`check_adapter_files`).
     """
-    from rag_pipeline.device import resolve_device
-    from rag_pipeline.model_paths import resolve_model
-
     dev = resolve_device(device)
     meta = read_adapter_meta(adapter_dir) if adapter_dir is not None else None
     if model_id_or_path is None:
@@ -492,8 +488,7 @@ def generate_with_margins(
     """
     import torch
 
-    if is_refusal is None:
-        from rag_pipeline.metrics import is_abstention as is_refusal
+    is_refusal = is_abstention if is_refusal is None else is_refusal
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from rag_pipeline.atomic import Artifact, atomic_dir
 from rag_pipeline.errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def _smollm2() -> Path:
 def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     """Load a GGUF with transformers (dequantizing it) and save a plain safetensors folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rag_pipeline.atomic import Artifact, atomic_dir
 
     log.info("converting %s/%s to %s (once; later loads are fast)", folder, gguf_file, out)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)

@@ -1,9 +1,15 @@
-"""The passage: what every stage hands on when it shows a question some text.
+"""The chunk types, and the passage: what every stage hands on when it shows a question some text.
 
-A :class:`Passage` is a plain dict (so it is its own JSON): the retriever makes them from
-chunks (:func:`from_chunk`), ``ask`` shows and returns them, ``build-raft-dataset`` stores their
-:data:`DOCUMENT_KEYS` in each row, ``evaluate`` builds its oracle and injected contexts from them,
-and :mod:`rag_pipeline.prompt` renders their ``title`` and ``text``.
+One chunk of a document goes through four types, all here:
+
+* :class:`Chunk`: a piece of a document sized for the embedder, as ingestion cuts it
+  (:func:`rag_pipeline.index.ingest.chunk_document`);
+* :class:`StoredChunk`: the same chunk read back from an index, with its ``row`` (its FAISS id);
+* :class:`Hit`: a stored chunk a search found, with its ``score`` and ``rank``;
+* :class:`Passage`: a plain dict (so it is its own JSON): the retriever makes them from hits
+  (:func:`from_chunk`), ``ask`` shows and returns them, ``build-raft-dataset`` stores their
+  :data:`DOCUMENT_KEYS` in each row, ``evaluate`` builds its oracle and injected contexts from them,
+  and :mod:`rag_pipeline.prompt` renders their ``title`` and ``text``.
 
 The choice of a question's passages is here too, because RAFT training data and evaluation's
 oracle context must agree on it: :func:`gold_passage` (the chunk the answer comes from) and
@@ -17,26 +23,72 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
 
 from rag_pipeline.errors import InputError
+from rag_pipeline.qa import QAItem
 from rag_pipeline.support import support, supports
 from rag_pipeline.textnorm import contains_answer
 
-if TYPE_CHECKING:
-    from rag_pipeline.qa import QAItem
-    from rag_pipeline.index.retriever import Hit
-    from rag_pipeline.index.store import StoredChunk
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document sized for the embedder; ``id`` derives from its text (and document)."""
+
+    id: str
+    doc_id: str
+    title: str
+    source: str
+    position: int  # 0-based index of the chunk within its document
+    text: str
 
 
-# A passage shown to the generator. ``id``, ``title`` and ``text`` are always there; the rest when
-# known: the chunk's provenance, retrieval's ``rank`` and ``score`` (cosine, or fused RRF score;
-# None for given documents), and ``ask``'s ``truncated`` (cut to fit the prompt budget).
-Passage = TypedDict("Passage", {
-    "rank": int, "score": float | None,  # from retrieval
-    "id": str, "doc_id": str, "title": str, "source": str, "position": int, "text": str,  # the chunk (store.StoredChunk)
-    "truncated": bool,  # ask: cut to fit the prompt budget
-}, total=False)
+@dataclass(frozen=True)
+class StoredChunk:
+    """A :class:`Chunk` as an index stores it: ``row`` is its row in the store and its id in the FAISS index."""
+
+    row: int
+    id: str
+    doc_id: str
+    title: str
+    source: str
+    position: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its score (cosine similarity, or fused RRF score with --hybrid)."""
+
+    chunk: StoredChunk
+    score: float
+    rank: int  # 1-based
+
+    def to_dict(self) -> Passage:
+        return from_chunk(self.chunk, self.score, self.rank)
+
+
+class _PassageRequired(TypedDict):
+    id: str
+    title: str
+    text: str
+
+
+class Passage(_PassageRequired, total=False):
+    """A passage shown to the generator. ``id``, ``title`` and ``text`` are always there (a RAFT
+    dataset row keeps only those, :data:`DOCUMENT_KEYS`); the rest when known: the chunk's
+    provenance (``doc_id``, ``source``, ``position``: every passage made from a chunk or a given
+    document has them), retrieval's ``rank`` and ``score`` (cosine, or fused RRF score; None for
+    given documents), and ``ask``'s ``truncated`` (cut to fit the prompt budget)."""
+
+    rank: int
+    score: float | None
+    doc_id: str
+    source: str
+    position: int
+    truncated: bool
+
 
 # What a RAFT dataset row keeps of each document (its on-disk schema; see raft.features).
 DOCUMENT_KEYS = ("id", "title", "text")
@@ -44,7 +96,7 @@ DOCUMENT_KEYS = ("id", "title", "text")
 
 def from_chunk(chunk: StoredChunk, score: float | None = None, rank: int | None = None) -> Passage:
     """A chunk as a passage; with ``rank``, ``rank`` and ``score`` (rounded to 6 places) come first."""
-    head: Passage = {} if rank is None else {"rank": rank, "score": None if score is None else round(score, 6)}
+    head: dict[str, Any] = {} if rank is None else {"rank": rank, "score": None if score is None else round(score, 6)}
     return {**head, "id": chunk.id, "doc_id": chunk.doc_id, "title": chunk.title, "source": chunk.source,
             "position": chunk.position, "text": chunk.text}
 

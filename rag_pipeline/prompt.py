@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rag_pipeline.adapter_meta import AdapterMeta
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.passage import Passage
+from rag_pipeline.support import support
 from rag_pipeline.textnorm import contains_answer
 
 ABSTAIN = "The documents don't contain the answer."
@@ -85,6 +87,27 @@ def recorded_template(name: str, text: dict[str, str] | None, where: str) -> Pro
         raise ConfigError(f"{where} records prompt template '{name}' with another text than this code's '{name}' "
                           f"(differs in {', '.join(differs)}): use the code version that made it, or rebuild it with this one")
     return template
+
+
+def adapter_template(meta: AdapterMeta | None, where: str, requested: str = "") -> PromptTemplate:
+    """The template a generator is prompted with: the one its adapter recorded (checked against the
+    recorded text, :func:`recorded_template`), else ``requested``, else :data:`DEFAULT_TEMPLATE`.
+
+    Args:
+        meta: the adapter's ``rag_pipeline.json`` (None: the base model without an adapter).
+        where: the adapter, as error messages name it (``adapter DIR``).
+        requested: a template name the user asked for (``--template``); empty: none.
+
+    Raises:
+        ConfigError: ``requested`` is not the adapter's recorded template, an unknown name, or a
+            recorded text that differs from the code's template of that name.
+    """
+    recorded = meta.template if meta else None
+    if recorded and requested and requested != recorded:
+        raise ConfigError(f"{where} was trained with prompt template '{recorded}', not '{requested}': drop --template (ask uses the adapter's own)")
+    if recorded:
+        return recorded_template(recorded, meta.template_text if meta else None, where)
+    return get_template(requested or DEFAULT_TEMPLATE)
 
 
 # A delimiter tag of the documents block, however spaced or cased: <documents>, </ Documents >.
@@ -194,8 +217,6 @@ def support_span(text: str, answers: list[str], min_recall: float = 0.5, max_sen
     (:func:`answer_sentence_span`), else the shortest run of up to ``max_sentences`` consecutive
     sentences with the highest recall of an answer's content tokens (:func:`rag_pipeline.support.recall`),
     when that recall is at least ``min_recall``; None otherwise."""
-    from rag_pipeline.support import support
-
     span = answer_sentence_span(text, answers)
     if span is not None or not any(a.strip() for a in answers):
         return span

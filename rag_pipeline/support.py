@@ -121,32 +121,3 @@ def answer_form(cases: list[tuple[list[str], list[str]]]) -> tuple[str, float | 
         return "span", None
     share = sum(any(contains_answer(t, answers) for t in texts) for answers, texts in cases) / len(cases)
     return ("span" if share >= SPAN_SHARE else "free-form"), round(share, 4)
-
-
-
-# An answer is shown only when its passage holds at least this share of its content words.
-ANSWER_SUPPORT = 0.5
-# The subjects of the tuned model's refusals ("The papers don't contain the answer."): where the
-# refusal was ruled out, the answer stops after them ("The papers [2]"), so they are not content.
-REFUSAL_SUBJECTS = frozenset(content_tokens(
-    "documents papers processes manuscripts contents documentation texts passages context sources articles materials records"))
-
-
-def answer_problem(answer: str, passages: list[str]) -> str | None:
-    """Why a generated answer must not be shown as an answer, or None when it may be.
-
-    ``"no_content"``: it holds no content word ("The [1]") other than a refusal's subject (:data:`REFUSAL_SUBJECTS`:
-    "The processes [1]", "The papers [2]"); ``"unsupported"``: fewer than :data:`ANSWER_SUPPORT` of its content words
-    are in ``passages`` (the passages it cites; the caller passes all shown ones when it cites
-    none). A yes/no answer ("Yes [1]", "No, it was not.") is an answer whatever its words.
-    """
-    from rag_pipeline.metrics import extract_answer, polarity
-
-    text = extract_answer(answer)
-    if polarity(text) is not None:
-        return None
-    need = content_tokens(text)
-    if not need - REFUSAL_SUBJECTS:
-        return "no_content"
-    have = frozenset().union(*(content_tokens(p) for p in passages)) if passages else frozenset()
-    return "unsupported" if len(need & have) / len(need) < ANSWER_SUPPORT else None

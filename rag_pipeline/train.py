@@ -34,10 +34,15 @@ from typing import Any, Literal
 from rag_pipeline.adapter_meta import KIND as ADAPTER_KIND
 from rag_pipeline.adapter_meta import META_FILE, AdapterMeta, read_adapter_meta, write_adapter_meta
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
+from rag_pipeline.cli import main as cli_main
 from rag_pipeline.config import opt, to_dict
-from rag_pipeline.device import check_device
+from rag_pipeline.device import bf16_supported, check_device, resolve_device
 from rag_pipeline.errors import ConfigError, DeviceError, InputError
-from rag_pipeline.model_paths import SMOLLM2_ID
+from rag_pipeline.generator import (batch_loss, check_adapter_files, collate, default_target_modules, encode_example, generate_answers,
+                                    load_model, load_tokenizer)
+from rag_pipeline.metrics import squad2_scores
+from rag_pipeline.model_paths import SMOLLM2_ID, resolve_model, weights_hash
+from rag_pipeline.prompt import recorded_template, template_text, to_model_text
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +190,11 @@ def validation_rows(ds: Any, dataset: str, cfg: TrainConfig) -> Any | None:
 
 def model_texts(rows: Any, tokenizer: Any, template: Any) -> list[str]:
     """The text the generator sees for each row's prompt (rendered once per row and run)."""
-    from rag_pipeline.prompt import to_model_text
-
     return [to_model_text(tokenizer, template, prompt) for prompt in rows["prompt"]]
 
 
 def encode_split(texts: list[str], completions: list[str], tokenizer: Any, kind: str, max_length: int) -> tuple[list[dict[str, Any]], int]:
     """Encode (model text, completion) pairs; return (examples, number of examples whose prompt was cut)."""
-    from rag_pipeline.generator import encode_example
-
     examples, cut = [], 0
     for text, completion in zip(texts, completions):
         ex = encode_example(tokenizer, kind, text, completion, max_length)
@@ -247,9 +248,6 @@ def micro_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, ra
 
 def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
     """Load the base (fp32 weights; 4-bit for QLoRA) and wrap it for ``cfg.method``; return (model, tokenizer, kind, base_dir)."""
-    from rag_pipeline.generator import default_target_modules, load_model, load_tokenizer
-    from rag_pipeline.model_paths import resolve_model
-
     base_dir = resolve_model(cfg.base_model)
     extra = qlora_kwargs(device) if cfg.method == "qlora" else {}
     model, kind = load_model(base_dir, "float32", cfg.trust_remote_code, **extra)
@@ -285,8 +283,6 @@ def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:
         InputError: the folder is not an adapter of ``cfg.base_model``.
     """
     from peft import PeftModel
-
-    from rag_pipeline.generator import check_adapter_files
 
     folder = Path(cfg.init_adapter)
     meta = read_adapter_meta(folder)
@@ -345,9 +341,6 @@ def evaluate(model: Any, tokenizer: Any, kind: str, examples: list[dict[str, Any
         ``noans_acc`` and ``false_abstain_rate`` (see :func:`rag_pipeline.metrics.squad2_scores`).
     """
     import torch
-
-    from rag_pipeline.generator import batch_loss, collate, generate_answers
-    from rag_pipeline.metrics import squad2_scores
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -567,9 +560,6 @@ def setup(cfg: TrainConfig) -> Trainer:
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from rag_pipeline.device import bf16_supported, resolve_device
-    from rag_pipeline.prompt import recorded_template
-
     if not cfg.output:
         raise ConfigError("output is empty: pass --output DIR for the trained adapter")
     out = Path(cfg.output)
@@ -623,8 +613,6 @@ def fit(t: Trainer) -> str:
     """
     import torch
     from tqdm import tqdm
-
-    from rag_pipeline.generator import batch_loss, collate
 
     cfg, state, device = t.cfg, t.state, t.accelerator.device
     t.model.train()
@@ -792,9 +780,6 @@ def finish(t: Trainer, status: str) -> dict[str, Any]:
 def adapter_meta(t: Trainer) -> AdapterMeta:
     """What ``rag_pipeline.json`` says of every adapter this run writes (final and snapshots): what ask
     and evaluate need to load it, and where it came from."""
-    from rag_pipeline.model_paths import weights_hash
-    from rag_pipeline.prompt import template_text
-
     return AdapterMeta(model_kind=t.kind, method=t.cfg.method, base_model=t.cfg.base_model, base_weights_hash=weights_hash(t.base_dir),
                        template=t.template.name, template_text=template_text(t.template), dataset=str(t.cfg.dataset),
                        dataset_fingerprint=t.manifest.get("fingerprint"), config=to_dict(t.cfg))
@@ -888,8 +873,6 @@ def main(cfg: TrainConfig | list[str] | None = None) -> int:
     import sys
 
     if not isinstance(cfg, TrainConfig):
-        from rag_pipeline.cli import main as cli_main
-
         return cli_main(cfg, only="train-generator")
     summary = run(cfg)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -900,6 +883,4 @@ def main(cfg: TrainConfig | list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m rag_pipeline.train, accelerate launch -m ..., torchrun -m ...
-    from rag_pipeline.cli import main as _cli_main
-
-    raise SystemExit(_cli_main(only="train-generator"))
+    raise SystemExit(cli_main(only="train-generator"))

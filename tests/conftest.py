@@ -40,7 +40,7 @@ REFERENCE_GOLD_DOC, REFERENCE_GOLD = "p-db3be505bd19", "1998"
 
 @dataclass(frozen=True)
 class FakeChunk:
-    """Stands in for a store.StoredChunk in tests of the passage rules."""
+    """Stands in for a passage.StoredChunk in tests of the passage rules."""
 
     id: str
     doc_id: str
@@ -52,7 +52,7 @@ class FakeChunk:
 
 @dataclass(frozen=True)
 class FakeHit:
-    """Stands in for a retriever.Hit."""
+    """Stands in for a passage.Hit."""
 
     chunk: FakeChunk
     score: float = 1.0

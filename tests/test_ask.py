@@ -329,7 +329,7 @@ def test_the_index_manifest_is_read_once(env: dict, monkeypatch: pytest.MonkeyPa
 
     calls = []
     real = index_format.read_manifest
-    for module in (index_format, retriever):  # ask's own check, and Retriever.load's
+    for module in (A, index_format, retriever):  # ask's own check, and Retriever.load's
         monkeypatch.setattr(module, "read_manifest", lambda d: calls.append(str(d)) or real(d))
     p = A.Pipeline.load(cfg(env))
     assert calls == [str(env["index"])] and p.retriever.manifest["kind"] == "rag-index"

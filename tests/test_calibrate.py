@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rag_pipeline.eval.calibrate import choose_threshold, from_json, sweep, to_json, withhold
+from rag_pipeline.eval.calibrate import choose_threshold, sweep
 
 
 def test_sweep_counts_squad2_figures_at_each_cut() -> None:
@@ -35,20 +35,6 @@ def test_choose_threshold_maximises_overall_f1_under_the_false_abstain_cap() -> 
     assert capped["overall_f1"] == pytest.approx(3.2 / 8)
     never = choose_threshold(margins, f1s, answerable, max_false_abstain=0.0)
     assert never["false_abstain_rate"] == 0.0 and never["threshold"] == math.inf
-
-
-def test_withhold_applies_threshold_and_bias_and_needs_a_calibration() -> None:
-    cal = {"threshold": 1.0}
-    assert withhold(1.5, cal) and not withhold(0.5, cal)
-    assert not withhold(1.5, cal, bias=1.0)  # a positive bias answers more
-    assert withhold(0.5, cal, bias=-1.0)
-    assert not withhold(5.0, None) and not withhold(None, cal)
-
-
-def test_infinite_thresholds_survive_json() -> None:
-    row = to_json({"threshold": math.inf, "overall_f1": 0.5})
-    assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf
-
 
 
 def test_forced_abstentions_count_at_every_threshold() -> None:

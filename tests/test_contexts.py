@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rag_pipeline.data.contexts import attach_context_docs, context_doc_id, distinct_contexts, index_contexts, match_contexts
+from rag_pipeline.data.contexts import attach_context_docs, context_doc_id, distinct_contexts, match_contexts
+from rag_pipeline.data.raft import index_contexts
 from rag_pipeline.qa import load_qa
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "marrowick_qa.json"

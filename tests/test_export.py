@@ -10,17 +10,21 @@ metadata against the packaged SmolLM2 GGUF, which llama.cpp's own converter wrot
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import gguf
 import pytest
 import torch
 
+from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.cli import main as cli_main
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.export import ExportConfig, run
 from rag_pipeline.generator import load_generator
+from rag_pipeline.prompt import ABSTAIN, TEMPLATES, PromptTemplate, template_text
 
 PROMPTS = ["The cat near the river is red. Question: What colour is the cat? Answer:",
            "<|im_start|>user\nWhat colour is the owl?<|im_end|>\n<|im_start|>assistant\n",
@@ -67,6 +71,37 @@ def test_merged_folder_loads_with_plain_transformers_and_answers_the_same(env: d
     assert m["base_model"] == str(env["base"]) and set(m["files"]) == MERGED_FILES - {"export.json"}
     assert json.loads((folder / "rag_prompt.json").read_text())["name"] == "raft-v1"
     assert "vllm serve" in (folder / "README.md").read_text()
+
+
+def adapter_with_template(env: dict, folder: Path, name: str, text: dict[str, str]) -> Path:
+    """A copy of the test adapter whose rag_pipeline.json records prompt template ``name`` with ``text``."""
+    shutil.copytree(env["adapter"], folder)
+    write_adapter_meta(folder, dataclasses.replace(read_adapter_meta(folder), template=name, template_text=text))
+    return folder
+
+
+def test_export_hands_on_the_template_the_adapter_records(env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter trained with another template than the default: rag_prompt.json, the README and
+    export.json give that template, as ask renders it, not raft-v1."""
+    terse = PromptTemplate(name="raft-terse", system=f"Answer from the numbered documents only, citing [n]. Otherwise reply: {ABSTAIN}",
+                           document="({n}) {title}: {text}")
+    monkeypatch.setitem(TEMPLATES, terse.name, terse)
+    adapter = adapter_with_template(env, tmp_path / "adapter", terse.name, template_text(terse))
+    m = run(ExportConfig(adapter=str(adapter), output=str(tmp_path / "out")))
+    assert m["template"] == "raft-terse"
+    assert json.loads((tmp_path / "out" / "rag_prompt.json").read_text()) == dataclasses.asdict(terse)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert terse.system in readme and TEMPLATES["raft-v1"].system not in readme
+
+
+def test_export_refuses_an_adapter_recording_another_text_of_its_template(env: dict, tmp_path: Path) -> None:
+    """As ask does: an adapter trained on another text of raft-v1 than this code's would be exported
+    with a prompt it never saw; the export stops before loading the models and writes nothing."""
+    text = {**template_text(TEMPLATES["raft-v1"]), "system": "Answer in one word."}
+    adapter = adapter_with_template(env, tmp_path / "adapter", "raft-v1", text)
+    with pytest.raises(ConfigError, match=r"adapter .* records prompt template 'raft-v1' with another text .*differs in system"):
+        run(ExportConfig(adapter=str(adapter), output=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
 
 
 # q8_0 rounds each weight to 1/127 of its block's largest: the tiny random model's thin logit margins

@@ -344,9 +344,11 @@ def _no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any command gets as far as loading a generator."""
     from rag_pipeline import generator
     from rag_pipeline.answer import ask as ask
+    from rag_pipeline.data import teacher
 
     monkeypatch.setattr(ask.Pipeline, "load", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
-    monkeypatch.setattr(generator, "load_generator", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
+    for module in (generator, teacher):  # the teacher imports load_generator by name
+        monkeypatch.setattr(module, "load_generator", lambda *a, **k: pytest.fail("the models were loaded before the input was checked"))
 
 
 @pytest.mark.parametrize("command", ["eval-retrieval", "build-raft-dataset", "evaluate", "ask"])

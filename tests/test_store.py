@@ -11,7 +11,8 @@ import pytest
 
 from rag_pipeline.index import store as store
 from rag_pipeline.errors import ResourceError
-from rag_pipeline.index.store import ShardedChunkStore, ShardVectors, StoredChunk, write_keys, write_shard
+from rag_pipeline.index.store import ShardedChunkStore, ShardVectors, write_keys, write_shard
+from rag_pipeline.passage import StoredChunk
 
 SHARDS, ROWS, DIM = 300, 3, 8
 

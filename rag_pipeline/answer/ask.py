@@ -29,19 +29,26 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
+from rag_pipeline import generator
+from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.answer.abstention import abstention_of, withhold
+from rag_pipeline.answer.check import answer_problem
+from rag_pipeline.answer.grounded import GroundedConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings
+from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
 from rag_pipeline.config import opt
+from rag_pipeline.device import inference_dtype, resolve_device
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.index.format import read_manifest
+from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.metrics import is_abstention, may_become_abstention
 from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
-from rag_pipeline.prompt import ABSTAIN, DEFAULT_TEMPLATE
-from rag_pipeline.qa import QAFieldConfig
-
-if TYPE_CHECKING:
-    from rag_pipeline.qa import QAFields, QAItem
+from rag_pipeline.prompt import ABSTAIN, BudgetError, adapter_template, fit_documents, model_text_fn, render_user, sentence_spans
+from rag_pipeline.qa import QAFieldConfig, QAFields, QAItem, load_qa
+from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +197,6 @@ def parse_citations(text: str, n_docs: int) -> list[int]:
 
 def make_snippet(text: str, answer: str, width: int) -> str:
     """A short excerpt of a cited chunk: the sentence holding the answer when there is one, else its start."""
-    from rag_pipeline.prompt import sentence_spans
-    from rag_pipeline.textnorm import contains_answer
-
     flat = " ".join(text.split())
     plain = _CITE.sub("", answer).strip(" .")
     if plain:
@@ -227,8 +231,6 @@ class Pipeline:
 
     def __init__(self, cfg: AnswerSettings, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
                  adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None) -> None:
-        from rag_pipeline.prompt import model_text_fn
-
         self.cfg = cfg
         self.retriever = retriever
         self.model = model
@@ -259,27 +261,14 @@ class Pipeline:
             InputError: adapter directory missing or not a finished train-generator output.
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
-        from rag_pipeline.device import inference_dtype, resolve_device
-        from rag_pipeline.adapter_meta import read_adapter_meta
-        from rag_pipeline.generator import load_generator
-        from rag_pipeline.index.format import read_manifest
-        from rag_pipeline.prompt import get_template, recorded_template
-        from rag_pipeline.index.retriever import Retriever
-
         device = resolve_device(cfg.device)
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else None
-        recorded = meta.template if meta else None
-        if recorded and cfg.template and cfg.template != recorded:
-            raise ConfigError(f"adapter {adapter} was trained with prompt template '{recorded}', not '{cfg.template}': drop --template (ask uses the adapter's own)")
-        if recorded:
-            template = recorded_template(recorded, meta.template_text, f"adapter {adapter}")
-        else:
-            template = get_template(cfg.template or DEFAULT_TEMPLATE)
+        template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
         dtype = inference_dtype(cfg.dtype, device)
-        model, tokenizer, kind = load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
+        model, tokenizer, kind = generator.load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
@@ -328,7 +317,6 @@ class Pipeline:
         checked = self.cfg.answer_check != "off"  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
-        from rag_pipeline.generator import DecodeCounts
 
         n = len(questions)
         t0 = time.perf_counter()
@@ -349,7 +337,7 @@ class Pipeline:
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
-        counts = [DecodeCounts() for _ in todo]
+        counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
         extra: dict[str, Any] = {"decoding": decoding} if decoding is not None else {}
         if on_text is not None or on_usage is not None:  # only when asked: tests replace _generate with the four-argument form
@@ -374,14 +362,10 @@ class Pipeline:
         return [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits], best
 
     def _render(self, question: str, docs: list[Passage]) -> str:
-        from rag_pipeline.prompt import render_user
-
         return render_user(self.template, question, docs)
 
     def _fit(self, question: str, docs: list[Passage]) -> list[Passage]:
         """The documents cut to the prompt budget (lowest-ranked dropped first); ``truncated`` marks cut ones."""
-        from rag_pipeline.prompt import BudgetError, fit_documents
-
         try:
             fitted, _ = fit_documents(self.tokenizer, self.template, question, docs, oracle_index=-1, answer="",
                                       max_tokens=self.cfg.max_prompt_tokens)
@@ -399,13 +383,9 @@ class Pipeline:
         ``on_token(text index, token id)`` sees free decoding's tokens as they are decoded; ``counts``
         (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
         """
-        from rag_pipeline import generator
-
         c = decoding or Decoding.of(self.cfg)
         constraints = None
         if grounded:
-            from rag_pipeline.answer.grounded import GroundedConstraint
-
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
@@ -419,8 +399,6 @@ class Pipeline:
 
     def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
                 calibration: dict[str, Any] | None = None) -> Answer:
-        from rag_pipeline.eval.calibrate import withhold
-
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
         if withhold(margin, calibration, self.cfg.abstain_bias):
@@ -432,14 +410,11 @@ class Pipeline:
         ]
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
-
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any]) -> None:
         """The answer check (``cfg.answer_check``), in place: an answer with no content word, or
         whose cited passages (all shown ones when it cites none) lack most of its words
-        (:func:`~rag_pipeline.support.answer_problem`), is decoded again grounded, or abstained on."""
-        from rag_pipeline.support import answer_problem
-
+        (:func:`~rag_pipeline.answer.check.answer_problem`), is decoded again grounded, or abstained on."""
         def problem(a: Answer) -> str | None:
             cited = [a.retrieved[c.n - 1]["text"] for c in a.citations]
             return None if a.abstained else answer_problem(a.answer, cited or [d["text"] for d in a.retrieved])
@@ -480,21 +455,6 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
             c = counts.get(i)  # None: abstained on the retrieval threshold, nothing generated
             length = c is not None and not c.stopped and not ans.abstained
             on_usage(i, TokenUsage(c.prompt_tokens if c else 0, c.completion_tokens if c else 0, "length" if length else "stop"))
-
-
-def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSettings) -> dict[str, dict[str, Any]]:
-    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily.
-
-    ``recorded``: the adapter's :attr:`~rag_pipeline.adapter_meta.AdapterMeta.abstention` (None: never calibrated).
-    """
-    from rag_pipeline.eval.calibrate import from_json
-
-    stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
-    if cfg.abstention != "calibrated" or not stored:
-        return {}
-    if cfg.do_sample or cfg.num_beams > 1:
-        raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
-    return stored
 
 
 # ---------------------------------------------------------------------------------- output
@@ -544,8 +504,6 @@ def _timing_line(ans: Answer) -> str:
 
 def load_questions(path: str, fields: QAFields | None = None) -> list[QAItem]:
     """The questions of a QA file (``fields``: its field names); empty ones are an InputError naming their ids."""
-    from rag_pipeline.qa import load_qa
-
     items = load_qa(path, fields)
     empty = [it.id for it in items if not it.question.strip()]
     if empty:
@@ -567,8 +525,6 @@ def answer_file(pipe: Pipeline, cfg: AskConfig, items: list[QAItem] | None = Non
         items: the questions of ``cfg.questions`` when already read (:func:`main` reads them before the models load).
     """
     from tqdm import tqdm
-
-    from rag_pipeline.atomic import atomic_file, json_line
 
     items = items if items is not None else load_questions(cfg.questions, cfg.qa_fields())
     items = items[: cfg.limit] if cfg.limit else items
@@ -644,8 +600,6 @@ def piped_questions(lines: Iterator[str]) -> Iterator[str]:
 
 def main(cfg: AskConfig) -> int:
     """``rag-pipeline ask``: setup (load once) -> answer (argument, stdin or file) -> print. Returns the exit status."""
-    from rag_pipeline.atomic import check_file_target, check_separate
-
     # Everything the user gave is checked before the models load (tens of seconds): the output path,
     # the questions file, and piped input that holds no question.
     if cfg.output:

@@ -60,7 +60,7 @@ class Answering:
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
     answer_check: AnswerCheck = opt(
         "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
-                    "(rag_pipeline.support.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
+                    "(rag_pipeline.answer.check.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
                     "shown passage) and abstain if that fails the check too; abstain = abstain at once; off = show it")
     device: str = opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
     dtype: Dtype = opt("auto", "generator weights (a LoRA adapter is merged into them): auto = bfloat16 on bf16 GPUs and "

@@ -1,9 +1,9 @@
 """Inline contexts: QA records that carry their own passage (``{"context", "question", "answer"}``).
 
-* No index given: the distinct contexts are indexed as documents with :func:`index_contexts`
-  (``index.build_index``: the same chunking, embedder and manifest as ``build-index``), each under
-  an id derived from its text (:func:`context_doc_id`), and each record's context becomes its gold
-  document (:func:`attach_context_docs`).
+* No index given: ``build-raft-dataset`` indexes the distinct contexts as documents
+  (:func:`rag_pipeline.data.raft.index_contexts`: the same chunking, embedder and manifest as
+  ``build-index``), each under an id derived from its text (:func:`context_doc_id`), and each
+  record's context becomes its gold document (:func:`attach_context_docs`).
 * An existing index: :func:`match_contexts` finds each context's chunks in it (a chunk inside the
   context, the context inside a chunk, or nearly the same words); the contexts it lacks are reported.
 """
@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rag_pipeline.index.ingest import normalize_whitespace
 from rag_pipeline.qa import QAItem
 from rag_pipeline.textnorm import words
 
-SOURCE_NAME = "contexts.jsonl"  # the ``source`` of every context chunk (what ``ask`` shows as the file)
 MATCH_OVERLAP = 0.9  # share of the shorter text's words the other must hold to count as the same passage
 
 
@@ -55,17 +51,6 @@ def attach_context_docs(items: list[QAItem]) -> list[QAItem]:
     """Each record with a context gets that context's document as its gold document (``doc_id``)."""
     return [dataclasses.replace(it, doc_id=context_doc_id(it.context)) if it.context is not None and it.context.strip() else it
             for it in items]
-
-
-def index_contexts(contexts: list[Context], index_dir: str | Path, embedder_id: str, device: str = "auto", embedder: Any = None) -> dict:
-    """Index the contexts as documents at ``index_dir`` with :func:`rag_pipeline.index.build.build_index`; returns its manifest."""
-    from rag_pipeline.index.build import IndexConfig, build_index
-
-    with tempfile.TemporaryDirectory(prefix="rag-contexts-") as tmp:
-        path = Path(tmp) / SOURCE_NAME
-        path.write_text("".join(json.dumps({"id": c.doc_id, "title": c.title, "text": c.text}, ensure_ascii=False) + "\n" for c in contexts),
-                        encoding="utf-8")
-        return build_index(IndexConfig(paths=[str(path)], index=str(index_dir), embedder=embedder_id, device=device), embedder=embedder)
 
 
 def same_passage(chunk_text: str, context: str) -> bool:

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.metrics import f1
+from rag_pipeline.metrics import extract_answer, f1, is_abstention
+from rag_pipeline.prompt import sentence_spans
 from rag_pipeline.qa import QAItem
 from rag_pipeline.support import STOPWORDS, content_tokens
 from rag_pipeline.textnorm import contains_answer, words
@@ -189,8 +190,6 @@ def candidate_answers(text: str, style: Style = "span") -> list[tuple[str, str]]
     the same word is capitalised elsewhere), noun phrases ("the wrought iron lattice tower").
     ``sentence``: the chunk's sentences of 5-40 words.
     """
-    from rag_pipeline.prompt import sentence_spans
-
     if style == "sentence":
         sents = [text[s:e].strip() for s, e in sentence_spans(text)]
         return [(s, "sentence") for s in sents if 5 <= len(s.split()) <= 40 and len(content_tokens(s)) >= 3]
@@ -298,8 +297,6 @@ def rules_question(c: Candidate) -> str:
     starts with a pronoun (the question would not say what it is about), the answer is one item
     of a list, it occurs twice, the sentence is a quotation, or the question would be too long.
     """
-    from rag_pipeline.prompt import sentence_spans
-
     if c.kind == "sentence":
         return ""
     sentence = next((c.passage[s:e] for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), "")
@@ -363,8 +360,6 @@ class AdapterReader:
 
     def answers(self, pairs: list[Pair], s: QuestionSettings) -> list[str]:
         from tqdm.auto import tqdm
-
-        from rag_pipeline.metrics import extract_answer, is_abstention
 
         out: list[str] = []
         with tqdm(total=len(pairs), desc="answering questions", unit="question", disable=None) as bar:
@@ -666,8 +661,6 @@ def statement(c: Candidate) -> str | None:
     """The sentence holding the candidate, as a plain statement (no connective, no parentheses, no
     final stop); None where :func:`rules_question` would refuse it (a pronoun start, a quotation,
     the answer twice) or the sentence is longer than a question may be."""
-    from rag_pipeline.prompt import sentence_spans
-
     start, sentence = next(((s, c.passage[s:e]) for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), (0, ""))
     if not sentence or sentence.count(c.answer) != 1 or _PRONOUN_START.match(sentence) or '"' in sentence or "“" in sentence:
         return None

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,14 +45,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline import prompt as P
-from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target, write_jsonl
+from rag_pipeline.answer.ask import Pipeline
+from rag_pipeline.answer.settings import AnswerSettings
+from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, staging_dir, write_json, write_jsonl
 from rag_pipeline.config import opt, to_dict
+from rag_pipeline.data.contexts import Context, attach_context_docs, context_doc_id, distinct_contexts, match_contexts
+from rag_pipeline.data.injection import STYLES, TRAIN_PAYLOADS, inject
+from rag_pipeline.data.questions import RULES, AdapterReader, QuestionSettings, RulesWriter, summary_line
+from rag_pipeline.data.questions import generate as generate_questions
+from rag_pipeline.data.splits import ensure_train, train_warning
+from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, TeacherOptions, load_teacher, write_cot
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
+from rag_pipeline.generator import load_tokenizer as load_generator_tokenizer
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.ingest import normalize_whitespace
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.model_paths import MINILM_ID, REFERENCE_ADAPTER, SMOLLM2_ID, resolve_model
 from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
-from rag_pipeline.support import context_support, support
+from rag_pipeline.support import answer_form, context_support, support
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -62,6 +75,7 @@ FORMATS = ("chat", "completion", "raft", "eval")
 COLUMNS = ("id", "question", "documents", "oracle_position", "prompt", "completion", "answer", "answerable", "doc_id")
 
 SKIPPED_FILE = "skipped.jsonl"  # the questions left out, with their reasons; not part of the dataset's fingerprint
+CONTEXTS_SOURCE = "contexts.jsonl"  # the ``source`` of every chunk of an index made from contexts (what ``ask`` shows as the file)
 # The output directory build-raft-dataset may replace: its own manifest and folders, nothing else.
 ARTIFACT = Artifact("a RAFT dataset", "manifest.json", "raft-dataset",
                     allowed=frozenset({"manifest.json", "dataset", "jsonl", "exports", "index", "questions", SKIPPED_FILE}))
@@ -256,8 +270,6 @@ def load_questions(cfg: RaftConfig, counts: Tally) -> list[tuple[str | None, QAI
 
 
 def teacher_options(cfg: RaftConfig) -> Any:
-    from rag_pipeline.data.teacher import TeacherOptions
-
     return TeacherOptions(device=cfg.device, timeout=cfg.request_timeout, retries=cfg.request_retries)
 
 
@@ -265,13 +277,11 @@ def generated_questions(cfg: RaftConfig, retriever: Any, docs: frozenset[str] | 
     """``generate_questions`` QA pairs written from the index's chunks (of ``docs`` only, when
     given) and kept by the round trip (:func:`rag_pipeline.data.questions.generate`); returns its
     :class:`~rag_pipeline.data.questions.Result`."""
-    from rag_pipeline.data import questions as questions
-
-    settings = questions.QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
-                                          min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed, docs=docs,
-                                          yes_no=cfg.question_yes_no, unanswerable=cfg.question_unanswerable)
+    settings = QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
+                                min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed, docs=docs,
+                                yes_no=cfg.question_yes_no, unanswerable=cfg.question_unanswerable)
     writer, reader = question_models(cfg, retriever)
-    return questions.generate(retriever, writer, settings, reader)
+    return generate_questions(retriever, writer, settings, reader)
 
 
 def training_documents(questions: list[tuple[str | None, QAItem]]) -> tuple[frozenset[str] | None, str | None]:
@@ -285,22 +295,17 @@ def training_documents(questions: list[tuple[str | None, QAItem]]) -> tuple[froz
 
 def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     """The question writer and the round trip's reader named by the config (``None``: the writer reads)."""
-    from rag_pipeline.data import questions as questions
-    from rag_pipeline.data.teacher import load_teacher
-
-    rules = cfg.question_generator == questions.RULES
+    rules = cfg.question_generator == RULES
     if rules and cfg.question_style != "span":
         raise ConfigError(f"--question-generator rules writes questions for span answers, not question_style {cfg.question_style}: "
                           "use --question-style span, or a model writer (hf:PATH_OR_ID or openai:URL#MODEL)")
-    writer = questions.RulesWriter() if rules else load_teacher(cfg.question_generator, teacher_options(cfg))
+    writer = RulesWriter() if rules else load_teacher(cfg.question_generator, teacher_options(cfg))
     spec = cfg.question_reader or (f"adapter:{REFERENCE_ADAPTER}" if rules else "")
     if not spec:
         return writer, None
     kind, _, rest = spec.partition(":")
     if kind != "adapter":
         return writer, load_teacher(spec, teacher_options(cfg))
-    from rag_pipeline.answer.ask import Pipeline
-    from rag_pipeline.answer.settings import AnswerSettings
 
     if not Path(rest).is_dir():
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
@@ -308,7 +313,7 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
     # the adapter's own best answer from the chunk: greedy, unchecked, on the dataset's index
     settings = AnswerSettings(index=str(retriever.index_dir), adapter=rest, abstention="greedy", answer_check="off",
                               device=cfg.device, max_new_tokens=32)
-    return writer, questions.AdapterReader(Pipeline.load(settings, retriever=retriever))
+    return writer, AdapterReader(Pipeline.load(settings, retriever=retriever))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,9 +331,6 @@ def prepare_index(cfg: RaftConfig, items: list[QAItem], stage: Path) -> tuple[st
     Raises:
         InputError: no index and no record with a context.
     """
-    from rag_pipeline.data.contexts import distinct_contexts, index_contexts
-    from rag_pipeline.model_paths import MINILM_ID
-
     if cfg.index and Path(cfg.index).exists():
         return cfg.index, False
     contexts = distinct_contexts(items)
@@ -343,6 +345,16 @@ def prepare_index(cfg: RaftConfig, items: list[QAItem], stage: Path) -> tuple[st
     return target, True
 
 
+def index_contexts(contexts: list[Context], index_dir: str | Path, embedder_id: str, device: str = "auto", embedder: Any = None) -> dict:
+    """Index a QA file's contexts as documents at ``index_dir`` with :func:`rag_pipeline.index.build.build_index` (the
+    build-index stage: same chunking, embedder and manifest); returns its manifest."""
+    with tempfile.TemporaryDirectory(prefix="rag-contexts-") as tmp:
+        path = Path(tmp) / CONTEXTS_SOURCE
+        path.write_text("".join(json.dumps({"id": c.doc_id, "title": c.title, "text": c.text}, ensure_ascii=False) + "\n" for c in contexts),
+                        encoding="utf-8")
+        return build_index(IndexConfig(paths=[str(path)], index=str(index_dir), embedder=embedder_id, device=device), embedder=embedder)
+
+
 def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], built: bool, counts: Tally
                    ) -> tuple[list[tuple[str | None, QAItem]], dict[str, list[Any]], dict]:
     """Give each record with a context its gold document and chunks in the index.
@@ -354,9 +366,6 @@ def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], b
         a record whose context lies in one document gets that ``doc_id``; the contexts the index
         lacks are counted (``contexts_missing``) and their records fall back to retrieval.
     """
-    from rag_pipeline.data.contexts import attach_context_docs, distinct_contexts, match_contexts
-    from rag_pipeline.index.ingest import normalize_whitespace
-
     items = [it for _, it in questions]
     contexts = distinct_contexts(items)
     if not contexts:
@@ -383,8 +392,6 @@ def place_contexts(retriever: Any, questions: list[tuple[str | None, QAItem]], b
 
 def detect_answer_form(cfg: RaftConfig, store: Any, questions: list[tuple[str | None, QAItem]], context_gold: dict[str, list[Any]]) -> tuple[str, float | None]:
     """``cfg.answer_form``, or for ``auto`` :func:`support.answer_form` over the answerable questions with a known passage."""
-    from rag_pipeline.support import answer_form
-
     if cfg.answer_form != "auto":
         return cfg.answer_form, None
     items = [it for _, it in questions if it.answerable and it.answers]
@@ -396,8 +403,6 @@ def detect_answer_form(cfg: RaftConfig, store: Any, questions: list[tuple[str | 
 def gold_chunks(item: QAItem, by_doc: dict[str, list[Any]], context_gold: dict[str, list[Any]]) -> list[Any] | None:
     """The chunks of an item's gold passage: its context's matched chunks, else its document's
     (``[]`` for a document the index lacks); None when unknown."""
-    from rag_pipeline.index.ingest import normalize_whitespace
-
     if item.context is not None and normalize_whitespace(item.context) in context_gold:
         return context_gold[normalize_whitespace(item.context)]
     if item.doc_id is not None:
@@ -407,9 +412,6 @@ def gold_chunks(item: QAItem, by_doc: dict[str, list[Any]], context_gold: dict[s
 
 def own_context(item: QAItem, context_gold: dict[str, list[Any]]) -> bool:
     """Whether an item's gold chunks are its own context (its oracle as given), not a document it names."""
-    from rag_pipeline.data.contexts import context_doc_id
-    from rag_pipeline.index.ingest import normalize_whitespace
-
     return item.context is not None and (normalize_whitespace(item.context) in context_gold or item.doc_id == context_doc_id(item.context))
 
 
@@ -488,8 +490,6 @@ def pick_distractors(rng: random.Random, n: int, n_hard: int, hits: list[Any], s
 
 def target_fn(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep_oracle: bool, teacher: Any | None) -> Callable[[int], str]:
     """The target as a function of the oracle's final 1-based-minus-one position (-1: absent)."""
-    from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, write_cot
-
     if not item.answerable or ((not keep_oracle or oracle is None) and cfg.no_oracle_target == "abstain"):
         return lambda pos: P.ABSTAIN
     present = keep_oracle and oracle is not None
@@ -513,8 +513,6 @@ def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: T
 
     Drawn from its own RNG, so the other choices of an example do not depend on the rate.
     """
-    from rag_pipeline.data.injection import STYLES, TRAIN_PAYLOADS, inject
-
     if rng.random() >= rate:
         return docs
     style = rng.choice(STYLES)
@@ -616,8 +614,6 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
 
     teacher = None
     if cfg.teacher:
-        from rag_pipeline.data.teacher import load_teacher
-
         teacher = load_teacher(cfg.teacher, teacher_options(cfg))
     context_gold = context_gold or {}
     store, n_chunks = retriever.store, len(retriever)
@@ -671,8 +667,6 @@ def export_row(fmt: str, row: dict, template: P.PromptTemplate, model_text: Call
 
 def cot_of(row: dict) -> str:
     """RAFT's ``cot_answer`` for the raft export, whatever the answer style: quote + ``<ANSWER>:``."""
-    from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
-
     if not row["answerable"] or row["completion"] == P.ABSTAIN:
         return f"{ANSWER_TAG} {P.ABSTAIN}"
     p, answer = row["oracle_position"], row["answer"][0]
@@ -704,8 +698,6 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
     and ``skipped.jsonl`` when questions were ``skipped``."""
     from datasets import Dataset, DatasetDict, NamedSplit
 
-    from rag_pipeline.atomic import atomic_dir, write_json
-
     with atomic_dir(cfg.output, ARTIFACT) as tmp:
         for name, src in (extra or {}).items():
             os.rename(src, tmp / name)
@@ -735,10 +727,8 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
 
 def load_tokenizer(generator: str) -> Any:
     """The generator's fast tokenizer, resolved offline (:func:`rag_pipeline.generator.load_tokenizer`)."""
-    from rag_pipeline.generator import load_tokenizer as load
-    from rag_pipeline.model_paths import resolve_model
-
-    return load(resolve_model(generator), None, require_fast=f"the budget fitter needs one; pick another --generator than {generator}")
+    return load_generator_tokenizer(resolve_model(generator), None,
+                                    require_fast=f"the budget fitter needs one; pick another --generator than {generator}")
 
 
 def summarize(rows: dict[str, list[dict]], tokens: dict[str, list[int]]) -> dict[str, dict]:
@@ -756,8 +746,6 @@ def summarize(rows: dict[str, list[dict]], tokens: dict[str, list[int]]) -> dict
 def small_data(cfg: RaftConfig, questions: list[tuple[str | None, QAItem]], rows: dict[str, list[dict]], tokens: dict[str, list[int]]
                ) -> tuple[dict[str, list[dict]], dict[str, list[int]], list[str]]:
     """A ratio split that left train empty puts everything in train (:func:`splits.ensure_train`); the warnings to show."""
-    from rag_pipeline.data.splits import ensure_train, train_warning
-
     warnings = []
     if any(split is None for split, _ in questions):  # split by ratio, not by the files' names
         groups = len({r["doc_id"] or r["id"] for s in SPLITS for r in rows[s]})
@@ -800,9 +788,6 @@ def run(cfg: RaftConfig) -> dict:
 
 def build(cfg: RaftConfig) -> dict:
     """:func:`run`'s work, under the output's lock; returns the manifest plus ``skipped``."""
-    from rag_pipeline.atomic import staging_dir
-    from rag_pipeline.index.retriever import Retriever
-
     prepare_target(cfg.output, ARTIFACT)
     template = P.get_template(cfg.template)
     counts = Tally()
@@ -880,8 +865,6 @@ SKIP_REASONS = {
 def format_table(result: dict) -> str:
     """The stats table printed at the end of a build: skips with their reasons, generated
     questions, and a warning line per empty split, small train split or moved split."""
-    from rag_pipeline.data.questions import summary_line
-
     st, c = result["stats"], result["counts"]
     lines = [f"{'split':<11}{'examples':>9}{'oracle':>8}{'abstain':>9}{'avg tok':>9}{'max tok':>9}"]
     for s in SPLITS:

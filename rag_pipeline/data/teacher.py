@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.generator import generate_answers, load_generator
+from rag_pipeline.prompt import escape_specials, special_strings
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +115,11 @@ class HFTeacher:
     """
 
     def __init__(self, model: str, device: str = "cpu") -> None:
-        from rag_pipeline.generator import load_generator
-
         self.name = f"hf:{model}"
         # The checkpoint's own dtype, as the teacher has always run.
         self.model, self.tokenizer, self.kind = load_generator(model, device=device, dtype=None)
 
     def _text(self, messages: list[dict[str, str]]) -> str:
-        from rag_pipeline.prompt import escape_specials, special_strings
-
         # Chunk text is untrusted: its special-token strings must not become chat turns.
         specials = special_strings(self.tokenizer)
         messages = [{**m, "content": escape_specials(m["content"], specials)} for m in messages]
@@ -133,8 +131,6 @@ class HFTeacher:
         return self.chat_batch([messages], max_new_tokens)[0]
 
     def chat_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 256) -> list[str]:
-        from rag_pipeline.generator import generate_answers
-
         texts = [self._text(m) for m in conversations]
         return generate_answers(self.model, self.tokenizer, self.kind, texts, max_new_tokens=max_new_tokens, batch_size=max(len(texts), 1))
 

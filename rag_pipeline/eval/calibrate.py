@@ -9,7 +9,7 @@ correct abstention scores 1, an abstention on an answerable question 0) on the v
 subject to a ceiling on false abstentions (15% by default). ``rag-pipeline calibrate`` runs the
 adapter through ``ask``'s pipeline on validation questions and stores the result in the adapter's
 ``rag_pipeline.json`` under ``abstention``; ``ask``, ``evaluate`` and ``serve`` then apply it
-(:func:`withhold`), shifted by ``--abstain-bias`` when given.
+(:func:`rag_pipeline.answer.abstention.withhold`), shifted by ``--abstain-bias`` when given.
 
 A validation file without answers is refused (every question would count as unanswerable and the
 threshold would learn to abstain); answerable records without an answer are left out and listed
@@ -23,10 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
+from rag_pipeline.answer.abstention import to_json
+from rag_pipeline.answer.ask import Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
-from rag_pipeline.qa import QAFieldConfig
+from rag_pipeline.eval.evaluate import sample_items, usable_items
+from rag_pipeline.eval.retrieval import skipped_line
+from rag_pipeline.metrics import f1, is_abstention, squad2_figures
+from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers
 
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
 
@@ -47,7 +53,6 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     """
     if not len(margins) == len(answered_f1) == len(answerable) or not margins:
         raise ValueError(f"need equal, non-empty lists; got {len(margins)}, {len(answered_f1)}, {len(answerable)}")
-    from rag_pipeline.metrics import squad2_figures
 
     values = sorted(set(float(m) for m in margins))
     cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
@@ -76,28 +81,6 @@ def choose_threshold(margins: Sequence[float], answered_f1: Sequence[float], ans
         least = min(r["false_abstain_rate"] for r in rows)
         feasible = [r for r in rows if r["false_abstain_rate"] == least]
     return max(feasible, key=lambda r: (round(r["overall_f1"], 12), -r["false_abstain_rate"], -r["threshold"]))
-
-
-def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
-    """Whether the calibrated rule withholds an answer: ``margin > threshold + bias``.
-
-    A positive ``bias`` answers more (fewer abstentions), a negative one abstains more. Without a
-    stored calibration (or a margin) nothing is withheld by this rule.
-    """
-    if margin is None or not abstention:
-        return False
-    return margin > float(abstention["threshold"]) + bias
-
-
-def to_json(row: dict[str, float]) -> dict[str, Any]:
-    """A sweep row with infinities written as strings JSON can hold."""
-    return {k: (("inf" if v > 0 else "-inf") if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()}
-
-
-def from_json(obj: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`to_json` for the threshold."""
-    t = obj["threshold"]
-    return {**obj, "threshold": float(t) if not isinstance(t, str) else (math.inf if t == "inf" else -math.inf)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,12 +147,6 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     """
     import dataclasses
 
-    from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
-    from rag_pipeline.answer.ask import Pipeline
-    from rag_pipeline.eval.evaluate import sample_items, usable_items
-    from rag_pipeline.metrics import f1, is_abstention
-    from rag_pipeline.qa import load_qa, require_answers
-
     loaded = load_qa(cfg.qa, cfg.qa_fields())
     require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
     usable, skipped = usable_items(loaded)
@@ -206,8 +183,6 @@ def main(cfg: CalibrateConfig) -> int:
     print(f"{r['questions']} validation questions ({r['answerable']} answerable); null-margin ROC AUC "
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
     if r["skipped"]:
-        from rag_pipeline.eval.retrieval import skipped_line
-
         print(skipped_line(r["skipped"]))
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "

@@ -94,7 +94,7 @@ Each ``predictions.jsonl`` line: ``system``, ``context``, ``id``, ``question``, 
 order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``rejected`` and ``fallback``
 (the answer check), ``citations`` (1-based
 numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null when unanswerable),
-``support``, ``span``, ``problem`` (:func:`rag_pipeline.support.answer_problem` of a shown
+``support``, ``span``, ``problem`` (:func:`rag_pipeline.answer.check.answer_problem` of a shown
 answer), ``yes_no`` (null unless the gold is yes or no), ``hijacked``); with ``--injection`` also ``injection_position`` and
 ``injection_style``.
 """
@@ -110,23 +110,23 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rag_pipeline.answer.ask import Answer, Answerer, Pipeline
+from rag_pipeline.answer.check import answer_problem
 from rag_pipeline.answer.settings import AnswerSettings, Answering
-from rag_pipeline.atomic import Artifact, check_separate, output_lock, prepare_target
+from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, write_json, write_jsonl
 from rag_pipeline.config import fixed, opt, to_dict
+from rag_pipeline.data.contexts import resolve_context_docs
 from rag_pipeline.data.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.metrics import exact_match, extract_answer, f1, yes_no_gold
-from rag_pipeline.passage import Passage, from_chunk, gold_passage, hard_distractors
-from rag_pipeline.data.contexts import resolve_context_docs
+from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.metrics import exact_match, extract_answer, f1, squad2_figures, yes_no_gold
+from rag_pipeline.passage import Hit, Passage, from_chunk, gold_passage, hard_distractors
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
-from rag_pipeline.support import answer_form, answer_problem, support
+from rag_pipeline.support import answer_form, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
-
-if TYPE_CHECKING:
-    from rag_pipeline.answer.ask import Answer, Answerer
-    from rag_pipeline.index.retriever import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def aggregate(records: list[dict], context: str) -> dict:
             "token_support": _mean(r["scores"]["support"] for r in answered),
             "unsupported_rate": _mean(None if r["scores"]["support"] is None else r["scores"]["support"] == 0 for r in answered),
             "span_rate": _mean(r["scores"]["span"] for r in answered),
-            # answers shown although they hold no content word, or their cited passage lacks most of them (support.answer_problem)
+            # answers shown although they hold no content word, or their cited passage lacks most of them (answer.check.answer_problem)
             "no_content_rate": _mean(r["scores"].get("problem") == "no_content" for r in answered),
             "unsupported_cited_rate": _mean(r["scores"].get("problem") == "unsupported" for r in answered),
         },
@@ -304,8 +304,6 @@ def aggregate(records: list[dict], context: str) -> dict:
 def squad2(records: list[dict]) -> dict[str, float | None]:
     """SQuAD 2.0's figures (:func:`rag_pipeline.metrics.squad2_figures`) from prediction records, an
     abstention being the record's own (any rule); a question without a gold answer counts as unanswerable."""
-    from rag_pipeline.metrics import squad2_figures
-
     has = [bool(r["answerable"] and r["scores"]["em"] is not None) for r in records]
     fig = squad2_figures([bool(r["abstained"]) for r in records], has, [r["scores"]["f1"] if h else 0.0 for r, h in zip(records, has)],
                          [r["scores"]["em"] if h else 0.0 for r, h in zip(records, has)])
@@ -395,8 +393,6 @@ def retrieve(retriever: Retriever, items: list[QAItem], cfg: EvaluateConfig, bat
 
 def retrieval_scores(items: list[QAItem], hits: list[list[Hit]], precision_k: int) -> dict:
     """Recall@1/5/10, MRR@10 and Precision@k at document level (answer-string level without doc_ids)."""
-    from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
-
     level = "document" if all(i.doc_id for i in items) else "answer"
     pairs = [(i, h) for i, h in zip(items, hits) if level == "document" or (i.answerable and i.answers)]
     if not pairs:
@@ -433,8 +429,6 @@ def answer_settings(cfg: EvaluateConfig, adapter: str | None) -> AnswerSettings:
 
 def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Retriever) -> Answerer:
     """One ask Pipeline per system, sharing the already loaded retriever."""
-    from rag_pipeline.answer.ask import Pipeline
-
     return Pipeline.load(answer_settings(cfg, adapter), retriever=retriever)
 
 
@@ -556,8 +550,6 @@ def run(cfg: EvaluateConfig, retriever: Retriever | None = None,
 def _run(cfg: EvaluateConfig, retriever: Retriever | None,
          pipeline_factory: Callable[[EvaluateConfig, str | None, Retriever], Answerer] | None) -> dict:
     """:func:`run`'s work, under the output's lock."""
-    from rag_pipeline.index.retriever import Retriever
-
     t_start = time.perf_counter()
     prepare_target(cfg.output, ARTIFACT)
     systems = systems_of(cfg)
@@ -718,8 +710,6 @@ def render_chart(metrics: dict, path: Path) -> None:
 
 def write_outputs(output: Path, metrics: dict, records: list[dict], skipped: list[dict] | None = None) -> None:
     """Write the four output files into ``output``, atomically (and skipped.jsonl when records were left out)."""
-    from rag_pipeline.atomic import atomic_dir, write_json, write_jsonl
-
     with atomic_dir(output, ARTIFACT) as tmp:
         if skipped:
             write_jsonl(tmp / SKIPPED_FILE, skipped)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rag_pipeline.config import opt
+from rag_pipeline.data.contexts import resolve_context_docs
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers, unique_questions
 from rag_pipeline.textnorm import contains_answer
 
@@ -96,9 +98,6 @@ def run(cfg: EvalRetrievalConfig, retriever=None) -> dict:
         InputError: a blank question or an id used for two different questions in the QA file; at
             answer level, a QA file with answerable questions and no answer (no answer column).
     """
-    from rag_pipeline.data.contexts import resolve_context_docs
-    from rag_pipeline.index.retriever import Retriever
-
     loaded = load_qa(cfg.qa, cfg.qa_fields())
     items = unique_questions(loaded)
     kept = {id(i) for i in items}

@@ -28,9 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rag_pipeline.atomic import Artifact
+from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.atomic import Artifact, atomic_dir, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.export.gguf import write_gguf
+from rag_pipeline.generator import load_generator
+from rag_pipeline.model_paths import weights_hash
+from rag_pipeline.prompt import adapter_template
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +165,13 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         ConfigError: GGUF asked for a model or tokenizer it cannot describe, or the folder of
             ``--output`` cannot be written (checked before the models load).
     """
-    from rag_pipeline.atomic import atomic_dir, write_json
-    from rag_pipeline.adapter_meta import read_adapter_meta
-    from rag_pipeline.generator import load_generator
-    from rag_pipeline.model_paths import weights_hash
-    from rag_pipeline.prompt import DEFAULT_TEMPLATE, get_template
-
     adapter, output = Path(cfg.adapter), Path(cfg.output)
     if not adapter.is_dir():
         raise InputError(f"adapter folder {adapter} does not exist: pass a train-generator output (e.g. adapters/smollm2-disfl-qa)")
     meta = read_adapter_meta(adapter)
     check_target(output, adapter)
     name = cfg.name or adapter.resolve().name
-    template = get_template(meta.template or DEFAULT_TEMPLATE)
+    template = adapter_template(meta, f"adapter {adapter}")  # the template it was trained with, as ask renders it
     with atomic_dir(output, ARTIFACT) as tmp:  # made before the models load: an unwritable --output fails at once
         model, tokenizer, kind = load_generator(cfg.base_model or None, adapter, device="cpu", dtype="float32", merge=True)
         if cfg.format == "gguf" and kind != "causal":
@@ -181,8 +180,6 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             write_merged(model, tokenizer, tmp, cfg.dtype)
             details: dict[str, Any] = {"dtype": cfg.dtype}
         else:
-            from rag_pipeline.export.gguf import write_gguf
-
             details = write_gguf(model, tokenizer, tmp / f"{name}.{cfg.gguf_type}.gguf", cfg.gguf_type, name)
         weights = sorted(p.name for p in tmp.iterdir())
         write_json(tmp / "rag_prompt.json", dataclasses.asdict(template))

@@ -32,15 +32,19 @@ from typing import Literal
 
 import numpy as np
 
-from rag_pipeline.index import ann as ann
-from rag_pipeline.index.ann import make_faiss_index  # noqa: F401  (the index types' constructor, long imported from here)
 from rag_pipeline.atomic import atomic_dir, check_separate, prepare_target, staging_dir, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
+from rag_pipeline.index import ann as ann
+from rag_pipeline.index import ray_engine as ray_engine
+from rag_pipeline.index import sharded as sharded
+from rag_pipeline.index.ann import make_faiss_index  # noqa: F401  (the index types' constructor, long imported from here)
+from rag_pipeline.index.embed import load_embedder
 from rag_pipeline.index.format import (ARTIFACT, FORMAT_VERSIONS, INDEX_FILE, IVFDATA_FILE, KEYS_FILE, KIND, MANIFEST, STORE_FILE,
                                        IndexManifest, file_record, layout, read_manifest, shard_files)
 from rag_pipeline.index.ingest import IngestReport, chunk_document, read_documents
+from rag_pipeline.index.store import SCHEMA, ShardVectors, SqliteVectors, vectors_by_id, write_keys
 from rag_pipeline.model_paths import MINILM_ID
 
 log = logging.getLogger(__name__)
@@ -180,8 +184,6 @@ def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
 
 def _write_chunks(db: sqlite3.Connection, cfg: IndexConfig, embedder, chunk_size: int, report: IngestReport) -> tuple[int, int, str]:
     """Stream documents into the store; returns (chunks, duplicates dropped, corpus fingerprint)."""
-    from rag_pipeline.index.store import SCHEMA
-
     db.executescript(SCHEMA + "ALTER TABLE chunks ADD COLUMN text_hash TEXT; CREATE UNIQUE INDEX chunks_text ON chunks(text_hash);")
     fp = hashlib.sha256()
     n = dups = 0
@@ -274,8 +276,6 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
             is asked for and not installed or not reachable.
         IndexError_: ``--update`` of an index made with another embedder.
     """
-    from rag_pipeline.index.embed import load_embedder
-
     if not cfg.paths:
         raise InputError("no input paths: pass files or folders, e.g. `rag-pipeline build-index corpus/disfl_qa/documents.jsonl`")
     t0 = time.perf_counter()
@@ -381,8 +381,6 @@ def _tune(index, kind: str, vectors, n: int, cfg: IndexConfig) -> ann.Tuning | N
 def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: IndexManifest | None, report: IngestReport,
                   settings: dict) -> dict:
     """The ``sqlite`` layout (format 1), in this process; returns the layout's part of the manifest."""
-    from rag_pipeline.index.store import SqliteVectors, vectors_by_id
-
     db = sqlite3.connect(tmp / STORE_FILE)
     n, dups, corpus_fp = _write_chunks(db, cfg, embedder, chunk_size, report)
     log.info("%s; %d chunks, %d duplicate chunks dropped", report.summary(), n, dups)
@@ -426,9 +424,6 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
 def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_size: int, old: IndexManifest | None, report: IngestReport,
                    settings: dict) -> dict:
     """The ``sharded`` layout (format 2), its worker steps run by the engine; returns the layout's part of the manifest."""
-    from rag_pipeline.index import sharded as sharded
-    from rag_pipeline.index.store import ShardVectors, write_keys
-
     chunk_settings = sharded.ChunkSettings(chunk_size, cfg.chunk_overlap, cfg.id_field, cfg.title_field, cfg.text_field)
     with _runner(cfg, embedder) as runner, staging_dir(target) as scratch:
         t = time.perf_counter()
@@ -479,12 +474,9 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
 @contextlib.contextmanager
 def _runner(cfg: IndexConfig, embedder) -> Iterator[object]:
     """The engine that runs the sharded build's worker steps: this process, or a Ray cluster."""
-    from rag_pipeline.index.sharded import LocalRunner
-
     if cfg.engine == "local":
-        yield LocalRunner(embedder, cfg.batch_size)
+        yield sharded.LocalRunner(embedder, cfg.batch_size)
         return
-    from rag_pipeline.index import ray_engine as ray_engine
 
     with ray_engine.connect(cfg.ray_address, cfg.ray_num_cpus, cfg.ray_object_store_mb):
         yield ray_engine.RayRunner(cfg.embedder, cfg.device, cfg.trust_remote_code, cfg.batch_size, embedder.dim, embedder.weights_hash,

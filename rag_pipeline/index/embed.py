@@ -10,6 +10,9 @@ from typing import Protocol
 
 import numpy as np
 
+from rag_pipeline.device import resolve_device
+from rag_pipeline.model_paths import resolve_model, weights_hash
+
 log = logging.getLogger(__name__)
 
 
@@ -35,9 +38,6 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model_id: str, device: str = "auto", trust_remote_code: bool = False) -> None:
         from sentence_transformers import SentenceTransformer
-
-        from rag_pipeline.device import resolve_device
-        from rag_pipeline.model_paths import resolve_model, weights_hash
 
         path = resolve_model(model_id)
         device = str(resolve_device(device))

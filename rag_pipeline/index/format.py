@@ -39,6 +39,7 @@ from rag_pipeline.adapter_meta import KIND as ADAPTER_KIND
 from rag_pipeline.adapter_meta import META_FILE as ADAPTER_META_FILE
 from rag_pipeline.atomic import Artifact
 from rag_pipeline.errors import IndexError_
+from rag_pipeline.index.ann import c_stdout_silenced
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -171,8 +172,6 @@ def read_faiss_index(index_dir: Path, on_disk: bool):  # -> faiss.Index
         IndexError_: FAISS cannot read the file.
     """
     import faiss
-
-    from rag_pipeline.index.ann import c_stdout_silenced
 
     path = Path(index_dir) / INDEX_FILE
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0

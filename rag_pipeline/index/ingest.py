@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag_pipeline.errors import InputError
+from rag_pipeline.passage import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,6 @@ class Document:
     title: str
     text: str
     source: str
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of a document sized for the embedder; ``id`` derives from its text (and document)."""
-
-    id: str
-    doc_id: str
-    title: str
-    source: str
-    position: int  # 0-based index of the chunk within its document
-    text: str
 
 
 @dataclass

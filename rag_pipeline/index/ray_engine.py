@@ -29,10 +29,13 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from rag_pipeline.index import ann as ann
+from rag_pipeline import errors
 from rag_pipeline.errors import ConfigError, DeviceError, RagError
+from rag_pipeline.index import ann as ann
+from rag_pipeline.index.embed import load_embedder
 from rag_pipeline.index.format import IndexManifest
 from rag_pipeline.index.sharded import ChunkSettings, chunk_block, embed_shard, job_from_json, job_json
+from rag_pipeline.index.store import vectors_by_id
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,6 @@ def _load_embedder(name: str, device: str, trust_remote_code: bool, weights_hash
     driver's (the manifest records the driver's hash; another node may resolve ``name`` to other files)."""
     import socket
 
-    from rag_pipeline.index.embed import load_embedder
-
     embedder = load_embedder(name, device, trust_remote_code)
     if embedder.weights_hash == weights_hash:
         return embedder, None
@@ -142,8 +143,6 @@ class EmbedWorker:
 
     def __init__(self, embedder: str, device: str, trust_remote_code: bool, weights_hash: str, threads: int, batch_size: int, dim: int,
                  out_dir: str, reuse_from: tuple[str, dict] | None) -> None:
-        from rag_pipeline.index.store import vectors_by_id
-
         _set_threads(threads)
         self.embedder, self.mismatch = _load_embedder(embedder, device, trust_remote_code, weights_hash)
         self.batch_size, self.dim, self.out_dir = batch_size, dim, Path(out_dir)
@@ -173,8 +172,6 @@ ERROR_KEY = "__rag_error__"
 
 
 def _raise_returned_error(results: list[dict]) -> None:
-    from rag_pipeline import errors
-
     for r in results:
         if ERROR_KEY in r:
             cls = getattr(errors, r[ERROR_KEY], RagError)

@@ -14,31 +14,19 @@ import contextlib
 import io
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rag_pipeline.errors import IndexError_
 from rag_pipeline.index import ann as ann
 from rag_pipeline.index.ann import SearchTimings
-from rag_pipeline.errors import IndexError_
+from rag_pipeline.index.embed import load_embedder
 from rag_pipeline.index.format import IVFDATA_FILE, IndexManifest, SearchRecord, check_files, read_faiss_index, read_manifest
-from rag_pipeline.passage import Passage, from_chunk
-from rag_pipeline.index.store import ChunkStore, ShardedChunkStore, StoredChunk, open_store, open_vectors
+from rag_pipeline.index.store import ChunkStore, ShardedChunkStore, open_store, open_vectors
+from rag_pipeline.passage import Hit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A retrieved chunk with its score (cosine similarity, or fused RRF score with --hybrid)."""
-
-    chunk: StoredChunk
-    score: float
-    rank: int  # 1-based
-
-    def to_dict(self) -> Passage:
-        return from_chunk(self.chunk, self.score, self.rank)
 
 
 class Retriever:
@@ -66,8 +54,6 @@ class Retriever:
             manifest: the directory's manifest when the caller has already read it with
                 :func:`~rag_pipeline.index.format.read_manifest` (it is read once).
         """
-        from rag_pipeline.index.embed import load_embedder
-
         index_dir = Path(index_dir)
         manifest = manifest if manifest is not None else read_manifest(index_dir)
         built_with = manifest["embedder"]["id"]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rag_pipeline.config import opt
 from rag_pipeline.errors import ConfigError, InputError
-
-if TYPE_CHECKING:  # the retriever imports numpy: not needed for --help
-    from rag_pipeline.index.retriever import Hit
+from rag_pipeline.index.retriever import Retriever
+from rag_pipeline.passage import Hit
 
 
 @dataclass
@@ -37,8 +35,6 @@ def run(cfg: SearchConfig) -> list[Hit]:
         InputError: a blank query.
         IndexError_: the index is missing or damaged.
     """
-    from rag_pipeline.index.retriever import Retriever
-
     if not cfg.query.strip():
         raise InputError("empty query: pass the text to search for, e.g. rag-pipeline search \"who founded X\"")
     return Retriever.load(cfg.index).search(cfg.query, cfg.k, cfg.hybrid)

@@ -35,7 +35,8 @@ import numpy as np
 from rag_pipeline.index import ann as ann
 from rag_pipeline.index.format import INDEX_FILE, IVFDATA_FILE, IndexManifest, read_faiss_index, shard_files
 from rag_pipeline.index.ingest import IngestReport, Piece, chunk_document, iter_pieces, read_piece
-from rag_pipeline.index.store import ShardVectors, StoredChunk, write_shard
+from rag_pipeline.index.store import ShardVectors, vectors_by_id, write_shard
+from rag_pipeline.passage import StoredChunk
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +295,6 @@ class LocalRunner:
         return [chunk_block(j, self.embedder.token_offsets, settings, staging) for j in jobs]
 
     def embed(self, jobs: list[dict], out_dir: Path, reuse_from: tuple[Path, IndexManifest] | None) -> list[dict]:
-        from rag_pipeline.index.store import vectors_by_id
-
         lookup, close = vectors_by_id(*reuse_from) if reuse_from else (None, lambda: None)
         try:
             return [embed_shard(j, lambda texts: self.embedder.encode(texts, batch_size=self.batch_size), self.embedder.dim, out_dir, lookup)

@@ -22,13 +22,13 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rag_pipeline.errors import IndexError_, RagError, ResourceError
 from rag_pipeline.index.format import KEYS_FILE, STORE_FILE, IndexManifest, layout, shard_files, shard_rows
+from rag_pipeline.passage import StoredChunk
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ CREATE TABLE chunks (
 );
 CREATE INDEX chunks_doc ON chunks(doc_id);
 """
-
-
-@dataclass(frozen=True)
-class StoredChunk:
-    row: int
-    id: str
-    doc_id: str
-    title: str
-    source: str
-    position: int
-    text: str
 
 
 _COLS = "row, id, doc_id, title, source, position, text"

@@ -22,9 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.answer.ask import Pipeline, choose_adapter
 from rag_pipeline.answer.settings import AnswerSettings
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
+from rag_pipeline.generator import check_adapter_files
+from rag_pipeline.index.format import read_manifest
+from rag_pipeline.model_paths import SMOLLM2_ID
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +96,7 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     """
     import uvicorn
 
-    from rag_pipeline.adapter_meta import read_adapter_meta
-    from rag_pipeline.answer.ask import Pipeline, choose_adapter
-    from rag_pipeline.generator import check_adapter_files
-    from rag_pipeline.index.format import read_manifest
-    from rag_pipeline.model_paths import SMOLLM2_ID
-    from rag_pipeline.serve.app import create_app
+    from rag_pipeline.serve.app import create_app  # lazy: imports fastapi (serving only), and serve.app imports ServeConfig from here
 
     read_manifest(cfg.index)
     adapter, why = choose_adapter(cfg)

@@ -1,0 +1,55 @@
+"""The calibrated abstention as answering applies it: the stored threshold and the rule.
+
+``rag-pipeline calibrate`` (:mod:`rag_pipeline.eval.calibrate`) chooses a threshold on the null
+margin (``log P(ABSTAIN) - log P(best answer)``) and stores it in the adapter's
+``rag_pipeline.json`` under ``abstention``, one entry per decoding mode, written with
+:func:`to_json`. ``ask``, ``evaluate`` and ``serve`` read it back (:func:`abstention_of`, through
+:func:`from_json`) and withhold an answer whose margin is above it (:func:`withhold`). The format
+lives here, with its reader, so that answering never imports the calibrate stage that writes it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rag_pipeline.answer.settings import AnswerSettings
+from rag_pipeline.errors import ConfigError
+
+
+def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
+    """Whether the calibrated rule withholds an answer: ``margin > threshold + bias``.
+
+    A positive ``bias`` answers more (fewer abstentions), a negative one abstains more. Without a
+    stored calibration (or a margin) nothing is withheld by this rule.
+    """
+    if margin is None or not abstention:
+        return False
+    return margin > float(abstention["threshold"]) + bias
+
+
+def to_json(row: dict[str, float]) -> dict[str, Any]:
+    """A sweep row with infinities written as strings JSON can hold."""
+    return {k: (("inf" if v > 0 else "-inf") if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()}
+
+
+def from_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`to_json` for the threshold."""
+    t = obj["threshold"]
+    return {**obj, "threshold": float(t) if not isinstance(t, str) else (math.inf if t == "inf" else -math.inf)}
+
+
+def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSettings) -> dict[str, dict[str, Any]]:
+    """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily.
+
+    ``recorded``: the adapter's :attr:`~rag_pipeline.adapter_meta.AdapterMeta.abstention` (None: never calibrated).
+
+    Raises:
+        ConfigError: a calibrated abstention applies and ``cfg`` samples or searches beams.
+    """
+    stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
+    if cfg.abstention != "calibrated" or not stored:
+        return {}
+    if cfg.do_sample or cfg.num_beams > 1:
+        raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
+    return stored

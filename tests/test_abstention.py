@@ -1,0 +1,33 @@
+"""The calibrated abstention's stored threshold and rule (rag_pipeline.answer.abstention)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rag_pipeline.answer.abstention import abstention_of, from_json, to_json, withhold
+from rag_pipeline.answer.settings import AnswerSettings
+from rag_pipeline.errors import ConfigError
+
+
+def test_withhold_applies_threshold_and_bias_and_needs_a_calibration() -> None:
+    cal = {"threshold": 1.0}
+    assert withhold(1.5, cal) and not withhold(0.5, cal)
+    assert not withhold(1.5, cal, bias=1.0)  # a positive bias answers more
+    assert withhold(0.5, cal, bias=-1.0)
+    assert not withhold(5.0, None) and not withhold(None, cal)
+
+
+def test_infinite_thresholds_survive_json() -> None:
+    row = to_json({"threshold": math.inf, "overall_f1": 0.5})
+    assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf
+
+
+def test_abstention_of_applies_a_stored_threshold_only_to_greedy_calibrated_answering() -> None:
+    recorded = {"free": to_json({"threshold": math.inf}), "grounded": None}
+    assert abstention_of(recorded, AnswerSettings()) == {"free": {"threshold": math.inf}}
+    assert abstention_of(recorded, AnswerSettings(abstention="greedy")) == {}
+    assert abstention_of(None, AnswerSettings(do_sample=True)) == {}  # nothing stored: sampling is fine
+    with pytest.raises(ConfigError, match="scores greedy answers"):
+        abstention_of(recorded, AnswerSettings(do_sample=True))
