@@ -1,7 +1,7 @@
 """rag-pipeline: retrieval-augmented generation with a small RAFT-tuned generator.
 
 Stages hand off through directories: ``build-index`` -> ``build-raft-dataset`` ->
-``train-generator`` -> ``ask``/``evaluate``. Every stage module has the same pair:
+``train-generator`` -> ``ask``/``evaluate``; ``tune`` runs them all from a folder of documents. Every stage module has the same pair:
 ``run(cfg) -> result`` for library use and ``main(cfg) -> int`` for the terminal; ``cli`` is a
 table from command to (module, config class). Importing this package does no work.
 
@@ -18,6 +18,7 @@ Commands (command: module -> what it reads and writes):
 ``calibrate``           ``eval.calibrate``           adapter + validation questions -> its abstention threshold
 ``serve``               ``serve``                    index + adapter -> OpenAI-compatible server and web page
 ``export``              ``export``                   adapter -> merged Hugging Face folder or GGUF file
+``tune``                ``tune``                     documents (+ QA file) -> index, dataset, calibrated adapter, report
 ======================  ===========================  ===============================================
 
 Subpackages:

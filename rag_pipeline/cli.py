@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, str, str] | None]] = {
     "calibrate": ("rag_pipeline.eval.calibrate", "CalibrateConfig", "choose an adapter's abstention threshold on validation questions", None),
     "serve": ("rag_pipeline.serve", "ServeConfig", "OpenAI-compatible HTTP server and web page over the retriever + adapter", None),
     "export": ("rag_pipeline.export", "ExportConfig", "write the adapter merged into its base: a Hugging Face folder or a GGUF file", None),
+    "tune": ("rag_pipeline.tune", "TuneConfig", "documents to a tuned, calibrated, evaluated adapter in one command, within a time budget",
+             ("paths", "*", "document files and folders")),
 }
 
 

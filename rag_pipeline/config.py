@@ -22,11 +22,13 @@ from rag_pipeline.errors import ConfigError
 T = TypeVar("T")
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a help string; ``factory`` for mutable defaults (lists)."""
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, flag: str = "") -> Any:
+    """A dataclass field with a help string; ``factory`` for mutable defaults (lists); ``flag`` for a
+    command-line name other than the field's (``--from`` for a field that cannot be called ``from``)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {})}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def fixed(value: Any, why: str) -> Any:
@@ -98,6 +100,10 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
         return str(value)
     if inner is Path:
         return Path(value)
+    if inner is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' ({source}) must be a mapping of settings (in the YAML file), got {value!r}")
+        return value
     return value
 
 
@@ -145,13 +151,14 @@ def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: d
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--kebab-case`` flag per dataclass field; defaults are None so only given flags override."""
+    """Add one ``--kebab-case`` flag per dataclass field; defaults are None so only given flags override.
+    Mapping fields (a stage's settings inside a recipe) are for the YAML file only."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} (also settable in the YAML given by --config)")
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:  # a fixed field: the command sets it
-            continue
         tp, _ = _unwrap_optional(hints[f.name])
+        if f.name in skip or not f.init or tp is dict or get_origin(tp) is dict:  # fixed: the command sets it
+            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
@@ -168,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         elif get_origin(tp) is list:
             kwargs["metavar"] = "A[,B...]"
             kwargs["action"] = "append"  # repeatable: --qa a --qa b, or --qa a,b
-        flags = [_flag(f.name)] + ([f"-{f.name}"] if len(f.name) == 1 else [])
+        flags = [f.metadata.get("flag") or _flag(f.name)] + ([f"-{f.name}"] if len(f.name) == 1 else [])
         group.add_argument(*flags, **kwargs)
 
 

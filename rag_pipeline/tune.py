@@ -1,0 +1,702 @@
+"""``rag-pipeline tune``: a folder of documents to a tuned, calibrated, evaluated adapter, in one command.
+
+``tune`` only composes the stage commands; each writes its own artifact under ``OUTPUT`` exactly as
+the command alone would, so any of them can be opened and re-run by hand:
+
+=========  ====================  ==================================================================
+stage      command               artifact
+=========  ====================  ==================================================================
+index      build-index           ``OUTPUT/index``
+dataset    build-raft-dataset    ``OUTPUT/dataset`` (questions written from the documents, split by
+                                 document) and ``OUTPUT/heldout`` (its validation and test questions
+                                 as QA files: documents the adapter never trains on)
+train      train-generator       ``OUTPUT/adapter`` (from the reference adapter; checkpoints resume)
+calibrate  calibrate             the abstention threshold, in ``OUTPUT/adapter/rag_pipeline.json``
+evaluate   evaluate              ``OUTPUT/evaluation`` (base, reference and tuned adapter on the held-out
+                                 questions; ``OUTPUT/evaluation-qa`` on your own QA's held-out part)
+export     export                ``OUTPUT/export`` (with ``--export``)
+=========  ====================  ==================================================================
+
+**The plan.** ``--budget`` (``30m``, ``2h``; ``quick`` = 15 minutes; ``full`` = the full recipe, no time
+limit) is spread over the stages from a short probe of this machine (seconds per embedded chunk,
+per training example, per answered question): how many questions to write, how many training
+steps, how many held-out questions calibrate and evaluate. The plan is printed first and stored in
+``OUTPUT/tune.json``; a rerun reuses it, so a rerun trains exactly the same steps.
+
+**Build-tool behaviour.** ``tune.json`` records, per stage, a key of its inputs (the fingerprints the
+upstream artifacts carry) and settings. A rerun skips every stage whose key is unchanged and whose
+artifact is there, and says so; an interrupted run (Ctrl-C, ``kill -9``) resumes at its stage, and
+training at its last checkpoint; ``--from STAGE`` rebuilds from a stage on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rag_pipeline import train as train_stage
+from rag_pipeline.adapter_meta import META_FILE
+from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
+from rag_pipeline.config import build_config, opt, to_dict
+from rag_pipeline.data import raft
+from rag_pipeline.data.raft import RaftConfig
+from rag_pipeline.device import bf16_supported, inference_dtype, resolve_device
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.eval import calibrate, evaluate
+from rag_pipeline.eval.calibrate import CalibrateConfig
+from rag_pipeline.eval.evaluate import EvaluateConfig, _table, fmt
+from rag_pipeline.export import ExportConfig
+from rag_pipeline.export import run as export_run
+from rag_pipeline.generator import batch_loss, collate, encode_example, generate_answers, load_generator
+from rag_pipeline.index.build import IndexConfig, build_index
+from rag_pipeline.index.embed import load_embedder
+from rag_pipeline.index.ingest import IngestReport, iter_files, read_documents
+from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
+from rag_pipeline.qa import load_qa
+from rag_pipeline.train import TrainConfig, setup_model
+
+log = logging.getLogger(__name__)
+
+STAGES = ("index", "dataset", "train", "calibrate", "evaluate", "export")
+KIND = "tune"
+MANIFEST = "tune.json"
+SCHEMA_VERSION = 1
+PRESETS = {"quick": 15 * 60.0, "full": None}
+MIN_DOCUMENTS = 10  # held-out documents for calibration and evaluation need a few to choose from
+MIN_HELD_OUT = 20  # questions calibrate and evaluate at the least
+# The question mix and split (documents, not questions, are split)
+SPLIT_RATIO = [0.7, 0.15, 0.15]
+# Tokens of a typical prompt: k=2 (answering) and 4 (training: oracle + 3 distractors) chunks of ~200 tokens
+ANSWER_PROMPT_TOKENS, TRAIN_PROMPT_TOKENS, READ_BACK_PROMPT_TOKENS = 450, 800, 250
+CHARS_PER_CHUNK = 900  # all-MiniLM's 256-token chunks with 32 overlapping, at ~4 characters a token
+EXAMPLES_PER_STEP = 8  # batch 4 x 2 accumulation
+SAFETY = 0.9  # the plan fills this share of the budget: the rest absorbs the probe's error
+
+
+@dataclass
+class TuneConfig:
+    """Settings of ``tune`` (defaults < ``--config`` YAML, e.g. configs/tune.yaml < flags). The YAML may
+    also hold a mapping of settings for each stage (``index:``, ``raft:``, ``train:``, ``calibrate:``,
+    ``evaluate:``, ``export:``), the stage command's own keys; tune sets the paths between them."""
+
+    paths: list[str] = opt(factory=list, help="document files and folders (what build-index reads)")
+    output: str = opt("runs/tune", "output folder: index/, dataset/, heldout/, adapter/, evaluation/, export/ and tune.json")
+    qa: str = opt("", "your own questions (any format build-raft-dataset reads), mixed with the generated ones, split by "
+                      "document like them, and reported on their own")
+    budget: str = opt("30m", "wall time of the whole run: 30m, 2h, 1h30m; quick (15m); full (the full recipe without a time "
+                             "limit: questions from every chunk, `epochs` passes; what a GPU runs)")
+    from_stage: str = opt("", f"rebuild from this stage on even if unchanged: {', '.join(STAGES)}", flag="--from")
+    dry_run: bool = opt(False, "print the plan (measured by a short probe) and stop")
+    export: Literal["", "merged", "gguf"] = opt("", "also export the tuned adapter: merged (Hugging Face folder) or gguf (llama.cpp)")
+    reference: str = opt(REFERENCE_ADAPTER, "the reference adapter: training starts from it, it reads the written questions "
+                                            "back (the round trip that keeps a question), and the report compares against it")
+    base_model: str = opt(SMOLLM2_ID, "base generator (the reference adapter's base)")
+    questions: int = opt(0, "questions to write from the documents; 0 = as many as the budget allows")
+    yes_no: float = opt(0.25, "share of the written questions that are yes/no questions (half yes, half no)")
+    unanswerable: float = opt(0.25, "share written as unanswerable questions (abstention targets: abstention for documents-only data)")
+    epochs: float = opt(2.0, "passes over the training questions (the budget may allow fewer)")
+    learning_rate: float = opt(2e-4, "peak learning rate (continuing from the reference adapter wants less than a fresh LoRA)")
+    device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
+    seed: int = opt(0, "seed of every stage")
+    index: dict = opt(factory=dict, help="YAML only: more build-index settings")
+    raft: dict = opt(factory=dict, help="YAML only: more build-raft-dataset settings")
+    train: dict = opt(factory=dict, help="YAML only: more train-generator settings")
+    calibrate: dict = opt(factory=dict, help="YAML only: more calibrate settings")
+    evaluate: dict = opt(factory=dict, help="YAML only: more evaluate settings")
+    export_settings: dict = opt(factory=dict, help="YAML only: more export settings")
+
+    def __post_init__(self) -> None:
+        if self.from_stage and self.from_stage not in STAGES:
+            raise ConfigError(f"--from {self.from_stage!r} is not a stage: choose one of {', '.join(STAGES)}")
+        parse_budget(self.budget)
+        for name in ("yes_no", "unanswerable"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}: use a share in [0, 1]")
+        if self.yes_no + self.unanswerable > 1:
+            raise ConfigError(f"yes_no ({self.yes_no}) + unanswerable ({self.unanswerable}) exceed 1: lower one of them")
+        if self.questions < 0 or self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("questions must be >= 0 (0 = from the budget), epochs and learning_rate > 0")
+        if not str(self.output).strip():
+            raise ConfigError("output is empty: pass --output DIR")
+
+
+def parse_budget(text: str) -> float | None:
+    """Seconds of a budget such as ``30m``, ``2h``, ``1h30m``, ``90s`` or a bare number of minutes;
+    ``quick`` is 15 minutes and ``full`` is None (no limit)."""
+    text = str(text).strip().lower()
+    if text in PRESETS:
+        return PRESETS[text]
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or not m or not any(m.groups()):
+        raise ConfigError(f"budget {text!r} is not a duration: use 30m, 2h, 1h30m, quick or full")
+    h, mi, s = (float(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+# ---------------------------------------------------------------------------------------------
+# What the documents hold, and the probe
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """What a cheap read of the documents tells the plan."""
+
+    documents: int
+    characters: int
+    chunks: int  # estimated: build-index's chunking of all-MiniLM's 256 tokens
+    sample: str  # text to build the probe's prompts from
+    key: str  # the files' names, sizes and modification times
+
+
+def scan_documents(cfg: TuneConfig) -> Corpus:
+    """Read the documents once (no model): their count, size and a key of the files.
+
+    Raises:
+        InputError: no path, a missing path, no readable document, or too few documents.
+    """
+    if not cfg.paths:
+        raise InputError("no documents: pass the folder (or files) to tune on, e.g. `rag-pipeline tune docs/ --output runs/tune`")
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in iter_files(cfg.paths)]
+    if not files:
+        raise InputError(f"{', '.join(cfg.paths)} holds no document file (.txt .md .html .json .jsonl .pdf): point tune at your documents")
+    report = IngestReport()
+    documents = characters = chunks = 0
+    sample: list[str] = []
+    for doc in read_documents(cfg.paths, report, **_field_names(cfg)):
+        documents += 1
+        characters += len(doc.text)
+        chunks += max(1, math.ceil(len(doc.text) / CHARS_PER_CHUNK))
+        if sum(map(len, sample)) < 20_000:
+            sample.append(doc.text)
+    if documents == 0:
+        raise InputError(f"no readable document in {', '.join(cfg.paths)} ({len(files)} files, all empty or skipped): check the files")
+    if documents < MIN_DOCUMENTS:
+        raise InputError(f"{', '.join(cfg.paths)} holds {documents} documents: tune needs at least {MIN_DOCUMENTS}, because it holds "
+                         "out whole documents for calibration and evaluation; add documents or split large files into sections")
+    key = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    return Corpus(documents, characters, chunks, " ".join(sample), key)
+
+
+def _field_names(cfg: TuneConfig) -> dict[str, str]:
+    return {k: cfg.index[k] for k in ("id_field", "title_field", "text_field") if k in cfg.index}
+
+
+def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
+    """Seconds per embedded chunk, per training example (forward and backward, as train-generator
+    runs them), per answered question and per question read back, measured on this machine with the
+    real models and prompts cut from the documents."""
+    import torch
+
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    index_cfg = stage_config(IndexConfig, cfg.index, paths=cfg.paths, index="-", device=cfg.device)
+    embedder = load_embedder(index_cfg.embedder, index_cfg.device, index_cfg.trust_remote_code)
+    texts = [corpus.sample[i:i + CHARS_PER_CHUNK] or "text" for i in range(0, 32 * CHARS_PER_CHUNK, CHARS_PER_CHUNK)]
+    embedder.encode(texts[:4])
+    t = time.perf_counter()
+    embedder.encode(texts)
+    embed_chunk = (time.perf_counter() - t) / len(texts)
+    del embedder
+    train_cfg = stage_config(TrainConfig, cfg.train, base_model=cfg.base_model, init_adapter=reference_of(cfg), device=cfg.device)
+    model, tokenizer, kind, _ = setup_model(train_cfg, device)
+    bf16 = bf16_supported(device) if train_cfg.bf16 == "auto" else train_cfg.bf16 == "true"
+    model.train()
+
+    def prompt(tokens: int) -> str:
+        ids = tokenizer(corpus.sample, add_special_tokens=False)["input_ids"]
+        ids = (ids * (1 + tokens // max(1, len(ids))))[:tokens]
+        return tokenizer.decode(ids)
+
+    examples = [encode_example(tokenizer, kind, prompt(TRAIN_PROMPT_TOKENS), " answer [1]", train_cfg.max_length)] * train_cfg.batch_size
+    times = []
+    for _ in range(2):  # the first pass warms up allocators and kernels
+        t = time.perf_counter()
+        batch = {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id, kind).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, n = batch_loss(model, batch, kind)
+        (loss / n).backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    train_example = times[-1] / len(examples)
+    del model
+    model, tokenizer, kind = load_generator(cfg.base_model, reference_of(cfg) or None, cfg.device,
+                                            inference_dtype("auto", device))
+    answer = {}
+    for name, tokens in (("answer", ANSWER_PROMPT_TOKENS), ("read_back", READ_BACK_PROMPT_TOKENS)):
+        texts = [prompt(tokens)] * 8
+        t = time.perf_counter()
+        generate_answers(model, tokenizer, kind, texts, max_new_tokens=24, batch_size=8)
+        answer[name] = (time.perf_counter() - t) / len(texts)
+    def sig(x: float) -> float:  # three significant digits, never rounded to 0
+        return float(f"{x:.3g}")
+
+    return {"embed_chunk_s": sig(embed_chunk), "train_example_s": sig(train_example), "answer_s": sig(answer["answer"]),
+            "read_back_s": sig(answer["read_back"]), "probe_s": sig(time.perf_counter() - t0), "device": str(device), "bf16": bf16}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """How the budget is spent; stored in tune.json and reused by a rerun."""
+
+    budget_s: float | None
+    documents: int
+    chunks: int
+    questions: int
+    steps: int
+    eval_steps: int
+    calibrate_questions: int
+    evaluate_questions: int
+    probe: dict[str, Any]
+    seconds: dict[str, float]  # estimated per stage
+
+    def table(self) -> str:
+        """The plan in words, one line per stage."""
+        p = self
+        what = {
+            "index": f"{p.documents} documents, about {p.chunks} chunks",
+            "dataset": f"write {p.questions} questions ({int(SPLIT_RATIO[0] * 100)}% of documents train, the rest held out)",
+            "train": f"{p.steps} steps of {EXAMPLES_PER_STEP} examples from the reference adapter, checkpoint every {p.eval_steps}",
+            "calibrate": f"abstention threshold on {p.calibrate_questions} held-out questions",
+            "evaluate": f"base, reference and tuned on {p.evaluate_questions} held-out questions (+ injected documents)",
+            "export": "the tuned adapter for llama.cpp or transformers",
+        }
+        lines = [f"  {s:<10} {what[s]:<82} ~{p.seconds[s] / 60:5.1f} min" for s in STAGES if s in p.seconds]
+        total = sum(p.seconds.values())
+        budget = "no limit (full recipe)" if p.budget_s is None else f"budget {p.budget_s / 60:.0f} min"
+        probe = p.probe
+        head = (f"plan ({budget}; probe on {probe['device']}: {probe['train_example_s']:.2f} s per training example, "
+                f"{probe['answer_s']:.2f} s per answer, {probe['embed_chunk_s'] * 1000:.0f} ms per chunk embedded)")
+        return "\n".join([head, *lines, f"  {'total':<10} {'':<82} ~{total / 60:5.1f} min"])
+
+
+def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa: bool) -> Plan:
+    """Spread the budget: index and fixed costs first, then questions and training together (written
+    questions feed ``epochs`` passes), then the held-out answers of calibration and evaluation.
+
+    Raises:
+        ConfigError: the budget is too small for one training step and the smallest held-out sets
+            (the message gives the minimum for this corpus and machine).
+    """
+    budget = parse_budget(cfg.budget)
+    a, r, x = probed["answer_s"], probed["read_back_s"], probed["train_example_s"]
+    load = 20.0  # each stage loads its models
+    index_s = corpus.chunks * probed["embed_chunk_s"] + load
+    systems = 3 * 2  # base, reference, tuned; retrieved and injected contexts
+    per_question_train = SPLIT_RATIO[0] * cfg.epochs * x  # one written question's share of training
+    per_question_write = 2.0 * r  # about half the written questions survive the round trip
+    max_questions = cfg.questions or 3 * corpus.chunks
+
+    def estimate(questions: int, steps: int, cal: int, ev: int) -> dict[str, float]:
+        evals = 1 + max(1, math.ceil(steps / max(1, eval_every(steps))))
+        return {"index": index_s, "dataset": questions * per_question_write + load + 10,
+                "train": steps * EXAMPLES_PER_STEP * x + evals * (32 * x / 3 + 8 * a) + load,
+                "calibrate": cal * a + load, "evaluate": ev * systems * a * (2 if with_qa else 1) + 3 * load,
+                **({"export": 60.0} if cfg.export else {})}
+
+    if budget is None:  # the full recipe
+        questions = max_questions
+        steps = max(1, math.ceil(questions * per_question_train / x / EXAMPLES_PER_STEP))
+        held = max(MIN_HELD_OUT, int(questions * SPLIT_RATIO[1]))
+        seconds = estimate(questions, steps, held, held)
+        return Plan(None, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), held, held, probed, seconds)
+    fixed = estimate(0, 0, 0, 0)
+    floor = sum(fixed.values()) + probed["probe_s"] + MIN_HELD_OUT * (1 + systems * (2 if with_qa else 1)) * a
+    floor += EXAMPLES_PER_STEP / per_question_train * (per_question_write + per_question_train)
+    if SAFETY * budget < floor:
+        raise ConfigError(f"budget {cfg.budget} is too small on this machine: the documents' index, one training step and "
+                          f"{MIN_HELD_OUT} held-out questions need at least {math.ceil(floor / SAFETY / 60)} minutes; "
+                          "pass a larger --budget")
+    free = SAFETY * budget - sum(fixed.values()) - probed["probe_s"]
+    # held-out answers take a quarter; the rest writes questions and trains on them
+    questions = min(max_questions, int(0.75 * free / (per_question_write + per_question_train)))
+    steps = max(1, int(questions * per_question_train / x / EXAMPLES_PER_STEP))
+    held_time = free - questions * per_question_write - steps * EXAMPLES_PER_STEP * x
+    cal = max(MIN_HELD_OUT, min(int(questions * SPLIT_RATIO[1]), int(0.3 * held_time / a)))
+    ev = max(MIN_HELD_OUT, min(int(questions * SPLIT_RATIO[2]), int(0.7 * held_time / (systems * a * (2 if with_qa else 1)))))
+    return Plan(budget, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), cal, ev, probed,
+                estimate(questions, steps, cal, ev))
+
+
+def eval_every(steps: int) -> int:
+    """Evaluate and checkpoint about three times in a run (a kill -9 loses at most a third)."""
+    return max(1, math.ceil(steps / 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages' configs: tune sets the paths between them; the YAML's per-stage mappings the rest
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_config(cls: type, extra: dict[str, Any], **set_by_tune: Any) -> Any:
+    """``cls`` built from the recipe's mapping for it (``extra``) and what tune sets; a key that tune
+    sets itself is refused, as is a key the stage does not know."""
+    clash = sorted(set(extra) & {k for k in set_by_tune if k not in ("device", "seed")})
+    if clash:
+        raise ConfigError(f"{cls.__name__} setting(s) {', '.join(clash)} in the tune recipe are set by tune itself "
+                          "(paths between stages, the plan's sizes): remove them")
+    defaults = {k: v for k, v in set_by_tune.items() if k in ("device", "seed")}
+    return build_config(cls, overrides={**defaults, **extra, **{k: v for k, v in set_by_tune.items() if k not in defaults}})
+
+
+def reference_of(cfg: TuneConfig) -> str:
+    """The reference adapter directory, '' when there is none (training then starts a fresh LoRA)."""
+    return cfg.reference if cfg.reference and Path(cfg.reference).is_dir() else ""
+
+
+def configs(cfg: TuneConfig, plan: Plan) -> dict[str, Any]:
+    """Every stage's config, as the command alone would get it."""
+    out, ref = Path(cfg.output), reference_of(cfg)
+    held = out / "heldout"
+    raft = {"index": str(out / "index"), "qa": [cfg.qa] if cfg.qa else [], "output": str(out / "dataset"), "generator": cfg.base_model,
+            "generate_questions": plan.questions, "question_yes_no": cfg.yes_no, "question_unanswerable": cfg.unanswerable,
+            "split_ratio": SPLIT_RATIO, "seed": cfg.seed, "device": "cpu" if cfg.device == "cpu" else "auto"}
+    if ref and "question_reader" not in cfg.raft and "question_generator" not in cfg.raft:
+        raft["question_reader"] = f"adapter:{ref}"
+    train = {"dataset": str(out / "dataset"), "output": str(out / "adapter"), "base_model": cfg.base_model, "init_adapter": ref,
+             "max_steps": plan.steps, "eval_steps": plan.eval_steps, "seed": cfg.seed, "device": cfg.device,
+             "learning_rate": cfg.learning_rate}
+    train_extra = {"batch_size": 4, "grad_accum": 2, "eval_subset": 32, "eval_generate": 8, "max_new_tokens": 24,
+                   "metric_for_best": "val_loss", "warmup_ratio": 0.05, **cfg.train}
+    adapters = [a for a in (ref, str(out / "adapter")) if a]
+    evaluate = {"index": str(out / "index"), "qa": str(held / "test.jsonl"), "adapter": adapters, "no_adapter": True, "injection": True,
+                "limit": plan.evaluate_questions, "output": str(out / "evaluation"), "seed": cfg.seed, "device": cfg.device,
+                "base_model": cfg.base_model}
+    return {
+        "index": stage_config(IndexConfig, cfg.index, paths=cfg.paths, index=str(out / "index"), device="cpu" if cfg.device == "cpu" else "auto"),
+        "dataset": stage_config(RaftConfig, cfg.raft, **raft),
+        "train": stage_config(TrainConfig, train_extra, **train),
+        "calibrate": stage_config(CalibrateConfig, cfg.calibrate, adapter=str(out / "adapter"), index=str(out / "index"),
+                                  qa=str(held / "validation.jsonl"), limit=plan.calibrate_questions, seed=cfg.seed, device=cfg.device,
+                                  base_model=cfg.base_model),
+        "evaluate": stage_config(EvaluateConfig, cfg.evaluate, **evaluate),
+        "evaluate_qa": stage_config(EvaluateConfig, cfg.evaluate, **{**evaluate, "qa": str(held / "qa-test.jsonl"),
+                                                                       "output": str(out / "evaluation-qa")}) if cfg.qa else None,
+        "export": stage_config(ExportConfig, cfg.export_settings, adapter=str(out / "adapter"), format=cfg.export,
+                               output=str(out / "export")) if cfg.export else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys: what a stage's result depends on
+# ---------------------------------------------------------------------------------------------
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file (first 16 hex digits); '' when it is missing."""
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def adapter_key(folder: Path) -> str:
+    """The adapter's weights and its rag_pipeline.json."""
+    weights = sorted(folder.glob("adapter_model.*")) + sorted(folder.glob("model*.safetensors"))
+    return "+".join(file_hash(p) for p in [*weights, folder / META_FILE])
+
+
+def _settings(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("progress", "resume", "json", *drop)}
+
+
+def stage_key(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], corpus: Corpus) -> str:
+    """A key of the stage's settings and of the upstream artifacts it reads (their own fingerprints)."""
+    out = Path(cfg.output)
+    if stage == "index":
+        parts: Any = [corpus.key, _settings(cfgs["index"])]
+    elif stage == "dataset":
+        parts = [file_hash(out / "index" / "manifest.json"), _settings(cfgs["dataset"]), file_hash(Path(cfg.qa)) if cfg.qa else "",
+                 adapter_key(Path(reference_of(cfg))) if reference_of(cfg) else ""]
+    elif stage == "train":
+        parts = [_read_json(out / "dataset" / "manifest.json").get("fingerprint"), _settings(cfgs["train"]),
+                 adapter_key(Path(reference_of(cfg))) if reference_of(cfg) else ""]
+    elif stage == "calibrate":
+        meta = _read_json(out / "adapter" / META_FILE)
+        parts = [[file_hash(p) for p in sorted((out / "adapter").glob("adapter_model.*"))], meta.get("metrics"),
+                 file_hash(out / "heldout" / "validation.jsonl"), _settings(cfgs["calibrate"])]
+    elif stage == "evaluate":
+        parts = [adapter_key(out / "adapter"), file_hash(out / "heldout" / "test.jsonl"), file_hash(out / "heldout" / "qa-test.jsonl"),
+                 _settings(cfgs["evaluate"]), adapter_key(Path(reference_of(cfg))) if reference_of(cfg) else ""]
+    else:
+        parts = [adapter_key(out / "adapter"), _settings(cfgs["export"]) if cfgs["export"] else None]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def present(stage: str, out: Path) -> bool:
+    """Whether the stage's artifact is there (a key alone does not prove it: the folder may be gone)."""
+    return {
+        "index": lambda: (out / "index" / "manifest.json").is_file(),
+        "dataset": lambda: (out / "dataset" / "manifest.json").is_file() and (out / "heldout" / "test.jsonl").is_file(),
+        "train": lambda: (out / "adapter" / META_FILE).is_file(),
+        "calibrate": lambda: "free" in (_read_json(out / "adapter" / META_FILE).get("abstention") or {}),
+        "evaluate": lambda: (out / "evaluation" / "metrics.json").is_file(),
+        "export": lambda: (out / "export").is_dir(),
+    }[stage]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the stages
+# ---------------------------------------------------------------------------------------------
+
+
+def check_output(out: Path) -> dict[str, Any]:
+    """The tune manifest of an earlier run in ``out`` ({} for a new or empty folder).
+
+    Raises:
+        ConfigError: ``out`` is a file, or a folder of someone else's files.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file: pass a folder for tune's results")
+    if not out.is_dir() or not any(out.iterdir()):
+        return {}
+    manifest = _read_json(out / MANIFEST)
+    if manifest.get("kind") != KIND:
+        raise ConfigError(f"--output {out} holds files that tune did not write (no {MANIFEST}): pass a new or empty folder")
+    return manifest
+
+
+def write_heldout(cfg: TuneConfig, cfgs: dict[str, Any]) -> dict[str, int]:
+    """The dataset's validation and test questions as QA files in OUTPUT/heldout: generated test
+    questions in test.jsonl, your own in qa-test.jsonl, both kinds in validation.jsonl (calibration)."""
+    out = Path(cfg.output)
+    eval_dir = out / "dataset" / "exports" / "eval"
+    if not (eval_dir / "test.jsonl").is_file():
+        raise InputError(f"{eval_dir} has no test.jsonl: tune's dataset needs the eval export (keep 'eval' in raft: format)")
+    rows = {s: [json.loads(line) for line in (eval_dir / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+            for s in ("validation", "test")}
+    yours = {it.question.strip() for it in load_qa(cfg.qa, cfgs["dataset"].qa_fields())} if cfg.qa else set()
+    files = {"validation.jsonl": rows["validation"], "test.jsonl": [r for r in rows["test"] if r["question"].strip() not in yours]}
+    if cfg.qa:
+        files["qa-test.jsonl"] = [r for r in rows["test"] if r["question"].strip() in yours]
+    held = out / "heldout"
+    held.mkdir(parents=True, exist_ok=True)
+    for name, items in files.items():
+        if not items:
+            raise InputError(f"no {name.removesuffix('.jsonl')} question was held out (the documents gave "
+                             f"{sum(map(len, rows.values()))} held-out questions): tune needs more documents or a larger --budget")
+        with atomic_file(held / name) as f:
+            f.writelines(json_line(r) for r in items)
+    return {name: len(items) for name, items in files.items()}
+
+
+def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], started: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage through its command's library function; returns a short summary."""
+
+    out = Path(cfg.output)
+    if stage == "index":
+        m = build_index(cfgs["index"])
+        return {"chunks": m.get("counts", {}).get("chunks") or m.get("chunks")}
+    if stage == "dataset":
+        m = raft.run(cfgs["dataset"])
+        return {"examples": {s: m["counts"].get(f"examples_{s}") for s in ("train", "validation", "test")},
+                "generated": (m.get("generated_questions") or {}).get("kept"), "heldout": write_heldout(cfg, cfgs)}
+    if stage == "train":
+        adapter = out / "adapter"
+        resume = (adapter / "checkpoints" / "last" / "state.json").is_file() and started.get("train") == cfgs["train_key"]
+        if not resume and adapter.exists():
+            shutil.rmtree(adapter)  # tune's own: a finished adapter of other inputs, or checkpoints of other settings
+        if resume:
+            print(f"train: resuming from {adapter / 'checkpoints' / 'last'}", file=sys.stderr)
+        s = train_stage.run(TrainConfig(**{**to_dict(cfgs["train"]), "resume": resume}))
+        if s.get("status") == "interrupted":
+            raise KeyboardInterrupt
+        return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
+    if stage == "calibrate":
+        c = calibrate.run(cfgs["calibrate"])
+        return {k: c.get(k) for k in ("threshold", "overall_f1", "false_abstain_rate", "questions", "roc_auc")}
+    if stage == "evaluate":
+        m = evaluate.run(cfgs["evaluate"])
+        if cfgs["evaluate_qa"] is not None:
+            evaluate.run(cfgs["evaluate_qa"])
+        return {"evaluated": m["qa"]["evaluated"]}
+    r = export_run(cfgs["export"])
+    return {"output": r.get("output") or str(out / "export")}
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory count (Linux: /proc/self/clear_refs 5 resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The peak resident set since :func:`reset_peak_rss` (VmHWM), else since the process began."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict[str, Any]:
+    """Plan (or reuse the stored plan), then run every stage that is out of date.
+
+    Returns:
+        The tune manifest (tune.json): config, plan, and per stage its key, seconds, peak memory and summary.
+
+    Raises:
+        InputError, ConfigError: bad documents, output, budget or recipe, before any model is loaded;
+            a stage's own errors as its command gives them.
+    """
+    out = Path(cfg.output)
+    check_separate([*cfg.paths, *([cfg.qa] if cfg.qa else [])], out)
+    old = check_output(out)
+    corpus = scan_documents(cfg)
+    if cfg.qa and not Path(cfg.qa).exists():
+        raise InputError(f"--qa {cfg.qa} does not exist: pass your QA file, or drop --qa to tune on written questions only")
+    if cfg.reference and not reference_of(cfg):
+        log.warning("reference adapter %s not found: training starts a fresh LoRA, the round trip reads with the writer, "
+                    "and the report compares with the base model only", cfg.reference)
+    plan_key = hashlib.sha256(json.dumps([corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, cfg.export, bool(cfg.qa),
+                                          cfg.base_model, reference_of(cfg), cfg.train, cfg.index]).encode()).hexdigest()[:16]
+    with output_lock(out):
+        if old.get("plan_key") == plan_key and old.get("plan"):
+            plan = Plan(**old["plan"])
+            echo("plan (stored in tune.json; same documents and budget):")
+        else:
+            echo(f"probing this machine ({corpus.documents} documents) ...")
+            plan = make_plan(cfg, corpus, probe(cfg, corpus), bool(cfg.qa))
+        echo(plan.table())
+        manifest: dict[str, Any] = {"kind": KIND, "schema_version": SCHEMA_VERSION, "config": to_dict(cfg), "plan_key": plan_key,
+                                    "plan": asdict(plan), "stages": dict(old.get("stages") or {}), "started": dict(old.get("started") or {})}
+        if cfg.dry_run:
+            return manifest
+        out.mkdir(parents=True, exist_ok=True)
+        cfgs = configs(cfg, plan)
+        stages = [s for s in STAGES if s != "export" or cfg.export]
+        forced = STAGES.index(cfg.from_stage) if cfg.from_stage else len(STAGES)
+        t_all = time.perf_counter()
+        for i, stage in enumerate(stages, 1):
+            key = stage_key(stage, cfg, cfgs, corpus)
+            done = manifest["stages"].get(stage) or {}
+            if STAGES.index(stage) < forced and done.get("key") == key and present(stage, out):
+                echo(f"[{i}/{len(stages)}] {stage}: up to date (same inputs and settings), skipped")
+                continue
+            echo(f"[{i}/{len(stages)}] {stage}: ~{plan.seconds.get(stage, 0) / 60:.1f} min planned")
+            if stage == "index" and STAGES.index(stage) >= forced:
+                cfgs["index"].force = True
+            cfgs["train_key"] = key if stage == "train" else cfgs.get("train_key")
+            if stage == "train":
+                manifest["started"]["train"] = key
+                write_json(out / MANIFEST, manifest)
+            manifest["stages"].pop(stage, None)
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            summary = run_stage(stage, cfg, cfgs, manifest["started"])
+            manifest["stages"][stage] = {"key": key,
+                                         "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb(),
+                                         "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            write_json(out / MANIFEST, manifest)
+        manifest["seconds"] = round(time.perf_counter() - t_all, 1)
+        write_json(out / MANIFEST, manifest)
+        with atomic_file(out / REPORT) as f:
+            f.write(render_report(cfg, manifest))
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+REPORT = "report.md"
+# (header, path in an evaluate result); all percentages
+FIGURES = [("F1", ("answer", "f1")), ("overall F1", ("squad2", "overall_f1")), ("false abstain", ("abstention", "false_abstain_rate")),
+           ("unsupported", ("grounding", "unsupported_rate")), ("yes/no acc.", ("yes_no", "accuracy")),
+           ("cite prec.", ("citations", "precision")), ("hijacked", ("injection", "hijack_rate"))]
+
+
+def comparison(metrics: dict[str, Any], tuned: str) -> list[list[str]]:
+    """One row per system (base, reference, tuned): the retrieved context's figures and the injected one's hijack rate."""
+
+    rows = []
+    for system in metrics["systems"]:
+        name = system["name"]
+        label = "tuned" if system["adapter"] == tuned else "base" if system["adapter"] is None else f"reference ({name})"
+        res = metrics["results"][name]
+        cells = []
+        for header, (a, b) in FIGURES:
+            ctx = "injected" if header == "hijacked" else "retrieved"
+            cells.append(fmt(((res.get(ctx) or {}).get(a) or {}).get(b)))
+        rows.append([label, str(res["retrieved"]["counts"]["questions"]), *cells])
+    return rows
+
+
+def render_report(cfg: TuneConfig, manifest: dict[str, Any]) -> str:
+    """``OUTPUT/report.md``: the comparison on held-out documents, the stages' times and memory, the plan."""
+
+    out = Path(cfg.output)
+    tuned = str(out / "adapter")
+    plan = Plan(**manifest["plan"])
+    lines = ["# tune report", "",
+             f"Documents {', '.join(cfg.paths)} ({plan.documents}); budget {cfg.budget}; {plan.questions} questions written, "
+             f"{plan.steps} training steps. Held-out questions come from documents the adapter never trained on.", ""]
+    for title, folder in (("Held-out written questions", "evaluation"), ("Your own questions (held-out part)", "evaluation-qa")):
+        metrics = _read_json(out / folder / "metrics.json")
+        if metrics:
+            lines += [f"## {title}", "", f"`{folder}/report.md` has every figure; `{folder}/chart.png` the chart. Percentages.", "",
+                      _table(["system", "n", *(h for h, _ in FIGURES)], comparison(metrics, tuned), 1), ""]
+    stages = manifest["stages"]
+    lines += ["## Stages", "", _table(["stage", "planned min", "wall min", "peak memory MiB"],
+                                      [[s, f"{plan.seconds.get(s, 0) / 60:.1f}", f"{stages[s]['seconds'] / 60:.1f}", f"{stages[s]['peak_rss_mb']:.0f}"]
+                                       for s in STAGES if s in stages], 1), "",
+              "## Use it", "", "```", *use_commands(cfg), "```", ""]
+    return "\n".join(lines)
+
+
+def use_commands(cfg: TuneConfig) -> list[str]:
+    """The commands that use the result."""
+    out = Path(cfg.output)
+    return [f'rag-pipeline ask --adapter {out / "adapter"} --index {out / "index"} "your question"',
+            f"rag-pipeline serve --adapter {out / 'adapter'} --index {out / 'index'}"]
+
+
+def main(cfg: TuneConfig) -> int:
+    """CLI entry: plan, run the stages that are out of date, print the comparison and the commands to use the result."""
+    try:
+        manifest = run(cfg)
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to resume (training continues from its last checkpoint in "
+              f"{Path(cfg.output) / 'adapter' / 'checkpoints'})", file=sys.stderr)
+        return 130
+    if cfg.dry_run:
+        return 0
+    print(render_report(cfg, manifest))
+    budget = parse_budget(cfg.budget)
+    spent = manifest["seconds"]
+    print(f"tune took {spent / 60:.1f} min" + (f" of a {budget / 60:.0f}-minute budget" if budget else "")
+          + f"; report: {Path(cfg.output) / REPORT}")
+    return 0

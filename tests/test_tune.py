@@ -1,0 +1,219 @@
+"""tune: the budget, the plan, bad input before any model loads, and the whole run with tiny models:
+every stage's artifact, a rerun that does nothing, --from, and an interrupted run that resumes to the
+same adapter as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from rag_pipeline import train as train_stage
+from rag_pipeline import tune
+from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.tune import Corpus, TuneConfig, make_plan, parse_budget
+
+N_DOCS = 40
+PROBE = {"embed_chunk_s": 0.01, "train_example_s": 2.0, "answer_s": 0.8, "read_back_s": 0.3, "probe_s": 40.0, "device": "cpu", "bf16": False}
+
+
+def _doc(i: int) -> dict:
+    return {"id": f"d{i:02d}", "title": f"Alpha{i}",
+            "text": f"The town of Alpha{i} lies near the river Beta{i}. Its founder was Gamma{i} in the year {1000 + i}. "
+                    f"People there enjoy Delta{i} festivals and Epsilon{i} music."}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """40 documents, a tiny Llama and an adapter of it (the reference), and a recipe for the test fakes."""
+    from tiny_models import build_tiny_llama, make_adapter
+
+    root = tmp_path_factory.mktemp("tune")
+    docs = write_jsonl(root / "docs" / "docs.jsonl", [_doc(i) for i in range(N_DOCS)])
+    base = build_tiny_llama(root / "llama")
+    return {"root": root, "docs": docs, "base": base, "reference": make_adapter(base, root / "reference")}
+
+
+def _cfg(setup: dict, out: Path, **kw) -> TuneConfig:
+    recipe = {"paths": [str(setup["docs"])], "output": str(out), "budget": "full", "questions": 30, "base_model": str(setup["base"]),
+              "reference": str(setup["reference"]), "device": "cpu",
+              "index": {"embedder": "hashing:64", "chunk_overlap": 8},
+              "raft": {"question_generator": "fake", "question_top_k": N_DOCS, "max_prompt_tokens": 512},
+              "train": {"max_length": 512, "eval_subset": 4, "eval_generate": 2, "max_new_tokens": 8},
+              "evaluate": {"max_new_tokens": 8}, "calibrate": {"max_new_tokens": 8}}
+    return TuneConfig(**{**recipe, **kw})
+
+
+@pytest.fixture(autouse=True)
+def fast_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's figures are a 2-core CPU's (test_the_probe_measures_the_real_stages runs the real one)."""
+    monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
+
+
+# ------------------------------------------------------------------------------ budget and plan
+
+
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("45", 2700),
+                                          ("quick", 900), ("full", None), ("10min", 600)])
+def test_budget_forms(text: str, seconds: float | None) -> None:
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "30x", "h", "-5m"])
+def test_a_budget_that_is_no_duration_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a duration"):
+        TuneConfig(paths=["x"], budget=text)
+
+
+def _corpus(docs: int = 400, chunks: int = 800) -> Corpus:
+    return Corpus(docs, chunks * 900, chunks, "text " * 100, "k")
+
+
+def test_the_plan_fills_the_budget_and_grows_with_it() -> None:
+    cfg = TuneConfig(paths=["x"])
+    plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("30m", "2h")}
+    for b, plan in plans.items():
+        total = sum(plan.seconds.values()) + PROBE["probe_s"]
+        assert 0.6 * parse_budget(b) < total <= parse_budget(b)  # within the budget, and most of it used
+        assert plan.steps >= 1 and plan.questions >= plan.steps * tune.EXAMPLES_PER_STEP / (tune.SPLIT_RATIO[0] * cfg.epochs)
+        assert plan.calibrate_questions >= tune.MIN_HELD_OUT and plan.evaluate_questions >= tune.MIN_HELD_OUT
+        assert plan.seconds["train"] > plan.seconds["dataset"]  # training gets most of it
+    assert plans["2h"].steps > 3 * plans["30m"].steps and plans["2h"].questions > 3 * plans["30m"].questions
+    assert "30 min" in plans["30m"].table() and "train" in plans["30m"].table()
+
+
+def test_a_small_corpus_caps_the_questions_and_full_has_no_budget() -> None:
+    small = make_plan(TuneConfig(paths=["x"], budget="2h"), _corpus(20, 20), PROBE, False)
+    assert small.questions == 60  # 3 per chunk: what the documents can give
+    full = make_plan(TuneConfig(paths=["x"], budget="full"), _corpus(), PROBE, False)
+    assert full.budget_s is None and full.questions == 2400 and full.steps == 420  # 2400 x 0.7 x 2 epochs / 8
+
+
+def test_a_budget_too_small_for_one_step_names_the_minimum() -> None:
+    with pytest.raises(ConfigError, match=r"budget 5m is too small on this machine: .* at least \d+ minutes"):
+        make_plan(TuneConfig(paths=["x"], budget="5m"), _corpus(), PROBE, False)
+
+
+def test_the_probe_measures_the_real_stages(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real probe, with the tiny models
+    cfg = _cfg(setup, Path("unused"))
+    probed = tune.probe(cfg, tune.scan_documents(cfg))
+    assert all(probed[k] > 0 for k in ("embed_chunk_s", "train_example_s", "answer_s", "read_back_s", "probe_s"))
+    assert probed["device"] == "cpu" and probed["probe_s"] < 120
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(tune, "probe", no_models)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no document file"):
+        tune.run(_cfg(setup, tmp_path / "o1", paths=[str(empty)]))
+    with pytest.raises(InputError, match="does not exist"):
+        tune.run(_cfg(setup, tmp_path / "o2", paths=[str(tmp_path / "nowhere")]))
+    few = write_jsonl(tmp_path / "few" / "d.jsonl", [_doc(i) for i in range(3)])
+    with pytest.raises(InputError, match=r"holds 3 documents: tune needs at least 10"):
+        tune.run(_cfg(setup, tmp_path / "o3", paths=[str(few)]))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files that tune did not write"):
+        tune.run(_cfg(setup, foreign))
+    assert (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="--qa .* does not exist"):
+        tune.run(_cfg(setup, tmp_path / "o4", qa=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ConfigError, match="set by tune itself"):
+        monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
+        tune.run(_cfg(setup, tmp_path / "o5", train={"max_steps": 3}))
+    with pytest.raises(ConfigError, match="--from 'training' is not a stage"):
+        _cfg(setup, tmp_path / "o6", from_stage="training")
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "dry"
+    assert tune.main(_cfg(setup, out, dry_run=True, budget="2h")) == 0
+    err = capsys.readouterr().err
+    assert "plan (budget 120 min" in err and "train" in err and "questions" in err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+
+def _weights(folder: Path) -> bytes:
+    return (folder / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tuned(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("run") / "tune"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
+        manifest = tune.run(_cfg(setup, out))
+    return manifest, out
+
+
+def test_every_stage_writes_its_own_artifact(tuned: tuple[dict, Path]) -> None:
+    manifest, out = tuned
+    assert list(manifest["stages"]) == ["index", "dataset", "train", "calibrate", "evaluate"]
+    assert json.loads((out / "index" / "manifest.json").read_text())["kind"] == "rag-index"
+    assert json.loads((out / "dataset" / "manifest.json").read_text())["kind"] == "raft-dataset"
+    meta = json.loads((out / "adapter" / "rag_pipeline.json").read_text())
+    assert meta["config"]["init_adapter"] and "free" in meta["abstention"]  # trained from the reference, calibrated
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert [s["adapter"] for s in metrics["systems"]] == [None, manifest["config"]["reference"], str(out / "adapter")]
+    assert metrics["contexts"] == ["retrieved", "injected"]
+    # held out by document: no test or validation question comes from a training document
+    train_docs = {json.loads(line)["doc_id"] for line in (out / "dataset" / "jsonl" / "train.jsonl").read_text().splitlines()}
+    for name in ("validation", "test"):
+        held = [json.loads(line) for line in (out / "heldout" / f"{name}.jsonl").read_text().splitlines()]
+        assert held and not {r["doc_id"] for r in held} & train_docs
+    report = (out / "report.md").read_text()
+    assert "| tuned |" in report and "| base |" in report and "reference (" in report and "rag-pipeline serve --adapter" in report
+    for stage in manifest["stages"].values():
+        assert stage["seconds"] > 0 and stage["peak_rss_mb"] > 0 and len(stage["key"]) == 16
+
+
+def test_a_rerun_does_nothing_and_says_so(setup: dict, tuned: tuple[dict, Path], capsys: pytest.CaptureFixture) -> None:
+    manifest, out = tuned
+    before = _weights(out / "adapter"), (out / "evaluation" / "metrics.json").read_bytes()
+    assert tune.main(_cfg(setup, out)) == 0
+    err = capsys.readouterr().err
+    assert err.count("up to date (same inputs and settings), skipped") == 5 and "stored in tune.json" in err
+    assert (_weights(out / "adapter"), (out / "evaluation" / "metrics.json").read_bytes()) == before
+
+
+def test_from_rebuilds_that_stage_and_the_later_ones(setup: dict, tuned: tuple[dict, Path], capsys: pytest.CaptureFixture) -> None:
+    manifest, out = tuned
+    weights = _weights(out / "adapter")
+    tune.run(_cfg(setup, out, from_stage="calibrate"))
+    err = capsys.readouterr().err
+    assert err.count("skipped") == 3 and "[4/5] calibrate: ~" in err and "[5/5] evaluate: ~" in err
+    assert _weights(out / "adapter") == weights
+
+
+def test_an_interrupted_run_resumes_to_the_same_adapter(setup: dict, tuned: tuple[dict, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    _, reference_run = tuned
+    out = tmp_path / "tune"
+
+    def stop_at_3(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "_on_step", stop_at_3)
+    assert tune.main(_cfg(setup, out)) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert (out / "adapter" / "checkpoints" / "last" / "state.json").is_file() and "train" not in json.loads((out / "tune.json").read_text())["stages"]
+    monkeypatch.setattr(train_stage, "_on_step", lambda step: None)
+    tune.run(_cfg(setup, out))
+    err = capsys.readouterr().err
+    assert "[1/5] index: up to date" in err and "train: resuming from" in err
+    assert _weights(out / "adapter") == _weights(reference_run / "adapter")
