@@ -75,6 +75,7 @@ SCHEMA_VERSION = 1
 PRESETS = {"quick": 15 * 60.0, "full": None}
 MIN_DOCUMENTS = 10  # held-out documents for calibration and evaluation need a few to choose from
 MIN_HELD_OUT = 20  # questions calibrate and evaluate at the least
+MIN_BUDGET_S = 300  # below this nothing fits on any machine; the probe's measure gives the real minimum
 # The question mix and split (documents, not questions, are split)
 SPLIT_RATIO = [0.7, 0.15, 0.15]
 # Tokens of a typical prompt: k=2 (answering) and 4 (training: oracle + 3 distractors) chunks of ~200 tokens
@@ -509,8 +510,9 @@ def write_heldout(cfg: TuneConfig, cfgs: dict[str, Any]) -> dict[str, int]:
     return {name: len(items) for name, items in files.items()}
 
 
-def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], started: dict[str, Any]) -> dict[str, Any]:
-    """Run one stage through its command's library function; returns a short summary."""
+def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Run one stage through its command's library function; returns a short summary. ``resume``:
+    training's checkpoints in OUTPUT/adapter were written with the same settings."""
 
     out = Path(cfg.output)
     if stage == "index":
@@ -522,7 +524,7 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], started: dict[s
                 "generated": (m.get("generated_questions") or {}).get("kept"), "heldout": write_heldout(cfg, cfgs)}
     if stage == "train":
         adapter = out / "adapter"
-        resume = (adapter / "checkpoints" / "last" / "state.json").is_file() and started.get("train") == cfgs["train_key"]
+        resume = resume and (adapter / "checkpoints" / "last" / "state.json").is_file()
         if not resume and adapter.exists():
             shutil.rmtree(adapter)  # tune's own: a finished adapter of other inputs, or checkpoints of other settings
         if resume:
@@ -575,6 +577,10 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
     out = Path(cfg.output)
     check_separate([*cfg.paths, *([cfg.qa] if cfg.qa else [])], out)
     old = check_output(out)
+    budget = parse_budget(cfg.budget)
+    if budget is not None and budget < MIN_BUDGET_S:
+        raise ConfigError(f"budget {cfg.budget} is too small: tune needs at least {MIN_BUDGET_S // 60:.0f} minutes (an index, a probe, "
+                          "one training step, held-out questions answered by three systems); pass a larger --budget")
     corpus = scan_documents(cfg)
     if cfg.qa and not Path(cfg.qa).exists():
         raise InputError(f"--qa {cfg.qa} does not exist: pass your QA file, or drop --qa to tune on written questions only")
@@ -609,14 +615,14 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
             echo(f"[{i}/{len(stages)}] {stage}: ~{plan.seconds.get(stage, 0) / 60:.1f} min planned")
             if stage == "index" and STAGES.index(stage) >= forced:
                 cfgs["index"].force = True
-            cfgs["train_key"] = key if stage == "train" else cfgs.get("train_key")
+            resume = stage == "train" and manifest["started"].get("train") == key  # its checkpoints are of these settings
             if stage == "train":
                 manifest["started"]["train"] = key
                 write_json(out / MANIFEST, manifest)
             manifest["stages"].pop(stage, None)
             reset_peak_rss()
             t0 = time.perf_counter()
-            summary = run_stage(stage, cfg, cfgs, manifest["started"])
+            summary = run_stage(stage, cfg, cfgs, resume)
             manifest["stages"][stage] = {"key": key,
                                          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                                          "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

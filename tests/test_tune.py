@@ -129,6 +129,8 @@ def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, mon
     assert (foreign / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="--qa .* does not exist"):
         tune.run(_cfg(setup, tmp_path / "o4", qa=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ConfigError, match=r"budget 2m is too small: tune needs at least 5 minutes"):
+        tune.run(_cfg(setup, tmp_path / "o7", budget="2m"))
     with pytest.raises(ConfigError, match="set by tune itself"):
         monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
         tune.run(_cfg(setup, tmp_path / "o5", train={"max_steps": 3}))
@@ -217,3 +219,19 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(setup: dict, tuned: tupl
     err = capsys.readouterr().err
     assert "[1/5] index: up to date" in err and "train: resuming from" in err
     assert _weights(out / "adapter") == _weights(reference_run / "adapter")
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted, then rerun with another learning rate: training starts afresh instead of failing on the checkpoint."""
+    out = tmp_path / "tune"
+
+    def stop_at_1(step: int) -> None:
+        if step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "_on_step", stop_at_1)
+    assert tune.main(_cfg(setup, out)) == 130
+    monkeypatch.setattr(train_stage, "_on_step", lambda step: None)
+    manifest = tune.run(_cfg(setup, out, learning_rate=1e-4))
+    meta = json.loads((out / "adapter" / "rag_pipeline.json").read_text())
+    assert meta["config"]["learning_rate"] == 1e-4 and meta["metrics"]["steps"] == manifest["plan"]["steps"]
