@@ -51,15 +51,16 @@ def test_forced_abstentions_count_at_every_threshold() -> None:
 
 
 class _Said:
-    def __init__(self, raw: str, margin: float) -> None:
+    def __init__(self, raw: str, margin: float, passage: str = "Paris is the capital of France.") -> None:
         self.raw, self.margin = raw, margin
+        self.retrieved = [{"id": "c1", "doc_id": "d1", "title": "France", "text": passage}]
 
 
 class _FakePipeline:
-    """Answers 'Paris' with a margin of -1 (confident) to every question."""
+    """Answers 'Paris' with a margin of -1 (confident) to every question, from a passage that says so."""
 
     def answer_batch(self, questions: list[str], margins: bool = False) -> list[_Said]:
-        return [_Said("Paris", -1.0) for _ in questions]
+        return [_Said("Paris [1]", -1.0) for _ in questions]
 
 
 def _fake_load(monkeypatch: pytest.MonkeyPatch, calls: list) -> None:
@@ -97,3 +98,29 @@ def test_a_file_without_answers_is_refused_before_loading_the_model(tmp_path, mo
     with pytest.raises(InputError, match=r"dev\.csv has no answer column .*columns seen: id, question.* --answer-field"):
         run(CalibrateConfig(adapter=str(tmp_path / "adapter"), qa=str(qa), dry_run=True))
     assert calls == []
+
+
+def test_answers_the_check_refuses_count_as_abstentions(tmp_path, monkeypatch) -> None:
+    """'The [1]' and an answer the cited passage does not hold are never shown by ask (the answer check): calibration
+    counts them as abstentions at every threshold, so its false-abstention ceiling holds with the check on."""
+    import json
+
+    from rag_pipeline.answer.ask import Pipeline
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run
+
+    said = [_Said("Paris [1]", -1.0), _Said("The [1]", -2.0), _Said("Lyon [1]", -3.0), _Said("Paris [1]", 5.0)]
+
+    class Scripted:
+        def answer_batch(self, questions: list[str], margins: bool = False) -> list[_Said]:
+            return said[: len(questions)]
+
+    monkeypatch.setattr(Pipeline, "load", staticmethod(lambda cfg, **kw: Scripted()))
+    rows = [{"id": f"q{i}", "question": f"Question {i}?", "answer": "Paris"} for i in range(4)]
+    qa = tmp_path / "dev.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"adapter": str(tmp_path / "adapter"), "qa": str(qa), "dry_run": True, "limit": 0, "max_false_abstain": 1.0}
+    counted = run(CalibrateConfig(**cfg))
+    assert counted["answer_check"] == {"counted": True, "refused": 2}
+    assert counted["false_abstain_rate"] >= 0.5  # the two refused answers abstain whatever the threshold
+    alone = run(CalibrateConfig(**cfg, count_checked=False))
+    assert alone["answer_check"] == {"counted": False, "refused": 0} and alone["false_abstain_rate"] == 0.0

@@ -25,7 +25,8 @@ from typing import Any
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import to_json
-from rag_pipeline.answer.ask import Pipeline
+from rag_pipeline.answer.ask import Answer, Pipeline, parse_citations
+from rag_pipeline.answer.check import answer_problem
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
@@ -113,6 +114,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     answer_check: AnswerCheck = fixed("off", "the margins of the generator's own answers: the check applies after the threshold")
     snippet: int = fixed(160, "calibrate shows no citations")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
+    count_checked: bool = opt(True, "count the answers that the answer check refuses (no content word, or unsupported by the "
+                                    "passage they cite) as abstentions, as ask and serve show them, so that the ceiling on false "
+                                    "abstentions holds with the check on; --no-count-checked calibrates the generator's answers alone")
 
     def __post_init__(self) -> None:
         if not self.adapter:
@@ -122,6 +126,13 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
             raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
         if self.limit < 0:
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
+
+
+def refused_by_check(ans: Answer) -> bool:
+    """Whether ``ask``'s answer check would refuse this generated answer (:func:`~rag_pipeline.answer.check.answer_problem`
+    on the passages it cites, or on all shown ones when it cites none)."""
+    cited = [ans.retrieved[n - 1]["text"] for n in parse_citations(ans.raw, len(ans.retrieved))]
+    return answer_problem(ans.raw, cited or [d["text"] for d in ans.retrieved]) is not None
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
@@ -153,11 +164,14 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     items = sample_items(usable, cfg.limit, cfg.seed)
     pipe = Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
+    checked = 0
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
             # no generation (retrieval threshold) or the best answer itself abstains: always an abstention
             m = math.inf if ans.margin is None or is_abstention(ans.raw) else ans.margin
+            if cfg.count_checked and math.isfinite(m) and refused_by_check(ans):
+                m, checked = math.inf, checked + 1  # never shown as generated, whatever the threshold
             margins.append(m)
             answered_f1.append(f1(ans.raw, it.answers) if it.answerable and it.answers and math.isfinite(m) else 0.0)
             answerable.append(bool(it.answerable and it.answers))
@@ -165,7 +179,8 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
     result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
-              "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped]}
+              "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
+              "answer_check": {"counted": cfg.count_checked, "refused": checked}}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         mode = "grounded" if cfg.grounded else "free"
@@ -184,6 +199,8 @@ def main(cfg: CalibrateConfig) -> int:
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
     if r["skipped"]:
         print(skipped_line(r["skipped"]))
+    if r["answer_check"]["counted"]:
+        print(f"  {r['answer_check']['refused']} answers the answer check refuses count as abstentions at every threshold")
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")
