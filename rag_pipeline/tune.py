@@ -31,6 +31,7 @@ training at its last checkpoint; ``--from STAGE`` rebuilds from a stage on.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -130,6 +131,17 @@ class TuneConfig:
             raise ConfigError("questions must be >= 0 (0 = from the budget), epochs and learning_rate > 0")
         if not str(self.output).strip():
             raise ConfigError("output is empty: pass --output DIR")
+        for name, cls in STAGE_SETTINGS.items():
+            known = {f.name for f in dataclasses.fields(cls) if f.init}
+            unknown = sorted(set(getattr(self, name)) - known)
+            if unknown:
+                raise ConfigError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)} under '{name}:' in the tune recipe: "
+                                  f"valid keys are {', '.join(sorted(known))}")
+
+
+# The recipe's per-stage mappings and the config each one fills
+STAGE_SETTINGS = {"index": IndexConfig, "raft": RaftConfig, "train": TrainConfig, "calibrate": CalibrateConfig,
+                  "evaluate": EvaluateConfig, "export_settings": ExportConfig}
 
 
 def parse_budget(text: str) -> float | None:

@@ -134,6 +134,8 @@ def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, mon
     with pytest.raises(ConfigError, match="set by tune itself"):
         monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
         tune.run(_cfg(setup, tmp_path / "o5", train={"max_steps": 3}))
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig setting\(s\) learning_rat under 'train:'"):
+        _cfg(setup, tmp_path / "o8", train={"learning_rat": 1e-4})
     with pytest.raises(ConfigError, match="--from 'training' is not a stage"):
         _cfg(setup, tmp_path / "o6", from_stage="training")
 
