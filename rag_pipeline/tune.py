@@ -51,7 +51,7 @@ from rag_pipeline.adapter_meta import META_FILE
 from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
 from rag_pipeline.config import build_config, opt, to_dict
 from rag_pipeline.data import raft
-from rag_pipeline.data.raft import RaftConfig
+from rag_pipeline.data.raft import SPLIT_OF_STEM, RaftConfig, split_of
 from rag_pipeline.device import bf16_supported, inference_dtype, resolve_device
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.eval import calibrate, evaluate
@@ -82,8 +82,10 @@ SPLIT_RATIO = [0.7, 0.15, 0.15]
 # Tokens of a typical prompt: k=2 (answering) and 4 (training: oracle + 3 distractors) chunks of ~200 tokens
 ANSWER_PROMPT_TOKENS, TRAIN_PROMPT_TOKENS, READ_BACK_PROMPT_TOKENS = 450, 800, 250
 CHARS_PER_CHUNK = 900  # all-MiniLM's 256-token chunks with 32 overlapping, at ~4 characters a token
-EXAMPLES_PER_STEP = 8  # batch 4 x 2 accumulation
+MAX_EPOCHS = 4  # passes over a small corpus's questions when the budget allows more than `epochs`
 SAFETY = 0.9  # the plan fills this share of the budget: the rest absorbs the probe's error
+STAGE_LOAD_S = 20.0  # a stage's start: loading its models (the generator twice for evaluate's three systems: 3x)
+EXPORT_S = 60.0  # merging the adapter and writing the file
 
 
 @dataclass
@@ -137,11 +139,28 @@ class TuneConfig:
             if unknown:
                 raise ConfigError(f"unknown {cls.__name__} setting(s) {', '.join(unknown)} under '{name}:' in the tune recipe: "
                                   f"valid keys are {', '.join(sorted(known))}")
+            clash = sorted(set(getattr(self, name)) & SET_BY_TUNE[name])
+            if clash:
+                raise ConfigError(f"{cls.__name__} setting(s) {', '.join(clash)} under '{name}:' in the tune recipe are tune's own "
+                                  "(paths between stages, the plan's sizes): remove them")
+        if self.qa and Path(self.qa).stem in SPLIT_OF_STEM:
+            raise ConfigError(f"--qa {self.qa} is named like a split, and build-raft-dataset would keep all of it in that split: tune "
+                              "splits your questions by document itself, so copy the file to another name (e.g. my_questions.jsonl)")
 
 
 # The recipe's per-stage mappings and the config each one fills
 STAGE_SETTINGS = {"index": IndexConfig, "raft": RaftConfig, "train": TrainConfig, "calibrate": CalibrateConfig,
                   "evaluate": EvaluateConfig, "export_settings": ExportConfig}
+
+
+# What tune sets in each stage's config itself (refused in the recipe)
+SET_BY_TUNE = {"index": {"paths", "index"},
+               "raft": {"index", "qa", "qa_dir", "output", "generator", "generate_questions", "question_yes_no", "question_unanswerable",
+                        "split_ratio"},
+               "train": {"dataset", "output", "base_model", "init_adapter", "max_steps", "eval_steps", "learning_rate", "resume"},
+               "calibrate": {"adapter", "index", "qa", "limit", "base_model"},
+               "evaluate": {"index", "qa", "adapter", "no_adapter", "injection", "limit", "output", "base_model"},
+               "export_settings": {"adapter", "format", "output"}}
 
 
 def parse_budget(text: str) -> float | None:
@@ -172,7 +191,7 @@ class Corpus:
     characters: int
     chunks: int  # estimated: build-index's chunking of all-MiniLM's 256 tokens
     sample: str  # text to build the probe's prompts from
-    key: str  # the files' names, sizes and modification times
+    key: str  # the documents' ids, titles and texts
 
 
 def scan_documents(cfg: TuneConfig) -> Corpus:
@@ -183,13 +202,18 @@ def scan_documents(cfg: TuneConfig) -> Corpus:
     """
     if not cfg.paths:
         raise InputError("no documents: pass the folder (or files) to tune on, e.g. `rag-pipeline tune docs/ --output runs/tune`")
-    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in iter_files(cfg.paths)]
+    files = [name for _, name in iter_files(cfg.paths)]
     if not files:
         raise InputError(f"{', '.join(cfg.paths)} holds no document file (.txt .md .html .json .jsonl .pdf): point tune at your documents")
     report = IngestReport()
     documents = characters = chunks = 0
     sample: list[str] = []
+    content = hashlib.sha256()
+    held = {"validation": 0, "test": 0}
     for doc in read_documents(cfg.paths, report, **_field_names(cfg)):
+        content.update(json.dumps([doc.id, doc.title, doc.text]).encode())
+        split = split_of(doc.id, cfg.seed, SPLIT_RATIO)
+        held[split] = held.get(split, 0) + 1
         documents += 1
         characters += len(doc.text)
         chunks += max(1, math.ceil(len(doc.text) / CHARS_PER_CHUNK))
@@ -200,8 +224,11 @@ def scan_documents(cfg: TuneConfig) -> Corpus:
     if documents < MIN_DOCUMENTS:
         raise InputError(f"{', '.join(cfg.paths)} holds {documents} documents: tune needs at least {MIN_DOCUMENTS}, because it holds "
                          "out whole documents for calibration and evaluation; add documents or split large files into sections")
-    key = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
-    return Corpus(documents, characters, chunks, " ".join(sample), key)
+    if not (held["validation"] and held["test"]):
+        raise InputError(f"the {documents} documents leave no document for {'validation' if not held['validation'] else 'test'} "
+                         f"(tune holds out whole documents, {SPLIT_RATIO[1]:.0%} each for calibration and evaluation): add documents, "
+                         "or try another --seed")
+    return Corpus(documents, characters, chunks, " ".join(sample), content.hexdigest()[:16])
 
 
 def _field_names(cfg: TuneConfig) -> dict[str, str]:
@@ -281,6 +308,7 @@ class Plan:
     evaluate_questions: int
     probe: dict[str, Any]
     seconds: dict[str, float]  # estimated per stage
+    examples_per_step: int = 8
 
     def table(self) -> str:
         """The plan in words, one line per stage."""
@@ -288,7 +316,7 @@ class Plan:
         what = {
             "index": f"{p.documents} documents, about {p.chunks} chunks",
             "dataset": f"write {p.questions} questions ({int(SPLIT_RATIO[0] * 100)}% of documents train, the rest held out)",
-            "train": f"{p.steps} steps of {EXAMPLES_PER_STEP} examples from the reference adapter, checkpoint every {p.eval_steps}",
+            "train": f"{p.steps} steps of {p.examples_per_step} examples from the reference adapter, checkpoint every {p.eval_steps}",
             "calibrate": f"abstention threshold on {p.calibrate_questions} held-out questions",
             "evaluate": f"base, reference and tuned on {p.evaluate_questions} held-out questions (+ injected documents)",
             "export": "the tuned adapter for llama.cpp or transformers",
@@ -303,51 +331,62 @@ class Plan:
 
 
 def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa: bool) -> Plan:
-    """Spread the budget: index and fixed costs first, then questions and training together (written
-    questions feed ``epochs`` passes), then the held-out answers of calibration and evaluation.
+    """Spread the budget: fixed costs (the index, each stage's model loading, training's evaluations)
+    and the smallest held-out sets first; of the rest, three quarters write questions and train on
+    them together (each written question costs its round trip and its share of ``epochs`` passes),
+    one quarter answers more held-out questions.
 
     Raises:
         ConfigError: the budget is too small for one training step and the smallest held-out sets
-            (the message gives the minimum for this corpus and machine).
+            (the message gives the minimum for these documents on this machine).
     """
     budget = parse_budget(cfg.budget)
     a, r, x = probed["answer_s"], probed["read_back_s"], probed["train_example_s"]
-    load = 20.0  # each stage loads its models
-    index_s = corpus.chunks * probed["embed_chunk_s"] + load
-    systems = 3 * 2  # base, reference, tuned; retrieved and injected contexts
-    per_question_train = SPLIT_RATIO[0] * cfg.epochs * x  # one written question's share of training
-    per_question_write = 2.0 * r  # about half the written questions survive the round trip
+    per_step = int(cfg.train.get("batch_size", 4)) * int(cfg.train.get("grad_accum", 2))  # examples per optimizer step
+    val_examples = int(cfg.train.get("eval_subset", 32)) * x / 3 + int(cfg.train.get("eval_generate", 8)) * a  # one evaluation
+    index_s = corpus.chunks * probed["embed_chunk_s"] + STAGE_LOAD_S
+    answers = 3 * 2 * (2 if with_qa else 1)  # base, reference and tuned; retrieved and injected contexts; your QA too
+    per_question = {"write": 2.0 * r,  # about half the written questions survive the round trip
+                    "train": SPLIT_RATIO[0] * cfg.epochs * x}  # a written question's share of training
     max_questions = cfg.questions or 3 * corpus.chunks
 
     def estimate(questions: int, steps: int, cal: int, ev: int) -> dict[str, float]:
-        evals = 1 + max(1, math.ceil(steps / max(1, eval_every(steps))))
-        return {"index": index_s, "dataset": questions * per_question_write + load + 10,
-                "train": steps * EXAMPLES_PER_STEP * x + evals * (32 * x / 3 + 8 * a) + load,
-                "calibrate": cal * a + load, "evaluate": ev * systems * a * (2 if with_qa else 1) + 3 * load,
-                **({"export": 60.0} if cfg.export else {})}
+        evals = 1 + math.ceil(steps / eval_every(steps)) if steps else 0
+        return {"index": index_s, "dataset": questions * per_question["write"] + STAGE_LOAD_S,
+                "train": steps * per_step * x + evals * val_examples + STAGE_LOAD_S,
+                "calibrate": cal * a + STAGE_LOAD_S, "evaluate": ev * answers * a + 3 * STAGE_LOAD_S,
+                **({"export": EXPORT_S} if cfg.export else {})}
+
+    def steps_for(questions: int) -> int:
+        return max(1, int(questions * per_question["train"] / x / per_step))
 
     if budget is None:  # the full recipe
         questions = max_questions
-        steps = max(1, math.ceil(questions * per_question_train / x / EXAMPLES_PER_STEP))
         held = max(MIN_HELD_OUT, int(questions * SPLIT_RATIO[1]))
-        seconds = estimate(questions, steps, held, held)
-        return Plan(None, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), held, held, probed, seconds)
-    fixed = estimate(0, 0, 0, 0)
-    floor = sum(fixed.values()) + probed["probe_s"] + MIN_HELD_OUT * (1 + systems * (2 if with_qa else 1)) * a
-    floor += EXAMPLES_PER_STEP / per_question_train * (per_question_write + per_question_train)
-    if SAFETY * budget < floor:
+        steps = steps_for(questions)
+        return Plan(None, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), held, held, probed,
+                    estimate(questions, steps, held, held), per_step)
+    min_questions = math.ceil(per_step / (SPLIT_RATIO[0] * cfg.epochs))  # one step's examples
+    fixed = sum(estimate(min_questions, 1, MIN_HELD_OUT, MIN_HELD_OUT).values()) + probed["probe_s"]
+    if SAFETY * budget < fixed:
         raise ConfigError(f"budget {cfg.budget} is too small on this machine: the documents' index, one training step and "
-                          f"{MIN_HELD_OUT} held-out questions need at least {math.ceil(floor / SAFETY / 60)} minutes; "
+                          f"{MIN_HELD_OUT} held-out questions need at least {math.ceil(fixed / SAFETY / 60)} minutes; "
                           "pass a larger --budget")
-    free = SAFETY * budget - sum(fixed.values()) - probed["probe_s"]
-    # held-out answers take a quarter; the rest writes questions and trains on them
-    questions = min(max_questions, int(0.75 * free / (per_question_write + per_question_train)))
-    steps = max(1, int(questions * per_question_train / x / EXAMPLES_PER_STEP))
-    held_time = free - questions * per_question_write - steps * EXAMPLES_PER_STEP * x
-    cal = max(MIN_HELD_OUT, min(int(questions * SPLIT_RATIO[1]), int(0.3 * held_time / a)))
-    ev = max(MIN_HELD_OUT, min(int(questions * SPLIT_RATIO[2]), int(0.7 * held_time / (systems * a * (2 if with_qa else 1)))))
+    free = SAFETY * budget - fixed
+    questions = min(max_questions, min_questions + int(0.75 * free / (per_question["write"] + per_question["train"])))
+    # training's evaluations grow with the steps (three of them at most): keep them inside the budget
+    while questions > min_questions and sum(estimate(questions, steps_for(questions), MIN_HELD_OUT, MIN_HELD_OUT).values()) \
+            + probed["probe_s"] > SAFETY * budget - 0.25 * free:
+        questions -= 1
+    steps = steps_for(questions)
+    if questions == max_questions:  # the documents give no more questions: spend the time on more passes, up to MAX_EPOCHS
+        room = int((0.75 * free - questions * per_question["write"]) / (x * per_step))
+        steps = max(steps, min(room, int(questions * SPLIT_RATIO[0] * MAX_EPOCHS / per_step)))
+    left = SAFETY * budget - probed["probe_s"] - sum(estimate(questions, steps, MIN_HELD_OUT, MIN_HELD_OUT).values())
+    cal = MIN_HELD_OUT + max(0, min(int(questions * SPLIT_RATIO[1]) - MIN_HELD_OUT, int(0.3 * left / a)))
+    ev = MIN_HELD_OUT + max(0, min(int(questions * SPLIT_RATIO[2]) - MIN_HELD_OUT, int(0.7 * left / (answers * a))))
     return Plan(budget, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), cal, ev, probed,
-                estimate(questions, steps, cal, ev))
+                estimate(questions, steps, cal, ev), per_step)
 
 
 def eval_every(steps: int) -> int:
@@ -380,29 +419,29 @@ def configs(cfg: TuneConfig, plan: Plan) -> dict[str, Any]:
     """Every stage's config, as the command alone would get it."""
     out, ref = Path(cfg.output), reference_of(cfg)
     held = out / "heldout"
-    raft = {"index": str(out / "index"), "qa": [cfg.qa] if cfg.qa else [], "output": str(out / "dataset"), "generator": cfg.base_model,
+    raft_set = {"index": str(out / "index"), "qa": [cfg.qa] if cfg.qa else [], "output": str(out / "dataset"), "generator": cfg.base_model,
             "generate_questions": plan.questions, "question_yes_no": cfg.yes_no, "question_unanswerable": cfg.unanswerable,
             "split_ratio": SPLIT_RATIO, "seed": cfg.seed, "device": "cpu" if cfg.device == "cpu" else "auto"}
     if ref and "question_reader" not in cfg.raft and "question_generator" not in cfg.raft:
-        raft["question_reader"] = f"adapter:{ref}"
+        raft_set["question_reader"] = f"adapter:{ref}"
     train = {"dataset": str(out / "dataset"), "output": str(out / "adapter"), "base_model": cfg.base_model, "init_adapter": ref,
              "max_steps": plan.steps, "eval_steps": plan.eval_steps, "seed": cfg.seed, "device": cfg.device,
              "learning_rate": cfg.learning_rate}
     train_extra = {"batch_size": 4, "grad_accum": 2, "eval_subset": 32, "eval_generate": 8, "max_new_tokens": 24,
                    "metric_for_best": "val_loss", "warmup_ratio": 0.05, **cfg.train}
     adapters = [a for a in (ref, str(out / "adapter")) if a]
-    evaluate = {"index": str(out / "index"), "qa": str(held / "test.jsonl"), "adapter": adapters, "no_adapter": True, "injection": True,
+    evaluate_set = {"index": str(out / "index"), "qa": str(held / "test.jsonl"), "adapter": adapters, "no_adapter": True, "injection": True,
                 "limit": plan.evaluate_questions, "output": str(out / "evaluation"), "seed": cfg.seed, "device": cfg.device,
                 "base_model": cfg.base_model}
     return {
         "index": stage_config(IndexConfig, cfg.index, paths=cfg.paths, index=str(out / "index"), device="cpu" if cfg.device == "cpu" else "auto"),
-        "dataset": stage_config(RaftConfig, cfg.raft, **raft),
+        "dataset": stage_config(RaftConfig, cfg.raft, **raft_set),
         "train": stage_config(TrainConfig, train_extra, **train),
         "calibrate": stage_config(CalibrateConfig, cfg.calibrate, adapter=str(out / "adapter"), index=str(out / "index"),
                                   qa=str(held / "validation.jsonl"), limit=plan.calibrate_questions, seed=cfg.seed, device=cfg.device,
                                   base_model=cfg.base_model),
-        "evaluate": stage_config(EvaluateConfig, cfg.evaluate, **evaluate),
-        "evaluate_qa": stage_config(EvaluateConfig, cfg.evaluate, **{**evaluate, "qa": str(held / "qa-test.jsonl"),
+        "evaluate": stage_config(EvaluateConfig, cfg.evaluate, **evaluate_set),
+        "evaluate_qa": stage_config(EvaluateConfig, cfg.evaluate, **{**evaluate_set, "qa": str(held / "qa-test.jsonl"),
                                                                        "output": str(out / "evaluation-qa")}) if cfg.qa else None,
         "export": stage_config(ExportConfig, cfg.export_settings, adapter=str(out / "adapter"), format=cfg.export,
                                output=str(out / "export")) if cfg.export else None,
@@ -465,13 +504,14 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def present(stage: str, out: Path) -> bool:
-    """Whether the stage's artifact is there (a key alone does not prove it: the folder may be gone)."""
+def present(stage: str, out: Path, mode: str = "free") -> bool:
+    """Whether the stage's artifact is there (a key alone does not prove it: the folder may be gone);
+    ``mode``: the decoding calibrated (free or grounded)."""
     return {
         "index": lambda: (out / "index" / "manifest.json").is_file(),
         "dataset": lambda: (out / "dataset" / "manifest.json").is_file() and (out / "heldout" / "test.jsonl").is_file(),
         "train": lambda: (out / "adapter" / META_FILE).is_file(),
-        "calibrate": lambda: "free" in (_read_json(out / "adapter" / META_FILE).get("abstention") or {}),
+        "calibrate": lambda: mode in (_read_json(out / "adapter" / META_FILE).get("abstention") or {}),
         "evaluate": lambda: (out / "evaluation" / "metrics.json").is_file(),
         "export": lambda: (out / "export").is_dir(),
     }[stage]()
@@ -529,7 +569,7 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
     out = Path(cfg.output)
     if stage == "index":
         m = build_index(cfgs["index"])
-        return {"chunks": m.get("counts", {}).get("chunks") or m.get("chunks")}
+        return {"chunks": m["corpus"]["chunks"], "up_to_date": bool(m.get("up_to_date"))}
     if stage == "dataset":
         m = raft.run(cfgs["dataset"])
         return {"examples": {s: m["counts"].get(f"examples_{s}") for s in ("train", "validation", "test")},
@@ -586,6 +626,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
         InputError, ConfigError: bad documents, output, budget or recipe, before any model is loaded;
             a stage's own errors as its command gives them.
     """
+    t_all = time.perf_counter()
     out = Path(cfg.output)
     check_separate([*cfg.paths, *([cfg.qa] if cfg.qa else [])], out)
     old = check_output(out)
@@ -597,10 +638,10 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
     if cfg.qa and not Path(cfg.qa).exists():
         raise InputError(f"--qa {cfg.qa} does not exist: pass your QA file, or drop --qa to tune on written questions only")
     if cfg.reference and not reference_of(cfg):
-        log.warning("reference adapter %s not found: training starts a fresh LoRA, the round trip reads with the writer, "
-                    "and the report compares with the base model only", cfg.reference)
-    plan_key = hashlib.sha256(json.dumps([corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, cfg.export, bool(cfg.qa),
-                                          cfg.base_model, reference_of(cfg), cfg.train, cfg.index]).encode()).hexdigest()[:16]
+        raise InputError(f"reference adapter {cfg.reference} does not exist: run tune from the repository's root (it holds "
+                         "adapters/smollm2-disfl-qa), pass --reference DIR, or --reference '' to start from a fresh LoRA")
+    plan_key = hashlib.sha256(json.dumps([corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, bool(cfg.qa), cfg.base_model,
+                                          cfg.train, cfg.index, cfg.yes_no, cfg.unanswerable], sort_keys=True).encode()).hexdigest()[:16]
     with output_lock(out):
         if old.get("plan_key") == plan_key and old.get("plan"):
             plan = Plan(**old["plan"])
@@ -617,17 +658,18 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
         cfgs = configs(cfg, plan)
         stages = [s for s in STAGES if s != "export" or cfg.export]
         forced = STAGES.index(cfg.from_stage) if cfg.from_stage else len(STAGES)
-        t_all = time.perf_counter()
+        write_json(out / MANIFEST, manifest)  # from here on the folder is tune's, even if killed in the first stage
         for i, stage in enumerate(stages, 1):
             key = stage_key(stage, cfg, cfgs, corpus)
             done = manifest["stages"].get(stage) or {}
-            if STAGES.index(stage) < forced and done.get("key") == key and present(stage, out):
+            if STAGES.index(stage) < forced and done.get("key") == key and present(stage, out, "grounded" if cfg.calibrate.get("grounded") else "free"):
                 echo(f"[{i}/{len(stages)}] {stage}: up to date (same inputs and settings), skipped")
                 continue
             echo(f"[{i}/{len(stages)}] {stage}: ~{plan.seconds.get(stage, 0) / 60:.1f} min planned")
             if stage == "index" and STAGES.index(stage) >= forced:
                 cfgs["index"].force = True
-            resume = stage == "train" and manifest["started"].get("train") == key  # its checkpoints are of these settings
+            # checkpoints in OUTPUT/adapter are resumed when they are of these settings and the stage is not forced
+            resume = stage == "train" and manifest["started"].get("train") == key and STAGES.index(stage) < forced
             if stage == "train":
                 manifest["started"]["train"] = key
                 write_json(out / MANIFEST, manifest)
@@ -638,6 +680,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
             manifest["stages"][stage] = {"key": key,
                                          "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb(),
                                          "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            manifest["started"].pop(stage, None)
             write_json(out / MANIFEST, manifest)
         manifest["seconds"] = round(time.perf_counter() - t_all, 1)
         write_json(out / MANIFEST, manifest)

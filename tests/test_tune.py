@@ -73,11 +73,11 @@ def _corpus(docs: int = 400, chunks: int = 800) -> Corpus:
 
 def test_the_plan_fills_the_budget_and_grows_with_it() -> None:
     cfg = TuneConfig(paths=["x"])
-    plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("30m", "2h")}
+    plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("7m", "10m", "30m", "2h")}
     for b, plan in plans.items():
         total = sum(plan.seconds.values()) + PROBE["probe_s"]
-        assert 0.6 * parse_budget(b) < total <= parse_budget(b)  # within the budget, and most of it used
-        assert plan.steps >= 1 and plan.questions >= plan.steps * tune.EXAMPLES_PER_STEP / (tune.SPLIT_RATIO[0] * cfg.epochs)
+        assert 0.6 * parse_budget(b) < total <= tune.SAFETY * parse_budget(b)  # within the budget, and most of it used
+        assert plan.steps >= 1 and plan.questions >= plan.steps * plan.examples_per_step / (tune.SPLIT_RATIO[0] * cfg.epochs)
         assert plan.calibrate_questions >= tune.MIN_HELD_OUT and plan.evaluate_questions >= tune.MIN_HELD_OUT
         assert plan.seconds["train"] > plan.seconds["dataset"]  # training gets most of it
     assert plans["2h"].steps > 3 * plans["30m"].steps and plans["2h"].questions > 3 * plans["30m"].questions
@@ -131,9 +131,12 @@ def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, mon
         tune.run(_cfg(setup, tmp_path / "o4", qa=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ConfigError, match=r"budget 2m is too small: tune needs at least 5 minutes"):
         tune.run(_cfg(setup, tmp_path / "o7", budget="2m"))
-    with pytest.raises(ConfigError, match="set by tune itself"):
-        monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
-        tune.run(_cfg(setup, tmp_path / "o5", train={"max_steps": 3}))
+    with pytest.raises(ConfigError, match=r"TrainConfig setting\(s\) max_steps under 'train:' in the tune recipe are tune's own"):
+        _cfg(setup, tmp_path / "o5", train={"max_steps": 3})
+    with pytest.raises(ConfigError, match=r"--qa .*test.jsonl is named like a split"):
+        _cfg(setup, tmp_path / "o9", qa=str(tmp_path / "test.jsonl"))
+    with pytest.raises(InputError, match=r"reference adapter .* does not exist: .* --reference ''"):
+        tune.run(_cfg(setup, tmp_path / "o10", reference=str(tmp_path / "no-adapter")))
     with pytest.raises(ConfigError, match=r"unknown TrainConfig setting\(s\) learning_rat under 'train:'"):
         _cfg(setup, tmp_path / "o8", train={"learning_rat": 1e-4})
     with pytest.raises(ConfigError, match="--from 'training' is not a stage"):
