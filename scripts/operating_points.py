@@ -1,13 +1,13 @@
 """A calibrated adapter's operating points: overall F1, HasAns F1, NoAns accuracy and false abstentions at each
-``--abstain-bias``, from one ``evaluate`` run's predictions.jsonl (no generation), and the null margin's ROC AUC.
+threshold on the null margin (the margin's deciles, and the adapter's own) with the ``--abstain-bias`` that gives it, from one ``evaluate`` run's predictions.jsonl (no generation), and the null margin's ROC AUC.
 
     .venv/bin/python scripts/operating_points.py runs/evaluate/predictions.jsonl --adapter adapters/smollm2-disfl-qa
 
 Each record of the run holds its null margin, and when the calibrated threshold withheld the answer, the answer
-the generator would have given (``raw``). At bias b an answer is withheld when margin > threshold + b (as ``ask``
-applies it); an answer shown at b that the run withheld is scored as the generator wrote it, or as an abstention
-when it holds no content word (the answer check; whether its cited passage holds it is not recorded). At bias 0
-the run's own figures come back. Answers without a
+the generator would have given (``raw``). At threshold t an answer is withheld when margin > t (``ask`` applies
+the stored threshold plus ``--abstain-bias``); an answer shown at t that the run withheld is scored as the generator wrote it, or as an abstention
+when it holds no content word (the answer check; whether its cited passage holds it is not recorded). At the stored
+threshold the run's own figures come back. Answers without a
 margin (the retrieval threshold, or a generator that refused even with the refusal ruled out) abstain at every bias.
 """
 
@@ -24,16 +24,13 @@ from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer.check import answer_problem
 from rag_pipeline.metrics import f1
 
-BIASES = (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, math.inf)
-
-
-def at_bias(r: dict, threshold: float, bias: float) -> tuple[bool, float]:
-    """(abstained, F1 when answerable) of one record at ``bias``."""
+def at_threshold(r: dict, threshold: float) -> tuple[bool, float]:
+    """(abstained, F1 when answerable) of one record when answers whose margin passes ``threshold`` are withheld."""
     answerable = r["answerable"] and bool(r["gold"])
     margin = r["margin"]
     if margin is None:
         return True, 0.0
-    if margin > threshold + bias:
+    if margin > threshold:
         return True, 0.0
     if r["abstain_reason"] == "calibration":  # withheld in the run, shown at this bias
         if answer_problem(r["raw"], []) == "no_content":
@@ -44,10 +41,10 @@ def at_bias(r: dict, threshold: float, bias: float) -> tuple[bool, float]:
     return False, (r["scores"]["f1"] or 0.0) if answerable else 0.0
 
 
-def figures(records: list[dict], threshold: float, bias: float) -> dict[str, float]:
+def figures(records: list[dict], threshold: float) -> dict[str, float]:
     has = [r for r in records if r["answerable"] and r["gold"]]
     no = [r for r in records if not (r["answerable"] and r["gold"])]
-    res = {id(r): at_bias(r, threshold, bias) for r in records}
+    res = {id(r): at_threshold(r, threshold) for r in records}
     has_f1 = sum(0.0 if res[id(r)][0] else res[id(r)][1] for r in has) / max(1, len(has))
     noans = sum(res[id(r)][0] for r in no) / max(1, len(no))
     fa = sum(res[id(r)][0] for r in has) / max(1, len(has))
@@ -72,12 +69,16 @@ def main() -> None:
         labels = [not (r["answerable"] and r["gold"]) for r in records]
         scores = [1e9 if r["margin"] is None else r["margin"] for r in records]
         auc = roc_auc_score(labels, scores) if 0 < sum(labels) < len(labels) else float("nan")
-        print(f"{system}: {len(records)} questions, threshold {threshold:.2f}, null margin ROC AUC {auc:.3f}")
-        print("| --abstain-bias | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        for b in BIASES:
-            fig = figures(records, threshold, b)
-            print(f"| {b:+g} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans_acc']:.1f} | "
+        print(f"{system}: {len(records)} questions, stored threshold {threshold:.2f}, null margin ROC AUC {auc:.3f}")
+        print("| threshold | --abstain-bias | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        margins = sorted(r["margin"] for r in records if r["margin"] is not None)
+        cuts = sorted({margins[int(q * (len(margins) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
+        for t in cuts:
+            fig = figures(records, t)
+            bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
+            mark = " (stored)" if t == threshold else ""
+            print(f"| {t:.2f}{mark} | {bias} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans_acc']:.1f} | "
                   f"{100 * fig['false_abstain_rate']:.1f} |")
 
 
