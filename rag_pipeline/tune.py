@@ -32,6 +32,7 @@ training at its last checkpoint; ``--from STAGE`` rebuilds from a stage on.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -79,8 +80,9 @@ MIN_HELD_OUT = 20  # questions calibrate and evaluate at the least
 MIN_BUDGET_S = 300  # below this nothing fits on any machine; the probe's measure gives the real minimum
 # The question mix and split (documents, not questions, are split)
 SPLIT_RATIO = [0.7, 0.15, 0.15]
-# Tokens of a typical prompt: k=2 (answering) and 4 (training: oracle + 3 distractors) chunks of ~200 tokens
-ANSWER_PROMPT_TOKENS, TRAIN_PROMPT_TOKENS, READ_BACK_PROMPT_TOKENS = 450, 800, 250
+# The probe's prompts: passages as long as the documents', as many as training and answering show
+PROMPT_FRAME_TOKENS = 60  # a prompt's instructions, question and answer around its passages
+CHUNK_CHARS = 1000  # a full chunk: all-MiniLM's 256 word pieces
 CHARS_PER_CHUNK = 900  # all-MiniLM's 256-token chunks with 32 overlapping, at ~4 characters a token
 MAX_EPOCHS = 4  # passes over a small corpus's questions when the budget allows more than `epochs`
 SAFETY = 0.9  # the plan fills this share of the budget: the rest absorbs the probe's error
@@ -262,7 +264,13 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
         ids = (ids * (1 + tokens // max(1, len(ids))))[:tokens]
         return tokenizer.decode(ids)
 
-    examples = [encode_example(tokenizer, kind, prompt(TRAIN_PROMPT_TOKENS), " answer [1]", train_cfg.max_length)] * train_cfg.batch_size
+    # passages as long as the documents' (a document shorter than a chunk is one chunk); training shows
+    # the oracle and its distractors, answering k passages, the round trip one
+    per_char = len(tokenizer(corpus.sample, add_special_tokens=False)["input_ids"]) / max(1, len(corpus.sample))
+    passage = int(per_char * min(CHUNK_CHARS, corpus.characters / corpus.documents))
+    train_docs = 1 + int(cfg.raft.get("num_distractors", 3))
+    examples = [encode_example(tokenizer, kind, prompt(train_docs * passage + PROMPT_FRAME_TOKENS), " answer [1]",
+                               train_cfg.max_length)] * train_cfg.batch_size
     times = []
     for _ in range(2):  # the first pass warms up allocators and kernels
         t = time.perf_counter()
@@ -277,7 +285,8 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
     model, tokenizer, kind = load_generator(cfg.base_model, reference_of(cfg) or None, cfg.device,
                                             inference_dtype("auto", device))
     answer = {}
-    for name, tokens in (("answer", ANSWER_PROMPT_TOKENS), ("read_back", READ_BACK_PROMPT_TOKENS)):
+    k = int(cfg.evaluate.get("k", 2))
+    for name, tokens in (("answer", k * passage + PROMPT_FRAME_TOKENS), ("read_back", passage + PROMPT_FRAME_TOKENS)):
         texts = [prompt(tokens)] * 8
         t = time.perf_counter()
         generate_answers(model, tokenizer, kind, texts, max_new_tokens=24, batch_size=8)
@@ -598,7 +607,10 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
 
 
 def reset_peak_rss() -> None:
-    """Start a new peak-memory count (Linux: /proc/self/clear_refs 5 resets VmHWM)."""
+    """Start a new peak-memory count (Linux: /proc/self/clear_refs 5 resets VmHWM to the resident set
+    now), after handing the last stage's freed memory back to the system."""
+    gc.collect()
+    train_stage.release_free_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
