@@ -690,7 +690,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
             t0 = time.perf_counter()
             summary = run_stage(stage, cfg, cfgs, resume)
             manifest["stages"][stage] = {"key": key,
-                                         "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb(),
+                                         "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb(),
                                          "summary": summary, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             manifest["started"].pop(stage, None)
             write_json(out / MANIFEST, manifest)
