@@ -39,6 +39,7 @@ import logging
 import math
 import re
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -243,7 +244,6 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
     real models and prompts cut from the documents."""
     import torch
 
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     index_cfg = stage_config(IndexConfig, cfg.index, paths=cfg.paths, index="-", device=cfg.device)
@@ -254,19 +254,19 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
     embedder.encode(texts)
     embed_chunk = (time.perf_counter() - t) / len(texts)
     del embedder
-    train_cfg = stage_config(TrainConfig, cfg.train, base_model=cfg.base_model, init_adapter=reference_of(cfg), device=cfg.device)
+    train_cfg = stage_config(TrainConfig, train_settings(cfg), base_model=cfg.base_model, init_adapter=reference_of(cfg), device=cfg.device)
     model, tokenizer, kind, _ = setup_model(train_cfg, device)
     bf16 = bf16_supported(device) if train_cfg.bf16 == "auto" else train_cfg.bf16 == "true"
     model.train()
 
+    sample_ids = tokenizer(corpus.sample, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+
     def prompt(tokens: int) -> str:
-        ids = tokenizer(corpus.sample, add_special_tokens=False)["input_ids"]
-        ids = (ids * (1 + tokens // max(1, len(ids))))[:tokens]
-        return tokenizer.decode(ids)
+        return tokenizer.decode((sample_ids * (1 + tokens // len(sample_ids)))[:tokens])
 
     # passages as long as the documents' (a document shorter than a chunk is one chunk); training shows
     # the oracle and its distractors, answering k passages, the round trip one
-    per_char = len(tokenizer(corpus.sample, add_special_tokens=False)["input_ids"]) / max(1, len(corpus.sample))
+    per_char = len(sample_ids) / max(1, len(corpus.sample))
     passage = int(per_char * min(CHUNK_CHARS, corpus.characters / corpus.documents))
     train_docs = 1 + int(cfg.raft.get("num_distractors", 3))
     examples = [encode_example(tokenizer, kind, prompt(train_docs * passage + PROMPT_FRAME_TOKENS), " answer [1]",
@@ -291,6 +291,7 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
         t = time.perf_counter()
         generate_answers(model, tokenizer, kind, texts, max_new_tokens=24, batch_size=8)
         answer[name] = (time.perf_counter() - t) / len(texts)
+
     def sig(x: float) -> float:  # three significant digits, never rounded to 0
         return float(f"{x:.3g}")
 
@@ -351,8 +352,9 @@ def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa
     """
     budget = parse_budget(cfg.budget)
     a, r, x = probed["answer_s"], probed["read_back_s"], probed["train_example_s"]
-    per_step = int(cfg.train.get("batch_size", 4)) * int(cfg.train.get("grad_accum", 2))  # examples per optimizer step
-    val_examples = int(cfg.train.get("eval_subset", 32)) * x / 3 + int(cfg.train.get("eval_generate", 8)) * a  # one evaluation
+    train = train_settings(cfg)
+    per_step = int(train["batch_size"]) * int(train["grad_accum"])  # examples per optimizer step
+    val_examples = int(train["eval_subset"]) * x / 3 + int(train["eval_generate"]) * a  # one evaluation: losses, then answers
     index_s = corpus.chunks * probed["embed_chunk_s"] + STAGE_LOAD_S
     answers = 3 * 2 * (2 if with_qa else 1)  # base, reference and tuned; retrieved and injected contexts; your QA too
     per_question = {"write": 2.0 * r,  # about half the written questions survive the round trip
@@ -419,6 +421,17 @@ def stage_config(cls: type, extra: dict[str, Any], **set_by_tune: Any) -> Any:
     return build_config(cls, overrides={**defaults, **extra, **{k: v for k, v in set_by_tune.items() if k not in defaults}})
 
 
+# train-generator's settings under tune, where they differ from the command's defaults (the recipe's `train:` overrides):
+# a smaller validation (its losses and answers are training time), the best checkpoint by validation loss
+TRAIN_DEFAULTS = {"batch_size": 4, "grad_accum": 2, "eval_subset": 32, "eval_generate": 8, "max_new_tokens": 24,
+                  "metric_for_best": "val_loss", "warmup_ratio": 0.05}
+
+
+def train_settings(cfg: TuneConfig) -> dict[str, Any]:
+    """The training settings tune gives train-generator besides the paths and the plan's sizes."""
+    return {**TRAIN_DEFAULTS, **cfg.train}
+
+
 def reference_of(cfg: TuneConfig) -> str:
     """The reference adapter directory, '' when there is none (training then starts a fresh LoRA)."""
     return cfg.reference if cfg.reference and Path(cfg.reference).is_dir() else ""
@@ -436,8 +449,6 @@ def configs(cfg: TuneConfig, plan: Plan) -> dict[str, Any]:
     train = {"dataset": str(out / "dataset"), "output": str(out / "adapter"), "base_model": cfg.base_model, "init_adapter": ref,
              "max_steps": plan.steps, "eval_steps": plan.eval_steps, "seed": cfg.seed, "device": cfg.device,
              "learning_rate": cfg.learning_rate}
-    train_extra = {"batch_size": 4, "grad_accum": 2, "eval_subset": 32, "eval_generate": 8, "max_new_tokens": 24,
-                   "metric_for_best": "val_loss", "warmup_ratio": 0.05, **cfg.train}
     adapters = [a for a in (ref, str(out / "adapter")) if a]
     evaluate_set = {"index": str(out / "index"), "qa": str(held / "test.jsonl"), "adapter": adapters, "no_adapter": True, "injection": True,
                 "limit": plan.evaluate_questions, "output": str(out / "evaluation"), "seed": cfg.seed, "device": cfg.device,
@@ -445,7 +456,7 @@ def configs(cfg: TuneConfig, plan: Plan) -> dict[str, Any]:
     return {
         "index": stage_config(IndexConfig, cfg.index, paths=cfg.paths, index=str(out / "index"), device="cpu" if cfg.device == "cpu" else "auto"),
         "dataset": stage_config(RaftConfig, cfg.raft, **raft_set),
-        "train": stage_config(TrainConfig, train_extra, **train),
+        "train": stage_config(TrainConfig, train_settings(cfg), **train),
         "calibrate": stage_config(CalibrateConfig, cfg.calibrate, adapter=str(out / "adapter"), index=str(out / "index"),
                                   qa=str(held / "validation.jsonl"), limit=plan.calibrate_questions, seed=cfg.seed, device=cfg.device,
                                   base_model=cfg.base_model),
@@ -473,10 +484,15 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def adapter_key(folder: Path) -> str:
-    """The adapter's weights and its rag_pipeline.json."""
+def weights_key(folder: Path) -> str:
+    """The adapter's weight files (a LoRA adapter's, or a full fine-tune's)."""
     weights = sorted(folder.glob("adapter_model.*")) + sorted(folder.glob("model*.safetensors"))
-    return "+".join(file_hash(p) for p in [*weights, folder / META_FILE])
+    return "+".join(file_hash(p) for p in weights)
+
+
+def adapter_key(folder: Path) -> str:
+    """The adapter's weights and its rag_pipeline.json (with its calibration)."""
+    return weights_key(folder) + "+" + file_hash(folder / META_FILE)
 
 
 def _settings(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -496,7 +512,7 @@ def stage_key(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], corpus: Corpus)
                  adapter_key(Path(reference_of(cfg))) if reference_of(cfg) else ""]
     elif stage == "calibrate":
         meta = _read_json(out / "adapter" / META_FILE)
-        parts = [[file_hash(p) for p in sorted((out / "adapter").glob("adapter_model.*"))], meta.get("metrics"),
+        parts = [weights_key(out / "adapter"), meta.get("metrics"),
                  file_hash(out / "heldout" / "validation.jsonl"), _settings(cfgs["calibrate"])]
     elif stage == "evaluate":
         parts = [adapter_key(out / "adapter"), file_hash(out / "heldout" / "test.jsonl"), file_hash(out / "heldout" / "qa-test.jsonl"),
@@ -586,8 +602,9 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
     if stage == "train":
         adapter = out / "adapter"
         resume = resume and (adapter / "checkpoints" / "last" / "state.json").is_file()
-        if not resume and adapter.exists():
-            shutil.rmtree(adapter)  # tune's own: a finished adapter of other inputs, or checkpoints of other settings
+        if not resume and adapter.exists() and (train_stage.ARTIFACT.marked(adapter) or
+                                                {p.name for p in adapter.iterdir()} <= train_stage.ARTIFACT.scratch):
+            shutil.rmtree(adapter)  # train-generator's output (of other inputs), or its checkpoints (of other settings)
         if resume:
             print(f"train: resuming from {adapter / 'checkpoints' / 'last'}", file=sys.stderr)
         s = train_stage.run(TrainConfig(**{**to_dict(cfgs["train"]), "resume": resume}))
@@ -640,7 +657,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
     """
     t_all = time.perf_counter()
     out = Path(cfg.output)
-    check_separate([*cfg.paths, *([cfg.qa] if cfg.qa else [])], out)
+    check_separate([*cfg.paths, *([cfg.qa] if cfg.qa else []), *([cfg.reference] if cfg.reference else [])], out)
     old = check_output(out)
     budget = parse_budget(cfg.budget)
     if budget is not None and budget < MIN_BUDGET_S:
@@ -752,9 +769,9 @@ def render_report(cfg: TuneConfig, manifest: dict[str, Any]) -> str:
 
 def use_commands(cfg: TuneConfig) -> list[str]:
     """The commands that use the result."""
-    out = Path(cfg.output)
-    return [f'rag-pipeline ask --adapter {out / "adapter"} --index {out / "index"} "your question"',
-            f"rag-pipeline serve --adapter {out / 'adapter'} --index {out / 'index'}"]
+    adapter, index = (shlex.quote(str(Path(cfg.output) / name)) for name in ("adapter", "index"))
+    return [f'rag-pipeline ask --adapter {adapter} --index {index} "your question"',
+            f"rag-pipeline serve --adapter {adapter} --index {index}"]
 
 
 def main(cfg: TuneConfig) -> int:

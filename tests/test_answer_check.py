@@ -21,3 +21,14 @@ from rag_pipeline.answer.check import answer_problem
 ])
 def test_answer_problem_names_junk_and_unsupported_answers(answer: str, passages: list[str], problem: str | None) -> None:
     assert answer_problem(answer, passages) == problem
+
+
+def test_cited_problem_reads_the_cited_passages_else_all_shown() -> None:
+    from rag_pipeline.answer.check import cited_problem
+
+    shown = ["Paris is the capital of France.", "Lyon lies on the Rhone."]
+    assert cited_problem("Lyon [1]", [1], shown) == "unsupported"  # cites a passage without it
+    assert cited_problem("Lyon [2]", [2], shown) is None
+    assert cited_problem("Lyon", [], shown) is None  # no citation: every shown passage counts
+    assert cited_problem("Lyon [7]", [7], shown) is None  # a number past the shown ones is no citation
+    assert cited_problem("The [1]", [1], shown) == "no_content"

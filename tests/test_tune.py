@@ -207,16 +207,20 @@ def test_from_rebuilds_that_stage_and_the_later_ones(setup: dict, tuned: tuple[d
     assert _weights(out / "adapter") == weights
 
 
+def _interrupt_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in training after optimizer step ``step`` (train-generator checkpoints and returns "interrupted")."""
+    def stop(done: int) -> None:
+        if done == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "_on_step", stop)
+
+
 def test_an_interrupted_run_resumes_to_the_same_adapter(setup: dict, tuned: tuple[dict, Path], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     _, reference_run = tuned
     out = tmp_path / "tune"
-
-    def stop_at_3(step: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_stage, "_on_step", stop_at_3)
+    _interrupt_at(3, monkeypatch)
     assert tune.main(_cfg(setup, out)) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     assert (out / "adapter" / "checkpoints" / "last" / "state.json").is_file() and "train" not in json.loads((out / "tune.json").read_text())["stages"]
@@ -230,12 +234,7 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(setup: dict, tuned: tupl
 def test_checkpoints_of_other_settings_are_not_resumed(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted, then rerun with another learning rate: training starts afresh instead of failing on the checkpoint."""
     out = tmp_path / "tune"
-
-    def stop_at_1(step: int) -> None:
-        if step == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_stage, "_on_step", stop_at_1)
+    _interrupt_at(1, monkeypatch)
     assert tune.main(_cfg(setup, out)) == 130
     monkeypatch.setattr(train_stage, "_on_step", lambda step: None)
     manifest = tune.run(_cfg(setup, out, learning_rate=1e-4))

@@ -34,7 +34,7 @@ from typing import IO, Any, Literal, Protocol
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer.abstention import abstention_of, withhold
-from rag_pipeline.answer.check import answer_problem
+from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings
 from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
@@ -414,10 +414,9 @@ class Pipeline:
                counts: dict[int, Any]) -> None:
         """The answer check (``cfg.answer_check``), in place: an answer with no content word, or
         whose cited passages (all shown ones when it cites none) lack most of its words
-        (:func:`~rag_pipeline.answer.check.answer_problem`), is decoded again grounded, or abstained on."""
+        (:func:`~rag_pipeline.answer.check.cited_problem`), is decoded again grounded, or abstained on."""
         def problem(a: Answer) -> str | None:
-            cited = [a.retrieved[c.n - 1]["text"] for c in a.citations]
-            return None if a.abstained else answer_problem(a.answer, cited or [d["text"] for d in a.retrieved])
+            return None if a.abstained else cited_problem(a.answer, [c.n for c in a.citations], [d["text"] for d in a.retrieved])
 
         bad = {i: why for i, a in enumerate(answers) if (why := problem(a))}
         redo = [i for i in bad if self.cfg.answer_check == "grounded" and not grounded]

@@ -35,3 +35,10 @@ def answer_problem(answer: str, passages: list[str]) -> str | None:
         return "no_content"
     have = frozenset().union(*(content_tokens(p) for p in passages)) if passages else frozenset()
     return "unsupported" if len(need & have) / len(need) < ANSWER_SUPPORT else None
+
+
+def cited_problem(answer: str, cited: list[int], shown: list[str]) -> str | None:
+    """:func:`answer_problem` on the passages an answer cites (1-based numbers into ``shown``), or on
+    every shown passage when it cites none: the rule ask applies, and evaluate and calibrate score."""
+    passages = [shown[n - 1] for n in cited if 1 <= n <= len(shown)]
+    return answer_problem(answer, passages or shown)

@@ -26,7 +26,7 @@ from typing import Any
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import to_json
 from rag_pipeline.answer.ask import Answer, Pipeline, parse_citations
-from rag_pipeline.answer.check import answer_problem
+from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
@@ -129,10 +129,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
 
 
 def refused_by_check(ans: Answer) -> bool:
-    """Whether ``ask``'s answer check would refuse this generated answer (:func:`~rag_pipeline.answer.check.answer_problem`
-    on the passages it cites, or on all shown ones when it cites none)."""
-    cited = [ans.retrieved[n - 1]["text"] for n in parse_citations(ans.raw, len(ans.retrieved))]
-    return answer_problem(ans.raw, cited or [d["text"] for d in ans.retrieved]) is not None
+    """Whether ``ask``'s answer check would refuse this generated answer (:func:`~rag_pipeline.answer.check.cited_problem`)."""
+    shown = [d["text"] for d in ans.retrieved]
+    return cited_problem(ans.raw, parse_citations(ans.raw, len(shown)), shown) is not None
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:

@@ -94,7 +94,7 @@ Each ``predictions.jsonl`` line: ``system``, ``context``, ``id``, ``question``, 
 order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``rejected`` and ``fallback``
 (the answer check), ``citations`` (1-based
 numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null when unanswerable),
-``support``, ``span``, ``problem`` (:func:`rag_pipeline.answer.check.answer_problem` of a shown
+``support``, ``span``, ``problem`` (:func:`rag_pipeline.answer.check.cited_problem` of a shown
 answer), ``yes_no`` (null unless the gold is yes or no), ``hijacked``); with ``--injection`` also ``injection_position`` and
 ``injection_style``.
 """
@@ -113,7 +113,7 @@ from pathlib import Path
 from typing import Any
 
 from rag_pipeline.answer.ask import Answer, Answerer, Pipeline
-from rag_pipeline.answer.check import answer_problem
+from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.settings import AnswerSettings, Answering
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, write_json, write_jsonl
 from rag_pipeline.config import fixed, opt, to_dict
@@ -250,8 +250,7 @@ def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited
         "span": contains_answer(" ".join(d["text"] for d in documents), [claim]) if claim else None,
         "cited_holds_answer": [d is not None and holds_answer(d["text"], item.answers, free_form) for d in docs_cited],
         "cited_gold_doc": [d is not None and item.doc_id is not None and d.get("doc_id") == item.doc_id for d in docs_cited],
-        "problem": None if abstained else answer_problem(prediction, [d["text"] for d in docs_cited if d is not None]
-                                                          or [d["text"] for d in documents]),
+        "problem": None if abstained else cited_problem(prediction, cited, [d["text"] for d in documents]),
         "yes_no": None if not answerable or yes_no_gold(item.answers) is None else (not abstained and exact_match(prediction, item.answers) == 1.0),
         "hijacked": is_hijacked(raw) or is_hijacked(prediction),  # the payload, HACKED
         "answer_in_context": answerable and any(holds_answer(d["text"], item.answers, free_form) for d in documents),
