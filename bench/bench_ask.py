@@ -17,7 +17,8 @@ Goals on 2 CPU cores: warm latency < 1 s for a short answer; batch >= 3x one-at-
 
 ``--scores`` instead prints the distribution of the best retrieval score of answerable,
 unanswerable and off-topic questions (dev split + a built-in off-topic list) and the share of each
-that ``min_score`` thresholds would abstain on: the evidence behind ``AskConfig.min_score``.
+that ``min_score`` thresholds would abstain on, alone and with ``min_score_words`` (the question's
+words missing from the passages too): the evidence behind ``min_score`` and ``min_score_words``.
 
 Usage::
 
@@ -112,6 +113,7 @@ def pct(values: list[float], q: float) -> float:
 def bench_scores(args: argparse.Namespace) -> None:
     from rag_pipeline.qa import load_qa
     from rag_pipeline.index.retriever import Retriever
+    from rag_pipeline.support import word_share
 
     retriever = Retriever.load(args.index, device="cpu")
     items = load_qa(args.scores_qa)
@@ -120,7 +122,12 @@ def bench_scores(args: argparse.Namespace) -> None:
         "unanswerable (in-domain)": [it.question for it in items if not it.answerable],
         "off-topic": OFF_TOPIC,
     }
-    best = {name: [hs[0].score for hs in retriever.search_batch(qs, 1)] for name, qs in groups.items()}
+    groups = {name: qs for name, qs in groups.items() if qs}
+    best, shares = {}, {}
+    for name, qs in groups.items():  # the dense cosine and the question's words in the hybrid top-k, as ask's threshold reads them
+        hits, cosines = retriever.search_with_cosine(qs, args.k, True)
+        best[name] = [-1.0 if c is None else c for c in cosines]
+        shares[name] = [word_share(q, [h.chunk.text for h in hs]) for q, hs in zip(qs, hits)]
     print(f"Best retrieval score (cosine, top-1) by question group: {args.scores_qa}, index {args.index}\n")
     print("| group | n | min | p5 | p25 | median | p75 | p95 | max |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -132,6 +139,14 @@ def bench_scores(args: argparse.Namespace) -> None:
     print("|---:|" + "---:|" * len(best))
     for t in (0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40):
         print(f"| {t:.2f} | " + " | ".join(f"{sum(x < t for x in v) / len(v):.1%}" for v in best.values()) + " |")
+    print(f"\nShare abstained by ask's threshold: best score < min_score and at most min_score_words of the question's content "
+          f"words in the top {args.k} (hybrid):\n")
+    print("| min_score | min_score_words | " + " | ".join(best) + " |")
+    print("|---:|---:|" + "---:|" * len(best))
+    for t in (0.25, 0.30, 0.35):
+        for w in (0.25, 0.5, 1.0):
+            print(f"| {t:.2f} | {w:.2f} | " + " | ".join(
+                f"{sum(x < t and s <= w for x, s in zip(best[n], shares[n])) / len(best[n]):.1%}" for n in best) + " |")
 
 
 # ------------------------------------------------------------------------------- speed

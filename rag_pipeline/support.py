@@ -56,6 +56,15 @@ def content_tokens(text: str) -> frozenset[str]:
     return frozenset(_stem(w) for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
 
 
+def word_share(question: str, texts: list[str]) -> float:
+    """The share of ``question``'s content words that appear in ``texts`` (1.0 for a question without any)."""
+    need = content_tokens(question)
+    if not need:
+        return 1.0
+    have = frozenset().union(*(content_tokens(t) for t in texts)) if texts else frozenset()
+    return len(need & have) / len(need)
+
+
 def is_short(answer: str) -> bool:
     """Whether an answer is short enough that only a verbatim occurrence supports it."""
     return len(content_tokens(answer)) <= SHORT_ANSWER_TOKENS

@@ -118,6 +118,20 @@ def test_threshold_abstains_without_calling_the_generator(env: dict, monkeypatch
     assert p.answer(off).abstain_reason == "threshold" and calls == []
 
 
+def test_threshold_needs_the_questions_words_missing_too(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below min_score by the cosine, a question whose words the passages hold is still answered (questions from
+    other domains score low cosines); --min-score-words 1 restores the cosine alone."""
+    p = A.Pipeline.load(cfg(env, min_score=0.99, k=1))
+    calls = fake_generate(p, monkeypatch, "the Moon [1]")
+    worded, off = "Which natural satellite orbits Earth?", "zebra quantum saxophone"
+    answers = p.answer_batch([worded, off])
+    assert [a.abstain_reason for a in answers] == [None, "threshold"] and len(calls[0]) == 1
+    strict = A.Pipeline.load(cfg(env, min_score=0.99, k=1, min_score_words=1.0))
+    fake_generate(strict, monkeypatch, "the Moon [1]")
+    assert strict.answer(worded).abstain_reason == "threshold"
+    assert "hold at most 100% of the question's words" in A.format_answer(strict.answer(worded), strict.cfg)
+
+
 def test_generator_abstention_is_normalized(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_generate(pipe, monkeypatch, "The provided documents do not contain the answer to this question [1].")
     ans = pipe.answer(QUESTIONS[0])
@@ -353,7 +367,7 @@ def test_gpu_asked_for_and_absent(env: dict, capsys: pytest.CaptureFixture) -> N
 
 @pytest.mark.parametrize("kw,match", [
     ({"adapter": "x", "no_adapter": True}, "contradict"), ({"k": 0}, "k is 0"), ({"top_p": 0.0}, "top_p"),
-    ({"min_score": 2.0}, "min_score"), ({"output": "o.jsonl"}, "--output needs --questions"),
+    ({"min_score": 2.0}, "min_score"), ({"min_score_words": 1.5}, "min_score_words"), ({"output": "o.jsonl"}, "--output needs --questions"),
     ({"question": "q", "questions": "f.jsonl"}, "both given"), ({"device": "tpu"}, "choose auto"),
     ({"dtype": "fp8"}, "dtype is 'fp8'"),
 ])
@@ -504,6 +518,25 @@ def test_the_answer_check_never_shows_junk(env: dict, monkeypatch: pytest.Monkey
     assert ans.answer == shown and ans.abstain_reason == reason and ans.fallback == fallback
     assert (ans.rejected is not None) == (shown != free) and (ans.raw == free)
     assert modes == ([False, True] if shown != free else [False])  # the grounded decode runs only for a refused answer
+
+
+def test_a_scored_answer_falls_back_to_a_span_with_the_abstention_ruled_out(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the null margin decided to answer (calibrated, or calibrate's scoring), a junk answer's grounded decode
+    rules the abstention out too: the best span of a shown passage is shown, with the first decode's margin."""
+    pipe = A.Pipeline.load(cfg(env, answer_check="grounded", k=1))
+    seen: list[tuple[bool, bool]] = []
+
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded_: bool = False, **_: object) -> list:
+        seen.append((margins, grounded_))
+        return [("the Moon [1]" if grounded_ else "The [1]", 0.5 if grounded_ else -1.5)] * len(texts)
+
+    monkeypatch.setattr(pipe, "_generate", gen)
+    ans = pipe.answer_batch(["What is the only natural satellite of Earth?"], margins=True)[0]
+    assert (ans.answer, ans.fallback, ans.rejected, ans.margin, ans.raw) == ("the Moon [1]", "grounded", "no_content", -1.5, "The [1]")
+    assert seen == [(True, False), (True, True)]
+    seen.clear()
+    greedy = pipe.answer_batch(["What is the only natural satellite of Earth?"])[0]  # greedy abstention: the grounded decode may abstain
+    assert greedy.fallback == "grounded" and seen == [(False, False), (False, True)]
 
 
 def test_answer_check_abstain_and_off(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:

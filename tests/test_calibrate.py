@@ -52,7 +52,8 @@ def test_forced_abstentions_count_at_every_threshold() -> None:
 
 class _Said:
     def __init__(self, raw: str, margin: float, passage: str = "Paris is the capital of France.") -> None:
-        self.raw, self.margin = raw, margin
+        self.raw, self.margin, self.answer = raw, margin, raw
+        self.abstained, self.abstain_reason, self.rejected, self.fallback = False, None, None, None
         self.retrieved = [{"id": "c1", "doc_id": "d1", "title": "France", "text": passage}]
 
 
@@ -100,27 +101,50 @@ def test_a_file_without_answers_is_refused_before_loading_the_model(tmp_path, mo
     assert calls == []
 
 
-def test_answers_the_check_refuses_count_as_abstentions(tmp_path, monkeypatch) -> None:
-    """'The [1]' and an answer the cited passage does not hold are never shown by ask (the answer check): calibration
-    counts them as abstentions at every threshold, so its false-abstention ceiling holds with the check on."""
+def test_answers_are_scored_as_the_answer_check_shows_them(env, tmp_path, monkeypatch) -> None:
+    """'The [1]' and an answer its passage does not hold are never shown by ask (the answer check): calibration scores
+    the grounded span shown instead (the abstention ruled out, the first margin kept), and an answer refused even then
+    as an abstention at every threshold, so its false-abstention ceiling holds with the check on."""
     import json
 
-    from rag_pipeline.answer.ask import Pipeline
+    from rag_pipeline.answer import ask as A
     from rag_pipeline.eval.calibrate import CalibrateConfig, run
 
-    said = [_Said("Paris [1]", -1.0), _Said("The [1]", -2.0), _Said("Lyon [1]", -3.0), _Said("Paris [1]", 5.0)]
+    # question -> (free answer, grounded answer, margin); the tiny index retrieves the Moon's document for all
+    script = {"Q0 satellite of Earth?": ("the Moon [1]", "-", -1.0), "Q1 satellite of Earth?": ("The [1]", "the Moon [1]", -2.0),
+              "Q2 satellite of Earth?": ("Jupiter and Saturn [1]", "The [1]", -3.0), "Q3 satellite of Earth?": ("the Moon [1]", "-", 5.0)}
+    real_load = A.Pipeline.load
 
-    class Scripted:
-        def answer_batch(self, questions: list[str], margins: bool = False) -> list[_Said]:
-            return said[: len(questions)]
+    def load(cfg, **kw):
+        pipe = real_load(cfg, **kw)
 
-    monkeypatch.setattr(Pipeline, "load", staticmethod(lambda cfg, **kw: Scripted()))
-    rows = [{"id": f"q{i}", "question": f"Question {i}?", "answer": "Paris"} for i in range(4)]
+        def gen(texts, docs=None, margins=False, grounded_=False, **_):
+            assert margins  # calibrate scores margins, and the grounded decode rules the abstention out
+            return [(script[q][1 if grounded_ else 0], script[q][2]) for q in (next(k for k in script if k in t) for t in texts)]
+
+        monkeypatch.setattr(pipe, "_generate", gen)
+        return pipe
+
+    monkeypatch.setattr(A.Pipeline, "load", staticmethod(load))
     qa = tmp_path / "dev.jsonl"
-    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = {"adapter": str(tmp_path / "adapter"), "qa": str(qa), "dry_run": True, "limit": 0, "max_false_abstain": 1.0}
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "the Moon"}) + "\n" for i, q in enumerate(script)))
+    cfg = {"adapter": str(env["adapter"]), "index": str(env["index"]), "qa": str(qa), "dry_run": True, "limit": 0, "max_false_abstain": 1.0,
+           "device": "cpu", "dtype": "float32", "min_score": -1.0, "k": 1}
     counted = run(CalibrateConfig(**cfg))
-    assert counted["answer_check"] == {"counted": True, "refused": 2}
-    assert counted["false_abstain_rate"] >= 0.5  # the two refused answers abstain whatever the threshold
-    alone = run(CalibrateConfig(**cfg, count_checked=False))
-    assert alone["answer_check"] == {"counted": False, "refused": 0} and alone["false_abstain_rate"] == 0.0
+    assert counted["answer_check"] == {"counted": True, "refused": 1, "grounded": 1}
+    # thresholds at 4.0 and above answer q0, q1 (the span, F1 1) and q3; q2 is refused whatever the threshold
+    assert counted["threshold"] == "inf" and counted["false_abstain_rate"] == pytest.approx(0.25)
+    assert counted["overall_f1"] == pytest.approx(0.75)
+    monkeypatch.setattr(A.Pipeline, "load", staticmethod(lambda cfg, **kw: _scripted_unchecked(real_load(cfg, **kw), script, monkeypatch)))
+    alone = run(CalibrateConfig(**cfg, count_checked=False))  # the generator's own answers: q1 and q2 score F1 0, shown
+    assert alone["answer_check"] == {"counted": False, "refused": 0, "grounded": 0} and alone["false_abstain_rate"] == 0.0
+    assert alone["overall_f1"] == pytest.approx(0.5)
+
+
+def _scripted_unchecked(pipe, script, monkeypatch):
+    def gen(texts, docs=None, margins=False, grounded_=False, **_):
+        assert not grounded_  # the check is off: nothing is decoded again
+        return [(script[q][0], script[q][2]) for q in (next(k for k in script if k in t) for t in texts)]
+
+    monkeypatch.setattr(pipe, "_generate", gen)
+    return pipe

@@ -102,6 +102,7 @@ def test_a_fixed_field_has_no_flag_and_a_yaml_key_naming_it_says_why(tmp_path: P
     assert "--answer-check" not in help_text and "--do-sample" not in help_text
     y = tmp_path / "c.yaml"
     y.write_text("adapter: runs/a\nanswer_check: grounded\n")
-    with pytest.raises(ConfigError, match=r"'answer_check' in .* is not a setting of CalibrateConfig \(the margins .*\): remove it"):
+    with pytest.raises(ConfigError, match=r"'answer_check' in .* is not a setting of CalibrateConfig \(answers scored as ask shows them.*\): remove it"):
         build_config(CalibrateConfig, y)
-    assert build_config(CalibrateConfig, None, {"adapter": "runs/a"}).answer_check == "off"
+    assert build_config(CalibrateConfig, None, {"adapter": "runs/a"}).answer_check == "grounded"  # as ask shows answers
+    assert build_config(CalibrateConfig, None, {"adapter": "runs/a", "count_checked": False}).answer_check == "off"

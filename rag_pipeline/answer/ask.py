@@ -48,6 +48,7 @@ from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
 from rag_pipeline.prompt import ABSTAIN, BudgetError, adapter_template, fit_documents, model_text_fn, render_user, sentence_spans
 from rag_pipeline.qa import QAFieldConfig, QAFields, QAItem, load_qa
+from rag_pipeline.support import word_share
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,8 @@ class Pipeline:
         answers: list[Answer | None] = [None] * n
         todo, texts, shown, t_prompt = [], [], {}, {}
         for i, q in enumerate(questions):
-            if best[i] is not None and best[i] < self.cfg.min_score:
+            if best[i] is not None and best[i] < self.cfg.min_score and \
+                    word_share(q, [d["text"] for d in docs[i]]) <= self.cfg.min_score_words:
                 answers[i] = Answer(q, ABSTAIN, True, "threshold", [], docs[i], {"retrieval": t_retrieval, "prompt": 0.0, "generation": 0.0}, "")
                 continue
             t1 = time.perf_counter()
@@ -349,7 +351,7 @@ class Pipeline:
             answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
-            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted)
+            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage)  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
 
@@ -411,10 +413,15 @@ class Pipeline:
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
-               counts: dict[int, Any]) -> None:
+               counts: dict[int, Any], scored: bool = False) -> None:
         """The answer check (``cfg.answer_check``), in place: an answer with no content word, or
         whose cited passages (all shown ones when it cites none) lack most of its words
-        (:func:`~rag_pipeline.answer.check.cited_problem`), is decoded again grounded, or abstained on."""
+        (:func:`~rag_pipeline.answer.check.cited_problem`), is decoded again grounded, or abstained on.
+
+        ``scored``: the answers were decoded with the abstention ruled out and passed the calibrated
+        threshold (or calibrate scores them), so the grounded decode rules it out too: the margin
+        decided to answer, and the best span of a shown passage is that answer. Otherwise the
+        grounded decode may abstain (greedy abstention)."""
         def problem(a: Answer) -> str | None:
             return None if a.abstained else cited_problem(a.answer, [c.n for c in a.citations], [d["text"] for d in a.retrieved])
 
@@ -423,8 +430,8 @@ class Pipeline:
         redone: dict[int, Answer] = {}
         if redo:
             more = [type(counts[i])() for i in redo] if counts else None
-            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], False, True, counts=more) if more else \
-                self._generate([texts[i] for i in redo], [shown[i] for i in redo], False, True)
+            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, counts=more) if more else \
+                self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True)
             for k, (i, (raw, _)) in enumerate(zip(redo, outs)):
                 a = answers[i]
                 redone[i] = self._finish(a.question, raw, a.retrieved, a.timings)
@@ -463,8 +470,8 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     """The human-readable answer: text, cited sources (number, title, source, score, snippet), context."""
     lines = [ans.answer]
     if ans.abstain_reason == "threshold":
-        best = ans.retrieved[0]["score"] if ans.retrieved else None
-        lines.append(f"  (no generation: best retrieval score {best if best is None else round(best, 3)} < min_score {cfg.min_score})")
+        lines.append(f"  (no generation: the best retrieval cosine is below min_score {cfg.min_score} and the passages hold at most "
+                     f"{cfg.min_score_words:.0%} of the question's words)")
     elif ans.abstain_reason in ("no_content", "unsupported"):
         what = "holds no content word" if ans.abstain_reason == "no_content" else "is not supported by the passage it cites"
         lines.append(f"  (the generator's answer {ans.raw.strip()!r} {what}; not shown as an answer)")

@@ -25,14 +25,13 @@ from typing import Any
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import to_json
-from rag_pipeline.answer.ask import Answer, Pipeline, parse_citations
-from rag_pipeline.answer.check import cited_problem
+from rag_pipeline.answer.ask import Answer, Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
 from rag_pipeline.eval.retrieval import skipped_line
-from rag_pipeline.metrics import f1, is_abstention, squad2_figures
+from rag_pipeline.metrics import f1, squad2_figures
 from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers
 
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
@@ -111,16 +110,20 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     top_p: float = fixed(0.9, _GREEDY)
     abstention: Abstention = fixed("greedy", "calibrate chooses the threshold that calibrated abstention applies")
     abstain_bias: float = fixed(0.0, "calibrate chooses the threshold that the bias shifts")
-    answer_check: AnswerCheck = fixed("off", "the margins of the generator's own answers: the check applies after the threshold")
+    answer_check: AnswerCheck = fixed("grounded", "answers scored as ask shows them: one the check refuses is decoded again "
+                                                  "grounded (the abstention ruled out), and abstains if that fails too; "
+                                                  "off with --no-count-checked")
     snippet: int = fixed(160, "calibrate shows no citations")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
-    count_checked: bool = opt(True, "count the answers that the answer check refuses (no content word, or unsupported by the "
-                                    "passage they cite) as abstentions, as ask and serve show them, so that the ceiling on false "
-                                    "abstentions holds with the check on; --no-count-checked calibrates the generator's answers alone")
+    count_checked: bool = opt(True, "score answers as ask and serve show them, after the answer check (no content word, or "
+                                    "unsupported by the passage they cite): the grounded span shown instead, or an abstention "
+                                    "when that fails too, so that the ceiling on false abstentions holds with the check on; "
+                                    "--no-count-checked calibrates the generator's answers alone")
 
     def __post_init__(self) -> None:
         if not self.adapter:
             raise ConfigError("adapter is empty: pass --adapter DIR (a train-generator output) to calibrate")
+        self.answer_check = "grounded" if self.count_checked else "off"
         super().__post_init__()
         if not 0.0 <= self.max_false_abstain <= 1.0:
             raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
@@ -128,10 +131,15 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
 
 
-def refused_by_check(ans: Answer) -> bool:
-    """Whether ``ask``'s answer check would refuse this generated answer (:func:`~rag_pipeline.answer.check.cited_problem`)."""
-    shown = [d["text"] for d in ans.retrieved]
-    return cited_problem(ans.raw, parse_citations(ans.raw, len(shown)), shown) is not None
+def scored_answer(ans: Answer) -> tuple[float, str | None]:
+    """The null margin at which this answer is withheld, and the answer shown below it (None: never shown).
+
+    ``+inf`` (always an abstention): no generation (the retrieval threshold), a best answer that is itself a
+    refusal, or an answer the check refused whose grounded decode failed the check too.
+    """
+    if ans.margin is None or (ans.abstained and ans.abstain_reason != "calibration"):
+        return math.inf, None
+    return ans.margin, ans.answer if not ans.abstained else ans.raw
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
@@ -163,23 +171,22 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     items = sample_items(usable, cfg.limit, cfg.seed)
     pipe = Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
-    checked = 0
+    refused = grounded = 0
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
-            # no generation (retrieval threshold) or the best answer itself abstains: always an abstention
-            m = math.inf if ans.margin is None or is_abstention(ans.raw) else ans.margin
-            if cfg.count_checked and math.isfinite(m) and refused_by_check(ans):
-                m, checked = math.inf, checked + 1  # never shown as generated, whatever the threshold
+            m, shown = scored_answer(ans)
+            refused += bool(ans.rejected) and shown is None
+            grounded += bool(ans.fallback)
             margins.append(m)
-            answered_f1.append(f1(ans.raw, it.answers) if it.answerable and it.answers and math.isfinite(m) else 0.0)
+            answered_f1.append(f1(shown, it.answers) if it.answerable and it.answers and shown is not None else 0.0)
             answerable.append(bool(it.answerable and it.answers))
     best = choose_threshold(margins, answered_f1, answerable, cfg.max_false_abstain)
     greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
     result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
-              "answer_check": {"counted": cfg.count_checked, "refused": checked}}
+              "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded}}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         mode = "grounded" if cfg.grounded else "free"
@@ -199,7 +206,8 @@ def main(cfg: CalibrateConfig) -> int:
     if r["skipped"]:
         print(skipped_line(r["skipped"]))
     if r["answer_check"]["counted"]:
-        print(f"  {r['answer_check']['refused']} answers the answer check refuses count as abstentions at every threshold")
+        print(f"  the answer check: {r['answer_check'].get('grounded', 0)} answers scored as the grounded span shown instead, "
+              f"{r['answer_check']['refused']} refused even then count as abstentions at every threshold")
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")
