@@ -240,3 +240,84 @@ def test_checkpoints_of_other_settings_are_not_resumed(setup: dict, tmp_path: Pa
     manifest = tune.run(_cfg(setup, out, learning_rate=1e-4))
     meta = json.loads((out / "adapter" / "rag_pipeline.json").read_text())
     assert meta["config"]["learning_rate"] == 1e-4 and meta["metrics"]["steps"] == manifest["plan"]["steps"]
+
+
+def test_your_own_questions_and_an_export(setup: dict, tmp_path: Path) -> None:
+    """--qa: your questions are split by document with the written ones, their held-out part evaluated and reported
+    on its own; --export merged: the tuned adapter exported as the export command writes it."""
+    own = write_jsonl(tmp_path / "mine.jsonl", [{"id": f"m{i}", "question": f"Who founded Alpha{i}?", "answer": f"Gamma{i}",
+                                                 "doc_id": f"d{i:02d}"} for i in range(N_DOCS)])
+    out = tmp_path / "tune"
+    manifest = tune.run(_cfg(setup, out, qa=str(own), export="merged"))
+    assert list(manifest["stages"]) == ["index", "dataset", "train", "calibrate", "evaluate", "export"]
+    mine = [json.loads(line) for line in (out / "heldout" / "qa-test.jsonl").read_text().splitlines()]
+    train_docs = {json.loads(line)["doc_id"] for line in (out / "dataset" / "jsonl" / "train.jsonl").read_text().splitlines()}
+    assert mine and all(r["question"].startswith("Who founded Alpha") for r in mine) and not {r["doc_id"] for r in mine} & train_docs
+    written = [json.loads(line)["question"] for line in (out / "heldout" / "test.jsonl").read_text().splitlines()]
+    assert not {r["question"] for r in mine} & set(written)  # each question reported once, with its kind
+    qa_metrics = json.loads((out / "evaluation-qa" / "metrics.json").read_text())
+    assert qa_metrics["qa"]["evaluated"] == len(mine) and len(qa_metrics["systems"]) == 3
+    assert "## Your own questions (held-out part)" in (out / "report.md").read_text()
+    exported = out / "export"
+    assert json.loads((exported / "config.json").read_text())["model_type"] == "llama" and any(exported.glob("*.safetensors"))
+
+
+def test_training_never_removes_a_folder_it_did_not_write(setup: dict, tuned: tuple[dict, Path], tmp_path: Path) -> None:
+    """OUTPUT/adapter holding someone's own files is refused by train-generator, not removed, when tune retrains."""
+    import shutil
+
+    _, done = tuned
+    out = tmp_path / "tune"
+    shutil.copytree(done, out)
+    shutil.rmtree(out / "adapter")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="adapter"):
+        tune.run(_cfg(setup, out, from_stage="train"))
+    assert (out / "adapter" / "notes.txt").read_text() == "mine"
+
+
+_KILLED = """
+import json, os, signal, sys
+sys.path.insert(0, {tests!r})
+from rag_pipeline import tune, train as train_stage
+from rag_pipeline.eval import calibrate
+tune.probe = lambda cfg, corpus: dict({probe!r})
+where = {where!r}
+if where == "train":
+    train_stage._on_step = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 3 else None
+else:  # after calibrate stored its threshold in the adapter, before tune recorded the stage
+    real = calibrate.run
+    def killed(cfg):
+        real(cfg)
+        os.kill(os.getpid(), signal.SIGKILL)
+    calibrate.run = killed
+tune.run(tune.TuneConfig(**json.loads({cfg!r})))
+"""
+
+
+@pytest.mark.parametrize("where", ["train", "calibrate"])
+def test_a_kill_9_and_a_rerun_finish_with_the_uninterrupted_adapter(setup: dict, tuned: tuple[dict, Path], tmp_path: Path,
+                                                                    where: str, capsys: pytest.CaptureFixture) -> None:
+    """SIGKILL (no handler, no cleanup) in the middle of training or right after calibration wrote into the adapter;
+    the same command again finishes with the weights and threshold of a run that was never interrupted."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    manifest, reference_run = tuned
+    out = tmp_path / "tune"
+    cfg = dataclasses.asdict(_cfg(setup, out))
+    script = _KILLED.format(tests=str(Path(__file__).parent), probe=PROBE, where=where, cfg=json.dumps(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert where not in json.loads((out / "tune.json").read_text())["stages"]  # killed before tune recorded the stage
+    tune.run(_cfg(setup, out))
+    err = capsys.readouterr().err
+    assert ("train: resuming from" in err) == (where == "train")
+    assert _weights(out / "adapter") == _weights(reference_run / "adapter")
+    threshold = json.loads((out / "adapter" / "rag_pipeline.json").read_text())["abstention"]["free"]["threshold"]
+    assert threshold == json.loads((reference_run / "adapter" / "rag_pipeline.json").read_text())["abstention"]["free"]["threshold"]
