@@ -238,7 +238,21 @@ def _field_names(cfg: TuneConfig) -> dict[str, str]:
     return {k: cfg.index[k] for k in ("id_field", "title_field", "text_field") if k in cfg.index}
 
 
-def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
+@dataclass(frozen=True)
+class Probe:
+    """What the probe measured on this machine: seconds per embedded chunk, per training example, per answer
+    and per written question read back, the probe's own seconds, and where training runs."""
+
+    embed_chunk_s: float
+    train_example_s: float
+    answer_s: float
+    read_back_s: float
+    probe_s: float
+    device: str
+    bf16: bool
+
+
+def probe(cfg: TuneConfig, corpus: Corpus) -> Probe:
     """Seconds per embedded chunk, per training example (forward and backward, as train-generator
     runs them), per answered question and per question read back, measured on this machine with the
     real models and prompts cut from the documents."""
@@ -295,8 +309,8 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> dict[str, float]:
     def sig(x: float) -> float:  # three significant digits, never rounded to 0
         return float(f"{x:.3g}")
 
-    return {"embed_chunk_s": sig(embed_chunk), "train_example_s": sig(train_example), "answer_s": sig(answer["answer"]),
-            "read_back_s": sig(answer["read_back"]), "probe_s": sig(time.perf_counter() - t0), "device": str(device), "bf16": bf16}
+    return Probe(embed_chunk_s=sig(embed_chunk), train_example_s=sig(train_example), answer_s=sig(answer["answer"]),
+                 read_back_s=sig(answer["read_back"]), probe_s=sig(time.perf_counter() - t0), device=str(device), bf16=bf16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,9 +330,14 @@ class Plan:
     eval_steps: int
     calibrate_questions: int
     evaluate_questions: int
-    probe: dict[str, Any]
+    probe: Probe
     seconds: dict[str, float]  # estimated per stage
     examples_per_step: int = 8
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Plan:
+        """The plan as tune.json stores it (:func:`dataclasses.asdict`)."""
+        return cls(**{**obj, "probe": Probe(**obj["probe"])})
 
     def table(self) -> str:
         """The plan in words, one line per stage."""
@@ -335,12 +354,12 @@ class Plan:
         total = sum(p.seconds.values())
         budget = "no limit (full recipe)" if p.budget_s is None else f"budget {p.budget_s / 60:.0f} min"
         probe = p.probe
-        head = (f"plan ({budget}; probe on {probe['device']}: {probe['train_example_s']:.2f} s per training example, "
-                f"{probe['answer_s']:.2f} s per answer, {probe['embed_chunk_s'] * 1000:.0f} ms per chunk embedded)")
+        head = (f"plan ({budget}; probe on {probe.device}: {probe.train_example_s:.2f} s per training example, "
+                f"{probe.answer_s:.2f} s per answer, {probe.embed_chunk_s * 1000:.0f} ms per chunk embedded)")
         return "\n".join([head, *lines, f"  {'total':<10} {'':<82} ~{total / 60:5.1f} min"])
 
 
-def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa: bool) -> Plan:
+def make_plan(cfg: TuneConfig, corpus: Corpus, probed: Probe, with_qa: bool) -> Plan:
     """Spread the budget: fixed costs (the index, each stage's model loading, training's evaluations)
     and the smallest held-out sets first; of the rest, three quarters write questions and train on
     them together (each written question costs its round trip and its share of ``epochs`` passes),
@@ -351,11 +370,11 @@ def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa
             (the message gives the minimum for these documents on this machine).
     """
     budget = parse_budget(cfg.budget)
-    a, r, x = probed["answer_s"], probed["read_back_s"], probed["train_example_s"]
+    a, r, x = probed.answer_s, probed.read_back_s, probed.train_example_s
     train = train_settings(cfg)
     per_step = int(train["batch_size"]) * int(train["grad_accum"])  # examples per optimizer step
     val_examples = int(train["eval_subset"]) * x / 3 + int(train["eval_generate"]) * a  # one evaluation: losses, then answers
-    index_s = corpus.chunks * probed["embed_chunk_s"] + STAGE_LOAD_S
+    index_s = corpus.chunks * probed.embed_chunk_s + STAGE_LOAD_S
     answers = 3 * 2 * (2 if with_qa else 1)  # base, reference and tuned; retrieved and injected contexts; your QA too
     per_question = {"write": 2.0 * r,  # about half the written questions survive the round trip
                     "train": SPLIT_RATIO[0] * cfg.epochs * x}  # a written question's share of training
@@ -378,7 +397,7 @@ def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa
         return Plan(None, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), held, held, probed,
                     estimate(questions, steps, held, held), per_step)
     min_questions = math.ceil(per_step / (SPLIT_RATIO[0] * cfg.epochs))  # one step's examples
-    fixed = sum(estimate(min_questions, 1, MIN_HELD_OUT, MIN_HELD_OUT).values()) + probed["probe_s"]
+    fixed = sum(estimate(min_questions, 1, MIN_HELD_OUT, MIN_HELD_OUT).values()) + probed.probe_s
     if SAFETY * budget < fixed:
         raise ConfigError(f"budget {cfg.budget} is too small on this machine: the documents' index, one training step and "
                           f"{MIN_HELD_OUT} held-out questions need at least {math.ceil(fixed / SAFETY / 60)} minutes; "
@@ -387,13 +406,13 @@ def make_plan(cfg: TuneConfig, corpus: Corpus, probed: dict[str, float], with_qa
     questions = min(max_questions, min_questions + int(0.75 * free / (per_question["write"] + per_question["train"])))
     # training's evaluations grow with the steps (three of them at most): keep them inside the budget
     while questions > min_questions and sum(estimate(questions, steps_for(questions), MIN_HELD_OUT, MIN_HELD_OUT).values()) \
-            + probed["probe_s"] > SAFETY * budget - 0.25 * free:
+            + probed.probe_s > SAFETY * budget - 0.25 * free:
         questions -= 1
     steps = steps_for(questions)
     if questions == max_questions:  # the documents give no more questions: spend the time on more passes, up to MAX_EPOCHS
         room = int((0.75 * free - questions * per_question["write"]) / (x * per_step))
         steps = max(steps, min(room, int(questions * SPLIT_RATIO[0] * MAX_EPOCHS / per_step)))
-    left = SAFETY * budget - probed["probe_s"] - sum(estimate(questions, steps, MIN_HELD_OUT, MIN_HELD_OUT).values())
+    left = SAFETY * budget - probed.probe_s - sum(estimate(questions, steps, MIN_HELD_OUT, MIN_HELD_OUT).values())
     cal = MIN_HELD_OUT + max(0, min(int(questions * SPLIT_RATIO[1]) - MIN_HELD_OUT, int(0.3 * left / a)))
     ev = MIN_HELD_OUT + max(0, min(int(questions * SPLIT_RATIO[2]) - MIN_HELD_OUT, int(0.7 * left / (answers * a))))
     return Plan(budget, corpus.documents, corpus.chunks, questions, steps, eval_every(steps), cal, ev, probed,
@@ -679,7 +698,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
                                           cfg.train, cfg.index, cfg.yes_no, cfg.unanswerable], sort_keys=True).encode()).hexdigest()[:16]
     with output_lock(out):
         if old.get("plan_key") == plan_key and old.get("plan"):
-            plan = Plan(**old["plan"])
+            plan = Plan.from_json(old["plan"])
             echo("plan (stored in tune.json; same documents and budget):")
         else:
             echo(f"probing this machine ({corpus.documents} documents) ...")
@@ -756,7 +775,7 @@ def render_report(cfg: TuneConfig, manifest: dict[str, Any]) -> str:
 
     out = Path(cfg.output)
     tuned = str(out / "adapter")
-    plan = Plan(**manifest["plan"])
+    plan = Plan.from_json(manifest["plan"])
     lines = ["# tune report", "",
              f"Documents {', '.join(cfg.paths)} ({plan.documents}); budget {cfg.budget}; {plan.questions} questions written, "
              f"{plan.steps} training steps. Held-out questions come from documents the adapter never trained on.", ""]

@@ -16,7 +16,7 @@ from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.tune import Corpus, TuneConfig, make_plan, parse_budget
 
 N_DOCS = 40
-PROBE = {"embed_chunk_s": 0.01, "train_example_s": 2.0, "answer_s": 0.8, "read_back_s": 0.3, "probe_s": 40.0, "device": "cpu", "bf16": False}
+PROBE = tune.Probe(embed_chunk_s=0.01, train_example_s=2.0, answer_s=0.8, read_back_s=0.3, probe_s=40.0, device="cpu", bf16=False)
 
 
 def _doc(i: int) -> dict:
@@ -49,7 +49,7 @@ def _cfg(setup: dict, out: Path, **kw) -> TuneConfig:
 @pytest.fixture(autouse=True)
 def fast_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe's figures are a 2-core CPU's (test_the_probe_measures_the_real_stages runs the real one)."""
-    monkeypatch.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
+    monkeypatch.setattr(tune, "probe", lambda cfg, corpus: PROBE)
 
 
 # ------------------------------------------------------------------------------ budget and plan
@@ -75,7 +75,7 @@ def test_the_plan_fills_the_budget_and_grows_with_it() -> None:
     cfg = TuneConfig(paths=["x"])
     plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("7m", "10m", "30m", "2h")}
     for b, plan in plans.items():
-        total = sum(plan.seconds.values()) + PROBE["probe_s"]
+        total = sum(plan.seconds.values()) + PROBE.probe_s
         assert 0.6 * parse_budget(b) < total <= tune.SAFETY * parse_budget(b)  # within the budget, and most of it used
         assert plan.steps >= 1 and plan.questions >= plan.steps * plan.examples_per_step / (tune.SPLIT_RATIO[0] * cfg.epochs)
         assert plan.calibrate_questions >= tune.MIN_HELD_OUT and plan.evaluate_questions >= tune.MIN_HELD_OUT
@@ -100,8 +100,8 @@ def test_the_probe_measures_the_real_stages(setup: dict, monkeypatch: pytest.Mon
     monkeypatch.undo()  # the real probe, with the tiny models
     cfg = _cfg(setup, Path("unused"))
     probed = tune.probe(cfg, tune.scan_documents(cfg))
-    assert all(probed[k] > 0 for k in ("embed_chunk_s", "train_example_s", "answer_s", "read_back_s", "probe_s"))
-    assert probed["device"] == "cpu" and probed["probe_s"] < 120
+    assert all(getattr(probed, k) > 0 for k in ("embed_chunk_s", "train_example_s", "answer_s", "read_back_s", "probe_s"))
+    assert probed.device == "cpu" and probed.probe_s < 120
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -162,7 +162,7 @@ def _weights(folder: Path) -> bytes:
 def tuned(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("run") / "tune"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tune, "probe", lambda cfg, corpus: dict(PROBE))
+        mp.setattr(tune, "probe", lambda cfg, corpus: PROBE)
         manifest = tune.run(_cfg(setup, out))
     return manifest, out
 
@@ -282,7 +282,7 @@ import json, os, signal, sys
 sys.path.insert(0, {tests!r})
 from rag_pipeline import tune, train as train_stage
 from rag_pipeline.eval import calibrate
-tune.probe = lambda cfg, corpus: dict({probe!r})
+tune.probe = lambda cfg, corpus: tune.Probe(**{probe!r})
 where = {where!r}
 if where == "train":
     train_stage._on_step = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 3 else None
@@ -310,7 +310,7 @@ def test_a_kill_9_and_a_rerun_finish_with_the_uninterrupted_adapter(setup: dict,
     manifest, reference_run = tuned
     out = tmp_path / "tune"
     cfg = dataclasses.asdict(_cfg(setup, out))
-    script = _KILLED.format(tests=str(Path(__file__).parent), probe=PROBE, where=where, cfg=json.dumps(cfg))
+    script = _KILLED.format(tests=str(Path(__file__).parent), probe=dataclasses.asdict(PROBE), where=where, cfg=json.dumps(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
