@@ -35,7 +35,7 @@ Subpackages:
   answering settings that ``ask``, ``serve``, ``evaluate`` and ``calibrate`` share and
   ``Pipeline.load`` takes), ``abstention`` (the calibrated threshold an adapter stores and the rule
   that applies it), ``check`` (the answer check), ``grounded`` (grounded decoding), ``focus``
-  (sentence windows of retrieved chunks).
+  (the prompt's passages for ``--passages``: re-ranked chunks, sentence windows).
 - ``eval``: ``evaluate``, ``retrieval`` (eval-retrieval), ``calibrate``.
 - ``serve``: the server (``app``, ``batcher``, ``schema``); ``export``: the stage and ``gguf``.
 

@@ -8,7 +8,8 @@ prompt's passages each way, and count the questions whose gold answer is in them
 SQuAD normalization; for a free-form answer, content-word recall >= 0.5 of one passage; for a
 yes/no answer, its record's ``rationale`` the same way), with the mean words shown. Ways: the top k chunks (k = 1..4); the top 5 re-ranked by the question's terms,
 then 2; sentence windows (:func:`rag_pipeline.answer.focus.focus`) over the top n within the words of the
-top 2 chunks (about the prompt budget ``ask`` uses at k = 2). Retrieval only: no generation.
+top 2 chunks (about the prompt budget ``ask`` uses at k = 2). ``ask --passages rerank|windows`` shows the
+re-ranked and windowed ways (:func:`rag_pipeline.answer.focus.rerank`, ``focus``). Retrieval only: no generation.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag_pipeline.answer.focus import Idf, focus, words_of  # noqa: E402
+from rag_pipeline.answer.focus import Idf, focus, rerank, words_of  # noqa: E402
 from rag_pipeline.metrics import yes_no_gold  # noqa: E402
+from rag_pipeline.passage import Passage  # noqa: E402
 from rag_pipeline.qa import load_qa  # noqa: E402
 from rag_pipeline.index.retriever import Retriever  # noqa: E402
 from rag_pipeline.support import is_short, recall  # noqa: E402
 from rag_pipeline.textnorm import contains_answer  # noqa: E402
 
 
-def holds(passages: list[dict], answers: list[str]) -> bool:
+def holds(passages: list[Passage], answers: list[str]) -> bool:
     if yes_no_gold(answers) is not None:  # "yes" is not in the text: its evidence is (the record's rationale, see evidence())
         answers = [a for a in answers if yes_no_gold([a]) is None]
         if not answers:
@@ -40,14 +42,7 @@ def holds(passages: list[dict], answers: list[str]) -> bool:
     return any(not is_short(a) and recall(a, p["text"]) >= 0.5 for a in answers for p in passages)
 
 
-def rerank(question: str, passages: list[dict], idf: Idf, k: int) -> list[dict]:
-    from rag_pipeline.support import content_tokens
-
-    terms = content_tokens(question)
-    return sorted(passages, key=lambda p: -(idf.score(terms, p["text"]) + 0.1 * 1 / p["rank"]))[:k]
-
-
-def ways(question: str, top: list[dict], idf: Idf) -> dict[str, list[dict]]:
+def ways(question: str, top: list[Passage], idf: Idf) -> dict[str, list[Passage]]:
     budget = words_of(top[:2])
     out = {f"chunks k={k}": top[:k] for k in (1, 2, 3, 4)}
     out["re-ranked top 5 -> 2"] = rerank(question, top[:5], idf, 2)

@@ -6,6 +6,8 @@ generator abstention) replace ``Pipeline._generate``; everything else runs the r
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import os
@@ -19,9 +21,10 @@ import torch
 
 from conftest import QUESTIONS, REPO, write_jsonl
 from rag_pipeline.answer import ask as A
+from rag_pipeline.answer import focus
 from rag_pipeline.cli import main as cli_main
 from rag_pipeline.errors import ConfigError, InputError
-from rag_pipeline.prompt import ABSTAIN
+from rag_pipeline.prompt import ABSTAIN, render_user
 
 def cfg(env: dict, **kw) -> A.AskConfig:
     base = {"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
@@ -369,7 +372,8 @@ def test_gpu_asked_for_and_absent(env: dict, capsys: pytest.CaptureFixture) -> N
     ({"adapter": "x", "no_adapter": True}, "contradict"), ({"k": 0}, "k is 0"), ({"top_p": 0.0}, "top_p"),
     ({"min_score": 2.0}, "min_score"), ({"min_score_words": 1.5}, "min_score_words"), ({"output": "o.jsonl"}, "--output needs --questions"),
     ({"question": "q", "questions": "f.jsonl"}, "both given"), ({"device": "tpu"}, "choose auto"),
-    ({"dtype": "fp8"}, "dtype is 'fp8'"),
+    ({"dtype": "fp8"}, "dtype is 'fp8'"), ({"candidates": 0}, "candidates is 0"),
+    ({"passages": "rerank", "k": 3, "candidates": 2}, r"^candidates is 2: --passages rerank chooses k=3 .*pass --candidates 3 or more"),
 ])
 def test_bad_settings_name_the_fix(kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -566,3 +570,130 @@ def test_questions_to_a_terminal_are_readable_with_their_gold_answers(env: dict,
     assert "gold: (unanswerable: abstaining is right)" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="give --questions FILE"):
         cfg(env, limit=3)
+
+
+# ------------------------------------------------------------------------ the prompt's passages (--passages)
+
+# Documents of several sentences (one chunk each), for sentence windows.
+STORIES = {
+    "etna": ("Volcanoes", "Magma rises from deep below the crust. Lava can flow for many kilometres. Ash clouds can stop flights. "
+                          "Mount Etna in Sicily erupts almost every year. Scientists watch it with seismometers."),
+    "sicily": ("Sicily", "Sicily is the largest island in the Mediterranean. Its capital is Palermo. Farmers grow lemons and olives on "
+                         "its hills. Ferries cross the strait to the mainland every hour. Greek temples stand near Agrigento."),
+    "glacier": ("Glaciers", "Glaciers are rivers of slow ice. They carve deep valleys as they move. The Aletsch Glacier is the largest "
+                            "in the Alps. Melting glaciers raise the level of the sea. Ice cores record the climate of the past."),
+    "desert": ("Deserts", "Deserts receive very little rain. The Sahara is the largest hot desert. Camels store fat in their humps. "
+                          "Cacti keep water in thick stems. Nights in deserts can be very cold."),
+}
+
+
+@pytest.fixture(scope="module")
+def stories_index(env: dict) -> Path:
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.embed import HashingEmbedder
+
+    docs = write_jsonl(env["root"] / "stories.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in STORIES.items()])
+    index = env["root"] / "stories-idx"
+    build_index(IndexConfig(paths=[str(docs)], index=str(index), embedder="hashing:64"), embedder=HashingEmbedder(64, 64))
+    return index
+
+
+def with_settings(pipe: A.Pipeline, **kw) -> A.Pipeline:
+    """``pipe`` (its models and retriever) with other answering settings."""
+    out = copy.copy(pipe)
+    out.cfg, out._idf = dataclasses.replace(pipe.cfg, **kw), None
+    return out
+
+
+def search_spy(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, reverse: bool = False) -> list[int]:
+    """Record the depth of each search of ``pipe``'s retriever; ``reverse``: hand its hits back worst first."""
+    search, depths = pipe.retriever.search_with_cosine, []
+
+    def spy(questions: list[str], k: int = 5, hybrid: bool = False, timings: object = None) -> tuple[list, list]:
+        depths.append(k)
+        hits, cosines = search(questions, k, hybrid, timings)
+        if reverse:
+            hits = [[dataclasses.replace(h, rank=r) for r, h in enumerate(reversed(hs), 1)] for hs in hits]
+        return hits, cosines
+
+    monkeypatch.setattr(pipe.retriever, "search_with_cosine", spy)
+    return depths
+
+
+def test_default_passages_are_the_top_k_chunks_and_build_no_word_weights(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--passages chunks (the default) searches k deep and shows the top k chunks whole, as ask always has: the prompts and
+    answers equal those built by hand from the retriever's top k; the index's word weights are never built."""
+    from rag_pipeline.generator import generate_answers
+
+    assert pipe.cfg.passages == "chunks"
+    monkeypatch.setattr(focus.Idf, "of", classmethod(lambda cls, texts: pytest.fail("word weights built for --passages chunks")))
+    depths = search_spy(pipe, monkeypatch)
+    answers = pipe.answer_batch(QUESTIONS[:3])
+    assert depths == [pipe.cfg.k] and pipe._idf is None
+    top = [[{**h.to_dict(), "truncated": False} for h in hs] for hs in pipe.retriever.search_batch(QUESTIONS[:3], pipe.cfg.k, True)]
+    assert [a.retrieved for a in answers] == top
+    texts = [pipe._model_text(render_user(pipe.template, q, docs)) for q, docs in zip(QUESTIONS, top)]
+    assert [a.raw for a in answers] == generate_answers(pipe.model, pipe.tokenizer, "causal", texts, max_new_tokens=8)
+
+
+def test_passages_rerank_shows_the_candidates_holding_the_questions_words(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--passages rerank searches --candidates deep and shows the k of them holding most of the question's words, whole, best
+    first: here the search hands the Moon's chunk back last, and the prompt shows it first and cites it. The word weights
+    are built once, on the first answer (not at load)."""
+    built: list[int] = []
+    of = focus.Idf.of
+    monkeypatch.setattr(focus.Idf, "of", classmethod(lambda cls, texts: built.append(1) or of(texts)))
+    p = A.Pipeline.load(cfg(env, k=2, passages="rerank", candidates=5))
+    assert built == [] and "passages rerank over the top 5" in p.description
+    depths = search_spy(p, monkeypatch, reverse=True)
+    calls = fake_generate(p, monkeypatch, "the Moon [1]")
+    ans = p.answer(QUESTIONS[0])
+    assert depths == [5] and built == [1]
+    assert [d["doc_id"] for d in ans.retrieved][0] == "moon" and ans.retrieved[0]["rank"] == 5 and len(ans.retrieved) == 2
+    whole = {h.chunk.id: h.chunk.text for h in p.retriever.search(QUESTIONS[0], 5, hybrid=True)}
+    assert all(d["text"] == whole[d["id"]] and not d["truncated"] for d in ans.retrieved)  # whole chunks
+    assert (ans.citations[0].doc_id, ans.citations[0].chunk_id) == ("moon", ans.retrieved[0]["id"])
+    assert calls[0][0].index(ans.retrieved[0]["text"]) < calls[0][0].index(ans.retrieved[1]["text"])
+    p.answer(QUESTIONS[1])
+    assert built == [1]  # built once
+
+
+def test_passages_windows_cut_the_candidates_to_sentences_within_the_words_of_k_chunks(env: dict, stories_index: Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--passages windows shows the sentences of the top --candidates that best match the question, each with its neighbours,
+    within the words the top k chunks would take; a cut passage says so (``truncated``) and keeps its id and title."""
+    p = A.Pipeline.load(cfg(env, index=str(stories_index), k=1, passages="windows", candidates=3))
+    calls = fake_generate(p, monkeypatch, "Mount Etna [1]")
+    question = "Which volcano in Sicily erupts almost every year?"
+    ans = p.answer(question)
+    chunks = {h.chunk.id: h.chunk for h in p.retriever.search(question, 3, hybrid=True)}
+    budget = len(p.retriever.search(question, 1, hybrid=True)[0].chunk.text.split())
+    assert sum(len(d["text"].split()) for d in ans.retrieved) <= budget
+    assert "Mount Etna in Sicily erupts almost every year." in ans.retrieved[0]["text"] and ans.retrieved[0]["doc_id"] == "etna"
+    assert any(d["truncated"] for d in ans.retrieved)
+    for d in ans.retrieved:
+        whole = chunks[d["id"]]
+        assert d["title"] == whole.title and all(piece in whole.text for piece in d["text"].split(focus.GAP))
+        assert d["truncated"] == (d["text"] != whole.text) and d["text"] in calls[0][0]
+    assert ans.citations[0].chunk_id == ans.retrieved[0]["id"]
+
+
+@pytest.mark.parametrize("passages", ["rerank", "windows"])
+def test_passages_leave_the_threshold_as_it_was(env: dict, stories_index: Path, passages: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retrieval threshold reads the same best dense cosine and the same top k chunks whatever --passages shows."""
+    p = A.Pipeline.load(cfg(env, index=str(stories_index), k=1, min_score=0.99))
+    chosen = with_settings(p, passages=passages, candidates=4)
+    questions = ["Which volcano in Sicily erupts almost every year?", "zebra quantum saxophone"]
+    _, best, top = p._retrieve(questions)
+    _, best2, top2 = chosen._retrieve(questions)
+    assert (best2, top2) == (best, top) and len(top[0]) == 1
+    seen: list[list[str]] = []
+    monkeypatch.setattr(A, "word_share", lambda question, texts: seen.append(texts) or 0.0)
+    assert [a.abstain_reason for a in chosen.answer_batch(questions)] == ["threshold", "threshold"]
+    assert seen == top  # the words are looked for in the top k chunks, not in the passages chosen
+
+
+def test_bad_candidates_is_refused_by_the_cli(env: dict, capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(["ask", "q?", "--index", str(env["index"]), "--passages", "windows", "-k", "3", "--candidates", "2"], capsys)
+    assert "candidates is 2" in err and "--candidates 3 or more" in err
+    assert cfg(env, k=6).candidates == 5  # --passages chunks reads no candidates: any k is fine

@@ -1,11 +1,12 @@
 """``ask``: answer questions from an index with the (RAFT-tuned) generator, citing sources.
 
 Setup -> run -> print. :class:`Pipeline` loads the retriever, the base generator and its
-adapter once; :meth:`Pipeline.answer_batch` retrieves top-k chunks, abstains without calling
-the generator when the best retrieval score is below ``min_score``, fits the documents into
-the prompt's token budget, renders the adapter's own prompt template (read from its
-``rag_pipeline.json``, never re-created here), generates in batches and parses ``[n]``
-citations back to the retrieved chunks. ``evaluate`` calls the same core.
+adapter once; :meth:`Pipeline.answer_batch` retrieves top-k chunks (or chooses k passages from
+more candidates: ``--passages``), abstains without calling the generator when the best retrieval
+score is below ``min_score``, fits the documents into the prompt's token budget, renders the
+adapter's own prompt template (read from its ``rag_pipeline.json``, never re-created here),
+generates in batches and parses ``[n]`` citations back to the retrieved chunks. ``evaluate``
+calls the same core.
 
 Three ways in (:func:`main`): one question argument; no argument, questions read line by line
 from standard input (each answered as it arrives); ``--questions QA.jsonl`` answered in
@@ -33,6 +34,7 @@ from typing import IO, Any, Literal, Protocol
 
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.answer import focus
 from rag_pipeline.answer.abstention import abstention_of, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint
@@ -242,6 +244,7 @@ class Pipeline:
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
         self.calibrations = calibrations or {}  # decoding mode ("free", "grounded") -> the adapter's stored threshold, if used
+        self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -275,7 +278,9 @@ class Pipeline:
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
         calibration = calibrations.get("grounded" if cfg.grounded else "free")
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
-                       + (", grounded decoding" if cfg.grounded else "") + (f"; calibrated abstention (threshold "
+                       + (", grounded decoding" if cfg.grounded else "")
+                       + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
+                       + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})" if calibration else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations)
 
@@ -322,15 +327,16 @@ class Pipeline:
         n = len(questions)
         t0 = time.perf_counter()
         if contexts is None:
-            docs, best = self._retrieve(questions)
+            docs, best, top = self._retrieve(questions)
         else:
             docs, best = [[from_given(d, r) for r, d in enumerate(c, 1)] for c in contexts], [None] * n
+            top = [[d["text"] for d in ds] for ds in docs]
         t_retrieval = (time.perf_counter() - t0) / max(n, 1)
         answers: list[Answer | None] = [None] * n
         todo, texts, shown, t_prompt = [], [], {}, {}
         for i, q in enumerate(questions):
             if best[i] is not None and best[i] < self.cfg.min_score and \
-                    word_share(q, [d["text"] for d in docs[i]]) <= self.cfg.min_score_words:
+                    word_share(q, top[i]) <= self.cfg.min_score_words:
                 answers[i] = Answer(q, ABSTAIN, True, "threshold", [], docs[i], {"retrieval": t_retrieval, "prompt": 0.0, "generation": 0.0}, "")
                 continue
             t1 = time.perf_counter()
@@ -357,25 +363,61 @@ class Pipeline:
 
     # ---- stages
 
-    def _retrieve(self, questions: list[str]) -> tuple[list[list[Passage]], list[float | None]]:
-        """Top-k hits as passages per question, and the best dense cosine (the threshold's input)."""
-        hits, cosines = self.retriever.search_with_cosine(questions, self.cfg.k, self.cfg.hybrid)
+    def _retrieve(self, questions: list[str]) -> tuple[list[list[Passage]], list[float | None], list[list[str]]]:
+        """Per question: the passages to show (:meth:`_choose`), and the threshold's inputs, the same
+        whatever ``passages`` chooses: the best dense cosine and the texts of the top k hits.
+
+        ``chunks`` searches the top k, as always; ``rerank`` and ``windows`` search the top
+        ``max(k, candidates)``. Its first k hits and best cosine are those of the top-k search for an
+        exact index, and with hybrid retrieval up to 50 candidates (dense and BM25 are searched 50
+        deep either way); a deeper search of an approximate index may find a higher cosine.
+        """
+        depth = self.cfg.k if self.cfg.passages == "chunks" else max(self.cfg.k, self.cfg.candidates)
+        hits, cosines = self.retriever.search_with_cosine(questions, depth, self.cfg.hybrid)
         best = [-1.0 if b is None else b for b in cosines]  # an empty index: always below the threshold
-        return [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits], best
+        found = [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits]
+        top = [[p["text"] for p in ps[: self.cfg.k]] for ps in found]
+        return [self._choose(q, ps) for q, ps in zip(questions, found)], best, top
+
+    def _choose(self, question: str, found: list[Passage]) -> list[Passage]:
+        """The passages shown, from ``found`` (best-ranked first): as found (``chunks``: the top k);
+        the top ``candidates`` re-ranked by the question's words, then k (``rerank``); or their sentence
+        windows that best match the question, within the words of the top k (``windows``)."""
+        if self.cfg.passages == "chunks":
+            return found
+        pool, idf = found[: self.cfg.candidates], self.index_idf()
+        if self.cfg.passages == "rerank":
+            return focus.rerank(question, pool, idf, self.cfg.k)
+        return focus.focus(question, pool, focus.words_of(found[: self.cfg.k]), idf)
+
+    def index_idf(self) -> focus.Idf:
+        """The IDF of words over the index's chunks (:class:`~rag_pipeline.answer.focus.Idf`), built on
+        first use: one pass over the chunk store, which ``--passages chunks`` never makes."""
+        if self._idf is None:
+            t0 = time.perf_counter()
+            self._idf = focus.Idf.of(c.text for c in self.retriever.store.iter_chunks())
+            log.info("word weights of %d words over the index's chunks in %.1f s", len(self._idf.weights), time.perf_counter() - t0)
+        return self._idf
 
     def _render(self, question: str, docs: list[Passage]) -> str:
         return render_user(self.template, question, docs)
 
     def _fit(self, question: str, docs: list[Passage]) -> list[Passage]:
-        """The documents cut to the prompt budget (lowest-ranked dropped first); ``truncated`` marks cut ones."""
+        """The documents cut to the prompt budget (lowest-ranked dropped first); ``truncated`` marks cut ones
+        (here, or before: ``--passages windows``)."""
         try:
             fitted, _ = fit_documents(self.tokenizer, self.template, question, docs, oracle_index=-1, answer="",
                                       max_tokens=self.cfg.max_prompt_tokens)
         except BudgetError as e:
             raise InputError(f"question {question[:60]!r} does not fit max_prompt_tokens={self.cfg.max_prompt_tokens} ({e}): "
                              "shorten it or raise --max-prompt-tokens") from None
-        originals = {d["id"]: d["text"] for d in docs}
-        return [{**d, "truncated": d["text"] != originals.get(d["id"], d["text"])} for d in fitted]
+        originals = {d["id"]: d for d in docs}
+
+        def cut(d: Passage) -> bool:
+            before = originals.get(d["id"], d)
+            return bool(before.get("truncated")) or d["text"] != before["text"]
+
+        return [{**d, "truncated": cut(d)} for d in fitted]
 
     def _generate(self, texts: list[str], docs: list[list[Passage]], margins: bool = False, grounded: bool = False,
                   decoding: Decoding | None = None, on_token: Callable[[int, int], None] | None = None,

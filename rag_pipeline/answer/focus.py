@@ -1,10 +1,12 @@
-"""Which parts of the retrieved chunks a prompt shows: sentence windows that match the question.
+"""Which parts of the retrieved chunks a prompt shows: whole chunks re-ranked, or sentence windows, by the question's words.
 
 A chunk is 254 embedder tokens; the sentence that answers a question is often one of ten in it,
 and at k = 2 the answer reached the prompt for 61% of other-domain questions although the gold
 document was in the top 5 for 82%. :func:`focus` reads more candidates (the top ``n``) and shows
 the sentences that best match the question's terms, each with its neighbours, within the word
 budget that whole chunks would have taken, so that more of the right text fits in the same prompt.
+:func:`rerank` keeps whole chunks (the prompt shape the adapter was trained on) and only reorders
+the candidates by the same scores. ``ask`` chooses between them with ``--passages``.
 
 Scoring is lexical and cheap: a sentence scores the IDF (over the index's chunks) of the
 question's content words it holds (:func:`rag_pipeline.support.content_tokens`, stemmed), plus a
@@ -48,6 +50,20 @@ class Idf:
 
 def words_of(passages: Iterable[Passage]) -> int:
     return sum(len(p["text"].split()) for p in passages)
+
+
+def rerank(question: str, passages: list[Passage], idf: Idf, k: int, rank_prior: float = 0.1) -> list[Passage]:
+    """The ``k`` of ``passages`` (best-ranked first) holding the most of ``question``'s words, whole.
+
+    A passage scores the IDF of the question's content words it holds, plus ``rank_prior`` /
+    rank (its place in ``passages``), so that among equal passages the better-ranked one wins.
+
+    Returns:
+        The best ``k`` passages as given, best first.
+    """
+    terms = content_tokens(question)
+    scored = sorted(enumerate(passages), key=lambda ip: -(idf.score(terms, ip[1]["text"]) + rank_prior / (ip[0] + 1)))
+    return [p for _, p in scored[:k]]
 
 
 def focus(question: str, passages: list[Passage], budget_words: int, idf: Idf, window: int = 1,

@@ -1,9 +1,10 @@
 """The settings of answering: one type that ``ask``, ``serve``, ``evaluate`` and ``calibrate`` share.
 
 :class:`Answering` holds how questions are answered, whatever the generator: retrieval (``index``,
-``k``, ``hybrid``, ``min_score``), the prompt (``template``, ``max_prompt_tokens``), decoding,
-abstention, the answer check and the hardware. :class:`AnswerSettings` adds which generator
-(``adapter``, ``no_adapter``) and is what :meth:`rag_pipeline.answer.ask.Pipeline.load` takes.
+``k``, ``hybrid``, ``min_score``), the prompt (``template``, which passages it shows: ``passages``,
+``candidates``; ``max_prompt_tokens``), decoding, abstention, the answer check and the hardware.
+:class:`AnswerSettings` adds which generator (``adapter``, ``no_adapter``) and is what
+:meth:`rag_pipeline.answer.ask.Pipeline.load` takes.
 
 The commands' configs inherit these fields, so a flag means the same thing, has the same default
 and is checked the same way everywhere. A command that needs another default redeclares the field
@@ -28,9 +29,11 @@ DEFAULT_ADAPTER = "runs/disfl_qa/adapter"  # where the documented train-generato
 Abstention = Literal["calibrated", "greedy"]
 AnswerCheck = Literal["grounded", "abstain", "off"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Passages = Literal["chunks", "rerank", "windows"]
 
 # (field, lowest value) of the integer settings
-_LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20))
+_LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
+           ("candidates", 1))
 
 
 @dataclass
@@ -49,6 +52,15 @@ class Answering:
                                       "of the question's content words (1 = the cosine alone). Stories from other domains: 12.3%% of "
                                       "answerable questions under 0.30 by the cosine alone, 5.9%% with 0.5; off-topic questions "
                                       "still refused: 75%% (Disfl-QA), 85%% (corpus/coqa_ood)")
+    passages: Passages = opt(
+        "chunks", "what the prompt shows (docs/results.md, 'Putting the answer in the prompt': gold answer in the prompt on "
+                  "Disfl-QA test / other-domain stories): chunks = the top k chunks (93.5%% / 86.3%% at k = 2); rerank = the top "
+                  "--candidates chunks re-ranked by the IDF of the question's words they hold, then the first k, whole (94.9%% / "
+                  "88.1%% for the top 5 -> 2); windows = sentence windows (a matching sentence and its neighbours) over the top "
+                  "--candidates, within the words k whole chunks would take (94.2%% / 86.8%% over the top 5). End-to-end F1 not "
+                  "measured yet")
+    candidates: int = opt(5, "with --passages rerank or windows: how many retrieved chunks are read to choose from (at least k; "
+                             "5 as measured)")
     max_prompt_tokens: int = opt(1024, "token budget of the prompt; documents are cut (lowest-ranked dropped first) to fit")
     max_new_tokens: int = opt(48, "generation length; answers are short spans with a citation")
     num_beams: int = opt(1, "beam search width (1 = greedy)")
@@ -86,6 +98,9 @@ class Answering:
             raise ConfigError(f"min_score_words is {self.min_score_words}: it is a share of the question's words, use a value in [0, 1]")
         if not -1 <= self.min_score <= 1:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
+        if self.passages != "chunks" and self.candidates < self.k:
+            raise ConfigError(f"candidates is {self.candidates}: --passages {self.passages} chooses k={self.k} passages from the top "
+                              f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
         check_device(self.device)
         check_dtype(self.dtype)
 
