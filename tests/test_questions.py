@@ -508,6 +508,18 @@ def test_generate_writes_each_form_to_its_share_with_the_right_targets(retriever
     assert "forms" not in Q.generate(retriever, FakeTeacher(), Q.QuestionSettings(n=2, top_k=6, hybrid=False)).report
 
 
+def test_the_forms_keep_their_share_when_span_questions_use_every_candidate(retriever) -> None:
+    """Many questions asked of a small corpus: the span questions exhaust the candidates, and the yes/no and
+    unanswerable ones are written from a second reading of the chunks instead of not at all."""
+    from rag_pipeline.data.teacher import FakeTeacher
+
+    s = Q.QuestionSettings(n=400, top_k=6, hybrid=False, seed=0, yes_no=0.25, unanswerable=0.15)
+    r = Q.generate(retriever, FakeTeacher(), s)
+    forms = r.report["forms"]
+    assert forms["span"] < Q.form_quota(s)["span"]  # the candidates ran out before the span questions' share was met
+    assert forms["yes"] >= 1 and forms["no"] >= 1 and forms["unanswerable"] >= 1
+
+
 def test_question_form_shares_are_checked() -> None:
     from rag_pipeline.errors import ConfigError
 

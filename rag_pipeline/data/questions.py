@@ -530,7 +530,10 @@ def generate(retriever: Any, writer: Any, s: QuestionSettings, reader: Any = Non
     surplus = kept[quota["span"]:]
     kept = kept[: quota["span"]]
     if quota["span"] < s.n:
-        more, lost = write_forms(stream, quota, retriever, s, kept_keys, counts)
+        # the span questions may have used every candidate (a small corpus asked for many questions): the rule-written
+        # forms then read the chunks again, so that their shares hold whatever the corpus's size
+        again = candidate_stream(retriever.store, s, Counter())
+        more, lost = write_forms(itertools.chain(stream, again), quota, retriever, s, kept_keys, counts)
         kept, dropped = kept + more, dropped + lost
     report = {"requested": s.n, "chunks_sampled": counts["chunks"], "chunks_without_candidates": counts["no_candidate"],
               "written": counts["written"], "kept": len(kept), "unused_surplus": len(surplus),
