@@ -24,6 +24,9 @@ def main() -> int:
     keep = {r["doc_id"] for r in rows}
     docs = [d for d in map(json.loads, (CORPUS / "documents.jsonl").read_text().splitlines()) if d["id"] in keep]
     out = Path(args.output)
+    taken = [out / n for n in ("documents.jsonl", "questions.jsonl") if (out / n).exists()]
+    if taken:
+        raise SystemExit(f"{taken[0]} exists: pass a new folder (this script never replaces a file)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (out / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -137,9 +137,9 @@ def scored_answer(ans: Answer) -> tuple[float, str | None]:
     ``+inf`` (always an abstention): no generation (the retrieval threshold), a best answer that is itself a
     refusal, or an answer the check refused whose grounded decode failed the check too.
     """
-    if ans.margin is None or (ans.abstained and ans.abstain_reason != "calibration"):
+    if ans.margin is None or ans.abstained:  # calibrate answers with greedy abstention: no "calibration" reason here
         return math.inf, None
-    return ans.margin, ans.answer if not ans.abstained else ans.raw
+    return ans.margin, ans.answer
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
