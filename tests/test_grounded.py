@@ -51,11 +51,20 @@ def test_spans_with_their_own_citation_are_allowed(smol_tok, answer: str, n: int
     assert c.allowed(ids) == [smol_tok.eos_token_id]
 
 
-@pytest.mark.parametrize("text", ["lysozyme [1]", "purple [2]", "green [1]", "purp [1]", "Paris", "saliva enzymes [2]"])
-def test_unsupported_words_wrong_citations_and_cut_words_are_not(smol_tok, text: str) -> None:
+@pytest.mark.parametrize("text", ["lysozyme [1]", "purple [2]", "green [1]", "purp [1]", "Paris", "saliva enzymes [2]",
+                                  "The [1]", "It [1]", "the [1]", "by [1]"])
+def test_unsupported_words_wrong_citations_cut_words_and_spans_without_content_are_not(smol_tok, text: str) -> None:
     c = GroundedConstraint(smol_tok, DOCS)
     ids = smol_tok(text, add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id]
     assert not _walk(c, ids)
+
+
+def test_a_refusal_subject_alone_is_no_answer_but_with_a_content_word_it_is(smol_tok) -> None:
+    # "The papers [1]" is what a tuned model decodes where its refusal ("The papers don't contain ...") was ruled out
+    c = GroundedConstraint(smol_tok, ["The papers were signed in Vienna in 1815."])
+    assert not _walk(c, smol_tok("The papers [1]", add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id])
+    assert _walk(c, smol_tok("The papers were signed in Vienna [1]", add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id])
+    assert _walk(c, smol_tok("1815 [1]", add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id])
 
 
 def test_the_abstention_is_allowed_and_can_be_turned_off(smol_tok) -> None:

@@ -4,8 +4,10 @@
 token automaton that allows exactly two kinds of answer:
 
 * ``SPAN [n]``: a contiguous span of document ``n``'s text (starting at a word, ending at a word
-  boundary; any tokenization of those bytes, with or without a leading space on the first token),
-  then the citation `` [n]`` of that same document, then the end-of-sequence token;
+  boundary; any tokenization of those bytes, with or without a leading space on the first token)
+  that the answer check would show (:func:`rag_pipeline.answer.check.answer_problem`: it holds a
+  content word, so "The [1]" cannot be decoded), then the citation `` [n]`` of that same
+  document, then the end-of-sequence token;
 * the abstention sentence (:data:`rag_pipeline.prompt.ABSTAIN`), then end-of-sequence.
 
 Every answer word can then be traced to the cited passage (0% unsupported answers by
@@ -21,9 +23,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from rag_pipeline.answer.check import answer_problem
 from rag_pipeline.prompt import ABSTAIN
 
-# Hypothesis kinds: ("span", n, end) copying document n up to byte `end`; ("cite", n, i) having
+# Hypothesis kinds: ("span", n, start, end) copying document n's bytes start..end; ("cite", n, i) having
 # emitted i tokens of document n's citation; ("abstain", i) i tokens of the abstention; ("done",).
 Hyp = tuple
 
@@ -112,7 +115,9 @@ class GroundedConstraint:
 
     def __init__(self, tokenizer: Any, documents: list[str], abstain: bool = True) -> None:
         self.vocab = build_vocab(tokenizer)
+        self.texts = list(documents)
         self.docs = [d.encode("utf-8") for d in documents]
+        self._showable_cache: dict[tuple[int, int, int], bool] = {}
         self.cites = [tokenizer(f" [{n}]", add_special_tokens=False)["input_ids"] for n in range(1, len(documents) + 1)]
         self.abstain_ids = tokenizer(ABSTAIN, add_special_tokens=False)["input_ids"] if abstain else []
         self._cache: dict[tuple[int, ...], frozenset[Hyp]] = {}
@@ -125,9 +130,9 @@ class GroundedConstraint:
         for n, d in enumerate(self.docs, 1):
             for p in range(len(d)):
                 if _is_word(d[p]) and (p == 0 or not _is_word(d[p - 1])):
-                    out += [(("span", n, p + k), t) for t, k in _matches(self.vocab.trie, d, p)]
+                    out += [(("span", n, p, p + k), t) for t, k in _matches(self.vocab.trie, d, p)]
                     if p > 0 and d[p - 1:p] == b" ":  # the same word with its leading space
-                        out += [(("span", n, p - 1 + k), t) for t, k in _matches(self.vocab.trie, d, p - 1)]
+                        out += [(("span", n, p, p - 1 + k), t) for t, k in _matches(self.vocab.trie, d, p - 1)]
         if self.abstain_ids:
             out.append((("abstain", 1), self.abstain_ids[0]))
         return out
@@ -136,11 +141,11 @@ class GroundedConstraint:
         """(next hypothesis, token id) pairs that continue hypothesis ``h``."""
         kind = h[0]
         if kind == "span":
-            _, n, end = h
+            _, n, start, end = h
             d = self.docs[n - 1]
-            out = [(("span", n, end + k), t) for t, k in _matches(self.vocab.trie, d, end)]
-            if end == len(d) or not (_is_word(d[end]) and _is_word(d[end - 1])):  # a word boundary: may cite
-                out.append((("cite", n, 1), self.cites[n - 1][0]))
+            out = [(("span", n, start, end + k), t) for t, k in _matches(self.vocab.trie, d, end)]
+            if (end == len(d) or not (_is_word(d[end]) and _is_word(d[end - 1]))) and self._showable(n, start, end):
+                out.append((("cite", n, 1), self.cites[n - 1][0]))  # a word boundary after an answer the check shows: may cite
             return out
         if kind == "cite":
             _, n, i = h
@@ -149,6 +154,14 @@ class GroundedConstraint:
             i = h[1]
             return [(("abstain", i + 1), self.abstain_ids[i])] if i < len(self.abstain_ids) else [(("done",), self.vocab.eos_id)]
         return []
+
+    def _showable(self, n: int, start: int, end: int) -> bool:
+        """Whether the span start..end of document ``n`` is an answer the answer check shows (a content word, not only a refusal's subject)."""
+        key = (n, start, end)
+        if key not in self._showable_cache:
+            text = self.docs[n - 1][start:end].decode("utf-8", "ignore")
+            self._showable_cache[key] = answer_problem(text, [self.texts[n - 1]]) is None
+        return self._showable_cache[key]
 
     def _expand(self, state: frozenset[Hyp] | None) -> list[tuple[Hyp, int]]:
         return self._starts() if state is None else [x for h in state for x in self._next(h)]
