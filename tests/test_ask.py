@@ -697,3 +697,67 @@ def test_bad_candidates_is_refused_by_the_cli(env: dict, capsys: pytest.CaptureF
     err = _one_line_error(["ask", "q?", "--index", str(env["index"]), "--passages", "windows", "-k", "3", "--candidates", "2"], capsys)
     assert "candidates is 2" in err and "--candidates 3 or more" in err
     assert cfg(env, k=6).candidates == 5  # --passages chunks reads no candidates: any k is fine
+
+
+# ------------------------------------------------------------------------------ JSON answers (--schema)
+
+PERSON = {"type": "object", "properties": {"creator": {"type": ["string", "null"]}, "year": {"type": ["integer", "null"]}},
+          "required": ["creator", "year"], "additionalProperties": False}
+
+
+def test_a_json_answer_is_decoded_under_the_schema_end_to_end(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import jsonschema
+
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"colour": {"enum": ["red", "blue"]},
+                                  "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                                  "required": ["colour", "n"], "additionalProperties": False}))
+    argv = ["ask", QUESTIONS[1], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--json", "--device", "cpu",
+            "--min-score", "-1", "--schema", str(schema), "--max-json-tokens", "40"]
+    assert cli_main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["json_error"] is None and json.loads(data["answer"]) == data["data"]  # the tiny model's random answer still parses
+    jsonschema.validate(data["data"], json.loads(schema.read_text()))
+    assert data["abstained"] is False and data["margin"] is None
+
+
+def test_a_json_answer_is_asked_with_its_schema_and_traced_to_the_passages(env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text(json.dumps(PERSON))
+    p = A.Pipeline.load(cfg(env, schema=str(tmp_path / "s.json"), answer_check="grounded", min_score=0.99))
+    seen: list = []
+
+    def gen(texts, docs, margins=False, grounded=False, decoding=None, **kw):
+        seen.append((texts, decoding))
+        return [('{"creator":"Guido van Rossum","year":1989}', None)] * len(texts)
+
+    monkeypatch.setattr(p, "_generate", gen)
+    ans = p.answer(QUESTIONS[1])
+    texts, decoding = seen[0]
+    assert "Answer with one JSON object that follows this JSON schema" in texts[0] and '"creator"' in texts[0]
+    assert decoding is None and p.decoding.schema == PERSON and p.decoding.max_new_tokens == p.cfg.max_json_tokens
+    assert not ans.abstained  # no retrieval threshold (min_score 0.99), no answer check, no calibration: null is the abstention
+    assert ans.data == {"creator": "Guido van Rossum", "year": 1989}
+    python = next(n for n, d in enumerate(ans.retrieved, 1) if "Guido" in d["text"])
+    assert ans.fields == {"creator": [python]} and ans.unsupported_fields == ["year"]  # 1989 is in no passage (1991 is)
+    assert [c.n for c in ans.citations] == [python] and "Guido" in ans.citations[0].snippet
+    text = A.format_answer(ans, cfg(env))
+    assert f"creator: [{python}]" in text and "year: (no shown passage holds this value)" in text
+
+
+def test_a_cut_json_answer_says_why(env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text(json.dumps(PERSON))
+    p = A.Pipeline.load(cfg(env, schema=str(tmp_path / "s.json")))
+    monkeypatch.setattr(p, "_generate", lambda texts, *a, **kw: [('{"creator":"Guido', None)] * len(texts))
+    ans = p.answer(QUESTIONS[1])
+    assert ans.data is None and "token limit" in ans.json_error and ans.fields == {}
+    assert "raise --max-json-tokens" in A.format_answer(ans, cfg(env))
+
+
+def test_bad_schemas_are_one_line_errors_before_the_models_load(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "object", "properties": {"x": {"type": "strin"}}}))
+    base = ["ask", QUESTIONS[0], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu"]
+    assert "not a valid JSON schema at properties/x" in _one_line_error(base + ["--schema", str(bad)], capsys)
+    assert "does not exist" in _one_line_error(base + ["--schema", str(tmp_path / "none.json")], capsys)
+    with pytest.raises(ConfigError, match="--schema and --grounded"):
+        cfg(env, schema="object", grounded=True)

@@ -579,3 +579,43 @@ def test_serve_answers_with_its_config_and_its_batch_is_max_batch(tmp_path: Path
     y.write_text("do_sample: true\n")
     with pytest.raises(ConfigError, match=r"'do_sample' in .* is not a setting of ServeConfig \(each request sets its own decoding"):
         build_config(ServeConfig, y)
+
+
+# ------------------------------------------------------------------------------ JSON answers (response_format)
+
+COLOUR = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+          "required": ["colour", "n"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_is_decoded_under_the_schema(client: openai.OpenAI, reference: Pipeline) -> None:
+    import jsonschema
+
+    from rag_pipeline.answer import structured
+
+    rf = {"type": "json_schema", "json_schema": {"name": "colour", "strict": True, "schema": COLOUR}}
+    r = ask(client, QUESTIONS[2], response_format=rf, max_tokens=40)
+    content = r.choices[0].message.content
+    jsonschema.validate(json.loads(content), COLOUR)  # the tiny model's random tokens, constrained: valid
+    expected = reference.answer_batch([QUESTIONS[2]], decoding=Decoding(40, json_schema=structured.canonical(COLOUR)))[0]
+    assert content == expected.answer and r.choices[0].finish_reason == "stop"
+    assert r.model_extra["fields"] == expected.fields and r.model_extra["unsupported_fields"] == expected.unsupported_fields
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, QUESTIONS[2], response_format=rf, max_tokens=40, stream=True)
+                       if c.choices)
+    assert streamed == content
+    r = ask(client, QUESTIONS[0], response_format={"type": "json_object"}, max_tokens=24)  # any object: it may run into the limit
+    text = r.choices[0].message.content
+    assert text.startswith("{") and (r.choices[0].finish_reason == "length" or isinstance(json.loads(text), dict)), text
+
+
+@pytest.mark.parametrize("extra,param,words", [
+    ({"response_format": {"type": "yaml"}}, "response_format", "'yaml' is unknown"),
+    ({"response_format": {"type": "json_schema"}}, "response_format", "needs"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}}, "response_format", "'array'"),
+    ({"response_format": {"type": "json_object"}, "stop": ["}"]}, "stop", "would cut the JSON"),
+])
+def test_bad_response_formats_are_422_naming_the_field(server, extra: dict, param: str, words: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+    r = httpx.post(f"{server[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"], err

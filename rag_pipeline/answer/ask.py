@@ -34,7 +34,7 @@ from typing import IO, Any, Literal, Protocol
 
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
-from rag_pipeline.answer import focus
+from rag_pipeline.answer import focus, structured
 from rag_pipeline.answer.abstention import abstention_of, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint
@@ -112,9 +112,22 @@ class Answer:
     margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
     rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``)
     fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one
+    # A JSON answer (--schema, response_format): ``answer`` is the JSON text, decoded under the schema.
+    data: Any = None  # the parsed object (None: a sentence answer, or JSON that did not parse: ``json_error``)
+    fields: dict[str, list[int]] | None = None  # leaf path ("name", "events[0]") -> numbers of the shown passages holding its value
+    unsupported_fields: list[str] | None = None  # leaf paths whose value no shown passage holds
+    json_error: str | None = None  # why the JSON answer does not parse or validate (it ran into the token limit)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The answer as JSON-ready data; a sentence answer has no JSON answer's fields."""
+        d = dataclasses.asdict(self)
+        if self.fields is None and self.json_error is None:
+            for name in _JSON_FIELDS:
+                del d[name]
+        return d
+
+
+_JSON_FIELDS = ("data", "fields", "unsupported_fields", "json_error")
 
 
 @dataclass(frozen=True)
@@ -127,17 +140,27 @@ class Decoding:
     top_p: float = 0.9
     seed: int = 0
     num_beams: int = 1
+    json_schema: str | None = None  # a JSON answer: the schema, canonical (structured.canonical); None: a cited sentence
 
     def __post_init__(self) -> None:
+        if self.json_schema is not None and (self.num_beams > 1):
+            raise ConfigError("a JSON answer is decoded greedily or sampled, not with beam search: drop num_beams")
         if self.max_new_tokens < 1 or self.num_beams < 1:
             raise ConfigError(f"max_new_tokens ({self.max_new_tokens}) and num_beams ({self.num_beams}) must be at least 1")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"temperature ({self.temperature}) must be positive and top_p ({self.top_p}) in (0, 1]")
 
     @classmethod
-    def of(cls, cfg: AnswerSettings) -> Decoding:
-        """The settings ``cfg`` gives (what ``answer_batch`` uses when the call gives none)."""
+    def of(cls, cfg: AnswerSettings, schema: dict[str, Any] | None = None) -> Decoding:
+        """The settings ``cfg`` gives (what ``answer_batch`` uses when the call gives none); ``schema``: ``cfg.schema`` loaded."""
+        if schema is not None:
+            return cls(cfg.max_json_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, 1, structured.canonical(schema))
         return cls(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, cfg.num_beams)
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema a JSON answer follows (None: a cited sentence)."""
+        return None if self.json_schema is None else json.loads(self.json_schema)
 
 
 @dataclass
@@ -233,8 +256,10 @@ class Pipeline:
     """Retriever + generator (+ adapter), loaded once; answers questions in batches."""
 
     def __init__(self, cfg: AnswerSettings, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
-                 adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None) -> None:
+                 adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None,
+                 schema: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
+        self.decoding = Decoding.of(cfg, schema)  # what a call that gives no decoding gets: cfg's, a JSON answer with --schema
         self.retriever = retriever
         self.model = model
         self.tokenizer = tokenizer
@@ -266,6 +291,7 @@ class Pipeline:
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
         device = resolve_device(cfg.device)
+        schema = structured.load_schema(cfg.schema) if cfg.schema else None
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else None
@@ -280,9 +306,11 @@ class Pipeline:
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
+                       + (f"; JSON answers under the schema {cfg.schema}" if schema is not None else "")
                        + (f"; calibrated abstention (threshold "
-                       f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})" if calibration else ""))
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations)
+                       f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
+                          if calibration and schema is None else ""))
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
@@ -300,7 +328,9 @@ class Pipeline:
                 instead of retrieval (evaluation's oracle mode); no threshold abstention then.
             margins: score every answer's null margin (``calibrate`` does), even without a calibration.
             grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
-            decoding: generation settings for this call; None: ``cfg``'s (:meth:`Decoding.of`).
+            decoding: generation settings for this call; None: ``cfg``'s (:meth:`Decoding.of`). One with a
+                ``json_schema`` answers with a JSON object decoded under it (:mod:`~rag_pipeline.answer.structured`):
+                no retrieval threshold, calibrated abstention or answer check (``null`` values are its abstention).
             on_text: ``on_text(question index, text)`` streams each answer: the pieces of question
                 ``i``'s final ``answer`` in order, which join to exactly that text. Free decoding
                 with ``answer_check`` off hands text on as it is decoded (held back while it may
@@ -318,9 +348,12 @@ class Pipeline:
         if contexts is not None and len(contexts) != len(questions):
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
         grounded = self.cfg.grounded if grounded is None else grounded
-        calibration = self.calibrations.get("grounded" if grounded else "free")
+        schema = (decoding or self.decoding).schema
+        if schema is not None and (margins or grounded):
+            raise InputError("a JSON answer has no null margin and is not a span of a passage: answer it without margins or grounding")
+        calibration = self.calibrations.get("grounded" if grounded else "free") if schema is None else None
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
-        checked = self.cfg.answer_check != "off"  # so may the answer check: a checked answer is handed on whole too
+        checked = self.cfg.answer_check != "off" and schema is None  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
@@ -335,13 +368,13 @@ class Pipeline:
         answers: list[Answer | None] = [None] * n
         todo, texts, shown, t_prompt = [], [], {}, {}
         for i, q in enumerate(questions):
-            if best[i] is not None and best[i] < self.cfg.min_score and \
+            if schema is None and best[i] is not None and best[i] < self.cfg.min_score and \
                     word_share(q, top[i]) <= self.cfg.min_score_words:
                 answers[i] = Answer(q, ABSTAIN, True, "threshold", [], docs[i], {"retrieval": t_retrieval, "prompt": 0.0, "generation": 0.0}, "")
                 continue
             t1 = time.perf_counter()
             shown[i] = self._fit(q, docs[i])
-            texts.append(self._model_text(self._render(q, shown[i])))
+            texts.append(self._model_text(self._render(q if schema is None else structured.instruction(q, schema), shown[i])))
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
@@ -354,7 +387,8 @@ class Pipeline:
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
+            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration) if schema is None else \
+                self._finish_json(questions[i], raw, shown[i], timings, schema)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
@@ -427,9 +461,11 @@ class Pipeline:
         ``on_token(text index, token id)`` sees free decoding's tokens as they are decoded; ``counts``
         (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
         """
-        c = decoding or Decoding.of(self.cfg)
+        c = decoding or self.decoding
         constraints = None
-        if grounded:
+        if c.json_schema is not None:
+            constraints = [structured.JsonConstraint(self.tokenizer, c.json_schema) for _ in texts]
+        elif grounded:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
@@ -453,6 +489,18 @@ class Pipeline:
             for n in parse_citations(answer, len(docs)) for d in [docs[n - 1]]
         ]
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
+
+    def _finish_json(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], schema: dict[str, Any]) -> Answer:
+        """A JSON answer: the object parsed and checked against ``schema``, its values traced to the shown passages."""
+        data, error = structured.parse(raw, schema)
+        fields, unsupported = structured.field_citations(data, [d["text"] for d in docs]) if error is None else ({}, [])
+        numbers = sorted({n for ns in fields.values() for n in ns})
+        citations = [Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"],
+                              make_snippet(d["text"], next(str(v) for p, v in structured.leaves(data) if n in fields.get(p, ())),
+                                           self.cfg.snippet))
+                     for n in numbers for d in [docs[n - 1]]]
+        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, None,
+                      data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False) -> None:
@@ -511,6 +559,11 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
 def format_answer(ans: Answer, cfg: AskConfig) -> str:
     """The human-readable answer: text, cited sources (number, title, source, score, snippet), context."""
     lines = [ans.answer]
+    if ans.json_error:
+        lines.append(f"  (not a valid answer: {ans.json_error}; raise --max-json-tokens)")
+    elif ans.fields is not None:
+        lines += [f"  {path}: [{', '.join(map(str, ns))}]" for path, ns in ans.fields.items()]
+        lines += [f"  {path}: (no shown passage holds this value)" for path in ans.unsupported_fields or []]
     if ans.abstain_reason == "threshold":
         lines.append(f"  (no generation: the best retrieval cosine is below min_score {cfg.min_score} and the passages hold at most "
                      f"{cfg.min_score_words:.0%} of the question's words)")
@@ -525,7 +578,7 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
         for c in ans.citations:
             score = "" if c.score is None else f"  score {c.score:.3f}"
             lines.append(f"  [{c.n}] {c.title or '(untitled)'}  ({c.source}){score}\n      {c.snippet}")
-    elif not ans.abstained:
+    elif not ans.abstained and ans.fields is None:
         lines.append("  (the answer cites no document)")
     if cfg.show_context:
         lines.append("\nContext shown to the generator:" if ans.raw else "\nRetrieved (not shown to the generator):")

@@ -33,7 +33,7 @@ Passages = Literal["chunks", "rerank", "windows"]
 
 # (field, lowest value) of the integer settings
 _LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
-           ("candidates", 1))
+           ("candidates", 1), ("max_json_tokens", 1))
 
 
 @dataclass
@@ -68,6 +68,10 @@ class Answering:
     temperature: float = opt(0.7, "sampling temperature (with --do-sample)")
     top_p: float = opt(0.9, "nucleus sampling mass (with --do-sample)")
     seed: int = opt(0, "seed for sampling; the same seed and inputs give the same answers")
+    schema: str = opt("", "answer with one JSON object that follows this JSON schema file (decoded under the schema, so it "
+                          "always parses; its values traced to the passages that hold them); 'object': any JSON object. "
+                          "Empty: a cited sentence (rag_pipeline.answer.structured)")
+    max_json_tokens: int = opt(256, "generation length of a JSON answer (--schema)")
     grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
                                 "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
     abstention: Abstention = opt(
@@ -101,6 +105,9 @@ class Answering:
         if self.passages != "chunks" and self.candidates < self.k:
             raise ConfigError(f"candidates is {self.candidates}: --passages {self.passages} chooses k={self.k} passages from the top "
                               f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
+        if self.schema and self.grounded:
+            raise ConfigError("--schema and --grounded were both given: a JSON answer is decoded under its schema, not as a "
+                              "span of a passage; drop one of them")
         check_device(self.device)
         check_dtype(self.dtype)
 

@@ -46,6 +46,7 @@ class ServeConfig(AnswerSettings):
     temperature: float = fixed(0.7, "each request sets its own decoding")
     top_p: float = fixed(0.9, "each request sets its own decoding")
     seed: int = opt(0, "sampling seed when a request sets temperature > 0 and no seed")
+    schema: str = fixed("", "each request sets its own answer form: response_format json_object or json_schema")
     batch_size: int = fixed(8, "--max-batch sets it: the requests answered together are one generation batch")
     snippet: int = opt(300, "characters of each cited passage returned in citations[].snippet (more than ask prints: the web page shows the passage)")
     host: str = opt("127.0.0.1", "address to bind; loopback by default (anything else should get an --api-key)")
@@ -72,8 +73,9 @@ class ServeConfig(AnswerSettings):
         for name, low in (("max_queue", 1), ("max_body_bytes", 1024), ("max_question_chars", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least {low}")
-        if self.max_tokens_limit < self.max_new_tokens:
-            raise ConfigError(f"max_tokens_limit is {self.max_tokens_limit}, below max_new_tokens {self.max_new_tokens}: raise it")
+        for name in ("max_new_tokens", "max_json_tokens"):
+            if self.max_tokens_limit < getattr(self, name):
+                raise ConfigError(f"max_tokens_limit is {self.max_tokens_limit}, below {name} {getattr(self, name)}: raise it")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0:
             raise ConfigError(f"batch_wait_ms ({self.batch_wait_ms}) must be >= 0 and request_timeout_s ({self.request_timeout_s}) > 0")
 

@@ -15,6 +15,7 @@ the server and answered with a 500 that names the request id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import itertools
 import json
@@ -32,8 +33,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Answer, Decoding, TokenUsage, parse_citations
-from rag_pipeline.errors import RagError
+from rag_pipeline.errors import InputError, RagError
 from rag_pipeline.serve import ServeConfig
 from rag_pipeline.serve import schema as S
 from rag_pipeline.serve.batcher import Answerer, ApiError, BatchQueue, BatchWorker, Job, Result
@@ -413,6 +415,7 @@ async def chat(body: S.ChatCompletionRequest, request: Request, state: Server) -
     answer = result.answer
     out = S.ChatCompletion(
         **head, citations=_citations(answer, result.text), abstained=answer.abstained, abstain_reason=answer.abstain_reason,
+        fields=answer.fields, unsupported_fields=answer.unsupported_fields,
         choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
         usage=_usage(result.usage),
     )
@@ -430,11 +433,19 @@ def _chat_settings(body: S.ChatCompletionRequest, state: ServerState, request_id
         raise ApiError(422, f"'{name}' is not supported: {why}; drop the field (or set it to its default)",
                        param=name, code="unsupported_field")
     question = _question(body, state.cfg.max_question_chars)
-    max_new = body.max_completion_tokens or body.max_tokens or state.cfg.max_new_tokens
+    try:
+        schema = structured.schema_of_response_format(body.response_format)
+    except InputError as e:
+        raise ApiError(422, str(e), param="response_format") from None
+    if schema is not None and body.stops():
+        raise ApiError(422, "'stop' would cut the JSON object that response_format asks for: drop stop", param="stop")
+    max_new = body.max_completion_tokens or body.max_tokens or (state.cfg.max_new_tokens if schema is None else state.cfg.max_json_tokens)
     if max_new > state.cfg.max_tokens_limit:
         raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {state.cfg.max_tokens_limit}", param="max_tokens")
-    calibrated = state.worker is not None and state.worker.pipe.calibration is not None
+    calibrated = schema is None and state.worker is not None and state.worker.pipe.calibration is not None
     decoding, warnings = _decoding(body, max_new, state.cfg.seed, calibrated)
+    if schema is not None:
+        decoding = dataclasses.replace(decoding, json_schema=structured.canonical(schema))
     names = body.unknown()
     if names:
         warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")
@@ -490,7 +501,8 @@ async def _events(state: ServerState, job: Job, request: Request, deadline: floa
         if kind == "done":
             result: Result = value
             yield delta(S.Delta(), result.usage.finish_reason, citations=_citations(result.answer, result.text),
-                        abstained=result.answer.abstained, abstain_reason=result.answer.abstain_reason)
+                        abstained=result.answer.abstained, abstain_reason=result.answer.abstain_reason,
+                        fields=result.answer.fields, unsupported_fields=result.answer.unsupported_fields)
             if include_usage:
                 yield _sse(S.ChatCompletionChunk(**head, choices=[], usage=_usage(result.usage)).model_dump(exclude_none=True))
         else:

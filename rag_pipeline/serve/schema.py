@@ -2,7 +2,7 @@
 
 The fields that change the answer are typed and bounded here, so a bad value is a 422 before
 anything is queued. OpenAI fields that ask for what this server does not do (``logprobs: true``,
-``tools``, a JSON ``response_format``, penalties...) are 422s naming the field
+``tools``, penalties...) are 422s naming the field
 (:meth:`ChatCompletionRequest.unsupported`); fields OpenAI clients send that change nothing here
 (``user``, ``metadata``, ``logprobs: false``...) are accepted; any other field is ignored and
 named in a ``Warning`` response header (:meth:`ChatCompletionRequest.unknown`). Responses are
@@ -104,8 +104,6 @@ class ChatCompletionRequest(BaseModel):
             ("tool_choice", self.tool_choice not in (None, "none", "auto"), "this server calls no tools"),
             ("functions", bool(self.functions), "this server answers from its documents and calls no functions"),
             ("function_call", self.function_call not in (None, "none", "auto"), "this server calls no functions"),
-            ("response_format", (self.response_format or {}).get("type", "text") != "text",
-             "answers are plain text with [n] citations (no JSON mode or schema)"),
             ("logit_bias", bool(self.logit_bias), "token biases are not applied"),
             ("presence_penalty", bool(self.presence_penalty), "repetition penalties are not applied"),
             ("frequency_penalty", bool(self.frequency_penalty), "repetition penalties are not applied"),
@@ -158,6 +156,8 @@ class ChatCompletion(BaseModel):
     citations: list[CitationOut]
     abstained: bool
     abstain_reason: str | None
+    fields: dict[str, list[int]] | None = None  # a JSON answer (response_format): leaf path -> the citations' numbers holding its value
+    unsupported_fields: list[str] | None = None  # a JSON answer: leaf paths whose value no cited passage holds
 
 
 class Delta(BaseModel):
@@ -184,6 +184,8 @@ class ChatCompletionChunk(BaseModel):
     citations: list[CitationOut] | None = None
     abstained: bool | None = None
     abstain_reason: str | None = None
+    fields: dict[str, list[int]] | None = None
+    unsupported_fields: list[str] | None = None
 
 
 class ModelCard(BaseModel):

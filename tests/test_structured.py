@@ -1,0 +1,150 @@
+"""Structured answers: schemas checked, response_format read, JSON parsed, values traced to passages, decoding under a schema."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rag_pipeline.answer import structured  # noqa: E402
+from rag_pipeline.errors import InputError  # noqa: E402
+
+PERSON = {
+    "type": "object",
+    "properties": {"person": {"type": ["string", "null"]}, "year": {"type": ["integer", "null"]},
+                   "place": {"type": ["string", "null"]}, "events": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
+    "required": ["person", "year", "place", "events"],
+    "additionalProperties": False,
+}
+
+
+def test_a_schema_is_checked_with_a_message_that_names_the_problem(tmp_path) -> None:
+    assert structured.check_schema(PERSON, "x") is PERSON
+    with pytest.raises(InputError, match="not a valid JSON schema at properties/year"):
+        structured.check_schema({"type": "object", "properties": {"year": {"type": "integr"}}}, "x")
+    with pytest.raises(InputError, match="the schema's type is 'array'"):
+        structured.check_schema({"type": "array"}, "x")
+    with pytest.raises(InputError, match="a JSON schema is a JSON object, got list"):
+        structured.check_schema([], "x")
+    bad = tmp_path / "s.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="is not JSON"):
+        structured.load_schema(str(bad))
+    with pytest.raises(InputError, match="does not exist"):
+        structured.load_schema(str(tmp_path / "missing.json"))
+    good = tmp_path / "p.json"
+    good.write_text(json.dumps(PERSON))
+    assert structured.load_schema(str(good)) == PERSON
+    assert structured.load_schema("object") == structured.JSON_OBJECT
+
+
+def test_response_format_as_openai_sends_it() -> None:
+    assert structured.schema_of_response_format(None) is None
+    assert structured.schema_of_response_format({"type": "text"}) is None
+    assert structured.schema_of_response_format({"type": "json_object"}) == {"type": "object"}
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
+    assert structured.schema_of_response_format(rf) == PERSON
+    with pytest.raises(InputError, match="unknown"):
+        structured.schema_of_response_format({"type": "yaml"})
+    with pytest.raises(InputError, match="needs"):
+        structured.schema_of_response_format({"type": "json_schema", "schema": PERSON})
+    with pytest.raises(InputError, match="response_format.json_schema.schema: not a valid JSON schema"):
+        structured.schema_of_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 3}}})
+
+
+def test_canonical_keeps_the_order_of_the_fields() -> None:
+    text = structured.canonical(PERSON)
+    assert json.loads(text) == PERSON and " " not in text.replace("null", "")
+    assert text.index('"person"') < text.index('"year"') < text.index('"place"') < text.index('"events"')  # as given, not sorted
+
+
+def test_parse_says_why_an_answer_is_not_valid() -> None:
+    ok = '{"person": "Napoleon", "year": 1815, "place": null, "events": []}'
+    assert structured.parse(ok, PERSON) == (json.loads(ok), None)
+    obj, why = structured.parse('{"person": "Napoleon", "ye', PERSON)
+    assert obj is None and why.startswith("not JSON") and "token limit" in why
+    obj, why = structured.parse('{"person": "Napoleon", "year": "1815", "place": null, "events": []}', PERSON)
+    assert obj is None and "does not follow the schema" in why and "'1815'" in why
+
+
+def test_values_are_traced_to_the_passages_that_hold_them() -> None:
+    passages = ["Napoleon was defeated at Waterloo in 1815.", "The battle of Waterloo ended the Hundred Days."]
+    obj = {"person": "Napoleon", "year": 1815, "place": "Waterloo", "events": ["the Hundred Days", "a coronation"],
+           "flag": True, "none": None, "nested": {"who": "napoleon"}}
+    fields, unsupported = structured.field_citations(obj, passages)
+    assert fields == {"person": [1], "year": [1], "place": [1, 2], "events[0]": [2], "nested.who": [1]}
+    assert unsupported == ["events[1]"]
+    assert list(structured.leaves({"a": [{"b": "x"}, None, False, ""]})) == [("a[0].b", "x")]
+
+
+def test_the_instruction_holds_the_request_and_the_schema() -> None:
+    text = structured.instruction("  Who lost at Waterloo?  ", PERSON)
+    assert text.startswith("Who lost at Waterloo?\n\nAnswer with one JSON object that follows this JSON schema: {")
+    assert structured.canonical(PERSON) in text and "null" in text
+    assert "schema" not in structured.instruction("Facts?", structured.JSON_OBJECT)
+
+
+# ------------------------------------------------------------------ decoding under the schema (tiny model, real library)
+
+BOUNDED = {  # every answer under it is short, so even a random model finishes it within the token limit
+    "type": "object",
+    "properties": {"colour": {"enum": ["red", "blue", "green"]}, "count": {"type": "integer", "minimum": 0, "maximum": 9},
+                   "name": {"type": ["string", "null"], "maxLength": 6}, "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}},
+    "required": ["colour", "count", "name", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from tests.tiny_models import build_tiny_llama, build_tiny_tokenizer
+    except ImportError:
+        from tiny_models import build_tiny_llama, build_tiny_tokenizer  # type: ignore[no-redef]
+    tok = build_tiny_tokenizer(chat=True)
+    return AutoModelForCausalLM.from_pretrained(str(build_tiny_llama(tmp_path_factory.mktemp("llama")))), tok
+
+
+def test_every_sampled_answer_parses_and_follows_the_schema(tiny) -> None:
+    import jsonschema
+
+    from rag_pipeline import generator
+
+    model, tok = tiny
+    text = structured.canonical(BOUNDED)
+    prompts = ["Describe the fox.", "What colour is the sky?", "Count the owls."] * 4
+    outs = generator.generate_answers(model, tok, "causal", prompts, max_new_tokens=80, batch_size=4, do_sample=True,
+                                      temperature=1.5, top_p=1.0, seed=3,
+                                      constraints=[structured.JsonConstraint(tok, text) for _ in prompts])
+    objs = [json.loads(o) for o in outs]  # every one parses ...
+    for obj in objs:
+        jsonschema.validate(obj, BOUNDED)  # ... and follows the schema
+    assert len({json.dumps(o, sort_keys=True) for o in objs}) > 3  # sampling explored the schema, not one forced string
+
+
+def test_the_constraint_is_incremental_and_allows_eos_only_at_the_end(tiny) -> None:
+    _, tok = tiny
+    text = structured.canonical(BOUNDED)
+    answer = '{"colour":"red","count":3,"name":null,"tags":[true]}'
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    c = structured.JsonConstraint(tok, text)
+    for i, t in enumerate(ids):
+        allowed = c.allowed(ids[:i])
+        assert t in allowed and tok.eos_token_id not in allowed
+        assert c.allowed(ids[:i]) == allowed  # asked again: the same
+    assert c.allowed(ids) == [tok.eos_token_id]  # complete: EOS alone
+    assert c.allowed(ids + [tok.eos_token_id, tok.eos_token_id]) == [tok.eos_token_id]  # a finished row, padded
+    assert c.allowed(ids[:3]) == structured.JsonConstraint(tok, text).allowed(ids[:3])  # rolled back to a shorter prefix
+    bad = tok('{"colour":"pink"', add_special_tokens=False)["input_ids"]
+    fresh = structured.JsonConstraint(tok, text)
+    assert not all(t in fresh.allowed(bad[:i]) for i, t in enumerate(bad))  # a value outside the enum is never allowed
+
+
+def test_a_schema_the_decoder_cannot_enforce_is_refused_before_decoding() -> None:
+    with pytest.raises(InputError, match="constrained decoding cannot enforce"):
+        structured.check_schema({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}, "x")
