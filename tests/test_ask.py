@@ -713,7 +713,7 @@ def test_a_json_answer_is_decoded_under_the_schema_end_to_end(env: dict, tmp_pat
                                   "n": {"type": "integer", "minimum": 0, "maximum": 9}},
                                   "required": ["colour", "n"], "additionalProperties": False}))
     argv = ["ask", QUESTIONS[1], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--json", "--device", "cpu",
-            "--min-score", "-1", "--schema", str(schema), "--max-json-tokens", "40"]
+            "--min-score", "-1", "--task", "extract", "--schema", str(schema), "--max-json-tokens", "40"]
     assert cli_main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["json_error"] is None and json.loads(data["answer"]) == data["data"]  # the tiny model's random answer still parses
@@ -723,7 +723,7 @@ def test_a_json_answer_is_decoded_under_the_schema_end_to_end(env: dict, tmp_pat
 
 def test_a_json_answer_is_asked_with_its_schema_and_traced_to_the_passages(env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(PERSON))
-    p = A.Pipeline.load(cfg(env, schema=str(tmp_path / "s.json"), answer_check="grounded", min_score=0.99))
+    p = A.Pipeline.load(cfg(env, task="extract", schema=str(tmp_path / "s.json"), answer_check="grounded", min_score=0.99))
     seen: list = []
 
     def gen(texts, docs, margins=False, grounded=False, decoding=None, **kw):
@@ -746,7 +746,7 @@ def test_a_json_answer_is_asked_with_its_schema_and_traced_to_the_passages(env: 
 
 def test_a_cut_json_answer_says_why(env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(PERSON))
-    p = A.Pipeline.load(cfg(env, schema=str(tmp_path / "s.json")))
+    p = A.Pipeline.load(cfg(env, task="extract", schema=str(tmp_path / "s.json")))
     monkeypatch.setattr(p, "_generate", lambda texts, *a, **kw: [('{"creator":"Guido', None)] * len(texts))
     ans = p.answer(QUESTIONS[1])
     assert ans.data is None and "token limit" in ans.json_error and ans.fields == {}
@@ -756,8 +756,47 @@ def test_a_cut_json_answer_says_why(env: dict, monkeypatch: pytest.MonkeyPatch, 
 def test_bad_schemas_are_one_line_errors_before_the_models_load(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"type": "object", "properties": {"x": {"type": "strin"}}}))
-    base = ["ask", QUESTIONS[0], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu"]
+    base = ["ask", QUESTIONS[0], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu", "--task", "extract"]
     assert "not a valid JSON schema at properties/x" in _one_line_error(base + ["--schema", str(bad)], capsys)
     assert "does not exist" in _one_line_error(base + ["--schema", str(tmp_path / "none.json")], capsys)
-    with pytest.raises(ConfigError, match="--schema and --grounded"):
-        cfg(env, schema="object", grounded=True)
+    with pytest.raises(ConfigError, match="--task extract and --grounded"):
+        cfg(env, task="extract", grounded=True)
+    with pytest.raises(ConfigError, match="pass --task extract --schema"):
+        cfg(env, schema="object")
+    assert cfg(env, task="extract").schema == "object"  # any JSON object unless a schema is given
+
+
+# ------------------------------------------------------------------------------ summaries (--task summary)
+
+
+def test_a_summary_is_decoded_as_cited_sentences_end_to_end(env: dict, capsys: pytest.CaptureFixture) -> None:
+    from rag_pipeline.answer import summary
+
+    argv = ["ask", QUESTIONS[1], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--json", "--device", "cpu",
+            "--min-score", "-1", "--task", "summary", "--max-summary-tokens", "60", "--do-sample", "--seed", "1"]
+    assert cli_main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["answer"] and not data["abstained"] and "fields" not in data
+    whole = [(s["text"], s["cited"]) for s in data["sentences"]]
+    assert whole == summary.sentences_of(data["answer"])  # the tiny model's random text, constrained: cited sentences only
+    assert all(1 <= n <= 2 for _, cited in whole for n in cited)
+
+
+def test_a_summary_is_asked_for_and_its_citations_are_checked(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = A.Pipeline.load(cfg(env, task="summary", answer_check="grounded"))
+    seen: list = []
+
+    def gen(texts, docs, margins=False, grounded=False, decoding=None, **kw):
+        seen.append(texts)
+        python = next(n for n, d in enumerate(docs[0], 1) if "Guido" in d["text"])
+        return [(f"Python was created by Guido van Rossum [{python}]. It orbits the Moon every month [{python}].", None)] * len(texts)
+
+    monkeypatch.setattr(p, "_generate", gen)
+    ans = p.answer(QUESTIONS[1])
+    assert "Summarize what the documents say about: Who created" in seen[0][0]
+    python = ans.citations[0].n
+    assert [(s["text"], s["cited"], s["supported"], s["precise"]) for s in ans.sentences] == [
+        ("Python was created by Guido van Rossum", [python], True, [True]),
+        ("It orbits the Moon every month", [python], False, [False])]
+    assert "sentence 2: the passages it cites do not hold most of its words" in A.format_answer(ans, cfg(env))
+    assert "sentences" not in A.Pipeline.load(cfg(env)).answer(QUESTIONS[1]).to_dict()  # a short answer has none

@@ -596,7 +596,7 @@ def test_response_format_json_schema_is_decoded_under_the_schema(client: openai.
     r = ask(client, QUESTIONS[2], response_format=rf, max_tokens=40)
     content = r.choices[0].message.content
     jsonschema.validate(json.loads(content), COLOUR)  # the tiny model's random tokens, constrained: valid
-    expected = reference.answer_batch([QUESTIONS[2]], decoding=Decoding(40, json_schema=structured.canonical(COLOUR)))[0]
+    expected = reference.answer_batch([QUESTIONS[2]], decoding=Decoding(40, task="extract", json_schema=structured.canonical(COLOUR)))[0]
     assert content == expected.answer and r.choices[0].finish_reason == "stop"
     assert r.model_extra["fields"] == expected.fields and r.model_extra["unsupported_fields"] == expected.unsupported_fields
     streamed = "".join(c.choices[0].delta.content or "" for c in ask(client, QUESTIONS[2], response_format=rf, max_tokens=40, stream=True)
@@ -619,3 +619,17 @@ def test_bad_response_formats_are_422_naming_the_field(server, extra: dict, para
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["param"] == param and words in err["message"], err
+
+
+def test_a_summary_is_asked_per_request(client: openai.OpenAI, reference: Pipeline) -> None:
+    from rag_pipeline.answer import summary
+
+    r = ask(client, QUESTIONS[1], max_tokens=60, extra_body={"task": "summary"})
+    content = r.choices[0].message.content
+    expected = reference.answer_batch([QUESTIONS[1]], decoding=Decoding(60, task="summary"))[0]
+    assert content == expected.answer and r.model_extra["sentences"] == expected.sentences
+    assert [(s["text"], s["cited"]) for s in r.model_extra["sentences"]] == summary.sentences_of(content)
+    assert ask(client, QUESTIONS[1], max_tokens=8).model_extra.get("sentences") is None  # a short answer has none
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "task": "summary", "response_format": {"type": "json_object"}}
+    bad = httpx.post(f"{client.base_url}chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "task"

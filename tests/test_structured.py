@@ -120,7 +120,7 @@ def test_every_sampled_answer_parses_and_follows_the_schema(tiny) -> None:
     prompts = ["Describe the fox.", "What colour is the sky?", "Count the owls."] * 4
     outs = generator.generate_answers(model, tok, "causal", prompts, max_new_tokens=80, batch_size=4, do_sample=True,
                                       temperature=1.5, top_p=1.0, seed=3,
-                                      constraints=[structured.JsonConstraint(tok, text) for _ in prompts])
+                                      constraints=[structured.json_constraint(tok, text) for _ in prompts])
     objs = [json.loads(o) for o in outs]  # every one parses ...
     for obj in objs:
         jsonschema.validate(obj, BOUNDED)  # ... and follows the schema
@@ -132,16 +132,16 @@ def test_the_constraint_is_incremental_and_allows_eos_only_at_the_end(tiny) -> N
     text = structured.canonical(BOUNDED)
     answer = '{"colour":"red","count":3,"name":null,"tags":[true]}'
     ids = tok(answer, add_special_tokens=False)["input_ids"]
-    c = structured.JsonConstraint(tok, text)
+    c = structured.json_constraint(tok, text)
     for i, t in enumerate(ids):
         allowed = c.allowed(ids[:i])
         assert t in allowed and tok.eos_token_id not in allowed
         assert c.allowed(ids[:i]) == allowed  # asked again: the same
     assert c.allowed(ids) == [tok.eos_token_id]  # complete: EOS alone
     assert c.allowed(ids + [tok.eos_token_id, tok.eos_token_id]) == [tok.eos_token_id]  # a finished row, padded
-    assert c.allowed(ids[:3]) == structured.JsonConstraint(tok, text).allowed(ids[:3])  # rolled back to a shorter prefix
+    assert c.allowed(ids[:3]) == structured.json_constraint(tok, text).allowed(ids[:3])  # rolled back to a shorter prefix
     bad = tok('{"colour":"pink"', add_special_tokens=False)["input_ids"]
-    fresh = structured.JsonConstraint(tok, text)
+    fresh = structured.json_constraint(tok, text)
     assert not all(t in fresh.allowed(bad[:i]) for i, t in enumerate(bad))  # a value outside the enum is never allowed
 
 

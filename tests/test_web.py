@@ -79,7 +79,7 @@ def _ask(browser, url: str, question: str) -> None:
 
 
 def _status_after_answer(browser) -> str:
-    WebDriverWait(browser, 30).until(lambda b: re.match(r"(Answered|Abstained|Error|This server)", b.find_element(By.ID, "status").text))
+    WebDriverWait(browser, 30).until(lambda b: re.match(r"(Answered|Summarized|Abstained|Error|This server)", b.find_element(By.ID, "status").text))
     return browser.find_element(By.ID, "status").text
 
 
@@ -101,6 +101,26 @@ def test_page_shows_a_cited_answer_and_opens_its_source(browser, pipe: CitingPip
         passage = source.find_element(By.CLASS_NAME, "passage")
         assert passage.is_displayed() and passage.text.startswith("The Eiffel Tower is a wrought iron lattice tower in Paris.")
         assert sorted(m.text for m in passage.find_elements(By.TAG_NAME, "mark")) == ["Eiffel", "Tower", "tower"]  # case-insensitive, whole words
+
+
+def test_page_shows_a_summary_with_each_sentence_linked_and_checked(browser, pipe: CitingPipeline) -> None:
+    with _serve(pipe) as srv:
+        wait_healthy(srv.url, 30)
+        browser.get(srv.url + "/")
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "ask").is_enabled())
+        browser.find_element(By.ID, "summary-mode").click()
+        box = browser.find_element(By.ID, "question")
+        box.send_keys("Where is the Eiffel Tower?")
+        browser.find_element(By.ID, "ask").click()
+        status = _status_after_answer(browser)
+        assert status == "Summarized with 1 cited source; 1 of 2 sentences supported by the passages they cite.", status
+        first, second = browser.find_elements(By.CSS_SELECTOR, "#answer span.sentence")
+        assert first.text == "The Eiffel Tower is a wrought iron lattice tower in Paris [1]."
+        assert second.text == "The passage was written by owls [1]."
+        assert "unsupported" not in first.get_attribute("class") and "unsupported" in second.get_attribute("class")
+        assert "do not hold" in second.get_attribute("title")
+        first.find_element(By.CSS_SELECTOR, "a.cite").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "source-1").get_attribute("open") is not None)
 
 
 def test_page_shows_an_abstention_as_one(browser, pipe: CitingPipeline) -> None:

@@ -34,11 +34,11 @@ from typing import IO, Any, Literal, Protocol
 
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
-from rag_pipeline.answer import focus, structured
+from rag_pipeline.answer import focus, structured, summary
 from rag_pipeline.answer.abstention import abstention_of, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint
-from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings
+from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
 from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
 from rag_pipeline.config import opt
 from rag_pipeline.device import inference_dtype, resolve_device
@@ -112,11 +112,13 @@ class Answer:
     margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
     rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``)
     fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one
-    # A JSON answer (--schema, response_format): ``answer`` is the JSON text, decoded under the schema.
+    # A JSON answer (--task extract, response_format): ``answer`` is the JSON text, decoded under the schema.
     data: Any = None  # the parsed object (None: a sentence answer, or JSON that did not parse: ``json_error``)
     fields: dict[str, list[int]] | None = None  # leaf path ("name", "events[0]") -> numbers of the shown passages holding its value
     unsupported_fields: list[str] | None = None  # leaf paths whose value no shown passage holds
     json_error: str | None = None  # why the JSON answer does not parse or validate (it ran into the token limit)
+    # A summary (--task summary): per sentence, its text, cited numbers, whether they support it, and which citations are precise.
+    sentences: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON-ready data; a sentence answer has no JSON answer's fields."""
@@ -124,10 +126,12 @@ class Answer:
         if self.fields is None and self.json_error is None:
             for name in _JSON_FIELDS:
                 del d[name]
+        if self.sentences is None:
+            del d["sentences"]
         return d
 
 
-_JSON_FIELDS = ("data", "fields", "unsupported_fields", "json_error")
+_JSON_FIELDS = ("data", "fields", "unsupported_fields", "json_error")  # a JSON answer's; a summary's: sentences
 
 
 @dataclass(frozen=True)
@@ -140,11 +144,14 @@ class Decoding:
     top_p: float = 0.9
     seed: int = 0
     num_beams: int = 1
-    json_schema: str | None = None  # a JSON answer: the schema, canonical (structured.canonical); None: a cited sentence
+    task: Task = "qa"  # qa: a short cited answer; summary: cited sentences; extract: a JSON object (json_schema)
+    json_schema: str | None = None  # task extract: the schema, canonical (structured.canonical)
 
     def __post_init__(self) -> None:
-        if self.json_schema is not None and (self.num_beams > 1):
-            raise ConfigError("a JSON answer is decoded greedily or sampled, not with beam search: drop num_beams")
+        if (self.task == "extract") != (self.json_schema is not None):
+            raise ConfigError("a JSON answer (task extract) needs its schema, and only it has one")
+        if self.task != "qa" and self.num_beams > 1:
+            raise ConfigError(f"a {self.task} answer is decoded greedily or sampled, not with beam search: drop num_beams")
         if self.max_new_tokens < 1 or self.num_beams < 1:
             raise ConfigError(f"max_new_tokens ({self.max_new_tokens}) and num_beams ({self.num_beams}) must be at least 1")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
@@ -154,7 +161,9 @@ class Decoding:
     def of(cls, cfg: AnswerSettings, schema: dict[str, Any] | None = None) -> Decoding:
         """The settings ``cfg`` gives (what ``answer_batch`` uses when the call gives none); ``schema``: ``cfg.schema`` loaded."""
         if schema is not None:
-            return cls(cfg.max_json_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, 1, structured.canonical(schema))
+            return cls(cfg.max_json_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, 1, "extract", structured.canonical(schema))
+        if cfg.task == "summary":
+            return cls(cfg.max_summary_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, 1, "summary")
         return cls(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed, cfg.num_beams)
 
     @property
@@ -307,9 +316,10 @@ class Pipeline:
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
                        + (f"; JSON answers under the schema {cfg.schema}" if schema is not None else "")
+                       + ("; cited summaries" if cfg.task == "summary" else "")
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
-                          if calibration and schema is None else ""))
+                          if calibration and cfg.task == "qa" else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema)
 
     def answer(self, question: str) -> Answer:
@@ -330,7 +340,9 @@ class Pipeline:
             grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
             decoding: generation settings for this call; None: ``cfg``'s (:meth:`Decoding.of`). One with a
                 ``json_schema`` answers with a JSON object decoded under it (:mod:`~rag_pipeline.answer.structured`):
-                no retrieval threshold, calibrated abstention or answer check (``null`` values are its abstention).
+                no retrieval threshold, calibrated abstention or answer check (``null`` values are its abstention);
+                one with task ``summary`` writes a cited summary (:mod:`~rag_pipeline.answer.summary`): the
+                retrieval threshold applies, the calibrated abstention and the answer check do not.
             on_text: ``on_text(question index, text)`` streams each answer: the pieces of question
                 ``i``'s final ``answer`` in order, which join to exactly that text. Free decoding
                 with ``answer_check`` off hands text on as it is decoded (held back while it may
@@ -348,12 +360,12 @@ class Pipeline:
         if contexts is not None and len(contexts) != len(questions):
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
         grounded = self.cfg.grounded if grounded is None else grounded
-        schema = (decoding or self.decoding).schema
-        if schema is not None and (margins or grounded):
-            raise InputError("a JSON answer has no null margin and is not a span of a passage: answer it without margins or grounding")
-        calibration = self.calibrations.get("grounded" if grounded else "free") if schema is None else None
+        task, schema = (decoding or self.decoding).task, (decoding or self.decoding).schema
+        if task != "qa" and (margins or grounded):
+            raise InputError(f"a {task} answer has no null margin and is not a span of a passage: answer it without margins or grounding")
+        calibration = self.calibrations.get("grounded" if grounded else "free") if task == "qa" else None
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
-        checked = self.cfg.answer_check != "off" and schema is None  # so may the answer check: a checked answer is handed on whole too
+        checked = self.cfg.answer_check != "off" and task == "qa"  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
@@ -368,13 +380,14 @@ class Pipeline:
         answers: list[Answer | None] = [None] * n
         todo, texts, shown, t_prompt = [], [], {}, {}
         for i, q in enumerate(questions):
-            if schema is None and best[i] is not None and best[i] < self.cfg.min_score and \
+            if task != "extract" and best[i] is not None and best[i] < self.cfg.min_score and \
                     word_share(q, top[i]) <= self.cfg.min_score_words:
                 answers[i] = Answer(q, ABSTAIN, True, "threshold", [], docs[i], {"retrieval": t_retrieval, "prompt": 0.0, "generation": 0.0}, "")
                 continue
             t1 = time.perf_counter()
             shown[i] = self._fit(q, docs[i])
-            texts.append(self._model_text(self._render(q if schema is None else structured.instruction(q, schema), shown[i])))
+            asked = q if task == "qa" else summary.instruction(q) if task == "summary" else structured.instruction(q, schema)
+            texts.append(self._model_text(self._render(asked, shown[i])))
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()
@@ -387,8 +400,12 @@ class Pipeline:
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration) if schema is None else \
-                self._finish_json(questions[i], raw, shown[i], timings, schema)
+            if task == "extract":
+                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema)
+            elif task == "summary":
+                answers[i] = self._finish_summary(questions[i], raw, shown[i], timings)
+            else:
+                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
@@ -464,7 +481,9 @@ class Pipeline:
         c = decoding or self.decoding
         constraints = None
         if c.json_schema is not None:
-            constraints = [structured.JsonConstraint(self.tokenizer, c.json_schema) for _ in texts]
+            constraints = [structured.json_constraint(self.tokenizer, c.json_schema) for _ in texts]
+        elif c.task == "summary":
+            constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
@@ -501,6 +520,17 @@ class Pipeline:
                      for n in numbers for d in [docs[n - 1]]]
         return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, None,
                       data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
+
+    def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float]) -> Answer:
+        """A summary: each sentence with its citations, checked against the passages it cites (:func:`~rag_pipeline.answer.summary.citation_quality`)."""
+        if is_abstention(raw):
+            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
+        checked = summary.citation_quality(summary.sentences_of(raw), [d["text"] for d in docs])
+        numbers = sorted({n for s in checked for n in s["cited"] if 1 <= n <= len(docs)})
+        citations = [Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"],
+                              make_snippet(d["text"], next(s["text"] for s in checked if n in s["cited"]), self.cfg.snippet))
+                     for n in numbers for d in [docs[n - 1]]]
+        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, sentences=checked)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False) -> None:
@@ -564,6 +594,15 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     elif ans.fields is not None:
         lines += [f"  {path}: [{', '.join(map(str, ns))}]" for path, ns in ans.fields.items()]
         lines += [f"  {path}: (no shown passage holds this value)" for path in ans.unsupported_fields or []]
+    elif ans.sentences is not None:
+        if not ans.answer.endswith("."):
+            lines.append("  (cut by the token limit: raise --max-summary-tokens)")
+        for k, sent in enumerate(ans.sentences, 1):
+            if not sent["supported"]:
+                lines.append(f"  (sentence {k}: the passages it cites do not hold most of its words)")
+            elif not all(sent["precise"]):
+                extra = [n for n, ok in zip(sent["cited"], sent["precise"]) if not ok]
+                lines.append(f"  (sentence {k}: citation {', '.join(f'[{n}]' for n in extra)} is not needed)")
     if ans.abstain_reason == "threshold":
         lines.append(f"  (no generation: the best retrieval cosine is below min_score {cfg.min_score} and the passages hold at most "
                      f"{cfg.min_score_words:.0%} of the question's words)")

@@ -30,10 +30,11 @@ Abstention = Literal["calibrated", "greedy"]
 AnswerCheck = Literal["grounded", "abstain", "off"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Passages = Literal["chunks", "rerank", "windows"]
+Task = Literal["qa", "summary", "extract"]
 
 # (field, lowest value) of the integer settings
 _LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
-           ("candidates", 1), ("max_json_tokens", 1))
+           ("candidates", 1), ("max_json_tokens", 1), ("max_summary_tokens", 1))
 
 
 @dataclass
@@ -68,10 +69,14 @@ class Answering:
     temperature: float = opt(0.7, "sampling temperature (with --do-sample)")
     top_p: float = opt(0.9, "nucleus sampling mass (with --do-sample)")
     seed: int = opt(0, "seed for sampling; the same seed and inputs give the same answers")
-    schema: str = opt("", "answer with one JSON object that follows this JSON schema file (decoded under the schema, so it "
-                          "always parses; its values traced to the passages that hold them); 'object': any JSON object. "
-                          "Empty: a cited sentence (rag_pipeline.answer.structured)")
-    max_json_tokens: int = opt(256, "generation length of a JSON answer (--schema)")
+    task: Task = opt("qa", "qa: a short answer citing its passage [n]; summary: one to four sentences about the request, each "
+                           "citing its passages (rag_pipeline.answer.summary); extract: one JSON object that follows --schema "
+                           "(rag_pipeline.answer.structured). Summaries and JSON are decoded under a grammar, so their form is "
+                           "guaranteed")
+    schema: str = opt("", "with --task extract: the JSON schema file the answer follows (values traced to the passages that "
+                          "hold them); 'object' (the default there): any JSON object")
+    max_json_tokens: int = opt(256, "generation length of a JSON answer (--task extract)")
+    max_summary_tokens: int = opt(160, "generation length of a summary (--task summary)")
     grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
                                 "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
     abstention: Abstention = opt(
@@ -105,9 +110,15 @@ class Answering:
         if self.passages != "chunks" and self.candidates < self.k:
             raise ConfigError(f"candidates is {self.candidates}: --passages {self.passages} chooses k={self.k} passages from the top "
                               f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
-        if self.schema and self.grounded:
-            raise ConfigError("--schema and --grounded were both given: a JSON answer is decoded under its schema, not as a "
-                              "span of a passage; drop one of them")
+        if self.schema and self.task != "extract":
+            raise ConfigError(f"--schema {self.schema} is for JSON answers: pass --task extract --schema {self.schema}")
+        if self.task == "extract" and not self.schema:
+            self.schema = "object"
+        if self.task != "qa" and self.num_beams > 1:
+            raise ConfigError(f"--task {self.task} is decoded greedily or sampled under its grammar, not with beam search: drop --num-beams")
+        if self.task != "qa" and self.grounded:
+            raise ConfigError(f"--task {self.task} and --grounded were both given: grounded decoding copies a span as a short "
+                              "answer; drop --grounded (a summary's and a JSON answer's form is decoded under a grammar)")
         check_device(self.device)
         check_dtype(self.dtype)
 

@@ -4,7 +4,7 @@
 answer with a JSON object instead of a sentence. The schema is checked first (:func:`check_schema`:
 a one-line error naming what is wrong), the request is told the schema in its prompt
 (:func:`instruction`), and decoding runs under a token mask compiled from the schema by
-llguidance (:class:`JsonConstraint`), so every finished answer parses and validates; only an answer
+llguidance (:func:`json_constraint`), so every finished answer parses and validates; only an answer
 cut by the token limit can fail (:func:`parse` says so). llguidance was chosen by measurement among
 xgrammar, llguidance, outlines-core and lm-format-enforcer on SmolLM2's tokenizer (docs/answering.md):
 xgrammar and llguidance gave identical answers and masks in well under 1 ms a token (the model's
@@ -167,29 +167,38 @@ def _tokenizer_info(tokenizer: Any) -> Any:
     return cached
 
 
-class JsonConstraint:
-    """The tokens allowed for one answer under a JSON schema: :meth:`allowed`, the interface of
-    :class:`~rag_pipeline.answer.grounded.GroundedConstraint` (``generate``'s ``prefix_allowed_tokens_fn``).
+@functools.lru_cache(maxsize=128)
+def lark_grammar(text: str) -> str:
+    """The llguidance grammar of a Lark grammar (:mod:`rag_pipeline.answer.summary`'s); ValueError when it is not one."""
+    import llguidance
 
-    End-of-sequence is allowed only once the object is complete, and then alone. The matcher is
+    grammar = llguidance.LLMatcher.grammar_from_lark(text)
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error and not error.startswith("WARNING"):
+        raise ValueError(f"not a valid grammar: {error}")
+    return grammar
+
+
+class GrammarConstraint:
+    """The tokens allowed for one answer under an llguidance grammar: :meth:`allowed`, the interface
+    of :class:`~rag_pipeline.answer.grounded.GroundedConstraint` (``generate``'s ``prefix_allowed_tokens_fn``).
+
+    End-of-sequence is allowed only once the grammar is complete, and then alone. The matcher is
     incremental: each call consumes the tokens added since the last one (rolling back any that
     changed), so a step costs one mask, not a replay.
 
     Args:
         tokenizer: the generator's (fast) tokenizer.
-        schema_text: the schema, canonical (:func:`canonical`).
+        grammar: an llguidance grammar (:func:`_grammar`, :func:`lark_grammar`).
     """
 
-    def __init__(self, tokenizer: Any, schema_text: str) -> None:
+    def __init__(self, tokenizer: Any, grammar: str) -> None:
         import llguidance
         import numpy as np
 
-        grammar, error = _grammar(schema_text)
-        if error:
-            raise InputError(f"constrained decoding cannot enforce this JSON schema ({error}); simplify it")
         self.matcher = llguidance.LLMatcher(_tokenizer_info(tokenizer), grammar, log_level=0)
         if self.matcher.is_error():
-            raise InputError(f"constrained decoding cannot enforce this JSON schema ({self.matcher.get_error()}); simplify it")
+            raise InputError(f"constrained decoding cannot enforce this grammar ({self.matcher.get_error()}); simplify it")
         self.eos_id = int(tokenizer.eos_token_id)
         self.n_vocab = len(tokenizer)
         self._mask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
@@ -197,7 +206,7 @@ class JsonConstraint:
         self._allowed: list[int] | None = None
 
     def allowed(self, generated: list[int] | tuple[int, ...]) -> list[int]:
-        """Token ids allowed after ``generated`` (the answer's ids so far); EOS alone once the object is complete."""
+        """Token ids allowed after ``generated`` (the answer's ids so far); EOS alone once the answer is complete."""
         import llguidance.numpy
         import numpy as np
 
@@ -213,7 +222,7 @@ class JsonConstraint:
             if t == self.eos_id or self.matcher.is_stopped():
                 return [self.eos_id]  # finished (generate pads a finished row with EOS)
             if not self.matcher.consume_token(t):
-                raise RuntimeError(f"token {t} broke the JSON schema after {len(self._seen)} tokens: {self.matcher.get_error()}")
+                raise RuntimeError(f"token {t} broke the grammar after {len(self._seen)} tokens: {self.matcher.get_error()}")
             self._seen.append(t)
             self._allowed = None
         if self._allowed is None:
@@ -224,3 +233,11 @@ class JsonConstraint:
                 bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab]
                 self._allowed = np.flatnonzero(bits).tolist() or [self.eos_id]
         return self._allowed
+
+
+def json_constraint(tokenizer: Any, schema_text: str) -> GrammarConstraint:
+    """The token constraint of a JSON answer under the schema ``schema_text`` (:func:`canonical`)."""
+    grammar, error = _grammar(schema_text)
+    if error:
+        raise InputError(f"constrained decoding cannot enforce this JSON schema ({error}); simplify it")
+    return GrammarConstraint(tokenizer, grammar)

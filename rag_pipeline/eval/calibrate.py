@@ -26,7 +26,7 @@ from typing import Any
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import to_json
 from rag_pipeline.answer.ask import Answer, Pipeline
-from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, Task
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
@@ -114,6 +114,8 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
                                                   "grounded (the abstention ruled out), and abstains if that fails too; "
                                                   "off with --no-count-checked")
     snippet: int = fixed(160, "calibrate shows no citations")
+    task: Task = fixed("qa", "the threshold is the short answer's abstention")
+    schema: str = fixed("", "the threshold is the short answer's abstention")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
     count_checked: bool = opt(True, "score answers as ask and serve show them, after the answer check (no content word, or "
                                     "unsupported by the passage they cite): the grounded span shown instead, or an abstention "

@@ -114,7 +114,7 @@ from typing import Any
 
 from rag_pipeline.answer.ask import Answer, Answerer, Pipeline
 from rag_pipeline.answer.check import cited_problem
-from rag_pipeline.answer.settings import AnswerSettings, Answering
+from rag_pipeline.answer.settings import AnswerSettings, Answering, Task
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, write_json, write_jsonl
 from rag_pipeline.config import fixed, opt, to_dict
 from rag_pipeline.data.contexts import resolve_context_docs
@@ -162,6 +162,8 @@ class EvaluateConfig(Answering, QAFieldConfig):
     temperature: float = fixed(0.7, "answers are scored as greedy decoding gives them")
     top_p: float = fixed(0.9, "answers are scored as greedy decoding gives them")
     snippet: int = fixed(160, "predictions record the cited documents, not snippets")
+    task: Task = fixed("qa", "evaluate scores short answers (summaries and JSON answers: not yet)")
+    schema: str = fixed("", "evaluate scores short answers (summaries and JSON answers: not yet)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,7 +24,7 @@ from typing import Any
 
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer.ask import Pipeline, choose_adapter
-from rag_pipeline.answer.settings import AnswerSettings
+from rag_pipeline.answer.settings import AnswerSettings, Task
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.generator import check_adapter_files
@@ -46,6 +46,7 @@ class ServeConfig(AnswerSettings):
     temperature: float = fixed(0.7, "each request sets its own decoding")
     top_p: float = fixed(0.9, "each request sets its own decoding")
     seed: int = opt(0, "sampling seed when a request sets temperature > 0 and no seed")
+    task: Task = fixed("qa", "each request sets its own answer form: response_format for JSON, \"task\": \"summary\" for a summary")
     schema: str = fixed("", "each request sets its own answer form: response_format json_object or json_schema")
     batch_size: int = fixed(8, "--max-batch sets it: the requests answered together are one generation batch")
     snippet: int = opt(300, "characters of each cited passage returned in citations[].snippet (more than ask prints: the web page shows the passage)")
@@ -73,7 +74,7 @@ class ServeConfig(AnswerSettings):
         for name, low in (("max_queue", 1), ("max_body_bytes", 1024), ("max_question_chars", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} is {getattr(self, name)}: it must be at least {low}")
-        for name in ("max_new_tokens", "max_json_tokens"):
+        for name in ("max_new_tokens", "max_json_tokens", "max_summary_tokens"):
             if self.max_tokens_limit < getattr(self, name):
                 raise ConfigError(f"max_tokens_limit is {self.max_tokens_limit}, below {name} {getattr(self, name)}: raise it")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0:

@@ -415,7 +415,7 @@ async def chat(body: S.ChatCompletionRequest, request: Request, state: Server) -
     answer = result.answer
     out = S.ChatCompletion(
         **head, citations=_citations(answer, result.text), abstained=answer.abstained, abstain_reason=answer.abstain_reason,
-        fields=answer.fields, unsupported_fields=answer.unsupported_fields,
+        fields=answer.fields, unsupported_fields=answer.unsupported_fields, sentences=answer.sentences,
         choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
         usage=_usage(result.usage),
     )
@@ -439,13 +439,17 @@ def _chat_settings(body: S.ChatCompletionRequest, state: ServerState, request_id
         raise ApiError(422, str(e), param="response_format") from None
     if schema is not None and body.stops():
         raise ApiError(422, "'stop' would cut the JSON object that response_format asks for: drop stop", param="stop")
-    max_new = body.max_completion_tokens or body.max_tokens or (state.cfg.max_new_tokens if schema is None else state.cfg.max_json_tokens)
+    if schema is not None and body.task == "summary":
+        raise ApiError(422, "'task': 'summary' and a JSON response_format were both given: ask for one of them", param="task")
+    task = "extract" if schema is not None else body.task or "qa"
+    default = {"qa": state.cfg.max_new_tokens, "summary": state.cfg.max_summary_tokens, "extract": state.cfg.max_json_tokens}[task]
+    max_new = body.max_completion_tokens or body.max_tokens or default
     if max_new > state.cfg.max_tokens_limit:
         raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {state.cfg.max_tokens_limit}", param="max_tokens")
-    calibrated = schema is None and state.worker is not None and state.worker.pipe.calibration is not None
+    calibrated = task == "qa" and state.worker is not None and state.worker.pipe.calibration is not None
     decoding, warnings = _decoding(body, max_new, state.cfg.seed, calibrated)
-    if schema is not None:
-        decoding = dataclasses.replace(decoding, json_schema=structured.canonical(schema))
+    if task != "qa":
+        decoding = dataclasses.replace(decoding, task=task, json_schema=None if schema is None else structured.canonical(schema))
     names = body.unknown()
     if names:
         warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")
@@ -502,7 +506,8 @@ async def _events(state: ServerState, job: Job, request: Request, deadline: floa
             result: Result = value
             yield delta(S.Delta(), result.usage.finish_reason, citations=_citations(result.answer, result.text),
                         abstained=result.answer.abstained, abstain_reason=result.answer.abstain_reason,
-                        fields=result.answer.fields, unsupported_fields=result.answer.unsupported_fields)
+                        fields=result.answer.fields, unsupported_fields=result.answer.unsupported_fields,
+                        sentences=result.answer.sentences)
             if include_usage:
                 yield _sse(S.ChatCompletionChunk(**head, choices=[], usage=_usage(result.usage)).model_dump(exclude_none=True))
         else:

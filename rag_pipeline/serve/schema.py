@@ -59,6 +59,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None  # the answer is cut before the first of these (up to MAX_STOP)
+    task: Literal["qa", "summary"] | None = None  # this server's own field: "summary" for a cited summary (None: a short answer)
     # OpenAI fields accepted only where they ask for nothing this server lacks (see unsupported()).
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0)
@@ -158,6 +159,7 @@ class ChatCompletion(BaseModel):
     abstain_reason: str | None
     fields: dict[str, list[int]] | None = None  # a JSON answer (response_format): leaf path -> the citations' numbers holding its value
     unsupported_fields: list[str] | None = None  # a JSON answer: leaf paths whose value no cited passage holds
+    sentences: list[dict[str, Any]] | None = None  # a summary ("task": "summary"): text, cited, supported, precise per sentence
 
 
 class Delta(BaseModel):
@@ -186,6 +188,7 @@ class ChatCompletionChunk(BaseModel):
     abstain_reason: str | None = None
     fields: dict[str, list[int]] | None = None
     unsupported_fields: list[str] | None = None
+    sentences: list[dict[str, Any]] | None = None
 
 
 class ModelCard(BaseModel):
