@@ -784,12 +784,39 @@ def render_report(cfg: TuneConfig, manifest: dict[str, Any]) -> str:
         if metrics:
             lines += [f"## {title}", "", f"`{folder}/report.md` has every figure; `{folder}/chart.png` the chart. Percentages.", "",
                       _table(["system", "n", *(h for h, _ in FIGURES)], comparison(metrics, tuned), 1), ""]
+    note = verdict(out, tuned)
+    if note:
+        lines += ["## Which adapter", "", note, ""]
     stages = manifest["stages"]
     lines += ["## Stages", "", _table(["stage", "planned min", "wall min", "peak memory MiB"],
                                       [[s, f"{plan.seconds.get(s, 0) / 60:.1f}", f"{stages[s]['seconds'] / 60:.1f}", f"{stages[s]['peak_rss_mb']:.0f}"]
                                        for s in STAGES if s in stages], 1), "",
               "## Use it", "", "```", *use_commands(cfg), "```", ""]
     return "\n".join(lines)
+
+
+def verdict(out: Path, tuned: str) -> str | None:
+    """A note when the reference adapter answered the held-out questions better than the tuned one
+    (overall F1 on your own questions when given, else on the written ones); None otherwise."""
+    for folder, what in (("evaluation-qa", "your own held-out questions"), ("evaluation", "the held-out written questions")):
+        metrics = _read_json(out / folder / "metrics.json")
+        if not metrics:
+            continue
+        scores = {}
+        for system in metrics["systems"]:
+            res = metrics["results"][system["name"]]["retrieved"]
+            key = "tuned" if system["adapter"] == tuned else None if system["adapter"] is None else "reference"
+            if key:
+                scores[key] = ((res.get("squad2") or {}).get("overall_f1"), res["counts"]["questions"], system["adapter"])
+        if {"tuned", "reference"} <= set(scores) and None not in (scores["tuned"][0], scores["reference"][0]) \
+                and scores["reference"][0] > scores["tuned"][0]:
+            (ref, n, path), tun = scores["reference"], scores["tuned"][0]
+            return (f"On {what} the reference adapter scored higher than the tuned one: overall F1 {100 * ref:.1f} against "
+                    f"{100 * tun:.1f} ({n} questions). Compare them on more of your questions (`rag-pipeline evaluate --adapter "
+                    f"{path} --adapter {tuned} ...`) before you choose; to answer with the reference adapter, pass "
+                    f"`--adapter {path}` to the commands below.")
+        return None
+    return None
 
 
 def use_commands(cfg: TuneConfig) -> list[str]:

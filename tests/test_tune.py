@@ -321,3 +321,21 @@ def test_a_kill_9_and_a_rerun_finish_with_the_uninterrupted_adapter(setup: dict,
     assert _weights(out / "adapter") == _weights(reference_run / "adapter")
     threshold = json.loads((out / "adapter" / "rag_pipeline.json").read_text())["abstention"]["free"]["threshold"]
     assert threshold == json.loads((reference_run / "adapter" / "rag_pipeline.json").read_text())["abstention"]["free"]["threshold"]
+
+
+def test_the_report_says_when_the_reference_adapter_answered_better(tmp_path: Path) -> None:
+    tuned = str(tmp_path / "adapter")
+
+    def metrics(folder: str, ref: float, tun: float) -> None:
+        systems = [{"name": "base", "adapter": None}, {"name": "ref", "adapter": "adapters/ref"}, {"name": "adapter", "adapter": tuned}]
+        results = {name: {"retrieved": {"squad2": {"overall_f1": f}, "counts": {"questions": 24}}}
+                   for name, f in (("base", 0.1), ("ref", ref), ("adapter", tun))}
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "metrics.json").write_text(json.dumps({"systems": systems, "results": results}))
+
+    assert tune.verdict(tmp_path, tuned) is None  # nothing evaluated yet
+    metrics("evaluation", 0.40, 0.45)
+    assert tune.verdict(tmp_path, tuned) is None  # the tuned adapter is better
+    metrics("evaluation-qa", 0.345, 0.192)  # your own questions decide when there are any
+    note = tune.verdict(tmp_path, tuned)
+    assert "your own held-out questions" in note and "34.5 against 19.2 (24 questions)" in note and "--adapter adapters/ref" in note
