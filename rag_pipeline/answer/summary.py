@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from rag_pipeline.answer.check import ANSWER_SUPPORT
+from rag_pipeline.answer.structured import GrammarConstraint, lark_grammar
 from rag_pipeline.prompt import ABSTAIN
 from rag_pipeline.support import recall
 
@@ -54,8 +55,6 @@ TEXT: /[A-Z0-9"'][^\\[\\]\\n.!?]{{2,{MAX_SENTENCE_CHARS}}} /
 
 def constraint(tokenizer: Any, n_docs: int) -> Any:
     """The token constraint of a summary of ``n_docs`` passages (``allowed(generated) -> ids``)."""
-    from rag_pipeline.answer.structured import GrammarConstraint, lark_grammar
-
     return GrammarConstraint(tokenizer, lark_grammar(grammar(n_docs)))
 
 
