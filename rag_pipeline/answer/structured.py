@@ -1,6 +1,6 @@
 """Structured answers: one JSON object that follows a JSON schema, decoded under it, its values traced to passages.
 
-``ask --schema FILE`` and ``serve``'s OpenAI ``response_format`` (``json_object``, ``json_schema``)
+``ask --task extract --schema FILE`` and ``serve``'s OpenAI ``response_format`` (``json_object``, ``json_schema``)
 answer with a JSON object instead of a sentence. The schema is checked first (:func:`check_schema`:
 a one-line error naming what is wrong), the request is told the schema in its prompt
 (:func:`instruction`), and decoding runs under a token mask compiled from the schema by
@@ -12,8 +12,8 @@ step is about 70 ms); llguidance installs with no dependency, xgrammar's metadat
 The JSON is compact (no free whitespace): a small model given free whitespace pretty-prints into
 its token limit.
 
-The object's values are traced back to the shown passages (:func:`field_citations`): each string,
-number or boolean leaf maps to the numbers of the passages that hold it (whole words), the
+The object's values are traced back to the shown passages (:func:`field_citations`): each string or
+number leaf maps to the numbers of the passages that hold it (whole words), the
 structured form of ``[n]``; a leaf no passage holds is listed in ``unsupported``. ``null`` is the
 structured form of abstention: the prompt asks for it where the documents do not say.
 """
