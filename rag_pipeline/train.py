@@ -386,6 +386,32 @@ def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, stat
         write_json(tmp / "state.json", state.to_dict())
 
 
+def rng_state() -> dict[str, Any]:
+    """torch's CPU generator and, once CUDA is in use, every CUDA device's: LoRA dropout on a GPU
+    draws from the device's generator, so a resumed run must get it back too."""
+    import torch
+
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(rng: Any) -> None:
+    """Restore what :func:`rng_state` returned (or a bare CPU state, as older checkpoints hold)."""
+    import torch
+
+    if isinstance(rng, torch.Tensor):
+        torch.set_rng_state(rng)
+        return
+    torch.set_rng_state(rng["cpu"])
+    cuda = rng.get("cuda") or []
+    if cuda and not torch.cuda.is_available():
+        log.warning("this checkpoint was written on CUDA and resumes on the CPU: dropout draws differ from an uninterrupted run")
+    for i, state in enumerate(cuda[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, i)
+
+
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; its config must match ``cfg``.
 
@@ -592,7 +618,7 @@ def setup(cfg: TrainConfig) -> Trainer:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     model, optimizer = accelerator.prepare(model, optimizer)
     return Trainer(
         cfg=cfg, out=out, accelerator=accelerator, main=accelerator.is_main_process, rank=rank, world=world, bf16=bf16,
@@ -621,7 +647,7 @@ def fit(t: Trainer) -> str:
     batches_cache: dict[int, list[list[int]]] = {}
     bar = tqdm(total=t.total_steps, initial=state.step, disable=not (t.main and cfg.progress), desc="train", unit="step")
     step = state.step
-    rng_at_step = torch.get_rng_state()
+    rng_at_step = rng_state()
     try:
         while step < t.total_steps:
             t0 = time.perf_counter()
@@ -644,7 +670,7 @@ def fit(t: Trainer) -> str:
             t.optimizer.zero_grad(set_to_none=True)
             step += 1
             state.step = step
-            rng_at_step = torch.get_rng_state()  # what a checkpoint at this step boundary must restore
+            rng_at_step = rng_state()  # what a checkpoint at this step boundary must restore
             record_step(t, group, n_target, step_loss, time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", ex_s=f"{state.train_examples / state.train_seconds:.2f}",
@@ -710,7 +736,7 @@ def validate(t: Trainer, step: int) -> bool:
     cfg, state, stop = t.cfg, t.state, False
     last = t.out / "checkpoints" / "last"
     if t.main and t.evalset is None and step > 0:
-        save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, torch.get_rng_state())
+        save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, rng_state())
     elif t.main and t.evalset is not None:
         ev = t.evalset
         metrics = {"step": step, **evaluate(t.raw, t.tokenizer, t.kind, ev.examples, ev.texts, ev.answers, ev.answerable, cfg, t.bf16),
@@ -728,7 +754,7 @@ def validate(t: Trainer, step: int) -> bool:
                     torch.save(trainable_state(t.raw), tmp / "trainable.pt")
             else:
                 state.bad_evals += 1
-            save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, torch.get_rng_state())
+            save_checkpoint(last, t.raw, t.optimizer, t.scheduler, state, rng_state())
             if cfg.snapshots:
                 meta = dataclasses.replace(adapter_meta(t), snapshot_step=step, train_examples_seen=state.train_examples, evals=state.evals)
                 save_snapshot(t.out / "snapshots" / f"step-{step}", t.raw, t.tokenizer, meta)
