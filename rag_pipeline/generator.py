@@ -467,26 +467,25 @@ def generate_with_margins(
     is_refusal: Callable[[str], bool] | None = None,
     max_refusal_retries: int = 3,
     counts: list[DecodeCounts] | None = None,
+    ban_first_word: bool = False,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
-    The margin is ``log P(abstain_text + EOS) - log P(answer + EOS)`` under the prompt (sums of
-    token log-probabilities, the answer's as generated): the score a calibrated threshold compares
-    (:mod:`rag_pipeline.eval.calibrate`). For causal models the abstention is scored on the prompt's
-    key/value cache left by generation (about ten extra tokens, no second reading of the prompt).
+    The margin is ``log P(abstain_text + EOS) - log P(answer + EOS)`` under the prompt (sums of token log-probabilities,
+    the answer's as generated): the score a calibrated threshold compares (:mod:`rag_pipeline.eval.calibrate`). For
+    causal models the abstention is scored on the prompt's key/value cache left by generation (about ten extra tokens).
 
-    The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front,
-    and a row whose answer is still a reworded refusal (``is_refusal``, by default
-    :func:`rag_pipeline.metrics.is_abstention`: "The papers don't contain the answer.") is decoded
-    again with that answer's opening banned too, up to ``max_refusal_retries`` times.
-
-    ``counts`` (one :class:`DecodeCounts` per text) are filled in with every pass's tokens, the
-    retries' included.
+    The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front, and a row whose
+    answer is still a reworded refusal (``is_refusal``, by default :func:`rag_pipeline.metrics.is_abstention`: "The
+    papers don't contain the answer.") is decoded again with that answer's opening banned too, up to
+    ``max_refusal_retries`` times. With ``ban_first_word`` the abstention's first token ("The") cannot open the answer
+    either (:class:`BanAtStart`). ``counts`` (one :class:`DecodeCounts` per text) get every pass's tokens.
 
     Returns:
         (answer text, margin) per model text, in input order.
     """
     import torch
+    from transformers import LogitsProcessorList
 
     is_refusal = is_abstention if is_refusal is None else is_refusal
     device = next(model.parameters()).device
@@ -503,7 +502,9 @@ def generate_with_margins(
         """One greedy pass over rows ``idx``: (ids, mask, (text, token ids) per row, answer log-probs, generate's result, first-step log-probs)."""
         ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
         ids, mask = ids.to(device), mask.to(device)
-        kwargs = _constraint_kwargs([constraints[i] for i in idx], ids.shape[1] if kind == "causal" else 1) if constraints else {}
+        start = ids.shape[1] if kind == "causal" else 1
+        kwargs = _constraint_kwargs([constraints[i] for i in idx], start) if constraints else {}
+        kwargs["logits_processor"] = LogitsProcessorList([BanAtStart(start, abstain[:1])] if ban_first_word else [])
         res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
                              return_dict_in_generate=True, output_logits=True, **kwargs)
@@ -543,6 +544,29 @@ def generate_with_margins(
                 out[i] = (text, float(abstain_lp[r]) - lp)
     model.train(was_training)
     return out
+
+
+class BanAtStart:
+    """A ``generate`` logits processor: ``tokens`` may not be the answer's first token (the one decoded
+    after ``start`` input ids), unless nothing else is allowed there (a constraint forcing one of them).
+
+    A model that wanted to refuse, with the refusal ruled out, opens its answer with the refusal's
+    subject ("The processes [1]") rather than with the answer itself; banning "The" there costs a
+    real answer nothing under SQuAD scoring, which drops articles."""
+
+    def __init__(self, start: int, tokens: list[int]) -> None:
+        self.start, self.tokens = start, list(tokens)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if input_ids.shape[1] != self.start:
+            return scores
+        banned = scores.clone()
+        banned[:, self.tokens] = -torch.inf
+        stuck = torch.isinf(banned).all(-1)
+        banned[stuck] = scores[stuck]
+        return banned
 
 
 # How a tuned model words its refusals ("The document doesn't...", "The Documents don't..."): the

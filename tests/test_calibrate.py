@@ -148,3 +148,27 @@ def _scripted_unchecked(pipe, script, monkeypatch):
 
     monkeypatch.setattr(pipe, "_generate", gen)
     return pipe
+
+def test_the_answer_start_is_stored_with_the_threshold_and_followed_by_calibrated_answering(tmp_path, monkeypatch) -> None:
+    """calibrate records which opening the margins' answers were allowed; ask, serve and evaluate then decode so."""
+    import json
+    from types import SimpleNamespace
+
+    from rag_pipeline.answer.ask import Pipeline
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run
+
+    with pytest.raises(ConfigError, match="--answer-start any or not-refusal-word"):
+        CalibrateConfig(adapter="a", answer_start="calibrated")
+    _fake_load(monkeypatch, [])
+    qa = tmp_path / "dev.jsonl"
+    qa.write_text(json.dumps({"id": "a", "question": "Capital of France?", "answer": "Paris"}) + "\n")
+    for start in ("any", "not-refusal-word"):
+        assert run(CalibrateConfig(adapter="a", qa=str(qa), dry_run=True, answer_start=start))["answer_start"] == start
+
+    def pipe(setting: str, calibration: dict | None) -> str:
+        return Pipeline.answer_start.fget(SimpleNamespace(cfg=SimpleNamespace(answer_start=setting), calibration=calibration))
+
+    assert pipe("calibrated", {"threshold": 1.0, "answer_start": "not-refusal-word"}) == "not-refusal-word"
+    assert pipe("calibrated", {"threshold": 1.0}) == pipe("calibrated", None) == "any"  # calibrations made before it was recorded
+    assert pipe("any", {"threshold": 1.0, "answer_start": "not-refusal-word"}) == "any"  # the flag wins

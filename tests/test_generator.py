@@ -218,6 +218,46 @@ def test_generate_with_margins_decodes_a_reworded_refusal_again_with_its_opening
         assert got[j][1] == pytest.approx(ref, abs=1e-3)
 
 
+def test_ban_first_word_keeps_the_abstentions_first_token_off_the_answers_first_position(gen) -> None:
+    """With ``ban_first_word`` the answer is the greedy decode with the abstention's first token banned at the
+    answer's first position only; its margin is still the plain forward passes' difference."""
+    from transformers import LogitsProcessorList
+
+    model, tok, kind = gen
+    texts = [to_model_text(tok, TEMPLATE, r["prompt"]) for r in raft_rows(6, seed=3)]
+    prompt = G.encode_prompt(tok, kind, texts[0])
+    with torch.no_grad():  # the first token of the first text's greedy answer
+        opener = int(model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=1, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)[0, -1])
+    abstain = tok.decode([opener]) + " nothing here."  # a refusal that opens as the first plain answer does
+    plain = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=6, batch_size=3)
+    got = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=6, batch_size=3, ban_first_word=True)
+    ab = tok(abstain, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ab[0] == opener and got != plain
+    for text, (answer, margin) in zip(texts, got):
+        prompt = G.encode_prompt(tok, kind, text)
+        start = len(prompt) if kind == "causal" else 1
+        with torch.no_grad():
+            seq = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, bad_words_ids=G.abstain_openings(tok, ab[:2]),
+                                 logits_processor=LogitsProcessorList([G.BanAtStart(start, [opener])]),
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        ans = seq[0, len(prompt):].tolist() if kind == "causal" else seq[0, 1:].tolist()
+        ans = ans[: ans.index(tok.eos_token_id) + 1] if tok.eos_token_id in ans else ans
+        assert ans[0] != opener and tok.decode(ans, skip_special_tokens=True).strip() == answer
+        with torch.no_grad():
+            ref = _sequence_logprob(model, prompt, ab, kind) - _sequence_logprob(model, prompt, ans, kind)
+        assert margin == pytest.approx(ref, abs=1e-3)
+
+
+def test_ban_at_start_bans_only_the_first_position_and_never_every_token() -> None:
+    ban = G.BanAtStart(3, [1, 2])
+    scores = torch.tensor([[0.5, 2.0, 1.0, 0.25], [-torch.inf, 1.0, 0.0, -torch.inf]])
+    out = ban(torch.zeros(2, 3, dtype=torch.long), scores)
+    assert out[0].tolist() == [0.5, -torch.inf, -torch.inf, 0.25]
+    assert out[1].tolist() == scores[1].tolist()  # a constraint allows only banned tokens: they stay allowed
+    assert ban(torch.zeros(2, 4, dtype=torch.long), scores) is scores  # later positions are untouched
+
+
 def test_pad_left_and_right() -> None:
     ids, mask = G.pad([[5, 6, 7], [8]], 0, "left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]] and ids.dtype == torch.long

@@ -285,6 +285,14 @@ class Pipeline:
         """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
         return self.calibrations.get("grounded" if self.cfg.grounded else "free")
 
+    @property
+    def answer_start(self) -> str:
+        """What a margin's answering continuation may open with (``cfg.answer_start``; ``calibrated``: what the
+        applied calibration was made with, ``any`` when it records nothing)."""
+        if self.cfg.answer_start != "calibrated":
+            return self.cfg.answer_start
+        return (self.calibration or {}).get("answer_start", "any")
+
     @classmethod
     def load(cls, cfg: AnswerSettings, retriever: Any = None) -> Pipeline:
         """Check the cheap things first (device, index manifest, adapter metadata), then load the models.
@@ -488,7 +496,8 @@ class Pipeline:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
-                                                   batch_size=self.cfg.batch_size, constraints=constraints, counts=counts)
+                                                   batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
+                                                   ban_first_word=self.answer_start == "not-refusal-word")
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,

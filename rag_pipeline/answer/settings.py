@@ -31,6 +31,7 @@ AnswerCheck = Literal["grounded", "abstain", "off"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Passages = Literal["chunks", "rerank", "windows"]
 Task = Literal["qa", "summary", "extract"]
+AnswerStart = Literal["calibrated", "any", "not-refusal-word"]
 
 # (field, lowest value) of the integer settings
 _LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
@@ -83,6 +84,10 @@ class Answering:
         "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
                       "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
+    answer_start: AnswerStart = opt(
+        "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
+                      "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "
+                      "opens its answer); calibrated = as the adapter's threshold was calibrated (any when it records none)")
     answer_check: AnswerCheck = opt(
         "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
                     "(rag_pipeline.answer.check.answer_problem) is never shown: grounded = decode it again grounded (a span of a "

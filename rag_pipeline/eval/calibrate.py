@@ -26,7 +26,7 @@ from typing import Any
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import to_json
 from rag_pipeline.answer.ask import Answer, Pipeline
-from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, Task
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Task
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
@@ -114,6 +114,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
                                                   "grounded (the abstention ruled out), and abstains if that fails too; "
                                                   "off with --no-count-checked")
     snippet: int = fixed(160, "calibrate shows no citations")
+    answer_start: AnswerStart = opt("any", "what the best answering continuation may open with: any token, or not-refusal-word "
+                                          "(not the abstention's first word, \"The\"); stored with the threshold, which ask, "
+                                          "serve and evaluate then decode with")
     task: Task = fixed("qa", "the threshold is the short answer's abstention")
     schema: str = fixed("", "the threshold is the short answer's abstention")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
@@ -129,6 +132,8 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
         super().__post_init__()
         if not 0.0 <= self.max_false_abstain <= 1.0:
             raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
+        if self.answer_start == "calibrated":
+            raise ConfigError("answer_start is calibrated: calibrate chooses it, pass --answer-start any or not-refusal-word")
         if self.limit < 0:
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
 
@@ -188,7 +193,8 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
-              "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded}}
+              "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
+              "answer_start": cfg.answer_start}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         mode = "grounded" if cfg.grounded else "free"
