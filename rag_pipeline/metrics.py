@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from rag_pipeline.prompt import ABSTAIN
 from rag_pipeline.textnorm import normalize_answer
@@ -193,3 +194,24 @@ def squad2_scores(predictions: list[str], answers: list[list[str]], answerable: 
     f1s = [f1(p, g) if h and not o else 0.0 for p, g, h, o in zip(predictions, answers, has, out)]
     yesno = [e for e, g, h in zip(ems, answers, has) if h and yes_no_gold(g) is not None]  # an abstention's EM is 0
     return {**squad2_figures(out, has, f1s, ems), "yesno_acc": sum(yesno) / len(yesno) if yesno else None, "yesno_n": len(yesno)}
+
+
+def rouge_l(prediction: str, answers: list[str]) -> float:
+    """ROUGE-L F-measure of the answer part of ``prediction``, the best over gold answers (0 when none)."""
+    from rouge_score import rouge_scorer
+
+    pred = extract_answer(prediction)
+    golds = [a for a in answers if a.strip()]
+    if not golds or not pred:
+        return 0.0
+    scorer = _rouge_scorer(rouge_scorer)
+    return max(scorer.score(g, pred)["rougeL"].fmeasure for g in golds)
+
+
+_SCORER: list[Any] = []
+
+
+def _rouge_scorer(module: Any) -> Any:
+    if not _SCORER:  # building it loads NLTK's stemmer tables: once per process
+        _SCORER.append(module.RougeScorer(["rougeL"], use_stemmer=False))
+    return _SCORER[0]

@@ -173,13 +173,17 @@ def load_raft(dataset_dir: str | Path) -> tuple[dict[str, Any], Any]:
 
 
 def validation_rows(ds: Any, dataset: str, cfg: TrainConfig) -> Any | None:
-    """The evaluation subset (first ``eval_subset`` by id), or None when the dataset has no validation examples.
+    """The evaluation subset (first ``eval_subset`` by id; qa rows only in a task mixture), or None when the
+    dataset has no validation examples.
 
     Raises:
         ConfigError: early stopping was asked for, which needs evaluations.
     """
-    if "validation" in ds and len(ds["validation"]):
-        return ds["validation"].sort("id").select(range(min(cfg.eval_subset, len(ds["validation"]))))
+    val = ds["validation"] if "validation" in ds else None
+    if val is not None and "task" in val.column_names:  # a task mixture: EM/F1 are the short answers' (qa rows)
+        val = val.select([i for i, t in enumerate(val["task"]) if t == "qa"], keep_in_memory=True)
+    if val is not None and len(val):
+        return val.sort("id").select(range(min(cfg.eval_subset, len(val))))
     if cfg.early_stopping_patience:
         raise ConfigError(f"early_stopping_patience is {cfg.early_stopping_patience} but dataset {dataset} has no validation examples: "
                           "set it to 0, or rebuild the dataset with a validation split (dev.jsonl in --qa-dir, or --split-ratio)")
@@ -808,7 +812,7 @@ def adapter_meta(t: Trainer) -> AdapterMeta:
     and evaluate need to load it, and where it came from."""
     return AdapterMeta(model_kind=t.kind, method=t.cfg.method, base_model=t.cfg.base_model, base_weights_hash=weights_hash(t.base_dir),
                        template=t.template.name, template_text=template_text(t.template), dataset=str(t.cfg.dataset),
-                       dataset_fingerprint=t.manifest.get("fingerprint"), config=to_dict(t.cfg))
+                       dataset_fingerprint=t.manifest.get("fingerprint"), tasks=t.manifest.get("tasks"), config=to_dict(t.cfg))
 
 
 def sort_target_modules(folder: Path) -> None:

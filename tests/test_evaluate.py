@@ -482,3 +482,32 @@ def test_junk_answers_and_yes_no_questions_have_their_own_figures() -> None:
     assert m["grounding"]["no_content_rate"] == round(2 / 5, 4) and m["grounding"]["unsupported_cited_rate"] == round(1 / 5, 4)
     assert m["yes_no"] == {"accuracy": round(1 / 3, 4), "questions": 3}
     assert records[2]["scores"]["f1"] == 1.0 and records[3]["scores"]["f1"] == 0.0
+
+
+@pytest.mark.parametrize("task", ["summary", "extract"])
+def test_summaries_and_json_answers_are_evaluated_against_references_from_the_gold_passage(small_index, tiny_llama: Path,
+                                                                                          tmp_path: Path, task: str) -> None:
+    from rag_pipeline import cli
+    from rag_pipeline.eval import task_scores
+
+    idx, _ = small_index
+    qa = write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    out = tmp_path / "out"
+    assert cli.main(["evaluate", "--index", str(idx), "--qa", str(qa), "--output", str(out), "--no-adapter", "--task", task,
+                     "--base-model", str(tiny_llama), "--oracle", "--k", "2", "--max-summary-tokens", "40", "--max-json-tokens", "48",
+                     "--batch-size", "4", "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["task"] == task
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 2 * len(QA_ROWS) and all("reference" in p and "task" in p["scores"] for p in preds)
+    for ctx in ("retrieved", "oracle"):
+        recs = [p for p in preds if p["context"] == ctx]
+        assert m["results"]["base"][ctx]["task"] == task_scores.aggregate(task, recs)  # the report's figures are the records'
+    if task == "extract":  # decoded under the schema: an answer is invalid only when the token limit cut it
+        assert all(p["scores"]["task"]["valid"] == (p["json_error"] is None) for p in preds)
+        assert all(p["json_error"] is None or "token limit" in p["json_error"] for p in preds)
+    else:
+        # the grammar: at least one cited sentence, unless the token limit cut the first one
+        assert all(p["abstained"] or p["scores"]["task"]["sentences"] >= 1 or not p["raw"].rstrip().endswith(".") for p in preds)
+    report = (out / "report.md").read_text()
+    assert f"## Task: {task} (%)" in report and not re.search(r"\bnan\b", report)

@@ -310,7 +310,9 @@ def test_failure_mid_write_keeps_the_old_output(corpus: dict, tmp_path: Path, mo
                                       ({"question_yes_no": 0.7, "question_unanswerable": 0.5}, "exceeds 1"),
                                       ({"question_unanswerable": -0.1}, "question_unanswerable must be a share"),
                                       ({"min_support": 1.5}, "min_support must be between 0 and 1"),
-                                      ({"template": "nope"}, "known templates are raft-v1")])
+                                      ({"template": "nope"}, "known templates are raft-v1"),
+                                      ({"task": "qa=0.5,poem=0.5"}, "unknown task 'poem'"),
+                                      ({"task": "qa=0,summary=0"}, "no task has a positive weight")])
 def test_config_errors_name_the_fix(kw: dict, match: str) -> None:
     from rag_pipeline.errors import ConfigError
 
@@ -382,3 +384,50 @@ def test_a_second_build_to_the_same_output_is_refused_while_the_first_holds_it(c
         assert sorted(p.name for p in tmp_path.iterdir()) == [".o.lock", "o"]  # no temporary directory left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # released: the lock file goes with it
     assert main(args) == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 5
+
+
+def test_a_task_mixture_writes_summaries_and_json_targets_from_the_oracle(corpus: dict, tmp_path: Path) -> None:
+    """Each example's task is drawn from the mixture; summaries cite the oracle only (the abstention without it),
+    JSON targets copy the answer and its sentence from the oracle (nulls without it), and the prompt shows the
+    request as ask --task summary|extract shows it."""
+    from rag_pipeline.answer import structured, summary
+    from rag_pipeline.data import tasks
+    from rag_pipeline.prompt import ABSTAIN
+
+    out = tmp_path / "mix"
+    manifest = run(_cfg(corpus, out, task="qa=0.4,summary=0.3,extract=0.3", format=["eval"]))
+    rows = _rows(out)
+    assert manifest["tasks"] == {"qa": 0.4, "summary": 0.3, "extract": 0.3} and "task" in manifest["columns"]
+    by_task = {t: [r for r in rows if r["task"] == t] for t in tasks.TASKS}
+    assert all(len(v) > 10 for v in by_task.values()), {t: len(v) for t, v in by_task.items()}
+    assert manifest["counts"]["task_summary"] == len(by_task["summary"])
+    for r in by_task["summary"]:
+        assert summary.instruction(r["question"]) in r["prompt"]
+        if r["oracle_position"] < 0 or not r["answerable"]:
+            assert r["completion"] == ABSTAIN
+            continue
+        said = summary.sentences_of(r["completion"])
+        oracle = r["documents"][r["oracle_position"]]["text"]
+        assert 1 <= len(said) <= summary.MAX_SENTENCES and all(cited == [r["oracle_position"] + 1] for _, cited in said)
+        assert any(r["answer"][0] in text for text, _ in said) and all(text in oracle for text, _ in said)
+    for r in by_task["extract"]:
+        assert structured.instruction(r["question"], tasks.EXTRACT_SCHEMA) in r["prompt"]
+        obj, error = structured.parse(r["completion"], tasks.EXTRACT_SCHEMA)
+        assert error is None and r["completion"] == json.dumps(obj, separators=(",", ":"))
+        if r["oracle_position"] < 0 or not r["answerable"]:
+            assert obj == {"answer": None, "quote": None}
+        else:
+            oracle = r["documents"][r["oracle_position"]]["text"]
+            assert obj["answer"] == r["answer"][0] and obj["answer"] in obj["quote"] and obj["quote"] in oracle
+    for r in by_task["qa"]:
+        assert r["prompt"].count(r["question"]) == 1 and "Summarize" not in r["prompt"]
+    evals = [json.loads(line) for line in (out / "exports" / "eval" / "test.jsonl").read_text().splitlines()]
+    assert evals and all("task" in e for e in evals)
+    again = tmp_path / "again"  # the same mixture and seed: the same tasks
+    run(_cfg(corpus, again, task="qa=0.4,summary=0.3,extract=0.3", format=["eval"]))
+    assert [(r["id"], r["task"]) for r in _rows(again)] == [(r["id"], r["task"]) for r in rows]
+
+
+def test_qa_alone_writes_no_task_column(default_build: tuple[dict, Path]) -> None:
+    manifest, out = default_build
+    assert "tasks" not in manifest and "task" not in manifest["columns"] and "task" not in _rows(out)[0]

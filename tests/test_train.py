@@ -382,3 +382,12 @@ def test_sort_target_modules_rewrites_only_the_order(tmp_path: Path) -> None:
     assert json.loads(text) == {**config, "target_modules": ["k_proj", "o_proj", "q_proj", "v_proj"]}
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)  # peft's own layout, no trailing newline
     T.sort_target_modules(tmp_path / "missing")  # a full fine-tune has no adapter config: nothing to do
+
+
+def test_a_task_mixture_validates_on_its_short_answers(tmp_path: Path) -> None:
+    """EM/F1 against the answer mean nothing for a summary or a JSON target: validation takes the qa rows."""
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict({"validation": Dataset.from_dict({"id": ["c", "a", "b", "d"], "task": ["qa", "summary", "qa", "extract"]})})
+    rows = T.validation_rows(ds, "mix", T.TrainConfig(dataset="mix", output=str(tmp_path / "o"), eval_subset=5))
+    assert rows["id"] == ["b", "c"]

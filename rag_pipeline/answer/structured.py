@@ -60,9 +60,14 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
 
 
 def load_schema(path: str) -> dict[str, Any]:
-    """The JSON schema in file ``path`` (``object``: any JSON object), checked."""
+    """The JSON schema in file ``path`` (``object``: any JSON object; text starting with ``{``: the schema itself), checked."""
     if path == "object":
         return JSON_OBJECT
+    if path.lstrip().startswith("{"):
+        try:
+            return check_schema(json.loads(path), "the schema")
+        except json.JSONDecodeError as e:
+            raise InputError(f"the schema given inline is not JSON ({e}): write it as a JSON object or pass a file") from None
     p = Path(path)
     if not p.is_file():
         raise InputError(f"schema file {path} does not exist: pass a JSON schema file, or --schema object for any JSON object")

@@ -53,6 +53,7 @@ from rag_pipeline.data.contexts import Context, attach_context_docs, context_doc
 from rag_pipeline.data.injection import STYLES, TRAIN_PAYLOADS, inject
 from rag_pipeline.data.questions import RULES, AdapterReader, QuestionSettings, RulesWriter, summary_line
 from rag_pipeline.data.questions import generate as generate_questions
+from rag_pipeline.data import tasks
 from rag_pipeline.data.splits import ensure_train, train_warning
 from rag_pipeline.data.teacher import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, TeacherOptions, load_teacher, write_cot
 from rag_pipeline.device import check_device
@@ -114,6 +115,9 @@ class RaftConfig(QAFieldConfig):
                                                                     "passage occur in it verbatim")
     min_support: float = opt(0.5, "free-form answers: content-token recall a chunk needs to be the oracle (of a doc_id document, or a "
                                   "retrieved one), and above which a long answer's chunk may not be a distractor")
+    task: str = opt("qa", "qa (a short cited answer), summary (a query-focused summary citing the oracle), extract (a JSON object "
+                          "copied from the oracle, nulls without it), or a mixture by weights: qa=0.6,summary=0.2,extract=0.2 "
+                          "(rag_pipeline.data.tasks)")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
@@ -171,7 +175,12 @@ class RaftConfig(QAFieldConfig):
         if self.teacher and self.answer_style != "cot":
             raise ConfigError(f"--teacher writes chain-of-thought targets but answer_style is {self.answer_style}: add --answer-style cot or drop --teacher")
         P.get_template(self.template)
+        self.tasks()
         check_device(self.device)
+
+    def tasks(self) -> dict[str, float]:
+        """The task mixture, shares summing to 1 (:func:`rag_pipeline.data.tasks.parse_mixture`)."""
+        return tasks.parse_mixture(self.task)
 
 
 @dataclass
@@ -185,6 +194,8 @@ class Example:
     target: Callable[[int], str]
     group: str  # source document: examples of one document stay in one split
     support: float | None = None  # the oracle's support of the answer, for skipped.jsonl
+    task: str = "qa"
+    asked: str = ""  # the request the prompt shows (the question, or the task's instruction)
 
 
 class Tally(Counter):
@@ -550,7 +561,32 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
     if cfg.injection_rate:
         docs = maybe_inject(docs, random.Random(f"{cfg.seed}:injection:{item.id}"), cfg.injection_rate, counts)
     oracle_id = oracle.id if keep and oracle is not None else None
-    return Example(split, item, docs, oracle_id, target_fn(cfg, item, oracle, keep, teacher), gold_doc or item.id, score)
+    task, target = task_target(cfg, item, oracle, keep, teacher, counts)
+    return Example(split, item, docs, oracle_id, target, gold_doc or item.id, score, task, tasks.asked(task, item.question))
+
+
+def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, teacher: Any | None, counts: Tally
+                ) -> tuple[str, Callable[[int], str]]:
+    """The example's task, drawn from the mixture with its own RNG, and its target as a function of the
+    oracle's position (:func:`target_fn` for qa; :mod:`rag_pipeline.data.tasks` for summary and extract)."""
+    mixture = cfg.tasks()
+    task = tasks.draw(mixture, random.Random(f"{cfg.seed}:task:{item.id}"))
+    shown = oracle.text if keep and oracle is not None and item.answerable else None
+    if task == "summary":
+        sentences = tasks.summary_sentences(item.question, shown, list(item.answers)) if shown is not None else None
+        if shown is not None and sentences is None:
+            counts["summary_written_as_qa"] += 1
+            task = "qa"
+        else:
+            counts["task_summary"] += 1
+            return task, lambda pos: tasks.summary_target(sentences, pos)
+    if task == "extract":
+        counts["task_extract"] += 1
+        target = tasks.extract_target(shown, list(item.answers))
+        return task, lambda pos: target
+    if len(mixture) > 1:
+        counts["task_qa"] += 1
+    return "qa", target_fn(cfg, item, oracle, keep, teacher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,13 +602,13 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
     def pos(docs: list[dict], oracle_id: str | None) -> int:
         return next((i for i, d in enumerate(docs) if d["id"] == oracle_id), -1)
 
-    lengths = counter.count([(e.item.question, e.documents, e.target(pos(e.documents, e.oracle_id))) for e in examples], cfg.max_prompt_tokens)
+    lengths = counter.count([(e.asked, e.documents, e.target(pos(e.documents, e.oracle_id))) for e in examples], cfg.max_prompt_tokens)
     out = []
     for e, total in zip(examples, lengths):
         docs = e.documents
         if total > cfg.max_prompt_tokens:
             try:
-                docs, trunc = P.fit_documents(tokenizer, template, e.item.question, docs, pos(docs, e.oracle_id),
+                docs, trunc = P.fit_documents(tokenizer, template, e.asked, docs, pos(docs, e.oracle_id),
                                               e.target, cfg.max_prompt_tokens, e.item.answers)
             except P.BudgetError:
                 counts.skip("skip_over_budget", e.item, e.support)
@@ -581,12 +617,14 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
             counts["documents_shortened"] += trunc["shortened"]
             counts["documents_dropped"] += trunc["dropped"]
             counts["oracles_trimmed"] += trunc["oracle_trimmed"]
-            total = P.example_tokens(tokenizer, template, e.item.question, docs, e.target(pos(docs, e.oracle_id)))
+            total = P.example_tokens(tokenizer, template, e.asked, docs, e.target(pos(docs, e.oracle_id)))
         p = pos(docs, e.oracle_id)
         row = {"id": "r-" + hashlib.sha256(f"{e.item.id}\x00{e.item.question}".encode()).hexdigest()[:16],
                "question": e.item.question, "documents": docs, "oracle_position": p,
-               "prompt": P.render_user(template, e.item.question, docs), "completion": e.target(p),
+               "prompt": P.render_user(template, e.asked, docs), "completion": e.target(p),
                "answer": list(e.item.answers), "answerable": e.item.answerable, "doc_id": e.item.doc_id}
+        if cfg.tasks() != {"qa": 1.0}:
+            row["task"] = e.task
         out.append((e, row, total))
     return out
 
@@ -639,13 +677,18 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
 # ---------------------------------------------------------------------------------------------
 
 
-def features() -> Any:
+def columns(cfg: RaftConfig) -> tuple[str, ...]:
+    """The dataset's columns: :data:`COLUMNS`, and ``task`` when the examples are not all qa."""
+    return COLUMNS + (("task",) if cfg.tasks() != {"qa": 1.0} else ())
+
+
+def features(with_task: bool = False) -> Any:
     from datasets import Features, List, Value
 
     doc = {"id": Value("string"), "title": Value("string"), "text": Value("string")}
     return Features({"id": Value("string"), "question": Value("string"), "documents": List(doc), "oracle_position": Value("int32"),
                      "prompt": Value("string"), "completion": Value("string"), "answer": List(Value("string")),
-                     "answerable": Value("bool"), "doc_id": Value("string")})
+                     "answerable": Value("bool"), "doc_id": Value("string"), **({"task": Value("string")} if with_task else {})})
 
 
 def export_row(fmt: str, row: dict, template: P.PromptTemplate, model_text: Callable[[str], str], cot: str) -> dict:
@@ -657,7 +700,8 @@ def export_row(fmt: str, row: dict, template: P.PromptTemplate, model_text: Call
     if fmt == "completion":  # the exact text the generator sees (chat template applied), then the target
         return {"id": row["id"], "prompt": model_text(row["prompt"]), "completion": row["completion"]}
     if fmt == "eval":
-        return {"id": row["id"], "question": row["question"], "answer": row["answer"], "doc_id": row["doc_id"], "answerable": row["answerable"]}
+        return {"id": row["id"], "question": row["question"], "answer": row["answer"], "doc_id": row["doc_id"], "answerable": row["answerable"],
+                **({"task": row["task"]} if "task" in row else {})}
     docs, p = row["documents"], row["oracle_position"]
     return {"id": row["id"], "type": "general", "question": row["question"],
             "context": {"title": [[d["title"] for d in docs]], "sentences": [[d["text"] for d in docs]]},
@@ -666,7 +710,10 @@ def export_row(fmt: str, row: dict, template: P.PromptTemplate, model_text: Call
 
 
 def cot_of(row: dict) -> str:
-    """RAFT's ``cot_answer`` for the raft export, whatever the answer style: quote + ``<ANSWER>:``."""
+    """RAFT's ``cot_answer`` for the raft export, whatever the answer style: quote + ``<ANSWER>:`` (a summary's
+    or a JSON answer's target as it is)."""
+    if row.get("task", "qa") != "qa":
+        return row["completion"]
     if not row["answerable"] or row["completion"] == P.ABSTAIN:
         return f"{ANSWER_TAG} {P.ABSTAIN}"
     p, answer = row["oracle_position"], row["answer"][0]
@@ -704,7 +751,9 @@ def write_output(cfg: RaftConfig, rows: dict[str, list[dict]], template: P.Promp
         parts = {}
         for s in SPLITS:
             write_jsonl(tmp / "jsonl" / f"{s}.jsonl", rows[s])
-            ds = Dataset.from_list(rows[s], features=features()) if rows[s] else Dataset.from_dict({c: [] for c in COLUMNS}, features=features())
+            cols = columns(cfg)
+            feats = features("task" in cols)
+            ds = Dataset.from_list(rows[s], features=feats) if rows[s] else Dataset.from_dict({c: [] for c in cols}, features=feats)
             # A content fingerprint instead of datasets' random one keeps dataset/ byte-identical too.
             fp = hashlib.sha256((tmp / "jsonl" / f"{s}.jsonl").read_bytes()).hexdigest()[:16]
             parts[s] = Dataset(ds.data, info=ds.info, split=NamedSplit(s), fingerprint=fp)
@@ -821,7 +870,8 @@ def build(cfg: RaftConfig) -> dict:
                     "params": params,
                     "index": {"path": "index" if built_here else index_dir, "built_from_contexts": indexed,
                               "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
-                    "generator_tokenizer": cfg.generator, "columns": list(COLUMNS), "splits": list(SPLITS),
+                    "generator_tokenizer": cfg.generator, "columns": list(columns(cfg)), "splits": list(SPLITS),
+                    **({"tasks": cfg.tasks()} if "task" in columns(cfg) else {}),
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
                     "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,

@@ -112,17 +112,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Answer, Answerer, Pipeline
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.settings import AnswerSettings, Answering, Task
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, write_json, write_jsonl
 from rag_pipeline.config import fixed, opt, to_dict
+from rag_pipeline.data import tasks
 from rag_pipeline.data.contexts import resolve_context_docs
 from rag_pipeline.data.injection import EVAL_PAYLOAD, STYLES, inject, is_hijacked
 from rag_pipeline.errors import ConfigError, InputError
+from rag_pipeline.eval import task_scores
 from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
 from rag_pipeline.index.retriever import Retriever
-from rag_pipeline.metrics import exact_match, extract_answer, f1, squad2_figures, yes_no_gold
+from rag_pipeline.metrics import exact_match, extract_answer, f1, rouge_l, squad2_figures, yes_no_gold
 from rag_pipeline.passage import Hit, Passage, from_chunk, gold_passage, hard_distractors
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
 from rag_pipeline.support import answer_form, support
@@ -162,8 +165,11 @@ class EvaluateConfig(Answering, QAFieldConfig):
     temperature: float = fixed(0.7, "answers are scored as greedy decoding gives them")
     top_p: float = fixed(0.9, "answers are scored as greedy decoding gives them")
     snippet: int = fixed(160, "predictions record the cited documents, not snippets")
-    task: Task = fixed("qa", "evaluate scores short answers (summaries and JSON answers: not yet)")
-    schema: str = fixed("", "evaluate scores short answers (summaries and JSON answers: not yet)")
+    task: Task = opt("qa", "qa: short answers (SQuAD 2.0 figures); summary: cited summaries (ROUGE-L against a reference written "
+                           "from the gold passage, citation recall and precision); extract: JSON answers under "
+                           "rag_pipeline.data.tasks.EXTRACT_SCHEMA (validity, field EM/F1, null accuracy); see "
+                           "rag_pipeline.eval.task_scores")
+    schema: str = fixed("", "--task extract decodes under rag_pipeline.data.tasks.EXTRACT_SCHEMA, the schema its references follow")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -173,6 +179,8 @@ class EvaluateConfig(Answering, QAFieldConfig):
             raise ConfigError(f"limit must be 0 (all questions) or positive, got {self.limit}")
         if not (self.retrieved or self.oracle or self.injection):
             raise ConfigError("no context to evaluate: keep --retrieved or add --oracle or --injection")
+        if self.task == "extract":  # the schema the references follow
+            self.schema = structured.canonical(tasks.EXTRACT_SCHEMA)
         if len(set(self.adapter)) != len(self.adapter):
             raise ConfigError(f"adapter lists a directory twice ({', '.join(self.adapter)}): give each once")
 
@@ -186,27 +194,6 @@ class EvaluateConfig(Answering, QAFieldConfig):
 # ---------------------------------------------------------------------------------------------
 # Per-answer scores (pure functions)
 # ---------------------------------------------------------------------------------------------
-
-
-def rouge_l(prediction: str, answers: list[str]) -> float:
-    """ROUGE-L F-measure of the answer part of ``prediction``, the best over gold answers (0 when none)."""
-    from rouge_score import rouge_scorer
-
-    pred = extract_answer(prediction)
-    golds = [a for a in answers if a.strip()]
-    if not golds or not pred:
-        return 0.0
-    scorer = _rouge_scorer(rouge_scorer)
-    return max(scorer.score(g, pred)["rougeL"].fmeasure for g in golds)
-
-
-_SCORER: list[Any] = []
-
-
-def _rouge_scorer(module: Any) -> Any:
-    if not _SCORER:  # building it loads NLTK's stemmer tables: once per process
-        _SCORER.append(module.RougeScorer(["rougeL"], use_stemmer=False))
-    return _SCORER[0]
 
 
 def answer_tokens(prediction: str) -> list[str]:
@@ -456,12 +443,18 @@ def answer_all(pipeline: Answerer, questions: list[str], contexts: list[list[Pas
     return out
 
 
-def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict, free_form: bool = False) -> dict:
-    """One predictions.jsonl line (scores included)."""
+def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict, free_form: bool = False,
+           task: str = "qa", reference: str | None = None) -> dict:
+    """One predictions.jsonl line (scores included; with a ``task`` other than qa, ``scores["task"]`` against ``reference``)."""
     cited = [int(c.n) for c in answer.citations]
     # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
     shown_raw = "" if answer.abstain_reason == "calibration" or getattr(answer, "rejected", None) else answer.raw
     scores = score_answer(item, answer.answer, shown_raw, bool(answer.abstained), cited, documents, free_form)
+    if task == "summary":
+        scores["task"] = task_scores.score_summary(answer.sentences, bool(answer.abstained), list(item.answers), item.answerable, reference)
+    elif task == "extract":
+        scores["task"] = task_scores.score_extract(answer.data, answer.json_error, list(item.answers), item.answerable, reference)
+        extra = {**extra, "data": answer.data, "json_error": answer.json_error}
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
         "doc_id": item.doc_id, "gold": list(item.answers),
@@ -470,7 +463,7 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
         "abstain_reason": answer.abstain_reason, "margin": answer.margin, "citations": cited,
         "rejected": getattr(answer, "rejected", None), "fallback": getattr(answer, "fallback", None),
         "cited_doc_ids": [documents[n - 1].get("doc_id") if 1 <= n <= len(documents) else None for n in cited],
-        "scores": scores, **extra,
+        "scores": scores, **({"reference": reference} if task != "qa" else {}), **extra,
     }
 
 
@@ -497,7 +490,7 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit
 
 
 def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str],
-                    free_form: bool = False) -> tuple[dict, list[dict]]:
+                    free_form: bool = False, task: str = "qa", references: list[str | None] | None = None) -> tuple[dict, list[dict]]:
     """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records).
 
     ``free_form``: the gold answers are free-form text: EM is left out (``null``).
@@ -511,15 +504,29 @@ def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts
         seconds = time.perf_counter() - t0
         recs = [
             # The documents as shown: the prompt budget may cut or drop some, and [n] numbers these.
-            record(name, ctx, item, a, list(a.retrieved) if a.retrieved else (docs[j] if docs is not None else []), extras[j], free_form)
+            record(name, ctx, item, a, list(a.retrieved) if a.retrieved else (docs[j] if docs is not None else []), extras[j], free_form,
+                   task, references[j] if references else None)
             for j, (item, a) in enumerate(zip(items, answers))
         ]
         results[ctx] = {**aggregate(recs, ctx), "timings": {"generate_s": round(seconds, 2), "per_question_s": round(seconds / max(len(items), 1), 3)}}
+        if task != "qa":
+            results[ctx]["task"] = task_scores.aggregate(task, recs)
         if free_form:  # exact match of a sentence measures wording, not correctness
             results[ctx]["answer"]["em"] = results[ctx]["squad2"]["has_em"] = results[ctx]["squad2"]["overall_em"] = None
         records += recs
         log.info("%s/%s: %s", name, ctx, results[ctx]["answer"])
     return results, records
+
+
+def task_references(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit]], store: Any,
+                    free_form: bool = False) -> list[str | None] | None:
+    """Per item, the reference of ``cfg.task`` written from its gold passage (:func:`task_scores.reference`); None for qa."""
+    if cfg.task == "qa":
+        return None
+    by_doc = store.chunks_of_docs({i.doc_id for i in items if i.doc_id})
+    golds = [gold_chunk(i, h, by_doc.get(i.doc_id or "", []), free_form) for i, h in zip(items, hits)]
+    return [task_scores.reference(cfg.task, i.question, g.text if g is not None else None, list(i.answers), i.answerable)
+            for i, g in zip(items, golds)]
 
 
 def answer_form_of(items: list[QAItem], store: Any) -> tuple[str, float | None]:
@@ -571,13 +578,15 @@ def _run(cfg: EvaluateConfig, retriever: Retriever | None,
     retrieval = retrieval_scores(items, hits, cfg.precision_k)
     retrieval_s = time.perf_counter() - t0
     contexts = build_contexts(cfg, items, hits, retriever.store, form == "free-form")
+    references = task_references(cfg, items, hits, retriever.store, form == "free-form")
     factory = pipeline_factory or load_pipeline
     results, records, system_info = {}, [], []
     for name, adapter in systems:
         t0 = time.perf_counter()
         pipeline = factory(cfg, adapter, retriever)
         system_info.append({"name": name, "adapter": adapter, "load_s": round(time.perf_counter() - t0, 2)})
-        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts, form == "free-form")
+        results[name], recs = evaluate_system(pipeline, name, items, contexts, cfg.batch_size * 2, cfg.contexts, form == "free-form",
+                                              cfg.task, references)
         records += recs
         del pipeline
         gc.collect()  # free one generator before loading the next
@@ -658,6 +667,7 @@ def render_report(metrics: dict) -> str:
            "gold passage); token F1 and ROUGE-L compare them.", ""] if qa.get("answer_form") == "free-form" else []),
         _table(["system", "context", "n", *(c for c, _ in COLUMNS)], result_rows(metrics), 2), "",
         *injection_section(metrics),
+        *task_section(metrics),
         "## Timings", "",
         _table(["system", "load s", *(f"{c} s/question" for c in metrics["contexts"])],
                [[s["name"], f"{s['load_s']:.1f}", *(f"{metrics['results'][s['name']][c]['timings']['per_question_s']:.3f}" for c in metrics["contexts"])]
@@ -665,6 +675,22 @@ def render_report(metrics: dict) -> str:
         f"Total {metrics['timings']['total_s']:.1f} s (retrieval {metrics['timings']['retrieval_s']:.1f} s).", "",
     ]
     return "\n".join(lines)
+
+
+def task_section(metrics: dict) -> list[str]:
+    """Report lines: the summary or JSON figures per system and context (only with --task summary|extract)."""
+    task = metrics["config"].get("task", "qa")
+    if task == "qa":
+        return []
+    columns = task_scores.COLUMNS[task]
+    rows = [[s["name"], c, *(fmt(metrics["results"][s["name"]][c]["task"][k]) for _, k in columns)]
+            for s in metrics["systems"] for c in metrics["contexts"]]
+    what = {"summary": "References are written from each question's gold passage by the rules that write summary training targets "
+                       "(rag_pipeline.data.tasks). Citation recall: sentences their cited passages support; precision: citations "
+                       "needed (ALCE's definitions, the support measure as judge).",
+            "extract": "References: the answer and its sentence from the gold passage, nulls for unanswerable questions. Valid JSON: "
+                       "all answers; answer and quote figures: answerable questions; null accuracy: unanswerable ones."}[task]
+    return [f"## Task: {task} (%)", "", what, "", _table(["system", "context", *(c for c, _ in columns)], rows, 2), ""]
 
 
 def injection_section(metrics: dict) -> list[str]:

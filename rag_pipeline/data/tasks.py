@@ -1,0 +1,142 @@
+"""Tasks beyond the short answer as RAFT training targets: cited summaries and JSON extraction.
+
+``build-raft-dataset --task qa=0.6,summary=0.2,extract=0.2`` draws each example's task from the
+mixture with the example's own seeded RNG (:func:`draw`). The prompt shows the task's request
+exactly as ``ask --task summary|extract`` shows it (:func:`asked`), and the target is written by
+rules from the oracle passage, without a model:
+
+- ``summary``: the oracle's sentence that holds the answer, then up to two more of its sentences
+  that share content words with the question (else the next sentence), in passage order, each lightly compressed
+  (parentheses dropped) and ending `` [n].`` with the oracle's number: the form the summary
+  grammar decodes (:mod:`rag_pipeline.answer.summary`). Distractors are never cited. Without the
+  oracle, or for an unanswerable question, the abstention.
+- ``extract``: ``{"answer": the answer as the oracle spells it, "quote": the oracle's sentence that
+  holds it}`` under :data:`EXTRACT_SCHEMA`, compact, as the JSON decoder writes it; both null
+  without the oracle or for an unanswerable question (the structured form of abstention).
+
+An example whose summary the grammar cannot hold (the answer's sentence has a full stop inside,
+"St. Louis") stays a ``qa`` example; the builder counts these.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from rag_pipeline.answer import structured, summary
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.prompt import ABSTAIN, sentence_spans, support_span
+from rag_pipeline.support import content_tokens, recall
+from rag_pipeline.textnorm import contains_answer
+
+TASKS = ("qa", "summary", "extract")
+EXTRACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": ["string", "null"]}, "quote": {"type": ["string", "null"]}},
+    "required": ["answer", "quote"],
+    "additionalProperties": False,
+}
+SUMMARY_SENTENCES = 3  # the answer's sentence and up to two more about the question
+
+_PARENS = re.compile(r"\s*\([^()]*\)")
+_SPACES = re.compile(r"\s+")
+_TEXT = re.compile(r"[A-Z0-9\"'][^\[\]\n.!?]{2,%d}" % summary.MAX_SENTENCE_CHARS)  # a sentence the grammar's TEXT holds
+
+
+def parse_mixture(spec: str) -> dict[str, float]:
+    """``qa`` -> {"qa": 1.0}; ``qa=0.6,summary=0.2,extract=0.2`` -> the shares, summing to 1.
+
+    Raises:
+        ConfigError: an unknown task, a weight that is not a non-negative number, or all weights zero.
+    """
+    weights: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in TASKS:
+            raise ConfigError(f"--task {spec!r}: unknown task {name!r}; choose from {', '.join(TASKS)}, "
+                              "or a mixture such as qa=0.6,summary=0.2,extract=0.2")
+        try:
+            weight = float(value) if value.strip() else 1.0
+        except ValueError:
+            raise ConfigError(f"--task {spec!r}: the weight of {name} is {value!r}, not a number") from None
+        if weight < 0 or name in weights:
+            raise ConfigError(f"--task {spec!r}: give each task once with a weight >= 0")
+        weights[name] = weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise ConfigError(f"--task {spec!r}: no task has a positive weight; e.g. --task qa or --task qa=0.6,summary=0.2,extract=0.2")
+    return {name: weights[name] / total for name in TASKS if weights.get(name)}
+
+
+def draw(mixture: dict[str, float], rng: random.Random) -> str:
+    """One task drawn from ``mixture`` (a single task draws nothing)."""
+    if len(mixture) == 1:
+        return next(iter(mixture))
+    u, edge = rng.random(), 0.0
+    for name, share in mixture.items():
+        edge += share
+        if u < edge:
+            return name
+    return name
+
+
+def asked(task: str, question: str) -> str:
+    """The request as the prompt shows it for ``task`` (what ask shows for the same task)."""
+    if task == "summary":
+        return summary.instruction(question)
+    if task == "extract":
+        return structured.instruction(question, EXTRACT_SCHEMA)
+    return question
+
+
+def _compressed(sentence: str) -> str | None:
+    """The sentence without parentheses, its final stop and extra spaces; None when the summary grammar cannot hold it."""
+    text = _SPACES.sub(" ", _PARENS.sub("", sentence)).strip().rstrip(".").strip()
+    text = text[:1].upper() + text[1:]
+    return text if _TEXT.fullmatch(text) else None
+
+
+def summary_sentences(question: str, passage: str, answers: list[str]) -> list[str] | None:
+    """The summary's sentences from ``passage`` (without citations), or None when the answer's sentence
+    cannot be found or written in the grammar."""
+    span = support_span(passage, answers)
+    first = _compressed(passage[span[0]:span[1]]) if span else None
+    if first is None:
+        return None
+    words = set(content_tokens(question))
+    others = []
+    for s, e in sentence_spans(passage):
+        if e <= span[0] or s >= span[1]:
+            text = _compressed(passage[s:e])
+            score = recall(question, passage[s:e]) if words else 0.0
+            if text is not None and score > 0:
+                others.append((score, s, text))
+    chosen = sorted(others, key=lambda x: (-x[0], x[1]))[: SUMMARY_SENTENCES - 1] + [(1.0, span[0], first)]
+    if len(chosen) == 1:  # nothing else is about the question: the sentence after the answer's, for context
+        after = next((_compressed(passage[s:e]) for s, e in sentence_spans(passage) if s >= span[1]), None)
+        chosen += [(0.0, span[1], after)] if after else []
+    return [t for _, _, t in sorted(chosen, key=lambda x: x[1])]
+
+
+def summary_target(sentences: list[str] | None, position: int) -> str:
+    """The cited summary of the oracle at 0-based ``position`` (-1: not shown, or nothing to say: the abstention)."""
+    if position < 0 or not sentences:
+        return ABSTAIN
+    return " ".join(f"{s} [{position + 1}]." for s in sentences)
+
+
+def extract_target(passage: str | None, answers: list[str]) -> str:
+    """The JSON object of an extract example: the answer and its sentence copied from ``passage``, or nulls."""
+    value = quote = None
+    if passage is not None and answers:
+        value = next((a for a in answers if contains_answer(passage, [a])), None)
+        span = support_span(passage, answers)
+        if value is not None:
+            at = passage.lower().find(value.lower())
+            value = passage[at:at + len(value)] if at >= 0 else value  # as the passage spells it
+        quote = _SPACES.sub(" ", passage[span[0]:span[1]]).strip() if span else None
+        value = value if value is not None else (answers[0] if quote else None)
+    return json.dumps({"answer": value, "quote": quote}, ensure_ascii=False, separators=(",", ":"))

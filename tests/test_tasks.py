@@ -1,0 +1,67 @@
+"""Task targets written by rules (rag_pipeline.data.tasks), against hand-written cases."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from rag_pipeline.answer import structured, summary
+from rag_pipeline.data import tasks
+from rag_pipeline.errors import ConfigError
+from rag_pipeline.prompt import ABSTAIN
+
+NORMANS = ("The Normans (Norman: Nourmands) were the people who gave their name to Normandy, a region in France. "
+           "They were descended from Norse raiders. Their leader Rollo swore fealty to King Charles III. "
+           "The Norman name of Normandy comes from the Norse raiders.")
+
+
+def test_the_mixture_is_parsed_normalised_and_drawn_with_its_shares() -> None:
+    assert tasks.parse_mixture("qa") == {"qa": 1.0}
+    assert tasks.parse_mixture("summary=1,qa=3") == {"qa": 0.75, "summary": 0.25}  # in TASKS order
+    assert tasks.parse_mixture("qa=0.5,extract=0.5,summary=0") == {"qa": 0.5, "extract": 0.5}
+    for bad, match in (("poem", "unknown task 'poem'"), ("qa=x", "not a number"), ("qa=-1", "weight >= 0"), ("qa=1,qa=2", "once"),
+                       ("qa=0", "no task has a positive weight"), ("", "no task")):
+        with pytest.raises(ConfigError, match=match):
+            tasks.parse_mixture(bad)
+    rng = random.Random(0)
+    drawn = [tasks.draw({"qa": 0.6, "summary": 0.2, "extract": 0.2}, rng) for _ in range(5000)]
+    assert drawn.count("qa") / 5000 == pytest.approx(0.6, abs=0.03) and drawn.count("extract") / 5000 == pytest.approx(0.2, abs=0.03)
+    assert tasks.draw({"summary": 1.0}, rng) == "summary"
+
+
+def test_the_summary_is_the_answers_sentence_and_those_about_the_question_each_cited() -> None:
+    said = tasks.summary_sentences("Where does the name of Normandy come from?", NORMANS, ["Normans"])
+    # the answer's sentence without its parentheses, then the one sharing "name"/"Normandy" with the question
+    assert said == ["The Normans were the people who gave their name to Normandy, a region in France",
+                    "The Norman name of Normandy comes from the Norse raiders"]
+    target = tasks.summary_target(said, 1)
+    assert target == ("The Normans were the people who gave their name to Normandy, a region in France [2]. "
+                      "The Norman name of Normandy comes from the Norse raiders [2].")
+    assert summary.sentences_of(target) == [(s, [2]) for s in said]
+    assert tasks.summary_target(said, -1) == tasks.summary_target(None, 0) == ABSTAIN
+
+
+def test_a_summary_without_other_sentences_about_the_question_adds_the_next_one() -> None:
+    assert tasks.summary_sentences("Who swore fealty?", NORMANS, ["Rollo"]) == [
+        "Their leader Rollo swore fealty to King Charles III", "The Norman name of Normandy comes from the Norse raiders"]
+
+
+def test_a_summary_the_grammar_cannot_hold_is_not_written() -> None:
+    assert tasks.summary_sentences("Where did he go?", "He went to St. Louis in May. It rained.", ["St. Louis"]) is None
+    assert tasks.summary_sentences("Who?", NORMANS, ["Vikings of Iceland"]) is None  # no sentence holds the answer
+
+
+def test_the_json_target_copies_the_answer_and_its_sentence_or_is_null() -> None:
+    obj = json.loads(tasks.extract_target(NORMANS, ["rollo"]))
+    assert obj == {"answer": "Rollo", "quote": "Their leader Rollo swore fealty to King Charles III."}  # spelled as the passage does
+    assert tasks.extract_target(None, ["Rollo"]) == tasks.extract_target(NORMANS, []) == '{"answer":null,"quote":null}'
+    for text in (tasks.extract_target(NORMANS, ["Rollo"]), tasks.extract_target(None, [])):
+        assert structured.parse(text, tasks.EXTRACT_SCHEMA)[1] is None
+
+
+def test_the_prompt_asks_as_ask_does() -> None:
+    assert tasks.asked("qa", "Who?") == "Who?"
+    assert tasks.asked("summary", "Who?") == summary.instruction("Who?")
+    assert tasks.asked("extract", "Who?") == structured.instruction("Who?", tasks.EXTRACT_SCHEMA)
