@@ -777,9 +777,11 @@ def test_a_summary_is_decoded_as_cited_sentences_end_to_end(env: dict, capsys: p
             "--min-score", "-1", "--task", "summary", "--max-summary-tokens", "60", "--do-sample", "--seed", "1"]
     assert cli_main(argv) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["answer"] and not data["abstained"] and "fields" not in data
-    text = data["answer"]  # the tiny model's random tokens, under the grammar: cited sentences only (a cut one at the end)
+    assert data["raw"] and not data["abstained"] and "fields" not in data
+    text = data["raw"].strip()  # the tiny model's random tokens, under the grammar: cited sentences only (a cut one at the end)
     done = text[: text.rfind(".") + 1]
+    assert data["answer"] == done.strip()  # what the token limit left whole
+    assert (data["summary_error"] is None) == (done == text)
     assert re.fullmatch(r'(?:[A-Z0-9"\'][^\[\]\n.!?]{2,300} \[[12]\](?: \[[12]\])?\. ?){0,4}', done), text
     rest = text[len(done):].strip()  # one unfinished sentence, cut by the token limit
     assert re.fullmatch(r'(?:[A-Z0-9"\'][^\[\]\n.!?]*(?:\[[12]?\]?(?: \[?[12]?\]?)?)?)?', rest), text

@@ -63,3 +63,10 @@ def test_citation_recall_and_precision_on_hand_computed_cases() -> None:
     recall, precision = summary.citation_scores(checked)
     assert recall == pytest.approx(3 / 5) and precision == pytest.approx(4 / 7)
     assert summary.citation_scores([]) == (None, None)
+
+
+def test_what_the_token_limit_left_whole() -> None:
+    two = "The Normans came from Normandy [1]. Rollo led them [2]."
+    assert summary.complete_part(two) == two
+    assert summary.complete_part(two + " Their duke wa") == two  # the cut sentence is left out
+    assert summary.complete_part("The Normans came from Norm") == ""

@@ -119,6 +119,7 @@ class Answer:
     json_error: str | None = None  # why the JSON answer does not parse or validate (it ran into the token limit)
     # A summary (--task summary): per sentence, its text, cited numbers, whether they support it, and which citations are precise.
     sentences: list[dict[str, Any]] | None = None
+    summary_error: str | None = None  # the token limit cut the summary: its incomplete last sentence is left out of ``answer``
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON-ready data; a sentence answer has no JSON answer's fields."""
@@ -127,7 +128,7 @@ class Answer:
             for name in _JSON_FIELDS:
                 del d[name]
         if self.sentences is None:
-            del d["sentences"]
+            del d["sentences"], d["summary_error"]
         return d
 
 
@@ -534,12 +535,16 @@ class Pipeline:
         """A summary: each sentence with its citations, checked against the passages it cites (:func:`~rag_pipeline.answer.summary.citation_quality`)."""
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
-        checked = summary.citation_quality(summary.sentences_of(raw), [d["text"] for d in docs])
+        whole = summary.complete_part(raw)
+        error = None if whole == raw.strip() else (
+            "the token limit cut the summary's last sentence (left out of the answer; raw holds it): raise --max-summary-tokens "
+            "(serve: max_tokens)")
+        checked = summary.citation_quality(summary.sentences_of(whole), [d["text"] for d in docs])
         numbers = sorted({n for s in checked for n in s["cited"] if 1 <= n <= len(docs)})
         citations = [Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"],
                               make_snippet(d["text"], next(s["text"] for s in checked if n in s["cited"]), self.cfg.snippet))
                      for n in numbers for d in [docs[n - 1]]]
-        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, sentences=checked)
+        return Answer(question, whole, False, None, citations, docs, timings, raw, sentences=checked, summary_error=error)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False) -> None:
@@ -604,8 +609,8 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
         lines += [f"  {path}: [{', '.join(map(str, ns))}]" for path, ns in ans.fields.items()]
         lines += [f"  {path}: (no shown passage holds this value)" for path in ans.unsupported_fields or []]
     elif ans.sentences is not None:
-        if not ans.answer.endswith("."):
-            lines.append("  (cut by the token limit: raise --max-summary-tokens)")
+        if ans.summary_error:
+            lines.append(f"  ({ans.summary_error})")
         for k, sent in enumerate(ans.sentences, 1):
             if not sent["supported"]:
                 lines.append(f"  (sentence {k}: the passages it cites do not hold most of its words)")

@@ -67,6 +67,14 @@ def sentences_of(text: str) -> list[tuple[str, list[int]]]:
     return out
 
 
+def complete_part(text: str) -> str:
+    """``text`` up to the end of its last complete cited sentence ("" when none ended): what the token limit left whole."""
+    end = 0
+    for m in _SENTENCE.finditer(text):
+        end = m.end()
+    return text[:end].strip()
+
+
 def _supported(sentence: str, passages: list[str]) -> bool:
     return bool(passages) and recall(sentence, "\n".join(passages)) >= ANSWER_SUPPORT
 
