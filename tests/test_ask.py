@@ -780,8 +780,7 @@ def test_a_summary_is_decoded_as_cited_sentences_end_to_end(env: dict, capsys: p
     assert data["raw"] and not data["abstained"] and "fields" not in data
     text = data["raw"].strip()  # the tiny model's random tokens, under the grammar: cited sentences only (a cut one at the end)
     done = text[: text.rfind(".") + 1]
-    assert data["answer"] == done.strip()  # what the token limit left whole
-    assert (data["summary_error"] is None) == (done == text)
+    assert data["answer"] == text and (data["summary_error"] is None) == (done == text)  # a cut sentence is named
     assert re.fullmatch(r'(?:[A-Z0-9"\'][^\[\]\n.!?]{2,300} \[[12]\](?: \[[12]\])?\. ?){0,4}', done), text
     rest = text[len(done):].strip()  # one unfinished sentence, cut by the token limit
     assert re.fullmatch(r'(?:[A-Z0-9"\'][^\[\]\n.!?]*(?:\[[12]?\]?(?: \[?[12]?\]?)?)?)?', rest), text

@@ -119,7 +119,7 @@ class Answer:
     json_error: str | None = None  # why the JSON answer does not parse or validate (it ran into the token limit)
     # A summary (--task summary): per sentence, its text, cited numbers, whether they support it, and which citations are precise.
     sentences: list[dict[str, Any]] | None = None
-    summary_error: str | None = None  # the token limit cut the summary: its incomplete last sentence is left out of ``answer``
+    summary_error: str | None = None  # the token limit cut the summary's last sentence (not in ``sentences``)
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON-ready data; a sentence answer has no JSON answer's fields."""
@@ -537,14 +537,15 @@ class Pipeline:
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
         whole = summary.complete_part(raw)
         error = None if whole == raw.strip() else (
-            "the token limit cut the summary's last sentence (left out of the answer; raw holds it): raise --max-summary-tokens "
-            "(serve: max_tokens)")
+            "the token limit cut the summary's last sentence (it has no citation and is not in sentences): raise "
+            "--max-summary-tokens (serve: max_tokens)")
         checked = summary.citation_quality(summary.sentences_of(whole), [d["text"] for d in docs])
         numbers = sorted({n for s in checked for n in s["cited"] if 1 <= n <= len(docs)})
         citations = [Citation(n, d["id"], d["doc_id"], d["title"], d["source"], d["score"],
                               make_snippet(d["text"], next(s["text"] for s in checked if n in s["cited"]), self.cfg.snippet))
                      for n in numbers for d in [docs[n - 1]]]
-        return Answer(question, whole, False, None, citations, docs, timings, raw, sentences=checked, summary_error=error)
+        # the answer keeps the cut tail: a streaming client already has it (streamed text only grows)
+        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, sentences=checked, summary_error=error)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False) -> None:
