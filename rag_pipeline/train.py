@@ -396,7 +396,7 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the main process's devices (several GPUs: not exact per rank)
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -805,3 +805,21 @@ def test_a_summary_is_asked_for_and_its_citations_are_checked(env: dict, monkeyp
         ("It orbits the Moon every month", [python], False, [False])]
     assert "sentence 2: the passages it cites do not hold most of its words" in A.format_answer(ans, cfg(env))
     assert "sentences" not in A.Pipeline.load(cfg(env)).answer(QUESTIONS[1]).to_dict()  # a short answer has none
+
+
+def test_margins_are_decoded_with_the_answer_start_their_calibration_was_made_with(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag_pipeline import generator
+
+    seen: list = []
+    real = generator.generate_with_margins
+
+    def spy(*args, **kw):
+        seen.append(kw["ban_first_word"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generator, "generate_with_margins", spy)
+    p = A.Pipeline.load(cfg(env, min_score=-1.0, answer_check="off"))
+    p.calibrations = {"free": {"threshold": 0.0, "answer_start": "not-refusal-word"}, "grounded": {"threshold": 0.0}}
+    p.answer_batch([QUESTIONS[0]], margins=True)
+    p.answer_batch([QUESTIONS[0]], margins=True, grounded=True)
+    assert seen == [True, False]

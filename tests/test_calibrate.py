@@ -166,9 +166,12 @@ def test_the_answer_start_is_stored_with_the_threshold_and_followed_by_calibrate
     for start in ("any", "not-refusal-word"):
         assert run(CalibrateConfig(adapter="a", qa=str(qa), dry_run=True, answer_start=start))["answer_start"] == start
 
-    def pipe(setting: str, calibration: dict | None) -> str:
-        return Pipeline.answer_start.fget(SimpleNamespace(cfg=SimpleNamespace(answer_start=setting), calibration=calibration))
+    def pipe(setting: str, calibrations: dict, grounded: bool = False) -> str:
+        return Pipeline.answer_start(SimpleNamespace(cfg=SimpleNamespace(answer_start=setting), calibrations=calibrations), grounded)
 
-    assert pipe("calibrated", {"threshold": 1.0, "answer_start": "not-refusal-word"}) == "not-refusal-word"
-    assert pipe("calibrated", {"threshold": 1.0}) == pipe("calibrated", None) == "any"  # calibrations made before it was recorded
-    assert pipe("any", {"threshold": 1.0, "answer_start": "not-refusal-word"}) == "any"  # the flag wins
+    banned = {"threshold": 1.0, "answer_start": "not-refusal-word"}
+    assert pipe("calibrated", {"free": banned}) == "not-refusal-word"
+    assert pipe("calibrated", {"free": banned}, grounded=True) == "any"  # each decoding mode as its own threshold was calibrated
+    assert pipe("calibrated", {"grounded": banned}, grounded=True) == "not-refusal-word"
+    assert pipe("calibrated", {"free": {"threshold": 1.0}}) == pipe("calibrated", {}) == "any"  # calibrations made before it was recorded
+    assert pipe("any", {"free": banned}) == "any"  # the flag wins

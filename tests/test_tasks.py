@@ -22,6 +22,7 @@ def test_the_mixture_is_parsed_normalised_and_drawn_with_its_shares() -> None:
     assert tasks.parse_mixture("summary=1,qa=3") == {"qa": 0.75, "summary": 0.25}  # in TASKS order
     assert tasks.parse_mixture("qa=0.5,extract=0.5,summary=0") == {"qa": 0.5, "extract": 0.5}
     for bad, match in (("poem", "unknown task 'poem'"), ("qa=x", "not a number"), ("qa=-1", "weight >= 0"), ("qa=1,qa=2", "once"),
+                       ("qa=nan,summary=1", "weight >= 0"), ("qa=inf", "weight >= 0"),
                        ("qa=0", "no task has a positive weight"), ("", "no task")):
         with pytest.raises(ConfigError, match=match):
             tasks.parse_mixture(bad)
@@ -65,3 +66,16 @@ def test_the_prompt_asks_as_ask_does() -> None:
     assert tasks.asked("qa", "Who?") == "Who?"
     assert tasks.asked("summary", "Who?") == summary.instruction("Who?")
     assert tasks.asked("extract", "Who?") == structured.instruction("Who?", tasks.EXTRACT_SCHEMA)
+
+
+def test_a_parenthesis_that_holds_the_answer_is_kept() -> None:
+    said = tasks.summary_sentences("When was it bought?", "The Louisiana Purchase (1803) doubled the country. It was big.", ["1803"])
+    assert said == ["The Louisiana Purchase (1803) doubled the country", "It was big"]
+
+
+def test_the_json_answer_is_a_whole_word_and_a_passage_without_support_gives_none() -> None:
+    assert json.loads(tasks.extract_target("The parish of Paris is old.", ["paris"]))["answer"] == "Paris"  # not "paris" of "parish"
+    assert json.loads(tasks.extract_target("Thus the US won.", ["us"]))["answer"] == "US"
+    assert tasks.extract_target("Nothing here holds it.", ["Paris"]) is None  # written as qa instead
+    held = tasks.extract_target("A b\x7fc d.", ["b\x7fc"])  # DEL: escaped, as llguidance's JSON strings need
+    assert "\x7f" not in held and json.loads(held)["answer"] == "b\x7fc"

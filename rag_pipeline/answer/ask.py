@@ -286,13 +286,12 @@ class Pipeline:
         """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
         return self.calibrations.get("grounded" if self.cfg.grounded else "free")
 
-    @property
-    def answer_start(self) -> str:
-        """What a margin's answering continuation may open with (``cfg.answer_start``; ``calibrated``: what the
-        applied calibration was made with, ``any`` when it records nothing)."""
+    def answer_start(self, grounded: bool) -> str:
+        """What a margin's answering continuation may open with in a decoding mode: ``cfg.answer_start``, or with
+        ``calibrated`` what that mode's calibration was made with (``any`` when it records nothing)."""
         if self.cfg.answer_start != "calibrated":
             return self.cfg.answer_start
-        return (self.calibration or {}).get("answer_start", "any")
+        return (self.calibrations.get("grounded" if grounded else "free") or {}).get("answer_start", "any")
 
     @classmethod
     def load(cls, cfg: AnswerSettings, retriever: Any = None) -> Pipeline:
@@ -498,7 +497,7 @@ class Pipeline:
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
-                                                   ban_first_word=self.answer_start == "not-refusal-word")
+                                                   ban_first_word=self.answer_start(grounded) == "not-refusal-word")
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
@@ -537,7 +536,7 @@ class Pipeline:
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
         whole = summary.complete_part(raw)
         error = None if whole == raw.strip() else (
-            "the token limit cut the summary's last sentence (it has no citation and is not in sentences): raise "
+            "the token limit cut the summary's last sentence (it is incomplete and not in sentences): raise "
             "--max-summary-tokens (serve: max_tokens)")
         checked = summary.citation_quality(summary.sentences_of(whole), [d["text"] for d in docs])
         numbers = sorted({n for s in checked for n in s["cited"] if 1 <= n <= len(docs)})

@@ -574,18 +574,14 @@ def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, t
     shown = oracle.text if keep and oracle is not None and item.answerable else None
     if task == "summary":
         sentences = tasks.summary_sentences(item.question, shown, list(item.answers)) if shown is not None else None
-        if shown is not None and sentences is None:
-            counts["summary_written_as_qa"] += 1
-            task = "qa"
-        else:
-            counts["task_summary"] += 1
+        if shown is None or sentences is not None:
             return task, lambda pos: tasks.summary_target(sentences, pos)
-    if task == "extract":
-        counts["task_extract"] += 1
+    elif task == "extract":
         target = tasks.extract_target(shown, list(item.answers))
-        return task, lambda pos: target
-    if len(mixture) > 1:
-        counts["task_qa"] += 1
+        if target is not None:
+            return task, lambda pos: target
+    if task != "qa":
+        counts[f"{task}_written_as_qa"] += 1  # the oracle holds no summary the grammar can hold, or no supporting sentence
     return "qa", target_fn(cfg, item, oracle, keep, teacher)
 
 
@@ -617,6 +613,12 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
             counts["documents_shortened"] += trunc["shortened"]
             counts["documents_dropped"] += trunc["dropped"]
             counts["oracles_trimmed"] += trunc["oracle_trimmed"]
+            if e.task == "summary" and trunc["oracle_trimmed"]:  # the target must cite only what the shown oracle holds
+                kept = tasks.summary_sentences(e.item.question, docs[pos(docs, e.oracle_id)]["text"], list(e.item.answers))
+                if kept is None:
+                    counts.skip("skip_over_budget", e.item, e.support)
+                    continue
+                e = dataclasses.replace(e, target=lambda p, kept=kept: tasks.summary_target(kept, p))
             total = P.example_tokens(tokenizer, template, e.asked, docs, e.target(pos(docs, e.oracle_id)))
         p = pos(docs, e.oracle_id)
         row = {"id": "r-" + hashlib.sha256(f"{e.item.id}\x00{e.item.question}".encode()).hexdigest()[:16],
@@ -625,6 +627,7 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
                "answer": list(e.item.answers), "answerable": e.item.answerable, "doc_id": e.item.doc_id}
         if cfg.tasks() != {"qa": 1.0}:
             row["task"] = e.task
+            counts[f"task_{e.task}"] += 1
         out.append((e, row, total))
     return out
 

@@ -14,13 +14,16 @@ rules from the oracle passage, without a model:
   holds it}`` under :data:`EXTRACT_SCHEMA`, compact, as the JSON decoder writes it; both null
   without the oracle or for an unanswerable question (the structured form of abstention).
 
-An example whose summary the grammar cannot hold (the answer's sentence has a full stop inside,
-"St. Louis") stays a ``qa`` example; the builder counts these.
+Summary and extract examples abstain without the oracle whatever ``--no-oracle-target`` says. An
+example whose summary the grammar cannot hold (the answer's sentence has a full stop inside,
+"St. Louis") or whose oracle holds no sentence supporting the answer stays a ``qa`` example; the
+builder counts these.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from typing import Any
@@ -62,7 +65,7 @@ def parse_mixture(spec: str) -> dict[str, float]:
             weight = float(value) if value.strip() else 1.0
         except ValueError:
             raise ConfigError(f"--task {spec!r}: the weight of {name} is {value!r}, not a number") from None
-        if weight < 0 or name in weights:
+        if not math.isfinite(weight) or weight < 0 or name in weights:
             raise ConfigError(f"--task {spec!r}: give each task once with a weight >= 0")
         weights[name] = weight
     total = sum(weights.values())
@@ -92,9 +95,11 @@ def asked(task: str, question: str) -> str:
     return question
 
 
-def _compressed(sentence: str) -> str | None:
-    """The sentence without parentheses, its final stop and extra spaces; None when the summary grammar cannot hold it."""
-    text = _SPACES.sub(" ", _PARENS.sub("", sentence)).strip().rstrip(".").strip()
+def _compressed(sentence: str, answers: list[str] | None = None) -> str | None:
+    """The sentence without parentheses (but those holding an answer), its final stop and extra spaces; None when the
+    summary grammar cannot hold it."""
+    text = _PARENS.sub(lambda m: m.group(0) if answers and contains_answer(m.group(0), answers) else "", sentence)
+    text = _SPACES.sub(" ", text).strip().rstrip(".").strip()
     text = text[:1].upper() + text[1:]
     return text if _TEXT.fullmatch(text) else None
 
@@ -103,8 +108,8 @@ def summary_sentences(question: str, passage: str, answers: list[str]) -> list[s
     """The summary's sentences from ``passage`` (without citations), or None when the answer's sentence
     cannot be found or written in the grammar."""
     span = support_span(passage, answers)
-    first = _compressed(passage[span[0]:span[1]]) if span else None
-    if first is None:
+    first = _compressed(passage[span[0]:span[1]], answers) if span else None
+    if first is None or (any(contains_answer(passage, [a]) for a in answers) and not contains_answer(first, answers)):
         return None
     words = set(content_tokens(question))
     others = []
@@ -128,15 +133,17 @@ def summary_target(sentences: list[str] | None, position: int) -> str:
     return " ".join(f"{s} [{position + 1}]." for s in sentences)
 
 
-def extract_target(passage: str | None, answers: list[str]) -> str:
-    """The JSON object of an extract example: the answer and its sentence copied from ``passage``, or nulls."""
+def extract_target(passage: str | None, answers: list[str]) -> str | None:
+    """The JSON object of an extract example: the answer as ``passage`` spells it (a whole-word match, in the sentence
+    that holds it first) and that sentence; nulls without a passage or answers; None when the passage holds neither
+    (the example is written as qa instead)."""
     value = quote = None
     if passage is not None and answers:
-        value = next((a for a in answers if contains_answer(passage, [a])), None)
         span = support_span(passage, answers)
-        if value is not None:
-            at = passage.lower().find(value.lower())
-            value = passage[at:at + len(value)] if at >= 0 else value  # as the passage spells it
-        quote = _SPACES.sub(" ", passage[span[0]:span[1]]).strip() if span else None
-        value = value if value is not None else (answers[0] if quote else None)
-    return json.dumps({"answer": value, "quote": quote}, ensure_ascii=False, separators=(",", ":"))
+        if span is None:
+            return None
+        quote = _SPACES.sub(" ", passage[span[0]:span[1]]).strip()
+        value = next((m.group(0) for a in answers for text in (quote, passage)
+                      for m in [re.search(rf"(?<!\w){re.escape(a.strip())}(?!\w)", text, re.IGNORECASE)] if a.strip() and m), answers[0])
+    # llguidance's JSON strings hold no raw DEL; json.dumps leaves it unescaped
+    return json.dumps({"answer": value, "quote": quote}, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")

@@ -444,7 +444,7 @@ def answer_all(pipeline: Answerer, questions: list[str], contexts: list[list[Pas
 
 
 def record(system: str, context: str, item: QAItem, answer: Answer, documents: list[Passage], extra: dict, free_form: bool = False,
-           task: str = "qa", reference: str | None = None) -> dict:
+           task: Task = "qa", reference: str | None = None) -> dict:
     """One predictions.jsonl line (scores included; with a ``task`` other than qa, ``scores["task"]`` against ``reference``)."""
     cited = [int(c.n) for c in answer.citations]
     # An answer withheld by the calibrated abstention was never shown: it cannot be hijacked.
@@ -490,7 +490,7 @@ def build_contexts(cfg: EvaluateConfig, items: list[QAItem], hits: list[list[Hit
 
 
 def evaluate_system(pipeline: Answerer, name: str, items: list[QAItem], contexts: dict, chunk: int, order: list[str],
-                    free_form: bool = False, task: str = "qa", references: list[str | None] | None = None) -> tuple[dict, list[dict]]:
+                    free_form: bool = False, task: Task = "qa", references: list[str | None] | None = None) -> tuple[dict, list[dict]]:
     """All contexts (``order``: names, ``NAME/grounded`` for grounded decoding) for one loaded system: (results by context, records).
 
     ``free_form``: the gold answers are free-form text: EM is left out (``null``).
