@@ -173,17 +173,13 @@ def load_raft(dataset_dir: str | Path) -> tuple[dict[str, Any], Any]:
 
 
 def validation_rows(ds: Any, dataset: str, cfg: TrainConfig) -> Any | None:
-    """The evaluation subset (first ``eval_subset`` by id; qa rows only in a task mixture), or None when the
-    dataset has no validation examples.
+    """The evaluation subset (first ``eval_subset`` by id), or None when the dataset has no validation examples.
 
     Raises:
         ConfigError: early stopping was asked for, which needs evaluations.
     """
-    val = ds["validation"] if "validation" in ds else None
-    if val is not None and "task" in val.column_names:  # a task mixture: EM/F1 are the short answers' (qa rows)
-        val = val.select([i for i, t in enumerate(val["task"]) if t == "qa"], keep_in_memory=True)
-    if val is not None and len(val):
-        return val.sort("id").select(range(min(cfg.eval_subset, len(val))))
+    if "validation" in ds and len(ds["validation"]):
+        return ds["validation"].sort("id").select(range(min(cfg.eval_subset, len(ds["validation"]))))
     if cfg.early_stopping_patience:
         raise ConfigError(f"early_stopping_patience is {cfg.early_stopping_patience} but dataset {dataset} has no validation examples: "
                           "set it to 0, or rebuild the dataset with a validation split (dev.jsonl in --qa-dir, or --split-ratio)")
@@ -213,15 +209,17 @@ def sequence_tokens(example: dict[str, Any], kind: str) -> int:
 
 
 def eval_set(val: Any | None, tokenizer: Any, kind: str, template: Any, cfg: TrainConfig) -> EvalSet | None:
-    """The validation rows encoded for the loss, and their first ``eval_generate`` for EM/F1; None without rows."""
+    """The validation rows encoded for the loss, and the first ``eval_generate`` short-answer rows for EM/F1 (a task
+    mixture's summaries and JSON answers count in the loss only); None without rows."""
     if val is None:
         return None
     texts = model_texts(val, tokenizer, template)
     examples, _ = encode_split(texts, val["completion"], tokenizer, kind, cfg.max_length)
-    n = min(cfg.eval_generate, len(val))
-    answers = val["answer"][:n]
-    answerable = val["answerable"][:n] if "answerable" in val.column_names else [bool(a) for a in answers]
-    return EvalSet(examples, texts[:n], answers, answerable)
+    tasks = val["task"] if "task" in val.column_names else ["qa"] * len(val)
+    chosen = [i for i, t in enumerate(tasks) if t == "qa"][: cfg.eval_generate]
+    answers = [val["answer"][i] for i in chosen]
+    answerable = [val["answerable"][i] for i in chosen] if "answerable" in val.column_names else [bool(a) for a in answers]
+    return EvalSet(examples, [texts[i] for i in chosen], answers, answerable)
 
 
 def micro_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -358,7 +356,7 @@ def evaluate(model: Any, tokenizer: Any, kind: str, examples: list[dict[str, Any
     preds = generate_answers(model, tokenizer, kind, texts, max_new_tokens=cfg.max_new_tokens,
                              batch_size=cfg.eval_batch_size, max_input_length=cfg.max_length,
                              # on CPU, autocast re-casts frozen weights at every decoded token: ~4x slower
-                             autocast_bf16=bf16 and device.type == "cuda")
+                             autocast_bf16=bf16 and device.type == "cuda") if texts else []
     model.train(was_training)
     sq = squad2_scores(preds, answers, answerable)
     out = {"val_loss": total / max(tokens, 1), "em": sq["overall_em"], "f1": sq["overall_f1"]}
@@ -607,6 +605,9 @@ def setup(cfg: TrainConfig) -> Trainer:
     model, tokenizer, kind, base_dir = setup_model(cfg, device)
     train_ex, train_cut = encode_split(model_texts(ds["train"], tokenizer, template), ds["train"]["completion"], tokenizer, kind, cfg.max_length)
     evalset = eval_set(validation_rows(ds, cfg.dataset, cfg), tokenizer, kind, template, cfg)
+    if evalset is not None and not evalset.texts and cfg.metric_for_best != "val_loss":
+        raise ConfigError(f"metric_for_best is {cfg.metric_for_best} but the validation rows of {cfg.dataset} hold no short answers "
+                          "(summaries and JSON answers only): pass --metric-for-best val_loss")
     if train_cut:
         log.warning("%d of %d training prompts were longer than max_length %d and were cut in the middle",
                     train_cut, len(train_ex), cfg.max_length)
@@ -746,10 +747,11 @@ def validate(t: Trainer, step: int) -> bool:
         metrics = {"step": step, **evaluate(t.raw, t.tokenizer, t.kind, ev.examples, ev.texts, ev.answers, ev.answerable, cfg, t.bf16),
                    "peak_rss_mb": peak_rss_mb()}
         state.evals.append(metrics)
-        log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+        log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items() if v is not None})
         if t.writer is not None:
             for k in ("val_loss", "em", "f1"):
-                t.writer.add_scalar(f"eval/{k}", metrics[k], step)
+                if metrics[k] is not None:  # EM/F1: None without short-answer rows (a summary-only dataset)
+                    t.writer.add_scalar(f"eval/{k}", metrics[k], step)
         if step > 0:
             if improved(cfg.metric_for_best, metrics, state.best):
                 state.best = {"step": step, "value": metrics[cfg.metric_for_best], "val_loss": metrics["val_loss"]}

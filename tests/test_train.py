@@ -384,10 +384,15 @@ def test_sort_target_modules_rewrites_only_the_order(tmp_path: Path) -> None:
     T.sort_target_modules(tmp_path / "missing")  # a full fine-tune has no adapter config: nothing to do
 
 
-def test_a_task_mixture_validates_on_its_short_answers(tmp_path: Path) -> None:
-    """EM/F1 against the answer mean nothing for a summary or a JSON target: validation takes the qa rows."""
-    from datasets import Dataset, DatasetDict
+def test_a_task_mixture_validates_its_loss_on_every_row_and_em_f1_on_its_short_answers(tiny: dict) -> None:
+    """EM/F1 against the answer mean nothing for a summary or a JSON target: they count in the validation loss only."""
+    from datasets import Dataset
 
-    ds = DatasetDict({"validation": Dataset.from_dict({"id": ["c", "a", "b", "d"], "task": ["qa", "summary", "qa", "extract"]})})
-    rows = T.validation_rows(ds, "mix", T.TrainConfig(dataset="mix", output=str(tmp_path / "o"), eval_subset=5))
-    assert rows["id"] == ["b", "c"]
+    from rag_pipeline.prompt import get_template
+
+    tok = load_generator(str(tiny["llama"]), device="cpu")[1]
+    val = Dataset.from_dict({"id": ["a", "b", "c", "d"], "prompt": ["p1", "p2", "p3", "p4"], "completion": ["x [1]", "S [1].", "y [2]", "{}"],
+                             "answer": [["x"], ["s"], ["y"], ["z"]], "answerable": [True, True, False, True],
+                             "task": ["qa", "summary", "qa", "extract"]})
+    ev = T.eval_set(val, tok, "causal", get_template("raft-v1"), T.TrainConfig(dataset="mix", output="o", eval_generate=5))
+    assert len(ev.examples) == 4 and ev.answers == [["x"], ["y"]] and ev.answerable == [True, False] and len(ev.texts) == 2
