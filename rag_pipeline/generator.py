@@ -436,7 +436,7 @@ def generate_answers(
         width = ids.size(1)
         if do_sample:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1) if constraints else {}
+        kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams) if constraints else {}
         if on_token is not None and num_beams == 1:
             kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
@@ -504,7 +504,8 @@ def generate_with_margins(
         ids, mask = ids.to(device), mask.to(device)
         start = ids.shape[1] if kind == "causal" else 1
         kwargs = _constraint_kwargs([constraints[i] for i in idx], start) if constraints else {}
-        kwargs["logits_processor"] = LogitsProcessorList([BanAtStart(start, abstain[:1])] if ban_first_word else [])
+        # the constraint first: BanAtStart keeps a token when the constraint allows nothing else
+        kwargs["logits_processor"] = LogitsProcessorList(kwargs.get("logits_processor", []) + ([BanAtStart(start, abstain[:1])] if ban_first_word else []))
         res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
                              return_dict_in_generate=True, output_logits=True, **kwargs)
@@ -581,9 +582,38 @@ def abstain_openings(tokenizer: Any, exact: list[int]) -> list[list[int]]:
     return [list(x) for x in dict.fromkeys(tuple(q) for q in seqs if len(q) == 2)]
 
 
-def _constraint_kwargs(rows: list[Any], offset: int) -> dict[str, Any]:
-    """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b].allowed``."""
-    return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist())}
+def _constraint_kwargs(rows: list[Any], offset: int, beams: int = 1) -> dict[str, Any]:
+    """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b]``'s allowed tokens:
+    :class:`ConstrainedLogits` (one mask per row and step), or with beam search ``prefix_allowed_tokens_fn``."""
+    from transformers import LogitsProcessorList
+
+    if beams > 1:
+        return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist())}
+    return {"logits_processor": LogitsProcessorList([ConstrainedLogits(rows, offset)])}
+
+
+class ConstrainedLogits:
+    """A ``generate`` logits processor: row ``b`` may take only the tokens ``rows[b]`` allows after its answer so far
+    (its ids after ``offset``). A constraint with ``allowed_mask`` (a boolean array over the vocabulary, as
+    :class:`~rag_pipeline.answer.structured.GrammarConstraint` keeps its grammar's bitmask) is applied as it is;
+    ``allowed`` (a list of ids) otherwise. transformers' ``prefix_allowed_tokens_fn`` takes lists only, which costs
+    a list of up to the whole vocabulary per token inside a JSON string or a summary's sentence."""
+
+    def __init__(self, rows: list[Any], offset: int) -> None:
+        self.rows, self.offset = rows, offset
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        for b, row in enumerate(self.rows):
+            generated = input_ids[b, self.offset:].tolist()
+            mask = row.allowed_mask(generated) if hasattr(row, "allowed_mask") else None
+            if mask is not None:
+                keep[b, : len(mask)] = torch.from_numpy(mask).to(scores.device)
+            else:
+                keep[b, row.allowed(generated)] = True
+        return scores.masked_fill(~keep, -torch.inf)
 
 
 def _abstain_logprob(model: Any, kind: Kind, ids: Any, mask: Any, res: Any, first: Any, abstain: list[int]) -> Any:

@@ -208,10 +208,16 @@ class GrammarConstraint:
         self.n_vocab = len(tokenizer)
         self._mask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
         self._seen: list[int] = []
-        self._allowed: list[int] | None = None
+        self._allowed: Any = None  # the boolean mask after ``_seen``
 
     def allowed(self, generated: list[int] | tuple[int, ...]) -> list[int]:
         """Token ids allowed after ``generated`` (the answer's ids so far); EOS alone once the answer is complete."""
+        import numpy as np
+
+        return np.flatnonzero(self.allowed_mask(generated)).tolist()
+
+    def allowed_mask(self, generated: list[int] | tuple[int, ...]) -> Any:
+        """:meth:`allowed` as a boolean numpy array over the vocabulary (the grammar's bitmask, unpacked)."""
         import llguidance.numpy
         import numpy as np
 
@@ -225,19 +231,26 @@ class GrammarConstraint:
             self._allowed = None
         for t in generated[same:]:
             if t == self.eos_id or self.matcher.is_stopped():
-                return [self.eos_id]  # finished (generate pads a finished row with EOS)
+                return self._only_eos()  # finished (generate pads a finished row with EOS)
             if not self.matcher.consume_token(t):
                 raise RuntimeError(f"token {t} broke the grammar after {len(self._seen)} tokens: {self.matcher.get_error()}")
             self._seen.append(t)
             self._allowed = None
         if self._allowed is None:
             if self.matcher.is_stopped():
-                self._allowed = [self.eos_id]
+                self._allowed = self._only_eos()
             else:
                 llguidance.numpy.fill_next_token_bitmask(self.matcher, self._mask)
-                bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab]
-                self._allowed = np.flatnonzero(bits).tolist() or [self.eos_id]
+                bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
+                self._allowed = bits if bits.any() else self._only_eos()
         return self._allowed
+
+    def _only_eos(self) -> Any:
+        import numpy as np
+
+        mask = np.zeros(self.n_vocab, dtype=bool)
+        mask[self.eos_id] = True
+        return mask
 
 
 def json_constraint(tokenizer: Any, schema_text: str) -> GrammarConstraint:
