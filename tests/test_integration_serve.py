@@ -5,10 +5,9 @@ conftest's ``REFERENCE_QUESTION``, a test-split question the adapter answers rig
 official ``openai`` client, the answer must hold the gold year and its ``citations`` the gold
 paragraph, streamed or not.
 
-Streamed text is the answer: on Disfl-QA test questions whose calibrated decoding re-decodes a
-refusal ("The papers don't contain the answer.") and then withholds the answer, or ends in the
-generator's abstention, the stream must carry exactly the non-streamed answer (it once carried
-the first decode), and a withheld answer reports the tokens it cost.
+Streamed text is the answer: on Disfl-QA test questions whose calibrated decoding withholds the
+answer, or shows it, the stream must carry exactly the non-streamed answer (it once carried the
+first decode), and a withheld answer reports the tokens it cost.
 """
 
 from __future__ import annotations
@@ -68,12 +67,13 @@ def test_reference_adapter_served_through_openai_cites_the_gold_paragraph(tmp_pa
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
 
 
-# Test-split questions and what fp32 greedy decoding did with them over STREAM_DOCS (found by trying):
+# Test-split questions and what fp32 greedy decoding did with them over STREAM_DOCS (found by trying, with the
+# reference adapter calibrated with --answer-start not-refusal-word):
 # (id, abstain_reason of the non-streamed answer, its first decode was a refusal re-decoded)
 STREAM_QUESTIONS = [
-    ("q-4e05b7b839df", "calibration", True),  # "The papers don't..." then "The processes in information technology [1]", withheld
-    ("q-b267e12bcc42", "generator", True),  # three reworded refusals: the generator's abstention
-    ("q-6d1b1ec991a4", "calibration", True),  # "The papers don't..." then "The pharyngeal and gastrointestinal tract [2]", withheld
+    ("q-4e05b7b839df", None, False),  # "the spectrum of a ring [2]"
+    ("q-b267e12bcc42", "calibration", False),  # "the presence of fungi [1]", margin 5.8 over the threshold 2.8: withheld
+    ("q-6d1b1ec991a4", "calibration", False),  # "commoditaur flora [2]", margin 6.5: withheld
     ("q-25a13501b942", None, False),  # "lactobacilli [1]"
     ("q-1fcd20feaacd", None, False),  # "solvability of quadratic equations [1]"
 ]
