@@ -504,7 +504,6 @@ def generate_with_margins(
         ids, mask = ids.to(device), mask.to(device)
         start = ids.shape[1] if kind == "causal" else 1
         kwargs = _constraint_kwargs([constraints[i] for i in idx], start) if constraints else {}
-        # the constraint first: BanAtStart keeps a token when the constraint allows nothing else
         kwargs["logits_processor"] = LogitsProcessorList(kwargs.get("logits_processor", []) + ([BanAtStart(start, abstain[:1])] if ban_first_word else []))
         res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
@@ -551,7 +550,8 @@ class BanAtStart:
     """A ``generate`` logits processor: ``tokens`` may not be the answer's first token (the one decoded
     after ``start`` input ids), unless nothing else is allowed there (a constraint forcing one of them).
 
-    A model that wanted to refuse, with the refusal ruled out, opens its answer with the refusal's
+    It runs after the constraint's processor (it keeps a token the constraint alone allows). A model
+    that wanted to refuse, with the refusal ruled out, opens its answer with the refusal's
     subject ("The processes [1]") rather than with the answer itself; banning "The" there costs a
     real answer nothing under SQuAD scoring, which drops articles."""
 
