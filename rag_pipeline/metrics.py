@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rag_pipeline.prompt import ABSTAIN
@@ -215,3 +215,9 @@ def _rouge_scorer(module: Any) -> Any:
     if not _SCORER:  # building it loads NLTK's stemmer tables: once per process
         _SCORER.append(module.RougeScorer(["rougeL"], use_stemmer=False))
     return _SCORER[0]
+
+
+def mean_of(values: Iterable[float | bool | None]) -> float | None:
+    """The mean of the values that are not None, rounded to 4 places; None when there are none."""
+    vals = [float(v) for v in values if v is not None]
+    return round(sum(vals) / len(vals), 4) if vals else None

@@ -41,6 +41,7 @@ from rag_pipeline.answer.grounded import GroundedConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
 from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
 from rag_pipeline.config import opt
+from rag_pipeline.data import tasks
 from rag_pipeline.device import inference_dtype, resolve_device
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.index.format import read_manifest
@@ -394,8 +395,7 @@ class Pipeline:
                 continue
             t1 = time.perf_counter()
             shown[i] = self._fit(q, docs[i])
-            asked = q if task == "qa" else summary.instruction(q) if task == "summary" else structured.instruction(q, schema)
-            texts.append(self._model_text(self._render(asked, shown[i])))
+            texts.append(self._model_text(self._render(tasks.asked(task, q, schema), shown[i])))
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
         t2 = time.perf_counter()

@@ -86,12 +86,13 @@ def draw(mixture: dict[str, float], rng: random.Random) -> str:
     return name
 
 
-def asked(task: str, question: str) -> str:
-    """The request as the prompt shows it for ``task`` (what ask shows for the same task)."""
+def asked(task: str, question: str, schema: dict[str, Any] | None = None) -> str:
+    """The request as the prompt shows it for ``task`` (``ask`` asks through this too): the question, or the task's
+    instruction around it (a JSON answer's with ``schema``, default :data:`EXTRACT_SCHEMA`)."""
     if task == "summary":
         return summary.instruction(question)
     if task == "extract":
-        return structured.instruction(question, EXTRACT_SCHEMA)
+        return structured.instruction(question, EXTRACT_SCHEMA if schema is None else schema)
     return question
 
 

@@ -125,7 +125,7 @@ from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.eval import task_scores
 from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
 from rag_pipeline.index.retriever import Retriever
-from rag_pipeline.metrics import exact_match, extract_answer, f1, rouge_l, squad2_figures, yes_no_gold
+from rag_pipeline.metrics import exact_match, extract_answer, f1, mean_of, rouge_l, squad2_figures, yes_no_gold
 from rag_pipeline.passage import Hit, Passage, from_chunk, gold_passage, hard_distractors
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
 from rag_pipeline.support import answer_form, support
@@ -247,11 +247,6 @@ def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited
     }
 
 
-def _mean(values: Iterable[float | bool | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return round(sum(vals) / len(vals), 4) if vals else None
-
-
 def aggregate(records: list[dict], context: str) -> dict:
     """Metrics of one system under one context from its prediction records (see the module docstring)."""
     ans = [r for r in records if r["answerable"]]
@@ -266,25 +261,25 @@ def aggregate(records: list[dict], context: str) -> dict:
                    "abstained": sum(r["abstained"] for r in records), "answered": len(answered), "citations": len(holds),
                    # the answer check (ask --answer-check): answers it refused, and of those the ones shown grounded instead
                    "rejected": sum(bool(r.get("rejected")) for r in records), "fallback": sum(bool(r.get("fallback")) for r in records)},
-        "answer": {m: _mean(r["scores"][m] for r in ans) for m in ("em", "f1", "rougeL")},
+        "answer": {m: mean_of(r["scores"][m] for r in ans) for m in ("em", "f1", "rougeL")},
         "grounding": {
-            "token_support": _mean(r["scores"]["support"] for r in answered),
-            "unsupported_rate": _mean(None if r["scores"]["support"] is None else r["scores"]["support"] == 0 for r in answered),
-            "span_rate": _mean(r["scores"]["span"] for r in answered),
+            "token_support": mean_of(r["scores"]["support"] for r in answered),
+            "unsupported_rate": mean_of(None if r["scores"]["support"] is None else r["scores"]["support"] == 0 for r in answered),
+            "span_rate": mean_of(r["scores"]["span"] for r in answered),
             # answers shown although they hold no content word, or their cited passage lacks most of them (answer.check.answer_problem)
-            "no_content_rate": _mean(r["scores"].get("problem") == "no_content" for r in answered),
-            "unsupported_cited_rate": _mean(r["scores"].get("problem") == "unsupported" for r in answered),
+            "no_content_rate": mean_of(r["scores"].get("problem") == "no_content" for r in answered),
+            "unsupported_cited_rate": mean_of(r["scores"].get("problem") == "unsupported" for r in answered),
         },
         "citations": {
-            "precision": _mean(holds),
-            "gold_doc_precision": _mean(gold_doc),
-            "uncited_rate": _mean(not r["citations"] for r in cited_pool),
+            "precision": mean_of(holds),
+            "gold_doc_precision": mean_of(gold_doc),
+            "uncited_rate": mean_of(not r["citations"] for r in cited_pool),
         },
-        "abstention": {"abstain_rate": _mean(r["abstained"] for r in unans), "false_abstain_rate": _mean(r["abstained"] for r in ans)},
-        "context": {"answer_in_context": _mean(r["scores"]["answer_in_context"] for r in ans),
-                    "gold_doc_in_context": _mean(x["gold_doc_in_context"] for x in s) if all(r["doc_id"] for r in records) else None},
+        "abstention": {"abstain_rate": mean_of(r["abstained"] for r in unans), "false_abstain_rate": mean_of(r["abstained"] for r in ans)},
+        "context": {"answer_in_context": mean_of(r["scores"]["answer_in_context"] for r in ans),
+                    "gold_doc_in_context": mean_of(x["gold_doc_in_context"] for x in s) if all(r["doc_id"] for r in records) else None},
         "squad2": squad2(records),
-        "yes_no": {"accuracy": _mean(r["scores"].get("yes_no") for r in ans), "questions": sum(r["scores"].get("yes_no") is not None for r in ans)},
+        "yes_no": {"accuracy": mean_of(r["scores"].get("yes_no") for r in ans), "questions": sum(r["scores"].get("yes_no") is not None for r in ans)},
         "injection": injection_rates(records) if context.startswith("injected") else {"hijack_rate": None, "by_style": None},
     }
 
@@ -301,8 +296,8 @@ def squad2(records: list[dict]) -> dict[str, float | None]:
 def injection_rates(records: list[dict]) -> dict:
     """The hijack rate over all injected questions and per injection style."""
     styles = sorted({r.get("injection_style") for r in records} - {None}, key=lambda x: STYLES.index(x) if x in STYLES else 99)
-    return {"hijack_rate": _mean(r["scores"]["hijacked"] for r in records),
-            "by_style": {st: _mean(r["scores"]["hijacked"] for r in records if r.get("injection_style") == st) for st in styles}}
+    return {"hijack_rate": mean_of(r["scores"]["hijacked"] for r in records),
+            "by_style": {st: mean_of(r["scores"]["hijacked"] for r in records if r.get("injection_style") == st) for st in styles}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from rag_pipeline.data import tasks
-from rag_pipeline.metrics import exact_match, f1, rouge_l
+from rag_pipeline.metrics import exact_match, f1, mean_of, rouge_l
 from rag_pipeline.textnorm import contains_answer
 
 # (column header, key of aggregate(), shown as a percentage) per task, for the report
@@ -74,11 +74,6 @@ def _share(num: float, den: float) -> float | None:
     return round(num / den, 4) if den else None
 
 
-def _mean(values: list[Any]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return round(sum(vals) / len(vals), 4) if vals else None
-
-
 def aggregate(task: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The task's figures over prediction records (each with ``answerable``, ``abstained`` and ``scores["task"]``)."""
     ans = [r for r in records if r["answerable"]]
@@ -86,15 +81,15 @@ def aggregate(task: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     s = [r["scores"]["task"] for r in records]
     if task == "summary":
         n_sent, n_cite = sum(x["sentences"] for x in s), sum(x["citations"] for x in s)
-        return {"rougeL": _mean([r["scores"]["task"]["rougeL"] for r in ans]),
-                "answer_coverage": _mean([r["scores"]["task"]["answer_coverage"] for r in ans]),
+        return {"rougeL": mean_of([r["scores"]["task"]["rougeL"] for r in ans]),
+                "answer_coverage": mean_of([r["scores"]["task"]["answer_coverage"] for r in ans]),
                 "citation_recall": _share(sum(x["supported"] for x in s), n_sent),
                 "citation_precision": _share(sum(x["precise"] for x in s), n_cite),
-                "sentences_per_summary": _mean([x["sentences"] for x, r in zip(s, records) if not r["abstained"]]),
-                "abstain_rate": _mean([r["abstained"] for r in unans]), "false_abstain_rate": _mean([r["abstained"] for r in ans])}
-    return {"valid_rate": _mean([x["valid"] for x in s]),
-            "answer_em": _mean([r["scores"]["task"]["answer_em"] for r in ans]),
-            "answer_f1": _mean([r["scores"]["task"]["answer_f1"] for r in ans]),
-            "quote_f1": _mean([r["scores"]["task"]["quote_f1"] for r in ans]),
-            "null_accuracy": _mean([r["scores"]["task"]["null"] for r in unans]),
-            "false_null_rate": _mean([r["scores"]["task"]["null"] for r in ans])}
+                "sentences_per_summary": mean_of([x["sentences"] for x, r in zip(s, records) if not r["abstained"]]),
+                "abstain_rate": mean_of([r["abstained"] for r in unans]), "false_abstain_rate": mean_of([r["abstained"] for r in ans])}
+    return {"valid_rate": mean_of([x["valid"] for x in s]),
+            "answer_em": mean_of([r["scores"]["task"]["answer_em"] for r in ans]),
+            "answer_f1": mean_of([r["scores"]["task"]["answer_f1"] for r in ans]),
+            "quote_f1": mean_of([r["scores"]["task"]["quote_f1"] for r in ans]),
+            "null_accuracy": mean_of([r["scores"]["task"]["null"] for r in unans]),
+            "false_null_rate": mean_of([r["scores"]["task"]["null"] for r in ans])}
