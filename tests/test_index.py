@@ -51,12 +51,12 @@ def test_faiss_topk_equals_bruteforce_at_exact_settings(kind: str, pq: bool) -> 
 
 
 def _files(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def test_build_writes_expected_files_and_manifest(small_index) -> None:
     idx, _ = small_index
-    assert sorted(p.name for p in idx.iterdir()) == ["chunks.sqlite", "index.faiss", "manifest.json"]
+    assert sorted(p.name for p in idx.iterdir()) == ["bm25", "chunks.sqlite", "index.faiss", "manifest.json"]
     m = read_manifest(idx)
     assert m["embedder"]["id"] == "hashing:64" and m["embedder"]["dim"] == 64
     assert m["metric"] == "inner_product" and m["normalized"] is True

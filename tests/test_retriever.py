@@ -45,7 +45,7 @@ def test_search_batch_equals_single_searches(small_index, hashing_embedder) -> N
 
 def test_hybrid_fuses_bm25_and_dense(small_index, hashing_embedder) -> None:
     """Fused scores and order equal a hand computation of RRF (c = 60) over a brute-force dense
-    ranking and bm25s's own ranking; dense search alone gives other scores."""
+    ranking and bm25s's ranking of the chunks holding a query term; dense search alone gives other scores."""
     import bm25s
     import numpy as np
 
@@ -57,9 +57,12 @@ def test_hybrid_fuses_bm25_and_dense(small_index, hashing_embedder) -> None:
     dense = sorted(range(len(chunks)), key=lambda i: (-sims[i], i))
     bm25 = bm25s.BM25()
     bm25.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
-    docs, _ = bm25.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False), k=len(chunks), show_progress=False)
+    scores = bm25.get_scores([bm25.vocab_dict[t] for t in bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+                              if t in bm25.vocab_dict])
+    lexical = sorted((i for i in range(len(chunks)) if scores[i] > 0), key=lambda i: (-scores[i], i))
+    assert 0 < len(lexical) < len(chunks)
     fused: dict[int, float] = {}
-    for ranking in (dense, [int(d) for d in docs[0]]):
+    for ranking in (dense, lexical):
         for rank, row in enumerate(ranking, 1):
             fused[row] = fused.get(row, 0.0) + 1 / (60 + rank)
     expected = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:4]

@@ -628,7 +628,11 @@ def test_a_summary_is_asked_per_request(client: openai.OpenAI, reference: Pipeli
     content = r.choices[0].message.content
     expected = reference.answer_batch([QUESTIONS[1]], decoding=Decoding(60, task="summary"))[0]
     assert content == expected.answer and r.model_extra["sentences"] == expected.sentences
+    assert r.model_extra["summary_error"] == expected.summary_error
     assert [(s["text"], s["cited"]) for s in r.model_extra["sentences"]] == summary.sentences_of(content)
+    cut = ask(client, QUESTIONS[1], max_tokens=5, extra_body={"task": "summary"})  # the limit cuts its sentence: said so
+    assert cut.model_extra["summary_error"] and cut.model_extra["summary_error"] == \
+        reference.answer_batch([QUESTIONS[1]], decoding=Decoding(5, task="summary"))[0].summary_error
     assert ask(client, QUESTIONS[1], max_tokens=8).model_extra.get("sentences") is None  # a short answer has none
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "task": "summary", "response_format": {"type": "json_object"}}
     bad = httpx.post(f"{client.base_url}chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})

@@ -53,7 +53,7 @@ def test_sharded_layout_equals_sqlite_layout(tmp_path, hashing_embedder, kind) -
     assert a["corpus"]["duplicates_dropped"] == b["corpus"]["duplicates_dropped"] == 1
     assert len(b["shards"]["rows"]) >= 3 and set(b["shards"]["rows"][:-1]) == {100}
     listing = sorted(p.name for p in (tmp_path / "sharded").iterdir())
-    assert listing == sorted(["index.faiss", "keys.sqlite", "manifest.json", "shards", *(["index.ivfdata"] if kind == "ivf" else [])])
+    assert listing == sorted(["bm25", "index.faiss", "keys.sqlite", "manifest.json", "shards", *(["index.ivfdata"] if kind == "ivf" else [])])
     ra, rb = Retriever.load(tmp_path / "sqlite", embedder=hashing_embedder), Retriever.load(tmp_path / "sharded", embedder=hashing_embedder)
     assert [c.id for c in ra.store.iter_chunks()] == [c.id for c in rb.store.iter_chunks()]
     n = len(ra)

@@ -37,6 +37,7 @@ from rag_pipeline.config import opt, to_dict
 from rag_pipeline.device import check_device
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
 from rag_pipeline.index import ann as ann
+from rag_pipeline.index import bm25 as bm25
 from rag_pipeline.index import ray_engine as ray_engine
 from rag_pipeline.index import sharded as sharded
 from rag_pipeline.index.ann import make_faiss_index  # noqa: F401  (the index types' constructor, long imported from here)
@@ -44,7 +45,7 @@ from rag_pipeline.index.embed import load_embedder
 from rag_pipeline.index.format import (ARTIFACT, FORMAT_VERSIONS, INDEX_FILE, IVFDATA_FILE, KEYS_FILE, KIND, MANIFEST, STORE_FILE,
                                        IndexManifest, file_record, layout, read_manifest, shard_files)
 from rag_pipeline.index.ingest import IngestReport, chunk_document, read_documents
-from rag_pipeline.index.store import SCHEMA, ShardVectors, SqliteVectors, vectors_by_id, write_keys
+from rag_pipeline.index.store import SCHEMA, ShardedChunkStore, ShardVectors, SqliteVectors, vectors_by_id, write_keys
 from rag_pipeline.model_paths import MINILM_ID
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
     """The settings that change the index's content or search (not paths, engines or batch sizes)."""
     keys = ("embedder", "chunk_overlap", "index_type", "ivf_pq", "nlist", "nprobe", "pq_m", "hnsw_m",
             "ef_construction", "ef_search", "id_field", "title_field", "text_field", "seed")
-    out = {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size}
+    out = {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size, "bm25": bm25.settings()}
     # Newer settings join only when set, so indexes built before they existed stay up to date.
     extra = {"faiss_factory": cfg.faiss_factory, "target_recall": cfg.target_recall, "max_nprobe": cfg.max_nprobe, "rerank": cfg.rerank,
              "layout": resolve_layout(cfg) if resolve_layout(cfg) != "sqlite" else ""}
@@ -405,6 +406,8 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
     tuning = _tune(index, kind, SqliteVectors(db, embedder.dim), n, cfg)
     db.execute("DROP INDEX chunks_text")
     db.commit()
+    with staging_dir(target) as scratch:
+        bm25_section = bm25.build(tmp, (t for (t,) in db.execute("SELECT text FROM chunks ORDER BY row")), scratch)
     db.close()
     import faiss
 
@@ -417,7 +420,8 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
                    "duplicates_dropped": dups, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]},
         "counts": {"embedded": embedded, "reused": reused},
         "engine": {"name": "local", "workers": 1},
-        "files": {name: file_record(tmp / name) for name in (INDEX_FILE, STORE_FILE)},
+        "bm25": bm25_section,
+        "files": {name: file_record(tmp / name) for name in (INDEX_FILE, STORE_FILE, *bm25.FILES)},
     }
 
 
@@ -456,7 +460,8 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
         kind = ann.kind_of(index)
         tuning = _tune(index, kind, ShardVectors(tmp, rows, embedder.dim), n, cfg)
         engine = runner.describe()
-    names = [INDEX_FILE, KEYS_FILE, *([IVFDATA_FILE] if (tmp / IVFDATA_FILE).is_file() else [])]
+        bm25_section = bm25.build(tmp, (c.text for c in ShardedChunkStore(tmp, rows).iter_chunks()), scratch)
+    names = [INDEX_FILE, KEYS_FILE, *bm25.FILES, *([IVFDATA_FILE] if (tmp / IVFDATA_FILE).is_file() else [])]
     names += [f for i in range(len(rows)) for f in shard_files(i)]
     return {
         "format_version": FORMAT_VERSIONS["sharded"],
@@ -467,6 +472,7 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
                    "duplicates_dropped": dups, "skipped": [{"path": p, "reason": r} for p, r in report.skipped]},
         "counts": {"embedded": embedded, "reused": reused},
         "engine": engine,
+        "bm25": bm25_section,
         "files": {name: file_record(tmp / name) for name in names},
     }
 

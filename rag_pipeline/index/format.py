@@ -21,6 +21,9 @@ imports the build stage. An index directory has one of two layouts, named by the
 
 and in both:
 
+- ``bm25/``: the BM25 side of hybrid search, queried on disk (:mod:`rag_pipeline.index.bm25`;
+  the manifest's ``bm25`` section holds its statistics); absent in indexes built before it was stored;
+
 - ``manifest.json``: embedder id and weights hash, dimension, metric, normalization, chunking,
   index type, FAISS factory string and search settings (``nprobe``, ``ef_search``, ``rerank``),
   corpus fingerprint, counts, shard row counts, file hashes (sha256 and bytes), library
@@ -47,6 +50,7 @@ STORE_FILE = "chunks.sqlite"
 IVFDATA_FILE = "index.ivfdata"
 KEYS_FILE = "keys.sqlite"
 SHARDS_DIR = "shards"
+BM25_DIR = "bm25"  # rag_pipeline.index.bm25's files
 LAYOUTS = ("sqlite", "sharded")
 FORMAT_VERSIONS = {"sqlite": 1, "sharded": 2}
 FORMAT_VERSION = FORMAT_VERSIONS["sqlite"]
@@ -129,7 +133,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 SHARDED_FILES = (INDEX_FILE, KEYS_FILE)
 # The directory build-index may replace: manifests written before "kind" existed are known by their keys.
 ARTIFACT = Artifact("an index", MANIFEST, KIND, keys=tuple(REQUIRED_KEYS),
-                    allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE, IVFDATA_FILE, KEYS_FILE, SHARDS_DIR}), flag="--index")
+                    allowed=frozenset({MANIFEST, INDEX_FILE, STORE_FILE, IVFDATA_FILE, KEYS_FILE, SHARDS_DIR, BM25_DIR}), flag="--index")
 # Other commands' outputs, known by their marker files, so that an --index naming one says what it is
 # (and where its index is, when it records one) instead of suggesting build-index into it, which
 # would refuse a folder it did not write. Each: (artifact, the JSON keys holding the index it used).
@@ -142,9 +146,9 @@ OTHER_OUTPUTS: tuple[tuple[Artifact, tuple[str, ...]], ...] = (
      ("index", "path")),
     (Artifact("a model export (an export output)", "export.json", "rag-export"), ()),
 )
-# Loading with verify hashes every file whole except the sharded layout's bulk data, the files of
-# shards/ and index.ivfdata, which are checked by their first and last 64 KiB (headers, Parquet
-# footers), since hashing 20 GB on every `ask` would take minutes. Every file's size is always
+# Loading with verify hashes every file whole except the bulk data, the files of shards/ and bm25/
+# and index.ivfdata, which are checked by their first and last 64 KiB (headers, Parquet footers),
+# since hashing 20 GB on every `ask` would take minutes. Every file's size is always
 # checked, so truncation is caught. Format 1's chunks.sqlite is always hashed whole.
 _ENDS = 64 << 10
 
@@ -192,8 +196,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _checked_by_ends(path: Path) -> bool:
-    """Whether loading checks this file by its ends only: a shard file or the on-disk IVF lists."""
-    return Path(path).parent.name == SHARDS_DIR or Path(path).name == IVFDATA_FILE
+    """Whether loading checks this file by its ends only: a shard file, a stored BM25 file or the on-disk IVF lists."""
+    return Path(path).parent.name in (SHARDS_DIR, BM25_DIR) or Path(path).name == IVFDATA_FILE
 
 
 def file_record(path: Path) -> FileRecord:
@@ -300,7 +304,7 @@ def _missing_keys(manifest: dict[str, Any]) -> list[str]:
 def check_files(index_dir: Path, manifest: IndexManifest, verify: bool = True) -> None:
     """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256;
     for shard files and ``index.ivfdata``, that of their first and last 64 KiB)."""
-    names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE]
+    names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE, *(n for n in manifest["files"] if n.startswith(f"{BM25_DIR}/"))]
     for name in names:
         path = index_dir / name
         want = manifest["files"][name]

@@ -21,6 +21,7 @@ import numpy as np
 from rag_pipeline.errors import IndexError_
 from rag_pipeline.index import ann as ann
 from rag_pipeline.index.ann import SearchTimings
+from rag_pipeline.index.bm25 import Bm25
 from rag_pipeline.index.embed import load_embedder
 from rag_pipeline.index.format import IVFDATA_FILE, IndexManifest, SearchRecord, check_files, read_faiss_index, read_manifest
 from rag_pipeline.index.store import ChunkStore, ShardedChunkStore, open_store, open_vectors
@@ -40,7 +41,8 @@ class Retriever:
         self.embedder = embedder
         self.rerank = int(manifest["index"].get("rerank") or 0)
         self._vectors = None  # stored embeddings, opened on the first re-ranked search
-        self._bm25 = None
+        self._bm25 = Bm25(index_dir, manifest["bm25"]) if "bm25" in manifest else None  # stored with the index (bm25.py)
+        self._bm25_memory = None  # built from every chunk's text, for indexes made before BM25 was stored
 
     @classmethod
     def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None,
@@ -140,17 +142,23 @@ class Retriever:
         return [Hit(ch, s, rank) for rank, ((_, s), ch) in enumerate(zip(top, chunks), 1)]
 
     def _bm25_search(self, query: str, k: int) -> list[int]:
+        """Rows of the ``k`` best BM25 chunks: from the index's stored BM25 (:mod:`~rag_pipeline.index.bm25`), or, for an
+        index built before it was stored, from a BM25 built in memory from every chunk's text on the first query."""
+        if self._bm25 is not None:
+            return [row for row, _ in self._bm25.search(query, min(k, len(self)))]
         import bm25s
 
-        if self._bm25 is None:  # built on first hybrid query from the store, in row order
+        if self._bm25_memory is None:
+            log.warning("index %s has no stored BM25 (built before it was): building one in memory from every chunk's text; "
+                        "`rag-pipeline build-index --update` stores it with the index", self.index_dir)
             corpus = [c.text for c in self.store.iter_chunks()]
-            self._bm25 = bm25s.BM25()
+            self._bm25_memory = bm25s.BM25()
             with contextlib.redirect_stdout(io.StringIO()):  # bm25s prints progress notes to stdout
-                self._bm25.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+                self._bm25_memory.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
         tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
         if not tokens.vocab:
             return []
-        docs, _ = self._bm25.retrieve(tokens, k=min(k, len(self)), show_progress=False)
+        docs, _ = self._bm25_memory.retrieve(tokens, k=min(k, len(self)), show_progress=False)
         return [int(d) for d in docs[0]]
 
 

@@ -415,7 +415,7 @@ async def chat(body: S.ChatCompletionRequest, request: Request, state: Server) -
     answer = result.answer
     out = S.ChatCompletion(
         **head, citations=_citations(answer, result.text), abstained=answer.abstained, abstain_reason=answer.abstain_reason,
-        fields=answer.fields, unsupported_fields=answer.unsupported_fields, sentences=answer.sentences,
+        fields=answer.fields, unsupported_fields=answer.unsupported_fields, sentences=answer.sentences, summary_error=answer.summary_error,
         choices=[S.Choice(message=S.ResponseMessage(content=result.text), finish_reason=result.usage.finish_reason)],
         usage=_usage(result.usage),
     )
@@ -507,7 +507,7 @@ async def _events(state: ServerState, job: Job, request: Request, deadline: floa
             yield delta(S.Delta(), result.usage.finish_reason, citations=_citations(result.answer, result.text),
                         abstained=result.answer.abstained, abstain_reason=result.answer.abstain_reason,
                         fields=result.answer.fields, unsupported_fields=result.answer.unsupported_fields,
-                        sentences=result.answer.sentences)
+                        sentences=result.answer.sentences, summary_error=result.answer.summary_error)
             if include_usage:
                 yield _sse(S.ChatCompletionChunk(**head, choices=[], usage=_usage(result.usage)).model_dump(exclude_none=True))
         else:

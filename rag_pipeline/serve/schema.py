@@ -160,6 +160,7 @@ class ChatCompletion(BaseModel):
     fields: dict[str, list[int]] | None = None  # a JSON answer (response_format): leaf path -> the citations' numbers holding its value
     unsupported_fields: list[str] | None = None  # a JSON answer: leaf paths whose value no cited passage holds
     sentences: list[dict[str, Any]] | None = None  # a summary ("task": "summary"): text, cited, supported, precise per sentence
+    summary_error: str | None = None  # a summary whose last sentence the token limit cut (not in ``sentences``)
 
 
 class Delta(BaseModel):
@@ -189,6 +190,7 @@ class ChatCompletionChunk(BaseModel):
     fields: dict[str, list[int]] | None = None
     unsupported_fields: list[str] | None = None
     sentences: list[dict[str, Any]] | None = None
+    summary_error: str | None = None
 
 
 class ModelCard(BaseModel):
