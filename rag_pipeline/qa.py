@@ -58,6 +58,7 @@ class QAItem:
     where: str = field(default="", compare=False)  # "file:line" it was read from, for messages
     context: str | None = None  # the record's own passage, when it has one
     title: str = ""  # the passage's title, when the record has one
+    summary: str | None = None  # the record's own summary of its passage about the question (``--task summary``'s target)
 
 
 @dataclass(frozen=True)
@@ -346,8 +347,11 @@ def parse_qa(obj: Any, where: str, fields: QAFields | None = None) -> QAItem:
     key = question if context is None else f"{question}\x00{context}"
     qid = _ident(obj, fields, "id", where) or "q-" + hashlib.sha256(key.encode()).hexdigest()[:12]
     title = obj.get("title") if isinstance(obj.get("title"), str) else ""
+    given = obj.get("summary")
+    if given is not None and not isinstance(given, str):
+        raise InputError(f"{where}: field 'summary' must be a string (the record's summary of its passage), got {type(given).__name__}")
     return QAItem(qid, question, [a for a in answers if a.strip()], _ident(obj, fields, "doc_id", where), _answerable(obj, where),
-                  where, context, title)
+                  where, context, title, given.strip() if given and given.strip() else None)
 
 
 def load_qa(path: str | Path, fields: QAFields | None = None) -> list[QAItem]:

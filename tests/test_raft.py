@@ -428,6 +428,28 @@ def test_a_task_mixture_writes_summaries_and_json_targets_from_the_oracle(corpus
     assert [(r["id"], r["task"]) for r in _rows(again)] == [(r["id"], r["task"]) for r in rows]
 
 
+def test_a_records_own_summary_is_its_summary_target(corpus: dict, tmp_path: Path) -> None:
+    """QA records with a 'summary' (query/summary data): the summary task writes it, each sentence cited with the
+    oracle; one the summary grammar cannot hold falls back to the summary written from the oracle, counted."""
+    from rag_pipeline.answer import summary
+
+    qa = tmp_path / "qa"
+    for split in ("train", "dev", "test"):
+        records = [json.loads(x) for x in (Path(corpus["qa_dir"]) / f"{split}.jsonl").read_text().splitlines()]
+        for i, r in enumerate(records):
+            r["summary"] = f"The record says what it says. It is about topic {i}." if i % 4 else "Cut at St. Louis in May. Then more."
+        _jsonl(qa / f"{split}.jsonl", records)
+    out = tmp_path / "given"
+    manifest = run(_cfg(corpus, out, qa_dir=str(qa), task="summary"))
+    rows = [r for r in _rows(out) if r["oracle_position"] >= 0 and r["answerable"]]
+    given = [r for r in rows if r["completion"].startswith("The record says")]
+    assert given and manifest["counts"]["summary_given"] == len(given) and manifest["counts"]["summary_given_unwritable"] > 0
+    for r in given:
+        said = summary.sentences_of(r["completion"])
+        assert [c for _, c in said] == [[r["oracle_position"] + 1]] * 2 and said[1][0].startswith("It is about topic")
+    assert all(not r["completion"].startswith("Cut at") for r in rows)
+
+
 def test_qa_alone_writes_no_task_column(default_build: tuple[dict, Path]) -> None:
     manifest, out = default_build
     assert "tasks" not in manifest and "task" not in manifest["columns"] and "task" not in _rows(out)[0]

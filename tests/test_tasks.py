@@ -49,6 +49,14 @@ def test_a_summary_without_other_sentences_about_the_question_adds_the_next_one(
         "Their leader Rollo swore fealty to King Charles III", "The Norman name of Normandy comes from the Norse raiders"]
 
 
+def test_a_given_summary_is_cut_into_sentences_the_grammar_holds_or_refused() -> None:
+    assert tasks.given_summary("Rollo led the Normans.  They settled in Normandy (France).") == [
+        "Rollo led the Normans", "They settled in Normandy"]
+    assert tasks.given_summary("He went to St. Louis in May. It rained.") is None  # a full stop inside a sentence
+    assert tasks.given_summary("One. Two. Three. Four. Five.") is None  # more sentences than a summary holds
+    assert tasks.given_summary("   ") is None
+
+
 def test_a_summary_the_grammar_cannot_hold_is_not_written() -> None:
     assert tasks.summary_sentences("Where did he go?", "He went to St. Louis in May. It rained.", ["St. Louis"]) is None
     assert tasks.summary_sentences("Who?", NORMANS, ["Vikings of Iceland"]) is None  # no sentence holds the answer

@@ -41,6 +41,7 @@ EXTRACT_SCHEMA: dict[str, Any] = {
     "required": ["answer", "quote"],
     "additionalProperties": False,
 }
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:[A-Z][a-z]{0,2}|[a-z])$")  # a sentence ending "St", "Dr", "Mrs" or one letter: cut at an abbreviation
 SUMMARY_SENTENCES = 3  # the answer's sentence and up to two more about the question
 
 _PARENS = re.compile(r"\s*\([^()]*\)")
@@ -125,6 +126,15 @@ def summary_sentences(question: str, passage: str, answers: list[str]) -> list[s
         after = next((_compressed(passage[s:e]) for s, e in sentence_spans(passage) if s >= span[1]), None)
         chosen += [(0.0, span[1], after)] if after else []
     return [t for _, _, t in sorted(chosen, key=lambda x: x[1])]
+
+
+def given_summary(text: str) -> list[str] | None:
+    """A record's own summary as the target's sentences (each is then cited with the oracle), or None when the
+    summary grammar cannot hold it: a sentence it cannot write, or more sentences than it allows."""
+    said = [_compressed(text[s:e]) for s, e in sentence_spans(text)]
+    if any(x is not None and _ABBREVIATION.search(x) for x in said[:-1]):  # "St. Louis" was cut into two sentences
+        return None
+    return said if said and len(said) <= summary.MAX_SENTENCES and all(said) else None
 
 
 def summary_target(sentences: list[str] | None, position: int) -> str:
