@@ -18,7 +18,8 @@ For each corpus size, in one run:
    whole process, and the median warm query;
 3. the goal: a hybrid load (load + first query, and peak memory) within 10% of the dense one.
 
-Usage (10,000 documents: a minute; 1M chunks: about 20 minutes on 2 idle cores)::
+Usage (10,000 documents: a minute; 1M chunks: not yet run, its build with the hashing embedder
+alone takes many minutes)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bm25.py --sizes 10000 1000000 --out /tmp/bm25
 """

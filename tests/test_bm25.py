@@ -152,6 +152,28 @@ def test_an_index_without_stored_bm25_still_searches_hybrid(small_index, hashing
     assert "build-index --update" in caplog.text
 
 
+@pytest.mark.parametrize("layout", ["sqlite", "sharded"])
+def test_rebuilding_an_index_made_before_bm25_was_stored_reuses_its_embeddings(tmp_path: Path, hashing_embedder, layout: str,
+                                                                               caplog) -> None:
+    cfg = IndexConfig(paths=[str(_docs(tmp_path))], index=str(tmp_path / "idx"), embedder="hashing:64", layout=layout)
+    build_index(cfg, embedder=hashing_embedder)
+    path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["settings"]["bm25"], manifest["bm25"]
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO):
+        again = build_index(cfg, embedder=hashing_embedder)
+    assert again["counts"] == {"embedded": 0, "reused": again["corpus"]["chunks"]} and "bm25" in again
+    assert "adding it, reusing every embedding" in caplog.text and not again["config"]["update"]
+    assert build_index(cfg, embedder=hashing_embedder).get("up_to_date")
+
+
+def test_a_long_query_is_looked_up_in_parts(tmp_path: Path) -> None:
+    index = _stored(tmp_path, TEXTS, 4)
+    query = " ".join(f"word{i}" for i in range(3 * bm25.TERMS_PER_QUERY)) + " Nile river"
+    assert index.search(query, 3) == index.search("Nile river", 3) != []
+
+
 def test_damaged_bm25_files_fail_loudly(small_index, hashing_embedder) -> None:
     idx, _ = small_index
     with (idx / bm25.SCORES_FILE).open("ab") as f:

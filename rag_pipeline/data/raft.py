@@ -621,6 +621,9 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
                 if kept is None:
                     counts.skip("skip_over_budget", e.item, e.support)
                     continue
+                if e.item.summary and tasks.given_summary(e.item.summary):  # the record's own summary may say what was cut
+                    counts["summary_given"] -= 1
+                    counts["summary_given_trimmed"] += 1
                 e = dataclasses.replace(e, target=lambda p, kept=kept: tasks.summary_target(kept, p))
             total = P.example_tokens(tokenizer, template, e.asked, docs, e.target(pos(docs, e.oracle_id)))
         p = pos(docs, e.oracle_id)

@@ -16,8 +16,9 @@ to those of one BM25 over every chunk.
 
 Scoring and tokens are bm25s's defaults (the library the in-memory path used; the tests compare
 against it): lower-cased ``\\b\\w\\w+\\b`` tokens without bm25s's English stop words, Lucene's
-BM25 with k1 = 1.5 and b = 0.75. Building takes two passes over the text, one segment at a time:
-memory holds the vocabulary and one segment's postings, never the corpus.
+BM25 with k1 = 1.5 and b = 0.75. Building reads the text once, counting, and keeps each segment's
+raw postings on scratch disk, then weighs one segment at a time: memory holds the vocabulary, the
+chunks' lengths (4 bytes each) and one segment's postings, never the corpus.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ import numpy as np
 
 from rag_pipeline.errors import IndexError_
 from rag_pipeline.index.format import BM25_DIR as DIR
-TERMS_FILE = f"{DIR}/terms.sqlite"
-ROWS_FILE = f"{DIR}/rows.u32"
-SCORES_FILE = f"{DIR}/scores.f32"
-FILES = (TERMS_FILE, ROWS_FILE, SCORES_FILE)
+from rag_pipeline.index.format import BM25_FILES as FILES
+from rag_pipeline.index.format import BM25_ROWS as ROWS_FILE
+from rag_pipeline.index.format import BM25_SCORES as SCORES_FILE
+from rag_pipeline.index.format import BM25_TERMS as TERMS_FILE
 K1, B = 1.5, 0.75
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 _TOKEN = re.compile(TOKEN_PATTERN)
-SEGMENT_ROWS = 1 << 18  # chunks per segment: its raw postings (~60 a chunk, 12 bytes each) are what building holds
+# Chunks per segment. Weighing a segment peaks at about 50 bytes per posting (measured), so with ~60 distinct
+# terms a chunk a segment takes ~400 MB; with the vocabulary, that is what building holds.
+SEGMENT_ROWS = 1 << 17
+TERMS_PER_QUERY = 500  # terms looked up per SQL statement (SQLite builds before 3.32 allow 999 parameters)
 SCHEMA = """
 CREATE TABLE terms (term TEXT PRIMARY KEY, id INTEGER NOT NULL, df INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE postings (term INTEGER NOT NULL, segment INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
@@ -81,7 +85,7 @@ def build(index_dir: Path, texts: Iterable[str], scratch: Path, segment_rows: in
     def flush() -> None:
         np.savez(scratch / f"bm25-{len(lengths):05d}.npz", term=np.array(term_ids, np.uint32), row=np.array(rows, np.uint32),
                  tf=np.array(tfs, np.float32))
-        lengths.append(np.array(lens, np.float64))
+        lengths.append(np.array(lens, np.float32))
         for a in (term_ids, rows, tfs, lens):
             del a[:]
 
@@ -103,7 +107,7 @@ def build(index_dir: Path, texts: Iterable[str], scratch: Path, segment_rows: in
     if lens or not lengths:
         flush()
     n = sum(len(x) for x in lengths)
-    total = float(sum(x.sum() for x in lengths))
+    total = float(sum(x.sum(dtype=np.float64) for x in lengths))
     avgdl = total / n if n and total else 1.0
     dfs = np.array(df, np.float64)
     idf = np.log(1.0 + (n - dfs + 0.5) / (dfs + 0.5))
@@ -118,8 +122,9 @@ def build(index_dir: Path, texts: Iterable[str], scratch: Path, segment_rows: in
                 with np.load(scratch / f"bm25-{s:05d}.npz") as raw:
                     term, row, tf = raw["term"], raw["row"], raw["tf"].astype(np.float64)
                 (scratch / f"bm25-{s:05d}.npz").unlink()
-                weight = idf[term] * tf / (tf + K1 * (1 - B + B * dl[row] / avgdl))
-                order = np.lexsort((row, term))
+                weight = idf[term] * tf / (tf + K1 * (1 - B + B * dl[row].astype(np.float64) / avgdl))
+                del tf
+                order = np.argsort(term, kind="stable")  # rows were appended in order: each term's stay ascending
                 term = term[order]
                 row[order].astype("<u4").tofile(f_rows)
                 weight[order].astype("<f4").tofile(f_scores)
@@ -155,10 +160,13 @@ class Bm25:
             try:
                 conn.execute("SELECT term, id FROM terms LIMIT 1").fetchall()
                 conn.execute("SELECT start FROM postings LIMIT 1").fetchall()
+                self._rows, self._scores = (self._map(name, dtype) for name, dtype in ((ROWS_FILE, "<u4"), (SCORES_FILE, "<f4")))
             except sqlite3.DatabaseError as e:
                 conn.close()
                 raise IndexError_(f"BM25 term table {path} is missing or corrupt ({e}): rebuild the index with --force") from None
-            self._rows, self._scores = (self._map(name, dtype) for name, dtype in ((ROWS_FILE, "<u4"), (SCORES_FILE, "<f4")))
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn, self._rows, self._scores
 
@@ -177,13 +185,17 @@ class Bm25:
         weights = Counter(tokens(query))
         if not weights or k <= 0:
             return []
-        marks = ",".join("?" * len(weights))
+        terms, found = list(weights), []
         with self._lock:
             conn, rows, scores = self._open()
-            found = conn.execute(f"SELECT t.term, p.segment, p.start, p.count FROM terms t JOIN postings p ON p.term = t.id "
-                                 f"WHERE t.term IN ({marks})", list(weights)).fetchall()
+            for i in range(0, len(terms), TERMS_PER_QUERY):
+                part = terms[i : i + TERMS_PER_QUERY]
+                found += conn.execute(f"SELECT t.term, p.segment, p.start, p.count FROM terms t JOIN postings p ON p.term = t.id "
+                                      f"WHERE t.term IN ({','.join('?' * len(part))})", part).fetchall()
         by_segment: dict[int, list[tuple[int, int, int]]] = {}
         for term, seg, start, count in found:
+            if not (0 <= seg < len(self.segments) and 0 <= start and start + count <= self.postings):
+                raise IndexError_(f"BM25 term table {self.dir / TERMS_FILE} points outside the postings: rebuild the index with --force")
             by_segment.setdefault(seg, []).append((weights[term], start, count))
         best: list[tuple[float, int]] = []
         for seg, slices in by_segment.items():

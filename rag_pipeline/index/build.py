@@ -21,6 +21,7 @@ Recall@10 on a seeded sample of the corpus's own chunks as queries reaches it, a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import sqlite3
@@ -143,8 +144,6 @@ def auto_index(cfg: IndexConfig, n: int, dim: int, settings: dict) -> tuple[str,
     records it) names it: an index built before the recipe existed, or with other automatic
     choices, is then rebuilt instead of being reported up to date.
     """
-    import dataclasses
-
     kind = cfg.index_type if cfg.index_type != "auto" else choose_index_type(n)
     if cfg.index_type != "auto" or kind != "ivf" or cfg.faiss_factory or cfg.ivf_pq:
         return kind, cfg
@@ -177,7 +176,8 @@ def settings_for_fingerprint(cfg: IndexConfig, chunk_size: int) -> dict:
     keys = ("embedder", "chunk_overlap", "index_type", "ivf_pq", "nlist", "nprobe", "pq_m", "hnsw_m",
             "ef_construction", "ef_search", "id_field", "title_field", "text_field", "seed")
     out = {**{k: getattr(cfg, k) for k in keys}, "chunk_size": chunk_size, "bm25": bm25.settings()}
-    # Newer settings join only when set, so indexes built before they existed stay up to date.
+    # Newer settings join only when set, so indexes built before they existed stay up to date (bm25 is always
+    # set: an index built before BM25 was stored is rebuilt, its embeddings reused, see build_index).
     extra = {"faiss_factory": cfg.faiss_factory, "target_recall": cfg.target_recall, "max_nprobe": cfg.max_nprobe, "rerank": cfg.rerank,
              "layout": resolve_layout(cfg) if resolve_layout(cfg) != "sqlite" else ""}
     return {**out, **{k: v for k, v in extra.items() if v}}
@@ -295,9 +295,13 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
     report = IngestReport()
     settings = settings_for_fingerprint(cfg, chunk_size)
     build = _build_sharded if resolve_layout(cfg) == "sharded" else _build_sqlite
+    build_cfg = cfg
+    if old and not cfg.update and "bm25" not in old["settings"] and old["settings"] == {k: v for k, v in settings.items() if k != "bm25"}:
+        log.info("index %s was built before BM25 was stored with it: adding it, reusing every embedding", target)
+        build_cfg = dataclasses.replace(cfg, update=True)
     try:
         with atomic_dir(target, ARTIFACT) as tmp:
-            manifest = build(tmp, target, cfg, embedder, chunk_size, old, report, settings)
+            manifest = build(tmp, target, build_cfg, embedder, chunk_size, old, report, settings)
             manifest.update({
                 "kind": KIND,
                 "embedder": {"id": embedder.model_id, "weights_sha256": embedder.weights_hash, "dim": embedder.dim, "max_tokens": embedder.max_tokens},
@@ -460,7 +464,8 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
         kind = ann.kind_of(index)
         tuning = _tune(index, kind, ShardVectors(tmp, rows, embedder.dim), n, cfg)
         engine = runner.describe()
-        bm25_section = bm25.build(tmp, (c.text for c in ShardedChunkStore(tmp, rows).iter_chunks()), scratch)
+    with staging_dir(target) as scratch, contextlib.closing(ShardedChunkStore(tmp, rows)) as store:  # the engine has stopped
+        bm25_section = bm25.build(tmp, (c.text for c in store.iter_chunks()), scratch)
     names = [INDEX_FILE, KEYS_FILE, *bm25.FILES, *([IVFDATA_FILE] if (tmp / IVFDATA_FILE).is_file() else [])]
     names += [f for i in range(len(rows)) for f in shard_files(i)]
     return {

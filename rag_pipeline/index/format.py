@@ -50,7 +50,11 @@ STORE_FILE = "chunks.sqlite"
 IVFDATA_FILE = "index.ivfdata"
 KEYS_FILE = "keys.sqlite"
 SHARDS_DIR = "shards"
-BM25_DIR = "bm25"  # rag_pipeline.index.bm25's files
+BM25_DIR = "bm25"  # rag_pipeline.index.bm25's files:
+BM25_TERMS = f"{BM25_DIR}/terms.sqlite"  # term -> id, document frequency; (term, segment) -> its postings
+BM25_ROWS = f"{BM25_DIR}/rows.u32"  # each posting's row within its segment
+BM25_SCORES = f"{BM25_DIR}/scores.f32"  # each posting's BM25 weight
+BM25_FILES = (BM25_TERMS, BM25_ROWS, BM25_SCORES)
 LAYOUTS = ("sqlite", "sharded")
 FORMAT_VERSIONS = {"sqlite": 1, "sharded": 2}
 FORMAT_VERSION = FORMAT_VERSIONS["sqlite"]
@@ -196,13 +200,15 @@ def sha256_file(path: Path) -> str:
 
 
 def _checked_by_ends(path: Path) -> bool:
-    """Whether loading checks this file by its ends only: a shard file, a stored BM25 file or the on-disk IVF lists."""
-    return Path(path).parent.name in (SHARDS_DIR, BM25_DIR) or Path(path).name == IVFDATA_FILE
+    """Whether loading checks this file by its ends only: a shard file, the stored BM25's two arrays or the on-disk
+    IVF lists (the BM25 term table, small beside them, is hashed whole)."""
+    path = Path(path)
+    return path.parent.name == SHARDS_DIR or path.name == IVFDATA_FILE or (path.parent.name == BM25_DIR and path.suffix != ".sqlite")
 
 
 def file_record(path: Path) -> FileRecord:
-    """What the manifest records of a data file: its sha256 and size (and, for a shard file or
-    ``index.ivfdata``, the sha256 of its first and last 64 KiB, which loading checks instead)."""
+    """What the manifest records of a data file: its sha256 and size (and, for a shard file, a BM25
+    array or ``index.ivfdata``, the sha256 of its first and last 64 KiB, which loading checks instead)."""
     path = Path(path)
     rec: FileRecord = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     if _checked_by_ends(path):
@@ -303,8 +309,10 @@ def _missing_keys(manifest: dict[str, Any]) -> list[str]:
 
 def check_files(index_dir: Path, manifest: IndexManifest, verify: bool = True) -> None:
     """Fail unless the data files exist with the manifest's sizes (and, with ``verify``, its sha256;
-    for shard files and ``index.ivfdata``, that of their first and last 64 KiB)."""
-    names = list(manifest["files"]) if layout(manifest) == "sharded" else [INDEX_FILE, STORE_FILE, *(n for n in manifest["files"] if n.startswith(f"{BM25_DIR}/"))]
+    for shard files, the BM25 arrays and ``index.ivfdata``, that of their first and last 64 KiB)."""
+    names = list(manifest["files"])
+    if layout(manifest) != "sharded":
+        names = [INDEX_FILE, STORE_FILE, *(n for n in names if n in BM25_FILES)]
     for name in names:
         path = index_dir / name
         want = manifest["files"][name]

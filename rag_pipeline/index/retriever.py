@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Retriever:
         self._vectors = None  # stored embeddings, opened on the first re-ranked search
         self._bm25 = Bm25(index_dir, manifest["bm25"]) if "bm25" in manifest else None  # stored with the index (bm25.py)
         self._bm25_memory = None  # built from every chunk's text, for indexes made before BM25 was stored
+        self._bm25_lock = threading.Lock()
 
     @classmethod
     def load(cls, index_dir: str | Path, embedder=None, device: str = "auto", verify: bool = True, expect_embedder: str | None = None,
@@ -148,18 +150,27 @@ class Retriever:
             return [row for row, _ in self._bm25.search(query, min(k, len(self)))]
         import bm25s
 
-        if self._bm25_memory is None:
-            log.warning("index %s has no stored BM25 (built before it was): building one in memory from every chunk's text; "
-                        "`rag-pipeline build-index --update` stores it with the index", self.index_dir)
-            corpus = [c.text for c in self.store.iter_chunks()]
-            self._bm25_memory = bm25s.BM25()
-            with contextlib.redirect_stdout(io.StringIO()):  # bm25s prints progress notes to stdout
-                self._bm25_memory.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        with self._bm25_lock:
+            if self._bm25_memory is None:
+                self._bm25_memory = _memory_bm25(self.index_dir, self.store)
         tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
         if not tokens.vocab:
             return []
-        docs, _ = self._bm25_memory.retrieve(tokens, k=min(k, len(self)), show_progress=False)
-        return [int(d) for d in docs[0]]
+        docs, scores = self._bm25_memory.retrieve(tokens, k=min(k, len(self)), show_progress=False)
+        return [int(d) for d, s in zip(docs[0], scores[0]) if s > 0]  # as the stored BM25: only chunks holding a query term
+
+
+def _memory_bm25(index_dir: Path, store: ChunkStore | ShardedChunkStore):  # -> bm25s.BM25
+    """A BM25 over every chunk's text, for an index built before BM25 was stored with it."""
+    import bm25s
+
+    log.warning("index %s has no stored BM25 (built before it was): building one in memory from every chunk's text; "
+                "`rag-pipeline build-index --update` stores it with the index", index_dir)
+    corpus = [c.text for c in store.iter_chunks()]
+    model = bm25s.BM25()
+    with contextlib.redirect_stdout(io.StringIO()):  # bm25s prints progress notes to stdout
+        model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    return model
 
 
 def _apply_search_params(index, params: SearchRecord) -> None:
