@@ -787,6 +787,20 @@ def test_a_summary_is_decoded_as_cited_sentences_end_to_end(env: dict, capsys: p
     assert [(s["text"], s["cited"]) for s in data["sentences"]] == summary.sentences_of(text)
 
 
+def test_a_grounded_summary_copies_each_sentence_from_the_passage_it_cites(env: dict, capsys: pytest.CaptureFixture) -> None:
+    from rag_pipeline.answer import summary
+
+    argv = ["ask", QUESTIONS[1], "--index", str(env["index"]), "--adapter", str(env["adapter"]), "--json", "--device", "cpu",
+            "--min-score", "-1", "--task", "summary", "--grounded", "--max-summary-tokens", "60", "--do-sample", "--seed", "3"]
+    assert cli_main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    shown = [d["text"] for d in data["retrieved"]]
+    said = summary.sentences_of(summary.complete_part(data["raw"]))
+    assert data["abstained"] or said, data["raw"]
+    assert all(len(cited) == 1 and text in shown[cited[0] - 1] for text, cited in said), data["raw"]  # copied from what it cites
+    assert all(s["supported"] for s in data.get("sentences") or []), data["raw"]
+
+
 def test_a_summary_is_asked_for_and_its_citations_are_checked(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     p = A.Pipeline.load(cfg(env, task="summary", answer_check="grounded"))
     seen: list = []

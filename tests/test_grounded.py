@@ -94,3 +94,55 @@ def test_decoding_under_the_constraint_yields_only_grounded_answers(tmp_path) ->
             n = int(cite.rstrip("]"))
             assert span.strip() in docs[n - 1], text
     assert len(outs) > 1  # sampling explored several grounded answers, not one forced string
+
+
+# ------------------------------------------------------------------------------ grounded summaries
+
+
+def _summary_ids(tok, text: str) -> list[int]:
+    """A grounded summary's ids as the automaton spells it: each sentence's tokens, its citation, then "." on its own."""
+    ids: list[int] = []
+    for i, (span, n) in enumerate(text):
+        ids += tok(("" if i == 0 else " ") + span, add_special_tokens=False)["input_ids"]
+        ids += tok(f" [{n}]", add_special_tokens=False)["input_ids"] + tok(".", add_special_tokens=False)["input_ids"]
+    return ids + [tok.eos_token_id]
+
+
+def test_a_grounded_summary_copies_every_sentence_from_the_passage_it_cites(smol_tok) -> None:
+    from rag_pipeline.answer.grounded import GroundedSummaryConstraint
+
+    c = GroundedSummaryConstraint(smol_tok, DOCS, max_sentences=2)
+    assert _walk(c, _summary_ids(smol_tok, [("The owl near the river is purple", 1), ("phospholipase A2 are enzymes in saliva", 2)]))
+    assert _walk(c, _summary_ids(smol_tok, [("Lysozyme and phospholipase A2", 2)]))
+    assert not _walk(c, _summary_ids(smol_tok, [("The owl near the river is purple", 2)]))  # cites a passage without it
+    assert not _walk(c, _summary_ids(smol_tok, [("The owl is purple", 1)]))  # not a span
+    assert not _walk(c, _summary_ids(smol_tok, [("purple", 1), ("It sleeps by day", 1), ("saliva", 2)]))  # more than 2 sentences
+    assert not _walk(c, _summary_ids(smol_tok, [("The", 1)]))  # no content word
+    assert _walk(c, smol_tok(ABSTAIN, add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id])
+
+
+def test_decoding_a_grounded_summary_end_to_end(tmp_path) -> None:
+    """Sampled under the automaton with a tiny model: every finished sentence is a span of the passage it cites."""
+    from transformers import AutoModelForCausalLM
+
+    from rag_pipeline.answer import summary
+    from rag_pipeline.answer.grounded import GroundedSummaryConstraint
+
+    tok = build_tiny_tokenizer(chat=True)
+    model = AutoModelForCausalLM.from_pretrained(str(build_tiny_llama(tmp_path / "llama")))
+    docs = ["The cat near the river is red.", "The fox near the river is blue."]
+    said = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        c = GroundedSummaryConstraint(tok, docs, max_sentences=3)
+        prompt = tok("Summarize: what colour is the fox?", return_tensors="pt")
+        width = prompt["input_ids"].shape[1]
+        out = model.generate(**prompt, max_new_tokens=40, do_sample=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             prefix_allowed_tokens_fn=lambda b, ids: c.allowed(ids[width:].tolist()))
+        text = tok.decode(out[0, width:], skip_special_tokens=True).strip()
+        if text == ABSTAIN:
+            continue
+        for sentence, cited in summary.sentences_of(summary.complete_part(text)):
+            assert len(cited) == 1 and sentence in docs[cited[0] - 1], text
+            said += 1
+    assert said > 0

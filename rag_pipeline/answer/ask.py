@@ -37,7 +37,7 @@ from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, structured, summary
 from rag_pipeline.answer.abstention import abstention_of, withhold
 from rag_pipeline.answer.check import cited_problem
-from rag_pipeline.answer.grounded import GroundedConstraint
+from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
 from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
 from rag_pipeline.config import opt
@@ -370,8 +370,10 @@ class Pipeline:
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
         grounded = self.cfg.grounded if grounded is None else grounded
         task, schema = (decoding or self.decoding).task, (decoding or self.decoding).schema
-        if task != "qa" and (margins or grounded):
-            raise InputError(f"a {task} answer has no null margin and is not a span of a passage: answer it without margins or grounding")
+        if task != "qa" and margins:
+            raise InputError(f"a {task} answer has no null margin: answer it without margins")
+        if task == "extract" and grounded:
+            raise InputError("a JSON answer is decoded under its schema, not grounded: answer it without grounding")
         calibration = self.calibrations.get("grounded" if grounded else "free") if task == "qa" else None
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
         checked = self.cfg.answer_check != "off" and task == "qa"  # so may the answer check: a checked answer is handed on whole too
@@ -490,6 +492,8 @@ class Pipeline:
         constraints = None
         if c.json_schema is not None:
             constraints = [structured.json_constraint(self.tokenizer, c.json_schema) for _ in texts]
+        elif c.task == "summary" and grounded:
+            constraints = [GroundedSummaryConstraint(self.tokenizer, [d["text"] for d in ds], summary.MAX_SENTENCES) for ds in docs]
         elif c.task == "summary":
             constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:

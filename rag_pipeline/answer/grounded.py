@@ -183,3 +183,53 @@ class GroundedConstraint:
         if state is not None and not state:
             return [self.vocab.eos_id]  # unreachable under the constraint; end rather than fail
         return sorted({t for _, t in self._expand(state)}) or [self.vocab.eos_id]
+
+
+class GroundedSummaryConstraint(GroundedConstraint):
+    """A grounded summary (``ask --task summary --grounded``): one to ``max_sentences`` sentences, each a span
+    of one shown document (as :class:`GroundedConstraint` copies an answer, without ``[``, ``]`` or a line
+    break) followed by that document's citation `` [n]`` and a full stop, separated by spaces; or the
+    abstention. Every sentence is then copied from the passage it cites."""
+
+    def __init__(self, tokenizer: Any, documents: list[str], max_sentences: int, abstain: bool = True) -> None:
+        super().__init__(tokenizer, documents, abstain)
+        self.max_sentences = max_sentences
+        self.stop_ids = tokenizer(".", add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def _copyable(token: int, vocab: Vocab) -> bool:
+        b = vocab.token_bytes[token]
+        return b is not None and not any(c in b for c in b"[]\n")
+
+    def _starts(self, k: int = 0) -> list[tuple[Hyp, int]]:
+        """Sentence ``k``'s first token: a word start (the first sentence's also without its space, and the abstention)."""
+        out = []
+        for h, t in super()._starts():
+            if h[0] == "span" and self._copyable(t, self.vocab):
+                spaced = h[3] - h[2] < len(self.vocab.token_bytes[t])  # the token brings the space before the word
+                if k == 0 or spaced:
+                    out.append(((*h, k), t))
+            elif h[0] == "abstain" and k == 0:
+                out.append((h, t))
+        return out
+
+    def _next(self, h: Hyp) -> list[tuple[Hyp, int]]:
+        kind = h[0]
+        if kind == "span":
+            _, n, start, end, k = h
+            out = [((*x[:4], k), t) for x, t in super()._next(("span", n, start, end))
+                   if x[0] == "span" and self._copyable(t, self.vocab)]
+            d = self.docs[n - 1]
+            if (end == len(d) or not (_is_word(d[end]) and _is_word(d[end - 1]))) and self._showable(n, start, end):
+                out.append((("cite", n, 1, k), self.cites[n - 1][0]))
+            return out
+        if kind == "cite" and len(h) == 4:
+            _, n, i, k = h
+            return [(("cite", n, i + 1, k), self.cites[n - 1][i])] if i < len(self.cites[n - 1]) else [(("stop", 1, k), self.stop_ids[0])]
+        if kind == "stop":
+            _, i, k = h
+            if i < len(self.stop_ids):
+                return [(("stop", i + 1, k), self.stop_ids[i])]
+            more = self._starts(k + 1) if k + 1 < self.max_sentences else []
+            return [(("done",), self.vocab.eos_id), *more]
+        return super()._next(h)

@@ -79,7 +79,8 @@ class Answering:
     max_json_tokens: int = opt(256, "generation length of a JSON answer (--task extract)")
     max_summary_tokens: int = opt(160, "generation length of a summary (--task summary)")
     grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
-                                "citation, or be the abstention sentence (rag_pipeline.answer.grounded)")
+                                "citation, or be the abstention sentence; with --task summary, every sentence is such a span "
+                                "(rag_pipeline.answer.grounded)")
     abstention: Abstention = opt(
         "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
                       "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
@@ -121,9 +122,9 @@ class Answering:
             self.schema = "object"
         if self.task != "qa" and self.num_beams > 1:
             raise ConfigError(f"--task {self.task} is decoded greedily or sampled under its grammar, not with beam search: drop --num-beams")
-        if self.task != "qa" and self.grounded:
-            raise ConfigError(f"--task {self.task} and --grounded were both given: grounded decoding copies a span as a short "
-                              "answer; drop --grounded (a summary's and a JSON answer's form is decoded under a grammar)")
+        if self.task == "extract" and self.grounded:
+            raise ConfigError("--task extract and --grounded were both given: a JSON answer's form is decoded under its schema; "
+                              "drop --grounded")
         check_device(self.device)
         check_dtype(self.dtype)
 
