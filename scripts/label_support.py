@@ -27,6 +27,9 @@ from rag_pipeline.index.store import open_store
 
 
 def sample(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists():  # it may hold hand labels: never written over
+        sys.exit(f"{out} exists (it may hold hand labels): give another --out or remove it first")
     records = [json.loads(x) for x in Path(args.predictions).read_text().splitlines()]
     store = open_store(args.index, read_manifest(Path(args.index)))
     pool = []
@@ -45,7 +48,6 @@ def sample(args: argparse.Namespace) -> None:
         lines.append({"system": r["system"], "id": r["id"], "sentence_index": i, "question": r["question"], "sentence": text,
                       "cited": cited, "cited_passages": {str(n): passages[n - 1] for n in cited if 1 <= n <= len(passages)},
                       "checker": bool(verdict), "label": None})
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     print(f"{len(lines)} sentences of {len(pool)} -> {out}")

@@ -195,6 +195,7 @@ class GroundedSummaryConstraint(GroundedConstraint):
         super().__init__(tokenizer, documents, abstain)
         self.max_sentences = max_sentences
         self.stop_ids = tokenizer(".", add_special_tokens=False)["input_ids"]
+        self._sentence_starts: dict[int, list[tuple[Hyp, int]]] = {}  # per sentence index: every later sentence shares them
 
     @staticmethod
     def _copyable(token: int, vocab: Vocab) -> bool:
@@ -203,6 +204,11 @@ class GroundedSummaryConstraint(GroundedConstraint):
 
     def _starts(self, k: int = 0) -> list[tuple[Hyp, int]]:
         """Sentence ``k``'s first token: a word start (the first sentence's also without its space, and the abstention)."""
+        if k not in self._sentence_starts:
+            self._sentence_starts[k] = self._sentence_start(k)
+        return self._sentence_starts[k]
+
+    def _sentence_start(self, k: int) -> list[tuple[Hyp, int]]:
         out = []
         for h, t in super()._starts():
             if h[0] == "span" and self._copyable(t, self.vocab):

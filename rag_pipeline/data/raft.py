@@ -573,8 +573,9 @@ def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, t
     task = tasks.draw(mixture, random.Random(f"{cfg.seed}:task:{item.id}"))
     shown = oracle.text if keep and oracle is not None and item.answerable else None
     if task == "summary":
-        given = tasks.given_summary(item.summary) if item.summary and shown is not None else None
+        given = None
         if item.summary and shown is not None:
+            given = tasks.given_summary(item.summary)
             counts["summary_given" if given else "summary_given_unwritable"] += 1
         sentences = given or (tasks.summary_sentences(item.question, shown, list(item.answers)) if shown is not None else None)
         if shown is None or sentences is not None:
