@@ -59,6 +59,7 @@ class QAItem:
     context: str | None = None  # the record's own passage, when it has one
     title: str = ""  # the passage's title, when the record has one
     summary: str | None = None  # the record's own summary of its passage about the question (``--task summary``'s target)
+    extract: dict[str, Any] | None = field(default=None, compare=False)  # the record's own JSON answer (``--task extract``'s target)
 
 
 @dataclass(frozen=True)
@@ -350,8 +351,12 @@ def parse_qa(obj: Any, where: str, fields: QAFields | None = None) -> QAItem:
     given = obj.get("summary")
     if given is not None and not isinstance(given, str):
         raise InputError(f"{where}: field 'summary' must be a string (the record's summary of its passage), got {type(given).__name__}")
+    extract = obj.get("extract")
+    if extract is not None and not isinstance(extract, dict):
+        raise InputError(f"{where}: field 'extract' must be a JSON object (the record's own JSON answer about its passage, "
+                         f'e.g. {{"date": "1998"}}), got {type(extract).__name__}')
     return QAItem(qid, question, [a for a in answers if a.strip()], _ident(obj, fields, "doc_id", where), _answerable(obj, where),
-                  where, context, title, given.strip() if given and given.strip() else None)
+                  where, context, title, given.strip() if given and given.strip() else None, extract)
 
 
 def load_qa(path: str | Path, fields: QAFields | None = None) -> list[QAItem]:

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,11 @@ class TrainConfig:
     base_model: str = opt(SMOLLM2_ID, "base generator: a Hub id with a local copy, or a model directory")
     seed: int = opt(0, "seed for LoRA init, dropout and batch order; same seed and data give the same adapter")
     method: Literal["lora", "qlora", "full"] = opt("lora", "lora; qlora (4-bit base, CUDA + bitsandbytes only); full fine-tuning")
+    full_layers: int = opt(0, "with method full: train only the last N transformer layers (and the final norm), freezing "
+                              "the rest; 0 = every weight")
+    base_dtype: Literal["float32", "bfloat16"] = opt("float32", "with method lora: dtype of the frozen base weights; bfloat16 "
+                                                                "holds them in bf16 throughout (half the memory, no per-step casts "
+                                                                "under autocast), the LoRA weights and optimizer stay float32")
     lora_r: int = opt(16, "LoRA rank; 16 is enough to learn the answer style, 64 adds little")
     lora_alpha: int = opt(32, "LoRA scaling alpha (update scale alpha/r); 2*r is the usual choice")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
@@ -124,6 +130,12 @@ class TrainConfig:
             raise ConfigError(f"max_length is {self.max_length}: it must be at least 32 tokens")
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16 is {self.bf16!r}: choose auto, true or false")
+        if self.full_layers < 0 or (self.full_layers and self.method != "full"):
+            raise ConfigError(f"full_layers is {self.full_layers} with method {self.method}: it counts the layers a full "
+                              "fine-tune trains; pass --method full, or leave full_layers at 0")
+        if self.base_dtype != "float32" and self.method != "lora":
+            raise ConfigError(f"base_dtype is {self.base_dtype} with method {self.method}: only LoRA keeps the frozen base "
+                              "apart from the trained weights; leave base_dtype at float32")
         check_device(self.device)
 
 
@@ -252,10 +264,12 @@ def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
     """Load the base (fp32 weights; 4-bit for QLoRA) and wrap it for ``cfg.method``; return (model, tokenizer, kind, base_dir)."""
     base_dir = resolve_model(cfg.base_model)
     extra = qlora_kwargs(device) if cfg.method == "qlora" else {}
-    model, kind = load_model(base_dir, "float32", cfg.trust_remote_code, **extra)
+    model, kind = load_model(base_dir, cfg.base_dtype, cfg.trust_remote_code, **extra)
     model_type = model.config.model_type
     tokenizer = load_tokenizer(base_dir, kind, cfg.trust_remote_code)
     if cfg.method == "full":
+        if cfg.full_layers:
+            freeze_all_but_last_layers(model, cfg.full_layers)
         return model.to(device), tokenizer, kind, base_dir
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -275,6 +289,28 @@ def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
         raise ConfigError(f"LoRA target modules {lora.target_modules} do not fit {model_type}: {str(e).splitlines()[0]}; fix --lora-target-modules") from None
     model.peft_config["default"].base_model_name_or_path = cfg.base_model
     return model.to(device) if cfg.method == "lora" else model, tokenizer, kind, base_dir
+
+
+LAYER_INDEX = re.compile(r"\.(?:layers|block|h)\.(\d+)\.")
+
+
+def freeze_all_but_last_layers(model: Any, n: int) -> None:
+    """Leave trainable only the last ``n`` transformer layers of the (decoder) stack and the norms
+    after it; embeddings (tied to the output head in small models) and earlier layers are frozen.
+
+    Raises:
+        ConfigError: the model has no numbered layers, or fewer than ``n``.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    stack = "decoder." if any(name.startswith("decoder.") for name in names) else ""
+    indices = [int(m.group(1)) for name in names if name.startswith(stack) and (m := LAYER_INDEX.search(name))]
+    if not indices or n > max(indices) + 1:
+        raise ConfigError(f"full_layers is {n} but the model has {max(indices) + 1 if indices else 0} numbered layers: pass a smaller --full-layers")
+    first = max(indices) + 1 - n
+    for name, p in model.named_parameters():
+        m = LAYER_INDEX.search(name) if name.startswith(stack) else None
+        final_norm = name.startswith(stack) and not LAYER_INDEX.search(name) and "norm" in name.rsplit(".", 1)[0]
+        p.requires_grad_((m is not None and int(m.group(1)) >= first) or final_norm)
 
 
 def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:

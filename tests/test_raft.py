@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rag_pipeline import prompt as P
-from rag_pipeline.errors import IndexError_, InputError
+from rag_pipeline.errors import ConfigError, IndexError_, InputError
 from rag_pipeline.data.raft import RaftConfig, run
 from rag_pipeline.textnorm import contains_answer
 
@@ -448,6 +448,49 @@ def test_a_records_own_summary_is_its_summary_target(corpus: dict, tmp_path: Pat
         said = summary.sentences_of(r["completion"])
         assert [c for _, c in said] == [[r["oracle_position"] + 1]] * 2 and said[1][0].startswith("It is about topic")
     assert all(not r["completion"].startswith("Cut at") for r in rows)
+
+
+def test_a_records_own_json_answer_is_its_extract_target_under_an_inferred_or_given_schema(corpus: dict, tmp_path: Path) -> None:
+    """QA records with an 'extract' object: the extract task writes it under the schema inferred from the records
+    (kept in the manifest), all nulls without the oracle; --schema gives the schema instead, and an object it
+    refuses falls back to qa, counted; records without one keep the rule-written answer/quote target."""
+    from rag_pipeline.answer import structured
+    from rag_pipeline.data import tasks
+
+    qa = tmp_path / "qa"
+    for split in ("train", "dev", "test"):
+        records = [json.loads(x) for x in (Path(corpus["qa_dir"]) / f"{split}.jsonl").read_text().splitlines()]
+        for i, r in enumerate(records):
+            if i % 3:
+                r["extract"] = {"topic": f"topic {i}", "count": i}
+        _jsonl(qa / f"{split}.jsonl", records)
+    out = tmp_path / "inferred"
+    manifest = run(_cfg(corpus, out, qa_dir=str(qa), task="extract"))
+    schema = manifest["extract_schema"]
+    assert schema["properties"] == {"topic": {"type": ["string", "null"]}, "count": {"type": ["integer", "null"]}}
+    rows = _rows(out)
+    own = [r for r in rows if r["prompt"].count('"topic"')]
+    assert own and manifest["counts"]["extract_given"] == len(own)
+    for r in own:
+        assert structured.instruction(r["question"], schema) in r["prompt"]
+        obj, error = structured.parse(r["completion"], schema)
+        assert error is None
+        if r["oracle_position"] < 0 or not r["answerable"]:
+            assert obj == {"topic": None, "count": None}
+        else:
+            assert obj["topic"].startswith("topic ") and list(obj) == ["topic", "count"]
+    rule = [r for r in rows if r not in own and r["task"] == "extract"]
+    assert rule and all(structured.instruction(r["question"], tasks.EXTRACT_SCHEMA) in r["prompt"] for r in rule)
+    strict = tmp_path / "schema.json"
+    strict.write_text(json.dumps({"type": "object", "properties": {"topic": {"type": ["string", "null"]},
+                                  "count": {"type": ["string", "null"]}}, "required": ["topic", "count"]}))
+    manifest = run(_cfg(corpus, tmp_path / "given", qa_dir=str(qa), task="extract", schema=str(strict)))
+    assert manifest["extract_schema"]["properties"]["count"] == {"type": ["string", "null"]}
+    assert manifest["counts"]["extract_given_invalid"] > 0 and manifest["counts"]["extract_written_as_qa"] >= manifest["counts"]["extract_given_invalid"]
+    with pytest.raises(InputError, match="does not exist"):
+        run(_cfg(corpus, tmp_path / "missing", qa_dir=str(qa), task="extract", schema=str(tmp_path / "nope.json")))
+    with pytest.raises(ConfigError, match="has no extract"):
+        RaftConfig(schema=str(strict), task="qa")
 
 
 def test_qa_alone_writes_no_task_column(default_build: tuple[dict, Path]) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from rag_pipeline.answer import structured, summary
 from rag_pipeline.data import tasks
-from rag_pipeline.errors import ConfigError
+from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.prompt import ABSTAIN
 
 NORMANS = ("The Normans (Norman: Nourmands) were the people who gave their name to Normandy, a region in France. "
@@ -87,3 +87,33 @@ def test_the_json_answer_is_a_whole_word_and_a_passage_without_support_gives_non
     assert tasks.extract_target("Nothing here holds it.", ["Paris"]) is None  # written as qa instead
     held = tasks.extract_target("A b\x7fc d.", ["b\x7fc"])  # DEL: escaped, as llguidance's JSON strings need
     assert "\x7f" not in held and json.loads(held)["answer"] == "b\x7fc"
+
+
+def test_a_schema_is_inferred_from_the_records_own_json_answers() -> None:
+    records = [{"date": "1 October 1998", "subscribers": 5, "tags": ["tv"], "owner": {"name": "BSkyB"}},
+               {"date": None, "subscribers": 2.5, "launched": True}]
+    schema = tasks.infer_schema(records)
+    assert schema == {
+        "type": "object",
+        "properties": {"date": {"type": ["string", "null"]}, "subscribers": {"type": ["number", "null"]},
+                       "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                       "owner": {"type": ["object", "null"], "properties": {"name": {"type": ["string", "null"]}},
+                                 "required": ["name"], "additionalProperties": False},
+                       "launched": {"type": ["boolean", "null"]}},
+        "required": ["date", "subscribers", "tags", "owner", "launched"], "additionalProperties": False}
+    assert structured.check_schema(schema, "inferred") is schema  # constrained decoding can enforce it
+    assert tasks.infer_schema([{"n": 1}, {"n": 2}])["properties"]["n"] == {"type": ["integer", "null"]}
+    assert list(tasks.infer_schema([{"a": "x"}] * 3 + [{"b": "y"}], sample=3)["properties"]) == ["a"]  # the sample only
+    with pytest.raises(InputError, match="--schema FILE"):
+        tasks.infer_schema([{}])
+
+
+def test_a_records_own_json_answer_is_ordered_by_the_schema_nulls_filled_or_refused() -> None:
+    schema = tasks.infer_schema([{"date": "1998", "service": "Sky Digital"}])
+    assert tasks.given_extract({"service": "Sky Digital", "date": "1998"}, schema) == '{"date":"1998","service":"Sky Digital"}'
+    assert tasks.given_extract({"service": "Sky Digital"}, schema) == '{"date":null,"service":"Sky Digital"}'  # it lacks the date
+    assert tasks.given_extract(None, schema) == '{"date":null,"service":null}'  # the oracle is not shown: abstain
+    assert tasks.given_extract({"date": 1998, "service": "x"}, schema) is None  # the wrong type
+    assert tasks.given_extract({"date": "1998", "service": "x", "price": "5"}, schema) is None  # a field the schema lacks
+    strict = {"type": "object", "properties": {"date": {"type": "string"}}, "required": ["date"]}
+    assert tasks.given_extract(None, strict) is None  # no null allowed: no abstention object, written as qa

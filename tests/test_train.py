@@ -18,7 +18,7 @@ import torch  # noqa: E402 - after HF_HUB_OFFLINE
 from rag_pipeline import train as T  # noqa: E402
 from rag_pipeline.config import build_config  # noqa: E402
 from rag_pipeline.errors import ConfigError, DeviceError, InputError  # noqa: E402
-from rag_pipeline.generator import load_generator  # noqa: E402
+from rag_pipeline.generator import load_generator, load_model  # noqa: E402
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
     from tests.tiny_models import build_tiny_llama, build_tiny_t5, write_raft_dataset
@@ -180,6 +180,38 @@ def test_full_fine_tune_and_time_budget(tiny: dict, tmp_path: Path) -> None:
     assert summary["status"] == "time_budget" and summary["steps"] == 1
     model, tok, kind = load_generator(None, adapter_dir=out, device="cpu")
     assert kind == "causal" and not hasattr(model, "peft_config")
+
+
+def test_full_fine_tune_of_the_last_layers_changes_only_them(tiny: dict, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full-last"
+    T.run(cfg(tiny, out, method="full", full_layers=1, max_steps=2, learning_rate=1e-2))
+    before = AutoModelForCausalLM.from_pretrained(str(tiny["llama"])).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(str(out)).state_dict()
+    last = max(int(m.group(1)) for n in before if (m := T.LAYER_INDEX.search(n)))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(f"layers.{last}." in n or n == "model.norm.weight" for n in changed)
+    assert any(f"layers.{last}.mlp" in n for n in changed)
+
+
+def test_full_layers_and_base_dtype_are_checked(tiny: dict) -> None:
+    with pytest.raises(ConfigError, match="pass --method full"):
+        T.TrainConfig(full_layers=2)
+    with pytest.raises(ConfigError, match="only LoRA"):
+        T.TrainConfig(method="full", base_dtype="bfloat16")
+    model, _ = load_model(tiny["llama"])
+    with pytest.raises(ConfigError, match="numbered layers"):
+        T.freeze_all_but_last_layers(model, 99)
+
+
+def test_lora_on_a_bf16_base_keeps_the_adapter_in_float32(tiny: dict, tmp_path: Path) -> None:
+    out = tmp_path / "bf16-base"
+    summary = T.run(cfg(tiny, out, base_dtype="bfloat16", max_steps=3, learning_rate=1e-3))
+    assert summary["steps"] == 3
+    weights = adapter_weights(out)
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    assert any(float(w.abs().sum()) > 0 for n, w in weights.items() if "lora_B" in n)
 
 
 def test_early_stopping_after_patience_evaluations_without_improvement(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline import prompt as P
+from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Pipeline
 from rag_pipeline.answer.settings import AnswerSettings
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, staging_dir, write_json, write_jsonl
@@ -118,6 +119,9 @@ class RaftConfig(QAFieldConfig):
     task: str = opt("qa", "qa (a short cited answer), summary (a query-focused summary citing the oracle), extract (a JSON object "
                           "copied from the oracle, nulls without it), or a mixture by weights: qa=0.6,summary=0.2,extract=0.2 "
                           "(rag_pipeline.data.tasks)")
+    schema: str = opt("", "JSON schema file for extract examples written from the records' own 'extract' objects; empty = "
+                          "inferred from up to 200 of them (stored as extract_schema in the manifest, for ask --task extract "
+                          "--schema); records without one get the rule-written answer/quote target")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
@@ -175,7 +179,9 @@ class RaftConfig(QAFieldConfig):
         if self.teacher and self.answer_style != "cot":
             raise ConfigError(f"--teacher writes chain-of-thought targets but answer_style is {self.answer_style}: add --answer-style cot or drop --teacher")
         P.get_template(self.template)
-        self.tasks()
+        if "extract" not in self.tasks() and self.schema:
+            raise ConfigError(f"schema is {self.schema} but the task mixture {self.task!r} has no extract: add extract to --task "
+                              "(e.g. --task qa=0.8,extract=0.2) or drop --schema")
         check_device(self.device)
 
     def tasks(self) -> dict[str, float]:
@@ -533,10 +539,12 @@ def maybe_inject(docs: list[Passage], rng: random.Random, rate: float, counts: T
 
 
 def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[Any], gold: list[Any] | None, given: bool,
-                 free_form: bool, store: Any, n_chunks: int, teacher: Any | None, counts: Tally) -> Example | None:
+                 free_form: bool, store: Any, n_chunks: int, teacher: Any | None, counts: Tally,
+                 schema: dict[str, Any] | None = None) -> Example | None:
     """Choose oracle and distractors for one question with its own seeded RNG; None = counted skip.
 
-    ``gold``, ``given``, ``free_form``: as for :func:`find_oracle`.
+    ``gold``, ``given``, ``free_form``: as for :func:`find_oracle`; ``schema``: the JSON schema of the
+    records' own extract objects (:func:`extract_schema`).
     """
     rng = random.Random(f"{cfg.seed}:{item.id}")
     keep = rng.random() < cfg.p_oracle  # drawn first, always, so the other draws do not shift it
@@ -561,14 +569,16 @@ def make_example(cfg: RaftConfig, split: str | None, item: QAItem, hits: list[An
     if cfg.injection_rate:
         docs = maybe_inject(docs, random.Random(f"{cfg.seed}:injection:{item.id}"), cfg.injection_rate, counts)
     oracle_id = oracle.id if keep and oracle is not None else None
-    task, target = task_target(cfg, item, oracle, keep, teacher, counts)
-    return Example(split, item, docs, oracle_id, target, gold_doc or item.id, score, task, tasks.asked(task, item.question))
+    task, target, asked_schema = task_target(cfg, item, oracle, keep, teacher, counts, schema)
+    return Example(split, item, docs, oracle_id, target, gold_doc or item.id, score, task, tasks.asked(task, item.question, asked_schema))
 
 
-def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, teacher: Any | None, counts: Tally
-                ) -> tuple[str, Callable[[int], str]]:
-    """The example's task, drawn from the mixture with its own RNG, and its target as a function of the
-    oracle's position (:func:`target_fn` for qa; :mod:`rag_pipeline.data.tasks` for summary and extract)."""
+def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, teacher: Any | None, counts: Tally,
+                schema: dict[str, Any] | None = None) -> tuple[str, Callable[[int], str], dict[str, Any] | None]:
+    """The example's task, drawn from the mixture with its own RNG, its target as a function of the
+    oracle's position (:func:`target_fn` for qa; :mod:`rag_pipeline.data.tasks` for summary and extract),
+    and the JSON schema its prompt asks with (extract: the records' ``schema`` for a record with its
+    own object, else None, the rule-written target's)."""
     mixture = cfg.tasks()
     task = tasks.draw(mixture, random.Random(f"{cfg.seed}:task:{item.id}"))
     shown = oracle.text if keep and oracle is not None and item.answerable else None
@@ -579,14 +589,19 @@ def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, t
             counts["summary_given" if given else "summary_given_unwritable"] += 1
         sentences = given or (tasks.summary_sentences(item.question, shown, list(item.answers)) if shown is not None else None)
         if shown is None or sentences is not None:
-            return task, lambda pos: tasks.summary_target(sentences, pos)
+            return task, lambda pos: tasks.summary_target(sentences, pos), None
+    elif task == "extract" and item.extract is not None and schema is not None:
+        target = tasks.given_extract(item.extract if shown is not None else None, schema)
+        counts["extract_given" if target is not None else "extract_given_invalid"] += 1
+        if target is not None:
+            return task, lambda pos: target, schema
     elif task == "extract":
         target = tasks.extract_target(shown, list(item.answers))
         if target is not None:
-            return task, lambda pos: target
+            return task, lambda pos: target, None
     if task != "qa":
         counts[f"{task}_written_as_qa"] += 1  # the oracle holds no summary the grammar can hold, or no supporting sentence
-    return "qa", target_fn(cfg, item, oracle, keep, teacher)
+    return "qa", target_fn(cfg, item, oracle, keep, teacher), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,12 +666,13 @@ def split_of(group: str, seed: int, ratio: list[float]) -> str:
 
 
 def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.PromptTemplate, questions: list[tuple[str | None, QAItem]],
-               counts: Tally, context_gold: dict[str, list[Any]] | None = None, free_form: bool = False
-               ) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
+               counts: Tally, context_gold: dict[str, list[Any]] | None = None, free_form: bool = False,
+               schema: dict[str, Any] | None = None) -> tuple[dict[str, list[dict]], dict[str, list[int]]]:
     """All rows by split, with their token counts; questions are searched ``batch_size`` at a time.
 
     ``context_gold``: the index's chunks of each matched context (:func:`place_contexts`);
-    ``free_form``: the answers are not spans (:func:`detect_answer_form`).
+    ``free_form``: the answers are not spans (:func:`detect_answer_form`); ``schema``: the records' own
+    extract objects' (:func:`extract_schema`).
     """
     from tqdm.auto import tqdm
 
@@ -673,7 +689,7 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
         hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k, cfg.hybrid)
         by_doc = store.chunks_of_docs({it.doc_id for _, it in batch if it.doc_id is not None})
         examples = [make_example(cfg, split, it, h, gold_chunks(it, by_doc, context_gold), own_context(it, context_gold), free_form,
-                                 store, n_chunks, teacher, counts)
+                                 store, n_chunks, teacher, counts, schema)
                     for (split, it), h in zip(batch, hits)]
         for e, row, total in fit_batch(cfg, tokenizer, template, counter, [e for e in examples if e], counts):
             split = e.split or split_of(e.group, cfg.seed, cfg.split_ratio)
@@ -816,6 +832,24 @@ def small_data(cfg: RaftConfig, questions: list[tuple[str | None, QAItem]], rows
     return rows, tokens, warnings + ([small] if small else [])
 
 
+def extract_schema(cfg: RaftConfig, items: list[QAItem]) -> dict[str, Any] | None:
+    """The JSON schema of the records' own ``extract`` objects: ``--schema``'s (every object is then checked
+    against it when its example is written), else inferred from up to 200 of them
+    (:func:`rag_pipeline.data.tasks.infer_schema`); None when the mixture has no extract or no record has one.
+
+    Raises:
+        InputError: an unreadable or invalid ``--schema``, or a schema constrained decoding cannot enforce.
+    """
+    if "extract" not in cfg.tasks():
+        return None
+    own = [it.extract for it in items if it.extract is not None]
+    if cfg.schema:
+        return structured.load_schema(cfg.schema)
+    if not own:
+        return None
+    return structured.check_schema(tasks.infer_schema(own), f"the schema inferred from {min(len(own), tasks.SCHEMA_SAMPLE)} records' 'extract' objects")
+
+
 def write_question_samples(stage: Path, generated: Any, limit: int = 1000) -> Path:
     """``questions/kept.jsonl`` and ``questions/dropped.jsonl`` (the first ``limit`` of each) in ``stage``."""
     out = stage / "questions"
@@ -851,6 +885,7 @@ def build(cfg: RaftConfig) -> dict:
     template = P.get_template(cfg.template)
     counts = Tally()
     questions = load_questions(cfg, counts) if (cfg.qa or cfg.qa_dir) else []
+    schema = extract_schema(cfg, [it for _, it in questions])
     with staging_dir(cfg.output) as stage:
         index_dir, indexed = prepare_index(cfg, [it for _, it in questions], stage)
         built_here = indexed and not cfg.index  # kept as OUTPUT/index
@@ -869,7 +904,7 @@ def build(cfg: RaftConfig) -> dict:
         counts.position = {it.id: i for i, (_, it) in enumerate(questions)}  # skipped.jsonl in question order
         form, share = detect_answer_form(cfg, retriever.store, questions, context_gold)
         tokenizer = load_tokenizer(cfg.generator)
-        rows, tokens = build_rows(cfg, retriever, tokenizer, template, questions, counts, context_gold, form == "free-form")
+        rows, tokens = build_rows(cfg, retriever, tokenizer, template, questions, counts, context_gold, form == "free-form", schema)
         if not any(rows.values()):
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
         skipped = counts.records()
@@ -882,6 +917,7 @@ def build(cfg: RaftConfig) -> dict:
                               "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                     "generator_tokenizer": cfg.generator, "columns": list(columns(cfg)), "splits": list(SPLITS),
                     **({"tasks": cfg.tasks()} if "task" in columns(cfg) else {}),
+                    **({"extract_schema": schema} if schema is not None else {}),
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
                     "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,

@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from rag_pipeline.answer import structured, summary
-from rag_pipeline.errors import ConfigError
+from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.prompt import ABSTAIN, sentence_spans, support_span
 from rag_pipeline.support import content_tokens, recall
 from rag_pipeline.textnorm import contains_answer
@@ -158,3 +158,82 @@ def extract_target(passage: str | None, answers: list[str]) -> str | None:
                       for m in [re.search(rf"(?<!\w){re.escape(a.strip())}(?!\w)", text, re.IGNORECASE)] if a.strip() and m), answers[0])
     # llguidance's JSON strings hold no raw DEL; json.dumps leaves it unescaped
     return json.dumps({"answer": value, "quote": quote}, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
+
+
+SCHEMA_SAMPLE = 200  # records whose own JSON answers a schema is inferred from
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _schema_of_values(values: list[Any]) -> dict[str, Any]:
+    """The schema of one field from the values the records give it; null is always allowed (the abstention)."""
+    types = {_json_type(v) for v in values}
+    if {"integer", "number"} <= types:
+        types.discard("integer")
+    schema: dict[str, Any] = {"type": sorted(types - {"null"}) + ["null"]}
+    if "object" in types:
+        schema.update(infer_schema([v for v in values if isinstance(v, dict)], sample=len(values))
+                      | {"type": schema["type"]})
+    if "array" in types:
+        items = [x for v in values if isinstance(v, list) for x in v]
+        inner = _schema_of_values(items) if items else {"type": ["string", "null"]}
+        kinds = [t for t in ([inner["type"]] if isinstance(inner["type"], str) else inner["type"]) if t != "null"] or ["string"]
+        schema["items"] = {**inner, "type": kinds[0] if len(kinds) == 1 else kinds}
+    if len(schema["type"]) == 1:
+        schema["type"] = schema["type"][0]
+    return schema
+
+
+def infer_schema(objects: list[dict[str, Any]], sample: int = SCHEMA_SAMPLE) -> dict[str, Any]:
+    """A JSON schema for the records' own JSON answers, from the first ``sample`` of them: every key seen becomes a
+    required property (in the order first seen) whose type is the types seen, plus null (the abstention, where the
+    documents do not say); no other property is allowed.
+
+    Raises:
+        InputError: no object to infer from, or objects without any key.
+    """
+    objects = objects[:sample]
+    values: dict[str, list[Any]] = {}
+    for obj in objects:
+        for key, value in obj.items():
+            values.setdefault(key, []).append(value)
+    if not values:
+        raise InputError("no record's 'extract' object has a field to infer a JSON schema from: give the fields in the "
+                         "records, or pass --schema FILE")
+    return {"type": "object", "properties": {k: _schema_of_values(v) for k, v in values.items()},
+            "required": list(values), "additionalProperties": False}
+
+
+def _nulls(schema: dict[str, Any]) -> dict[str, Any]:
+    return {key: None for key in schema.get("properties", {})}
+
+
+def given_extract(obj: dict[str, Any] | None, schema: dict[str, Any]) -> str | None:
+    """A record's own JSON answer as the target under ``schema``: its fields in the order of the schema's properties,
+    a field it lacks as null, compact as the JSON decoder writes it; ``obj`` None (the oracle not shown, or the
+    question unanswerable): every field null. None when that object does not validate against the schema (the
+    example is written as qa instead)."""
+    import jsonschema
+
+    props = schema.get("properties", {})
+    if obj is None:
+        value = _nulls(schema)
+    else:
+        value = {**{k: obj.get(k) for k in props}, **{k: v for k, v in obj.items() if k not in props}}
+    if not jsonschema.Draft202012Validator(schema).is_valid(value):
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
