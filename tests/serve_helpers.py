@@ -118,6 +118,9 @@ class Delegating:
     def calibration(self) -> Any:
         return self.inner.calibration
 
+    def calibration_for(self, task: str) -> Any:
+        return self.inner.calibration_for(task)
+
     def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
         return self.inner.answer_batch(questions, **kw)
 

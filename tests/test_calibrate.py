@@ -175,3 +175,54 @@ def test_the_answer_start_is_stored_with_the_threshold_and_followed_by_calibrate
     assert pipe("calibrated", {"grounded": banned}, grounded=True) == "not-refusal-word"
     assert pipe("calibrated", {"free": {"threshold": 1.0}}) == pipe("calibrated", {}) == "any"  # calibrations made before it was recorded
     assert pipe("any", {"free": banned}) == "any"  # the flag wins
+
+
+def test_a_summary_abstention_is_calibrated_stored_apart_and_applied(env, tmp_path, monkeypatch) -> None:
+    """calibrate --task summary scores each best non-abstaining summary by whether it holds the answer, stores its
+    threshold under the summary mode, and ask --task summary then withholds a summary whose margin is above it."""
+    import json
+    import shutil
+
+    from rag_pipeline.adapter_meta import read_adapter_meta
+    from rag_pipeline.answer import ask as A
+    from rag_pipeline.answer.settings import AnswerSettings
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run
+
+    # question -> (best summary, margin); q2 is unanswerable
+    script = {"Q0 satellite of Earth?": ("The Moon orbits the Earth [1].", -1.0),
+              "Q1 satellite of Earth?": ("Jupiter has moons [1].", 2.0),
+              "Q2 satellite of Earth?": ("Saturn has rings [1].", 4.0)}
+    seen: list = []
+    real_load = A.Pipeline.load
+
+    def load(cfg, **kw):
+        pipe = real_load(cfg, **kw)
+
+        def gen(texts, docs=None, margins=False, grounded_=False, **_):
+            seen.append(margins)
+            return [script[q] for q in (next(k for k in script if k in t) for t in texts)]
+
+        monkeypatch.setattr(pipe, "_generate", gen)
+        return pipe
+
+    monkeypatch.setattr(A.Pipeline, "load", staticmethod(load))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    qa = tmp_path / "dev.jsonl"
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "the Moon" if i < 2 else [], "answerable": i < 2}) + "\n"
+                          for i, q in enumerate(script)))
+    cfg = {"adapter": str(adapter), "index": str(env["index"]), "qa": str(qa), "limit": 0, "device": "cpu", "dtype": "float32",
+           "min_score": -1.0, "k": 1}
+    result = run(CalibrateConfig(**cfg, task="summary", max_false_abstain=0.5))
+    # withholding above 3.0 abstains on q2 (right) and keeps q0 (holds the answer) and q1 (scores 0, not refused)
+    assert result["task"] == "summary" and result["threshold"] == pytest.approx(3.0) and result["overall_f1"] == pytest.approx(2 / 3)
+    stored = read_adapter_meta(adapter).abstention
+    assert set(stored) == {"summary"}  # the short answer's calibration is not touched
+    pipe = A.Pipeline.load(AnswerSettings(**{k: v for k, v in cfg.items() if k not in ("qa", "limit")}, task="summary"))
+    answers = pipe.answer_batch(list(script))
+    assert seen[-1] is True  # the stored threshold makes ask score margins
+    assert [(a.abstained, a.abstain_reason) for a in answers] == [(False, None), (False, None), (True, "calibration")]
+    assert answers[0].sentences and answers[2].margin == 4.0
+    with pytest.raises(ConfigError, match="no calibrated abstention"):
+        CalibrateConfig(adapter="a", task="extract")

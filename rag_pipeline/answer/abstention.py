@@ -17,6 +17,19 @@ from rag_pipeline.answer.settings import AnswerSettings
 from rag_pipeline.errors import ConfigError
 
 
+MODES = ("free", "grounded", "summary", "summary_grounded")
+
+
+def mode_of(task: str, grounded: bool) -> str:
+    """The decoding mode a calibration is stored under: a short answer's ``free`` or ``grounded``, a cited
+    summary's ``summary`` or ``summary_grounded`` (a JSON answer has no calibrated abstention)."""
+    if task == "extract":
+        raise ValueError("a JSON answer has no calibrated abstention")
+    if task == "summary":
+        return "summary_grounded" if grounded else "summary"
+    return "grounded" if grounded else "free"
+
+
 def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
     """Whether the calibrated rule withholds an answer: ``margin > threshold + bias``.
 

@@ -35,7 +35,7 @@ from typing import IO, Any, Literal, Protocol
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, structured, summary
-from rag_pipeline.answer.abstention import abstention_of, withhold
+from rag_pipeline.answer.abstention import abstention_of, mode_of, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -279,20 +279,26 @@ class Pipeline:
         self.adapter = adapter
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
-        self.calibrations = calibrations or {}  # decoding mode ("free", "grounded") -> the adapter's stored threshold, if used
+        self.calibrations = calibrations or {}  # decoding mode (abstention.MODES) -> the adapter's stored threshold, if used
         self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
 
     @property
     def calibration(self) -> dict[str, Any] | None:
         """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
-        return self.calibrations.get("grounded" if self.cfg.grounded else "free")
+        return self.calibration_for(self.cfg.task)
 
-    def answer_start(self, grounded: bool) -> str:
+    def calibration_for(self, task: str, grounded: bool | None = None) -> dict[str, Any] | None:
+        """The calibrated abstention a ``task`` answer gets in a decoding mode (default: this pipeline's); None for
+        a JSON answer, or where the adapter has none for that mode."""
+        grounded = self.cfg.grounded if grounded is None else grounded
+        return None if task == "extract" else self.calibrations.get(mode_of(task, grounded))
+
+    def answer_start(self, grounded: bool, task: str = "qa") -> str:
         """What a margin's answering continuation may open with in a decoding mode: ``cfg.answer_start``, or with
         ``calibrated`` what that mode's calibration was made with (``any`` when it records nothing)."""
         if self.cfg.answer_start != "calibrated":
             return self.cfg.answer_start
-        return (self.calibrations.get("grounded" if grounded else "free") or {}).get("answer_start", "any")
+        return (self.calibrations.get(mode_of(task, grounded)) or {}).get("answer_start", "any")
 
     @classmethod
     def load(cls, cfg: AnswerSettings, retriever: Any = None) -> Pipeline:
@@ -320,7 +326,7 @@ class Pipeline:
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
-        calibration = calibrations.get("grounded" if cfg.grounded else "free")
+        calibration = None if cfg.task == "extract" else calibrations.get(mode_of(cfg.task, cfg.grounded))
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
@@ -328,7 +334,7 @@ class Pipeline:
                        + ("; cited summaries" if cfg.task == "summary" else "")
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
-                          if calibration and cfg.task == "qa" else ""))
+                          if calibration else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema)
 
     def answer(self, question: str) -> Answer:
@@ -370,11 +376,11 @@ class Pipeline:
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
         grounded = self.cfg.grounded if grounded is None else grounded
         task, schema = (decoding or self.decoding).task, (decoding or self.decoding).schema
-        if task != "qa" and margins:
-            raise InputError(f"a {task} answer has no null margin: answer it without margins")
+        if task == "extract" and margins:
+            raise InputError("a JSON answer has no null margin: answer it without margins")
         if task == "extract" and grounded:
             raise InputError("a JSON answer is decoded under its schema, not grounded: answer it without grounding")
-        calibration = self.calibrations.get("grounded" if grounded else "free") if task == "qa" else None
+        calibration = self.calibration_for(task, grounded)
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
         checked = self.cfg.answer_check != "off" and task == "qa"  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
@@ -413,7 +419,7 @@ class Pipeline:
             if task == "extract":
                 answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema)
             elif task == "summary":
-                answers[i] = self._finish_summary(questions[i], raw, shown[i], timings)
+                answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
             else:
                 answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
         if checked:
@@ -501,7 +507,7 @@ class Pipeline:
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
-                                                   ban_first_word=self.answer_start(grounded) == "not-refusal-word")
+                                                   ban_first_word=self.answer_start(grounded, c.task) == "not-refusal-word")
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
@@ -534,10 +540,14 @@ class Pipeline:
         return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, None,
                       data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
 
-    def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float]) -> Answer:
-        """A summary: each sentence with its citations, checked against the passages it cites (:func:`~rag_pipeline.answer.summary.citation_quality`)."""
+    def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
+                        calibration: dict[str, Any] | None = None) -> Answer:
+        """A summary: each sentence with its citations, checked against the passages it cites (:func:`~rag_pipeline.answer.summary.citation_quality`);
+        with a calibrated summary abstention, the best non-abstaining summary unless its null margin is above the threshold."""
         if is_abstention(raw):
-            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw)
+            return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
+        if withhold(margin, calibration, self.cfg.abstain_bias):
+            return Answer(question, ABSTAIN, True, "calibration", [], docs, timings, raw, margin)
         whole = summary.complete_part(raw)
         error = None if whole == raw.strip() else (
             "the token limit cut the summary's last sentence (it is incomplete and not in sentences): raise "
@@ -548,7 +558,7 @@ class Pipeline:
                               make_snippet(d["text"], next(s["text"] for s in checked if n in s["cited"]), self.cfg.snippet))
                      for n in numbers for d in [docs[n - 1]]]
         # the answer keeps the cut tail: a streaming client already has it (streamed text only grows)
-        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, sentences=checked, summary_error=error)
+        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin, sentences=checked, summary_error=error)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False) -> None:

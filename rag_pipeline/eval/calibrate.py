@@ -11,6 +11,12 @@ adapter through ``ask``'s pipeline on validation questions and stores the result
 ``rag_pipeline.json`` under ``abstention``; ``ask``, ``evaluate`` and ``serve`` then apply it
 (:func:`rag_pipeline.answer.abstention.withhold`), shifted by ``--abstain-bias`` when given.
 
+``--task summary`` calibrates a cited summary's abstention the same way (stored as the ``summary`` or
+``summary_grounded`` mode): the margin compares the abstention with the best non-abstaining summary,
+and a summary scores 1 when it holds a gold answer, 0 otherwise (:func:`summary_score`), so the
+threshold abstains as much as the ceiling on refused answerable questions allows where summaries
+would not hold the answer anyway.
+
 A validation file without answers is refused (every question would count as unanswerable and the
 threshold would learn to abstain); answerable records without an answer are left out and listed
 (``skipped`` in the stored result, and on the terminal).
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
-from rag_pipeline.answer.abstention import to_json
+from rag_pipeline.answer.abstention import mode_of, to_json
 from rag_pipeline.answer.ask import Answer, Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Task
 from rag_pipeline.config import fixed, opt
@@ -33,6 +39,7 @@ from rag_pipeline.eval.evaluate import sample_items, usable_items
 from rag_pipeline.eval.retrieval import skipped_line
 from rag_pipeline.metrics import f1, squad2_figures
 from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers
+from rag_pipeline.textnorm import contains_answer
 
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
 
@@ -117,8 +124,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     answer_start: AnswerStart = opt("any", "what the best answering continuation may open with: any token, or not-refusal-word "
                                           "(not the abstention's first word, \"The\"); stored with the threshold, which ask, "
                                           "serve and evaluate then decode with")
-    task: Task = fixed("qa", "the threshold is the short answer's abstention")
-    schema: str = fixed("", "the threshold is the short answer's abstention")
+    task: Task = opt("qa", "qa: the short answer's abstention; summary: the cited summary's (a summary scores 1 when it holds "
+                           "a gold answer); each is stored separately")
+    schema: str = fixed("", "a JSON answer has no calibrated abstention")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
     count_checked: bool = opt(True, "score answers as ask and serve show them, after the answer check (no content word, or "
                                     "unsupported by the passage they cite): the grounded span shown instead, or an abstention "
@@ -136,6 +144,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
             raise ConfigError("answer_start is calibrated: calibrate chooses it, pass --answer-start any or not-refusal-word")
         if self.limit < 0:
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
+        if self.task == "extract":
+            raise ConfigError("task is extract: a JSON answer has no calibrated abstention (null fields are its abstention); "
+                              "calibrate --task qa or --task summary")
 
 
 def scored_answer(ans: Answer) -> tuple[float, str | None]:
@@ -147,6 +158,11 @@ def scored_answer(ans: Answer) -> tuple[float, str | None]:
     if ans.margin is None or ans.abstained:  # calibrate answers with greedy abstention: no "calibration" reason here
         return math.inf, None
     return ans.margin, ans.answer
+
+
+def summary_score(shown: str | None, answers: list[str]) -> float:
+    """A shown summary's score for the threshold: 1 when it holds a gold answer (whole words), else 0."""
+    return float(shown is not None and contains_answer(shown, answers))
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
@@ -186,7 +202,8 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
             refused += bool(ans.rejected) and shown is None
             grounded += bool(ans.fallback)
             margins.append(m)
-            answered_f1.append(f1(shown, it.answers) if it.answerable and it.answers and shown is not None else 0.0)
+            score = summary_score if cfg.task == "summary" else f1
+            answered_f1.append(score(shown, it.answers) if it.answerable and it.answers and shown is not None else 0.0)
             answerable.append(bool(it.answerable and it.answers))
     best = choose_threshold(margins, answered_f1, answerable, cfg.max_false_abstain)
     greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
@@ -194,10 +211,10 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
               "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
-              "answer_start": cfg.answer_start}
+              "answer_start": cfg.answer_start, "task": cfg.task}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
-        mode = "grounded" if cfg.grounded else "free"
+        mode = mode_of(cfg.task, cfg.grounded)
         write_adapter_meta(cfg.adapter, dataclasses.replace(meta, abstention={**(meta.abstention or {}), mode: result}))
     return result
 
@@ -213,13 +230,14 @@ def main(cfg: CalibrateConfig) -> int:
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
     if r["skipped"]:
         print(skipped_line(r["skipped"]))
-    if r["answer_check"]["counted"]:
+    if r["answer_check"]["counted"] and cfg.task == "qa":
         print(f"  the answer check: {r['answer_check'].get('grounded', 0)} answers scored as the grounded span shown instead, "
               f"{r['answer_check']['refused']} refused even then count as abstentions at every threshold")
+    score = "holds answer" if cfg.task == "summary" else "F1"
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
-        print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall F1 {pct(row['overall_f1'])}, HasAns F1 {pct(row['has_f1'])}, "
+        print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall {score} {pct(row['overall_f1'])}, HasAns {score} {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")
     where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
-    print(f"threshold {r['threshold']} ({'grounded' if cfg.grounded else 'free'} decoding, false abstentions <= "
+    print(f"threshold {r['threshold']} ({mode_of(cfg.task, cfg.grounded).replace('_', ' ')} decoding, false abstentions <= "
           f"{cfg.max_false_abstain:.0%}): {where}")
     return 0

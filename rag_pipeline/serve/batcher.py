@@ -44,6 +44,8 @@ class Answerer(Protocol):
     @property
     def calibration(self) -> dict[str, Any] | None: ...  # the calibrated abstention applied (None: free decoding)
 
+    def calibration_for(self, task: str) -> dict[str, Any] | None: ...  # a task's (qa, summary), None for a JSON answer
+
     def answer_batch(self, questions: list[str], *, decoding: Decoding | None = None, on_text: Any = None,
                      on_usage: Any = None) -> list[Answer]: ...
 
