@@ -84,6 +84,25 @@ def train(name: str, dataset: str, flags: list[str], out: Path, minutes: float, 
             "cpu_minutes": cpu / 60}
 
 
+def where_tokens_go(dataset: str, batch_size: int = 4) -> dict:
+    """What a training step computes on ``dataset``'s train split: tokens per example, the share that are
+    targets (the loss), and the share of a length-grouped batch that is padding (what packing could save)."""
+    from rag_pipeline import train as T
+    from rag_pipeline.generator import load_tokenizer
+    from rag_pipeline.model_paths import SMOLLM2_ID, resolve_model
+    from rag_pipeline.prompt import recorded_template
+
+    manifest, ds = T.load_raft(dataset)
+    template = recorded_template(manifest.get("template", "raft-v1"), manifest.get("template_text"), dataset)
+    tokenizer = load_tokenizer(resolve_model(SMOLLM2_ID), "causal")
+    examples, _ = T.encode_split(T.model_texts(ds["train"], tokenizer, template), ds["train"]["completion"], tokenizer, "causal", 1024)
+    lengths = [len(e["input_ids"]) for e in examples]
+    targets = sum(sum(t != -100 for t in e["labels"]) for e in examples)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in T.micro_batches(lengths, batch_size, 0, 0))
+    return {"dataset": dataset, "examples": len(lengths), "tokens_per_example": sum(lengths) / len(lengths),
+            "target_share": targets / sum(lengths), "padding_share": 1 - sum(lengths) / padded}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", required=True, help="RAFT dataset (configs/raft.yaml's: oracle + 1 distractor)")
@@ -95,6 +114,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="test questions answered (seeded sample)")
     ap.add_argument("--output", default="runs/recipes")
     args = ap.parse_args()
+    for d in (args.dataset, args.oracle_dataset):
+        w = where_tokens_go(d)
+        print(f"{w['dataset']}: {w['examples']} training examples, {w['tokens_per_example']:.0f} tokens each, "
+              f"{100 * w['target_share']:.1f}% of them targets; padding {100 * w['padding_share']:.1f}% of a length-grouped "
+              "batch of 4 (the most packing could save)", flush=True)
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:

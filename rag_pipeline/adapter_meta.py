@@ -49,6 +49,7 @@ class AdapterMeta:
     dataset: str | None = None  # the RAFT dataset directory trained on
     dataset_fingerprint: str | None = None
     tasks: dict[str, float] | None = None  # the dataset's task mixture (qa, summary, extract); None: qa alone
+    extract_schema: dict[str, Any] | None = None  # the JSON schema of the dataset's own extract records (ask's default)
     config: dict[str, Any] | None = None  # the TrainConfig, as a dict
     snapshot_step: int | None = None  # snapshots only: the optimizer step saved
     train_examples_seen: int | None = None  # snapshots only
@@ -87,7 +88,7 @@ class AdapterMeta:
                              "train-generator or restore it from a copy")
         if known.get("method", "lora") not in ("lora", "qlora", "full"):
             raise InputError(f"{where} has method {known['method']!r}: expected lora, qlora or full")
-        for key in ("abstention", "config", "metrics", "template_text", "tasks"):
+        for key in ("abstention", "config", "metrics", "template_text", "tasks", "extract_schema"):
             if known.get(key) is not None and not isinstance(known[key], dict):
                 raise InputError(f"{where}: {key} is a {type(known[key]).__name__}, not an object: the file is damaged")
         return cls(**known, extra={k: v for k, v in obj.items() if k not in names})

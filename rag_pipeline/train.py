@@ -850,7 +850,8 @@ def adapter_meta(t: Trainer) -> AdapterMeta:
     and evaluate need to load it, and where it came from."""
     return AdapterMeta(model_kind=t.kind, method=t.cfg.method, base_model=t.cfg.base_model, base_weights_hash=weights_hash(t.base_dir),
                        template=t.template.name, template_text=template_text(t.template), dataset=str(t.cfg.dataset),
-                       dataset_fingerprint=t.manifest.get("fingerprint"), tasks=t.manifest.get("tasks"), config=to_dict(t.cfg))
+                       dataset_fingerprint=t.manifest.get("fingerprint"), tasks=t.manifest.get("tasks"),
+                       extract_schema=t.manifest.get("extract_schema"), config=to_dict(t.cfg))
 
 
 def sort_target_modules(folder: Path) -> None:

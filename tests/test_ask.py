@@ -764,7 +764,17 @@ def test_bad_schemas_are_one_line_errors_before_the_models_load(env: dict, tmp_p
         cfg(env, task="extract", grounded=True)
     with pytest.raises(ConfigError, match="pass --task extract --schema"):
         cfg(env, schema="object")
-    assert cfg(env, task="extract").schema == "object"  # any JSON object unless a schema is given
+    from rag_pipeline.adapter_meta import AdapterMeta
+    from rag_pipeline.answer import structured
+
+    assert A.answer_schema(cfg(env, task="extract"), None, None) is structured.JSON_OBJECT  # any JSON object unless a schema is given
+    own = {"type": "object", "properties": {"date": {"type": ["string", "null"]}}, "required": ["date"]}
+    trained = AdapterMeta(base_model="m", extract_schema=own)  # train-generator copies its dataset's extract_schema
+    assert A.answer_schema(cfg(env, task="extract"), trained, "a") == own  # the adapter's own schema by default
+    assert A.answer_schema(cfg(env, task="extract", schema="object"), trained, "a") is structured.JSON_OBJECT  # --schema wins
+    assert A.answer_schema(cfg(env), trained, "a") is None
+    with pytest.raises(InputError, match="extract_schema of adapter a"):
+        A.answer_schema(cfg(env, task="extract"), AdapterMeta(base_model="m", extract_schema={"type": "array"}), "a")
 
 
 # ------------------------------------------------------------------------------ summaries (--task summary)

@@ -214,6 +214,19 @@ def test_lora_on_a_bf16_base_keeps_the_adapter_in_float32(tiny: dict, tmp_path: 
     assert any(float(w.abs().sum()) > 0 for n, w in weights.items() if "lora_B" in n)
 
 
+def test_the_datasets_extract_schema_goes_into_the_adapter(tiny: dict, tmp_path: Path) -> None:
+    from rag_pipeline.adapter_meta import read_adapter_meta
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    own = {"type": "object", "properties": {"date": {"type": ["string", "null"]}}, "required": ["date"], "additionalProperties": False}
+    (data / "manifest.json").write_text(json.dumps({**manifest, "extract_schema": own}))
+    out = tmp_path / "with-schema"
+    T.run(cfg({**tiny, "data": data}, out, max_steps=1))
+    assert read_adapter_meta(out).extract_schema == own
+
+
 def test_early_stopping_after_patience_evaluations_without_improvement(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(T, "evaluate", lambda *a, **k: {"val_loss": 1.0, "em": 0.0, "f1": 0.0})
     summary = T.run(cfg(tiny, tmp_path / "es", max_steps=10, eval_steps=1, early_stopping_patience=2))

@@ -221,6 +221,18 @@ class Answerer(Protocol):
 _CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 
 
+def answer_schema(cfg: AnswerSettings, meta: Any, adapter: str | None) -> dict[str, Any] | None:
+    """The JSON schema ``--task extract`` answers under: ``--schema``'s, else the adapter's own (its training records'
+    schema), else any JSON object; None for the other tasks."""
+    if cfg.task != "extract":
+        return None
+    if cfg.schema:
+        return structured.load_schema(cfg.schema)
+    if meta is not None and meta.extract_schema:
+        return structured.check_schema(meta.extract_schema, f"the extract_schema of adapter {adapter}")
+    return structured.JSON_OBJECT
+
+
 def parse_citations(text: str, n_docs: int) -> list[int]:
     """The document numbers cited as ``[n]`` (or ``[n, m]``), 1-based, in range, deduplicated, in order."""
     out: list[int] = []
@@ -315,10 +327,11 @@ class Pipeline:
             ConfigError: adapter trained on another base model, or --template contradicting it.
         """
         device = resolve_device(cfg.device)
-        schema = structured.load_schema(cfg.schema) if cfg.schema else None
+        schema = answer_schema(cfg, None, None) if cfg.schema else None  # a bad --schema fails before anything loads
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else None
+        schema = schema or answer_schema(cfg, meta, adapter)
         template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
         dtype = inference_dtype(cfg.dtype, device)
@@ -330,7 +343,8 @@ class Pipeline:
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
-                       + (f"; JSON answers under the schema {cfg.schema}" if schema is not None else "")
+                       + (f"; JSON answers under the schema {cfg.schema or ('object' if schema is structured.JSON_OBJECT else f'of {adapter}')}"
+                          if schema is not None else "")
                        + ("; cited summaries" if cfg.task == "summary" else "")
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"

@@ -75,7 +75,8 @@ class Answering:
                            "(rag_pipeline.answer.structured). Summaries and JSON are decoded under a grammar, so their form is "
                            "guaranteed")
     schema: str = opt("", "with --task extract: the JSON schema file the answer follows (values traced to the passages that "
-                          "hold them); 'object' (the default there): any JSON object")
+                          "hold them); 'object': any JSON object; empty: the adapter's own (the schema of the JSON answers "
+                          "its training records gave), else any JSON object")
     max_json_tokens: int = opt(256, "generation length of a JSON answer (--task extract)")
     max_summary_tokens: int = opt(160, "generation length of a summary (--task summary)")
     grounded: bool = opt(False, "grounded decoding: the answer can only copy a span of one shown document, followed by its "
@@ -118,8 +119,6 @@ class Answering:
                               f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
         if self.schema and self.task != "extract":
             raise ConfigError(f"--schema {self.schema} is for JSON answers: pass --task extract --schema {self.schema}")
-        if self.task == "extract" and not self.schema:
-            self.schema = "object"
         if self.task != "qa" and self.num_beams > 1:
             raise ConfigError(f"--task {self.task} is decoded greedily or sampled under its grammar, not with beam search: drop --num-beams")
         if self.task == "extract" and self.grounded:
