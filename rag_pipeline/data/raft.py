@@ -120,8 +120,8 @@ class RaftConfig(QAFieldConfig):
                           "copied from the oracle, nulls without it), or a mixture by weights: qa=0.6,summary=0.2,extract=0.2 "
                           "(rag_pipeline.data.tasks)")
     schema: str = opt("", "JSON schema file for extract examples written from the records' own 'extract' objects; empty = "
-                          "inferred from up to 200 of them (stored as extract_schema in the manifest, for ask --task extract "
-                          "--schema); records without one get the rule-written answer/quote target")
+                          "inferred from up to 200 of them (stored as extract_schema in the manifest and the trained adapter, "
+                          "which ask --task extract then answers under); records without one get the rule-written answer/quote target")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
