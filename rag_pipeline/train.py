@@ -70,7 +70,9 @@ class TrainConfig:
                               "the rest; 0 = every weight")
     base_dtype: Literal["float32", "bfloat16"] = opt("float32", "with method lora: dtype of the frozen base weights; bfloat16 "
                                                                 "holds them in bf16 throughout (half the memory, no per-step casts "
-                                                                "under autocast), the LoRA weights and optimizer stay float32")
+                                                                "under autocast; the base computes in bf16 even with --bf16 false, "
+                                                                "and --merge writes bf16 weights), the LoRA weights and optimizer "
+                                                                "stay float32")
     lora_r: int = opt(16, "LoRA rank; 16 is enough to learn the answer style, 64 adds little")
     lora_alpha: int = opt(32, "LoRA scaling alpha (update scale alpha/r); 2*r is the usual choice")
     lora_dropout: float = opt(0.05, "dropout on the LoRA input")
@@ -292,24 +294,29 @@ def setup_model(cfg: TrainConfig, device: Any) -> tuple[Any, Any, str, Path]:
 
 
 LAYER_INDEX = re.compile(r"\.(?:layers|block|h)\.(\d+)\.")
+FINAL_NORMS = frozenset({"norm", "final_layer_norm", "final_layernorm", "layer_norm", "ln_f", "norm_f"})  # after the last layer
 
 
 def freeze_all_but_last_layers(model: Any, n: int) -> None:
-    """Leave trainable only the last ``n`` transformer layers of the (decoder) stack and the norms
-    after it; embeddings (tied to the output head in small models) and earlier layers are frozen.
+    """Leave trainable only the last ``n`` transformer layers of the (decoder) stack and the norm
+    after it; embeddings, the output head and earlier layers (and a seq2seq model's encoder) are frozen.
 
     Raises:
         ConfigError: the model has no numbered layers, or fewer than ``n``.
     """
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+
+    def in_stack(name: str) -> bool:  # the decoder of an encoder-decoder model (T5's decoder.*, BART's model.decoder.*)
+        return not seq2seq or name.startswith("decoder.") or ".decoder." in name
+
     names = [name for name, _ in model.named_parameters()]
-    stack = "decoder." if any(name.startswith("decoder.") for name in names) else ""
-    indices = [int(m.group(1)) for name in names if name.startswith(stack) and (m := LAYER_INDEX.search(name))]
+    indices = [int(m.group(1)) for name in names if in_stack(name) and (m := LAYER_INDEX.search(name))]
     if not indices or n > max(indices) + 1:
         raise ConfigError(f"full_layers is {n} but the model has {max(indices) + 1 if indices else 0} numbered layers: pass a smaller --full-layers")
     first = max(indices) + 1 - n
     for name, p in model.named_parameters():
-        m = LAYER_INDEX.search(name) if name.startswith(stack) else None
-        final_norm = name.startswith(stack) and not LAYER_INDEX.search(name) and "norm" in name.rsplit(".", 1)[0]
+        m = LAYER_INDEX.search(name) if in_stack(name) else None
+        final_norm = in_stack(name) and m is None and "." in name and name.rsplit(".", 2)[-2] in FINAL_NORMS
         p.requires_grad_((m is not None and int(m.group(1)) >= first) or final_norm)
 
 

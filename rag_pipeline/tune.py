@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from rag_pipeline import train as train_stage
 from rag_pipeline.adapter_meta import META_FILE
+from rag_pipeline.answer.abstention import mode_of
 from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
 from rag_pipeline.config import build_config, opt, to_dict
 from rag_pipeline.data import raft
@@ -556,7 +557,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def present(stage: str, out: Path, mode: str = "free") -> bool:
     """Whether the stage's artifact is there (a key alone does not prove it: the folder may be gone);
-    ``mode``: the decoding calibrated (free or grounded)."""
+    ``mode``: the decoding calibrated (:data:`rag_pipeline.answer.abstention.MODES`)."""
     return {
         "index": lambda: (out / "index" / "manifest.json").is_file(),
         "dataset": lambda: (out / "dataset" / "manifest.json").is_file() and (out / "heldout" / "test.jsonl").is_file(),
@@ -716,7 +717,7 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
         for i, stage in enumerate(stages, 1):
             key = stage_key(stage, cfg, cfgs, corpus)
             done = manifest["stages"].get(stage) or {}
-            if STAGES.index(stage) < forced and done.get("key") == key and present(stage, out, "grounded" if cfg.calibrate.get("grounded") else "free"):
+            if STAGES.index(stage) < forced and done.get("key") == key and present(stage, out, mode_of(cfg.calibrate.get("task", "qa"), bool(cfg.calibrate.get("grounded")))):
                 echo(f"[{i}/{len(stages)}] {stage}: up to date (same inputs and settings), skipped")
                 continue
             echo(f"[{i}/{len(stages)}] {stage}: ~{plan.seconds.get(stage, 0) / 60:.1f} min planned")

@@ -31,3 +31,8 @@ def test_abstention_of_applies_a_stored_threshold_only_to_greedy_calibrated_answ
     assert abstention_of(None, AnswerSettings(do_sample=True)) == {}  # nothing stored: sampling is fine
     with pytest.raises(ConfigError, match="scores greedy answers"):
         abstention_of(recorded, AnswerSettings(do_sample=True))
+    summaries = {"summary": to_json({"threshold": 3.0})}  # another task's threshold does not stop sampling or beams
+    assert abstention_of(summaries, AnswerSettings(do_sample=True)) == {"summary": {"threshold": 3.0}}
+    assert abstention_of(summaries, AnswerSettings(num_beams=4)) == {"summary": {"threshold": 3.0}}
+    with pytest.raises(ConfigError, match="scores greedy answers"):
+        abstention_of(summaries, AnswerSettings(task="summary", do_sample=True))

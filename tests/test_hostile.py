@@ -535,6 +535,9 @@ class _ParisAnswerer:
 
     cfg, retriever, calibration = None, None, None
 
+    def calibration_for(self, task: str) -> None:
+        return None
+
     def answer_batch(self, questions: list[str], **kw: object) -> list:
         from rag_pipeline.answer.ask import Answer
 

@@ -487,6 +487,13 @@ def test_a_records_own_json_answer_is_its_extract_target_under_an_inferred_or_gi
     manifest = run(_cfg(corpus, tmp_path / "given", qa_dir=str(qa), task="extract", schema=str(strict)))
     assert manifest["extract_schema"]["properties"]["count"] == {"type": ["string", "null"]}
     assert manifest["counts"]["extract_given_invalid"] > 0 and manifest["counts"]["extract_written_as_qa"] >= manifest["counts"]["extract_given_invalid"]
+    assert any("do not validate against the schema of --schema" in w for w in manifest["warnings"])
+    nothing = tmp_path / "nothing.json"  # every object is refused: the schema no example used is not stored
+    nothing.write_text(json.dumps({"type": "object", "properties": {"topic": {"type": "integer"}}, "required": ["topic"]}))
+    manifest = run(_cfg(corpus, tmp_path / "unused", qa_dir=str(qa), task="extract", schema=str(nothing)))
+    assert "extract_schema" not in manifest and any("no extract_schema is stored" in w for w in manifest["warnings"])
+    with pytest.raises(InputError, match="names no properties"):
+        run(_cfg(corpus, tmp_path / "any", qa_dir=str(qa), task="extract", schema="object"))
     with pytest.raises(InputError, match="does not exist"):
         run(_cfg(corpus, tmp_path / "missing", qa_dir=str(qa), task="extract", schema=str(tmp_path / "nope.json")))
     with pytest.raises(ConfigError, match="has no extract"):

@@ -445,6 +445,40 @@ def test_a_calibrated_answer_streams_exactly_what_the_server_answers(calibrated:
         assert sampled.json()["choices"][0]["message"]["content"] == _post(srv.url, QUESTIONS[0]).json()["choices"][0]["message"]["content"]
 
 
+def test_a_summary_calibration_applies_to_summary_requests_and_streams_what_they_answer(env: dict, reference: Pipeline,
+                                                                                        tmp_path: Path) -> None:
+    """An adapter calibrated for summaries only: summary requests get the threshold (streamed whole, equal to the plain
+    answer, temperature ignored), short-answer requests do not."""
+    import shutil
+
+    summary = Decoding(60, task="summary")
+    margins = sorted(a.margin for a in reference.answer_batch(QUESTIONS, margins=True, decoding=summary))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    meta = json.loads((adapter / "rag_pipeline.json").read_text())
+    meta["abstention"] = {"summary": {"threshold": (margins[2] + margins[3]) / 2}}
+    (adapter / "rag_pipeline.json").write_text(json.dumps(meta))
+    pipe = Pipeline.load(serve_cfg(env, adapter=str(adapter)))
+    assert pipe.calibration is None and pipe.calibration_for("summary") is not None
+    with ThreadServer(create_app(serve_cfg({"index": "-", "adapter": "-"}), MODEL, "", lambda: pipe)) as srv:
+        wait_healthy(srv.url, 30)
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=120)
+        reasons = []
+        for q in QUESTIONS:
+            plain = ask(client, q, max_tokens=60, extra_body={"task": "summary"})
+            text, last = _stream_text(srv.url, q, max_tokens=60, extra_body={"task": "summary"})
+            assert text == plain.choices[0].message.content, q
+            assert (last["abstained"], last.get("abstain_reason")) == (plain.model_extra["abstained"], plain.model_extra["abstain_reason"])
+            reasons.append(plain.model_extra["abstain_reason"])
+        assert "calibration" in reasons and None in reasons, reasons
+        sampled = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": QUESTIONS[0]}], "temperature": 1.5, "task": "summary", "max_tokens": 60})
+        assert "temperature is ignored" in sampled.headers["warning"]
+        short = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": QUESTIONS[0]}], "temperature": 1.5, "seed": 3})
+        assert "warning" not in short.headers and short.json()["abstain_reason"] != "calibration"
+
+
 def _scripted(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str, log: list) -> None:
     """Replace the generator: it hands ``reply``'s tokens to ``on_token`` one by one (logged), then returns it."""
     ids = pipe.tokenizer(reply, add_special_tokens=False)["input_ids"]

@@ -96,7 +96,7 @@ def test_a_schema_is_inferred_from_the_records_own_json_answers() -> None:
     assert schema == {
         "type": "object",
         "properties": {"date": {"type": ["string", "null"]}, "subscribers": {"type": ["number", "null"]},
-                       "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                       "tags": {"type": ["array", "null"], "items": {"type": ["string", "null"]}},
                        "owner": {"type": ["object", "null"], "properties": {"name": {"type": ["string", "null"]}},
                                  "required": ["name"], "additionalProperties": False},
                        "launched": {"type": ["boolean", "null"]}},
@@ -115,5 +115,10 @@ def test_a_records_own_json_answer_is_ordered_by_the_schema_nulls_filled_or_refu
     assert tasks.given_extract(None, schema) == '{"date":null,"service":null}'  # the oracle is not shown: abstain
     assert tasks.given_extract({"date": 1998, "service": "x"}, schema) is None  # the wrong type
     assert tasks.given_extract({"date": "1998", "service": "x", "price": "5"}, schema) is None  # a field the schema lacks
-    strict = {"type": "object", "properties": {"date": {"type": "string"}}, "required": ["date"]}
+    strict = {"type": "object", "properties": {"date": {"type": "string"}, "place": {"type": "string"}}, "required": ["date"]}
     assert tasks.given_extract(None, strict) is None  # no null allowed: no abstention object, written as qa
+    assert tasks.given_extract({"date": "1998"}, strict) == '{"date":"1998"}'  # an optional field it lacks is left out
+    varied = [{"o": {"a": 1}}, {"o": {"b": 2}}, {"t": ["a", None]}]  # nested keys and array items vary between records
+    inferred = tasks.infer_schema(varied)
+    assert [tasks.given_extract(r, inferred) for r in varied] == [
+        '{"o":{"a":1,"b":null},"t":null}', '{"o":{"a":null,"b":2},"t":null}', '{"o":null,"t":["a",null]}']

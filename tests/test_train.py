@@ -205,10 +205,32 @@ def test_full_layers_and_base_dtype_are_checked(tiny: dict) -> None:
         T.freeze_all_but_last_layers(model, 99)
 
 
+@pytest.mark.parametrize("arch", ["bart", "t5", "gpt2"])
+def test_the_last_layers_are_the_decoders_and_the_norm_after_them(arch: str) -> None:
+    """Seq2seq models train the last decoder layers, never the encoder; each family's final norm is found."""
+    from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    model = {"bart": lambda: BartForConditionalGeneration(BartConfig(vocab_size=64, d_model=16, encoder_layers=3, decoder_layers=2,
+                                                                     encoder_attention_heads=2, decoder_attention_heads=2,
+                                                                     encoder_ffn_dim=32, decoder_ffn_dim=32)),
+             "t5": lambda: T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=3,
+                                                               num_decoder_layers=2, num_heads=2)),
+             "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2))}[arch]()
+    T.freeze_all_but_last_layers(model, 1)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    last = {"bart": "model.decoder.layers.1.", "t5": "decoder.block.1.", "gpt2": "transformer.h.2."}[arch]
+    norm = {"bart": None, "t5": "decoder.final_layer_norm.", "gpt2": "transformer.ln_f."}[arch]
+    assert trained and all(n.startswith(last) or n.startswith(str(norm)) for n in trained), sorted(trained)
+    assert any(n.startswith(last) for n in trained) and (norm is None or norm + "weight" in trained)
+
+
 def test_lora_on_a_bf16_base_keeps_the_adapter_in_float32(tiny: dict, tmp_path: Path) -> None:
     out = tmp_path / "bf16-base"
     summary = T.run(cfg(tiny, out, base_dtype="bfloat16", max_steps=3, learning_rate=1e-3))
     assert summary["steps"] == 3
+    model = T.setup_model(cfg(tiny, tmp_path / "x", base_dtype="bfloat16"), torch.device("cpu"))[0]
+    dtypes = {("lora_" in n, p.dtype) for n, p in model.named_parameters() if n.endswith("q_proj.base_layer.weight") or "q_proj.lora_A" in n}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}  # the frozen base in bf16, the adapter in float32
     weights = adapter_weights(out)
     assert weights and all(w.dtype == torch.float32 for w in weights.values())
     assert any(float(w.abs().sum()) > 0 for n, w in weights.items() if "lora_B" in n)

@@ -63,6 +63,7 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
         return {}
-    if cfg.do_sample or cfg.num_beams > 1:
+    applies = cfg.task != "extract" and mode_of(cfg.task, cfg.grounded) in stored  # another task's threshold does not
+    if applies and (cfg.do_sample or cfg.num_beams > 1):
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
     return stored

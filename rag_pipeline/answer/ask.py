@@ -371,7 +371,7 @@ class Pipeline:
                 ``json_schema`` answers with a JSON object decoded under it (:mod:`~rag_pipeline.answer.structured`):
                 no retrieval threshold, calibrated abstention or answer check (``null`` values are its abstention);
                 one with task ``summary`` writes a cited summary (:mod:`~rag_pipeline.answer.summary`): the
-                retrieval threshold applies, the calibrated abstention and the answer check do not.
+                retrieval threshold and the summary's own calibrated abstention apply, the answer check does not.
             on_text: ``on_text(question index, text)`` streams each answer: the pieces of question
                 ``i``'s final ``answer`` in order, which join to exactly that text. Free decoding
                 with ``answer_check`` off hands text on as it is decoded (held back while it may

@@ -844,10 +844,18 @@ def extract_schema(cfg: RaftConfig, items: list[QAItem]) -> dict[str, Any] | Non
         return None
     own = [it.extract for it in items if it.extract is not None]
     if cfg.schema:
-        return structured.load_schema(cfg.schema)
+        schema = structured.load_schema(cfg.schema)
+        if not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+            raise InputError(f"--schema {cfg.schema} names no properties: training targets need the fields a JSON answer "
+                             "holds; give a schema with \"properties\" (or leave --schema out to infer one from the records)")
+        return schema
     if not own:
         return None
-    return structured.check_schema(tasks.infer_schema(own), f"the schema inferred from {min(len(own), tasks.SCHEMA_SAMPLE)} records' 'extract' objects")
+    where = f"the schema inferred from {min(len(own), tasks.SCHEMA_SAMPLE)} records' 'extract' objects"
+    try:
+        return structured.check_schema(tasks.infer_schema(own), where)
+    except InputError as e:
+        raise InputError(f"{e}: give the schema yourself with --schema FILE") from None
 
 
 def write_question_samples(stage: Path, generated: Any, limit: int = 1000) -> Path:
@@ -909,6 +917,10 @@ def build(cfg: RaftConfig) -> dict:
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
         skipped = counts.records()
         rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
+        if schema is not None and counts["extract_given_invalid"]:
+            warnings.append(f"{counts['extract_given_invalid']} records' own 'extract' objects do not validate against the "
+                            f"{'schema of --schema' if cfg.schema else 'inferred schema'} and were written as qa"
+                            + ("" if counts["extract_given"] else ": no example used one, so no extract_schema is stored"))
         stats = summarize(rows, tokens)
         params = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "json")}  # the output path is where the manifest lives
         manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed,
@@ -917,7 +929,7 @@ def build(cfg: RaftConfig) -> dict:
                               "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                     "generator_tokenizer": cfg.generator, "columns": list(columns(cfg)), "splits": list(SPLITS),
                     **({"tasks": cfg.tasks()} if "task" in columns(cfg) else {}),
-                    **({"extract_schema": schema} if schema is not None else {}),
+                    **({"extract_schema": schema} if schema is not None and counts["extract_given"] else {}),
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
                     "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,

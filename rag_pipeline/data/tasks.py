@@ -190,9 +190,7 @@ def _schema_of_values(values: list[Any]) -> dict[str, Any]:
                       | {"type": schema["type"]})
     if "array" in types:
         items = [x for v in values if isinstance(v, list) for x in v]
-        inner = _schema_of_values(items) if items else {"type": ["string", "null"]}
-        kinds = [t for t in ([inner["type"]] if isinstance(inner["type"], str) else inner["type"]) if t != "null"] or ["string"]
-        schema["items"] = {**inner, "type": kinds[0] if len(kinds) == 1 else kinds}
+        schema["items"] = _schema_of_values(items) if items else {"type": ["string", "null"]}
     if len(schema["type"]) == 1:
         schema["type"] = schema["type"][0]
     return schema
@@ -218,22 +216,31 @@ def infer_schema(objects: list[dict[str, Any]], sample: int = SCHEMA_SAMPLE) -> 
             "required": list(values), "additionalProperties": False}
 
 
-def _nulls(schema: dict[str, Any]) -> dict[str, Any]:
-    return {key: None for key in schema.get("properties", {})}
+def _nullable(schema: Any) -> bool:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind == "null" or (isinstance(kind, list) and "null" in kind)
+
+
+def _conformed(obj: Any, schema: Any) -> Any:
+    """``obj`` as the constrained decoder writes it under ``schema``: an object's fields in the order of its
+    properties (recursively), a property it lacks as null where the schema allows null (else left out), its other
+    fields after them; anything else as it is."""
+    if not isinstance(obj, dict) or not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return obj
+    props = schema["properties"]
+    value = {k: _conformed(obj[k], sub) if k in obj else None for k, sub in props.items() if k in obj or _nullable(sub)}
+    return {**value, **{k: v for k, v in obj.items() if k not in props}}
 
 
 def given_extract(obj: dict[str, Any] | None, schema: dict[str, Any]) -> str | None:
-    """A record's own JSON answer as the target under ``schema``: its fields in the order of the schema's properties,
-    a field it lacks as null, compact as the JSON decoder writes it; ``obj`` None (the oracle not shown, or the
-    question unanswerable): every field null. None when that object does not validate against the schema (the
-    example is written as qa instead)."""
+    """A record's own JSON answer as the target under ``schema``: its fields in the order of the schema's properties
+    (nested objects too), a field it lacks as null where the schema allows null, compact as the JSON decoder writes it;
+    ``obj`` None (the oracle not shown, or the question unanswerable): every field null. None when that object does
+    not validate against the schema (the example is written as qa instead)."""
     import jsonschema
 
-    props = schema.get("properties", {})
-    if obj is None:
-        value = _nulls(schema)
-    else:
-        value = {**{k: obj.get(k) for k in props}, **{k: v for k, v in obj.items() if k not in props}}
-    if not jsonschema.Draft202012Validator(schema).is_valid(value):
+    value = _conformed({} if obj is None else obj, schema)
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if not validator(schema).is_valid(value):
         return None
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
