@@ -114,17 +114,22 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="test questions answered (seeded sample)")
     ap.add_argument("--output", default="runs/recipes")
     args = ap.parse_args()
-    for d in (args.dataset, args.oracle_dataset):
-        w = where_tokens_go(d)
-        print(f"{w['dataset']}: {w['examples']} training examples, {w['tokens_per_example']:.0f} tokens each, "
-              f"{100 * w['target_share']:.1f}% of them targets; padding {100 * w['padding_share']:.1f}% of a length-grouped "
-              "batch of 4 (the most packing could save)", flush=True)
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         sys.exit(f"unknown recipe {unknown[0]!r}: choose from {', '.join(RECIPES)}")
     out = Path(args.output)
+    ours = {"eval", "eval.log", "recipes.json"} | {f"{p}{n}{e}" for n in RECIPES for p in ("", "probe-") for e in ("", ".log")}
+    theirs = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
+    if theirs or (out.exists() and not out.is_dir()):
+        sys.exit(f"--output {out} holds {theirs[0] if theirs else 'a file'}, which this bench did not write: give a new or "
+                 "a previous run's folder")
     out.mkdir(parents=True, exist_ok=True)
+    for d in (args.dataset, args.oracle_dataset):
+        w = where_tokens_go(d)
+        print(f"{w['dataset']}: {w['examples']} training examples, {w['tokens_per_example']:.0f} tokens each, "
+              f"{100 * w['target_share']:.1f}% of them targets; padding {100 * w['padding_share']:.1f}% of a length-grouped "
+              "batch of 4 (the most packing could save)", flush=True)
     datasets = {"full": args.dataset, "oracle": args.oracle_dataset}
     rows = []
     for name in names:

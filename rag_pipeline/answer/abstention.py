@@ -30,6 +30,12 @@ def mode_of(task: str, grounded: bool) -> str:
     return "grounded" if grounded else "free"
 
 
+def applied(stored: dict[str, dict[str, Any]], task: str, grounded: bool) -> dict[str, Any] | None:
+    """The calibration in ``stored`` (mode -> calibration) that a ``task`` answer decoded ``grounded`` or not gets; None
+    for a JSON answer, or where none was stored for that mode."""
+    return None if task == "extract" else stored.get(mode_of(task, grounded))
+
+
 def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
     """Whether the calibrated rule withholds an answer: ``margin > threshold + bias``.
 
@@ -63,7 +69,6 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
         return {}
-    applies = cfg.task != "extract" and mode_of(cfg.task, cfg.grounded) in stored  # another task's threshold does not
-    if applies and (cfg.do_sample or cfg.num_beams > 1):
+    if applied(stored, cfg.task, cfg.grounded) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
     return stored

@@ -35,7 +35,7 @@ from typing import IO, Any, Literal, Protocol
 from rag_pipeline import generator
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, structured, summary
-from rag_pipeline.answer.abstention import abstention_of, mode_of, withhold
+from rag_pipeline.answer.abstention import abstention_of, applied, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -302,15 +302,14 @@ class Pipeline:
     def calibration_for(self, task: str, grounded: bool | None = None) -> dict[str, Any] | None:
         """The calibrated abstention a ``task`` answer gets in a decoding mode (default: this pipeline's); None for
         a JSON answer, or where the adapter has none for that mode."""
-        grounded = self.cfg.grounded if grounded is None else grounded
-        return None if task == "extract" else self.calibrations.get(mode_of(task, grounded))
+        return applied(self.calibrations, task, self.cfg.grounded if grounded is None else grounded)
 
     def answer_start(self, grounded: bool, task: str = "qa") -> str:
         """What a margin's answering continuation may open with in a decoding mode: ``cfg.answer_start``, or with
         ``calibrated`` what that mode's calibration was made with (``any`` when it records nothing)."""
         if self.cfg.answer_start != "calibrated":
             return self.cfg.answer_start
-        return (self.calibrations.get(mode_of(task, grounded)) or {}).get("answer_start", "any")
+        return (applied(self.calibrations, task, grounded) or {}).get("answer_start", "any")
 
     @classmethod
     def load(cls, cfg: AnswerSettings, retriever: Any = None) -> Pipeline:
@@ -339,7 +338,7 @@ class Pipeline:
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
-        calibration = None if cfg.task == "extract" else calibrations.get(mode_of(cfg.task, cfg.grounded))
+        calibration = applied(calibrations, cfg.task, cfg.grounded)
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")

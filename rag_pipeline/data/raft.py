@@ -842,13 +842,13 @@ def extract_schema(cfg: RaftConfig, items: list[QAItem]) -> dict[str, Any] | Non
     """
     if "extract" not in cfg.tasks():
         return None
-    own = [it.extract for it in items if it.extract is not None]
     if cfg.schema:
         schema = structured.load_schema(cfg.schema)
         if not isinstance(schema.get("properties"), dict) or not schema["properties"]:
             raise InputError(f"--schema {cfg.schema} names no properties: training targets need the fields a JSON answer "
                              "holds; give a schema with \"properties\" (or leave --schema out to infer one from the records)")
         return schema
+    own = [it.extract for it in items if it.extract is not None]
     if not own:
         return None
     where = f"the schema inferred from {min(len(own), tasks.SCHEMA_SAMPLE)} records' 'extract' objects"

@@ -156,27 +156,23 @@ def extract_target(passage: str | None, answers: list[str]) -> str | None:
         quote = _SPACES.sub(" ", passage[span[0]:span[1]]).strip()
         value = next((m.group(0) for a in answers for text in (quote, passage)
                       for m in [re.search(rf"(?<!\w){re.escape(a.strip())}(?!\w)", text, re.IGNORECASE)] if a.strip() and m), answers[0])
-    # llguidance's JSON strings hold no raw DEL; json.dumps leaves it unescaped
-    return json.dumps({"answer": value, "quote": quote}, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
+    return _compact_json({"answer": value, "quote": quote})
+
+
+def _compact_json(value: Any) -> str:
+    """``value`` as the constrained JSON decoder writes it: compact, non-ASCII kept, DEL escaped (llguidance's JSON
+    strings hold no raw DEL; json.dumps leaves it unescaped)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
 
 
 SCHEMA_SAMPLE = 200  # records whose own JSON answers a schema is inferred from
 
 
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))  # bool first: it is an int
+
+
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "null")
 
 
 def _schema_of_values(values: list[Any]) -> dict[str, Any]:
@@ -241,6 +237,4 @@ def given_extract(obj: dict[str, Any] | None, schema: dict[str, Any]) -> str | N
 
     value = _conformed({} if obj is None else obj, schema)
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    if not validator(schema).is_valid(value):
-        return None
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("\x7f", "\\u007f")
+    return _compact_json(value) if validator(schema).is_valid(value) else None

@@ -195,6 +195,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     pipe = Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
     refused = grounded = 0
+    score = summary_score if cfg.task == "summary" else f1
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
@@ -202,7 +203,6 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
             refused += bool(ans.rejected) and shown is None
             grounded += bool(ans.fallback)
             margins.append(m)
-            score = summary_score if cfg.task == "summary" else f1
             answered_f1.append(score(shown, it.answers) if it.answerable and it.answers and shown is not None else 0.0)
             answerable.append(bool(it.answerable and it.answers))
     best = choose_threshold(margins, answered_f1, answerable, cfg.max_false_abstain)
