@@ -43,7 +43,8 @@ Shared modules (each concern has one owner; stages call it): ``passage`` (the ch
 ``Chunk``, ``StoredChunk``, ``Hit`` and ``Passage``, and the gold/distractor rules), ``prompt``
 (templates, an adapter's template, rendering, token budget), ``qa`` (the QA reader), ``support``
 (whether a passage supports an answer), ``generator``
-(loading a model and its tokenizer, encoding, padding, loss, batched generation),
+(loading a model and its tokenizer, encoding, padding, loss, batched generation), ``inference``
+(a loaded generator's CPU kernels: prepacked, fused bf16 projections with bitwise the same numbers),
 ``adapter_meta`` (an adapter directory's ``rag_pipeline.json``: ``AdapterMeta``, its reader and
 writer), ``device`` (device and dtype), ``model_paths`` (model ids -> local folders),
 ``metrics`` (answer scoring and SQuAD 2.0's figures) and ``textnorm`` (answer normalization),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-from rag_pipeline import generator
+from rag_pipeline import generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, structured, summary
 from rag_pipeline.answer.abstention import abstention_of, applied, withhold
@@ -335,11 +335,13 @@ class Pipeline:
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
         dtype = inference_dtype(cfg.dtype, device)
         model, tokenizer, kind = generator.load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
+        kernels = inference.prepare(model) if cfg.kernels == "fast" else ""
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
         calibration = applied(calibrations, cfg.task, cfg.grounded)
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
+                       + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
                        + (f"; JSON answers under the schema {cfg.schema or ('object' if schema is structured.JSON_OBJECT else f'of {adapter}')}"
@@ -520,11 +522,12 @@ class Pipeline:
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
-                                                   ban_first_word=self.answer_start(grounded, c.task) == "not-refusal-word")
+                                                   ban_first_word=self.answer_start(grounded, c.task) == "not-refusal-word",
+                                                   static=self.cfg.kernels == "fast")
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            constraints=constraints, on_token=on_token, counts=counts,
+            constraints=constraints, on_token=on_token, counts=counts, static=self.cfg.kernels == "fast",
         )
         return [(r, None) for r in raws]
 
