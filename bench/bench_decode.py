@@ -56,7 +56,7 @@ def torch_route(model, ids: list[int], n: int, eos: int, static: bool) -> tuple[
     x = torch.tensor([ids])
 
     def run(steps: int) -> list[int]:
-        kw = {"past_key_values": generator.static_cache(model, len(ids) + steps)} if static else {}
+        kw = {generator.cache_name(): generator.static_cache(model, len(ids) + steps)} if static else {}
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=steps, min_new_tokens=steps,
                              do_sample=False, pad_token_id=eos, eos_token_id=eos, **kw)
         return out[0, len(ids):].tolist()

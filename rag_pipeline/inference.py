@@ -1,4 +1,4 @@
-"""A loaded generator made fast for answering on the CPU, with answers bitwise identical to the plain model.
+"""A loaded generator made fast for answering on the CPU, with bitwise the plain model's logits.
 
 Decoding one token reads every weight once, so on a CPU it is bound by how the matrix-vector
 products are run. Two things cost time in a plain bf16 transformers model there, and
@@ -13,17 +13,21 @@ products are run. Two things cost time in a plain bf16 transformers model there,
   larger products: about 15% of the matrix time).
 
 Both keep the numbers: the same kernel computes each output element in the same order, so the
-outputs are bitwise those of the plain model (``tests/test_inference.py`` compares logits, and
-the decoded answers on real prompts). Only bf16 weights are packed: float32 products through
-the packed path differ in the last bits, so a float32 model is left as it is. The static KV
-cache that :mod:`rag_pipeline.generator` decodes with is the third part of the fast path.
+outputs are bitwise those of the plain model (``tests/test_inference.py`` compares logits and
+decoded answers). Only bf16 weights are packed: float32 products through
+the packed path differ in the last bits, so a float32 model is left as it is, and so is an
+encoder-decoder (T5 reads its linears' weights outside them). The preallocated key/value cache
+that :mod:`rag_pipeline.generator` decodes into (``static_cache``) is the third part of the fast
+path, and the one that changes the logits' last bits.
 
 ``bench/bench_decode.py`` measures it against the plain model and llama.cpp.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -65,12 +69,14 @@ class PackedLinear:
         return y.reshape(*lead, self.out_features)
 
 
-def _module(fn: Any) -> Any:
-    """An ``nn.Module`` that calls ``fn`` (so that the model's module tree stays a tree of modules)."""
+@functools.cache
+def _call_class() -> type:
     import torch
 
     class Call(torch.nn.Module):
-        def __init__(self) -> None:
+        """An ``nn.Module`` that calls ``fn`` (so that the model's module tree stays a tree of modules)."""
+
+        def __init__(self, fn: Any) -> None:
             super().__init__()
             self.fn = fn
 
@@ -78,17 +84,23 @@ def _module(fn: Any) -> Any:
             return self.fn(x)
 
         def extra_repr(self) -> str:
-            return repr(fn)
+            return repr(self.fn)
 
-    return Call()
+    return Call
+
+
+def _module(fn: Any) -> Any:
+    return _call_class()(fn)
 
 
 class FusedProjections:
     """Sibling linears that read one input, run as one product: part ``i`` returns its slice of the output.
 
     The first part called with an input computes all of them; the others called with the same
-    tensor (same object, unchanged) take their slice of that result, which is then dropped. A part
-    called with another input computes the whole product again, so any call order stays correct.
+    tensor object take their slice of that result, which is then dropped. A part called with
+    another input (or asked twice) computes the whole product again, so any call order stays
+    correct; the model must not change the input in place between the calls (transformers' layers
+    do not). The pending result is per thread.
     """
 
     def __init__(self, linears: list[Any]) -> None:
@@ -101,19 +113,15 @@ class FusedProjections:
                               for lin, n in zip(linears, self.sizes)])
         self.product = PackedLinear(torch.cat([lin.weight for lin in linears]), bias)
         self.bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
-        self._input: Any = None
-        self._output: Any = None
-        self._left: set[int] = set()
+        self._pending = threading.local()  # (input, output, parts not yet handed out) of this thread's last product
 
     def part(self, i: int, x: Any) -> Any:
-        if not (x is self._input and i in self._left):
-            self._input, self._output = x, self.product(x)
-            self._left = set(range(len(self.sizes)))
-        out = self._output[..., self.bounds[i] : self.bounds[i + 1]]
-        self._left.discard(i)
-        if not self._left:
-            self._input = self._output = None
-        return out
+        x_, out, left = getattr(self._pending, "value", (None, None, ()))
+        if not (x is x_ and i in left):
+            out, left = self.product(x), set(range(len(self.sizes)))
+        left.discard(i)
+        self._pending.value = (x, out, left) if left else (None, None, ())
+        return out[..., self.bounds[i] : self.bounds[i + 1]]
 
     def __repr__(self) -> str:
         return f"FusedProjections({'+'.join(map(str, self.sizes))})"
@@ -122,11 +130,13 @@ class FusedProjections:
 def prepare(model: Any) -> str:
     """Pack ``model``'s bf16 linears and fuse its sibling projections in place (CPU, inference only).
 
-    Returns what was done, for the log ("" when nothing applies: another device or dtype, or a
-    torch without oneDNN's packed linear).
+    Returns what was done, for the log ("" when nothing applies: another device or dtype, an
+    encoder-decoder model, or a torch without oneDNN's packed linear).
     """
     param = next(model.parameters())
-    if param.device.type != "cpu" or not packing_available():
+    # Encoder-decoder models are left as they are: T5 reads its linears' weights outside them, and their
+    # cross-attention's projections read two inputs.
+    if param.device.type != "cpu" or getattr(model.config, "is_encoder_decoder", False) or not packing_available():
         return ""
     fused = packed = 0
     for parent in list(model.modules()):

@@ -16,9 +16,9 @@ from rag_pipeline import inference  # noqa: E402
 from rag_pipeline.prompt import get_template, to_model_text  # noqa: E402
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.tiny_models import build_tiny_llama, raft_rows
+    from tests.tiny_models import build_tiny_llama, build_tiny_t5, raft_rows
 except ImportError:
-    from tiny_models import build_tiny_llama, raft_rows  # type: ignore[no-redef]
+    from tiny_models import build_tiny_llama, build_tiny_t5, raft_rows  # type: ignore[no-redef]
 
 needs_packing = pytest.mark.skipif(not inference.packing_available(), reason="this torch has no oneDNN packed linear")
 
@@ -65,6 +65,12 @@ def test_fused_parts_called_with_other_inputs_recompute(bf16_llama: tuple) -> No
         for name, t in (("q", x), ("k", y), ("k", y), ("v", x), ("q", y), ("v", y), ("k", x)):
             got = fused.part("qkv".index(name), t)
             assert torch.equal(got, want[(name, 0 if t is x else 1)])
+
+
+def test_encoder_decoders_and_float32_models_are_left_as_they_are(tmp_path) -> None:
+    t5, _, _ = G.load_generator(str(build_tiny_t5(tmp_path / "t5")), device="cpu", dtype="bfloat16")
+    assert inference.prepare(t5) == ""  # T5 reads its linears' weights outside them
+    assert sum(type(m) is torch.nn.Linear for m in t5.modules()) > 0
 
 
 def test_float32_models_are_left_as_they_are(tmp_path) -> None:
