@@ -300,7 +300,7 @@ def pad(rows: list[list[int]], value: int, side: Literal["left", "right"]) -> tu
 @functools.cache
 def cache_name() -> str:
     """What ``generate``, a model's forward and their outputs call the key/value cache: ``cache`` since transformers
-    renamed it (``past_key_values`` is deprecated there and goes in 6.0), ``past_key_values`` before."""
+    renamed it (5.x: ``past_key_values`` still works, with a deprecation warning, until 5.40), ``past_key_values`` before."""
     try:
         from transformers.generation.utils import ALL_CACHE_NAMES
     except ImportError:
@@ -308,19 +308,25 @@ def cache_name() -> str:
     return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
 
 
-def static_cache(model: Any, length: int) -> Any:
-    """A preallocated key/value cache of ``length`` positions for one causal ``generate`` call.
+def static_cache(model: Any, length: int) -> Any | None:
+    """A preallocated key/value cache of ``length`` positions for one causal ``generate`` call, or None where
+    transformers' own choice stays: a model whose generation config names its cache (Gemma-2's hybrid one), or one
+    with sliding-window layers (cropping the prompt's cache back, as the null margin does, assumes full attention).
 
     Decoding into it instead of transformers' default (a cache grown by concatenation, attended
     without a mask at batch size 1) takes about 17% less time per token on a 2-core CPU
     (``bench/bench_decode.py``). The attention then always runs with a mask over the preallocated
     length, which changes bf16 logits in their last bits, so a near tie can decode the other way:
     on the whole Disfl-QA test split 31 of 813 answers differed, and the figures stayed inside
-    their noise (``docs/results.md``, "The fast kernels on the whole test split").
+    their noise (``docs/results.md``, "The fast kernels on the whole test split"). On a GPU
+    transformers would compile the model for it, once per cache length: ``ask`` uses it on CPUs only.
     """
     from transformers import StaticCache
 
-    return StaticCache(config=model.config, max_cache_len=length)
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None):
+        return None
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    return None if any(getattr(layer, "is_sliding", False) for layer in cache.layers) else cache
 
 
 def _accepts(model: Any, name: str) -> bool:
@@ -428,7 +434,7 @@ def generate_answers(
     constraints: list[Any] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     counts: list[DecodeCounts] | None = None,
-    static: bool = True,
+    static: bool = False,
 ) -> list[str]:
     """Generate one answer per model text, in input order.
 
@@ -443,7 +449,7 @@ def generate_answers(
             (EOS excluded); not with beam search, which settles its tokens only at the end.
         counts: one :class:`DecodeCounts` per text, filled in (prompt and decoded tokens).
         static: a causal model decodes into a preallocated cache (:func:`static_cache`; not with
-            beam search); False keeps transformers' default cache.
+            beam search; ``ask --kernels fast`` on a CPU); False keeps transformers' default cache.
 
     Returns:
         The decoded continuations (prompt excluded, special tokens skipped), stripped.
@@ -469,8 +475,9 @@ def generate_answers(
         kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams) if constraints else {}
         if on_token is not None and num_beams == 1:
             kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
-        if static and kind == "causal" and num_beams == 1:
-            kwargs[cache_name()] = static_cache(model, width + max_new_tokens)
+        cache = static_cache(model, width + max_new_tokens) if static and kind == "causal" and num_beams == 1 else None
+        if cache is not None:
+            kwargs[cache_name()] = cache
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             result = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
@@ -500,7 +507,7 @@ def generate_with_margins(
     max_refusal_retries: int = 3,
     counts: list[DecodeCounts] | None = None,
     ban_first_word: bool = False,
-    static: bool = True,
+    static: bool = False,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
@@ -513,12 +520,16 @@ def generate_with_margins(
     papers don't contain the answer.") is decoded again with that answer's opening banned too, up to
     ``max_refusal_retries`` times. With ``ban_first_word`` the abstention's first token ("The") cannot open the answer
     either (:class:`BanAtStart`). ``counts`` (one :class:`DecodeCounts` per text) get every pass's tokens. ``static``:
-    a causal model decodes into a preallocated cache (:func:`static_cache`). Returns (answer text, margin) per text.
+    a causal model decodes into a preallocated cache (:func:`static_cache`).
+
+    Returns:
+        (answer text, margin) per model text, in input order.
     """
     import torch
     from transformers import LogitsProcessorList
 
-    is_refusal, device = is_abstention if is_refusal is None else is_refusal, next(model.parameters()).device
+    is_refusal = is_abstention if is_refusal is None else is_refusal
+    device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]
     banned = abstain_openings(tokenizer, abstain[:2])
@@ -535,8 +546,10 @@ def generate_with_margins(
         start = ids.shape[1] if kind == "causal" else 1
         kwargs = _constraint_kwargs([constraints[i] for i in idx], start) if constraints else {}
         kwargs["logits_processor"] = LogitsProcessorList(kwargs.get("logits_processor", []) + ([BanAtStart(start, abstain[:1])] if ban_first_word else []))
-        if static and kind == "causal":  # room for the answer, or for the abstention scored on the prompt's cache after it
-            kwargs[cache_name()] = static_cache(model, start + max(max_new_tokens, len(abstain)))
+        # room for the answer, or for the abstention scored on the prompt's cache after it
+        cache = static_cache(model, start + max(max_new_tokens, len(abstain))) if static and kind == "causal" else None
+        if cache is not None:
+            kwargs[cache_name()] = cache
         res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
                              return_dict_in_generate=True, output_logits=True, **kwargs)
@@ -558,24 +571,31 @@ def generate_with_margins(
             idx = order[start:start + batch_size]
             ids, mask, texts, answer_lp, res, first = greedy(idx, banned)
             abstain_lp = _abstain_logprob(model, kind, ids, mask, res, first, abstain)
-            answers = {i: (*texts[r], float(answer_lp[r])) for r, i in enumerate(idx)}
-            extra: dict[int, list[list[int]]] = {i: [] for i in idx}
-            for _ in range(max_refusal_retries):
-                again = [i for i in idx if is_refusal(answers[i][0])]
-                if not again:
-                    break
-                for i in again:  # ban this refusal's own opening (its first two tokens) for this row
-                    opening = answers[i][1][:2]
-                    if len(opening) == 2 and opening not in extra[i]:
-                        extra[i].append(opening)
-                for i in again:  # rows differ in what they ban, so each is decoded alone
-                    _, _, t, lp, _, _ = greedy([i], banned + extra[i])
-                    answers[i] = (*t[0], float(lp[0]))
+            answers = _retried(greedy, idx, banned, {i: (*texts[r], float(answer_lp[r])) for r, i in enumerate(idx)},
+                               is_refusal, max_refusal_retries)
             for r, i in enumerate(idx):
                 text, _, lp = answers[i]
                 out[i] = (text, float(abstain_lp[r]) - lp)
     model.train(was_training)
     return out
+
+
+def _retried(greedy: Callable[..., Any], idx: list[int], banned: list[list[int]], answers: dict[int, tuple[str, list[int], float]],
+             is_refusal: Callable[[str], bool], retries: int) -> dict[int, tuple[str, list[int], float]]:
+    """``answers`` (row -> (text, token ids, log-prob)) with each reworded refusal decoded again by ``greedy``, alone (rows
+    differ in what they ban), with its own opening (its first two tokens) banned too, up to ``retries`` times."""
+    extra: dict[int, list[list[int]]] = {i: [] for i in idx}
+    for _ in range(retries):
+        again = [i for i in idx if is_refusal(answers[i][0])]
+        if not again:
+            break
+        for i in again:
+            opening = answers[i][1][:2]
+            if len(opening) == 2 and opening not in extra[i]:
+                extra[i].append(opening)
+            _, _, t, lp, _, _ = greedy([i], banned + extra[i])
+            answers[i] = (*t[0], float(lp[0]))
+    return answers
 
 
 class BanAtStart:

@@ -131,12 +131,14 @@ def prepare(model: Any) -> str:
     """Pack ``model``'s bf16 linears and fuse its sibling projections in place (CPU, inference only).
 
     Returns what was done, for the log ("" when nothing applies: another device or dtype, an
-    encoder-decoder model, or a torch without oneDNN's packed linear).
+    encoder-decoder model, an unmerged peft adapter, or a torch without oneDNN's packed linear).
     """
     param = next(model.parameters())
     # Encoder-decoder models are left as they are: T5 reads its linears' weights outside them, and their
     # cross-attention's projections read two inputs.
     if param.device.type != "cpu" or getattr(model.config, "is_encoder_decoder", False) or not packing_available():
+        return ""
+    if any(hasattr(m, "base_layer") for m in model.modules()):  # an unmerged peft adapter reads its base layer's weight
         return ""
     fused = packed = 0
     for parent in list(model.modules()):

@@ -847,3 +847,18 @@ def test_margins_are_decoded_with_the_answer_start_their_calibration_was_made_wi
     p.answer_batch([QUESTIONS[0]], margins=True)
     p.answer_batch([QUESTIONS[0]], margins=True, grounded=True)
     assert seen == [True, False]
+
+
+def test_fast_kernels_pack_a_bf16_generator_and_give_the_plain_answers(env: dict) -> None:
+    from rag_pipeline import inference
+
+    if not inference.packing_available():
+        pytest.skip("this torch has no oneDNN packed linear")
+    fast = A.Pipeline.load(cfg(env, dtype="bfloat16", kernels="fast", max_new_tokens=6))
+    plain = A.Pipeline.load(cfg(env, dtype="bfloat16", kernels="plain", max_new_tokens=6))
+    assert "oneDNN-packed bf16 weights" in fast.description and "oneDNN" not in plain.description
+    assert fast._static_cache() and not plain._static_cache()
+    assert not any(type(m) is torch.nn.Linear for m in fast.model.modules())
+    assert any(type(m) is torch.nn.Linear for m in plain.model.modules())
+    # the tiny adapter's bf16 logits are far from ties: the preallocated cache's last bits decide nothing here
+    assert [a.answer for a in fast.answer_batch(QUESTIONS)] == [a.answer for a in plain.answer_batch(QUESTIONS)]

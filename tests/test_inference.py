@@ -16,9 +16,9 @@ from rag_pipeline import inference  # noqa: E402
 from rag_pipeline.prompt import get_template, to_model_text  # noqa: E402
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.tiny_models import build_tiny_llama, build_tiny_t5, raft_rows
+    from tests.tiny_models import build_tiny_llama, build_tiny_t5, make_adapter, raft_rows
 except ImportError:
-    from tiny_models import build_tiny_llama, build_tiny_t5, raft_rows  # type: ignore[no-redef]
+    from tiny_models import build_tiny_llama, build_tiny_t5, make_adapter, raft_rows  # type: ignore[no-redef]
 
 needs_packing = pytest.mark.skipif(not inference.packing_available(), reason="this torch has no oneDNN packed linear")
 
@@ -67,10 +67,51 @@ def test_fused_parts_called_with_other_inputs_recompute(bf16_llama: tuple) -> No
             assert torch.equal(got, want[(name, 0 if t is x else 1)])
 
 
-def test_encoder_decoders_and_float32_models_are_left_as_they_are(tmp_path) -> None:
+def test_encoder_decoders_are_left_as_they_are(tmp_path) -> None:
     t5, _, _ = G.load_generator(str(build_tiny_t5(tmp_path / "t5")), device="cpu", dtype="bfloat16")
     assert inference.prepare(t5) == ""  # T5 reads its linears' weights outside them
     assert sum(type(m) is torch.nn.Linear for m in t5.modules()) > 0
+
+
+def test_an_unmerged_peft_adapter_is_left_as_it_is(tmp_path) -> None:
+    base = build_tiny_llama(tmp_path / "llama")
+    model, _, _ = G.load_generator(str(base), make_adapter(base, tmp_path / "adapter"), device="cpu", dtype="bfloat16")
+    assert inference.prepare(model) == ""  # peft's LoRA layers read their base layer's weight
+    merged, _, _ = G.load_generator(str(base), tmp_path / "adapter", device="cpu", dtype="bfloat16", merge=True)
+    assert inference.prepare(merged) != "" or not inference.packing_available()
+
+
+@needs_packing
+def test_fused_parts_are_right_when_threads_interleave(bf16_llama: tuple) -> None:
+    import threading
+
+    attn = bf16_llama[0].model.layers[1].self_attn
+    linears = [copy.deepcopy(attn.q_proj), copy.deepcopy(attn.k_proj), copy.deepcopy(attn.v_proj)]
+    fused = inference.FusedProjections(linears)
+    xs = [torch.randn(2, 64, dtype=torch.bfloat16) for _ in range(2)]
+    first_done, second_done, got = threading.Event(), threading.Event(), {}
+
+    def worker(t: int) -> None:
+        with torch.no_grad():
+            if t == 1:
+                first_done.wait()
+            got[(t, 0)] = fused.part(0, xs[t])  # thread 0's pending product, then thread 1's, then thread 0 finishes its own
+            if t == 0:
+                first_done.set()
+                second_done.wait()
+            got[(t, 1)], got[(t, 2)] = fused.part(1, xs[t]), fused.part(2, xs[t])
+            if t == 1:
+                second_done.set()
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    with torch.no_grad():
+        for (t, i), out in got.items():
+            assert torch.equal(out, linears[i](xs[t]))
+    assert len(got) == 6
 
 
 def test_float32_models_are_left_as_they_are(tmp_path) -> None:
@@ -83,7 +124,7 @@ def test_generation_with_margins_has_room_for_the_abstention_in_a_static_cache(b
     model, tok, kind = bf16_llama
     texts = _texts(tok, 3)
     abstain = "The documents don't contain the answer at all, none of them."  # longer than the answers may be
-    static = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=2, batch_size=3)
-    dynamic = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=2, batch_size=3, static=False)
+    static = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=2, batch_size=3, static=True)
+    dynamic = G.generate_with_margins(model, tok, kind, texts, abstain, max_new_tokens=2, batch_size=3)
     assert [a for a, _ in static] == [a for a, _ in dynamic]
     assert [m for _, m in static] == pytest.approx([m for _, m in dynamic], abs=0.05)  # bf16: the masked attention's last bits

@@ -523,13 +523,18 @@ class Pipeline:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
                                                    ban_first_word=self.answer_start(grounded, c.task) == "not-refusal-word",
-                                                   static=self.cfg.kernels == "fast")
+                                                   static=self._static_cache())
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            constraints=constraints, on_token=on_token, counts=counts, static=self.cfg.kernels == "fast",
+            constraints=constraints, on_token=on_token, counts=counts, static=self._static_cache(),
         )
         return [(r, None) for r in raws]
+
+    def _static_cache(self) -> bool:
+        """Whether decoding goes into a preallocated cache: ``--kernels fast`` on a CPU (on a GPU transformers would compile
+        the model for it, once per cache length)."""
+        return self.cfg.kernels == "fast" and next(self.model.parameters()).device.type == "cpu"
 
     def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
                 calibration: dict[str, Any] | None = None) -> Answer:

@@ -211,7 +211,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
               "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
-              "answer_start": cfg.answer_start, "task": cfg.task}
+              "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         mode = mode_of(cfg.task, cfg.grounded)
