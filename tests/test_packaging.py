@@ -45,6 +45,8 @@ def _imported_distributions(folder: str) -> set[str]:
                 top = m.split(".")[0]
                 if top in sys.stdlib_module_names or top in ("rag_pipeline", "conftest", "tiny_models", "tests"):
                     continue
+                if (path.parent / f"{top}.py").is_file():  # a sibling script (bench_decode uses bench_constrained's prompts)
+                    continue
                 found |= {d.lower().replace("_", "-") for d in dists.get(top, [top])}
     return found
 
@@ -58,7 +60,7 @@ def test_what_the_code_imports_is_declared() -> None:
     runtime = _declared("runtime", "gpu", "tensorboard", "distributed")
     assert _imported_distributions("rag_pipeline") - {"nvidia-cuda-runtime"} <= runtime | {"torch", "faiss-cpu", "faiss-gpu"}
     assert _imported_distributions("scripts") <= runtime | _declared("probe") | {"torch"}
-    assert _imported_distributions("bench") <= runtime | _declared("bench", "probe") | {"torch"}
+    assert _imported_distributions("bench") <= runtime | _declared("bench", "probe", "llamacpp") | {"torch"}
     assert {"psutil"} <= _declared("bench") and "psutil" not in _declared("runtime")
     assert "ray" in _declared("distributed") and "ray" not in _declared("runtime")  # the default engine needs no Ray
 
