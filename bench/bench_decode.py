@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import platform
 import statistics
@@ -94,6 +95,31 @@ def llama_route(llm, ids: list[int], n: int, eos: int) -> tuple[float, float, li
     t2 = time.perf_counter()
     assert tokens[0] == first
     return t1 - t0, t2 - t1b, tokens
+
+
+def products_alone(model, repeats: int = 30) -> float:
+    """Seconds a token spends in the prepared model's matrix products alone: each packed product of one decoding step
+    (the layers' fused q/k/v, o, fused gate/up and down, then the head), in order, on a random bf16 row."""
+    import torch
+
+    from rag_pipeline import inference
+
+    products = []
+    for module in model.modules():  # module order is forward order for these decoders
+        fn = getattr(module, "fn", None)
+        if isinstance(fn, inference.PackedLinear):
+            products.append(fn)
+        elif isinstance(fn, functools.partial) and isinstance(fn.func.__self__, inference.FusedProjections) and fn.args == (0,):
+            products.append(fn.func.__self__.product)  # a fused group, once: at its first part
+    rows = {p.in_features: torch.randn(1, p.in_features, dtype=torch.bfloat16) for p in products}
+    with torch.inference_mode():
+        for p in products:
+            p(rows[p.in_features])
+        t = time.perf_counter()
+        for _ in range(repeats):
+            for p in products:
+                p(rows[p.in_features])
+    return (time.perf_counter() - t) / repeats
 
 
 def best(route, repeats: int) -> tuple[float, float, list[int]]:
@@ -169,6 +195,8 @@ def main() -> int:
         ratio = f"{decode / llama_decode:.2f}x" if llama_decode else "-"
         where = f" (token {', '.join(str(i + 1) for i in firsts)})" if firsts else ""
         print(f"| {name} | {1000 * prefill:.0f} | {1000 * decode:.1f} | {ratio} | {len(rows) - len(firsts)} of {len(rows)}{where} |")
+    floor = products_alone(ours)
+    print(f"\nours, the matrix products alone (prepacked and fused, one token's, in order): {1000 * floor:.1f} ms a token")
     return 0
 
 

@@ -148,7 +148,7 @@ def prepare(model: Any) -> str:
             if all(_plain_bf16(lin) for lin in linears) and len({lin.in_features for lin in linears}) == 1:
                 projections = FusedProjections(linears)
                 for i, name in enumerate(group):
-                    setattr(parent, name, _module(lambda x, i=i, p=projections: p.part(i, x)))
+                    setattr(parent, name, _module(functools.partial(projections.part, i)))
                     children[name] = None
                 fused += 1
         for name, child in children.items():

@@ -100,7 +100,7 @@ class Answering:
                                "AVX512-BF16/AMX CPUs, else float32")
     kernels: Kernels = opt("fast", "on a CPU, fast = bf16 weights prepacked for oneDNN and sibling projections fused "
                                    "(rag_pipeline.inference: bitwise the same logits) and decoding into a preallocated key/value "
-                                   "cache (about 1.6x faster decoding; its masked attention changes bf16 logits in the last bits, "
+                                   "cache (about 1.5x faster decoding; its masked attention changes bf16 logits in the last bits, "
                                    "so a near tie can decode otherwise); plain = transformers as loaded (the reference path)")
     batch_size: int = opt(8, "questions per generation batch")
     snippet: int = opt(160, "characters of each cited chunk shown with the answer")
