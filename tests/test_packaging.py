@@ -29,6 +29,10 @@ def _declared(*groups: str) -> set[str]:
     return {_name(r) for r in reqs}
 
 
+# Modules of optional extras that a test machine may not have installed, by the distribution that provides them.
+NOT_INSTALLED = {"llama_cpp": "llama-cpp-python"}
+
+
 def _imported_distributions(folder: str) -> set[str]:
     """Distributions of the third-party top-level modules imported by the .py files in ``folder``."""
     dists = packages_distributions()
@@ -47,7 +51,7 @@ def _imported_distributions(folder: str) -> set[str]:
                     continue
                 if (path.parent / f"{top}.py").is_file():  # a sibling script (bench_decode uses bench_constrained's prompts)
                     continue
-                found |= {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                found |= {d.lower().replace("_", "-") for d in dists.get(top, [NOT_INSTALLED.get(top, top)])}
     return found
 
 
