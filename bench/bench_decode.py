@@ -156,7 +156,7 @@ def main() -> int:
 
     routes = {"ours": lambda ids: torch_route(ours, ids, n, eos, static=True),
               "plain": lambda ids: torch_route(plain, ids, n, eos, static=False)}
-    llm, gguf_dir = None, None
+    gguf_dir = None  # the export's temporary folder, kept while llama.cpp reads it
     if not args.no_llama_cpp:
         try:
             from llama_cpp import Llama

@@ -26,11 +26,8 @@ path, and the one that changes the logits' last bits.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # Sibling projections that read the same input, fused into one product each: attention's and the gated MLP's
 # (Llama, Mistral, Qwen2, Gemma, Phi-3-style naming).

@@ -82,12 +82,15 @@ def test_an_unmerged_peft_adapter_is_left_as_it_is(tmp_path) -> None:
 
 
 @needs_packing
-def test_fused_parts_are_right_when_threads_interleave(bf16_llama: tuple) -> None:
+def test_each_thread_keeps_its_own_pending_product(bf16_llama: tuple) -> None:
     import threading
 
     attn = bf16_llama[0].model.layers[1].self_attn
     linears = [copy.deepcopy(attn.q_proj), copy.deepcopy(attn.k_proj), copy.deepcopy(attn.v_proj)]
     fused = inference.FusedProjections(linears)
+    computed = []
+    product = fused.product
+    fused.product = lambda x: computed.append(x) or product(x)
     xs = [torch.randn(2, 64, dtype=torch.bfloat16) for _ in range(2)]
     first_done, second_done, got = threading.Event(), threading.Event(), {}
 
@@ -112,6 +115,7 @@ def test_fused_parts_are_right_when_threads_interleave(bf16_llama: tuple) -> Non
         for (t, i), out in got.items():
             assert torch.equal(out, linears[i](xs[t]))
     assert len(got) == 6
+    assert len(computed) == 2  # one product per input: thread 1's did not replace thread 0's pending one
 
 
 def test_float32_models_are_left_as_they_are(tmp_path) -> None:
