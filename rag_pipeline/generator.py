@@ -18,11 +18,12 @@ torch and transformers are imported inside functions so importing this module st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -435,6 +436,7 @@ def generate_answers(
     on_token: Callable[[int, int], None] | None = None,
     counts: list[DecodeCounts] | None = None,
     static: bool = False,
+    engine: Any = None,
 ) -> list[str]:
     """Generate one answer per model text, in input order.
 
@@ -450,6 +452,9 @@ def generate_answers(
         counts: one :class:`DecodeCounts` per text, filled in (prompt and decoded tokens).
         static: a causal model decodes into a preallocated cache (:func:`static_cache`; not with
             beam search; ``ask --kernels fast`` on a CPU); False keeps transformers' default cache.
+        engine: a :class:`rag_pipeline.batching.DecodeEngine` (``serve``): a causal model's greedy or sampled rows
+            join its running batch (sampled rows get seeds drawn from ``seed`` in input order); beam search and
+            seq2seq models decode here, holding its lock.
 
     Returns:
         The decoded continuations (prompt excluded, special tokens skipped), stripped.
@@ -461,34 +466,42 @@ def generate_answers(
     encoded = [encode_prompt(tokenizer, kind, t) for t in model_texts]
     if max_input_length is not None:
         encoded = [cut_middle(ids, max_input_length) for ids in encoded]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if engine is not None and kind == "causal" and num_beams == 1 and not autocast_bf16:
+        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _ in encoded]
+        specs = [RowSpec(ids, max_new_tokens, tokenizer.eos_token_id, constraint=constraints[i] if constraints else None,
+                         sample=(temperature, top_p, seeds[i]) if do_sample else None,
+                         on_token=functools.partial(on_token, i) if on_token is not None else None)
+                 for i, ids in enumerate(encoded)]
+        return _decoded(tokenizer, encoded, engine.run(specs), counts)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(encoded)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
-        width = ids.size(1)
-        if do_sample:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams) if constraints else {}
-        if on_token is not None and num_beams == 1:
-            kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
-        cache = static_cache(model, width + max_new_tokens) if static and kind == "causal" and num_beams == 1 else None
-        if cache is not None:
-            kwargs[cache_name()] = cache
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            result = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                num_beams=num_beams, do_sample=do_sample, temperature=temperature if do_sample else None,
-                top_p=top_p if do_sample else None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **kwargs,
-            )
-        new = result[:, width:] if kind == "causal" else result
-        for r, i in enumerate(idx):
-            out[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
-            if counts is not None:  # seq2seq rows start with the decoder start token, not a decoded one
-                counts[i].add(len(encoded[i]), new[r, 0 if kind == "causal" else 1:].tolist(), tokenizer.eos_token_id)
+    with engine.lock if engine is not None else contextlib.nullcontext():  # a beam search or seq2seq model never runs beside a step
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
+            width = ids.size(1)
+            if do_sample:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams) if constraints else {}
+            if on_token is not None and num_beams == 1:
+                kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
+            cache = static_cache(model, width + max_new_tokens) if static and kind == "causal" and num_beams == 1 else None
+            if cache is not None:
+                kwargs[cache_name()] = cache
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                result = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                    num_beams=num_beams, do_sample=do_sample, temperature=temperature if do_sample else None,
+                    top_p=top_p if do_sample else None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **kwargs,
+                )
+            new = result[:, width:] if kind == "causal" else result
+            for r, i in enumerate(idx):
+                out[i] = tokenizer.decode(new[r], skip_special_tokens=True).strip()
+                if counts is not None:  # seq2seq rows start with the decoder start token, not a decoded one
+                    counts[i].add(len(encoded[i]), new[r, 0 if kind == "causal" else 1:].tolist(), tokenizer.eos_token_id)
     model.train(was_training)
     return out
 
@@ -508,6 +521,7 @@ def generate_with_margins(
     counts: list[DecodeCounts] | None = None,
     ban_first_word: bool = False,
     static: bool = False,
+    engine: Any = None,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
@@ -520,7 +534,8 @@ def generate_with_margins(
     papers don't contain the answer.") is decoded again with that answer's opening banned too, up to
     ``max_refusal_retries`` times. With ``ban_first_word`` the abstention's first token ("The") cannot open the answer
     either (:class:`BanAtStart`). ``counts`` (one :class:`DecodeCounts` per text) get every pass's tokens. ``static``:
-    a causal model decodes into a preallocated cache (:func:`static_cache`).
+    a causal model decodes into a preallocated cache (:func:`static_cache`). ``engine``: a causal model's rows join a
+    :class:`rag_pipeline.batching.DecodeEngine`'s running batch, which scores the abstention on each prompt as it joins.
 
     Returns:
         (answer text, margin) per model text, in input order.
@@ -537,6 +552,9 @@ def generate_with_margins(
     if max_input_length is not None:
         encoded = [cut_middle(ids, max_input_length) for ids in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    if engine is not None and kind == "causal":
+        return _margins_on(engine, tokenizer, encoded, abstain, banned, constraints, abstain[:1] if ban_first_word else [],
+                           max_new_tokens, is_refusal, max_refusal_retries, counts)
     out: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
 
     def greedy(idx: list[int], bad: list[list[int]]) -> tuple[Any, Any, list[tuple[str, list[int]]], Any, Any, Any]:
@@ -566,7 +584,7 @@ def generate_with_margins(
 
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), engine.lock if engine is not None else contextlib.nullcontext():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask, texts, answer_lp, res, first = greedy(idx, banned)
@@ -578,6 +596,37 @@ def generate_with_margins(
                 out[i] = (text, float(abstain_lp[r]) - lp)
     model.train(was_training)
     return out
+
+
+def _decoded(tokenizer: Any, encoded: list[list[int]], done: list[Any], counts: list[DecodeCounts] | None) -> list[str]:
+    """The answer texts of an engine's decoded rows (``counts`` filled in)."""
+    if counts is not None:
+        for c, ids, d in zip(counts, encoded, done):
+            c.add(len(ids), d.tokens, tokenizer.eos_token_id)
+    return [tokenizer.decode(d.tokens, skip_special_tokens=True).strip() for d in done]
+
+
+def _margins_on(engine: Any, tokenizer: Any, encoded: list[list[int]], abstain: list[int], banned: list[list[int]],
+                constraints: list[Any] | None, ban_first: list[int], max_new_tokens: int, is_refusal: Callable[[str], bool],
+                retries: int, counts: list[DecodeCounts] | None) -> list[tuple[str, float]]:
+    """:func:`generate_with_margins` on a decode engine: the same passes (the abstention scored on each prompt as its
+    row joins, then the reworded refusals decoded again), each pass's rows in the engine's shared batch."""
+    eos_id = tokenizer.eos_token_id
+    abstain_lp: dict[int, float] = {}
+
+    def greedy(idx: list[int], bad: list[list[int]]) -> tuple[None, None, list[tuple[str, list[int]]], list[float], None, None]:
+        first = not abstain_lp
+        done = engine.run([RowSpec(encoded[i], max_new_tokens, eos_id, bad=bad, constraint=constraints[i] if constraints else None,
+                                   ban_first=ban_first, abstain=abstain if first else None) for i in idx])
+        if first:
+            abstain_lp.update((i, d.abstain_logprob) for i, d in zip(idx, done))
+        texts = _decoded(tokenizer, [encoded[i] for i in idx], done, [counts[i] for i in idx] if counts is not None else None)
+        return None, None, list(zip(texts, [d.tokens for d in done])), [d.logprob for d in done], None, None
+
+    idx = list(range(len(encoded)))
+    _, _, texts, lps, _, _ = greedy(idx, banned)
+    answers = _retried(greedy, idx, banned, {i: (*texts[i], lps[i]) for i in idx}, is_refusal, retries)
+    return [(answers[i][0], abstain_lp[i] - answers[i][2]) for i in idx]
 
 
 def _retried(greedy: Callable[..., Any], idx: list[int], banned: list[list[int]], answers: dict[int, tuple[str, list[int], float]],
@@ -666,6 +715,58 @@ class ConstrainedLogits:
             else:
                 keep[b, row.allowed(generated)] = True
         return scores.masked_fill(~keep, -torch.inf)
+
+
+@dataclass
+class RowSpec:
+    """One answer for a shared decode that rows join and leave between steps (:class:`rag_pipeline.batching.DecodeEngine`),
+    with what ``generate`` would apply to it: the same bans, constraint and sampling, in ``generate``'s order.
+
+    ``pick`` chooses the next token from a row's raw logits as ``generate`` does with ``bad_words_ids`` (a
+    sequence's last token is banned where the ids so far end with the rest of it), :class:`ConstrainedLogits`,
+    :class:`BanAtStart` and, sampling, transformers' temperature, top-k (the model's generation config) and
+    top-p warpers, with its own seeded generator (a sampled answer does not depend on what it is batched with).
+    """
+
+    prompt: list[int]
+    max_new_tokens: int
+    eos_id: int
+    bad: list[list[int]] = field(default_factory=list)  # bad_words_ids
+    constraint: Any = None  # allowed_mask(ids) or allowed(ids) over the answer so far (grounded, summary, JSON)
+    ban_first: list[int] = field(default_factory=list)  # tokens that may not open the answer (BanAtStart)
+    sample: tuple[float, float, int] | None = None  # (temperature, top_p, seed); None: greedy
+    abstain: list[int] | None = None  # also score log P(these tokens | prompt) (the null margin's abstention)
+    on_token: Callable[[int], None] | None = None  # each decoded token but EOS, as it is decoded
+
+    def warpers(self, top_k: int | None) -> list[Any]:
+        """transformers' sampling warpers for this row, in ``generate``'s order (empty when greedy)."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        if self.sample is None:
+            return []
+        temperature, top_p, _ = self.sample
+        return ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []) + (
+            [TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+
+    def pick(self, logits: Any, answer: list[int], warpers: list[Any], rng: Any) -> int:
+        """The next token after ``answer`` (the ids decoded so far) from ``logits`` ((vocab,) float32, raw)."""
+        import torch
+
+        scores = logits.clone()
+        ids = self.prompt + answer
+        for seq in self.bad:
+            if len(seq) == 1 or (len(ids) >= len(seq) - 1 and ids[len(ids) - len(seq) + 1:] == seq[:-1]):
+                scores[seq[-1]] = -torch.inf
+        if self.constraint is not None:
+            scores = ConstrainedLogits([self.constraint], 0)(torch.tensor([answer], dtype=torch.long), scores[None])[0]
+        if self.ban_first and not answer:
+            scores = BanAtStart(0, self.ban_first)(torch.zeros((1, 0), dtype=torch.long), scores[None])[0]
+        if not warpers:
+            return int(scores.argmax())
+        row = scores[None]
+        for w in warpers:
+            row = w(None, row)
+        return int(torch.multinomial(row.softmax(-1), 1, generator=rng))
 
 
 def _abstain_logprob(model: Any, kind: Kind, ids: Any, mask: Any, res: Any, first: Any, abstain: list[int]) -> Any:

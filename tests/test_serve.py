@@ -224,7 +224,8 @@ def test_unknown_route_and_method_answer_json_errors(server) -> None:
 # ------------------------------------------------------------------------------ concurrency
 
 
-def test_concurrent_requests_share_batches_and_equal_one_at_a_time(client: openai.OpenAI, server) -> None:
+def test_concurrent_requests_share_decode_steps_and_equal_one_at_a_time(client: openai.OpenAI, server) -> None:
+    """Continuous batching (the default): each request is its own answer call, and their rows decode together."""
     questions = QUESTIONS * 2  # 12 requests: duplicates too, they must each get their own row's answer
     before = httpx.get(f"{server[0]}/health").json()["batches"]
     with cf.ThreadPoolExecutor(len(questions)) as pool:
@@ -232,8 +233,26 @@ def test_concurrent_requests_share_batches_and_equal_one_at_a_time(client: opena
     after = httpx.get(f"{server[0]}/health").json()["batches"]
     alone = [ask(client, q, max_tokens=8).choices[0].message.content for q in questions]
     assert together == alone and all(together)
-    assert after["requests"] - before["requests"] == len(questions)
-    assert after["count"] - before["count"] < len(questions) and after["largest"] > 1  # answered in shared batches
+    assert after["requests"] - before["requests"] == len(questions) == after["count"] - before["count"]
+    # one at a time, each answer would take its own 7 steps after its prompt (8 tokens: the tiny model never stops early)
+    assert after["decode_steps"] - before["decode_steps"] < 7 * len(questions) and after["largest"] > 1
+
+
+def test_batching_at_arrival_answers_concurrent_requests_in_shared_batches(env: dict) -> None:
+    args = ["--index", str(env["index"]), "--adapter", str(env["adapter"]), "--device", "cpu", "--dtype", "float32",
+            "--max-new-tokens", "8", "--min-score", "-1", "--batch-wait-ms", "300", "--answer-check", "off", "--batching", "arrival"]
+    proc, url = start_cli_server(args)
+    try:
+        wait_healthy(url, proc=proc)
+        arrival = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        questions = QUESTIONS * 2
+        with cf.ThreadPoolExecutor(len(questions)) as pool:
+            together = list(pool.map(lambda q: ask(arrival, q, max_tokens=8).choices[0].message.content, questions))
+        batches = httpx.get(f"{url}/health").json()["batches"]
+        assert together == [ask(arrival, q, max_tokens=8).choices[0].message.content for q in questions]
+        assert batches["count"] < 2 * len(questions) and batches["largest"] > 1 and "decode_steps" not in batches
+    finally:
+        stop_process(proc)
 
 
 def test_concurrent_streams_each_get_their_own_tokens(client: openai.OpenAI) -> None:

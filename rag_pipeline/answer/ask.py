@@ -19,11 +19,13 @@ torch and transformers are imported inside functions, so ``ask --help`` stays fa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -293,6 +295,9 @@ class Pipeline:
         self._model_text = model_text_fn(tokenizer, template)
         self.calibrations = calibrations or {}  # decoding mode (abstention.MODES) -> the adapter's stored threshold, if used
         self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
+        # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
+        self.engine: Any = None
+        self._retrieval = threading.Lock()  # concurrent answer_batch calls (serve) retrieve one at a time
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -455,11 +460,13 @@ class Pipeline:
         deep either way); a deeper search of an approximate index may find a higher cosine.
         """
         depth = self.cfg.k if self.cfg.passages == "chunks" else max(self.cfg.k, self.cfg.candidates)
-        hits, cosines = self.retriever.search_with_cosine(questions, depth, self.cfg.hybrid)
-        best = [-1.0 if b is None else b for b in cosines]  # an empty index: always below the threshold
-        found = [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits]
-        top = [[p["text"] for p in ps[: self.cfg.k]] for ps in found]
-        return [self._choose(q, ps) for q, ps in zip(questions, found)], best, top
+        with self._retrieval:
+            search = functools.partial(self.retriever.search_with_cosine, questions, depth, self.cfg.hybrid)
+            hits, cosines = search() if self.engine is None else self.engine.call(search)  # torch work on the engine's thread
+            best = [-1.0 if b is None else b for b in cosines]  # an empty index: always below the threshold
+            found = [[{**h.to_dict(), "truncated": False} for h in hs] for hs in hits]
+            top = [[p["text"] for p in ps[: self.cfg.k]] for ps in found]
+            return [self._choose(q, ps) for q, ps in zip(questions, found)], best, top
 
     def _choose(self, question: str, found: list[Passage]) -> list[Passage]:
         """The passages shown, from ``found`` (best-ranked first): as found (``chunks``: the top k);
@@ -523,11 +530,11 @@ class Pipeline:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
                                                    ban_first_word=self.answer_start(grounded, c.task) == "not-refusal-word",
-                                                   static=self._static_cache())
+                                                   static=self._static_cache(), engine=self.engine)
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, texts, max_new_tokens=c.max_new_tokens, batch_size=self.cfg.batch_size,
             num_beams=c.num_beams, do_sample=c.do_sample, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            constraints=constraints, on_token=on_token, counts=counts, static=self._static_cache(),
+            constraints=constraints, on_token=on_token, counts=counts, static=self._static_cache(), engine=self.engine,
         )
         return [(r, None) for r in raws]
 

@@ -2,8 +2,10 @@
 
 Setup -> run -> stop. :func:`run` checks the index and adapter, binds (127.0.0.1 by default),
 and loads the models once, through :meth:`rag_pipeline.answer.ask.Pipeline.load`, in a background
-thread while ``/health`` answers 503. Then one worker thread answers requests in shared
-batches (see :mod:`rag_pipeline.serve.batcher`); the routes are in :mod:`rag_pipeline.serve.app`:
+thread while ``/health`` answers 503. Then requests are answered as they arrive, their answers decoded
+in one running batch that they join and leave between steps (:mod:`rag_pipeline.batching`;
+``--batching arrival``: one worker thread answers the requests that arrived together as one batch; see
+:mod:`rag_pipeline.serve.batcher`); the routes are in :mod:`rag_pipeline.serve.app`:
 
 * ``POST /v1/chat/completions``: the last user message is the question; ``stream: true`` streams
   server-sent events; the cited sources are in the extra top-level field ``citations``;
@@ -20,8 +22,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rag_pipeline import batching
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer.ask import Pipeline, choose_adapter
 from rag_pipeline.answer.settings import AnswerSettings, Task
@@ -55,8 +58,12 @@ class ServeConfig(AnswerSettings):
     api_key: str = opt("", f"require 'Authorization: Bearer KEY' on /v1 routes; empty: ${API_KEY_ENV}, else no authentication")
     model_name: str = opt("", "model id the API serves and lists; empty: the adapter directory's name")
     max_tokens_limit: int = opt(256, "the largest max_tokens a request may ask for (422 above)")
-    max_batch: int = opt(8, "requests answered together in one generation batch (8: ask's batch size)")
-    batch_wait_ms: float = opt(20.0, "how long the worker waits for more requests after the first one (adds at most this to latency)")
+    batching: Literal["continuous", "arrival"] = opt(
+        "continuous", "continuous: each request is answered as it arrives, its answer joining the running decode batch "
+        "between steps and leaving it when done (rag_pipeline.batching); arrival: requests that arrive together are "
+        "answered as one batch, and later ones wait for it")
+    max_batch: int = opt(8, "continuous: requests answered at once (rows decoding together); arrival: requests answered together in one batch")
+    batch_wait_ms: float = opt(20.0, "arrival: how long the worker waits for more requests after the first one (adds at most this to latency)")
     max_queue: int = opt(64, "requests that may wait for the worker; beyond this the server answers 503 with Retry-After")
     request_timeout_s: float = opt(120.0, "a request not answered within this many seconds gets 504 (and leaves the queue)")
     max_body_bytes: int = opt(256 * 1024, "largest request body accepted (413 above)")
@@ -113,7 +120,10 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
 
     def load() -> Pipeline:
         pipe = Pipeline.load(cfg)
-        log.info("%s", pipe.description)
+        continuous = cfg.batching == "continuous" and batching.supported(pipe.model, pipe.kind)
+        if continuous:
+            pipe.engine = batching.DecodeEngine(pipe.model, cfg.max_batch).start()
+        log.info("%s; %s", pipe.description, "continuous batching" if continuous else "batches at arrival")
         return pipe
 
     server: uvicorn.Server | None = None

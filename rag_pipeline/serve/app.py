@@ -75,7 +75,8 @@ class ServerState:
             self.status, self.detail = "failed", f"{type(e).__name__} while loading the models (see the server log)"
             log.exception("loading the models failed")
         else:
-            self.worker = BatchWorker(pipe, self.queue, self.cfg.max_batch, self.cfg.batch_wait_ms / 1000).start()
+            threads = self.cfg.max_batch if getattr(pipe, "engine", None) is not None else 1  # continuous: a thread per request
+            self.worker = BatchWorker(pipe, self.queue, self.cfg.max_batch, self.cfg.batch_wait_ms / 1000, threads).start()
             self.status, self.detail = "ok", ""
             log.info("models loaded; answering on the batch worker")
             return
@@ -366,9 +367,19 @@ async def health(state: Server) -> JSONResponse:
     body = S.Health(
         status=state.status, model=state.model_id, detail=state.detail,  # type: ignore[arg-type]
         queue={"pending": len(state.queue), "max": state.cfg.max_queue},
-        batches={"count": stats.batches, "requests": stats.requests, "largest": stats.largest} if stats else {},
+        batches=_batch_stats(state),
     )
     return JSONResponse(body.model_dump(), status_code=200 if state.status == "ok" else 503)
+
+
+def _batch_stats(state: ServerState) -> dict[str, Any]:
+    """/health's batch counts: answer_batch calls and requests; with continuous batching, decode steps and the most rows in one."""
+    if state.worker is None:
+        return {}
+    st, engine = state.worker.stats, getattr(state.worker.pipe, "engine", None)
+    if engine is None:
+        return {"count": st.batches, "requests": st.requests, "largest": st.largest}
+    return {"count": st.batches, "requests": st.requests, "largest": engine.stats.largest, "decode_steps": engine.stats.steps}
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

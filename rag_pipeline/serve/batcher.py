@@ -6,6 +6,12 @@ waiting job, keeps collecting for ``wait_s`` or until ``max_batch`` jobs, and an
 of jobs with equal settings with one ``Pipeline.answer_batch`` call (searches with one
 ``retriever.search_batch``). Results go back to the loop with ``call_soon_threadsafe``.
 
+With ``threads`` > 1 (``serve --batching continuous``, the default) the worker hands each job to one
+of ``threads`` answering threads as soon as one is free, with no wait for more: each answers its job
+with its own ``answer_batch`` call, and the pipeline's
+:class:`~rag_pipeline.batching.DecodeEngine` decodes the rows of all of them in one running batch
+that answers join and leave between decode steps.
+
 A job whose client disconnected or timed out is removed from the queue at once (its slot is
 free for the next request) and never reaches generation; one already in a running batch is
 finished and its result dropped.
@@ -22,10 +28,12 @@ tail that may be the start of one, so the streamed text is always the non-stream
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -239,12 +247,15 @@ class BatchStats:
 
 
 class BatchWorker:
-    """The thread that owns the models: takes jobs from the queue and answers them in batches."""
+    """The thread that takes jobs from the queue: it answers them in batches itself, or hands each to an answering thread."""
 
-    def __init__(self, pipe: Answerer, queue: BatchQueue, max_batch: int, wait_s: float) -> None:
+    def __init__(self, pipe: Answerer, queue: BatchQueue, max_batch: int, wait_s: float, threads: int = 1) -> None:
         self.pipe, self.queue, self.max_batch, self.wait_s = pipe, queue, max_batch, wait_s
         self.stats = BatchStats()
+        self._stats_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rag-batch-worker", daemon=True)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rag-answer") if threads > 1 else None
+        self._free = threading.Semaphore(threads)
 
     def start(self) -> BatchWorker:
         self._thread.start()
@@ -254,8 +265,20 @@ class BatchWorker:
         for job in self.queue.close():
             job.emit("error", ApiError(503, "the server is shutting down: retry against a running server", "server_error"))
         self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # the jobs being answered finish
+        engine = getattr(self.pipe, "engine", None)
+        if engine is not None:
+            engine.stop(timeout)
 
     def _run(self) -> None:
+        if self._pool is not None:
+            while self._free.acquire() and (jobs := self.queue.take(1, 0.0)) is not None:
+                if jobs[0].cancelled:
+                    self._free.release()
+                    continue
+                self._pool.submit(self._answer_one, jobs[0])
+            return
         while (jobs := self.queue.take(self.max_batch, self.wait_s)) is not None:
             groups: dict[tuple, list[Job]] = {}
             for job in jobs:
@@ -264,10 +287,17 @@ class BatchWorker:
             for key, group in groups.items():
                 self._process(key, group)
 
+    def _answer_one(self, job: Job) -> None:
+        try:
+            self._process(job.key, [job])
+        finally:
+            self._free.release()
+
     def _process(self, key: tuple, group: list[Job]) -> None:
-        self.stats.batches += 1
-        self.stats.requests += len(group)
-        self.stats.largest = max(self.stats.largest, len(group))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.requests += len(group)
+            self.stats.largest = max(self.stats.largest, len(group))
         try:
             if key[0] == "search":
                 self._search(key, group)
@@ -275,8 +305,9 @@ class BatchWorker:
                 self._answer(key[1], group)
         except InputError as e:
             if len(group) > 1:  # one bad question must not fail the others: answer them one by one
-                self.stats.batches -= 1
-                self.stats.requests -= len(group)
+                with self._stats_lock:
+                    self.stats.batches -= 1
+                    self.stats.requests -= len(group)
                 for job in group:
                     self._process(key, [job])
                 return
@@ -300,6 +331,8 @@ class BatchWorker:
     def _search(self, key: tuple, group: list[Job]) -> None:
         _, k, hybrid = key
         hybrid = self.pipe.cfg.hybrid if hybrid is None else hybrid  # None: as the server retrieves for answers
-        results = self.pipe.retriever.search_batch([j.text for j in group], k, hybrid)
+        search = functools.partial(self.pipe.retriever.search_batch, [j.text for j in group], k, hybrid)
+        engine = getattr(self.pipe, "engine", None)
+        results = search() if engine is None else engine.call(search)  # torch work stays on the engine's thread
         for job, hits in zip(group, results):
             job.emit("done", hits)

@@ -1,0 +1,372 @@
+"""Continuous batching: one thread decodes every running answer in one batch, and answers join and leave between steps.
+
+``serve`` answers each request in its own thread; where ``generate`` would run a batch of its own, the
+request hands its rows to the :class:`DecodeEngine` (:func:`rag_pipeline.generator.generate_answers` and
+``generate_with_margins`` with ``engine=``) and waits. The engine's thread, between two decode steps,
+reads each new row's prompt alone (its keys and values, and with ``abstain`` the null margin's
+abstention scored on them), copies them into the shared cache, and decodes one token for every
+running row at once; a row that ends (EOS or its token limit) leaves the batch at once and its
+caller gets its tokens. A short answer asked while a long summary is being written is therefore
+answered in its own few steps, not after the summary, and a request never waits for a batch to fill.
+
+The shared cache (:class:`_Slots`) holds each layer's keys and values as ``(rows, heads, capacity, dim)``
+buffers, every row's text ending at the same column (left padding, masked): a step writes one column,
+a row joins by copying its prompt's columns in, and leaves by taking the last row's place. Rows see only
+their own tokens (the attention mask and per-row positions), so a greedy answer is the one ``generate``
+gives that prompt, up to the last bits of the floating-point sums (batch shapes differ).
+
+Each row keeps what ``generate`` would apply to it (:class:`~rag_pipeline.generator.RowSpec`: banned
+openings, a grounded or JSON constraint, the first-word ban, seeded sampling), and the sum of its tokens'
+raw log-probabilities, so calibrated answers keep their margins. Beam search and encoder-decoders decode
+as before, holding :attr:`DecodeEngine.lock` so that they never run beside a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+from rag_pipeline.generator import RowSpec, cache_name, static_cache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decoded:
+    """A finished row: its tokens up to and with the first EOS, and log-probabilities under the raw logits."""
+
+    tokens: list[int]
+    logprob: float  # sum over ``tokens`` (what the null margin compares)
+    abstain_logprob: float | None = None  # log P(RowSpec.abstain | prompt), when asked for
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0  # decode steps run
+    rows: int = 0  # rows decoded
+    largest: int = 0  # most rows in one step
+
+
+class _Row:
+    def __init__(self, spec: RowSpec, future: Future, warpers: list[Any]) -> None:
+        import torch
+
+        self.spec, self.future, self.warpers = spec, future, warpers
+        self.tokens: list[int] = []
+        self.logprob = 0.0
+        self.abstain_logprob: float | None = None
+        self.rng = torch.Generator().manual_seed(spec.sample[2]) if spec.sample else None
+
+    def take(self, logits: Any) -> bool:
+        """Choose the next token from ``logits`` ((vocab,) float32); True when the row has ended."""
+        token = self.spec.pick(logits, self.tokens, self.warpers, self.rng)
+        self.logprob += float(logits.log_softmax(-1)[token])
+        self.tokens.append(token)
+        if token != self.spec.eos_id and self.spec.on_token is not None:
+            self.spec.on_token(token)
+        return token == self.spec.eos_id or len(self.tokens) >= self.spec.max_new_tokens
+
+    @property
+    def position(self) -> int:  # of the last token, the one the next step reads
+        return len(self.spec.prompt) + len(self.tokens) - 1
+
+    def done(self) -> None:
+        self.future.set_result(Decoded(self.tokens, self.logprob, self.abstain_logprob))
+
+
+class _Slots:
+    """The running rows' keys and values: per layer ``(max_rows, heads, capacity, dim)``, texts ending at column ``width``."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
+        self.mask: Any = None  # (max_rows, capacity) long, 1 on real tokens
+        self.width = 0
+        self.n = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def reserve(self, width: int, like: Any = None) -> None:
+        """Room for ``width`` columns (grown by doubling; ``like``: per-layer (keys, values) giving heads, dim and dtype,
+        needed before the first allocation)."""
+        import torch
+
+        if width <= self.capacity:
+            return
+        like = like or list(zip(self.keys, self.values))
+        cap = max(width, 2 * self.capacity, 256)
+        keys = [torch.zeros((self.max_rows, k.shape[1], cap, k.shape[3]), dtype=k.dtype) for k, _ in like]
+        values = [torch.zeros((self.max_rows, v.shape[1], cap, v.shape[3]), dtype=v.dtype) for _, v in like]
+        mask = torch.zeros((self.max_rows, cap), dtype=torch.long)
+        for new, old in zip(keys + values + [mask], self.buffers()):
+            _cols(new, slice(None), 0, self.width).copy_(_cols(old, slice(None), 0, self.width))
+        self.keys, self.values, self.mask = keys, values, mask
+
+    def add(self, prompt: list[tuple[Any, Any]]) -> None:
+        """Append a row from its prompt's per-layer (keys, values), each ``(1, heads, length, dim)``."""
+        length = prompt[0][0].shape[2]
+        if self.n == 0:
+            self.width = 0
+        if length > self.width:  # the running rows move right to make room on the left
+            self.reserve(length + 1, prompt)
+            shift = length - self.width
+            rows = slice(0, self.n)
+            for buf in self.buffers():
+                _cols(buf, rows, shift, length).copy_(_cols(buf, rows, 0, self.width).clone())
+                _cols(buf, rows, 0, shift).zero_()
+            self.width = length
+        self.reserve(self.width + 1, prompt)
+        r, start = self.n, self.width - length
+        for buf, (k, v) in zip(zip(self.keys, self.values), prompt):
+            buf[0][r, :, start:self.width] = k[0]
+            buf[1][r, :, start:self.width] = v[0]
+        self.mask[r, :start] = 0
+        self.mask[r, start:self.width] = 1
+        self.n += 1
+
+    def remove(self, r: int) -> None:
+        """Drop row ``r``: the last row takes its place."""
+        last = self.n - 1
+        if r != last:
+            for buf in self.buffers():
+                _cols(buf, r, 0, self.width).copy_(_cols(buf, last, 0, self.width))
+        self.n -= 1
+        if self.n:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading columns no running row uses (once there are at least 64)."""
+        first = int(self.mask[: self.n, : self.width].any(0).long().argmax())
+        if first < 64:
+            return
+        rows = slice(0, self.n)
+        for buf in self.buffers():
+            _cols(buf, rows, 0, self.width - first).copy_(_cols(buf, rows, first, self.width).clone())
+        self.width -= first
+
+    def buffers(self) -> list[Any]:
+        return self.keys + self.values + ([] if self.mask is None else [self.mask])
+
+    def cache(self) -> Any:
+        """A transformers cache over the running rows whose layers write the next column in place."""
+        from transformers.cache_utils import Cache
+
+        return Cache(layers=[_SlotLayer(self, i) for i in range(len(self.keys))])
+
+
+def _cols(buf: Any, rows: slice | int, start: int, stop: int) -> Any:
+    """The view of columns ``start:stop`` of ``rows``: a key/value buffer's dimension 2, the mask's dimension 1."""
+    return buf[rows, :, start:stop] if buf.dim() == 4 else buf[rows, start:stop]
+
+
+def _slot_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer of :class:`_Slots` as a transformers cache layer: ``update`` writes the new columns after ``width``."""
+
+        def __init__(self, slots: _Slots, index: int) -> None:
+            super().__init__()
+            self.slots, self.index = slots, index
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            s, q = self.slots, key_states.shape[-2]
+            keys, values = s.keys[self.index], s.values[self.index]
+            keys[: s.n, :, s.width:s.width + q] = key_states
+            values[: s.n, :, s.width:s.width + q] = value_states
+            self.keys, self.values = keys[: s.n, :, : s.width + q], values[: s.n, :, : s.width + q]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.slots.width
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.slots.width + query_length, 0
+
+    return SlotLayer
+
+
+_SLOT_LAYER: type | None = None
+
+
+def _SlotLayer(slots: _Slots, index: int) -> Any:  # noqa: N802 - a class, built on first use (transformers imports lazily)
+    global _SLOT_LAYER
+    if _SLOT_LAYER is None:
+        _SLOT_LAYER = _slot_layer_class()
+    return _SLOT_LAYER(slots, index)
+
+
+class DecodeEngine:
+    """The decode thread of a server: rows from many callers decode together, joining and leaving between steps.
+
+    ``run(specs)`` blocks until its rows are decoded; any number of threads may call it at once. At most
+    ``max_rows`` rows decode together (more wait for a free place, in order). ``lock`` is held for every
+    prompt read and step: a caller that runs the model itself (beam search) holds it too.
+    """
+
+    def __init__(self, model: Any, max_rows: int = 16) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows is {max_rows}: it must be at least 1")
+        self.model, self.max_rows = model, max_rows
+        self.lock = threading.RLock()
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[RowSpec, Future]] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._rows: list[_Row] = []
+        self._slots = _Slots(max_rows)
+        self._closed = False
+        self._top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        self._thread = threading.Thread(target=self._run, name="rag-decode-engine", daemon=True)
+
+    def start(self) -> DecodeEngine:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish nothing new: rows still waiting or decoding fail with RuntimeError."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, specs: list[RowSpec]) -> list[Future]:
+        futures = [Future() for _ in specs]
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the decode engine has stopped")
+            self._waiting.extend(zip(specs, futures))
+            self._cond.notify()
+        return futures
+
+    def run(self, specs: list[RowSpec]) -> list[Decoded]:
+        """Decode ``specs`` in the shared batch; their results in order."""
+        return [f.result() for f in self.submit(specs)]
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the engine's thread between two steps (its result, or its exception raised here).
+
+        Other torch work of a server (the retriever's question embeddings) goes here: torch's OpenMP threads then
+        serve one calling thread. Each thread that runs torch operations keeps its own team of OpenMP threads, and
+        with more teams than cores they stop spinning between parallel regions: a decode step in a thread beside
+        another team took 38 ms against 27 ms alone (SmolLM2-135M, 2 cores).
+        """
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the decode engine has stopped")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future.result()
+
+    # ---- the engine thread
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            with self._cond:
+                while not self._waiting and not self._calls and not self._rows and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                new = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_rows - len(self._rows)))]
+                calls = [self._calls.popleft() for _ in range(len(self._calls))]
+            for fn, future in calls:
+                _settle(future, fn)
+            with torch.no_grad(), self.lock:
+                for spec, future in new:
+                    self._join(spec, future)
+                if self._rows:
+                    self._step_safely()
+        error = RuntimeError("the decode engine has stopped")
+        for row in self._rows:
+            row.future.set_exception(error)
+        for _, future in [*self._waiting, *self._calls]:
+            future.set_exception(error)
+
+    def _join(self, spec: RowSpec, future: Future) -> None:
+        """Read ``spec``'s prompt alone, choose its first token, and add it to the running rows unless it has ended."""
+        import torch
+        from transformers import DynamicCache
+
+        row = _Row(spec, future, spec.warpers(self._top_k))
+        try:
+            cache = DynamicCache()
+            n = len(spec.prompt)
+            logits = self.model(input_ids=torch.tensor([spec.prompt]), use_cache=True, **{cache_name(): cache}).logits[0, -1].float()
+            if spec.abstain:
+                row.abstain_logprob = self._abstain_logprob(cache, logits, spec.abstain, n)
+            if row.take(logits):
+                row.done()
+                return
+            self._slots.add([(layer.keys, layer.values) for layer in cache.layers])
+            self._rows.append(row)
+            self.stats.rows += 1
+        except Exception as e:  # noqa: BLE001 - the caller gets the error; the other rows go on
+            future.set_exception(e)
+
+    def _abstain_logprob(self, cache: Any, first: Any, abstain: list[int], n: int) -> float:
+        """log P(abstain | prompt), read on the prompt's cache, which is then cropped back to the prompt."""
+        import torch
+
+        lp = float(first.log_softmax(-1)[abstain[0]])
+        if len(abstain) > 1:
+            rest = self.model(input_ids=torch.tensor([abstain[:-1]]), position_ids=torch.arange(n, n + len(abstain) - 1)[None],
+                              use_cache=True, **{cache_name(): cache}).logits[0].float().log_softmax(-1)
+            lp += float(rest.gather(-1, torch.tensor(abstain[1:])[:, None]).sum())
+            cache.crop(-(len(abstain) - 1))  # back to the prompt's keys and values
+        return lp
+
+    def _step_safely(self) -> None:
+        try:
+            self._step()
+        except Exception as e:  # noqa: BLE001 - every running row's caller gets the error; the engine goes on
+            log.exception("a decode step of %d rows failed", len(self._rows))
+            for row in self._rows:
+                row.future.set_exception(e)
+            self._rows, self._slots = [], _Slots(self.max_rows)
+
+    def _step(self) -> None:
+        import torch
+
+        s, rows = self._slots, self._rows
+        s.reserve(s.width + 1)
+        s.mask[: s.n, s.width] = 1
+        last = torch.tensor([[r.tokens[-1]] for r in rows])
+        positions = torch.tensor([[r.position] for r in rows])
+        mask = s.mask[: s.n, : s.width + 1]
+        logits = self.model(input_ids=last, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
+                            use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float()
+        s.width += 1
+        self.stats.steps += 1
+        self.stats.largest = max(self.stats.largest, len(rows))
+        ended = [r for r, row in enumerate(rows) if row.take(logits[r])]
+        for r in reversed(ended):  # from the end: a removed row's place is taken by the last one
+            row = rows[r]
+            rows[r] = rows[-1]
+            rows.pop()
+            s.remove(r)
+            row.done()
+
+
+def _settle(future: Future, fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+        future.set_exception(e)
+
+
+def supported(model: Any, kind: str) -> bool:
+    """Whether a model can decode on a :class:`DecodeEngine`: a causal model whose layers all attend to the whole text
+    (a sliding-window layer's cache would need cropping that the shared cache does not do)."""
+    return kind == "causal" and static_cache(model, 8) is not None
