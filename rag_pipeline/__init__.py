@@ -45,6 +45,7 @@ Shared modules (each concern has one owner; stages call it): ``passage`` (the ch
 (whether a passage supports an answer), ``generator``
 (loading a model and its tokenizer, encoding, padding, loss, batched generation), ``inference``
 (a loaded generator's CPU kernels: prepacked, fused bf16 projections with bitwise the same numbers),
+``batching`` (continuous batching: one decode batch that ``serve``'s answers join and leave between steps),
 ``adapter_meta`` (an adapter directory's ``rag_pipeline.json``: ``AdapterMeta``, its reader and
 writer), ``device`` (device and dtype), ``model_paths`` (model ids -> local folders),
 ``metrics`` (answer scoring and SQuAD 2.0's figures) and ``textnorm`` (answer normalization),

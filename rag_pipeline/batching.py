@@ -103,9 +103,9 @@ class _Slots:
             return
         like = like or list(zip(self.keys, self.values))
         cap = max(width, 2 * self.capacity, 256)
-        keys = [torch.zeros((self.max_rows, k.shape[1], cap, k.shape[3]), dtype=k.dtype) for k, _ in like]
-        values = [torch.zeros((self.max_rows, v.shape[1], cap, v.shape[3]), dtype=v.dtype) for _, v in like]
-        mask = torch.zeros((self.max_rows, cap), dtype=torch.long)
+        keys = [torch.zeros((self.max_rows, k.shape[1], cap, k.shape[3]), dtype=k.dtype, device=k.device) for k, _ in like]
+        values = [torch.zeros((self.max_rows, v.shape[1], cap, v.shape[3]), dtype=v.dtype, device=v.device) for _, v in like]
+        mask = torch.zeros((self.max_rows, cap), dtype=torch.long, device=like[0][0].device)
         for new, old in zip(keys + values + [mask], self.buffers()):
             _cols(new, slice(None), 0, self.width).copy_(_cols(old, slice(None), 0, self.width))
         self.keys, self.values, self.mask = keys, values, mask
@@ -226,6 +226,7 @@ class DecodeEngine:
         self._slots = _Slots(max_rows)
         self._closed = False
         self._top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        self.device = next(model.parameters()).device  # rows choose their tokens on the CPU (logits are moved there)
         self._thread = threading.Thread(target=self._run, name="rag-decode-engine", daemon=True)
 
     def start(self) -> DecodeEngine:
@@ -303,7 +304,8 @@ class DecodeEngine:
         try:
             cache = DynamicCache()
             n = len(spec.prompt)
-            logits = self.model(input_ids=torch.tensor([spec.prompt]), use_cache=True, **{cache_name(): cache}).logits[0, -1].float()
+            logits = self.model(input_ids=torch.tensor([spec.prompt], device=self.device), use_cache=True,
+                                **{cache_name(): cache}).logits[0, -1].float().cpu()
             if spec.abstain:
                 row.abstain_logprob = self._abstain_logprob(cache, logits, spec.abstain, n)
             if row.take(logits):
@@ -321,8 +323,9 @@ class DecodeEngine:
 
         lp = float(first.log_softmax(-1)[abstain[0]])
         if len(abstain) > 1:
-            rest = self.model(input_ids=torch.tensor([abstain[:-1]]), position_ids=torch.arange(n, n + len(abstain) - 1)[None],
-                              use_cache=True, **{cache_name(): cache}).logits[0].float().log_softmax(-1)
+            rest = self.model(input_ids=torch.tensor([abstain[:-1]], device=self.device),
+                              position_ids=torch.arange(n, n + len(abstain) - 1, device=self.device)[None],
+                              use_cache=True, **{cache_name(): cache}).logits[0].float().cpu().log_softmax(-1)
             lp += float(rest.gather(-1, torch.tensor(abstain[1:])[:, None]).sum())
             cache.crop(-(len(abstain) - 1))  # back to the prompt's keys and values
         return lp
@@ -342,11 +345,11 @@ class DecodeEngine:
         s, rows = self._slots, self._rows
         s.reserve(s.width + 1)
         s.mask[: s.n, s.width] = 1
-        last = torch.tensor([[r.tokens[-1]] for r in rows])
-        positions = torch.tensor([[r.position] for r in rows])
+        last = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+        positions = torch.tensor([[r.position] for r in rows], device=self.device)
         mask = s.mask[: s.n, : s.width + 1]
         logits = self.model(input_ids=last, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                            use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float()
+                            use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float().cpu()
         s.width += 1
         self.stats.steps += 1
         self.stats.largest = max(self.stats.largest, len(rows))

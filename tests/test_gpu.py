@@ -1,6 +1,6 @@
 """The CUDA paths, on tiny models built in code: LoRA with bf16 autocast, an exact resume with
 dropout (the GPU's random generator is checkpointed), QLoRA on a 4-bit base, greedy and
-constrained decoding, and fp16 embedding. Each test skips without CUDA; QLoRA also without
+constrained decoding, continuous batching, and fp16 embedding. Each test skips without CUDA; QLoRA also without
 bitsandbytes, FAISS on the GPU without a GPU build of faiss."""
 
 from __future__ import annotations
@@ -115,6 +115,24 @@ def test_greedy_margins_and_json_decoding_on_cuda_match_the_cpu(tiny: dict) -> N
     json_out = [generate_answers(m, tok, kind, PROMPTS, max_new_tokens=64, batch_size=2,
                                  constraints=[structured.json_constraint(tok, schema) for _ in PROMPTS]) for m in (gpu, cpu)]
     assert json_out[0] == json_out[1] and all("colour" in json.loads(o) for o in json_out[0])
+
+
+def test_continuous_batching_on_cuda_decodes_what_the_cpu_decodes_alone(tiny: dict) -> None:
+    from rag_pipeline.batching import DecodeEngine
+
+    tok = build_tiny_tokenizer(chat=True)
+    gpu, _, kind = load_generator(str(tiny["llama"]), device="cuda")
+    cpu, _, _ = load_generator(str(tiny["llama"]), device="cpu")
+    engine = DecodeEngine(gpu, max_rows=2).start()
+    try:
+        got = generate_answers(gpu, tok, kind, PROMPTS, max_new_tokens=12, engine=engine)
+        margins = generate_with_margins(gpu, tok, kind, PROMPTS, "The passages do not say.", max_new_tokens=12, engine=engine)
+    finally:
+        engine.stop()
+    assert got == [generate_answers(cpu, tok, kind, [p], max_new_tokens=12)[0] for p in PROMPTS]
+    want = generate_with_margins(cpu, tok, kind, PROMPTS, "The passages do not say.", max_new_tokens=12, batch_size=1)
+    assert [a for a, _ in margins] == [a for a, _ in want]
+    assert [m for _, m in margins] == pytest.approx([m for _, m in want], abs=1e-3)
 
 
 def test_fp16_embedding_on_cuda_ranks_as_the_cpu_does(tmp_path: Path) -> None:
