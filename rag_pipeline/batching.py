@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
-from rag_pipeline.generator import RowSpec, cache_name, static_cache
+from rag_pipeline.generator import RowSpec, accepts, cache_name, static_cache
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,8 @@ class DecodeEngine:
         self._closed = False
         self._top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
         self.device = next(model.parameters()).device  # rows choose their tokens on the CPU (logits are moved there)
+        # a prompt's logits at its last position only, as generate asks (the vocabulary's product is a fifth of a prompt's work)
+        self._last_only = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
         self._thread = threading.Thread(target=self._run, name="rag-decode-engine", daemon=True)
 
     def start(self) -> DecodeEngine:
@@ -304,7 +306,7 @@ class DecodeEngine:
         try:
             cache = DynamicCache()
             n = len(spec.prompt)
-            logits = self.model(input_ids=torch.tensor([spec.prompt], device=self.device), use_cache=True,
+            logits = self.model(input_ids=torch.tensor([spec.prompt], device=self.device), use_cache=True, **self._last_only,
                                 **{cache_name(): cache}).logits[0, -1].float().cpu()
             if spec.abstain:
                 row.abstain_logprob = self._abstain_logprob(cache, logits, spec.abstain, n)

@@ -330,7 +330,8 @@ def static_cache(model: Any, length: int) -> Any | None:
     return None if any(getattr(layer, "is_sliding", False) for layer in cache.layers) else cache
 
 
-def _accepts(model: Any, name: str) -> bool:
+def accepts(model: Any, name: str) -> bool:
+    """Whether the model's forward (under any DDP or peft wrapper) takes the argument ``name``."""
     import inspect
 
     base = getattr(model, "module", model)  # DistributedDataParallel wraps the model
@@ -362,7 +363,7 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[
     first = int(labelled[0]) if len(labelled) else width - 1
     keep = width - first + 1  # logits at positions first-1 .. width-1 predict tokens first .. width
     kwargs: dict[str, Any] = {}
-    if _accepts(model, "logits_to_keep"):
+    if accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], **kwargs)
     logits = out.logits[:, -keep:].float()  # (batch, keep, vocab)
