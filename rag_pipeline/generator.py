@@ -508,11 +508,7 @@ def generate_answers(
 
 
 def generate_with_margins(
-    model: Any,
-    tokenizer: Any,
-    kind: Kind,
-    model_texts: list[str],
-    abstain_text: str,
+    model: Any, tokenizer: Any, kind: Kind, model_texts: list[str], abstain_text: str,
     max_new_tokens: int = 64,
     batch_size: int = 8,
     max_input_length: int | None = None,
@@ -523,6 +519,8 @@ def generate_with_margins(
     ban_first_word: bool = False,
     static: bool = False,
     engine: Any = None,
+    openings: bool = True,
+    opening: Callable[[list[int]], list[int]] | None = None,
 ) -> list[tuple[str, float]]:
     """Greedy answers with the abstention sentence banned, each with its null margin.
 
@@ -530,13 +528,13 @@ def generate_with_margins(
     the answer's as generated): the score a calibrated threshold compares (:mod:`rag_pipeline.eval.calibrate`). For
     causal models the abstention is scored on the prompt's key/value cache left by generation (about ten extra tokens).
 
-    The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front, and a row whose
-    answer is still a reworded refusal (``is_refusal``, by default :func:`rag_pipeline.metrics.is_abstention`: "The
-    papers don't contain the answer.") is decoded again with that answer's opening banned too, up to
-    ``max_refusal_retries`` times. With ``ban_first_word`` the abstention's first token ("The") cannot open the answer
-    either (:class:`BanAtStart`). ``counts`` (one :class:`DecodeCounts` per text) get every pass's tokens. ``static``:
-    a causal model decodes into a preallocated cache (:func:`static_cache`). ``engine``: a causal model's rows join a
-    :class:`rag_pipeline.batching.DecodeEngine`'s running batch, which scores the abstention on each prompt as it joins.
+    The answer is the best *answering* continuation: :data:`ABSTAIN_OPENINGS` are banned up front (``openings``), and
+    a row whose answer is still a refusal (``is_refusal``, default :func:`rag_pipeline.metrics.is_abstention`) is
+    decoded again with its opening (``opening(token ids)``, default the first two) banned too, up to
+    ``max_refusal_retries`` times; a JSON answer's abstention is its null object, with nothing banned up front. With
+    ``ban_first_word`` the abstention's first token ("The") cannot open the answer (:class:`BanAtStart`). ``counts``
+    (one :class:`DecodeCounts` per text) get every pass's tokens. ``static``: a preallocated cache (:func:`static_cache`).
+    ``engine``: the rows join a :class:`rag_pipeline.batching.DecodeEngine`'s running batch.
 
     Returns:
         (answer text, margin) per model text, in input order.
@@ -548,14 +546,15 @@ def generate_with_margins(
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     abstain = tokenizer(abstain_text, add_special_tokens=False)["input_ids"] + [eos_id]
-    banned = abstain_openings(tokenizer, abstain[:2])
+    banned = abstain_openings(tokenizer, abstain[:2]) if openings else []
+    opening = opening or (lambda ids: ids[:2])
     encoded = [encode_prompt(tokenizer, kind, t) for t in model_texts]
     if max_input_length is not None:
         encoded = [cut_middle(ids, max_input_length) for ids in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     if engine is not None and kind == "causal":
         return _margins_on(engine, tokenizer, encoded, abstain, banned, constraints, abstain[:1] if ban_first_word else [],
-                           max_new_tokens, is_refusal, max_refusal_retries, counts)
+                           max_new_tokens, is_refusal, max_refusal_retries, counts, opening)
     out: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
 
     def greedy(idx: list[int], bad: list[list[int]]) -> tuple[Any, Any, list[tuple[str, list[int]]], Any, Any, Any]:
@@ -570,7 +569,7 @@ def generate_with_margins(
         if cache is not None:
             kwargs[cache_name()] = cache
         res = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             bad_words_ids=bad, pad_token_id=pad_id, eos_token_id=eos_id,
+                             bad_words_ids=bad or None, pad_token_id=pad_id, eos_token_id=eos_id,
                              return_dict_in_generate=True, output_logits=True, **kwargs)
         logits = torch.stack(res.logits, 1).float().log_softmax(-1)  # (batch, steps, vocab), before the ban
         new = res.sequences[:, -logits.shape[1]:]
@@ -591,7 +590,7 @@ def generate_with_margins(
             ids, mask, texts, answer_lp, res, first = greedy(idx, banned)
             abstain_lp = _abstain_logprob(model, kind, ids, mask, res, first, abstain)
             answers = _retried(greedy, idx, banned, {i: (*texts[r], float(answer_lp[r])) for r, i in enumerate(idx)},
-                               is_refusal, max_refusal_retries)
+                               is_refusal, max_refusal_retries, opening)
             for r, i in enumerate(idx):
                 text, _, lp = answers[i]
                 out[i] = (text, float(abstain_lp[r]) - lp)
@@ -609,7 +608,7 @@ def _decoded(tokenizer: Any, encoded: list[list[int]], done: list[Any], counts: 
 
 def _margins_on(engine: Any, tokenizer: Any, encoded: list[list[int]], abstain: list[int], banned: list[list[int]],
                 constraints: list[Any] | None, ban_first: list[int], max_new_tokens: int, is_refusal: Callable[[str], bool],
-                retries: int, counts: list[DecodeCounts] | None) -> list[tuple[str, float]]:
+                retries: int, counts: list[DecodeCounts] | None, opening: Callable[[list[int]], list[int]]) -> list[tuple[str, float]]:
     """:func:`generate_with_margins` on a decode engine: the same passes (the abstention scored on each prompt as its
     row joins, then the reworded refusals decoded again), each pass's rows in the engine's shared batch."""
     eos_id = tokenizer.eos_token_id
@@ -626,22 +625,24 @@ def _margins_on(engine: Any, tokenizer: Any, encoded: list[list[int]], abstain: 
 
     idx = list(range(len(encoded)))
     _, _, texts, lps, _, _ = greedy(idx, banned)
-    answers = _retried(greedy, idx, banned, {i: (*texts[i], lps[i]) for i in idx}, is_refusal, retries)
+    answers = _retried(greedy, idx, banned, {i: (*texts[i], lps[i]) for i in idx}, is_refusal, retries, opening)
     return [(answers[i][0], abstain_lp[i] - answers[i][2]) for i in idx]
 
 
 def _retried(greedy: Callable[..., Any], idx: list[int], banned: list[list[int]], answers: dict[int, tuple[str, list[int], float]],
-             is_refusal: Callable[[str], bool], retries: int) -> dict[int, tuple[str, list[int], float]]:
+             is_refusal: Callable[[str], bool], retries: int,
+             opening_of: Callable[[list[int]], list[int]] = lambda ids: ids[:2]) -> dict[int, tuple[str, list[int], float]]:
     """``answers`` (row -> (text, token ids, log-prob)) with each reworded refusal decoded again by ``greedy``, alone (rows
-    differ in what they ban), with its own opening (its first two tokens) banned too, up to ``retries`` times."""
+    differ in what they ban), with its own opening (``opening_of`` its tokens: the first two) banned too, up to
+    ``retries`` times."""
     extra: dict[int, list[list[int]]] = {i: [] for i in idx}
     for _ in range(retries):
         again = [i for i in idx if is_refusal(answers[i][0])]
         if not again:
             break
         for i in again:
-            opening = answers[i][1][:2]
-            if len(opening) == 2 and opening not in extra[i]:
+            opening = opening_of(answers[i][1])
+            if len(opening) >= 2 and opening not in extra[i]:
                 extra[i].append(opening)
             _, _, t, lp, _, _ = greedy([i], banned + extra[i])
             answers[i] = (*t[0], float(lp[0]))

@@ -118,8 +118,8 @@ class Delegating:
     def calibration(self) -> Any:
         return self.inner.calibration
 
-    def calibration_for(self, task: str) -> Any:
-        return self.inner.calibration_for(task)
+    def calibration_for(self, task: str, grounded: bool | None = None, schema: str | None = None) -> Any:
+        return self.inner.calibration_for(task, grounded, schema)
 
     def answer_batch(self, questions: list[str], **kw: Any) -> list[Answer]:
         return self.inner.answer_batch(questions, **kw)

@@ -224,5 +224,62 @@ def test_a_summary_abstention_is_calibrated_stored_apart_and_applied(env, tmp_pa
     assert seen[-1] is True  # the stored threshold makes ask score margins
     assert [(a.abstained, a.abstain_reason) for a in answers] == [(False, None), (False, None), (True, "calibration")]
     assert answers[0].sentences and answers[2].margin == 4.0
-    with pytest.raises(ConfigError, match="no calibrated abstention"):
-        CalibrateConfig(adapter="a", task="extract")
+    with pytest.raises(ConfigError, match="--task extract and --grounded"):
+        CalibrateConfig(adapter="a", task="extract", grounded=True)
+
+
+def test_a_json_abstention_is_calibrated_under_its_schema_and_applied_to_that_schema_only(env, tmp_path, monkeypatch) -> None:
+    """calibrate --task extract scores each best non-null JSON answer by its answer field's F1, stores the threshold
+    under the extract mode with the schema; ask then answers the null object above it, under that schema only."""
+    import json
+    import shutil
+
+    from rag_pipeline.adapter_meta import read_adapter_meta
+    from rag_pipeline.answer import ask as A
+    from rag_pipeline.answer import structured
+    from rag_pipeline.answer.settings import AnswerSettings
+    from rag_pipeline.data.tasks import EXTRACT_SCHEMA
+    from rag_pipeline.eval.calibrate import CalibrateConfig, extract_score, run
+
+    script = {"Q0 satellite of Earth?": ('{"answer":"the Moon","quote":"the Moon orbits"}', -1.0),
+              "Q1 satellite of Earth?": ('{"answer":"Jupiter","quote":null}', 2.0),
+              "Q2 satellite of Earth?": ('{"answer":"Saturn","quote":null}', 4.0),
+              "Q3 satellite of Earth?": ('{"answer":null,"quote":null}', 0.5)}  # the best answer is still the null object
+    seen: list = []
+    real_load = A.Pipeline.load
+
+    def load(cfg, **kw):
+        pipe = real_load(cfg, **kw)
+
+        def gen(texts, docs=None, margins=False, grounded_=False, **_):
+            seen.append(margins)
+            return [script[q] for q in (next(k for k in script if k in t) for t in texts)]
+
+        monkeypatch.setattr(pipe, "_generate", gen)
+        return pipe
+
+    monkeypatch.setattr(A.Pipeline, "load", staticmethod(load))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(env["adapter"], adapter)
+    qa = tmp_path / "dev.jsonl"
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "the Moon" if i < 2 else [], "answerable": i < 2}) + "\n"
+                          for i, q in enumerate(script)))
+    cfg = {"adapter": str(adapter), "index": str(env["index"]), "qa": str(qa), "limit": 0, "device": "cpu", "dtype": "float32",
+           "min_score": -1.0, "k": 1}
+    result = run(CalibrateConfig(**cfg, task="extract", max_false_abstain=0.5))
+    # above 3.0: q2 abstains (right), q0 is kept (F1 1), q1 kept (F1 0), q3 is an abstention at every threshold
+    assert result["task"] == "extract" and result["threshold"] == pytest.approx(3.0) and result["overall_f1"] == pytest.approx(3 / 4)
+    assert result["schema"] == structured.canonical(EXTRACT_SCHEMA) and set(read_adapter_meta(adapter).abstention) == {"extract"}
+    assert extract_score('{"answer":"the Moon","quote":null}', ["Moon"]) == 1.0 and extract_score("{", ["Moon"]) == 0.0
+    settings = {k: v for k, v in cfg.items() if k not in ("qa", "limit")}
+    pipe = A.Pipeline.load(AnswerSettings(**settings, task="extract", schema=structured.canonical(EXTRACT_SCHEMA)))
+    answers = pipe.answer_batch(list(script))
+    assert seen[-1] is True  # the stored threshold makes ask score margins
+    assert [(a.abstained, a.abstain_reason) for a in answers][:3] == [(False, None), (False, None), (True, "calibration")]
+    assert answers[2].answer == '{"answer":null,"quote":null}' and answers[2].data == {"answer": None, "quote": None}
+    assert answers[2].raw == script["Q2 satellite of Earth?"][0] and answers[2].margin == 4.0
+    other = {"type": "object", "properties": {"answer": {"type": ["string", "null"]}}, "required": ["answer"]}
+    pipe = A.Pipeline.load(AnswerSettings(**settings, task="extract", schema=json.dumps(other)))
+    assert pipe.calibration is None  # another schema: another null object, no threshold
+    pipe.answer_batch(list(script)[:1])
+    assert seen[-1] is False

@@ -535,7 +535,7 @@ class _ParisAnswerer:
 
     cfg, retriever, calibration = None, None, None
 
-    def calibration_for(self, task: str) -> None:
+    def calibration_for(self, task: str, grounded: bool | None = None, schema: str | None = None) -> None:
         return None
 
     def answer_batch(self, questions: list[str], **kw: object) -> list:

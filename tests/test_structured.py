@@ -148,3 +148,59 @@ def test_the_constraint_is_incremental_and_allows_eos_only_at_the_end(tiny) -> N
 def test_a_schema_the_decoder_cannot_enforce_is_refused_before_decoding() -> None:
     with pytest.raises(InputError, match="constrained decoding cannot enforce"):
         structured.check_schema({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}, "x")
+
+
+NULLABLE = {"type": "object", "properties": {"answer": {"type": ["string", "null"], "maxLength": 8},
+                                             "quote": {"type": ["string", "null"], "maxLength": 8}},
+            "required": ["answer", "quote"], "additionalProperties": False}
+
+
+def test_the_null_object_is_the_abstention_of_a_schema_whose_fields_all_allow_null(tiny) -> None:
+    _, tok = tiny
+    assert structured.null_object(NULLABLE) == '{"answer":null,"quote":null}'
+    assert structured.null_object(BOUNDED) is None  # its colour cannot be null: no answer under it abstains
+    assert structured.is_null('{"answer":null,"quote":null}') and not structured.is_null('{"answer":"x","quote":null}')
+    assert not structured.is_null('{"answer":') and not structured.is_null("[null]")
+    ids = tok('{"answer":null,"quote":null}', add_special_tokens=False)["input_ids"]
+    opening = structured.null_opening(tok, ids)
+    text = tok.decode(opening)
+    assert ids[: len(opening)] == opening and text.startswith('{"answer":') and text.endswith("n") and "quote" not in text
+
+
+def test_json_margins_score_the_null_object_against_the_best_answer_that_is_not_null(tiny) -> None:
+    """The null margin of a JSON answer: the abstention is the null object (nothing banned up front), a best answer
+    that is still the null object is decoded again with its first null banned, and the engine decodes the same."""
+    import functools
+    import math
+
+    import jsonschema
+    import torch
+
+    from rag_pipeline import batching, generator
+
+    model, tok = tiny
+    text = structured.canonical(NULLABLE)
+    null = structured.null_object(NULLABLE)
+    prompts = ["Describe the fox.", "What colour is the sky?", "Count the owls.", "Where is the owl?"]
+    kw = dict(max_new_tokens=40, is_refusal=structured.is_null, openings=False, opening=functools.partial(structured.null_opening, tok))
+
+    def constraints() -> list:
+        return [structured.json_constraint(tok, text) for _ in prompts]
+
+    got = generator.generate_with_margins(model, tok, "causal", prompts, null, constraints=constraints(), batch_size=2, **kw)
+    engine = batching.DecodeEngine(model, max_rows=2).start()
+    try:
+        on_engine = generator.generate_with_margins(model, tok, "causal", prompts, null, constraints=constraints(), engine=engine, **kw)
+    finally:
+        engine.stop()
+    assert [a for a, _ in on_engine] == [a for a, _ in got]
+    assert [m for _, m in on_engine] == pytest.approx([m for _, m in got], abs=1e-3)
+    ab = tok(null, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    for prompt, (answer, margin) in zip(prompts, got):
+        jsonschema.validate(json.loads(answer), NULLABLE)
+        assert not structured.is_null(answer)
+        ids = generator.encode_prompt(tok, "causal", prompt)
+        with torch.no_grad():
+            lp = model(input_ids=torch.tensor([ids + ab])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
+        null_lp = float(lp.gather(-1, torch.tensor(ab)[:, None]).sum())
+        assert math.isfinite(margin) and margin > null_lp  # margin = log P(null) - log P(answer), and log P(answer) < 0

@@ -17,23 +17,28 @@ from rag_pipeline.answer.settings import AnswerSettings
 from rag_pipeline.errors import ConfigError
 
 
-MODES = ("free", "grounded", "summary", "summary_grounded")
+MODES = ("free", "grounded", "summary", "summary_grounded", "extract")
 
 
 def mode_of(task: str, grounded: bool) -> str:
     """The decoding mode a calibration is stored under: a short answer's ``free`` or ``grounded``, a cited
-    summary's ``summary`` or ``summary_grounded`` (a JSON answer has no calibrated abstention)."""
+    summary's ``summary`` or ``summary_grounded``, a JSON answer's ``extract`` (never grounded; the calibration
+    records the schema it was made under)."""
     if task == "extract":
-        raise ValueError("a JSON answer has no calibrated abstention")
+        return "extract"
     if task == "summary":
         return "summary_grounded" if grounded else "summary"
     return "grounded" if grounded else "free"
 
 
-def applied(stored: dict[str, dict[str, Any]], task: str, grounded: bool) -> dict[str, Any] | None:
+def applied(stored: dict[str, dict[str, Any]], task: str, grounded: bool, schema: str | None = None) -> dict[str, Any] | None:
     """The calibration in ``stored`` (mode -> calibration) that a ``task`` answer decoded ``grounded`` or not gets; None
-    for a JSON answer, or where none was stored for that mode."""
-    return None if task == "extract" else stored.get(mode_of(task, grounded))
+    where none was stored for that mode. A JSON answer's applies only under the schema it was made with (``schema``:
+    the answer's, canonical): another schema has another null object and other margins."""
+    found = stored.get(mode_of(task, grounded))
+    if task == "extract" and found is not None and found.get("schema") != schema:
+        return None
+    return found
 
 
 def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
@@ -69,6 +74,6 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
         return {}
-    if applied(stored, cfg.task, cfg.grounded) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
+    if stored.get(mode_of(cfg.task, cfg.grounded)) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
     return stored

@@ -304,10 +304,13 @@ class Pipeline:
         """The calibrated abstention applied to this pipeline's own decoding mode (None: greedy)."""
         return self.calibration_for(self.cfg.task)
 
-    def calibration_for(self, task: str, grounded: bool | None = None) -> dict[str, Any] | None:
-        """The calibrated abstention a ``task`` answer gets in a decoding mode (default: this pipeline's); None for
-        a JSON answer, or where the adapter has none for that mode."""
-        return applied(self.calibrations, task, self.cfg.grounded if grounded is None else grounded)
+    def calibration_for(self, task: str, grounded: bool | None = None, schema: str | None = None) -> dict[str, Any] | None:
+        """The calibrated abstention a ``task`` answer gets in a decoding mode (default: this pipeline's); None where the
+        adapter has none for that mode, or for a JSON answer under another schema than its calibration's (``schema``:
+        canonical; default: this pipeline's)."""
+        if task == "extract" and schema is None:
+            schema = self.decoding.json_schema
+        return applied(self.calibrations, task, self.cfg.grounded if grounded is None else grounded, schema)
 
     def answer_start(self, grounded: bool, task: str = "qa") -> str:
         """What a margin's answering continuation may open with in a decoding mode: ``cfg.answer_start``, or with
@@ -344,7 +347,7 @@ class Pipeline:
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
         calibrations = abstention_of(meta.abstention if meta else None, cfg)
-        calibration = applied(calibrations, cfg.task, cfg.grounded)
+        calibration = applied(calibrations, cfg.task, cfg.grounded, structured.canonical(schema) if schema is not None else None)
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
@@ -396,11 +399,12 @@ class Pipeline:
             raise InputError(f"{len(contexts)} contexts for {len(questions)} questions: pass one list of documents per question")
         grounded = self.cfg.grounded if grounded is None else grounded
         task, schema = (decoding or self.decoding).task, (decoding or self.decoding).schema
-        if task == "extract" and margins:
-            raise InputError("a JSON answer has no null margin: answer it without margins")
         if task == "extract" and grounded:
             raise InputError("a JSON answer is decoded under its schema, not grounded: answer it without grounding")
-        calibration = self.calibration_for(task, grounded)
+        if task == "extract" and margins and structured.null_object(schema) is None:
+            raise InputError("the schema has a field that cannot be null, so no answer under it abstains: a JSON answer's "
+                             "null margin needs every field to allow null")
+        calibration = self.calibration_for(task, grounded, (decoding or self.decoding).json_schema)
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
         checked = self.cfg.answer_check != "off" and task == "qa"  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
@@ -437,7 +441,7 @@ class Pipeline:
         for i, (raw, margin) in zip(todo, outs):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
             if task == "extract":
-                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema)
+                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema, margin, calibration)
             elif task == "summary":
                 answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
             else:
@@ -526,6 +530,13 @@ class Pipeline:
             constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
+        if margins and c.json_schema is not None:  # the abstention is the null object; the answer, the best one that is not
+            null = structured.null_object(c.schema)
+            return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, null, max_new_tokens=c.max_new_tokens,
+                                                   batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
+                                                   is_refusal=structured.is_null, openings=False,
+                                                   opening=functools.partial(structured.null_opening, self.tokenizer),
+                                                   static=self._static_cache(), engine=self.engine)
         if margins:
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, ABSTAIN, max_new_tokens=c.max_new_tokens,
                                                    batch_size=self.cfg.batch_size, constraints=constraints, counts=counts,
@@ -556,8 +567,14 @@ class Pipeline:
         ]
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
-    def _finish_json(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], schema: dict[str, Any]) -> Answer:
-        """A JSON answer: the object parsed and checked against ``schema``, its values traced to the shown passages."""
+    def _finish_json(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], schema: dict[str, Any],
+                     margin: float | None = None, calibration: dict[str, Any] | None = None) -> Answer:
+        """A JSON answer: the object parsed and checked against ``schema``, its values traced to the shown passages; with a
+        calibrated abstention, the null object (every field null) when the best answer's null margin is above the threshold."""
+        if withhold(margin, calibration, self.cfg.abstain_bias):
+            null = structured.null_object(schema) or "{}"
+            return Answer(question, null, True, "calibration", [], docs, timings, raw, margin, data=json.loads(null), fields={},
+                          unsupported_fields=[])
         data, error = structured.parse(raw, schema)
         fields, unsupported = structured.field_citations(data, [d["text"] for d in docs]) if error is None else ({}, [])
         numbers = sorted({n for ns in fields.values() for n in ns})
@@ -565,7 +582,7 @@ class Pipeline:
                               make_snippet(d["text"], next(str(v) for p, v in structured.leaves(data) if n in fields.get(p, ())),
                                            self.cfg.snippet))
                      for n in numbers for d in [docs[n - 1]]]
-        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, None,
+        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin,
                       data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
 
     def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,35 @@ def parse(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(obj))
     return (obj, None) if error is None else (None, f"does not follow the schema: {error.message}")
+
+
+def null_object(schema: dict[str, Any]) -> str | None:
+    """The abstention of a JSON answer under ``schema``: its object with every property null, compact as the JSON
+    decoder and the training targets write it (``{"answer":null,"quote":null}``); None when that object does not
+    follow the schema (a property that cannot be null), so that no answer under it can abstain."""
+    import jsonschema
+
+    obj = {k: None for k in (schema.get("properties") or {})}
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
+    return json.dumps(obj, separators=(",", ":")) if validator.is_valid(obj) else None
+
+
+def is_null(text: str) -> bool:
+    """Whether a JSON answer is the abstention: an object whose every property is null (:func:`null_object`)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and all(v is None for v in obj.values())
+
+
+def null_opening(tokenizer: Any, ids: list[int]) -> list[int]:
+    """The tokens of a JSON answer up to the one that opens its first null value (``{"answer":n``): banned, they
+    make the next decode write that property's value (the null margin's best answer that does not abstain)."""
+    for j in range(len(ids)):
+        if re.search(r":\s*n", tokenizer.decode(ids[: j + 1])):
+            return list(ids[: j + 1])
+    return list(ids[:2])
 
 
 def leaves(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:

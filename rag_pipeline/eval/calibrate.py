@@ -17,6 +17,12 @@ and a summary scores 1 when it holds a gold answer, 0 otherwise (:func:`summary_
 threshold abstains as much as the ceiling on refused answerable questions allows where summaries
 would not hold the answer anyway.
 
+``--task extract`` calibrates a JSON answer's abstention under :data:`rag_pipeline.data.tasks.EXTRACT_SCHEMA`
+(the bundled corpus's JSON answers, ``{"answer": ..., "quote": ...}``; stored as the ``extract`` mode with the
+schema): the abstention is the null object (every field null), the margin compares it with the best answer that is
+not, and an answer scores the F1 of its ``answer`` field (:func:`extract_score`). ``ask``, ``evaluate`` and
+``serve`` apply it to JSON answers under that schema only.
+
 A validation file without answers is refused (every question would count as unanswerable and the
 threshold would learn to abstain); answerable records without an answer are left out and listed
 (``skipped`` in the stored result, and on the terminal).
@@ -24,6 +30,7 @@ threshold would learn to abstain); answerable records without an answer are left
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +38,11 @@ from typing import Any
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import mode_of, to_json
+from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Answer, Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Task
 from rag_pipeline.config import fixed, opt
+from rag_pipeline.data import tasks
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
 from rag_pipeline.eval.retrieval import skipped_line
@@ -125,8 +134,10 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
                                           "(not the abstention's first word, \"The\"); stored with the threshold, which ask, "
                                           "serve and evaluate then decode with")
     task: Task = opt("qa", "qa: the short answer's abstention; summary: the cited summary's (a summary scores 1 when it holds "
-                           "a gold answer); each is stored separately")
-    schema: str = fixed("", "a JSON answer has no calibrated abstention")
+                           "a gold answer); extract: a JSON answer's under rag_pipeline.data.tasks.EXTRACT_SCHEMA (its "
+                           "answer field's F1); each is stored separately")
+    schema: str = fixed("", "--task extract calibrates JSON answers under rag_pipeline.data.tasks.EXTRACT_SCHEMA, the schema "
+                            "of the bundled corpus's JSON answers")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
     count_checked: bool = opt(True, "score answers as ask and serve show them, after the answer check (no content word, or "
                                     "unsupported by the passage they cite): the grounded span shown instead, or an abstention "
@@ -144,9 +155,8 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
             raise ConfigError("answer_start is calibrated: calibrate chooses it, pass --answer-start any or not-refusal-word")
         if self.limit < 0:
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
-        if self.task == "extract":
-            raise ConfigError("task is extract: a JSON answer has no calibrated abstention (null fields are its abstention); "
-                              "calibrate --task qa or --task summary")
+        if self.task == "extract":  # (AnswerSettings refuses --grounded with it)
+            self.schema = structured.canonical(tasks.EXTRACT_SCHEMA)
 
 
 def scored_answer(ans: Answer) -> tuple[float, str | None]:
@@ -157,12 +167,24 @@ def scored_answer(ans: Answer) -> tuple[float, str | None]:
     """
     if ans.margin is None or ans.abstained:  # calibrate answers with greedy abstention: no "calibration" reason here
         return math.inf, None
+    if getattr(ans, "fields", None) is not None and structured.is_null(ans.answer):  # a JSON answer still the null object
+        return math.inf, None
     return ans.margin, ans.answer
 
 
 def summary_score(shown: str | None, answers: list[str]) -> float:
     """A shown summary's score for the threshold: 1 when it holds a gold answer (whole words), else 0."""
     return float(shown is not None and contains_answer(shown, answers))
+
+
+def extract_score(shown: str | None, answers: list[str]) -> float:
+    """A shown JSON answer's score for the threshold: the F1 of its ``answer`` field (0 when null or not JSON)."""
+    try:
+        data = json.loads(shown) if shown is not None else None
+    except json.JSONDecodeError:
+        return 0.0
+    value = data.get("answer") if isinstance(data, dict) else None
+    return f1(str(value), answers) if value is not None else 0.0
 
 
 def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | None:
@@ -195,7 +217,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     pipe = Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
     refused = grounded = 0
-    score = summary_score if cfg.task == "summary" else f1
+    score = {"summary": summary_score, "extract": extract_score}.get(cfg.task, f1)
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
@@ -211,7 +233,8 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
               "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
-              "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels}
+              "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels,
+              **({"schema": cfg.schema} if cfg.task == "extract" else {})}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         mode = mode_of(cfg.task, cfg.grounded)
@@ -233,7 +256,7 @@ def main(cfg: CalibrateConfig) -> int:
     if r["answer_check"]["counted"] and cfg.task == "qa":
         print(f"  the answer check: {r['answer_check'].get('grounded', 0)} answers scored as the grounded span shown instead, "
               f"{r['answer_check']['refused']} refused even then count as abstentions at every threshold")
-    score = "holds answer" if cfg.task == "summary" else "F1"
+    score = {"summary": "holds answer", "extract": "answer F1"}.get(cfg.task, "F1")
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall {score} {pct(row['overall_f1'])}, HasAns {score} {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")

@@ -457,10 +457,11 @@ def _chat_settings(body: S.ChatCompletionRequest, state: ServerState, request_id
     max_new = body.max_completion_tokens or body.max_tokens or default
     if max_new > state.cfg.max_tokens_limit:
         raise ApiError(422, f"max_tokens is {max_new}, over this server's limit of {state.cfg.max_tokens_limit}", param="max_tokens")
-    calibrated = state.worker is not None and state.worker.pipe.calibration_for(task) is not None
+    canonical = None if schema is None else structured.canonical(schema)
+    calibrated = state.worker is not None and state.worker.pipe.calibration_for(task, schema=canonical) is not None
     decoding, warnings = _decoding(body, max_new, state.cfg.seed, calibrated)
     if task != "qa":
-        decoding = dataclasses.replace(decoding, task=task, json_schema=None if schema is None else structured.canonical(schema))
+        decoding = dataclasses.replace(decoding, task=task, json_schema=canonical)
     names = body.unknown()
     if names:
         warnings.append(f"ignored unknown field{'s' if len(names) > 1 else ''}: {', '.join(n[:40] for n in names[:10])}")

@@ -52,7 +52,8 @@ class Answerer(Protocol):
     @property
     def calibration(self) -> dict[str, Any] | None: ...  # the calibrated abstention applied (None: free decoding)
 
-    def calibration_for(self, task: str) -> dict[str, Any] | None: ...  # a task's (qa, summary), None for a JSON answer
+    def calibration_for(self, task: str, grounded: bool | None = None,
+                        schema: str | None = None) -> dict[str, Any] | None: ...  # a task's; a JSON answer's under its schema
 
     def answer_batch(self, questions: list[str], *, decoding: Decoding | None = None, on_text: Any = None,
                      on_usage: Any = None) -> list[Answer]: ...
