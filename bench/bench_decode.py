@@ -10,6 +10,9 @@ passages each, as ``ask`` shows them):
    preallocated cache (``generator.static_cache``);
 2. plain transformers (``--kernels plain``): the same bf16 model as loaded, ``generate`` with its
    default cache;
+2b. ours in ``serve``'s continuous batching (:class:`rag_pipeline.batching.DecodeEngine`, its own decode step
+   for Llama-layout models over a shared cache), one prompt at a time; then ``--rows`` prompts decoding together,
+   printed as the time of one step and per answer token;
 3. llama.cpp (``llama-cpp-python``, when installed: ``pip install llama-cpp-python``, a source
    build of about 12 minutes on 2 idle cores) on the same adapter exported to an f16 GGUF
    (``rag-pipeline export --format gguf``), given the same token ids, ``--threads`` threads.
@@ -122,6 +125,34 @@ def products_alone(model, repeats: int = 30) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def engine_route(model, ids: list[int], n: int, eos: int) -> tuple[float, float, list[int]]:
+    """(prefill s, whole s, tokens) of one prompt decoded alone on a :class:`DecodeEngine` (in this thread)."""
+    steps, tokens = engine_rows(model, [ids], n, eos)
+    return steps[0], steps[0] + sum(steps[1:]), tokens[0]
+
+
+def engine_rows(model, cases: list[list[int]], n: int, eos: int) -> tuple[list[float], list[list[int]]]:
+    """Prompts joining one :class:`DecodeEngine` together: ([time to read them all, then each step's], tokens per prompt)."""
+    from concurrent.futures import Future
+
+    import torch
+
+    from rag_pipeline import batching, generator
+
+    engine = batching.DecodeEngine(model, max_rows=len(cases))
+    futures = [Future() for _ in cases]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for ids, f in zip(cases, futures):
+            engine._join(generator.RowSpec(ids, n, eos, bad=[[eos]]), f)
+        times = [time.perf_counter() - t0]
+        while engine._rows:
+            t0 = time.perf_counter()
+            engine._step()
+            times.append(time.perf_counter() - t0)
+    return times, [f.result().tokens for f in futures]
+
+
 def best(route, repeats: int) -> tuple[float, float, list[int]]:
     """The fastest of ``repeats`` runs by whole time, with its own prefill and tokens."""
     return min((route() for _ in range(repeats)), key=lambda r: r[1])
@@ -135,6 +166,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: torch's thread count)")
     ap.add_argument("--no-adapter", action="store_true")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama-cpp-python is installed")
+    ap.add_argument("--rows", type=int, default=4, help="prompts decoding together on the continuous-batching engine")
     args = ap.parse_args()
 
     import torch
@@ -155,6 +187,7 @@ def main() -> int:
     threads = args.threads or torch.get_num_threads()
 
     routes = {"ours": lambda ids: torch_route(ours, ids, n, eos, static=True),
+              "ours, continuous batching (serve)": lambda ids: engine_route(ours, ids, n, eos),
               "plain": lambda ids: torch_route(plain, ids, n, eos, static=False)}
     gguf_dir = None  # the export's temporary folder, kept while llama.cpp reads it
     if not args.no_llama_cpp:
@@ -195,6 +228,11 @@ def main() -> int:
         ratio = f"{decode / llama_decode:.2f}x" if llama_decode else "-"
         where = f" (token {', '.join(str(i + 1) for i in firsts)})" if firsts else ""
         print(f"| {name} | {1000 * prefill:.0f} | {1000 * decode:.1f} | {ratio} | {len(rows) - len(firsts)} of {len(rows)}{where} |")
+    rows = min(args.rows, len(cases))
+    timed = min((engine_rows(ours, cases[:rows], n, eos) for _ in range(args.repeats)), key=lambda r: sum(r[0]))
+    step = statistics.median(timed[0][1:])
+    print(f"\ncontinuous batching, {rows} prompts decoding together: {1000 * step:.1f} ms a step, "
+          f"{1000 * step / rows:.1f} ms per answer token" + (f" ({step / rows / llama_decode:.2f}x llama.cpp's one stream)" if llama_decode else ""))
     floor = products_alone(ours)
     print(f"\nours, the matrix products alone (prepacked and fused, one token's, in order): {1000 * floor:.1f} ms a token")
     return 0

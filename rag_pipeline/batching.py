@@ -229,6 +229,7 @@ class DecodeEngine:
         self.device = next(model.parameters()).device  # rows choose their tokens on the CPU (logits are moved there)
         # a prompt's logits at its last position only, as generate asks (the vocabulary's product is a fifth of a prompt's work)
         self._last_only = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
+        self._lean = lean_supported(model)  # decode steps without transformers' per-call machinery
         self._thread = threading.Thread(target=self._run, name="rag-decode-engine", daemon=True)
 
     def start(self) -> DecodeEngine:
@@ -350,8 +351,12 @@ class DecodeEngine:
         last = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
         positions = torch.tensor([[r.position] for r in rows], device=self.device)
         mask = s.mask[: s.n, : s.width + 1]
-        logits = self.model(input_ids=last, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                            use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float().cpu()
+        mask = None if bool(mask.all()) else mask
+        if self._lean:
+            logits = llama_step(self.model, last, positions, s, mask).float().cpu()
+        else:
+            logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
+                                use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float().cpu()
         s.width += 1
         self.stats.steps += 1
         self.stats.largest = max(self.stats.largest, len(rows))
@@ -362,6 +367,51 @@ class DecodeEngine:
             rows.pop()
             s.remove(r)
             row.done()
+
+
+# Decoder-only models whose layers are Llama's: pre-norm attention (rotary positions, grouped keys and values) and
+# a gated MLP, with the same module names; their decode step is :func:`llama_step`.
+LEAN_TYPES = ("llama", "mistral", "qwen2")
+
+
+def lean_supported(model: Any) -> bool:
+    """Whether :func:`llama_step` computes this model's decode step (a Llama-layout causal model, no adapter wrapper)."""
+    inner = getattr(model, "model", None)
+    return (getattr(model.config, "model_type", None) in LEAN_TYPES and hasattr(model, "lm_head")
+            and all(hasattr(inner, n) for n in ("embed_tokens", "layers", "norm", "rotary_emb")))
+
+
+def llama_step(model: Any, last: Any, positions: Any, slots: _Slots, mask: Any | None) -> Any:
+    """One decode step of a Llama-layout model over the running rows: the next-token logits ``(rows, vocab)``, each
+    layer's new key and value written at column ``slots.width``.
+
+    The same modules and operations, in the same order, as transformers' forward with a mask and per-row positions
+    (the query grouped by key/value head, as its SDPA path does for one token), so the logits are the same to the
+    bit (``tests/test_batching.py``); what it leaves out is the per-call machinery around them (mask building,
+    cache objects, output capturing, keyword plumbing): 24.7 ms against 33.3 a step for SmolLM2-135M on 2 cores.
+    """
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    inner, cfg, n, w = model.model, model.config, slots.n, slots.width
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    x = inner.embed_tokens(last)  # (rows, 1, hidden)
+    cos, sin = inner.rotary_emb(x, positions)
+    attend = None if mask is None else mask.bool()[:, None, None, :]
+    for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers]):
+        a = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = a.q_proj(h).view(n, 1, heads, -1).transpose(1, 2)
+        k = a.k_proj(h).view(n, 1, kv_heads, -1).transpose(1, 2)
+        v = a.v_proj(h).view(n, 1, kv_heads, -1).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = slots.keys[i], slots.values[i]
+        keys[:n, :, w:w + 1], values[:n, :, w:w + 1] = k, v
+        out = F.scaled_dot_product_attention(q.reshape(n, kv_heads, heads // kv_heads, -1), keys[:n, :, : w + 1],
+                                             values[:n, :, : w + 1], attn_mask=attend, scale=a.scaling)
+        x = x + a.o_proj(out.reshape(n, heads, 1, -1).transpose(1, 2).reshape(n, 1, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.lm_head(inner.norm(x))[:, -1]
 
 
 def _settle(future: Future, fn: Callable[[], Any]) -> None:

@@ -236,3 +236,22 @@ def test_calls_run_on_the_engine_thread_between_steps_and_raise_in_the_caller(ti
     model, tok, kind = tiny
     texts = _texts(tok, 2)
     assert G.generate_answers(model, tok, kind, texts, max_new_tokens=4, engine=engine) == _alone(model, tok, kind, texts, max_new_tokens=4)
+
+
+def test_the_lean_llama_step_gives_transformers_logits_to_the_bit(tiny) -> None:
+    """The engine's own decode step for Llama-layout models against the model's forward over the same shared cache:
+    rows of different lengths (a mask), joining and leaving; every token and log-probability exactly equal."""
+    model, tok, kind = tiny
+    assert batching.lean_supported(model)
+    texts = _texts(tok, 6, seed=21)
+    specs = [G.RowSpec(G.encode_prompt(tok, kind, t), 10, tok.eos_token_id, abstain=[5, 6, tok.eos_token_id]) for t in texts]
+    runs = []
+    for lean in (True, False):
+        eng = batching.DecodeEngine(model, max_rows=3)
+        eng._lean = lean
+        eng.start()
+        try:
+            runs.append(eng.run(specs))
+        finally:
+            eng.stop()
+    assert [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[0]] == [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[1]]
