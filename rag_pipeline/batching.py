@@ -225,7 +225,8 @@ class DecodeEngine:
         self._rows: list[_Row] = []
         self._slots = _Slots(max_rows)
         self._closed = False
-        self._top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+        self._top_k = 50 if top_k is None else top_k  # generate's global default when the model's config sets none
         self.device = next(model.parameters()).device  # rows choose their tokens on the CPU (logits are moved there)
         # a prompt's logits at its last position only, as generate asks (the vocabulary's product is a fifth of a prompt's work)
         self._last_only = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
@@ -275,6 +276,18 @@ class DecodeEngine:
     # ---- the engine thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - a dead engine must not leave callers waiting forever
+            log.exception("the decode engine stopped on an error")
+            with self._cond:
+                self._closed = True
+            for row in self._rows:
+                _fail(row.future, e)
+            for _, future in [*self._waiting, *self._calls]:
+                _fail(future, e)
+
+    def _loop(self) -> None:
         import torch
 
         while True:
@@ -294,17 +307,17 @@ class DecodeEngine:
                     self._step_safely()
         error = RuntimeError("the decode engine has stopped")
         for row in self._rows:
-            row.future.set_exception(error)
+            _fail(row.future, error)
         for _, future in [*self._waiting, *self._calls]:
-            future.set_exception(error)
+            _fail(future, error)
 
     def _join(self, spec: RowSpec, future: Future) -> None:
         """Read ``spec``'s prompt alone, choose its first token, and add it to the running rows unless it has ended."""
         import torch
         from transformers import DynamicCache
 
-        row = _Row(spec, future, spec.warpers(self._top_k))
         try:
+            row = _Row(spec, future, spec.warpers(self._top_k))
             cache = DynamicCache()
             n = len(spec.prompt)
             logits = self.model(input_ids=torch.tensor([spec.prompt], device=self.device), use_cache=True, **self._last_only,
@@ -318,7 +331,7 @@ class DecodeEngine:
             self._rows.append(row)
             self.stats.rows += 1
         except Exception as e:  # noqa: BLE001 - the caller gets the error; the other rows go on
-            future.set_exception(e)
+            _fail(future, e)
 
     def _abstain_logprob(self, cache: Any, first: Any, abstain: list[int], n: int) -> float:
         """log P(abstain | prompt), read on the prompt's cache, which is then cropped back to the prompt."""
@@ -414,6 +427,11 @@ def llama_step(model: Any, last: Any, positions: Any, slots: _Slots, mask: Any |
     return model.lm_head(inner.norm(x))[:, -1]
 
 
+def _fail(future: Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 def _settle(future: Future, fn: Callable[[], Any]) -> None:
     try:
         future.set_result(fn())
@@ -421,7 +439,16 @@ def _settle(future: Future, fn: Callable[[], Any]) -> None:
         future.set_exception(e)
 
 
+# generation-config settings generate would apply that RowSpec.pick does not: a model that sets one decodes as before
+UNHANDLED = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "min_length": 0, "suppress_tokens": None,
+             "begin_suppress_tokens": None, "encoder_repetition_penalty": 1.0, "forced_bos_token_id": None, "forced_eos_token_id": None}
+
+
 def supported(model: Any, kind: str) -> bool:
     """Whether a model can decode on a :class:`DecodeEngine`: a causal model whose layers all attend to the whole text
-    (a sliding-window layer's cache would need cropping that the shared cache does not do)."""
+    (a sliding-window layer's cache would need cropping that the shared cache does not do), and whose generation
+    config asks for no logits processing beyond what :meth:`RowSpec.pick` does (:data:`UNHANDLED`)."""
+    gc = getattr(model, "generation_config", None)
+    if any(getattr(gc, k, None) not in (None, neutral) for k, neutral in UNHANDLED.items()):
+        return False
     return kind == "causal" and static_cache(model, 8) is not None
