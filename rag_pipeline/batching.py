@@ -373,13 +373,22 @@ class DecodeEngine:
         s.width += 1
         self.stats.steps += 1
         self.stats.largest = max(self.stats.largest, len(rows))
-        ended = [r for r, row in enumerate(rows) if row.take(logits[r])]
-        for r in reversed(ended):  # from the end: a removed row's place is taken by the last one
+        ended: list[tuple[int, BaseException | None]] = []
+        for r, row in enumerate(rows):
+            try:
+                if row.take(logits[r]):
+                    ended.append((r, None))
+            except Exception as e:  # noqa: BLE001 - its constraint or its caller's callback failed: that row only
+                ended.append((r, e))
+        for r, error in reversed(ended):  # from the end: a removed row's place is taken by the last one
             row = rows[r]
             rows[r] = rows[-1]
             rows.pop()
             s.remove(r)
-            row.done()
+            if error is None:
+                row.done()
+            else:
+                _fail(row.future, error)
 
 
 # Decoder-only models whose layers are Llama's: pre-norm attention (rotary positions, grouped keys and values) and

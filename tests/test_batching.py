@@ -255,3 +255,27 @@ def test_the_lean_llama_step_gives_transformers_logits_to_the_bit(tiny) -> None:
         finally:
             eng.stop()
     assert [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[0]] == [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[1]]
+
+
+def test_a_row_that_fails_during_a_step_fails_alone(tiny) -> None:
+    """A constraint (or a streaming callback) that raises after the first token ends its own row; the others go on."""
+    model, tok, kind = tiny
+    eng = batching.DecodeEngine(model, max_rows=3).start()
+    texts = _texts(tok, 3, seed=23)
+
+    class LaterBroken:
+        def allowed(self, generated: list[int]) -> list[int]:
+            if len(generated) >= 2:
+                raise ValueError("broken later")
+            return list(range(model.config.vocab_size))
+
+    try:
+        specs = [G.RowSpec(G.encode_prompt(tok, kind, t), 6, tok.eos_token_id) for t in texts]
+        specs[1] = G.RowSpec(specs[1].prompt, 6, tok.eos_token_id, constraint=LaterBroken())
+        futures = eng.submit(specs)
+        with pytest.raises(ValueError, match="broken later"):
+            futures[1].result(30)
+        got = [tok.decode(futures[i].result(30).tokens, skip_special_tokens=True).strip() for i in (0, 2)]
+        assert got == _alone(model, tok, kind, [texts[0], texts[2]], max_new_tokens=6)
+    finally:
+        eng.stop()
