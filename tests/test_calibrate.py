@@ -177,22 +177,15 @@ def test_the_answer_start_is_stored_with_the_threshold_and_followed_by_calibrate
     assert pipe("any", {"free": banned}) == "any"  # the flag wins
 
 
-def test_a_summary_abstention_is_calibrated_stored_apart_and_applied(env, tmp_path, monkeypatch) -> None:
-    """calibrate --task summary scores each best non-abstaining summary by whether it holds the answer, stores its
-    threshold under the summary mode, and ask --task summary then withholds a summary whose margin is above it."""
+def _scripted_calibration(script: dict, env, tmp_path, monkeypatch) -> tuple[list, object, dict]:
+    """Pipelines whose generator answers ``script`` (question -> (answer, margin)), a copy of the tiny adapter, and a
+    dev file of its questions (the first two answerable, "the Moon"): (the margins flag of each generation call,
+    the adapter copy, calibrate's settings)."""
     import json
     import shutil
 
-    from rag_pipeline.adapter_meta import read_adapter_meta
     from rag_pipeline.answer import ask as A
-    from rag_pipeline.answer.settings import AnswerSettings
-    from rag_pipeline.errors import ConfigError
-    from rag_pipeline.eval.calibrate import CalibrateConfig, run
 
-    # question -> (best summary, margin); q2 is unanswerable
-    script = {"Q0 satellite of Earth?": ("The Moon orbits the Earth [1].", -1.0),
-              "Q1 satellite of Earth?": ("Jupiter has moons [1].", 2.0),
-              "Q2 satellite of Earth?": ("Saturn has rings [1].", 4.0)}
     seen: list = []
     real_load = A.Pipeline.load
 
@@ -214,6 +207,23 @@ def test_a_summary_abstention_is_calibrated_stored_apart_and_applied(env, tmp_pa
                           for i, q in enumerate(script)))
     cfg = {"adapter": str(adapter), "index": str(env["index"]), "qa": str(qa), "limit": 0, "device": "cpu", "dtype": "float32",
            "min_score": -1.0, "k": 1}
+    return seen, adapter, cfg
+
+
+def test_a_summary_abstention_is_calibrated_stored_apart_and_applied(env, tmp_path, monkeypatch) -> None:
+    """calibrate --task summary scores each best non-abstaining summary by whether it holds the answer, stores its
+    threshold under the summary mode, and ask --task summary then withholds a summary whose margin is above it."""
+    from rag_pipeline.adapter_meta import read_adapter_meta
+    from rag_pipeline.answer import ask as A
+    from rag_pipeline.answer.settings import AnswerSettings
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run
+
+    # question -> (best summary, margin); q2 is unanswerable
+    script = {"Q0 satellite of Earth?": ("The Moon orbits the Earth [1].", -1.0),
+              "Q1 satellite of Earth?": ("Jupiter has moons [1].", 2.0),
+              "Q2 satellite of Earth?": ("Saturn has rings [1].", 4.0)}
+    seen, adapter, cfg = _scripted_calibration(script, env, tmp_path, monkeypatch)
     result = run(CalibrateConfig(**cfg, task="summary", max_false_abstain=0.5))
     # withholding above 3.0 abstains on q2 (right) and keeps q0 (holds the answer) and q1 (scores 0, not refused)
     assert result["task"] == "summary" and result["threshold"] == pytest.approx(3.0) and result["overall_f1"] == pytest.approx(2 / 3)
@@ -232,7 +242,6 @@ def test_a_json_abstention_is_calibrated_under_its_schema_and_applied_to_that_sc
     """calibrate --task extract scores each best non-null JSON answer by its answer field's F1, stores the threshold
     under the extract mode with the schema; ask then answers the null object above it, under that schema only."""
     import json
-    import shutil
 
     from rag_pipeline.adapter_meta import read_adapter_meta
     from rag_pipeline.answer import ask as A
@@ -245,27 +254,7 @@ def test_a_json_abstention_is_calibrated_under_its_schema_and_applied_to_that_sc
               "Q1 satellite of Earth?": ('{"answer":"Jupiter","quote":null}', 2.0),
               "Q2 satellite of Earth?": ('{"answer":"Saturn","quote":null}', 4.0),
               "Q3 satellite of Earth?": ('{"answer":null,"quote":null}', 0.5)}  # the best answer is still the null object
-    seen: list = []
-    real_load = A.Pipeline.load
-
-    def load(cfg, **kw):
-        pipe = real_load(cfg, **kw)
-
-        def gen(texts, docs=None, margins=False, grounded_=False, **_):
-            seen.append(margins)
-            return [script[q] for q in (next(k for k in script if k in t) for t in texts)]
-
-        monkeypatch.setattr(pipe, "_generate", gen)
-        return pipe
-
-    monkeypatch.setattr(A.Pipeline, "load", staticmethod(load))
-    adapter = tmp_path / "adapter"
-    shutil.copytree(env["adapter"], adapter)
-    qa = tmp_path / "dev.jsonl"
-    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "the Moon" if i < 2 else [], "answerable": i < 2}) + "\n"
-                          for i, q in enumerate(script)))
-    cfg = {"adapter": str(adapter), "index": str(env["index"]), "qa": str(qa), "limit": 0, "device": "cpu", "dtype": "float32",
-           "min_score": -1.0, "k": 1}
+    seen, adapter, cfg = _scripted_calibration(script, env, tmp_path, monkeypatch)
     result = run(CalibrateConfig(**cfg, task="extract", max_false_abstain=0.5))
     # above 3.0: q2 abstains (right), q0 is kept (F1 1), q1 kept (F1 0), q3 is an abstention at every threshold
     assert result["task"] == "extract" and result["threshold"] == pytest.approx(3.0) and result["overall_f1"] == pytest.approx(3 / 4)
