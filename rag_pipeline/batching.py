@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
-from rag_pipeline.generator import RowSpec, accepts, cache_name, static_cache
+from rag_pipeline.generator import DecodeCancelled, RowSpec, accepts, cache_name, static_cache
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,13 @@ class _Row:
         self.rng = torch.Generator().manual_seed(spec.sample[2]) if spec.sample else None
 
     def take(self, logits: Any) -> bool:
-        """Choose the next token from ``logits`` ((vocab,) float32); True when the row has ended."""
+        """Choose the next token from ``logits`` ((vocab,) float32); True when the row has ended.
+
+        Raises:
+            DecodeCancelled: the row's caller no longer wants it (``RowSpec.cancelled``).
+        """
+        if self.spec.cancelled is not None and self.spec.cancelled():
+            raise DecodeCancelled("the answer was cancelled by its caller")
         token = self.spec.pick(logits, self.tokens, self.warpers, self.rng)
         self.logprob += float(logits.log_softmax(-1)[token])
         self.tokens.append(token)
@@ -317,6 +323,8 @@ class DecodeEngine:
         from transformers import DynamicCache
 
         try:
+            if spec.cancelled is not None and spec.cancelled():  # its caller went away while it waited: no prefill
+                raise DecodeCancelled("the answer was cancelled by its caller")
             row = _Row(spec, future, spec.warpers(self._top_k))
             cache = DynamicCache()
             n = len(spec.prompt)

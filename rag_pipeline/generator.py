@@ -19,6 +19,7 @@ torch and transformers are imported inside functions so importing this module st
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -719,6 +720,25 @@ class ConstrainedLogits:
         return scores.masked_fill(~keep, -torch.inf)
 
 
+class DecodeCancelled(Exception):
+    """Raised out of a shared decode whose caller said, through :func:`cancel_scope`, that it no longer wants the answer."""
+
+
+_CANCELLED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("rag_pipeline_cancelled", default=None)
+
+
+@contextlib.contextmanager
+def cancel_scope(cancelled: Callable[[], bool]) -> Any:
+    """Within this block (in this thread), rows handed to a :class:`rag_pipeline.batching.DecodeEngine` carry
+    ``cancelled``: once it returns True, the engine drops them between two steps and their caller gets
+    :class:`DecodeCancelled`. ``serve`` uses it so that an answer whose client has hung up stops decoding."""
+    token = _CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CANCELLED.reset(token)
+
+
 @dataclass
 class RowSpec:
     """One answer for a shared decode that rows join and leave between steps (:class:`rag_pipeline.batching.DecodeEngine`),
@@ -739,6 +759,7 @@ class RowSpec:
     sample: tuple[float, float, int] | None = None  # (temperature, top_p, seed); None: greedy
     abstain: list[int] | None = None  # also score log P(these tokens | prompt) (the null margin's abstention)
     on_token: Callable[[int], None] | None = None  # each decoded token but EOS, as it is decoded
+    cancelled: Callable[[], bool] | None = field(default_factory=_CANCELLED.get)  # True: drop the row (cancel_scope)
 
     def warpers(self, top_k: int | None) -> list[Any]:
         """transformers' sampling warpers for this row, in ``generate``'s order (empty when greedy)."""

@@ -36,3 +36,8 @@ def test_abstention_of_applies_a_stored_threshold_only_to_greedy_calibrated_answ
     assert abstention_of(summaries, AnswerSettings(num_beams=4)) == {"summary": {"threshold": 3.0}}
     with pytest.raises(ConfigError, match="scores greedy answers"):
         abstention_of(summaries, AnswerSettings(task="summary", do_sample=True))
+    json_a, json_b = '{"type":"object"}', '{"type":"object","properties":{}}'
+    made_under_a = {"extract": to_json({"threshold": 2.0, "schema": json_a})}  # a JSON calibration holds to its schema
+    with pytest.raises(ConfigError, match="scores greedy answers"):
+        abstention_of(made_under_a, AnswerSettings(task="extract", do_sample=True), json_a)
+    assert abstention_of(made_under_a, AnswerSettings(task="extract", do_sample=True), json_b) == {"extract": {"threshold": 2.0, "schema": json_a}}

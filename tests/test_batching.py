@@ -279,3 +279,39 @@ def test_a_row_that_fails_during_a_step_fails_alone(tiny) -> None:
         assert got == _alone(model, tok, kind, [texts[0], texts[2]], max_new_tokens=6)
     finally:
         eng.stop()
+
+
+def test_a_cancelled_row_leaves_at_the_next_step_and_one_cancelled_while_waiting_is_never_read(tiny) -> None:
+    """serve's hung-up clients: ``cancel_scope``'s check is read into each RowSpec made in its block; once it says
+    True, the row leaves between two steps (its caller gets DecodeCancelled) and the others decode as they would alone."""
+    model, tok, kind = tiny
+    eng = batching.DecodeEngine(model, max_rows=3).start()
+    texts = _texts(tok, 3, seed=29)
+    hung_up = threading.Event()
+    tokens: list[int] = []
+
+    def on_token(token: int) -> None:
+        tokens.append(token)
+        if len(tokens) == 3:
+            hung_up.set()
+
+    try:
+        with G.cancel_scope(hung_up.is_set):
+            doomed = G.RowSpec(G.encode_prompt(tok, kind, texts[1]), 200, tok.eos_token_id, on_token=on_token)
+        assert doomed.cancelled is not None and G.RowSpec([1], 1, 0).cancelled is None  # outside the block: no check
+        specs = [G.RowSpec(G.encode_prompt(tok, kind, t), 6, tok.eos_token_id) for t in texts]
+        specs[1] = doomed
+        futures = eng.submit(specs)
+        with pytest.raises(G.DecodeCancelled):
+            futures[1].result(30)
+        assert len(tokens) == 3  # dropped at the step after its check turned True, not decoded to its 200 tokens
+        got = [tok.decode(futures[i].result(30).tokens, skip_special_tokens=True).strip() for i in (0, 2)]
+        assert got == _alone(model, tok, kind, [texts[0], texts[2]], max_new_tokens=6)
+        rows, steps = eng.stats.rows, eng.stats.steps
+        with G.cancel_scope(lambda: True):
+            late = eng.submit([G.RowSpec(G.encode_prompt(tok, kind, texts[0]), 6, tok.eos_token_id)])[0]
+        with pytest.raises(G.DecodeCancelled):
+            late.result(30)
+        assert (eng.stats.rows, eng.stats.steps) == (rows, steps)  # its prompt was never read
+    finally:
+        eng.stop()

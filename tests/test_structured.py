@@ -204,3 +204,19 @@ def test_json_margins_score_the_null_object_against_the_best_answer_that_is_not_
             lps = [float(model(input_ids=torch.tensor([ids + seq])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
                          .gather(-1, torch.tensor(seq)[:, None]).sum()) for seq in (ab, ans)]
         assert margin == pytest.approx(lps[0] - lps[1], abs=1e-3)  # these answers encode back to the tokens decoded
+
+
+def test_a_json_answer_that_is_the_null_object_is_reported_as_the_models_abstention() -> None:
+    """The null object is a JSON answer's abstention: shown as decoded, but abstained (reason "generator"), as calibrate counts it."""
+    from types import SimpleNamespace
+
+    from rag_pipeline.answer.ask import AskConfig, Pipeline
+
+    me = SimpleNamespace(cfg=AskConfig())
+    doc = {"id": "c0", "doc_id": "d0", "title": "Owls", "source": "owls.txt", "score": 1.0, "text": "Owls hunt at night."}
+    null = Pipeline._finish_json(me, "When do owls hunt?", '{"answer":null,"quote":null}', [doc], {}, NULLABLE)
+    said = Pipeline._finish_json(me, "When do owls hunt?", '{"answer":"at night","quote":null}', [doc], {}, NULLABLE)
+    cut = Pipeline._finish_json(me, "When do owls hunt?", '{"answer":nu', [doc], {}, NULLABLE)
+    assert (null.abstained, null.abstain_reason, null.data) == (True, "generator", {"answer": None, "quote": None})
+    assert (said.abstained, said.abstain_reason, said.fields) == (False, None, {"answer": [1]})
+    assert not cut.abstained and cut.json_error

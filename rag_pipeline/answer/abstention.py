@@ -63,10 +63,12 @@ def from_json(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "threshold": float(t) if not isinstance(t, str) else (math.inf if t == "inf" else -math.inf)}
 
 
-def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSettings) -> dict[str, dict[str, Any]]:
+def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSettings, schema: str | None = None) -> dict[str, dict[str, Any]]:
     """The adapter's calibrated abstentions by decoding mode (``rag-pipeline calibrate``); empty to decode greedily.
 
     ``recorded``: the adapter's :attr:`~rag_pipeline.adapter_meta.AdapterMeta.abstention` (None: never calibrated).
+    ``schema``: with ``--task extract``, the answers' JSON schema (canonical): a calibration made under another
+    schema does not apply (:func:`applied`), so it does not stop sampling either.
 
     Raises:
         ConfigError: a calibrated abstention applies and ``cfg`` samples or searches beams.
@@ -74,6 +76,6 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
     if cfg.abstention != "calibrated" or not stored:
         return {}
-    if stored.get(mode_of(cfg.task, cfg.grounded)) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
+    if applied(stored, cfg.task, cfg.grounded, schema) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
     return stored

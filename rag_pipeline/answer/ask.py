@@ -346,8 +346,9 @@ class Pipeline:
         kernels = inference.prepare(model) if cfg.kernels == "fast" else ""
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
-        calibrations = abstention_of(meta.abstention if meta else None, cfg)
-        calibration = applied(calibrations, cfg.task, cfg.grounded, structured.canonical(schema) if schema is not None else None)
+        canonical = structured.canonical(schema) if schema is not None else None
+        calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
+        calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
@@ -570,7 +571,8 @@ class Pipeline:
     def _finish_json(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], schema: dict[str, Any],
                      margin: float | None = None, calibration: dict[str, Any] | None = None) -> Answer:
         """A JSON answer: the object parsed and checked against ``schema``, its values traced to the shown passages; with a
-        calibrated abstention, the null object (every field null) when the best answer's null margin is above the threshold."""
+        calibrated abstention, the null object (every field null) when the best answer's null margin is above the threshold.
+        A parsed answer that is the null object is an abstention too (reason "generator")."""
         if withhold(margin, calibration, self.cfg.abstain_bias):
             null = structured.null_object(schema) or "{}"
             return Answer(question, null, True, "calibration", [], docs, timings, raw, margin, data=json.loads(null), fields={},
@@ -582,7 +584,8 @@ class Pipeline:
                               make_snippet(d["text"], next(str(v) for p, v in structured.leaves(data) if n in fields.get(p, ())),
                                            self.cfg.snippet))
                      for n in numbers for d in [docs[n - 1]]]
-        return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin,
+        null = error is None and structured.is_null(raw)  # the model's own abstention, as calibrate counts it
+        return Answer(question, raw.strip(), null, "generator" if null else None, citations, docs, timings, raw, margin,
                       data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
 
     def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,

@@ -163,11 +163,10 @@ def scored_answer(ans: Answer) -> tuple[float, str | None]:
     """The null margin at which this answer is withheld, and the answer shown below it (None: never shown).
 
     ``+inf`` (always an abstention): no generation (the retrieval threshold), a best answer that is itself a
-    refusal, or an answer the check refused whose grounded decode failed the check too.
+    refusal (a JSON answer still the null object), or an answer the check refused whose grounded decode failed the
+    check too.
     """
     if ans.margin is None or ans.abstained:  # calibrate answers with greedy abstention: no "calibration" reason here
-        return math.inf, None
-    if getattr(ans, "fields", None) is not None and structured.is_null(ans.answer):  # a JSON answer still the null object
         return math.inf, None
     return ans.margin, ans.answer
 

@@ -13,8 +13,9 @@ with its own ``answer_batch`` call, and the pipeline's
 that answers join and leave between decode steps.
 
 A job whose client disconnected or timed out is removed from the queue at once (its slot is
-free for the next request) and never reaches generation; one already in a running batch is
-finished and its result dropped.
+free for the next request) and never reaches generation. One already answered in continuous
+batching leaves the engine's batch at its next decode step (``generator.cancel_scope``); one in a
+batch at arrival is finished and its result dropped.
 
 Streaming shares the worker and its batches: ``answer_batch`` is called with the group's
 :class:`~rag_pipeline.answer.ask.Decoding` and an ``on_text`` callback that hands each question's
@@ -28,6 +29,7 @@ tail that may be the start of one, so the streamed text is always the non-stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -39,6 +41,7 @@ from typing import Any, Literal, Protocol
 
 from rag_pipeline.answer.ask import Answer, AskConfig, Decoding, TokenUsage
 from rag_pipeline.errors import InputError
+from rag_pipeline.generator import DecodeCancelled, cancel_scope
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +307,8 @@ class BatchWorker:
                 self._search(key, group)
             else:
                 self._answer(key[1], group)
+        except DecodeCancelled:
+            log.info("stopped answering a %s request whose client went away", key[0])
         except InputError as e:
             if len(group) > 1:  # one bad question must not fail the others: answer them one by one
                 with self._stats_lock:
@@ -324,8 +329,12 @@ class BatchWorker:
         def on_usage(i: int, u: TokenUsage) -> None:
             usage[i] = u
 
-        answers = self.pipe.answer_batch([j.text for j in group], decoding=decoding,
-                                         on_text=lambda i, piece: group[i].add_text(piece), on_usage=on_usage)
+        # A request answered alone (continuous batching) whose client hangs up stops decoding: the engine drops its row
+        # between two steps. Rows of a shared batch at arrival, and beam searches, run to their end.
+        scope = cancel_scope(lambda: group[0].cancelled) if len(group) == 1 else contextlib.nullcontext()
+        with scope:
+            answers = self.pipe.answer_batch([j.text for j in group], decoding=decoding,
+                                             on_text=lambda i, piece: group[i].add_text(piece), on_usage=on_usage)
         for job, answer, u in zip(group, answers, usage):
             job.finish(answer, u)
 
