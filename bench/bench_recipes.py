@@ -40,6 +40,7 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "lr-2e-3": ("full", ["--learning-rate", "2e-3"], "the same at 4x the peak learning rate"),
     "oracle-only": ("oracle", [], "the same on prompts with the oracle passage only (about half the tokens)"),
     "bf16-base": ("full", ["--base-dtype", "bfloat16"], "the frozen base held in bf16 (no per-step casts)"),
+    "no-dropout": ("full", ["--lora-dropout", "0"], "the same without LoRA dropout (no random masks drawn)"),
     "full-last-4": ("full", ["--method", "full", "--full-layers", "4", "--learning-rate", "1e-4"],
                     "full fine-tune of the last 4 of 30 layers, lr 1e-4, instead of LoRA"),
 }
@@ -60,15 +61,24 @@ def metrics_of(adapter: Path) -> dict:
     return json.loads((adapter / "rag_pipeline.json").read_text())["metrics"]
 
 
+def command(name: str, dataset: str, flags: list[str]) -> list[str]:
+    return [*CLI, "train-generator", "--dataset", dataset, *REFERENCE, *flags, "--no-progress", "--no-snapshots",
+            "--metric-for-best", "val_loss", "--eval-generate", "1"]
+
+
+def probe(name: str, dataset: str, flags: list[str], out: Path, probe_steps: int) -> float:
+    """Train ``name`` for ``probe_steps`` steps; return its examples/s."""
+    folder = out / f"probe-{name}"
+    if not (folder / "rag_pipeline.json").exists():
+        run([*command(name, dataset, flags), "--output", str(folder), "--max-steps", str(probe_steps), "--eval-steps",
+             str(probe_steps), "--eval-subset", "1"], out / f"probe-{name}.log")
+    return metrics_of(folder)["train_examples_per_s"]
+
+
 def train(name: str, dataset: str, flags: list[str], out: Path, minutes: float, probe_steps: int) -> dict:
     """Probe, then train ``name`` for ``minutes``; return its figures."""
-    base = [*CLI, "train-generator", "--dataset", dataset, *REFERENCE, *flags, "--no-progress", "--no-snapshots",
-            "--metric-for-best", "val_loss", "--eval-generate", "1"]
-    probe = out / f"probe-{name}"
-    if not (probe / "rag_pipeline.json").exists():
-        run([*base, "--output", str(probe), "--max-steps", str(probe_steps), "--eval-steps", str(probe_steps),
-             "--eval-subset", "1"], out / f"probe-{name}.log")
-    ex_s = metrics_of(probe)["train_examples_per_s"]
+    base = command(name, dataset, flags)
+    ex_s = probe(name, dataset, flags, out, probe_steps)
     steps = max(1, math.floor(60 * minutes * ex_s / 8))
     adapter = out / name
     started = time.monotonic()
@@ -113,6 +123,7 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     ap.add_argument("--limit", type=int, default=200, help="test questions answered (seeded sample)")
     ap.add_argument("--output", default="runs/recipes")
+    ap.add_argument("--speed-only", action="store_true", help="only each recipe's probe: examples/s, without training or evaluating")
     args = ap.parse_args()
     names = [n for n in args.recipes.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
@@ -131,6 +142,13 @@ def main() -> None:
               f"{100 * w['target_share']:.1f}% of them targets; padding {100 * w['padding_share']:.1f}% of a length-grouped "
               "batch of 4 (the most packing could save)", flush=True)
     datasets = {"full": args.dataset, "oracle": args.oracle_dataset}
+    if args.speed_only:  # the probes alone, one after the other on the same batches: examples/s, no quality
+        print(f"\n| recipe | examples/s over {args.probe_steps} steps of 8 | vs reference |\n| --- | ---: | ---: |")
+        speeds = {n: probe(n, datasets[RECIPES[n][0]], RECIPES[n][1], out, args.probe_steps) for n in names}
+        for n, v in speeds.items():
+            ratio = f"{v / speeds['reference']:.2f}x" if "reference" in speeds else ""
+            print(f"| {n} | {v:.2f} | {ratio} |")
+        return
     rows = []
     for name in names:
         key, flags, _ = RECIPES[name]

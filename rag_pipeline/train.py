@@ -322,7 +322,7 @@ def freeze_all_but_last_layers(model: Any, n: int) -> None:
 
 def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:
     """The base wrapped in the trained LoRA adapter at ``cfg.init_adapter``, trainable (rank and
-    targets are the adapter's; ``lora_r`` and friends are ignored).
+    targets are the adapter's; ``lora_r`` and ``lora_alpha`` are ignored, ``lora_dropout`` is this run's).
 
     Raises:
         InputError: the folder is not an adapter of ``cfg.base_model``.
@@ -339,7 +339,26 @@ def init_from_adapter(model: Any, cfg: TrainConfig) -> Any:
         raise InputError(f"--init-adapter {folder} was trained on {base}, not {cfg.base_model}: pass --base-model {base}")
     model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     model.peft_config["default"].base_model_name_or_path = cfg.base_model
+    set_lora_dropout(model, cfg.lora_dropout)
     return model
+
+
+def set_lora_dropout(model: Any, p: float) -> None:
+    """Give every LoRA module of ``model`` input dropout ``p`` (none at 0), and record it in the adapter's config.
+
+    Dropout is a training setting, not part of what an adapter computes, so a run that continues
+    from an adapter takes its own. On a 2-core CPU the dropout masks' random numbers (one mask per
+    LoRA module and micro-batch) are about a third of a LoRA step of SmolLM2-135M: 0 trains 1.45x
+    the examples per second (docs/results.md, "Training recipes at equal CPU time").
+    """
+    import torch
+
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name in dropouts:
+                dropouts[name] = torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()
+    model.peft_config["default"].lora_dropout = p
 
 
 def qlora_kwargs(device: Any) -> dict[str, Any]:

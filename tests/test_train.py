@@ -425,6 +425,22 @@ def test_init_adapter_starts_from_the_trained_weights_and_trains_them_further(tr
     assert meta["config"]["init_adapter"] == str(old)
 
 
+def test_a_run_from_an_adapter_takes_its_own_lora_dropout(trained: tuple, tiny: dict, tmp_path: Path) -> None:
+    """Dropout is a training setting: --lora-dropout 0 on an adapter trained with 0.05 removes the masks (no random
+    numbers drawn in training), and the new adapter's config says 0; a positive value gives every LoRA module that dropout."""
+    old, _ = trained
+    c = cfg(tiny, tmp_path / "nodrop", max_steps=1, init_adapter=str(old), lora_dropout=0.0)
+    model, *_ = T.setup_model(c, torch.device("cpu"))
+    dropouts = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) for d in m.lora_dropout.values()]
+    assert dropouts and all(isinstance(d, torch.nn.Identity) for d in dropouts)
+    assert json.loads((old / "adapter_config.json").read_text())["lora_dropout"] > 0
+    T.set_lora_dropout(model, 0.2)
+    assert all(isinstance(d, torch.nn.Dropout) and d.p == 0.2 for m in model.modules()
+               if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) for d in m.lora_dropout.values())
+    T.run(c)
+    assert json.loads((tmp_path / "nodrop" / "adapter_config.json").read_text())["lora_dropout"] == 0.0
+
+
 def test_init_adapter_of_another_base_or_no_adapter_is_refused(trained: tuple, tiny: dict, tmp_path: Path) -> None:
     old, _ = trained
     with pytest.raises(InputError, match="no rag_pipeline.json|not a finished"):
