@@ -348,8 +348,8 @@ def set_lora_dropout(model: Any, p: float) -> None:
 
     Dropout is a training setting, not part of what an adapter computes, so a run that continues
     from an adapter takes its own. On a 2-core CPU the dropout masks' random numbers (one mask per
-    LoRA module and micro-batch) are about a third of a LoRA step of SmolLM2-135M: 0 trains 1.45x
-    the examples per second (docs/results.md, "Training recipes at equal CPU time").
+    LoRA module and micro-batch) were about a quarter of a LoRA step of SmolLM2-135M in the profiler, and
+    the same micro-batches took 1.45-1.55x less time without them (docs/training.md).
     """
     import torch
 
