@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=2, help="chunks per question (ask's default)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="generator weights (ask --dtype)")
     p.add_argument("--kernels", default="fast", choices=["fast", "plain"], help="ask --kernels: fast (the default) or plain transformers")
+    p.add_argument("--draft-tokens", type=int, default=4, help="ask --draft-tokens: prompt lookup's guesses checked a step (0: generate)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each path, order alternating; the fastest is reported")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
     p.add_argument("--scores", action="store_true", help="print retrieval score distributions instead (threshold evidence)")
@@ -88,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ask_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--index", args.index, "-k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
-             "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--kernels", args.kernels, "--device", "cpu"]
+             "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--kernels", args.kernels,
+             "--draft-tokens", str(args.draft_tokens), "--device", "cpu"]
     if args.adapter:
         flags += ["--adapter", args.adapter]
     if args.no_adapter:
@@ -101,7 +103,7 @@ def ask_config(args: argparse.Namespace):  # -> AskConfig
 
     return AskConfig(index=args.index, adapter=args.adapter, no_adapter=args.no_adapter, k=args.k,
                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype, kernels=args.kernels,
-                     device="cpu")
+                     draft_tokens=args.draft_tokens, device="cpu")
 
 
 # ------------------------------------------------------------------------------- scores

@@ -5,17 +5,21 @@ In one run, on the packaged SmolLM2-135M-Instruct with the adapter ``ask`` would
 into it (or ``--no-adapter``), and the same prompts (``--prompts`` questions of the dev split, two
 passages each, as ``ask`` shows them):
 
-1. ours: the model as ``ask`` answers with it (``--kernels fast``): bf16 weights prepacked for
-   oneDNN with sibling projections fused (:mod:`rag_pipeline.inference`), decoding into a
-   preallocated cache (``generator.static_cache``);
+1. ours, ``generate`` (``--draft-tokens 0``): bf16 weights prepacked for oneDNN with sibling
+   projections fused (``--kernels fast``, :mod:`rag_pipeline.inference`), decoding with transformers'
+   ``generate`` into a preallocated cache (``generator.static_cache``);
 2. plain transformers (``--kernels plain``): the same bf16 model as loaded, ``generate`` with its
    default cache;
-2b. ours in ``serve``'s continuous batching (:class:`rag_pipeline.batching.DecodeEngine`, its own decode step
-   for Llama-layout models over a shared cache), one prompt at a time; then ``--rows`` prompts decoding together,
-   printed as the time of one step and per answer token;
+2b. ours on the decode engine (:class:`rag_pipeline.batching.DecodeEngine`, its own decode step for
+   Llama-layout models over a shared cache), one prompt at a time, one token a step (``serve --draft-tokens 0``);
+2c. the same engine checking ``--draft-tokens`` tokens guessed by prompt lookup in each step (what
+   ``ask``, ``evaluate``, ``calibrate`` and ``serve`` decode with by default); then ``--rows`` prompts
+   decoding together, without and with the guesses, printed as the time of one step and per answer token;
 3. llama.cpp (``llama-cpp-python``, when installed: ``pip install llama-cpp-python``, a source
    build of about 12 minutes on 2 idle cores) on the same adapter exported to an f16 GGUF
-   (``rag-pipeline export --format gguf``), given the same token ids, ``--threads`` threads.
+   (``rag-pipeline export --format gguf``), given the same token ids, ``--threads`` threads: one token
+   at a time (the baseline), and through ``Llama.generate`` with its own prompt lookup
+   (``LlamaPromptLookupDecoding``, ``--draft-tokens`` guesses).
 
 Each route reads each prompt (prefill: the time to the first token) and then decodes
 ``--new-tokens`` tokens greedily with end-of-sequence ruled out, so that every route decodes the
@@ -100,6 +104,34 @@ def llama_route(llm, ids: list[int], n: int, eos: int) -> tuple[float, float, li
     return t1 - t0, t2 - t1b, tokens
 
 
+def llama_lookup_route(llm, ids: list[int], n: int, eos: int) -> tuple[float, float, list[int]]:
+    """The same on llama.cpp with its own prompt lookup (``llm`` built with ``LlamaPromptLookupDecoding``):
+    ``Llama.generate`` greedy (top-k 1, temperature 0), EOS ruled out by a logits processor."""
+    import numpy as np
+    from llama_cpp import LogitsProcessorList
+
+    def no_eos(_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        scores[eos] = -np.inf
+        return scores
+
+    def run(steps: int) -> list[int]:
+        llm.reset()  # no prefix of an earlier prompt reused
+        out: list[int] = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, logits_processor=LogitsProcessorList([no_eos])):
+            out.append(int(token))
+            if len(out) == steps:
+                break
+        return out
+
+    t0 = time.perf_counter()
+    first = run(1)
+    t1 = time.perf_counter()
+    tokens = run(n)
+    t2 = time.perf_counter()
+    assert tokens[0] == first[0]
+    return t1 - t0, t2 - t1, tokens
+
+
 def products_alone(model, repeats: int = 30) -> float:
     """Seconds a token spends in the prepared model's matrix products alone: each packed product of one decoding step
     (the layers' fused q/k/v, o, fused gate/up and down, then the head), in order, on a random bf16 row."""
@@ -125,13 +157,14 @@ def products_alone(model, repeats: int = 30) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def engine_route(model, ids: list[int], n: int, eos: int) -> tuple[float, float, list[int]]:
-    """(prefill s, whole s, tokens) of one prompt decoded alone on a :class:`DecodeEngine` (in this thread)."""
-    steps, tokens = engine_rows(model, [ids], n, eos)
+def engine_route(model, ids: list[int], n: int, eos: int, draft: int = 0) -> tuple[float, float, list[int]]:
+    """(prefill s, whole s, tokens) of one prompt decoded alone on a :class:`DecodeEngine` (in this thread), with
+    ``draft`` tokens guessed by prompt lookup and checked in each step."""
+    steps, tokens = engine_rows(model, [ids], n, eos, draft)
     return steps[0], steps[0] + sum(steps[1:]), tokens[0]
 
 
-def engine_rows(model, cases: list[list[int]], n: int, eos: int) -> tuple[list[float], list[list[int]]]:
+def engine_rows(model, cases: list[list[int]], n: int, eos: int, draft: int = 0) -> tuple[list[float], list[list[int]]]:
     """Prompts joining one :class:`DecodeEngine` together: ([time to read them all, then each step's], tokens per prompt)."""
     from concurrent.futures import Future
 
@@ -139,7 +172,7 @@ def engine_rows(model, cases: list[list[int]], n: int, eos: int) -> tuple[list[f
 
     from rag_pipeline import batching, generator
 
-    engine = batching.DecodeEngine(model, max_rows=len(cases))
+    engine = batching.DecodeEngine(model, max_rows=len(cases), draft_tokens=draft)
     futures = [Future() for _ in cases]
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -167,6 +200,7 @@ def main() -> int:
     ap.add_argument("--no-adapter", action="store_true")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama-cpp-python is installed")
     ap.add_argument("--rows", type=int, default=4, help="prompts decoding together on the continuous-batching engine")
+    ap.add_argument("--draft-tokens", type=int, default=4, help="tokens guessed by prompt lookup and checked in each step (ask's --draft-tokens)")
     args = ap.parse_args()
 
     import torch
@@ -186,8 +220,10 @@ def main() -> int:
     eos, n = tok.eos_token_id, args.new_tokens
     threads = args.threads or torch.get_num_threads()
 
-    routes = {"ours": lambda ids: torch_route(ours, ids, n, eos, static=True),
-              "ours, continuous batching (serve)": lambda ids: engine_route(ours, ids, n, eos),
+    routes = {"ours, generate (--draft-tokens 0)": lambda ids: torch_route(ours, ids, n, eos, static=True),
+              "ours, engine, one token a step (serve --draft-tokens 0)": lambda ids: engine_route(ours, ids, n, eos),
+              f"ours, engine with prompt lookup (--draft-tokens {args.draft_tokens}: the default)":
+                  lambda ids: engine_route(ours, ids, n, eos, args.draft_tokens),
               "plain": lambda ids: torch_route(plain, ids, n, eos, static=False)}
     gguf_dir = None  # the export's temporary folder, kept while llama.cpp reads it
     if not args.no_llama_cpp:
@@ -207,6 +243,12 @@ def main() -> int:
                 gguf = next((Path(gguf_dir.name) / "gguf").glob("*.gguf"))
                 llm = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
                 routes["llama.cpp"] = lambda ids: llama_route(llm, ids, n, eos)
+                from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+                # logits_all: llama-cpp-python 0.3.36 keeps logits rows for n_batch tokens only without it, too few past 512
+                lookup = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False,
+                               logits_all=True, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=args.draft_tokens))
+                routes[f"llama.cpp with its prompt lookup ({args.draft_tokens} guesses)"] = lambda ids: llama_lookup_route(lookup, ids, n, eos)
 
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"adapter {adapter or 'none'}, {len(cases)} prompts of {min(map(len, cases))}-{max(map(len, cases))} tokens, "
@@ -229,10 +271,13 @@ def main() -> int:
         where = f" (token {', '.join(str(i + 1) for i in firsts)})" if firsts else ""
         print(f"| {name} | {1000 * prefill:.0f} | {1000 * decode:.1f} | {ratio} | {len(rows) - len(firsts)} of {len(rows)}{where} |")
     rows = min(args.rows, len(cases))
-    timed = min((engine_rows(ours, cases[:rows], n, eos) for _ in range(args.repeats)), key=lambda r: sum(r[0]))
-    step = statistics.median(timed[0][1:])
-    print(f"\ncontinuous batching, {rows} prompts decoding together: {1000 * step:.1f} ms a step, "
-          f"{1000 * step / rows:.1f} ms per answer token" + (f" ({step / rows / llama_decode:.2f}x llama.cpp's one stream)" if llama_decode else ""))
+    for draft in (0, args.draft_tokens):
+        timed = min((engine_rows(ours, cases[:rows], n, eos, draft) for _ in range(args.repeats)), key=lambda r: sum(r[0]))
+        whole = sum(timed[0][1:])  # every row decodes n tokens: n - 1 after the prompt reads' first
+        per = whole / (rows * (n - 1))
+        print(f"\nthe engine, {rows} prompts decoding together, --draft-tokens {draft}: {len(timed[0]) - 1} steps, "
+              f"{1000 * whole / (len(timed[0]) - 1):.1f} ms a step, {1000 * per:.1f} ms per answer token"
+              + (f" ({per / llama_decode:.2f}x llama.cpp's one stream)" if llama_decode else ""))
     floor = products_alone(ours)
     print(f"\nours, the matrix products alone (prepacked and fused, one token's, in order): {1000 * floor:.1f} ms a token")
     return 0

@@ -222,15 +222,17 @@ def llama_cpp_baseline(args: argparse.Namespace, questions: list[str], levels: l
     return {"gguf": gguf_file.name, "bytes": gguf_file.stat().st_size, "load_s": load_s, "levels": results, "peak_rss_mib": peak}
 
 
-def serve_mode(args: argparse.Namespace, mode: str, questions: list[str], levels: list[int], tmp: Path) -> dict:
-    """One server with ``--batching mode``: the load levels, the queue bound, and short answers beside a long one."""
+def serve_mode(args: argparse.Namespace, label: str, questions: list[str], levels: list[int], tmp: Path) -> dict:
+    """One server with ``--batching mode`` (``label``: the mode, or ``mode:N`` with ``--draft-tokens N``): the load
+    levels, the queue bound, and short answers beside a long one."""
+    mode, _, draft = label.partition(":")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "rag_pipeline.cli", "serve", "--index", args.index, "--adapter", args.adapter, "--port", str(port),
            "--dtype", args.dtype, "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--batching", mode,
            "--max-queue", str(args.max_queue), "--request-timeout-s", str(args.request_timeout_s), "--max-new-tokens", str(args.max_tokens),
-           "--max-tokens-limit", str(max(256, args.long_tokens)), "-k", str(args.k), "-q"]
-    server_log = open(tmp / f"serve-{mode}.log", "w")  # noqa: SIM115 - a pipe nobody reads would fill and block the server
+           "--max-tokens-limit", str(max(256, args.long_tokens)), "-k", str(args.k), "-q"] + (["--draft-tokens", draft] if draft else [])
+    server_log = open(tmp / f"serve-{label}.log", "w")  # noqa: SIM115 - a pipe nobody reads would fill and block the server
     server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=server_log, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     out: dict = {}
@@ -296,7 +298,8 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
     p.add_argument("--requests-per-level", type=int, default=8, help="requests per concurrency level, split over its clients")
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--batching", default="continuous,arrival", help="comma-separated serve --batching modes, each its own server")
+    p.add_argument("--batching", default="continuous,arrival",
+                   help="comma-separated serve --batching modes, each its own server; MODE:N also passes --draft-tokens N")
     p.add_argument("--mixed", type=int, default=4, help="short questions asked while a long answer is written (0: skip)")
     p.add_argument("--long-tokens", type=int, default=200, help="the long answer's max_tokens")
     p.add_argument("--batch-wait-ms", type=float, default=20)

@@ -50,6 +50,8 @@ class EngineStats:
     steps: int = 0  # decode steps run
     rows: int = 0  # rows decoded
     largest: int = 0  # most rows in one step
+    drafted: int = 0  # tokens guessed by prompt lookup and checked in a step
+    accepted: int = 0  # of them, those the row took
 
 
 class _Row:
@@ -61,6 +63,9 @@ class _Row:
         self.logprob = 0.0
         self.abstain_logprob: float | None = None
         self.rng = torch.Generator().manual_seed(spec.sample[2]) if spec.sample else None
+        self.where: dict[int, list[int]] = {}  # token -> its positions in prompt + tokens (prompt lookup's drafts)
+        for i, t in enumerate(spec.prompt):
+            self.where.setdefault(t, []).append(i)
 
     def take(self, logits: Any) -> bool:
         """Choose the next token from ``logits`` ((vocab,) float32); True when the row has ended.
@@ -72,10 +77,33 @@ class _Row:
             raise DecodeCancelled("the answer was cancelled by its caller")
         token = self.spec.pick(logits, self.tokens, self.warpers, self.rng)
         self.logprob += float(logits.log_softmax(-1)[token])
+        self.where.setdefault(token, []).append(len(self.spec.prompt) + len(self.tokens))
         self.tokens.append(token)
         if token != self.spec.eos_id and self.spec.on_token is not None:
             self.spec.on_token(token)
         return token == self.spec.eos_id or len(self.tokens) >= self.spec.max_new_tokens
+
+    def draft(self, k: int, max_ngram: int = 3) -> list[int]:
+        """Up to ``k`` tokens guessed to come next, greedy rows only: what followed the latest earlier place in the prompt
+        and answer where the text's last tokens also stand (its last ``max_ngram`` tokens if they stand anywhere else,
+        else fewer; prompt lookup). An answer copied from a passage is guessed a span at a time."""
+        if k < 1 or self.spec.sample is not None or not self.tokens:
+            return []
+        text = self.spec.prompt + self.tokens
+        end = len(text) - 1
+        best, best_n = -1, 0
+        for pos in reversed(self.where.get(text[-1], ())):
+            if pos >= end:
+                continue
+            n = 1
+            while n < max_ngram and pos - n >= 0 and text[pos - n] == text[end - n]:
+                n += 1
+            if n > best_n:
+                best, best_n = pos, n
+                if n == max_ngram:
+                    break
+        room = self.spec.max_new_tokens - len(self.tokens)  # the last of them needs no guess
+        return text[best + 1: best + 1 + min(k, room - 1)] if best >= 0 else []
 
     @property
     def position(self) -> int:  # of the last token, the one the next step reads
@@ -219,10 +247,12 @@ class DecodeEngine:
     prompt read and step: a caller that runs the model itself (beam search) holds it too.
     """
 
-    def __init__(self, model: Any, max_rows: int = 16) -> None:
+    def __init__(self, model: Any, max_rows: int = 16, draft_tokens: int = 0) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows is {max_rows}: it must be at least 1")
-        self.model, self.max_rows = model, max_rows
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens is {draft_tokens}: it must be 0 (no guesses) or more")
+        self.model, self.max_rows, self.draft_tokens = model, max_rows, draft_tokens
         self.lock = threading.RLock()
         self.stats = EngineStats()
         self._cond = threading.Condition()
@@ -364,30 +394,46 @@ class DecodeEngine:
             self._rows, self._slots = [], _Slots(self.max_rows)
 
     def _step(self) -> None:
+        """One decode step: every running row reads its last token and, greedy rows with ``draft_tokens``, the tokens
+        prompt lookup guesses come after it (:meth:`_Row.draft`); a row takes tokens from the step's logits in order
+        while they equal its guesses, so it advances one token or more, choosing each as it would one step at a time."""
         import torch
 
         s, rows = self._slots, self._rows
-        s.reserve(s.width + 1)
-        s.mask[: s.n, s.width] = 1
-        last = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
-        positions = torch.tensor([[r.position] for r in rows], device=self.device)
-        mask = s.mask[: s.n, : s.width + 1]
-        mask = None if bool(mask.all()) else mask
+        drafts = [row.draft(self.draft_tokens) for row in rows]
+        width = 1 + max(map(len, drafts))
+        s.reserve(s.width + width)
+        s.mask[: s.n, s.width:s.width + width] = 1
+        last = torch.tensor([[r.tokens[-1], *d] + [r.tokens[-1]] * (width - 1 - len(d)) for r, d in zip(rows, drafts)],
+                            device=self.device)
+        positions = torch.tensor([[r.position + j for j in range(width)] for r in rows], device=self.device)
+        mask = s.mask[: s.n, : s.width + width]
         if self._lean:
-            logits = llama_step(self.model, last, positions, s, mask).float().cpu()
+            logits = llama_step(self.model, last, positions, s, _step_mask(mask) if width == 1 else _draft_mask(mask, width)).float().cpu()
         else:
-            logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
-                                use_cache=True, **{cache_name(): s.cache()}).logits[:, -1].float().cpu()
-        s.width += 1
+            logits = self.model(input_ids=last, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
+                                use_cache=True, **{cache_name(): s.cache()}).logits.float().cpu()
         self.stats.steps += 1
         self.stats.largest = max(self.stats.largest, len(rows))
         ended: list[tuple[int, BaseException | None]] = []
-        for r, row in enumerate(rows):
+        advance = 1
+        for r, (row, draft) in enumerate(zip(rows, drafts)):
+            taken = 0
             try:
-                if row.take(logits[r]):
-                    ended.append((r, None))
+                while True:
+                    taken += 1
+                    if row.take(logits[r, taken - 1]):
+                        ended.append((r, None))
+                        break
+                    if taken > len(draft) or row.tokens[-1] != draft[taken - 1]:
+                        break
             except Exception as e:  # noqa: BLE001 - its constraint or its caller's callback failed: that row only
                 ended.append((r, e))
+            self.stats.drafted += len(draft)
+            self.stats.accepted += taken - 1
+            s.mask[r, s.width + taken:s.width + width] = 0  # the guesses it did not take: never attended to
+            advance = max(advance, taken)
+        s.width += advance  # columns past it hold no row's token and are written again by the next step
         for r, error in reversed(ended):  # from the end: a removed row's place is taken by the last one
             row = rows[r]
             rows[r] = rows[-1]
@@ -397,6 +443,25 @@ class DecodeEngine:
                 row.done()
             else:
                 _fail(row.future, error)
+
+
+def _step_mask(mask: Any) -> Any | None:
+    """The lean step's attention mask from the slots' ``(rows, columns)`` mask, whose last ``q`` columns are the
+    step's tokens: None when one token is read and every column is attended; ``(rows, 1, 1, columns)`` for one token;
+    ``(rows, 1, q, columns)`` for ``q``, each token seeing the earlier ones (causal) and the columns before them."""
+    import torch
+
+    return None if bool(mask.all()) else mask.bool()[:, None, None, :]
+
+
+def _draft_mask(mask: Any, q: int) -> Any:
+    """``(rows, 1, q, columns)``: each of the step's ``q`` tokens (the last columns) sees the columns before them that
+    ``mask`` marks and the step's tokens up to its own (causal)."""
+    import torch
+
+    before = mask[:, : -q].bool()[:, None, None, :].expand(-1, 1, q, -1)
+    causal = torch.ones((q, q), dtype=torch.bool, device=mask.device).tril()[None, None].expand(mask.shape[0], 1, q, q)
+    return torch.cat([before, causal], -1)
 
 
 # Decoder-only models whose layers are Llama's: pre-norm attention (rotary positions, grouped keys and values) and
@@ -412,8 +477,10 @@ def lean_supported(model: Any) -> bool:
 
 
 def llama_step(model: Any, last: Any, positions: Any, slots: _Slots, mask: Any | None) -> Any:
-    """One decode step of a Llama-layout model over the running rows: the next-token logits ``(rows, vocab)``, each
-    layer's new key and value written at column ``slots.width``.
+    """One decode step of a Llama-layout model over the running rows: the logits ``(rows, q, vocab)`` of the ``q``
+    tokens each row reads (``last``, ``(rows, q)``: its last token, then any guesses to check), each layer's new keys
+    and values written at columns ``slots.width`` onwards. ``mask``: None (every column attended, one token),
+    ``(rows, 1, 1, columns)`` or, for ``q`` tokens, ``(rows, 1, q, columns)``.
 
     The same modules and operations, in the same order, as transformers' forward with a mask and per-row positions
     (the query grouped by key/value head, as its SDPA path does for one token), so the logits are the same to the
@@ -423,25 +490,26 @@ def llama_step(model: Any, last: Any, positions: Any, slots: _Slots, mask: Any |
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    inner, cfg, n, w = model.model, model.config, slots.n, slots.width
+    inner, cfg, n, w, q_len = model.model, model.config, slots.n, slots.width, last.shape[1]
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    x = inner.embed_tokens(last)  # (rows, 1, hidden)
+    x = inner.embed_tokens(last)  # (rows, q, hidden)
     cos, sin = inner.rotary_emb(x, positions)
-    attend = None if mask is None else mask.bool()[:, None, None, :]
+    groups = heads // kv_heads
+    attend = mask if mask is None or mask.shape[2] == 1 else mask.repeat(1, 1, groups, 1)  # a row per grouped query
     for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers]):
         a = layer.self_attn
         h = layer.input_layernorm(x)
-        q = a.q_proj(h).view(n, 1, heads, -1).transpose(1, 2)
-        k = a.k_proj(h).view(n, 1, kv_heads, -1).transpose(1, 2)
-        v = a.v_proj(h).view(n, 1, kv_heads, -1).transpose(1, 2)
+        q = a.q_proj(h).view(n, q_len, heads, -1).transpose(1, 2)
+        k = a.k_proj(h).view(n, q_len, kv_heads, -1).transpose(1, 2)
+        v = a.v_proj(h).view(n, q_len, kv_heads, -1).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = slots.keys[i], slots.values[i]
-        keys[:n, :, w:w + 1], values[:n, :, w:w + 1] = k, v
-        out = F.scaled_dot_product_attention(q.reshape(n, kv_heads, heads // kv_heads, -1), keys[:n, :, : w + 1],
-                                             values[:n, :, : w + 1], attn_mask=attend, scale=a.scaling)
-        x = x + a.o_proj(out.reshape(n, heads, 1, -1).transpose(1, 2).reshape(n, 1, -1))
+        keys[:n, :, w:w + q_len], values[:n, :, w:w + q_len] = k, v
+        out = F.scaled_dot_product_attention(q.reshape(n, kv_heads, groups * q_len, -1), keys[:n, :, : w + q_len],
+                                             values[:n, :, : w + q_len], attn_mask=attend, scale=a.scaling)
+        x = x + a.o_proj(out.reshape(n, heads, q_len, -1).transpose(1, 2).reshape(n, q_len, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.lm_head(inner.norm(x))[:, -1]
+    return model.lm_head(inner.norm(x))
 
 
 def _fail(future: Future, error: BaseException) -> None:

@@ -315,3 +315,62 @@ def test_a_cancelled_row_leaves_at_the_next_step_and_one_cancelled_while_waiting
         assert (eng.stats.rows, eng.stats.steps) == (rows, steps)  # its prompt was never read
     finally:
         eng.stop()
+
+
+def _taking(row: batching._Row, tokens: list[int], vocab: int = 16) -> None:
+    """Feed ``row`` these tokens as its choices (one-hot logits)."""
+    for t in tokens:
+        logits = torch.full((vocab,), -torch.inf)
+        logits[t] = 0.0
+        row.take(logits)
+
+
+def test_prompt_lookup_guesses_what_followed_the_longest_then_latest_match() -> None:
+    from concurrent.futures import Future
+
+    prompt = [5, 1, 2, 3, 4, 9, 2, 3, 8, 1, 2]
+    row = batching._Row(G.RowSpec(prompt, 10, 0), Future(), [])
+    assert row.draft(3) == []  # nothing decoded yet: the first token is the prompt read's
+    _taking(row, [3])  # the text ends "1 2 3": after "2 3" at 6-7 came "8 1 2", after "1 2 3" at 1-3 came "4 9 2"
+    assert row.draft(3) == [4, 9, 2]
+    assert row.draft(1) == [4] and row.draft(0) == []
+    _taking(row, [7])  # "7" stands nowhere else
+    assert row.draft(3) == []
+    short = batching._Row(G.RowSpec(prompt, 3, 0), Future(), [])
+    _taking(short, [3])
+    assert short.draft(3) == [4]  # two tokens left to take: one guess and the token after it
+    sampled = batching._Row(G.RowSpec(prompt, 10, 0, sample=(1.0, 1.0, 0)), Future(), [])
+    _taking(sampled, [3])
+    assert sampled.draft(3) == []  # greedy rows only: a sample is not checked against a guess
+    with pytest.raises(ValueError, match="draft_tokens"):
+        batching.DecodeEngine(torch.nn.Linear(1, 1), draft_tokens=-1)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_rows_checking_guesses_decode_what_they_decode_one_token_a_step(tiny, lean: bool) -> None:
+    """Grounded rows copy spans of their passages, so prompt lookup's guesses are often right and rows advance by
+    several tokens a step, by different numbers in one batch (joining and leaving): every token equals the one-token
+    steps', every log-probability and margin agrees (float32), and steps are saved."""
+    from rag_pipeline.answer.grounded import GroundedConstraint
+
+    model, tok, kind = tiny
+    rows = raft_rows(6, seed=8)
+    specs = [G.RowSpec(G.encode_prompt(tok, kind, to_model_text(tok, TEMPLATE, r["prompt"])), 14, tok.eos_token_id,
+                       constraint=GroundedConstraint(tok, [d["text"] for d in r["documents"]]), ban_first=[5],
+                       abstain=[5, 6, tok.eos_token_id]) for r in rows]
+    runs, stats = [], []
+    for draft in (0, 4):
+        eng = batching.DecodeEngine(model, max_rows=3, draft_tokens=draft)
+        eng._lean = lean
+        eng.start()
+        try:
+            runs.append(eng.run(specs))
+        finally:
+            eng.stop()
+        stats.append(eng.stats)
+    one, guessed = runs
+    assert [d.tokens for d in guessed] == [d.tokens for d in one]
+    assert [d.logprob for d in guessed] == pytest.approx([d.logprob for d in one], abs=1e-4)
+    assert [d.abstain_logprob for d in guessed] == [d.abstain_logprob for d in one]
+    assert stats[0].drafted == 0 and stats[1].accepted > 0
+    assert stats[1].steps < stats[0].steps

@@ -232,7 +232,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
               "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
-              "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels,
+              "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels, "draft_tokens": cfg.draft_tokens,
               **({"schema": cfg.schema} if cfg.task == "extract" else {})}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)

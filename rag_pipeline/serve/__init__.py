@@ -122,7 +122,7 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
         pipe = Pipeline.load(cfg)
         continuous = cfg.batching == "continuous" and batching.supported(pipe.model, pipe.kind)
         if continuous:
-            pipe.engine = batching.DecodeEngine(pipe.model, cfg.max_batch).start()
+            pipe.engine = batching.DecodeEngine(pipe.model, cfg.max_batch, cfg.draft_tokens).start()
         log.info("%s; %s", pipe.description, "continuous batching" if continuous else "batches at arrival")
         return pipe
 
