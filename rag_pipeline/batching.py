@@ -278,7 +278,8 @@ class DecodeEngine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
 
     def submit(self, specs: list[RowSpec]) -> list[Future]:
         futures = [Future() for _ in specs]
@@ -290,8 +291,26 @@ class DecodeEngine:
         return futures
 
     def run(self, specs: list[RowSpec]) -> list[Decoded]:
-        """Decode ``specs`` in the shared batch; their results in order."""
+        """Decode ``specs`` in the shared batch; their results in order. An engine that was never started (``ask``'s
+        own) decodes them in the calling thread: torch's work stays on one thread (see :meth:`call`)."""
+        if self._thread.ident is None:
+            return self._run_here(specs)
         return [f.result() for f in self.submit(specs)]
+
+    def _run_here(self, specs: list[RowSpec]) -> list[Decoded]:
+        import torch
+
+        if self._closed:
+            raise RuntimeError("the decode engine has stopped")
+        waiting = deque((spec, Future()) for spec in specs)
+        futures = [f for _, f in waiting]
+        with torch.no_grad(), self.lock:
+            while waiting or self._rows:
+                while waiting and len(self._rows) < self.max_rows:
+                    self._join(*waiting.popleft())
+                if self._rows:
+                    self._step_safely()
+        return [f.result() for f in futures]
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` run on the engine's thread between two steps (its result, or its exception raised here).

@@ -374,3 +374,21 @@ def test_rows_checking_guesses_decode_what_they_decode_one_token_a_step(tiny, le
     assert [d.abstain_logprob for d in guessed] == [d.abstain_logprob for d in one]
     assert stats[0].drafted == 0 and stats[1].accepted > 0
     assert stats[1].steps < stats[0].steps
+
+
+def test_an_engine_never_started_decodes_in_the_calling_thread(tiny) -> None:
+    """ask's own engine: no thread of its own (torch's work stays on the caller's thread), rows still sharing steps
+    up to max_rows, the answers generate's; once stopped it refuses."""
+    model, tok, kind = tiny
+    texts = _texts(tok, 4, seed=13)
+    eng = batching.DecodeEngine(model, max_rows=2, draft_tokens=3)
+    threads = []
+    specs = [G.RowSpec(G.encode_prompt(tok, kind, t), 6, tok.eos_token_id, on_token=lambda _: threads.append(threading.current_thread()))
+             for t in texts]
+    got = eng.run(specs)
+    assert [tok.decode(d.tokens, skip_special_tokens=True).strip() for d in got] == _alone(model, tok, kind, texts, max_new_tokens=6)
+    assert threads and set(threads) == {threading.current_thread()}
+    assert eng.stats.largest == 2 and eng.stats.rows == 4
+    eng.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        eng.run(specs)
