@@ -117,13 +117,14 @@ def test_greedy_margins_and_json_decoding_on_cuda_match_the_cpu(tiny: dict) -> N
     assert json_out[0] == json_out[1] and all("colour" in json.loads(o) for o in json_out[0])
 
 
-def test_continuous_batching_on_cuda_decodes_what_the_cpu_decodes_alone(tiny: dict) -> None:
+@pytest.mark.parametrize("draft_tokens", [0, 4])
+def test_continuous_batching_on_cuda_decodes_what_the_cpu_decodes_alone(tiny: dict, draft_tokens: int) -> None:
     from rag_pipeline.batching import DecodeEngine
 
     tok = build_tiny_tokenizer(chat=True)
     gpu, _, kind = load_generator(str(tiny["llama"]), device="cuda")
     cpu, _, _ = load_generator(str(tiny["llama"]), device="cpu")
-    engine = DecodeEngine(gpu, max_rows=2).start()
+    engine = DecodeEngine(gpu, max_rows=2, draft_tokens=draft_tokens).start()  # with prompt lookup's guesses checked, too
     try:
         got = generate_answers(gpu, tok, kind, PROMPTS, max_new_tokens=12, engine=engine)
         margins = generate_with_margins(gpu, tok, kind, PROMPTS, "The passages do not say.", max_new_tokens=12, engine=engine)
