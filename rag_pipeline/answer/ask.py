@@ -298,6 +298,7 @@ class Pipeline:
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
         self._own_engine: Any = None  # greedy answers' engine (prompt lookup, --draft-tokens) when serve gives none; False: none
+        self._one_question = False  # the answer_batch call running asked one question (only its answer may use _own_engine)
         self._retrieval = threading.Lock()  # concurrent answer_batch calls (serve) retrieve one at a time
 
     @property
@@ -413,6 +414,7 @@ class Pipeline:
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
         n = len(questions)
+        self._one_question = n == 1  # a batch's answers, its answer check's too, decode with generate
         t0 = time.perf_counter()
         if contexts is None:
             docs, best, top = self._retrieve(questions)
@@ -553,7 +555,8 @@ class Pipeline:
         return [(r, None) for r in raws]
 
     def _engine(self, c: Decoding, rows: int) -> Any:
-        """The decode engine a call's ``rows`` join: serve's; else, for one greedy answer with ``--kernels fast`` on a CPU
+        """The decode engine a call's ``rows`` join: serve's; else, for one greedy answer to one question asked alone
+        (``answer_batch`` of one, its answer check included) with ``--kernels fast`` on a CPU
         and ``--draft-tokens`` above 0, this pipeline's own, which checks prompt lookup's guesses in each step
         (:class:`rag_pipeline.batching.DecodeEngine`, made on first use and never started: it decodes in the calling
         thread, where the retriever's torch work runs too); None: ``generate``. Several questions at once (``ask
@@ -562,7 +565,8 @@ class Pipeline:
         question against 0.44 on serve's engine, docs/results.md)."""
         if self.engine is not None:
             return self.engine
-        if rows != 1 or self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
+        if rows != 1 or not self._one_question or self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample \
+                or c.num_beams > 1:
             return None
         if self._own_engine is None:
             usable = batching.supported(self.model, self.kind)
