@@ -865,26 +865,27 @@ def test_fast_kernels_pack_a_bf16_generator_and_give_the_plain_answers(env: dict
 
 
 def test_one_greedy_answer_decodes_on_an_engine_that_checks_prompt_lookups_guesses(env: dict) -> None:
-    """--kernels fast on a CPU: one greedy answer (and its margin) decodes on the pipeline's own engine, checking
-    --draft-tokens guesses a step, giving generate's answer (--draft-tokens 0); several questions at once, and
-    sampling, decode with generate."""
+    """--kernels fast on a CPU: one question asked alone gets its greedy answer (and margin) from the pipeline's own
+    engine, checking --draft-tokens guesses a step, generate's answer (--draft-tokens 0); batches (of one too) and
+    sampling decode with generate."""
     from rag_pipeline import batching
 
     batched = A.Pipeline.load(cfg(env, max_new_tokens=10))
     batched.answer_batch(QUESTIONS)
+    batched.answer_batch(QUESTIONS[:1])  # a batch of one (evaluate's last chunk) is still a batch
     assert batched._own_engine is None
     drafted = A.Pipeline.load(cfg(env, max_new_tokens=10))
     generated = A.Pipeline.load(cfg(env, max_new_tokens=10, draft_tokens=0))
     for margins in (False, True):
-        got = [drafted.answer_batch([q], margins=margins)[0] for q in QUESTIONS]
-        want = [generated.answer_batch([q], margins=margins)[0] for q in QUESTIONS]
+        got = [drafted.answer_batch([q], margins=margins, alone=True)[0] for q in QUESTIONS]
+        want = [generated.answer_batch([q], margins=margins, alone=True)[0] for q in QUESTIONS]
         assert [a.raw for a in got] == [a.raw for a in want]
         assert [a.margin for a in got] == pytest.approx([a.margin for a in want], abs=1e-3)
     assert isinstance(drafted._own_engine, batching.DecodeEngine) and drafted._own_engine.stats.steps > 0
     assert drafted._own_engine.draft_tokens == drafted.cfg.draft_tokens == 4
     assert generated._own_engine is None
     sampled = A.Pipeline.load(cfg(env, do_sample=True))
-    sampled.answer_batch(QUESTIONS[:1])
+    sampled.answer(QUESTIONS[0])
     assert sampled._own_engine is None
     with pytest.raises(ConfigError, match="draft_tokens"):
         cfg(env, draft_tokens=-1)

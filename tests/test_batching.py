@@ -392,3 +392,20 @@ def test_an_engine_never_started_decodes_in_the_calling_thread(tiny) -> None:
     eng.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         eng.run(specs)
+
+
+def test_an_interrupted_call_leaves_no_row_for_the_next_one(tiny) -> None:
+    """A KeyboardInterrupt from a row's callback on a never-started engine: raised, and the next call decodes only
+    its own rows."""
+    model, tok, kind = tiny
+    texts = _texts(tok, 2, seed=17)
+    eng = batching.DecodeEngine(model, max_rows=2, draft_tokens=2)
+
+    def interrupt(_token: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        eng.run([G.RowSpec(G.encode_prompt(tok, kind, texts[0]), 8, tok.eos_token_id, on_token=interrupt)])
+    got = eng.run([G.RowSpec(G.encode_prompt(tok, kind, texts[1]), 6, tok.eos_token_id)])
+    assert tok.decode(got[0].tokens, skip_special_tokens=True).strip() == _alone(model, tok, kind, texts[1:], max_new_tokens=6)[0]
+    assert not eng._rows and eng.call(lambda: threading.current_thread()) is threading.current_thread()

@@ -298,7 +298,7 @@ class Pipeline:
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
         self._own_engine: Any = None  # greedy answers' engine (prompt lookup, --draft-tokens) when serve gives none; False: none
-        self._one_question = False  # the answer_batch call running asked one question (only its answer may use _own_engine)
+        self._one_question = False  # the answer_batch call running asked one question alone (only its answer may use _own_engine)
         self._retrieval = threading.Lock()  # concurrent answer_batch calls (serve) retrieve one at a time
 
     @property
@@ -365,12 +365,12 @@ class Pipeline:
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
-        return self.answer_batch([question])[0]
+        return self.answer_batch([question], alone=True)[0]
 
     def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None, margins: bool = False,
                      grounded: bool | None = None, decoding: Decoding | None = None,
                      on_text: Callable[[int, str], None] | None = None,
-                     on_usage: Callable[[int, TokenUsage], None] | None = None) -> list[Answer]:
+                     on_usage: Callable[[int, TokenUsage], None] | None = None, alone: bool = False) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
@@ -390,6 +390,8 @@ class Pipeline:
                 still become a refusal); a calibrated or checked answer is handed on whole once the
                 margin and the check have decided it.
             on_usage: ``on_usage(question index, usage)`` once per question, after generation.
+            alone: one question asked on its own (``ask "question"``, a line of stdin): its answer may decode on the
+                pipeline's own engine with prompt lookup (:meth:`_engine`); a batch of any size keeps ``generate``.
 
         Raises:
             InputError: an empty question, a malformed context, a question too long for the budget,
@@ -414,7 +416,7 @@ class Pipeline:
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
         n = len(questions)
-        self._one_question = n == 1  # a batch's answers, its answer check's too, decode with generate
+        self._one_question = alone and n == 1  # a batch's answers, its answer check's too, decode with generate
         t0 = time.perf_counter()
         if contexts is None:
             docs, best, top = self._retrieve(questions)
@@ -556,7 +558,7 @@ class Pipeline:
 
     def _engine(self, c: Decoding, rows: int) -> Any:
         """The decode engine a call's ``rows`` join: serve's; else, for one greedy answer to one question asked alone
-        (``answer_batch`` of one, its answer check included) with ``--kernels fast`` on a CPU
+        (``answer_batch(..., alone=True)``, its answer check included) with ``--kernels fast`` on a CPU
         and ``--draft-tokens`` above 0, this pipeline's own, which checks prompt lookup's guesses in each step
         (:class:`rag_pipeline.batching.DecodeEngine`, made on first use and never started: it decodes in the calling
         thread, where the retriever's torch work runs too); None: ``generate``. Several questions at once (``ask
@@ -820,7 +822,7 @@ def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
         raise ConfigError("nothing to answer: pass a question, or --questions FILE.jsonl")
     pipe = pipe or Pipeline.load(cfg)
     if cfg.question:
-        return pipe.answer_batch([cfg.question])
+        return pipe.answer_batch([cfg.question], alone=True)
     return [a for _, answers in answer_items(pipe, load_questions(cfg.questions, cfg.qa_fields()), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 
