@@ -63,9 +63,7 @@ class _Row:
         self.logprob = 0.0
         self.abstain_logprob: float | None = None
         self.rng = torch.Generator().manual_seed(spec.sample[2]) if spec.sample else None
-        self.where: dict[int, list[int]] = {}  # token -> its positions in prompt + tokens (prompt lookup's drafts)
-        for i, t in enumerate(spec.prompt):
-            self.where.setdefault(t, []).append(i)
+        self.where: dict[int, list[int]] | None = None  # token -> its positions in prompt + tokens, from the first draft
 
     def take(self, logits: Any) -> bool:
         """Choose the next token from ``logits`` ((vocab,) float32); True when the row has ended.
@@ -77,7 +75,8 @@ class _Row:
             raise DecodeCancelled("the answer was cancelled by its caller")
         token = self.spec.pick(logits, self.tokens, self.warpers, self.rng)
         self.logprob += float(logits.log_softmax(-1)[token])
-        self.where.setdefault(token, []).append(len(self.spec.prompt) + len(self.tokens))
+        if self.where is not None:
+            self.where.setdefault(token, []).append(len(self.spec.prompt) + len(self.tokens))
         self.tokens.append(token)
         if token != self.spec.eos_id and self.spec.on_token is not None:
             self.spec.on_token(token)
@@ -90,6 +89,10 @@ class _Row:
         if k < 1 or self.spec.sample is not None or not self.tokens:
             return []
         text = self.spec.prompt + self.tokens
+        if self.where is None:
+            self.where = {}
+            for i, t in enumerate(text):
+                self.where.setdefault(t, []).append(i)
         end = len(text) - 1
         best, best_n = -1, 0
         for pos in reversed(self.where.get(text[-1], ())):

@@ -26,13 +26,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta  # noqa: E402
-from rag_pipeline.atomic import Artifact, atomic_dir  # noqa: E402
+from rag_pipeline.atomic import atomic_dir, check_separate  # noqa: E402
+from rag_pipeline.errors import ConfigError  # noqa: E402
+from rag_pipeline.train import ARTIFACT  # noqa: E402 - what a soup may replace: an adapter we wrote
 
 
 def soup(first: Path, second: Path, weight: float, out: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
+    check_separate([first, second], out)
     configs = [json.loads((d / "adapter_config.json").read_text()) for d in (first, second)]
     same = ("lora_alpha", "r", "use_rslora", "use_dora", "base_model_name_or_path")
     if any(configs[0].get(k) != configs[1].get(k) for k in same) or set(configs[0]["target_modules"]) != set(configs[1]["target_modules"]):
@@ -51,7 +54,7 @@ def soup(first: Path, second: Path, weight: float, out: Path) -> None:
             mixed[name] = torch.cat([weight * t, (1 - weight) * b[name]], 1).contiguous()
         else:
             sys.exit(f"error: {name} is neither a LoRA A nor B matrix: only plain LoRA adapters are mixed")
-    with atomic_dir(out, Artifact("an adapter soup", "adapter_config.json", keys=("peft_type",))) as tmp:
+    with atomic_dir(out, ARTIFACT) as tmp:
         for f in first.iterdir():
             if f.is_file() and f.name not in ("adapter_model.safetensors", "adapter_config.json", "loss_curve.png"):
                 shutil.copy2(f, tmp / f.name)
@@ -72,7 +75,10 @@ def main() -> int:
     args = ap.parse_args()
     if not 0 <= args.weight <= 1:
         sys.exit(f"error: --weight is {args.weight}: use a share in [0, 1]")
-    soup(Path(args.first), Path(args.second), args.weight, Path(args.output))
+    try:
+        soup(Path(args.first), Path(args.second), args.weight, Path(args.output))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     print(f"{args.output}: {args.weight} x {args.first} + {1 - args.weight:g} x {args.second}")
     return 0
 

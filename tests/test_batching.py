@@ -238,6 +238,17 @@ def test_calls_run_on_the_engine_thread_between_steps_and_raise_in_the_caller(ti
     assert G.generate_answers(model, tok, kind, texts, max_new_tokens=4, engine=engine) == _alone(model, tok, kind, texts, max_new_tokens=4)
 
 
+def _decoded_by(model, specs: list, lean: bool, draft_tokens: int = 0) -> tuple[list, batching.EngineStats]:
+    """``specs`` decoded by a started engine of 3 rows, on its lean step or transformers' forward: (results, stats)."""
+    eng = batching.DecodeEngine(model, max_rows=3, draft_tokens=draft_tokens)
+    eng._lean = lean
+    eng.start()
+    try:
+        return eng.run(specs), eng.stats
+    finally:
+        eng.stop()
+
+
 def test_the_lean_llama_step_gives_transformers_logits_to_the_bit(tiny) -> None:
     """The engine's own decode step for Llama-layout models against the model's forward over the same shared cache:
     rows of different lengths (a mask), joining and leaving; every token and log-probability exactly equal."""
@@ -245,15 +256,7 @@ def test_the_lean_llama_step_gives_transformers_logits_to_the_bit(tiny) -> None:
     assert batching.lean_supported(model)
     texts = _texts(tok, 6, seed=21)
     specs = [G.RowSpec(G.encode_prompt(tok, kind, t), 10, tok.eos_token_id, abstain=[5, 6, tok.eos_token_id]) for t in texts]
-    runs = []
-    for lean in (True, False):
-        eng = batching.DecodeEngine(model, max_rows=3)
-        eng._lean = lean
-        eng.start()
-        try:
-            runs.append(eng.run(specs))
-        finally:
-            eng.stop()
+    runs = [_decoded_by(model, specs, lean)[0] for lean in (True, False)]
     assert [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[0]] == [(d.tokens, d.logprob, d.abstain_logprob) for d in runs[1]]
 
 
@@ -358,22 +361,12 @@ def test_rows_checking_guesses_decode_what_they_decode_one_token_a_step(tiny, le
     specs = [G.RowSpec(G.encode_prompt(tok, kind, to_model_text(tok, TEMPLATE, r["prompt"])), 14, tok.eos_token_id,
                        constraint=GroundedConstraint(tok, [d["text"] for d in r["documents"]]), ban_first=[5],
                        abstain=[5, 6, tok.eos_token_id]) for r in rows]
-    runs, stats = [], []
-    for draft in (0, 4):
-        eng = batching.DecodeEngine(model, max_rows=3, draft_tokens=draft)
-        eng._lean = lean
-        eng.start()
-        try:
-            runs.append(eng.run(specs))
-        finally:
-            eng.stop()
-        stats.append(eng.stats)
-    one, guessed = runs
+    (one, one_stats), (guessed, guessed_stats) = (_decoded_by(model, specs, lean, draft) for draft in (0, 4))
     assert [d.tokens for d in guessed] == [d.tokens for d in one]
     assert [d.logprob for d in guessed] == pytest.approx([d.logprob for d in one], abs=1e-4)
     assert [d.abstain_logprob for d in guessed] == [d.abstain_logprob for d in one]
-    assert stats[0].drafted == 0 and stats[1].accepted > 0
-    assert stats[1].steps < stats[0].steps
+    assert one_stats.drafted == 0 and guessed_stats.accepted > 0
+    assert guessed_stats.steps < one_stats.steps
 
 
 def test_an_engine_never_started_decodes_in_the_calling_thread(tiny) -> None:

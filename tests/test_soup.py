@@ -66,3 +66,22 @@ def test_adapters_of_another_rank_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="differ in"):
         _script().soup(first, second, 0.5, tmp_path / "soup")
     assert not (tmp_path / "soup").exists()
+
+
+def test_a_soup_never_replaces_an_input_or_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from rag_pipeline.errors import ConfigError
+
+    base = build_tiny_llama(tmp_path / "base")
+    first = make_adapter(base, tmp_path / "first")
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    before = (first / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="also an input"):
+        _script().soup(first, second, 0.5, first)
+    assert (first / "adapter_model.safetensors").read_bytes() == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError):
+        _script().soup(first, second, 0.5, mine)
+    assert (mine / "notes.txt").read_text() == "keep"

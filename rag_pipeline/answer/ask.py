@@ -527,7 +527,7 @@ class Pipeline:
         (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
         """
         c = decoding or self.decoding
-        engine = self._engine(c, len(texts))
+        engine = self._engine(c)
         constraints = None
         if c.json_schema is not None:
             constraints = [structured.json_constraint(self.tokenizer, c.json_schema) for _ in texts]
@@ -556,8 +556,8 @@ class Pipeline:
         )
         return [(r, None) for r in raws]
 
-    def _engine(self, c: Decoding, rows: int) -> Any:
-        """The decode engine a call's ``rows`` join: serve's; else, for one greedy answer to one question asked alone
+    def _engine(self, c: Decoding) -> Any:
+        """The decode engine a call's rows join: serve's; else, for one greedy answer to one question asked alone
         (``answer_batch(..., alone=True)``, its answer check included) with ``--kernels fast`` on a CPU
         and ``--draft-tokens`` above 0, this pipeline's own, which checks prompt lookup's guesses in each step
         (:class:`rag_pipeline.batching.DecodeEngine`, made on first use and never started: it decodes in the calling
@@ -567,12 +567,11 @@ class Pipeline:
         question against 0.44 on serve's engine, docs/results.md)."""
         if self.engine is not None:
             return self.engine
-        if rows != 1 or not self._one_question or self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample \
-                or c.num_beams > 1:
+        if not self._one_question or self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
             return None
         if self._own_engine is None:
             usable = batching.supported(self.model, self.kind)
-            self._own_engine = batching.DecodeEngine(self.model, self.cfg.batch_size, self.cfg.draft_tokens) if usable else False
+            self._own_engine = batching.DecodeEngine(self.model, 1, self.cfg.draft_tokens) if usable else False  # one row: its cache
         return self._own_engine or None
 
     def _static_cache(self) -> bool:
