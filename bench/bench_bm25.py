@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=200, help="test-split questions asked (the first is the first query)")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="fresh processes per mode; each figure is their median (a 10,000-chunk load takes ~60 ms, where one run's noise is ~10%%)")
+    p.add_argument("--reuse", action="store_true", help="measure an index this script built before in --out (no build; the build columns are left out)")
     p.add_argument("--out", default="/tmp/bench_bm25", help="scratch directory for the corpora and indexes")
     p.add_argument("--child", choices=[*MODES, "build"], help=argparse.SUPPRESS)
     p.add_argument("--index", help=argparse.SUPPRESS)
@@ -149,13 +151,18 @@ def one_size(args: argparse.Namespace, n: int) -> dict:
     layout = "sharded" if n >= args.sharded_from else "sqlite"
     # at scale, the recipe build-index's auto picks above 1M chunks (IVF-PQ on disk, exact re-ranking); below, auto's own choice
     scale = {"faiss_factory": ann.scale_factory(384, n, 0), "rerank": ann.SCALE_RERANK} if layout == "sharded" else {}
-    t = time.perf_counter()
-    manifest = build_index(IndexConfig(paths=[str(docs)], index=str(root / "index"), embedder="hashing:384", layout=layout, **scale))
-    build_s = time.perf_counter() - t
-    row = {"docs": n, "chunks": manifest["corpus"]["chunks"], "layout": layout, "build_s": build_s,
-           "bm25_build": run_child(args, "build", root / "index")}
+    if args.reuse and (root / "index" / "manifest.json").is_file():
+        from rag_pipeline.index.format import read_manifest
+
+        row = {"docs": n, "chunks": read_manifest(root / "index")["corpus"]["chunks"], "layout": layout, "build_s": None, "bm25_build": None}
+    else:
+        t = time.perf_counter()
+        manifest = build_index(IndexConfig(paths=[str(docs)], index=str(root / "index"), embedder="hashing:384", layout=layout, **scale))
+        row = {"docs": n, "chunks": manifest["corpus"]["chunks"], "layout": layout, "build_s": time.perf_counter() - t,
+               "bm25_build": run_child(args, "build", root / "index")}
     for mode in MODES:
-        row[mode] = run_child(args, mode, root / "index")
+        runs = [run_child(args, mode, root / "index") for _ in range(max(1, args.repeats))]
+        row[mode] = {key: (statistics.median(r[key] for r in runs) if isinstance(v, float) else v) for key, v in runs[0].items()}
     return row
 
 
@@ -165,7 +172,7 @@ def main() -> None:
         args.mode_memory = args.child == "memory"
         print(TAG + json.dumps(child(args)), flush=True)
         return
-    print(f"# bench_bm25: {platform.processor() or platform.machine()}, {args.queries} queries, k={args.k}")
+    print(f"# bench_bm25: {platform.processor() or platform.machine()}, {args.queries} queries, k={args.k}, median of {max(1, args.repeats)} fresh processes per mode")
     print("| corpus | mode | load s | first query s | load + first s | peak RSS over imports MB | process peak RSS MB | warm query ms | BM25 alone ms |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.sizes:
@@ -178,6 +185,8 @@ def main() -> None:
         d, s = row["dense"], row["stored"]
         b = row["bm25_build"]
         print(f"|  | stored / dense | | | {(s['load'] + s['first']) / (d['load'] + d['first']):.3f}x | {s['peak_mb'] / d['peak_mb']:.3f}x | {s['process_mb'] / d['process_mb']:.3f}x | |")
+        if b is None:  # --reuse: not built here
+            continue
         print(f"<!-- build-index {row['build_s']:.1f} s; of which BM25 alone {b['seconds']:.1f} s, peak {b['peak_mb']:.0f} MB, "
               f"{b['bytes'] / 2**20:.0f} MB on disk, {b['terms']:,} terms, {b['postings']:,} postings -->")
         sys.stdout.flush()

@@ -275,7 +275,7 @@ def compare(args: argparse.Namespace, factory: str, n: int, queries: np.ndarray,
 
     index = ann.make_index(factory, DIM, params(args))
     t = time.perf_counter()
-    ann.train(index, vectors.get_rows(ann.sample_rows(n, ann.train_size(index, n), args.seed), keep_mapped=False))
+    ann.train(index, vectors.get_rows(ann.sample_rows(n, ann.train_size(index, n), args.seed)))
     for _, part in vectors.iter_shards():
         index.add(np.ascontiguousarray(part))
     seconds = time.perf_counter() - t

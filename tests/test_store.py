@@ -55,7 +55,7 @@ def test_reading_more_shards_than_open_files_allowed(shards, open_files_limit) -
     assert chunk_store.get_rows(order.tolist()) == [chunks[r] for r in order]
     np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
     assert [c.row for c in chunk_store.iter_chunks(batch=2)] == list(range(SHARDS * ROWS))
-    assert len(chunk_store._files) <= store.OPEN_SHARDS and len(vecs._maps) <= store.OPEN_SHARDS
+    assert len(chunk_store._files) <= store.OPEN_SHARDS and len(vecs._files) <= store.OPEN_SHARDS
     assert chunk_store.get("c899") == chunks[899] and chunk_store.get_rows([0]) == [chunks[0]]  # evicted ones reopen
     chunk_store.close()
     assert len(chunk_store._files) == 0
@@ -69,12 +69,12 @@ def test_vector_maps_keep_every_shard_when_descriptors_allow(shards, open_files_
     open_files_limit(SHARDS + store.OPEN_SHARDS + store.FD_RESERVE + 40)
     vecs = ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
     opened: list[int] = []
-    real = vecs._open
-    monkeypatch.setattr(vecs, "_open", lambda i, mmap=True: opened.append(i) or real(i, mmap))
+    real = vecs._open_file
+    monkeypatch.setattr(vecs, "_open_file", lambda i: opened.append(i) or real(i))
     order = np.random.default_rng(2).permutation(SHARDS * ROWS)
     for _ in range(2):
         np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
-    assert sorted(opened) == list(range(SHARDS)) and len(vecs._maps) == SHARDS
+    assert sorted(opened) == list(range(SHARDS)) and len(vecs._files) == SHARDS
 
 
 def test_vector_maps_beyond_the_budget_are_read_unpinned_not_thrashed(shards, monkeypatch, caplog) -> None:
@@ -82,23 +82,23 @@ def test_vector_maps_beyond_the_budget_are_read_unpinned_not_thrashed(shards, mo
     mapped for one read: a second pass over all 300 reopens only those 236, where an LRU of 64
     would reopen all 300 every pass. The user is told how to raise the limit."""
     index_dir, _, vectors = shards
-    monkeypatch.setattr(store, "map_budget", lambda n: 64)
+    monkeypatch.setattr(store, "file_budget", lambda n: 64)
     vecs = ShardVectors(index_dir, [ROWS] * SHARDS, DIM)
     opened: list[int] = []
-    real = vecs._open
-    monkeypatch.setattr(vecs, "_open", lambda i, mmap=True: opened.append(i) or real(i, mmap))
+    real = vecs._open_file
+    monkeypatch.setattr(vecs, "_open_file", lambda i: opened.append(i) or real(i))
     order = np.random.default_rng(3).permutation(SHARDS * ROWS)
     np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
-    assert len(opened) == SHARDS and len(vecs._maps) == 64
+    assert len(opened) == SHARDS and len(vecs._files) == 64
     np.testing.assert_array_equal(vecs.get_rows(order), vectors[order])
-    assert len(opened) == 2 * SHARDS - 64 and len(vecs._maps) == 64
+    assert len(opened) == 2 * SHARDS - 64 and len(vecs._files) == 64
     assert "300 vector shards" in caplog.text and f"ulimit -n {SHARDS + store.OPEN_SHARDS + store.FD_RESERVE}" in caplog.text
 
 
 @pytest.mark.parametrize(("soft", "shards", "budget"), [(1024, 153, 153), (1024, 1221, 704), (200, 300, 64), (20000, 10, 64)])
-def test_map_budget_follows_the_open_file_limit(monkeypatch, soft: int, shards: int, budget: int) -> None:
+def test_file_budget_follows_the_open_file_limit(monkeypatch, soft: int, shards: int, budget: int) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda what: (soft, 1 << 20))
-    assert store.map_budget(shards) == budget
+    assert store.file_budget(shards) == budget
 
 
 def test_running_out_of_file_descriptors_is_not_called_corruption(shards, open_files_limit) -> None:
@@ -109,3 +109,24 @@ def test_running_out_of_file_descriptors_is_not_called_corruption(shards, open_f
         with pytest.raises(ResourceError, match=r"too many open files.*ulimit -n") as e:
             read()
         assert "--force" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_vector_rows_are_read_not_mapped(tmp_path: Path) -> None:
+    """Re-ranking reads its candidates' vectors with pread: any order, repeats and runs of
+    consecutive rows come back right, and no shard is memory-mapped (a map's touched pages would
+    stay in the process's resident memory). A shard cut short is named, with the fix."""
+    vectors = np.random.default_rng(4).standard_normal((2 * 50, DIM)).astype(np.float32)
+    chunks = [StoredChunk(r, f"c{r}", "d", "T", "s", r, "t") for r in range(100)]
+    for i in range(2):
+        write_shard(tmp_path, i, chunks[i * 50 : (i + 1) * 50], vectors[i * 50 : (i + 1) * 50])
+    vecs = ShardVectors(tmp_path, [50, 50], DIM)
+    rows = np.array([7, 8, 9, 60, 7, 99, 0, 49, 50, 10, 61, 62, 8])
+    np.testing.assert_array_equal(vecs.get_rows(rows), vectors[rows])
+    assert vecs.get_rows(np.array([], dtype=np.int64)).shape == (0, DIM)
+    mapped = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    assert "part-" not in mapped
+    vecs.close()
+    shard = sorted(tmp_path.rglob("*.npy"))[1]
+    shard.write_bytes(shard.read_bytes()[:-DIM * 4])  # the last row cut off, the header intact
+    with pytest.raises(store.IndexError_, match=r"truncated: rebuild with --force"):
+        ShardVectors(tmp_path, [50, 50], DIM).get_rows(np.array([99]))

@@ -394,7 +394,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
 
 
 class Vectors(Protocol):
-    """Stored vectors read by row (memory-mapped shards, or the SQLite store)."""
+    """Stored vectors read by row (``.npy`` shards, or the SQLite store)."""
 
     def get_rows(self, rows: np.ndarray) -> np.ndarray: ...
 

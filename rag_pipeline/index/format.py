@@ -14,7 +14,7 @@ imports the build stage. An index directory has one of two layouts, named by the
 
 - ``shards/part-NNNNN.parquet``: the chunks of rows ``[first, first + rows)`` (row groups of a few
   hundred rows, so one chunk is read without decoding the shard);
-- ``shards/part-NNNNN.npy``: their embeddings, float32 ``(rows, dim)``, memory-mapped on reading;
+- ``shards/part-NNNNN.npy``: their embeddings, float32 ``(rows, dim)``, read by row (``os.pread``);
 - ``keys.sqlite``: chunk id -> row and document id -> rows, for lookups by id;
 - ``index.faiss`` and, for IVF indexes, ``index.ivfdata``: the merged inverted lists, on disk
   (FAISS ``OnDiskInvertedLists``), memory-mapped on reading;

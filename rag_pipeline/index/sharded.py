@@ -259,7 +259,7 @@ def build_faiss(out_dir: Path, scratch: Path, rows: list[int], dim: int, factory
     vectors = ShardVectors(out_dir, rows, dim)
     size = ann.train_size(index, n)
     if size:
-        ann.train(index, vectors.get_rows(ann.sample_rows(n, size, seed), keep_mapped=False))
+        ann.train(index, vectors.get_rows(ann.sample_rows(n, size, seed)))
     if ann.kind_of(index) != "ivf":  # flat and HNSW cannot be merged: filled one shard after another
         for _, part in vectors.iter_shards():
             index.add(np.ascontiguousarray(part))

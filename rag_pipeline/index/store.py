@@ -5,7 +5,7 @@ Rows are numbered 0..n-1 in the order of the FAISS index. Two layouts (see
 
 - :class:`ChunkStore`: ``chunks.sqlite``, embeddings kept beside the text (float32 blobs);
 - :class:`ShardedChunkStore`: Parquet shards read a row group at a time, ``keys.sqlite`` for
-  lookups by chunk or document id; embeddings in memory-mapped ``.npy`` shards
+  lookups by chunk or document id; embeddings in ``.npy`` shards read by row
   (:class:`ShardVectors`).
 
 :func:`open_store` and :func:`open_vectors` pick by the manifest. Embeddings are kept so that
@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -161,15 +162,15 @@ def write_keys(index_dir: Path, rows_per_shard: list[int]) -> None:
 
 
 OPEN_SHARDS = 64  # shard files kept open per store: far below the usual 1,024 file descriptors
-FD_RESERVE = 256  # descriptors left to everything else when vector maps may take more than OPEN_SHARDS
+FD_RESERVE = 256  # descriptors left to everything else when vector files may take more than OPEN_SHARDS
 
 
-def map_budget(shards: int) -> int:
-    """How many vector shards :class:`ShardVectors` keeps mapped (each map holds a descriptor): every
-    shard when the open-file limit leaves room for them beside the chunk store's files, else
+def file_budget(shards: int) -> int:
+    """How many vector shards :class:`ShardVectors` keeps open (a descriptor each): every shard when
+    the open-file limit leaves room for them beside the chunk store's files, else
     :data:`OPEN_SHARDS`. A re-ranked search touches rows of every shard, and an LRU smaller than the
-    shard count misses on each of them every batch (reopened and its pages faulted in again: at 10M
-    vectors in 153 shards that made re-ranking 100 candidates cost 1-6 ms a query)."""
+    shard count misses on each of them every batch (reopened each time: at 10M vectors in 153
+    shards, when they were memory-mapped, that made re-ranking 100 candidates cost 1-6 ms a query)."""
     try:
         import resource
     except ImportError:  # not a Unix
@@ -342,16 +343,59 @@ class ShardedChunkStore:
         self._read_group.cache_clear()
 
 
+class _VectorFile:
+    """One vector shard's ``.npy``, read by row with ``os.pread``: the rows read stay in the OS page
+    cache, not in this process's resident memory (a memory map's touched pages count there: at 1M
+    vectors, re-ranking 1,000 candidates a query for 200 queries kept ~300 MB resident)."""
+
+    def __init__(self, path: Path, rows: int, dim: int) -> None:
+        self.fd = -1
+        try:
+            with path.open("rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+                self.offset = f.tell()
+            self.fd = os.open(path, os.O_RDONLY)
+        except (OSError, ValueError) as e:
+            raise _unreadable("vector shard", path, e) from None
+        if shape != (rows, dim) or dtype != np.float32 or fortran:
+            self.close()
+            raise IndexError_(f"vector shard {path} is {dtype}{shape}, expected float32({rows}, {dim}): rebuild with --force")
+        self.path, self.rows, self.dim = path, rows, dim
+
+    def read(self, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` (in that order), shape (len(local), dim); consecutive rows are read in one call."""
+        size = 4 * self.dim
+        order = np.argsort(local, kind="stable")
+        first = local[order]
+        begin = np.insert(np.flatnonzero(np.diff(first) != 1) + 1, 0, 0)  # runs of consecutive rows
+        counts = np.diff(np.append(begin, len(first)))
+        data = b"".join([os.pread(self.fd, n * size, self.offset + a * size) for a, n in zip(first[begin].tolist(), counts.tolist())])
+        if len(data) != len(first) * size:
+            raise IndexError_(f"vector shard {self.path} is truncated: rebuild with --force")
+        out = np.empty((len(local), self.dim), np.float32)
+        out[order] = np.frombuffer(data, np.float32).reshape(len(local), self.dim)
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class ShardVectors:
-    """The embeddings of a sharded index: one memory-mapped float32 ``.npy`` per shard (at most
-    :func:`map_budget` kept mapped, decided at the first read, the first ones read staying mapped;
-    each map holds a file descriptor)."""
+    """The embeddings of a sharded index: one float32 ``.npy`` per shard, read by row with
+    ``os.pread`` (at most :func:`file_budget` files kept open, decided at the first read, the first
+    ones read staying open; the others are opened for one read)."""
 
     def __init__(self, index_dir: str | Path, rows_per_shard: list[int], dim: int) -> None:
         self.dir = Path(index_dir)
         self.shards = _Shards(rows_per_shard)
         self.dim = dim
-        self._maps = _OpenFiles(0, pin=True)  # a map dropped from here is unmapped once no array uses it
+        self._files = _OpenFiles(0, close=lambda f: f.close(), pin=True)  # one dropped from here is closed once no read uses it
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -366,23 +410,22 @@ class ShardVectors:
             raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
         return m
 
-    def shard(self, i: int) -> np.ndarray:
-        """Shard ``i``'s vectors, memory-mapped (rows are read from disk when touched), kept mapped
-        if it is among the first :func:`map_budget` shards read (the others are mapped for one read)."""
-        if not self._maps.size:
-            self._maps.size = map_budget(len(self.shards.rows))
-            if self._maps.size < len(self.shards.rows):
-                log.warning("%d vector shards, but the open-file limit leaves room to keep %d mapped: the others are opened for "
+    def _file(self, i: int) -> _VectorFile:
+        """Shard ``i``'s file, kept open if it is among the first :func:`file_budget` shards read."""
+        if not self._files.size:
+            self._files.size = file_budget(len(self.shards.rows))
+            if self._files.size < len(self.shards.rows):
+                log.warning("%d vector shards, but the open-file limit leaves room to keep %d open: the others are opened for "
                             "each read (slower re-ranking); raise it (ulimit -n %d) or build with a larger --shard-size",
-                            len(self.shards.rows), self._maps.size, len(self.shards.rows) + OPEN_SHARDS + FD_RESERVE)
-        return self._maps.get(i, lambda: self._open(i))
+                            len(self.shards.rows), self._files.size, len(self.shards.rows) + OPEN_SHARDS + FD_RESERVE)
+        return self._files.get(i, lambda: self._open_file(i))
 
-    def get_rows(self, rows: np.ndarray, keep_mapped: bool = True) -> np.ndarray:
-        """Vectors of the given rows, shape (len(rows), dim), in that order.
+    def _open_file(self, i: int) -> _VectorFile:
+        return _VectorFile(self.dir / shard_files(i)[1], self.shards.rows[i], self.dim)
 
-        ``keep_mapped=False`` unmaps each shard after reading (a training sample touches pages of
-        every shard; kept mapped, they would all count in this process's resident memory).
-        """
+    def get_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of the given rows, shape (len(rows), dim), in that order (only those rows are read;
+        none stays in this process's memory)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if not len(rows):
@@ -390,10 +433,7 @@ class ShardVectors:
         shard, local = self.shards.locate(rows)
         order = np.argsort(shard, kind="stable")  # the rows of each shard together, found once (not a mask per shard)
         for sel in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1):
-            s = int(shard[sel[0]])
-            m = self.shard(s) if keep_mapped else self._open(s)
-            out[sel] = m[local[sel]]
-            del m
+            out[sel] = self._file(int(shard[sel[0]])).read(local[sel])
         return out
 
     def iter_shards(self, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
@@ -405,6 +445,9 @@ class ShardVectors:
             for a in range(0, len(m), step):
                 yield first + a, m[a : a + step]
             del m
+
+    def close(self) -> None:
+        self._files.clear()
 
 
 class SqliteVectors:
@@ -442,7 +485,7 @@ def open_store(index_dir: str | Path, manifest: IndexManifest) -> ChunkStore | S
 
 
 def open_vectors(index_dir: str | Path, manifest: IndexManifest, store: ChunkStore | ShardedChunkStore | None = None) -> ShardVectors | SqliteVectors:
-    """The stored embeddings of an index directory (memory-mapped shards, or the SQLite store's column)."""
+    """The stored embeddings of an index directory (``.npy`` shards read by row, or the SQLite store's column)."""
     dim = int(manifest["embedder"]["dim"])
     if layout(manifest) == "sharded":
         return ShardVectors(index_dir, shard_rows(manifest), dim)
@@ -462,8 +505,7 @@ def vectors_by_id(index_dir: str | Path, manifest: IndexManifest) -> tuple[Calla
             for i in range(0, len(ids), 900):
                 part = ids[i : i + 900]
                 found += keys.execute(f"SELECT id, row FROM keys WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
-            # unmapped after reading: an update walks every old shard, whose pages would otherwise stay resident
-            vecs = vectors.get_rows(np.array([r for _, r in found], dtype=np.int64), keep_mapped=False)
+            vecs = vectors.get_rows(np.array([r for _, r in found], dtype=np.int64))
             return {cid: v for (cid, _), v in zip(found, vecs)}
 
         return lookup, keys.close
