@@ -13,7 +13,7 @@ passages each, as ``ask`` shows them):
 2b. ours on the decode engine (:class:`rag_pipeline.batching.DecodeEngine`, its own decode step for
    Llama-layout models over a shared cache), one prompt at a time, one token a step (``serve --draft-tokens 0``);
 2c. the same engine checking ``--draft-tokens`` tokens guessed by prompt lookup in each step (what
-   ``ask "question"`` and ``serve`` decode with by default; batches keep route 1); then ``--rows`` prompts
+   ``ask``, ``evaluate``, ``calibrate`` and ``serve`` decode greedy answers with by default); then ``--rows`` prompts
    decoding together, without and with the guesses, printed as the time of one step and per answer token;
 3. llama.cpp (``llama-cpp-python``, when installed: ``pip install llama-cpp-python``, a source
    build of about 12 minutes on 2 idle cores) on the same adapter exported to an f16 GGUF

@@ -5,7 +5,8 @@ On the first ``--questions`` questions of a QA split, with the adapter ``ask`` c
 abstention: the decode engine checking ``--draft-tokens`` guesses of prompt lookup a step (``ask``'s default),
 the same engine one token a step (``--draft-tokens 0`` on ``serve``), and ``generate`` into a preallocated cache
 (``ask --draft-tokens 0``). Prints seconds per question for each (retrieval, prompt and every decoding pass of
-the calibrated path), and how many raw and shown answers differ between them, with the null margins' differences.
+the calibrated path), and how many raw and shown answers differ between them, with the null margins' differences;
+with ``--predictions``, how many answers an ``evaluate`` run gave in batches equal those asked alone.
 
 Usage::
 
@@ -32,6 +33,9 @@ def main() -> int:
     ap.add_argument("--qa", default="corpus/disfl_qa/qa/test.jsonl")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--draft-tokens", type=int, default=4)
+    ap.add_argument("--predictions", nargs="*", default=[],
+                    help="evaluate's predictions.jsonl files: how many of their raw answers (decoded in batches) equal the "
+                         "answers to the same questions asked alone (the default decoder's)")
     args = ap.parse_args()
 
     from rag_pipeline import batching
@@ -43,12 +47,17 @@ def main() -> int:
     print(f"# {len(questions)} questions of {args.qa}; {pipe.description}", file=sys.stderr)
     out = {}
     for name, draft in ((f"engine, --draft-tokens {args.draft_tokens}", args.draft_tokens), ("engine, one token a step", 0), ("generate", None)):
-        pipe._own_engine = batching.DecodeEngine(pipe.model, pipe.cfg.batch_size, draft) if draft is not None else False
+        pipe._own_engines = {1: batching.DecodeEngine(pipe.model, 1, draft) if draft is not None else False}  # one question's engine
         pipe.answer(questions[0])  # warm-up
         t = time.perf_counter()
         out[name] = [pipe.answer(q) for q in questions]
         print(f"{name}: {(time.perf_counter() - t) / len(questions):.3f} s a question")
     names = list(out)
+    alone = {q: a.raw for q, a in zip(questions, out[names[0]])}
+    for path in args.predictions:
+        with open(path, encoding="utf-8") as f:
+            batch = {r["question"]: r["raw"] for r in map(json.loads, f) if r["question"] in alone}
+        print(f"{path}: raw answers equal to {names[0]} asked alone: {sum(batch[q] == alone[q] for q in batch)} of {len(batch)}")
     for a, b in ((names[0], names[2]), (names[1], names[2]), (names[0], names[1])):
         diffs = sorted(abs((x.margin or 0.0) - (y.margin or 0.0)) for x, y in zip(out[a], out[b]))
         print(f"{a} against {b}: raw answers differ {sum(x.raw != y.raw for x, y in zip(out[a], out[b]))}, shown "

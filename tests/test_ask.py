@@ -864,28 +864,28 @@ def test_fast_kernels_pack_a_bf16_generator_and_give_the_plain_answers(env: dict
     assert [a.answer for a in fast.answer_batch(QUESTIONS)] == [a.answer for a in plain.answer_batch(QUESTIONS)]
 
 
-def test_one_greedy_answer_decodes_on_an_engine_that_checks_prompt_lookups_guesses(env: dict) -> None:
-    """--kernels fast on a CPU: one question asked alone gets its greedy answer (and margin) from the pipeline's own
-    engine, checking --draft-tokens guesses a step, generate's answer (--draft-tokens 0); batches (of one too) and
-    sampling decode with generate."""
+def test_greedy_answers_decode_on_an_engine_that_checks_prompt_lookups_guesses(env: dict) -> None:
+    """--kernels fast on a CPU: greedy answers (and margins) come from the pipeline's own engine, checking --draft-tokens
+    guesses a step, with generate's answers (--draft-tokens 0): a question alone on an engine of one row, a batch on one
+    of batch_size rows (evaluate's last chunk of one on the one-row engine). Sampling decodes with generate."""
     from rag_pipeline import batching
 
-    batched = A.Pipeline.load(cfg(env, max_new_tokens=10))
-    batched.answer_batch(QUESTIONS)
-    batched.answer_batch(QUESTIONS[:1])  # a batch of one (evaluate's last chunk) is still a batch
-    assert batched._own_engine is None
-    drafted = A.Pipeline.load(cfg(env, max_new_tokens=10))
-    generated = A.Pipeline.load(cfg(env, max_new_tokens=10, draft_tokens=0))
+    drafted = A.Pipeline.load(cfg(env, max_new_tokens=10, batch_size=4))
+    generated = A.Pipeline.load(cfg(env, max_new_tokens=10, batch_size=4, draft_tokens=0))
     for margins in (False, True):
-        got = [drafted.answer_batch([q], margins=margins, alone=True)[0] for q in QUESTIONS]
-        want = [generated.answer_batch([q], margins=margins, alone=True)[0] for q in QUESTIONS]
-        assert [a.raw for a in got] == [a.raw for a in want]
-        assert [a.margin for a in got] == pytest.approx([a.margin for a in want], abs=1e-3)
-    assert isinstance(drafted._own_engine, batching.DecodeEngine) and drafted._own_engine.stats.steps > 0
-    assert drafted._own_engine.draft_tokens == drafted.cfg.draft_tokens == 4
-    assert generated._own_engine is None
+        for size in (1, 3):
+            got = [a for i in range(0, len(QUESTIONS), size) for a in drafted.answer_batch(QUESTIONS[i:i + size], margins=margins)]
+            want = [a for i in range(0, len(QUESTIONS), size) for a in generated.answer_batch(QUESTIONS[i:i + size], margins=margins)]
+            assert [a.raw for a in got] == [a.raw for a in want]
+            assert [a.margin for a in got] == pytest.approx([a.margin for a in want], abs=1e-3)
+    assert sorted(drafted._own_engines) == [1, 4]
+    for rows, engine in drafted._own_engines.items():
+        assert isinstance(engine, batching.DecodeEngine) and engine.max_rows == rows and engine.stats.steps > 0
+        assert engine.draft_tokens == drafted.cfg.draft_tokens == 4
+    assert drafted._own_engines[4].stats.largest > 1  # a batch's rows decoded together
+    assert generated._own_engines == {}
     sampled = A.Pipeline.load(cfg(env, do_sample=True))
     sampled.answer(QUESTIONS[0])
-    assert sampled._own_engine is None
+    assert sampled._own_engines == {}
     with pytest.raises(ConfigError, match="draft_tokens"):
         cfg(env, draft_tokens=-1)

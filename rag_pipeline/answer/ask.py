@@ -297,8 +297,8 @@ class Pipeline:
         self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
-        self._own_engine: Any = None  # greedy answers' engine (prompt lookup, --draft-tokens) when serve gives none; False: none
-        self._one_question = False  # the answer_batch call running asked one question alone (only its answer may use _own_engine)
+        self._own_engines: dict[int, Any] = {}  # greedy answers' engines by rows (prompt lookup, --draft-tokens) when serve gives none
+        self._rows = 1  # rows the running answer_batch call decodes together: its engine's size
         self._retrieval = threading.Lock()  # concurrent answer_batch calls (serve) retrieve one at a time
 
     @property
@@ -365,12 +365,12 @@ class Pipeline:
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
-        return self.answer_batch([question], alone=True)[0]
+        return self.answer_batch([question])[0]
 
     def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None, margins: bool = False,
                      grounded: bool | None = None, decoding: Decoding | None = None,
                      on_text: Callable[[int, str], None] | None = None,
-                     on_usage: Callable[[int, TokenUsage], None] | None = None, alone: bool = False) -> list[Answer]:
+                     on_usage: Callable[[int, TokenUsage], None] | None = None) -> list[Answer]:
         """Answer questions in batches; greedy answers equal one-at-a-time ones.
 
         Args:
@@ -390,8 +390,6 @@ class Pipeline:
                 still become a refusal); a calibrated or checked answer is handed on whole once the
                 margin and the check have decided it.
             on_usage: ``on_usage(question index, usage)`` once per question, after generation.
-            alone: one question asked on its own (``ask "question"``, a line of stdin): its answer may decode on the
-                pipeline's own engine with prompt lookup (:meth:`_engine`); a batch of any size keeps ``generate``.
 
         Raises:
             InputError: an empty question, a malformed context, a question too long for the budget,
@@ -416,7 +414,7 @@ class Pipeline:
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
         n = len(questions)
-        self._one_question = alone and n == 1  # a batch's answers, its answer check's too, decode with generate
+        self._rows = 1 if n == 1 else self.cfg.batch_size  # one question's engine holds one row's cache
         t0 = time.perf_counter()
         if contexts is None:
             docs, best, top = self._retrieve(questions)
@@ -557,22 +555,21 @@ class Pipeline:
         return [(r, None) for r in raws]
 
     def _engine(self, c: Decoding) -> Any:
-        """The decode engine a call's rows join: serve's; else, for one greedy answer to one question asked alone
-        (``answer_batch(..., alone=True)``, its answer check included) with ``--kernels fast`` on a CPU
-        and ``--draft-tokens`` above 0, this pipeline's own, which checks prompt lookup's guesses in each step
-        (:class:`rag_pipeline.batching.DecodeEngine`, made on first use and never started: it decodes in the calling
-        thread, where the retriever's torch work runs too); None: ``generate``. Several questions at once (``ask
-        --questions``, ``evaluate``, ``calibrate``) decode with ``generate``'s batched passes: their answers are a few
-        tokens, reading the prompts is most of the work, and a batch reads them together (the whole test split: 0.33 s a
-        question against 0.44 on serve's engine, docs/results.md)."""
+        """The decode engine a call's rows join: serve's; else, for greedy answers with ``--kernels fast`` on a CPU and
+        ``--draft-tokens`` above 0, this pipeline's own (one per size: a question alone gets one row's cache, a batch
+        ``batch_size`` rows'), which checks prompt lookup's guesses in each step (:class:`rag_pipeline.batching.DecodeEngine`,
+        made on first use and never started: it decodes in the calling thread, where the retriever's torch work runs
+        too); None: ``generate`` (sampling, beam search, ``--draft-tokens 0``). In the calling thread the engine is the
+        faster for batches too (16 at a time: 0.25 s a question against generate's 0.32, docs/results.md); on a started
+        engine's thread, beside the caller's torch work, it was the slower (0.44 s)."""
         if self.engine is not None:
             return self.engine
-        if not self._one_question or self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
+        if self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
             return None
-        if self._own_engine is None:
+        if self._rows not in self._own_engines:
             usable = batching.supported(self.model, self.kind)
-            self._own_engine = batching.DecodeEngine(self.model, 1, self.cfg.draft_tokens) if usable else False  # one row: its cache
-        return self._own_engine or None
+            self._own_engines[self._rows] = batching.DecodeEngine(self.model, self._rows, self.cfg.draft_tokens) if usable else False
+        return self._own_engines[self._rows] or None
 
     def _static_cache(self) -> bool:
         """Whether decoding goes into a preallocated cache: ``--kernels fast`` on a CPU (on a GPU transformers would compile
@@ -821,7 +818,7 @@ def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
         raise ConfigError("nothing to answer: pass a question, or --questions FILE.jsonl")
     pipe = pipe or Pipeline.load(cfg)
     if cfg.question:
-        return pipe.answer_batch([cfg.question], alone=True)
+        return pipe.answer_batch([cfg.question])
     return [a for _, answers in answer_items(pipe, load_questions(cfg.questions, cfg.qa_fields()), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 

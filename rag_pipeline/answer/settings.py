@@ -102,12 +102,12 @@ class Answering:
                                    "(rag_pipeline.inference: bitwise the same logits) and decoding into a preallocated key/value "
                                    "cache (about 1.5x faster decoding; its masked attention changes bf16 logits in the last bits, "
                                    "so a near tie can decode otherwise); plain = transformers as loaded (the reference path)")
-    draft_tokens: int = opt(4, "with --kernels fast on a CPU, one greedy answer (and every answer of serve) decodes on "
-                               "rag_pipeline.batching's engine, each step also checking up to this many tokens guessed by prompt "
-                               "lookup (what followed the answer's last words where they stand in the prompt): a copied span "
+    draft_tokens: int = opt(4, "with --kernels fast on a CPU, greedy answers (one question or a batch, and every answer of serve) "
+                               "decode on rag_pipeline.batching's engine, each step also checking up to this many tokens guessed by "
+                               "prompt lookup (what followed the answer's last words where they stand in the prompt): a copied span "
                                "takes one step, not one per token, each token chosen as one token a step would (10.1 against "
-                               "27.7 ms a token in bench/bench_decode.py); several questions at once decode with generate's batched passes; 0 = "
-                               "generate's preallocated cache for one answer too (serve: its engine, one token a step)")
+                               "27.7 ms a token in bench/bench_decode.py); 0 = generate's batched passes into a preallocated "
+                               "cache (serve: its engine, one token a step)")
     batch_size: int = opt(8, "questions per generation batch")
     snippet: int = opt(160, "characters of each cited chunk shown with the answer")
 
