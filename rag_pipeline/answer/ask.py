@@ -560,8 +560,8 @@ class Pipeline:
         ``batch_size`` rows'), which checks prompt lookup's guesses in each step (:class:`rag_pipeline.batching.DecodeEngine`,
         made on first use and never started: it decodes in the calling thread, where the retriever's torch work runs
         too); None: ``generate`` (sampling, beam search, ``--draft-tokens 0``). In the calling thread the engine is the
-        faster for batches too (16 at a time: 0.25 s a question against generate's 0.32, docs/results.md); on a started
-        engine's thread, beside the caller's torch work, it was the slower (0.44 s)."""
+        faster for batches too (the whole test split in batches of 16: 0.26 s a question against generate's 0.32-0.34,
+        docs/results.md); on a started engine's thread, beside the caller's torch work, it was the slower (0.44 s)."""
         if self.engine is not None:
             return self.engine
         if self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
