@@ -27,7 +27,10 @@ import json
 import logging
 import math
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -638,10 +641,34 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     t = setup(cfg)
     if not t.state.evals:
         validate(t, 0)  # the untrained base, on the same subset: the baseline the tuned model must beat
-    status = fit(t)
+    with stops_like_ctrl_c():
+        status = fit(t)
     if status == "interrupted":
         return {"status": status, "step": t.state.step, "checkpoint": str(t.out / "checkpoints" / "last")}
     return finish(t, status)
+
+
+@contextlib.contextmanager
+def stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler or a session ending the process), and SIGINT where the shell that started
+    the run in the background left it ignored (``cmd &`` in a script), stop training as Ctrl-C does: a checkpoint
+    of the last completed step, then ``--resume``. The previous handlers come back afterwards (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, interrupt)
+    if before[signal.SIGINT] is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def setup(cfg: TrainConfig) -> Trainer:

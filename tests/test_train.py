@@ -154,6 +154,27 @@ def test_resume_after_ctrl_c_ends_where_the_uninterrupted_run_ends(tiny: dict, t
     assert resumed["tuned"] == pytest.approx(whole["tuned"], rel=1e-5)
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_an_ignored_sigint_stop_training_as_ctrl_c_does(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    sig: str) -> None:
+    """kill (SIGTERM), or SIGINT to a run that a shell started in the background with SIGINT ignored: a checkpoint
+    of the last completed step, resumable; the process's own handlers come back afterwards."""
+    import signal
+
+    number = getattr(signal, sig)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN) if sig == "SIGINT" else signal.getsignal(number)
+    try:
+        monkeypatch.setattr(T, "_on_step", lambda step: os.kill(os.getpid(), number) if step == 2 else None)
+        first = T.run(cfg(tiny, tmp_path / "cut", max_steps=4, eval_steps=2))
+        assert first["status"] == "interrupted" and first["step"] == 2
+        assert (tmp_path / "cut" / "checkpoints" / "last" / "state.json").is_file()
+        assert signal.getsignal(number) is (signal.SIG_IGN if sig == "SIGINT" else before)
+        monkeypatch.setattr(T, "_on_step", lambda step: None)
+        assert T.run(cfg(tiny, tmp_path / "cut", max_steps=4, eval_steps=2, resume=True))["steps"] == 4
+    finally:
+        signal.signal(signal.SIGINT, before) if sig == "SIGINT" else None
+
+
 def test_resume_with_a_different_config_is_refused(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(T, "_on_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
     T.run(cfg(tiny, tmp_path / "o", max_steps=4))
