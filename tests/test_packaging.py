@@ -31,6 +31,9 @@ def _declared(*groups: str) -> set[str]:
 
 # Modules of optional extras that a test machine may not have installed, by the distribution that provides them.
 NOT_INSTALLED = {"llama_cpp": "llama-cpp-python"}
+# Scripts that run in a venv of their own, with the imports that venv provides (its docstring gives the commands):
+# optimum-intel needs another transformers than the project's.
+OWN_VENV = {"decode_openvino.py": {"openvino", "optimum"}}
 
 
 def _imported_distributions(folder: str) -> set[str]:
@@ -49,7 +52,9 @@ def _imported_distributions(folder: str) -> set[str]:
                 top = m.split(".")[0]
                 if top in sys.stdlib_module_names or top in ("rag_pipeline", "conftest", "tiny_models", "tests"):
                     continue
-                if (path.parent / f"{top}.py").is_file():  # a sibling script (bench_decode uses bench_constrained's prompts)
+                if (path.parent / f"{top}.py").is_file() or (REPO / "bench" / f"{top}.py").is_file():  # a bench script's helpers
+                    continue
+                if top in OWN_VENV.get(path.name, ()):
                     continue
                 found |= {d.lower().replace("_", "-") for d in dists.get(top, [NOT_INSTALLED.get(top, top)])}
     return found
