@@ -56,15 +56,18 @@ from bench_constrained import prompts  # noqa: E402 - the same prompts as the co
 
 
 def torch_route(model, ids: list[int], n: int, eos: int, static: bool) -> tuple[float, float, list[int]]:
-    """(prefill s, whole s, tokens) of one prompt: greedy, ``n`` tokens, EOS ruled out."""
+    """(prefill s, whole s, tokens) of one prompt: greedy, ``n`` tokens, EOS ruled out (any model with transformers'
+    ``generate``: ``scripts/decode_openvino.py`` times OpenVINO's with it, in a venv without this project's packages)."""
     import torch
-
-    from rag_pipeline import generator
 
     x = torch.tensor([ids])
 
     def run(steps: int) -> list[int]:
-        kw = {generator.cache_name(): generator.static_cache(model, len(ids) + steps)} if static else {}
+        kw = {}
+        if static:
+            from rag_pipeline import generator
+
+            kw = {generator.cache_name(): generator.static_cache(model, len(ids) + steps)}
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=steps, min_new_tokens=steps,
                              do_sample=False, pad_token_id=eos, eos_token_id=eos, **kw)
         return out[0, len(ids):].tolist()

@@ -42,33 +42,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def greedy(model: Any, ids: list[int], n: int, eos: int) -> tuple[float, float, list[int]]:
-    """(prefill s, whole s, tokens) of one prompt: ``generate`` greedy, ``n`` tokens, EOS ruled out (as bench_decode's torch route)."""
-    import torch
-
-    x = torch.tensor([ids])
-
-    def run(steps: int) -> list[int]:
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=steps, min_new_tokens=steps,
-                             do_sample=False, pad_token_id=eos, eos_token_id=eos)
-        return out[0, len(ids):].tolist()
-
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        run(1)
-        t1 = time.perf_counter()
-        tokens = run(n)
-        t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, tokens
+from bench_decode import torch_route  # noqa: E402 - bench_decode's timed greedy decode (imports only the standard library at load)
 
 
 def prepare(work: Path, n_prompts: int, n: int) -> None:
     """Project venv: the merged model saved in float32, the prompts' ids and plain transformers' tokens (bf16 and f32)."""
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "bench"))
     os.chdir(REPO)  # the reference adapter's path is relative to the checkout
     from bench_constrained import prompts
 
@@ -76,6 +58,8 @@ def prepare(work: Path, n_prompts: int, n: int) -> None:
     from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
     from rag_pipeline.prompt import get_template, model_text_fn, render_user
 
+    if (work / "merged").exists() and not (work / "prompts.json").is_file():
+        raise SystemExit(f"{work / 'merged'} exists but was not written by this script (no {work / 'prompts.json'}): pass another --work")
     adapter = REFERENCE_ADAPTER if Path(REFERENCE_ADAPTER).is_dir() else None
     model, tok, kind = generator.load_generator(SMOLLM2_ID, adapter, device="cpu", dtype="float32", merge=True)
     model.save_pretrained(work / "merged")
@@ -85,9 +69,9 @@ def prepare(work: Path, n_prompts: int, n: int) -> None:
     cases = [generator.encode_prompt(tok, kind, to_text(render_user(template, q, [{"title": "", "text": p} for p in ps])))
              for q, ps in prompts(n_prompts)]
     eos = tok.eos_token_id
-    plain = {"float32": [greedy(model, ids, n, eos)[2] for ids in cases]}
+    plain = {"float32": [torch_route(model, ids, n, eos, static=False)[2] for ids in cases]}
     bf16, _, _ = generator.load_generator(SMOLLM2_ID, adapter, device="cpu", dtype="bfloat16", merge=True)
-    plain["bfloat16"] = [greedy(bf16, ids, n, eos)[2] for ids in cases]
+    plain["bfloat16"] = [torch_route(bf16, ids, n, eos, static=False)[2] for ids in cases]
     (work / "prompts.json").write_text(json.dumps({"adapter": adapter, "eos": eos, "new_tokens": n, "prompts": cases, "plain": plain}))
     print(f"saved {work / 'merged'} and {work / 'prompts.json'}: {len(cases)} prompts, adapter {adapter}")
 
@@ -150,8 +134,8 @@ def measure(work: Path, repeats: int, threads: int) -> None:
             config["INFERENCE_PRECISION_HINT"] = hint
         model = OVModelForCausalLM.from_pretrained(str(ir), ov_config=config)
         precision = model.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        greedy(model, cases[0], n, eos)  # first call: not timed
-        rows = [min((greedy(model, ids, n, eos) for _ in range(repeats)), key=lambda r: r[1]) for ids in cases]
+        torch_route(model, cases[0], n, eos, static=False)  # first call: not timed
+        rows = [min((torch_route(model, ids, n, eos, static=False) for _ in range(repeats)), key=lambda r: r[1]) for ids in cases]
         prefill = statistics.median(p for p, _, _ in rows)
         decode = statistics.median((w - p) / (n - 1) for p, w, _ in rows)
         same = []

@@ -298,7 +298,6 @@ class Pipeline:
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
         self._own_engines: dict[int, Any] = {}  # greedy answers' engines by rows (prompt lookup, --draft-tokens) when serve gives none
-        self._rows = 1  # rows the running answer_batch call decodes together: its engine's size
         self._retrieval = threading.Lock()  # concurrent answer_batch calls (serve) retrieve one at a time
 
     @property
@@ -414,7 +413,6 @@ class Pipeline:
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
 
         n = len(questions)
-        self._rows = 1 if n == 1 else self.cfg.batch_size  # one question's engine holds one row's cache
         t0 = time.perf_counter()
         if contexts is None:
             docs, best, top = self._retrieve(questions)
@@ -525,7 +523,7 @@ class Pipeline:
         (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
         """
         c = decoding or self.decoding
-        engine = self._engine(c)
+        engine = self._engine(c, len(texts))
         constraints = None
         if c.json_schema is not None:
             constraints = [structured.json_constraint(self.tokenizer, c.json_schema) for _ in texts]
@@ -554,9 +552,9 @@ class Pipeline:
         )
         return [(r, None) for r in raws]
 
-    def _engine(self, c: Decoding) -> Any:
-        """The decode engine a call's rows join: serve's; else, for greedy answers with ``--kernels fast`` on a CPU and
-        ``--draft-tokens`` above 0, this pipeline's own (one per size: a question alone gets one row's cache, a batch
+    def _engine(self, c: Decoding, n: int) -> Any:
+        """The decode engine a call's ``n`` rows join: serve's; else, for greedy answers with ``--kernels fast`` on a CPU and
+        ``--draft-tokens`` above 0, this pipeline's own (one per size: one row gets one row's cache, several
         ``batch_size`` rows'), which checks prompt lookup's guesses in each step (:class:`rag_pipeline.batching.DecodeEngine`,
         made on first use and never started: it decodes in the calling thread, where the retriever's torch work runs
         too); None: ``generate`` (sampling, beam search, ``--draft-tokens 0``). In the calling thread the engine is the
@@ -566,10 +564,11 @@ class Pipeline:
             return self.engine
         if self.cfg.draft_tokens < 1 or not self._static_cache() or c.do_sample or c.num_beams > 1:
             return None
-        if self._rows not in self._own_engines:
+        rows = 1 if n == 1 else self.cfg.batch_size
+        if rows not in self._own_engines:
             usable = batching.supported(self.model, self.kind)
-            self._own_engines[self._rows] = batching.DecodeEngine(self.model, self._rows, self.cfg.draft_tokens) if usable else False
-        return self._own_engines[self._rows] or None
+            self._own_engines[rows] = batching.DecodeEngine(self.model, rows, self.cfg.draft_tokens) if usable else False
+        return self._own_engines[rows] or None
 
     def _static_cache(self) -> bool:
         """Whether decoding goes into a preallocated cache: ``--kernels fast`` on a CPU (on a GPU transformers would compile

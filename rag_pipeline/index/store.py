@@ -400,16 +400,6 @@ class ShardVectors:
     def __len__(self) -> int:
         return len(self.shards)
 
-    def _open(self, i: int, mmap: bool = True) -> np.ndarray:
-        path = self.dir / shard_files(i)[1]
-        try:
-            m = np.load(path, mmap_mode="r" if mmap else None)
-        except (OSError, ValueError) as e:
-            raise _unreadable("vector shard", path, e) from None
-        if m.shape != (self.shards.rows[i], self.dim) or m.dtype != np.float32:
-            raise IndexError_(f"vector shard {path} is {m.dtype}{m.shape}, expected float32({self.shards.rows[i]}, {self.dim}): rebuild with --force")
-        return m
-
     def _file(self, i: int) -> _VectorFile:
         """Shard ``i``'s file, kept open if it is among the first :func:`file_budget` shards read."""
         if not self._files.size:
@@ -437,14 +427,13 @@ class ShardVectors:
         return out
 
     def iter_shards(self, rows: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, vectors) per shard in row order, or per ``rows``-row slice of each shard; each
-        shard is read into memory in turn and released (memory: one shard, never the corpus)."""
-        for i in range(len(self.shards.rows)):
-            m, first = self._open(i, mmap=False), int(self.shards.starts[i])
-            step = rows or max(1, len(m))
-            for a in range(0, len(m), step):
-                yield first + a, m[a : a + step]
-            del m
+        """(first row, vectors) per shard in row order, or per ``rows``-row slice of each shard, each read
+        in one call when it is asked for (memory: one shard or slice, never the corpus)."""
+        for i, n in enumerate(self.shards.rows):
+            f, first, step = self._open_file(i), int(self.shards.starts[i]), rows or max(1, n)
+            for a in range(0, n, step):
+                yield first + a, f.read(np.arange(a, min(n, a + step)))
+            f.close()
 
     def close(self) -> None:
         self._files.clear()
