@@ -145,6 +145,49 @@ def test_the_constraint_is_incremental_and_allows_eos_only_at_the_end(tiny) -> N
     assert not all(t in fresh.allowed(bad[:i]) for i, t in enumerate(bad))  # a value outside the enum is never allowed
 
 
+def test_json_close_reads_strings_escapes_and_brackets() -> None:
+    assert structured.json_close('{"a":["x","y') == (True, '"]}')
+    assert structured.json_close('{"a":"b}]","c":{"d":[1') == (False, "]}}")  # brackets inside a string are text
+    assert structured.json_close('{"a":"x\\') == (True, '""}')  # after a backslash the first quote is escaped
+    assert structured.json_close('{"a":"x\\\\') == (True, '"}')  # an escaped backslash escapes nothing
+    assert structured.json_close('{"a":1}') == (False, "")
+
+
+@pytest.mark.parametrize("schema", [PERSON, structured.JSON_OBJECT, NESTED := {
+    "type": "object", "required": ["people"],
+    "properties": {"people": {"type": "array", "items": {"type": "object", "required": ["name", "age", "role"], "properties": {
+        "name": {"type": "string", "minLength": 3}, "age": {"type": "number"}, "role": {"enum": ["chief", "clerk"]}}}}}}],
+    ids=["person", "object", "nested"])
+def test_an_answer_cut_by_its_budget_is_closed_into_a_valid_object(tiny, schema) -> None:
+    """Free strings under a random model at a high temperature run into the token limit: with the budget the close
+    is forced in time, so every answer parses, follows the schema and fits; without it, answers are cut."""
+    import jsonschema
+
+    from rag_pipeline import batching, generator
+
+    model, tok = tiny
+    text = structured.canonical(schema)
+    prompts = ["Describe the fox.", "What colour is the sky?", "Count the owls.", "Where is the owl?"] * 3
+    budget = 100
+    kw = dict(max_new_tokens=budget, batch_size=4, do_sample=True, temperature=2.0, top_p=1.0, seed=5)
+    free = generator.generate_answers(model, tok, "causal", prompts, constraints=[structured.json_constraint(tok, text) for _ in prompts], **kw)
+    assert sum(structured.parse(o, schema)[1] is not None for o in free) >= 3  # no budget: the limit cuts answers
+    constraints = [structured.json_constraint(tok, text, budget) for _ in prompts]
+    outs = generator.generate_answers(model, tok, "causal", prompts, constraints=constraints, **kw)
+    for out in outs:
+        jsonschema.validate(json.loads(out), schema)
+        assert len(tok(out, add_special_tokens=False)["input_ids"]) <= budget
+    assert sum(c.cut for c in constraints) >= 3  # closed by force, and said so
+    engine = batching.DecodeEngine(model, max_rows=4).start()
+    try:
+        greedy = [structured.json_constraint(tok, text, budget) for _ in prompts[:4]]
+        on_engine = generator.generate_answers(model, tok, "causal", prompts[:4], max_new_tokens=budget, constraints=greedy, engine=engine)
+    finally:
+        engine.stop()
+    for out in on_engine:
+        jsonschema.validate(json.loads(out), schema)
+
+
 def test_a_schema_the_decoder_cannot_enforce_is_refused_before_decoding() -> None:
     with pytest.raises(InputError, match="constrained decoding cannot enforce"):
         structured.check_schema({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?<=a)b"}}}, "x")

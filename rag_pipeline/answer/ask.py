@@ -526,13 +526,22 @@ class Pipeline:
         engine = self._engine(c, len(texts))
         constraints = None
         if c.json_schema is not None:
-            constraints = [structured.json_constraint(self.tokenizer, c.json_schema) for _ in texts]
+            constraints = [structured.json_constraint(self.tokenizer, c.json_schema, c.max_new_tokens) for _ in texts]
         elif c.task == "summary" and grounded:
             constraints = [GroundedSummaryConstraint(self.tokenizer, [d["text"] for d in ds], summary.MAX_SENTENCES) for ds in docs]
         elif c.task == "summary":
             constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
+        outs = self._decode(c, texts, margins, grounded, constraints, engine, on_token, counts)
+        if c.json_schema is not None and counts is not None:  # an object closed by force near the limit ran into it
+            for con, count in zip(constraints or [], counts):
+                count.stopped = count.stopped and not con.cut
+        return outs
+
+    def _decode(self, c: Decoding, texts: list[str], margins: bool, grounded: bool, constraints: list[Any] | None, engine: Any,
+                on_token: Callable[[int, int], None] | None, counts: list[Any] | None) -> list[tuple[str, float | None]]:
+        """:meth:`_generate`'s decode: with null margins (a JSON answer's abstention is its null object), or free."""
         if margins and c.json_schema is not None:  # the abstention is the null object; the answer, the best one that is not
             null = structured.null_object(c.schema)
             return generator.generate_with_margins(self.model, self.tokenizer, self.kind, texts, null, max_new_tokens=c.max_new_tokens,

@@ -4,8 +4,9 @@
 answer with a JSON object instead of a sentence. The schema is checked first (:func:`check_schema`:
 a one-line error naming what is wrong), the request is told the schema in its prompt
 (:func:`instruction`), and decoding runs under a token mask compiled from the schema by
-llguidance (:func:`json_constraint`), so every finished answer parses and validates; only an answer
-cut by the token limit can fail (:func:`parse` says so). llguidance was chosen by measurement among
+llguidance (:func:`json_constraint`), so every answer parses and validates: near the token limit
+the shortest close the grammar allows is forced (:class:`GrammarConstraint`'s ``budget``), so a cut
+answer is a valid object whose last value is short. llguidance was chosen by measurement among
 xgrammar, llguidance, outlines-core and lm-format-enforcer on SmolLM2's tokenizer (docs/answering.md):
 xgrammar and llguidance gave identical answers and masks in well under 1 ms a token (the model's
 step is about 70 ms); llguidance installs with no dependency, xgrammar's metadata pulls triton.
@@ -214,6 +215,35 @@ def lark_grammar(text: str) -> str:
     return grammar
 
 
+CLOSE_STEPS = 64  # the most tokens a forced close of a JSON answer may take (GrammarConstraint's budget)
+CLOSE_SLACK = 8  # tokens kept in hand before the close is forced: one free token may open this many more to close
+_CLOSE_VALUES = (",", ":", "null", '""', "0", "false", "[]", "{}", '"')  # what a close writes where the grammar wants more
+
+
+def json_close(text: str) -> tuple[bool, str]:
+    """(inside a string, the text that closes it and every open object and array) of the start of a compact JSON
+    answer: ``'{"a":["x","y'`` -> ``(True, '"]}')``. Lexical only (strings, escapes, brackets): what the grammar
+    still requires (a property, a number's digits) is the matcher's to say (:meth:`GrammarConstraint.completion`)."""
+    in_string = escaped = False
+    stack: list[str] = []
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    quote = ('""' if escaped else '"') if in_string else ""  # after a backslash the first quote is the escaped one
+    return in_string, quote + "".join(reversed(stack))
+
+
 class GrammarConstraint:
     """The tokens allowed for one answer under an llguidance grammar: :meth:`allowed`, the interface
     of :class:`~rag_pipeline.answer.grounded.GroundedConstraint` (``generate``'s ``prefix_allowed_tokens_fn``).
@@ -222,23 +252,39 @@ class GrammarConstraint:
     incremental: each call consumes the tokens added since the last one (rolling back any that
     changed), so a step costs one mask, not a replay.
 
+    With a ``budget`` (a JSON answer's token limit) the answer is finished within it: once the
+    tokens left are within :data:`CLOSE_SLACK` of the shortest close found (:meth:`completion`:
+    the open string, objects and arrays closed, values still required written as null, "", 0...),
+    that close is the only continuation. A cut answer is then a valid one whose last value is
+    short, where without it the token limit leaves text that does not parse.
+
     Args:
         tokenizer: the generator's (fast) tokenizer.
         grammar: an llguidance grammar (:func:`_grammar`, :func:`lark_grammar`).
+        budget: the answer's token limit (``max_new_tokens``), for JSON answers; None: no forced close.
     """
 
-    def __init__(self, tokenizer: Any, grammar: str) -> None:
+    def __init__(self, tokenizer: Any, grammar: str, budget: int | None = None) -> None:
         import llguidance
         import numpy as np
 
         self.matcher = llguidance.LLMatcher(_tokenizer_info(tokenizer), grammar, log_level=0)
         if self.matcher.is_error():
             raise InputError(f"constrained decoding cannot enforce this grammar ({self.matcher.get_error()}); simplify it")
+        self.tokenizer = tokenizer
         self.eos_id = int(tokenizer.eos_token_id)
         self.n_vocab = len(tokenizer)
+        self.budget = budget
         self._mask = np.full((1, (self.n_vocab + 31) // 32), -1, dtype=np.int32)
         self._seen: list[int] = []
         self._allowed: Any = None  # the boolean mask after ``_seen``
+        self._close: tuple[list[int], list[int] | None] | None = None  # (``_seen``, its completion) once computed
+        self._forced_at: int | None = None  # the length of ``_seen`` where the forced close began
+
+    @property
+    def cut(self) -> bool:
+        """Whether the answer last decoded was closed by force near the budget (its last value is cut short)."""
+        return self._forced_at is not None
 
     def allowed(self, generated: list[int] | tuple[int, ...]) -> list[int]:
         """Token ids allowed after ``generated`` (the answer's ids so far); EOS alone once the answer is complete."""
@@ -259,6 +305,8 @@ class GrammarConstraint:
             self.matcher.rollback(len(self._seen) - same)
             del self._seen[same:]
             self._allowed = None
+        if self._forced_at is not None and same < self._forced_at:
+            self._forced_at = None  # a decode again from before the close (the next answer, or a guess rolled back)
         for t in generated[same:]:
             if t == self.eos_id or self.matcher.is_stopped():
                 return self._only_eos()  # finished (generate pads a finished row with EOS)
@@ -269,6 +317,8 @@ class GrammarConstraint:
         if self._allowed is None:
             if self.matcher.is_stopped():
                 self._allowed = self._only_eos()
+            elif (forced := self._forced()) is not None:
+                self._allowed = forced
             else:
                 llguidance.numpy.fill_next_token_bitmask(self.matcher, self._mask)
                 bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
@@ -276,16 +326,68 @@ class GrammarConstraint:
         return self._allowed
 
     def _only_eos(self) -> Any:
+        return self._only(self.eos_id)
+
+    def _only(self, token: int) -> Any:
         import numpy as np
 
         mask = np.zeros(self.n_vocab, dtype=bool)
-        mask[self.eos_id] = True
+        mask[token] = True
         return mask
 
+    def _forced(self) -> Any:
+        """The mask of the forced close's next token (EOS once complete) when the budget says close now; else None."""
+        if self.budget is None or self.budget - len(self._seen) > CLOSE_STEPS + CLOSE_SLACK:
+            return None
+        if self._close is None or self._close[0] != self._seen:
+            self._close = (list(self._seen), self.completion())
+        close = self._close[1]
+        if close is None or len(close) + CLOSE_SLACK < self.budget - len(self._seen):
+            return None
+        if close and self._forced_at is None:
+            self._forced_at = len(self._seen)
+        return self._only(close[0]) if close else self._only_eos()
 
-def json_constraint(tokenizer: Any, schema_text: str) -> GrammarConstraint:
-    """The token constraint of a JSON answer under the schema ``schema_text`` (:func:`canonical`)."""
+    def completion(self) -> list[int] | None:
+        """The tokens that complete the answer from the matcher's state, or None when none is found within
+        :data:`CLOSE_STEPS` tokens; the matcher is left as it was. Each step takes the tokens the grammar forces
+        (a property's name), else the first the grammar accepts whole of: the lexical close of :func:`json_close` (or
+        its start), a separator, a value (null, "", 0, false, [], {}), a quote; else the grammar's first allowed token."""
+        taken: list[int] = []
+        try:
+            while not self.matcher.is_accepting():
+                step = self.matcher.compute_ff_tokens() or self._close_step(taken)
+                step = step[: self.matcher.validate_tokens(step)] if step else step
+                if not step or len(taken) + len(step) > CLOSE_STEPS:
+                    return None
+                for t in step:
+                    self.matcher.consume_token(t)
+                taken.extend(step)
+            return taken
+        finally:
+            if taken:
+                self.matcher.rollback(len(taken))
+
+    def _close_step(self, taken: list[int]) -> list[int]:
+        import llguidance.numpy
+        import numpy as np
+
+        in_string, close = json_close(self.tokenizer.decode(self._seen + taken))
+        options = [close[:k] for k in range(len(close), 0, -1)] + ([] if in_string else list(_CLOSE_VALUES))
+        for option in options:
+            ids = self.tokenizer.encode(option, add_special_tokens=False)
+            if ids and self.matcher.validate_tokens(ids) == len(ids):
+                return ids
+        mask = np.zeros_like(self._mask)
+        llguidance.numpy.fill_next_token_bitmask(self.matcher, mask)
+        allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little")[: self.n_vocab])
+        return [int(t) for t in allowed[:1] if t != self.eos_id]
+
+
+def json_constraint(tokenizer: Any, schema_text: str, budget: int | None = None) -> GrammarConstraint:
+    """The token constraint of a JSON answer under the schema ``schema_text`` (:func:`canonical`); with ``budget`` (the
+    answer's token limit) the object is closed within it (:class:`GrammarConstraint`)."""
     grammar, error = _grammar(schema_text)
     if error:
         raise InputError(f"constrained decoding cannot enforce this JSON schema ({error}); simplify it")
-    return GrammarConstraint(tokenizer, grammar)
+    return GrammarConstraint(tokenizer, grammar, budget)
