@@ -777,6 +777,19 @@ def test_bad_schemas_are_one_line_errors_before_the_models_load(env: dict, tmp_p
         A.answer_schema(cfg(env, task="extract"), AdapterMeta(base_model="m", extract_schema={"type": "array"}), "a")
 
 
+def test_the_committed_task_adapter_answers_json_in_the_form_it_learned_and_is_calibrated_for_each_task(env: dict) -> None:
+    """adapters/smollm2-disfl-qa-tasks: its JSON answers default to the rule-written targets' schema, the one its
+    extract abstention was calibrated under, and it holds a calibrated abstention for every task it learned."""
+    from rag_pipeline.adapter_meta import read_adapter_meta
+    from rag_pipeline.data import tasks
+
+    adapter = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-disfl-qa-tasks"
+    meta = read_adapter_meta(adapter)
+    assert A.answer_schema(cfg(env, task="extract"), meta, str(adapter)) == tasks.EXTRACT_SCHEMA
+    assert meta.tasks == {"qa": 0.5, "summary": 0.25, "extract": 0.25}
+    assert set(meta.abstention) == {"free", "summary", "extract"} and all(a["threshold"] > 0 for a in meta.abstention.values())
+
+
 # ------------------------------------------------------------------------------ summaries (--task summary)
 
 

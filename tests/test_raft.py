@@ -398,6 +398,7 @@ def test_a_task_mixture_writes_summaries_and_json_targets_from_the_oracle(corpus
     manifest = run(_cfg(corpus, out, task="qa=0.4,summary=0.3,extract=0.3", format=["eval"]))
     rows = _rows(out)
     assert manifest["tasks"] == {"qa": 0.4, "summary": 0.3, "extract": 0.3} and "task" in manifest["columns"]
+    assert manifest["extract_schema"] == tasks.EXTRACT_SCHEMA  # the rule-written targets' schema: ask --task extract's default
     by_task = {t: [r for r in rows if r["task"] == t] for t in tasks.TASKS}
     assert all(len(v) > 10 for v in by_task.values()), {t: len(v) for t, v in by_task.items()}
     assert all(manifest["counts"][f"task_{t}"] == len(by_task[t]) for t in tasks.TASKS)
@@ -488,10 +489,10 @@ def test_a_records_own_json_answer_is_its_extract_target_under_an_inferred_or_gi
     assert manifest["extract_schema"]["properties"]["count"] == {"type": ["string", "null"]}
     assert manifest["counts"]["extract_given_invalid"] > 0 and manifest["counts"]["extract_written_as_qa"] >= manifest["counts"]["extract_given_invalid"]
     assert any("do not validate against the schema of --schema" in w for w in manifest["warnings"])
-    nothing = tmp_path / "nothing.json"  # every object is refused: the schema no example used is not stored
+    nothing = tmp_path / "nothing.json"  # every object is refused: the schema no example used is not stored, the rule-written one is
     nothing.write_text(json.dumps({"type": "object", "properties": {"topic": {"type": "integer"}}, "required": ["topic"]}))
     manifest = run(_cfg(corpus, tmp_path / "unused", qa_dir=str(qa), task="extract", schema=str(nothing)))
-    assert "extract_schema" not in manifest and any("no extract_schema is stored" in w for w in manifest["warnings"])
+    assert manifest["extract_schema"] == tasks.EXTRACT_SCHEMA and any("stored is the rule-written" in w for w in manifest["warnings"])
     with pytest.raises(InputError, match="names no properties"):
         run(_cfg(corpus, tmp_path / "any", qa_dir=str(qa), task="extract", schema="object"))
     with pytest.raises(InputError, match="does not exist"):

@@ -917,10 +917,13 @@ def build(cfg: RaftConfig) -> dict:
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
         skipped = counts.records()
         rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
+        ruled = counts["task_extract"] > counts["extract_given"]  # rule-written JSON targets, under tasks.EXTRACT_SCHEMA
+        answered = schema if schema is not None and counts["extract_given"] else tasks.EXTRACT_SCHEMA if ruled else None
         if schema is not None and counts["extract_given_invalid"]:
             warnings.append(f"{counts['extract_given_invalid']} records' own 'extract' objects do not validate against the "
                             f"{'schema of --schema' if cfg.schema else 'inferred schema'} and were written as qa"
-                            + ("" if counts["extract_given"] else ": no example used one, so no extract_schema is stored"))
+                            + ("" if counts["extract_given"] else ": no example used one, so the extract_schema stored is the "
+                               "rule-written targets' (answer, quote)" if ruled else ": no example used one, so no extract_schema is stored"))
         stats = summarize(rows, tokens)
         params = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "json")}  # the output path is where the manifest lives
         manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed,
@@ -929,7 +932,7 @@ def build(cfg: RaftConfig) -> dict:
                               "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                     "generator_tokenizer": cfg.generator, "columns": list(columns(cfg)), "splits": list(SPLITS),
                     **({"tasks": cfg.tasks()} if "task" in columns(cfg) else {}),
-                    **({"extract_schema": schema} if schema is not None and counts["extract_given"] else {}),
+                    **({"extract_schema": answered} if answered is not None else {}),  # ask --task extract's default
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
                     "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,
