@@ -719,7 +719,21 @@ def test_a_json_answer_is_decoded_under_the_schema_end_to_end(env: dict, tmp_pat
     data = json.loads(capsys.readouterr().out)
     assert data["json_error"] is None and json.loads(data["answer"]) == data["data"]  # the tiny model's random answer still parses
     jsonschema.validate(data["data"], json.loads(schema.read_text()))
-    assert data["abstained"] is False and data["margin"] is None
+    assert data["abstained"] is False and data["margin"] is None and data["json_cut"] is False  # short: it finished
+    note = tmp_path / "note.json"  # a free string: the tiny model runs on until the decoder closes the object
+    note.write_text(json.dumps({"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}))
+    argv[argv.index(str(schema))] = str(note)
+    assert cli_main(argv[:-1] + ["24"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["json_error"] is None and isinstance(data["data"]["note"], str) and data["json_cut"] is True
+    assert cli_main([a for a in argv[:-1] if a != "--json"] + ["24"]) == 0
+    assert "closed at the token limit: its last value is cut short" in capsys.readouterr().out
+    from rag_pipeline.answer import structured
+
+    p = A.Pipeline.load(cfg(env))
+    nullable = structured.canonical({"type": "object", "properties": {"answer": {"type": ["string", "null"]}}, "required": ["answer"]})
+    with pytest.raises(InputError, match=r"leaves no room for an answer beside the null margin's null object \{\"answer\":null\}"):
+        p.answer_batch([QUESTIONS[1]], margins=True, decoding=A.Decoding(8, task="extract", json_schema=nullable))
 
 
 def test_a_json_answer_is_asked_with_its_schema_and_traced_to_the_passages(env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -160,7 +160,9 @@ def test_json_close_reads_strings_escapes_and_brackets() -> None:
     ids=["person", "object", "nested"])
 def test_an_answer_cut_by_its_budget_is_closed_into_a_valid_object(tiny, schema) -> None:
     """Free strings under a random model at a high temperature run into the token limit: with the budget the close
-    is forced in time, so every answer parses, follows the schema and fits; without it, answers are cut."""
+    is forced in time, so every answer parses, follows the schema and fits; without it, answers are cut. A new array
+    item of three required fields (nested) lengthens the close by more than the slack: such a token is refused
+    where its close would not fit (seeds and budgets where it once overran)."""
     import jsonschema
 
     from rag_pipeline import batching, generator
@@ -168,24 +170,51 @@ def test_an_answer_cut_by_its_budget_is_closed_into_a_valid_object(tiny, schema)
     model, tok = tiny
     text = structured.canonical(schema)
     prompts = ["Describe the fox.", "What colour is the sky?", "Count the owls.", "Where is the owl?"] * 3
-    budget = 100
-    kw = dict(max_new_tokens=budget, batch_size=4, do_sample=True, temperature=2.0, top_p=1.0, seed=5)
-    free = generator.generate_answers(model, tok, "causal", prompts, constraints=[structured.json_constraint(tok, text) for _ in prompts], **kw)
+    kw = dict(batch_size=4, do_sample=True, temperature=2.0, top_p=1.0)
+    free = generator.generate_answers(model, tok, "causal", prompts, constraints=[structured.json_constraint(tok, text) for _ in prompts],
+                                      max_new_tokens=100, seed=5, **kw)
     assert sum(structured.parse(o, schema)[1] is not None for o in free) >= 3  # no budget: the limit cuts answers
-    constraints = [structured.json_constraint(tok, text, budget) for _ in prompts]
-    outs = generator.generate_answers(model, tok, "causal", prompts, constraints=constraints, **kw)
-    for out in outs:
-        jsonschema.validate(json.loads(out), schema)
-        assert len(tok(out, add_special_tokens=False)["input_ids"]) <= budget
-    assert sum(c.cut for c in constraints) >= 3  # closed by force, and said so
+    for budget, seed in ((100, 5), (60, 5), (60, 4), (100, 12)):
+        constraints = [structured.json_constraint(tok, text, budget) for _ in prompts]
+        counts = [generator.DecodeCounts() for _ in prompts]
+        outs = generator.generate_answers(model, tok, "causal", prompts, constraints=constraints, counts=counts, max_new_tokens=budget,
+                                          seed=seed, **kw)
+        for out, count in zip(outs, counts):
+            jsonschema.validate(json.loads(out), schema)
+            assert count.completion_tokens <= budget
+        assert sum(c.cut for c in constraints) >= 3  # closed by force, and said so
     engine = batching.DecodeEngine(model, max_rows=4).start()
     try:
-        greedy = [structured.json_constraint(tok, text, budget) for _ in prompts[:4]]
-        on_engine = generator.generate_answers(model, tok, "causal", prompts[:4], max_new_tokens=budget, constraints=greedy, engine=engine)
+        greedy = [structured.json_constraint(tok, text, 60) for _ in prompts[:4]]
+        on_engine = generator.generate_answers(model, tok, "causal", prompts[:4], max_new_tokens=60, constraints=greedy, engine=engine)
     finally:
         engine.stop()
     for out in on_engine:
         jsonschema.validate(json.loads(out), schema)
+    assert any(c.cut for c in greedy)
+
+
+def test_a_schema_whose_shortest_answer_exceeds_the_budget_is_refused_and_a_long_close_is_still_forced(tiny) -> None:
+    """Fourteen required strings: the empty answer's close is longer than the usual search (64 tokens), so the search
+    grows with it, and a budget below the shortest answer is a one-line error before decoding."""
+    import jsonschema
+
+    from rag_pipeline import generator
+
+    model, tok = tiny
+    many = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(14)},
+            "required": [f"field_{i}" for i in range(14)]}
+    text = structured.canonical(many)
+    shortest = len(structured.json_constraint(tok, text, 10_000).completion())
+    assert shortest > structured.CLOSE_STEPS
+    with pytest.raises(InputError, match=f"shortest JSON answer under this schema takes {shortest} tokens, over the limit of 50"):
+        structured.json_constraint(tok, text, 50)
+    budget = shortest + 40
+    constraints = [structured.json_constraint(tok, text, budget) for _ in range(4)]
+    outs = generator.generate_answers(model, tok, "causal", ["Describe the fox.", "Count the owls."] * 2, max_new_tokens=budget,
+                                      batch_size=4, do_sample=True, temperature=2.0, top_p=1.0, seed=1, constraints=constraints)
+    for out in outs:
+        jsonschema.validate(json.loads(out), many)
 
 
 def test_a_schema_the_decoder_cannot_enforce_is_refused_before_decoding() -> None:

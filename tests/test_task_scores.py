@@ -45,11 +45,13 @@ def test_summary_scores() -> None:
 def test_extract_scores() -> None:
     ref = tasks.extract_target(GOLD, ["Rollo"])
     good = S.score_extract({"answer": "Rollo", "quote": "Rollo led the Norse raiders."}, None, ["Rollo"], True, ref)
-    assert good == {"valid": True, "answer_em": 1.0, "answer_f1": 1.0, "quote_f1": 1.0, "null": False}
+    assert good == {"valid": True, "answer_em": 1.0, "answer_f1": 1.0, "quote_f1": 1.0, "null": False, "cut": False}
     half = S.score_extract({"answer": "King Rollo", "quote": None}, None, ["Rollo"], True, ref)
     assert half["answer_em"] == 0.0 and half["answer_f1"] == pytest.approx(2 / 3) and half["quote_f1"] == 0.0
     cut = S.score_extract(None, "not JSON (Unterminated string at character 9)", ["Rollo"], True, ref)
-    assert cut == {"valid": False, "answer_em": 0.0, "answer_f1": 0.0, "quote_f1": 0.0, "null": False}
+    assert cut == {"valid": False, "answer_em": 0.0, "answer_f1": 0.0, "quote_f1": 0.0, "null": False, "cut": False}
+    closed = S.score_extract({"answer": "Rol", "quote": None}, None, ["Rollo"], True, ref, cut=True)  # closed early by the decoder
+    assert closed["valid"] and closed["cut"] and closed["answer_em"] == 0.0
     null = S.score_extract({"answer": None, "quote": None}, None, [], False, S.reference("extract", "q", None, [], False))
     assert null["null"] is True and null["answer_em"] is None and null["quote_f1"] is None
 
@@ -67,7 +69,7 @@ def test_aggregates_pool_sentences_and_citations() -> None:
         "abstain_rate": 0.5, "false_abstain_rate": 0.5}
     jsons = [rec(True, False, {"valid": True, "answer_em": 1.0, "answer_f1": 1.0, "quote_f1": 0.5, "null": False}),
              rec(True, False, {"valid": True, "answer_em": 0.0, "answer_f1": 0.0, "quote_f1": 0.0, "null": True}),
-             rec(False, False, {"valid": True, "answer_em": None, "answer_f1": None, "quote_f1": None, "null": True}),
+             rec(False, False, {"valid": True, "answer_em": None, "answer_f1": None, "quote_f1": None, "null": True, "cut": True}),
              rec(False, False, {"valid": False, "answer_em": None, "answer_f1": None, "quote_f1": None, "null": False})]
     assert S.aggregate("extract", jsons) == {"valid_rate": 0.75, "answer_em": 0.5, "answer_f1": 0.5, "quote_f1": 0.25,
-                                             "null_accuracy": 0.5, "false_null_rate": 0.5}
+                                             "null_accuracy": 0.5, "false_null_rate": 0.5, "cut_rate": 0.25}

@@ -120,6 +120,7 @@ class Answer:
     fields: dict[str, list[int]] | None = None  # leaf path ("name", "events[0]") -> numbers of the shown passages holding its value
     unsupported_fields: list[str] | None = None  # leaf paths whose value no shown passage holds
     json_error: str | None = None  # why the JSON answer does not parse or validate (it ran into the token limit)
+    json_cut: bool = False  # the token limit closed the JSON answer early: valid, its last value cut short
     # A summary (--task summary): per sentence, its text, cited numbers, whether they support it, and which citations are precise.
     sentences: list[dict[str, Any]] | None = None
     summary_error: str | None = None  # the token limit cut the summary's last sentence (not in ``sentences``)
@@ -135,7 +136,7 @@ class Answer:
         return d
 
 
-_JSON_FIELDS = ("data", "fields", "unsupported_fields", "json_error")  # a JSON answer's; a summary's: sentences
+_JSON_FIELDS = ("data", "fields", "unsupported_fields", "json_error", "json_cut")  # a JSON answer's; a summary's: sentences
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,9 @@ _CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 
 
 def answer_schema(cfg: AnswerSettings, meta: Any, adapter: str | None) -> dict[str, Any] | None:
-    """The JSON schema ``--task extract`` answers under: ``--schema``'s, else the adapter's own (its training records'
-    schema), else any JSON object; None for the other tasks."""
+    """The JSON schema ``--task extract`` answers under: ``--schema``'s, else the adapter's own (the schema of its JSON
+    training targets: its records' own objects', or the rule-written answer/quote targets'), else any JSON object; None
+    for the other tasks."""
     if cfg.task != "extract":
         return None
     if cfg.schema:
@@ -408,6 +410,8 @@ class Pipeline:
                              "null margin needs every field to allow null")
         calibration = self.calibration_for(task, grounded, (decoding or self.decoding).json_schema)
         scored = margins or calibration is not None  # margins decide the answer: it is handed on whole, at the end
+        if task == "extract" and scored:
+            self._room_for_null(decoding or self.decoding)
         checked = self.cfg.answer_check != "off" and task == "qa"  # so may the answer check: a checked answer is handed on whole too
         if scored and decoding is not None and (decoding.do_sample or decoding.num_beams > 1):
             raise InputError("a calibrated abstention scores greedy answers: ask without sampling or beam search here")
@@ -436,14 +440,15 @@ class Pipeline:
         counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
         extra: dict[str, Any] = {"decoding": decoding} if decoding is not None else {}
-        if on_text is not None or on_usage is not None:  # only when asked: tests replace _generate with the four-argument form
+        if on_text is not None or on_usage is not None or task == "extract":  # when asked, and for JSON (json_cut): tests
+            # replace _generate with the four-argument form for the other tasks
             extra.update(counts=counts, on_token=(lambda r, token: live[todo[r]].token(token)) if live else None)
         outs = self._generate(texts, [shown[i] for i in todo], scored, grounded, **extra) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
-        for i, (raw, margin) in zip(todo, outs):
+        for i, (raw, margin), count in zip(todo, outs, counts):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
             if task == "extract":
-                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema, margin, calibration)
+                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema, margin, calibration, not count.stopped)
             elif task == "summary":
                 answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
             else:
@@ -453,6 +458,17 @@ class Pipeline:
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage)  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
+
+    def _room_for_null(self, c: Decoding) -> None:
+        """InputError when a scored JSON answer's limit is so short that its close would be forced from the start: the
+        null object, which the null margin would take for the model's abstention and decode again with it banned."""
+        null = structured.null_object(c.schema)
+        if null is None:
+            return
+        least = 2 * (len(self.tokenizer(null, add_special_tokens=False)["input_ids"]) + structured.CLOSE_SLACK)
+        if c.max_new_tokens < least:
+            raise InputError(f"a JSON answer of at most {c.max_new_tokens} tokens leaves no room for an answer beside the null "
+                             f"margin's null object {null}: give at least {least} (--max-json-tokens; serve: max_tokens)")
 
     # ---- stages
 
@@ -598,10 +614,11 @@ class Pipeline:
         return Answer(question, answer, False, None, citations, docs, timings, raw, margin)
 
     def _finish_json(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], schema: dict[str, Any],
-                     margin: float | None = None, calibration: dict[str, Any] | None = None) -> Answer:
+                     margin: float | None = None, calibration: dict[str, Any] | None = None, cut: bool = False) -> Answer:
         """A JSON answer: the object parsed and checked against ``schema``, its values traced to the shown passages; with a
         calibrated abstention, the null object (every field null) when the best answer's null margin is above the threshold.
-        A parsed answer that is the null object is an abstention too (reason "generator")."""
+        A parsed answer that is the null object is an abstention too (reason "generator"). ``cut``: the decode ran into
+        the token limit (the decoder closed the object early)."""
         if withhold(margin, calibration, self.cfg.abstain_bias):
             null = structured.null_object(schema) or "{}"
             return Answer(question, null, True, "calibration", [], docs, timings, raw, margin, data=json.loads(null), fields={},
@@ -615,7 +632,7 @@ class Pipeline:
                      for n in numbers for d in [docs[n - 1]]]
         null = error is None and structured.is_null(raw)  # the model's own abstention, as calibrate counts it
         return Answer(question, raw.strip(), null, "generator" if null else None, citations, docs, timings, raw, margin,
-                      data=data, fields=fields, unsupported_fields=unsupported, json_error=error)
+                      data=data, fields=fields, unsupported_fields=unsupported, json_error=error, json_cut=cut and error is None)
 
     def _finish_summary(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
                         calibration: dict[str, Any] | None = None) -> Answer:
@@ -697,6 +714,8 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     if ans.json_error:
         lines.append(f"  (not a valid answer: {ans.json_error}; raise --max-json-tokens)")
     elif ans.fields is not None:
+        if ans.json_cut:
+            lines.append("  (closed at the token limit: its last value is cut short; raise --max-json-tokens)")
         lines += [f"  {path}: [{', '.join(map(str, ns))}]" for path, ns in ans.fields.items()]
         lines += [f"  {path}: (no shown passage holds this value)" for path in ans.unsupported_fields or []]
     elif ans.sentences is not None:

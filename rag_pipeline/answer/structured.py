@@ -5,8 +5,8 @@ answer with a JSON object instead of a sentence. The schema is checked first (:f
 a one-line error naming what is wrong), the request is told the schema in its prompt
 (:func:`instruction`), and decoding runs under a token mask compiled from the schema by
 llguidance (:func:`json_constraint`), so every answer parses and validates: near the token limit
-the shortest close the grammar allows is forced (:class:`GrammarConstraint`'s ``budget``), so a cut
-answer is a valid object whose last value is short. llguidance was chosen by measurement among
+a close the grammar allows is forced (:class:`GrammarConstraint`'s ``budget``), so a cut answer is
+a valid object whose last value is short. llguidance was chosen by measurement among
 xgrammar, llguidance, outlines-core and lm-format-enforcer on SmolLM2's tokenizer (docs/answering.md):
 xgrammar and llguidance gave identical answers and masks in well under 1 ms a token (the model's
 step is about 70 ms); llguidance installs with no dependency, xgrammar's metadata pulls triton.
@@ -215,7 +215,7 @@ def lark_grammar(text: str) -> str:
     return grammar
 
 
-CLOSE_STEPS = 64  # the most tokens a forced close of a JSON answer may take (GrammarConstraint's budget)
+CLOSE_STEPS = 64  # the most tokens a forced close of a JSON answer may take, or twice its first close if more
 CLOSE_SLACK = 8  # tokens kept in hand before the close is forced: one free token may open this many more to close
 _CLOSE_VALUES = (",", ":", "null", '""', "0", "false", "[]", "{}", '"')  # what a close writes where the grammar wants more
 
@@ -244,6 +244,29 @@ def json_close(text: str) -> tuple[bool, str]:
     return in_string, quote + "".join(reversed(stack))
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*("|$)')
+
+
+def _skeleton(text: str) -> str:
+    """A JSON answer's structure: ``text`` with every string emptied (``{"a":"xy","b":[1`` -> ``{"":"","":[1``)."""
+    return _STRING.sub(lambda m: '""' if m.group(1) else '"', text)
+
+
+def _structural(tokenizer: Any, in_string: bool) -> Any:
+    """Ids of the tokens that can open more JSON structure: outside a string, those holding ``,`` ``[`` or ``{``;
+    inside one, those holding a quote followed by one of them (``","``, ``"},{"``). Found once per tokenizer."""
+    import numpy as np
+
+    cached = getattr(tokenizer, "_rag_json_structural", None)
+    if cached is None:
+        pieces = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+        opens = re.compile(r"[,\[{]")
+        cached = {False: np.array([i for i, t in enumerate(pieces) if opens.search(t)], dtype=np.int64),
+                  True: np.array([i for i, t in enumerate(pieces) if '"' in t and opens.search(t, t.index('"'))], dtype=np.int64)}
+        tokenizer._rag_json_structural = cached
+    return cached[in_string]
+
+
 class GrammarConstraint:
     """The tokens allowed for one answer under an llguidance grammar: :meth:`allowed`, the interface
     of :class:`~rag_pipeline.answer.grounded.GroundedConstraint` (``generate``'s ``prefix_allowed_tokens_fn``).
@@ -253,10 +276,13 @@ class GrammarConstraint:
     changed), so a step costs one mask, not a replay.
 
     With a ``budget`` (a JSON answer's token limit) the answer is finished within it: once the
-    tokens left are within :data:`CLOSE_SLACK` of the shortest close found (:meth:`completion`:
-    the open string, objects and arrays closed, values still required written as null, "", 0...),
-    that close is the only continuation. A cut answer is then a valid one whose last value is
-    short, where without it the token limit leaves text that does not parse.
+    tokens left are within :data:`CLOSE_SLACK` of a short close (:meth:`completion`, found
+    greedily: the open string, objects and arrays closed, values still required written as null,
+    "", 0...), that close is the only continuation; before that, a structural token after which
+    the close would no longer fit (a new array item of many required fields) is refused
+    (:meth:`_guarded`). A cut answer is then a valid one whose last value is short, where without
+    it the token limit leaves text that does not parse. A budget below the schema's shortest
+    answer is an :class:`InputError`.
 
     Args:
         tokenizer: the generator's (fast) tokenizer.
@@ -280,6 +306,14 @@ class GrammarConstraint:
         self._allowed: Any = None  # the boolean mask after ``_seen``
         self._close: tuple[list[int], list[int] | None] | None = None  # (``_seen``, its completion) once computed
         self._forced_at: int | None = None  # the length of ``_seen`` where the forced close began
+        self._probes: dict[tuple[bool, str], dict[int, int]] = {}  # (in a string, skeleton) -> {token: its close's length}
+        # the longest close searched for: CLOSE_STEPS, or twice the empty answer's close (a schema requiring many fields)
+        self._steps = 1024
+        first = self.completion() if budget is not None else None
+        self._steps = max(CLOSE_STEPS, 2 * len(first)) if first is not None else CLOSE_STEPS
+        if budget is not None and first is not None and len(first) > budget:
+            raise InputError(f"the shortest JSON answer under this schema takes {len(first)} tokens, over the limit of {budget}: "
+                             "raise --max-json-tokens (serve: max_tokens) or make fewer fields required")
 
     @property
     def cut(self) -> bool:
@@ -322,7 +356,7 @@ class GrammarConstraint:
             else:
                 llguidance.numpy.fill_next_token_bitmask(self.matcher, self._mask)
                 bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
-                self._allowed = bits if bits.any() else self._only_eos()
+                self._allowed = self._guarded(bits) if bits.any() else self._only_eos()
         return self._allowed
 
     def _only_eos(self) -> Any:
@@ -337,7 +371,7 @@ class GrammarConstraint:
 
     def _forced(self) -> Any:
         """The mask of the forced close's next token (EOS once complete) when the budget says close now; else None."""
-        if self.budget is None or self.budget - len(self._seen) > CLOSE_STEPS + CLOSE_SLACK:
+        if self.budget is None or self.budget - len(self._seen) > self._steps + CLOSE_SLACK:
             return None
         if self._close is None or self._close[0] != self._seen:
             self._close = (list(self._seen), self.completion())
@@ -348,22 +382,57 @@ class GrammarConstraint:
             self._forced_at = len(self._seen)
         return self._only(close[0]) if close else self._only_eos()
 
-    def completion(self) -> list[int] | None:
-        """The tokens that complete the answer from the matcher's state, or None when none is found within
-        :data:`CLOSE_STEPS` tokens; the matcher is left as it was. Each step takes the tokens the grammar forces
-        (a property's name), else the first the grammar accepts whole of: the lexical close of :func:`json_close` (or
-        its start), a separator, a value (null, "", 0, false, [], {}), a quote; else the grammar's first allowed token."""
-        taken: list[int] = []
+    def _guarded(self, bits: Any) -> Any:
+        """``bits`` less the structural tokens (a separator, an opening bracket: :func:`_structural`) after which the
+        close would no longer fit in the tokens left: a ``,`` that starts one more array item of many required fields
+        can lengthen the close by more than :data:`CLOSE_SLACK`. Each such token's close is found once per structure
+        (the answer's text with its string values emptied), so a long string costs one round of probes."""
+        left = self.budget - len(self._seen) if self.budget is not None else None
+        close = self._close[1] if self._close is not None and self._close[0] == self._seen else None
+        if left is None or close is None or left - len(close) > self._steps:
+            return bits
+        text = self.tokenizer.decode(self._seen)
+        in_string = json_close(text)[0]
+        candidates = [int(t) for t in _structural(self.tokenizer, in_string) if bits[t]]
+        known = self._probes.setdefault((in_string, _skeleton(text)), {})
+        for t in candidates:
+            if t not in known:
+                after = self.completion([t])
+                known[t] = self._steps + 1 if after is None else len(after)
+        banned = [t for t in candidates if known[t] > left - 2]
+        if not banned:
+            return bits
+        bits = bits.copy()
+        bits[banned] = False
+        return bits if bits.any() else self._only(close[0]) if close else self._only_eos()
+
+    def completion(self, after: list[int] | None = None) -> list[int] | None:
+        """The tokens that complete the answer from the matcher's state (after the tokens ``after``, when given), or
+        None when none is found within ``_steps`` tokens (or ``after`` breaks the grammar); the matcher is
+        left as it was. Each step takes the tokens the grammar forces (a property's name), else the first the grammar
+        accepts whole of: the lexical close of :func:`json_close` (or its start), a separator, a value (null, "", 0,
+        false, [], {}), a quote; else the grammar's first allowed token. A short close, found greedily: not always
+        the shortest."""
+        taken: list[int] = []  # consumed here: ``after``, then the close
         try:
+            for t in after or []:
+                if self.matcher.validate_tokens([t]) != 1 or not self.matcher.consume_token(t):
+                    return None
+                taken.append(t)
+            start = len(taken)
             while not self.matcher.is_accepting():
-                step = self.matcher.compute_ff_tokens() or self._close_step(taken)
-                step = step[: self.matcher.validate_tokens(step)] if step else step
-                if not step or len(taken) + len(step) > CLOSE_STEPS:
+                forced = self.matcher.compute_ff_tokens()
+                step = forced[: self.matcher.validate_tokens(forced)] if forced else []
+                if not step:
+                    step = self._close_step(taken)
+                    step = step[: self.matcher.validate_tokens(step)] if step else []
+                if not step or len(taken) - start + len(step) > self._steps:
                     return None
                 for t in step:
-                    self.matcher.consume_token(t)
-                taken.extend(step)
-            return taken
+                    if not self.matcher.consume_token(t):
+                        return None
+                    taken.append(t)
+            return taken[start:]
         finally:
             if taken:
                 self.matcher.rollback(len(taken))

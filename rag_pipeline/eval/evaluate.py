@@ -448,8 +448,9 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
     if task == "summary":
         scores["task"] = task_scores.score_summary(answer.sentences, bool(answer.abstained), list(item.answers), item.answerable, reference)
     elif task == "extract":
-        scores["task"] = task_scores.score_extract(answer.data, answer.json_error, list(item.answers), item.answerable, reference)
-        extra = {**extra, "data": answer.data, "json_error": answer.json_error}
+        scores["task"] = task_scores.score_extract(answer.data, answer.json_error, list(item.answers), item.answerable, reference,
+                                                   answer.json_cut)
+        extra = {**extra, "data": answer.data, "json_error": answer.json_error, "json_cut": answer.json_cut}
     return {
         "system": system, "context": context, "id": item.id, "question": item.question, "answerable": item.answerable,
         "doc_id": item.doc_id, "gold": list(item.answers),
@@ -684,7 +685,8 @@ def task_section(metrics: dict) -> list[str]:
                        "(rag_pipeline.data.tasks). Citation recall: sentences their cited passages support; precision: citations "
                        "needed (ALCE's definitions, the support measure as judge).",
             "extract": "References: the answer and its sentence from the gold passage, nulls for unanswerable questions. Valid JSON: "
-                       "all answers; answer and quote figures: answerable questions; null accuracy: unanswerable ones."}[task]
+                       "all answers; answer and quote figures: answerable questions; null accuracy: unanswerable ones; closed at "
+                       "limit: all answers the decoder closed early at the token limit (valid, the last value cut short)."}[task]
     return [f"## Task: {task} (%)", "", what, "", _table(["system", "context", *(c for c, _ in columns)], rows, 2), ""]
 
 

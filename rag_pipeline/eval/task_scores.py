@@ -26,7 +26,7 @@ COLUMNS = {
     "summary": [("ROUGE-L", "rougeL"), ("holds answer", "answer_coverage"), ("cite recall", "citation_recall"),
                 ("cite prec.", "citation_precision"), ("abstain (unans.)", "abstain_rate"), ("false abstain", "false_abstain_rate")],
     "extract": [("valid JSON", "valid_rate"), ("answer EM", "answer_em"), ("answer F1", "answer_f1"), ("quote F1", "quote_f1"),
-                ("null acc. (unans.)", "null_accuracy"), ("false null", "false_null_rate")],
+                ("null acc. (unans.)", "null_accuracy"), ("false null", "false_null_rate"), ("closed at limit", "cut_rate")],
 }
 
 
@@ -53,8 +53,10 @@ def score_summary(sentences: list[dict[str, Any]] | None, abstained: bool, answe
     }
 
 
-def score_extract(data: Any, json_error: str | None, answers: list[str], answerable: bool, ref: str | None) -> dict[str, Any]:
-    """One JSON answer's scores (``data``: the parsed object, None when ``json_error`` says why not)."""
+def score_extract(data: Any, json_error: str | None, answers: list[str], answerable: bool, ref: str | None,
+                  cut: bool = False) -> dict[str, Any]:
+    """One JSON answer's scores (``data``: the parsed object, None when ``json_error`` says why not; ``cut``: the decoder
+    closed it early at the token limit)."""
     valid = json_error is None and isinstance(data, dict)
     obj = data if valid else {}
     value, quote = obj.get("answer"), obj.get("quote")
@@ -67,6 +69,7 @@ def score_extract(data: Any, json_error: str | None, answers: list[str], answera
         "answer_f1": (f1(str(value), answers) if value is not None else 0.0) if has else None,
         "quote_f1": (f1(str(quote), [want["quote"]]) if quote is not None else 0.0) if has and want.get("quote") else None,
         "null": is_null,
+        "cut": cut,
     }
 
 
@@ -92,4 +95,5 @@ def aggregate(task: str, records: list[dict[str, Any]]) -> dict[str, Any]:
             "answer_f1": mean_of([r["scores"]["task"]["answer_f1"] for r in ans]),
             "quote_f1": mean_of([r["scores"]["task"]["quote_f1"] for r in ans]),
             "null_accuracy": mean_of([r["scores"]["task"]["null"] for r in unans]),
-            "false_null_rate": mean_of([r["scores"]["task"]["null"] for r in ans])}
+            "false_null_rate": mean_of([r["scores"]["task"]["null"] for r in ans]),
+            "cut_rate": mean_of([x.get("cut", False) for x in s])}
