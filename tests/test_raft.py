@@ -482,6 +482,8 @@ def test_a_records_own_json_answer_is_its_extract_target_under_an_inferred_or_gi
             assert obj["topic"].startswith("topic ") and list(obj) == ["topic", "count"]
     rule = [r for r in rows if r not in own and r["task"] == "extract"]
     assert rule and all(structured.instruction(r["question"], tasks.EXTRACT_SCHEMA) in r["prompt"] for r in rule)
+    assert any(w.startswith(f"{manifest['counts']['extract_written']} extract examples of records without their own") and
+               "not the stored extract_schema" in w for w in manifest["warnings"])  # two schemas trained: said
     strict = tmp_path / "schema.json"
     strict.write_text(json.dumps({"type": "object", "properties": {"topic": {"type": ["string", "null"]},
                                   "count": {"type": ["string", "null"]}}, "required": ["topic", "count"]}))

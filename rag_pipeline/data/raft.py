@@ -598,6 +598,7 @@ def task_target(cfg: RaftConfig, item: QAItem, oracle: Any | None, keep: bool, t
     elif task == "extract":
         target = tasks.extract_target(shown, list(item.answers))
         if target is not None:
+            counts["extract_written"] += 1  # a rule-written target, under tasks.EXTRACT_SCHEMA
             return task, lambda pos: target, None
     if task != "qa":
         counts[f"{task}_written_as_qa"] += 1  # the oracle holds no summary the grammar can hold, or no supporting sentence
@@ -917,8 +918,12 @@ def build(cfg: RaftConfig) -> dict:
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
         skipped = counts.records()
         rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
-        ruled = counts["task_extract"] > counts["extract_given"]  # rule-written JSON targets, under tasks.EXTRACT_SCHEMA
+        ruled = counts["extract_written"] > 0  # rule-written JSON targets, under tasks.EXTRACT_SCHEMA
         answered = schema if schema is not None and counts["extract_given"] else tasks.EXTRACT_SCHEMA if ruled else None
+        if answered is schema and schema is not None and ruled:
+            warnings.append(f"{counts['extract_written']} extract examples of records without their own 'extract' object are "
+                            "rule-written under the answer/quote schema, not the stored extract_schema (ask's default): give "
+                            "every record an 'extract' object to train one schema")
         if schema is not None and counts["extract_given_invalid"]:
             warnings.append(f"{counts['extract_given_invalid']} records' own 'extract' objects do not validate against the "
                             f"{'schema of --schema' if cfg.schema else 'inferred schema'} and were written as qa"
