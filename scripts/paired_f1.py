@@ -20,8 +20,9 @@ def per_question(path: str, system: str | None = None, context: str = "retrieved
     without a gold answer) -> 1 when abstained, else 0; as ``evaluate.squad2`` counts them."""
     scores: dict[str, float] = {}
     systems = set()
-    for line in open(path, encoding="utf-8"):
-        r = json.loads(line)
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    for r in records:
         if r["context"] != context or (system is not None and r["system"] != system):
             continue
         systems.add(r["system"])

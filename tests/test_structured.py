@@ -151,6 +151,10 @@ def test_json_close_reads_strings_escapes_and_brackets() -> None:
     assert structured.json_close('{"a":"x\\') == (True, '""}')  # after a backslash the first quote is escaped
     assert structured.json_close('{"a":"x\\\\') == (True, '"}')  # an escaped backslash escapes nothing
     assert structured.json_close('{"a":1}') == (False, "")
+    # the probes' cache key: string values emptied, keys kept (two arrays under different keys differ)
+    assert structured._scan('{"a":"xy","b":[1,"q')[3] == '{"a":"","b":[1,"'
+    assert structured._scan('{"a":[')[3] != structured._scan('{"b":[')[3]
+    assert structured._scan('{"pe')[3] == '{"pe' and structured._scan('["k","v')[3] == '["","'  # a key in progress is kept
 
 
 @pytest.mark.parametrize("schema", [PERSON, structured.JSON_OBJECT, NESTED := {

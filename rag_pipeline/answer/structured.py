@@ -220,12 +220,14 @@ CLOSE_SLACK = 8  # tokens kept in hand before the close is forced: one free toke
 _CLOSE_VALUES = (",", ":", "null", '""', "0", "false", "[]", "{}", '"')  # what a close writes where the grammar wants more
 
 
-def json_close(text: str) -> tuple[bool, str]:
-    """(inside a string, the text that closes it and every open object and array) of the start of a compact JSON
-    answer: ``'{"a":["x","y'`` -> ``(True, '"]}')``. Lexical only (strings, escapes, brackets): what the grammar
-    still requires (a property, a number's digits) is the matcher's to say (:meth:`GrammarConstraint.completion`)."""
-    in_string = escaped = False
+def _scan(text: str) -> tuple[bool, bool, list[str], str]:
+    """(inside a string, right after a backslash in it, the closers of the open objects and arrays, the skeleton) of
+    the start of a compact JSON answer. The skeleton is ``text`` with every string value emptied and keys kept
+    (``{"a":"xy","b":[1,"q`` -> ``{"a":"","b":[1,"``): the structure, which a long string value does not change."""
+    in_string = escaped = is_key = False
     stack: list[str] = []
+    out: list[str] = []
+    last = ""  # the last character outside strings
     for ch in text:
         if in_string:
             if escaped:
@@ -234,22 +236,27 @@ def json_close(text: str) -> tuple[bool, str]:
                 escaped = True
             elif ch == '"':
                 in_string = False
-        elif ch == '"':
-            in_string = True
+            if is_key or not in_string:  # a key's characters; of a value, its closing quote only
+                out.append(ch)
+            continue
+        if ch == '"':
+            in_string, is_key = True, bool(stack) and stack[-1] == "}" and last in ("{", ",")
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
         elif ch in "}]" and stack:
             stack.pop()
+        last = ch
+        out.append(ch)
+    return in_string, escaped, stack, "".join(out)
+
+
+def json_close(text: str) -> tuple[bool, str]:
+    """(inside a string, the text that closes it and every open object and array) of the start of a compact JSON
+    answer: ``'{"a":["x","y'`` -> ``(True, '"]}')``. Lexical only (strings, escapes, brackets): what the grammar
+    still requires (a property, a number's digits) is the matcher's to say (:meth:`GrammarConstraint.completion`)."""
+    in_string, escaped, stack, _ = _scan(text)
     quote = ('""' if escaped else '"') if in_string else ""  # after a backslash the first quote is the escaped one
     return in_string, quote + "".join(reversed(stack))
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*("|$)')
-
-
-def _skeleton(text: str) -> str:
-    """A JSON answer's structure: ``text`` with every string emptied (``{"a":"xy","b":[1`` -> ``{"":"","":[1``)."""
-    return _STRING.sub(lambda m: '""' if m.group(1) else '"', text)
 
 
 def _structural(tokenizer: Any, in_string: bool) -> Any:
@@ -386,15 +393,15 @@ class GrammarConstraint:
         """``bits`` less the structural tokens (a separator, an opening bracket: :func:`_structural`) after which the
         close would no longer fit in the tokens left: a ``,`` that starts one more array item of many required fields
         can lengthen the close by more than :data:`CLOSE_SLACK`. Each such token's close is found once per structure
-        (the answer's text with its string values emptied), so a long string costs one round of probes."""
+        (:func:`_scan`'s skeleton: the text with its string values emptied, keys kept), so a long string costs one
+        round of probes."""
         left = self.budget - len(self._seen) if self.budget is not None else None
         close = self._close[1] if self._close is not None and self._close[0] == self._seen else None
         if left is None or close is None or left - len(close) > self._steps:
             return bits
-        text = self.tokenizer.decode(self._seen)
-        in_string = json_close(text)[0]
+        in_string, _, _, skeleton = _scan(self.tokenizer.decode(self._seen))
         candidates = [int(t) for t in _structural(self.tokenizer, in_string) if bits[t]]
-        known = self._probes.setdefault((in_string, _skeleton(text)), {})
+        known = self._probes.setdefault((in_string, skeleton), {})
         for t in candidates:
             if t not in known:
                 after = self.completion([t])

@@ -918,17 +918,18 @@ def build(cfg: RaftConfig) -> dict:
             raise InputError(f"no example was built from {len(questions)} questions (counts: {dict(sorted(counts.items()))}): check that the QA file matches the index")
         skipped = counts.records()
         rows, tokens, warnings = small_data(cfg, questions, rows, tokens)
+        own = schema is not None and counts["extract_given"] > 0  # examples of the records' own JSON objects
         ruled = counts["extract_written"] > 0  # rule-written JSON targets, under tasks.EXTRACT_SCHEMA
-        answered = schema if schema is not None and counts["extract_given"] else tasks.EXTRACT_SCHEMA if ruled else None
-        if answered is schema and schema is not None and ruled:
+        answered = schema if own else tasks.EXTRACT_SCHEMA if ruled else None  # stored: ask --task extract's default
+        if own and ruled:
             warnings.append(f"{counts['extract_written']} extract examples of records without their own 'extract' object are "
                             "rule-written under the answer/quote schema, not the stored extract_schema (ask's default): give "
                             "every record an 'extract' object to train one schema")
         if schema is not None and counts["extract_given_invalid"]:
+            stored = "" if own else ": no example used one, so " + (
+                "the extract_schema stored is the rule-written targets' (answer, quote)" if ruled else "no extract_schema is stored")
             warnings.append(f"{counts['extract_given_invalid']} records' own 'extract' objects do not validate against the "
-                            f"{'schema of --schema' if cfg.schema else 'inferred schema'} and were written as qa"
-                            + ("" if counts["extract_given"] else ": no example used one, so the extract_schema stored is the "
-                               "rule-written targets' (answer, quote)" if ruled else ": no example used one, so no extract_schema is stored"))
+                            f"{'schema of --schema' if cfg.schema else 'inferred schema'} and were written as qa{stored}")
         stats = summarize(rows, tokens)
         params = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "json")}  # the output path is where the manifest lives
         manifest = {"kind": "raft-dataset", "template": template.name, "template_text": P.template_text(template), "seed": cfg.seed,
@@ -937,7 +938,7 @@ def build(cfg: RaftConfig) -> dict:
                               "fingerprint": retriever.manifest["corpus"]["fingerprint"], "embedder": retriever.manifest["embedder"]["id"]},
                     "generator_tokenizer": cfg.generator, "columns": list(columns(cfg)), "splits": list(SPLITS),
                     **({"tasks": cfg.tasks()} if "task" in columns(cfg) else {}),
-                    **({"extract_schema": answered} if answered is not None else {}),  # ask --task extract's default
+                    **({"extract_schema": answered} if answered is not None else {}),
                     "answer_form": {"form": form, "verbatim_share": share},
                     "counts": {"questions": len(questions), **{f"examples_{s}": stats[s]["examples"] for s in SPLITS}, **dict(sorted(counts.items()))},
                     "stats": stats, "empty_splits": [s for s in SPLITS if not rows[s]], "warnings": warnings,
