@@ -487,7 +487,8 @@ def generate_answers(
             width = ids.size(1)
             if do_sample:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams) if constraints else {}
+            kwargs = _constraint_kwargs([constraints[i] for i in idx], width if kind == "causal" else 1, num_beams,
+                                        len(tokenizer)) if constraints else {}
             if on_token is not None and num_beams == 1:
                 kwargs["streamer"] = _BatchStreamer(idx, on_token, tokenizer.eos_token_id)
             cache = static_cache(model, width + max_new_tokens) if static and kind == "causal" and num_beams == 1 else None
@@ -686,13 +687,17 @@ def abstain_openings(tokenizer: Any, exact: list[int]) -> list[list[int]]:
     return [list(x) for x in dict.fromkeys(tuple(q) for q in seqs if len(q) == 2)]
 
 
-def _constraint_kwargs(rows: list[Any], offset: int, beams: int = 1) -> dict[str, Any]:
+def _constraint_kwargs(rows: list[Any], offset: int, beams: int = 1, vocab: int = 0) -> dict[str, Any]:
     """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b]``'s allowed tokens:
-    :class:`ConstrainedLogits` (one mask per row and step), or with beam search ``prefix_allowed_tokens_fn``."""
+    :class:`ConstrainedLogits` (one mask per row and step), or with beam search ``prefix_allowed_tokens_fn`` (a row
+    whose constraint is None may take any of the ``vocab`` tokens); none when every row is free."""
     from transformers import LogitsProcessorList
 
+    if all(row is None for row in rows):
+        return {}
     if beams > 1:
-        return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist())}
+        return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist()) if rows[b] is not None
+                else list(range(vocab))}
     return {"logits_processor": LogitsProcessorList([ConstrainedLogits(rows, offset)])}
 
 
@@ -700,8 +705,10 @@ class ConstrainedLogits:
     """A ``generate`` logits processor: row ``b`` may take only the tokens ``rows[b]`` allows after its answer so far
     (its ids after ``offset``). A constraint with ``allowed_mask`` (a boolean array over the vocabulary, as
     :class:`~rag_pipeline.answer.structured.GrammarConstraint` keeps its grammar's bitmask) is applied as it is;
-    ``allowed`` (a list of ids) otherwise. transformers' ``prefix_allowed_tokens_fn`` takes lists only, which costs
-    a list of up to the whole vocabulary per token inside a JSON string or a summary's sentence."""
+    ``allowed`` (a list of ids) otherwise; a row whose constraint is None is free, and one with ``adjust(generated,
+    scores)`` then changes its masked scores (:class:`~rag_pipeline.answer.polar.PolarStart`). transformers'
+    ``prefix_allowed_tokens_fn`` takes lists only, which costs a list of up to the whole vocabulary per token inside a JSON
+    string or a summary's sentence."""
 
     def __init__(self, rows: list[Any], offset: int) -> None:
         self.rows, self.offset = rows, offset
@@ -710,14 +717,23 @@ class ConstrainedLogits:
         import torch
 
         keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        adjusted = []
         for b, row in enumerate(self.rows):
+            if row is None:
+                keep[b] = True
+                continue
             generated = input_ids[b, self.offset:].tolist()
             mask = row.allowed_mask(generated) if hasattr(row, "allowed_mask") else None
             if mask is not None:
                 keep[b, : len(mask)] = torch.from_numpy(mask).to(scores.device)
             else:
                 keep[b, row.allowed(generated)] = True
-        return scores.masked_fill(~keep, -torch.inf)
+            if hasattr(row, "adjust"):
+                adjusted.append((b, row, generated))
+        out = scores.masked_fill(~keep, -torch.inf)
+        for b, row, generated in adjusted:  # a constraint that also reads the scores (a yes/no answer's opening)
+            out[b] = row.adjust(generated, out[b])
+        return out
 
 
 class DecodeCancelled(Exception):

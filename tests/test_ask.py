@@ -42,7 +42,8 @@ def fake_generate(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str)
     """Replace the generator with one that records its inputs and returns ``reply``."""
     calls: list[list[str]] = []
 
-    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded: bool = False) -> list[tuple[str, float | None]]:
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded: bool = False,
+            **_: object) -> list[tuple[str, float | None]]:
         calls.append(list(texts))
         return [(reply, None)] * len(texts)
 

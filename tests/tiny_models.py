@@ -32,8 +32,9 @@ TINY_TEXTS = [
 ] + ["You answer questions using only the numbered documents between <documents> and </documents>."]
 
 
-def build_tiny_tokenizer(chat: bool = True, vocab_size: int = 400) -> Any:
-    """A byte-level BPE tokenizer (PreTrainedTokenizerFast) with pad/eos/unk/bos special tokens."""
+def build_tiny_tokenizer(chat: bool = True, vocab_size: int = 400, extra: tuple[str, ...] = ()) -> Any:
+    """A byte-level BPE tokenizer (PreTrainedTokenizerFast) with pad/eos/unk/bos special tokens; ``extra`` texts are
+    learnt too (words that must be whole tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,7 +47,7 @@ def build_tiny_tokenizer(chat: bool = True, vocab_size: int = 400) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    texts = TINY_TEXTS + [t.system for t in TEMPLATES.values()]
+    texts = TINY_TEXTS + [t.system for t in TEMPLATES.values()] + list(extra)
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>" if chat else "</s>", unk_token="<unk>",
@@ -57,12 +58,12 @@ def build_tiny_tokenizer(chat: bool = True, vocab_size: int = 400) -> Any:
     return fast
 
 
-def build_tiny_llama(path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """Save a seeded 2-layer Llama with a chat tokenizer to ``path``; return the path."""
+def build_tiny_llama(path: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
+    """Save a seeded 2-layer Llama with a chat tokenizer (``extra`` texts learnt too) to ``path``; return the path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = build_tiny_tokenizer(chat=True)
+    tok = build_tiny_tokenizer(chat=True, extra=extra)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,

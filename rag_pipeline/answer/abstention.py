@@ -18,6 +18,8 @@ from rag_pipeline.errors import ConfigError
 
 
 MODES = ("free", "grounded", "summary", "summary_grounded", "extract")
+# Stored beside the modes, not one of them: how a yes/no answer's opening is chosen (``calibrate --task yes-no``).
+YES_NO = "yes_no"
 
 
 def mode_of(task: str, grounded: bool) -> str:
@@ -73,9 +75,15 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     Raises:
         ConfigError: a calibrated abstention applies and ``cfg`` samples or searches beams.
     """
-    stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c}
+    stored = {mode: from_json(c) for mode, c in (recorded or {}).items() if c and mode != YES_NO}
     if cfg.abstention != "calibrated" or not stored:
         return {}
     if applied(stored, cfg.task, cfg.grounded, schema) and (cfg.do_sample or cfg.num_beams > 1):  # another task's threshold does not stop them
         raise ConfigError("a calibrated abstention scores greedy answers: drop --do-sample/--num-beams, or pass --abstention greedy")
     return stored
+
+
+def yes_no_bias(recorded: dict[str, dict[str, Any]] | None) -> float:
+    """The adapter's calibrated lean between "yes" and "no" (:class:`rag_pipeline.answer.polar.PolarStart`'s ``bias``,
+    stored by ``rag-pipeline calibrate --task yes-no``); 0 where none was stored."""
+    return float(((recorded or {}).get(YES_NO) or {}).get("bias", 0.0))

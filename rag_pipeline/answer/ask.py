@@ -36,8 +36,8 @@ from typing import IO, Any, Literal, Protocol
 
 from rag_pipeline import batching, generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
-from rag_pipeline.answer import focus, structured, summary
-from rag_pipeline.answer.abstention import abstention_of, applied, withhold
+from rag_pipeline.answer import focus, polar, structured, summary
+from rag_pipeline.answer.abstention import abstention_of, applied, withhold, yes_no_bias
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -284,7 +284,7 @@ class Pipeline:
 
     def __init__(self, cfg: AnswerSettings, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
                  adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None,
-                 schema: dict[str, Any] | None = None) -> None:
+                 schema: dict[str, Any] | None = None, yes_no_bias: float = 0.0) -> None:
         self.cfg = cfg
         self.decoding = Decoding.of(cfg, schema)  # what a call that gives no decoding gets: cfg's, a JSON answer with --schema
         self.retriever = retriever
@@ -296,6 +296,7 @@ class Pipeline:
         self.description = description  # which generator is used and why (main prints it on stderr)
         self._model_text = model_text_fn(tokenizer, template)
         self.calibrations = calibrations or {}  # decoding mode (abstention.MODES) -> the adapter's stored threshold, if used
+        self.yes_no_bias = yes_no_bias  # a yes/no answer opens with yes where its polar score is above this (polar.PolarStart)
         self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
@@ -362,11 +363,30 @@ class Pipeline:
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
                           if calibration else ""))
-        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema)
+        return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema,
+                   yes_no_bias(meta.abstention if meta else None))
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
+
+    def polar_scores(self, questions: list[str]) -> list[float]:
+        """Each question's :func:`~rag_pipeline.answer.polar.polar_score` (log P(yes opening) - log P(no opening)) as
+        ``ask`` would answer it: retrieved passages, fitted prompt, the answer's first token. ``calibrate --task
+        yes-no`` chooses :attr:`yes_no_bias` from them."""
+        import torch
+
+        docs, _, _ = self._retrieve(questions)
+        device = next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for q, ds in zip(questions, docs):
+                ids = torch.tensor([generator.encode_prompt(self.tokenizer, self.kind, self._model_text(self._render(q, self._fit(q, ds))))],
+                                   device=device)
+                extra = {"decoder_input_ids": torch.tensor([[self.model.config.decoder_start_token_id]], device=device)} \
+                    if self.kind == "seq2seq" else {}
+                out.append(polar.polar_score(self.model(input_ids=ids, **extra).logits[0, -1], self.tokenizer))
+        return out
 
     def answer_batch(self, questions: list[str], contexts: list[list[Passage]] | None = None, margins: bool = False,
                      grounded: bool | None = None, decoding: Decoding | None = None,
@@ -440,9 +460,9 @@ class Pipeline:
         counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
         extra: dict[str, Any] = {"decoding": decoding} if decoding is not None else {}
-        if on_text is not None or on_usage is not None or task == "extract":  # when asked, and for JSON (json_cut): tests
-            # replace _generate with the four-argument form for the other tasks
+        if on_text is not None or on_usage is not None or task == "extract":  # when asked, and for JSON (json_cut)
             extra.update(counts=counts, on_token=(lambda r, token: live[todo[r]].token(token)) if live else None)
+        extra["questions"] = [questions[i] for i in todo]
         outs = self._generate(texts, [shown[i] for i in todo], scored, grounded, **extra) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin), count in zip(todo, outs, counts):
@@ -532,11 +552,12 @@ class Pipeline:
 
     def _generate(self, texts: list[str], docs: list[list[Passage]], margins: bool = False, grounded: bool = False,
                   decoding: Decoding | None = None, on_token: Callable[[int, int], None] | None = None,
-                  counts: list[Any] | None = None) -> list[tuple[str, float | None]]:
+                  counts: list[Any] | None = None, questions: list[str] | None = None) -> list[tuple[str, float | None]]:
         """(raw answer, null margin or None) per text; margins when calibrated (or asked for, as calibrate does).
 
         ``on_token(text index, token id)`` sees free decoding's tokens as they are decoded; ``counts``
-        (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in.
+        (:class:`~rag_pipeline.generator.DecodeCounts` per text) are filled in. ``questions`` (the texts' questions):
+        a free short answer to a yes/no question opens with "Yes" or "No" (``yes_no_questions``, :mod:`~rag_pipeline.answer.polar`).
         """
         c = decoding or self.decoding
         engine = self._engine(c, len(texts))
@@ -549,11 +570,36 @@ class Pipeline:
             constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:
             constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
+        polar_rows = None
+        if c.task == "qa" and not grounded and questions is not None and self.cfg.yes_no_questions == "yes-or-no":
+            # unscored, the model may still open its refusal; scored, the margin of its own answer decides first
+            polar_rows = polar.constraints(self.tokenizer, questions, () if margins else self._abstain_opening(), self.yes_no_bias)
+            constraints = None if margins else polar_rows
         outs = self._decode(c, texts, margins, grounded, constraints, engine, on_token, counts)
+        if margins and polar_rows:
+            outs = self._polar_again(c, texts, outs, polar_rows, counts)
         if c.json_schema is not None and counts is not None:  # an object closed by force near the limit ran into it
             for con, count in zip(constraints or [], counts):
                 count.stopped = count.stopped and not con.cut
         return outs
+
+    def _polar_again(self, c: Decoding, texts: list[str], outs: list[tuple[str, float | None]], rows: list[Any],
+                     counts: list[Any] | None) -> list[tuple[str, float | None]]:
+        """Scored answers with each yes/no question's (``rows[i]`` not None) decoded again opening with Yes or No
+        (:class:`~rag_pipeline.answer.polar.PolarStart`); its margin stays the one its own answer was scored with, so
+        the calibrated threshold decides whether to answer as for any question, and the opening only how."""
+        redo = [i for i, row in enumerate(rows) if row is not None]
+        raws = generator.generate_answers(
+            self.model, self.tokenizer, self.kind, [texts[i] for i in redo], max_new_tokens=c.max_new_tokens,
+            batch_size=self.cfg.batch_size, constraints=[rows[i] for i in redo],
+            counts=[counts[i] for i in redo] if counts is not None else None, static=self._static_cache(),
+            engine=self._engine(c, len(redo)))
+        again = dict(zip(redo, raws))
+        return [(again.get(i, raw), margin) for i, (raw, margin) in enumerate(outs)]
+
+    def _abstain_opening(self) -> list[int]:
+        """The abstention sentence's first token (\"The\"): what a refusal opens with."""
+        return self.tokenizer(ABSTAIN, add_special_tokens=False)["input_ids"][:1]
 
     def _decode(self, c: Decoding, texts: list[str], margins: bool, grounded: bool, constraints: list[Any] | None, engine: Any,
                 on_token: Callable[[int, int], None] | None, counts: list[Any] | None) -> list[tuple[str, float | None]]:

@@ -33,6 +33,7 @@ Kernels = Literal["fast", "plain"]
 Passages = Literal["chunks", "rerank", "windows"]
 Task = Literal["qa", "summary", "extract"]
 AnswerStart = Literal["calibrated", "any", "not-refusal-word"]
+YesNoQuestions = Literal["yes-or-no", "free"]
 
 # (field, lowest value) of the integer settings
 _LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
@@ -91,6 +92,10 @@ class Answering:
         "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
                       "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "
                       "opens its answer); calibrated = as the adapter's threshold was calibrated (any when it records none)")
+    yes_no_questions: YesNoQuestions = opt(
+        "yes-or-no", "yes-or-no = a short answer to a yes/no question (one that opens with an auxiliary verb, with no wh-word and no "
+                "'or': rag_pipeline.answer.polar) opens with Yes or No, whichever the model ranks higher (free decoding; "
+                "grounded decoding copies spans); free = the model's own opening")
     answer_check: AnswerCheck = opt(
         "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
                     "(rag_pipeline.answer.check.answer_problem) is never shown: grounded = decode it again grounded (a span of a "

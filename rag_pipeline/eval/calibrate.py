@@ -34,13 +34,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
-from rag_pipeline.answer.abstention import mode_of, to_json
+from rag_pipeline.answer.abstention import YES_NO, mode_of, to_json
 from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Answer, Pipeline
-from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Task
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, YesNoQuestions
+from rag_pipeline.data import questions as written
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.data import tasks
 from rag_pipeline.errors import ConfigError
@@ -50,6 +51,7 @@ from rag_pipeline.metrics import f1, squad2_figures
 from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers
 from rag_pipeline.textnorm import contains_answer
 
+CalibrateTask = Literal["qa", "summary", "extract", "yes-no"]
 SCORE_NAME = "null_margin"  # log P(abstain) - log P(best non-abstaining answer), both summed over tokens
 
 
@@ -133,9 +135,14 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     answer_start: AnswerStart = opt("any", "what the best answering continuation may open with: any token, or not-refusal-word "
                                           "(not the abstention's first word, \"The\"); stored with the threshold, which ask, "
                                           "serve and evaluate then decode with")
-    task: Task = opt("qa", "qa: the short answer's abstention; summary: the cited summary's (a summary scores 1 when it holds "
-                           "a gold answer); extract: a JSON answer's under rag_pipeline.data.tasks.EXTRACT_SCHEMA (its "
-                           "answer field's F1); each is stored separately")
+    task: CalibrateTask = opt(
+        "qa", "qa: the short answer's abstention; summary: the cited summary's (a summary scores 1 when it holds a gold answer); "
+              "extract: a JSON answer's under rag_pipeline.data.tasks.EXTRACT_SCHEMA (its answer field's F1); each is stored "
+              "separately. yes-no: not an abstention but the lean between yes and no of a yes/no answer's opening "
+              "(rag_pipeline.answer.polar), measured on --limit yes/no questions written from the validation file's documents, "
+              "half yes (a sentence as it stands) and half no (a fact swapped)")
+    yes_no_questions: YesNoQuestions = fixed("free", "thresholds are chosen on the model's own answers (a yes/no answer's "
+                                                     "opening is chosen after the margin decided to answer)")
     schema: str = fixed("", "--task extract calibrates JSON answers under rag_pipeline.data.tasks.EXTRACT_SCHEMA, the schema "
                             "of the bundled corpus's JSON answers")
     dry_run: bool = opt(False, "print the threshold and its figures without writing them into the adapter")
@@ -209,6 +216,8 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     """
     import dataclasses
 
+    if cfg.task == "yes-no":
+        return run_yes_no(cfg)
     loaded = load_qa(cfg.qa, cfg.qa_fields())
     require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
     usable, skipped = usable_items(loaded)
@@ -241,12 +250,61 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     return result
 
 
+def run_yes_no(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Measure the adapter's lean between yes and no and store it (``abstention.yes_no``).
+
+    Yes/no questions are written by rule from the chunks of the validation file's documents
+    (:func:`rag_pipeline.data.questions.generate`: half a sentence as it stands, "yes"; half the same sentence with a
+    name, date or number swapped for another of the corpus, "no"), and each is scored as ``ask`` would answer it
+    (:meth:`~rag_pipeline.answer.ask.Pipeline.polar_scores`). The bias is the score above which as many answers say yes
+    as the written questions hold yes answers: with it, the model's own ranking of the questions decides, not its
+    leaning towards one word (a tuned reader that never saw yes/no answers says "no" to most).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    loaded = load_qa(cfg.qa, cfg.qa_fields())
+    docs = frozenset(it.doc_id for it in loaded if it.doc_id)
+    if not docs:
+        raise ConfigError(f"{cfg.qa} names no documents (doc_id): --task yes-no writes its questions from the validation "
+                          "file's documents, pass a QA file with a doc_id field")
+    pipe = Pipeline.load(dataclasses.replace(cfg, task="qa"))
+    made = written.generate(pipe.retriever, written.RulesWriter(),
+                            written.QuestionSettings(n=cfg.limit or 400, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
+    items = [it for it in made.items if it.answers and it.answers[0].lower() in ("yes", "no")]
+    gold = np.array([it.answers[0].lower() == "yes" for it in items])
+    if gold.all() or not gold.any():
+        raise ConfigError(f"the {len(items)} yes/no questions written from {cfg.qa}'s documents are all of one answer: "
+                          "pass a larger --limit or a validation file with more documents")
+    scores = np.array(pipe.polar_scores([it.question for it in items]))
+    bias = float(np.quantile(scores, 1 - gold.mean()))
+    said = scores > bias
+    result = {"task": "yes-no", "bias": bias, "questions": len(items), "yes": int(gold.sum()), "no": int((~gold).sum()),
+              "accuracy": float((said == gold).mean()), "accuracy_at_zero": float(((scores > 0) == gold).mean()),
+              "said_yes_at_zero": float((scores > 0).mean()), "roc_auc": roc_auc(list(-scores), list(gold)),
+              "qa": cfg.qa, "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid}
+    if not cfg.dry_run:
+        meta = read_adapter_meta(cfg.adapter)
+        write_adapter_meta(cfg.adapter, dataclasses.replace(meta, abstention={**(meta.abstention or {}), YES_NO: result}))
+    return result
+
+
 def main(cfg: CalibrateConfig) -> int:
     """CLI entry: calibrate, then print the threshold and what it does on the validation sample."""
     r = run(cfg)
 
     def pct(x: Any) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+    if cfg.task == "yes-no":
+        where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
+        print(f"{r['questions']} written yes/no questions ({r['yes']} yes, {r['no']} no); yes-minus-no ROC AUC "
+              f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
+        print(f"  unbiased (score > 0)  : says yes to {pct(r['said_yes_at_zero'])}, accuracy {pct(r['accuracy_at_zero'])}")
+        print(f"  with the bias         : accuracy {pct(r['accuracy'])}")
+        print(f"yes/no bias {r['bias']:.3f}: {where}")
+        return 0
 
     print(f"{r['questions']} validation questions ({r['answerable']} answerable); null-margin ROC AUC "
           f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")

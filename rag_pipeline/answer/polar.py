@@ -1,0 +1,113 @@
+"""Yes/no questions answered yes or no.
+
+A question that opens with an auxiliary verb ("Did he win?", "Is the tower in Paris?"), holds no
+wh-word and offers no alternative ("... or ...") asks for a polarity (:func:`is_polar`). Left to
+itself a small tuned reader often answers one with a span of the passage ("the race [1]") or
+refuses; with ``yes_no_questions: yes-or-no`` (:class:`rag_pipeline.answer.settings.Answering`)
+its answer must open with "Yes" or "No" (:class:`PolarStart`), whichever the model ranks higher,
+and goes on freely after it ("Yes [1]", "No, it was not [2]").
+
+Whether to answer at all is decided as for any question. With a calibrated abstention the
+question is answered first as the model likes and that answer's null margin is compared with the
+threshold; a yes/no question that passes is then decoded again opening with Yes or No (the
+margin of a forced opening would be no measure of answerability: the model's probability of
+"Yes" is low where it would rather quote a span). With greedy abstention the refusal's opening
+stays allowed beside Yes and No. The answer check passes yes/no answers
+(:func:`rag_pipeline.answer.check.answer_problem`); grounded decoding copies spans and is left as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+AUXILIARIES = frozenset(
+    "is are was were am do does did can could will would shall should may might must has have had "
+    "isn't aren't wasn't weren't don't doesn't didn't can't couldn't won't wouldn't shouldn't hasn't haven't hadn't".split())
+_WH = re.compile(r"\b(what|who|whom|whose|when|where|which|why|how)\b", re.IGNORECASE)
+_ALTERNATIVE = re.compile(r"\bor\b", re.IGNORECASE)
+_POLAR_WORDS = ("yes", "no")
+
+
+def is_polar(question: str) -> bool:
+    """Whether ``question`` asks for yes or no: its first word is an auxiliary verb, and it has no
+    wh-word and no "or" ("Was it red or blue?" asks for one of two)."""
+    words = question.strip().split(maxsplit=1)
+    if not words or words[0].lower().strip(",").replace("\u2019", "'") not in AUXILIARIES:
+        return False
+    return not _WH.search(question) and not _ALTERNATIVE.search(question)
+
+
+def polar_openings(tokenizer: Any) -> dict[str, Any]:
+    """The tokens that read "yes" or "no" whatever their case and leading space ("Yes", " no", "NO") in
+    ``tokenizer``'s vocabulary: ``{"yes": ids, "no": ids, "mask": boolean mask of both}``; found once per tokenizer."""
+    import numpy as np
+
+    cached = getattr(tokenizer, "_rag_polar_openings", None)
+    if cached is None:
+        pieces = [tokenizer.convert_tokens_to_string([t]).strip().lower() if t is not None else ""
+                  for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+        cached = {w: np.array([i for i, p in enumerate(pieces) if p == w], dtype=np.int64) for w in _POLAR_WORDS}
+        cached["mask"] = np.isin(np.arange(len(pieces)), np.concatenate([cached[w] for w in _POLAR_WORDS]))
+        tokenizer._rag_polar_openings = cached
+    return cached
+
+
+def polar_score(logprobs: Any, tokenizer: Any) -> float:
+    """``log P(a "yes" opening) - log P(a "no" opening)`` from the answer's first-token log-probabilities (or logits)
+    ``logprobs`` (a torch vector over the vocabulary): above the calibrated ``yes_no_bias`` the answer is yes."""
+    import torch
+
+    ids = polar_openings(tokenizer)
+    yes, no = (torch.as_tensor(ids[w], device=logprobs.device) for w in _POLAR_WORDS)
+    return float(torch.logsumexp(logprobs[yes].float(), 0) - torch.logsumexp(logprobs[no].float(), 0))
+
+
+class PolarStart:
+    """A token constraint (the ``allowed_mask`` interface of :class:`rag_pipeline.generator.ConstrainedLogits`):
+    the answer's first token is "Yes" or "No" (:func:`polar_openings`) or one of ``also`` (a refusal's
+    opening, where the model may still refuse); every token after it is allowed. With the first token's
+    scores in hand (:meth:`adjust`), only the side that wins is kept: yes where :func:`polar_score` is above
+    ``bias`` (the model's lean towards one word, measured by ``rag-pipeline calibrate`` on written yes/no
+    questions, half of each), else no."""
+
+    def __init__(self, tokenizer: Any, also: tuple[int, ...] | list[int] = (), bias: float = 0.0) -> None:
+        import numpy as np
+
+        self.tokenizer, self.bias = tokenizer, bias
+        self.first = polar_openings(tokenizer)["mask"].copy()
+        if not self.first.any():
+            raise ValueError("the tokenizer has no token that reads 'yes' or 'no'")
+        self.first[list(also)] = True
+        self.rest = np.ones_like(self.first)
+
+    def allowed_mask(self, generated: list[int] | tuple[int, ...]) -> Any:
+        return self.rest if len(generated) else self.first
+
+    def allowed(self, generated: list[int] | tuple[int, ...]) -> list[int]:
+        import numpy as np
+
+        return np.flatnonzero(self.allowed_mask(generated)).tolist()
+
+    def adjust(self, generated: list[int] | tuple[int, ...], scores: Any) -> Any:
+        """The first token's ``scores`` (one row, already masked) with the losing polar word's tokens removed."""
+        import torch
+
+        if len(generated):
+            return scores
+        lose = "no" if polar_score(scores, self.tokenizer) > self.bias else "yes"
+        out = scores.clone()
+        out[torch.as_tensor(polar_openings(self.tokenizer)[lose], device=scores.device)] = -torch.inf
+        return out
+
+
+def constraints(tokenizer: Any, questions: list[str], also: tuple[int, ...] | list[int] = (),
+                bias: float = 0.0) -> list[PolarStart | None] | None:
+    """One constraint per question (:class:`PolarStart`, with ``also`` and ``bias``, for a yes/no one; None for
+    the others), or None when none of them is a yes/no question or no token of the tokenizer reads yes or no
+    (a small test vocabulary): the answers then open as the model likes."""
+    polar = [is_polar(q) for q in questions]
+    if not any(polar) or not polar_openings(tokenizer)["mask"].any():
+        return None
+    start = PolarStart(tokenizer, also, bias)
+    return [start if p else None for p in polar]

@@ -1,0 +1,167 @@
+"""Yes/no questions answered yes or no (rag_pipeline.answer.polar): the detector against the bundled QA
+files, the opening's constraint and its bias against the real SmolLM2 tokenizer, and the pipeline end
+to end on a tiny Llama whose vocabulary holds "Yes" and "No"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import torch
+
+from conftest import REPO, TOPICS, write_jsonl
+from rag_pipeline.answer import ask as A
+from rag_pipeline.answer import polar
+from rag_pipeline.generator import ConstrainedLogits
+from rag_pipeline.metrics import yes_no_gold
+
+
+@pytest.mark.parametrize("question,expected", [
+    ("Did he win the race?", True),
+    ("Is the tower in Paris?", True),
+    ("was there a fire at the mill?", True),
+    ("Doesn't it rain in Spain?", True),
+    ("Can’t they swim?", True),                      # a typographic apostrophe
+    ("What is the tower made of?", False),
+    ("Is it red or blue?", False),                   # one of two, not yes or no
+    ("Does the US know where Gadhafi is?", False),   # a wh-word anywhere: left to the model
+    ("Where no when was BSkyB's digital service launched?", False),
+    ("The tower is in Paris?", False),
+    ("", False),
+])
+def test_a_yes_no_question_opens_with_an_auxiliary_and_has_no_wh_word_or_alternative(question: str, expected: bool) -> None:
+    assert polar.is_polar(question) is expected
+
+
+def test_the_detector_on_the_bundled_files_finds_the_yes_no_questions_and_leaves_disfl_qa_alone() -> None:
+    coqa = json.loads((REPO / "corpus" / "coqa_ood" / "qa.json").read_text())
+    found = [polar.is_polar(r["question"]) for r in coqa]
+    yes_no = [yes_no_gold(r["answers"]) is not None for r in coqa]
+    assert sum(f and y for f, y in zip(found, yes_no)) == 67 and sum(yes_no) == 68  # one asks "... know where ...?"
+    assert not any(f and not y for f, y in zip(found, yes_no))  # no free-form question taken for a yes/no one
+    test = [json.loads(line) for line in (REPO / "corpus" / "disfl_qa" / "qa" / "test.jsonl").open()]
+    assert sum(polar.is_polar(r["question"]) for r in test) == 0  # the test split's figures do not move
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoTokenizer
+
+    from rag_pipeline.model_paths import resolve_model
+
+    return AutoTokenizer.from_pretrained(str(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")))
+
+
+def test_the_openings_are_every_token_that_reads_yes_or_no(smol) -> None:
+    ids = polar.polar_openings(smol)
+    assert {smol.decode([i]).strip() for i in ids["yes"]} >= {"Yes", "yes"} and {smol.decode([i]).strip() for i in ids["no"]} >= {"No", "no"}
+    assert {smol.decode([i]).strip().lower() for i in ids["yes"]} == {"yes"} and {smol.decode([i]).strip().lower() for i in ids["no"]} == {"no"}
+    assert ids["mask"].sum() == len(ids["yes"]) + len(ids["no"])
+    assert smol("Yes [1]", add_special_tokens=False)["input_ids"][0] in ids["yes"]
+
+
+def test_the_first_token_is_yes_or_no_and_the_bias_chooses_between_them(smol) -> None:
+    ids = polar.polar_openings(smol)
+    the = smol("The", add_special_tokens=False)["input_ids"][0]
+    scores = torch.zeros(len(smol))
+    scores[ids["yes"]], scores[ids["no"]], scores[the] = 1.0, 0.0, 5.0  # "The" would win unconstrained
+    assert polar.polar_score(scores, smol) == pytest.approx(1.0 + torch.log(torch.tensor(len(ids["yes"]) / len(ids["no"]))).item(), abs=1e-5)
+    for bias, want in ((0.0, "yes"), (polar.polar_score(scores, smol) + 0.01, "no")):
+        row = polar.PolarStart(smol, bias=bias)
+        out = ConstrainedLogits([row], 0)(torch.zeros((1, 0), dtype=torch.long), scores[None])[0]
+        assert smol.decode([int(out.argmax())]).strip().lower() == want
+        assert torch.isinf(out[the]) and torch.isinf(out[ids["no" if want == "yes" else "yes"]]).all()
+        after = ConstrainedLogits([row], 0)(torch.tensor([[int(out.argmax())]]), scores[None])[0]
+        assert torch.equal(after, scores)  # after the opening, anything goes
+    also = ConstrainedLogits([polar.PolarStart(smol, also=[the])], 0)(torch.zeros((1, 0), dtype=torch.long), scores[None])[0]
+    assert int(also.argmax()) == the  # where the model may still refuse, its refusal's opening stays allowed
+
+
+def test_free_rows_beside_constrained_ones_are_left_alone(smol) -> None:
+    scores = torch.randn(2, len(smol))
+    out = ConstrainedLogits([None, polar.PolarStart(smol)], 0)(torch.zeros((2, 0), dtype=torch.long), scores)
+    ids = polar.polar_openings(smol)
+    kept = set(torch.nonzero(~torch.isinf(out[1])).flatten().tolist())
+    assert torch.equal(out[0], scores[0]) and kept in (set(ids["yes"].tolist()), set(ids["no"].tolist()))
+    assert polar.constraints(smol, ["What is it?"]) is None
+    rows = polar.constraints(smol, ["What is it?", "Is it red?"])
+    assert rows[0] is None and isinstance(rows[1], polar.PolarStart)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+def polarity(text: str) -> str | None:
+    """The opening word of the tiny model's answer ("NoThe..." is "no": what follows it is noise)."""
+    return next((w for w in ("yes", "no") if text.lower().startswith(w)), None)
+
+
+POLAR_TEXTS = tuple(["Yes [1]", "No [1]", "Yes, it is [2]", "No, it is not [2]"] * 10)
+YES_NO = "Is the Moon the only natural satellite of Earth?"
+WH = "What is the natural satellite of Earth?"
+
+
+@pytest.fixture(scope="module")
+def polar_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from rag_pipeline.index.build import IndexConfig, build_index
+    from rag_pipeline.index.embed import HashingEmbedder
+    from tiny_models import build_tiny_llama, make_adapter
+
+    root = tmp_path_factory.mktemp("polar")
+    docs = write_jsonl(root / "docs.jsonl", [{"id": k, "title": t, "text": x} for k, (t, x) in TOPICS.items()])
+    build_index(IndexConfig(paths=[str(docs)], index=str(root / "idx"), embedder="hashing:64"), embedder=HashingEmbedder(64, 64))
+    base = build_tiny_llama(root / "llama", extra=POLAR_TEXTS)
+    return {"root": root, "index": root / "idx", "adapter": make_adapter(base, root / "adapter")}
+
+
+def settings(env: dict, **kw) -> A.AskConfig:
+    return A.AskConfig(**{"index": str(env["index"]), "adapter": str(env["adapter"]), "device": "cpu", "dtype": "float32",
+                          "max_new_tokens": 6, "min_score": -1.0, "answer_check": "off", **kw})
+
+
+def test_a_yes_no_question_is_answered_yes_or_no_and_the_others_as_before(polar_env: dict) -> None:
+    opened = A.Pipeline.load(settings(polar_env))
+    free = A.Pipeline.load(settings(polar_env, yes_no_questions="free"))
+    assert opened.cfg.yes_no_questions == "yes-or-no"  # the default
+    for margins in (False, True):
+        a, b = opened.answer_batch([YES_NO, WH], margins=margins), free.answer_batch([YES_NO, WH], margins=margins)
+        assert (a[1].raw, a[1].margin) == (b[1].raw, b[1].margin)  # a wh-question decodes as it did
+        if margins:  # scored: the margin is the model's own answer's, and the answer then opens with yes or no
+            assert polarity(a[0].raw) is not None and a[0].margin == b[0].margin
+        else:  # greedy abstention: yes, no, or the refusal's opening
+            assert polarity(a[0].raw) is not None or a[0].raw.startswith("The")
+    opened.yes_no_bias = 1e9  # nothing scores above it: no
+    assert polarity(opened.answer_batch([YES_NO], margins=True)[0].raw) == "no"
+    opened.yes_no_bias = -1e9
+    assert polarity(opened.answer_batch([YES_NO], margins=True)[0].raw) == "yes"
+
+
+def test_calibrate_measures_the_yes_no_bias_that_ask_then_applies(polar_env: dict, tmp_path: Path) -> None:
+    from rag_pipeline.eval.calibrate import CalibrateConfig, main as calibrate_main
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(polar_env["adapter"], adapter)
+    before = json.loads((adapter / "rag_pipeline.json").read_text())
+    qa = write_jsonl(tmp_path / "dev.jsonl", [{"id": f"q-{k}", "question": f"What about {t}?", "answer": "x", "doc_id": k}
+                                              for k, (t, _) in TOPICS.items()])
+    c = CalibrateConfig(adapter=str(adapter), index=str(polar_env["index"]), qa=str(qa), task="yes-no", limit=12,
+                        device="cpu", dtype="float32")
+    assert calibrate_main(c) == 0
+    meta = json.loads((adapter / "rag_pipeline.json").read_text())
+    stored = meta["abstention"]["yes_no"]
+    assert stored["yes"] > 0 and stored["no"] > 0 and stored["questions"] == stored["yes"] + stored["no"]
+    assert {k: v for k, v in meta.items() if k != "abstention"} == {k: v for k, v in before.items() if k != "abstention"}
+    pipe = A.Pipeline.load(settings(polar_env, adapter=str(adapter)))
+    assert pipe.yes_no_bias == stored["bias"] and pipe.calibrations == {}  # a bias, not a threshold
+    assert pipe.answer(WH).margin is None  # and no calibrated abstention comes with it
+
+
+def test_beam_search_keeps_the_opening_and_leaves_other_rows_free(polar_env: dict) -> None:
+    """With beams, transformers asks each row for its allowed tokens: a yes/no row's opening, any token for the others."""
+    beams = A.Pipeline.load(settings(polar_env, num_beams=2, abstention="greedy"))
+    free = A.Pipeline.load(settings(polar_env, num_beams=2, abstention="greedy", yes_no_questions="free"))
+    a, b = beams.answer_batch([YES_NO, WH]), free.answer_batch([YES_NO, WH])
+    assert polarity(a[0].raw) is not None or a[0].raw.startswith("The")
+    assert a[1].raw == b[1].raw
