@@ -33,7 +33,7 @@ def test_the_reference_adapters_file_reads_and_writes_back_byte_identical(tmp_pa
     (folder / "adapter_model.safetensors").write_bytes(b"")
     meta = read_adapter_meta(folder)
     assert meta.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta.method == "lora" and meta.template == "raft-v1"
-    assert set(meta.abstention) == {"free", "grounded"} and meta.extra == {}
+    assert set(meta.abstention) == {"free", "grounded", "yes_no"} and meta.extra == {}
     write_adapter_meta(folder, meta)
     assert (folder / META_FILE).read_bytes() == original
     write_adapter_meta(folder, dataclasses.replace(meta, abstention={**meta.abstention, "free": {"threshold": 1.0}}))

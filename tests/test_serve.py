@@ -502,7 +502,7 @@ def _scripted(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, reply: str, log: 
     """Replace the generator: it hands ``reply``'s tokens to ``on_token`` one by one (logged), then returns it."""
     ids = pipe.tokenizer(reply, add_special_tokens=False)["input_ids"]
 
-    def gen(texts, docs, margins=False, grounded=False, decoding=None, on_token=None, counts=None):
+    def gen(texts, docs, margins=False, grounded=False, decoding=None, on_token=None, counts=None, questions=None):
         for r in range(len(texts)):
             for t in ids:
                 log.append(("token", t))
