@@ -79,6 +79,8 @@ SCHEMA_VERSION = 1
 PRESETS = {"quick": 15 * 60.0, "full": None}
 MIN_DOCUMENTS = 10  # held-out documents for calibration and evaluation need a few to choose from
 MIN_HELD_OUT = 20  # questions calibrate and evaluate at the least
+YES_NO_QUESTIONS = 200  # yes/no questions written from the validation documents to measure the tuned adapter's lean (one
+# forward pass each, about a quarter of an answer's time)
 MIN_BUDGET_S = 300  # below this nothing fits on any machine; the probe's measure gives the real minimum
 # The question mix and split (documents, not questions, are split)
 SPLIT_RATIO = [0.7, 0.15, 0.15]
@@ -347,7 +349,7 @@ class Plan:
             "index": f"{p.documents} documents, about {p.chunks} chunks",
             "dataset": f"write {p.questions} questions ({int(SPLIT_RATIO[0] * 100)}% of documents train, the rest held out)",
             "train": f"{p.steps} steps of {p.examples_per_step} examples from the reference adapter, checkpoint every {p.eval_steps}",
-            "calibrate": f"abstention threshold on {p.calibrate_questions} held-out questions",
+            "calibrate": f"abstention threshold on {p.calibrate_questions} held-out questions, yes/no lean",
             "evaluate": f"base, reference and tuned on {p.evaluate_questions} held-out questions (+ injected documents)",
             "export": "the tuned adapter for llama.cpp or transformers",
         }
@@ -385,7 +387,7 @@ def make_plan(cfg: TuneConfig, corpus: Corpus, probed: Probe, with_qa: bool) -> 
         evals = 1 + math.ceil(steps / eval_every(steps)) if steps else 0
         return {"index": index_s, "dataset": questions * per_question["write"] + STAGE_LOAD_S,
                 "train": steps * per_step * x + evals * val_examples + STAGE_LOAD_S,
-                "calibrate": cal * a + STAGE_LOAD_S, "evaluate": ev * answers * a + 3 * STAGE_LOAD_S,
+                "calibrate": (cal + YES_NO_QUESTIONS / 4) * a + STAGE_LOAD_S, "evaluate": ev * answers * a + 3 * STAGE_LOAD_S,
                 **({"export": EXPORT_S} if cfg.export else {})}
 
     def steps_for(questions: int) -> int:
@@ -639,7 +641,8 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
         return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
     if stage == "calibrate":
         c = calibrate.run(cfgs["calibrate"])
-        return {k: c.get(k) for k in ("threshold", "overall_f1", "false_abstain_rate", "questions", "roc_auc")}
+        return {**{k: c.get(k) for k in ("threshold", "overall_f1", "false_abstain_rate", "questions", "roc_auc")},
+                "yes_no_bias": yes_no_lean(cfgs["calibrate"])}
     if stage == "evaluate":
         m = evaluate.run(cfgs["evaluate"])
         if cfgs["evaluate_qa"] is not None:
@@ -647,6 +650,20 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
         return {"evaluated": m["qa"]["evaluated"]}
     r = export_run(cfgs["export"])
     return {"output": r.get("output") or str(out / "export")}
+
+
+def yes_no_lean(cfg: CalibrateConfig) -> float | None:
+    """``calibrate --task yes-no`` after a short answer's free-decoding threshold: the tuned adapter's lean between
+    yes and no (:mod:`rag_pipeline.answer.polar`), on :data:`YES_NO_QUESTIONS` written from the validation
+    documents. None, with a warning, where those documents yield no yes/no questions of both answers (or the
+    tokenizer has no yes/no token): yes/no answers then open with the model's own word."""
+    if cfg.task != "qa" or cfg.grounded:
+        return None
+    try:
+        return calibrate.run(dataclasses.replace(cfg, task="yes-no", limit=YES_NO_QUESTIONS))["bias"]
+    except (ConfigError, InputError) as e:
+        log.warning("calibrate: no yes/no lean measured (%s); yes/no answers open with the model's own word", e)
+        return None
 
 
 def reset_peak_rss() -> None:

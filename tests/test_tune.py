@@ -73,7 +73,7 @@ def _corpus(docs: int = 400, chunks: int = 800) -> Corpus:
 
 def test_the_plan_fills_the_budget_and_grows_with_it() -> None:
     cfg = TuneConfig(paths=["x"])
-    plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("7m", "10m", "30m", "2h")}
+    plans = {b: make_plan(TuneConfig(paths=["x"], budget=b), _corpus(), PROBE, False) for b in ("8m", "10m", "30m", "2h")}
     for b, plan in plans.items():
         total = sum(plan.seconds.values()) + PROBE.probe_s
         assert 0.6 * parse_budget(b) < total <= tune.SAFETY * parse_budget(b)  # within the budget, and most of it used
@@ -174,6 +174,8 @@ def test_every_stage_writes_its_own_artifact(tuned: tuple[dict, Path]) -> None:
     assert json.loads((out / "dataset" / "manifest.json").read_text())["kind"] == "raft-dataset"
     meta = json.loads((out / "adapter" / "rag_pipeline.json").read_text())
     assert meta["config"]["init_adapter"] and "free" in meta["abstention"]  # trained from the reference, calibrated
+    # the tiny tokenizer has no yes/no token: no lean is measured, and the stage goes on
+    assert "yes_no" not in meta["abstention"] and manifest["stages"]["calibrate"]["summary"]["yes_no_bias"] is None
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert [s["adapter"] for s in metrics["systems"]] == [None, manifest["config"]["reference"], str(out / "adapter")]
     assert metrics["contexts"] == ["retrieved", "injected"]
@@ -339,3 +341,24 @@ def test_the_report_says_when_the_reference_adapter_answered_better(tmp_path: Pa
     metrics("evaluation-qa", 0.345, 0.192)  # your own questions decide when there are any
     note = tune.verdict(tmp_path, tuned)
     assert "your own held-out questions" in note and "34.5 against 19.2 (24 questions)" in note and "--adapter adapters/ref" in note
+
+
+def test_the_calibrate_stage_measures_the_yes_no_lean_of_short_free_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the threshold, tune runs calibrate --task yes-no (a lean, not a threshold) for short answers decoded
+    freely; a ConfigError or InputError there (no yes/no question of both answers) is a warning, not a failure."""
+    from rag_pipeline.errors import InputError
+    from rag_pipeline.eval import calibrate
+    from rag_pipeline.eval.calibrate import CalibrateConfig
+
+    seen: list[tuple[str, int]] = []
+    monkeypatch.setattr(calibrate, "run", lambda c: seen.append((c.task, c.limit)) or {"bias": -0.5})
+    cfg = CalibrateConfig(adapter="a", limit=40)
+    assert tune.yes_no_lean(cfg) == -0.5 and seen == [("yes-no", tune.YES_NO_QUESTIONS)]
+    assert tune.yes_no_lean(CalibrateConfig(adapter="a", grounded=True)) is None and len(seen) == 1
+    assert tune.yes_no_lean(CalibrateConfig(adapter="a", task="summary")) is None and len(seen) == 1
+
+    def refuse(c: CalibrateConfig) -> dict:
+        raise InputError("no generated question survived the filters")
+
+    monkeypatch.setattr(calibrate, "run", refuse)
+    assert tune.yes_no_lean(cfg) is None

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import YES_NO, mode_of, to_json
-from rag_pipeline.answer import structured
+from rag_pipeline.answer import polar, structured
 from rag_pipeline.answer.ask import Answer, Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, YesNoQuestions
 from rag_pipeline.data import questions as written
@@ -270,6 +270,9 @@ def run_yes_no(cfg: CalibrateConfig) -> dict[str, Any]:
         raise ConfigError(f"{cfg.qa} names no documents (doc_id): --task yes-no writes its questions from the validation "
                           "file's documents, pass a QA file with a doc_id field")
     pipe = Pipeline.load(dataclasses.replace(cfg, task="qa"))
+    if not polar.polar_openings(pipe.tokenizer)["mask"].any():
+        raise ConfigError("the generator's tokenizer has no token that reads yes or no: its yes/no answers cannot open "
+                          "with one, so there is no lean to measure")
     made = written.generate(pipe.retriever, written.RulesWriter(),
                             written.QuestionSettings(n=cfg.limit or 400, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
     items = [it for it in made.items if it.answers and it.answers[0].lower() in ("yes", "no")]
