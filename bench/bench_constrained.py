@@ -91,8 +91,8 @@ def main() -> int:
     }
     real_kwargs = generator._constraint_kwargs
 
-    def lists(rows, offset, beams=1):  # transformers' own route: a list of allowed ids per row and step
-        return real_kwargs(rows, offset, beams=2)
+    def lists(rows, offset, beams, vocab):  # transformers' own route: a list of allowed ids per row and step
+        return real_kwargs(rows, offset, 2, vocab)
 
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"adapter {adapter or 'none'}, {len(cases)} prompts, batch {args.batch}")

@@ -55,7 +55,7 @@ class AdapterMeta:
     train_examples_seen: int | None = None  # snapshots only
     metrics: dict[str, Any] | None = None  # final adapter only: train-generator's summary
     evals: list[dict[str, Any]] | None = None  # every validation evaluation so far
-    abstention: dict[str, dict[str, Any]] | None = None  # calibrate's result per decoding mode (answer.abstention.MODES)
+    abstention: dict[str, dict[str, Any]] | None = None  # calibrate's result per decoding mode (answer.abstention.MODES), and yes_no
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     @property

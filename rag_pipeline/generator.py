@@ -564,7 +564,7 @@ def generate_with_margins(
         ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")
         ids, mask = ids.to(device), mask.to(device)
         start = ids.shape[1] if kind == "causal" else 1
-        kwargs = _constraint_kwargs([constraints[i] for i in idx], start) if constraints else {}
+        kwargs = _constraint_kwargs([constraints[i] for i in idx], start, 1, len(tokenizer)) if constraints else {}
         kwargs["logits_processor"] = LogitsProcessorList(kwargs.get("logits_processor", []) + ([BanAtStart(start, abstain[:1])] if ban_first_word else []))
         # room for the answer, or for the abstention scored on the prompt's cache after it
         cache = static_cache(model, start + max(max_new_tokens, len(abstain))) if static and kind == "causal" else None
@@ -687,7 +687,7 @@ def abstain_openings(tokenizer: Any, exact: list[int]) -> list[list[int]]:
     return [list(x) for x in dict.fromkeys(tuple(q) for q in seqs if len(q) == 2)]
 
 
-def _constraint_kwargs(rows: list[Any], offset: int, beams: int = 1, vocab: int = 0) -> dict[str, Any]:
+def _constraint_kwargs(rows: list[Any], offset: int, beams: int, vocab: int) -> dict[str, Any]:
     """``generate`` arguments restricting row ``b``'s answer (its ids after ``offset``) to ``rows[b]``'s allowed tokens:
     :class:`ConstrainedLogits` (one mask per row and step), or with beam search ``prefix_allowed_tokens_fn`` (a row
     whose constraint is None may take any of the ``vocab`` tokens); none when every row is free."""
@@ -696,8 +696,9 @@ def _constraint_kwargs(rows: list[Any], offset: int, beams: int = 1, vocab: int 
     if all(row is None for row in rows):
         return {}
     if beams > 1:
+        every = list(range(vocab))
         return {"prefix_allowed_tokens_fn": lambda b, seq: rows[b].allowed(seq[offset:].tolist()) if rows[b] is not None
-                else list(range(vocab))}
+                else every}
     return {"logits_processor": LogitsProcessorList([ConstrainedLogits(rows, offset)])}
 
 

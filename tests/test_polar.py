@@ -30,6 +30,9 @@ from rag_pipeline.metrics import yes_no_gold
     ("Does the US know where Gadhafi is?", False),   # a wh-word anywhere: left to the model
     ("Where no when was BSkyB's digital service launched?", False),
     ("The tower is in Paris?", False),
+    ("Can you name the ship?", False),               # a request
+    ("May I know the name of the ship?", False),
+    ('"Is it red?" she asked.', True),               # an opening quote
     ("", False),
 ])
 def test_a_yes_no_question_opens_with_an_auxiliary_and_has_no_wh_word_or_alternative(question: str, expected: bool) -> None:
@@ -74,8 +77,13 @@ def test_the_first_token_is_yes_or_no_and_the_bias_chooses_between_them(smol) ->
         out = ConstrainedLogits([row], 0)(torch.zeros((1, 0), dtype=torch.long), scores[None])[0]
         assert smol.decode([int(out.argmax())]).strip().lower() == want
         assert torch.isinf(out[the]) and torch.isinf(out[ids["no" if want == "yes" else "yes"]]).all()
-        after = ConstrainedLogits([row], 0)(torch.tensor([[int(out.argmax())]]), scores[None])[0]
-        assert torch.equal(after, scores)  # after the opening, anything goes
+        first = int(out.argmax())
+        after = ConstrainedLogits([row], 0)(torch.tensor([[first]]), scores[None])[0]
+        glued, apart = smol("Noah", add_special_tokens=False)["input_ids"][1], smol(" [1]", add_special_tokens=False)["input_ids"][0]
+        assert torch.isinf(after[glued]) and after[apart] == scores[apart]  # "No" + "ah" would read "Noah"
+        assert not torch.isinf(after[smol.eos_token_id])
+        later = ConstrainedLogits([row], 0)(torch.tensor([[first, apart]]), scores[None])[0]
+        assert torch.equal(later, scores)  # after that, anything goes
     also = ConstrainedLogits([polar.PolarStart(smol, also=[the])], 0)(torch.zeros((1, 0), dtype=torch.long), scores[None])[0]
     assert int(also.argmax()) == the  # where the model may still refuse, its refusal's opening stays allowed
 
@@ -165,3 +173,24 @@ def test_beam_search_keeps_the_opening_and_leaves_other_rows_free(polar_env: dic
     a, b = beams.answer_batch([YES_NO, WH]), free.answer_batch([YES_NO, WH])
     assert polarity(a[0].raw) is not None or a[0].raw.startswith("The")
     assert a[1].raw == b[1].raw
+
+
+def test_a_tokenizer_that_spells_only_one_word_is_left_alone(smol) -> None:
+    """Without both a "yes" and a "no" token the opening could not choose: the answers open as the model likes."""
+    import copy
+
+    half = copy.copy(smol)
+    ids = polar.polar_openings(smol)
+    half._rag_polar_openings = {**ids, "yes": ids["yes"][:0]}
+    assert not polar.usable(half) and polar.constraints(half, ["Is it red?"]) is None
+    with pytest.raises(ValueError, match="lacks a token"):
+        polar.PolarStart(half)
+
+
+def test_calibrate_yes_no_refuses_grounded_decoding_and_an_empty_limit() -> None:
+    from rag_pipeline.errors import ConfigError
+    from rag_pipeline.eval.calibrate import CalibrateConfig
+
+    for bad in ({"grounded": True}, {"limit": 0}):
+        with pytest.raises(ConfigError, match="--task yes-no measures free decoding"):
+            CalibrateConfig(adapter="a", task="yes-no", **bad)

@@ -83,7 +83,7 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     return stored
 
 
-def yes_no_bias(recorded: dict[str, dict[str, Any]] | None) -> float:
+def stored_yes_no_bias(recorded: dict[str, dict[str, Any]] | None) -> float:
     """The adapter's calibrated lean between "yes" and "no" (:class:`rag_pipeline.answer.polar.PolarStart`'s ``bias``,
     stored by ``rag-pipeline calibrate --task yes-no``); 0 where none was stored."""
     return float(((recorded or {}).get(YES_NO) or {}).get("bias", 0.0))

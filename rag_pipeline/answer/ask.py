@@ -37,7 +37,7 @@ from typing import IO, Any, Literal, Protocol
 from rag_pipeline import batching, generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, polar, structured, summary
-from rag_pipeline.answer.abstention import abstention_of, applied, withhold, yes_no_bias
+from rag_pipeline.answer.abstention import abstention_of, applied, stored_yes_no_bias, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -364,7 +364,7 @@ class Pipeline:
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
                           if calibration else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema,
-                   yes_no_bias(meta.abstention if meta else None))
+                   stored_yes_no_bias(meta.abstention if meta else None))
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
@@ -459,10 +459,9 @@ class Pipeline:
         t2 = time.perf_counter()
         counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
-        extra: dict[str, Any] = {"decoding": decoding} if decoding is not None else {}
+        extra: dict[str, Any] = {"questions": [questions[i] for i in todo], **({"decoding": decoding} if decoding is not None else {})}
         if on_text is not None or on_usage is not None or task == "extract":  # when asked, and for JSON (json_cut)
             extra.update(counts=counts, on_token=(lambda r, token: live[todo[r]].token(token)) if live else None)
-        extra["questions"] = [questions[i] for i in todo]
         outs = self._generate(texts, [shown[i] for i in todo], scored, grounded, **extra) if texts else []
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin), count in zip(todo, outs, counts):
@@ -586,8 +585,9 @@ class Pipeline:
     def _polar_again(self, c: Decoding, texts: list[str], outs: list[tuple[str, float | None]], rows: list[Any],
                      counts: list[Any] | None) -> list[tuple[str, float | None]]:
         """Scored answers with each yes/no question's (``rows[i]`` not None) decoded again opening with Yes or No
-        (:class:`~rag_pipeline.answer.polar.PolarStart`); its margin stays the one its own answer was scored with, so
-        the calibrated threshold decides whether to answer as for any question, and the opening only how."""
+        (:class:`~rag_pipeline.answer.polar.PolarStart`), withheld or not (the threshold is applied later); its margin
+        stays the one its own answer was scored with, so the calibrated threshold decides whether to answer as for any
+        question, and the opening only how."""
         redo = [i for i, row in enumerate(rows) if row is not None]
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, [texts[i] for i in redo], max_new_tokens=c.max_new_tokens,

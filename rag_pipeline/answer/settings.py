@@ -94,8 +94,9 @@ class Answering:
                       "opens its answer); calibrated = as the adapter's threshold was calibrated (any when it records none)")
     yes_no_questions: YesNoQuestions = opt(
         "yes-or-no", "yes-or-no = a short answer to a yes/no question (one that opens with an auxiliary verb, with no wh-word and no "
-                "'or': rag_pipeline.answer.polar) opens with Yes or No, whichever the model ranks higher (free decoding; "
-                "grounded decoding copies spans); free = the model's own opening")
+                "'or', not a request: rag_pipeline.answer.polar) opens with Yes or No, whichever the model ranks higher less "
+                "its lean measured by calibrate --task yes-no (free decoding; grounded decoding copies spans); free = the "
+                "model's own opening")
     answer_check: AnswerCheck = opt(
         "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
                     "(rag_pipeline.answer.check.answer_problem) is never shown: grounded = decode it again grounded (a span of a "

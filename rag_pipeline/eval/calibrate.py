@@ -41,8 +41,8 @@ from rag_pipeline.answer.abstention import YES_NO, mode_of, to_json
 from rag_pipeline.answer import polar, structured
 from rag_pipeline.answer.ask import Answer, Pipeline
 from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, YesNoQuestions
-from rag_pipeline.data import questions as written
 from rag_pipeline.config import fixed, opt
+from rag_pipeline.data import questions as written
 from rag_pipeline.data import tasks
 from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
@@ -162,6 +162,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
             raise ConfigError("answer_start is calibrated: calibrate chooses it, pass --answer-start any or not-refusal-word")
         if self.limit < 0:
             raise ConfigError(f"limit is {self.limit}: use 0 (every question) or a sample size")
+        if self.task == "yes-no" and (self.grounded or self.limit < 1):
+            raise ConfigError("--task yes-no measures free decoding's yes/no openings on --limit written questions: drop "
+                              "--grounded (grounded decoding copies spans) and pass --limit 1 or more")
         if self.task == "extract":  # (AnswerSettings refuses --grounded with it)
             self.schema = structured.canonical(tasks.EXTRACT_SCHEMA)
 
@@ -274,8 +277,9 @@ def run_yes_no(cfg: CalibrateConfig) -> dict[str, Any]:
         raise ConfigError("the generator's tokenizer has no token that reads yes or no: its yes/no answers cannot open "
                           "with one, so there is no lean to measure")
     made = written.generate(pipe.retriever, written.RulesWriter(),
-                            written.QuestionSettings(n=cfg.limit or 400, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
-    items = [it for it in made.items if it.answers and it.answers[0].lower() in ("yes", "no")]
+                            written.QuestionSettings(n=cfg.limit, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
+    # only questions ask would open with yes or no ("Is it true that ... which ...?" would not be)
+    items = [it for it in made.items if it.answers and it.answers[0].lower() in ("yes", "no") and polar.is_polar(it.question)]
     gold = np.array([it.answers[0].lower() == "yes" for it in items])
     if gold.all() or not gold.any():
         raise ConfigError(f"the {len(items)} yes/no questions written from {cfg.qa}'s documents are all of one answer: "
