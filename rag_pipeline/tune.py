@@ -51,6 +51,7 @@ from typing import Any, Literal
 from rag_pipeline import train as train_stage
 from rag_pipeline.adapter_meta import META_FILE
 from rag_pipeline.answer.abstention import mode_of
+from rag_pipeline.answer.ask import Pipeline
 from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
 from rag_pipeline.config import build_config, opt, to_dict
 from rag_pipeline.data import raft
@@ -640,9 +641,10 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
             raise KeyboardInterrupt
         return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
     if stage == "calibrate":
-        c = calibrate.run(cfgs["calibrate"])
+        pipe = Pipeline.load(cfgs["calibrate"])  # one load for the threshold and the yes/no lean
+        c = calibrate.run(cfgs["calibrate"], pipe)
         return {**{k: c.get(k) for k in ("threshold", "overall_f1", "false_abstain_rate", "questions", "roc_auc")},
-                "yes_no_bias": yes_no_lean(cfgs["calibrate"])}
+                "yes_no_bias": yes_no_lean(cfgs["calibrate"], pipe)}
     if stage == "evaluate":
         m = evaluate.run(cfgs["evaluate"])
         if cfgs["evaluate_qa"] is not None:
@@ -652,15 +654,16 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
     return {"output": r.get("output") or str(out / "export")}
 
 
-def yes_no_lean(cfg: CalibrateConfig) -> float | None:
+def yes_no_lean(cfg: CalibrateConfig, pipe: Any = None) -> float | None:
     """``calibrate --task yes-no`` after a short answer's free-decoding threshold: the tuned adapter's lean between
     yes and no (:mod:`rag_pipeline.answer.polar`), on :data:`YES_NO_QUESTIONS` written from the validation
-    documents. None, with a warning, where those documents yield no yes/no questions of both answers (or the
-    tokenizer has no yes/no token): yes/no answers then open with the model's own word."""
+    documents, with ``pipe`` (the adapter the threshold was chosen with) when given. None, with a warning, where
+    those documents yield no yes/no questions of both answers (or the tokenizer lacks a yes or a no token): yes/no
+    answers then open with the model's own word."""
     if cfg.task != "qa" or cfg.grounded:
         return None
     try:
-        return calibrate.run(dataclasses.replace(cfg, task="yes-no", limit=YES_NO_QUESTIONS))["bias"]
+        return calibrate.run(dataclasses.replace(cfg, task="yes-no", limit=YES_NO_QUESTIONS), pipe)["bias"]
     except (ConfigError, InputError) as e:
         log.warning("calibrate: no yes/no lean measured (%s); yes/no answers open with the model's own word", e)
         return None

@@ -290,8 +290,8 @@ if where == "train":
     train_stage._on_step = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 3 else None
 else:  # after calibrate stored its threshold in the adapter, before tune recorded the stage
     real = calibrate.run
-    def killed(cfg):
-        real(cfg)
+    def killed(cfg, *rest):
+        real(cfg, *rest)
         os.kill(os.getpid(), signal.SIGKILL)
     calibrate.run = killed
 tune.run(tune.TuneConfig(**json.loads({cfg!r})))
@@ -351,13 +351,13 @@ def test_the_calibrate_stage_measures_the_yes_no_lean_of_short_free_answers(monk
     from rag_pipeline.eval.calibrate import CalibrateConfig
 
     seen: list[tuple[str, int]] = []
-    monkeypatch.setattr(calibrate, "run", lambda c: seen.append((c.task, c.limit)) or {"bias": -0.5})
+    monkeypatch.setattr(calibrate, "run", lambda c, pipe=None: seen.append((c.task, c.limit, pipe)) or {"bias": -0.5})
     cfg = CalibrateConfig(adapter="a", limit=40)
-    assert tune.yes_no_lean(cfg) == -0.5 and seen == [("yes-no", tune.YES_NO_QUESTIONS)]
+    assert tune.yes_no_lean(cfg, "loaded") == -0.5 and seen == [("yes-no", tune.YES_NO_QUESTIONS, "loaded")]
     assert tune.yes_no_lean(CalibrateConfig(adapter="a", grounded=True)) is None and len(seen) == 1
     assert tune.yes_no_lean(CalibrateConfig(adapter="a", task="summary")) is None and len(seen) == 1
 
-    def refuse(c: CalibrateConfig) -> dict:
+    def refuse(c: CalibrateConfig, pipe: object = None) -> dict:
         raise InputError("no generated question survived the filters")
 
     monkeypatch.setattr(calibrate, "run", refuse)

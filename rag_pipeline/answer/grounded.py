@@ -71,6 +71,18 @@ def token_bytes(tokenizer: Any) -> list[bytes | None]:
     return out
 
 
+def token_pieces(tokenizer: Any) -> list[str]:
+    """Each token id's text as the tokenizer writes it alone ("" for an id without a token); found once per
+    tokenizer. What the JSON guard (:mod:`~rag_pipeline.answer.structured`) and the yes/no openings
+    (:mod:`~rag_pipeline.answer.polar`) scan."""
+    cached = getattr(tokenizer, "_rag_token_pieces", None)
+    if cached is None:
+        cached = [tokenizer.convert_tokens_to_string([t]) if t is not None else ""
+                  for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+        tokenizer._rag_token_pieces = cached
+    return cached
+
+
 def build_vocab(tokenizer: Any) -> Vocab:
     """The byte view of ``tokenizer``'s vocabulary (cached per tokenizer object)."""
     cached = getattr(tokenizer, "_rag_grounded_vocab", None)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rag_pipeline.answer.grounded import token_pieces
+
 AUXILIARIES = frozenset(
     "is are was were am do does did can could will would shall should may might must has have had "
     "isn't aren't wasn't weren't don't doesn't didn't can't couldn't won't wouldn't shouldn't hasn't haven't hadn't".split())
@@ -51,13 +53,12 @@ def polar_openings(tokenizer: Any) -> dict[str, Any]:
 
     cached = getattr(tokenizer, "_rag_polar_openings", None)
     if cached is None:
-        pieces = [tokenizer.convert_tokens_to_string([t]).strip().lower() if t is not None else ""
-                  for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
-        raw = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
-        cached = {w: np.array([i for i, p in enumerate(pieces) if p == w], dtype=np.int64) for w in _POLAR_WORDS}
-        cached["mask"] = np.isin(np.arange(len(pieces)), np.concatenate([cached[w] for w in _POLAR_WORDS]))
+        pieces = token_pieces(tokenizer)
+        words = [p.strip().lower() for p in pieces]
+        cached = {w: np.array([i for i, p in enumerate(words) if p == w], dtype=np.int64) for w in _POLAR_WORDS}
+        cached["mask"] = np.isin(np.arange(len(words)), np.concatenate([cached[w] for w in _POLAR_WORDS]))
         # what may follow the word: a token that does not glue onto it ("No" + "ah" reads "Noah")
-        cached["apart"] = np.array([not (p[:1].isalnum()) for p in raw], dtype=bool)
+        cached["apart"] = np.array([not p[:1].isalnum() for p in pieces], dtype=bool)
         tokenizer._rag_polar_openings = cached
     return cached
 

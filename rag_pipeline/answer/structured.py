@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rag_pipeline.answer.grounded import token_pieces
 from rag_pipeline.errors import InputError
 from rag_pipeline.textnorm import contains_answer
 
@@ -266,7 +267,7 @@ def _structural(tokenizer: Any, in_string: bool) -> Any:
 
     cached = getattr(tokenizer, "_rag_json_structural", None)
     if cached is None:
-        pieces = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+        pieces = token_pieces(tokenizer)
         opens = re.compile(r"[,\[{]")
         cached = {False: np.array([i for i, t in enumerate(pieces) if opens.search(t)], dtype=np.int64),
                   True: np.array([i for i, t in enumerate(pieces) if '"' in t and opens.search(t, t.index('"'))], dtype=np.int64)}

@@ -207,8 +207,10 @@ def roc_auc(margins: Sequence[float], answerable: Sequence[bool]) -> float | Non
     return float(roc_auc_score(labels, finite))
 
 
-def run(cfg: CalibrateConfig) -> dict[str, Any]:
+def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
     """Answer the validation questions with margins, choose the threshold, store it in the adapter.
+
+    ``pipe``: the adapter already loaded with ``cfg`` (``tune`` runs both of its calibrations on one); None: load it.
 
     Returns:
         The stored calibration: threshold, its validation figures, the ceiling, the sample, AUC.
@@ -220,12 +222,12 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     import dataclasses
 
     if cfg.task == "yes-no":
-        return run_yes_no(cfg)
+        return run_yes_no(cfg, pipe)
     loaded = load_qa(cfg.qa, cfg.qa_fields())
     require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
     usable, skipped = usable_items(loaded)
     items = sample_items(usable, cfg.limit, cfg.seed)
-    pipe = Pipeline.load(cfg)
+    pipe = pipe or Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
     refused = grounded = 0
     score = {"summary": summary_score, "extract": extract_score}.get(cfg.task, f1)
@@ -253,7 +255,7 @@ def run(cfg: CalibrateConfig) -> dict[str, Any]:
     return result
 
 
-def run_yes_no(cfg: CalibrateConfig) -> dict[str, Any]:
+def run_yes_no(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
     """Measure the adapter's lean between yes and no and store it (``abstention.yes_no``).
 
     Yes/no questions are written by rule from the chunks of the validation file's documents
@@ -272,10 +274,10 @@ def run_yes_no(cfg: CalibrateConfig) -> dict[str, Any]:
     if not docs:
         raise ConfigError(f"{cfg.qa} names no documents (doc_id): --task yes-no writes its questions from the validation "
                           "file's documents, pass a QA file with a doc_id field")
-    pipe = Pipeline.load(dataclasses.replace(cfg, task="qa"))
-    if not polar.polar_openings(pipe.tokenizer)["mask"].any():
-        raise ConfigError("the generator's tokenizer has no token that reads yes or no: its yes/no answers cannot open "
-                          "with one, so there is no lean to measure")
+    pipe = pipe or Pipeline.load(dataclasses.replace(cfg, task="qa"))
+    if not polar.usable(pipe.tokenizer):
+        raise ConfigError("the generator's tokenizer lacks a token that reads yes or one that reads no: its yes/no answers "
+                          "cannot open with one, so there is no lean to measure")
     made = written.generate(pipe.retriever, written.RulesWriter(),
                             written.QuestionSettings(n=cfg.limit, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
     # only questions ask would open with yes or no ("Is it true that ... which ...?" would not be)
@@ -304,8 +306,8 @@ def main(cfg: CalibrateConfig) -> int:
     def pct(x: Any) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
+    where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
     if cfg.task == "yes-no":
-        where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
         print(f"{r['questions']} written yes/no questions ({r['yes']} yes, {r['no']} no); yes-minus-no ROC AUC "
               f"{'-' if r['roc_auc'] is None else round(r['roc_auc'], 3)}")
         print(f"  unbiased (score > 0)  : says yes to {pct(r['said_yes_at_zero'])}, accuracy {pct(r['accuracy_at_zero'])}")
@@ -324,7 +326,6 @@ def main(cfg: CalibrateConfig) -> int:
     for name, row in (("margin > 0 (about greedy)", r["at_zero"]), ("chosen threshold", r)):
         print(f"  {name:<26} threshold {row['threshold']!s:>8}: overall {score} {pct(row['overall_f1'])}, HasAns {score} {pct(row['has_f1'])}, "
               f"NoAns acc. {pct(row['noans_acc'])}, false abstentions {pct(row['false_abstain_rate'])}")
-    where = "not written (--dry-run)" if cfg.dry_run else f"stored in {cfg.adapter}/rag_pipeline.json"
     print(f"threshold {r['threshold']} ({mode_of(cfg.task, cfg.grounded).replace('_', ' ')} decoding, false abstentions <= "
           f"{cfg.max_false_abstain:.0%}): {where}")
     return 0
