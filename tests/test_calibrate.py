@@ -84,7 +84,7 @@ def test_answerable_records_without_an_answer_are_left_out_and_listed(tmp_path, 
     qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(CalibrateConfig(adapter=str(tmp_path / "adapter"), qa=str(qa), dry_run=True)) == 0
     out = capsys.readouterr().out
-    assert out.startswith("2 validation questions (1 answerable)")
+    assert out.startswith("2 validation questions (1 answerable, 0 yes/no)")
     assert "left out 1 records: 1 answerable but no answer given" in out and "(c)" in out
 
 

@@ -194,3 +194,39 @@ def test_calibrate_yes_no_refuses_grounded_decoding_and_an_empty_limit() -> None
     for bad in ({"grounded": True}, {"limit": 0}):
         with pytest.raises(ConfigError, match="--task yes-no measures free decoding"):
             CalibrateConfig(adapter="a", task="yes-no", **bad)
+
+
+def test_a_threshold_never_measured_on_a_yes_no_question_does_not_withhold_one(polar_env: dict) -> None:
+    """The calibrated margin is the free answer's: a threshold chosen on validation questions none of which was a
+    yes/no question (yes_no_questions 0) withholds the others, never a yes/no answer; one chosen with them, one that
+    does not record the count, or a yes/no question answered as the model likes, withholds as before."""
+    pipe = A.Pipeline.load(settings(polar_env))
+    free = A.Pipeline.load(settings(polar_env, yes_no_questions="free"))
+    assert pipe.opens_yes_no(YES_NO) and not pipe.opens_yes_no(WH) and not free.opens_yes_no(YES_NO)
+    for calibration, p, kept in (({"threshold": -1e9, "yes_no_questions": 0}, pipe, True),
+                                 ({"threshold": -1e9, "yes_no_questions": 3}, pipe, False),
+                                 ({"threshold": -1e9}, pipe, False),
+                                 ({"threshold": -1e9, "yes_no_questions": 0}, free, False)):
+        p.calibrations = {"free": calibration}
+        polar_answer, wh_answer = p.answer_batch([YES_NO, WH])
+        assert wh_answer.abstain_reason == "calibration" and wh_answer.margin is not None
+        assert (polar_answer.abstain_reason is None) == kept, calibration
+        if kept:
+            assert polarity(polar_answer.answer) is not None and polar_answer.margin is not None
+    pipe.calibrations = {"grounded": {"threshold": -1e9, "yes_no_questions": 0}}
+    assert pipe.answer_batch([YES_NO], grounded=True)[0].abstain_reason == "calibration"  # grounded: a copied span
+
+
+def test_calibrate_records_how_many_validation_questions_were_yes_no(polar_env: dict, tmp_path: Path) -> None:
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run as calibrate_run
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(polar_env["adapter"], adapter)
+    rows = [{"id": f"q-{k}", "question": q, "answer": "x", "doc_id": k}
+            for k, (t, _) in TOPICS.items() for q in (f"What about {t}?", f"Is there {t}?")]
+    qa = write_jsonl(tmp_path / "dev.jsonl", rows)
+    r = calibrate_run(CalibrateConfig(adapter=str(adapter), index=str(polar_env["index"]), qa=str(qa), limit=0,
+                                      device="cpu", dtype="float32", max_new_tokens=6))
+    assert r["questions"] == len(rows) and r["yes_no_questions"] == len(rows) // 2
+    stored = json.loads((adapter / "rag_pipeline.json").read_text())["abstention"]["free"]
+    assert stored["yes_no_questions"] == len(rows) // 2

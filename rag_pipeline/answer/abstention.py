@@ -43,13 +43,18 @@ def applied(stored: dict[str, dict[str, Any]], task: str, grounded: bool, schema
     return found
 
 
-def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0) -> bool:
+def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: float = 0.0, yes_no: bool = False) -> bool:
     """Whether the calibrated rule withholds an answer: ``margin > threshold + bias``.
 
     A positive ``bias`` answers more (fewer abstentions), a negative one abstains more. Without a
-    stored calibration (or a margin) nothing is withheld by this rule.
+    stored calibration (or a margin) nothing is withheld by this rule. ``yes_no``: the answer opens with
+    yes or no (:mod:`rag_pipeline.answer.polar`); a threshold chosen on validation questions none of
+    which was a yes/no question (``yes_no_questions`` 0 in the calibration) does not withhold it, as it
+    was never measured on one. Calibrations that do not record the count apply to every answer.
     """
     if margin is None or not abstention:
+        return False
+    if yes_no and abstention.get("yes_no_questions") == 0:
         return False
     return margin > float(abstention["threshold"]) + bias
 

@@ -471,7 +471,7 @@ class Pipeline:
             elif task == "summary":
                 answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
             else:
-                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration)
+                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration, grounded)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
@@ -597,6 +597,11 @@ class Pipeline:
         again = dict(zip(redo, raws))
         return [(again.get(i, raw), margin) for i, (raw, margin) in enumerate(outs)]
 
+    def opens_yes_no(self, question: str) -> bool:
+        """Whether a free short answer to ``question`` opens with Yes or No (``yes_no_questions: yes-or-no``, a yes/no
+        question, a tokenizer that spells both words: :mod:`~rag_pipeline.answer.polar`)."""
+        return self.cfg.yes_no_questions == "yes-or-no" and polar.is_polar(question) and polar.usable(self.tokenizer)
+
     def _abstain_opening(self) -> list[int]:
         """The abstention sentence's first token (\"The\"): what a refusal opens with."""
         return self.tokenizer(ABSTAIN, add_special_tokens=False)["input_ids"][:1]
@@ -647,10 +652,10 @@ class Pipeline:
         return self.cfg.kernels == "fast" and next(self.model.parameters()).device.type == "cpu"
 
     def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
-                calibration: dict[str, Any] | None = None) -> Answer:
+                calibration: dict[str, Any] | None = None, grounded: bool = False) -> Answer:
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
-        if withhold(margin, calibration, self.cfg.abstain_bias):
+        if withhold(margin, calibration, self.cfg.abstain_bias, not grounded and self.opens_yes_no(question)):
             return Answer(question, ABSTAIN, True, "calibration", [], docs, timings, raw, margin)
         answer = raw.strip()
         citations = [

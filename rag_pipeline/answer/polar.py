@@ -13,7 +13,9 @@ Whether to answer at all is decided as for any question. With a calibrated abste
 question is answered first as the model likes, with its null margin, and then decoded again
 opening with Yes or No; the threshold decides on the first answer's margin (the margin of a
 forced opening would be no measure of answerability: the model's probability of "Yes" is low
-where it would rather quote a span), and a withheld answer keeps the second decode in ``raw``.
+where it would rather quote a span), and a withheld answer keeps the second decode in ``raw``. A
+threshold chosen on validation questions none of which was a yes/no question (the calibration's
+``yes_no_questions`` 0) does not withhold a yes/no answer (:func:`rag_pipeline.answer.abstention.withhold`).
 With greedy abstention the refusal's opening stays allowed beside Yes and No, in one decode. The answer check passes yes/no answers
 (:func:`rag_pipeline.answer.check.answer_problem`); grounded decoding copies spans and is left as it is.
 """

@@ -95,8 +95,8 @@ class Answering:
     yes_no_questions: YesNoQuestions = opt(
         "yes-or-no", "yes-or-no = a short answer to a yes/no question (one that opens with an auxiliary verb, with no wh-word and no "
                 "'or', not a request: rag_pipeline.answer.polar) opens with Yes or No, whichever the model ranks higher less "
-                "its lean measured by calibrate --task yes-no (free decoding; grounded decoding copies spans); free = the "
-                "model's own opening")
+                "its lean measured by calibrate --task yes-no (free decoding; grounded decoding copies spans), and a "
+                "threshold calibrated on no yes/no question does not withhold it; free = the model's own opening")
     answer_check: AnswerCheck = opt(
         "grounded", "an answer with no content word (\"The [1]\") or whose cited passage lacks most of its words "
                     "(rag_pipeline.answer.check.answer_problem) is never shown: grounded = decode it again grounded (a span of a "
