@@ -1,8 +1,9 @@
-"""scripts/soup_adapters.py: two LoRA adapters' updates mixed exactly, on a tiny Llama built in code."""
+"""scripts/soup_adapters.py: two LoRA adapters' updates mixed exactly (a soup with a third too), on a tiny Llama built in code."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -56,12 +57,32 @@ def test_a_soup_is_the_weighted_sum_of_the_two_updates(tmp_path: Path) -> None:
     assert read_adapter_meta(tmp_path / "soup").abstention is None  # calibrate it again
 
 
-def test_adapters_of_another_rank_are_refused(tmp_path: Path) -> None:
+def test_a_soup_mixes_again_with_an_adapter_of_another_rank(tmp_path: Path) -> None:
+    """A soup (rank 2r) and a third adapter (rank r) of the same scale: 0.6 x soup + 0.4 x third, exactly."""
+    base = build_tiny_llama(tmp_path / "base")
+    first = make_adapter(base, tmp_path / "first")
+    gen = torch.Generator().manual_seed(2)
+    for name in ("second", "third"):
+        shutil.copytree(first, tmp_path / name)
+        weights = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+        save_file({k: v + torch.randn(v.shape, generator=gen) * 0.5 for k, v in weights.items()},
+                  str(tmp_path / name / "adapter_model.safetensors"))
+    _script().soup(first, tmp_path / "second", 0.5, tmp_path / "soup")
+    _script().soup(tmp_path / "soup", tmp_path / "third", 0.6, tmp_path / "soup3")
+    ranks = [json.loads((tmp_path / d / "adapter_config.json").read_text())["r"] for d in ("first", "soup", "soup3")]
+    assert ranks == [ranks[0], 2 * ranks[0], 3 * ranks[0]]
+    plain, one, two, three, mixed = (_merged(base, a) for a in (None, first, tmp_path / "second", tmp_path / "third", tmp_path / "soup3"))
+    for k in plain:
+        want = plain[k] + 0.3 * (one[k] - plain[k]) + 0.3 * (two[k] - plain[k]) + 0.4 * (three[k] - plain[k])
+        assert torch.allclose(mixed[k], want, atol=1e-6), k
+
+
+def test_adapters_of_another_scale_are_refused(tmp_path: Path) -> None:
     base = build_tiny_llama(tmp_path / "base")
     first = make_adapter(base, tmp_path / "first")
     second = tmp_path / "second"
     shutil.copytree(first, second)
-    config = (second / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')
+    config = (second / "adapter_config.json").read_text().replace('"r": 4', '"r": 8')  # the same alpha: half the scale
     (second / "adapter_config.json").write_text(config)
     with pytest.raises(SystemExit, match="differ in"):
         _script().soup(first, second, 0.5, tmp_path / "soup")
@@ -85,3 +106,28 @@ def test_a_soup_never_replaces_an_input_or_a_folder_it_did_not_write(tmp_path: P
     with pytest.raises(ConfigError):
         _script().soup(first, second, 0.5, mine)
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_soup_stored_at_a_lower_rank_is_each_update_s_best_approximation(tmp_path: Path) -> None:
+    """--rank R: each module's mixed update is replaced by its top R singular directions (the closest rank-R update);
+    at the summed rank nothing is cut."""
+    base = build_tiny_llama(tmp_path / "base")
+    first = make_adapter(base, tmp_path / "first")
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    weights = load_file(str(first / "adapter_model.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in weights.items()}, str(first / "adapter_model.safetensors"))
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in weights.items()}, str(second / "adapter_model.safetensors"))
+    r = json.loads((first / "adapter_config.json").read_text())["r"]
+    assert _script().soup(first, second, 0.4, tmp_path / "exact") == 1.0
+    kept = _script().soup(first, second, 0.4, tmp_path / "cut", rank=r)
+    assert 0.5 < kept < 1.0 and json.loads((tmp_path / "cut" / "adapter_config.json").read_text())["r"] == r
+    plain, exact, cut = (_merged(base, a) for a in (None, tmp_path / "exact", tmp_path / "cut"))
+    changed = [k for k in plain if not torch.equal(plain[k], exact[k])]
+    assert changed
+    for k in changed:
+        u, sv, vh = torch.linalg.svd((exact[k] - plain[k]).double(), full_matrices=False)
+        want = plain[k].double() + (u[:, :r] * sv[:r]) @ vh[:r]
+        assert torch.allclose(cut[k].double(), want, atol=1e-5), k
+        assert torch.linalg.matrix_rank(cut[k].double() - plain[k].double(), atol=1e-5) <= r
