@@ -9,6 +9,9 @@ the stored threshold plus ``--abstain-bias``); an answer shown at t that the run
 when it holds no content word (the answer check; whether its cited passage holds it is not recorded). At the stored
 threshold the run's own figures come back. Answers without a
 margin (the retrieval threshold, or a generator that refused even with the refusal ruled out) abstain at every bias.
+A yes/no answer that the run opened with Yes or No (its ``metrics.json`` says ``yes_no_questions: yes-or-no``) under a
+threshold calibrated on no yes/no question is never withheld by the threshold (``abstention.withhold``): it stays as
+the run has it at every bias.
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ import argparse
 import collections
 import json
 import math
+from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
 from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.answer import polar
 from rag_pipeline.answer.check import answer_problem
 from rag_pipeline.metrics import f1
 
-def at_threshold(r: dict, threshold: float) -> tuple[bool, float]:
-    """(abstained, F1 when answerable) of one record when answers whose margin passes ``threshold`` are withheld."""
+
+def at_threshold(r: dict, threshold: float, yes_no_exempt: bool = False) -> tuple[bool, float]:
+    """(abstained, F1 when answerable) of one record when answers whose margin passes ``threshold`` are withheld;
+    ``yes_no_exempt``: a yes/no question's answer is not (see the module docstring)."""
     answerable = r["answerable"] and bool(r["gold"])
     margin = r["margin"]
     if margin is None:
         return True, 0.0
-    if margin > threshold:
+    if margin > threshold and not (yes_no_exempt and polar.is_polar(r["question"])):
         return True, 0.0
     if r["abstain_reason"] == "calibration":  # withheld in the run, shown at this bias
         if answer_problem(r["raw"], []) == "no_content":
@@ -41,10 +48,10 @@ def at_threshold(r: dict, threshold: float) -> tuple[bool, float]:
     return False, (r["scores"]["f1"] or 0.0) if answerable else 0.0
 
 
-def figures(records: list[dict], threshold: float) -> dict[str, float]:
+def figures(records: list[dict], threshold: float, yes_no_exempt: bool = False) -> dict[str, float]:
     has = [r for r in records if r["answerable"] and r["gold"]]
     no = [r for r in records if not (r["answerable"] and r["gold"])]
-    res = {id(r): at_threshold(r, threshold) for r in records}
+    res = {id(r): at_threshold(r, threshold, yes_no_exempt) for r in records}
     has_f1 = sum(0.0 if res[id(r)][0] else res[id(r)][1] for r in has) / max(1, len(has))
     noans = sum(res[id(r)][0] for r in no) / max(1, len(no))
     fa = sum(res[id(r)][0] for r in has) / max(1, len(has))
@@ -58,7 +65,11 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="the adapter whose calibrated threshold the run applied")
     ap.add_argument("--context", default="retrieved")
     args = ap.parse_args()
-    threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
+    calibration = read_adapter_meta(args.adapter).abstention["free"]
+    threshold = float(calibration["threshold"])
+    run = Path(args.predictions).with_name("metrics.json")  # runs from before the yes/no opening record no setting: free
+    opened = run.exists() and json.loads(run.read_text(encoding="utf-8")).get("config", {}).get("yes_no_questions") == "yes-or-no"
+    yes_no_exempt = opened and calibration.get("yes_no_questions") == 0
     by_system = collections.defaultdict(list)
     with open(args.predictions, encoding="utf-8") as f:
         for line in f:
@@ -69,13 +80,14 @@ def main() -> None:
         labels = [not (r["answerable"] and r["gold"]) for r in records]
         scores = [1e9 if r["margin"] is None else r["margin"] for r in records]
         auc = roc_auc_score(labels, scores) if 0 < sum(labels) < len(labels) else float("nan")
-        print(f"{system}: {len(records)} questions, stored threshold {threshold:.2f}, null margin ROC AUC {auc:.3f}")
+        print(f"{system}: {len(records)} questions, stored threshold {threshold:.2f}, null margin ROC AUC {auc:.3f}"
+              + ("; yes/no answers never withheld (a threshold calibrated on none)" if yes_no_exempt else ""))
         print("| threshold | --abstain-bias | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         margins = sorted(r["margin"] for r in records if r["margin"] is not None)
         cuts = sorted({margins[int(q * (len(margins) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
         for t in cuts:
-            fig = figures(records, t)
+            fig = figures(records, t, yes_no_exempt)
             bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
             mark = " (stored)" if t == threshold else ""
             print(f"| {t:.2f}{mark} | {bias} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans_acc']:.1f} | "
