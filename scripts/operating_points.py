@@ -9,9 +9,10 @@ the stored threshold plus ``--abstain-bias``); an answer shown at t that the run
 when it holds no content word (the answer check; whether its cited passage holds it is not recorded). At the stored
 threshold the run's own figures come back. Answers without a
 margin (the retrieval threshold, or a generator that refused even with the refusal ruled out) abstain at every bias.
-A yes/no answer that the run opened with Yes or No (its ``metrics.json`` says ``yes_no_questions: yes-or-no``) under a
-threshold calibrated on no yes/no question is never withheld by the threshold (``abstention.withhold``): it stays as
-the run has it at every bias.
+A yes/no question's answer that the run opened with Yes or No (its ``metrics.json`` says ``yes_no_questions:
+yes-or-no``; a run without one is taken as free) under a threshold calibrated on no yes/no question is never withheld
+by the threshold (``abstention.withhold`` decides, as in ``ask``): it stays as the run has it at every bias. Grounded
+contexts (``--context .../grounded``) are spans and never exempt.
 """
 
 from __future__ import annotations
@@ -26,18 +27,21 @@ from sklearn.metrics import roc_auc_score
 
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import polar
+from rag_pipeline.answer.abstention import withhold
 from rag_pipeline.answer.check import answer_problem
-from rag_pipeline.metrics import f1
+from rag_pipeline.metrics import f1, polarity
 
 
-def at_threshold(r: dict, threshold: float, yes_no_exempt: bool = False) -> tuple[bool, float]:
-    """(abstained, F1 when answerable) of one record when answers whose margin passes ``threshold`` are withheld;
-    ``yes_no_exempt``: a yes/no question's answer is not (see the module docstring)."""
+def at_threshold(r: dict, threshold: float, calibration: dict | None = None, opened: bool = False) -> tuple[bool, float]:
+    """(abstained, F1 when answerable) of one record when answers whose margin passes ``threshold`` are withheld
+    (``calibration``: the adapter's, whose threshold this one stands in for; ``opened``: the run opened yes/no
+    questions' answers with Yes or No: see the module docstring)."""
     answerable = r["answerable"] and bool(r["gold"])
     margin = r["margin"]
     if margin is None:
         return True, 0.0
-    if margin > threshold and not (yes_no_exempt and polar.is_polar(r["question"])):
+    yes_no = opened and polar.is_polar(r["question"]) and polarity(r["raw"]) is not None
+    if withhold(margin, {**(calibration or {}), "threshold": threshold}, 0.0, yes_no):
         return True, 0.0
     if r["abstain_reason"] == "calibration":  # withheld in the run, shown at this bias
         if answer_problem(r["raw"], []) == "no_content":
@@ -48,10 +52,10 @@ def at_threshold(r: dict, threshold: float, yes_no_exempt: bool = False) -> tupl
     return False, (r["scores"]["f1"] or 0.0) if answerable else 0.0
 
 
-def figures(records: list[dict], threshold: float, yes_no_exempt: bool = False) -> dict[str, float]:
+def figures(records: list[dict], threshold: float, calibration: dict | None = None, opened: bool = False) -> dict[str, float]:
     has = [r for r in records if r["answerable"] and r["gold"]]
     no = [r for r in records if not (r["answerable"] and r["gold"])]
-    res = {id(r): at_threshold(r, threshold, yes_no_exempt) for r in records}
+    res = {id(r): at_threshold(r, threshold, calibration, opened) for r in records}
     has_f1 = sum(0.0 if res[id(r)][0] else res[id(r)][1] for r in has) / max(1, len(has))
     noans = sum(res[id(r)][0] for r in no) / max(1, len(no))
     fa = sum(res[id(r)][0] for r in has) / max(1, len(has))
@@ -69,6 +73,7 @@ def main() -> None:
     threshold = float(calibration["threshold"])
     run = Path(args.predictions).with_name("metrics.json")  # runs from before the yes/no opening record no setting: free
     opened = run.exists() and json.loads(run.read_text(encoding="utf-8")).get("config", {}).get("yes_no_questions") == "yes-or-no"
+    opened = opened and not args.context.endswith("/grounded")
     yes_no_exempt = opened and calibration.get("yes_no_questions") == 0
     by_system = collections.defaultdict(list)
     with open(args.predictions, encoding="utf-8") as f:
@@ -87,7 +92,7 @@ def main() -> None:
         margins = sorted(r["margin"] for r in records if r["margin"] is not None)
         cuts = sorted({margins[int(q * (len(margins) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
         for t in cuts:
-            fig = figures(records, t, yes_no_exempt)
+            fig = figures(records, t, calibration, opened)
             bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
             mark = " (stored)" if t == threshold else ""
             print(f"| {t:.2f}{mark} | {bias} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans_acc']:.1f} | "

@@ -10,7 +10,9 @@ evaluate's own ``aggregate``: only which answers count as abstentions changes. W
 the generator wrote it (its ``raw``), and the junk among the answers shown is counted. With ``--threshold T``,
 "re-scored" is the run with the calibrated abstention at threshold T (``inf``: never): an answer withheld by the
 calibration whose margin is at most T is scored as its withheld ``raw``, and a shown answer whose margin is above
-T as an abstention (an answer the answer check replaced keeps its replacement).
+T as an abstention (an answer the answer check replaced keeps its replacement). It knows no adapter, so it
+withholds every answer above T, yes/no answers too, where ``ask`` would not withhold those under a threshold
+calibrated on no yes/no question: for a run with yes/no questions use ``scripts/operating_points.py``.
 """
 import collections
 import json

@@ -45,6 +45,8 @@ def truncate(weights: dict, rank: int) -> tuple[dict, float]:
         name_b = name_a.replace(".lora_A.", ".lora_B.")
         delta = weights[name_b].double() @ weights[name_a].double()
         u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+        if rank > len(sv):
+            sys.exit(f"error: --rank {rank} is above the smallest dimension of {name_a} ({len(sv)}): pass a rank of at most {len(sv)}")
         root = sv[:rank].sqrt()
         out[name_b] = (u[:, :rank] * root).to(weights[name_b].dtype).contiguous()
         out[name_a] = (root[:, None] * vh[:rank]).to(weights[name_a].dtype).contiguous()
@@ -114,8 +116,9 @@ def main() -> int:
         kept = soup(Path(args.first), Path(args.second), args.weight, Path(args.output), args.rank)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    print(f"{args.output}: {args.weight} x {args.first} + {1 - args.weight:g} x {args.second}"
-          + (f"; rank {args.rank} keeps {kept:.2%} of the updates' squared norm" if args.rank else ""))
+    stored = json.loads((Path(args.output) / "adapter_config.json").read_text())["r"]
+    print(f"{args.output}: {args.weight} x {args.first} + {1 - args.weight:g} x {args.second}, rank {stored}"
+          + (" (exact)" if kept == 1.0 else f" ({kept:.2%} of the updates' squared norm kept)"))
     return 0
 
 

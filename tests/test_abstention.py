@@ -19,6 +19,13 @@ def test_withhold_applies_threshold_and_bias_and_needs_a_calibration() -> None:
     assert not withhold(5.0, None) and not withhold(None, cal)
 
 
+def test_a_threshold_calibrated_on_no_yes_no_question_never_withholds_a_yes_no_answer() -> None:
+    none, some = {"threshold": 1.0, "yes_no_questions": 0}, {"threshold": 1.0, "yes_no_questions": 3}
+    assert not withhold(9.0, none, yes_no=True) and withhold(9.0, none)  # other answers as before
+    assert withhold(9.0, some, yes_no=True) and withhold(9.0, cal := {"threshold": 1.0}, yes_no=True)  # counted some, or never counted
+    assert not withhold(0.5, cal, yes_no=True) and not withhold(None, some, yes_no=True)
+
+
 def test_infinite_thresholds_survive_json() -> None:
     row = to_json({"threshold": math.inf, "overall_f1": 0.5})
     assert row["threshold"] == "inf" and from_json(row)["threshold"] == math.inf

@@ -29,11 +29,16 @@ RECORDS = [record("Is the tower in Paris?", 5.0, "Yes [1]", ["yes"]),
 
 def test_a_yes_no_answer_stays_shown_where_the_threshold_never_saw_one() -> None:
     op = _script()
+    never = {"yes_no_questions": 0}
     assert [op.at_threshold(r, 1.0)[0] for r in RECORDS] == [True, True, False]
-    assert [op.at_threshold(r, 1.0, yes_no_exempt=True)[0] for r in RECORDS] == [False, True, False]
-    fig = op.figures(RECORDS, 1.0, yes_no_exempt=True)
+    assert [op.at_threshold(r, 1.0, never, opened=True)[0] for r in RECORDS] == [False, True, False]
+    assert [op.at_threshold(r, 1.0, {"yes_no_questions": 2}, opened=True)[0] for r in RECORDS] == [True, True, False]
+    assert [op.at_threshold(r, 1.0, never, opened=False)[0] for r in RECORDS] == [True, True, False]
+    spans = [{**RECORDS[0], "raw": "the tower [1]"}]  # not opened with yes or no: withheld as any answer
+    assert op.at_threshold(spans[0], 1.0, never, opened=True)[0]
+    fig = op.figures(RECORDS, 1.0, never, opened=True)
     assert fig["has_f1"] == 0.5 and fig["false_abstain_rate"] == 0.5 and fig["noans_acc"] == 0.0
-    fig = op.figures(RECORDS, 0.0, yes_no_exempt=True)
+    fig = op.figures(RECORDS, 0.0, never, opened=True)
     assert fig["noans_acc"] == 1.0 and fig["has_f1"] == 0.5
 
 
@@ -58,3 +63,6 @@ def test_the_run_and_the_calibration_decide_whether_yes_no_answers_are_exempt(tm
         _script().main()
         out = capsys.readouterr().out
         assert ("yes/no answers never withheld" in out) == exempt, (counted, opening)
+        stored = next(line for line in out.splitlines() if "(stored)" in line)
+        false_abstentions = float(stored.rstrip(" |").split("|")[-1])
+        assert false_abstentions == (50.0 if exempt else 100.0), (counted, opening, stored)

@@ -217,6 +217,16 @@ def test_a_threshold_never_measured_on_a_yes_no_question_does_not_withhold_one(p
     assert pipe.answer_batch([YES_NO], grounded=True)[0].abstain_reason == "calibration"  # grounded: a copied span
 
 
+def test_without_yes_and_no_tokens_a_yes_no_answer_is_withheld_like_any_other(polar_env: dict, monkeypatch) -> None:
+    """A tokenizer that cannot spell the opening answers yes/no questions as the model likes: no exemption then."""
+    pipe = A.Pipeline.load(settings(polar_env))
+    ids = polar.polar_openings(pipe.tokenizer)
+    monkeypatch.setattr(pipe.tokenizer, "_rag_polar_openings", {**ids, "no": ids["no"][:0]})
+    assert not pipe.opens_yes_no(YES_NO)
+    pipe.calibrations = {"free": {"threshold": -1e9, "yes_no_questions": 0}}
+    assert pipe.answer_batch([YES_NO])[0].abstain_reason == "calibration"
+
+
 def test_calibrate_records_how_many_validation_questions_were_yes_no(polar_env: dict, tmp_path: Path) -> None:
     from rag_pipeline.eval.calibrate import CalibrateConfig, run as calibrate_run
 

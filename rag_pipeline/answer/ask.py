@@ -471,7 +471,7 @@ class Pipeline:
             elif task == "summary":
                 answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
             else:
-                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration, grounded)
+                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration, grounded=grounded)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
@@ -587,7 +587,8 @@ class Pipeline:
         """Scored answers with each yes/no question's (``rows[i]`` not None) decoded again opening with Yes or No
         (:class:`~rag_pipeline.answer.polar.PolarStart`), withheld or not (the threshold is applied later); its margin
         stays the one its own answer was scored with, so the calibrated threshold decides whether to answer as for any
-        question, and the opening only how."""
+        question (unless it was calibrated on no yes/no question: :func:`~rag_pipeline.answer.abstention.withhold`), and
+        the opening only how."""
         redo = [i for i, row in enumerate(rows) if row is not None]
         raws = generator.generate_answers(
             self.model, self.tokenizer, self.kind, [texts[i] for i in redo], max_new_tokens=c.max_new_tokens,
@@ -651,8 +652,8 @@ class Pipeline:
         the model for it, once per cache length)."""
         return self.cfg.kernels == "fast" and next(self.model.parameters()).device.type == "cpu"
 
-    def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None = None,
-                calibration: dict[str, Any] | None = None, grounded: bool = False) -> Answer:
+    def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None,
+                calibration: dict[str, Any] | None, *, grounded: bool) -> Answer:
         if is_abstention(raw):
             return Answer(question, ABSTAIN, True, "generator", [], docs, timings, raw, margin)
         if withhold(margin, calibration, self.cfg.abstain_bias, not grounded and self.opens_yes_no(question)):
@@ -727,7 +728,7 @@ class Pipeline:
                 self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True)
             for k, (i, (raw, _)) in enumerate(zip(redo, outs)):
                 a = answers[i]
-                redone[i] = self._finish(a.question, raw, a.retrieved, a.timings)
+                redone[i] = self._finish(a.question, raw, a.retrieved, a.timings, None, None, grounded=True)
                 if more:
                     counts[i].prompt_tokens += more[k].prompt_tokens
                     counts[i].completion_tokens += more[k].completion_tokens

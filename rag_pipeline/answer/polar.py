@@ -9,7 +9,7 @@ less its calibrated lean (``calibrate --task yes-no``), and goes on freely after
 "No, it was not [2]"). With beam search the beams choose between the two words and the lean
 does not apply.
 
-Whether to answer at all is decided as for any question. With a calibrated abstention the
+Whether to answer at all is decided as for any question, but for one exception (the end of this paragraph). With a calibrated abstention the
 question is answered first as the model likes, with its null margin, and then decoded again
 opening with Yes or No; the threshold decides on the first answer's margin (the margin of a
 forced opening would be no measure of answerability: the model's probability of "Yes" is low

@@ -243,7 +243,8 @@ def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
     best = choose_threshold(margins, answered_f1, answerable, cfg.max_false_abstain)
     greedy = next(r for r in sweep(margins, answered_f1, answerable) if r["threshold"] >= 0)  # ~ greedy decoding's choice
     result = {"score": SCORE_NAME, **to_json(best), "max_false_abstain": cfg.max_false_abstain, "qa": cfg.qa, "questions": len(items),
-              "answerable": sum(answerable), "yes_no_questions": sum(polar.is_polar(it.question) for it in items), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
+              "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
+              "yes_no_questions": sum(polar.is_polar(it.question) for it in items),  # none: the threshold withholds no yes/no answer
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
               "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
               "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels, "draft_tokens": cfg.draft_tokens,
