@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Does the tuned generator's hidden state know when a question is unanswerable? A linear probe on it, measured.
+
+The null margin (log P(abstention) - log P(best answer)) ranks Disfl-QA's unanswerable questions barely above
+chance (ROC AUC 0.52-0.58 for every adapter, and the same averaged over eight adapters). This script reads instead
+the hidden state of the prompt's last token at one layer, with the prompt built exactly as ``ask`` builds it
+(hybrid top-k retrieval, the adapter's template, the prompt budget), and fits a logistic regression on
+``--train-limit`` training questions (a seeded sample of the training split, none of which the threshold or the
+figures see). It reports the probe's ROC AUC on the dev and test splits beside the margin's, then the
+abstention rule it would make: the probe's score above a cutoff chosen on the dev split (the highest overall F1 with
+false abstentions at most ``--max-false-abstain``, as ``calibrate`` chooses), alone or with the stored margin
+threshold, applied to two ``evaluate`` runs of the same adapter (one on the dev split, one on the test split) by
+re-scoring their predictions: an answer the margin withheld is scored as its ``raw``, as
+``scripts/operating_points.py`` does. Nothing is generated again; features are cached in ``--output``.
+
+    rag-pipeline evaluate --config configs/evaluate.yaml --qa corpus/disfl_qa/qa/dev.jsonl \
+        --adapter adapters/smollm2-disfl-qa --no-oracle --no-injection --limit 0 --output runs/eval-dev-ref
+    .venv/bin/python scripts/hidden_state_probe.py --adapter adapters/smollm2-disfl-qa \
+        --dev-run runs/eval-dev-ref --test-run runs/eval-ref-polar --output runs/probe
+
+It needs scikit-learn (``bash scripts/install.sh --bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+sys.path.insert(0, str(REPO / "scripts"))
+
+from operating_points import at_threshold  # noqa: E402
+from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
+from rag_pipeline.qa import load_qa  # noqa: E402
+
+SPLITS = {name: REPO / "corpus" / "disfl_qa" / "qa" / f"{name}.jsonl" for name in ("train", "dev", "test")}
+
+
+def features(adapter: str, index: str, split: str, limit: int, layer: int, cache: Path):
+    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache``."""
+    import numpy as np
+
+    path = cache / f"features-{split}-layer{layer}-{limit}.npz"
+    if path.exists():
+        f = np.load(path)
+        return list(f["ids"]), f["X"], f["y"]
+    import torch
+
+    from rag_pipeline import generator
+    from rag_pipeline.answer import ask as A
+
+    items = load_qa(SPLITS[split])
+    random.Random(0).shuffle(items)
+    items = items[:limit] if limit else items
+    pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
+    xs, t0 = [], time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(items), 32):
+            batch = items[start:start + 32]
+            docs, _, _ = pipe._retrieve([it.question for it in batch])
+            for it, ds in zip(batch, docs):
+                text = pipe._model_text(pipe._render(it.question, pipe._fit(it.question, ds)))
+                ids = torch.tensor([generator.encode_prompt(pipe.tokenizer, pipe.kind, text)])
+                hidden = pipe.model(input_ids=ids, output_hidden_states=True).hidden_states[layer]
+                xs.append(hidden[0, -1].float().numpy())
+            print(f"{split}: {start + len(batch)}/{len(items)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array(out[0]), X=out[1], y=out[2])
+    return out
+
+
+def records(run: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").open(encoding="utf-8")]
+    return {r["id"]: r for r in rows if r["context"] == "retrieved" and r["system"] != "base"}
+
+
+def figures(recs: list[dict], withheld: list[bool]) -> dict[str, float]:
+    """Overall F1, HasAns F1, NoAns accuracy and false abstentions when the ``withheld`` answers are abstentions and the
+    others are shown as the run gave them or, where the margin withheld them, as their ``raw``."""
+    has = no = has_f1 = noans = fa = 0.0
+    for r, w in zip(recs, withheld):
+        abstained, f1 = at_threshold(r, math.inf)
+        abstained = abstained or w
+        if r["answerable"] and r["gold"]:
+            has += 1
+            has_f1 += 0.0 if abstained else f1
+            fa += abstained
+        else:
+            no += 1
+            noans += abstained
+    return {"overall": (has_f1 + noans) / (has + no), "has_f1": has_f1 / max(has, 1), "noans": noans / max(no, 1),
+            "fa": fa / max(has, 1)}
+
+
+def choose(recs: list[dict], scores, margin_withheld: list[bool], ceiling: float) -> float:
+    """The probe cutoff with the highest overall F1 at false abstentions <= ``ceiling`` (+inf: never withhold)."""
+    best, best_t = -1.0, math.inf
+    for t in sorted(set(scores.tolist())) + [math.inf]:
+        fig = figures(recs, [s > t or m for s, m in zip(scores, margin_withheld)])
+        if fig["fa"] <= ceiling and fig["overall"] > best:
+            best, best_t = fig["overall"], t
+    return best_t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--index", default="indexes/disfl_qa")
+    ap.add_argument("--layer", type=int, default=18, help="hidden state after this decoder layer (0 = the embeddings)")
+    ap.add_argument("--train-limit", type=int, default=3000, help="training questions the probe is fitted on (seeded sample)")
+    ap.add_argument("--c", type=float, default=0.01, help="inverse L2 strength of the logistic regression")
+    ap.add_argument("--max-false-abstain", type=float, default=0.15)
+    ap.add_argument("--dev-run", required=True, help="evaluate --output of the adapter on the dev split")
+    ap.add_argument("--test-run", required=True, help="evaluate --output of the adapter on the test split")
+    ap.add_argument("--output", default="runs/probe", help="folder for the cached features")
+    args = ap.parse_args()
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
+    cache = Path(args.output)
+    _, x_train, y_train = features(args.adapter, args.index, "train", args.train_limit, args.layer, cache)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.c, max_iter=5000)).fit(x_train, ~y_train)
+    chosen = {}
+    print(f"probe: layer {args.layer}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
+          f"margin threshold {threshold:.2f}\n")
+    print("| split | questions | margin ROC AUC | probe ROC AUC | rule | cutoff | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for split, run in (("dev", args.dev_run), ("test", args.test_run)):
+        ids, x, y = features(args.adapter, args.index, split, 0, args.layer, cache)
+        by_id = records(Path(run))
+        keep = [i for i, q in enumerate(ids) if q in by_id]
+        recs = [by_id[ids[i]] for i in keep]
+        scores = probe.decision_function(x[keep])
+        margins = np.array([1e9 if r["margin"] is None else r["margin"] for r in recs])
+        labels = ~y[keep]
+        by_margin = [r["margin"] is not None and r["margin"] > threshold for r in recs]
+        if split == "dev":
+            chosen = {"probe": choose(recs, scores, [False] * len(recs), args.max_false_abstain),
+                      "probe + margin": choose(recs, scores, by_margin, args.max_false_abstain)}
+        rules = {"margin (stored)": (by_margin, threshold),
+                 "probe": ([s > chosen["probe"] for s in scores], chosen["probe"]),
+                 "probe + margin": ([s > chosen["probe + margin"] or m for s, m in zip(scores, by_margin)], chosen["probe + margin"])}
+        for rule, (withheld, cut) in rules.items():
+            fig = figures(recs, withheld)
+            print(f"| {split} | {len(recs)} | {roc_auc_score(labels, margins):.3f} | {roc_auc_score(labels, scores):.3f} | {rule} | "
+                  f"{cut:.2f} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

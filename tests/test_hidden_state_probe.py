@@ -1,0 +1,49 @@
+"""The pure helpers of scripts/hidden_state_probe.py: re-scoring a run under a withholding rule, and the cutoff."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hidden_state_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("hidden_state_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("operating_points", None)
+
+
+def rec(answerable: bool, f1: float, margin: float = 0.0, withheld_raw: str | None = None) -> dict:
+    """A prediction record: shown with ``f1``, or withheld by the margin with ``withheld_raw`` as its raw answer."""
+    r = {"question": "Where is it?", "answerable": answerable, "gold": ["Paris"] if answerable else [], "margin": margin,
+         "abstained": False, "abstain_reason": None, "raw": "x", "scores": {"f1": f1 if answerable else None}}
+    if withheld_raw is not None:
+        r.update(abstained=True, abstain_reason="calibration", raw=withheld_raw)
+    return r
+
+
+RECS = [rec(True, 1.0), rec(True, 0.0), rec(True, 0.0, 5.0, withheld_raw="Paris [1]"), rec(False, 0.0), rec(False, 0.0)]
+
+
+def test_a_rule_re_scores_the_run_with_margin_withheld_answers_shown_as_their_raw(probe):
+    fig = probe.figures(RECS, [False] * 5)  # nothing withheld: the third answer is its raw, right
+    assert fig["has_f1"] == pytest.approx(2 / 3) and fig["noans"] == 0 and fig["fa"] == 0
+    fig = probe.figures(RECS, [False, True, False, True, False])
+    assert fig["has_f1"] == pytest.approx(2 / 3) and fig["noans"] == 0.5 and fig["fa"] == pytest.approx(1 / 3)
+    assert fig["overall"] == pytest.approx((2 + 1) / 5)
+
+
+def test_the_cutoff_is_the_best_overall_f1_under_the_false_abstention_ceiling(probe):
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.7])  # the wrong answerable answer scores high, like the unanswerable
+    assert probe.choose(RECS, scores, [False] * 5, 0.5) == 0.2  # withhold 0.9, 0.8, 0.7: one false abstention
+    assert probe.choose(RECS, scores, [False] * 5, 0.0) == 0.9  # no false abstention allowed: withhold none at 0.9
+    assert probe.choose(RECS, scores, [True] * 5, 0.0) == math.inf  # everything withheld already: over the ceiling
