@@ -13,6 +13,11 @@ threshold, applied to two ``evaluate`` runs of the same adapter (one on the dev 
 re-scoring their predictions: an answer the margin withheld is scored as its ``raw``, as
 ``scripts/operating_points.py`` does. Nothing is generated again; features are cached in ``--output``.
 
+``--with-answer --train-run RUN`` reads the state at the end of the answer instead: the prompt followed by the answer
+the run gave (its ``raw``: the withheld one where the margin withheld it; the prompt alone where the retrieval
+threshold answered nothing), so the probe sees what the model said, not only what it was asked. The training
+questions are then those of ``RUN``, an ``evaluate`` run of the adapter on training questions.
+
     rag-pipeline evaluate --config configs/evaluate.yaml --qa corpus/disfl_qa/qa/dev.jsonl \
         --adapter adapters/smollm2-disfl-qa --no-oracle --no-injection --limit 0 --output runs/eval-dev-ref
     .venv/bin/python scripts/hidden_state_probe.py --adapter adapters/smollm2-disfl-qa \
@@ -42,11 +47,12 @@ from rag_pipeline.qa import load_qa  # noqa: E402
 SPLITS = {name: REPO / "corpus" / "disfl_qa" / "qa" / f"{name}.jsonl" for name in ("train", "dev", "test")}
 
 
-def features(adapter: str, index: str, split: str, limit: int, layer: int, cache: Path):
-    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache``."""
+def features(adapter: str, index: str, split: str, limit: int, layer: int, cache: Path, answers: dict[str, str] | None = None):
+    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache``;
+    ``answers`` (question id -> raw answer): the state at the answer's last token, for those questions only."""
     import numpy as np
 
-    path = cache / f"features-{split}-layer{layer}-{limit}.npz"
+    path = cache / f"features-{split}-layer{layer}-{limit}{'-answer' if answers is not None else ''}.npz"
     if path.exists():
         f = np.load(path)
         return list(f["ids"]), f["X"], f["y"]
@@ -58,6 +64,8 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
     items = load_qa(SPLITS[split])
     random.Random(0).shuffle(items)
     items = items[:limit] if limit else items
+    if answers is not None:
+        items = [it for it in items if it.id in answers]
     pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
     xs, t0 = [], time.perf_counter()
     with torch.inference_mode():
@@ -66,7 +74,8 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
             docs, _, _ = pipe._retrieve([it.question for it in batch])
             for it, ds in zip(batch, docs):
                 text = pipe._model_text(pipe._render(it.question, pipe._fit(it.question, ds)))
-                ids = torch.tensor([generator.encode_prompt(pipe.tokenizer, pipe.kind, text)])
+                said = pipe.tokenizer(answers[it.id], add_special_tokens=False)["input_ids"] if answers else []
+                ids = torch.tensor([generator.encode_prompt(pipe.tokenizer, pipe.kind, text) + said])
                 hidden = pipe.model(input_ids=ids, output_hidden_states=True).hidden_states[layer]
                 xs.append(hidden[0, -1].float().numpy())
             print(f"{split}: {start + len(batch)}/{len(items)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -120,6 +129,8 @@ def main() -> int:
     ap.add_argument("--dev-run", required=True, help="evaluate --output of the adapter on the dev split")
     ap.add_argument("--test-run", required=True, help="evaluate --output of the adapter on the test split")
     ap.add_argument("--output", default="runs/probe", help="folder for the cached features")
+    ap.add_argument("--with-answer", action="store_true", help="the state at the end of the run's answer (see above)")
+    ap.add_argument("--train-run", default="", help="with --with-answer: evaluate --output of the adapter on training questions")
     args = ap.parse_args()
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -127,17 +138,24 @@ def main() -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if args.with_answer and not args.train_run:
+        sys.exit("error: --with-answer needs --train-run, an evaluate run of the adapter on training questions")
     threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
     cache = Path(args.output)
-    _, x_train, y_train = features(args.adapter, args.index, "train", args.train_limit, args.layer, cache)
+
+    def said(run: str) -> dict[str, str] | None:
+        return {q: r["raw"] for q, r in records(Path(run)).items()} if args.with_answer else None
+
+    _, x_train, y_train = features(args.adapter, args.index, "train", 0 if args.with_answer else args.train_limit, args.layer, cache,
+                                   said(args.train_run) if args.with_answer else None)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.c, max_iter=5000)).fit(x_train, ~y_train)
     chosen = {}
-    print(f"probe: layer {args.layer}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
+    print(f"probe: layer {args.layer}{', at the end of the answer' if args.with_answer else ''}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
           f"margin threshold {threshold:.2f}\n")
     print("| split | questions | margin ROC AUC | probe ROC AUC | rule | cutoff | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for split, run in (("dev", args.dev_run), ("test", args.test_run)):
-        ids, x, y = features(args.adapter, args.index, split, 0, args.layer, cache)
+        ids, x, y = features(args.adapter, args.index, split, 0, args.layer, cache, said(run))
         by_id = records(Path(run))
         keep = [i for i, q in enumerate(ids) if q in by_id]
         recs = [by_id[ids[i]] for i in keep]
