@@ -29,8 +29,10 @@ It needs scikit-learn (``bash scripts/install.sh --bench``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -48,17 +50,17 @@ SPLITS = {name: REPO / "corpus" / "disfl_qa" / "qa" / f"{name}.jsonl" for name i
 
 
 def features(adapter: str, index: str, split: str, limit: int, layer: int, cache: Path, answers: dict[str, str] | None = None):
-    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache``;
-    ``answers`` (question id -> raw answer): the state at the answer's last token, for those questions only."""
+    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache`` under a
+    name that holds what they were read from (the adapter, the index, the answers); ``answers`` (question id -> raw
+    answer): the state at the answer's last token, for those questions only."""
     import numpy as np
 
-    path = cache / f"features-{split}-layer{layer}-{limit}{'-answer' if answers is not None else ''}.npz"
+    path = cache / f"features-{split}-layer{layer}-{limit}-{cache_key(adapter, index, answers)}.npz"
     if path.exists():
         f = np.load(path)
         return list(f["ids"]), f["X"], f["y"]
     import torch
 
-    from rag_pipeline import generator
     from rag_pipeline.answer import ask as A
 
     items = load_qa(SPLITS[split])
@@ -71,18 +73,25 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
     with torch.inference_mode():
         for start in range(0, len(items), 32):
             batch = items[start:start + 32]
-            docs, _, _ = pipe._retrieve([it.question for it in batch])
-            for it, ds in zip(batch, docs):
-                text = pipe._model_text(pipe._render(it.question, pipe._fit(it.question, ds)))
+            for it, prompt in zip(batch, pipe.prompt_ids([it.question for it in batch])):
                 said = pipe.tokenizer(answers[it.id], add_special_tokens=False)["input_ids"] if answers else []
-                ids = torch.tensor([generator.encode_prompt(pipe.tokenizer, pipe.kind, text) + said])
+                ids = torch.tensor([prompt + said])
                 hidden = pipe.model(input_ids=ids, output_hidden_states=True).hidden_states[layer]
                 xs.append(hidden[0, -1].float().numpy())
             print(f"{split}: {start + len(batch)}/{len(items)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, ids=np.array(out[0]), X=out[1], y=out[2])
+    part = path.with_name(f".{path.stem}.part.npz")  # renamed into place whole
+    np.savez(part, ids=np.array(out[0]), X=out[1], y=out[2])
+    os.replace(part, path)
     return out
+
+
+def cache_key(adapter: str, index: str, answers: dict[str, str] | None) -> str:
+    """A short hash of what a split's features are read from: the adapter's weights file, the index, the answers."""
+    weights = Path(adapter) / "adapter_model.safetensors"
+    stamp = [str(weights.resolve()), weights.stat().st_mtime_ns if weights.exists() else 0, str(Path(index).resolve()), answers]
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def records(run: Path) -> dict[str, dict]:

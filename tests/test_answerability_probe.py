@@ -1,19 +1,12 @@
 """The pure helpers of scripts/answerability_probe.py."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "answerability_probe.py"
-
+from conftest import load_script
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("answerability_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("answerability_probe")
 
 
 def test_abstain_at_false_abstain_budget(probe):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "operating_points.py"
+from conftest import REPO, load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("operating_points", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("operating_points")
 
 
 def record(question: str, margin: float, answer: str, gold: list[str], answerable: bool = True) -> dict:
@@ -52,7 +48,7 @@ def test_the_run_and_the_calibration_decide_whether_yes_no_answers_are_exempt(tm
     run.mkdir()
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     for counted, opening, exempt in ((0, "yes-or-no", True), (4, "yes-or-no", False), (0, "free", False), (0, None, False)):
-        meta = json.loads((SCRIPT.parents[1] / "adapters" / "smollm2-disfl-qa" / "rag_pipeline.json").read_text())
+        meta = json.loads((REPO / "adapters" / "smollm2-disfl-qa" / "rag_pipeline.json").read_text())
         meta["abstention"] = {"free": {"threshold": 1.0, "yes_no_questions": counted}}
         (adapter / "rag_pipeline.json").write_text(json.dumps(meta))
         metrics = run / "metrics.json"

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
 from rag_pipeline.eval.evaluate import squad2
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_f1.py"
-
-
 def _script():
-    spec = importlib.util.spec_from_file_location("paired_f1", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("paired_f1")
 
 
 def _rec(qid: str, answerable: bool, abstained: bool, f1: float, system: str = "s", context: str = "retrieved") -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,14 +22,23 @@ try:
 except ImportError:
     from tiny_models import build_tiny_llama, make_adapter  # type: ignore[no-redef]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soup_adapters.py"
+from conftest import load_script  # noqa: E402
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("soup_adapters", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("soup_adapters")
+
+
+def _noisy(adapter: Path, copy_to: Path | None, gen: torch.Generator, scale: float, keep: bool = True) -> Path:
+    """``adapter`` (copied to ``copy_to`` first, if given) with Gaussian noise of ``scale`` added to every LoRA matrix
+    (``keep=False``: the noise alone)."""
+    if copy_to is not None:
+        shutil.copytree(adapter, copy_to)
+        adapter = copy_to
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({k: (v if keep else 0) + torch.randn(v.shape, generator=gen) * scale for k, v in weights.items()},
+              str(adapter / "adapter_model.safetensors"))
+    return adapter
 
 
 def _merged(base: Path, adapter: Path | None) -> dict[str, torch.Tensor]:
@@ -41,11 +49,7 @@ def _merged(base: Path, adapter: Path | None) -> dict[str, torch.Tensor]:
 def test_a_soup_is_the_weighted_sum_of_the_two_updates(tmp_path: Path) -> None:
     base = build_tiny_llama(tmp_path / "base")
     first = make_adapter(base, tmp_path / "first")
-    second = tmp_path / "second"
-    shutil.copytree(first, second)
-    weights = load_file(str(second / "adapter_model.safetensors"))
-    gen = torch.Generator().manual_seed(1)
-    save_file({k: v + torch.randn(v.shape, generator=gen) * 0.5 for k, v in weights.items()}, str(second / "adapter_model.safetensors"))
+    second = _noisy(first, tmp_path / "second", torch.Generator().manual_seed(1), 0.5)
     _script().soup(first, second, 0.3, tmp_path / "soup")
 
     plain, one, two, mixed = (_merged(base, a) for a in (None, first, second, tmp_path / "soup"))
@@ -63,10 +67,7 @@ def test_a_soup_mixes_again_with_an_adapter_of_another_rank(tmp_path: Path) -> N
     first = make_adapter(base, tmp_path / "first")
     gen = torch.Generator().manual_seed(2)
     for name in ("second", "third"):
-        shutil.copytree(first, tmp_path / name)
-        weights = load_file(str(tmp_path / name / "adapter_model.safetensors"))
-        save_file({k: v + torch.randn(v.shape, generator=gen) * 0.5 for k, v in weights.items()},
-                  str(tmp_path / name / "adapter_model.safetensors"))
+        _noisy(first, tmp_path / name, gen, 0.5)
     _script().soup(first, tmp_path / "second", 0.5, tmp_path / "soup")
     _script().soup(tmp_path / "soup", tmp_path / "third", 0.6, tmp_path / "soup3")
     ranks = [json.loads((tmp_path / d / "adapter_config.json").read_text())["r"] for d in ("first", "soup", "soup3")]
@@ -113,12 +114,9 @@ def test_a_soup_stored_at_a_lower_rank_is_each_update_s_best_approximation(tmp_p
     at the summed rank nothing is cut."""
     base = build_tiny_llama(tmp_path / "base")
     first = make_adapter(base, tmp_path / "first")
-    second = tmp_path / "second"
-    shutil.copytree(first, second)
-    weights = load_file(str(first / "adapter_model.safetensors"))
     gen = torch.Generator().manual_seed(3)
-    save_file({k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in weights.items()}, str(first / "adapter_model.safetensors"))
-    save_file({k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in weights.items()}, str(second / "adapter_model.safetensors"))
+    second = _noisy(first, tmp_path / "second", gen, 0.3, keep=False)
+    _noisy(first, None, gen, 0.3, keep=False)
     r = json.loads((first / "adapter_config.json").read_text())["r"]
     assert _script().soup(first, second, 0.4, tmp_path / "exact") == 1.0
     kept = _script().soup(first, second, 0.4, tmp_path / "cut", rank=r)

@@ -370,19 +370,24 @@ class Pipeline:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
 
+    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+        """Each question's prompt as ``ask`` gives a short answer's to the generator: retrieved passages, fitted to the
+        budget, rendered with the template, encoded (``calibrate --task yes-no`` and scripts read the model on it)."""
+        docs, _, _ = self._retrieve(questions)
+        return [generator.encode_prompt(self.tokenizer, self.kind, self._model_text(self._render(q, self._fit(q, ds))))
+                for q, ds in zip(questions, docs)]
+
     def polar_scores(self, questions: list[str]) -> list[float]:
         """Each question's :func:`~rag_pipeline.answer.polar.polar_score` (log P(yes opening) - log P(no opening)) as
-        ``ask`` would answer it: retrieved passages, fitted prompt, the answer's first token. ``calibrate --task
-        yes-no`` chooses :attr:`yes_no_bias` from them."""
+        ``ask`` would answer it: its :meth:`prompt_ids`, the answer's first token. ``calibrate --task yes-no`` chooses
+        :attr:`yes_no_bias` from them."""
         import torch
 
-        docs, _, _ = self._retrieve(questions)
         device = next(self.model.parameters()).device
         out = []
         with torch.no_grad():
-            for q, ds in zip(questions, docs):
-                ids = torch.tensor([generator.encode_prompt(self.tokenizer, self.kind, self._model_text(self._render(q, self._fit(q, ds))))],
-                                   device=device)
+            for prompt in self.prompt_ids(questions):
+                ids = torch.tensor([prompt], device=device)
                 extra = {"decoder_input_ids": torch.tensor([[self.model.config.decoder_start_token_id]], device=device)} \
                     if self.kind == "seq2seq" else {}
                 out.append(polar.polar_score(self.model(input_ids=ids, **extra).logits[0, -1], self.tokenizer))
