@@ -18,6 +18,11 @@ the run gave (its ``raw``: the withheld one where the margin withheld it; the pr
 threshold answered nothing), so the probe sees what the model said, not only what it was asked. The training
 questions are then those of ``RUN``, an ``evaluate`` run of the adapter on training questions.
 
+``--train-limit 0`` fits on the whole training split. Each test row is compared with the margin alone on the same
+questions (paired bootstrap). ``--other-run RUN --other-index INDEX`` scores another domain's prompts (those of
+``RUN``, an ``evaluate`` run of the adapter on that index) with the same probe and counts the answers the run showed
+that the dev cutoffs would withhold as well: false abstentions there, where every question is answerable.
+
     rag-pipeline evaluate --config configs/evaluate.yaml --qa corpus/disfl_qa/qa/dev.jsonl \
         --adapter adapters/smollm2-disfl-qa --no-oracle --no-injection --limit 0 --output runs/eval-dev-ref
     .venv/bin/python scripts/hidden_state_probe.py --adapter adapters/smollm2-disfl-qa \
@@ -59,31 +64,60 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
     if path.exists():
         f = np.load(path)
         return list(f["ids"]), f["X"], f["y"]
-    import torch
-
-    from rag_pipeline.answer import ask as A
-
     items = load_qa(SPLITS[split])
     random.Random(0).shuffle(items)
     items = items[:limit] if limit else items
     if answers is not None:
         items = [it for it in items if it.id in answers]
+    xs = states(adapter, index, [it.question for it in items], layer, [answers[it.id] for it in items] if answers else None, split)
+    out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
+    save(path, *out)
+    return out
+
+
+def states(adapter: str, index: str, questions: list[str], layer: int, said: list[str] | None, what: str) -> list:
+    """The hidden state after ``layer`` at the last token of each question's prompt (built as ``ask`` builds it), or of
+    the prompt followed by ``said`` (one answer per question)."""
+    import torch
+
+    from rag_pipeline.answer import ask as A
+
     pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
     xs, t0 = [], time.perf_counter()
     with torch.inference_mode():
-        for start in range(0, len(items), 32):
-            batch = items[start:start + 32]
-            for it, prompt in zip(batch, pipe.prompt_ids([it.question for it in batch])):
-                said = pipe.tokenizer(answers[it.id], add_special_tokens=False)["input_ids"] if answers else []
-                ids = torch.tensor([prompt + said])
-                hidden = pipe.model(input_ids=ids, output_hidden_states=True).hidden_states[layer]
+        for start in range(0, len(questions), 32):
+            batch = list(range(start, min(start + 32, len(questions))))
+            for i, prompt in zip(batch, pipe.prompt_ids([questions[i] for i in batch])):
+                answer = pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else []
+                hidden = pipe.model(input_ids=torch.tensor([prompt + answer]), output_hidden_states=True).hidden_states[layer]
                 xs.append(hidden[0, -1].float().numpy())
-            print(f"{split}: {start + len(batch)}/{len(items)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
-    cache.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.stem}.part.npz")  # renamed into place whole
-    np.savez(part, ids=np.array(out[0]), X=out[1], y=out[2])
+            print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return xs
+
+
+def save(path: Path, ids: list[str], x, y) -> None:
+    """A features file, written to a part file and renamed into place whole."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.stem}.part.npz")
+    np.savez(part, ids=np.array(ids), X=x, y=y)
     os.replace(part, path)
+
+
+def other_features(adapter: str, index: str, run: Path, layer: int, cache: Path):
+    """(ids, prompt states, answerable) of the questions of ``run``, an ``evaluate`` run on another index, cached like
+    :func:`features`."""
+    import numpy as np
+
+    path = cache / f"features-other-layer{layer}-{cache_key(adapter, index, {'run': str(run.resolve())})}.npz"
+    if path.exists():
+        f = np.load(path)
+        return list(f["ids"]), f["X"], f["y"]
+    recs = list(records(run).values())
+    out = ([r["id"] for r in recs], np.array(states(adapter, index, [r["question"] for r in recs], layer, None, "other")),
+           np.array([bool(r["answerable"] and r["gold"]) for r in recs]))
+    save(path, *out)
     return out
 
 
@@ -117,6 +151,25 @@ def figures(recs: list[dict], withheld: list[bool]) -> dict[str, float]:
             "fa": fa / max(has, 1)}
 
 
+def paired(recs: list[dict], base: list[bool], rule: list[bool], draws: int = 10000) -> tuple[float, float, float]:
+    """Overall F1 of ``rule`` minus that of ``base`` (withheld answers of each) on the same questions, with a 95%
+    bootstrap interval (seeded): (difference, low, high)."""
+    import numpy as np
+
+    def each(withheld: list[bool]):
+        out = []
+        for r, w in zip(recs, withheld):
+            abstained, f1 = at_threshold(r, math.inf)
+            abstained = abstained or w
+            out.append((0.0 if abstained else f1) if r["answerable"] and r["gold"] else float(abstained))
+        return np.array(out)
+
+    diff = each(rule) - each(base)
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def choose(recs: list[dict], scores, margin_withheld: list[bool], ceiling: float) -> float:
     """The probe cutoff with the highest overall F1 at false abstentions <= ``ceiling`` (+inf: never withhold)."""
     best, best_t = -1.0, math.inf
@@ -140,6 +193,9 @@ def main() -> int:
     ap.add_argument("--output", default="runs/probe", help="folder for the cached features")
     ap.add_argument("--with-answer", action="store_true", help="the state at the end of the run's answer (see above)")
     ap.add_argument("--train-run", default="", help="with --with-answer: evaluate --output of the adapter on training questions")
+    ap.add_argument("--other-run", default="", help="evaluate --output of the adapter on another domain's questions: how many "
+                                                     "more of them the probe's dev cutoffs would withhold")
+    ap.add_argument("--other-index", default="indexes/coqa_ood", help="with --other-run: the index it retrieved from")
     args = ap.parse_args()
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -161,8 +217,9 @@ def main() -> int:
     chosen = {}
     print(f"probe: layer {args.layer}{', at the end of the answer' if args.with_answer else ''}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
           f"margin threshold {threshold:.2f}\n")
-    print("| split | questions | margin ROC AUC | probe ROC AUC | rule | cutoff | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
-    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| split | questions | margin ROC AUC | probe ROC AUC | rule | cutoff | overall F1 | against the margin (95% CI) | HasAns F1 | "
+          "NoAns acc. | false abstentions |")
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for split, run in (("dev", args.dev_run), ("test", args.test_run)):
         ids, x, y = features(args.adapter, args.index, split, 0, args.layer, cache, said(run))
         by_id = records(Path(run))
@@ -180,9 +237,32 @@ def main() -> int:
                  "probe + margin": ([s > chosen["probe + margin"] or m for s, m in zip(scores, by_margin)], chosen["probe + margin"])}
         for rule, (withheld, cut) in rules.items():
             fig = figures(recs, withheld)
+            d, lo, hi = paired(recs, by_margin, withheld)
+            against = "-" if withheld is by_margin else f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
             print(f"| {split} | {len(recs)} | {roc_auc_score(labels, margins):.3f} | {roc_auc_score(labels, scores):.3f} | {rule} | "
-                  f"{cut:.2f} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
+                  f"{cut:.2f} | {100 * fig['overall']:.1f} | {against} | {100 * fig['has_f1']:.1f} | "
+                  f"{100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
+    if args.other_run:
+        other(probe, chosen, args)
     return 0
+
+
+def other(probe, chosen: dict[str, float], args: argparse.Namespace) -> None:
+    """The probe's dev cutoffs on another domain's run: its answerable questions that the run answered and the probe
+    would withhold, added to the run's own abstentions (retrieval threshold, margin, answer check)."""
+    run = Path(args.other_run)
+    ids, x, _ = other_features(args.adapter, args.other_index, run, args.layer, Path(args.output))
+    by_id = records(run)
+    recs = [by_id[q] for q in ids]
+    scores = probe.decision_function(x)
+    has = [i for i, r in enumerate(recs) if r["answerable"] and r["gold"]]
+    before = sum(recs[i]["abstained"] for i in has)
+    print(f"\n{run} ({len(has)} answerable questions): the run's false abstentions {before} ({100 * before / max(len(has), 1):.1f}%)\n")
+    print("| cutoff (from the dev split) | answers the probe would withhold as well | false abstentions |")
+    print("| --- | ---: | ---: |")
+    for rule, cut in chosen.items():
+        more = sum(1 for i in has if not recs[i]["abstained"] and scores[i] > cut)
+        print(f"| {rule}: {cut:.2f} | {more} | {100 * (before + more) / max(len(has), 1):.1f}% |")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,24 @@ def test_score_answer_citations_and_context() -> None:
     assert unans["em"] is None and unans["f1"] is None and unans["rougeL"] is None and unans["support"] == 1.0
 
 
+def test_a_yes_no_citation_holds_the_answer_when_it_is_of_the_gold_document() -> None:
+    """No passage holds the word "yes": a yes/no answer's citation, and its answer in context, are judged by the gold
+    document, and not at all where the QA file names none."""
+    docs = [{"id": "a", "doc_id": "story", "text": "Tom walked his dog in the park."},
+            {"id": "b", "doc_id": "other", "text": "Yes, the shop opens at nine."}]  # holds the word, but is not the story
+    s = E.score_answer(QAItem("q", "Did Tom walk his dog?", ["yes"], "story", True), "Yes [1]", "Yes [1]", False, [1, 2], docs)
+    assert s["cited_holds_answer"] == [True, False] and s["answer_in_context"] is True and s["yes_no"] is True
+    s = E.score_answer(QAItem("q", "Did Tom walk his dog?", ["no"], "other", True), "Yes [1]", "Yes [1]", False, [1], docs[:1])
+    assert s["cited_holds_answer"] == [False] and s["answer_in_context"] is False and s["yes_no"] is False
+    s = E.score_answer(QAItem("q", "Did Tom walk his dog?", ["yes"], None, True), "Yes [1]", "Yes [1]", False, [1, 3], docs)
+    assert s["cited_holds_answer"] == [None, False] and s["answer_in_context"] is None  # [3] is out of range: never correct
+    s = E.score_answer(QAItem("q", "Where did Tom walk?", ["park"], None, True), "the park [1]", "the park [1]", False, [1], docs)
+    assert s["cited_holds_answer"] == [True] and s["answer_in_context"] is True  # other answers: by their words, as before
+    m = E.aggregate([{"answerable": True, "abstained": False, "citations": [1, 3], "doc_id": None, "scores": s | {
+        "cited_holds_answer": [None, False], "cited_gold_doc": [False, False]}}], "retrieved")
+    assert m["citations"]["precision"] == 0.0 and m["counts"]["citations"] == 2  # an unjudged citation is left out of the share
+
+
 def _rec(answerable: bool, abstained: bool, prediction: str, cited: list[int], docs: list[dict], gold: list[str]) -> dict:
     item = QAItem("q", "?", gold, "g", answerable)
     return {"answerable": answerable, "abstained": abstained, "citations": cited, "doc_id": "g",

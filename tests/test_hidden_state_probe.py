@@ -40,3 +40,31 @@ def test_the_cutoff_is_the_best_overall_f1_under_the_false_abstention_ceiling(pr
     assert probe.choose(RECS, scores, [False] * 5, 0.5) == 0.2  # withhold 0.9, 0.8, 0.7: one false abstention
     assert probe.choose(RECS, scores, [False] * 5, 0.0) == 0.9  # no false abstention allowed: withhold none at 0.9
     assert probe.choose(RECS, scores, [True] * 5, 0.0) == math.inf  # everything withheld already: over the ceiling
+
+
+def test_paired_difference_is_the_rule_minus_the_base_on_the_same_questions(probe):
+    base = [False] * 5
+    rule = [False, True, False, True, False]  # a wrong answerable answer withheld (0 -> 0), an unanswerable one (0 -> 1)
+    d, lo, hi = probe.paired(RECS, base, rule, draws=2000)
+    assert d == pytest.approx(1 / 5) and lo <= d <= hi and lo >= 0.0
+    assert probe.paired(RECS, base, base, draws=10) == (0.0, 0.0, 0.0)
+
+
+def test_another_domains_answers_withheld_by_the_dev_cutoffs(probe, monkeypatch, tmp_path, capsys):
+    """--other-run: answers the run showed that the probe's cutoffs would withhold, added to the run's own abstentions."""
+    import json
+    import types
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"id": f"q{i}", "question": "Who?", "answerable": True, "gold": ["x"], "abstained": i == 0, "context": "retrieved",
+             "system": "a", "margin": 0.0, "abstain_reason": "calibration" if i == 0 else None} for i in range(4)]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(probe, "other_features", lambda *a: ([r["id"] for r in rows], np.array([[3.0], [2.0], [0.5], [-1.0]]), None))
+    fitted = types.SimpleNamespace(decision_function=lambda x: x[:, 0])
+    args = types.SimpleNamespace(other_run=str(run), adapter="a", other_index="i", layer=18, output=str(tmp_path))
+    probe.other(fitted, {"probe": 1.0, "probe + margin": 0.0}, args)
+    out = capsys.readouterr().out
+    assert "false abstentions 1 (25.0%)" in out  # the run's own: q0
+    assert "| probe: 1.00 | 1 | 50.0% |" in out  # q1 (2.0); q0 was withheld already
+    assert "| probe + margin: 0.00 | 2 | 75.0% |" in out  # q1 and q2
