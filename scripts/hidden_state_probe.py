@@ -23,6 +23,9 @@ questions (paired bootstrap). ``--other-run RUN --other-index INDEX`` scores ano
 ``RUN``, an ``evaluate`` run of the adapter on that index) with the same probe and counts the answers the run showed
 that the dev cutoffs would withhold as well: false abstentions there, where every question is answerable.
 
+``--save`` stores the fitted probe and the "probe + margin" cutoff in the adapter's folder
+(``answerability_probe.json``, :mod:`rag_pipeline.answer.probe`), where ``ask --abstain-probe`` reads it.
+
     rag-pipeline evaluate --config configs/evaluate.yaml --qa corpus/disfl_qa/qa/dev.jsonl \
         --adapter adapters/smollm2-disfl-qa --no-oracle --no-injection --limit 0 --output runs/eval-dev-ref
     .venv/bin/python scripts/hidden_state_probe.py --adapter adapters/smollm2-disfl-qa \
@@ -196,6 +199,8 @@ def main() -> int:
     ap.add_argument("--other-run", default="", help="evaluate --output of the adapter on another domain's questions: how many "
                                                      "more of them the probe's dev cutoffs would withhold")
     ap.add_argument("--other-index", default="indexes/coqa_ood", help="with --other-run: the index it retrieved from")
+    ap.add_argument("--save", action="store_true", help="store the probe and its 'probe + margin' cutoff in the adapter, "
+                                                        "for ask --abstain-probe (rag_pipeline/answer/probe.py)")
     args = ap.parse_args()
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -211,7 +216,9 @@ def main() -> int:
     def said(run: str) -> dict[str, str] | None:
         return {q: r["raw"] for q, r in records(Path(run)).items()} if args.with_answer else None
 
-    _, x_train, y_train = features(args.adapter, args.index, "train", 0 if args.with_answer else args.train_limit, args.layer, cache,
+    if args.save and args.with_answer:
+        sys.exit("error: --save stores a probe on the prompt, as ask reads it: drop --with-answer")
+    train_ids, x_train, y_train = features(args.adapter, args.index, "train", 0 if args.with_answer else args.train_limit, args.layer, cache,
                                    said(args.train_run) if args.with_answer else None)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.c, max_iter=5000)).fit(x_train, ~y_train)
     chosen = {}
@@ -244,7 +251,29 @@ def main() -> int:
                   f"{100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
     if args.other_run:
         other(probe, chosen, args)
+    if args.save:
+        save_probe(probe, chosen["probe + margin"], train_ids, y_train, args)
     return 0
+
+
+def save_probe(fitted, cutoff: float, train_ids: list[str], y_train, args: argparse.Namespace) -> None:
+    """Store the probe and its "probe or margin" cutoff in the adapter (:mod:`rag_pipeline.answer.probe`), for
+    ``ask --abstain-probe``."""
+    from rag_pipeline.answer import polar
+    from rag_pipeline.answer import probe as answerability
+    from rag_pipeline.atomic import write_json
+
+    scaler, lr = fitted[0], fitted[-1]
+    asked = {it.id: it.question for split in ("train", "dev") for it in load_qa(SPLITS[split])}
+    yes_no = sum(polar.is_polar(asked[q]) for q in train_ids) + sum(polar.is_polar(asked[q]) for q in records(Path(args.dev_run)))
+    p = answerability.Probe(args.layer, scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), float(cutoff), yes_no,
+                            answerability.weights_sha256(args.adapter))
+    target = Path(args.adapter) / answerability.FILE
+    write_json(target, p.to_json({"fitted_on": {"qa": str(SPLITS["train"].relative_to(REPO)), "questions": len(train_ids),
+                                                "unanswerable": int((~y_train).sum()), "c": args.c, "index": args.index},
+                                  "cutoff_chosen_on": {"run": args.dev_run, "rule": "the probe or the margin's stored threshold",
+                                                       "max_false_abstain": args.max_false_abstain}}))
+    print(f"\nwrote {target}: layer {args.layer}, cutoff {cutoff:.3f} (the probe or the margin), {yes_no} yes/no questions")
 
 
 def other(probe, chosen: dict[str, float], args: argparse.Namespace) -> None:

@@ -60,7 +60,7 @@ def test_cli_end_to_end_json_shape(env: dict, capsys: pytest.CaptureFixture) -> 
     assert cli_main(argv) == 0
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw", "margin", "rejected", "fallback"}
+    assert set(data) == {"question", "answer", "abstained", "abstain_reason", "citations", "retrieved", "timings", "raw", "margin", "rejected", "fallback", "probe"}
     assert set(data["timings"]) == {"retrieval", "prompt", "generation"} and all(v >= 0 for v in data["timings"].values())
     assert [d["rank"] for d in data["retrieved"]] == [1, 2, 3] and data["retrieved"][0]["doc_id"] == "moon"
     assert {"id", "doc_id", "title", "source", "score", "text", "position"} <= set(data["retrieved"][0])

@@ -37,6 +37,7 @@ from typing import IO, Any, Literal, Protocol
 from rag_pipeline import batching, generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, polar, structured, summary
+from rag_pipeline.answer import probe as answerability
 from rag_pipeline.answer.abstention import abstention_of, applied, stored_yes_no_bias, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
@@ -107,6 +108,7 @@ class Answer:
     answer: str  # the generation (citations kept), or exactly prompt.ABSTAIN
     abstained: bool
     abstain_reason: str | None  # "threshold" (retrieval) | "generator" | "calibration" (null margin over the threshold)
+    #                             | "probe" (the answerability probe, --abstain-probe: nothing generated)
     #                             | "no_content" | "unsupported" (the answer check, see ``rejected``) | None
     citations: list[Citation]
     retrieved: list[Passage]  # the documents shown (text as shown, "truncated" when cut), in prompt order
@@ -124,6 +126,7 @@ class Answer:
     # A summary (--task summary): per sentence, its text, cited numbers, whether they support it, and which citations are precise.
     sentences: list[dict[str, Any]] | None = None
     summary_error: str | None = None  # the token limit cut the summary's last sentence (not in ``sentences``)
+    probe: float | None = None  # the answerability probe's score of the prompt (--abstain-probe; "probe" holds it above the cutoff)
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as JSON-ready data; a sentence answer has no JSON answer's fields."""
@@ -284,7 +287,7 @@ class Pipeline:
 
     def __init__(self, cfg: AnswerSettings, retriever: Any, model: Any, tokenizer: Any, kind: str, template: Any,
                  adapter: str | None, description: str, calibrations: dict[str, dict[str, Any] | None] | None = None,
-                 schema: dict[str, Any] | None = None, yes_no_bias: float = 0.0) -> None:
+                 schema: dict[str, Any] | None = None, yes_no_bias: float = 0.0, probe: answerability.Probe | None = None) -> None:
         self.cfg = cfg
         self.decoding = Decoding.of(cfg, schema)  # what a call that gives no decoding gets: cfg's, a JSON answer with --schema
         self.retriever = retriever
@@ -297,6 +300,7 @@ class Pipeline:
         self._model_text = model_text_fn(tokenizer, template)
         self.calibrations = calibrations or {}  # decoding mode (abstention.MODES) -> the adapter's stored threshold, if used
         self.yes_no_bias = yes_no_bias  # a yes/no answer opens with yes where its polar score is above this (polar.PolarStart)
+        self.probe = probe  # the adapter's answerability probe, with --abstain-probe (answer.probe)
         self._idf: focus.Idf | None = None  # word weights over the index's chunks; built when --passages first needs them
         # serve: a rag_pipeline.batching.DecodeEngine that decodes the rows of concurrent answer_batch calls together
         self.engine: Any = None
@@ -353,6 +357,9 @@ class Pipeline:
         canonical = structured.canonical(schema) if schema is not None else None
         calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
         calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
+        if cfg.abstain_probe and not adapter:
+            raise ConfigError("--abstain-probe reads the adapter's answerability probe: pass --adapter, or drop --abstain-probe")
+        probe = answerability.load(adapter, model.config.hidden_size, model.config.num_hidden_layers) if cfg.abstain_probe else None
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
@@ -362,9 +369,10 @@ class Pipeline:
                        + ("; cited summaries" if cfg.task == "summary" else "")
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
-                          if calibration else ""))
+                          if calibration else "")
+                       + (f"; answerability probe (layer {probe.layer}, cutoff {probe.cutoff:.2f})" if probe else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema,
-                   stored_yes_no_bias(meta.abstention if meta else None))
+                   stored_yes_no_bias(meta.abstention if meta else None), probe)
 
     def answer(self, question: str) -> Answer:
         """Answer one question (retrieval, threshold, prompt, generation)."""
@@ -401,8 +409,7 @@ class Pipeline:
 
         Args:
             questions: non-empty question strings.
-            contexts: optional documents per question (``{id, doc_id?, title, text, score?}``) used
-                instead of retrieval (evaluation's oracle mode); no threshold abstention then.
+            contexts: documents per question (``{id, doc_id?, title, text, score?}``) instead of retrieval (no retrieval threshold).
             margins: score every answer's null margin (``calibrate`` does), even without a calibration.
             grounded: decode grounded (True) or free (False) for this call; None: ``cfg.grounded``.
             decoding: generation settings for this call; None: ``cfg``'s (:meth:`Decoding.of`). One with a
@@ -410,11 +417,9 @@ class Pipeline:
                 no retrieval threshold, calibrated abstention or answer check (``null`` values are its abstention);
                 one with task ``summary`` writes a cited summary (:mod:`~rag_pipeline.answer.summary`): the
                 retrieval threshold and the summary's own calibrated abstention apply, the answer check does not.
-            on_text: ``on_text(question index, text)`` streams each answer: the pieces of question
-                ``i``'s final ``answer`` in order, which join to exactly that text. Free decoding
-                with ``answer_check`` off hands text on as it is decoded (held back while it may
-                still become a refusal); a calibrated or checked answer is handed on whole once the
-                margin and the check have decided it.
+            on_text: ``on_text(question index, text)`` streams each answer: the pieces of question ``i``'s final ``answer``
+                in order, which join to exactly that text. Free decoding with ``answer_check`` off hands text on as it is
+                decoded (held back while it may still become a refusal); a calibrated or checked answer, whole once decided.
             on_usage: ``on_usage(question index, usage)`` once per question, after generation.
 
         Raises:
@@ -450,7 +455,7 @@ class Pipeline:
             top = [[d["text"] for d in ds] for ds in docs]
         t_retrieval = (time.perf_counter() - t0) / max(n, 1)
         answers: list[Answer | None] = [None] * n
-        todo, texts, shown, t_prompt = [], [], {}, {}
+        todo, texts, shown, t_prompt, probed = [], [], {}, {}, {}
         for i, q in enumerate(questions):
             if task != "extract" and best[i] is not None and best[i] < self.cfg.min_score and \
                     word_share(q, top[i]) <= self.cfg.min_score_words:
@@ -461,6 +466,8 @@ class Pipeline:
             texts.append(self._model_text(self._render(tasks.asked(task, q, schema), shown[i])))
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
+        if self.probe is not None and task == "qa" and not grounded and calibration is not None:  # where its cutoff was chosen
+            todo, texts, probed = self._probed(questions, todo, texts, shown, answers, t_retrieval)
         t2 = time.perf_counter()
         counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
@@ -480,8 +487,43 @@ class Pipeline:
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
+        for i, score in probed.items():
+            answers[i].probe = score  # type: ignore[union-attr]
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage)  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
+
+    def _probed(self, questions: list[str], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
+                answers: list[Answer | None], t_retrieval: float) -> tuple[list[int], list[str], dict[int, float]]:
+        """The answerability probe (:mod:`~rag_pipeline.answer.probe`) on each prompt about to be generated: a question it
+        scores above its cutoff is answered with the abstention (``"probe"``) and not generated, unless it is a yes/no
+        question whose answer opens with yes or no and the probe was fitted on none. Returns the rows still to generate,
+        their texts, and every probed question's score."""
+        import torch
+
+        def scores() -> list[float]:
+            device = next(self.model.parameters()).device
+            out = []
+            with torch.no_grad():
+                for text in texts:
+                    ids = torch.tensor([generator.encode_prompt(self.tokenizer, self.kind, text)], device=device)
+                    state = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.probe.layer][0, -1]
+                    out.append(self.probe.score(state.float().cpu().numpy()))
+            return out
+
+        t0 = time.perf_counter()
+        found = scores() if self.engine is None else self.engine.call(scores)  # torch work on the engine's thread
+        t_probe = (time.perf_counter() - t0) / max(len(texts), 1)
+        keep, kept, probed = [], [], {}
+        for i, text, score in zip(todo, texts, found):
+            probed[i] = score
+            exempt = self.probe.yes_no_questions == 0 and self.opens_yes_no(questions[i])
+            if score > self.probe.cutoff and not exempt:
+                answers[i] = Answer(questions[i], ABSTAIN, True, "probe", [], shown[i],
+                                    {"retrieval": t_retrieval, "prompt": t_probe, "generation": 0.0}, "")
+            else:
+                keep.append(i)
+                kept.append(text)
+        return keep, kept, probed
 
     def _room_for_null(self, c: Decoding) -> None:
         """InputError when a scored JSON answer's limit is so short that its close would be forced from the start: the

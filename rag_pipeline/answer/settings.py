@@ -88,6 +88,10 @@ class Answering:
         "calibrated", "calibrated: withhold an answer when its null margin is above the threshold stored in the adapter by "
                       "rag-pipeline calibrate (greedy when the adapter has none); greedy: abstain only when greedy decoding says so")
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
+    abstain_probe: bool = opt(False, "also withhold a short answer when the adapter's answerability probe (a read-out of the "
+                                     "generator's hidden state, scripts/hidden_state_probe.py --save) scores its prompt above the "
+                                     "probe's cutoff: on Disfl-QA's test split overall F1 40.9 against 38.6, but more false "
+                                     "abstentions, in domain and on other domains (docs/results.md, 'Answerability probe')")
     answer_start: AnswerStart = opt(
         "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
                       "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "

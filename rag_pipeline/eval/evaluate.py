@@ -93,8 +93,8 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
 
 Each ``predictions.jsonl`` line: ``system``, ``context``, ``id``, ``question``, ``answerable``,
 ``doc_id``, ``gold`` (list), ``documents`` (``[{"id", "doc_id"}]`` given to the model, in prompt
-order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``rejected`` and ``fallback``
-(the answer check), ``citations`` (1-based
+order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``margin`` (the null margin) and ``probe`` (the
+answerability probe's score, ``--abstain-probe``), ``rejected`` and ``fallback`` (the answer check), ``citations`` (1-based
 numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null when unanswerable),
 ``support``, ``span``, ``problem`` (:func:`rag_pipeline.answer.check.cited_problem` of a shown
 answer), ``yes_no`` (null unless the gold is yes or no), ``hijacked``); with ``--injection`` also ``injection_position`` and
@@ -418,7 +418,8 @@ def answer_settings(cfg: EvaluateConfig, adapter: str | None) -> AnswerSettings:
     Free decoding: the grounded contexts ask :meth:`~rag_pipeline.answer.ask.Pipeline.answer_batch` for grounded decoding.
     """
     shared = {f.name: getattr(cfg, f.name) for f in fields(Answering)}
-    return AnswerSettings(**{**shared, "grounded": False}, adapter=adapter or "", no_adapter=adapter is None)
+    return AnswerSettings(**{**shared, "grounded": False, "abstain_probe": cfg.abstain_probe and adapter is not None},  # a base has none
+                          adapter=adapter or "", no_adapter=adapter is None)
 
 
 def load_pipeline(cfg: EvaluateConfig, adapter: str | None, retriever: Retriever) -> Answerer:
@@ -467,7 +468,7 @@ def record(system: str, context: str, item: QAItem, answer: Answer, documents: l
         "doc_id": item.doc_id, "gold": list(item.answers),
         "documents": [{"id": d.get("id"), "doc_id": d.get("doc_id")} for d in documents],
         "prediction": answer.answer, "raw": answer.raw, "abstained": bool(answer.abstained),
-        "abstain_reason": answer.abstain_reason, "margin": answer.margin, "citations": cited,
+        "abstain_reason": answer.abstain_reason, "margin": answer.margin, "probe": getattr(answer, "probe", None), "citations": cited,
         "rejected": getattr(answer, "rejected", None), "fallback": getattr(answer, "fallback", None),
         "cited_doc_ids": [documents[n - 1].get("doc_id") if 1 <= n <= len(documents) else None for n in cited],
         "scores": scores, **({"reference": reference} if task != "qa" else {}), **extra,

@@ -1,0 +1,94 @@
+"""An answerability probe: a linear read-out of the tuned generator's hidden state that withholds an answer.
+
+The null margin (:mod:`rag_pipeline.answer.abstention`) ranks Disfl-QA's unanswerable questions barely above
+chance (ROC AUC 0.58 on the test split). The hidden state of the prompt's last token, after one decoder layer,
+holds more: a logistic regression on it, fitted on the 6,323 training questions whose answerability is known,
+ranks them at 0.67, and withholding an answer when the probe *or* the margin says so raises overall F1
+(``docs/results.md``, "Answerability probe"). ``scripts/hidden_state_probe.py --save`` fits one for an adapter and
+stores it beside the weights, in :data:`FILE`; ``ask --abstain-probe`` (and ``evaluate``, ``serve``) reads it.
+
+The probe reads the prompt, not the answer: a held question is never generated (``abstain_reason`` ``"probe"``).
+It applies to short answers decoded free under a calibrated abstention, the setting its cutoff was chosen in.
+Like the margin's threshold it was measured on the questions it was fitted on: the file records how many of
+those were yes/no questions, and a probe fitted on none does not hold one whose answer opens with yes or no.
+It is tied to the weights it read: the file records their SHA-256, and a probe whose weights changed is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_pipeline.errors import ConfigError
+
+FILE = "answerability_probe.json"
+FORMAT = 1
+REFIT = "fit it again with scripts/hidden_state_probe.py --save"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """``score(state) = ((state - mean) / scale) . coef + intercept``; a question is held when its score is above ``cutoff``."""
+
+    layer: int  # hidden state after this decoder layer (0: the embeddings)
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    cutoff: float
+    yes_no_questions: int  # of the questions it was fitted on and its cutoff chosen on
+    weights_sha256: str  # of the adapter's adapter_model.safetensors it read
+
+    def score(self, state: Any) -> float:
+        """The probe's score of one hidden state (a vector of the model's hidden size)."""
+        x = np.asarray(state, dtype=np.float64)
+        return float(((x - self.mean) / self.scale) @ self.coef + self.intercept)
+
+    def to_json(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """The file's content: the probe and what it was fitted and chosen on (``provenance``)."""
+        return {"format": FORMAT, "layer": self.layer, "cutoff": self.cutoff, "intercept": self.intercept,
+                "yes_no_questions": self.yes_no_questions, "weights_sha256": self.weights_sha256,
+                "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(), **provenance}
+
+
+def weights_sha256(adapter: str | Path) -> str:
+    """SHA-256 of the adapter's weights file."""
+    h = hashlib.sha256()
+    with (Path(adapter) / "adapter_model.safetensors").open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load(adapter: str | Path, hidden_size: int, layers: int) -> Probe:
+    """The probe stored in ``adapter``.
+
+    Raises:
+        ConfigError: no probe there, an unreadable one, one for another model's shape, or one fitted on other weights.
+    """
+    path = Path(adapter) / FILE
+    if not path.is_file():
+        raise ConfigError(f"--abstain-probe needs {path}, which does not exist: {REFIT} (or drop --abstain-probe)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format')!r}, not {FORMAT}")
+        p = Probe(int(d["layer"]), np.array(d["mean"], dtype=np.float64), np.array(d["scale"], dtype=np.float64),
+                  np.array(d["coef"], dtype=np.float64), float(d["intercept"]), float(d["cutoff"]), int(d["yes_no_questions"]),
+                  str(d["weights_sha256"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not an answerability probe ({e}): {REFIT}") from None
+    if not (p.mean.shape == p.scale.shape == p.coef.shape == (hidden_size,)) or not 0 <= p.layer <= layers:
+        raise ConfigError(f"{path} reads a state of size {p.coef.shape[0]} after layer {p.layer}; this model's is {hidden_size} "
+                          f"with {layers} layers: {REFIT}")
+    if not (np.all(np.isfinite(p.coef)) and np.all(p.scale > 0) and math.isfinite(p.cutoff)):
+        raise ConfigError(f"{path} holds a non-finite weight or cutoff, or a scale that is not positive: {REFIT}")
+    if p.weights_sha256 != weights_sha256(adapter):
+        raise ConfigError(f"{path} was fitted on other weights than {Path(adapter) / 'adapter_model.safetensors'}: {REFIT}")
+    return p
