@@ -80,21 +80,18 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
 
 def states(adapter: str, index: str, questions: list[str], layer: int, said: list[str] | None, what: str) -> list:
     """The hidden state after ``layer`` at the last token of each question's prompt (built as ``ask`` builds it), or of
-    the prompt followed by ``said`` (one answer per question)."""
-    import torch
-
+    the prompt followed by ``said`` (one answer per question): ``Pipeline.last_states``, the reading ``ask
+    --abstain-probe`` makes."""
     from rag_pipeline.answer import ask as A
 
     pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
     xs, t0 = [], time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(questions), 32):
-            batch = list(range(start, min(start + 32, len(questions))))
-            for i, prompt in zip(batch, pipe.prompt_ids([questions[i] for i in batch])):
-                answer = pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else []
-                hidden = pipe.model(input_ids=torch.tensor([prompt + answer]), output_hidden_states=True).hidden_states[layer]
-                xs.append(hidden[0, -1].float().numpy())
-            print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for start in range(0, len(questions), 32):
+        batch = list(range(start, min(start + 32, len(questions))))
+        prompts = pipe.prompt_ids([questions[i] for i in batch])
+        answers = [pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else [] for i in batch]
+        xs += pipe.last_states([p + a for p, a in zip(prompts, answers)], layer)
+        print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return xs
 
 
@@ -263,11 +260,15 @@ def save_probe(fitted, cutoff: float, train_ids: list[str], y_train, args: argpa
     from rag_pipeline.answer import probe as answerability
     from rag_pipeline.atomic import write_json
 
+    if not math.isfinite(cutoff):
+        sys.exit(f"error: no probe cutoff keeps the dev run's false abstentions at most {args.max_false_abstain} beside the margin: "
+                 "nothing to store (raise --max-false-abstain)")
     scaler, lr = fitted[0], fitted[-1]
     asked = {it.id: it.question for split in ("train", "dev") for it in load_qa(SPLITS[split])}
     yes_no = sum(polar.is_polar(asked[q]) for q in train_ids) + sum(polar.is_polar(asked[q]) for q in records(Path(args.dev_run)))
+    threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
     p = answerability.Probe(args.layer, scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), float(cutoff), yes_no,
-                            answerability.weights_sha256(args.adapter))
+                            answerability.weights_sha256(args.adapter), threshold)
     target = Path(args.adapter) / answerability.FILE
     write_json(target, p.to_json({"fitted_on": {"qa": str(SPLITS["train"].relative_to(REPO)), "questions": len(train_ids),
                                                 "unanswerable": int((~y_train).sum()), "c": args.c, "index": args.index},

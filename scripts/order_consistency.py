@@ -27,15 +27,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 sys.path.insert(0, str(REPO / "scripts"))
 
-from hidden_state_probe import figures, records  # noqa: E402
+from hidden_state_probe import cache_key, figures, records  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.metrics import f1  # noqa: E402
 
 
-def swapped(adapter: str, index: str, recs: list[dict], out: Path) -> dict[str, dict]:
-    """Question id -> {raw, margin} answered with the run's passages reversed; cached in ``out``."""
+def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) -> dict[str, dict]:
+    """Question id -> {raw, margin} answered with the run's passages reversed; cached in ``out`` under a key of what they
+    were answered from (the adapter's weights, the index, the run)."""
+    key = cache_key(adapter, index, {"run": str(run.resolve())})
     if out.exists():
-        return json.loads(out.read_text(encoding="utf-8"))
+        cached = json.loads(out.read_text(encoding="utf-8"))
+        if cached.get("key") != key:
+            sys.exit(f"error: {out} holds answers of another adapter, index or run: pass another --output, or delete it")
+        return cached["answers"]
     from rag_pipeline.answer import ask as A
     from rag_pipeline.passage import from_chunk
 
@@ -49,7 +54,7 @@ def swapped(adapter: str, index: str, recs: list[dict], out: Path) -> dict[str, 
         print(f"{start + len(batch)}/{len(recs)} questions, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(f".{out.name}.part")  # renamed into place whole
-    part.write_text(json.dumps(res), encoding="utf-8")
+    part.write_text(json.dumps({"key": key, "answers": res}), encoding="utf-8")
     os.replace(part, out)
     return res
 
@@ -72,7 +77,7 @@ def main() -> int:
 
     threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
     recs = [r for r in records(Path(args.run)).values() if r["margin"] is not None]  # the retrieval threshold answered none
-    again = swapped(args.adapter, args.index, recs, Path(args.output))
+    again = swapped(args.adapter, args.index, Path(args.run), recs, Path(args.output))
     labels = np.array([not (r["answerable"] and r["gold"]) for r in recs])
     agree = np.array([agreement(r["raw"], again[r["id"]]["raw"]) for r in recs])
     m0 = np.array([r["margin"] for r in recs])

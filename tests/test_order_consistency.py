@@ -20,7 +20,12 @@ def test_agreement_is_the_token_f1_of_the_answers_without_citations(order):
     assert order.agreement("river Nile [1]", "Nile [1]") == pytest.approx(2 / 3)
 
 
-def test_reversed_answers_come_from_the_cache_without_loading_a_model(order, tmp_path):
-    cache = tmp_path / "dev.json"
-    cache.write_text(json.dumps({"q1": {"raw": "Nile [2]", "margin": 1.5}}), encoding="utf-8")
-    assert order.swapped("no-such-adapter", "no-such-index", [], cache) == {"q1": {"raw": "Nile [2]", "margin": 1.5}}
+def test_reversed_answers_come_from_their_own_cache_without_loading_a_model(order, tmp_path):
+    adapter, run, cache = tmp_path / "adapter", tmp_path / "run", tmp_path / "dev.json"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    key = order.cache_key(str(adapter), "idx", {"run": str(run.resolve())})
+    cache.write_text(json.dumps({"key": key, "answers": {"q1": {"raw": "Nile [2]", "margin": 1.5}}}), encoding="utf-8")
+    assert order.swapped(str(adapter), "idx", run, [], cache) == {"q1": {"raw": "Nile [2]", "margin": 1.5}}
+    with pytest.raises(SystemExit, match="another adapter, index or run"):  # another index: not these answers
+        order.swapped(str(adapter), "other-idx", run, [], cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,18 +11,24 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
+from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer import ask as A
 from rag_pipeline.answer import probe as P
 from rag_pipeline.errors import ConfigError
 
 QUESTIONS = ["Which volcano in Sicily erupts almost every year?", "Who wrote the first computer program?"]
-NEVER = {"free": {"threshold": 1e9}}  # a calibration whose margin withholds nothing: the probe alone decides
+THRESHOLD = 1e9  # the adapter's calibrated margin threshold withholds nothing: the probe alone decides
+NEVER = {"free": {"threshold": THRESHOLD}}
 
 
 @pytest.fixture()
 def adapter(env: dict, tmp_path: Path) -> Path:
+    """A copy of the tiny adapter with a calibrated abstention for free short answers."""
     out = tmp_path / "adapter"
     shutil.copytree(env["adapter"], out)
+    meta = read_adapter_meta(out)
+    write_adapter_meta(out, dataclasses.replace(meta, abstention={"free": {"threshold": THRESHOLD, "yes_no_questions": 0}}))
     return out
 
 
@@ -36,7 +43,7 @@ def write_probe(adapter: Path, shape: tuple[int, int], intercept: float, cutoff:
     size = shape[0]
     rng = np.random.default_rng(0)
     p = P.Probe(layer, rng.normal(size=size), rng.uniform(0.5, 2.0, size), np.zeros(size) if coef is None else coef, intercept,
-                cutoff, yes_no, P.weights_sha256(adapter))
+                cutoff, yes_no, P.weights_sha256(adapter), THRESHOLD)
     (adapter / P.FILE).write_text(json.dumps({**p.to_json({"fitted_on": {"questions": 2}}), **(changes or {})}), encoding="utf-8")
     return p
 
@@ -49,7 +56,8 @@ def cfg(env: dict, path: Path, **kw) -> A.AskConfig:
 def test_the_file_round_trips_and_scores_a_state_by_its_formula(adapter: Path, shape) -> None:
     coef = np.linspace(-1, 1, shape[0])
     p = write_probe(adapter, shape, 0.25, cutoff=0.5, coef=coef)
-    back = P.load(adapter, *shape)
+    back = P.read(adapter)
+    P.check(back, adapter, "causal", *shape, THRESHOLD)
     state = np.arange(shape[0], dtype=np.float32)
     assert back.score(state) == pytest.approx(float(((state - p.mean) / p.scale) @ coef + 0.25))
     assert (back.layer, back.cutoff, back.yes_no_questions) == (1, 0.5, 0)
@@ -57,23 +65,42 @@ def test_the_file_round_trips_and_scores_a_state_by_its_formula(adapter: Path, s
 
 @pytest.mark.parametrize("change, message", [
     ({"format": 2}, "is not an answerability probe"),
+    ({"coef": 1.0}, "is not an answerability probe"),
+    ({"margin_threshold": None}, "is not an answerability probe"),
     ({"coef": [1.0]}, "reads a state of size 1"),
     ({"layer": 99}, "after layer 99"),
     ({"cutoff": float("nan")}, "non-finite"),
+    ({"intercept": float("inf")}, "non-finite"),
     ({"weights_sha256": "0" * 64}, "fitted on other weights"),
+    ({"margin_threshold": 2.5}, "chosen beside the margin threshold 2.5000; the adapter's is now"),
 ])
 def test_a_bad_or_stale_probe_is_refused_with_the_fix(adapter: Path, shape, change: dict, message: str) -> None:
     write_probe(adapter, shape, 0.0, changes=change)
     with pytest.raises(ConfigError, match=message) as e:
-        P.load(adapter, *shape)
+        P.check(P.read(adapter), adapter, "causal", *shape, THRESHOLD)
     assert "hidden_state_probe.py --save" in str(e.value)
 
 
-def test_asking_for_the_probe_without_one_or_without_an_adapter_is_refused(env: dict, adapter: Path) -> None:
+def test_a_file_that_is_not_an_object_and_a_model_it_does_not_fit_are_refused(adapter: Path, shape) -> None:
+    (adapter / P.FILE).write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not an answerability probe"):
+        P.read(adapter)
+    p = write_probe(adapter, shape, 0.0)
+    with pytest.raises(ConfigError, match="reads a causal generator's prompt"):
+        P.check(p, adapter, "seq2seq", *shape, THRESHOLD)
+    with pytest.raises(ConfigError, match="does not have for free short answers: run rag-pipeline calibrate"):
+        P.check(p, adapter, "causal", *shape, None)
+
+
+def test_asking_for_the_probe_without_one_or_where_it_does_not_apply_is_refused(env: dict, adapter: Path, monkeypatch) -> None:
+    monkeypatch.setattr(A.generator, "load_generator", lambda *a, **k: pytest.fail("the file is checked before the model loads"))
     with pytest.raises(ConfigError, match="does not exist.*--save"):
         A.Pipeline.load(cfg(env, adapter))
     with pytest.raises(ConfigError, match="pass --adapter"):
-        A.Pipeline.load(cfg(env, adapter, adapter="", no_adapter=True, base_model=str(env["base"])))
+        cfg(env, adapter, adapter="", no_adapter=True)
+    for setting in ({"grounded": True}, {"abstention": "greedy"}, {"task": "summary"}):
+        with pytest.raises(ConfigError, match="withholds free short answers beside the calibrated abstention"):
+            cfg(env, adapter, **setting)
 
 
 def test_a_question_the_probe_scores_above_its_cutoff_is_not_generated(env: dict, adapter: Path, shape) -> None:
@@ -84,10 +111,14 @@ def test_a_question_the_probe_scores_above_its_cutoff_is_not_generated(env: dict
     for ans in pipe.answer_batch(QUESTIONS):
         assert (ans.abstained, ans.abstain_reason, ans.raw, ans.margin, ans.probe) == (True, "probe", "", None, 1.0)
         assert ans.answer == A.ABSTAIN and ans.retrieved  # the passages it was shown are kept
+    shown = A.format_answer(ans, cfg(env, adapter))
+    assert "answerability probe scores the question 1.00, above its cutoff" in shown and "drop --abstain-probe" in shown
     pipe.calibrations = {}  # no calibrated abstention (greedy): nor the probe, whose cutoff was chosen beside one
     assert [a.probe for a in pipe.answer_batch(QUESTIONS)] == [None, None]
     pipe.calibrations = {"free": NEVER["free"], "grounded": NEVER["free"]}
     assert [a.abstain_reason for a in pipe.answer_batch(QUESTIONS, grounded=True)] == [None, None]  # grounded: a copied span
+    given = [[{"text": "Etna erupts almost every year."}]] * 2  # passages given, not retrieved (evaluate's oracle): not probed
+    assert [a.probe for a in pipe.answer_batch(QUESTIONS, contexts=given)] == [None, None]
 
 
 def test_below_the_cutoff_the_answer_is_generated_and_carries_its_score(env: dict, adapter: Path, shape) -> None:
@@ -102,6 +133,7 @@ def test_below_the_cutoff_the_answer_is_generated_and_carries_its_score(env: dic
     with torch.no_grad():  # the score is the probe's of the prompt's last hidden state after its layer, as ask builds the prompt
         states = [pipe.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0, -1].numpy()
                   for ids in pipe.prompt_ids(QUESTIONS)]
+    assert all(x.timings["prompt"] > y.timings["prompt"] for x, y in zip(answers, before))  # the reading's time counts
     assert [a.probe for a in answers] == pytest.approx([p.score(s) for s in states])
     assert all(b.probe is None for b in before)
 
@@ -140,4 +172,59 @@ def test_on_a_servers_decode_engine_the_probe_reads_the_model_on_the_engines_thr
         assert [a.probe for a in pipe.answer_batch(QUESTIONS)] == pytest.approx(alone)
     finally:
         pipe.engine.stop()
-    assert len(calls) >= 2  # the retrieval's embeddings, and the probe's reading
+    assert any(getattr(fn, "func", None) == pipe.last_states for fn in calls)  # the probe's reading, beside the retrieval's
+
+
+def test_the_script_stores_the_fitted_probe_as_ask_scores_it(adapter: Path, shape, tmp_path: Path) -> None:
+    """scripts/hidden_state_probe.py --save: the sklearn pipeline (fitted on unanswerable = 1) becomes the file whose score
+    equals its decision function, with the adapter's threshold and the yes/no questions it was fitted and chosen on."""
+    import argparse
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    script = load_script("hidden_state_probe")
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, shape[0])), np.arange(40) % 3 != 0
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000)).fit(x, ~y)
+    train = [it.id for it in script.load_qa(script.SPLITS["train"])[:40]]
+    run = tmp_path / "dev-run"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text(json.dumps({"id": script.load_qa(script.SPLITS["dev"])[0].id, "context": "retrieved", "system": "a"}) + "\n", encoding="utf-8")
+    args = argparse.Namespace(adapter=str(adapter), layer=1, c=0.1, index="idx", dev_run=str(run), max_false_abstain=0.15)
+    script.save_probe(fitted, 0.25, train, y, args)
+    p = P.read(adapter)
+    P.check(p, adapter, "causal", *shape, THRESHOLD)
+    assert [p.score(v) for v in x[:5]] == pytest.approx(fitted.decision_function(x[:5]).tolist())
+    assert (p.cutoff, p.margin_threshold, p.layer) == (0.25, THRESHOLD, 1)
+    with pytest.raises(SystemExit, match="raise --max-false-abstain"):
+        script.save_probe(fitted, float("inf"), train, y, args)
+
+
+def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_probe_before_binding(
+        env: dict, adapter: Path, shape, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """serve --abstain-probe: a real server on loopback answers a held question with the abstention, marked ``probe``,
+    no completion tokens; a probe that is not there is one error line before the port is bound."""
+    import httpx
+    from serve_helpers import ThreadServer, free_port, wait_healthy
+
+    from rag_pipeline.cli import main as cli_main
+    from rag_pipeline.serve import ServeConfig
+    from rag_pipeline.serve.app import create_app
+
+    bare = tmp_path / "bare"
+    shutil.copytree(adapter, bare)
+    status = cli_main(["serve", "--index", str(env["index"]), "--adapter", str(bare), "--device", "cpu", "--abstain-probe",
+                       "--port", str(free_port())])
+    assert status == 2 and "answerability_probe.json, which does not exist" in capsys.readouterr().err
+    write_probe(adapter, shape, intercept=1.0)
+    served = ServeConfig(index=str(env["index"]), adapter=str(adapter), device="cpu", dtype="float32", max_new_tokens=4,
+                         min_score=-1.0, answer_check="off", abstain_probe=True)
+    pipe = A.Pipeline.load(served)
+    with ThreadServer(create_app(served, "adapter", "", lambda: pipe)) as srv:
+        wait_healthy(srv.url, 30)
+        r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60,
+                       json={"model": "adapter", "messages": [{"role": "user", "content": QUESTIONS[0]}]}).json()
+    assert r["choices"][0]["message"]["content"] == A.ABSTAIN and (r["abstained"], r["abstain_reason"]) == (True, "probe")
+    assert r["usage"]["completion_tokens"] == 0 and r["citations"] == []

@@ -54,9 +54,15 @@ def withhold(margin: float | None, abstention: dict[str, Any] | None, bias: floa
     """
     if margin is None or not abstention:
         return False
-    if yes_no and abstention.get("yes_no_questions") == 0:
+    if unmeasured_yes_no(abstention.get("yes_no_questions"), yes_no):
         return False
     return margin > float(abstention["threshold"]) + bias
+
+
+def unmeasured_yes_no(measured: int | None, yes_no: bool) -> bool:
+    """Whether a rule chosen on ``measured`` yes/no questions (None: not recorded) leaves alone an answer that opens with
+    yes or no (``yes_no``): it does when it was measured on none (the margin's threshold, the answerability probe)."""
+    return yes_no and measured == 0
 
 
 def to_json(row: dict[str, float]) -> dict[str, Any]:

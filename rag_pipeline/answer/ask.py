@@ -38,7 +38,7 @@ from rag_pipeline import batching, generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, polar, structured, summary
 from rag_pipeline.answer import probe as answerability
-from rag_pipeline.answer.abstention import abstention_of, applied, stored_yes_no_bias, withhold
+from rag_pipeline.answer.abstention import abstention_of, applied, stored_yes_no_bias, unmeasured_yes_no, withhold
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -346,6 +346,7 @@ class Pipeline:
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else None
+        probe = answerability.read(adapter) if cfg.abstain_probe and adapter else None  # before the models load
         schema = schema or answer_schema(cfg, meta, adapter)
         template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
@@ -359,7 +360,9 @@ class Pipeline:
         calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
         if cfg.abstain_probe and not adapter:
             raise ConfigError("--abstain-probe reads the adapter's answerability probe: pass --adapter, or drop --abstain-probe")
-        probe = answerability.load(adapter, model.config.hidden_size, model.config.num_hidden_layers) if cfg.abstain_probe else None
+        if probe is not None:
+            free = applied(calibrations, "qa", False)
+            answerability.check(probe, adapter, kind, model.config.hidden_size, model.config.num_hidden_layers, free and free["threshold"])
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
@@ -384,6 +387,20 @@ class Pipeline:
         docs, _, _ = self._retrieve(questions)
         return [generator.encode_prompt(self.tokenizer, self.kind, self._model_text(self._render(q, self._fit(q, ds))))
                 for q, ds in zip(questions, docs)]
+
+    def last_states(self, prompts: list[list[int]], layer: int) -> list[Any]:
+        """The hidden state after decoder ``layer`` (0: the embeddings) at the last token of each token-id sequence, as
+        float32 numpy vectors: what the answerability probe reads (:mod:`~rag_pipeline.answer.probe`;
+        ``scripts/hidden_state_probe.py`` fits it on the same reading)."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for ids in prompts:
+                hidden = self.model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True, use_cache=False).hidden_states
+                out.append(hidden[layer][0, -1].float().cpu().numpy())
+        return out
 
     def polar_scores(self, questions: list[str]) -> list[float]:
         """Each question's :func:`~rag_pipeline.answer.polar.polar_score` (log P(yes opening) - log P(no opening)) as
@@ -466,8 +483,8 @@ class Pipeline:
             texts.append(self._model_text(self._render(tasks.asked(task, q, schema), shown[i])))
             t_prompt[i] = time.perf_counter() - t1
             todo.append(i)
-        if self.probe is not None and task == "qa" and not grounded and calibration is not None:  # where its cutoff was chosen
-            todo, texts, probed = self._probed(questions, todo, texts, shown, answers, t_retrieval)
+        if self.probe is not None and task == "qa" and not grounded and calibration is not None and contexts is None:  # as chosen
+            todo, texts, probed = self._probed(questions, todo, texts, shown, answers, t_retrieval, t_prompt)
         t2 = time.perf_counter()
         counts = [generator.DecodeCounts() for _ in todo]
         live = {i: _LiveText(self.tokenizer, lambda text, i=i: on_text(i, text)) for i in todo} if on_text and not (scored or checked) else {}
@@ -493,33 +510,25 @@ class Pipeline:
         return answers  # type: ignore[return-value]
 
     def _probed(self, questions: list[str], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
-                answers: list[Answer | None], t_retrieval: float) -> tuple[list[int], list[str], dict[int, float]]:
+                answers: list[Answer | None], t_retrieval: float, t_prompt: dict[int, float]) -> tuple[list[int], list[str], dict[int, float]]:
         """The answerability probe (:mod:`~rag_pipeline.answer.probe`) on each prompt about to be generated: a question it
-        scores above its cutoff is answered with the abstention (``"probe"``) and not generated, unless it is a yes/no
-        question whose answer opens with yes or no and the probe was fitted on none. Returns the rows still to generate,
-        their texts, and every probed question's score."""
-        import torch
-
-        def scores() -> list[float]:
-            device = next(self.model.parameters()).device
-            out = []
-            with torch.no_grad():
-                for text in texts:
-                    ids = torch.tensor([generator.encode_prompt(self.tokenizer, self.kind, text)], device=device)
-                    state = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.probe.layer][0, -1]
-                    out.append(self.probe.score(state.float().cpu().numpy()))
-            return out
-
+        scores above its cutoff is answered with the abstention (``"probe"``) and not generated, unless its answer opens with
+        yes or no and the probe was measured on no yes/no question. Returns the rows still to generate, their texts, and
+        every probed question's score; the reading's time is added to each one's ``t_prompt``."""
+        assert self.probe is not None
+        probe = self.probe
+        ids = [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts]
         t0 = time.perf_counter()
-        found = scores() if self.engine is None else self.engine.call(scores)  # torch work on the engine's thread
+        read = functools.partial(self.last_states, ids, probe.layer)
+        states = read() if self.engine is None else self.engine.call(read)  # torch work on the engine's thread
         t_probe = (time.perf_counter() - t0) / max(len(texts), 1)
         keep, kept, probed = [], [], {}
-        for i, text, score in zip(todo, texts, found):
-            probed[i] = score
-            exempt = self.probe.yes_no_questions == 0 and self.opens_yes_no(questions[i])
-            if score > self.probe.cutoff and not exempt:
+        for i, text, state in zip(todo, texts, states):
+            probed[i] = probe.score(state)
+            t_prompt[i] += t_probe
+            if probed[i] > probe.cutoff and not unmeasured_yes_no(probe.yes_no_questions, self.opens_yes_no(questions[i])):
                 answers[i] = Answer(questions[i], ABSTAIN, True, "probe", [], shown[i],
-                                    {"retrieval": t_retrieval, "prompt": t_probe, "generation": 0.0}, "")
+                                    {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": 0.0}, "")
             else:
                 keep.append(i)
                 kept.append(text)
@@ -799,7 +808,7 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
             if len(ans.answer) > len(sent):
                 on_text(i, ans.answer[len(sent):])
         if on_usage is not None:
-            c = counts.get(i)  # None: abstained on the retrieval threshold, nothing generated
+            c = counts.get(i)  # None: abstained on the retrieval threshold or the probe, nothing generated
             length = c is not None and not c.stopped and not ans.abstained
             on_usage(i, TokenUsage(c.prompt_tokens if c else 0, c.completion_tokens if c else 0, "length" if length else "stop"))
 
@@ -835,6 +844,9 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     elif ans.abstain_reason == "calibration":
         lines.append(f"  (withheld by the calibrated abstention: null margin {ans.margin:.2f} above the adapter's threshold; "
                      f"the answer would have been {ans.raw!r}; --abstain-bias > 0 answers more often)")
+    elif ans.abstain_reason == "probe":
+        lines.append(f"  (no generation: the adapter's answerability probe scores the question {ans.probe:.2f}, above its cutoff; "
+                     f"drop --abstain-probe to have it answered, or withheld by the other checks)")
     if ans.citations:
         lines.append("\nSources:")
         for c in ans.citations:
@@ -843,7 +855,7 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
     elif not ans.abstained and ans.fields is None:
         lines.append("  (the answer cites no document)")
     if cfg.show_context:
-        lines.append("\nContext shown to the generator:" if ans.raw else "\nRetrieved (not shown to the generator):")
+        lines.append("\nContext shown to the generator:" if ans.raw or ans.abstain_reason == "probe" else "\nRetrieved (not shown to the generator):")
         for i, d in enumerate(ans.retrieved, 1):
             score = "" if d["score"] is None else f"  score {d['score']:.3f}"
             cut = "  [truncated]" if d.get("truncated") else ""

@@ -11,7 +11,9 @@ The probe reads the prompt, not the answer: a held question is never generated (
 It applies to short answers decoded free under a calibrated abstention, the setting its cutoff was chosen in.
 Like the margin's threshold it was measured on the questions it was fitted on: the file records how many of
 those were yes/no questions, and a probe fitted on none does not hold one whose answer opens with yes or no.
-It is tied to the weights it read: the file records their SHA-256, and a probe whose weights changed is refused.
+It is tied to what it was chosen with: the weights it read (their SHA-256) and the margin's threshold beside which its
+cutoff was chosen; a probe whose weights or threshold changed is refused. (The states it was fitted on were read in
+the dtype ``ask`` chooses by default; another ``--dtype`` reads slightly different ones.)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Probe:
     cutoff: float
     yes_no_questions: int  # of the questions it was fitted on and its cutoff chosen on
     weights_sha256: str  # of the adapter's adapter_model.safetensors it read
+    margin_threshold: float  # the adapter's free-decoding threshold its cutoff was chosen beside ("the probe or the margin")
 
     def score(self, state: Any) -> float:
         """The probe's score of one hidden state (a vector of the model's hidden size)."""
@@ -54,6 +57,7 @@ class Probe:
         """The file's content: the probe and what it was fitted and chosen on (``provenance``)."""
         return {"format": FORMAT, "layer": self.layer, "cutoff": self.cutoff, "intercept": self.intercept,
                 "yes_no_questions": self.yes_no_questions, "weights_sha256": self.weights_sha256,
+                "margin_threshold": self.margin_threshold,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(), **provenance}
 
 
@@ -66,29 +70,51 @@ def weights_sha256(adapter: str | Path) -> str:
     return h.hexdigest()
 
 
-def load(adapter: str | Path, hidden_size: int, layers: int) -> Probe:
-    """The probe stored in ``adapter``.
+def read(adapter: str | Path) -> Probe:
+    """The probe stored in ``adapter``, checked against its file's format and the adapter's weights (no model needed:
+    ``ask`` and ``serve`` read it before loading one).
 
     Raises:
-        ConfigError: no probe there, an unreadable one, one for another model's shape, or one fitted on other weights.
+        ConfigError: no probe there, an unreadable one, a non-finite value, or one fitted on other weights.
     """
     path = Path(adapter) / FILE
     if not path.is_file():
         raise ConfigError(f"--abstain-probe needs {path}, which does not exist: {REFIT} (or drop --abstain-probe)")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        if d.get("format") != FORMAT:
-            raise ValueError(f"format {d.get('format')!r}, not {FORMAT}")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"format {d.get('format') if isinstance(d, dict) else None!r}, not {FORMAT}")
         p = Probe(int(d["layer"]), np.array(d["mean"], dtype=np.float64), np.array(d["scale"], dtype=np.float64),
                   np.array(d["coef"], dtype=np.float64), float(d["intercept"]), float(d["cutoff"]), int(d["yes_no_questions"]),
-                  str(d["weights_sha256"]))
+                  str(d["weights_sha256"]), float(d["margin_threshold"]))
+        if not (p.mean.ndim == p.scale.ndim == p.coef.ndim == 1):
+            raise ValueError("mean, scale and coef must be lists of numbers")
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not an answerability probe ({e}): {REFIT}") from None
-    if not (p.mean.shape == p.scale.shape == p.coef.shape == (hidden_size,)) or not 0 <= p.layer <= layers:
-        raise ConfigError(f"{path} reads a state of size {p.coef.shape[0]} after layer {p.layer}; this model's is {hidden_size} "
-                          f"with {layers} layers: {REFIT}")
-    if not (np.all(np.isfinite(p.coef)) and np.all(p.scale > 0) and math.isfinite(p.cutoff)):
+    finite = all(np.all(np.isfinite(v)) for v in (p.mean, p.scale, p.coef)) and all(map(math.isfinite, (p.intercept, p.cutoff)))
+    if not finite or not np.all(p.scale > 0):
         raise ConfigError(f"{path} holds a non-finite weight or cutoff, or a scale that is not positive: {REFIT}")
     if p.weights_sha256 != weights_sha256(adapter):
         raise ConfigError(f"{path} was fitted on other weights than {Path(adapter) / 'adapter_model.safetensors'}: {REFIT}")
     return p
+
+
+def check(p: Probe, adapter: str | Path, kind: str, hidden_size: int, layers: int, threshold: float | None) -> None:
+    """That the loaded generator and the adapter's calibration are what ``p`` was fitted and chosen with.
+
+    Raises:
+        ConfigError: a seq2seq generator, another hidden size or fewer layers, no calibrated free-decoding threshold,
+            or another threshold than the one its cutoff was chosen beside (``calibrate`` ran again).
+    """
+    path = Path(adapter) / FILE
+    if kind != "causal":
+        raise ConfigError(f"{path}: the answerability probe reads a causal generator's prompt, this one is {kind}: drop --abstain-probe")
+    if not (p.mean.shape == p.scale.shape == p.coef.shape == (hidden_size,)) or not 0 <= p.layer <= layers:
+        raise ConfigError(f"{path} reads a state of size {p.coef.shape[0]} after layer {p.layer}; this model's is {hidden_size} "
+                          f"with {layers} layers: {REFIT}")
+    if threshold is None:
+        raise ConfigError(f"{path} withholds beside the adapter's calibrated abstention, which {adapter} does not have for free "
+                          f"short answers: run rag-pipeline calibrate --adapter {adapter}, then {REFIT}")
+    if not math.isclose(threshold, p.margin_threshold, rel_tol=0, abs_tol=1e-9):
+        raise ConfigError(f"{path}'s cutoff was chosen beside the margin threshold {p.margin_threshold:.4f}; the adapter's is now "
+                          f"{threshold:.4f} (calibrate ran again): {REFIT}")

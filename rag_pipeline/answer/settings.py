@@ -90,8 +90,9 @@ class Answering:
     abstain_bias: float = opt(0.0, "added to the calibrated threshold: > 0 answers more often, < 0 abstains more often")
     abstain_probe: bool = opt(False, "also withhold a short answer when the adapter's answerability probe (a read-out of the "
                                      "generator's hidden state, scripts/hidden_state_probe.py --save) scores its prompt above the "
-                                     "probe's cutoff: on Disfl-QA's test split overall F1 40.9 against 38.6, but more false "
-                                     "abstentions, in domain and on other domains (docs/results.md, 'Answerability probe')")
+                                     "probe's cutoff (free short answers under the calibrated abstention, retrieved passages): on "
+                                     "Disfl-QA's test split overall F1 40.8 against 38.6, but more false abstentions, in domain "
+                                     "and on other domains (docs/results.md, 'Answerability probe')")
     answer_start: AnswerStart = opt(
         "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
                       "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "
@@ -135,6 +136,9 @@ class Answering:
             raise ConfigError(f"min_score_words is {self.min_score_words}: it is a share of the question's words, use a value in [0, 1]")
         if not -1 <= self.min_score <= 1:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
+        if self.abstain_probe and (self.grounded or self.abstention != "calibrated" or self.task != "qa"):
+            raise ConfigError("--abstain-probe withholds free short answers beside the calibrated abstention, where its cutoff was "
+                              "chosen: drop --grounded, --abstention greedy or --task, or drop --abstain-probe")
         if self.passages != "chunks" and self.candidates < self.k:
             raise ConfigError(f"candidates is {self.candidates}: --passages {self.passages} chooses k={self.k} passages from the top "
                               f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
@@ -160,3 +164,5 @@ class AnswerSettings(Answering):
         super().__post_init__()
         if self.adapter and self.no_adapter:
             raise ConfigError(f"--adapter {self.adapter} and --no-adapter contradict each other: pass one of them")
+        if self.abstain_probe and self.no_adapter:
+            raise ConfigError("--abstain-probe reads the adapter's answerability probe: pass --adapter, or drop --abstain-probe")

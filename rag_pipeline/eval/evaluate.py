@@ -49,7 +49,8 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
   hold a gold answer), ``gold_doc_precision`` (share of cited documents from the gold document)
   and ``uncited_rate`` (share of answers citing none). No passage holds the word "yes": a yes/no
   question's citation (and its answer in context) counts as holding the answer when it is of the
-  gold document, and is not judged where the QA file names none;
+  gold document, and is not judged where the QA file names none (``counts.citations`` counts every
+  citation, judged or not);
 * abstention: ``abstain_rate`` on ``answerable: false`` questions, ``false_abstain_rate`` on
   answerable ones;
 * context: ``answer_in_context`` (answerable questions whose documents hold a gold answer: the

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from rag_pipeline import batching
 from rag_pipeline.adapter_meta import read_adapter_meta
+from rag_pipeline.answer import probe as answerability
 from rag_pipeline.answer.ask import Pipeline, choose_adapter
 from rag_pipeline.answer.settings import AnswerSettings, Task
 from rag_pipeline.config import fixed, opt
@@ -112,6 +113,8 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
     adapter, why = choose_adapter(cfg)
     if adapter is not None:  # a damaged adapter is one error line now, not a failure in the loading thread after binding
         check_adapter_files(adapter, read_adapter_meta(adapter))
+        if cfg.abstain_probe:
+            answerability.read(adapter)
     model_id = cfg.model_name or (Path(adapter).name if adapter else Path(cfg.base_model or SMOLLM2_ID).name)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     if not is_loopback(cfg.host) and not api_key:
