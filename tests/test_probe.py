@@ -228,3 +228,26 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
                        json={"model": "adapter", "messages": [{"role": "user", "content": QUESTIONS[0]}]}).json()
     assert r["choices"][0]["message"]["content"] == A.ABSTAIN and (r["abstained"], r["abstain_reason"]) == (True, "probe")
     assert r["usage"]["completion_tokens"] == 0 and r["citations"] == []
+
+
+def test_the_reading_stops_after_its_layer_and_equals_every_hidden_state(env: dict, adapter: Path, shape) -> None:
+    """Pipeline.last_states runs the decoder only up to a layer short of the last (the hook's output is the very
+    tensor output_hidden_states gives), and the whole pass for the embeddings and the last layer (after the final norm)."""
+    pipe = A.Pipeline.load(cfg(env, adapter, abstain_probe=False))
+    prompts = pipe.prompt_ids(QUESTIONS)
+    with torch.no_grad():
+        full = [pipe.model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states for p in prompts]
+    calls = []
+    layers = pipe.model.get_decoder().layers
+    hooks = [len(m._forward_hooks) for m in layers]  # transformers keeps its own there
+    last = layers[-1]
+    hook = last.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for layer in range(shape[1] + 1):
+            calls.clear()
+            got = pipe.last_states(prompts, layer)
+            assert all(np.array_equal(g, f[layer][0, -1].numpy()) for g, f in zip(got, full)), layer
+            assert bool(calls) == (layer in (0, shape[1])), layer  # short of the last: the last layer never runs
+    finally:
+        hook.remove()
+    assert [len(m._forward_hooks) for m in layers] == hooks  # no hook left behind

@@ -391,15 +391,28 @@ class Pipeline:
     def last_states(self, prompts: list[list[int]], layer: int) -> list[Any]:
         """The hidden state after decoder ``layer`` (0: the embeddings) at the last token of each token-id sequence, as
         float32 numpy vectors: what the answerability probe reads (:mod:`~rag_pipeline.answer.probe`;
-        ``scripts/hidden_state_probe.py`` fits it on the same reading)."""
+        ``scripts/hidden_state_probe.py`` fits it on the same reading).
+
+        A layer short of the last is read by running the decoder up to it and no further (:class:`_StopAfter`; the
+        same tensor as ``output_hidden_states`` gives, without the layers after it); the last layer's state, which
+        ``output_hidden_states`` gives after the final norm, by the whole forward pass.
+        """
         import torch
 
         device = next(self.model.parameters()).device
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        layers = getattr(decoder, "layers", None)
         out = []
         with torch.no_grad():
             for ids in prompts:
-                hidden = self.model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True, use_cache=False).hidden_states
-                out.append(hidden[layer][0, -1].float().cpu().numpy())
+                x = torch.tensor([ids], device=device)
+                if layers is not None and 0 < layer < len(layers):
+                    with _StopAfter(layers[layer - 1]) as stop:
+                        decoder(input_ids=x, use_cache=False)
+                    state = stop.output
+                else:
+                    state = self.model(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states[layer]
+                out.append(state[0, -1].float().cpu().numpy())
         return out
 
     def polar_scores(self, questions: list[str]) -> list[float]:
@@ -795,6 +808,30 @@ class Pipeline:
                 answers[i] = dataclasses.replace(b, raw=a.raw, margin=a.margin, rejected=why, fallback="grounded")
             else:
                 answers[i] = dataclasses.replace(a, answer=ABSTAIN, abstained=True, abstain_reason=why, citations=[], rejected=why)
+
+
+class _StopAfter:
+    """A context that ends a forward pass once ``module`` has run, keeping its output (``output``): a forward hook raises
+    :class:`_Stopped`, which the context swallows, and the hook is removed on exit."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.output = module, None
+
+    def __enter__(self) -> _StopAfter:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            self.output = output[0] if isinstance(output, tuple) else output
+            raise _Stopped
+
+        self.handle = self.module.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
+        self.handle.remove()
+        return kind is _Stopped
+
+
+class _Stopped(Exception):
+    """Raised by :class:`_StopAfter`'s hook to end the forward pass."""
 
 
 def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int, Any],
