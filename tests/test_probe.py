@@ -98,8 +98,9 @@ def test_asking_for_the_probe_without_one_or_where_it_does_not_apply_is_refused(
         A.Pipeline.load(cfg(env, adapter))
     with pytest.raises(ConfigError, match="pass --adapter"):
         cfg(env, adapter, adapter="", no_adapter=True)
-    for setting in ({"grounded": True}, {"abstention": "greedy"}, {"task": "summary"}):
-        with pytest.raises(ConfigError, match="withholds free short answers beside the calibrated abstention"):
+    for setting, named in (({"grounded": True}, "--grounded"), ({"abstention": "greedy"}, "--abstention greedy"),
+                           ({"task": "summary"}, "--task summary")):
+        with pytest.raises(ConfigError, match=f"withholds free short answers beside the calibrated abstention.*not with {named}"):
             cfg(env, adapter, **setting)
 
 

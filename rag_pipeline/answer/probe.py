@@ -79,7 +79,9 @@ def read(adapter: str | Path) -> Probe:
     """
     path = Path(adapter) / FILE
     if not path.is_file():
-        raise ConfigError(f"--abstain-probe needs {path}, which does not exist: {REFIT} (or drop --abstain-probe)")
+        raise ConfigError(f"--abstain-probe needs {path}, which does not exist: fit one with scripts/hidden_state_probe.py "
+                          f"--adapter {adapter} --save and its evaluate runs (docs/results.md, 'Answerability probe'), or drop "
+                          f"--abstain-probe")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(d, dict) or d.get("format") != FORMAT:

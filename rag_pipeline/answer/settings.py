@@ -136,9 +136,11 @@ class Answering:
             raise ConfigError(f"min_score_words is {self.min_score_words}: it is a share of the question's words, use a value in [0, 1]")
         if not -1 <= self.min_score <= 1:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
-        if self.abstain_probe and (self.grounded or self.abstention != "calibrated" or self.task != "qa"):
-            raise ConfigError("--abstain-probe withholds free short answers beside the calibrated abstention, where its cutoff was "
-                              "chosen: drop --grounded, --abstention greedy or --task, or drop --abstain-probe")
+        clash = "--grounded" if self.grounded else f"--abstention {self.abstention}" if self.abstention != "calibrated" else \
+            f"--task {self.task}" if self.task != "qa" else ""
+        if self.abstain_probe and clash:
+            raise ConfigError(f"--abstain-probe withholds free short answers beside the calibrated abstention, where its cutoff was "
+                              f"chosen, not with {clash}: drop one of the two")
         if self.passages != "chunks" and self.candidates < self.k:
             raise ConfigError(f"candidates is {self.candidates}: --passages {self.passages} chooses k={self.k} passages from the top "
                               f"candidates, pass --candidates {self.k} or more (or a smaller -k)")
