@@ -208,6 +208,7 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
     """serve --abstain-probe: a real server on loopback answers a held question with the abstention, marked ``probe``,
     no completion tokens; a probe that is not there is one error line before the port is bound."""
     import httpx
+    import openai
     from serve_helpers import ThreadServer, free_port, wait_healthy
 
     from rag_pipeline.cli import main as cli_main
@@ -227,8 +228,13 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
         wait_healthy(srv.url, 30)
         r = httpx.post(f"{srv.url}/v1/chat/completions", timeout=60,
                        json={"model": "adapter", "messages": [{"role": "user", "content": QUESTIONS[0]}]}).json()
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=120)
+        chunks = list(client.chat.completions.create(model="adapter", messages=[{"role": "user", "content": QUESTIONS[1]}],
+                                                     stream=True))
     assert r["choices"][0]["message"]["content"] == A.ABSTAIN and (r["abstained"], r["abstain_reason"]) == (True, "probe")
     assert r["usage"]["completion_tokens"] == 0 and r["citations"] == []
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # the openai client, streaming
+    assert streamed == A.ABSTAIN and (chunks[-1].model_extra["abstained"], chunks[-1].model_extra["abstain_reason"]) == (True, "probe")
 
 
 def test_the_reading_stops_after_its_layer_and_equals_every_hidden_state(env: dict, adapter: Path, shape) -> None:
