@@ -37,6 +37,7 @@ It needs scikit-learn (``bash scripts/install.sh --bench``).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -51,6 +52,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 sys.path.insert(0, str(REPO / "scripts"))
 
 from operating_points import at_threshold  # noqa: E402
+from paired_f1 import paired as paired_bootstrap  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.qa import load_qa  # noqa: E402
 
@@ -82,9 +84,7 @@ def states(adapter: str, index: str, questions: list[str], layer: int, said: lis
     """The hidden state after ``layer`` at the last token of each question's prompt (built as ``ask`` builds it), or of
     the prompt followed by ``said`` (one answer per question): ``Pipeline.last_states``, the reading ``ask
     --abstain-probe`` makes."""
-    from rag_pipeline.answer import ask as A
-
-    pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
+    pipe = pipeline(adapter, index)
     xs, t0 = [], time.perf_counter()
     for start in range(0, len(questions), 32):
         batch = list(range(start, min(start + 32, len(questions))))
@@ -93,6 +93,14 @@ def states(adapter: str, index: str, questions: list[str], layer: int, said: lis
         xs += pipe.last_states([p + a for p, a in zip(prompts, answers)], layer)
         print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return xs
+
+
+@functools.lru_cache(maxsize=2)
+def pipeline(adapter: str, index: str):  # -> rag_pipeline.answer.ask.Pipeline
+    """The adapter's answering pipeline on ``index``, loaded once for every split read from it."""
+    from rag_pipeline.answer import ask as A
+
+    return A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
 
 
 def save(path: Path, ids: list[str], x, y) -> None:
@@ -133,41 +141,32 @@ def records(run: Path) -> dict[str, dict]:
     return {r["id"]: r for r in rows if r["context"] == "retrieved" and r["system"] != "base"}
 
 
-def figures(recs: list[dict], withheld: list[bool]) -> dict[str, float]:
-    """Overall F1, HasAns F1, NoAns accuracy and false abstentions when the ``withheld`` answers are abstentions and the
+def outcomes(recs: list[dict], withheld: list[bool]) -> list[tuple[bool, bool, float]]:
+    """(answerable, abstained, its overall-F1 score) of each record when the ``withheld`` answers are abstentions and the
     others are shown as the run gave them or, where the margin withheld them, as their ``raw``."""
-    has = no = has_f1 = noans = fa = 0.0
+    out = []
     for r, w in zip(recs, withheld):
         abstained, f1 = at_threshold(r, math.inf)
         abstained = abstained or w
-        if r["answerable"] and r["gold"]:
-            has += 1
-            has_f1 += 0.0 if abstained else f1
-            fa += abstained
-        else:
-            no += 1
-            noans += abstained
-    return {"overall": (has_f1 + noans) / (has + no), "has_f1": has_f1 / max(has, 1), "noans": noans / max(no, 1),
-            "fa": fa / max(has, 1)}
+        has = bool(r["answerable"] and r["gold"])
+        out.append((has, abstained, (0.0 if abstained else f1) if has else float(abstained)))
+    return out
 
 
-def paired(recs: list[dict], base: list[bool], rule: list[bool], draws: int = 10000) -> tuple[float, float, float]:
-    """Overall F1 of ``rule`` minus that of ``base`` (withheld answers of each) on the same questions, with a 95%
-    bootstrap interval (seeded): (difference, low, high)."""
-    import numpy as np
+def figures(recs: list[dict], withheld: list[bool]) -> dict[str, float]:
+    """Overall F1, HasAns F1, NoAns accuracy and false abstentions of :func:`outcomes`."""
+    each = outcomes(recs, withheld)
+    has, no = [x for x in each if x[0]], [x for x in each if not x[0]]
+    return {"overall": sum(x[2] for x in each) / len(each), "has_f1": sum(x[2] for x in has) / max(len(has), 1),
+            "noans": sum(x[2] for x in no) / max(len(no), 1), "fa": sum(x[1] for x in has) / max(len(has), 1)}
 
-    def each(withheld: list[bool]):
-        out = []
-        for r, w in zip(recs, withheld):
-            abstained, f1 = at_threshold(r, math.inf)
-            abstained = abstained or w
-            out.append((0.0 if abstained else f1) if r["answerable"] and r["gold"] else float(abstained))
-        return np.array(out)
 
-    diff = each(rule) - each(base)
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def paired(recs: list[dict], base: list[bool], rule: list[bool]) -> tuple[float, float, float]:
+    """Overall F1 of ``rule`` minus that of ``base`` (withheld answers of each) on the same questions, with
+    ``scripts/paired_f1.py``'s 95% bootstrap interval: (difference, low, high)."""
+    a, b = ({i: x[2] for i, x in enumerate(outcomes(recs, w))} for w in (base, rule))
+    r = paired_bootstrap(a, b)
+    return r["diff"], r["low"], r["high"]
 
 
 def choose(recs: list[dict], scores, margin_withheld: list[bool], ceiling: float) -> float:

@@ -346,7 +346,9 @@ class Pipeline:
         manifest = read_manifest(cfg.index) if retriever is None else None
         adapter, why = choose_adapter(cfg)
         meta = read_adapter_meta(adapter) if adapter else None
-        probe = answerability.read(adapter) if cfg.abstain_probe and adapter else None  # before the models load
+        if cfg.abstain_probe and not adapter:  # no --adapter, and none found where ask looks
+            raise ConfigError("--abstain-probe reads the adapter's answerability probe: pass --adapter, or drop --abstain-probe")
+        probe = answerability.read(adapter) if cfg.abstain_probe else None  # before the models load
         schema = schema or answer_schema(cfg, meta, adapter)
         template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
@@ -358,11 +360,9 @@ class Pipeline:
         canonical = structured.canonical(schema) if schema is not None else None
         calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
         calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
-        if cfg.abstain_probe and not adapter:
-            raise ConfigError("--abstain-probe reads the adapter's answerability probe: pass --adapter, or drop --abstain-probe")
-        if probe is not None:
-            free = applied(calibrations, "qa", False)
-            answerability.check(probe, adapter, kind, model.config.hidden_size, model.config.num_hidden_layers, free and free["threshold"])
+        if probe is not None:  # the settings hold it to free short answers: ``calibration`` is their threshold's
+            answerability.check(probe, adapter, kind, model.config.hidden_size, model.config.num_hidden_layers,
+                                calibration and calibration["threshold"])
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
                        + (", grounded decoding" if cfg.grounded else "")
