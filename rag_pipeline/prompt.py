@@ -157,6 +157,11 @@ def render_user(template: PromptTemplate, question: str, documents: list[Passage
     return template.user.format(documents=render_documents(template, documents), question=escape_delimiters(question.strip()))
 
 
+def shown_question(tokenizer: Any, question: str) -> str:
+    """The question as :func:`render_user` and :func:`to_model_text` show it in the model text (stripped, escaped)."""
+    return escape_specials(escape_delimiters(question.strip()), special_strings(tokenizer))
+
+
 def to_model_text(tokenizer: Any, template: PromptTemplate, user: str) -> str:
     """The exact text the generator sees before its answer.
 

@@ -3,8 +3,10 @@
 
 The null margin (log P(abstention) - log P(best answer)) ranks Disfl-QA's unanswerable questions barely above
 chance (ROC AUC 0.52-0.58 for every adapter, and the same averaged over eight adapters). This script reads instead
-the hidden state of the prompt's last token at one layer, with the prompt built exactly as ``ask`` builds it
-(hybrid top-k retrieval, the adapter's template, the prompt budget), and fits a logistic regression on
+the generator's hidden state (``--readings``: each a decoder layer and a pooling, ``last`` for the prompt's last
+token, ``question`` for the mean from the question's first token to the prompt's end; default layer 18 both ways),
+with the prompt built exactly as ``ask`` builds it (hybrid top-k retrieval, the adapter's template, the prompt
+budget), and fits a logistic regression on
 ``--train-limit`` training questions (a seeded sample of the training split, none of which the threshold or the
 figures see). It reports the probe's ROC AUC on the dev and test splits beside the margin's, then the
 abstention rule it would make: the probe's score above a cutoff chosen on the dev split (the highest overall F1 with
@@ -54,18 +56,20 @@ sys.path.insert(0, str(REPO / "scripts"))
 from operating_points import at_threshold  # noqa: E402
 from paired_f1 import paired as paired_bootstrap  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
+from rag_pipeline.answer import probe as answerability  # noqa: E402
+from rag_pipeline.generator import encode_prompt  # noqa: E402
 from rag_pipeline.qa import load_qa  # noqa: E402
 
 SPLITS = {name: REPO / "corpus" / "disfl_qa" / "qa" / f"{name}.jsonl" for name in ("train", "dev", "test")}
 
 
-def features(adapter: str, index: str, split: str, limit: int, layer: int, cache: Path, answers: dict[str, str] | None = None):
-    """(ids, hidden states of the prompts' last token at ``layer``, answerable) for a split, cached in ``cache`` under a
-    name that holds what they were read from (the adapter, the index, the answers); ``answers`` (question id -> raw
-    answer): the state at the answer's last token, for those questions only."""
+def features(adapter: str, index: str, split: str, limit: int, readings: tuple, cache: Path, answers: dict[str, str] | None = None):
+    """(ids, the prompts' probe states of ``readings``, answerable) for a split, cached in ``cache`` under a name that
+    holds what they were read from (the adapter, the index, the readings, the answers); ``answers`` (question id -> raw
+    answer): the prompt followed by the answer, for those questions only."""
     import numpy as np
 
-    path = cache / f"features-{split}-layer{layer}-{limit}-{cache_key(adapter, index, answers)}.npz"
+    path = cache / f"features-{split}-{limit}-{cache_key(adapter, index, answers, readings)}.npz"
     if path.exists():
         f = np.load(path)
         return list(f["ids"]), f["X"], f["y"]
@@ -74,23 +78,26 @@ def features(adapter: str, index: str, split: str, limit: int, layer: int, cache
     items = items[:limit] if limit else items
     if answers is not None:
         items = [it for it in items if it.id in answers]
-    xs = states(adapter, index, [it.question for it in items], layer, [answers[it.id] for it in items] if answers else None, split)
+    xs = states(adapter, index, [it.question for it in items], readings, [answers[it.id] for it in items] if answers else None, split)
     out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
     save(path, *out)
     return out
 
 
-def states(adapter: str, index: str, questions: list[str], layer: int, said: list[str] | None, what: str) -> list:
-    """The hidden state after ``layer`` at the last token of each question's prompt (built as ``ask`` builds it), or of
-    the prompt followed by ``said`` (one answer per question): ``Pipeline.last_states``, the reading ``ask
-    --abstain-probe`` makes."""
+def states(adapter: str, index: str, questions: list[str], readings: tuple, said: list[str] | None, what: str) -> list:
+    """The probe state of ``readings`` of each question's prompt (built as ``ask`` builds it), or of the prompt followed
+    by ``said`` (one answer per question; a ``question`` reading then averages the answer too):
+    ``Pipeline.probe_states``, the reading ``ask --abstain-probe`` makes."""
     pipe = pipeline(adapter, index)
     xs, t0 = [], time.perf_counter()
     for start in range(0, len(questions), 32):
         batch = list(range(start, min(start + 32, len(questions))))
-        prompts = pipe.prompt_ids([questions[i] for i in batch])
+        asked = [questions[i] for i in batch]
+        texts = pipe.prompt_texts(asked)
+        prompts = [encode_prompt(pipe.tokenizer, pipe.kind, t) for t in texts]
         answers = [pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else [] for i in batch]
-        xs += pipe.last_states([p + a for p, a in zip(prompts, answers)], layer)
+        windows = [w + len(a) for w, a in zip(pipe.question_windows(texts, asked), answers)]
+        xs += pipe.probe_states([p + a for p, a in zip(prompts, answers)], readings, windows)
         print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return xs
 
@@ -113,26 +120,28 @@ def save(path: Path, ids: list[str], x, y) -> None:
     os.replace(part, path)
 
 
-def other_features(adapter: str, index: str, run: Path, layer: int, cache: Path):
+def other_features(adapter: str, index: str, run: Path, readings: tuple, cache: Path):
     """(ids, prompt states, answerable) of the questions of ``run``, an ``evaluate`` run on another index, cached like
     :func:`features`."""
     import numpy as np
 
-    path = cache / f"features-other-layer{layer}-{cache_key(adapter, index, {'run': str(run.resolve())})}.npz"
+    path = cache / f"features-other-{cache_key(adapter, index, {'run': str(run.resolve())}, readings)}.npz"
     if path.exists():
         f = np.load(path)
         return list(f["ids"]), f["X"], f["y"]
     recs = list(records(run).values())
-    out = ([r["id"] for r in recs], np.array(states(adapter, index, [r["question"] for r in recs], layer, None, "other")),
+    out = ([r["id"] for r in recs], np.array(states(adapter, index, [r["question"] for r in recs], readings, None, "other")),
            np.array([bool(r["answerable"] and r["gold"]) for r in recs]))
     save(path, *out)
     return out
 
 
-def cache_key(adapter: str, index: str, answers: dict[str, str] | None) -> str:
-    """A short hash of what a split's features are read from: the adapter's weights file, the index, the answers."""
+def cache_key(adapter: str, index: str, answers: dict[str, str] | None, readings: tuple | None = None) -> str:
+    """A short hash of what a split's features are read from: the adapter's weights file, the index, the answers, the
+    readings (none for a cache of something else, ``scripts/order_consistency.py``'s)."""
     weights = Path(adapter) / "adapter_model.safetensors"
     stamp = [str(weights.resolve()), weights.stat().st_mtime_ns if weights.exists() else 0, str(Path(index).resolve()), answers]
+    stamp += [answerability.describe(readings)] if readings else []
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -183,7 +192,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--index", default="indexes/disfl_qa")
-    ap.add_argument("--layer", type=int, default=18, help="hidden state after this decoder layer (0 = the embeddings)")
+    ap.add_argument("--readings", type=answerability.parse_readings, default="18:last,18:question",
+                    help="LAYER:POOL,...: the hidden state after each decoder layer (0 = the embeddings), at the prompt's last "
+                         "token (last) or averaged from the question's first token to the end (question)")
     ap.add_argument("--train-limit", type=int, default=3000, help="training questions the probe is fitted on (seeded sample)")
     ap.add_argument("--c", type=float, default=0.01, help="inverse L2 strength of the logistic regression")
     ap.add_argument("--max-false-abstain", type=float, default=0.15)
@@ -214,17 +225,17 @@ def main() -> int:
 
     if args.save and args.with_answer:
         sys.exit("error: --save stores a probe on the prompt, as ask reads it: drop --with-answer")
-    train_ids, x_train, y_train = features(args.adapter, args.index, "train", 0 if args.with_answer else args.train_limit, args.layer, cache,
+    train_ids, x_train, y_train = features(args.adapter, args.index, "train", 0 if args.with_answer else args.train_limit, args.readings, cache,
                                    said(args.train_run) if args.with_answer else None)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.c, max_iter=5000)).fit(x_train, ~y_train)
     chosen = {}
-    print(f"probe: layer {args.layer}{', at the end of the answer' if args.with_answer else ''}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
+    print(f"probe: {answerability.describe(args.readings)}{', at the end of the answer' if args.with_answer else ''}, {len(y_train)} training prompts ({int((~y_train).sum())} unanswerable), C {args.c}; "
           f"margin threshold {threshold:.2f}\n")
     print("| split | questions | margin ROC AUC | probe ROC AUC | rule | cutoff | overall F1 | against the margin (95% CI) | HasAns F1 | "
           "NoAns acc. | false abstentions |")
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for split, run in (("dev", args.dev_run), ("test", args.test_run)):
-        ids, x, y = features(args.adapter, args.index, split, 0, args.layer, cache, said(run))
+        ids, x, y = features(args.adapter, args.index, split, 0, args.readings, cache, said(run))
         by_id = records(Path(run))
         keep = [i for i, q in enumerate(ids) if q in by_id]
         recs = [by_id[ids[i]] for i in keep]
@@ -256,7 +267,6 @@ def save_probe(fitted, cutoff: float, train_ids: list[str], y_train, args: argpa
     """Store the probe and its "probe or margin" cutoff in the adapter (:mod:`rag_pipeline.answer.probe`), for
     ``ask --abstain-probe``."""
     from rag_pipeline.answer import polar
-    from rag_pipeline.answer import probe as answerability
     from rag_pipeline.atomic import write_json
 
     if not math.isfinite(cutoff):
@@ -266,21 +276,21 @@ def save_probe(fitted, cutoff: float, train_ids: list[str], y_train, args: argpa
     asked = {it.id: it.question for split in ("train", "dev") for it in load_qa(SPLITS[split])}
     yes_no = sum(polar.is_polar(asked[q]) for q in train_ids) + sum(polar.is_polar(asked[q]) for q in records(Path(args.dev_run)))
     threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
-    p = answerability.Probe(args.layer, scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), float(cutoff), yes_no,
+    p = answerability.Probe(args.readings, scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), float(cutoff), yes_no,
                             answerability.weights_sha256(args.adapter), threshold)
     target = Path(args.adapter) / answerability.FILE
     write_json(target, p.to_json({"fitted_on": {"qa": str(SPLITS["train"].relative_to(REPO)), "questions": len(train_ids),
                                                 "unanswerable": int((~y_train).sum()), "c": args.c, "index": args.index},
                                   "cutoff_chosen_on": {"run": args.dev_run, "rule": "the probe or the margin's stored threshold",
                                                        "max_false_abstain": args.max_false_abstain}}))
-    print(f"\nwrote {target}: layer {args.layer}, cutoff {cutoff:.3f} (the probe or the margin), {yes_no} yes/no questions")
+    print(f"\nwrote {target}: {answerability.describe(args.readings)}, cutoff {cutoff:.3f} (the probe or the margin), {yes_no} yes/no questions")
 
 
 def other(probe, chosen: dict[str, float], args: argparse.Namespace) -> None:
     """The probe's dev cutoffs on another domain's run: its answerable questions that the run answered and the probe
     would withhold, added to the run's own abstentions (retrieval threshold, margin, answer check)."""
     run = Path(args.other_run)
-    ids, x, _ = other_features(args.adapter, args.other_index, run, args.layer, Path(args.output))
+    ids, x, _ = other_features(args.adapter, args.other_index, run, args.readings, Path(args.output))
     by_id = records(run)
     recs = [by_id[q] for q in ids]
     scores = probe.decision_function(x)

@@ -62,7 +62,7 @@ def test_another_domains_answers_withheld_by_the_dev_cutoffs(probe, monkeypatch,
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     monkeypatch.setattr(probe, "other_features", lambda *a: ([r["id"] for r in rows], np.array([[3.0], [2.0], [0.5], [-1.0]]), None))
     fitted = types.SimpleNamespace(decision_function=lambda x: x[:, 0])
-    args = types.SimpleNamespace(other_run=str(run), adapter="a", other_index="i", layer=18, output=str(tmp_path))
+    args = types.SimpleNamespace(other_run=str(run), adapter="a", other_index="i", readings=((18, "last"), (18, "question")), output=str(tmp_path))
     probe.other(fitted, {"probe": 1.0, "probe + margin": 0.0}, args)
     out = capsys.readouterr().out
     assert "false abstentions 1 (25.0%)" in out  # the run's own: q0

@@ -39,10 +39,11 @@ def shape(env: dict) -> tuple[int, int]:
 
 
 def write_probe(adapter: Path, shape: tuple[int, int], intercept: float, cutoff: float = 0.0, coef=None, layer: int = 1,
-                yes_no: int = 0, changes: dict | None = None) -> P.Probe:
-    size = shape[0]
+                yes_no: int = 0, changes: dict | None = None, readings: tuple | None = None) -> P.Probe:
+    readings = readings or ((layer, "last"),)
+    size = shape[0] * len(readings)
     rng = np.random.default_rng(0)
-    p = P.Probe(layer, rng.normal(size=size), rng.uniform(0.5, 2.0, size), np.zeros(size) if coef is None else coef, intercept,
+    p = P.Probe(readings, rng.normal(size=size), rng.uniform(0.5, 2.0, size), np.zeros(size) if coef is None else coef, intercept,
                 cutoff, yes_no, P.weights_sha256(adapter), THRESHOLD)
     (adapter / P.FILE).write_text(json.dumps({**p.to_json({"fitted_on": {"questions": 2}}), **(changes or {})}), encoding="utf-8")
     return p
@@ -60,15 +61,37 @@ def test_the_file_round_trips_and_scores_a_state_by_its_formula(adapter: Path, s
     P.check(back, adapter, "causal", *shape, THRESHOLD)
     state = np.arange(shape[0], dtype=np.float32)
     assert back.score(state) == pytest.approx(float(((state - p.mean) / p.scale) @ coef + 0.25))
-    assert (back.layer, back.cutoff, back.yes_no_questions) == (1, 0.5, 0)
+    assert (back.readings, back.cutoff, back.yes_no_questions) == (((1, "last"),), 0.5, 0)
+
+
+def test_a_first_format_file_reads_as_its_layers_last_token(adapter: Path, shape) -> None:
+    """Format 1 (one layer, the prompt's last token) is still read: as the reading (layer, "last")."""
+    p = write_probe(adapter, shape, 0.25)
+    d = json.loads((adapter / P.FILE).read_text(encoding="utf-8"))
+    d = {**{k: v for k, v in d.items() if k != "readings"}, "format": 1, "layer": 1}
+    (adapter / P.FILE).write_text(json.dumps(d), encoding="utf-8")
+    back = P.read(adapter)
+    P.check(back, adapter, "causal", *shape, THRESHOLD)
+    assert back.readings == ((1, "last"),) and not back.question_pooled and back.score(p.mean) == pytest.approx(0.25)
+
+
+def test_readings_parse_from_flags_and_name_what_is_wrong() -> None:
+    assert P.parse_readings("18:last, 18:question") == ((18, "last"), (18, "question"))
+    assert P.describe(((18, "last"), (18, "question"))) == "18:last,18:question"
+    for bad in ("18", "18:mean", "x:last", "18:last,18:last"):
+        with pytest.raises(ValueError, match="reading|twice"):
+            P.parse_readings(bad)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"format": 2}, "is not an answerability probe"),
+    ({"format": 3}, "is not an answerability probe"),
+    ({"readings": [{"layer": 1, "pool": "mean"}]}, "is not an answerability probe"),
+    ({"readings": []}, "is not an answerability probe"),
     ({"coef": 1.0}, "is not an answerability probe"),
     ({"margin_threshold": None}, "is not an answerability probe"),
     ({"coef": [1.0]}, "reads a state of size 1"),
-    ({"layer": 99}, "after layer 99"),
+    ({"readings": [{"layer": 99, "pool": "last"}]}, "from 99:last"),
+    ({"readings": [{"layer": 1, "pool": "last"}, {"layer": 1, "pool": "question"}]}, "2 such readings are of size"),
     ({"cutoff": float("nan")}, "non-finite"),
     ({"intercept": float("inf")}, "non-finite"),
     ({"weights_sha256": "0" * 64}, "fitted on other weights"),
@@ -107,7 +130,7 @@ def test_asking_for_the_probe_without_one_or_where_it_does_not_apply_is_refused(
 def test_a_question_the_probe_scores_above_its_cutoff_is_not_generated(env: dict, adapter: Path, shape) -> None:
     write_probe(adapter, shape, intercept=1.0)  # every prompt scores 1.0, above the cutoff 0
     pipe = A.Pipeline.load(cfg(env, adapter))
-    assert "answerability probe (layer 1, cutoff 0.00)" in pipe.description
+    assert "answerability probe (1:last, cutoff 0.00)" in pipe.description
     pipe.calibrations = NEVER
     for ans in pipe.answer_batch(QUESTIONS):
         assert (ans.abstained, ans.abstain_reason, ans.raw, ans.margin, ans.probe) == (True, "probe", "", None, 1.0)
@@ -173,7 +196,7 @@ def test_on_a_servers_decode_engine_the_probe_reads_the_model_on_the_engines_thr
         assert [a.probe for a in pipe.answer_batch(QUESTIONS)] == pytest.approx(alone)
     finally:
         pipe.engine.stop()
-    assert any(getattr(fn, "func", None) == pipe.last_states for fn in calls)  # the probe's reading, beside the retrieval's
+    assert any(getattr(fn, "func", None) == pipe.probe_states for fn in calls)  # the probe's reading, beside the retrieval's
 
 
 def test_the_script_stores_the_fitted_probe_as_ask_scores_it(adapter: Path, shape, tmp_path: Path) -> None:
@@ -193,12 +216,12 @@ def test_the_script_stores_the_fitted_probe_as_ask_scores_it(adapter: Path, shap
     run = tmp_path / "dev-run"
     run.mkdir()
     (run / "predictions.jsonl").write_text(json.dumps({"id": script.load_qa(script.SPLITS["dev"])[0].id, "context": "retrieved", "system": "a"}) + "\n", encoding="utf-8")
-    args = argparse.Namespace(adapter=str(adapter), layer=1, c=0.1, index="idx", dev_run=str(run), max_false_abstain=0.15)
+    args = argparse.Namespace(adapter=str(adapter), readings=((1, "last"),), c=0.1, index="idx", dev_run=str(run), max_false_abstain=0.15)
     script.save_probe(fitted, 0.25, train, y, args)
     p = P.read(adapter)
     P.check(p, adapter, "causal", *shape, THRESHOLD)
     assert [p.score(v) for v in x[:5]] == pytest.approx(fitted.decision_function(x[:5]).tolist())
-    assert (p.cutoff, p.margin_threshold, p.layer) == (0.25, THRESHOLD, 1)
+    assert (p.cutoff, p.margin_threshold, p.readings) == (0.25, THRESHOLD, ((1, "last"),))
     with pytest.raises(SystemExit, match="raise --max-false-abstain"):
         script.save_probe(fitted, float("inf"), train, y, args)
 
@@ -237,11 +260,14 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
     assert streamed == A.ABSTAIN and (chunks[-1].model_extra["abstained"], chunks[-1].model_extra["abstain_reason"]) == (True, "probe")
 
 
-def test_the_reading_stops_after_its_layer_and_equals_every_hidden_state(env: dict, adapter: Path, shape) -> None:
-    """Pipeline.last_states runs the decoder only up to a layer short of the last (the hook's output is the very
-    tensor output_hidden_states gives), and the whole pass for the embeddings and the last layer (after the final norm)."""
+def test_the_reading_stops_after_its_deepest_layer_and_equals_every_hidden_state(env: dict, adapter: Path, shape) -> None:
+    """Pipeline.probe_states runs the decoder only up to the deepest layer it reads when that is short of the last (each
+    hook's output is the very tensor output_hidden_states gives), and the whole pass for the embeddings and the last
+    layer (after the final norm); a ``question`` reading is the mean over the prompt's last ``window`` states."""
     pipe = A.Pipeline.load(cfg(env, adapter, abstain_probe=False))
-    prompts = pipe.prompt_ids(QUESTIONS)
+    texts = pipe.prompt_texts(QUESTIONS)
+    prompts = [A.generator.encode_prompt(pipe.tokenizer, pipe.kind, t) for t in texts]
+    windows = pipe.question_windows(texts, QUESTIONS)
     with torch.no_grad():
         full = [pipe.model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states for p in prompts]
     calls = []
@@ -252,9 +278,45 @@ def test_the_reading_stops_after_its_layer_and_equals_every_hidden_state(env: di
     try:
         for layer in range(shape[1] + 1):
             calls.clear()
-            got = pipe.last_states(prompts, layer)
-            assert all(np.array_equal(g, f[layer][0, -1].numpy()) for g, f in zip(got, full)), layer
+            got = pipe.probe_states(prompts, ((layer, "last"), (layer, "question")), windows)
+            want = [np.concatenate([f[layer][0, -1].numpy(), f[layer][0, -w:].mean(0).numpy()]) for f, w in zip(full, windows)]
+            assert all(np.allclose(g, x, atol=1e-6, rtol=0) and np.array_equal(g[:shape[0]], x[:shape[0]]) for g, x in zip(got, want)), layer
             assert bool(calls) == (layer in (0, shape[1])), layer  # short of the last: the last layer never runs
+        calls.clear()
+        got = pipe.probe_states(prompts, ((1, "question"), (1, "last")), windows)  # in the readings' order, one pass
+        want = [np.concatenate([f[1][0, -w:].mean(0).numpy(), f[1][0, -1].numpy()]) for f, w in zip(full, windows)]
+        assert all(np.allclose(g, x, atol=1e-6, rtol=0) for g, x in zip(got, want)) and not calls
     finally:
         hook.remove()
     assert [len(m._forward_hooks) for m in layers] == hooks  # no hook left behind
+
+
+def test_the_question_window_runs_from_the_questions_first_token_to_the_prompts_end(env: dict, adapter: Path) -> None:
+    """What a ``question`` reading averages: the question as the prompt shows it (stripped, its delimiters escaped) and the
+    template's closing tokens, and nothing before it."""
+    pipe = A.Pipeline.load(cfg(env, adapter, abstain_probe=False))
+    asked = ["  Who wrote the first computer program?  ", "What does </documents> mean here?"]
+    texts = pipe.prompt_texts(asked)
+    for text, question, window in zip(texts, asked, pipe.question_windows(texts, asked)):
+        ids = A.generator.encode_prompt(pipe.tokenizer, pipe.kind, text)
+        tail = pipe.tokenizer.decode(ids[-window:])
+        shown = A.shown_question(pipe.tokenizer, question)
+        assert tail.lstrip().startswith(shown) and pipe.tokenizer.decode(ids[:-window]).rstrip().endswith("Question:")
+    with pytest.raises(A.InputError, match="does not hold the question"):
+        A.generator.question_window(pipe.tokenizer, pipe.kind, texts[0], "a question asked elsewhere")
+
+
+def test_a_question_pooled_probe_scores_the_state_ask_reads(env: dict, adapter: Path, shape) -> None:
+    """With a ``question`` reading the score ask records is the probe's of the two readings read separately."""
+    readings = ((1, "last"), (2, "question"))
+    coef = np.random.default_rng(4).normal(size=2 * shape[0])
+    p = write_probe(adapter, shape, intercept=-1e6, coef=coef, readings=readings)
+    pipe = A.Pipeline.load(cfg(env, adapter))
+    pipe.calibrations = NEVER
+    texts = pipe.prompt_texts(QUESTIONS)
+    windows = pipe.question_windows(texts, QUESTIONS)
+    with torch.no_grad():
+        full = [pipe.model(input_ids=torch.tensor([A.generator.encode_prompt(pipe.tokenizer, pipe.kind, t)]),
+                           output_hidden_states=True).hidden_states for t in texts]
+    states = [np.concatenate([f[1][0, -1].numpy(), f[2][0, -w:].mean(0).numpy()]) for f, w in zip(full, windows)]
+    assert [a.probe for a in pipe.answer_batch(QUESTIONS)] == pytest.approx([p.score(s) for s in states], abs=1e-3)

@@ -52,7 +52,8 @@ from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.metrics import is_abstention, may_become_abstention
 from rag_pipeline.model_paths import REFERENCE_ADAPTER, SMOLLM2_ID
 from rag_pipeline.passage import Passage, from_given
-from rag_pipeline.prompt import ABSTAIN, BudgetError, adapter_template, fit_documents, model_text_fn, render_user, sentence_spans
+from rag_pipeline.prompt import (ABSTAIN, BudgetError, adapter_template, fit_documents, model_text_fn, render_user, sentence_spans,
+                                  shown_question)
 from rag_pipeline.qa import QAFieldConfig, QAFields, QAItem, load_qa
 from rag_pipeline.support import word_share
 from rag_pipeline.textnorm import contains_answer
@@ -373,7 +374,7 @@ class Pipeline:
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
                           if calibration else "")
-                       + (f"; answerability probe (layer {probe.layer}, cutoff {probe.cutoff:.2f})" if probe else ""))
+                       + (f"; answerability probe ({answerability.describe(probe.readings)}, cutoff {probe.cutoff:.2f})" if probe else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema,
                    stored_yes_no_bias(meta.abstention if meta else None), probe)
 
@@ -381,38 +382,56 @@ class Pipeline:
         """Answer one question (retrieval, threshold, prompt, generation)."""
         return self.answer_batch([question])[0]
 
-    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+    def prompt_texts(self, questions: list[str]) -> list[str]:
         """Each question's prompt as ``ask`` gives a short answer's to the generator: retrieved passages, fitted to the
-        budget, rendered with the template, encoded (``calibrate --task yes-no`` and scripts read the model on it)."""
+        budget, rendered with the template (``calibrate --task yes-no`` and scripts read the model on it)."""
         docs, _, _ = self._retrieve(questions)
-        return [generator.encode_prompt(self.tokenizer, self.kind, self._model_text(self._render(q, self._fit(q, ds))))
-                for q, ds in zip(questions, docs)]
+        return [self._model_text(self._render(q, self._fit(q, ds))) for q, ds in zip(questions, docs)]
 
-    def last_states(self, prompts: list[list[int]], layer: int) -> list[Any]:
-        """The hidden state after decoder ``layer`` (0: the embeddings) at the last token of each token-id sequence, as
-        float32 numpy vectors: what the answerability probe reads (:mod:`~rag_pipeline.answer.probe`;
-        ``scripts/hidden_state_probe.py`` fits it on the same reading).
+    def prompt_ids(self, questions: list[str]) -> list[list[int]]:
+        """:meth:`prompt_texts`, encoded."""
+        return [generator.encode_prompt(self.tokenizer, self.kind, t) for t in self.prompt_texts(questions)]
 
-        A layer short of the last is read by running the decoder up to it and no further (:class:`_StopAfter`; the
-        same tensor as ``output_hidden_states`` gives, without the layers after it); the last layer's state, which
-        ``output_hidden_states`` gives after the final norm, by the whole forward pass.
+    def question_windows(self, texts: list[str], questions: list[str]) -> list[int]:
+        """Each prompt's tokens from its question's first one to its end (:func:`~rag_pipeline.generator.question_window`):
+        what a probe's ``question`` reading averages."""
+        return [generator.question_window(self.tokenizer, self.kind, t, shown_question(self.tokenizer, q))
+                for t, q in zip(texts, questions)]
+
+    def probe_states(self, prompts: list[list[int]], readings: tuple[answerability.Reading, ...],
+                     windows: list[int] | None = None) -> list[Any]:
+        """The answerability probe's state of each token-id sequence, as a float32 numpy vector: for each reading
+        ``(layer, pool)`` in turn, the hidden state after decoder ``layer`` (0: the embeddings) at the last token
+        (``last``) or averaged over the sequence's last ``windows[i]`` tokens (``question``: its question and what
+        follows it, :meth:`question_windows`). ``ask --abstain-probe`` scores it (:mod:`~rag_pipeline.answer.probe`);
+        ``scripts/hidden_state_probe.py`` fits the probe on the same reading.
+
+        Layers short of the last are read by running the decoder up to the deepest of them and no further (forward
+        hooks keep each layer's output, the very tensor ``output_hidden_states`` gives, and :class:`_StopAfter` ends
+        the pass); the embeddings or the last layer's state, which ``output_hidden_states`` gives after the final
+        norm, by the whole forward pass.
         """
         import torch
 
         device = next(self.model.parameters()).device
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
         layers = getattr(decoder, "layers", None)
+        wanted = sorted({layer for layer, _ in readings})
+        hooked = layers is not None and 0 < wanted[0] and wanted[-1] < len(layers)
         out = []
         with torch.no_grad():
-            for ids in prompts:
+            for n, ids in enumerate(prompts):
                 x = torch.tensor([ids], device=device)
-                if layers is not None and 0 < layer < len(layers):
-                    with _StopAfter(layers[layer - 1]) as stop:
+                if hooked:
+                    with _Kept([layers[layer - 1] for layer in wanted]) as kept, _StopAfter(layers[wanted[-1] - 1]):
                         decoder(input_ids=x, use_cache=False)
-                    state = stop.output
+                    states = dict(zip(wanted, kept.outputs))
                 else:
-                    state = self.model(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states[layer]
-                out.append(state[0, -1].float().cpu().numpy())
+                    hidden = self.model(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states
+                    states = {layer: hidden[layer] for layer in wanted}
+                parts = [states[layer][0, -1] if pool == "last" else states[layer][0, -windows[n]:].float().mean(0)  # type: ignore[index]
+                         for layer, pool in readings]
+                out.append(torch.cat([p.float() for p in parts]).cpu().numpy())
         return out
 
     def polar_scores(self, questions: list[str]) -> list[float]:
@@ -532,7 +551,8 @@ class Pipeline:
         probe = self.probe
         ids = [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts]
         t0 = time.perf_counter()
-        read = functools.partial(self.last_states, ids, probe.layer)
+        windows = self.question_windows(texts, [questions[i] for i in todo]) if probe.question_pooled else None
+        read = functools.partial(self.probe_states, ids, probe.readings, windows)
         states = read() if self.engine is None else self.engine.call(read)  # torch work on the engine's thread
         t_probe = (time.perf_counter() - t0) / max(len(texts), 1)
         keep, kept, probed = [], [], {}
@@ -828,6 +848,26 @@ class _StopAfter:
     def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
         self.handle.remove()
         return kind is _Stopped
+
+
+class _Kept:
+    """A context that keeps the output of each of ``modules`` (``outputs``, in their order) through one forward pass."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        self.modules, self.outputs = modules, [None] * len(modules)
+
+    def __enter__(self) -> _Kept:
+        def hook(i: int) -> Callable[..., None]:
+            def keep(module: Any, args: Any, output: Any) -> None:
+                self.outputs[i] = output[0] if isinstance(output, tuple) else output
+            return keep
+
+        self.handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 class _Stopped(Exception):

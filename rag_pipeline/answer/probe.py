@@ -1,10 +1,12 @@
 """An answerability probe: a linear read-out of the tuned generator's hidden state that withholds an answer.
 
 The null margin (:mod:`rag_pipeline.answer.abstention`) ranks Disfl-QA's unanswerable questions barely above
-chance (ROC AUC 0.58 on the test split). The hidden state of the prompt's last token, after one decoder layer,
-holds more: a logistic regression on it, fitted on the 6,323 training questions whose answerability is known,
-ranks them at 0.67, and withholding an answer when the probe *or* the margin says so raises overall F1
-(``docs/results.md``, "Answerability probe"). ``scripts/hidden_state_probe.py --save`` fits one for an adapter and
+chance (ROC AUC 0.58 on the test split). The generator's hidden state holds more: a logistic regression on its
+*readings* (each a decoder layer and a pooling: ``last``, the state at the prompt's last token; ``question``, the
+mean of the states from the question's first token to the prompt's end), fitted on the 6,323 training questions
+whose answerability is known, ranks them at 0.72 with layer 18 read both ways (0.67 with its last token alone), and
+withholding an answer when the probe *or* the margin says so raises overall F1 (``docs/results.md``,
+"Answerability probe"). ``scripts/hidden_state_probe.py --save`` fits one for an adapter and
 stores it beside the weights, in :data:`FILE`; ``ask --abstain-probe`` (and ``evaluate``, ``serve``) reads it.
 
 The probe reads the prompt, not the answer: a held question is never generated (``abstain_reason`` ``"probe"``).
@@ -30,15 +32,36 @@ import numpy as np
 from rag_pipeline.errors import ConfigError
 
 FILE = "answerability_probe.json"
-FORMAT = 1
+FORMAT = 2  # format 1: one reading, {"layer": L}, read as ((L, "last"),)
 REFIT = "fit it again with scripts/hidden_state_probe.py --save"
+POOLS = ("last", "question")  # the prompt's last token; the mean from the question's first token to the prompt's end
+Reading = tuple[int, str]  # (decoder layer, 0: the embeddings; pool)
+
+
+def parse_readings(text: str) -> tuple[Reading, ...]:
+    """``"18:last,18:question"`` as readings; ValueError naming what is wrong."""
+    out = []
+    for part in text.split(","):
+        layer, _, pool = part.strip().partition(":")
+        if not layer.strip().isdigit() or pool.strip() not in POOLS:
+            raise ValueError(f"reading {part.strip()!r} is not LAYER:POOL with POOL one of {', '.join(POOLS)} (e.g. 18:question)")
+        out.append((int(layer), pool.strip()))
+    if len(set(out)) != len(out):
+        raise ValueError(f"readings {text!r} name one reading twice")
+    return tuple(out)
+
+
+def describe(readings: tuple[Reading, ...]) -> str:
+    """``"18:last,18:question"``: the form :func:`parse_readings` reads."""
+    return ",".join(f"{layer}:{pool}" for layer, pool in readings)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """``score(state) = ((state - mean) / scale) . coef + intercept``; a question is held when its score is above ``cutoff``."""
+    """``score(state) = ((state - mean) / scale) . coef + intercept``; a question is held when its score is above ``cutoff``.
+    ``state`` is the readings' vectors, each of the model's hidden size, one after the other."""
 
-    layer: int  # hidden state after this decoder layer (0: the embeddings)
+    readings: tuple[Reading, ...]  # (layer, pool) each: the hidden state after that decoder layer, pooled so
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
@@ -48,14 +71,20 @@ class Probe:
     weights_sha256: str  # of the adapter's adapter_model.safetensors it read
     margin_threshold: float  # the adapter's free-decoding threshold its cutoff was chosen beside ("the probe or the margin")
 
+    @property
+    def question_pooled(self) -> bool:
+        """Whether a reading needs the question's place in the prompt."""
+        return any(pool == "question" for _, pool in self.readings)
+
     def score(self, state: Any) -> float:
-        """The probe's score of one hidden state (a vector of the model's hidden size)."""
+        """The probe's score of one state (the readings' vectors, concatenated)."""
         x = np.asarray(state, dtype=np.float64)
         return float(((x - self.mean) / self.scale) @ self.coef + self.intercept)
 
     def to_json(self, provenance: dict[str, Any]) -> dict[str, Any]:
         """The file's content: the probe and what it was fitted and chosen on (``provenance``)."""
-        return {"format": FORMAT, "layer": self.layer, "cutoff": self.cutoff, "intercept": self.intercept,
+        return {"format": FORMAT, "readings": [{"layer": layer, "pool": pool} for layer, pool in self.readings],
+                "cutoff": self.cutoff, "intercept": self.intercept,
                 "yes_no_questions": self.yes_no_questions, "weights_sha256": self.weights_sha256,
                 "margin_threshold": self.margin_threshold,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(), **provenance}
@@ -84,9 +113,13 @@ def read(adapter: str | Path) -> Probe:
                           f"--abstain-probe")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in (1, FORMAT):
             raise ValueError(f"format {d.get('format') if isinstance(d, dict) else None!r}, not {FORMAT}")
-        p = Probe(int(d["layer"]), np.array(d["mean"], dtype=np.float64), np.array(d["scale"], dtype=np.float64),
+        readings = ((int(d["layer"]), "last"),) if d["format"] == 1 else \
+            tuple((int(r["layer"]), str(r["pool"])) for r in d["readings"])
+        if not readings or any(pool not in POOLS for _, pool in readings):
+            raise ValueError(f"readings must be a non-empty list of {{layer, pool}}, pool one of {', '.join(POOLS)}")
+        p = Probe(readings, np.array(d["mean"], dtype=np.float64), np.array(d["scale"], dtype=np.float64),
                   np.array(d["coef"], dtype=np.float64), float(d["intercept"]), float(d["cutoff"]), int(d["yes_no_questions"]),
                   str(d["weights_sha256"]), float(d["margin_threshold"]))
         if not (p.mean.ndim == p.scale.ndim == p.coef.ndim == 1):
@@ -111,9 +144,10 @@ def check(p: Probe, adapter: str | Path, kind: str, hidden_size: int, layers: in
     path = Path(adapter) / FILE
     if kind != "causal":
         raise ConfigError(f"{path}: the answerability probe reads a causal generator's prompt, this one is {kind}: drop --abstain-probe")
-    if not (p.mean.shape == p.scale.shape == p.coef.shape == (hidden_size,)) or not 0 <= p.layer <= layers:
-        raise ConfigError(f"{path} reads a state of size {p.coef.shape[0]} after layer {p.layer}; this model's is {hidden_size} "
-                          f"with {layers} layers: {REFIT}")
+    size = hidden_size * len(p.readings)
+    if not (p.mean.shape == p.scale.shape == p.coef.shape == (size,)) or not all(0 <= layer <= layers for layer, _ in p.readings):
+        raise ConfigError(f"{path} reads a state of size {p.coef.shape[0]} from {describe(p.readings)} (layer:pool); this model's "
+                          f"{len(p.readings)} such readings are of size {size}, from {layers} layers: {REFIT}")
     if threshold is None:
         raise ConfigError(f"{path} withholds beside the adapter's calibrated abstention, which {adapter} does not have for free "
                           f"short answers: run rag-pipeline calibrate --adapter {adapter}, then {REFIT}")
