@@ -145,6 +145,35 @@ def test_a_question_the_probe_scores_above_its_cutoff_is_not_generated(env: dict
     assert [a.probe for a in pipe.answer_batch(QUESTIONS, contexts=given)] == [None, None]
 
 
+def test_probe_bias_moves_the_cutoff_and_needs_the_probe(env: dict, adapter: Path, shape) -> None:
+    """--probe-bias B holds a question when its score is above cutoff + B; without --abstain-probe, or not finite, it is
+    refused."""
+    write_probe(adapter, shape, intercept=1.0)  # every prompt scores 1.0; the cutoff is 0
+    for bias, held in ((0.99, True), (1.01, False), (-5.0, True)):
+        pipe = A.Pipeline.load(cfg(env, adapter, probe_bias=bias))
+        pipe.calibrations = NEVER
+        assert [a.abstain_reason == "probe" for a in pipe.answer_batch(QUESTIONS)] == [held, held], bias
+        assert f"cutoff 0.00 + bias {bias})" in pipe.description
+    with pytest.raises(ConfigError, match="--probe-bias 0.5 moves the answerability probe's cutoff: add --abstain-probe"):
+        cfg(env, adapter, abstain_probe=False, probe_bias=0.5)
+    with pytest.raises(ConfigError, match="give a finite number"):
+        cfg(env, adapter, probe_bias=float("nan"))
+
+
+def test_the_probes_reading_counts_in_the_prompt_tokens_of_the_usage(env: dict, adapter: Path, shape) -> None:
+    """A held question read its prompt once (the probe's pass) and decoded nothing; one answered read it twice."""
+    write_probe(adapter, shape, intercept=1.0)
+    lengths = None
+    for bias, passes in ((0.0, 1), (5.0, 2)):
+        pipe = A.Pipeline.load(cfg(env, adapter, probe_bias=bias))
+        pipe.calibrations = NEVER
+        lengths = lengths or [len(ids) for ids in pipe.prompt_ids(QUESTIONS)]
+        usage = {}
+        answers = pipe.answer_batch(QUESTIONS, on_usage=lambda i, u: usage.__setitem__(i, u))
+        assert [usage[i].prompt_tokens for i in range(2)] == [passes * n for n in lengths], bias
+        assert all((usage[i].completion_tokens == 0) == (a.abstain_reason == "probe") for i, a in enumerate(answers)), bias
+
+
 def test_below_the_cutoff_the_answer_is_generated_and_carries_its_score(env: dict, adapter: Path, shape) -> None:
     coef = np.random.default_rng(1).normal(size=shape[0])
     p = write_probe(adapter, shape, intercept=-1e6, coef=coef, layer=2)  # far below: nothing held
@@ -255,7 +284,7 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
         chunks = list(client.chat.completions.create(model="adapter", messages=[{"role": "user", "content": QUESTIONS[1]}],
                                                      stream=True))
     assert r["choices"][0]["message"]["content"] == A.ABSTAIN and (r["abstained"], r["abstain_reason"]) == (True, "probe")
-    assert r["usage"]["completion_tokens"] == 0 and r["citations"] == []
+    assert r["usage"]["completion_tokens"] == 0 and r["usage"]["prompt_tokens"] > 0 and r["citations"] == []
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # the openai client, streaming
     assert streamed == A.ABSTAIN and (chunks[-1].model_extra["abstained"], chunks[-1].model_extra["abstain_reason"]) == (True, "probe")
 

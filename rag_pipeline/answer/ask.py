@@ -183,9 +183,10 @@ class Decoding:
 
 @dataclass
 class TokenUsage:
-    """Tokens one answer cost (``serve``'s ``usage``); all 0 when the retrieval threshold abstained before generating."""
+    """Tokens one answer cost (``serve``'s ``usage``); all 0 when the retrieval threshold abstained before generating (a question
+    the answerability probe held: its prompt's tokens, read once, and no completion)."""
 
-    prompt_tokens: int = 0  # prompt tokens read, once per decoding pass (a retried refusal reads the prompt again)
+    prompt_tokens: int = 0  # prompt tokens read, once per pass (a retried refusal reads the prompt again, the answerability probe once more)
     completion_tokens: int = 0  # tokens decoded, EOS included: withheld and retried decodes count too
     finish_reason: Literal["stop", "length"] = "stop"  # length: the answer given ran into max_new_tokens
 
@@ -374,7 +375,8 @@ class Pipeline:
                        + (f"; calibrated abstention (threshold "
                        f"{calibration['threshold']:.2f}{f' + bias {cfg.abstain_bias}' if cfg.abstain_bias else ''})"
                           if calibration else "")
-                       + (f"; answerability probe ({answerability.describe(probe.readings)}, cutoff {probe.cutoff:.2f})" if probe else ""))
+                       + (f"; answerability probe ({answerability.describe(probe.readings)}, cutoff {probe.cutoff:.2f}"
+                          f"{f' + bias {cfg.probe_bias}' if cfg.probe_bias else ''})" if probe else ""))
         return cls(cfg, retriever, model, tokenizer, kind, template, adapter, description, calibrations, schema,
                    stored_yes_no_bias(meta.abstention if meta else None), probe)
 
@@ -536,17 +538,17 @@ class Pipeline:
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
-        for i, score in probed.items():
+        for i, (score, _) in probed.items():
             answers[i].probe = score  # type: ignore[union-attr]
-        _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage)  # type: ignore[arg-type]
+        _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage, {i: n for i, (_, n) in probed.items()})  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
 
     def _probed(self, questions: list[str], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
-                answers: list[Answer | None], t_retrieval: float, t_prompt: dict[int, float]) -> tuple[list[int], list[str], dict[int, float]]:
+                answers: list[Answer | None], t_retrieval: float, t_prompt: dict[int, float]) -> tuple[list[int], list[str], dict[int, tuple[float, int]]]:
         """The answerability probe (:mod:`~rag_pipeline.answer.probe`) on each prompt about to be generated: a question it
         scores above its cutoff is answered with the abstention (``"probe"``) and not generated, unless its answer opens with
         yes or no and the probe was measured on no yes/no question. Returns the rows still to generate, their texts, and
-        every probed question's score; the reading's time is added to each one's ``t_prompt``."""
+        every probed question's score and prompt tokens read; the reading's time is added to each one's ``t_prompt``."""
         assert self.probe is not None
         probe = self.probe
         ids = [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts]
@@ -555,11 +557,11 @@ class Pipeline:
         read = functools.partial(self.probe_states, ids, probe.readings, windows)
         states = read() if self.engine is None else self.engine.call(read)  # torch work on the engine's thread
         t_probe = (time.perf_counter() - t0) / max(len(texts), 1)
-        keep, kept, probed = [], [], {}
-        for i, text, state in zip(todo, texts, states):
-            probed[i] = probe.score(state)
+        keep, kept, probed, cutoff = [], [], {}, probe.cutoff + self.cfg.probe_bias
+        for i, text, state, prompt in zip(todo, texts, states, ids):
+            probed[i] = (probe.score(state), len(prompt))
             t_prompt[i] += t_probe
-            if probed[i] > probe.cutoff and not unmeasured_yes_no(probe.yes_no_questions, self.opens_yes_no(questions[i])):
+            if probed[i][0] > cutoff and not unmeasured_yes_no(probe.yes_no_questions, self.opens_yes_no(questions[i])):
                 answers[i] = Answer(questions[i], ABSTAIN, True, "probe", [], shown[i],
                                     {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": 0.0}, "")
             else:
@@ -875,8 +877,10 @@ class _Stopped(Exception):
 
 
 def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int, Any],
-            on_text: Callable[[int, str], None] | None, on_usage: Callable[[int, TokenUsage], None] | None) -> None:
-    """Hand each caller what is left of each answer's text, then its usage (``counts``: question index -> DecodeCounts)."""
+            on_text: Callable[[int, str], None] | None, on_usage: Callable[[int, TokenUsage], None] | None,
+            probed: dict[int, int]) -> None:
+    """Hand each caller what is left of each answer's text, then its usage (``counts``: question index -> DecodeCounts;
+    ``probed``: question index -> prompt tokens the answerability probe read, a pass over the prompt of its own)."""
     for i, ans in enumerate(answers):
         if on_text is not None:
             sent = live[i].sent if i in live else ""
@@ -887,7 +891,8 @@ def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int,
         if on_usage is not None:
             c = counts.get(i)  # None: abstained on the retrieval threshold or the probe, nothing generated
             length = c is not None and not c.stopped and not ans.abstained
-            on_usage(i, TokenUsage(c.prompt_tokens if c else 0, c.completion_tokens if c else 0, "length" if length else "stop"))
+            read = (c.prompt_tokens if c else 0) + probed.get(i, 0)
+            on_usage(i, TokenUsage(read, c.completion_tokens if c else 0, "length" if length else "stop"))
 
 
 # ---------------------------------------------------------------------------------- output

@@ -130,6 +130,7 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     abstain_bias: float = fixed(0.0, "calibrate chooses the threshold that the bias shifts")
     abstain_probe: bool = fixed(False, "the threshold is chosen on the margin alone (the probe's cutoff: "
                                        "scripts/hidden_state_probe.py)")
+    probe_bias: float = fixed(0.0, "the threshold is chosen on the margin alone")
     answer_check: AnswerCheck = fixed("grounded", "answers scored as ask shows them: one the check refuses is decoded again "
                                                   "grounded (the abstention ruled out), and abstains if that fails too; "
                                                   "off with --no-count-checked")
