@@ -227,21 +227,20 @@ def encode_prompt(tokenizer: Any, kind: Kind, model_text: str) -> list[int]:
     return tokenizer(model_text, add_special_tokens=add)["input_ids"]
 
 
-def question_window(tokenizer: Any, kind: Kind, model_text: str, question: str) -> int:
-    """How many of :func:`encode_prompt`'s tokens of ``model_text`` run from the one holding the question's first
-    character (its last occurrence) to the end: the question and what the template puts after it.
+def encode_prompt_from(tokenizer: Any, kind: Kind, model_text: str, start: int) -> tuple[list[int], int]:
+    """:func:`encode_prompt`'s ids of ``model_text``, and how many of them run from the one holding character ``start``
+    to the end (at least 1).
 
     Raises:
-        InputError: the question is not in the text, or the tokenizer gives no character offsets (not a fast one).
+        InputError: the tokenizer gives no character offsets (not a fast one).
     """
-    start = model_text.rfind(question)
-    if start < 0 or not question:
-        raise InputError(f"the prompt does not hold the question {question[:60]!r}: its template must show the question as asked")
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("the question's place in the prompt needs a fast tokenizer (character offsets): this one is not")
     add = True if kind == "seq2seq" else _add_special(tokenizer)
-    offsets = tokenizer(model_text, add_special_tokens=add, return_offsets_mapping=True)["offset_mapping"]
-    return sum(1 for _, end in offsets if end > start)
+    enc = tokenizer(model_text, add_special_tokens=add, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    first = next((i for i, (_, end) in enumerate(offsets) if end > start), len(offsets) - 1)
+    return enc["input_ids"], max(len(offsets) - first, 1)
 
 
 def encode_target(tokenizer: Any, completion: str) -> list[int]:

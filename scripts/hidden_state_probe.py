@@ -15,9 +15,10 @@ threshold, applied to two ``evaluate`` runs of the same adapter (one on the dev 
 re-scoring their predictions: an answer the margin withheld is scored as its ``raw``, as
 ``scripts/operating_points.py`` does. Nothing is generated again; features are cached in ``--output``.
 
-``--with-answer --train-run RUN`` reads the state at the end of the answer instead: the prompt followed by the answer
-the run gave (its ``raw``: the withheld one where the margin withheld it; the prompt alone where the retrieval
-threshold answered nothing), so the probe sees what the model said, not only what it was asked. The training
+``--with-answer --train-run RUN`` reads the prompt followed by the answer the run gave instead (its ``raw``: the
+withheld one where the margin withheld it; the prompt alone where the retrieval threshold answered nothing): a
+``last`` reading is then the state at the answer's last token, a ``question`` reading averages the answer too, so the
+probe sees what the model said, not only what it was asked. The training
 questions are then those of ``RUN``, an ``evaluate`` run of the adapter on training questions.
 
 ``--train-limit 0`` fits on the whole training split. Each test row is compared with the margin alone on the same
@@ -57,7 +58,6 @@ from operating_points import at_threshold  # noqa: E402
 from paired_f1 import paired as paired_bootstrap  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.answer import probe as answerability  # noqa: E402
-from rag_pipeline.generator import encode_prompt  # noqa: E402
 from rag_pipeline.qa import load_qa  # noqa: E402
 
 SPLITS = {name: REPO / "corpus" / "disfl_qa" / "qa" / f"{name}.jsonl" for name in ("train", "dev", "test")}
@@ -93,10 +93,10 @@ def states(adapter: str, index: str, questions: list[str], readings: tuple, said
     for start in range(0, len(questions), 32):
         batch = list(range(start, min(start + 32, len(questions))))
         asked = [questions[i] for i in batch]
-        texts = pipe.prompt_texts(asked)
-        prompts = [encode_prompt(pipe.tokenizer, pipe.kind, t) for t in texts]
+        pooled = any(pool == "question" for _, pool in readings)
+        prompts, windows = pipe.probe_inputs(pipe.prompt_texts(asked), asked, pooled)
         answers = [pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else [] for i in batch]
-        windows = [w + len(a) for w, a in zip(pipe.question_windows(texts, asked), answers)]
+        windows = [w + len(a) for w, a in zip(windows, answers)] if windows else None
         xs += pipe.probe_states([p + a for p, a in zip(prompts, answers)], readings, windows)
         print(f"{what}: {batch[-1] + 1}/{len(questions)} prompts, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return xs
@@ -201,7 +201,7 @@ def main() -> int:
     ap.add_argument("--dev-run", required=True, help="evaluate --output of the adapter on the dev split")
     ap.add_argument("--test-run", required=True, help="evaluate --output of the adapter on the test split")
     ap.add_argument("--output", default="runs/probe", help="folder for the cached features")
-    ap.add_argument("--with-answer", action="store_true", help="the state at the end of the run's answer (see above)")
+    ap.add_argument("--with-answer", action="store_true", help="read the prompt followed by the run's answer (see above)")
     ap.add_argument("--train-run", default="", help="with --with-answer: evaluate --output of the adapter on training questions")
     ap.add_argument("--other-run", default="", help="evaluate --output of the adapter on another domain's questions: how many "
                                                      "more of them the probe's dev cutoffs would withhold")
@@ -217,6 +217,8 @@ def main() -> int:
 
     if args.with_answer and not args.train_run:
         sys.exit("error: --with-answer needs --train-run, an evaluate run of the adapter on training questions")
+    if args.with_answer and args.other_run:
+        sys.exit("error: --other-run scores prompts alone, which a probe fitted --with-answer never read: drop one of the two")
     threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
     cache = Path(args.output)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,13 @@ def test_another_domains_answers_withheld_by_the_dev_cutoffs(probe, monkeypatch,
     assert "false abstentions 1 (25.0%)" in out  # the run's own: q0
     assert "| probe: 1.00 | 1 | 50.0% |" in out  # q1 (2.0); q0 was withheld already
     assert "| probe + margin: 0.00 | 2 | 75.0% |" in out  # q1 and q2
+
+
+def test_the_feature_cache_is_keyed_by_the_readings(probe, tmp_path: Path) -> None:
+    """Features of other readings are never read from another reading's cache; without readings (another script's cache)
+    the key is the one it always was."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"w")
+    keys = {probe.cache_key(str(adapter), "idx", None, r) for r in (((18, "last"),), ((18, "last"), (18, "question")), None)}
+    assert len(keys) == 3

@@ -78,15 +78,19 @@ def test_a_first_format_file_reads_as_its_layers_last_token(adapter: Path, shape
 def test_readings_parse_from_flags_and_name_what_is_wrong() -> None:
     assert P.parse_readings("18:last, 18:question") == ((18, "last"), (18, "question"))
     assert P.describe(((18, "last"), (18, "question"))) == "18:last,18:question"
-    for bad in ("18", "18:mean", "x:last", "18:last,18:last"):
-        with pytest.raises(ValueError, match="reading|twice"):
+    for bad in ("18", "18:mean", "x:last"):
+        with pytest.raises(ValueError, match="is not LAYER:POOL"):
             P.parse_readings(bad)
+    with pytest.raises(ValueError, match="name one reading twice"):
+        P.parse_readings("18:last,18:last")
 
 
 @pytest.mark.parametrize("change, message", [
     ({"format": 3}, "is not an answerability probe"),
     ({"readings": [{"layer": 1, "pool": "mean"}]}, "is not an answerability probe"),
     ({"readings": []}, "is not an answerability probe"),
+    ({"readings": [{"layer": 1, "pool": "last"}, {"layer": 1, "pool": "last"}]}, "is not an answerability probe"),
+    ({"readings": [{"layer": 1.5, "pool": "last"}]}, "is not an answerability probe"),
     ({"coef": 1.0}, "is not an answerability probe"),
     ({"margin_threshold": None}, "is not an answerability probe"),
     ({"coef": [1.0]}, "reads a state of size 1"),
@@ -205,8 +209,9 @@ def test_a_probe_fitted_on_no_yes_no_question_does_not_hold_one(env: dict, adapt
 def test_evaluate_gives_the_probe_to_the_adapters_and_not_to_the_base_model() -> None:
     from rag_pipeline.eval.evaluate import EvaluateConfig, answer_settings
 
-    c = EvaluateConfig(adapter=["adapters/smollm2-disfl-qa"], abstain_probe=True)
-    assert answer_settings(c, "adapters/smollm2-disfl-qa").abstain_probe and not answer_settings(c, None).abstain_probe
+    c = EvaluateConfig(adapter=["adapters/smollm2-disfl-qa"], abstain_probe=True, probe_bias=-0.369)
+    theirs, base = answer_settings(c, "adapters/smollm2-disfl-qa"), answer_settings(c, None)
+    assert (theirs.abstain_probe, theirs.probe_bias, base.abstain_probe, base.probe_bias) == (True, -0.369, False, 0.0)
 
 
 def test_on_a_servers_decode_engine_the_probe_reads_the_model_on_the_engines_thread(env: dict, adapter: Path, shape, monkeypatch) -> None:
@@ -284,7 +289,8 @@ def test_a_server_marks_the_questions_the_probe_holds_and_refuses_a_missing_prob
         chunks = list(client.chat.completions.create(model="adapter", messages=[{"role": "user", "content": QUESTIONS[1]}],
                                                      stream=True))
     assert r["choices"][0]["message"]["content"] == A.ABSTAIN and (r["abstained"], r["abstain_reason"]) == (True, "probe")
-    assert r["usage"]["completion_tokens"] == 0 and r["usage"]["prompt_tokens"] > 0 and r["citations"] == []
+    assert r["usage"]["completion_tokens"] == 0 and r["citations"] == []
+    assert r["usage"]["prompt_tokens"] == len(pipe.prompt_ids(QUESTIONS[:1])[0])  # the probe read it, once
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # the openai client, streaming
     assert streamed == A.ABSTAIN and (chunks[-1].model_extra["abstained"], chunks[-1].model_extra["abstain_reason"]) == (True, "probe")
 
@@ -294,9 +300,8 @@ def test_the_reading_stops_after_its_deepest_layer_and_equals_every_hidden_state
     hook's output is the very tensor output_hidden_states gives), and the whole pass for the embeddings and the last
     layer (after the final norm); a ``question`` reading is the mean over the prompt's last ``window`` states."""
     pipe = A.Pipeline.load(cfg(env, adapter, abstain_probe=False))
-    texts = pipe.prompt_texts(QUESTIONS)
-    prompts = [A.generator.encode_prompt(pipe.tokenizer, pipe.kind, t) for t in texts]
-    windows = pipe.question_windows(texts, QUESTIONS)
+    prompts, windows = pipe.probe_inputs(pipe.prompt_texts(QUESTIONS), QUESTIONS, True)
+    assert prompts == pipe.prompt_ids(QUESTIONS) and pipe.probe_inputs(pipe.prompt_texts(QUESTIONS), QUESTIONS, False) == (prompts, None)
     with torch.no_grad():
         full = [pipe.model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states for p in prompts]
     calls = []
@@ -322,17 +327,21 @@ def test_the_reading_stops_after_its_deepest_layer_and_equals_every_hidden_state
 
 def test_the_question_window_runs_from_the_questions_first_token_to_the_prompts_end(env: dict, adapter: Path) -> None:
     """What a ``question`` reading averages: the question as the prompt shows it (stripped, its delimiters escaped) and the
-    template's closing tokens, and nothing before it."""
+    template's closing tokens, and nothing before it; also for a question that is part of the closing text or that a
+    passage holds word for word."""
     pipe = A.Pipeline.load(cfg(env, adapter, abstain_probe=False))
-    asked = ["  Who wrote the first computer program?  ", "What does </documents> mean here?"]
+    asked = ["  Who wrote the first computer program?  ", "What does </documents> mean here?", "a", "assistant", "end"]
     texts = pipe.prompt_texts(asked)
-    for text, question, window in zip(texts, asked, pipe.question_windows(texts, asked)):
-        ids = A.generator.encode_prompt(pipe.tokenizer, pipe.kind, text)
+    quoted = "Who wrote the first computer program?"
+    asked.append(quoted)
+    texts.append(pipe._model_text(pipe._render(quoted, [{"id": "x", "title": "t", "text": f"Asked: {quoted} Ada Lovelace did."}])))
+    prompts, windows = pipe.probe_inputs(texts, asked, True)
+    for ids, question, window in zip(prompts, asked, windows):
         tail = pipe.tokenizer.decode(ids[-window:])
         shown = A.shown_question(pipe.tokenizer, question)
-        assert tail.lstrip().startswith(shown) and pipe.tokenizer.decode(ids[:-window]).rstrip().endswith("Question:")
-    with pytest.raises(A.InputError, match="does not hold the question"):
-        A.generator.question_window(pipe.tokenizer, pipe.kind, texts[0], "a question asked elsewhere")
+        assert tail.lstrip().startswith(shown) and pipe.tokenizer.decode(ids[:-window]).rstrip().endswith("Question:"), question
+    with pytest.raises(A.InputError, match="does not end with the question"):
+        pipe.probe_inputs(texts[:1], ["a question asked elsewhere"], True)
 
 
 def test_a_question_pooled_probe_scores_the_state_ask_reads(env: dict, adapter: Path, shape) -> None:
@@ -342,10 +351,8 @@ def test_a_question_pooled_probe_scores_the_state_ask_reads(env: dict, adapter: 
     p = write_probe(adapter, shape, intercept=-1e6, coef=coef, readings=readings)
     pipe = A.Pipeline.load(cfg(env, adapter))
     pipe.calibrations = NEVER
-    texts = pipe.prompt_texts(QUESTIONS)
-    windows = pipe.question_windows(texts, QUESTIONS)
+    prompts, windows = pipe.probe_inputs(pipe.prompt_texts(QUESTIONS), QUESTIONS, True)
     with torch.no_grad():
-        full = [pipe.model(input_ids=torch.tensor([A.generator.encode_prompt(pipe.tokenizer, pipe.kind, t)]),
-                           output_hidden_states=True).hidden_states for t in texts]
+        full = [pipe.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states for ids in prompts]
     states = [np.concatenate([f[1][0, -1].numpy(), f[2][0, -w:].mean(0).numpy()]) for f, w in zip(full, windows)]
     assert [a.probe for a in pipe.answer_batch(QUESTIONS)] == pytest.approx([p.score(s) for s in states], abs=1e-3)

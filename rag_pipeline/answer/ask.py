@@ -394,23 +394,44 @@ class Pipeline:
         """:meth:`prompt_texts`, encoded."""
         return [generator.encode_prompt(self.tokenizer, self.kind, t) for t in self.prompt_texts(questions)]
 
-    def question_windows(self, texts: list[str], questions: list[str]) -> list[int]:
-        """Each prompt's tokens from its question's first one to its end (:func:`~rag_pipeline.generator.question_window`):
-        what a probe's ``question`` reading averages."""
-        return [generator.question_window(self.tokenizer, self.kind, t, shown_question(self.tokenizer, q))
-                for t, q in zip(texts, questions)]
+    def probe_inputs(self, texts: list[str], questions: list[str], pooled: bool) -> tuple[list[list[int]], list[int] | None]:
+        """Each prompt's token ids, and with ``pooled`` each one's tokens from its question's first one to its end (what a
+        probe's ``question`` reading averages: the question as the template shows it, and what the template puts after
+        it; :func:`~rag_pipeline.generator.encode_prompt_from`), for :meth:`probe_states`.
+
+        Raises:
+            InputError: a prompt that does not end with its question and the template's closing text.
+        """
+        if not pooled:
+            return [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts], None
+        tail = self._question_tail()
+        out = []
+        for text, q in zip(texts, questions):
+            shown = shown_question(self.tokenizer, q)
+            end = len(text) - len(tail)
+            if not text.endswith(tail) or text[end - len(shown):end] != shown:
+                raise InputError(f"the prompt does not end with the question {q[:60]!r} and the template's closing text: "
+                                 "the answerability probe reads the question where the template puts it")
+            out.append(generator.encode_prompt_from(self.tokenizer, self.kind, text, end - len(shown)))
+        return [ids for ids, _ in out], [w for _, w in out]
+
+    def _question_tail(self) -> str:
+        """The model text the template puts after the question (the same for every question)."""
+        sentinel = "QUESTIONSENTINEL"
+        text = self._model_text(self._render(sentinel, []))
+        return text[text.rindex(sentinel) + len(sentinel):]
 
     def probe_states(self, prompts: list[list[int]], readings: tuple[answerability.Reading, ...],
                      windows: list[int] | None = None) -> list[Any]:
         """The answerability probe's state of each token-id sequence, as a float32 numpy vector: for each reading
         ``(layer, pool)`` in turn, the hidden state after decoder ``layer`` (0: the embeddings) at the last token
         (``last``) or averaged over the sequence's last ``windows[i]`` tokens (``question``: its question and what
-        follows it, :meth:`question_windows`). ``ask --abstain-probe`` scores it (:mod:`~rag_pipeline.answer.probe`);
+        follows it, :meth:`probe_inputs`). ``ask --abstain-probe`` scores it (:mod:`~rag_pipeline.answer.probe`);
         ``scripts/hidden_state_probe.py`` fits the probe on the same reading.
 
         Layers short of the last are read by running the decoder up to the deepest of them and no further (forward
-        hooks keep each layer's output, the very tensor ``output_hidden_states`` gives, and :class:`_StopAfter` ends
-        the pass); the embeddings or the last layer's state, which ``output_hidden_states`` gives after the final
+        hooks keep each layer's output, the very tensor ``output_hidden_states`` gives, and end the pass after the
+        deepest: :class:`_Kept`); the embeddings or the last layer's state, which ``output_hidden_states`` gives after the final
         norm, by the whole forward pass.
         """
         import torch
@@ -425,7 +446,7 @@ class Pipeline:
             for n, ids in enumerate(prompts):
                 x = torch.tensor([ids], device=device)
                 if hooked:
-                    with _Kept([layers[layer - 1] for layer in wanted]) as kept, _StopAfter(layers[wanted[-1] - 1]):
+                    with _Kept([layers[layer - 1] for layer in wanted]) as kept:  # ends the pass after the deepest
                         decoder(input_ids=x, use_cache=False)
                     states = dict(zip(wanted, kept.outputs))
                 else:
@@ -546,14 +567,13 @@ class Pipeline:
     def _probed(self, questions: list[str], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
                 answers: list[Answer | None], t_retrieval: float, t_prompt: dict[int, float]) -> tuple[list[int], list[str], dict[int, tuple[float, int]]]:
         """The answerability probe (:mod:`~rag_pipeline.answer.probe`) on each prompt about to be generated: a question it
-        scores above its cutoff is answered with the abstention (``"probe"``) and not generated, unless its answer opens with
+        scores above its cutoff (plus ``probe_bias``) is answered with the abstention (``"probe"``) and not generated, unless its answer opens with
         yes or no and the probe was measured on no yes/no question. Returns the rows still to generate, their texts, and
         every probed question's score and prompt tokens read; the reading's time is added to each one's ``t_prompt``."""
         assert self.probe is not None
         probe = self.probe
-        ids = [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts]
         t0 = time.perf_counter()
-        windows = self.question_windows(texts, [questions[i] for i in todo]) if probe.question_pooled else None
+        ids, windows = self.probe_inputs(texts, [questions[i] for i in todo], probe.question_pooled)
         read = functools.partial(self.probe_states, ids, probe.readings, windows)
         states = read() if self.engine is None else self.engine.call(read)  # torch work on the engine's thread
         t_probe = (time.perf_counter() - t0) / max(len(texts), 1)
@@ -832,28 +852,10 @@ class Pipeline:
                 answers[i] = dataclasses.replace(a, answer=ABSTAIN, abstained=True, abstain_reason=why, citations=[], rejected=why)
 
 
-class _StopAfter:
-    """A context that ends a forward pass once ``module`` has run, keeping its output (``output``): a forward hook raises
-    :class:`_Stopped`, which the context swallows, and the hook is removed on exit."""
-
-    def __init__(self, module: Any) -> None:
-        self.module, self.output = module, None
-
-    def __enter__(self) -> _StopAfter:
-        def hook(module: Any, args: Any, output: Any) -> None:
-            self.output = output[0] if isinstance(output, tuple) else output
-            raise _Stopped
-
-        self.handle = self.module.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
-        self.handle.remove()
-        return kind is _Stopped
-
-
 class _Kept:
-    """A context that keeps the output of each of ``modules`` (``outputs``, in their order) through one forward pass."""
+    """A context that keeps the output of each of ``modules`` (``outputs``, in their order) through one forward pass and
+    ends the pass once the last of them has run: its hook raises :class:`_Stopped`, which the context swallows. The
+    hooks are removed on exit."""
 
     def __init__(self, modules: list[Any]) -> None:
         self.modules, self.outputs = modules, [None] * len(modules)
@@ -862,18 +864,21 @@ class _Kept:
         def hook(i: int) -> Callable[..., None]:
             def keep(module: Any, args: Any, output: Any) -> None:
                 self.outputs[i] = output[0] if isinstance(output, tuple) else output
+                if i == len(self.modules) - 1:
+                    raise _Stopped
             return keep
 
         self.handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
         for h in self.handles:
             h.remove()
+        return kind is _Stopped
 
 
 class _Stopped(Exception):
-    """Raised by :class:`_StopAfter`'s hook to end the forward pass."""
+    """Raised by :class:`_Kept`'s last hook to end the forward pass."""
 
 
 def _settle(answers: list[Answer], live: dict[int, _LiveText], counts: dict[int, Any],
@@ -928,7 +933,7 @@ def format_answer(ans: Answer, cfg: AskConfig) -> str:
                      f"the answer would have been {ans.raw!r}; --abstain-bias > 0 answers more often)")
     elif ans.abstain_reason == "probe":
         lines.append(f"  (no generation: the adapter's answerability probe scores the question {ans.probe:.2f}, above its cutoff; "
-                     f"drop --abstain-probe to have it answered, or withheld by the other checks)")
+                     f"--probe-bias above 0 holds fewer; drop --abstain-probe to have it answered, or withheld by the other checks)")
     if ans.citations:
         lines.append("\nSources:")
         for c in ans.citations:

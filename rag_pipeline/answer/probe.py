@@ -114,11 +114,11 @@ def read(adapter: str | Path) -> Probe:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(d, dict) or d.get("format") not in (1, FORMAT):
-            raise ValueError(f"format {d.get('format') if isinstance(d, dict) else None!r}, not {FORMAT}")
-        readings = ((int(d["layer"]), "last"),) if d["format"] == 1 else \
-            tuple((int(r["layer"]), str(r["pool"])) for r in d["readings"])
-        if not readings or any(pool not in POOLS for _, pool in readings):
-            raise ValueError(f"readings must be a non-empty list of {{layer, pool}}, pool one of {', '.join(POOLS)}")
+            raise ValueError(f"format {d.get('format') if isinstance(d, dict) else None!r}, not 1 or {FORMAT}")
+        readings = ((d["layer"], "last"),) if d["format"] == 1 else tuple((r["layer"], r["pool"]) for r in d["readings"])
+        if not readings or len(set(readings)) != len(readings) or \
+                any(type(layer) is not int or pool not in POOLS for layer, pool in readings):
+            raise ValueError(f"readings must be distinct {{layer, pool}}, an integer layer and a pool of {', '.join(POOLS)}")
         p = Probe(readings, np.array(d["mean"], dtype=np.float64), np.array(d["scale"], dtype=np.float64),
                   np.array(d["coef"], dtype=np.float64), float(d["intercept"]), float(d["cutoff"]), int(d["yes_no_questions"]),
                   str(d["weights_sha256"]), float(d["margin_threshold"]))

@@ -16,7 +16,6 @@ each request asks, calibrate measures greedy answers) declares it with
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,8 +95,8 @@ class Answering:
                                      "Disfl-QA's test split overall F1 41.1 against 38.6, but more false abstentions, in domain "
                                      "and on other domains (docs/results.md, 'Answerability probe')")
     probe_bias: float = opt(0.0, "added to the answerability probe's cutoff (--abstain-probe): > 0 holds fewer questions, < 0 "
-                                 "more (the reference's: -0.37 and +0.20 are its cutoffs for 15%% and 12%% false abstentions on "
-                                 "the dev split; docs/results.md, 'Answerability probe')")
+                                 "more (the reference's: -0.369 and +0.201 move it to the cutoffs the dev split chose at 15%% and "
+                                 "12%% false abstentions; docs/results.md, 'Answerability probe')")
     answer_start: AnswerStart = opt(
         "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
                       "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "
@@ -143,11 +142,11 @@ class Answering:
             raise ConfigError(f"min_score is {self.min_score}: it is a cosine similarity, use a value in [-1, 1] (-1 never abstains)")
         clash = "--grounded" if self.grounded else f"--abstention {self.abstention}" if self.abstention != "calibrated" else \
             f"--task {self.task}" if self.task != "qa" else ""
+        if not math.isfinite(self.probe_bias):
+            raise ConfigError(f"--probe-bias is {self.probe_bias}: give a finite number (0 keeps the probe's stored cutoff)")
         if self.probe_bias and not self.abstain_probe:
             raise ConfigError(f"--probe-bias {self.probe_bias} moves the answerability probe's cutoff: add --abstain-probe, or drop "
                               "--probe-bias")
-        if not math.isfinite(self.probe_bias):
-            raise ConfigError(f"--probe-bias is {self.probe_bias}: give a finite number (0 keeps the probe's stored cutoff)")
         if self.abstain_probe and clash:
             raise ConfigError(f"--abstain-probe withholds free short answers beside the calibrated abstention, where its cutoff was "
                               f"chosen, not with {clash}: drop one of the two")

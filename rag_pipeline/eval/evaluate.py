@@ -419,7 +419,8 @@ def answer_settings(cfg: EvaluateConfig, adapter: str | None) -> AnswerSettings:
     Free decoding: the grounded contexts ask :meth:`~rag_pipeline.answer.ask.Pipeline.answer_batch` for grounded decoding.
     """
     shared = {f.name: getattr(cfg, f.name) for f in fields(Answering)}
-    return AnswerSettings(**{**shared, "grounded": False, "abstain_probe": cfg.abstain_probe and adapter is not None},  # a base has none
+    probe = cfg.abstain_probe and adapter is not None  # a base model has no probe, nor a cutoff to move
+    return AnswerSettings(**{**shared, "grounded": False, "abstain_probe": probe, "probe_bias": cfg.probe_bias if probe else 0.0},
                           adapter=adapter or "", no_adapter=adapter is None)
 
 
