@@ -204,9 +204,10 @@ def load_generator(
     return model, tokenizer, kind
 
 
-def _add_special(tokenizer: Any) -> bool:
-    # Text rendered by a chat template already holds its special tokens; plain text gets BOS/EOS.
-    return not getattr(tokenizer, "chat_template", None)
+def _adds_special(tokenizer: Any, kind: Kind) -> bool:
+    """Whether a prompt's encoding adds the tokenizer's special tokens: always for seq2seq; for a causal model, text
+    rendered by a chat template already holds its special tokens, plain text gets BOS/EOS."""
+    return kind == "seq2seq" or not getattr(tokenizer, "chat_template", None)
 
 
 def cut_middle(ids: list[int], budget: int) -> list[int]:
@@ -223,8 +224,7 @@ def cut_middle(ids: list[int], budget: int) -> list[int]:
 
 def encode_prompt(tokenizer: Any, kind: Kind, model_text: str) -> list[int]:
     """Token ids of the model text as the model sees it (no truncation)."""
-    add = True if kind == "seq2seq" else _add_special(tokenizer)
-    return tokenizer(model_text, add_special_tokens=add)["input_ids"]
+    return tokenizer(model_text, add_special_tokens=_adds_special(tokenizer, kind))["input_ids"]
 
 
 def encode_prompt_from(tokenizer: Any, kind: Kind, model_text: str, start: int) -> tuple[list[int], int]:
@@ -236,8 +236,7 @@ def encode_prompt_from(tokenizer: Any, kind: Kind, model_text: str, start: int) 
     """
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("the question's place in the prompt needs a fast tokenizer (character offsets): this one is not")
-    add = True if kind == "seq2seq" else _add_special(tokenizer)
-    enc = tokenizer(model_text, add_special_tokens=add, return_offsets_mapping=True)
+    enc = tokenizer(model_text, add_special_tokens=_adds_special(tokenizer, kind), return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
     first = next((i for i, (_, end) in enumerate(offsets) if end > start), len(offsets) - 1)
     return enc["input_ids"], max(len(offsets) - first, 1)

@@ -69,19 +69,16 @@ def features(adapter: str, index: str, split: str, limit: int, readings: tuple, 
     answer): the prompt followed by the answer, for those questions only."""
     import numpy as np
 
-    path = cache / f"features-{split}-{limit}-{cache_key(adapter, index, answers, readings)}.npz"
-    if path.exists():
-        f = np.load(path)
-        return list(f["ids"]), f["X"], f["y"]
-    items = load_qa(SPLITS[split])
-    random.Random(0).shuffle(items)
-    items = items[:limit] if limit else items
-    if answers is not None:
-        items = [it for it in items if it.id in answers]
-    xs = states(adapter, index, [it.question for it in items], readings, [answers[it.id] for it in items] if answers else None, split)
-    out = ([it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items]))
-    save(path, *out)
-    return out
+    def read() -> tuple:
+        items = load_qa(SPLITS[split])
+        random.Random(0).shuffle(items)
+        items = items[:limit] if limit else items
+        if answers is not None:
+            items = [it for it in items if it.id in answers]
+        xs = states(adapter, index, [it.question for it in items], readings, [answers[it.id] for it in items] if answers else None, split)
+        return [it.id for it in items], np.array(xs), np.array([bool(it.answerable and it.answers) for it in items])
+
+    return cached(cache / f"features-{split}-{limit}-{cache_key(adapter, index, answers, readings)}.npz", read)
 
 
 def states(adapter: str, index: str, questions: list[str], readings: tuple, said: list[str] | None, what: str) -> list:
@@ -89,11 +86,10 @@ def states(adapter: str, index: str, questions: list[str], readings: tuple, said
     by ``said`` (one answer per question; a ``question`` reading then averages the answer too):
     ``Pipeline.probe_states``, the reading ``ask --abstain-probe`` makes."""
     pipe = pipeline(adapter, index)
-    xs, t0 = [], time.perf_counter()
+    xs, t0, pooled = [], time.perf_counter(), answerability.pooled(readings)
     for start in range(0, len(questions), 32):
         batch = list(range(start, min(start + 32, len(questions))))
         asked = [questions[i] for i in batch]
-        pooled = any(pool == "question" for _, pool in readings)
         prompts, windows = pipe.probe_inputs(pipe.prompt_texts(asked), asked, pooled)
         answers = [pipe.tokenizer(said[i], add_special_tokens=False)["input_ids"] if said else [] for i in batch]
         windows = [w + len(a) for w, a in zip(windows, answers)] if windows else None
@@ -110,14 +106,20 @@ def pipeline(adapter: str, index: str):  # -> rag_pipeline.answer.ask.Pipeline
     return A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
 
 
-def save(path: Path, ids: list[str], x, y) -> None:
-    """A features file, written to a part file and renamed into place whole."""
+def cached(path: Path, read) -> tuple:
+    """(ids, states, answerable) from the features file ``path``, or from ``read()``, then written there (to a part file
+    renamed into place whole)."""
     import numpy as np
 
+    if path.exists():
+        f = np.load(path)
+        return list(f["ids"]), f["X"], f["y"]
+    ids, x, y = read()
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.stem}.part.npz")
     np.savez(part, ids=np.array(ids), X=x, y=y)
     os.replace(part, path)
+    return ids, x, y
 
 
 def other_features(adapter: str, index: str, run: Path, readings: tuple, cache: Path):
@@ -125,15 +127,12 @@ def other_features(adapter: str, index: str, run: Path, readings: tuple, cache: 
     :func:`features`."""
     import numpy as np
 
-    path = cache / f"features-other-{cache_key(adapter, index, {'run': str(run.resolve())}, readings)}.npz"
-    if path.exists():
-        f = np.load(path)
-        return list(f["ids"]), f["X"], f["y"]
-    recs = list(records(run).values())
-    out = ([r["id"] for r in recs], np.array(states(adapter, index, [r["question"] for r in recs], readings, None, "other")),
-           np.array([bool(r["answerable"] and r["gold"]) for r in recs]))
-    save(path, *out)
-    return out
+    def read() -> tuple:
+        recs = list(records(run).values())
+        return ([r["id"] for r in recs], np.array(states(adapter, index, [r["question"] for r in recs], readings, None, "other")),
+                np.array([bool(r["answerable"] and r["gold"]) for r in recs]))
+
+    return cached(cache / f"features-other-{cache_key(adapter, index, {'run': str(run.resolve())}, readings)}.npz", read)
 
 
 def cache_key(adapter: str, index: str, answers: dict[str, str] | None, readings: tuple | None = None) -> str:

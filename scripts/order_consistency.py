@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from hidden_state_probe import cache_key, figures, records  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
+from rag_pipeline.atomic import write_json  # noqa: E402
 from rag_pipeline.metrics import f1  # noqa: E402
 
 
@@ -37,9 +37,12 @@ def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) ->
     were answered from (the adapter's weights, the index, the run)."""
     key = cache_key(adapter, index, {"run": str(run.resolve())})
     if out.exists():
-        cached = json.loads(out.read_text(encoding="utf-8"))
-        if cached.get("key") != key:
-            sys.exit(f"error: {out} holds answers of another adapter, index or run: pass another --output, or delete it")
+        try:
+            cached = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            cached = None
+        if not isinstance(cached, dict) or cached.get("key") != key or not isinstance(cached.get("answers"), dict):
+            sys.exit(f"error: {out} is not this script's answers for this adapter, index and run: pass another --output")
         return cached["answers"]
     from rag_pipeline.answer import ask as A
     from rag_pipeline.passage import from_chunk
@@ -52,10 +55,7 @@ def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) ->
         for r, a in zip(batch, pipe.answer_batch([r["question"] for r in batch], contexts=contexts, margins=True)):
             res[r["id"]] = {"raw": a.raw, "margin": a.margin}
         print(f"{start + len(batch)}/{len(recs)} questions, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f".{out.name}.part")  # renamed into place whole
-    part.write_text(json.dumps({"key": key, "answers": res}), encoding="utf-8")
-    os.replace(part, out)
+    write_json(out, {"key": key, "answers": res})
     return res
 
 

@@ -72,8 +72,8 @@ def test_another_domains_answers_withheld_by_the_dev_cutoffs(probe, monkeypatch,
 
 
 def test_the_feature_cache_is_keyed_by_the_readings(probe, tmp_path: Path) -> None:
-    """Features of other readings are never read from another reading's cache; without readings (another script's cache)
-    the key is the one it always was."""
+    """Features of other readings are never read from another reading's cache, nor from a cache keyed without readings
+    (scripts/order_consistency.py's)."""
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"w")

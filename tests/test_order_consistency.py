@@ -27,5 +27,10 @@ def test_reversed_answers_come_from_their_own_cache_without_loading_a_model(orde
     key = order.cache_key(str(adapter), "idx", {"run": str(run.resolve())})
     cache.write_text(json.dumps({"key": key, "answers": {"q1": {"raw": "Nile [2]", "margin": 1.5}}}), encoding="utf-8")
     assert order.swapped(str(adapter), "idx", run, [], cache) == {"q1": {"raw": "Nile [2]", "margin": 1.5}}
-    with pytest.raises(SystemExit, match="another adapter, index or run"):  # another index: not these answers
+    with pytest.raises(SystemExit, match="not this script's answers for this adapter, index and run"):  # another index
         order.swapped(str(adapter), "other-idx", run, [], cache)
+    mine = tmp_path / "notes.json"
+    mine.write_text("my notes, not JSON", encoding="utf-8")  # a file of the user's: one error line, left as it was
+    with pytest.raises(SystemExit, match="pass another --output"):
+        order.swapped(str(adapter), "idx", run, [], mine)
+    assert mine.read_text(encoding="utf-8") == "my notes, not JSON"

@@ -72,7 +72,7 @@ def test_a_first_format_file_reads_as_its_layers_last_token(adapter: Path, shape
     (adapter / P.FILE).write_text(json.dumps(d), encoding="utf-8")
     back = P.read(adapter)
     P.check(back, adapter, "causal", *shape, THRESHOLD)
-    assert back.readings == ((1, "last"),) and not back.question_pooled and back.score(p.mean) == pytest.approx(0.25)
+    assert back.readings == ((1, "last"),) and not P.pooled(back.readings) and back.score(p.mean) == pytest.approx(0.25)
 
 
 def test_readings_parse_from_flags_and_name_what_is_wrong() -> None:

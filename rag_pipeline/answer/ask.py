@@ -404,7 +404,7 @@ class Pipeline:
         """
         if not pooled:
             return [generator.encode_prompt(self.tokenizer, self.kind, t) for t in texts], None
-        tail = self._question_tail()
+        tail = self._question_tail
         out = []
         for text, q in zip(texts, questions):
             shown = shown_question(self.tokenizer, q)
@@ -415,8 +415,9 @@ class Pipeline:
             out.append(generator.encode_prompt_from(self.tokenizer, self.kind, text, end - len(shown)))
         return [ids for ids, _ in out], [w for _, w in out]
 
+    @functools.cached_property
     def _question_tail(self) -> str:
-        """The model text the template puts after the question (the same for every question)."""
+        """The model text the template puts after the question (the same for every question: rendered once)."""
         sentinel = "QUESTIONSENTINEL"
         text = self._model_text(self._render(sentinel, []))
         return text[text.rindex(sentinel) + len(sentinel):]
@@ -573,7 +574,7 @@ class Pipeline:
         assert self.probe is not None
         probe = self.probe
         t0 = time.perf_counter()
-        ids, windows = self.probe_inputs(texts, [questions[i] for i in todo], probe.question_pooled)
+        ids, windows = self.probe_inputs(texts, [questions[i] for i in todo], answerability.pooled(probe.readings))
         read = functools.partial(self.probe_states, ids, probe.readings, windows)
         states = read() if self.engine is None else self.engine.call(read)  # torch work on the engine's thread
         t_probe = (time.perf_counter() - t0) / max(len(texts), 1)

@@ -51,6 +51,11 @@ def parse_readings(text: str) -> tuple[Reading, ...]:
     return tuple(out)
 
 
+def pooled(readings: tuple[Reading, ...]) -> bool:
+    """Whether a reading needs the question's place in the prompt (a ``question`` pool)."""
+    return any(pool == "question" for _, pool in readings)
+
+
 def describe(readings: tuple[Reading, ...]) -> str:
     """``"18:last,18:question"``: the form :func:`parse_readings` reads."""
     return ",".join(f"{layer}:{pool}" for layer, pool in readings)
@@ -70,11 +75,6 @@ class Probe:
     yes_no_questions: int  # of the questions it was fitted on and its cutoff chosen on
     weights_sha256: str  # of the adapter's adapter_model.safetensors it read
     margin_threshold: float  # the adapter's free-decoding threshold its cutoff was chosen beside ("the probe or the margin")
-
-    @property
-    def question_pooled(self) -> bool:
-        """Whether a reading needs the question's place in the prompt."""
-        return any(pool == "question" for _, pool in self.readings)
 
     def score(self, state: Any) -> float:
         """The probe's score of one state (the readings' vectors, concatenated)."""
