@@ -10,6 +10,13 @@ by re-scoring it (as ``scripts/hidden_state_probe.py`` does; the run's answers a
     .venv/bin/python scripts/order_consistency.py --adapter adapters/smollm2-disfl-qa --run runs/eval-dev-ref \\
         --output runs/order/dev.json
 
+and an ensemble of the two orders: each question's answer is the one of the two with the lower null margin (the
+order the model is surer of), withheld when that margin is over the stored threshold (its citations are numbered
+in its own order; the answer check's no-content rule still applies). ``--probe-bias B,...`` adds the adapter's
+answerability probe (``ask --abstain-probe``, its states read from the run's prompts and cached beside
+``--output``): a question it scores above its cutoff + B is withheld too, for the run's answers and the ensemble's
+alike, one row per bias, so that a cutoff read off a dev run's rows can be applied to a test run's.
+
 It needs scikit-learn (``bash scripts/install.sh --bench``).
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -26,10 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 sys.path.insert(0, str(REPO / "scripts"))
 
-from hidden_state_probe import cache_key, figures, records  # noqa: E402
+from hidden_state_probe import cache_key, figures, other_features, records  # noqa: E402
+from operating_points import at_threshold  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.atomic import write_json  # noqa: E402
+from rag_pipeline.answer.check import answer_problem  # noqa: E402
 from rag_pipeline.metrics import f1  # noqa: E402
+
+STRIP = re.compile(r"\s*\[\d+\]")  # an answer's citations
 
 
 def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) -> dict[str, dict]:
@@ -59,10 +71,21 @@ def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) ->
     return res
 
 
+def lower_margin(r: dict, other: dict) -> dict:
+    """The record ``r`` with, where the reversed order's answer ``other`` ({raw, margin}) has the lower null margin, that
+    answer in its place (shown unless its margin is over the threshold; an answer with no content word is refused as
+    ``ask``'s answer check refuses it), scored against the gold answers."""
+    if other.get("margin") is None or other["margin"] >= r["margin"]:
+        return r
+    has = bool(r["answerable"] and r["gold"])
+    refused = answer_problem(other["raw"], []) == "no_content"
+    return {**r, "raw": other["raw"], "margin": other["margin"], "abstained": refused, "abstain_reason": "check" if refused else None,
+            "scores": {**r["scores"], "f1": f1(STRIP.sub("", other["raw"]).strip(), r["gold"]) if has else None}}
+
+
 def agreement(a: str, b: str) -> float:
     """Token F1 of two answers, their citations left out."""
-    strip = lambda t: re.sub(r"\s*\[\d+\]", "", t).strip()  # noqa: E731
-    return f1(strip(a), [strip(b)])
+    return f1(STRIP.sub("", a).strip(), [STRIP.sub("", b).strip()])
 
 
 def main() -> int:
@@ -71,7 +94,13 @@ def main() -> int:
     ap.add_argument("--index", default="indexes/disfl_qa")
     ap.add_argument("--run", required=True, help="evaluate --output of the adapter (retrieved contexts, k = 2)")
     ap.add_argument("--output", required=True, help="JSON file caching the answers with the passages reversed")
+    ap.add_argument("--probe-bias", default="", help="B,...: rows with the adapter's answerability probe, its cutoff moved by "
+                                                      "each B (--probe-bias=-0.3,0,0.3: with = when the first is negative)")
     args = ap.parse_args()
+    try:
+        biases = [float(b) for b in args.probe_bias.split(",")] if args.probe_bias else []
+    except ValueError:
+        sys.exit(f"error: --probe-bias {args.probe_bias!r} is not numbers separated by commas (e.g. -0.3,0,0.3)")
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -82,11 +111,12 @@ def main() -> int:
     agree = np.array([agreement(r["raw"], again[r["id"]]["raw"]) for r in recs])
     m0 = np.array([r["margin"] for r in recs])
     m1 = np.array([again[r["id"]]["margin"] for r in recs])
+    ranks = (f"; ROC AUC: disagreement {roc_auc_score(labels, -agree):.3f}, the run's margin {roc_auc_score(labels, m0):.3f}, the "
+             f"reversed order's {roc_auc_score(labels, m1):.3f}, their mean {roc_auc_score(labels, m0 + m1):.3f}"
+             if 0 < labels.sum() < len(labels) else "")  # a run of answerable questions only (another domain's) ranks nothing
     print(f"{args.run}: {len(recs)} questions that reached the generator ({int(labels.sum())} unanswerable); the same answer "
-          f"(F1 1) with the passages reversed: {np.mean(agree[~labels] == 1):.1%} of answerable, {np.mean(agree[labels] == 1):.1%} "
-          f"of unanswerable; ROC AUC: disagreement {roc_auc_score(labels, -agree):.3f}, the run's margin "
-          f"{roc_auc_score(labels, m0):.3f}, the reversed order's {roc_auc_score(labels, m1):.3f}, their mean "
-          f"{roc_auc_score(labels, m0 + m1):.3f}\n")
+          f"(F1 1) with the passages reversed: {np.mean(agree[~labels] == 1):.1%} of answerable, "
+          f"{np.mean(agree[labels] == 1) if labels.any() else math.nan:.1%} of unanswerable{ranks}\n")
     print("| rule | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for rule, withheld in ((f"the margin over the stored threshold ({threshold:.2f})", m0 > threshold),
@@ -95,7 +125,34 @@ def main() -> int:
                            ("the margin, or the answers share under half their words", (m0 > threshold) | (agree < 0.5))):
         fig = figures(recs, list(withheld))
         print(f"| {rule} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
+    ensemble = [lower_margin(r, again[r["id"]]) for r in recs]
+    fig = figures(ensemble, [r["margin"] > threshold for r in ensemble])
+    print(f"| the answer of the order with the lower margin, withheld over the threshold | {100 * fig['overall']:.1f} | "
+          f"{100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
+    raw = [sum(at_threshold(r, math.inf)[1] for r in rs if r["answerable"] and r["gold"]) / max(1, int((~labels).sum()))
+           for rs in (recs, ensemble)]
+    print(f"\nHasAns F1 with nothing withheld: the run's answers {100 * raw[0]:.1f}, the lower-margin answers {100 * raw[1]:.1f}")
+    if biases:
+        with_probe(args, recs, ensemble, threshold, biases)
     return 0
+
+
+def with_probe(args: argparse.Namespace, recs: list[dict], ensemble: list[dict], threshold: float, biases: list[float]) -> None:
+    """Rows with the adapter's answerability probe (its scores of the run's prompts, cached beside ``--output``): a question
+    scored above the probe's cutoff + each bias is withheld too, for the run's answers and for the lower-margin ones."""
+    from rag_pipeline.answer import probe as answerability
+
+    probe = answerability.read(args.adapter)
+    ids, x, _ = other_features(args.adapter, args.index, Path(args.run), probe.readings, Path(args.output).parent)
+    score = dict(zip(ids, (probe.score(v) for v in x)))
+    print(f"\nwith the answerability probe ({answerability.describe(probe.readings)}, cutoff {probe.cutoff:.3f}):\n")
+    print("| probe bias | answers | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for b in biases:
+        for name, rs in (("the run's", recs), ("the lower margin's", ensemble)):
+            fig = figures(rs, [r["margin"] > threshold or score[r["id"]] > probe.cutoff + b for r in rs])
+            print(f"| {b:+.3f} | {name} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | "
+                  f"{100 * fig['fa']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,26 @@ def test_reversed_answers_come_from_their_own_cache_without_loading_a_model(orde
     with pytest.raises(SystemExit, match="pass another --output"):
         order.swapped(str(adapter), "idx", run, [], mine)
     assert mine.read_text(encoding="utf-8") == "my notes, not JSON"
+
+
+def _rec(margin: float, raw: str, gold: list[str], **kw) -> dict:
+    return {"id": "q1", "answerable": bool(gold), "gold": gold, "margin": margin, "raw": raw, "abstained": False,
+            "abstain_reason": None, "scores": {"f1": 0.0 if gold else None}, **kw}
+
+
+def test_the_lower_margin_answer_takes_the_place_of_the_runs_and_is_scored_without_its_citations(order):
+    r = _rec(3.0, "Paris [1]", ["the Nile"])
+    chosen = order.lower_margin(r, {"raw": "Nile [2]", "margin": 1.0})
+    assert (chosen["raw"], chosen["margin"], chosen["scores"]["f1"], chosen["abstained"]) == ("Nile [2]", 1.0, 1.0, False)
+    assert order.lower_margin(r, {"raw": "Nile [2]", "margin": 3.0}) is r  # not lower: the run's answer stays
+    assert order.lower_margin(r, {"raw": "Nile [2]", "margin": None}) is r
+    refused = order.lower_margin(r, {"raw": "The [1]", "margin": 0.5})  # no content word: refused, as ask's check refuses it
+    assert refused["abstained"] and refused["abstain_reason"] == "check"
+    assert order.lower_margin(_rec(3.0, "Paris [1]", []), {"raw": "Nile [2]", "margin": 1.0})["scores"]["f1"] is None
+
+
+def test_a_probe_bias_that_is_not_a_number_is_one_error_line(order, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["order_consistency.py", "--adapter", str(tmp_path), "--run", str(tmp_path),
+                                     "--output", str(tmp_path / "o.json"), "--probe-bias=-0.3,low"])
+    with pytest.raises(SystemExit, match="--probe-bias '-0.3,low' is not numbers separated by commas"):
+        order.main()
