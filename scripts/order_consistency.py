@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,9 +38,7 @@ from operating_points import at_threshold  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.atomic import write_json  # noqa: E402
 from rag_pipeline.answer.check import answer_problem  # noqa: E402
-from rag_pipeline.metrics import f1  # noqa: E402
-
-STRIP = re.compile(r"\s*\[\d+\]")  # an answer's citations
+from rag_pipeline.metrics import extract_answer, f1  # noqa: E402
 
 
 def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) -> dict[str, dict]:
@@ -80,12 +77,12 @@ def lower_margin(r: dict, other: dict) -> dict:
     has = bool(r["answerable"] and r["gold"])
     refused = answer_problem(other["raw"], []) == "no_content"
     return {**r, "raw": other["raw"], "margin": other["margin"], "abstained": refused, "abstain_reason": "check" if refused else None,
-            "scores": {**r["scores"], "f1": f1(STRIP.sub("", other["raw"]).strip(), r["gold"]) if has else None}}
+            "scores": {**r["scores"], "f1": f1(extract_answer(other["raw"]), r["gold"]) if has else None}}
 
 
 def agreement(a: str, b: str) -> float:
     """Token F1 of two answers, their citations left out."""
-    return f1(STRIP.sub("", a).strip(), [STRIP.sub("", b).strip()])
+    return f1(extract_answer(a), [extract_answer(b)])
 
 
 def main() -> int:
