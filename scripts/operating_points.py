@@ -52,6 +52,14 @@ def at_threshold(r: dict, threshold: float, calibration: dict | None = None, ope
     return False, (r["scores"]["f1"] or 0.0) if answerable else 0.0
 
 
+def opened_yes_no(run: Path, context: str = "retrieved") -> bool:
+    """Whether the ``evaluate`` run in folder ``run`` opened yes/no questions' answers with Yes or No (its ``metrics.json``
+    says ``yes_no_questions: yes-or-no``; runs from before that setting record none: free) in a free ``context``."""
+    metrics = run / "metrics.json"
+    said = metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("yes_no_questions") == "yes-or-no"
+    return said and not context.endswith("/grounded")
+
+
 def figures(records: list[dict], threshold: float, calibration: dict | None = None, opened: bool = False) -> dict[str, float]:
     has = [r for r in records if r["answerable"] and r["gold"]]
     no = [r for r in records if not (r["answerable"] and r["gold"])]
@@ -71,9 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     calibration = read_adapter_meta(args.adapter).abstention["free"]
     threshold = float(calibration["threshold"])
-    run = Path(args.predictions).with_name("metrics.json")  # runs from before the yes/no opening record no setting: free
-    opened = run.exists() and json.loads(run.read_text(encoding="utf-8")).get("config", {}).get("yes_no_questions") == "yes-or-no"
-    opened = opened and not args.context.endswith("/grounded")
+    opened = opened_yes_no(Path(args.predictions).parent, args.context)
     yes_no_exempt = opened and calibration.get("yes_no_questions") == 0
     by_system = collections.defaultdict(list)
     with open(args.predictions, encoding="utf-8") as f:

@@ -10,12 +10,14 @@ by re-scoring it (as ``scripts/hidden_state_probe.py`` does; the run's answers a
     .venv/bin/python scripts/order_consistency.py --adapter adapters/smollm2-disfl-qa --run runs/eval-dev-ref \\
         --output runs/order/dev.json
 
-and an ensemble of the two orders: each question's answer is the one of the two with the lower null margin (the
-order the model is surer of), withheld when that margin is over the stored threshold (its citations are numbered
-in its own order; the answer check's no-content rule still applies). ``--probe-bias B,...`` adds the adapter's
+and the answers of ``ask --orders both``: each question's answer is the one of the two orders with the lower null
+margin (the order the model is surer of), withheld when the mean of the two margins is over the stored threshold (its
+citations are numbered in its own order; the answer check's no-content rule still applies). Every margin rule is
+``ask``'s (``abstention.withhold``): a yes/no answer the run opened with Yes or No is not withheld by a threshold, nor
+by a probe, measured on no yes/no question. ``--probe-bias B,...`` adds the adapter's
 answerability probe (``ask --abstain-probe``, its states read from the run's prompts and cached beside
 ``--output``): a question it scores above its cutoff + B is withheld too, for the run's answers and the ensemble's
-alike, one row per bias, so that a cutoff read off a dev run's rows can be applied to a test run's.
+alike, one row per bias.
 
 It needs scikit-learn (``bash scripts/install.sh --bench``).
 """
@@ -23,6 +25,7 @@ It needs scikit-learn (``bash scripts/install.sh --bench``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -34,8 +37,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 sys.path.insert(0, str(REPO / "scripts"))
 
 from hidden_state_probe import cache_key, figures, other_features, records  # noqa: E402
-from operating_points import at_threshold  # noqa: E402
+from operating_points import at_threshold, opened_yes_no  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
+from rag_pipeline.answer import polar  # noqa: E402
+from rag_pipeline.answer.abstention import unmeasured_yes_no, withhold  # noqa: E402
 from rag_pipeline.atomic import write_json  # noqa: E402
 from rag_pipeline.answer.check import answer_problem  # noqa: E402
 from rag_pipeline.metrics import extract_answer, f1  # noqa: E402
@@ -69,15 +74,26 @@ def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) ->
 
 
 def lower_margin(r: dict, other: dict) -> dict:
-    """The record ``r`` with, where the reversed order's answer ``other`` ({raw, margin}) has the lower null margin, that
-    answer in its place (shown unless its margin is over the threshold; an answer with no content word is refused as
-    ``ask``'s answer check refuses it), scored against the gold answers."""
-    if other.get("margin") is None or other["margin"] >= r["margin"]:
+    """The record ``r`` as ``ask --orders both`` answers it, beside the reversed order's answer ``other`` ({raw, margin}):
+    the answer of the order with the lower null margin (where that is ``other``'s, scored against the gold answers, and
+    refused when it has no content word, as ``ask``'s answer check refuses it), with the mean of the two margins as its
+    margin, which the threshold judges."""
+    if other.get("margin") is None:
         return r
+    mean = (r["margin"] + other["margin"]) / 2
+    if other["margin"] >= r["margin"]:
+        return {**r, "margin": mean}
     has = bool(r["answerable"] and r["gold"])
     refused = answer_problem(other["raw"], []) == "no_content"
-    return {**r, "raw": other["raw"], "margin": other["margin"], "abstained": refused, "abstain_reason": "check" if refused else None,
+    return {**r, "raw": other["raw"], "margin": mean, "abstained": refused, "abstain_reason": "check" if refused else None,
             "scores": {**r["scores"], "f1": f1(extract_answer(other["raw"]), r["gold"]) if has else None}}
+
+
+def by_threshold(r: dict, margin: float | None = None, *, calibration: dict, opened: bool) -> bool:
+    """Whether ``ask``'s calibrated rule withholds the record's answer (``margin``: another than its own): margin over the
+    ``calibration``'s threshold, unless the run ``opened`` a yes/no question's answer with Yes or No and the threshold was
+    calibrated on no yes/no question (``abstention.withhold``)."""
+    return withhold(r["margin"] if margin is None else margin, calibration, 0.0, opened and polar.is_polar(r["question"]))
 
 
 def agreement(a: str, b: str) -> float:
@@ -101,13 +117,19 @@ def main() -> int:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    threshold = float(read_adapter_meta(args.adapter).abstention["free"]["threshold"])
+    calibration = read_adapter_meta(args.adapter).abstention["free"]
+    metrics = Path(args.run) / "metrics.json"
+    if metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("orders") == "both":
+        sys.exit(f"error: {args.run} was answered with --orders both (its passages already in the surer order, its margins "
+                 "means): pass a run made with --orders one")
+    threshold, opened = float(calibration["threshold"]), opened_yes_no(Path(args.run))
+    held = functools.partial(by_threshold, calibration=calibration, opened=opened)
     recs = [r for r in records(Path(args.run)).values() if r["margin"] is not None]  # the retrieval threshold answered none
     again = swapped(args.adapter, args.index, Path(args.run), recs, Path(args.output))
     labels = np.array([not (r["answerable"] and r["gold"]) for r in recs])
     agree = np.array([agreement(r["raw"], again[r["id"]]["raw"]) for r in recs])
     m0 = np.array([r["margin"] for r in recs])
-    m1 = np.array([again[r["id"]]["margin"] for r in recs])
+    m1 = np.array([r["margin"] if again[r["id"]]["margin"] is None else again[r["id"]]["margin"] for r in recs])  # none: the run's
     ranks = (f"; ROC AUC: disagreement {roc_auc_score(labels, -agree):.3f}, the run's margin {roc_auc_score(labels, m0):.3f}, the "
              f"reversed order's {roc_auc_score(labels, m1):.3f}, their mean {roc_auc_score(labels, m0 + m1):.3f}"
              if 0 < labels.sum() < len(labels) else "")  # a run of answerable questions only (another domain's) ranks nothing
@@ -116,25 +138,27 @@ def main() -> int:
           f"{np.mean(agree[labels] == 1) if labels.any() else math.nan:.1%} of unanswerable{ranks}\n")
     print("| rule | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for rule, withheld in ((f"the margin over the stored threshold ({threshold:.2f})", m0 > threshold),
-                           ("the mean of the two margins over it", (m0 + m1) / 2 > threshold),
-                           ("the margin, or the answers differ at all", (m0 > threshold) | (agree < 1)),
-                           ("the margin, or the answers share under half their words", (m0 > threshold) | (agree < 0.5))):
+    by_margin = np.array([held(r) for r in recs])
+    for rule, withheld in ((f"the margin over the stored threshold ({threshold:.2f})", by_margin),
+                           ("the mean of the two margins over it", np.array([held(r, (a + b) / 2) for r, a, b in zip(recs, m0, m1)])),
+                           ("the margin, or the answers differ at all", by_margin | (agree < 1)),
+                           ("the margin, or the answers share under half their words", by_margin | (agree < 0.5))):
         fig = figures(recs, list(withheld))
         print(f"| {rule} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
     ensemble = [lower_margin(r, again[r["id"]]) for r in recs]
-    fig = figures(ensemble, [r["margin"] > threshold for r in ensemble])
-    print(f"| the answer of the order with the lower margin, withheld over the threshold | {100 * fig['overall']:.1f} | "
+    fig = figures(ensemble, [held(r) for r in ensemble])
+    print(f"| ask --orders both: the answer of the order with the lower margin, withheld when the mean margin is over the "
+          f"threshold | {100 * fig['overall']:.1f} | "
           f"{100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | {100 * fig['fa']:.1f} |")
     raw = [sum(at_threshold(r, math.inf)[1] for r in rs if r["answerable"] and r["gold"]) / max(1, int((~labels).sum()))
            for rs in (recs, ensemble)]
     print(f"\nHasAns F1 with nothing withheld: the run's answers {100 * raw[0]:.1f}, the lower-margin answers {100 * raw[1]:.1f}")
     if biases:
-        with_probe(args, recs, ensemble, threshold, biases)
+        with_probe(args, recs, ensemble, held, opened, biases)
     return 0
 
 
-def with_probe(args: argparse.Namespace, recs: list[dict], ensemble: list[dict], threshold: float, biases: list[float]) -> None:
+def with_probe(args: argparse.Namespace, recs: list[dict], ensemble: list[dict], held, opened: bool, biases: list[float]) -> None:
     """Rows with the adapter's answerability probe (its scores of the run's prompts, cached beside ``--output``): a question
     scored above the probe's cutoff + each bias is withheld too, for the run's answers and for the lower-margin ones."""
     from rag_pipeline.answer import probe as answerability
@@ -146,8 +170,9 @@ def with_probe(args: argparse.Namespace, recs: list[dict], ensemble: list[dict],
     print("| probe bias | answers | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for b in biases:
-        for name, rs in (("the run's", recs), ("the lower margin's", ensemble)):
-            fig = figures(rs, [r["margin"] > threshold or score[r["id"]] > probe.cutoff + b for r in rs])
+        for name, rs in (("the run's", recs), ("both orders'", ensemble)):
+            fig = figures(rs, [held(r) or (score[r["id"]] > probe.cutoff + b and not unmeasured_yes_no(
+                probe.yes_no_questions, opened and polar.is_polar(r["question"]))) for r in rs])
             print(f"| {b:+.3f} | {name} | {100 * fig['overall']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans']:.1f} | "
                   f"{100 * fig['fa']:.1f} |")
 

@@ -41,11 +41,12 @@ def _rec(margin: float, raw: str, gold: list[str], **kw) -> dict:
             "abstain_reason": None, "scores": {"f1": 0.0 if gold else None}, **kw}
 
 
-def test_the_lower_margin_answer_takes_the_place_of_the_runs_and_is_scored_without_its_citations(order):
+def test_the_lower_margin_answer_takes_the_place_of_the_runs_judged_on_the_mean_margin(order):
     r = _rec(3.0, "Paris [1]", ["the Nile"])
     chosen = order.lower_margin(r, {"raw": "Nile [2]", "margin": 1.0})
-    assert (chosen["raw"], chosen["margin"], chosen["scores"]["f1"], chosen["abstained"]) == ("Nile [2]", 1.0, 1.0, False)
-    assert order.lower_margin(r, {"raw": "Nile [2]", "margin": 3.0}) is r  # not lower: the run's answer stays
+    assert (chosen["raw"], chosen["margin"], chosen["scores"]["f1"], chosen["abstained"]) == ("Nile [2]", 2.0, 1.0, False)
+    kept = order.lower_margin(r, {"raw": "Nile [2]", "margin": 5.0})  # not lower: the run's answer stays, judged on the mean
+    assert (kept["raw"], kept["margin"], kept["scores"]) == ("Paris [1]", 4.0, r["scores"])
     assert order.lower_margin(r, {"raw": "Nile [2]", "margin": None}) is r
     refused = order.lower_margin(r, {"raw": "The [1]", "margin": 0.5})  # no content word: refused, as ask's check refuses it
     assert refused["abstained"] and refused["abstain_reason"] == "check"
@@ -56,4 +57,30 @@ def test_a_probe_bias_that_is_not_a_number_is_one_error_line(order, tmp_path, mo
     monkeypatch.setattr("sys.argv", ["order_consistency.py", "--adapter", str(tmp_path), "--run", str(tmp_path),
                                      "--output", str(tmp_path / "o.json"), "--probe-bias=-0.3,low"])
     with pytest.raises(SystemExit, match="--probe-bias '-0.3,low' is not numbers separated by commas"):
+        order.main()
+
+
+def test_the_margin_rule_is_asks_with_its_yes_no_exemption(order, tmp_path):
+    """A yes/no answer the run opened with Yes or No is not withheld by a threshold calibrated on no yes/no question; the
+    run says whether it opened them (its metrics.json), and a threshold measured on some withholds them as any answer."""
+    polar_q, other_q = _rec(5.0, "Yes [1]", ["yes"], question="Is Etna a volcano?"), _rec(5.0, "Etna [1]", ["Etna"], question="Which volcano erupts?")
+    unmeasured, measured = {"threshold": 2.0, "yes_no_questions": 0}, {"threshold": 2.0, "yes_no_questions": 7}
+    assert [order.by_threshold(r, calibration=unmeasured, opened=True) for r in (polar_q, other_q)] == [False, True]
+    assert [order.by_threshold(r, calibration=unmeasured, opened=False) for r in (polar_q, other_q)] == [True, True]
+    assert [order.by_threshold(r, calibration=measured, opened=True) for r in (polar_q, other_q)] == [True, True]
+    assert not order.by_threshold(other_q, 1.0, calibration=measured, opened=True)  # another margin: under the threshold
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not order.opened_yes_no(run)  # a run that records no setting: free
+    (run / "metrics.json").write_text(json.dumps({"config": {"yes_no_questions": "yes-or-no"}}), encoding="utf-8")
+    assert order.opened_yes_no(run) and not order.opened_yes_no(run, "retrieved/grounded")
+
+
+def test_a_run_answered_with_both_orders_is_refused(order, tmp_path, monkeypatch):
+    adapter, run = tmp_path / "adapter", tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"config": {"orders": "both"}}), encoding="utf-8")
+    monkeypatch.setattr(order, "read_adapter_meta", lambda a: type("M", (), {"abstention": {"free": {"threshold": 2.0}}})())
+    monkeypatch.setattr("sys.argv", ["order_consistency.py", "--adapter", str(adapter), "--run", str(run), "--output", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit, match="was answered with --orders both"):
         order.main()

@@ -115,7 +115,9 @@ class Answer:
     retrieved: list[Passage]  # the documents shown (text as shown, "truncated" when cut), in prompt order
     timings: dict[str, float]  # seconds: retrieval, prompt, generation (batch stages split evenly)
     raw: str  # the generator's raw text ("" when it was not called); the withheld answer when abstain_reason is "calibration"
-    margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise)
+    margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise);
+    #                              --orders both: the mean of the two orders' margins, which the threshold judged (one
+    #                              passage shown, or no margin in the other order: its own)
     rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``)
     fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one
     # A JSON answer (--task extract, response_format): ``answer`` is the JSON text, decoded under the schema.
@@ -268,6 +270,14 @@ def make_snippet(text: str, answer: str, width: int) -> str:
 # -------------------------------------------------------------------------------- pipeline
 
 
+def check_orders(cfg: AnswerSettings, calibration: dict[str, Any] | None, why: str) -> None:
+    """ConfigError when ``--orders both`` is asked of a generator (``why``: :func:`choose_adapter`'s line) with no
+    ``calibration`` for free short answers: it compares the two orders' null margins and judges their mean by it."""
+    if cfg.orders == "both" and calibration is None:
+        raise ConfigError(f"--orders both keeps the answer of the order with the lower null margin, and the {why} has no "
+                          "calibrated threshold for free short answers: run rag-pipeline calibrate on it, or drop --orders both")
+
+
 def choose_adapter(cfg: AnswerSettings) -> tuple[str | None, str]:
     """(adapter directory or None, a line saying which generator is used and why)."""
     if cfg.no_adapter:
@@ -354,20 +364,21 @@ class Pipeline:
         schema = schema or answer_schema(cfg, meta, adapter)
         template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
+        canonical = structured.canonical(schema) if schema is not None else None
+        calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
+        calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
+        check_orders(cfg, calibration, why)
         dtype = inference_dtype(cfg.dtype, device)
         model, tokenizer, kind = generator.load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         kernels = inference.prepare(model) if cfg.kernels == "fast" else ""
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
-        canonical = structured.canonical(schema) if schema is not None else None
-        calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
-        calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
         if probe is not None:  # the settings hold it to free short answers: ``calibration`` is their threshold's
             answerability.check(probe, adapter, kind, model.config.hidden_size, model.config.num_hidden_layers,
                                 calibration and calibration["threshold"])
         description = (f"generator: {why}; base {base}, template {template.name}, {device}, {dtype}"
                        + (f", {kernels}" if kernels else "")
-                       + (", grounded decoding" if cfg.grounded else "")
+                       + (", grounded decoding" if cfg.grounded else "") + (", both passage orders" if cfg.orders == "both" else "")
                        + (f", passages {cfg.passages} over the top {max(cfg.k, cfg.candidates)}" if cfg.passages != "chunks" else "")
                        + (f"; JSON answers under the schema {cfg.schema or ('object' if schema is structured.JSON_OBJECT else f'of {adapter}')}"
                           if schema is not None else "")
@@ -548,15 +559,12 @@ class Pipeline:
         if on_text is not None or on_usage is not None or task == "extract":  # when asked, and for JSON (json_cut)
             extra.update(counts=counts, on_token=(lambda r, token: live[todo[r]].token(token)) if live else None)
         outs = self._generate(texts, [shown[i] for i in todo], scored, grounded, **extra) if texts else []
+        if self.cfg.orders == "both" and task == "qa" and scored and not grounded:
+            outs = self._surer_order(questions, todo, texts, shown, outs, counts, decoding)
         t_gen = (time.perf_counter() - t2) / max(len(texts), 1)
         for i, (raw, margin), count in zip(todo, outs, counts):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
-            if task == "extract":
-                answers[i] = self._finish_json(questions[i], raw, shown[i], timings, schema, margin, calibration, not count.stopped)
-            elif task == "summary":
-                answers[i] = self._finish_summary(questions[i], raw, shown[i], timings, margin, calibration)
-            else:
-                answers[i] = self._finish(questions[i], raw, shown[i], timings, margin, calibration, grounded=grounded)
+            answers[i] = self._finished(task, questions[i], raw, shown[i], timings, margin, calibration, grounded, schema, count)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
@@ -589,6 +597,35 @@ class Pipeline:
                 keep.append(i)
                 kept.append(text)
         return keep, kept, probed
+
+    def _surer_order(self, questions: list[str], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
+                     outs: list[tuple[str, float | None]], counts: list[generator.DecodeCounts],
+                     decoding: Decoding | None) -> list[tuple[str, float | None]]:
+        """``--orders both``: each scored short answer with more than one passage shown is decoded again with its passages in
+        reverse order. The answer is the one of the order with the lower null margin (the order the model is surer of):
+        where that is the reversed one, it takes the first one's place, and so do its prompt text (``texts``, row by row)
+        and passages (``shown``, in the prompt's order, which its citations number), both in place. Its margin, which the
+        calibrated threshold then judges, is the mean of the two orders' margins. ``counts`` count the tokens of both."""
+        rows = [r for r, i in enumerate(todo) if len(shown[i]) > 1 and outs[r][1] is not None]
+        flipped = [shown[todo[r]][::-1] for r in rows]
+        again_texts = [self._model_text(self._render(tasks.asked("qa", questions[todo[r]]), docs)) for r, docs in zip(rows, flipped)]
+        more = [generator.DecodeCounts() for _ in rows]
+        again = self._generate(again_texts, flipped, True, False, decoding=decoding, counts=more,
+                               questions=[questions[todo[r]] for r in rows]) if rows else []
+        outs = list(outs)
+        for r, docs, text, (raw, margin), count in zip(rows, flipped, again_texts, again, more):
+            counts[r].prompt_tokens += count.prompt_tokens
+            counts[r].completion_tokens += count.completion_tokens
+            if margin is None:  # no margin of its own (a refusal that decoding could not rule out): the first answer stands
+                continue
+            first = outs[r][1]
+            assert first is not None  # rows were chosen with a margin
+            mean = (first + margin) / 2
+            if margin < first:
+                outs[r], texts[r], shown[todo[r]], counts[r].stopped = (raw, mean), text, docs, count.stopped
+            else:
+                outs[r] = (outs[r][0], mean)
+        return outs
 
     def _room_for_null(self, c: Decoding) -> None:
         """InputError when a scored JSON answer's limit is so short that its close would be forced from the start: the
@@ -763,6 +800,15 @@ class Pipeline:
         """Whether decoding goes into a preallocated cache: ``--kernels fast`` on a CPU (on a GPU transformers would compile
         the model for it, once per cache length)."""
         return self.cfg.kernels == "fast" and next(self.model.parameters()).device.type == "cpu"
+
+    def _finished(self, task: str, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None,
+                  calibration: dict[str, Any] | None, grounded: bool, schema: dict[str, Any] | None, count: Any) -> Answer:
+        """One generated answer as ``task`` shows it: a JSON answer, a summary, or a short answer."""
+        if task == "extract":
+            return self._finish_json(question, raw, docs, timings, schema or {}, margin, calibration, not count.stopped)
+        if task == "summary":
+            return self._finish_summary(question, raw, docs, timings, margin, calibration)
+        return self._finish(question, raw, docs, timings, margin, calibration, grounded=grounded)
 
     def _finish(self, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None,
                 calibration: dict[str, Any] | None, *, grounded: bool) -> Answer:

@@ -35,6 +35,7 @@ Passages = Literal["chunks", "rerank", "windows"]
 Task = Literal["qa", "summary", "extract"]
 AnswerStart = Literal["calibrated", "any", "not-refusal-word"]
 YesNoQuestions = Literal["yes-or-no", "free"]
+Orders = Literal["one", "both"]
 
 # (field, lowest value) of the integer settings
 _LOWEST = (("k", 1), ("max_new_tokens", 1), ("num_beams", 1), ("batch_size", 1), ("max_prompt_tokens", 64), ("snippet", 20),
@@ -97,6 +98,13 @@ class Answering:
     probe_bias: float = opt(0.0, "added to the answerability probe's cutoff (--abstain-probe): > 0 holds fewer questions, < 0 "
                                  "more (the reference's: -0.369 and +0.201 move it to the cutoffs the dev split chose at 15%% and "
                                  "12%% false abstentions; docs/results.md, 'Answerability probe')")
+    orders: Orders = opt(
+        "one", "one = each short answer decoded once, its passages in retrieved order; both = decoded again with the passages "
+               "reversed: the answer shown is the one of the order with the lower null margin (the order the model is surer "
+               "of; its citations number the passages as that prompt showed them), withheld when the mean of the two margins "
+               "is over the calibrated threshold. Twice the decoding; free short answers under the calibrated abstention. "
+               "Reference adapter, Disfl-QA test split, with --abstain-probe: overall F1 42.2, HasAns F1 45.5, NoAns 32.9%%, "
+               "false abstentions 13.1%% (docs/results.md, 'Both orders in ask')")
     answer_start: AnswerStart = opt(
         "calibrated", "what the best answering continuation (whose margin calibrated abstention scores) may open with: any = any "
                       "token; not-refusal-word = not the abstention's first word (\"The\", with which a model that wanted to refuse "
@@ -147,6 +155,9 @@ class Answering:
         if self.probe_bias and not self.abstain_probe:
             raise ConfigError(f"--probe-bias {self.probe_bias} moves the answerability probe's cutoff: add --abstain-probe, or drop "
                               "--probe-bias")
+        if self.orders == "both" and clash:
+            raise ConfigError(f"--orders both compares the null margins of free short answers under the calibrated abstention, "
+                              f"not with {clash}: drop one of the two")
         if self.abstain_probe and clash:
             raise ConfigError(f"--abstain-probe withholds free short answers beside the calibrated abstention, where its cutoff was "
                               f"chosen, not with {clash}: drop one of the two")

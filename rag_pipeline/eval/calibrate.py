@@ -40,7 +40,7 @@ from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import YES_NO, mode_of, to_json
 from rag_pipeline.answer import polar, structured
 from rag_pipeline.answer.ask import Answer, Pipeline
-from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, YesNoQuestions
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Orders, YesNoQuestions
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.data import questions as written
 from rag_pipeline.data import tasks
@@ -131,6 +131,7 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     abstain_probe: bool = fixed(False, "the threshold is chosen on the margin alone (the probe's cutoff: "
                                        "scripts/hidden_state_probe.py)")
     probe_bias: float = fixed(0.0, "the threshold is chosen on the margin alone")
+    orders: Orders = fixed("one", "the threshold is chosen on the margins of the passages in retrieved order, as stored")
     answer_check: AnswerCheck = fixed("grounded", "answers scored as ask shows them: one the check refuses is decoded again "
                                                   "grounded (the abstention ruled out), and abstains if that fails too; "
                                                   "off with --no-count-checked")

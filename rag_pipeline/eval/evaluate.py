@@ -420,7 +420,8 @@ def answer_settings(cfg: EvaluateConfig, adapter: str | None) -> AnswerSettings:
     """
     shared = {f.name: getattr(cfg, f.name) for f in fields(Answering)}
     probe = cfg.abstain_probe and adapter is not None  # a base model has no probe, nor a cutoff to move
-    return AnswerSettings(**{**shared, "grounded": False, "abstain_probe": probe, "probe_bias": cfg.probe_bias if probe else 0.0},
+    return AnswerSettings(**{**shared, "grounded": False, "abstain_probe": probe, "probe_bias": cfg.probe_bias if probe else 0.0,
+                             "orders": cfg.orders if adapter is not None else "one"},  # nor a calibrated threshold
                           adapter=adapter or "", no_adapter=adapter is None)
 
 
