@@ -52,12 +52,16 @@ def at_threshold(r: dict, threshold: float, calibration: dict | None = None, ope
     return False, (r["scores"]["f1"] or 0.0) if answerable else 0.0
 
 
-def opened_yes_no(run: Path, context: str = "retrieved") -> bool:
-    """Whether the ``evaluate`` run in folder ``run`` opened yes/no questions' answers with Yes or No (its ``metrics.json``
-    says ``yes_no_questions: yes-or-no``; runs from before that setting record none: free) in a free ``context``."""
+def run_config(run: Path) -> dict:
+    """The settings an ``evaluate`` run in folder ``run`` recorded (its ``metrics.json``'s ``config``; {} without one)."""
     metrics = run / "metrics.json"
-    said = metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("yes_no_questions") == "yes-or-no"
-    return said and not context.endswith("/grounded")
+    return json.loads(metrics.read_text(encoding="utf-8")).get("config", {}) if metrics.exists() else {}
+
+
+def opened_yes_no(run: Path, context: str = "retrieved") -> bool:
+    """Whether the ``evaluate`` run in folder ``run`` opened yes/no questions' answers with Yes or No (its config says
+    ``yes_no_questions: yes-or-no``; runs from before that setting record none: free) in a free ``context``."""
+    return run_config(run).get("yes_no_questions") == "yes-or-no" and not context.endswith("/grounded")
 
 
 def figures(records: list[dict], threshold: float, calibration: dict | None = None, opened: bool = False) -> dict[str, float]:

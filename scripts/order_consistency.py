@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 sys.path.insert(0, str(REPO / "scripts"))
 
 from hidden_state_probe import cache_key, figures, other_features, records  # noqa: E402
-from operating_points import at_threshold, opened_yes_no  # noqa: E402
+from operating_points import at_threshold, opened_yes_no, run_config  # noqa: E402
 from rag_pipeline.adapter_meta import read_adapter_meta  # noqa: E402
 from rag_pipeline.answer import polar  # noqa: E402
-from rag_pipeline.answer.abstention import unmeasured_yes_no, withhold  # noqa: E402
+from rag_pipeline.answer.abstention import surer_order, unmeasured_yes_no, withhold  # noqa: E402
 from rag_pipeline.atomic import write_json  # noqa: E402
 from rag_pipeline.answer.check import answer_problem  # noqa: E402
 from rag_pipeline.metrics import extract_answer, f1  # noqa: E402
@@ -80,8 +80,8 @@ def lower_margin(r: dict, other: dict) -> dict:
     margin, which the threshold judges."""
     if other.get("margin") is None:
         return r
-    mean = (r["margin"] + other["margin"]) / 2
-    if other["margin"] >= r["margin"]:
+    other_shown, mean = surer_order(r["margin"], other["margin"])
+    if not other_shown:
         return {**r, "margin": mean}
     has = bool(r["answerable"] and r["gold"])
     refused = answer_problem(other["raw"], []) == "no_content"
@@ -118,8 +118,7 @@ def main() -> int:
     from sklearn.metrics import roc_auc_score
 
     calibration = read_adapter_meta(args.adapter).abstention["free"]
-    metrics = Path(args.run) / "metrics.json"
-    if metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("config", {}).get("orders") == "both":
+    if run_config(Path(args.run)).get("orders") == "both":
         sys.exit(f"error: {args.run} was answered with --orders both (its passages already in the surer order, its margins "
                  "means): pass a run made with --orders one")
     threshold, opened = float(calibration["threshold"]), opened_yes_no(Path(args.run))

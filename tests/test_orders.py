@@ -152,3 +152,11 @@ def test_serve_refuses_both_orders_without_a_calibrated_threshold_before_it_bind
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the server must not start"))
     with pytest.raises(ConfigError, match="has no calibrated threshold for free short answers"):
         serve.run(serve.ServeConfig(index=str(env["index"]), adapter=str(adapter), orders="both", device="cpu"))
+
+
+def test_the_surer_order_is_the_lower_margin_and_a_tie_keeps_the_first() -> None:
+    from rag_pipeline.answer.abstention import surer_order
+
+    assert surer_order(3.0, 1.0) == (True, 2.0)
+    assert surer_order(1.0, 3.0) == (False, 2.0)
+    assert surer_order(2.0, 2.0) == (False, 2.0)

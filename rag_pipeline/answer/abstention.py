@@ -94,6 +94,21 @@ def abstention_of(recorded: dict[str, dict[str, Any]] | None, cfg: AnswerSetting
     return stored
 
 
+def surer_order(first: float, other: float) -> tuple[bool, float]:
+    """``--orders both`` from the null margins of one answer decoded with its passages in two orders: whether the
+    ``other`` order's answer is the one shown (its margin is the lower: the model is surer of it), and the margin the
+    threshold judges, the mean of the two (two readings of what the threshold was calibrated on)."""
+    return other < first, (first + other) / 2
+
+
+def check_orders(cfg: AnswerSettings, recorded: dict[str, dict[str, Any]] | None, generator: str) -> None:
+    """ConfigError when ``--orders both`` is asked of a ``generator`` (a line naming it) whose adapter's ``recorded``
+    abstentions hold no calibrated threshold for free short answers, which both orders' margins are judged by."""
+    if cfg.orders == "both" and applied(abstention_of(recorded, cfg), "qa", False) is None:
+        raise ConfigError(f"--orders both keeps the answer of the order with the lower null margin, and the {generator} has "
+                          "no calibrated threshold for free short answers: run rag-pipeline calibrate on it, or drop --orders both")
+
+
 def stored_yes_no_bias(recorded: dict[str, dict[str, Any]] | None) -> float:
     """The adapter's calibrated lean between "yes" and "no" (:class:`rag_pipeline.answer.polar.PolarStart`'s ``bias``,
     stored by ``rag-pipeline calibrate --task yes-no``); 0 where none was stored."""

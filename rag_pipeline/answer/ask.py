@@ -38,7 +38,8 @@ from rag_pipeline import batching, generator, inference
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import focus, polar, structured, summary
 from rag_pipeline.answer import probe as answerability
-from rag_pipeline.answer.abstention import abstention_of, applied, stored_yes_no_bias, unmeasured_yes_no, withhold
+from rag_pipeline.answer.abstention import (abstention_of, applied, check_orders, stored_yes_no_bias, surer_order,
+                                             unmeasured_yes_no, withhold)
 from rag_pipeline.answer.check import cited_problem
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
@@ -270,14 +271,6 @@ def make_snippet(text: str, answer: str, width: int) -> str:
 # -------------------------------------------------------------------------------- pipeline
 
 
-def check_orders(cfg: AnswerSettings, calibration: dict[str, Any] | None, why: str) -> None:
-    """ConfigError when ``--orders both`` is asked of a generator (``why``: :func:`choose_adapter`'s line) with no
-    ``calibration`` for free short answers: it compares the two orders' null margins and judges their mean by it."""
-    if cfg.orders == "both" and calibration is None:
-        raise ConfigError(f"--orders both keeps the answer of the order with the lower null margin, and the {why} has no "
-                          "calibrated threshold for free short answers: run rag-pipeline calibrate on it, or drop --orders both")
-
-
 def choose_adapter(cfg: AnswerSettings) -> tuple[str | None, str]:
     """(adapter directory or None, a line saying which generator is used and why)."""
     if cfg.no_adapter:
@@ -364,15 +357,15 @@ class Pipeline:
         schema = schema or answer_schema(cfg, meta, adapter)
         template = adapter_template(meta, f"adapter {adapter}", cfg.template)
         base = cfg.base_model or (meta.base_model if meta else SMOLLM2_ID)
-        canonical = structured.canonical(schema) if schema is not None else None
-        calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
-        calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
-        check_orders(cfg, calibration, why)
+        check_orders(cfg, meta.abstention if meta else None, why)
         dtype = inference_dtype(cfg.dtype, device)
         model, tokenizer, kind = generator.load_generator(base, adapter, device=str(device), dtype=dtype, merge=True)
         kernels = inference.prepare(model) if cfg.kernels == "fast" else ""
         if retriever is None:
             retriever = Retriever.load(cfg.index, device=device.type, manifest=manifest)
+        canonical = structured.canonical(schema) if schema is not None else None
+        calibrations = abstention_of(meta.abstention if meta else None, cfg, canonical)
+        calibration = applied(calibrations, cfg.task, cfg.grounded, canonical)
         if probe is not None:  # the settings hold it to free short answers: ``calibration`` is their threshold's
             answerability.check(probe, adapter, kind, model.config.hidden_size, model.config.num_hidden_layers,
                                 calibration and calibration["threshold"])
@@ -620,8 +613,8 @@ class Pipeline:
                 continue
             first = outs[r][1]
             assert first is not None  # rows were chosen with a margin
-            mean = (first + margin) / 2
-            if margin < first:
+            other_shown, mean = surer_order(first, margin)
+            if other_shown:
                 outs[r], texts[r], shown[todo[r]], counts[r].stopped = (raw, mean), text, docs, count.stopped
             else:
                 outs[r] = (outs[r][0], mean)
@@ -802,10 +795,12 @@ class Pipeline:
         return self.cfg.kernels == "fast" and next(self.model.parameters()).device.type == "cpu"
 
     def _finished(self, task: str, question: str, raw: str, docs: list[Passage], timings: dict[str, float], margin: float | None,
-                  calibration: dict[str, Any] | None, grounded: bool, schema: dict[str, Any] | None, count: Any) -> Answer:
-        """One generated answer as ``task`` shows it: a JSON answer, a summary, or a short answer."""
+                  calibration: dict[str, Any] | None, grounded: bool, schema: dict[str, Any] | None,
+                  count: generator.DecodeCounts) -> Answer:
+        """One generated answer as ``task`` shows it: a JSON answer (``schema``: its schema), a summary, or a short answer."""
         if task == "extract":
-            return self._finish_json(question, raw, docs, timings, schema or {}, margin, calibration, not count.stopped)
+            assert schema is not None  # a JSON answer's decoding always has one
+            return self._finish_json(question, raw, docs, timings, schema, margin, calibration, not count.stopped)
         if task == "summary":
             return self._finish_summary(question, raw, docs, timings, margin, calibration)
         return self._finish(question, raw, docs, timings, margin, calibration, grounded=grounded)

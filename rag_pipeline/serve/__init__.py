@@ -27,8 +27,8 @@ from typing import Any, Literal
 from rag_pipeline import batching
 from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import probe as answerability
-from rag_pipeline.answer.abstention import abstention_of, applied
-from rag_pipeline.answer.ask import Pipeline, check_orders, choose_adapter
+from rag_pipeline.answer.abstention import check_orders
+from rag_pipeline.answer.ask import Pipeline, choose_adapter
 from rag_pipeline.answer.settings import AnswerSettings, Task
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.errors import ConfigError
@@ -117,7 +117,7 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
         check_adapter_files(adapter, meta)
         if cfg.abstain_probe:
             answerability.read(adapter)
-    check_orders(cfg, applied(abstention_of(meta.abstention if meta else None, cfg, None), cfg.task, cfg.grounded), why)
+    check_orders(cfg, meta.abstention if meta else None, why)
     model_id = cfg.model_name or (Path(adapter).name if adapter else Path(cfg.base_model or SMOLLM2_ID).name)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     if not is_loopback(cfg.host) and not api_key:
