@@ -19,11 +19,13 @@ Goals on 2 CPU cores: warm latency < 1 s for a short answer; batch >= 3x one-at-
 unanswerable and off-topic questions (dev split + a built-in off-topic list) and the share of each
 that ``min_score`` thresholds would abstain on, alone and with ``min_score_words`` (the question's
 words missing from the passages too): the evidence behind ``min_score`` and ``min_score_words``.
+``--scores-generator`` adds the off-topic questions asked of the generator with the threshold off: the share refused
+by the threshold or by the generator behind it.
 
 Usage::
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ask.py --no-adapter --questions 16
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ask.py --scores
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ask.py --scores --scores-generator --adapter adapters/smollm2-disfl-qa
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocess")
     p.add_argument("--scores", action="store_true", help="print retrieval score distributions instead (threshold evidence)")
     p.add_argument("--scores-qa", default="corpus/disfl_qa/qa/dev.jsonl", help="QA split for --scores")
+    p.add_argument("--scores-generator", action="store_true",
+                   help="with --scores: also ask the off-topic questions of the generator (the threshold off) and print the share "
+                        "refused by the threshold or the generator")
     return p.parse_args(argv)
 
 
@@ -151,6 +156,27 @@ def bench_scores(args: argparse.Namespace) -> None:
         for w in (0.25, 0.5, 1.0):
             print(f"| {t:.2f} | {w:.2f} | " + " | ".join(
                 f"{sum(x < t and s <= w for x, s in zip(best[n], shares[n])) / len(best[n]):.1%}" for n in best) + " |")
+    if args.scores_generator:
+        off_topic_refusals(args, best["off-topic"], shares["off-topic"])
+
+
+def off_topic_refusals(args: argparse.Namespace, best: list[float], shares: list[float]) -> None:
+    """The off-topic questions the threshold lets through, asked of the generator (``ask``'s settings otherwise, the
+    threshold off): the share refused by the threshold or by the generator, for each ``min_score``."""
+    from dataclasses import replace
+
+    from rag_pipeline.answer.ask import Pipeline
+
+    pipe = Pipeline.load(replace(ask_config(args), min_score=-1.0))
+    refused = [a.abstained for a in pipe.answer_batch(OFF_TOPIC)]
+    w = pipe.cfg.min_score_words
+    print(f"\nOff-topic questions refused by the threshold (min_score_words {w}) or by the generator "
+          f"({pipe.description}; the generator alone: {sum(refused)}/{len(refused)}):\n")
+    print("| min_score | the threshold | the threshold or the generator |")
+    print("|---:|---:|---:|")
+    for t in (0.20, 0.25, 0.30):
+        gate = [x < t and s <= w for x, s in zip(best, shares)]
+        print(f"| {t:.2f} | {sum(gate) / len(gate):.1%} | {sum(g or r for g, r in zip(gate, refused)) / len(gate):.1%} |")
 
 
 # ------------------------------------------------------------------------------- speed

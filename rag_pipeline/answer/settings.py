@@ -52,12 +52,12 @@ class Answering:
     k: int = opt(2, "chunks retrieved and shown to the generator (2, as configs/raft.yaml trains: oracle + 1 distractor)")
     hybrid: bool = opt(True, "fuse BM25 with dense retrieval by reciprocal rank (the default: Recall@1 0.83 against 0.72 dense on the "
                              "bundled test split); --no-hybrid for dense only (the min-score threshold still uses the dense cosine)")
-    min_score: float = opt(0.30, "abstain without generating when the best retrieval cosine is below this (dev split: "
-                                 "abstains on 0.3%% of answerable and 82%% of off-topic questions; bench/bench_ask.py --scores)")
+    min_score: float = opt(0.25, "abstain without generating when the best retrieval cosine is below this (the highest cosine "
+                                 "that holds none of the dev split's answerable questions; bench/bench_ask.py --scores)")
     min_score_words: float = opt(0.5, "the min-score threshold abstains only when the retrieved passages also hold at most this share "
-                                      "of the question's content words (1 = the cosine alone). Stories from other domains: 12.3%% of "
-                                      "answerable questions under 0.30 by the cosine alone, 5.9%% with 0.5; off-topic questions "
-                                      "still refused: 75%% (Disfl-QA), 85%% (corpus/coqa_ood)")
+                                      "of the question's content words (1 = the cosine alone). At min_score 0.25, answerable questions "
+                                      "held: 0%% (Disfl-QA dev), 1.8%% (corpus/coqa_ood); off-topic questions refused by this "
+                                      "threshold or by the generator: 80%% and 92.5%%")
     passages: Passages = opt(
         "chunks", "what the prompt shows (docs/results.md, 'Putting the answer in the prompt': gold answer in the prompt on "
                   "Disfl-QA test / other-domain stories): chunks = the top k chunks (93.5%% / 86.3%% at k = 2); rerank = the top "
