@@ -89,7 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scores-generator", action="store_true",
                    help="with --scores: also ask the off-topic questions of the generator (the threshold off) and print the share "
                         "refused by the threshold or the generator")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.scores_generator and not args.scores:
+        p.error("--scores-generator adds to --scores: pass both")
+    return args
 
 
 def ask_flags(args: argparse.Namespace) -> list[str]:
@@ -112,6 +115,12 @@ def ask_config(args: argparse.Namespace):  # -> AskConfig
 
 
 # ------------------------------------------------------------------------------- scores
+
+
+def held(best: float, share: float, min_score: float, min_score_words: float) -> bool:
+    """``ask``'s retrieval threshold: the best cosine under ``min_score`` and at most ``min_score_words`` of the question's
+    content words in the passages."""
+    return best < min_score and share <= min_score_words
 
 
 def pct(values: list[float], q: float) -> float:
@@ -155,19 +164,19 @@ def bench_scores(args: argparse.Namespace) -> None:
     for t in (0.25, 0.30, 0.35):
         for w in (0.25, 0.5, 1.0):
             print(f"| {t:.2f} | {w:.2f} | " + " | ".join(
-                f"{sum(x < t and s <= w for x, s in zip(best[n], shares[n])) / len(best[n]):.1%}" for n in best) + " |")
+                f"{sum(held(x, s, t, w) for x, s in zip(best[n], shares[n])) / len(best[n]):.1%}" for n in best) + " |")
     if args.scores_generator:
-        off_topic_refusals(args, best["off-topic"], shares["off-topic"])
+        off_topic_refusals(args, retriever, best["off-topic"], shares["off-topic"])
 
 
-def off_topic_refusals(args: argparse.Namespace, best: list[float], shares: list[float]) -> None:
+def off_topic_refusals(args: argparse.Namespace, retriever, best: list[float], shares: list[float]) -> None:
     """The off-topic questions the threshold lets through, asked of the generator (``ask``'s settings otherwise, the
     threshold off): the share refused by the threshold or by the generator, for each ``min_score``."""
     from dataclasses import replace
 
     from rag_pipeline.answer.ask import Pipeline
 
-    pipe = Pipeline.load(replace(ask_config(args), min_score=-1.0))
+    pipe = Pipeline.load(replace(ask_config(args), min_score=-1.0), retriever=retriever)  # the embedder loaded once
     refused = [a.abstained for a in pipe.answer_batch(OFF_TOPIC)]
     w = pipe.cfg.min_score_words
     print(f"\nOff-topic questions refused by the threshold (min_score_words {w}) or by the generator "
@@ -175,7 +184,7 @@ def off_topic_refusals(args: argparse.Namespace, best: list[float], shares: list
     print("| min_score | the threshold | the threshold or the generator |")
     print("|---:|---:|---:|")
     for t in (0.20, 0.25, 0.30):
-        gate = [x < t and s <= w for x, s in zip(best, shares)]
+        gate = [held(x, s, t, w) for x, s in zip(best, shares)]
         print(f"| {t:.2f} | {sum(gate) / len(gate):.1%} | {sum(g or r for g, r in zip(gate, refused)) / len(gate):.1%} |")
 
 
