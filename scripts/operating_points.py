@@ -1,5 +1,9 @@
-"""A calibrated adapter's operating points: overall F1, HasAns F1, NoAns accuracy and false abstentions at each
-threshold on the null margin (the margin's deciles, and the adapter's own) with the ``--abstain-bias`` that gives it, from one ``evaluate`` run's predictions.jsonl (no generation), and the null margin's ROC AUC.
+"""A calibrated adapter's operating points: answers shown, overall F1, HasAns F1, NoAns accuracy, false abstentions and
+citation precision at each threshold on the null margin (the margin's deciles, and the adapter's own) with the
+``--abstain-bias`` that gives it, from one ``evaluate`` run's predictions.jsonl (no generation), the null margin's ROC
+AUC, and the threshold ``calibrate``'s rule picks on the run's own records (``--max-false-abstain``): on a validation
+run, the bias to pass for the settings the run was made with (``--orders both``, ``--abstain-probe``), which the stored
+threshold was not chosen under.
 
     .venv/bin/python scripts/operating_points.py runs/evaluate/predictions.jsonl --adapter adapters/smollm2-disfl-qa
 
@@ -65,6 +69,10 @@ def opened_yes_no(run: Path, context: str = "retrieved") -> bool:
 
 
 def figures(records: list[dict], threshold: float, calibration: dict | None = None, opened: bool = False) -> dict[str, float]:
+    """Overall F1, HasAns F1, NoAns accuracy and false abstentions at ``threshold``; ``answers`` shown; ``citation_precision``
+    (share of the shown answerable answers' citations whose passage holds a gold answer, as ``evaluate`` judges them)
+    where every such answer was shown in the run, whose records judge its citations (None where the threshold shows an
+    answer the run withheld)."""
     has = [r for r in records if r["answerable"] and r["gold"]]
     no = [r for r in records if not (r["answerable"] and r["gold"])]
     res = {id(r): at_threshold(r, threshold, calibration, opened) for r in records}
@@ -72,7 +80,32 @@ def figures(records: list[dict], threshold: float, calibration: dict | None = No
     noans = sum(res[id(r)][0] for r in no) / max(1, len(no))
     fa = sum(res[id(r)][0] for r in has) / max(1, len(has))
     overall = (has_f1 * len(has) + noans * len(no)) / max(1, len(records))
-    return {"overall_f1": overall, "has_f1": has_f1, "noans_acc": noans, "false_abstain_rate": fa}
+    shown = [r for r in has if not res[id(r)][0]]
+    judged = [h for r in shown for h in r["scores"].get("cited_holds_answer", []) if h is not None]
+    cite = None if any(r["abstained"] for r in shown) or not judged else sum(judged) / len(judged)
+    return {"overall_f1": overall, "has_f1": has_f1, "noans_acc": noans, "false_abstain_rate": fa,
+            "answers": sum(not a for a, _ in res.values()), "citation_precision": cite}
+
+
+def calibrated(records: list[dict], calibration: dict | None, opened: bool, max_false_abstain: float) -> tuple[float, dict]:
+    """``calibrate``'s rule on the run's own records: of every threshold at a record's margin (and +inf), the one with the
+    highest overall F1 whose false abstentions are at most ``max_false_abstain`` (ties: fewer false abstentions, then the
+    lower threshold); none under the ceiling: the fewest false abstentions."""
+    cuts = sorted({r["margin"] for r in records if r["margin"] is not None} | {math.inf})
+    rows = [(t, figures(records, t, calibration, opened)) for t in cuts]
+    feasible = [row for row in rows if row[1]["false_abstain_rate"] <= max_false_abstain + 1e-12]
+    if not feasible:
+        least = min(fig["false_abstain_rate"] for _, fig in rows)
+        feasible = [row for row in rows if row[1]["false_abstain_rate"] == least]
+    return max(feasible, key=lambda row: (round(row[1]["overall_f1"], 12), -row[1]["false_abstain_rate"], -row[0]))
+
+
+def row(t: float, threshold: float, fig: dict, mark: str = "") -> str:
+    """One table row: the threshold, the --abstain-bias that gives it, and its figures."""
+    bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
+    cite = "-" if fig["citation_precision"] is None else f"{100 * fig['citation_precision']:.1f}"
+    return (f"| {t:.2f}{mark} | {bias} | {fig['answers']} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | "
+            f"{100 * fig['noans_acc']:.1f} | {100 * fig['false_abstain_rate']:.1f} | {cite} |")
 
 
 def main() -> None:
@@ -80,6 +113,7 @@ def main() -> None:
     ap.add_argument("predictions")
     ap.add_argument("--adapter", required=True, help="the adapter whose calibrated threshold the run applied")
     ap.add_argument("--context", default="retrieved")
+    ap.add_argument("--max-false-abstain", type=float, default=0.15, help="the ceiling of calibrate's rule, applied to the run")
     args = ap.parse_args()
     calibration = read_adapter_meta(args.adapter).abstention["free"]
     threshold = float(calibration["threshold"])
@@ -97,17 +131,16 @@ def main() -> None:
         auc = roc_auc_score(labels, scores) if 0 < sum(labels) < len(labels) else float("nan")
         print(f"{system}: {len(records)} questions, stored threshold {threshold:.2f}, null margin ROC AUC {auc:.3f}"
               + ("; yes/no answers never withheld (a threshold calibrated on none)" if yes_no_exempt else ""))
-        print("| threshold | --abstain-bias | overall F1 | HasAns F1 | NoAns acc. | false abstentions |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| threshold | --abstain-bias | answers | overall F1 | HasAns F1 | NoAns acc. | false abstentions | cite prec. |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         margins = sorted(r["margin"] for r in records if r["margin"] is not None)
         cuts = sorted({margins[int(q * (len(margins) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
         for t in cuts:
-            fig = figures(records, t, calibration, opened)
-            bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
-            mark = " (stored)" if t == threshold else ""
-            print(f"| {t:.2f}{mark} | {bias} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | {100 * fig['noans_acc']:.1f} | "
-                  f"{100 * fig['false_abstain_rate']:.1f} |")
-
+            print(row(t, threshold, figures(records, t, calibration, opened), " (stored)" if t == threshold else ""))
+        t, fig = calibrated(records, calibration, opened, args.max_false_abstain)
+        print(f"\ncalibrate's rule on these records (the highest overall F1 with false abstentions at most "
+              f"{args.max_false_abstain:.0%}):\n")
+        print(row(t, threshold, fig))
 
 if __name__ == "__main__":
     main()

@@ -60,5 +60,29 @@ def test_the_run_and_the_calibration_decide_whether_yes_no_answers_are_exempt(tm
         out = capsys.readouterr().out
         assert ("yes/no answers never withheld" in out) == exempt, (counted, opening)
         stored = next(line for line in out.splitlines() if "(stored)" in line)
-        false_abstentions = float(stored.rstrip(" |").split("|")[-1])
+        false_abstentions = float(stored.rstrip(" |").split("|")[-2])  # the column before citation precision
         assert false_abstentions == (50.0 if exempt else 100.0), (counted, opening, stored)
+
+
+def test_citation_precision_where_the_run_judged_every_citation_and_calibrates_rule_on_the_run() -> None:
+    op = _script()
+
+    def rec(margin: float, gold: list[str], raw: str, f1: float | None, holds: list[bool], withheld: bool = False) -> dict:
+        return {"question": "Where is it?", "margin": margin, "answerable": bool(gold), "gold": gold, "raw": raw,
+                "abstained": withheld, "abstain_reason": "calibration" if withheld else None,
+                "scores": {"f1": f1, "cited_holds_answer": [] if withheld else holds}}
+
+    records = [rec(1.0, ["Paris"], "Paris [1]", 1.0, [True]), rec(2.0, ["Lyon"], "Nice [2]", 0.0, [False]),
+               rec(3.0, [], "Nice [1]", None, [False]), rec(4.0, ["Rome"], "Rome and Milan [1]", None, [], withheld=True)]
+    stored = op.figures(records, 3.5)  # the run's own: three answers shown, one of two judged citations holds its answer
+    assert (stored["answers"], stored["citation_precision"], stored["false_abstain_rate"]) == (3, 0.5, 1 / 3)
+    fewer = op.figures(records, 1.5)
+    assert (fewer["answers"], fewer["citation_precision"], fewer["noans_acc"]) == (1, 1.0, 1.0)
+    more = op.figures(records, 5.0)  # shows the answer the run withheld, whose citations the run never judged
+    assert more["answers"] == 4 and more["citation_precision"] is None and more["has_f1"] == 0.5
+    # calibrate's rule: the highest overall F1 under the ceiling (t = 2: 0.5 against t = 4's 0.375) ...
+    t, fig = op.calibrated(records, None, False, 0.5)
+    assert t == 2.0 and fig["overall_f1"] == 0.5 and fig["false_abstain_rate"] == 1 / 3
+    # ... and under a ceiling only thresholds that show every answerable answer meet: the lowest of them
+    t, fig = op.calibrated(records, None, False, 0.2)
+    assert t == 4.0 and fig["false_abstain_rate"] == 0.0
