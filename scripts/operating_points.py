@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import math
 from pathlib import Path
@@ -88,10 +89,12 @@ def figures(records: list[dict], threshold: float, calibration: dict | None = No
 
 
 def calibrated(records: list[dict], calibration: dict | None, opened: bool, max_false_abstain: float) -> tuple[float, dict]:
-    """``calibrate``'s rule on the run's own records: of every threshold at a record's margin (and +inf), the one with the
-    highest overall F1 whose false abstentions are at most ``max_false_abstain`` (ties: fewer false abstentions, then the
-    lower threshold); none under the ceiling: the fewest false abstentions."""
-    cuts = sorted({r["margin"] for r in records if r["margin"] is not None} | {math.inf})
+    """``calibrate``'s rule on the run's own records, over ``calibrate.sweep``'s candidates (the midpoints between the
+    records' sorted margins, and both ends, so that a bias rounded as printed withholds the same answers): the threshold
+    with the highest overall F1 whose false abstentions are at most ``max_false_abstain`` (ties: fewer false abstentions,
+    then the lower threshold); none under the ceiling: the fewest false abstentions."""
+    values = sorted({r["margin"] for r in records if r["margin"] is not None})
+    cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
     rows = [(t, figures(records, t, calibration, opened)) for t in cuts]
     feasible = [row for row in rows if row[1]["false_abstain_rate"] <= max_false_abstain + 1e-12]
     if not feasible:
@@ -100,9 +103,15 @@ def calibrated(records: list[dict], calibration: dict | None, opened: bool, max_
     return max(feasible, key=lambda row: (round(row[1]["overall_f1"], 12), -row[1]["false_abstain_rate"], -row[0]))
 
 
+def passed(t: float, threshold: float) -> float:
+    """The threshold ``ask`` applies for the ``--abstain-bias`` printed for ``t`` (rounded to 3 decimals), so that a row's
+    figures are those of the bias it prints."""
+    return t if not (math.isfinite(threshold) and math.isfinite(t)) else threshold + round(t - threshold, 3)
+
+
 def row(t: float, threshold: float, fig: dict, mark: str = "") -> str:
     """One table row: the threshold, the --abstain-bias that gives it, and its figures."""
-    bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.2f}"
+    bias = "-" if not math.isfinite(threshold) else "+inf" if t == math.inf else f"{t - threshold:+.3f}"
     cite = "-" if fig["citation_precision"] is None else f"{100 * fig['citation_precision']:.1f}"
     return (f"| {t:.2f}{mark} | {bias} | {fig['answers']} | {100 * fig['overall_f1']:.1f} | {100 * fig['has_f1']:.1f} | "
             f"{100 * fig['noans_acc']:.1f} | {100 * fig['false_abstain_rate']:.1f} | {cite} |")
@@ -133,14 +142,17 @@ def main() -> None:
               + ("; yes/no answers never withheld (a threshold calibrated on none)" if yes_no_exempt else ""))
         print("| threshold | --abstain-bias | answers | overall F1 | HasAns F1 | NoAns acc. | false abstentions | cite prec. |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        margins = sorted(r["margin"] for r in records if r["margin"] is not None)
-        cuts = sorted({margins[int(q * (len(margins) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
-        for t in cuts:
+        values = sorted({r["margin"] for r in records if r["margin"] is not None})
+        mids = [(a + b) / 2 for a, b in zip(values, values[1:])] or values  # between margins: a rounded bias keeps the row
+        cuts = sorted({mids[int(q * (len(mids) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
+        for t in map(functools.partial(passed, threshold=threshold), cuts):
             print(row(t, threshold, figures(records, t, calibration, opened), " (stored)" if t == threshold else ""))
-        t, fig = calibrated(records, calibration, opened, args.max_false_abstain)
+        t = passed(calibrated(records, calibration, opened, args.max_false_abstain)[0], threshold)
+        fig = figures(records, t, calibration, opened)
         print(f"\ncalibrate's rule on these records (the highest overall F1 with false abstentions at most "
               f"{args.max_false_abstain:.0%}):\n")
         print(row(t, threshold, fig))
+
 
 if __name__ == "__main__":
     main()

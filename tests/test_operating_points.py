@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from conftest import REPO, load_script
@@ -80,9 +81,21 @@ def test_citation_precision_where_the_run_judged_every_citation_and_calibrates_r
     assert (fewer["answers"], fewer["citation_precision"], fewer["noans_acc"]) == (1, 1.0, 1.0)
     more = op.figures(records, 5.0)  # shows the answer the run withheld, whose citations the run never judged
     assert more["answers"] == 4 and more["citation_precision"] is None and more["has_f1"] == 0.5
-    # calibrate's rule: the highest overall F1 under the ceiling (t = 2: 0.5 against t = 4's 0.375) ...
+    # calibrate's rule, over calibrate.sweep's candidates (midpoints between margins): the highest overall F1 under the
+    # ceiling (2.5: 0.5 against 4.5's 0.375) ...
     t, fig = op.calibrated(records, None, False, 0.5)
-    assert t == 2.0 and fig["overall_f1"] == 0.5 and fig["false_abstain_rate"] == 1 / 3
-    # ... and under a ceiling only thresholds that show every answerable answer meet: the lowest of them
+    assert t == 2.5 and fig["overall_f1"] == 0.5 and fig["false_abstain_rate"] == 1 / 3
+    # ... under a ceiling that only showing every answerable answer meets: the threshold above every margin ...
     t, fig = op.calibrated(records, None, False, 0.2)
-    assert t == 4.0 and fig["false_abstain_rate"] == 0.0
+    assert t == math.inf and fig["false_abstain_rate"] == 0.0
+    # ... the same threshold as calibrate's own choose_threshold on the same margins and F1 ...
+    from rag_pipeline.eval.calibrate import choose_threshold
+
+    for ceiling in (0.5, 0.2):
+        chosen = choose_threshold([r["margin"] for r in records], [1.0, 0.0, 0.0, 0.5], [bool(r["gold"]) for r in records], ceiling)
+        assert op.calibrated(records, None, False, ceiling)[0] == chosen["threshold"]
+    # ... and where no threshold meets the ceiling (a question the retrieval threshold answered has no margin and
+    # abstains at every threshold), the fewest false abstentions
+    held = {**rec(0.0, ["Rome"], "", None, []), "margin": None, "abstained": True, "abstain_reason": "retrieval"}
+    t, fig = op.calibrated([held, rec(1.0, ["Paris"], "Paris [1]", 1.0, [True])], None, False, 0.0)
+    assert t == math.inf and fig["false_abstain_rate"] == 0.5
