@@ -34,6 +34,7 @@ from rag_pipeline.adapter_meta import read_adapter_meta
 from rag_pipeline.answer import polar
 from rag_pipeline.answer.abstention import withhold
 from rag_pipeline.answer.check import answer_problem
+from rag_pipeline.eval.calibrate import best_under_ceiling, candidate_thresholds
 from rag_pipeline.metrics import f1, polarity
 
 
@@ -89,18 +90,12 @@ def figures(records: list[dict], threshold: float, calibration: dict | None = No
 
 
 def calibrated(records: list[dict], calibration: dict | None, opened: bool, max_false_abstain: float) -> tuple[float, dict]:
-    """``calibrate``'s rule on the run's own records, over ``calibrate.sweep``'s candidates (the midpoints between the
-    records' sorted margins, and both ends, so that a bias rounded as printed withholds the same answers): the threshold
-    with the highest overall F1 whose false abstentions are at most ``max_false_abstain`` (ties: fewer false abstentions,
-    then the lower threshold); none under the ceiling: the fewest false abstentions."""
-    values = sorted({r["margin"] for r in records if r["margin"] is not None})
-    cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
-    rows = [(t, figures(records, t, calibration, opened)) for t in cuts]
-    feasible = [row for row in rows if row[1]["false_abstain_rate"] <= max_false_abstain + 1e-12]
-    if not feasible:
-        least = min(fig["false_abstain_rate"] for _, fig in rows)
-        feasible = [row for row in rows if row[1]["false_abstain_rate"] == least]
-    return max(feasible, key=lambda row: (round(row[1]["overall_f1"], 12), -row[1]["false_abstain_rate"], -row[0]))
+    """``calibrate``'s rule (:func:`~rag_pipeline.eval.calibrate.best_under_ceiling`) on the run's own records, over its
+    candidate thresholds (midpoints between the records' margins, so that a bias rounded as printed withholds the same
+    answers): the threshold and its figures."""
+    cuts = candidate_thresholds([r["margin"] for r in records if r["margin"] is not None])
+    best = best_under_ceiling([{"threshold": t, **figures(records, t, calibration, opened)} for t in cuts], max_false_abstain)
+    return best["threshold"], best
 
 
 def passed(t: float, threshold: float) -> float:
@@ -142,8 +137,7 @@ def main() -> None:
               + ("; yes/no answers never withheld (a threshold calibrated on none)" if yes_no_exempt else ""))
         print("| threshold | --abstain-bias | answers | overall F1 | HasAns F1 | NoAns acc. | false abstentions | cite prec. |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        values = sorted({r["margin"] for r in records if r["margin"] is not None})
-        mids = [(a + b) / 2 for a, b in zip(values, values[1:])] or values  # between margins: a rounded bias keeps the row
+        mids = candidate_thresholds([r["margin"] for r in records if r["margin"] is not None])[1:-1] or [threshold]
         cuts = sorted({mids[int(q * (len(mids) - 1))] for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)} | {threshold, math.inf})
         for t in map(functools.partial(passed, threshold=threshold), cuts):
             print(row(t, threshold, figures(records, t, calibration, opened), " (stored)" if t == threshold else ""))

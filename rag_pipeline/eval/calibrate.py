@@ -72,10 +72,8 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     if not len(margins) == len(answered_f1) == len(answerable) or not margins:
         raise ValueError(f"need equal, non-empty lists; got {len(margins)}, {len(answered_f1)}, {len(answerable)}")
 
-    values = sorted(set(float(m) for m in margins))
-    cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
     rows = []
-    for t in cuts:
+    for t in candidate_thresholds(margins):
         fig = squad2_figures([m > t or m == math.inf for m in margins], answerable, answered_f1)
         rows.append({"threshold": t, "overall_f1": fig["overall_f1"],
                      "has_f1": math.nan if fig["has_f1"] is None else fig["has_f1"],
@@ -84,21 +82,33 @@ def sweep(margins: Sequence[float], answered_f1: Sequence[float], answerable: Se
     return rows
 
 
-def choose_threshold(margins: Sequence[float], answered_f1: Sequence[float], answerable: Sequence[bool],
-                     max_false_abstain: float = 0.15) -> dict[str, float]:
-    """The threshold maximising overall F1 with false abstentions at or under ``max_false_abstain``.
+def candidate_thresholds(margins: Sequence[float]) -> list[float]:
+    """The thresholds worth trying on these null margins: -inf, the midpoints between the sorted distinct margins, +inf
+    (a threshold between two margins withholds the same answers wherever it lies between them)."""
+    values = sorted(set(float(m) for m in margins))
+    return [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
 
-    Ties go to fewer false abstentions, then to the lower threshold. When no threshold meets the
-    ceiling (the forced abstentions alone exceed it), the one with the fewest false abstentions.
-    """
+
+def best_under_ceiling(rows: Sequence[dict[str, float]], max_false_abstain: float) -> dict[str, float]:
+    """Of ``rows`` (``threshold``, ``overall_f1``, ``false_abstain_rate``), the one with the highest overall F1 whose false
+    abstentions are at or under ``max_false_abstain``. Ties go to fewer false abstentions, then to the lower threshold.
+    When none meets the ceiling (the forced abstentions alone exceed it), the one with the fewest false abstentions."""
     if not 0.0 <= max_false_abstain <= 1.0:
         raise ValueError(f"max_false_abstain must be in [0, 1], got {max_false_abstain}")
-    rows = sweep(margins, answered_f1, answerable)
     feasible = [r for r in rows if r["false_abstain_rate"] <= max_false_abstain + 1e-12]
     if not feasible:
         least = min(r["false_abstain_rate"] for r in rows)
         feasible = [r for r in rows if r["false_abstain_rate"] == least]
     return max(feasible, key=lambda r: (round(r["overall_f1"], 12), -r["false_abstain_rate"], -r["threshold"]))
+
+
+def choose_threshold(margins: Sequence[float], answered_f1: Sequence[float], answerable: Sequence[bool],
+                     max_false_abstain: float = 0.15) -> dict[str, float]:
+    """The threshold maximising overall F1 with false abstentions at or under ``max_false_abstain``
+    (:func:`best_under_ceiling` of :func:`sweep`'s rows)."""
+    if not 0.0 <= max_false_abstain <= 1.0:
+        raise ValueError(f"max_false_abstain must be in [0, 1], got {max_false_abstain}")
+    return best_under_ceiling(sweep(margins, answered_f1, answerable), max_false_abstain)
 
 
 # ---------------------------------------------------------------------------------------------
