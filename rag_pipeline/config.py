@@ -84,16 +84,22 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"config key '{key}' ({source}) must be an integer, got {value!r}")
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise ConfigError(f"config key '{key}' ({source}) must be an integer, got {value!r}") from None
+        if key == "seed" and not 0 <= number < 2**63:  # numpy's and torch's generators take no other seed
+            raise ConfigError(f"config key 'seed' ({source}) is {number}: use an integer from 0 to 2**63 - 1")
+        return number
     if inner is float:
         if isinstance(value, bool):
             raise ConfigError(f"config key '{key}' ({source}) must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"config key '{key}' ({source}) must be a number, got {value!r}") from None
+        if number != number:  # nan passes every comparison's check
+            raise ConfigError(f"config key '{key}' ({source}) is nan: give a number")
+        return number
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key '{key}' ({source}) must be a string, got {value!r}")

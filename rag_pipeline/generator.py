@@ -495,7 +495,9 @@ def generate_answers(
     out: list[str] = [""] * len(encoded)
     was_training = model.training
     model.eval()
-    with engine.lock if engine is not None else contextlib.nullcontext():  # a beam search or seq2seq model never runs beside a step
+    # sampling seeds torch's global generator per batch (what generate draws from), inside a fork: the caller's stream is restored
+    forked = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [], enabled=do_sample)
+    with engine.lock if engine is not None else contextlib.nullcontext(), forked:  # a beam search or seq2seq model never runs beside a step
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask = pad([encoded[i] for i in idx], pad_id, "left" if kind == "causal" else "right")

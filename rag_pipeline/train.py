@@ -121,6 +121,8 @@ class TrainConfig:
         for name in ("max_steps", "eval_steps", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} is {getattr(self, name)}: use 0 (off) or a positive number")
+        if not (math.isfinite(self.learning_rate) and math.isfinite(self.epochs)):
+            raise ConfigError(f"learning_rate is {self.learning_rate} and epochs {self.epochs}: both must be finite numbers")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate is {self.learning_rate}: it must be positive, e.g. 2e-4 for LoRA")
         if not 0 <= self.lora_dropout < 1:
@@ -638,10 +640,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     Raises:
         InputError, ConfigError, DeviceError: bad dataset, config or device (one-line messages).
     """
-    t = setup(cfg)
-    if not t.state.evals:
-        validate(t, 0)  # the untrained base, on the same subset: the baseline the tuned model must beat
-    with stops_like_ctrl_c():
+    with stops_like_ctrl_c():  # a signal while loading or during the base's evaluation stops the run too (nothing to save yet)
+        t = setup(cfg)
+        if not t.state.evals:
+            validate(t, 0)  # the untrained base, on the same subset: the baseline the tuned model must beat
         status = fit(t)
     if status == "interrupted":
         return {"status": status, "step": t.state.step, "checkpoint": str(t.out / "checkpoints" / "last")}

@@ -53,7 +53,7 @@ from rag_pipeline.adapter_meta import META_FILE
 from rag_pipeline.answer.abstention import mode_of
 from rag_pipeline.answer.ask import Pipeline
 from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
-from rag_pipeline.config import build_config, opt, to_dict
+from rag_pipeline.config import build_config, coerce, opt, to_dict
 from rag_pipeline.data import raft
 from rag_pipeline.data.raft import SPLIT_OF_STEM, RaftConfig, split_of
 from rag_pipeline.device import bf16_supported, inference_dtype, resolve_device
@@ -136,8 +136,10 @@ class TuneConfig:
                 raise ConfigError(f"{name} is {getattr(self, name)}: use a share in [0, 1]")
         if self.yes_no + self.unanswerable > 1:
             raise ConfigError(f"yes_no ({self.yes_no}) + unanswerable ({self.unanswerable}) exceed 1: lower one of them")
-        if self.questions < 0 or self.epochs <= 0 or self.learning_rate <= 0:
-            raise ConfigError("questions must be >= 0 (0 = from the budget), epochs and learning_rate > 0")
+        if self.questions < 0 or not (0 < self.epochs < math.inf and 0 < self.learning_rate < math.inf):
+            raise ConfigError("questions must be >= 0 (0 = from the budget), epochs and learning_rate finite and > 0")
+        if self.from_stage == "export" and not self.export:
+            raise ConfigError("--from export without --export: add --export to write the export, or choose an earlier stage")
         if not str(self.output).strip():
             raise ConfigError("output is empty: pass --output DIR")
         for name, cls in STAGE_SETTINGS.items():
@@ -286,7 +288,7 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> Probe:
     # the oracle and its distractors, answering k passages, the round trip one
     per_char = len(sample_ids) / max(1, len(corpus.sample))
     passage = int(per_char * min(CHUNK_CHARS, corpus.characters / corpus.documents))
-    train_docs = 1 + int(cfg.raft.get("num_distractors", 3))
+    train_docs = 1 + coerce("num_distractors", cfg.raft.get("num_distractors", 3), int, "under 'raft:' in the tune recipe")
     examples = [encode_example(tokenizer, kind, prompt(train_docs * passage + PROMPT_FRAME_TOKENS), " answer [1]",
                                train_cfg.max_length)] * train_cfg.batch_size
     times = []
@@ -303,7 +305,7 @@ def probe(cfg: TuneConfig, corpus: Corpus) -> Probe:
     model, tokenizer, kind = load_generator(cfg.base_model, reference_of(cfg) or None, cfg.device,
                                             inference_dtype("auto", device))
     answer = {}
-    k = int(cfg.evaluate.get("k", 2))
+    k = coerce("k", cfg.evaluate.get("k", 2), int, "under 'evaluate:' in the tune recipe")
     for name, tokens in (("answer", k * passage + PROMPT_FRAME_TOKENS), ("read_back", passage + PROMPT_FRAME_TOKENS)):
         texts = [prompt(tokens)] * 8
         t = time.perf_counter()
@@ -605,12 +607,13 @@ def write_heldout(cfg: TuneConfig, cfgs: dict[str, Any]) -> dict[str, int]:
     files = {"validation.jsonl": rows["validation"], "test.jsonl": [r for r in rows["test"] if r["question"].strip() not in yours]}
     if cfg.qa:
         files["qa-test.jsonl"] = [r for r in rows["test"] if r["question"].strip() in yours]
-    held = out / "heldout"
-    held.mkdir(parents=True, exist_ok=True)
-    for name, items in files.items():
+    for name, items in files.items():  # every file is checked before any is written: no half-new heldout/
         if not items:
             raise InputError(f"no {name.removesuffix('.jsonl')} question was held out (the documents gave "
                              f"{sum(map(len, rows.values()))} held-out questions): tune needs more documents or a larger --budget")
+    held = out / "heldout"
+    held.mkdir(parents=True, exist_ok=True)
+    for name, items in files.items():
         with atomic_file(held / name) as f:
             f.writelines(json_line(r) for r in items)
     return {name: len(items) for name, items in files.items()}
@@ -716,7 +719,8 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
         raise InputError(f"reference adapter {cfg.reference} does not exist: run tune from the repository's root (it holds "
                          "adapters/smollm2-disfl-qa), pass --reference DIR, or --reference '' to start from a fresh LoRA")
     plan_key = hashlib.sha256(json.dumps([corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, bool(cfg.qa), cfg.base_model,
-                                          cfg.train, cfg.index, cfg.yes_no, cfg.unanswerable], sort_keys=True).encode()).hexdigest()[:16]
+                                          cfg.train, cfg.index, cfg.raft, cfg.evaluate, cfg.yes_no, cfg.unanswerable, cfg.export,
+                                          cfg.reference], sort_keys=True).encode()).hexdigest()[:16]
     with output_lock(out):
         if old.get("plan_key") == plan_key and old.get("plan"):
             plan = Plan.from_json(old["plan"])
@@ -747,8 +751,10 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
             resume = stage == "train" and manifest["started"].get("train") == key and STAGES.index(stage) < forced
             if stage == "train":
                 manifest["started"]["train"] = key
-                write_json(out / MANIFEST, manifest)
+            # on disk before the stage replaces its artifact: a run that fails or is killed midway leaves no key
+            # that would let a later run skip the stage over a half-replaced artifact
             manifest["stages"].pop(stage, None)
+            write_json(out / MANIFEST, manifest)
             reset_peak_rss()
             t0 = time.perf_counter()
             summary = run_stage(stage, cfg, cfgs, resume)

@@ -33,6 +33,8 @@ def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
     ("chunk_overlap: -1\n", "chunk_overlap must be >= 0"),
     ("- a\n- b\n", "must hold a mapping"),
     ("a: [\n", "not valid YAML"),
+    ("target_recall: .nan\n", "'target_recall' .* is nan: give a number"),
+    ("seed: -1\n", "'seed' .* is -1: use an integer from 0 to 2\\*\\*63 - 1"),
 ])
 def test_bad_values_are_named(tmp_path: Path, yaml_text: str, match: str) -> None:
     y = tmp_path / "c.yaml"

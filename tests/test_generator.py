@@ -113,8 +113,14 @@ def test_sampling_and_beams_run_and_sampling_is_seeded(gen: tuple) -> None:
     model, tok, kind = gen
     texts, _ = _texts(tok, 2)
     a = G.generate_answers(model, tok, kind, texts, max_new_tokens=4, do_sample=True, seed=1, temperature=2.0)
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     b = G.generate_answers(model, tok, kind, texts, max_new_tokens=4, do_sample=True, seed=1, temperature=2.0)
     assert a == b
+    torch.testing.assert_close(torch.rand(3), expected)  # the caller's global stream is left where it was
     assert len(G.generate_answers(model, tok, kind, texts, max_new_tokens=4, num_beams=2)) == 2
 
 

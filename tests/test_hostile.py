@@ -429,6 +429,20 @@ def test_serve_refuses_a_damaged_adapter_before_binding_without_a_traceback(dama
     assert "Traceback" not in capsys.readouterr().err + caplog.text
 
 
+def test_serve_on_a_port_in_use_is_refused_before_the_models_load(trained_adapter: Path, small_index: tuple,
+                                                                  capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn binds after the lifespan has loaded the models, then exits 1 with "address already in use" and no fix."""
+    import socket
+
+    _no_models(monkeypatch)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        _refused(["serve", "--index", str(small_index[0]), "--adapter", str(trained_adapter), "--device", "cpu", "--port", str(port)],
+                 capsys, f"127.0.0.1:{port} is in use (another server?)", "pass another --port")
+
+
 @pytest.mark.parametrize("blocked", ["parent is a file", "parent not writable"])
 def test_export_into_an_unwritable_folder_is_refused_before_the_models_load(blocked: str, trained_adapter: Path, tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture,
@@ -470,6 +484,17 @@ def test_ask_with_no_question_on_standard_input_is_refused_before_the_models_loa
     _no_models(monkeypatch)
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     _refused(["ask", "--index", str(small_index[0])], capsys, "no question on standard input", "--questions FILE")
+
+
+def test_ask_with_standard_input_that_is_not_utf8_says_so_and_how_to_re_encode(small_index: tuple, capsys: pytest.CaptureFixture,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latin-1 piped into ask in a UTF-8 locale was a UnicodeDecodeError traceback."""
+    import io
+
+    _no_models(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Who founded Caf\u00e9 Nero?\n".encode("latin-1")), encoding="utf-8"))
+    _refused(["ask", "--index", str(small_index[0])], capsys, "line 1 of standard input is not UTF-8 text (byte 0xe9 at column 16)",
+             "iconv -f latin1 -t utf-8")
 
 
 def test_index_pointing_at_another_commands_output_says_what_it_is(small_index: tuple, trained_adapter: Path, tmp_path: Path,

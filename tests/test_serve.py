@@ -200,6 +200,8 @@ def test_body_over_the_limit_is_413_declared_or_chunked(server) -> None:
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, "max_tokens", "limit of 256"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature", "less than or equal to 2"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n", "less than or equal to 1"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, "seed": 2**64}, "seed", "less than or equal to"),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": -1}, "seed", "greater than or equal to 0"),
 ])
 def test_bad_requests_are_422_with_a_clear_message(server, body: dict, param: str, words: str) -> None:
     r = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": MODEL, **body}, headers={"Authorization": f"Bearer {KEY}"})

@@ -29,6 +29,11 @@ def test_a_schema_is_checked_with_a_message_that_names_the_problem(tmp_path) -> 
         structured.check_schema({"type": "array"}, "x")
     with pytest.raises(InputError, match="a JSON schema is a JSON object, got list"):
         structured.check_schema([], "x")
+    deep: dict = {"type": "string"}
+    for _ in range(400):  # well inside a request's size limit; checking it recursed past Python's stack (a 500 in serve)
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(InputError, match="the schema nests 801 levels deep, more than the 32"):
+        structured.check_schema(deep, "x")
     bad = tmp_path / "s.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="is not JSON"):

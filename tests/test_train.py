@@ -175,6 +175,23 @@ def test_sigterm_and_an_ignored_sigint_stop_training_as_ctrl_c_does(tiny: dict, 
         signal.signal(signal.SIGINT, before) if sig == "SIGINT" else None
 
 
+def test_an_ignored_sigint_while_loading_stops_the_run(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal before the first step (loading the model, the base's evaluation) stops the run with KeyboardInterrupt
+    (the CLI's exit 130) instead of being lost, and the shell's SIG_IGN comes back."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    real_setup = T.setup
+    try:
+        monkeypatch.setattr(T, "setup", lambda c: (os.kill(os.getpid(), signal.SIGINT), real_setup(c))[1])
+        with pytest.raises(KeyboardInterrupt):
+            T.run(cfg(tiny, tmp_path / "o", max_steps=4))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert not (tmp_path / "o" / "checkpoints" / "last").exists()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_resume_with_a_different_config_is_refused(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(T, "_on_step", lambda step: (_ for _ in ()).throw(KeyboardInterrupt))
     T.run(cfg(tiny, tmp_path / "o", max_steps=4))

@@ -5,6 +5,7 @@ same adapter as an uninterrupted one."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,11 @@ def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, mon
         _cfg(setup, tmp_path / "o8", train={"learning_rat": 1e-4})
     with pytest.raises(ConfigError, match="--from 'training' is not a stage"):
         _cfg(setup, tmp_path / "o6", from_stage="training")
+    with pytest.raises(ConfigError, match="--from export without --export"):
+        _cfg(setup, tmp_path / "o6", from_stage="export")
+    for bad in ({"epochs": math.inf}, {"learning_rate": math.inf}):
+        with pytest.raises(ConfigError, match="epochs and learning_rate finite and > 0"):
+            _cfg(setup, tmp_path / "o11", **bad)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -207,6 +213,32 @@ def test_from_rebuilds_that_stage_and_the_later_ones(setup: dict, tuned: tuple[d
     err = capsys.readouterr().err
     assert err.count("skipped") == 3 and "[4/5] calibrate: ~" in err and "[5/5] evaluate: ~" in err
     assert _weights(out / "adapter") == weights
+
+
+def test_a_stage_that_fails_midway_is_not_skipped_by_the_next_run(setup: dict, tuned: tuple[dict, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A forced stage failing after it replaced part of its artifact left its old key in tune.json, and a rerun with the
+    old settings skipped the stage over the half-replaced artifact."""
+    import shutil
+
+    _, done = tuned
+    out = tmp_path / "tune"
+    shutil.copytree(done, out)
+    real = tune.run_stage
+
+    def fails(stage: str, *a, **k):
+        if stage == "calibrate":
+            raise InputError("calibration failed halfway")
+        return real(stage, *a, **k)
+
+    monkeypatch.setattr(tune, "run_stage", fails)
+    with pytest.raises(InputError, match="halfway"):
+        tune.run(_cfg(setup, out, from_stage="calibrate"))
+    assert "calibrate" not in json.loads((out / "tune.json").read_text())["stages"]
+    monkeypatch.setattr(tune, "run_stage", real)
+    capsys.readouterr()
+    tune.run(_cfg(setup, out))
+    assert "[4/5] calibrate: ~" in capsys.readouterr().err
 
 
 def _interrupt_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:

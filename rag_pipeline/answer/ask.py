@@ -1089,6 +1089,25 @@ def run(cfg: AskConfig, pipe: Answerer | None = None) -> list[Answer]:
     return [a for _, answers in answer_items(pipe, load_questions(cfg.questions, cfg.qa_fields()), cfg.batch_size * BATCHES_PER_CALL) for a in answers]
 
 
+def stdin_lines(stream: IO[str] | None = None) -> Iterator[str]:
+    """Standard input's lines as they arrive, read as UTF-8 whatever the locale.
+
+    Raises:
+        InputError: a line is not UTF-8 text (the questions before it were answered).
+    """
+    stream = stream or sys.stdin
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (tests, embedding)
+        yield from iter(stream.readline, "")
+        return
+    for n, line in enumerate(iter(raw.readline, b""), 1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"line {n} of standard input is not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1}): "
+                             "re-encode it, e.g. iconv -f latin1 -t utf-8 questions.txt | rag-pipeline ask") from None
+
+
 def piped_questions(lines: Iterator[str]) -> Iterator[str]:
     """``lines`` from its first non-blank one on (blank lines before it are read and dropped).
 
@@ -1112,7 +1131,7 @@ def main(cfg: AskConfig) -> int:
     items = load_questions(cfg.questions, cfg.qa_fields()) if cfg.questions else None
     piped = None
     if not (cfg.question or cfg.questions) and not sys.stdin.isatty():
-        piped = piped_questions(iter(sys.stdin.readline, ""))  # waits for the first question, then loads
+        piped = piped_questions(stdin_lines())  # waits for the first question, then loads
     pipe = Pipeline.load(cfg)
     print(pipe.description, file=sys.stderr, flush=True)
     if cfg.questions:
@@ -1132,4 +1151,4 @@ def main(cfg: AskConfig) -> int:
     if piped is not None:
         return answer_stream(pipe, cfg, piped, sys.stdout)
     print("reading questions from standard input, one per line (Ctrl-D ends)", file=sys.stderr, flush=True)
-    return answer_stream(pipe, cfg, iter(sys.stdin.readline, ""), sys.stdout)
+    return answer_stream(pipe, cfg, stdin_lines(), sys.stdout)

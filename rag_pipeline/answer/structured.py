@@ -40,6 +40,20 @@ def canonical(schema: dict[str, Any]) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
+MAX_SCHEMA_DEPTH = 32  # objects and arrays inside one another, the schema's keywords counted
+
+
+def _nesting(value: Any) -> int:
+    """How deep JSON ``value``'s objects and arrays nest (1 for a flat object), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def check_schema(schema: Any, where: str) -> dict[str, Any]:
     """``schema`` when it is a JSON schema for an object, else :class:`InputError` naming ``where`` and the fix."""
     import jsonschema
@@ -47,6 +61,10 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise InputError(f"{where}: a JSON schema is a JSON object, got {type(schema).__name__}; e.g. "
                          '{"type": "object", "properties": {"name": {"type": "string"}}}')
+    depth = _nesting(schema)
+    if depth > MAX_SCHEMA_DEPTH:  # the checks below recurse: a deeper schema would exhaust Python's stack
+        raise InputError(f"{where}: the schema nests {depth} levels deep, more than the {MAX_SCHEMA_DEPTH} an answer's "
+                         "schema may: flatten it")
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as e:

@@ -16,9 +16,11 @@ fastapi and uvicorn are imported inside :func:`run`, so ``serve --help`` stays f
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,12 +101,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(host: str, port: int) -> None:
+    """Whether ``host:port`` can be listened on, before the models load; uvicorn itself binds after them and
+    exits 1 with no fix named.
+
+    Raises:
+        ConfigError: the port is taken, or the host is not an address of this machine.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+            s.bind(address)
+    except OSError as e:
+        why = "is in use (another server?)" if getattr(e, "errno", None) == errno.EADDRINUSE else f"cannot be listened on ({e.strerror or e})"
+        raise ConfigError(f"{host}:{port} {why}: pass another --port (or --host), or stop what holds it") from None
+
+
 def run(cfg: ServeConfig) -> dict[str, Any]:
     """Serve until interrupted; returns how the server ended (status, detail, batch counts).
 
     Raises:
         IndexError_: the index is missing or corrupt (checked before binding).
         InputError: the adapter directory does not exist, or is damaged (checked before binding).
+        ConfigError: the port cannot be listened on (:func:`check_listen`, before the models load).
     """
     import uvicorn
 
@@ -118,6 +138,7 @@ def run(cfg: ServeConfig) -> dict[str, Any]:
         if cfg.abstain_probe:
             answerability.read(adapter)
     check_orders(cfg, meta.abstention if meta else None, why)
+    check_listen(cfg.host, cfg.port)
     model_id = cfg.model_name or (Path(adapter).name if adapter else Path(cfg.base_model or SMOLLM2_ID).name)
     api_key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
     if not is_loopback(cfg.host) and not api_key:

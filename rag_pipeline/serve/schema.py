@@ -54,7 +54,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     temperature: float | None = Field(None, ge=0, le=2)  # 0 or absent: greedy
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)  # one answer per request: the retrieval is shared, sampling several adds little
     stream: bool = False
     stream_options: StreamOptions | None = None
