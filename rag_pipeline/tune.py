@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import resource
 import shlex
@@ -632,17 +633,7 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
         return {"examples": {s: m["counts"].get(f"examples_{s}") for s in ("train", "validation", "test")},
                 "generated": (m.get("generated_questions") or {}).get("kept"), "heldout": write_heldout(cfg, cfgs)}
     if stage == "train":
-        adapter = out / "adapter"
-        resume = resume and (adapter / "checkpoints" / "last" / "state.json").is_file()
-        if not resume and adapter.exists() and (train_stage.ARTIFACT.marked(adapter) or
-                                                {p.name for p in adapter.iterdir()} <= train_stage.ARTIFACT.scratch):
-            shutil.rmtree(adapter)  # train-generator's output (of other inputs), or its checkpoints (of other settings)
-        if resume:
-            print(f"train: resuming from {adapter / 'checkpoints' / 'last'}", file=sys.stderr)
-        s = train_stage.run(TrainConfig(**{**to_dict(cfgs["train"]), "resume": resume}))
-        if s.get("status") == "interrupted":
-            raise KeyboardInterrupt
-        return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
+        return train_adapter(out / "adapter", cfgs["train"], resume)
     if stage == "calibrate":
         pipe = Pipeline.load(cfgs["calibrate"])  # one load for the threshold and the yes/no lean
         c = calibrate.run(cfgs["calibrate"], pipe)
@@ -655,6 +646,33 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
         return {"evaluated": m["qa"]["evaluated"]}
     r = export_run(cfgs["export"])
     return {"output": r.get("output") or str(out / "export")}
+
+
+def train_adapter(adapter: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any]:
+    """The train stage: resume checkpoints of these very settings, else train afresh with the earlier adapter
+    moved aside (``.adapter.old-PID``) until the new one is written; a run that fails or is interrupted before
+    its first checkpoint brings the earlier one back (and so does a later run's cleanup after a kill)."""
+    last = adapter / "checkpoints" / "last"
+    resume = resume and (last / "state.json").is_file() and not train_stage.checkpoint_differs(last, cfg)
+    old = None
+    if not resume and adapter.exists() and (train_stage.ARTIFACT.marked(adapter) or
+                                            {p.name for p in adapter.iterdir()} <= train_stage.ARTIFACT.scratch):
+        old = adapter.with_name(f".{adapter.name}.old-{os.getpid()}")  # train-generator's output (of other inputs or settings)
+        os.rename(adapter, old)
+    if resume:
+        print(f"train: resuming from {last}", file=sys.stderr)
+    try:
+        s = train_stage.run(TrainConfig(**{**to_dict(cfg), "resume": resume}))
+    except BaseException:
+        if old is not None and not (last / "state.json").is_file():  # nothing to resume: the earlier adapter comes back
+            shutil.rmtree(adapter, ignore_errors=True)
+            os.rename(old, adapter)
+        raise
+    if s.get("status") == "interrupted":
+        raise KeyboardInterrupt  # resumable; the earlier adapter stays aside until the next run starts
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
 
 
 def yes_no_lean(cfg: CalibrateConfig, pipe: Any = None) -> float | None:

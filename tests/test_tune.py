@@ -311,6 +311,29 @@ def test_training_never_removes_a_folder_it_did_not_write(setup: dict, tuned: tu
     assert (out / "adapter" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("when", ["before training", "after a checkpoint"])
+def test_retraining_keeps_the_earlier_adapter_until_the_new_one_can_stand_in(setup: dict, tuned: tuple[dict, Path], tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """--from train removed the finished, calibrated adapter at once: a failure before the first checkpoint lost it.
+    Now it waits aside and comes back; once a checkpoint of the new run exists, the new run is the one to resume."""
+    import shutil
+
+    _, done = tuned
+    out = tmp_path / "tune"
+    shutil.copytree(done, out)
+    before = _weights(out / "adapter")
+    if when == "before training":
+        monkeypatch.setattr(train_stage, "setup_model", lambda *a, **k: (_ for _ in ()).throw(InputError("the base model is damaged")))
+        with pytest.raises(InputError, match="damaged"):
+            tune.run(_cfg(setup, out, from_stage="train"))
+        assert _weights(out / "adapter") == before and not list(out.glob(".adapter.old-*"))
+        return
+    _interrupt_at(2, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        tune.run(_cfg(setup, out, from_stage="train"))
+    assert (out / "adapter" / "checkpoints" / "last" / "state.json").is_file() and len(list(out.glob(".adapter.old-*"))) == 1
+
+
 _KILLED = """
 import json, os, signal, sys
 sys.path.insert(0, {tests!r})
