@@ -137,9 +137,9 @@ def check_separate(inputs: Iterable[str | Path], output: str | Path, flag: str =
     Raises:
         ConfigError: naming both paths and the fix.
     """
-    out = Path(output).resolve()
+    out = Path(os.path.realpath(output))  # realpath, unlike Path.resolve on Python 3.11, does not raise on a symlink loop
     for raw in inputs:
-        src = Path(raw).resolve()
+        src = Path(os.path.realpath(raw))
         if out == src:
             raise ConfigError(f"{flag} {output} is also an input: write the output elsewhere, e.g. {Path(output).parent / (out.name + '-out')}")
         if out.is_relative_to(src):

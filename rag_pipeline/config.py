@@ -122,10 +122,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist: pass an existing YAML file (see configs/)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                          "save it again as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # YAML reads on:, yes:, 1: or null: as a boolean, a number or null, not as a name
+        raise ConfigError(f"config file {path} has a key {odd[0]!r} that YAML reads as {type(odd[0]).__name__}, not a name: "
+                          "quote it, or fix its spelling")
     return data
 
 

@@ -100,7 +100,8 @@ class QAFieldConfig:
 
 
 def _jsonl_records(path: Path, text: str, first_line: int = 1) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.splitlines(), first_line):
+    # "\n" only, as JSON Lines defines: str.splitlines() would also cut at U+2028 or U+0085, which JSON strings hold raw
+    for lineno, line in enumerate(text.split("\n"), first_line):
         if not line.strip():
             continue
         try:
@@ -183,10 +184,18 @@ def _answer_list(value: str) -> list[str] | str:
 
 
 def _csv_records(path: Path, text: str, delimiter: str, answer_names: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))  # a passage in a cell may exceed the default 128 KiB
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames:
         raise InputError(f"{path}: no header row: the first line must name the columns (question, answer, ...)")
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a cell over the csv module's size limit, or a quote left open to the end of the file
+            raise InputError(f"{path}:{reader.line_num}: {e}: check that every quote in the cells is closed") from None
         if None in row:
             raise InputError(f"{path}:{reader.line_num}: more cells than header columns: quote cells that hold '{delimiter}'")
         rec = {k: (None if v is None or v == "" else v) for k, v in row.items()}
@@ -244,7 +253,14 @@ def read_records(path: Path, fields: QAFields) -> Iterator[tuple[str, Any]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return _table_records(path, pq.read_table(path).to_pylist())
+        import pyarrow as pa
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"QA file {path} is not a readable Parquet file ({e}): pass the Parquet file itself, "
+                             "or a .jsonl, .json or .csv file") from None
+        return _table_records(path, table.to_pylist())
     if suffix not in (".jsonl", ".json", ".ndjson"):
         raise InputError(f"QA file {path} has an unknown type '{suffix}': use {FORMATS}")
     text = _read_text(path)

@@ -31,6 +31,7 @@ def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
     ("index_type: btree\n", "'index_type' .* choose one of auto, flat, hnsw, ivf"),
     ("force: maybe\n", "'force' .* must be true or false"),
     ("chunk_overlap: -1\n", "chunk_overlap must be >= 0"),
+    ("chunk_size: 16\nchunk_overlap: 16\n", "chunk_overlap 16 is not below chunk_size 16: .* lower --chunk-overlap or raise --chunk-size"),
     ("- a\n- b\n", "must hold a mapping"),
     ("a: [\n", "not valid YAML"),
     ("target_recall: .nan\n", "'target_recall' .* is nan: give a number"),
@@ -40,6 +41,16 @@ def test_bad_values_are_named(tmp_path: Path, yaml_text: str, match: str) -> Non
     y = tmp_path / "c.yaml"
     y.write_text(yaml_text)
     with pytest.raises(ConfigError, match=match):
+        build_config(IndexConfig, y)
+
+
+def test_a_yaml_file_that_is_not_utf8_or_has_a_key_that_is_not_a_name(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_bytes("# caf\u00e9\nchunk_size: 64\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xe9 at offset 5\): save it again as UTF-8"):
+        build_config(IndexConfig, y)
+    y.write_text("on: true\n")
+    with pytest.raises(ConfigError, match="has a key True that YAML reads as bool, not a name: quote it"):
         build_config(IndexConfig, y)
 
 

@@ -241,6 +241,13 @@ def test_export_never_writes_over_a_foreign_folder(env: dict, tmp_path: Path) ->
     empty.mkdir()
     export(env, empty, format="gguf")  # an empty folder holds nothing to lose
     assert (empty / "export.json").is_file()
+    # a Modelfile added beside the GGUF (as the export's README says) was deleted with the export it replaced
+    (empty / "Modelfile").write_text("FROM ./model.gguf")
+    with pytest.raises(InputError, match="holds Modelfile, which the earlier export did not write: move them out"):
+        export(env, empty, format="gguf")
+    assert (empty / "Modelfile").read_text() == "FROM ./model.gguf"
+    with pytest.raises(ConfigError, match="is inside the input"):  # the adapter's hash would take the export in
+        export(env, env["adapter"] / "merged")
 
 
 def test_an_earlier_export_is_replaced_atomically(env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -530,6 +530,18 @@ def test_index_pointing_at_another_commands_output_says_what_it_is(small_index: 
 # ---------------------------------------------------------------------------------------------
 
 
+def test_one_id_for_two_questions_is_refused_by_evaluate_and_calibrate(small_index: tuple, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both were scored, and predictions.jsonl (keyed by id, as paired_f1.py reads it) held two records for one id."""
+    _no_models(monkeypatch)
+    idx = str(small_index[0])
+    qa = tmp_path / "questions.csv"
+    qa.write_text("id,question,answer\nq1,Where is the Eiffel Tower?,Paris\nq1,Who created Python?,Guido\n")
+    words = (f"{qa}:3: id q1 is already used at {qa}:2 for a different question or answer", "give each question its own id")
+    _refused(["evaluate", "--qa", str(qa), "--index", idx, "--output", str(tmp_path / "ev")], capsys, *words)
+    _refused(["calibrate", "--qa", str(qa), "--index", idx, "--adapter", str(tmp_path / "adapter")], capsys, *words)
+
+
 def test_a_qa_file_without_answers_is_refused_with_the_column_named(small_index: tuple, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     idx = str(small_index[0])

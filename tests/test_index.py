@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from conftest import TOPICS, write_jsonl
 from rag_pipeline.errors import ConfigError, IndexError_, InputError
 from rag_pipeline.index.build import IndexConfig, build_index, make_faiss_index
+from rag_pipeline.index.embed import HashingEmbedder
 from rag_pipeline.index.format import read_manifest
 from rag_pipeline.index.retriever import Retriever
 
@@ -91,6 +93,13 @@ def test_unchanged_inputs_do_nothing_and_force_rebuilds(small_index, hashing_emb
     before = _files(idx)
     assert build_index(cfg, embedder=hashing_embedder).get("up_to_date") is True
     assert _files(idx) == before
+    with pytest.raises(ConfigError, match="chunk_overlap 64 is not below the chunk size, 64 tokens .*: lower --chunk-overlap"):
+        build_index(dataclasses.replace(cfg, chunk_overlap=64), embedder=hashing_embedder)  # chunk_size 0: the embedder's 64
+    # new weights under the same id or path (a fine-tuned embedder saved over the old one) embed again
+    retrained = HashingEmbedder(dim=64)
+    retrained.weights_hash = "0" * 64
+    assert not build_index(cfg, embedder=retrained).get("up_to_date")
+    assert read_manifest(idx)["embedder"]["weights_sha256"] == "0" * 64
     cfg.force = True
     m = build_index(cfg, embedder=hashing_embedder)
     assert not m.get("up_to_date") and m["counts"]["embedded"] == len(TOPICS)

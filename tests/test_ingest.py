@@ -70,6 +70,43 @@ def test_pdf_text_layer(tmp_path: Path) -> None:
     assert [Path(p).name for p, _ in report.skipped] == ["broken.pdf"]
 
 
+def test_a_pdf_pypdf_cannot_decrypt_is_skipped_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pypdf raises DependencyError (not a PdfReadError) for an AES-encrypted PDF without the cryptography package,
+    and KeyError or its ParseError for some damaged ones: one such file stopped the whole build with a traceback."""
+    import pypdf
+    from pypdf.errors import DependencyError
+
+    (tmp_path / "locked.pdf").write_bytes(b"%PDF-1.7 encrypted")
+    (tmp_path / "notes.txt").write_text("Moraines mark the ice.")
+    monkeypatch.setattr(pypdf, "PdfReader", lambda path: (_ for _ in ()).throw(DependencyError("cryptography is required for AES")))
+    report = IngestReport()
+    assert [d.text for d in read_documents([tmp_path], report)] == ["Moraines mark the ice."]
+    assert report.skipped == [(str(tmp_path / "locked.pdf"), "unreadable PDF (DependencyError: cryptography is required for AES): "
+                                                            "pip install cryptography to read encrypted PDFs")]
+
+
+def test_a_symlinked_folder_is_read_and_a_link_back_up_is_no_loop(tmp_path: Path) -> None:
+    """rglob skipped corpus/papers -> /data/papers without a word; a loop (ln -s .. back) must not repeat anything."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "paper.md").write_text("Ice sheets flow.")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "own.md").write_text("Own notes.")
+    (corpus / "papers").symlink_to(tmp_path / "data")
+    (corpus / "loop").symlink_to(corpus)
+    assert sorted(d.text for d in read_documents([corpus], IngestReport())) == ["Ice sheets flow.", "Own notes."]
+
+
+def test_files_in_hidden_folders_are_not_documents(tmp_path: Path) -> None:
+    """An Obsidian vault's .obsidian/app.json (settings, no text field) stopped the build with a --text-field error."""
+    (tmp_path / ".obsidian").mkdir()
+    (tmp_path / ".obsidian" / "app.json").write_text('{"theme": "dark"}')
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "glaciers.md").write_text("Glaciers carve valleys.")
+    report = IngestReport()
+    assert [d.text for d in read_documents([tmp_path], report)] == ["Glaciers carve valleys."] and report.files == 1
+
+
 def test_chunks_respect_size_overlap_and_word_boundaries() -> None:
     emb = HashingEmbedder(dim=16, max_tokens=64)
     words = [f"w{i}" for i in range(100)]

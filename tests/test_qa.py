@@ -164,6 +164,21 @@ def test_format_errors_name_the_place_and_the_fix(tmp_path: Path) -> None:
     c.write_text("question,answer\nWhat?,yes,extra\n")
     with pytest.raises(InputError, match=r"q\.csv:2: more cells than header columns"):
         load_qa(c)
+    c.write_text('question,answer\n"What is it?,yes\n' + "x" * (17 << 20) + "\n")  # a quote left open to the end, past any cell limit
+    with pytest.raises(InputError, match=r"q\.csv:\d+: .*check that every quote in the cells is closed"):
+        load_qa(c)
+    c.write_text('question,answer,context\nWhat?,yes,"' + "word " * 40_000 + 'yes"\n')  # a passage over 128 KiB is a cell like any
+    assert len(load_qa(c)[0].context) > 131_072
+    (tmp_path / "q.parquet").write_text("question,answer\nWhat?,yes\n")  # a CSV renamed
+    with pytest.raises(InputError, match=r"q\.parquet is not a readable Parquet file .*: pass the Parquet file itself"):
+        load_qa(tmp_path / "q.parquet")
+
+
+def test_a_jsonl_line_may_hold_the_line_separators_json_allows_raw(tmp_path: Path) -> None:
+    """str.splitlines() also cut at U+2028 and U+0085, which json_line writes raw: a valid file read as malformed."""
+    p = tmp_path / "q.jsonl"
+    p.write_text(json.dumps({"question": "What\u2028is it?", "answer": "a\u0085b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [(q.question, q.answers) for q in load_qa(p)] == [("What\u2028is it?", ["a\u0085b"])]
 
 
 def test_datasetdict_folder_names_its_splits(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from rag_pipeline.errors import ConfigError
 from rag_pipeline.eval.evaluate import sample_items, usable_items
 from rag_pipeline.eval.retrieval import skipped_line
 from rag_pipeline.metrics import f1, squad2_figures
-from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers
+from rag_pipeline.qa import QAFieldConfig, load_qa, require_answers, unique_questions
 from rag_pipeline.textnorm import contains_answer
 
 CalibrateTask = Literal["qa", "summary", "extract", "yes-no"]
@@ -237,7 +237,7 @@ def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
 
     if cfg.task == "yes-no":
         return run_yes_no(cfg, pipe)
-    loaded = load_qa(cfg.qa, cfg.qa_fields())
+    loaded = unique_questions(load_qa(cfg.qa, cfg.qa_fields()))
     require_answers(cfg.qa, loaded, cfg.qa_fields(), "used to calibrate abstention")  # before loading the model
     usable, skipped = usable_items(loaded)
     items = sample_items(usable, cfg.limit, cfg.seed)

@@ -130,7 +130,7 @@ from rag_pipeline.eval.retrieval import relevance, retrieval_metrics
 from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.metrics import exact_match, extract_answer, f1, mean_of, rouge_l, squad2_figures, yes_no_gold
 from rag_pipeline.passage import Hit, Passage, from_chunk, gold_passage, hard_distractors
-from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
+from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers, unique_questions
 from rag_pipeline.support import answer_form, support
 from rag_pipeline.textnorm import contains_answer, normalize_answer
 
@@ -572,7 +572,7 @@ def _run(cfg: EvaluateConfig, retriever: Retriever | None,
     t_start = time.perf_counter()
     prepare_target(cfg.output, ARTIFACT)
     systems = systems_of(cfg)
-    all_items = load_qa(cfg.qa, cfg.qa_fields())
+    all_items = unique_questions(load_qa(cfg.qa, cfg.qa_fields()))  # one record per id: predictions are keyed by it
     require_answers(cfg.qa, all_items, cfg.qa_fields())
     usable, skipped = usable_items(all_items)
     if skipped:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag_pipeline.adapter_meta import read_adapter_meta
-from rag_pipeline.atomic import Artifact, atomic_dir, write_json
+from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, write_json
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.errors import ConfigError, InputError
 from rag_pipeline.export.gguf import write_gguf
@@ -74,12 +74,18 @@ def check_target(output: Path, adapter: Path) -> None:
         return
     manifest = output / MANIFEST
     try:
-        ours = json.loads(manifest.read_text(encoding="utf-8")).get("kind") == KIND
+        written = json.loads(manifest.read_text(encoding="utf-8"))
+        ours = written.get("kind") == KIND
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
         raise InputError(f"--output {output} already holds files that no export wrote (no {MANIFEST}): "
                          "pass a new folder, or empty this one yourself")
+    files = written.get("files")
+    theirs = sorted(p.name for p in output.iterdir() if p.name != MANIFEST and not (isinstance(files, dict) and p.name in files))
+    if theirs:  # a Modelfile beside the GGUF, notes: replacing the export would delete them with it
+        raise InputError(f"--output {output} holds {', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''}, which the earlier "
+                         "export did not write: move them out, or pass a new folder")
 
 
 def _sha256(path: Path) -> str:
@@ -170,6 +176,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         raise InputError(f"adapter folder {adapter} does not exist: pass a train-generator output (e.g. adapters/smollm2-disfl-qa)")
     meta = read_adapter_meta(adapter)
     check_target(output, adapter)
+    check_separate([adapter], output)  # an export inside the adapter would be hashed as the adapter's weights
     name = cfg.name or adapter.resolve().name
     template = adapter_template(meta, f"adapter {adapter}")  # the template it was trained with, as ask renders it
     with atomic_dir(output, ARTIFACT) as tmp:  # made before the models load: an unwritable --output fails at once

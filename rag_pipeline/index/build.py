@@ -101,6 +101,9 @@ class IndexConfig:
             raise ConfigError(f"chunk_size must be >= 0 (0 = embedder max), got {self.chunk_size}")
         if self.chunk_overlap < 0:
             raise ConfigError(f"chunk_overlap must be >= 0, got {self.chunk_overlap}")
+        if self.chunk_size and self.chunk_overlap >= self.chunk_size:
+            raise ConfigError(f"chunk_overlap {self.chunk_overlap} is not below chunk_size {self.chunk_size}: each chunk must move "
+                              "on; lower --chunk-overlap or raise --chunk-size")
         for name in ("batch_size", "shard_size", "nprobe", "pq_m", "hnsw_m", "ef_construction", "ef_search", "worker_cpus"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -289,6 +292,9 @@ def build_index(cfg: IndexConfig, embedder=None) -> dict:
     chunk_size = cfg.chunk_size or embedder.max_tokens
     if chunk_size > embedder.max_tokens:
         raise ConfigError(f"chunk_size {chunk_size} exceeds the embedder's max of {embedder.max_tokens} tokens: chunks would be truncated; use at most {embedder.max_tokens}")
+    if cfg.chunk_overlap >= chunk_size:  # chunk_size 0 takes the embedder's, known only now
+        raise ConfigError(f"chunk_overlap {cfg.chunk_overlap} is not below the chunk size, {chunk_size} tokens (the embedder's "
+                          "maximum): lower --chunk-overlap")
     if cfg.update and old and (old["embedder"]["id"], old["embedder"]["weights_sha256"]) != (embedder.model_id, embedder.weights_hash):
         raise IndexError_(f"cannot --update {target}: it was built with embedder {old['embedder']['id']}, not {embedder.model_id}; rebuild with --force")
     check_index_settings(cfg, embedder.dim)
@@ -336,8 +342,10 @@ def check_index_settings(cfg: IndexConfig, dim: int) -> None:
         ann.factory_string("ivf", dim, 0, cfg)  # checks that pq_m divides dim (with --ivf-pq)
 
 
-def _unchanged(old: IndexManifest | None, cfg: IndexConfig, corpus_fp: str, settings: dict) -> bool:
-    return bool(old) and not cfg.force and old["corpus"]["fingerprint"] == corpus_fp and old["settings"] == settings
+def _unchanged(old: IndexManifest | None, cfg: IndexConfig, corpus_fp: str, settings: dict, embedder) -> bool:
+    """The same chunks, settings and embedder weights (new weights under the same id or path embed differently)."""
+    return (bool(old) and not cfg.force and old["corpus"]["fingerprint"] == corpus_fp and old["settings"] == settings
+            and old["embedder"]["weights_sha256"] == embedder.weights_hash)
 
 
 def _reuse_source(cfg: IndexConfig, target: Path, old: IndexManifest | None) -> tuple[Path, IndexManifest] | None:
@@ -392,7 +400,7 @@ def _build_sqlite(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_siz
     if n == 0:
         raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
     kind, scaled = auto_index(cfg, n, embedder.dim, settings)
-    if _unchanged(old, cfg, corpus_fp, settings):
+    if _unchanged(old, cfg, corpus_fp, settings, embedder):
         db.close()
         raise _UpToDate
     if scaled is not cfg:
@@ -448,7 +456,7 @@ def _build_sharded(tmp: Path, target: Path, cfg: IndexConfig, embedder, chunk_si
             raise InputError(f"the inputs yielded no chunks ({report.summary()}): give files that contain text")
         corpus_fp = sharded.fingerprint(plan, scratch)
         kind, scaled = auto_index(cfg, n, embedder.dim, settings)
-        if _unchanged(old, cfg, corpus_fp, settings):
+        if _unchanged(old, cfg, corpus_fp, settings, embedder):
             raise _UpToDate
         if scaled is not cfg:
             announce_scale(scaled, n)

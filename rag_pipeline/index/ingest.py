@@ -16,6 +16,7 @@ import codecs
 import hashlib
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -98,9 +99,26 @@ def iter_files(paths: list[str | Path]) -> Iterator[tuple[Path, str]]:
             yield p, p.name
             continue
         root = p.resolve().name
-        for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        # nothing under a hidden folder either (.git, .obsidian, .venv: tools' files, not documents)
+        for f in sorted(q for q in _files_under(p) if not any(part.startswith(".") for part in q.relative_to(p).parts)):
             if f.suffix.lower() in SUPPORTED:
                 yield f, f"{root}/{f.relative_to(p).as_posix()}" if root else f.relative_to(p).as_posix()
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    """Every file below ``folder``, through symlinked folders too (``rglob`` skips them before Python 3.13), each
+    real folder once (a link back up is no loop)."""
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            f = Path(top, name)
+            if f.is_file():
+                yield f
 
 
 def _read_text(path: Path) -> str:
@@ -136,6 +154,9 @@ def _pdf_text(path: Path) -> str:
         return "\n\n".join((page.extract_text() or "") for page in reader.pages)
     except (PdfReadError, ValueError, OSError) as e:
         raise ValueError(f"unreadable PDF: {e}") from None
+    except Exception as e:  # pypdf's other errors on damaged or encrypted files (DependencyError, ParseError, KeyError ...)
+        hint = ": pip install cryptography to read encrypted PDFs" if type(e).__name__ == "DependencyError" else ""
+        raise ValueError(f"unreadable PDF ({type(e).__name__}: {e}){hint}") from None
 
 
 def _doc_id_for(name: str) -> str:

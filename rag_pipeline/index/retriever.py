@@ -74,7 +74,7 @@ class Retriever:
         _apply_search_params(index, manifest["index"])
         embedder = embedder or load_embedder(built_with, device=device)
         if embedder.model_id != built_with or embedder.weights_hash != manifest["embedder"]["weights_sha256"]:
-            raise IndexError_(f"index {index_dir} was built with {built_with} (weights {manifest['embedder']['weights_sha256'][:12]}), but the embedder given is {embedder.model_id} (weights {embedder.weights_hash[:12]}): use the same embedder or rebuild")
+            raise IndexError_(f"index {index_dir} was built with {built_with} (weights {manifest['embedder']['weights_sha256'][:12]}), but the embedder given is {embedder.model_id} (weights {embedder.weights_hash[:12]}): use the same embedder, or rebuild the index with build-index --force")
         if embedder.dim != dim:
             raise IndexError_(f"embedder dimension {embedder.dim} differs from the index's {dim}: rebuild the index with this embedder")
         return cls(index_dir, manifest, index, store, embedder)
