@@ -163,6 +163,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def aside_of_dead(target: str | Path) -> list[Path]:
+    """The ``.NAME.old-PID...`` copies of ``target`` moved aside by writers that no longer run (newest last)."""
+    target = Path(os.path.abspath(target))
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.old-(\d+)(-[0-9a-f]+)?")
+    found = [p for p in target.parent.iterdir() if (m := pattern.fullmatch(p.name)) and not _pid_alive(int(m.group(1)))]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def aside_name(target: Path) -> Path:
+    """A new ``.NAME.old-PID-XXXXXXXX`` path beside ``target``, to move it aside under (:func:`clean_stale` knows it)."""
+    return target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def clean_stale(target: str | Path) -> None:
     """Clean up what killed writers of ``target`` left beside it (their pid no longer runs).
 

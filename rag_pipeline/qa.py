@@ -185,7 +185,8 @@ def _answer_list(value: str) -> list[str] | str:
 
 def _csv_records(path: Path, text: str, delimiter: str, answer_names: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))  # a passage in a cell may exceed the default 128 KiB
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote left open would otherwise swallow every row after it into one cell
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     if not reader.fieldnames:
         raise InputError(f"{path}: no header row: the first line must name the columns (question, answer, ...)")
     rows = iter(reader)
@@ -194,8 +195,9 @@ def _csv_records(path: Path, text: str, delimiter: str, answer_names: tuple[str,
             row = next(rows)
         except StopIteration:
             return
-        except csv.Error as e:  # a cell over the csv module's size limit, or a quote left open to the end of the file
-            raise InputError(f"{path}:{reader.line_num}: {e}: check that every quote in the cells is closed") from None
+        except csv.Error as e:  # a quote left open, or one inside a cell that is not quoted as a whole
+            raise InputError(f"{path}:{reader.line_num}: {e}: check that every quote in the cells is closed (a cell that holds a "
+                             'quote is written "like ""this"""), or quote the whole cell') from None
         if None in row:
             raise InputError(f"{path}:{reader.line_num}: more cells than header columns: quote cells that hold '{delimiter}'")
         rec = {k: (None if v is None or v == "" else v) for k, v in row.items()}

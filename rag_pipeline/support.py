@@ -57,10 +57,12 @@ def content_tokens(text: str) -> frozenset[str]:
 
 
 def word_share(question: str, texts: list[str]) -> float:
-    """The share of ``question``'s content words that appear in ``texts`` (1.0 for a question without any)."""
+    """The share of ``question``'s content words that appear in ``texts``; 0.0 for a question without any ("???",
+    "Is it?"): nothing in it is found, so the retrieval threshold's cosine alone decides (at 1.0 it never abstained,
+    even on an empty index)."""
     need = content_tokens(question)
     if not need:
-        return 1.0
+        return 0.0
     have = frozenset().union(*(content_tokens(t) for t in texts)) if texts else frozenset()
     return len(need & have) / len(need)
 

@@ -53,7 +53,7 @@ from rag_pipeline import train as train_stage
 from rag_pipeline.adapter_meta import META_FILE
 from rag_pipeline.answer.abstention import mode_of
 from rag_pipeline.answer.ask import Pipeline
-from rag_pipeline.atomic import atomic_file, check_separate, json_line, output_lock, write_json
+from rag_pipeline.atomic import aside_name, aside_of_dead, atomic_file, check_separate, json_line, output_lock, write_json
 from rag_pipeline.config import build_config, coerce, opt, to_dict
 from rag_pipeline.data import raft
 from rag_pipeline.data.raft import SPLIT_OF_STEM, RaftConfig, split_of
@@ -649,30 +649,46 @@ def run_stage(stage: str, cfg: TuneConfig, cfgs: dict[str, Any], resume: bool = 
 
 
 def train_adapter(adapter: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any]:
-    """The train stage: resume checkpoints of these very settings, else train afresh with the earlier adapter
-    moved aside (``.adapter.old-PID``) until the new one is written; a run that fails or is interrupted before
-    its first checkpoint brings the earlier one back (and so does a later run's cleanup after a kill)."""
+    """The train stage: resume checkpoints of these very settings, else train afresh with the earlier adapter moved
+    aside (``.adapter.old-PID-X``) until the new run's first checkpoint: a run that fails before it puts the earlier
+    one back, and so does the next start after a run killed before it."""
     last = adapter / "checkpoints" / "last"
-    resume = resume and (last / "state.json").is_file() and not train_stage.checkpoint_differs(last, cfg)
+    for stale in aside_of_dead(adapter):  # left by a killed run: resumable work wins, else the earlier adapter returns
+        if (last / "state.json").is_file():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            _put_back(stale, adapter)
+    differs = train_stage.checkpoint_differs(last, cfg) if resume and (last / "state.json").is_file() else None
+    if differs:
+        print(f"train: the checkpoint in {last} has other settings ({', '.join(differs)}): training afresh", file=sys.stderr)
+    resume = differs == []
     old = None
     if not resume and adapter.exists() and (train_stage.ARTIFACT.marked(adapter) or
                                             {p.name for p in adapter.iterdir()} <= train_stage.ARTIFACT.scratch):
-        old = adapter.with_name(f".{adapter.name}.old-{os.getpid()}")  # train-generator's output (of other inputs or settings)
+        old = aside_name(adapter)  # train-generator's output (of other inputs or settings), or its scratch
         os.rename(adapter, old)
     if resume:
         print(f"train: resuming from {last}", file=sys.stderr)
     try:
         s = train_stage.run(TrainConfig(**{**to_dict(cfg), "resume": resume}))
     except BaseException:
-        if old is not None and not (last / "state.json").is_file():  # nothing to resume: the earlier adapter comes back
-            shutil.rmtree(adapter, ignore_errors=True)
-            os.rename(old, adapter)
+        if old is not None and not (last / "state.json").is_file():
+            _put_back(old, adapter)
         raise
-    if s.get("status") == "interrupted":
-        raise KeyboardInterrupt  # resumable; the earlier adapter stays aside until the next run starts
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # the new run checkpointed (interrupted) or finished: it is the one to keep
+    if s.get("status") == "interrupted":
+        raise KeyboardInterrupt
     return {k: s.get(k) for k in ("status", "steps", "best_step", "train_examples_per_s", "tuned")}
+
+
+def _put_back(aside: Path, adapter: Path) -> None:
+    """``aside`` renamed back to ``adapter``, over what a failed run left there (never over a finished adapter)."""
+    if adapter.exists():
+        if train_stage.ARTIFACT.marked(adapter):
+            return
+        shutil.rmtree(adapter)
+    os.rename(aside, adapter)
 
 
 def yes_no_lean(cfg: CalibrateConfig, pipe: Any = None) -> float | None:
@@ -736,9 +752,12 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
     if cfg.reference and not reference_of(cfg):
         raise InputError(f"reference adapter {cfg.reference} does not exist: run tune from the repository's root (it holds "
                          "adapters/smollm2-disfl-qa), pass --reference DIR, or --reference '' to start from a fresh LoRA")
-    plan_key = hashlib.sha256(json.dumps([corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, bool(cfg.qa), cfg.base_model,
-                                          cfg.train, cfg.index, cfg.raft, cfg.evaluate, cfg.yes_no, cfg.unanswerable, cfg.export,
-                                          cfg.reference], sort_keys=True).encode()).hexdigest()[:16]
+    planned = [corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, bool(cfg.qa), cfg.base_model, cfg.train, cfg.index,
+               cfg.yes_no, cfg.unanswerable]
+    # what else the probe reads, only where it differs from the default: earlier outputs keep their plans
+    probed = {k: getattr(cfg, k) for k, default in (("raft", {}), ("evaluate", {}), ("reference", REFERENCE_ADAPTER))
+              if getattr(cfg, k) != default}
+    plan_key = hashlib.sha256(json.dumps(planned + ([probed] if probed else []), sort_keys=True).encode()).hexdigest()[:16]
     with output_lock(out):
         if old.get("plan_key") == plan_key and old.get("plan"):
             plan = Plan.from_json(old["plan"])

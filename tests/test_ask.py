@@ -695,6 +695,12 @@ def test_passages_leave_the_threshold_as_it_was(env: dict, stories_index: Path, 
     assert seen == top  # the words are looked for in the top k chunks, not in the passages chosen
 
 
+def test_a_question_without_content_words_is_judged_by_the_cosine_alone(env: dict, stories_index: Path) -> None:
+    """Its word share was 1.0, over any --min-score-words: "???" or "Is it?" never met the retrieval threshold."""
+    p = A.Pipeline.load(cfg(env, index=str(stories_index), k=1, min_score=0.99))
+    assert [a.abstain_reason for a in p.answer_batch(["???", "Is it?"])] == ["threshold", "threshold"]
+
+
 def test_bad_candidates_is_refused_by_the_cli(env: dict, capsys: pytest.CaptureFixture) -> None:
     err = _one_line_error(["ask", "q?", "--index", str(env["index"]), "--passages", "windows", "-k", "3", "--candidates", "2"], capsys)
     assert "candidates is 2" in err and "--candidates 3 or more" in err

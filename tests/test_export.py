@@ -232,7 +232,7 @@ def test_export_never_writes_over_a_foreign_folder(env: dict, tmp_path: Path) ->
     with pytest.raises(InputError, match="no export wrote"):
         export(env, foreign)
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
-    with pytest.raises(InputError, match="adapter folder itself"):
+    with pytest.raises(ConfigError, match="is also an input"):
         export(env, env["adapter"])
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):

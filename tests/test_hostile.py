@@ -493,7 +493,7 @@ def test_ask_with_standard_input_that_is_not_utf8_says_so_and_how_to_re_encode(s
 
     _no_models(monkeypatch)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Who founded Caf\u00e9 Nero?\n".encode("latin-1")), encoding="utf-8"))
-    _refused(["ask", "--index", str(small_index[0])], capsys, "line 1 of standard input is not UTF-8 text (byte 0xe9 at column 16)",
+    _refused(["ask", "--index", str(small_index[0])], capsys, "line 1 of standard input is not UTF-8 text (byte 0xe9 at offset 15)",
              "iconv -f latin1 -t utf-8")
 
 

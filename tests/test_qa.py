@@ -164,7 +164,7 @@ def test_format_errors_name_the_place_and_the_fix(tmp_path: Path) -> None:
     c.write_text("question,answer\nWhat?,yes,extra\n")
     with pytest.raises(InputError, match=r"q\.csv:2: more cells than header columns"):
         load_qa(c)
-    c.write_text('question,answer\n"What is it?,yes\n' + "x" * (17 << 20) + "\n")  # a quote left open to the end, past any cell limit
+    c.write_text('question,answer\n"What is it?,yes\nWho?,me\n')  # a quote left open swallowed every later row into one cell
     with pytest.raises(InputError, match=r"q\.csv:\d+: .*check that every quote in the cells is closed"):
         load_qa(c)
     c.write_text('question,answer,context\nWhat?,yes,"' + "word " * 40_000 + 'yes"\n')  # a passage over 128 KiB is a cell like any

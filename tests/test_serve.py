@@ -127,6 +127,10 @@ def test_max_tokens_temperature_and_seed_are_honoured(client: openai.OpenAI) -> 
     sampled = [ask(client, QUESTIONS[3], max_tokens=8, temperature=1.5, seed=s).choices[0].message.content for s in range(1, 5)]
     assert any(s != greedy for s in sampled)  # sampling happened
     assert ask(client, QUESTIONS[3], max_tokens=8, temperature=1.5, seed=1).choices[0].message.content == sampled[0]
+    # a temperature so small that logits / t overflow (NaN probabilities) was a 500: greedy, as 0 is, and said so
+    tiny = client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": QUESTIONS[3]}],
+                                                            max_tokens=8, temperature=1e-40)
+    assert tiny.parse().choices[0].message.content == greedy and "answered greedily" in tiny.headers["warning"]
 
 
 def test_models_lists_the_served_model_and_others_are_404(client: openai.OpenAI) -> None:

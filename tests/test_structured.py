@@ -34,6 +34,9 @@ def test_a_schema_is_checked_with_a_message_that_names_the_problem(tmp_path) -> 
         deep = {"type": "object", "properties": {"a": deep}}
     with pytest.raises(InputError, match="the schema nests 801 levels deep, more than the 32"):
         structured.check_schema(deep, "x")
+    wordy = {"type": "object", "properties": {"a": {"type": "string", "description": "word " * 1000}}}
+    with pytest.raises(InputError, match="the schema is 5,0.. characters of compact JSON, more than the 4,000 a prompt shows"):
+        structured.check_schema(wordy, "x")
     bad = tmp_path / "s.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="is not JSON"):

@@ -1104,7 +1104,7 @@ def stdin_lines(stream: IO[str] | None = None) -> Iterator[str]:
         try:
             yield line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"line {n} of standard input is not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1}): "
+            raise InputError(f"line {n} of standard input is not UTF-8 text (byte {line[e.start]:#04x} at offset {e.start}): "
                              "re-encode it, e.g. iconv -f latin1 -t utf-8 questions.txt | rag-pipeline ask") from None
 
 

@@ -41,6 +41,9 @@ def canonical(schema: dict[str, Any]) -> str:
 
 
 MAX_SCHEMA_DEPTH = 32  # objects and arrays inside one another, the schema's keywords counted
+# The prompt shows the schema beside the passages, outside their token budget: a longer one (descriptions of a
+# whole page) would make one prompt tens of thousands of tokens, read in one pass that holds up every other request.
+MAX_SCHEMA_CHARS = 4000
 
 
 def _nesting(value: Any) -> int:
@@ -65,6 +68,10 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
     if depth > MAX_SCHEMA_DEPTH:  # the checks below recurse: a deeper schema would exhaust Python's stack
         raise InputError(f"{where}: the schema nests {depth} levels deep, more than the {MAX_SCHEMA_DEPTH} an answer's "
                          "schema may: flatten it")
+    size = len(canonical(schema))
+    if size > MAX_SCHEMA_CHARS:
+        raise InputError(f"{where}: the schema is {size:,} characters of compact JSON, more than the {MAX_SCHEMA_CHARS:,} a prompt "
+                         "shows: shorten its descriptions, or ask for fewer fields")
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as e:

@@ -68,8 +68,6 @@ def check_target(output: Path, adapter: Path) -> None:
     """Refuse to write over anything an earlier export did not write (the adapter itself included)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file: pass a folder path")
-    if output.resolve() == adapter.resolve():
-        raise InputError(f"--output {output} is the adapter folder itself: pass a new folder")
     if not output.is_dir() or not any(output.iterdir()):
         return
     manifest = output / MANIFEST
@@ -175,8 +173,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     if not adapter.is_dir():
         raise InputError(f"adapter folder {adapter} does not exist: pass a train-generator output (e.g. adapters/smollm2-disfl-qa)")
     meta = read_adapter_meta(adapter)
+    check_separate([adapter], output)  # the adapter itself, or an export inside it (hashed as the adapter's weights)
     check_target(output, adapter)
-    check_separate([adapter], output)  # an export inside the adapter would be hashed as the adapter's weights
     name = cfg.name or adapter.resolve().name
     template = adapter_template(meta, f"adapter {adapter}")  # the template it was trained with, as ask renders it
     with atomic_dir(output, ARTIFACT) as tmp:  # made before the models load: an unwritable --output fails at once

@@ -106,19 +106,21 @@ def iter_files(paths: list[str | Path]) -> Iterator[tuple[Path, str]]:
 
 
 def _files_under(folder: Path) -> Iterator[Path]:
-    """Every file below ``folder``, through symlinked folders too (``rglob`` skips them before Python 3.13), each
-    real folder once (a link back up is no loop)."""
-    seen: set[str] = set()
+    """Every file below ``folder`` but hidden folders' (``.git``, ``.obsidian``), through symlinked folders that lead
+    outside it (``rglob`` skips them before Python 3.13); a link to a folder inside it (``latest -> v2``, a link back
+    up) is skipped, so each file is read once, under its own path."""
+    root = os.path.realpath(folder)
     for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _link_within(Path(top, d), root))
         for name in files:
             f = Path(top, name)
             if f.is_file():
                 yield f
+
+
+def _link_within(path: Path, root: str) -> bool:
+    """Whether ``path`` is a symlink to a folder inside ``root`` (or to ``root`` itself)."""
+    return path.is_symlink() and Path(os.path.realpath(path)).is_relative_to(root)
 
 
 def _read_text(path: Path) -> str:

@@ -109,10 +109,13 @@ def check_listen(host: str, port: int) -> None:
         ConfigError: the port is taken, or the host is not an address of this machine.
     """
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
-            s.bind(address)
+        for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):  # each, as asyncio binds
+            with socket.socket(family, kind, proto) as s:
+                if os.name == "posix":  # as asyncio does: a port in TIME_WAIT is free (on Windows it would share a live one)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio does: "::" does not take the IPv4 port too
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(address)
     except OSError as e:
         why = "is in use (another server?)" if getattr(e, "errno", None) == errno.EADDRINUSE else f"cannot be listened on ({e.strerror or e})"
         raise ConfigError(f"{host}:{port} {why}: pass another --port (or --host), or stop what holds it") from None

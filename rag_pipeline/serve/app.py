@@ -252,10 +252,15 @@ def _citations(ans: Answer, text: str | None = None) -> list[S.CitationOut]:
             for c in ans.citations if kept is None or c.n in kept]
 
 
+MIN_TEMPERATURE = 0.01  # lower, sampling is greedy decoding in all but float overflow
+
+
 def _decoding(body: S.ChatCompletionRequest, max_new: int, seed: int, calibrated: bool) -> tuple[Decoding, list[str]]:
     """The request's generation settings, and warnings about what was asked and is not applied."""
     if body.temperature and calibrated:  # the calibrated abstention scores greedy answers
         return Decoding(max_new), ["temperature is ignored: this server's calibrated abstention answers greedily"]
+    if body.temperature and body.temperature < MIN_TEMPERATURE:  # logits / 1e-40 overflow to inf: NaN probabilities
+        return Decoding(max_new), [f"temperature {body.temperature:g} is below {MIN_TEMPERATURE:g}: answered greedily, as 0 is"]
     if body.temperature:
         return Decoding(max_new, True, body.temperature, body.top_p or 1.0, seed if body.seed is None else body.seed), []
     return Decoding(max_new), []  # greedy: top_p and seed change nothing, so they must not split batches
