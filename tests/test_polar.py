@@ -232,8 +232,8 @@ def test_calibrate_records_how_many_validation_questions_were_yes_no(polar_env: 
 
     adapter = tmp_path / "adapter"
     shutil.copytree(polar_env["adapter"], adapter)
-    rows = [{"id": f"q-{k}", "question": q, "answer": "x", "doc_id": k}
-            for k, (t, _) in TOPICS.items() for q in (f"What about {t}?", f"Is there {t}?")]
+    rows = [{"id": f"q-{k}-{i}", "question": q, "answer": "x", "doc_id": k}
+            for k, (t, _) in TOPICS.items() for i, q in enumerate((f"What about {t}?", f"Is there {t}?"))]
     qa = write_jsonl(tmp_path / "dev.jsonl", rows)
     r = calibrate_run(CalibrateConfig(adapter=str(adapter), index=str(polar_env["index"]), qa=str(qa), limit=0,
                                       device="cpu", dtype="float32", max_new_tokens=6))
