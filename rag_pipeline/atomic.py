@@ -163,13 +163,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def aside_of_dead(target: str | Path) -> list[Path]:
-    """The ``.NAME.old-PID...`` copies of ``target`` moved aside by writers that no longer run (newest last)."""
-    target = Path(os.path.abspath(target))
+def _left_by_dead(target: Path) -> list[tuple[Path, str]]:
+    """The ``.NAME.tmp-PID...`` and ``.NAME.old-PID...`` entries beside ``target`` whose writer no longer runs, with
+    their kind (``tmp`` or ``old``), in name order."""
     if not target.parent.is_dir():
         return []
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.old-(\d+)(-[0-9a-f]+)?")
-    found = [p for p in target.parent.iterdir() if (m := pattern.fullmatch(p.name)) and not _pid_alive(int(m.group(1)))]
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)(-[0-9a-f]+)?")
+    return [(p, m.group(1)) for p in sorted(target.parent.iterdir())
+            if (m := pattern.fullmatch(p.name)) and not _pid_alive(int(m.group(2)))]
+
+
+def aside_of_dead(target: str | Path) -> list[Path]:
+    """The ``.NAME.old-PID...`` copies of ``target`` moved aside by writers that no longer run (newest last)."""
+    found = [p for p, kind in _left_by_dead(Path(os.path.abspath(target))) if kind == "old"]
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
@@ -186,14 +192,8 @@ def clean_stale(target: str | Path) -> None:
     missing, so a crash between the two renames loses nothing, and removed otherwise.
     """
     target = Path(os.path.abspath(target))
-    if not target.parent.is_dir():
-        return
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)(-[0-9a-f]+)?")
-    for p in sorted(target.parent.iterdir()):
-        m = pattern.fullmatch(p.name)
-        if m is None or _pid_alive(int(m.group(2))):
-            continue
-        if m.group(1) == "old" and not target.exists() and not target.is_symlink():
+    for p, kind in _left_by_dead(target):
+        if kind == "old" and not target.exists() and not target.is_symlink():
             log.warning("restoring %s from %s (a run was killed while replacing it)", target, p.name)
             os.rename(p, target)
         else:

@@ -253,9 +253,8 @@ def read_records(path: Path, fields: QAFields) -> Iterator[tuple[str, Any]]:
     if suffix in (".csv", ".tsv"):
         return _csv_records(path, _read_text(path), "\t" if suffix == ".tsv" else ",", fields.names("answer"))
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)

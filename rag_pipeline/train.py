@@ -481,11 +481,12 @@ def set_rng_state(rng: Any) -> None:
         torch.cuda.set_rng_state(state, i)
 
 
-def checkpoint_differs(path: Path, cfg: TrainConfig) -> list[str]:
-    """The settings in which the checkpoint in ``path`` differs from ``cfg`` (those a resumed run may change aside)."""
-    saved = json.loads((path / "state.json").read_text(encoding="utf-8"))["config"]
+def checkpoint_differs(path: Path, cfg: TrainConfig, saved: dict[str, Any] | None = None) -> list[str]:
+    """The settings in which the checkpoint in ``path`` (its ``state.json``, or ``saved`` when already read) differs from
+    ``cfg``, but for those a resumed run may change."""
+    saved = saved or json.loads((path / "state.json").read_text(encoding="utf-8"))
     now = to_dict(cfg)
-    return [k for k, v in saved.items() if k not in RESUME_MAY_CHANGE and now.get(k) != v]
+    return [k for k, v in saved["config"].items() if k not in RESUME_MAY_CHANGE and now.get(k) != v]
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -499,7 +500,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not (path / "state.json").is_file():
         raise InputError(f"--resume given but {path} holds no checkpoint: drop --resume to start fresh")
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    diff = checkpoint_differs(path, cfg)
+    diff = checkpoint_differs(path, cfg, state)
     if diff:
         was = ", ".join(f"{k}={state['config'][k]!r}" for k in diff)
         raise ConfigError(

@@ -137,7 +137,8 @@ class TuneConfig:
                 raise ConfigError(f"{name} is {getattr(self, name)}: use a share in [0, 1]")
         if self.yes_no + self.unanswerable > 1:
             raise ConfigError(f"yes_no ({self.yes_no}) + unanswerable ({self.unanswerable}) exceed 1: lower one of them")
-        if self.questions < 0 or not (0 < self.epochs < math.inf and 0 < self.learning_rate < math.inf):
+        if self.questions < 0 or not (math.isfinite(self.epochs) and math.isfinite(self.learning_rate)) or \
+                self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("questions must be >= 0 (0 = from the budget), epochs and learning_rate finite and > 0")
         if self.from_stage == "export" and not self.export:
             raise ConfigError("--from export without --export: add --export to write the export, or choose an earlier stage")
@@ -683,9 +684,10 @@ def train_adapter(adapter: Path, cfg: TrainConfig, resume: bool) -> dict[str, An
 
 
 def _put_back(aside: Path, adapter: Path) -> None:
-    """``aside`` renamed back to ``adapter``, over what a failed run left there (never over a finished adapter)."""
+    """``aside`` renamed back to ``adapter``, over the scratch a failed run left there (checkpoints, TensorBoard logs);
+    never over a finished adapter or anything else."""
     if adapter.exists():
-        if train_stage.ARTIFACT.marked(adapter):
+        if not {p.name for p in adapter.iterdir()} <= train_stage.ARTIFACT.scratch:
             return
         shutil.rmtree(adapter)
     os.rename(aside, adapter)
@@ -755,8 +757,9 @@ def run(cfg: TuneConfig, echo: Callable[[str], None] = lambda s: print(s, file=s
     planned = [corpus.key, cfg.budget, cfg.questions, cfg.epochs, cfg.device, bool(cfg.qa), cfg.base_model, cfg.train, cfg.index,
                cfg.yes_no, cfg.unanswerable]
     # what else the probe reads, only where it differs from the default: earlier outputs keep their plans
-    probed = {k: getattr(cfg, k) for k, default in (("raft", {}), ("evaluate", {}), ("reference", REFERENCE_ADAPTER))
-              if getattr(cfg, k) != default}
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TuneConfig)}
+    probed = {k: getattr(cfg, k) for k in ("raft", "evaluate", "reference") if getattr(cfg, k) != defaults[k]}
     plan_key = hashlib.sha256(json.dumps(planned + ([probed] if probed else []), sort_keys=True).encode()).hexdigest()[:16]
     with output_lock(out):
         if old.get("plan_key") == plan_key and old.get("plan"):

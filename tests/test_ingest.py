@@ -94,6 +94,7 @@ def test_a_symlinked_folder_is_read_and_a_link_back_up_is_no_loop(tmp_path: Path
     (corpus / "own.md").write_text("Own notes.")
     (corpus / "papers").symlink_to(tmp_path / "data")
     (corpus / "loop").symlink_to(corpus)
+    (tmp_path / "data" / "again").symlink_to(tmp_path / "data")  # a loop outside the root: data/again/again/... read once
     assert sorted(d.text for d in read_documents([corpus], IngestReport())) == ["Ice sheets flow.", "Own notes."]
 
 

@@ -106,8 +106,6 @@ def choose_threshold(margins: Sequence[float], answered_f1: Sequence[float], ans
                      max_false_abstain: float = 0.15) -> dict[str, float]:
     """The threshold maximising overall F1 with false abstentions at or under ``max_false_abstain``
     (:func:`best_under_ceiling` of :func:`sweep`'s rows)."""
-    if not 0.0 <= max_false_abstain <= 1.0:
-        raise ValueError(f"max_false_abstain must be in [0, 1], got {max_false_abstain}")
     return best_under_ceiling(sweep(margins, answered_f1, answerable), max_false_abstain)
 
 

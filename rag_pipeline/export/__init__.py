@@ -65,7 +65,7 @@ class ExportConfig:
 
 
 def check_target(output: Path, adapter: Path) -> None:
-    """Refuse to write over anything an earlier export did not write (the adapter itself included)."""
+    """Refuse to write over anything an earlier export did not write (``run`` refuses the adapter itself first)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file: pass a folder path")
     if not output.is_dir() or not any(output.iterdir()):

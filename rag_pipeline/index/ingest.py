@@ -99,28 +99,32 @@ def iter_files(paths: list[str | Path]) -> Iterator[tuple[Path, str]]:
             yield p, p.name
             continue
         root = p.resolve().name
-        # nothing under a hidden folder either (.git, .obsidian, .venv: tools' files, not documents)
-        for f in sorted(q for q in _files_under(p) if not any(part.startswith(".") for part in q.relative_to(p).parts)):
+        for f in sorted(_files_under(p)):
             if f.suffix.lower() in SUPPORTED:
                 yield f, f"{root}/{f.relative_to(p).as_posix()}" if root else f.relative_to(p).as_posix()
 
 
 def _files_under(folder: Path) -> Iterator[Path]:
-    """Every file below ``folder`` but hidden folders' (``.git``, ``.obsidian``), through symlinked folders that lead
-    outside it (``rglob`` skips them before Python 3.13); a link to a folder inside it (``latest -> v2``, a link back
-    up) is skipped, so each file is read once, under its own path."""
+    """Every file below ``folder`` but hidden ones and those under hidden folders (``.git``, ``.obsidian``: tools'
+    files, not documents), through symlinked folders that lead outside it (``rglob`` skips them before Python 3.13).
+    A link to a folder inside it (``latest -> v2``) is not followed, and no real folder is walked twice (a link back
+    up, inside or outside): each file is read once, under its own path."""
     root = os.path.realpath(folder)
+    walked = {root}
     for top, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _link_within(Path(top, d), root))
+        keep = []
+        for d in sorted(dirs):
+            path = Path(top, d)
+            real = os.path.realpath(path)
+            if d.startswith(".") or real in walked or (path.is_symlink() and Path(real).is_relative_to(root)):
+                continue
+            walked.add(real)
+            keep.append(d)
+        dirs[:] = keep
         for name in files:
             f = Path(top, name)
-            if f.is_file():
+            if not name.startswith(".") and f.is_file():
                 yield f
-
-
-def _link_within(path: Path, root: str) -> bool:
-    """Whether ``path`` is a symlink to a folder inside ``root`` (or to ``root`` itself)."""
-    return path.is_symlink() and Path(os.path.realpath(path)).is_relative_to(root)
 
 
 def _read_text(path: Path) -> str:
