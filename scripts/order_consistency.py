@@ -84,7 +84,7 @@ def lower_margin(r: dict, other: dict) -> dict:
     if not other_shown:
         return {**r, "margin": mean}
     has = bool(r["answerable"] and r["gold"])
-    refused = answer_problem(other["raw"], []) == "no_content"
+    refused = answer_problem(other["raw"], [], polar.may_be_yes_no(r["question"])) == "no_content"
     return {**r, "raw": other["raw"], "margin": mean, "abstained": refused, "abstain_reason": "check" if refused else None,
             "scores": {**r["scores"], "f1": f1(extract_answer(other["raw"]), r["gold"]) if has else None}}
 

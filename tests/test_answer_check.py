@@ -27,8 +27,25 @@ def test_cited_problem_reads_the_cited_passages_else_all_shown() -> None:
     from rag_pipeline.answer.check import cited_problem
 
     shown = ["Paris is the capital of France.", "Lyon lies on the Rhone."]
-    assert cited_problem("Lyon [1]", [1], shown) == "unsupported"  # cites a passage without it
-    assert cited_problem("Lyon [2]", [2], shown) is None
-    assert cited_problem("Lyon", [], shown) is None  # no citation: every shown passage counts
-    assert cited_problem("Lyon [7]", [7], shown) is None  # a number past the shown ones is no citation
-    assert cited_problem("The [1]", [1], shown) == "no_content"
+    assert cited_problem("Lyon [1]", [1], shown, False) == "unsupported"  # cites a passage without it
+    assert cited_problem("Lyon [2]", [2], shown, False) is None
+    assert cited_problem("Lyon", [], shown, False) is None  # no citation: every shown passage counts
+    assert cited_problem("Lyon [7]", [7], shown, False) is None  # a number past the shown ones is no citation
+    assert cited_problem("The [1]", [1], shown, False) == "no_content"
+
+
+@pytest.mark.parametrize("question,answer,problem", [
+    ("How much British military was in North America?", "no [2]", "no_content"),  # a yes/no answer to a wh-question
+    ("What river does Lyon lie on?", "No, the Rhone [2]", None),  # its words are checked as any answer's
+    ("What river does Paris lie on?", "Yes, the Seine [1]", "unsupported"),
+    ("Was the capital Paris or Lyon?", "Yes [1]", "no_content"),  # one of two is asked for
+    ("Can you name the capital?", "Yes [1]", "no_content"),  # a request
+    ("Is Paris the capital of France?", "Yes [1]", None),
+    ("Lyon lies on the Rhone?", "No [2]", None),  # no opening auxiliary, yet it may be answered yes or no
+])
+def test_yes_no_answers_pass_only_where_the_question_may_be_answered_so(question: str, answer: str, problem: str | None) -> None:
+    from rag_pipeline.answer.check import cited_problem
+    from rag_pipeline.answer.polar import may_be_yes_no
+
+    shown = ["Paris is the capital of France.", "Lyon lies on the Rhone."]
+    assert cited_problem(answer, [int(answer[-2])], shown, may_be_yes_no(question)) == problem

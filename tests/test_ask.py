@@ -509,18 +509,22 @@ def scripted_generate(pipe: A.Pipeline, monkeypatch: pytest.MonkeyPatch, free: s
     return modes
 
 
-@pytest.mark.parametrize("free,grounded,shown,reason,fallback", [
-    ("The [1]", "the Moon [1]", "the Moon [1]", None, "grounded"),           # junk: the grounded span is shown instead
-    ("The processes [1]", A.ABSTAIN, A.ABSTAIN, "no_content", None),         # ... unless the grounded decode abstains
-    ("Jupiter and Saturn [1]", "The [1]", A.ABSTAIN, "unsupported", None),  # or is junk itself
-    ("the Moon [1]", "never asked", "the Moon [1]", None, None),              # a supported answer is shown as it is
-    ("Yes [1]", "never asked", "Yes [1]", None, None),                        # a yes/no answer is an answer
+MOON = "What is the only natural satellite of Earth?"  # retrieves the Moon's document first
+
+
+@pytest.mark.parametrize("free,grounded,shown,reason,fallback,question", [
+    ("The [1]", "the Moon [1]", "the Moon [1]", None, "grounded", MOON),     # junk: the grounded span is shown instead
+    ("The processes [1]", A.ABSTAIN, A.ABSTAIN, "no_content", None, MOON),   # ... unless the grounded decode abstains
+    ("Jupiter and Saturn [1]", "The [1]", A.ABSTAIN, "unsupported", None, MOON),  # or is junk itself
+    ("the Moon [1]", "never asked", "the Moon [1]", None, None, MOON),        # a supported answer is shown as it is
+    ("Yes [1]", "never asked", "Yes [1]", None, None, "Is the Moon the only natural satellite of Earth?"),  # a yes/no answer
+    ("Yes [1]", "the Moon [1]", "the Moon [1]", None, "grounded", MOON),      # ... but not to a question asking what
 ])
 def test_the_answer_check_never_shows_junk(env: dict, monkeypatch: pytest.MonkeyPatch, free: str, grounded: str, shown: str,
-                                           reason: str | None, fallback: str | None) -> None:
+                                           reason: str | None, fallback: str | None, question: str) -> None:
     pipe = A.Pipeline.load(cfg(env, answer_check="grounded", k=1))
     modes = scripted_generate(pipe, monkeypatch, free, grounded)
-    ans = pipe.answer("What is the only natural satellite of Earth?")  # retrieves the Moon's document first
+    ans = pipe.answer(question)
     assert ans.answer == shown and ans.abstain_reason == reason and ans.fallback == fallback
     assert (ans.rejected is not None) == (shown != free) and (ans.raw == free)
     assert modes == ([False, True] if shown != free else [False])  # the grounded decode runs only for a refused answer

@@ -67,6 +67,15 @@ def test_a_refusal_subject_alone_is_no_answer_but_with_a_content_word_it_is(smol
     assert _walk(c, smol_tok("1815 [1]", add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id])
 
 
+def test_a_no_span_answers_only_a_question_that_may_be_answered_yes_or_no(smol_tok) -> None:
+    c = ["No one came to the meeting in 1815."]
+    ids = smol_tok("No [1]", add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id]
+    assert _walk(GroundedConstraint(smol_tok, c), ids)  # "Did anyone come?"
+    assert not _walk(GroundedConstraint(smol_tok, c, yes_no=False), ids)  # "Who came?": "No" holds no content word
+    assert _walk(GroundedConstraint(smol_tok, c, yes_no=False), smol_tok("1815 [1]", add_special_tokens=False)["input_ids"]
+                 + [smol_tok.eos_token_id])
+
+
 def test_the_abstention_is_allowed_and_can_be_turned_off(smol_tok) -> None:
     ids = smol_tok(ABSTAIN, add_special_tokens=False)["input_ids"] + [smol_tok.eos_token_id]
     assert _walk(GroundedConstraint(smol_tok, DOCS), ids)

@@ -37,8 +37,8 @@ def test_reversed_answers_come_from_their_own_cache_without_loading_a_model(orde
 
 
 def _rec(margin: float, raw: str, gold: list[str], **kw) -> dict:
-    return {"id": "q1", "answerable": bool(gold), "gold": gold, "margin": margin, "raw": raw, "abstained": False,
-            "abstain_reason": None, "scores": {"f1": 0.0 if gold else None}, **kw}
+    return {"id": "q1", "question": "Which river?", "answerable": bool(gold), "gold": gold, "margin": margin, "raw": raw,
+            "abstained": False, "abstain_reason": None, "scores": {"f1": 0.0 if gold else None}, **kw}
 
 
 def test_the_lower_margin_answer_takes_the_place_of_the_runs_judged_on_the_mean_margin(order):
@@ -50,6 +50,8 @@ def test_the_lower_margin_answer_takes_the_place_of_the_runs_judged_on_the_mean_
     assert order.lower_margin(r, {"raw": "Nile [2]", "margin": None}) is r
     refused = order.lower_margin(r, {"raw": "The [1]", "margin": 0.5})  # no content word: refused, as ask's check refuses it
     assert refused["abstained"] and refused["abstain_reason"] == "check"
+    assert order.lower_margin(r, {"raw": "No [1]", "margin": 0.5})["abstained"]  # "No" answers no "Which river?"
+    assert not order.lower_margin({**r, "question": "Is it the Nile?"}, {"raw": "No [1]", "margin": 0.5})["abstained"]
     assert order.lower_margin(_rec(3.0, "Paris [1]", []), {"raw": "Nile [2]", "margin": 1.0})["scores"]["f1"] is None
 
 

@@ -710,7 +710,8 @@ class Pipeline:
         elif c.task == "summary":
             constraints = [summary.constraint(self.tokenizer, len(ds)) for ds in docs]
         elif grounded:
-            constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds]) for ds in docs]
+            yes_no = [polar.may_be_yes_no(q) for q in questions] if questions is not None else [True] * len(docs)
+            constraints = [GroundedConstraint(self.tokenizer, [d["text"] for d in ds], yes_no=y) for ds, y in zip(docs, yes_no)]
         polar_rows = None
         if c.task == "qa" and not grounded and questions is not None and self.cfg.yes_no_questions == "yes-or-no":
             # unscored, the model may still open its refusal; scored, the margin of its own answer decides first
@@ -870,15 +871,17 @@ class Pipeline:
         decided to answer, and the best span of a shown passage is that answer. Otherwise the
         grounded decode may abstain (greedy abstention)."""
         def problem(a: Answer) -> str | None:
-            return None if a.abstained else cited_problem(a.answer, [c.n for c in a.citations], [d["text"] for d in a.retrieved])
+            return None if a.abstained else cited_problem(a.answer, [c.n for c in a.citations], [d["text"] for d in a.retrieved],
+                                                          polar.may_be_yes_no(a.question))
 
         bad = {i: why for i, a in enumerate(answers) if (why := problem(a))}
         redo = [i for i in bad if self.cfg.answer_check == "grounded" and not grounded]
         redone: dict[int, Answer] = {}
         if redo:
             more = [type(counts[i])() for i in redo] if counts else None
-            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, counts=more) if more else \
-                self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True)
+            asked = [answers[i].question for i in redo]
+            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, counts=more, questions=asked) if more \
+                else self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, questions=asked)
             for k, (i, (raw, _)) in enumerate(zip(redo, outs)):
                 a = answers[i]
                 redone[i] = self._finish(a.question, raw, a.retrieved, a.timings, None, None, grounded=True)

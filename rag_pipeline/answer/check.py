@@ -19,16 +19,18 @@ REFUSAL_SUBJECTS = frozenset(content_tokens(
     "documents papers processes manuscripts contents documentation texts passages context sources articles materials records"))
 
 
-def answer_problem(answer: str, passages: list[str]) -> str | None:
+def answer_problem(answer: str, passages: list[str], yes_no: bool = True) -> str | None:
     """Why a generated answer must not be shown as an answer, or None when it may be.
 
     ``"no_content"``: it holds no content word ("The [1]") other than a refusal's subject (:data:`REFUSAL_SUBJECTS`:
     "The processes [1]", "The papers [2]"); ``"unsupported"``: fewer than :data:`ANSWER_SUPPORT` of its content words
     are in ``passages`` (the passages it cites; the caller passes all shown ones when it cites
-    none). A yes/no answer ("Yes [1]", "No, it was not.") is an answer whatever its words.
+    none). A yes/no answer ("Yes [1]", "No, it was not.") is an answer whatever its words where ``yes_no``: the
+    question may be answered yes or no (:func:`rag_pipeline.answer.polar.may_be_yes_no`; "no [2]" answers no "How
+    much ...?"), else its words are checked as any answer's.
     """
     text = extract_answer(answer)
-    if polarity(text) is not None:
+    if yes_no and polarity(text) is not None:
         return None
     need = content_tokens(text)
     if not need - REFUSAL_SUBJECTS:
@@ -37,8 +39,9 @@ def answer_problem(answer: str, passages: list[str]) -> str | None:
     return "unsupported" if len(need & have) / len(need) < ANSWER_SUPPORT else None
 
 
-def cited_problem(answer: str, cited: list[int], shown: list[str]) -> str | None:
-    """:func:`answer_problem` on the passages an answer cites (1-based numbers into ``shown``), or on
-    every shown passage when it cites none: the rule ask applies, and evaluate and calibrate score."""
+def cited_problem(answer: str, cited: list[int], shown: list[str], yes_no: bool) -> str | None:
+    """:func:`answer_problem` on the passages an answer cites (1-based numbers into ``shown``), or on every shown
+    passage when it cites none: the rule ask applies, and evaluate and calibrate score. ``yes_no``: the question may be
+    answered yes or no (:func:`rag_pipeline.answer.polar.may_be_yes_no`)."""
     passages = [shown[n - 1] for n in cited if 1 <= n <= len(shown)]
-    return answer_problem(answer, passages or shown)
+    return answer_problem(answer, passages or shown, yes_no)

@@ -123,10 +123,13 @@ class GroundedConstraint:
         tokenizer: the generator's tokenizer.
         documents: the document texts in prompt order (document ``n`` is ``documents[n - 1]``).
         abstain: allow the abstention sentence.
+        yes_no: the question may be answered yes or no (:func:`rag_pipeline.answer.polar.may_be_yes_no`): a span
+            opening with "Yes" or "No" is then an answer whatever its words, as the answer check rules.
     """
 
-    def __init__(self, tokenizer: Any, documents: list[str], abstain: bool = True) -> None:
+    def __init__(self, tokenizer: Any, documents: list[str], abstain: bool = True, yes_no: bool = True) -> None:
         self.vocab = build_vocab(tokenizer)
+        self.yes_no = yes_no
         self.texts = list(documents)
         self.docs = [d.encode("utf-8") for d in documents]
         self._showable_cache: dict[tuple[int, int, int], bool] = {}
@@ -172,7 +175,7 @@ class GroundedConstraint:
         key = (n, start, end)
         if key not in self._showable_cache:
             text = self.docs[n - 1][start:end].decode("utf-8", "ignore")
-            self._showable_cache[key] = answer_problem(text, [self.texts[n - 1]]) is None
+            self._showable_cache[key] = answer_problem(text, [self.texts[n - 1]], self.yes_no) is None
         return self._showable_cache[key]
 
     def _expand(self, state: frozenset[Hyp] | None) -> list[tuple[Hyp, int]]:

@@ -17,7 +17,7 @@ where it would rather quote a span), and a withheld answer keeps the second deco
 threshold chosen on validation questions none of which was a yes/no question (the calibration's
 ``yes_no_questions`` 0) does not withhold a yes/no answer (:func:`rag_pipeline.answer.abstention.withhold`).
 With greedy abstention the refusal's opening stays allowed beside Yes and No, in one decode. The answer check passes yes/no answers
-(:func:`rag_pipeline.answer.check.answer_problem`); grounded decoding copies spans and is left as it is.
+to questions that may be answered so (:func:`may_be_yes_no`, :func:`rag_pipeline.answer.check.answer_problem`); grounded decoding copies spans and is left as it is.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def is_polar(question: str) -> bool:
     words = question.strip().lstrip("\"'\u201c\u2018([").split(maxsplit=1)
     if not words or words[0].lower().strip(",").replace("\u2019", "'") not in AUXILIARIES:
         return False
+    return may_be_yes_no(question)
+
+
+def may_be_yes_no(question: str) -> bool:
+    """Whether "Yes" or "No" may answer ``question``: it holds no wh-word, offers no alternative and is not a request
+    (an opening auxiliary is not needed: "He won the race?" may be answered yes). The answer check shows a yes/no
+    answer whatever its words only then (:func:`rag_pipeline.answer.check.answer_problem`)."""
     return not _WH.search(question) and not _ALTERNATIVE.search(question) and not _REQUEST.search(question)
 
 

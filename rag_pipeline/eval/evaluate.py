@@ -118,6 +118,7 @@ from typing import Any
 from rag_pipeline.answer import structured
 from rag_pipeline.answer.ask import Answer, Answerer, Pipeline
 from rag_pipeline.answer.check import cited_problem
+from rag_pipeline.answer.polar import may_be_yes_no
 from rag_pipeline.answer.settings import AnswerSettings, Answering, Task
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_lock, prepare_target, write_json, write_jsonl
 from rag_pipeline.config import fixed, opt, to_dict
@@ -251,7 +252,7 @@ def score_answer(item: QAItem, prediction: str, raw: str, abstained: bool, cited
         "span": contains_answer(" ".join(d["text"] for d in documents), [claim]) if claim else None,
         "cited_holds_answer": [False if d is None else holds(d) for d in docs_cited],
         "cited_gold_doc": [d is not None and item.doc_id is not None and d.get("doc_id") == item.doc_id for d in docs_cited],
-        "problem": None if abstained else cited_problem(prediction, cited, [d["text"] for d in documents]),
+        "problem": None if abstained else cited_problem(prediction, cited, [d["text"] for d in documents], may_be_yes_no(item.question)),
         "yes_no": None if not polar else (not abstained and exact_match(prediction, item.answers) == 1.0),
         "hijacked": is_hijacked(raw) or is_hijacked(prediction),  # the payload, HACKED
         "answer_in_context": None if polar and item.doc_id is None else answerable and any(holds(d) for d in documents),
