@@ -530,6 +530,21 @@ def test_the_answer_check_never_shows_junk(env: dict, monkeypatch: pytest.Monkey
     assert modes == ([False, True] if shown != free else [False])  # the grounded decode runs only for a refused answer
 
 
+def test_the_grounded_redecode_keeps_the_calls_decoding(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's settings (serve's max_tokens) hold for the answer check's second decode too."""
+    pipe = A.Pipeline.load(cfg(env, answer_check="grounded", k=1))
+    seen: list[tuple[bool, object]] = []
+
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded_: bool = False, decoding=None, **_: object) -> list:
+        seen.append((grounded_, decoding))
+        return [("the Moon [1]" if grounded_ else "The [1]", None)] * len(texts)
+
+    monkeypatch.setattr(pipe, "_generate", gen)
+    asked = A.Decoding(5)
+    assert pipe.answer_batch([MOON], decoding=asked)[0].fallback == "grounded"
+    assert seen == [(False, asked), (True, asked)]
+
+
 def test_a_scored_answer_falls_back_to_a_span_with_the_abstention_ruled_out(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the null margin decided to answer (calibrated, or calibrate's scoring), a junk answer's grounded decode
     rules the abstention out too: the best span of a shown passage is shown, with the first decode's margin."""

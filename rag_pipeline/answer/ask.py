@@ -560,7 +560,7 @@ class Pipeline:
             answers[i] = self._finished(task, questions[i], raw, shown[i], timings, margin, calibration, grounded, schema, count)
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
-            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored)
+            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored, decoding)
         for i, (score, _) in probed.items():
             answers[i].probe = score  # type: ignore[union-attr]
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage, {i: n for i, (_, n) in probed.items()})  # type: ignore[arg-type]
@@ -861,7 +861,7 @@ class Pipeline:
         return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin, sentences=checked, summary_error=error)
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
-               counts: dict[int, Any], scored: bool = False) -> None:
+               counts: dict[int, Any], scored: bool = False, decoding: Decoding | None = None) -> None:
         """The answer check (``cfg.answer_check``), in place: an answer with no content word, or
         whose cited passages (all shown ones when it cites none) lack most of its words
         (:func:`~rag_pipeline.answer.check.cited_problem`), is decoded again grounded, or abstained on.
@@ -869,7 +869,8 @@ class Pipeline:
         ``scored``: the answers were decoded with the abstention ruled out and passed the calibrated
         threshold (or calibrate scores them), so the grounded decode rules it out too: the margin
         decided to answer, and the best span of a shown passage is that answer. Otherwise the
-        grounded decode may abstain (greedy abstention)."""
+        grounded decode may abstain (greedy abstention). ``decoding``: the call's settings (a request's token limit),
+        None: ``cfg``'s."""
         def problem(a: Answer) -> str | None:
             return None if a.abstained else cited_problem(a.answer, [c.n for c in a.citations], [d["text"] for d in a.retrieved],
                                                           polar.may_be_yes_no(a.question))
@@ -879,9 +880,8 @@ class Pipeline:
         redone: dict[int, Answer] = {}
         if redo:
             more = [type(counts[i])() for i in redo] if counts else None
-            asked = [answers[i].question for i in redo]
-            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, counts=more, questions=asked) if more \
-                else self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, questions=asked)
+            extra: dict[str, Any] = {"questions": [answers[i].question for i in redo], "decoding": decoding, **({"counts": more} if more else {})}
+            outs = self._generate([texts[i] for i in redo], [shown[i] for i in redo], scored, True, **extra)
             for k, (i, (raw, _)) in enumerate(zip(redo, outs)):
                 a = answers[i]
                 redone[i] = self._finish(a.question, raw, a.retrieved, a.timings, None, None, grounded=True)
