@@ -49,3 +49,27 @@ def test_yes_no_answers_pass_only_where_the_question_may_be_answered_so(question
 
     shown = ["Paris is the capital of France.", "Lyon lies on the Rhone."]
     assert cited_problem(answer, [int(answer[-2])], shown, may_be_yes_no(question)) == problem
+
+
+@pytest.mark.parametrize("cited,expected", [
+    ([2], [0]),      # cites the passage with fewer of the question's words: read the first
+    ([1], None),     # cites the one most about the question
+    ([1, 2], None),  # cites it among others
+    ([], None),      # cites nothing
+    ([7], None),     # a number past the shown ones is no citation
+])
+def test_misread_names_the_passages_most_about_the_question(cited: list[int], expected: list[int] | None) -> None:
+    from rag_pipeline.answer.check import misread
+
+    shown = ["The Moon is the only natural satellite of Earth.", "Mars has two small moons, Phobos and Deimos."]
+    assert misread("What is the only natural satellite of Earth?", shown, cited) == expected
+
+
+def test_misread_keeps_ties_and_needs_a_word_of_the_question() -> None:
+    from rag_pipeline.answer.check import misread
+
+    shown = ["The Moon orbits Earth, its satellite.", "Phobos orbits Mars.", "The Moon orbits Earth as its satellite."]
+    assert misread("Which satellite orbits Earth?", shown, [2]) == [0, 2]  # every passage holding the most
+    assert misread("???", shown, [2]) is None  # a question without content words
+    assert misread("Which comet?", shown, [2]) is None  # no shown passage holds a word of it
+    assert misread("Which satellite orbits Earth?", shown[:1], [1]) is None  # one passage: nothing else to read

@@ -545,6 +545,40 @@ def test_the_grounded_redecode_keeps_the_calls_decoding(env: dict, monkeypatch: 
     assert seen == [(False, asked), (True, asked)]
 
 
+RUST = {"id": "r", "doc_id": "rust", "title": "Rust", "text": "Rust is a systems programming language focused on memory safety."}
+MOON_DOC = {"id": "m", "doc_id": "moon", "title": "Moon", "text": "The Moon is the only natural satellite of Earth."}
+
+
+def test_an_answer_from_the_passage_less_about_the_question_is_read_again_from_the_other(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reread``: "Rust [1]" cites the passage holding none of the question's words while the Moon's holds them; the
+    question is answered again from the Moon's alone, and that answer's citation numbers the passage as first shown."""
+    seen: list[int] = []
+    first = ["Rust [1]"]  # the answer to the prompt with both passages
+
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded_: bool = False, **_: object) -> list:
+        seen.extend(len(d) for d in docs or [])
+        return [(first[0] if len(d) == 2 else "the Moon [1]", None) for d in docs or []]
+
+    on = A.Pipeline.load(cfg(env, answer_check="grounded"))
+    monkeypatch.setattr(on, "_generate", gen)
+    ans = on.answer_batch([MOON], contexts=[[RUST, MOON_DOC]])[0]
+    assert (ans.answer, ans.rejected, ans.fallback, ans.raw) == ("the Moon [2]", "misread", "reread", "Rust [1]")
+    assert [(c.n, c.doc_id) for c in ans.citations] == [(2, "moon")] and [d["doc_id"] for d in ans.retrieved] == ["rust", "moon"]
+    assert seen == [2, 1]
+    seen.clear()
+    first[0] = "the Moon [1]"
+    assert on.answer_batch([MOON], contexts=[[MOON_DOC, RUST]])[0].answer == "the Moon [1]" and seen == [2]  # cites the Moon's: stands
+    first[0] = "Rust [1]"
+    for off in (A.Pipeline.load(cfg(env, answer_check="grounded", reread="off")), A.Pipeline.load(cfg(env))):  # off; or streamed as decoded
+        monkeypatch.setattr(off, "_generate", gen)
+        seen.clear()
+        assert off.answer_batch([MOON], contexts=[[RUST, MOON_DOC]])[0].answer == "Rust [1]" and seen == [2]
+
+
+def test_renumber_maps_every_citation_it_is_given() -> None:
+    assert A.renumber("the Moon [1] and [1, 2]; [3]", {1: 2, 2: 1}) == "the Moon [2] and [2, 1]; [3]"
+
+
 def test_a_scored_answer_falls_back_to_a_span_with_the_abstention_ruled_out(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the null margin decided to answer (calibrated, or calibrate's scoring), a junk answer's grounded decode
     rules the abstention out too: the best span of a shown passage is shown, with the first decode's margin."""

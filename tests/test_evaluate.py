@@ -239,7 +239,7 @@ SCHEMA = {
     "contexts": list, "results": dict, "timings": dict,
 }
 RESULT_SCHEMA = {
-    "counts": ["questions", "answerable", "unanswerable", "abstained", "answered", "citations", "rejected", "fallback"],
+    "counts": ["questions", "answerable", "unanswerable", "abstained", "answered", "citations", "rejected", "fallback", "reread"],
     "answer": ["em", "f1", "rougeL"],
     "grounding": ["token_support", "unsupported_rate", "span_rate", "no_content_rate", "unsupported_cited_rate"],
     "yes_no": ["accuracy", "questions"],

@@ -40,7 +40,7 @@ from rag_pipeline.answer import focus, polar, structured, summary
 from rag_pipeline.answer import probe as answerability
 from rag_pipeline.answer.abstention import (abstention_of, applied, check_orders, stored_yes_no_bias, surer_order,
                                              unmeasured_yes_no, withhold)
-from rag_pipeline.answer.check import cited_problem
+from rag_pipeline.answer.check import cited_problem, misread
 from rag_pipeline.answer.grounded import GroundedConstraint, GroundedSummaryConstraint
 from rag_pipeline.answer.settings import DEFAULT_ADAPTER, AnswerSettings, Task
 from rag_pipeline.atomic import atomic_file, check_file_target, check_separate, json_line
@@ -119,8 +119,10 @@ class Answer:
     margin: float | None = None  # null margin log P(abstain) - log P(answer), with a calibrated threshold (None otherwise);
     #                              --orders both: the mean of the two orders' margins, which the threshold judged (one
     #                              passage shown, or no margin in the other order: its own)
-    rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``)
-    fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one
+    rejected: str | None = None  # "no_content" | "unsupported": the answer check refused the generator's answer (in ``raw``);
+    #                              "misread": it cited a passage less about the question than another shown (``reread``)
+    fallback: str | None = None  # "grounded": the answer shown is the grounded re-decode of a rejected one; "reread": the
+    #                              answer from the passages most about the question, of a misread one
     # A JSON answer (--task extract, response_format): ``answer`` is the JSON text, decoded under the schema.
     data: Any = None  # the parsed object (None: a sentence answer, or JSON that did not parse: ``json_error``)
     fields: dict[str, list[int]] | None = None  # leaf path ("name", "events[0]") -> numbers of the shown passages holding its value
@@ -254,6 +256,14 @@ def parse_citations(text: str, n_docs: int) -> list[int]:
             if 1 <= n <= n_docs and n not in out:
                 out.append(n)
     return out
+
+
+def renumber(text: str, numbers: dict[int, int]) -> str:
+    """``text`` with each citation ``[n]`` (or ``[n, m]``) numbered ``numbers[n]`` (a number not in ``numbers`` stays)."""
+    def one(m: re.Match[str]) -> str:
+        return "[" + ", ".join(str(numbers.get(int(p), int(p))) for p in re.split(r"[,;]", m.group(1))) + "]"
+
+    return _CITE.sub(one, text)
 
 
 def make_snippet(text: str, answer: str, width: int) -> str:
@@ -561,6 +571,8 @@ class Pipeline:
         if checked:
             counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
             self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored, decoding)
+        if task == "qa" and self.cfg.reread == "relevant" and (scored or checked):
+            self._reread(answers, todo, dict(zip(todo, counts)), margins, grounded, decoding)
         for i, (score, _) in probed.items():
             answers[i].probe = score  # type: ignore[union-attr]
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage, {i: n for i, (_, n) in probed.items()})  # type: ignore[arg-type]
@@ -859,6 +871,39 @@ class Pipeline:
                      for n in numbers for d in [docs[n - 1]]]
         # the answer keeps the cut tail: a streaming client already has it (streamed text only grows)
         return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin, sentences=checked, summary_error=error)
+
+    def _reread(self, answers: list[Answer | None], todo: list[int], counts: dict[int, Any], margins: bool, grounded: bool,
+                decoding: Decoding | None) -> None:
+        """``reread``, in place: an answer that cites only passages holding fewer of the question's content words than another
+        shown passage (:func:`~rag_pipeline.answer.check.misread`) is answered again, as this call answers (its margins,
+        threshold and answer check), from the shown passages holding the most, and that answer is shown, its citations
+        numbered as the passages were first shown (``rejected`` "misread", ``fallback`` "reread", ``raw`` the first
+        answer's). ``counts`` (question index -> DecodeCounts) gain the second answer's tokens."""
+        picks: dict[int, list[int]] = {}
+        for i in todo:
+            a = answers[i]
+            if a is not None and not a.abstained and (best := misread(a.question, [d["text"] for d in a.retrieved],
+                                                                        [c.n for c in a.citations])) is not None:
+                picks[i] = best
+        if not picks:
+            return
+        rows = list(picks)
+        used: dict[int, TokenUsage] = {}
+        again = self.answer_batch([answers[i].question for i in rows], contexts=[[answers[i].retrieved[j] for j in picks[i]] for i in rows],  # type: ignore[union-attr]
+                                  margins=margins, grounded=grounded, decoding=decoding, on_usage=lambda r, u: used.__setitem__(r, u))
+        for r, (i, b) in enumerate(zip(rows, again)):
+            a = answers[i]
+            assert a is not None
+            numbers = {n: j + 1 for n, j in enumerate(picks[i], 1)}  # the second prompt's numbers -> the first's
+            text = b.answer if b.abstained else renumber(b.answer, numbers)
+            citations = [dataclasses.replace(c, n=numbers[c.n], score=a.retrieved[numbers[c.n] - 1]["score"]) for c in b.citations]
+            timings = {**a.timings, "generation": a.timings.get("generation", 0.0) + b.timings.get("generation", 0.0)}
+            answers[i] = dataclasses.replace(b, answer=text, citations=citations, retrieved=a.retrieved, timings=timings, raw=a.raw,
+                                             rejected="misread", fallback=None if b.abstained else "reread")
+            if i in counts and r in used:
+                counts[i].prompt_tokens += used[r].prompt_tokens
+                counts[i].completion_tokens += used[r].completion_tokens
+                counts[i].stopped = used[r].finish_reason == "stop"
 
     def _check(self, answers: list[Answer], texts: dict[int, str], shown: dict[int, list[Passage]], grounded: bool,
                counts: dict[int, Any], scored: bool = False, decoding: Decoding | None = None) -> None:

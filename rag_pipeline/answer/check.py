@@ -3,6 +3,8 @@
 ``ask`` (``--answer-check``, :class:`rag_pipeline.answer.settings.Answering`) and ``evaluate``
 refuse an answer that holds no content word ("The [1]") or whose cited passages lack most of
 its content words (:func:`answer_problem`); ``ask`` then decodes it again grounded, or abstains.
+An answer that cites a passage holding fewer of the question's content words than another shown
+passage (:func:`misread`) is answered again from that one (``--reread``).
 Content words are :func:`rag_pipeline.support.content_tokens`.
 """
 
@@ -45,3 +47,19 @@ def cited_problem(answer: str, cited: list[int], shown: list[str], yes_no: bool)
     answered yes or no (:func:`rag_pipeline.answer.polar.may_be_yes_no`)."""
     passages = [shown[n - 1] for n in cited if 1 <= n <= len(shown)]
     return answer_problem(answer, passages or shown, yes_no)
+
+
+def misread(question: str, shown: list[str], cited: list[int]) -> list[int] | None:
+    """The shown passages (0-based, in prompt order) that hold the most of ``question``'s content words, where an answer
+    citing ``cited`` (1-based numbers into ``shown``) cites only passages holding fewer: the model read a passage less
+    about the question than another it was shown (ask's ``reread`` answers again from those). None where it cites one of
+    them, cites nothing, or no shown passage holds a word of the question."""
+    need = content_tokens(question)
+    numbers = [n for n in cited if 1 <= n <= len(shown)]
+    if not need or not numbers or len(shown) < 2:
+        return None
+    held = [len(need & content_tokens(t)) for t in shown]
+    most = max(held)
+    if most == 0 or max(held[n - 1] for n in numbers) >= most:
+        return None
+    return [i for i, h in enumerate(held) if h == most]

@@ -328,7 +328,7 @@ def question_models(cfg: RaftConfig, retriever: Any) -> tuple[Any, Any]:
         raise InputError(f"question reader adapter {rest} does not exist: pass --question-reader adapter:DIR (a train-generator "
                          "output) or hf:PATH_OR_ID")
     # the adapter's own best answer from the chunk: greedy, unchecked, opening as it likes, on the dataset's index
-    settings = AnswerSettings(index=str(retriever.index_dir), adapter=rest, abstention="greedy", answer_check="off",
+    settings = AnswerSettings(index=str(retriever.index_dir), adapter=rest, abstention="greedy", answer_check="off", reread="off",
                               yes_no_questions="free", device=cfg.device, max_new_tokens=32)
     return writer, AdapterReader(Pipeline.load(settings, retriever=retriever))
 

@@ -241,14 +241,15 @@ def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
     items = sample_items(usable, cfg.limit, cfg.seed)
     pipe = pipe or Pipeline.load(cfg)
     margins, answered_f1, answerable = [], [], []
-    refused = grounded = 0
+    refused = grounded = reread = 0
     score = {"summary": summary_score, "extract": extract_score}.get(cfg.task, f1)
     for start in range(0, len(items), cfg.batch_size * 4):
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
             m, shown = scored_answer(ans)
             refused += bool(ans.rejected) and shown is None
-            grounded += bool(ans.fallback)
+            grounded += ans.fallback == "grounded"
+            reread += ans.rejected == "misread"
             margins.append(m)
             answered_f1.append(score(shown, it.answers) if it.answerable and it.answers and shown is not None else 0.0)
             answerable.append(bool(it.answerable and it.answers))
@@ -258,7 +259,7 @@ def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
               "answerable": sum(answerable), "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "roc_auc": roc_auc(margins, answerable),
               "yes_no_questions": sum(polar.is_polar(it.question) for it in items),  # none: the threshold withholds no yes/no answer
               "at_zero": to_json(greedy), "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
-              "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded},
+              "answer_check": {"counted": cfg.count_checked, "refused": refused, "grounded": grounded, "reread": reread},
               "answer_start": cfg.answer_start, "task": cfg.task, "kernels": cfg.kernels, "draft_tokens": cfg.draft_tokens,
               **({"schema": cfg.schema} if cfg.task == "extract" else {})}
     if not cfg.dry_run:

@@ -76,7 +76,7 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
       "contexts": [str],              # in the order evaluated: retrieved, oracle, injected
       "results": {system name: {context: {
           "counts": {"questions": int, "answerable": int, "unanswerable": int, "abstained": int,
-                     "answered": int, "citations": int, "rejected": int, "fallback": int},
+                     "answered": int, "citations": int, "rejected": int, "fallback": int, "reread": int},
           "answer": {"em": float|null, "f1": float|null, "rougeL": float|null},
           "grounding": {"token_support": float|null, "unsupported_rate": float|null, "span_rate": float|null,
                         "no_content_rate": float|null,          # shown answers without a content word ("The [1]")
@@ -95,7 +95,7 @@ Metrics (rates in [0, 1]; ``null`` when their denominator is empty):
 Each ``predictions.jsonl`` line: ``system``, ``context``, ``id``, ``question``, ``answerable``,
 ``doc_id``, ``gold`` (list), ``documents`` (``[{"id", "doc_id"}]`` given to the model, in prompt
 order), ``prediction``, ``raw``, ``abstained``, ``abstain_reason``, ``margin`` (the null margin) and ``probe`` (the
-answerability probe's score, ``--abstain-probe``), ``rejected`` and ``fallback`` (the answer check), ``citations`` (1-based
+answerability probe's score, ``--abstain-probe``), ``rejected`` and ``fallback`` (the answer check and ``--reread``), ``citations`` (1-based
 numbers), ``cited_doc_ids`` and ``scores`` (``em``, ``f1``, ``rougeL`` (null when unanswerable),
 ``support``, ``span``, ``problem`` (:func:`rag_pipeline.answer.check.cited_problem` of a shown
 answer), ``yes_no`` (null unless the gold is yes or no), ``hijacked``); with ``--injection`` also ``injection_position`` and
@@ -273,7 +273,9 @@ def aggregate(records: list[dict], context: str) -> dict:
         "counts": {"questions": len(records), "answerable": len(ans), "unanswerable": len(unans),
                    "abstained": sum(r["abstained"] for r in records), "answered": len(answered), "citations": len(holds),
                    # the answer check (ask --answer-check): answers it refused, and of those the ones shown grounded instead
-                   "rejected": sum(bool(r.get("rejected")) for r in records), "fallback": sum(bool(r.get("fallback")) for r in records)},
+                   "rejected": sum(bool(r.get("rejected")) for r in records), "fallback": sum(r.get("fallback") == "grounded" for r in records),
+                   # ask --reread: answers that cited a passage less about the question, answered again from the one most about it
+                   "reread": sum(r.get("rejected") == "misread" for r in records)},
         "answer": {m: mean_of(r["scores"][m] for r in ans) for m in ("em", "f1", "rougeL")},
         "grounding": {
             "token_support": mean_of(r["scores"]["support"] for r in answered),
