@@ -123,7 +123,7 @@ class Answering:
         "relevant", "relevant = a short answer that cites only passages holding fewer of the question's content words than "
                     "another shown passage (the model read the wrong one: rag_pipeline.answer.check.misread) is answered again "
                     "from the shown passages holding the most, its citations numbered as first shown; where answers are handed "
-                    "on whole (calibrated or checked). Reference adapter, Disfl-QA test split: citation precision 91.6 "
+                    "on whole (calibrated or checked). Reference adapter, Disfl-QA test split: citation precision 91.7 "
                     "against 89.1, overall F1 39.2 against 38.4 (docs/results.md, 'Reading the passage about the question'); "
                     "off = the first answer stands")
     device: str = opt("auto", "auto (CUDA if present), cpu, cuda or cuda:N")
