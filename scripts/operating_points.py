@@ -50,7 +50,7 @@ def at_threshold(r: dict, threshold: float, calibration: dict | None = None, ope
     if withhold(margin, {**(calibration or {}), "threshold": threshold}, 0.0, yes_no):
         return True, 0.0
     if r["abstain_reason"] == "calibration":  # withheld in the run, shown at this bias
-        if answer_problem(r["raw"], [], polar.may_be_yes_no(r["question"])) == "no_content":
+        if answer_problem(r["raw"], [], yes_no=polar.may_be_yes_no(r["question"])) == "no_content":
             return True, 0.0
         return False, f1(r["raw"], r["gold"]) if answerable else 0.0
     if r["abstained"]:

@@ -61,7 +61,7 @@ def swapped(adapter: str, index: str, run: Path, recs: list[dict], out: Path) ->
     from rag_pipeline.answer import ask as A
     from rag_pipeline.passage import from_chunk
 
-    pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index))
+    pipe = A.Pipeline.load(A.AskConfig(adapter=adapter, index=index, reread="off"))  # each order's own answer and margin
     store, res, t0 = pipe.retriever.store, {}, time.perf_counter()
     for start in range(0, len(recs), 16):
         batch = recs[start:start + 16]
@@ -84,7 +84,7 @@ def lower_margin(r: dict, other: dict) -> dict:
     if not other_shown:
         return {**r, "margin": mean}
     has = bool(r["answerable"] and r["gold"])
-    refused = answer_problem(other["raw"], [], polar.may_be_yes_no(r["question"])) == "no_content"
+    refused = answer_problem(other["raw"], [], yes_no=polar.may_be_yes_no(r["question"])) == "no_content"
     return {**r, "raw": other["raw"], "margin": mean, "abstained": refused, "abstain_reason": "check" if refused else None,
             "scores": {**r["scores"], "f1": f1(extract_answer(other["raw"]), r["gold"]) if has else None}}
 

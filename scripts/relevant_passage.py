@@ -5,15 +5,17 @@ Citation precision falls where an answer cites a shown passage holding fewer of 
 another shown passage (:func:`rag_pipeline.answer.check.misread`): the model read the wrong passage. For each answer
 of an ``evaluate`` run that does, this script re-scores the run two ways, through ``evaluate``'s own scoring and
 aggregation: the answer withheld, and the question answered again from the shown passages holding the most of the
-question's words, as ``ask --reread relevant`` does (``answer_batch`` with those contexts, under the run's answering
-rules: the stored threshold and the answer check; its citations numbered as the passages were first shown):
+question's words, as ``ask --reread relevant`` does (``answer_batch`` with those contexts under ask's default answering
+settings, the stored threshold and the answer check among them; its citations numbered as the passages were first
+shown, its margin the higher of the two). Runs of ``--passages chunks`` only (the passages are read back from the index):
 
     .venv/bin/python scripts/relevant_passage.py --adapter adapters/smollm2-disfl-qa --run runs/eval-dev-ref \\
         --output runs/relevant/dev.json
 
 Only the questions it changes are decoded (cached in ``--output``, keyed by the adapter's weights, the index and the
-run). One passage has one order and the answerability probe read the first prompt, so runs with ``--orders both`` or
-``--abstain-probe`` are re-scored as ``ask`` would answer them too.
+run). A run's settings other than the defaults that matter to a second prompt are refused (``--answer-check``,
+``--yes-no-questions``, ``--abstain-bias``, ``--reread``); ``--orders both`` and ``--abstain-probe`` do not apply to one
+given passage (the probe read the first prompt), so such runs are re-scored as ``ask`` answers them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 sys.path.insert(0, str(REPO / "scripts"))
 
 from hidden_state_probe import cache_key  # noqa: E402
+from operating_points import run_config  # noqa: E402
 from rag_pipeline.answer.check import misread  # noqa: E402
 from rag_pipeline.atomic import write_json  # noqa: E402
 
@@ -55,12 +58,15 @@ def reread(adapter: str, index: str, run: Path, todo: list[tuple[dict, list[dict
         for start in range(0, len(left), 16):
             batch = left[start:start + 16]
             got = pipe.answer_batch([r["question"] for r, _, _ in batch], contexts=[[docs[j] for j in best] for _, docs, best in batch])
-            for (r, _, best), a in zip(batch, got):
-                numbers = {n: j + 1 for n, j in enumerate(best, 1)}
+            for (r, docs, _), a in zip(batch, got):
+                numbers = A.first_numbers(docs, a.retrieved)
+                first, second = r["margin"], a.margin
                 answers[r["id"]] = {"answer": a.answer if a.abstained else A.renumber(a.answer, numbers), "abstained": a.abstained,
-                                    "abstain_reason": a.abstain_reason, "margin": a.margin, "citations": [numbers[c.n] for c in a.citations],
+                                    "abstain_reason": a.abstain_reason, "citations": [numbers[c.n] for c in a.citations],
+                                    "margin": second if first is None or second is None else max(first, second),
                                     "fallback": None if a.abstained else "reread"}
             print(f"{start + len(batch)}/{len(left)} questions, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if left or not out.exists():
         write_json(out, {"key": key, "answers": answers})
     return answers
 
@@ -80,10 +86,14 @@ def main() -> None:
     from rag_pipeline.qa import QAItem
 
     run = Path(args.run)
+    config = run_config(run)
+    differ = [f"--{k.replace('_', '-')} {config[k]}" for k, v in (("answer_check", "grounded"), ("yes_no_questions", "yes-or-no"),
+              ("abstain_bias", 0.0), ("reread", "off"), ("passages", "chunks")) if k in config and config[k] != v]
+    if differ:
+        sys.exit(f"error: {run} was answered with {', '.join(differ)}; this script re-scores runs of the default settings "
+                 "with --reread off")
     recs = [r for r in map(json.loads, (run / "predictions.jsonl").read_text(encoding="utf-8").splitlines())
             if r.get("context", "retrieved") == "retrieved"]
-    if any(r.get("rejected") == "misread" for r in recs):
-        sys.exit(f"error: {run} was answered with --reread relevant already: pass a run made with --reread off")
     store = open_store(args.index, read_manifest(args.index))
     docs = {r["id"]: [from_chunk(store.get(d["id"]), None, n) for n, d in enumerate(r["documents"], 1)] for r in recs}
     picks = {r["id"]: best for r in recs if not r["abstained"]

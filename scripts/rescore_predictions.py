@@ -33,8 +33,9 @@ def figures(records: list[dict], context: str) -> str:
 
 
 def unchecked(r: dict) -> dict:
-    """The record as if the answer check had not run: a refused answer scored as the generator wrote it."""
-    if not r.get("rejected"):
+    """The record as if the answer check had not run: a refused answer scored as the generator wrote it (one read again
+    from the passage most about the question, ``--reread``, stays as it is: that is no part of the check)."""
+    if r.get("rejected") in (None, "misread"):
         return r
     raw, gold, answerable = r["raw"], r["gold"], r["answerable"] and bool(r["gold"])
     scores = {**r["scores"], "em": exact_match(raw, gold) if answerable else None, "f1": f1(raw, gold) if answerable else None,

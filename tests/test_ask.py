@@ -575,8 +575,27 @@ def test_an_answer_from_the_passage_less_about_the_question_is_read_again_from_t
         assert off.answer_batch([MOON], contexts=[[RUST, MOON_DOC]])[0].answer == "Rust [1]" and seen == [2]
 
 
-def test_renumber_maps_every_citation_it_is_given() -> None:
-    assert A.renumber("the Moon [1] and [1, 2]; [3]", {1: 2, 2: 1}) == "the Moon [2] and [2, 1]; [3]"
+def test_renumber_maps_every_citation_and_drops_one_that_named_no_passage() -> None:
+    assert A.renumber("the Moon [1] and [1, 2]; [3]", {1: 2, 2: 1}) == "the Moon [2] and [2, 1];"
+    assert A.renumber("Lyon [2].", {1: 2}) == "Lyon." and A.renumber("Lyon [1, 2]", {1: 2}) == "Lyon [2]"
+
+
+def test_first_numbers_follow_the_second_prompts_order() -> None:
+    first = [{"id": "a"}, {"id": "b"}, {"id": "c"}]
+    assert A.first_numbers(first, [{"id": "c"}, {"id": "a"}]) == {1: 3, 2: 1}  # --orders both may swap the second prompt
+
+
+def test_a_reread_that_abstains_keeps_its_own_raw_and_the_higher_margin(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    def gen(texts: list[str], docs: list | None = None, margins: bool = False, grounded_: bool = False, **_: object) -> list:
+        return [("Rust [1]", -1.0) if len(d) == 2 else ("the Moon [1]", 0.5) for d in docs or []]
+
+    pipe = A.Pipeline.load(cfg(env, answer_check="grounded"))
+    monkeypatch.setattr(pipe, "_generate", gen)
+    monkeypatch.setattr(pipe, "calibration_for", lambda *a, **k: {"threshold": 0.0})  # the second answer's margin is over it
+    ans = pipe.answer_batch([MOON], contexts=[[RUST, MOON_DOC]])[0]
+    assert (ans.abstained, ans.abstain_reason, ans.raw, ans.margin, ans.rejected, ans.fallback) == \
+        (True, "calibration", "the Moon [1]", 0.5, "misread", None)
+    assert [d["doc_id"] for d in ans.retrieved] == ["rust", "moon"] and not ans.citations
 
 
 def test_a_scored_answer_falls_back_to_a_span_with_the_abstention_ruled_out(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:

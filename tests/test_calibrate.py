@@ -131,13 +131,13 @@ def test_answers_are_scored_as_the_answer_check_shows_them(env, tmp_path, monkey
     cfg = {"adapter": str(env["adapter"]), "index": str(env["index"]), "qa": str(qa), "dry_run": True, "limit": 0, "max_false_abstain": 1.0,
            "device": "cpu", "dtype": "float32", "min_score": -1.0, "k": 1}
     counted = run(CalibrateConfig(**cfg))
-    assert counted["answer_check"] == {"counted": True, "refused": 1, "grounded": 1}
+    assert counted["answer_check"] == {"counted": True, "refused": 1, "grounded": 1, "reread": 0}
     # thresholds at 4.0 and above answer q0, q1 (the span, F1 1) and q3; q2 is refused whatever the threshold
     assert counted["threshold"] == "inf" and counted["false_abstain_rate"] == pytest.approx(0.25)
     assert counted["overall_f1"] == pytest.approx(0.75)
     monkeypatch.setattr(A.Pipeline, "load", staticmethod(lambda cfg, **kw: _scripted_unchecked(real_load(cfg, **kw), script, monkeypatch)))
     alone = run(CalibrateConfig(**cfg, count_checked=False))  # the generator's own answers: q1 and q2 score F1 0, shown
-    assert alone["answer_check"] == {"counted": False, "refused": 0, "grounded": 0} and alone["false_abstain_rate"] == 0.0
+    assert alone["answer_check"] == {"counted": False, "refused": 0, "grounded": 0, "reread": 0} and alone["false_abstain_rate"] == 0.0
     assert alone["overall_f1"] == pytest.approx(0.5)
 
 

@@ -103,7 +103,12 @@ def test_aggregate_hand_computed() -> None:
     ]
     m = E.aggregate(records, "retrieved")
     assert m["counts"] == {"questions": 5, "answerable": 3, "unanswerable": 2, "abstained": 2, "answered": 3, "citations": 2,
-                           "rejected": 0, "fallback": 0}
+                           "rejected": 0, "fallback": 0, "reread": 0}
+    # the answer check's refusals and grounded spans, apart from the answers read again from another passage (--reread)
+    marked = [{**records[0], "rejected": "misread", "fallback": "reread"}, {**records[1], "rejected": "no_content", "fallback": "grounded"},
+              {**records[2], "rejected": "misread"}] + records[3:]
+    assert {k: E.aggregate(marked, "retrieved")["counts"][k] for k in ("rejected", "fallback", "reread")} == \
+        {"rejected": 1, "fallback": 1, "reread": 2}
     assert m["answer"]["em"] == pytest.approx(round(1 / 3, 4))
     assert m["answer"]["f1"] == pytest.approx(round(1 / 3, 4))
     # support: "blue" 1.0, "green sky" 0.0, "else" 1.0 -> 2/3; unsupported 1/3; whole span found 2/3.

@@ -259,11 +259,20 @@ def parse_citations(text: str, n_docs: int) -> list[int]:
 
 
 def renumber(text: str, numbers: dict[int, int]) -> str:
-    """``text`` with each citation ``[n]`` (or ``[n, m]``) numbered ``numbers[n]`` (a number not in ``numbers`` stays)."""
+    """``text`` with each citation ``[n]`` (or ``[n, m]``) numbered ``numbers[n]``; a number not in ``numbers`` cited no
+    passage and is dropped (a citation left empty goes, with the space before it)."""
     def one(m: re.Match[str]) -> str:
-        return "[" + ", ".join(str(numbers.get(int(p), int(p))) for p in re.split(r"[,;]", m.group(1))) + "]"
+        kept = [str(numbers[int(p)]) for p in re.split(r"[,;]", m.group(1)) if int(p) in numbers]
+        return " [" + ", ".join(kept) + "]" if kept else ""
 
-    return _CITE.sub(one, text)
+    return re.sub(r"\s*" + _CITE.pattern, one, text).strip()
+
+
+def first_numbers(first: list[Passage], second: list[Passage]) -> dict[int, int]:
+    """The numbers (1-based) that the passages of a second prompt, ``second``, had in the first prompt, ``first``,
+    by chunk id: ``{number in second: number in first}``."""
+    where = {d["id"]: n for n, d in enumerate(first, 1)}
+    return {n: where[d["id"]] for n, d in enumerate(second, 1) if d["id"] in where}
 
 
 def make_snippet(text: str, answer: str, width: int) -> str:
@@ -568,11 +577,8 @@ class Pipeline:
         for i, (raw, margin), count in zip(todo, outs, counts):
             timings = {"retrieval": t_retrieval, "prompt": t_prompt[i], "generation": t_gen}
             answers[i] = self._finished(task, questions[i], raw, shown[i], timings, margin, calibration, grounded, schema, count)
-        if checked:
-            counted = dict(zip(todo, counts)) if on_text is not None or on_usage is not None else {}
-            self._check(answers, dict(zip(todo, texts)), shown, grounded, counted, scored, decoding)
-        if task == "qa" and self.cfg.reread == "relevant" and (scored or checked):
-            self._reread(answers, todo, dict(zip(todo, counts)), margins, grounded, decoding)
+        self._review(answers, todo, texts, shown, counts, on_text is not None or on_usage is not None, task, grounded, margins, scored,
+                     decoding)
         for i, (score, _) in probed.items():
             answers[i].probe = score  # type: ignore[union-attr]
         _settle(answers, live, dict(zip(todo, counts)), on_text, on_usage, {i: n for i, (_, n) in probed.items()})  # type: ignore[arg-type]
@@ -872,13 +878,26 @@ class Pipeline:
         # the answer keeps the cut tail: a streaming client already has it (streamed text only grows)
         return Answer(question, raw.strip(), False, None, citations, docs, timings, raw, margin, sentences=checked, summary_error=error)
 
+    def _review(self, answers: list[Answer | None], todo: list[int], texts: list[str], shown: dict[int, list[Passage]],
+                counts: list[Any], usage: bool, task: str, grounded: bool, margins: bool, scored: bool, decoding: Decoding | None) -> None:
+        """What follows a short answer's decode where it is handed on whole (``scored``: calibrated or margins asked for; or
+        the answer check on), in place: the answer check (:meth:`_check`), then ``reread`` (:meth:`_reread`). ``counts``:
+        the rows' DecodeCounts (in ``todo``'s order), which the check's decodes add to when ``usage`` is reported."""
+        checked = self.cfg.answer_check != "off" and task == "qa"
+        if checked:
+            self._check(answers, dict(zip(todo, texts)), shown, grounded, dict(zip(todo, counts)) if usage else {}, scored, decoding)  # type: ignore[arg-type]
+        if task == "qa" and self.cfg.reread == "relevant" and (scored or checked):
+            self._reread(answers, todo, dict(zip(todo, counts)), margins, grounded, decoding)
+
     def _reread(self, answers: list[Answer | None], todo: list[int], counts: dict[int, Any], margins: bool, grounded: bool,
                 decoding: Decoding | None) -> None:
         """``reread``, in place: an answer that cites only passages holding fewer of the question's content words than another
         shown passage (:func:`~rag_pipeline.answer.check.misread`) is answered again, as this call answers (its margins,
-        threshold and answer check), from the shown passages holding the most, and that answer is shown, its citations
-        numbered as the passages were first shown (``rejected`` "misread", ``fallback`` "reread", ``raw`` the first
-        answer's). ``counts`` (question index -> DecodeCounts) gain the second answer's tokens."""
+        threshold and answer check), from the shown passages holding the most, and that answer takes its place
+        (``rejected`` "misread"; shown: ``fallback`` "reread" and the first answer in ``raw``; withheld or refused: the
+        second answer in ``raw``), its citations numbered as the passages were first shown. Its margin is the higher of
+        the two, the one the threshold judged last (both passed it where it is shown). ``counts`` (question index ->
+        DecodeCounts) gain the second answer's tokens."""
         picks: dict[int, list[int]] = {}
         for i in todo:
             a = answers[i]
@@ -887,18 +906,18 @@ class Pipeline:
                 picks[i] = best
         if not picks:
             return
-        rows = list(picks)
-        used: dict[int, TokenUsage] = {}
+        rows, used = list(picks), {}  # type: ignore[var-annotated]
         again = self.answer_batch([answers[i].question for i in rows], contexts=[[answers[i].retrieved[j] for j in picks[i]] for i in rows],  # type: ignore[union-attr]
-                                  margins=margins, grounded=grounded, decoding=decoding, on_usage=lambda r, u: used.__setitem__(r, u))
+                                  margins=margins, grounded=grounded, decoding=decoding, on_usage=used.__setitem__)
         for r, (i, b) in enumerate(zip(rows, again)):
             a = answers[i]
             assert a is not None
-            numbers = {n: j + 1 for n, j in enumerate(picks[i], 1)}  # the second prompt's numbers -> the first's
-            text = b.answer if b.abstained else renumber(b.answer, numbers)
+            numbers = first_numbers(a.retrieved, b.retrieved)  # the second prompt's order (--orders both may swap it)
             citations = [dataclasses.replace(c, n=numbers[c.n], score=a.retrieved[numbers[c.n] - 1]["score"]) for c in b.citations]
-            timings = {**a.timings, "generation": a.timings.get("generation", 0.0) + b.timings.get("generation", 0.0)}
-            answers[i] = dataclasses.replace(b, answer=text, citations=citations, retrieved=a.retrieved, timings=timings, raw=a.raw,
+            timings = {k: a.timings.get(k, 0.0) + (b.timings.get(k, 0.0) if k != "retrieval" else 0.0) for k in a.timings}
+            margin = b.margin if a.margin is None or b.margin is None else max(a.margin, b.margin)
+            answers[i] = dataclasses.replace(b, answer=b.answer if b.abstained else renumber(b.answer, numbers), citations=citations,
+                                             retrieved=a.retrieved, timings=timings, raw=b.raw if b.abstained else a.raw, margin=margin,
                                              rejected="misread", fallback=None if b.abstained else "reread")
             if i in counts and r in used:
                 counts[i].prompt_tokens += used[r].prompt_tokens

@@ -21,7 +21,7 @@ REFUSAL_SUBJECTS = frozenset(content_tokens(
     "documents papers processes manuscripts contents documentation texts passages context sources articles materials records"))
 
 
-def answer_problem(answer: str, passages: list[str], yes_no: bool = True) -> str | None:
+def answer_problem(answer: str, passages: list[str], *, yes_no: bool) -> str | None:
     """Why a generated answer must not be shown as an answer, or None when it may be.
 
     ``"no_content"``: it holds no content word ("The [1]") other than a refusal's subject (:data:`REFUSAL_SUBJECTS`:
@@ -46,7 +46,7 @@ def cited_problem(answer: str, cited: list[int], shown: list[str], yes_no: bool)
     passage when it cites none: the rule ask applies, and evaluate and calibrate score. ``yes_no``: the question may be
     answered yes or no (:func:`rag_pipeline.answer.polar.may_be_yes_no`)."""
     passages = [shown[n - 1] for n in cited if 1 <= n <= len(shown)]
-    return answer_problem(answer, passages or shown, yes_no)
+    return answer_problem(answer, passages or shown, yes_no=yes_no)
 
 
 def misread(question: str, shown: list[str], cited: list[int]) -> list[int] | None:

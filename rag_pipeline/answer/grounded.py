@@ -175,7 +175,7 @@ class GroundedConstraint:
         key = (n, start, end)
         if key not in self._showable_cache:
             text = self.docs[n - 1][start:end].decode("utf-8", "ignore")
-            self._showable_cache[key] = answer_problem(text, [self.texts[n - 1]], self.yes_no) is None
+            self._showable_cache[key] = answer_problem(text, [self.texts[n - 1]], yes_no=self.yes_no) is None
         return self._showable_cache[key]
 
     def _expand(self, state: frozenset[Hyp] | None) -> list[tuple[Hyp, int]]:

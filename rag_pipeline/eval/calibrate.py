@@ -40,7 +40,7 @@ from rag_pipeline.adapter_meta import read_adapter_meta, write_adapter_meta
 from rag_pipeline.answer.abstention import YES_NO, mode_of, to_json
 from rag_pipeline.answer import polar, structured
 from rag_pipeline.answer.ask import Answer, Pipeline
-from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Orders, YesNoQuestions
+from rag_pipeline.answer.settings import Abstention, AnswerCheck, AnswerSettings, AnswerStart, Orders, Reread, YesNoQuestions
 from rag_pipeline.config import fixed, opt
 from rag_pipeline.data import questions as written
 from rag_pipeline.data import tasks
@@ -143,6 +143,8 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
     answer_check: AnswerCheck = fixed("grounded", "answers scored as ask shows them: one the check refuses is decoded again "
                                                   "grounded (the abstention ruled out), and abstains if that fails too; "
                                                   "off with --no-count-checked")
+    reread: Reread = fixed("relevant", "answers scored as ask shows them: one citing only passages less about the question than "
+                                       "another shown is answered again from the passages most about it; off with --no-count-checked")
     snippet: int = fixed(160, "calibrate shows no citations")
     answer_start: AnswerStart = opt("any", "what the best answering continuation may open with: any token, or not-refusal-word "
                                           "(not the abstention's first word, \"The\"); stored with the threshold, which ask, "
@@ -167,6 +169,7 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
         if not self.adapter:
             raise ConfigError("adapter is empty: pass --adapter DIR (a train-generator output) to calibrate")
         self.answer_check = "grounded" if self.count_checked else "off"
+        self.reread = "relevant" if self.count_checked else "off"
         super().__post_init__()
         if not 0.0 <= self.max_false_abstain <= 1.0:
             raise ConfigError(f"max_false_abstain is {self.max_false_abstain}: use a share in [0, 1], e.g. 0.15")
@@ -247,7 +250,7 @@ def run(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, Any]:
         batch = items[start:start + cfg.batch_size * 4]
         for it, ans in zip(batch, pipe.answer_batch([it.question for it in batch], margins=True)):
             m, shown = scored_answer(ans)
-            refused += bool(ans.rejected) and shown is None
+            refused += ans.rejected not in (None, "misread") and shown is None
             grounded += ans.fallback == "grounded"
             reread += ans.rejected == "misread"
             margins.append(m)

@@ -273,7 +273,8 @@ def aggregate(records: list[dict], context: str) -> dict:
         "counts": {"questions": len(records), "answerable": len(ans), "unanswerable": len(unans),
                    "abstained": sum(r["abstained"] for r in records), "answered": len(answered), "citations": len(holds),
                    # the answer check (ask --answer-check): answers it refused, and of those the ones shown grounded instead
-                   "rejected": sum(bool(r.get("rejected")) for r in records), "fallback": sum(r.get("fallback") == "grounded" for r in records),
+                   "rejected": sum(r.get("rejected") not in (None, "misread") for r in records),
+                   "fallback": sum(r.get("fallback") == "grounded" for r in records),
                    # ask --reread: answers that cited a passage less about the question, answered again from the one most about it
                    "reread": sum(r.get("rejected") == "misread" for r in records)},
         "answer": {m: mean_of(r["scores"][m] for r in ans) for m in ("em", "f1", "rougeL")},
