@@ -31,7 +31,7 @@ def adapter(env: dict, tmp_path: Path) -> Path:
 
 def cfg(env: dict, path: Path, **kw) -> A.AskConfig:
     return A.AskConfig(**{"index": str(env["index"]), "adapter": str(path), "device": "cpu", "dtype": "float32", "max_new_tokens": 4,
-                          "min_score": -1.0, "answer_check": "off", "orders": "both", **kw})
+                          "min_score": -1.0, "answer_check": "off", "orders": "both", "reread": "off", **kw})  # the orders alone
 
 
 def test_both_orders_where_they_cannot_apply_are_refused_before_the_model_loads(env: dict, adapter: Path, monkeypatch) -> None:
@@ -160,3 +160,21 @@ def test_the_surer_order_is_the_lower_margin_and_a_tie_keeps_the_first() -> None
     assert surer_order(3.0, 1.0) == (True, 2.0)
     assert surer_order(1.0, 3.0) == (False, 2.0)
     assert surer_order(2.0, 2.0) == (False, 2.0)
+
+
+def test_an_answer_read_again_after_the_swap_cites_the_passage_as_the_swapped_prompt_numbered_it(env: dict, adapter: Path,
+                                                                                               monkeypatch) -> None:
+    """``--reread relevant`` after ``--orders both``: the surer order's answer cites B, which holds none of the question's
+    words; A is read alone, and its [1] becomes [2], A's number in the order shown."""
+    pipe = A.Pipeline.load(cfg(env, adapter, reread="relevant"))
+    pipe.calibrations = NEVER
+
+    def generate(texts, docs, margins=False, grounded=False, **kw):
+        return [(f"{d[0]['title']} it is [1]", 0.0 if d[0]["title"] == "B" else 1.0) for d in docs]
+
+    monkeypatch.setattr(pipe, "_generate", generate)
+    answers = pipe.answer_batch(QUESTIONS[:2], contexts=[CONTEXTS[0], CONTEXTS[1][::-1]])
+    assert [a.answer for a in answers] == ["A it is [2]", "A it is [2]"]
+    assert [[c.chunk_id for c in a.citations] for a in answers] == [["q0-a"], ["q1-a"]]
+    assert [[d["id"] for d in a.retrieved] for a in answers] == [["q0-b", "q0-a"], ["q1-b", "q1-a"]]
+    assert [(a.rejected, a.fallback, a.margin, a.raw) for a in answers] == [("misread", "reread", 1.0, "B it is [1]")] * 2
