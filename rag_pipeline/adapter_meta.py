@@ -7,7 +7,8 @@ prompt template it saw; ``calibrate`` reads it and writes it back with its ``abs
 go through :class:`AdapterMeta`, so no caller reads or writes the file's keys by hand.
 
 The file is JSON with sorted keys (:func:`rag_pipeline.atomic.write_json`). Keys this module does
-not know are kept as read (``extra``), so a read-modify-write loses nothing.
+not know are kept as read (``extra``), so a read-modify-write loses nothing. Each write also renews the
+directory's model card (:mod:`rag_pipeline.adapter_card`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rag_pipeline.adapter_card import write_card
 from rag_pipeline.atomic import write_json
 from rag_pipeline.errors import InputError
 
@@ -120,5 +122,7 @@ def read_adapter_meta(adapter_dir: str | Path) -> AdapterMeta:
 
 
 def write_adapter_meta(adapter_dir: str | Path, meta: AdapterMeta) -> None:
-    """Write ``meta`` as the directory's ``rag_pipeline.json``, atomically (sorted keys, indented)."""
+    """Write ``meta`` as the directory's ``rag_pipeline.json``, atomically (sorted keys, indented), and the model card
+    that says the same (``README.md``, :mod:`rag_pipeline.adapter_card`; one written by hand is kept)."""
     write_json(Path(adapter_dir) / META_FILE, meta.to_dict())
+    write_card(adapter_dir, meta)

@@ -62,7 +62,7 @@ def adapter_weights(out: Path) -> dict[str, torch.Tensor]:
 def trained(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One LoRA run on the tiny Llama, shared by the read-only checks below."""
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = T.run(cfg(tiny, out, max_steps=8, eval_steps=4, merge=True, tensorboard=True))
+    summary = T.run(cfg(tiny, out, max_steps=8, eval_steps=4, merge=True, tensorboard=True, snapshots=True))
     return out, summary
 
 
@@ -82,9 +82,16 @@ def test_loss_falls_and_output_describes_itself(trained: tuple, tiny: dict) -> N
     names = {p.name for p in out.iterdir()}
     assert names == {
         "adapter_config.json", "adapter_model.safetensors", "README.md", "rag_pipeline.json", "loss_curve.png",
-        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "merged", "checkpoints", "tensorboard",
+        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "merged", "checkpoints", "tensorboard", "snapshots",
     }
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best", "last"}
+    from rag_pipeline.adapter_card import MARK, card
+    from rag_pipeline.adapter_meta import read_adapter_meta
+
+    assert (out / "README.md").read_text() == card(read_adapter_meta(out))  # the model card, not peft's template
+    snapshot = read_adapter_meta(out / "snapshots" / "step-4")  # every evaluation's adapter, loadable, saying which step
+    assert snapshot.snapshot_step == 4 and snapshot.metrics is None and len(snapshot.evals) == 2
+    assert MARK in (out / "snapshots" / "step-4" / "README.md").read_text()
     assert any((out / "tensorboard").iterdir())
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
