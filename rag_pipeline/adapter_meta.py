@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rag_pipeline.adapter_card import write_card
+from rag_pipeline.adapter_card import card_text, write_card
 from rag_pipeline.atomic import write_json
 from rag_pipeline.errors import InputError
 
@@ -124,5 +124,6 @@ def read_adapter_meta(adapter_dir: str | Path) -> AdapterMeta:
 def write_adapter_meta(adapter_dir: str | Path, meta: AdapterMeta) -> None:
     """Write ``meta`` as the directory's ``rag_pipeline.json``, atomically (sorted keys, indented), and the model card
     that says the same (``README.md``, :mod:`rag_pipeline.adapter_card`; one written by hand is kept)."""
+    card = card_text(adapter_dir, meta)
     write_json(Path(adapter_dir) / META_FILE, meta.to_dict())
-    write_card(adapter_dir, meta)
+    write_card(adapter_dir, card)

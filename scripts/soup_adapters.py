@@ -95,7 +95,8 @@ def soup(first: Path, second: Path, weight: float, out: Path, rank: int | None =
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         save_file(mixed, str(tmp / "adapter_model.safetensors"))
         meta = read_adapter_meta(tmp)
-        write_adapter_meta(tmp, dataclasses.replace(meta, abstention=None))
+        made = {"first": str(first), "second": str(second), "weight": weight, "rank": r}  # what the card says it is
+        write_adapter_meta(tmp, dataclasses.replace(meta, abstention=None, metrics=None, evals=None, extra={**meta.extra, "soup": made}))
     return kept
 
 

@@ -58,7 +58,9 @@ def test_a_soup_is_the_weighted_sum_of_the_two_updates(tmp_path: Path) -> None:
     for k in plain:
         want = plain[k] + 0.3 * (one[k] - plain[k]) + 0.7 * (two[k] - plain[k])
         assert torch.allclose(mixed[k], want, atol=1e-6), k
-    assert read_adapter_meta(tmp_path / "soup").abstention is None  # calibrate it again
+    meta = read_adapter_meta(tmp_path / "soup")
+    assert meta.abstention is None and meta.metrics is None and meta.evals is None  # calibrate it again; no run's figures
+    assert meta.extra["soup"]["weight"] == 0.3 and "a weight-space mix (soup)" in (tmp_path / "soup" / "README.md").read_text()
 
 
 def test_a_soup_mixes_again_with_an_adapter_of_another_rank(tmp_path: Path) -> None:

@@ -85,10 +85,10 @@ def test_loss_falls_and_output_describes_itself(trained: tuple, tiny: dict) -> N
         "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "merged", "checkpoints", "tensorboard", "snapshots",
     }
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best", "last"}
-    from rag_pipeline.adapter_card import MARK, card
+    from rag_pipeline.adapter_card import MARK, card_text
     from rag_pipeline.adapter_meta import read_adapter_meta
 
-    assert (out / "README.md").read_text() == card(read_adapter_meta(out))  # the model card, not peft's template
+    assert (out / "README.md").read_text() == card_text(out, read_adapter_meta(out))  # the model card, not peft's template
     snapshot = read_adapter_meta(out / "snapshots" / "step-4")  # every evaluation's adapter, loadable, saying which step
     assert snapshot.snapshot_step == 4 and snapshot.metrics is None and len(snapshot.evals) == 2
     assert MARK in (out / "snapshots" / "step-4" / "README.md").read_text()
