@@ -38,18 +38,19 @@ def said(record: dict) -> str:
 def breakdown(records: list[dict], texts: dict[str, str]) -> dict:
     """The figures above for one run's records; ``texts``: document id -> its text (a gold-yes question whose
     document is not there is counted in ``no_document``, not in the word shares)."""
-    polar, other = [], {}
+    polar, other = [], {}  # polar: (gold word, what was said, the record)
     for r in records:
-        if yes_no_gold(r["gold"] or []):
-            polar.append(r)
+        gold = yes_no_gold(r["gold"] or [])
+        if gold:
+            polar.append((gold, said(r), r))
         elif r["answerable"] and r["gold"]:
             other[r["id"]] = 0.0 if r["abstained"] else float(r["scores"]["f1"])
-    table = collections.Counter((yes_no_gold(r["gold"]), said(r)) for r in polar)
+    table = collections.Counter((gold, word) for gold, word, _ in polar)
     share, no_document = collections.defaultdict(list), 0
-    for r in polar:
-        if yes_no_gold(r["gold"]) == "yes" and said(r) in ("yes", "no"):
+    for gold, word, r in polar:
+        if gold == "yes" and word in ("yes", "no"):
             if r.get("doc_id") in texts:
-                share[said(r)].append(word_share(r["question"], [texts[r["doc_id"]]]))
+                share[word].append(word_share(r["question"], [texts[r["doc_id"]]]))
             else:
                 no_document += 1
     return {"questions": len(records), "other": other, "other_f1": sum(other.values()) / len(other) if other else None,
