@@ -475,6 +475,76 @@ def test_no_questions_swap_the_fact_for_another_of_its_kind_from_the_corpus() ->
     assert q.startswith("Is ") and q.endswith(" the capital of France and lies on the Seine?") and "Paris" not in q
 
 
+@pytest.mark.parametrize("word,base", [
+    ("designed", "design"), ("created", "create"), ("stopped", "stop"), ("studied", "study"), ("tried", "try"),
+    ("added", "add"), ("controlled", "control"), ("received", "receive"), ("joined", "join"), ("caused", "cause"),
+    ("won", "win"), ("built", "build"), ("founded", "found"),
+    # not a simple past, or as well a noun ("left", "rose"), or "be"/"have" (moved to the front instead)
+    ("hundred", None), ("need", None), ("tower", None), ("Designed", None), ("left", None), ("rose", None),
+    ("was", None), ("had", None), ("1990s", None),
+])
+def test_a_simple_past_verb_has_its_base_form_and_other_words_none(word: str, base: str | None) -> None:
+    assert Q.past_base(word) == base
+
+
+@pytest.mark.parametrize("passage,answer,yes,no", [
+    # the clause's tail after the fact goes; "no" swaps the fact in the same short question
+    ("The Eiffel Tower was completed in 1889 for the World Fair.", "1889",
+     "Was the Eiffel Tower completed in 1889?", "Was the Eiffel Tower completed in {}?"),
+    # a simple past asked with "did", its verb in the base form; a relative clause after the fact goes
+    ("The company created 1850 jobs in the town, which pleased the mayor.", "1850",
+     "Did the company create 1850 jobs?", "Did the company create {} jobs?"),
+    ("Robert Oppenheimer met Enrico Fermi at Berkeley in 1942.", "1942",
+     "Did Robert Oppenheimer meet Enrico Fermi at Berkeley in 1942?", "Did Robert Oppenheimer meet Enrico Fermi at Berkeley in {}?"),
+    # a participle in the subject is not its verb; "had" as the main verb is asked with "did ... have"
+    ("The newly formed government passed a law in 1942.", "1942",
+     "Did the newly formed government pass a law in 1942?", "Did the newly formed government pass a law in {}?"),
+    ("The company had 1942 employees in 1990.", "1942",
+     "Did the company have 1942 employees in 1990?", "Did the company have {} employees in 1990?"),
+    # a short leading phrase that holds the fact goes after its clause; a range and a number's comma stay whole
+    ("In 1942, the factory was sold to Daewoo, a carmaker.", "1942",
+     "Was the factory sold to Daewoo in 1942?", "Was the factory sold to Daewoo in {}?"),
+    ("Napoleon ruled France between 1804 and 1815 as emperor. Later Napoleon lost.", "1804",
+     "Did Napoleon rule France between 1804 and 1815?", "Did Napoleon rule France between {} and 1815?"),
+    ("The population was 1942 in 1900 and grew.", "1942",
+     "Was the population 1942 in 1900?", "Was the population {} in 1900?"),
+    # no short subject before a verb: the whole sentence, as the sentence form writes it
+    ("Prior to its launch, BSkyB had 40,000 people registered in 2005.", "2005",
+     "Is it true that prior to its launch, BSkyB had 40,000 people registered in 2005?",
+     "Is it true that prior to its launch, BSkyB had 40,000 people registered in {}?"),
+])
+def test_short_yes_no_questions_ask_the_facts_clause_as_people_ask(passage: str, answer: str, yes: str, no: str) -> None:
+    """``no``: the "no" question with the swapped year as {} (another year of the pool that the passage lacks)."""
+    import random
+
+    c = Q.Candidate("c", "d", passage, answer, "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0), "short") == (yes, "Yes")
+    swapped, target = Q.write_yes_no(c, POOL, "no", random.Random(0), "short")
+    assert target == "No" and swapped in {no.format(year) for year in ("1850", "1889", "1991") if year not in passage}
+
+
+def test_the_short_form_falls_back_to_the_sentence_form_where_its_clause_has_no_question() -> None:
+    import random
+
+    # "was" follows a clause, not a subject ("the tower stands tall and | was finished"): the sentence form's question
+    c = Q.Candidate("c", "d", "Later the tower stands 330 metres tall and was finished in 1889.", "1889", "date")
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0), "short") == Q.write_yes_no(c, POOL, "yes", random.Random(0))
+    assert Q.clause_parts("") is None and Q.short_yes_no_question("Paris") is None
+
+
+def test_the_yes_no_form_setting_reaches_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag_pipeline.data import raft
+    from rag_pipeline.errors import ConfigError
+
+    seen = []
+    monkeypatch.setattr(raft, "question_models", lambda cfg, retriever: (None, None))
+    monkeypatch.setattr(raft, "generate_questions", lambda retriever, writer, settings, reader: seen.append(settings))
+    raft.generated_questions(raft.RaftConfig(generate_questions=10, question_yes_no=1.0, question_yes_no_form="short"), None)
+    assert seen[0].yes_no_form == "short" and seen[0].yes_no == 1.0
+    with pytest.raises(ConfigError, match="question_yes_no_form"):
+        Q.QuestionSettings(n=10, yes_no_form="long")  # type: ignore[arg-type]
+
+
 def test_unanswerable_questions_swap_the_anchor_the_passage_answers_about() -> None:
     import random
 

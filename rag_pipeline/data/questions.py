@@ -48,6 +48,7 @@ from rag_pipeline.textnorm import contains_answer, words
 log = logging.getLogger(__name__)
 
 Style = Literal["span", "sentence"]
+YesNoForm = Literal["sentence", "short"]
 FILTERS = ("malformed", "leaks_answer", "retrieval", "answer_mismatch", "duplicate")
 
 QUESTION_SYSTEM = ("You write exam questions about a passage. Write one question that the passage answers, whose answer is "
@@ -137,6 +138,7 @@ class QuestionSettings:
     docs: frozenset[str] | None = None  # write from these documents' chunks only (None: all)
     yes_no: float = 0.0  # share of n written as yes/no questions, half "yes" (faithful) and half "no" (a swapped fact)
     unanswerable: float = 0.0  # share of n written as unanswerable questions (a swapped anchor), abstention as target
+    yes_no_form: YesNoForm = "sentence"  # the whole sentence as a question, or its clause asked as people ask (write_yes_no)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.yes_no <= 1.0 and 0.0 <= self.unanswerable <= 1.0 and self.yes_no + self.unanswerable <= 1.0):
@@ -148,6 +150,8 @@ class QuestionSettings:
             raise ConfigError(f"question_min_f1 must be between 0 and 1, got {self.min_f1}")
         if self.top_k < 1:
             raise ConfigError(f"question_top_k must be >= 1, got {self.top_k}")
+        if self.yes_no_form not in ("sentence", "short"):
+            raise ConfigError(f"question_yes_no_form is {self.yes_no_form!r}: use sentence or short")
 
 
 @dataclass
@@ -584,7 +588,7 @@ def write_forms(stream: Iterator[Candidate], quota: dict[str, int], retriever: A
             if form == "unanswerable":
                 question, answer = write_unanswerable(c, pool, rng), ""
             else:
-                question, answer = write_yes_no(c, pool, form, rng)
+                question, answer = write_yes_no(c, pool, form, rng, s.yes_no_form)
             pairs.append(Pair(c, question, form=form, answer=answer, dropped=None if question else "malformed"))
         round_trip(pairs, retriever, None, s, kept_keys)
         for p in pairs:
@@ -700,19 +704,124 @@ def yes_no_question(body: str) -> str:
     return f"Is it true that {body}?"
 
 
-def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Random) -> tuple[str, str]:
+# The short form of a yes/no question, as people ask them ("Did Eiffel design the tower?"): one clause, the
+# sentence's tail after the fact dropped, a simple past verb asked with "did" in its base form (so the question's
+# verb is not the passage's word, as in questions people write).
+_LEAD = re.compile(r"^(?P<lead>(?:in|on|at|by|during|after|before|since|from|until|around)\s[^,]{1,40}),\s*(?P<main>.+)$", re.IGNORECASE)
+_CLAUSE_END = re.compile(r"\s*(?:[,;:](?=\s|$)|\s(?:and|but|which|who|whom|whose|where|while|whereas|although|though|because|"
+                         r"when|so that|after|before|until|since)\s)")
+_PREPOSITION = re.compile(r"\s(?:for|in|on|at|by|with|from|during|after|before|since|under|over|into|through|against|"
+                          r"within|among|between|near|across|via|as)\s")
+_NOT_A_VERB_AFTER = re.compile(r"^(?:the|a|an|this|that|these|those|its|their|his|her|our|\w+ly)$", re.IGNORECASE)
+
+
+def past_base(word: str) -> str | None:
+    """The base form of a simple past verb ("designed" -> "design", "created" -> "create", "won" -> "win"); None
+    where ``word`` is not one, or may as well be a noun or adjective ("left", "rose", "record"), or a form of "be"
+    or "have" (those are asked by moving them to the front)."""
+    import lemminflect
+
+    if not word.isalpha() or not word.islower() or word in ("was", "were", "had"):
+        return None
+    readings = lemminflect.getAllLemmas(word)
+    bases = readings.get("VERB", ())
+    if len(bases) != 1 or set(readings) - {"VERB", "ADJ"}:
+        return None
+    base = bases[0]
+    return base if word in lemminflect.getInflection(base, tag="VBD") else None
+
+
+def clause_parts(body: str) -> tuple[str, str, str] | None:
+    """(subject, question opening, rest) of a statement whose short subject (at most 8 words, a name, noun or
+    determiner first) is followed by its first verb: an auxiliary ("Was", the rest after it), "has"/"had" as
+    the main verb ("Did ... have"), or a simple past ("Did", the rest from the verb's base form); None for any
+    other statement."""
+    words = body.split(" ")
+    if len(words) < 2:
+        return None
+    m = _AUX.match(body[0].upper() + body[1:])
+    aux_at = len(m["subj"].split()) if m else len(words)
+    past_at = next((i for i in range(1, min(len(words) - 1, 9, aux_at)) if past_base(words[i])
+                    and not _NOT_A_VERB_AFTER.match(words[i - 1]) and all(w.strip(",;:") == w for w in words[:i])), None)
+    if past_at is not None:
+        at, opening, rest = past_at, "Did", " ".join([past_base(words[past_at]) or ""] + words[past_at + 1:])
+    elif m:
+        at, opening, rest = aux_at, m["aux"].capitalize(), m["rest"]
+        following = rest.split(" ")[0]
+        if m["aux"] in ("has", "have", "had") and not following.endswith(("ed", "en")) and following not in _PARTICIPLES:
+            opening, rest = {"has": "Does", "have": "Do", "had": "Did"}[m["aux"]], f"have {rest}"  # "had 500 employees"
+    else:
+        return None
+    first, last = words[0].lower(), words[at - 1].lower()
+    if at > 8 or not (body[0].isupper() or first in _DETERMINERS or first not in STOPWORDS) or last in ("and", "but", "or"):
+        return None  # a subject of at most 8 words opening with a name, a noun ("france", lowered by statement) or a determiner,
+        # not a clause joined to the verb ("the tower stands tall and | was finished")
+    return " ".join(words[:at]), opening, rest
+
+
+_PARTICIPLES = frozenset("been had done made built won led held found left lost sold told taught brought bought thought "
+                         "kept met paid sent spent stood understood become come run begun".split())
+
+
+def short_statement(body: str, answer: str) -> str:
+    """``body`` (a :func:`statement`) cut to the clause that holds ``answer``: a short leading phrase ("In 1889,
+    ...") put after its clause when it holds the answer, else dropped; the words after the answer's clause
+    (from a comma, "and", "which", ...) dropped; and after a fact that follows the verb, a phrase after it
+    without a number ("was completed in 1889 for the fair" -> "was completed in 1889", not "... 5,000 in 1900")."""
+    lead = _LEAD.match(body)
+    if lead and len(lead["lead"].split()) <= 5:
+        main, phrase = lead["main"], lead["lead"]
+        if answer in phrase and answer not in main:
+            cut = _CLAUSE_END.search(main)
+            return f"{main[: cut.start()] if cut else main} {phrase[0].lower()}{phrase[1:]}".strip()
+        body = main
+    at = body.find(answer)
+    if at < 0:
+        return body
+    end = at + len(answer)
+    cut = _CLAUSE_END.search(body, end)
+    if cut and cut.group().strip() == "and" and re.search(r"\bbetween\s+$", body[:at]):
+        cut = _CLAUSE_END.search(body, cut.end())  # "between 1804 and 1815": the range stays whole
+    body = body[: cut.start()] if cut else body
+    parts = clause_parts(body)
+    after = _PREPOSITION.search(body, end)
+    if parts and at >= len(parts[0]) and after and not re.search(r"\d", body[after.start():]):
+        body = body[: after.start()]  # the fact follows the verb: the phrase after it goes, unless it holds a number
+    return body.strip()
+
+
+def short_yes_no_question(body: str) -> str | None:
+    """A :func:`short_statement` as a yes/no question: the auxiliary moved to the front ("Was the tower
+    completed in 1889?") or a simple past verb asked with "did" ("Eiffel designed the tower" -> "Did
+    Eiffel design the tower?"); None where :func:`clause_parts` finds neither."""
+    parts = clause_parts(body)
+    if parts is None:
+        return None
+    subj, opening, rest = parts
+    return f"{opening} {subj} {rest}?"
+
+
+def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Random, form: YesNoForm = "sentence") -> tuple[str, str]:
     """(question, answer) for a "yes" question (the candidate's sentence, faithful) or a "no" one
     (the same sentence with the candidate swapped for another of its kind from the corpus);
-    ('', '') when the sentence or a swap is unusable."""
+    ('', '') when the sentence or a swap is unusable. ``form`` "short": the sentence's clause that
+    holds the fact (:func:`short_statement`) asked as people ask (:func:`short_yes_no_question`),
+    the whole sentence where that finds no short question."""
     body = statement(c)
     if body is None or c.kind not in SWAP_KINDS:
         return "", ""
+    short = False
+    if form == "short":
+        cut = short_statement(body, c.answer)
+        short = c.answer in cut and len(cut.split()) >= 3 and short_yes_no_question(cut) is not None
+        body = cut if short else body
     if polarity == "no":
         other = pool.swap(c.answer, c.kind, c.passage, rng)
         if other is None:
             return "", ""
         body = body.replace(c.answer, other, 1)
-    return yes_no_question(body), polarity.capitalize()
+    asked = short_yes_no_question(body) if short else None
+    return asked or yes_no_question(body), polarity.capitalize()
 
 
 def write_unanswerable(c: Candidate, pool: EntityPool, rng: random.Random) -> str:
