@@ -470,7 +470,7 @@ def test_no_questions_swap_the_fact_for_another_of_its_kind_from_the_corpus() ->
         assert target == "No" and question.startswith("Was the Eiffel Tower completed in ") and "1889" not in question
         assert any(y in question for y in ("1850", "1991"))  # a year for a year, never a name or a count
     # a name is swapped for a name of as many words that the passage does not mention
-    c = Q.Candidate("c", "d", "Paris is the capital of France and lies on the Seine.", "Paris", "name")
+    c = Q.Candidate("c", "d", "Paris is the capital of France and lies on the Seine. Many visit Paris.", "Paris", "name")
     q, _ = Q.write_yes_no(c, POOL, "no", random.Random(1))
     assert q.startswith("Is ") and q.endswith(" the capital of France and lies on the Seine?") and "Paris" not in q
 
@@ -530,6 +530,20 @@ def test_the_short_form_falls_back_to_the_sentence_form_where_its_clause_has_no_
     c = Q.Candidate("c", "d", "Later the tower stands 330 metres tall and was finished in 1889.", "1889", "date")
     assert Q.write_yes_no(c, POOL, "yes", random.Random(0), "short") == Q.write_yes_no(c, POOL, "yes", random.Random(0))
     assert Q.clause_parts("") is None and Q.short_yes_no_question("Paris") is None
+
+
+@pytest.mark.parametrize("form", ["sentence", "short"])
+def test_a_fact_that_is_not_a_whole_word_of_the_statement_gives_no_yes_no_question(form: str) -> None:
+    """A "no" question must not keep its fact: none is written where the statement lowered the answer (its first
+    word, a name found nowhere else) or holds it only inside another word ("2" of "O2")."""
+    import random
+
+    for passage, answer in (("Berlin hosted the Olympic Games in 1936.", "Berlin"), ("O2 molecules were found in 2 samples.", "2")):
+        c = Q.Candidate("c", "d", passage, answer, "name")
+        assert Q.write_yes_no(c, POOL, "no", random.Random(0), form) == ("", "")  # type: ignore[arg-type]
+    c = Q.Candidate("c", "d", "The probe found 27 days of data in 1889.", "1889", "date")
+    question, _ = Q.write_yes_no(c, POOL, "no", random.Random(0), form)  # type: ignore[arg-type]
+    assert "1889" not in question and ("1850" in question or "1991" in question)
 
 
 def test_the_yes_no_form_setting_reaches_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -808,18 +808,19 @@ def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Rand
     holds the fact (:func:`short_statement`) asked as people ask (:func:`short_yes_no_question`),
     the whole sentence where that finds no short question."""
     body = statement(c)
-    if body is None or c.kind not in SWAP_KINDS:
-        return "", ""
+    fact = re.compile(rf"(?<!\w){re.escape(c.answer)}(?!\w)")
+    if body is None or c.kind not in SWAP_KINDS or not fact.search(body):
+        return "", ""  # also the answer lowered as the sentence's first word, or only inside a word ("2" of "O2"): none to swap
     short = False
     if form == "short":
         cut = short_statement(body, c.answer)
-        short = c.answer in cut and len(cut.split()) >= 3 and short_yes_no_question(cut) is not None
+        short = fact.search(cut) is not None and len(cut.split()) >= 3 and short_yes_no_question(cut) is not None
         body = cut if short else body
     if polarity == "no":
         other = pool.swap(c.answer, c.kind, c.passage, rng)
         if other is None:
             return "", ""
-        body = body.replace(c.answer, other, 1)
+        body = fact.sub(lambda _: other, body, count=1)
     asked = short_yes_no_question(body) if short else None
     return asked or yes_no_question(body), polarity.capitalize()
 
