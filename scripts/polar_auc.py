@@ -1,6 +1,7 @@
 """How well adapters tell "yes" from "no" on a QA set's own yes/no questions, apart from their lean: each adapter's
 polar score (log P(yes opening) - log P(no opening), ``Pipeline.polar_scores``, the prompt ``ask`` builds with its
-retrieved passages, calibrate's retrieval settings) on every question ``ask`` would answer yes or no whose gold answer is yes or no, and from the
+retrieved passages, calibrate's retrieval settings) on every question ``ask`` would answer yes or no
+(``polar.is_polar``) whose gold answer is yes or no, and from the
 scores the yes-minus-no ROC AUC (with a 95% bootstrap interval over the questions), the accuracy and the share said
 yes with no bias, and with the adapter's stored bias (``calibrate --task yes-no``). ``evaluate``'s yes/no accuracy
 mixes the two: a model that says yes to everything is right as often as the gold answers are yes.
@@ -40,6 +41,8 @@ def interval(scores: list[float], gold: list[bool], resamples: int = 2000, seed:
         if value is not None:
             values.append(value)
     values.sort()
+    if not values:
+        return float("nan"), float("nan")
     return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
 
@@ -61,6 +64,7 @@ def main() -> int:
     p.add_argument("--answer-field", default="")
     args = p.parse_args()
 
+    from rag_pipeline.answer import polar
     from rag_pipeline.answer.ask import Pipeline
     from rag_pipeline.config import build_config
     from rag_pipeline.eval.calibrate import CalibrateConfig
@@ -72,7 +76,9 @@ def main() -> int:
         cfg = build_config(CalibrateConfig, None, {"adapter": adapter, "index": args.index, "qa": args.qa, "answer_field": args.answer_field})
         pipe = Pipeline.load(cfg)
         items = [(it.question, yes_no_gold(it.answers)) for it in load_qa(cfg.qa, cfg.qa_fields())]
-        items = [(q, g) for q, g in items if g is not None and pipe.opens_yes_no(q)]
+        items = [(q, g) for q, g in items if g is not None and polar.is_polar(q)]
+        if len({g for _, g in items}) < 2:
+            raise SystemExit(f"{args.qa}: {len(items)} yes/no questions, not both answers among them: nothing to rank")
         scores = pipe.polar_scores([q for q, _ in items])
         out[adapter] = summary(scores, [g == "yes" for _, g in items], pipe.yes_no_bias)
         print(json.dumps({adapter: out[adapter]}), flush=True)
