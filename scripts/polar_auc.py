@@ -23,12 +23,11 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 
 
 def auc(scores: list[float], gold: list[bool]) -> float | None:
-    """P(a gold-yes question scores above a gold-no one), ties half; None with one class."""
-    yes = [s for s, g in zip(scores, gold) if g]
-    no = [s for s, g in zip(scores, gold) if not g]
-    if not yes or not no:
-        return None
-    return sum((y > n) + 0.5 * (y == n) for y in yes for n in no) / (len(yes) * len(no))
+    """P(a gold-yes question scores above a gold-no one), ties half; None with one class: ``calibrate``'s
+    :func:`~rag_pipeline.eval.calibrate.roc_auc` with the no answers as its positives (as ``calibrate --task yes-no``)."""
+    from rag_pipeline.eval.calibrate import roc_auc
+
+    return roc_auc([-s for s in scores], gold)
 
 
 def interval(scores: list[float], gold: list[bool], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -71,14 +70,15 @@ def main() -> int:
     from rag_pipeline.metrics import yes_no_gold
     from rag_pipeline.qa import load_qa
 
+    settings = {"index": args.index, "qa": args.qa, "answer_field": args.answer_field}
+    cfg = build_config(CalibrateConfig, None, settings)
+    items = [(it.question, yes_no_gold(it.answers)) for it in load_qa(cfg.qa, cfg.qa_fields())]
+    items = [(q, g) for q, g in items if g is not None and polar.is_polar(q)]
+    if len({g for _, g in items}) < 2:
+        raise SystemExit(f"{args.qa}: {len(items)} yes/no questions, not both answers among them: nothing to rank")
     out = {}
     for adapter in args.adapters:
-        cfg = build_config(CalibrateConfig, None, {"adapter": adapter, "index": args.index, "qa": args.qa, "answer_field": args.answer_field})
-        pipe = Pipeline.load(cfg)
-        items = [(it.question, yes_no_gold(it.answers)) for it in load_qa(cfg.qa, cfg.qa_fields())]
-        items = [(q, g) for q, g in items if g is not None and polar.is_polar(q)]
-        if len({g for _, g in items}) < 2:
-            raise SystemExit(f"{args.qa}: {len(items)} yes/no questions, not both answers among them: nothing to rank")
+        pipe = Pipeline.load(build_config(CalibrateConfig, None, {**settings, "adapter": adapter}))
         scores = pipe.polar_scores([q for q, _ in items])
         out[adapter] = summary(scores, [g == "yes" for _, g in items], pipe.yes_no_bias)
         print(json.dumps({adapter: out[adapter]}), flush=True)
