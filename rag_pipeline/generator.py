@@ -374,6 +374,13 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[
         logits = out.logits.float()  # (batch, target_len, vocab)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum")
         return loss, n_tokens
+    if batch["attention_mask"].dim() == 4:  # packed units (rag_pipeline.packing): logits only where a label follows
+        need = (labels[:, 1:] != -100).any(0).nonzero().flatten()
+        kwargs = {"logits_to_keep": need} if accepts(model, "logits_to_keep") else {}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], **kwargs)
+        logits = (out.logits if kwargs else out.logits[:, need]).float()  # (batch, len(need), vocab)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, need + 1].reshape(-1), ignore_index=-100, reduction="sum")
+        return loss, n_tokens
     width = labels.size(1)
     labelled = (labels != -100).any(0).nonzero()
     first = int(labelled[0]) if len(labelled) else width - 1

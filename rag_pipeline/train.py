@@ -44,6 +44,7 @@ from rag_pipeline.device import bf16_supported, check_device, resolve_device
 from rag_pipeline.errors import ConfigError, DeviceError, InputError
 from rag_pipeline.generator import (batch_loss, check_adapter_files, collate, default_target_modules, encode_example, generate_answers,
                                     load_model, load_tokenizer)
+from rag_pipeline import packing
 from rag_pipeline.metrics import squad2_scores
 from rag_pipeline.model_paths import SMOLLM2_ID, resolve_model, weights_hash
 from rag_pipeline.prompt import recorded_template, template_text, to_model_text
@@ -103,6 +104,10 @@ class TrainConfig:
     metric_for_best: Literal["val_loss", "em", "f1"] = opt("f1", "metric choosing the best checkpoint (the one saved): val_loss on "
                                                                  "eval_subset, or SQuAD 2.0 overall em/f1 on eval_generate")
     early_stopping_patience: int = opt(0, "stop after N evaluations without improvement; 0 = off")
+    pack_shared: bool = opt(False, "read the passages several training examples share once: examples showing the same passages "
+                                   "(build-raft-dataset --share-context N) go into one sequence, each question and answer "
+                                   "seeing the passages and itself only (the same loss as apart, a fraction of the tokens); "
+                                   "causal models only; batch_size then counts such sequences")
     max_length: int = opt(1024, "max tokens of prompt + completion; longer prompts are cut in the middle (counted)")
     bf16: str = opt("auto", "bf16 autocast: auto (on where fast: AVX512-BF16/AMX CPUs, bf16 GPUs), true or false")
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda")
@@ -239,6 +244,32 @@ def eval_set(val: Any | None, tokenizer: Any, kind: str, template: Any, cfg: Tra
     answers = [val["answer"][i] for i in chosen]
     answerable = [val["answerable"][i] for i in chosen] if "answerable" in val.column_names else [bool(a) for a in answers]
     return EvalSet(examples, [texts[i] for i in chosen], answers, answerable)
+
+
+def packed_units(examples: list[dict[str, Any]], rows: Any, kind: str, model: Any) -> list[dict[str, Any]]:
+    """``--pack-shared``: the encoded training examples as units of those showing the same passages (:mod:`rag_pipeline.packing`).
+
+    Raises:
+        ConfigError: a seq2seq model, or an attention implementation that ignores a custom mask.
+    """
+    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "sdpa"))
+    if kind != "causal" or impl.startswith("flash"):
+        raise ConfigError(f"pack_shared needs a causal model with sdpa or eager attention (this one is {kind}, {impl}): "
+                          "drop --pack-shared")
+    keys = [json.dumps(docs, sort_keys=True) for docs in rows["documents"]] if "documents" in rows.column_names else list(rows["id"])
+    units = packing.pack(examples, keys)
+    read, apart = sum(len(u["input_ids"]) for u in units), sum(packing.unpacked_tokens(u) for u in units)
+    log.info("--pack-shared: %d training examples in %d sequences, %d tokens read instead of %d (%.2fx fewer)",
+             len(examples), len(units), read, apart, apart / max(read, 1))
+    return units
+
+
+def train_collate(t: Trainer, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A training micro-batch as tensors: packed units with their block mask, or examples as evaluation pads them."""
+    if t.cfg.pack_shared:
+        eager = getattr(getattr(t.raw, "config", None), "_attn_implementation", "sdpa") == "eager"
+        return packing.collate(examples, t.tokenizer.pad_token_id, additive=eager)
+    return collate(examples, t.tokenizer.pad_token_id, t.kind)
 
 
 def micro_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -709,6 +740,8 @@ def setup(cfg: TrainConfig) -> Trainer:
     if train_cut:
         log.warning("%d of %d training prompts were longer than max_length %d and were cut in the middle",
                     train_cut, len(train_ex), cfg.max_length)
+    if cfg.pack_shared:
+        train_ex = packed_units(train_ex, ds["train"], kind, model)
     lengths = [sequence_tokens(e, kind) for e in train_ex]
     per_epoch = len(micro_batches(lengths, cfg.batch_size, cfg.seed, 0, rank, world))
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
@@ -758,7 +791,7 @@ def fit(t: Trainer) -> str:
             n_target = sum(sum(tok != -100 for tok in e["labels"]) for b in group for e in b)
             step_loss = 0.0
             for j, examples in enumerate(group):
-                batch = {k: v.to(device) for k, v in collate(examples, t.tokenizer.pad_token_id, t.kind).items()}
+                batch = {k: v.to(device) for k, v in train_collate(t, examples).items()}
                 sync = t.accelerator.no_sync(t.model) if j < len(group) - 1 else contextlib.nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
@@ -817,7 +850,7 @@ def record_step(t: Trainer, group: list[list[dict[str, Any]]], n_target: int, lo
     """Add a finished optimizer step to the state's counters and history (and TensorBoard)."""
     state, lr = t.state, t.scheduler.get_last_lr()[0]
     state.train_seconds += seconds
-    state.train_examples += sum(len(b) for b in group) * t.world
+    state.train_examples += sum(e.get("n_examples", 1) for b in group for e in b) * t.world
     state.train_target_tokens += n_target * t.world
     state.train_tokens += sum(sequence_tokens(e, t.kind) for b in group for e in b) * t.world
     state.history.append({"step": state.step, "loss": loss, "lr": lr, "rss_mb": rss_mb()})

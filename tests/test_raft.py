@@ -506,3 +506,26 @@ def test_a_records_own_json_answer_is_its_extract_target_under_an_inferred_or_gi
 def test_qa_alone_writes_no_task_column(default_build: tuple[dict, Path]) -> None:
     manifest, out = default_build
     assert "tasks" not in manifest and "task" not in manifest["columns"] and "task" not in _rows(out)[0]
+
+
+def test_share_context_shows_one_oracles_questions_the_same_passages_under_the_same_rules(corpus: dict, tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    result = run(_cfg(corpus, out, share_context=3, p_oracle=1.0))
+    rows = _rows(out, "train")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["documents"]), []).append(r)
+    sizes = sorted(len(g) for g in groups.values())
+    # 6 questions on each of 32 training documents: two contexts of 3 each, or more where an answer stood elsewhere
+    assert max(sizes) == 3 and len(groups) < len(rows) / 2
+    every = _rows(out)  # every split shares: the count is of all of them
+    assert result["counts"]["shared_context"] == len(every) - len({json.dumps(r["documents"]) for r in every})
+    for r in rows:  # the builder's rules still hold for every question given another's passages
+        docs, pos = r["documents"], r["oracle_position"]
+        assert all(not contains_answer(d["text"], r["answer"]) for i, d in enumerate(docs) if i != pos)
+        if r["answerable"]:
+            assert contains_answer(docs[pos]["text"], r["answer"]) and r["completion"] == f"{r['answer'][0]} [{pos + 1}]"
+    for g in groups.values():
+        assert len({r["doc_id"] for r in g}) == 1  # one oracle's questions
+    alone = run(_cfg(corpus, tmp_path / "alone", p_oracle=1.0))
+    assert "shared_context" not in alone["counts"] and len(_rows(tmp_path / "alone", "train")) == len(rows)

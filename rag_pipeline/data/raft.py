@@ -66,7 +66,7 @@ from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.model_paths import MINILM_ID, REFERENCE_ADAPTER, SMOLLM2_ID, resolve_model
 from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
-from rag_pipeline.support import answer_form, context_support, support
+from rag_pipeline.support import answer_form, context_support, support, supports
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class RaftConfig(QAFieldConfig):
     schema: str = opt("", "JSON schema file for extract examples written from the records' own 'extract' objects; empty = "
                           "inferred from up to 200 of them (stored as extract_schema in the manifest and the trained adapter, "
                           "which ask --task extract then answers under); records without one get the rule-written answer/quote target")
+    share_context: int = opt(1, "questions with the same oracle passage (one split) shown the same passages in the same "
+                                "order, the first one's, where no other passage holds their answer; train-generator "
+                                "--pack-shared then reads those passages once for all of them (8 on the bundled corpus: "
+                                "~5x fewer tokens a training epoch); 1 = each question draws its own")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
@@ -162,7 +166,7 @@ class RaftConfig(QAFieldConfig):
         for name in ("p_oracle", "hard_negative_ratio", "injection_rate", "min_support", "question_min_f1"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        for name, low in (("num_distractors", 0), ("top_k", 1), ("batch_size", 1), ("generate_questions", 0), ("max_prompt_tokens", 64),
+        for name, low in (("num_distractors", 0), ("top_k", 1), ("batch_size", 1), ("share_context", 1), ("generate_questions", 0), ("max_prompt_tokens", 64),
                           ("question_top_k", 1), ("request_retries", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
@@ -659,6 +663,32 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
     return out
 
 
+def share_contexts(examples: list[Example], n: int, free_form: bool, min_support: float, counts: Tally) -> list[Example]:
+    """``share_context``: each question given the documents of the first question before it with the same oracle (one
+    split, source document and task, short answers only), up to ``n`` questions a context, when none of that question's
+    other documents supports its answer (:func:`~rag_pipeline.passage.usable_distractor`'s rule); counted as
+    ``shared_context``. Questions without an oracle keep their own."""
+    leaders: dict[tuple, tuple[Example, int]] = {}
+    out = []
+    for e in examples:
+        if e.oracle_id is None or e.task != "qa":
+            out.append(e)
+            continue
+        key = (e.split, e.group, e.oracle_id)
+        lead = leaders.get(key)
+        answers = list(e.item.answers)
+        if lead is not None and lead[1] < n and not any(
+                (supports(d["text"], answers, min_support) if free_form else contains_answer(d["text"], answers))
+                for d in lead[0].documents if d["id"] != e.oracle_id):
+            out.append(dataclasses.replace(e, documents=lead[0].documents))
+            leaders[key] = (lead[0], lead[1] + 1)
+            counts["shared_context"] += 1
+            continue
+        leaders[key] = (e, 1)
+        out.append(e)
+    return out
+
+
 def split_of(group: str, seed: int, ratio: list[float]) -> str:
     """A seeded, order-independent split for a source document: hash -> [0, 1) -> cumulative ratio."""
     u = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:15], 16) / 16**15
@@ -689,6 +719,14 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
     counter = P.TokenEstimator(tokenizer, template)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
+
+    def place(examples: list[Example]) -> None:
+        for e, row, total in fit_batch(cfg, tokenizer, template, counter, examples, counts):
+            split = e.split or split_of(e.group, cfg.seed, cfg.split_ratio)
+            rows[split].append(row)
+            tokens[split].append(total)
+
+    pending: list[Example] = []  # with share_context, every question's example first: a context is shared across batches
     for start in tqdm(range(0, len(questions), cfg.batch_size), desc="raft", unit="batch", disable=None):
         batch = questions[start : start + cfg.batch_size]
         hits = retriever.search_batch([it.question for _, it in batch], cfg.top_k, cfg.hybrid)
@@ -696,10 +734,15 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
         examples = [make_example(cfg, split, it, h, gold_chunks(it, by_doc, context_gold), own_context(it, context_gold), free_form,
                                  store, n_chunks, teacher, counts, schema)
                     for (split, it), h in zip(batch, hits)]
-        for e, row, total in fit_batch(cfg, tokenizer, template, counter, [e for e in examples if e], counts):
-            split = e.split or split_of(e.group, cfg.seed, cfg.split_ratio)
-            rows[split].append(row)
-            tokens[split].append(total)
+        examples = [e for e in examples if e]
+        if cfg.share_context > 1:
+            pending += examples
+        else:
+            place(examples)
+    if pending:
+        pending = share_contexts(pending, cfg.share_context, free_form, cfg.min_support, counts)
+        for start in range(0, len(pending), cfg.batch_size):
+            place(pending[start : start + cfg.batch_size])
     return rows, tokens
 
 
