@@ -1,7 +1,7 @@
 """Training examples/s with the shared passages read once (``--pack-shared``) against reading every prompt whole.
 
-Both runs train the base generator with the reference adapter's recipe (configs/train-smollm2-mix-packed.yaml's LoRA,
-learning rate and warm-up) on the same RAFT dataset, one built with ``build-raft-dataset --share-context N``, for the
+Both runs train the base generator with configs/train-smollm2-mix-packed.yaml's LoRA (r 16 on attention and MLP, no
+dropout; the learning rate does not change a step's cost) on the same RAFT dataset, one built with ``build-raft-dataset --share-context N``, for the
 same wall-clock budget each, in their own ``train-generator`` processes; the figures are the runs' own counters
 (``rag_pipeline.json``: examples, tokens and target tokens per second of training steps). The loss and gradients of a
 packed batch equal those of its examples apart (tests/test_packing.py), so the speed is the whole difference. Keep
@@ -24,7 +24,7 @@ COMMON = ["--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0",
           "--lora-target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "--learning-rate", "5e-4",
           "--max-steps", "100000", "--eval-subset", "8", "--eval-generate", "1", "--max-new-tokens", "8",
           "--no-snapshots", "--no-progress", "--device", "cpu", "--seed", "0"]
-RUNS = {  # name -> flags: the same examples a step on average (packed units hold ~5 of the bundled data's questions)
+RUNS = {  # name -> flags: 8 examples a step apart; 2 packed sequences (~5 questions each on the bundled data) packed
     "apart (every prompt whole)": ["--batch-size", "4", "--grad-accum", "2"],
     "packed (--pack-shared)": ["--pack-shared", "--batch-size", "1", "--grad-accum", "2"],
 }

@@ -360,7 +360,9 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: Kind) -> tuple[
 
     For causal models only the positions that predict a completion token get logits
     (``logits_to_keep``): the vocabulary projection over the whole prompt is most of the
-    memory and a fifth of the compute for a small model, and carries no loss.
+    memory and a fifth of the compute for a small model, and carries no loss. A batch with a 4D
+    attention mask holds packed units (:mod:`rag_pipeline.packing`): logits only at the positions
+    a label follows.
 
     Returns:
         (sum of losses as a scalar tensor, number of target tokens)

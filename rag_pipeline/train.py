@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rag_pipeline import packing
 from rag_pipeline.adapter_meta import KIND as ADAPTER_KIND
 from rag_pipeline.adapter_meta import META_FILE, AdapterMeta, read_adapter_meta, write_adapter_meta
 from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, prepare_target, write_json
@@ -44,7 +45,6 @@ from rag_pipeline.device import bf16_supported, check_device, resolve_device
 from rag_pipeline.errors import ConfigError, DeviceError, InputError
 from rag_pipeline.generator import (batch_loss, check_adapter_files, collate, default_target_modules, encode_example, generate_answers,
                                     load_model, load_tokenizer)
-from rag_pipeline import packing
 from rag_pipeline.metrics import squad2_scores
 from rag_pipeline.model_paths import SMOLLM2_ID, resolve_model, weights_hash
 from rag_pipeline.prompt import recorded_template, template_text, to_model_text
@@ -88,7 +88,7 @@ class TrainConfig:
     epochs: float = opt(3.0, "passes over the train split (ignored when max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps to run; 0 = from epochs")
     max_minutes: float = opt(0.0, "stop (evaluate and save) after this many minutes of this invocation; 0 = no limit")
-    batch_size: int = opt(4, "examples per micro-batch (per process)")
+    batch_size: int = opt(4, "examples per micro-batch (per process); with pack_shared, packed sequences")
     grad_accum: int = opt(4, "micro-batches per optimizer step (effective batch = batch_size * grad_accum * processes)")
     warmup_ratio: float = opt(0.05, "fraction of the steps with linear warm-up before the cosine decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = no clipping")
@@ -253,9 +253,9 @@ def packed_units(examples: list[dict[str, Any]], rows: Any, kind: str, model: An
         ConfigError: a seq2seq model, or an attention implementation that ignores a custom mask.
     """
     impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "sdpa"))
-    if kind != "causal" or impl.startswith("flash"):
+    if kind != "causal" or impl not in ("sdpa", "eager"):
         raise ConfigError(f"pack_shared needs a causal model with sdpa or eager attention (this one is {kind}, {impl}): "
-                          "drop --pack-shared")
+                          "drop --pack-shared (flash and flex attention, among others, read a custom mask otherwise)")
     keys = [json.dumps(docs, sort_keys=True) for docs in rows["documents"]] if "documents" in rows.column_names else list(rows["id"])
     units = packing.pack(examples, keys)
     read, apart = sum(len(u["input_ids"]) for u in units), sum(packing.unpacked_tokens(u) for u in units)
@@ -266,7 +266,7 @@ def packed_units(examples: list[dict[str, Any]], rows: Any, kind: str, model: An
 
 def train_collate(t: Trainer, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """A training micro-batch as tensors: packed units with their block mask, or examples as evaluation pads them."""
-    if t.cfg.pack_shared:
+    if t.cfg.pack_shared:  # packed_units allowed sdpa (a boolean mask) and eager (an additive one) only
         eager = getattr(getattr(t.raw, "config", None), "_attn_implementation", "sdpa") == "eager"
         return packing.collate(examples, t.tokenizer.pad_token_id, additive=eager)
     return collate(examples, t.tokenizer.pad_token_id, t.kind)

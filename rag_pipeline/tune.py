@@ -154,6 +154,11 @@ class TuneConfig:
             if clash:
                 raise ConfigError(f"{cls.__name__} setting(s) {', '.join(clash)} under '{name}:' in the tune recipe are tune's own "
                                   "(paths between stages, the plan's sizes): remove them")
+            unplanned = sorted(set(getattr(self, name)) & UNPLANNED.get(name, set()))
+            if unplanned:
+                raise ConfigError(f"{cls.__name__} setting(s) {', '.join(unplanned)} under '{name}:' in the tune recipe change what "
+                                  "a training step costs, which tune's plan does not model: remove them (build-raft-dataset "
+                                  "--share-context and train-generator --pack-shared take them)")
         if self.qa and Path(self.qa).stem in SPLIT_OF_STEM:
             raise ConfigError(f"--qa {self.qa} is named like a split, and build-raft-dataset would keep all of it in that split: tune "
                               "splits your questions by document itself, so copy the file to another name (e.g. my_questions.jsonl)")
@@ -172,6 +177,8 @@ SET_BY_TUNE = {"index": {"paths", "index"},
                "calibrate": {"adapter", "index", "qa", "limit", "base_model"},
                "evaluate": {"index", "qa", "adapter", "no_adapter", "injection", "limit", "output", "base_model"},
                "export_settings": {"adapter", "format", "output"}}
+# Settings the plan's time model does not cover (refused in the recipe): packed steps hold a varying number of examples
+UNPLANNED = {"raft": {"share_context"}, "train": {"pack_shared"}}
 
 
 def parse_budget(text: str) -> float | None:

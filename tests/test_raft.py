@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -518,8 +519,7 @@ def test_share_context_shows_one_oracles_questions_the_same_passages_under_the_s
     sizes = sorted(len(g) for g in groups.values())
     # 6 questions on each of 32 training documents: two contexts of 3 each, or more where an answer stood elsewhere
     assert max(sizes) == 3 and len(groups) < len(rows) / 2
-    every = _rows(out)  # every split shares: the count is of all of them
-    assert result["counts"]["shared_context"] == len(every) - len({json.dumps(r["documents"]) for r in every})
+    assert result["counts"]["shared_context"] == len(rows) - len(groups)  # the train split's only
     for r in rows:  # the builder's rules still hold for every question given another's passages
         docs, pos = r["documents"], r["oracle_position"]
         assert all(not contains_answer(d["text"], r["answer"]) for i, d in enumerate(docs) if i != pos)
@@ -529,3 +529,35 @@ def test_share_context_shows_one_oracles_questions_the_same_passages_under_the_s
         assert len({r["doc_id"] for r in g}) == 1  # one oracle's questions
     alone = run(_cfg(corpus, tmp_path / "alone", p_oracle=1.0))
     assert "shared_context" not in alone["counts"] and len(_rows(tmp_path / "alone", "train")) == len(rows)
+    for split in ("validation", "test"):  # read apart, so left as an unshared build writes them
+        assert _rows(out, split) == _rows(tmp_path / "alone", split)
+
+
+def test_share_contexts_gives_a_later_question_the_first_ones_passages_only_where_none_holds_its_answer() -> None:
+    from rag_pipeline.data.raft import Example, Tally, share_contexts
+    from rag_pipeline.qa import QAItem
+
+    oracle = {"id": "o", "title": "T", "text": "Gamma founded Alpha in 1001."}
+    other = {"id": "x", "title": "U", "text": "Delta sells cloth at the Theta market."}
+
+    def ex(i: int, answers: list[str], oracle_id: str | None = "o", task: str = "qa", split: str = "train") -> Example:
+        own = [{"id": f"own{i}", "title": "V", "text": f"Filler number {i}."}, oracle]
+        return Example(split, QAItem(f"q{i}", f"question {i}?", answers), own, oracle_id, lambda p: "", "d1", task=task)
+
+    examples = [ex(0, ["Gamma"]), ex(1, ["1001"]), ex(2, ["Theta market"]), ex(3, []), ex(4, ["Gamma"], task="summary"),
+                ex(5, ["Gamma"], oracle_id=None), ex(6, ["Gamma"], split="validation"), ex(7, ["Alpha"])]
+    examples[0] = dataclasses.replace(examples[0], documents=[other, oracle])  # the leader's distractor holds "Theta market"
+    counts = Tally()
+    out = share_contexts(examples, 3, False, 0.5, counts, lambda e: e.split == "train")
+    docs = [e.documents for e in out]
+    # q1 joins q0; q2's answer stands in q0's distractor, so it keeps its own and leads a new group, which q3 (no answer
+    # to hold) and q7 join; the summary, the question without its oracle and the validation one keep their own
+    assert docs[:2] == [examples[0].documents] * 2 and docs[2] == docs[3] == docs[7] == examples[2].documents
+    assert docs[4:7] == [e.documents for e in examples[4:7]] and counts["shared_context"] == 3
+    capped = share_contexts([ex(i, ["Gamma"]) for i in range(5)], 2, False, 0.5, Tally(), lambda e: True)
+    assert [e.documents[0]["id"] for e in capped] == ["own0", "own0", "own2", "own2", "own4"]  # at most 2 a group
+    free = share_contexts([ex(0, ["x"]), ex(1, ["Delta sells the cloth"])], 8, True, 0.5, Tally(), lambda e: True)
+    assert free[1].documents == free[0].documents  # the leader's filler holds none of its words
+    lead = dataclasses.replace(ex(0, ["x"]), documents=[other, oracle])
+    free = share_contexts([lead, ex(1, ["Delta sells the cloth"])], 8, True, 0.5, Tally(), lambda e: True)
+    assert free[1].documents != lead.documents  # free-form: the distractor holds most of its content words

@@ -134,6 +134,10 @@ def test_bad_inputs_fail_before_any_model_loads(setup: dict, tmp_path: Path, mon
         tune.run(_cfg(setup, tmp_path / "o7", budget="2m"))
     with pytest.raises(ConfigError, match=r"TrainConfig setting\(s\) max_steps under 'train:' in the tune recipe are tune's own"):
         _cfg(setup, tmp_path / "o5", train={"max_steps": 3})
+    with pytest.raises(ConfigError, match=r"TrainConfig setting\(s\) pack_shared under 'train:' .* which tune's plan does not model"):
+        _cfg(setup, tmp_path / "o5", train={"pack_shared": True})
+    with pytest.raises(ConfigError, match=r"RaftConfig setting\(s\) share_context under 'raft:' .* --share-context"):
+        _cfg(setup, tmp_path / "o5", raft={"share_context": 8})
     with pytest.raises(ConfigError, match=r"--qa .*test.jsonl is named like a split"):
         _cfg(setup, tmp_path / "o9", qa=str(tmp_path / "test.jsonl"))
     with pytest.raises(InputError, match=r"reference adapter .* does not exist: .* --reference ''"):

@@ -122,10 +122,10 @@ class RaftConfig(QAFieldConfig):
     schema: str = opt("", "JSON schema file for extract examples written from the records' own 'extract' objects; empty = "
                           "inferred from up to 200 of them (stored as extract_schema in the manifest and the trained adapter, "
                           "which ask --task extract then answers under); records without one get the rule-written answer/quote target")
-    share_context: int = opt(1, "questions with the same oracle passage (one split) shown the same passages in the same "
+    share_context: int = opt(1, "training questions with the same oracle passage shown the same passages in the same "
                                 "order, the first one's, where no other passage holds their answer; train-generator "
                                 "--pack-shared then reads those passages once for all of them (8 on the bundled corpus: "
-                                "~5x fewer tokens a training epoch); 1 = each question draws its own")
+                                "4x fewer tokens a training epoch); 1 = each question draws its own")
     answer_style: Literal["short", "cited", "cot"] = opt("cited", "target: short = answer; cited = 'answer [n]' (the template "
                                                                  "asks for citations); cot = quoted oracle sentence + <ANSWER>:")
     template: str = opt(P.DEFAULT_TEMPLATE, "prompt template name (prompt.TEMPLATES)")
@@ -663,18 +663,20 @@ def fit_batch(cfg: RaftConfig, tokenizer: Any, template: P.PromptTemplate, count
     return out
 
 
-def share_contexts(examples: list[Example], n: int, free_form: bool, min_support: float, counts: Tally) -> list[Example]:
-    """``share_context``: each question given the documents of the first question before it with the same oracle (one
-    split, source document and task, short answers only), up to ``n`` questions a context, when none of that question's
-    other documents supports its answer (:func:`~rag_pipeline.passage.usable_distractor`'s rule); counted as
-    ``shared_context``. Questions without an oracle keep their own."""
+def share_contexts(examples: list[Example], n: int, free_form: bool, min_support: float, counts: Tally,
+                   training: Callable[[Example], bool]) -> list[Example]:
+    """``share_context``: each training question given the documents of the first question before it with the same
+    oracle (and source document), up to ``n`` questions a context, when none of that question's other documents
+    supports its answer (:func:`~rag_pipeline.passage.usable_distractor`'s rule); counted as ``shared_context``.
+    Questions of the ``qa`` task only, with their oracle, in the train split (validation is read apart, and stays as
+    an unshared build's, so that validation losses compare)."""
     leaders: dict[tuple, tuple[Example, int]] = {}
     out = []
     for e in examples:
-        if e.oracle_id is None or e.task != "qa":
+        if e.oracle_id is None or e.task != "qa" or not training(e):
             out.append(e)
             continue
-        key = (e.split, e.group, e.oracle_id)
+        key = (e.group, e.oracle_id)
         lead = leaders.get(key)
         answers = list(e.item.answers)
         if lead is not None and lead[1] < n and not any(
@@ -740,7 +742,8 @@ def build_rows(cfg: RaftConfig, retriever: Any, tokenizer: Any, template: P.Prom
         else:
             place(examples)
     if pending:
-        pending = share_contexts(pending, cfg.share_context, free_form, cfg.min_support, counts)
+        pending = share_contexts(pending, cfg.share_context, free_form, cfg.min_support, counts,
+                                 lambda e: (e.split or split_of(e.group, cfg.seed, cfg.split_ratio)) == "train")
         for start in range(0, len(pending), cfg.batch_size):
             place(pending[start : start + cfg.batch_size])
     return rows, tokens
