@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
+from rag_pipeline.generator import pad
+
 MAX_EXAMPLES = 16  # examples per unit: the sequence, and the mask's square, stay small
 MIN_PREFIX = 32  # tokens a prefix must share for packing to be worth a unit's bookkeeping
 
@@ -88,16 +90,13 @@ def collate(units: list[dict[str, Any]], pad_id: int, additive: bool = False) ->
     what eager attention adds). Padding attends to itself only, so that no row of the mask is empty."""
     import torch
 
-    width = max(len(u["input_ids"]) for u in units)
-    input_ids = torch.full((len(units), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(units), width), -100, dtype=torch.long)
+    input_ids, _ = pad([u["input_ids"] for u in units], pad_id, "left")
+    labels, _ = pad([u["labels"] for u in units], -100, "left")
+    width = input_ids.size(1)
     positions = torch.zeros((len(units), width), dtype=torch.long)
     block = torch.full((len(units), width), -1, dtype=torch.long)  # -1 padding, 0 the prefix, k the k-th rest
     for b, u in enumerate(units):
-        start = width - len(u["input_ids"])
-        input_ids[b, start:] = torch.tensor(u["input_ids"], dtype=torch.long)
-        labels[b, start:] = torch.tensor(u["labels"], dtype=torch.long)
-        prefix, at = u["segments"][0], start
+        at, prefix = width - len(u["input_ids"]), u["segments"][0]
         positions[b, at:at + prefix] = torch.arange(prefix)
         block[b, at:at + prefix] = 0
         at += prefix
