@@ -209,5 +209,11 @@ def usable_distractor(c: StoredChunk, gold_doc: str | None, gold: StoredChunk | 
     ``min_support`` of a long answer's content tokens (:func:`rag_pipeline.support.supports`).
     """
     seen = [*taken, *([gold] if gold is not None else [])]
-    helps = supports(c.text, answers, min_support) if free_form else contains_answer(c.text, answers)
-    return all(c.id != s.id and c.text != s.text for s in seen) and c.doc_id != gold_doc and not helps
+    return all(c.id != s.id and c.text != s.text for s in seen) and c.doc_id != gold_doc and not holds_answer(
+        c.text, answers, free_form=free_form, min_support=min_support)
+
+
+def holds_answer(text: str, answers: list[str], *, free_form: bool = False, min_support: float = 0.5) -> bool:
+    """Whether a passage would answer the question, so that it may not be shown as a distractor: it holds an answer as
+    whole words, or, for free-form answers, ``min_support`` of a long answer's content tokens."""
+    return supports(text, answers, min_support) if free_form else contains_answer(text, answers)

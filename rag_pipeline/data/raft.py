@@ -64,9 +64,9 @@ from rag_pipeline.index.build import IndexConfig, build_index
 from rag_pipeline.index.ingest import normalize_whitespace
 from rag_pipeline.index.retriever import Retriever
 from rag_pipeline.model_paths import MINILM_ID, REFERENCE_ADAPTER, SMOLLM2_ID, resolve_model
-from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, usable_distractor
+from rag_pipeline.passage import Passage, document, from_chunk, gold_passage, hard_distractors, holds_answer, usable_distractor
 from rag_pipeline.qa import QAFieldConfig, QAItem, load_qa, require_answers
-from rag_pipeline.support import answer_form, context_support, support, supports
+from rag_pipeline.support import answer_form, context_support, support
 from rag_pipeline.textnorm import contains_answer
 
 log = logging.getLogger(__name__)
@@ -667,7 +667,7 @@ def share_contexts(examples: list[Example], n: int, free_form: bool, min_support
                    training: Callable[[Example], bool]) -> list[Example]:
     """``share_context``: each training question given the documents of the first question before it with the same
     oracle (and source document), up to ``n`` questions a context, when none of that question's other documents
-    supports its answer (:func:`~rag_pipeline.passage.usable_distractor`'s rule); counted as ``shared_context``.
+    holds its answer (:func:`~rag_pipeline.passage.holds_answer`, the distractors' rule); counted as ``shared_context``.
     Questions of the ``qa`` task only, with their oracle, in the train split (validation is read apart, and stays as
     an unshared build's, so that validation losses compare)."""
     leaders: dict[tuple, tuple[Example, int]] = {}
@@ -680,7 +680,7 @@ def share_contexts(examples: list[Example], n: int, free_form: bool, min_support
         lead = leaders.get(key)
         answers = list(e.item.answers)
         if lead is not None and lead[1] < n and not any(
-                (supports(d["text"], answers, min_support) if free_form else contains_answer(d["text"], answers))
+                holds_answer(d["text"], answers, free_form=free_form, min_support=min_support)
                 for d in lead[0].documents if d["id"] != e.oracle_id):
             out.append(dataclasses.replace(e, documents=lead[0].documents))
             leaders[key] = (lead[0], lead[1] + 1)
