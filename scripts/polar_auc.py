@@ -71,7 +71,7 @@ def main() -> int:
     from rag_pipeline.qa import load_qa
 
     settings = {"index": args.index, "qa": args.qa, "answer_field": args.answer_field}
-    cfg = build_config(CalibrateConfig, None, settings)
+    cfg = build_config(CalibrateConfig, None, {**settings, "adapter": args.adapters[0]})  # the QA file's fields, read once
     items = [(it.question, yes_no_gold(it.answers)) for it in load_qa(cfg.qa, cfg.qa_fields())]
     items = [(q, g) for q, g in items if g is not None and polar.is_polar(q)]
     if len({g for _, g in items}) < 2:

@@ -160,10 +160,58 @@ def test_calibrate_measures_the_yes_no_bias_that_ask_then_applies(polar_env: dic
     meta = json.loads((adapter / "rag_pipeline.json").read_text())
     stored = meta["abstention"]["yes_no"]
     assert stored["yes"] > 0 and stored["no"] > 0 and stored["questions"] == stored["yes"] + stored["no"]
+    assert stored["no_swap"] == "corpus"  # how its "no" questions were written, kept with the bias
     assert {k: v for k, v in meta.items() if k != "abstention"} == {k: v for k, v in before.items() if k != "abstention"}
     pipe = A.Pipeline.load(settings(polar_env, adapter=str(adapter)))
     assert pipe.yes_no_bias == stored["bias"] and pipe.calibrations == {}  # a bias, not a threshold
     assert pipe.answer(WH).margin is None  # and no calibrated abstention comes with it
+
+
+def test_calibrate_can_write_its_no_questions_with_the_passages_own_facts(polar_env: dict, tmp_path: Path) -> None:
+    """--no-swap passage reaches the question writer (tests/test_questions.py checks what it writes), the result
+    says how its questions were written, and --dry-run leaves the adapter as it was."""
+    from rag_pipeline.data import questions as written
+    from rag_pipeline.eval.calibrate import CalibrateConfig, run_yes_no
+    from rag_pipeline.qa import QAItem
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(polar_env["adapter"], adapter)
+    before = (adapter / "rag_pipeline.json").read_text()
+    qa = write_jsonl(tmp_path / "dev.jsonl", [{"id": f"q-{k}", "question": f"What about {t}?", "answer": "x", "doc_id": k}
+                                              for k, (t, _) in TOPICS.items()])
+    asked = []
+
+    def writer(retriever, rules, settings):  # written.generate's place: two questions, one of each answer
+        asked.append(settings)
+        return written.Result([QAItem("g-1", "Is the Eiffel Tower in Paris?", ["Yes"], "eiffel", True),
+                               QAItem("g-2", "Is the Nile in Asia?", ["No"], "nile", True)], {})
+
+    c = CalibrateConfig(adapter=str(adapter), index=str(polar_env["index"]), qa=str(qa), task="yes-no", limit=12,
+                        device="cpu", dtype="float32", no_swap="passage", dry_run=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(written, "generate", writer)
+        result = run_yes_no(c)
+    assert asked[0].no_swap == "passage" and asked[0].yes_no == 1.0 and asked[0].n == 12
+    assert result["no_swap"] == "passage" and (result["yes"], result["no"]) == (1, 1)
+    assert (adapter / "rag_pipeline.json").read_text() == before
+
+
+def test_polar_auc_script_ranks_a_qa_files_yes_no_questions(polar_env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """scripts/polar_auc.py end to end on the tiny model: one line per adapter and the table (it once built a
+    settings object without an adapter, which calibrate's settings refuse)."""
+    import sys
+
+    from conftest import load_script
+
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "question": q, "answer": a} for i, (q, a) in enumerate([
+        ("Is the Eiffel Tower in Paris?", "yes"), ("Is the Nile in Asia?", "no"), ("Was Python created in 1991?", "yes"),
+        ("Who created Python?", "Guido van Rossum")])])
+    monkeypatch.setattr(sys, "argv", ["polar_auc.py", "--index", str(polar_env["index"]), "--qa", str(qa), str(polar_env["adapter"])])
+    assert load_script("polar_auc").main() == 0
+    out = capsys.readouterr().out
+    line = json.loads(out.splitlines()[0])[str(polar_env["adapter"])]
+    assert line["questions"] == 3 and line["gold_yes"] == 2 and "ROC AUC" in out
 
 
 def test_beam_search_keeps_the_opening_and_leaves_other_rows_free(polar_env: dict) -> None:
@@ -194,6 +242,9 @@ def test_calibrate_yes_no_refuses_grounded_decoding_and_an_empty_limit() -> None
     for bad in ({"grounded": True}, {"limit": 0}):
         with pytest.raises(ConfigError, match="--task yes-no measures free decoding"):
             CalibrateConfig(adapter="a", task="yes-no", **bad)
+    with pytest.raises(ConfigError, match="--no-swap passage chooses how --task yes-no writes"):
+        CalibrateConfig(adapter="a", no_swap="passage")
+    assert CalibrateConfig(adapter="a", task="yes-no", no_swap="passage").no_swap == "passage"
 
 
 def test_a_threshold_never_measured_on_a_yes_no_question_does_not_withhold_one(polar_env: dict) -> None:

@@ -475,6 +475,27 @@ def test_no_questions_swap_the_fact_for_another_of_its_kind_from_the_corpus() ->
     assert q.startswith("Is ") and q.endswith(" the capital of France and lies on the Seine?") and "Paris" not in q
 
 
+def test_no_questions_can_swap_the_fact_for_another_the_same_passage_mentions() -> None:
+    """--question-no-swap passage: the swapped fact is one of its kind that the passage states elsewhere, so the
+    question holds only the passage's words; none is written where the passage has no other fact of the kind."""
+    import random
+
+    passage = ("The Eiffel Tower was completed in 1889 for the World Fair. It was repainted in 1968, and in March 1889 "
+               "Gustave Eiffel climbed it with Lord Kelvin. Over 7 million people visit it every year.")
+    c = Q.Candidate("c", "d", passage, "1889", "date")
+    for seed in range(8):  # 1968 is the passage's one other year ("March 1889" is a date, and holds the fact)
+        question, target = Q.write_yes_no(c, POOL, "no", random.Random(seed), swap="passage")
+        assert target == "No" and question == "Was the Eiffel Tower completed in 1968 for the World Fair?"
+    assert Q.write_yes_no(c, POOL, "yes", random.Random(0), swap="passage") == Q.write_yes_no(c, POOL, "yes", random.Random(0))
+    # a name for a name of as many words that the passage mentions outside the statement
+    assert Q.passage_swap("Gustave Eiffel", "name", passage, "in March 1889 Gustave Eiffel climbed it with Lord Kelvin",
+                          random.Random(0)) in {"World Fair", "Eiffel Tower"}
+    # no other fact of its kind in the passage: no "no" question, rather than one with a word the passage lacks
+    c = Q.Candidate("c", "d", "The Eiffel Tower was completed in 1889 for the World Fair.", "1889", "date")
+    assert Q.write_yes_no(c, POOL, "no", random.Random(0), swap="passage") == ("", "")
+    assert Q.write_yes_no(c, POOL, "no", random.Random(0), swap="corpus")[0] != ""
+
+
 @pytest.mark.parametrize("word,base", [
     ("designed", "design"), ("created", "create"), ("stopped", "stop"), ("studied", "study"), ("tried", "try"),
     ("added", "add"), ("controlled", "control"), ("received", "receive"), ("joined", "join"), ("caused", "cause"),
@@ -553,10 +574,13 @@ def test_the_yes_no_form_setting_reaches_the_writer(monkeypatch: pytest.MonkeyPa
     seen = []
     monkeypatch.setattr(raft, "question_models", lambda cfg, retriever: (None, None))
     monkeypatch.setattr(raft, "generate_questions", lambda retriever, writer, settings, reader: seen.append(settings))
-    raft.generated_questions(raft.RaftConfig(generate_questions=10, question_yes_no=1.0, question_yes_no_form="short"), None)
-    assert seen[0].yes_no_form == "short" and seen[0].yes_no == 1.0
+    raft.generated_questions(raft.RaftConfig(generate_questions=10, question_yes_no=1.0, question_yes_no_form="short",
+                                             question_no_swap="passage"), None)
+    assert seen[0].yes_no_form == "short" and seen[0].yes_no == 1.0 and seen[0].no_swap == "passage"
     with pytest.raises(ConfigError, match="question_yes_no_form"):
         Q.QuestionSettings(n=10, yes_no_form="long")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="question_no_swap"):
+        Q.QuestionSettings(n=10, no_swap="nearby")  # type: ignore[arg-type]
 
 
 def test_unanswerable_questions_swap_the_anchor_the_passage_answers_about() -> None:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 Style = Literal["span", "sentence"]
 YesNoForm = Literal["sentence", "short"]
+NoSwap = Literal["corpus", "passage"]
 FILTERS = ("malformed", "leaks_answer", "retrieval", "answer_mismatch", "duplicate")
 
 QUESTION_SYSTEM = ("You write exam questions about a passage. Write one question that the passage answers, whose answer is "
@@ -139,6 +140,7 @@ class QuestionSettings:
     yes_no: float = 0.0  # share of n written as yes/no questions, half "yes" (faithful) and half "no" (a swapped fact)
     unanswerable: float = 0.0  # share of n written as unanswerable questions (a swapped anchor), abstention as target
     yes_no_form: YesNoForm = "sentence"  # the whole sentence as a question, or its clause asked as people ask (write_yes_no)
+    no_swap: NoSwap = "corpus"  # where a "no" question's swapped fact comes from: the corpus, or the same passage (write_yes_no)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.yes_no <= 1.0 and 0.0 <= self.unanswerable <= 1.0 and self.yes_no + self.unanswerable <= 1.0):
@@ -152,6 +154,8 @@ class QuestionSettings:
             raise ConfigError(f"question_top_k must be >= 1, got {self.top_k}")
         if self.yes_no_form not in ("sentence", "short"):
             raise ConfigError(f"question_yes_no_form is {self.yes_no_form!r}: use sentence or short")
+        if self.no_swap not in ("corpus", "passage"):
+            raise ConfigError(f"question_no_swap is {self.no_swap!r}: use corpus or passage")
 
 
 @dataclass
@@ -588,7 +592,7 @@ def write_forms(stream: Iterator[Candidate], quota: dict[str, int], retriever: A
             if form == "unanswerable":
                 question, answer = write_unanswerable(c, pool, rng), ""
             else:
-                question, answer = write_yes_no(c, pool, form, rng, s.yes_no_form)
+                question, answer = write_yes_no(c, pool, form, rng, s.yes_no_form, s.no_swap)
             pairs.append(Pair(c, question, form=form, answer=answer, dropped=None if question else "malformed"))
         round_trip(pairs, retriever, None, s, kept_keys)
         for p in pairs:
@@ -662,6 +666,22 @@ class EntityPool:
         n_words = len(answer.split())
         options = [a for a in self.by_kind.get(key, ()) if a != answer and a not in avoid and (key != "name" or len(a.split()) == n_words)]
         return rng.choice(options) if options else None
+
+
+def passage_swap(answer: str, kind: str, passage: str, statement_: str, rng: random.Random) -> str | None:
+    """Another answer of the same kind (a year for a year, a name of as many words) that the same
+    ``passage`` mentions outside ``statement_``, neither holding the other ("1889" and "March
+    1889"); None when the passage has none. A "no" question made with it holds only the passage's
+    own words, so it is told from a "yes" one by what the passage says, not by a word it lacks."""
+    key = "year" if _YEAR.fullmatch(answer) else kind
+    n_words = len(answer.split())
+    options = []
+    for other, other_kind in candidate_answers(passage):
+        other_key = "year" if _YEAR.fullmatch(other) else other_kind
+        if (other_kind in SWAP_KINDS and other_key == key and other not in statement_ and answer not in other and other not in answer
+                and (key != "name" or len(other.split()) == n_words)):
+            options.append(other)
+    return rng.choice(options) if options else None
 
 
 def statement(c: Candidate) -> str | None:
@@ -801,12 +821,14 @@ def short_yes_no_question(body: str) -> str | None:
     return f"{opening} {subj} {rest}?"
 
 
-def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Random, form: YesNoForm = "sentence") -> tuple[str, str]:
+def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Random, form: YesNoForm = "sentence",
+                 swap: NoSwap = "corpus") -> tuple[str, str]:
     """(question, answer) for a "yes" question (the candidate's sentence, faithful) or a "no" one
-    (the same sentence with the candidate swapped for another of its kind from the corpus);
-    ('', '') when the sentence or a swap is unusable. ``form`` "short": the sentence's clause that
-    holds the fact (:func:`short_statement`) asked as people ask (:func:`short_yes_no_question`),
-    the whole sentence where that finds no short question."""
+    (the same sentence with the candidate swapped for another of its kind: from the corpus, one
+    the passage does not mention, or with ``swap`` "passage" one the same passage mentions
+    elsewhere, :func:`passage_swap`); ('', '') when the sentence or a swap is unusable. ``form``
+    "short": the sentence's clause that holds the fact (:func:`short_statement`) asked as people
+    ask (:func:`short_yes_no_question`), the whole sentence where that finds no short question."""
     body = statement(c)
     fact = re.compile(rf"(?<!\w){re.escape(c.answer)}(?!\w)")
     if body is None or c.kind not in SWAP_KINDS or not fact.search(body):
@@ -817,7 +839,7 @@ def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Rand
         short = fact.search(cut) is not None and len(cut.split()) >= 3 and short_yes_no_question(cut) is not None
         body = cut if short else body
     if polarity == "no":
-        other = pool.swap(c.answer, c.kind, c.passage, rng)
+        other = passage_swap(c.answer, c.kind, c.passage, body, rng) if swap == "passage" else pool.swap(c.answer, c.kind, c.passage, rng)
         if other is None:
             return "", ""
         body = fact.sub(lambda _: other, body, count=1)

@@ -52,7 +52,7 @@ from rag_pipeline.atomic import Artifact, atomic_dir, check_separate, output_loc
 from rag_pipeline.config import opt, to_dict
 from rag_pipeline.data.contexts import Context, attach_context_docs, context_doc_id, distinct_contexts, match_contexts
 from rag_pipeline.data.injection import STYLES, TRAIN_PAYLOADS, inject
-from rag_pipeline.data.questions import RULES, AdapterReader, QuestionSettings, RulesWriter, YesNoForm, summary_line
+from rag_pipeline.data.questions import RULES, AdapterReader, NoSwap, QuestionSettings, RulesWriter, YesNoForm, summary_line
 from rag_pipeline.data.questions import generate as generate_questions
 from rag_pipeline.data import tasks
 from rag_pipeline.data.splits import ensure_train, train_warning
@@ -145,6 +145,9 @@ class RaftConfig(QAFieldConfig):
     question_yes_no_form: YesNoForm = opt("sentence", "how a yes/no question is written: sentence = the whole sentence as a "
                                                       "question; short = the clause holding the fact, a simple past asked with "
                                                       "'did' ('Did Eiffel design the tower?')")
+    question_no_swap: NoSwap = opt("corpus", "where a 'No' question's swapped date, number or name comes from: corpus = one the "
+                                             "passage does not mention; passage = one the same passage mentions elsewhere, so that "
+                                             "the question holds only the passage's words")
     question_unanswerable: float = opt(0.0, "share written as unanswerable questions (a wh-question whose anchor name, date or "
                                             "number is swapped for one the passage lacks), with the abstention as target: "
                                             "documents-only data that teaches abstention")
@@ -304,7 +307,7 @@ def generated_questions(cfg: RaftConfig, retriever: Any, docs: frozenset[str] | 
     settings = QuestionSettings(n=cfg.generate_questions, style=cfg.question_style, top_k=cfg.question_top_k,
                                 min_f1=cfg.question_min_f1, hybrid=cfg.hybrid, seed=cfg.seed, docs=docs,
                                 yes_no=cfg.question_yes_no, unanswerable=cfg.question_unanswerable,
-                                yes_no_form=cfg.question_yes_no_form)
+                                yes_no_form=cfg.question_yes_no_form, no_swap=cfg.question_no_swap)
     writer, reader = question_models(cfg, retriever)
     return generate_questions(retriever, writer, settings, reader)
 

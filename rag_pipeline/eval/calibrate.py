@@ -155,6 +155,10 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
               "separately. yes-no: not an abstention but the lean between yes and no of a yes/no answer's opening "
               "(rag_pipeline.answer.polar), measured on --limit yes/no questions written from the validation file's documents, "
               "half yes (a sentence as it stands) and half no (a fact swapped)")
+    no_swap: written.NoSwap = opt("corpus", "--task yes-no: where a written 'no' question's swapped date, number or name comes "
+                                            "from: corpus = one its passage does not mention (as build-raft-dataset writes by "
+                                            "default); passage = one its passage mentions elsewhere (--question-no-swap passage), "
+                                            "so that only reading the passage tells yes from no")
     yes_no_questions: YesNoQuestions = fixed("free", "thresholds are chosen on the model's own answers (a yes/no answer's "
                                                      "opening is chosen after the margin decided to answer)")
     schema: str = fixed("", "--task extract calibrates JSON answers under rag_pipeline.data.tasks.EXTRACT_SCHEMA, the schema "
@@ -180,6 +184,9 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
         if self.task == "yes-no" and (self.grounded or self.limit < 1):
             raise ConfigError("--task yes-no measures free decoding's yes/no openings on --limit written questions: drop "
                               "--grounded (grounded decoding copies spans) and pass --limit 1 or more")
+        if self.no_swap != "corpus" and self.task != "yes-no":
+            raise ConfigError(f"--no-swap {self.no_swap} chooses how --task yes-no writes its 'no' questions, but the task is "
+                              f"{self.task}: add --task yes-no or drop --no-swap")
         if self.task == "extract":  # (AnswerSettings refuses --grounded with it)
             self.schema = structured.canonical(tasks.EXTRACT_SCHEMA)
 
@@ -291,12 +298,13 @@ def run_yes_no(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, 
     if not docs:
         raise ConfigError(f"{cfg.qa} names no documents (doc_id): --task yes-no writes its questions from the validation "
                           "file's documents, pass a QA file with a doc_id field")
-    pipe = pipe or Pipeline.load(dataclasses.replace(cfg, task="qa"))
+    pipe = pipe or Pipeline.load(dataclasses.replace(cfg, task="qa", no_swap="corpus"))
     if not polar.usable(pipe.tokenizer):
         raise ConfigError("the generator's tokenizer lacks a token that reads yes or one that reads no: its yes/no answers "
                           "cannot open with one, so there is no lean to measure")
     made = written.generate(pipe.retriever, written.RulesWriter(),
-                            written.QuestionSettings(n=cfg.limit, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid))
+                            written.QuestionSettings(n=cfg.limit, yes_no=1.0, docs=docs, seed=cfg.seed, hybrid=cfg.hybrid,
+                                                     no_swap=cfg.no_swap))
     # only questions ask would open with yes or no ("Is it true that ... which ...?" would not be)
     items = [it for it in made.items if it.answers and it.answers[0].lower() in ("yes", "no") and polar.is_polar(it.question)]
     gold = np.array([it.answers[0].lower() == "yes" for it in items])
@@ -309,7 +317,7 @@ def run_yes_no(cfg: CalibrateConfig, pipe: Pipeline | None = None) -> dict[str, 
     result = {"task": "yes-no", "bias": bias, "questions": len(items), "yes": int(gold.sum()), "no": int((~gold).sum()),
               "accuracy": float((said == gold).mean()), "accuracy_at_zero": float(((scores > 0) == gold).mean()),
               "said_yes_at_zero": float((scores > 0).mean()), "roc_auc": roc_auc(list(-scores), list(gold)),
-              "qa": cfg.qa, "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid}
+              "qa": cfg.qa, "seed": cfg.seed, "k": cfg.k, "hybrid": cfg.hybrid, "no_swap": cfg.no_swap}
     if not cfg.dry_run:
         meta = read_adapter_meta(cfg.adapter)
         write_adapter_meta(cfg.adapter, dataclasses.replace(meta, abstention={**(meta.abstention or {}), YES_NO: result}))
