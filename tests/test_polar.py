@@ -245,6 +245,8 @@ def test_calibrate_yes_no_refuses_grounded_decoding_and_an_empty_limit() -> None
     with pytest.raises(ConfigError, match="--no-swap passage chooses how --task yes-no writes"):
         CalibrateConfig(adapter="a", no_swap="passage")
     assert CalibrateConfig(adapter="a", task="yes-no", no_swap="passage").no_swap == "passage"
+    with pytest.raises(ConfigError, match="--no-swap is 'nearby': use corpus or passage"):
+        CalibrateConfig(adapter="a", task="yes-no", no_swap="nearby")  # type: ignore[arg-type]
 
 
 def test_a_threshold_never_measured_on_a_yes_no_question_does_not_withhold_one(polar_env: dict) -> None:

@@ -487,9 +487,20 @@ def test_no_questions_can_swap_the_fact_for_another_the_same_passage_mentions() 
         question, target = Q.write_yes_no(c, POOL, "no", random.Random(seed), swap="passage")
         assert target == "No" and question == "Was the Eiffel Tower completed in 1968 for the World Fair?"
     assert Q.write_yes_no(c, POOL, "yes", random.Random(0), swap="passage") == Q.write_yes_no(c, POOL, "yes", random.Random(0))
-    # a name for a name of as many words that the passage mentions outside the statement
-    assert Q.passage_swap("Gustave Eiffel", "name", passage, "in March 1889 Gustave Eiffel climbed it with Lord Kelvin",
-                          random.Random(0)) in {"World Fair", "Eiffel Tower"}
+    # a name for a name of as many words that the passage mentions outside the sentence, sharing no word with it
+    sentence = "It was repainted in 1968, and in March 1889 Gustave Eiffel climbed it with Lord Kelvin."
+    assert {Q.passage_swap("Gustave Eiffel", "name", passage, sentence, random.Random(seed)) for seed in range(12)} == {"World Fair"}
+    # a fact of the same sentence, in its parentheses or another clause, is never the swap: the "no" would be true
+    c = Q.Candidate("c", "d", "The tower was built by Eiffel and Koechlin in 1889. Later Sauvestre and Nouguier joined.", "Eiffel", "name")
+    for seed in range(8):
+        question, _ = Q.write_yes_no(c, POOL, "no", random.Random(seed), "short", swap="passage")
+        assert question in {"Was the tower built by Sauvestre?", "Was the tower built by Nouguier?"}
+    c = Q.Candidate("c", "d", "The capital of China is Beijing (Peking) since 1949.", "Beijing", "name")
+    assert Q.write_yes_no(c, POOL, "no", random.Random(0), swap="passage") == ("", "")
+    # whole words: "7" does not rule out "17" or "70"
+    c = Q.Candidate("c", "d", "The town had 7 houses in 1900. By 1950 it had 17 houses and 70 shops.", "7", "number")
+    assert {Q.write_yes_no(c, POOL, "no", random.Random(seed), swap="passage")[0] for seed in range(8)} == {
+        "Had the town 17 houses in 1900?", "Had the town 70 houses in 1900?"}
     # no other fact of its kind in the passage: no "no" question, rather than one with a word the passage lacks
     c = Q.Candidate("c", "d", "The Eiffel Tower was completed in 1889 for the World Fair.", "1889", "date")
     assert Q.write_yes_no(c, POOL, "no", random.Random(0), swap="passage") == ("", "")
@@ -581,6 +592,8 @@ def test_the_yes_no_form_setting_reaches_the_writer(monkeypatch: pytest.MonkeyPa
         Q.QuestionSettings(n=10, yes_no_form="long")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="question_no_swap"):
         Q.QuestionSettings(n=10, no_swap="nearby")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--question-yes-no is 0"):
+        raft.RaftConfig(generate_questions=10, question_no_swap="passage")
 
 
 def test_unanswerable_questions_swap_the_anchor_the_passage_answers_about() -> None:
@@ -638,6 +651,10 @@ def test_question_form_shares_are_checked() -> None:
 @pytest.mark.parametrize("passage,answer", [
     ("A colony was built in 1564 on the banks of the St. Johns River by Ribault.", "1564"),
     ("The manifesto (known in 1964 as Milestones, a.k.a. Signposts) was read widely.", "1964"),
+    # cut inside a sentence (by the splitter or the chunker) or a reference list: no letter or digit opens the statement
+    (", about a third of the Isel population had already perished by 1350.", "1350"),
+    ("<Uyless Black, Frame Relay Networks, IEEE Computer Society, 1991 > was cited by many.", "1991"),
+    (".25 its packet IDs were set in 1976 by the CCITT.", "1976"),  # a chunk that opens inside "X.25"
 ])
 def test_statements_cut_by_the_sentence_splitter_are_not_written(passage: str, answer: str) -> None:
     import random

@@ -660,40 +660,64 @@ class EntityPool:
         return cls({k: tuple(sorted(v)) for k, v in found.items()})
 
     def swap(self, answer: str, kind: str, avoid: str, rng: random.Random) -> str | None:
-        """Another answer of the same kind (a year for a year, a name of as many words) that
-        ``avoid`` (the source passage) does not mention; None when the pool has none."""
-        key = "year" if _YEAR.fullmatch(answer) else kind
-        n_words = len(answer.split())
-        options = [a for a in self.by_kind.get(key, ()) if a != answer and a not in avoid and (key != "name" or len(a.split()) == n_words)]
+        """Another answer of the same kind (:func:`same_kind`) that ``avoid`` (the source passage)
+        does not mention; None when the pool has none."""
+        key = swap_key(answer, kind)
+        options = [a for a in self.by_kind.get(key, ()) if a != answer and a not in avoid and same_kind(answer, key, a, key)]
         return rng.choice(options) if options else None
 
 
-def passage_swap(answer: str, kind: str, passage: str, statement_: str, rng: random.Random) -> str | None:
-    """Another answer of the same kind (a year for a year, a name of as many words) that the same
-    ``passage`` mentions outside ``statement_``, neither holding the other ("1889" and "March
-    1889"); None when the passage has none. A "no" question made with it holds only the passage's
-    own words, so it is told from a "yes" one by what the passage says, not by a word it lacks."""
-    key = "year" if _YEAR.fullmatch(answer) else kind
-    n_words = len(answer.split())
+def swap_key(answer: str, kind: str) -> str:
+    """The pool an answer swaps within: "year" for a bare year, else its kind."""
+    return "year" if _YEAR.fullmatch(answer) else kind
+
+
+def same_kind(answer: str, key: str, other: str, other_key: str) -> bool:
+    """Whether ``other`` can stand in for ``answer``: the same pool (a year for a year), and a name
+    of as many words."""
+    return other_key == key and (key != "name" or len(other.split()) == len(answer.split()))
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    """``phrase`` in ``text`` as whole words ("7" is not in "17 houses")."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
+def passage_swap(answer: str, kind: str, passage: str, sentence: str, rng: random.Random) -> str | None:
+    """Another answer of the same kind (:func:`same_kind`) that the same ``passage`` mentions
+    outside ``sentence`` (the whole sentence the fact is in, its parentheses too), neither holding
+    the other as whole words ("1889" and "March 1889"), and for a name sharing no word with it
+    ("Eiffel" and "Eiffel Tower"); None when the passage has none. A "no" question made with it
+    holds only the passage's own words, so it is told from a "yes" one by what the passage says,
+    not by a word it lacks."""
+    key = swap_key(answer, kind)
+    taken = set(words(answer))
     options = []
     for other, other_kind in candidate_answers(passage):
-        other_key = "year" if _YEAR.fullmatch(other) else other_kind
-        if (other_kind in SWAP_KINDS and other_key == key and other not in statement_ and answer not in other and other not in answer
-                and (key != "name" or len(other.split()) == n_words)):
+        if (other_kind in SWAP_KINDS and same_kind(answer, key, other, swap_key(other, other_kind)) and not _mentions(sentence, other)
+                and not _mentions(other, answer) and not _mentions(answer, other) and (key != "name" or not taken & set(words(other)))):
             options.append(other)
     return rng.choice(options) if options else None
+
+
+def source_sentence(c: Candidate) -> tuple[int, str]:
+    """(start, text) of the passage's first sentence holding the candidate's answer; (0, '') when none does."""
+    return next(((s, c.passage[s:e]) for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), (0, ""))
 
 
 def statement(c: Candidate) -> str | None:
     """The sentence holding the candidate, as a plain statement (no connective, no parentheses, no
     final stop); None where :func:`rules_question` would refuse it (a pronoun start, a quotation,
-    the answer twice) or the sentence is longer than a question may be."""
-    start, sentence = next(((s, c.passage[s:e]) for s, e in sentence_spans(c.passage) if c.answer in c.passage[s:e]), (0, ""))
+    the answer twice), the sentence is longer than a question may be, or it does not open with a
+    letter, a digit or a currency sign."""
+    start, sentence = source_sentence(c)
     if not sentence or sentence.count(c.answer) != 1 or _PRONOUN_START.match(sentence) or '"' in sentence or "“" in sentence:
         return None
     if _ABBREVIATION_END.search(c.passage[:start].rstrip().rstrip(".")):
         return None  # the splitter cut after "J." or "St.": this is half a sentence
     body = _PARENS.sub("", _CONNECTIVE.sub("", sentence.strip())).strip().rstrip(" .!?;:,")
+    if not (body[:1].isalnum() or body[:1] in "$£€"):
+        return None  # ", about a third ...", ".25 its packet IDs", "<Uyless Black ...": cut inside a sentence or a reference list
     if c.answer not in body or not 4 <= len(body.split()) <= MAX_QUESTION_WORDS - 4 or not readable(body):
         return None
     words_ = body.split()
@@ -839,7 +863,8 @@ def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Rand
         short = fact.search(cut) is not None and len(cut.split()) >= 3 and short_yes_no_question(cut) is not None
         body = cut if short else body
     if polarity == "no":
-        other = passage_swap(c.answer, c.kind, c.passage, body, rng) if swap == "passage" else pool.swap(c.answer, c.kind, c.passage, rng)
+        other = (passage_swap(c.answer, c.kind, c.passage, source_sentence(c)[1], rng) if swap == "passage"
+                 else pool.swap(c.answer, c.kind, c.passage, rng))
         if other is None:
             return "", ""
         body = fact.sub(lambda _: other, body, count=1)

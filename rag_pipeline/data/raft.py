@@ -184,6 +184,9 @@ class RaftConfig(QAFieldConfig):
         if self.question_yes_no + self.question_unanswerable > 1.0:
             raise ConfigError(f"question_yes_no ({self.question_yes_no}) + question_unanswerable ({self.question_unanswerable}) "
                               "exceeds 1: they are shares of --generate-questions")
+        if self.question_no_swap != "corpus" and not self.question_yes_no:
+            raise ConfigError(f"--question-no-swap {self.question_no_swap} chooses how written 'No' questions are made, but "
+                              "--question-yes-no is 0: add --question-yes-no SHARE or drop --question-no-swap")
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
         if self.teacher and self.answer_style != "cot":

@@ -184,6 +184,8 @@ class CalibrateConfig(AnswerSettings, QAFieldConfig):
         if self.task == "yes-no" and (self.grounded or self.limit < 1):
             raise ConfigError("--task yes-no measures free decoding's yes/no openings on --limit written questions: drop "
                               "--grounded (grounded decoding copies spans) and pass --limit 1 or more")
+        if self.no_swap not in ("corpus", "passage"):
+            raise ConfigError(f"--no-swap is {self.no_swap!r}: use corpus or passage")
         if self.no_swap != "corpus" and self.task != "yes-no":
             raise ConfigError(f"--no-swap {self.no_swap} chooses how --task yes-no writes its 'no' questions, but the task is "
                               f"{self.task}: add --task yes-no or drop --no-swap")
