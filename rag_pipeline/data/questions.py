@@ -678,9 +678,14 @@ def same_kind(answer: str, key: str, other: str, other_key: str) -> bool:
     return other_key == key and (key != "name" or len(other.split()) == len(answer.split()))
 
 
+def _whole(phrase: str) -> re.Pattern[str]:
+    """``phrase`` as whole words ("7" does not match inside "17 houses" or "O2" inside "CO2")."""
+    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)")
+
+
 def _mentions(text: str, phrase: str) -> bool:
-    """``phrase`` in ``text`` as whole words ("7" is not in "17 houses")."""
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+    """``phrase`` in ``text`` as whole words (:func:`_whole`)."""
+    return _whole(phrase).search(text) is not None
 
 
 def passage_swap(answer: str, kind: str, passage: str, sentence: str, rng: random.Random) -> str | None:
@@ -854,7 +859,7 @@ def write_yes_no(c: Candidate, pool: EntityPool, polarity: str, rng: random.Rand
     "short": the sentence's clause that holds the fact (:func:`short_statement`) asked as people
     ask (:func:`short_yes_no_question`), the whole sentence where that finds no short question."""
     body = statement(c)
-    fact = re.compile(rf"(?<!\w){re.escape(c.answer)}(?!\w)")
+    fact = _whole(c.answer)
     if body is None or c.kind not in SWAP_KINDS or not fact.search(body):
         return "", ""  # also the answer lowered as the sentence's first word, or only inside a word ("2" of "O2"): none to swap
     short = False
